@@ -1,0 +1,44 @@
+# gpuadmit: every target creates what it needs (virtualenv, Debian packages) on a fresh machine.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: demo test bench e2e chart chaos decide-example lint clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+## demo: the whole system on an embedded, emulated cluster (no cluster, no network needed)
+demo: $(STAMP)
+	$(BIN)/gpuadmit demo
+
+## test: every test suite (unit, property, emulator, end-to-end, Prometheus, Helm)
+test: $(STAMP)
+	bash scripts/ensure-test-tools.sh
+	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+## bench: engine and end-to-end figures, printed
+bench: $(STAMP)
+	$(BIN)/python -m gpuadmit.bench
+
+## e2e: the end-to-end suite; set GPUADMIT_E2E_KUBECONFIG to run it against a real cluster
+e2e: $(STAMP)
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m e2e $(PYTEST_ARGS)
+
+## chart: render the Helm chart to out/chart for people to read
+chart: $(STAMP)
+	$(BIN)/python -m gpuadmit.tools.render_chart charts/gpuadmit out/chart
+
+## decide-example: what the default policy would do with the example cluster
+decide-example: $(STAMP)
+	$(BIN)/gpuadmit decide -f examples/cluster.yaml
+
+clean:
+	rm -rf $(VENV) out .pytest_cache .hypothesis

@@ -1,0 +1,5 @@
+import sys
+
+from gpuadmit.cli import main
+
+sys.exit(main())

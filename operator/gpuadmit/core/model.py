@@ -1,0 +1,250 @@
+"""The plain-data vocabulary shared by the whole of gpuadmit.
+
+Everything in ``gpuadmit.core`` speaks in these types: frozen dataclasses built
+from Kubernetes objects (plain dicts) by the parsers, consumed by the engine,
+and turned back into plain dicts by the edge. Nothing here does I/O or imports
+kopf, the kubernetes client, aiohttp or prometheus-client.
+
+Times are seconds since the Unix epoch (floats), so the engine never asks the
+clock: the caller passes ``now`` in the snapshot, which keeps decisions
+reproducible.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Literal, Mapping
+
+API_GROUP = "gpuadmit.io"
+API_VERSION = "v1alpha1"
+GPU_RESOURCE = "nvidia.com/gpu"
+GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
+GPU_MEMORY_LABEL = "nvidia.com/gpu.memory"
+TIER_LABEL = "gpuadmit.io/tier"
+CLASS_LABEL = "gpuadmit.io/class"
+WORKLOAD_LABEL = "gpuadmit.io/workload"
+REPLICA_LABEL = "gpuadmit.io/replica"
+DEFAULT_POLICY_NAME = "default"
+
+WorkloadClass = Literal["training", "inference"]
+CLASSES: tuple[WorkloadClass, ...] = ("inference", "training")
+
+
+class Phase(str, enum.Enum):
+    QUEUED = "Queued"
+    ADMITTED = "Admitted"
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    PREEMPTED = "Preempted"
+    REJECTED = "Rejected"
+
+
+# Phases whose workload waits for a decision, and phases whose workload holds GPUs.
+PENDING_PHASES = frozenset({None, "", Phase.QUEUED.value, Phase.PREEMPTED.value})
+HOLDING_PHASES = frozenset({Phase.ADMITTED.value, Phase.RUNNING.value})
+
+
+class Action(str, enum.Enum):
+    ADMIT = "admit"
+    QUEUE = "queue"
+    REJECT = "reject"
+
+
+class Reason(str, enum.Enum):
+    """Machine reasons: the same strings appear in status, Events and metric labels."""
+
+    ADMITTED = "Admitted"
+    INSUFFICIENT_CAPACITY = "InsufficientCapacity"
+    INFERENCE_RESERVE = "InferenceReserve"
+    NO_NODE_CAN_FIT = "NoNodeCanFit"
+    MARGIN_BELOW_FLOOR = "MarginBelowFloor"
+    QUEUE_TIMEOUT = "QueueTimeout"
+    QUEUE_FULL = "QueueFull"
+    INVALID_SPEC = "InvalidSpec"
+    PREEMPTED_BY_HIGHER_MARGIN = "PreemptedByHigherMargin"
+
+
+@dataclass(frozen=True, slots=True)
+class Toleration:
+    key: str | None = None
+    operator: str = "Equal"  # Equal | Exists
+    value: str | None = None
+    effect: str | None = None  # None tolerates every effect
+
+
+@dataclass(frozen=True, slots=True)
+class Taint:
+    key: str
+    value: str | None
+    effect: str  # NoSchedule | PreferNoSchedule | NoExecute
+
+
+@dataclass(frozen=True, slots=True)
+class GpuNode:
+    """One node as the engine sees it.
+
+    ``gpus_used_by_pods`` counts GPUs requested by every non-terminal pod bound
+    to the node, ours included; ``Inventory`` subtracts reservations on top.
+    """
+
+    name: str
+    allocatable: int
+    product: str = ""  # value of nvidia.com/gpu.product; "" when unlabelled
+    memory_mib: int = 0  # value of nvidia.com/gpu.memory; 0 when unknown
+    schedulable: bool = True  # Ready and not cordoned
+    taints: tuple[Taint, ...] = ()
+    gpus_used_by_pods: int = 0
+    unschedulable_reason: str = ""  # why schedulable is False, for messages
+
+
+@dataclass(frozen=True, slots=True)
+class PlacementEntry:
+    node: str
+    gpus: int  # total GPUs of this workload on the node (replicas x gpus per replica)
+    replicas: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Workload:
+    """A GPUWorkload after parsing and classification.
+
+    ``preemptible`` and ``max_queue_seconds`` are already resolved (class and
+    policy defaults applied) by the parser, so the engine never guesses.
+    """
+
+    namespace: str
+    name: str
+    gpus_per_replica: int
+    replicas: int
+    workload_class: WorkloadClass
+    class_reason: str = ""
+    uid: str = ""
+    gpu_products: tuple[str, ...] = ()  # empty: any product
+    min_gpu_memory_mib: int = 0
+    preemptible: bool = True
+    max_queue_seconds: float | None = None
+    tier: str | None = None  # namespace label gpuadmit.io/tier
+    tolerations: tuple[Toleration, ...] = ()
+    created_at: float = 0.0
+    queued_since: float = 0.0  # creation, or the last preemption: what aging and timeouts count from
+    phase: str | None = None
+    placement: tuple[PlacementEntry, ...] = ()  # for Admitted/Running workloads
+    admitted_at: float | None = None
+    preemptions: int = 0
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    @property
+    def total_gpus(self) -> int:
+        return self.gpus_per_replica * self.replicas
+
+
+@dataclass(frozen=True, slots=True)
+class InvalidWorkload:
+    """A GPUWorkload object that could not be parsed: it gets an InvalidSpec rejection."""
+
+    namespace: str
+    name: str
+    field: str  # e.g. "spec.gpus"
+    message: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class PreemptionRules:
+    enabled: bool = True
+    min_runtime_seconds: float = 600.0
+    min_margin_gain_per_gpu_hour: float = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """A parsed MarginPolicy. Prices come from here, never from a workload."""
+
+    gpu_cost_per_hour: Mapping[str, float] = field(default_factory=lambda: {"default": 0.0})
+    price_per_gpu_hour: Mapping[str, float] = field(
+        default_factory=lambda: {"inference": 0.0, "training": 0.0}
+    )
+    tier_multipliers: Mapping[str, float] = field(default_factory=dict)
+    min_margin_per_gpu_hour: float = 0.0
+    inference_reserve_fraction: float = 0.0
+    preemption: PreemptionRules = field(default_factory=PreemptionRules)
+    aging_per_hour: float = 0.0
+    default_max_queue_seconds: float = 86400.0
+    max_queued_per_namespace: int | None = None  # past it: QueueFull
+    name: str = DEFAULT_POLICY_NAME
+
+    def cost_of(self, product: str) -> float:
+        if product in self.gpu_cost_per_hour:
+            return self.gpu_cost_per_hour[product]
+        return self.gpu_cost_per_hour.get("default", 0.0)
+
+    def price_of(self, workload_class: str, tier: str | None) -> float:
+        multiplier = self.tier_multipliers.get(tier, 1.0) if tier else 1.0
+        return self.price_per_gpu_hour.get(workload_class, 0.0) * multiplier
+
+    def margin_per_gpu_hour(self, workload_class: str, tier: str | None, product: str) -> float:
+        return self.price_of(workload_class, tier) - self.cost_of(product)
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Everything the engine needs for one cycle, and nothing else."""
+
+    nodes: tuple[GpuNode, ...]
+    holding: tuple[Workload, ...]  # Admitted or Running: their placement holds GPUs
+    pending: tuple[Workload, ...]  # no phase, Queued or Preempted
+    policy: Policy
+    now: float
+    invalid: tuple[InvalidWorkload, ...] = ()
+    # GPUs that our own pods already request, by (workload key, node): the part of a
+    # reservation that gpus_used_by_pods already counts, so it is not subtracted twice.
+    gpus_of_own_pods: Mapping[tuple[str, str], int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    namespace: str
+    name: str
+    action: Action
+    reason: Reason
+    message: str
+    workload_class: WorkloadClass | None = None
+    class_reason: str = ""
+    placement: tuple[PlacementEntry, ...] = ()
+    margin_per_gpu_hour: float | None = None
+    queue_position: int | None = None
+    field: str | None = None  # for InvalidSpec: the offending field
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class Preemption:
+    namespace: str
+    name: str
+    preempted_by: str  # "namespace/name" of the preemptor
+    reason: Reason = Reason.PREEMPTED_BY_HIGHER_MARGIN
+    message: str = ""
+    freed: tuple[PlacementEntry, ...] = ()
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class CycleResult:
+    """What one engine cycle decided: exactly one decision per pending or invalid workload."""
+
+    decisions: tuple[Decision, ...]
+    preemptions: tuple[Preemption, ...] = ()
