@@ -1,0 +1,84 @@
+{{/* Chart name, truncated to the 63 characters Kubernetes allows in a label. */}}
+{{- define "gpuadmit.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Full name: <release>-gpuadmit, or the release name when it already says gpuadmit. */}}
+{{- define "gpuadmit.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "gpuadmit.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "gpuadmit.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "gpuadmit.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "gpuadmit.labels" -}}
+helm.sh/chart: {{ include "gpuadmit.chart" . }}
+{{ include "gpuadmit.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: gpuadmit
+{{- end }}
+
+{{- define "gpuadmit.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "gpuadmit.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "gpuadmit.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+{{- end }}
+
+{{/* Name of the Secret holding the webhook serving certificate. */}}
+{{- define "gpuadmit.webhookCertSecret" -}}
+{{- printf "%s-webhook-tls" (include "gpuadmit.fullname" .) }}
+{{- end }}
+
+{{- define "gpuadmit.webhookServiceName" -}}
+{{- include "gpuadmit.fullname" . }}
+{{- end }}
+
+{{/* Rules for namespaced resources, shared by the cluster-wide and the per-namespace variant. */}}
+{{- define "gpuadmit.namespacedRules" -}}
+- apiGroups: ["gpuadmit.io"]
+  resources: ["gpuworkloads"]
+  verbs: ["get", "list", "watch", "patch"]
+- apiGroups: ["gpuadmit.io"]
+  resources: ["gpuworkloads/status"]
+  verbs: ["get", "patch"]
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["get", "list", "watch", "create", "delete"]
+- apiGroups: [""]
+  resources: ["events"]
+  verbs: ["create"]
+- apiGroups: ["events.k8s.io"]
+  resources: ["events"]
+  verbs: ["create"]
+{{- if and .peering (not .allNamespaces) }}
+- apiGroups: ["kopf.dev"]
+  resources: ["kopfpeerings"]
+  verbs: ["get", "list", "watch", "patch"]
+{{- end }}
+{{- end }}

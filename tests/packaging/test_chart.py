@@ -1,0 +1,163 @@
+"""The Helm chart, rendered and linted by Helm's own SDK, validated against Kubernetes schemas."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from gpuadmit.tools.render_chart import render_chart
+
+from .conftest import CHART_DIR, REPO, VALUE_SETS, load_values
+
+pytestmark = pytest.mark.helm
+
+KUBERNETES_VERSIONS = ["1.29.0", "1.31.0"]
+# Kinds defined by CRDs: validated against those CRDs' schemas (ours) or minimal schemas of the fields we set.
+CUSTOM_KINDS = {"MarginPolicy", "ServiceMonitor", "PrometheusRule", "Certificate", "Issuer"}
+
+
+def kinds(objects: list[dict[str, Any]]) -> set[str]:
+    return {obj["kind"] for obj in objects}
+
+
+def only(objects: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [obj for obj in objects if obj["kind"] == kind]
+
+
+@pytest.mark.parametrize("name", sorted(VALUE_SETS))
+def test_helm_lint_is_clean_in_strict_mode(name: str) -> None:
+    import helm_python as helm
+
+    report = helm.lint(str(CHART_DIR), load_values(name), strict=True, namespace="gpuadmit-system")
+    assert report["errors"] == []
+    assert [m for m in report["messages"] if m["severity"] >= 2] == []
+
+
+def test_default_render_has_the_operator_and_no_optional_parts(rendered_by_value_set: dict) -> None:
+    assert kinds(rendered_by_value_set["defaults"]) == {
+        "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Service", "Deployment", "MarginPolicy",
+    }
+
+
+def test_everything_on_renders_every_optional_part(rendered_by_value_set: dict) -> None:
+    assert {
+        "ServiceMonitor", "PrometheusRule", "ConfigMap", "ValidatingWebhookConfiguration",
+        "MutatingWebhookConfiguration", "Secret", "NetworkPolicy", "PodDisruptionBudget",
+    } <= kinds(rendered_by_value_set["everything-on"])
+    assert {"Certificate", "Issuer", "Role", "RoleBinding"} <= kinds(rendered_by_value_set["namespaced-certmanager"])
+
+
+@pytest.mark.parametrize("kubernetes_version", KUBERNETES_VERSIONS)
+def test_every_builtin_manifest_is_valid_for_kubernetes(objects: list[dict], kubernetes_version: str) -> None:
+    for obj in objects:
+        if obj["kind"] in CUSTOM_KINDS:
+            continue
+        kubernetes_validate.validate(obj, kubernetes_version, strict=True)
+
+
+@pytest.mark.parametrize("kubernetes_version", KUBERNETES_VERSIONS)
+def test_the_crds_are_valid_for_kubernetes(kubernetes_version: str) -> None:
+    crd_files = sorted((CHART_DIR / "crds").glob("*.yaml"))
+    assert len(crd_files) == 2
+    for path in crd_files:
+        kubernetes_validate.validate(yaml.safe_load(path.read_text()), kubernetes_version, strict=True)
+
+
+def test_chart_crds_are_identical_to_the_top_level_crds() -> None:
+    top = {p.name: p.read_bytes() for p in (REPO / "crds").glob("*.yaml")}
+    chart = {p.name: p.read_bytes() for p in (CHART_DIR / "crds").glob("*.yaml")}
+    assert top and chart == top, "charts/gpuadmit/crds must be a copy of crds/ (run: cp crds/*.yaml charts/gpuadmit/crds/)"
+
+
+def test_rendered_margin_policy_is_valid_against_its_crd(objects: list[dict]) -> None:
+    crd = yaml.safe_load((REPO / "crds" / "marginpolicies.gpuadmit.io.yaml").read_text())
+    schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    for policy in only(objects, "MarginPolicy"):
+        jsonschema.validate(policy, _without_kubernetes_extensions(schema))
+
+
+def _without_kubernetes_extensions(schema: Any) -> Any:
+    if isinstance(schema, dict):
+        return {k: _without_kubernetes_extensions(v) for k, v in schema.items() if not k.startswith("x-kubernetes")}
+    if isinstance(schema, list):
+        return [_without_kubernetes_extensions(v) for v in schema]
+    return schema
+
+
+def test_prometheus_rule_carries_the_alert_rule_file(rendered_by_value_set: dict) -> None:
+    (rule,) = only(rendered_by_value_set["everything-on"], "PrometheusRule")
+    rule_file = yaml.safe_load((CHART_DIR / "files" / "gpuadmit-alerts.yaml").read_text())
+    assert rule["spec"] == rule_file
+    assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+
+
+def test_dashboard_config_map_is_labelled_for_the_grafana_sidecar(rendered_by_value_set: dict) -> None:
+    (config_map,) = only(rendered_by_value_set["everything-on"], "ConfigMap")
+    assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+    dashboard = (CHART_DIR / "files" / "gpuadmit-dashboard.json").read_text()
+    assert config_map["data"]["gpuadmit-dashboard.json"] == dashboard.rstrip("\n")
+
+
+def test_values_schema_rejects_wrong_types() -> None:
+    import helm_python as helm
+
+    chart = helm.Chart.load(str(CHART_DIR))
+    chart.validate_schema({})
+    for bad in (
+        {"replicaCount": "two"},
+        {"webhooks": {"failurePolicy": "Sometimes"}},
+        {"marginPolicy": {"inferenceReserveFraction": 1.5}},
+        {"marginPolicy": {"pricePerGPUHour": {"inference": "six"}}},
+        {"ports": {"metrics": 70000}},
+        {"unknownKnob": True},
+    ):
+        with pytest.raises(helm.HelmValuesError):
+            chart.validate_schema(bad)
+
+
+def test_every_value_is_documented_in_values_yaml() -> None:
+    # Each knob has a comment right above it, or sits inside a documented block (a security context, say).
+    lines = (CHART_DIR / "values.yaml").read_text().splitlines()
+    undocumented = [
+        line.strip()
+        for index, line in enumerate(lines)
+        if _is_key(line) and not line.rstrip().endswith(":")  # leaves only: a block is its knobs
+        and not any(_has_comment_above(lines, i) for i in _self_and_ancestors(lines, index))
+    ]
+    assert undocumented == []
+
+
+def _is_key(line: str) -> bool:
+    stripped = line.strip()
+    return bool(stripped) and not stripped.startswith(("#", "-")) and ":" in stripped
+
+
+def _has_comment_above(lines: list[str], index: int) -> bool:
+    return index > 0 and lines[index - 1].strip().startswith("#")
+
+
+def _self_and_ancestors(lines: list[str], index: int) -> list[int]:
+    chain = [index]
+    indent = len(lines[index]) - len(lines[index].lstrip())
+    for previous in range(index - 1, -1, -1):
+        line = lines[previous]
+        line_indent = len(line) - len(line.lstrip())
+        if _is_key(line) and line_indent < indent:
+            chain.append(previous)
+            indent = line_indent
+    return chain
+
+
+def test_make_chart_writes_every_template(tmp_path: Path) -> None:
+    from gpuadmit.tools.render_chart import main
+
+    assert main([str(CHART_DIR), str(tmp_path)]) == 0
+    written = {p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.yaml")}
+    assert "gpuadmit/templates/deployment.yaml" in written
+    assert "crds/gpuworkloads.gpuadmit.io.yaml" in written
+    assert render_chart(CHART_DIR)  # the same renderer the tests use
