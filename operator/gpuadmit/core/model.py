@@ -133,6 +133,8 @@ class Workload:
     placement: tuple[PlacementEntry, ...] = ()  # for Admitted/Running workloads
     admitted_at: float | None = None
     preemptions: int = 0
+    # status.marginPerGPUHour as written at admission: what held work earns, even if the policy changed since.
+    margin_per_gpu_hour: float | None = None
 
     @property
     def key(self) -> str:
