@@ -1,0 +1,157 @@
+"""Admission webhooks for GPUWorkloads: thin kopf handlers over ``core.validation``.
+
+Importing this module registers two handlers on kopf's default registry; kopf
+serves each on the path named by its handler id:
+
+- ``POST /validate-gpuworkload``: CREATE and UPDATE, refuses what the CRD schema
+  cannot express (``validate_workload``), warns about products no node has;
+- ``POST /mutate-gpuworkload``: CREATE and UPDATE, sets the ``gpuadmit.io/class``
+  label and the spec defaults (``mutate_workload``).
+
+``configure_webhook_server`` points kopf at an HTTPS server on ``--webhook-port``
+with the certificate from ``--webhook-cert-dir`` (or a generated one). The
+Validating/MutatingWebhookConfiguration objects come from the Helm chart, not
+from kopf (``settings.admission.managed`` stays None): the operator's service
+account then needs no rights on admissionregistration. See docs/webhooks.md.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import socket
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+import kopf
+
+from gpuadmit.core.model import API_GROUP, API_VERSION
+from gpuadmit.core.validation import mutate_workload, validate_workload
+from gpuadmit.tlsutil import TlsFiles, find_tls_files, generate_self_signed
+
+logger = logging.getLogger(__name__)
+
+PLURAL = "gpuworkloads"
+VALIDATE_ID = "validate-gpuworkload"
+MUTATE_ID = "mutate-gpuworkload"
+OPERATIONS = ["CREATE", "UPDATE"]
+# 422 Unprocessable Entity: the code the API server itself answers for an invalid object.
+REFUSAL_CODE = 422
+DEFAULT_WEBHOOK_ADDR = "0.0.0.0"
+SERVICE_ACCOUNT_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
+
+# Returns the nvidia.com/gpu.product values the cluster's nodes have, or None when
+# not known yet (then no warning is given). The operator's cache supplies it.
+KnownProductsProvider = Callable[[], Iterable[str] | None]
+_known_products_provider: KnownProductsProvider | None = None
+
+
+def set_known_products_provider(provider: KnownProductsProvider | None) -> None:
+    """Tell the validating webhook where to look up node products (None: no product warnings)."""
+    global _known_products_provider
+    _known_products_provider = provider
+
+
+set_product_provider = set_known_products_provider  # the name handlers.py wires the runtime's cache with
+
+
+def known_products() -> frozenset[str] | None:
+    """The provider's answer; a failing provider means "unknown", never a failed admission."""
+    if _known_products_provider is None:
+        return None
+    try:
+        products = _known_products_provider()
+    except Exception:  # noqa: BLE001 - a warning is not worth refusing a workload over
+        logger.exception("The node-product provider failed; admitting without product warnings.")
+        return None
+    # Empty means "not known": a standby replica (kopf peering) serves webhooks with an empty
+    # cache, and warning about every product there would be noise, not news.
+    return frozenset(products) if products else None
+
+
+@kopf.on.validate(API_GROUP, API_VERSION, PLURAL, id=VALIDATE_ID, operations=OPERATIONS)
+def validate_gpuworkload(
+    body: kopf.Body, old: kopf.Body | None, operation: str | None, warnings: list[str], **_: Any
+) -> None:
+    """Refuse with the field named (AdmissionError, code 422); add warnings otherwise."""
+    stored = _plain(old) if operation == "UPDATE" and old is not None else None
+    result = validate_workload(_plain(body), stored, known_products())
+    if not result.allowed:
+        raise kopf.AdmissionError(f"[{result.reason}] {result.message}", code=REFUSAL_CODE)
+    warnings.extend(result.warnings)
+
+
+@kopf.on.mutate(API_GROUP, API_VERSION, PLURAL, id=MUTATE_ID, operations=OPERATIONS)
+def mutate_gpuworkload(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
+    """Add the class label and the defaults; kopf turns the change into the response's JSONPatch."""
+    ops = mutate_workload(_plain(body))
+    if ops:
+        patch.fns.append(lambda raw_body: _apply_add_ops(raw_body, ops))
+
+
+def _apply_add_ops(raw_body: dict[str, Any], ops: list[dict[str, Any]]) -> None:
+    for op in ops:
+        parts = [p.replace("~1", "/").replace("~0", "~") for p in op["path"].split("/")[1:]]
+        target = raw_body
+        for part in parts[:-1]:
+            target = target[part]
+        target[parts[-1]] = json.loads(json.dumps(op["value"]))  # a copy the body owns
+
+
+def _plain(body: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A kopf Body as the plain dict the pure core reads."""
+    return json.loads(json.dumps(dict(body or {}), default=str))
+
+
+def configure_webhook_server(settings: kopf.OperatorSettings, args: Any) -> kopf.WebhookServer | None:
+    """Serve the admission webhooks over HTTPS on ``args.webhook_port`` (0 or None: off).
+
+    The certificate is ``tls.crt``/``tls.key`` in ``args.webhook_cert_dir`` (kopf
+    re-reads them when they change, so cert-manager rotation works). Without
+    them a CA and a server certificate for this host are generated, into the cert
+    dir when it is writable (so its ``ca.crt`` can be handed to clients), else
+    into a private temporary directory.
+    """
+    port = getattr(args, "webhook_port", None)
+    if not port:
+        return None
+    cert_dir = getattr(args, "webhook_cert_dir", None)
+    addr = getattr(args, "webhook_addr", None) or os.environ.get("GPUADMIT_WEBHOOK_ADDR") or DEFAULT_WEBHOOK_ADDR
+    files = find_tls_files(cert_dir) or _generate_certificate(cert_dir, addr)
+    server = kopf.WebhookServer(
+        addr=addr,
+        port=int(port),
+        certfile=str(files.certfile),
+        pkeyfile=str(files.keyfile),
+        cafile=str(files.cafile) if files.cafile else None,
+    )
+    settings.admission.server = server
+    settings.admission.managed = None  # the Helm chart owns the webhook configurations
+    logger.info("Serving admission webhooks on https://%s:%s/{%s,%s}", addr, port, VALIDATE_ID, MUTATE_ID)
+    return server
+
+
+def _generate_certificate(cert_dir: str | None, addr: str) -> TlsFiles:
+    hostnames = ["localhost", socket.gethostname(), "127.0.0.1", "::1"]
+    if addr not in ("0.0.0.0", "::", ""):
+        hostnames.append(addr)
+    hostnames += [h.strip() for h in os.environ.get("GPUADMIT_WEBHOOK_HOSTNAMES", "").split(",") if h.strip()]
+    if cert_dir:
+        try:
+            files = generate_self_signed(cert_dir, hostnames)
+            logger.warning("No certificate in %s: generated one; clients must trust %s", cert_dir, files.cafile)
+            return files
+        except OSError as error:
+            logger.info("Cannot write a certificate into %s (%s); using a temporary directory", cert_dir, error)
+    files = generate_self_signed(tempfile.mkdtemp(prefix="gpuadmit-webhook-"), hostnames)
+    logger.warning("No webhook certificate given: generated one; clients must trust %s", files.cafile)
+    return files
+
+
+def ca_bundle(files: TlsFiles) -> str:
+    """The base64 CA bundle a webhook configuration's ``clientConfig.caBundle`` takes."""
+    source = files.cafile or files.certfile
+    return base64.b64encode(Path(source).read_bytes()).decode("ascii")

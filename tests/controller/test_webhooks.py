@@ -1,0 +1,357 @@
+"""The admission webhooks over real HTTPS: kopf's WebhookServer and admission engine, real AdmissionReviews.
+
+The server is kopf's own (configured by ``configure_webhook_server``) and every
+request goes through kopf's admission engine to our handlers, exactly as in
+``gpuadmit run``; only the cluster scan that tells kopf which resources exist is
+replaced by declaring GPUWorkloads directly, so these tests need no API server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import copy
+import functools
+import json
+import socket
+import ssl
+import uuid
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+import aiohttp
+import kopf
+import pytest
+from kopf._cogs.structs import references
+from kopf._core.engines import admission
+from kopf._core.engines.indexing import OperatorIndexers
+from kopf._core.reactor.inventory import ResourceMemories
+
+from gpuadmit.controller import webhooks
+from gpuadmit.core.model import CLASS_LABEL
+from gpuadmit.tlsutil import generate_self_signed
+
+GPUWORKLOADS = references.Resource(
+    group="gpuadmit.io",
+    version="v1alpha1",
+    plural="gpuworkloads",
+    kind="GPUWorkload",
+    singular="gpuworkload",
+    namespaced=True,
+    preferred=True,
+    verbs=["create", "update", "patch", "get", "list", "watch", "delete"],
+)
+DEADLINE = 30.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class WebhookClient:
+    def __init__(self, base_url: str, cafile: Path) -> None:
+        self.base_url = base_url
+        self.ssl = ssl.create_default_context(cafile=str(cafile))
+        self.session = aiohttp.ClientSession()
+
+    async def review(self, path: str, obj: dict[str, Any], old: dict[str, Any] | None = None, operation: str = "CREATE") -> dict[str, Any]:
+        request = {
+            "apiVersion": "admission.k8s.io/v1",
+            "kind": "AdmissionReview",
+            "request": {
+                "uid": str(uuid.uuid4()),
+                "kind": {"group": "gpuadmit.io", "version": "v1alpha1", "kind": "GPUWorkload"},
+                "resource": {"group": "gpuadmit.io", "version": "v1alpha1", "resource": "gpuworkloads"},
+                "requestKind": {"group": "gpuadmit.io", "version": "v1alpha1", "kind": "GPUWorkload"},
+                "name": obj.get("metadata", {}).get("name", ""),
+                "namespace": obj.get("metadata", {}).get("namespace", ""),
+                "operation": operation,
+                "userInfo": {"username": "alice", "groups": ["system:authenticated"]},
+                "object": obj,
+                "oldObject": old,
+                "dryRun": False,
+                "options": {"apiVersion": "meta.k8s.io/v1", "kind": "CreateOptions"},
+            },
+        }
+        async with self.session.post(f"{self.base_url}/{path}", json=request, ssl=self.ssl) as response:
+            assert response.status == 200, await response.text()
+            review = await response.json()
+        assert review["kind"] == "AdmissionReview"
+        assert review["response"]["uid"] == request["request"]["uid"]
+        return review["response"]
+
+
+@pytest.fixture
+async def webhook(tmp_path: Path) -> AsyncIterator[WebhookClient]:
+    """kopf's webhook server with our handlers, on a free port with a generated certificate."""
+    settings = kopf.OperatorSettings()
+    args = argparse.Namespace(webhook_port=free_port(), webhook_cert_dir=str(tmp_path / "certs"), webhook_addr="127.0.0.1")
+    server = webhooks.configure_webhook_server(settings, args)
+    assert server is not None and settings.admission.server is server
+    insights = references.Insights()
+    insights.webhook_resources.add(GPUWORKLOADS)
+    webhookfn = functools.partial(
+        admission.serve_admission_request,
+        settings=settings,
+        registry=kopf.get_default_registry(),
+        insights=insights,
+        memories=ResourceMemories(),
+        memobase=kopf.Memo(),
+        indices=OperatorIndexers().indices,
+    )
+    listening: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+
+    async def serve() -> None:
+        async for client_config in server(webhookfn):
+            if not listening.done():
+                listening.set_result(dict(client_config))
+
+    task = asyncio.create_task(serve())
+    client_config = await asyncio.wait_for(asyncio.shield(listening), DEADLINE)
+    client = WebhookClient(f"https://127.0.0.1:{args.webhook_port}", tmp_path / "certs" / "ca.crt")
+    assert client_config["url"].startswith("https://")
+    assert base64.b64decode(client_config["caBundle"]) == (tmp_path / "certs" / "ca.crt").read_bytes()
+    try:
+        yield client
+    finally:
+        await client.session.close()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        webhooks.set_known_products_provider(None)
+
+
+def serving_workload(**spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "gpuadmit.io/v1alpha1",
+        "kind": "GPUWorkload",
+        "metadata": {"name": "chat", "namespace": "team-a", "uid": str(uuid.uuid4())},
+        "spec": {
+            "gpus": 1,
+            "template": {
+                "spec": {
+                    "containers": [{
+                        "name": "vllm",
+                        "image": "vllm/vllm-openai:v0.6.0",
+                        "args": ["--model", "Qwen/Qwen2-7B"],
+                        "ports": [{"containerPort": 8000}],
+                        "readinessProbe": {"httpGet": {"path": "/health", "port": 8000}},
+                    }]
+                }
+            },
+            **spec,
+        },
+    }
+
+
+def json_patch(response: dict[str, Any]) -> list[dict[str, Any]]:
+    assert response.get("patchType") == "JSONPatch"
+    return json.loads(base64.b64decode(response["patch"]))
+
+
+async def test_a_valid_workload_is_allowed(webhook: WebhookClient) -> None:
+    response = await webhook.review(webhooks.VALIDATE_ID, serving_workload())
+    assert response["allowed"] is True
+    assert "status" not in response and "warnings" not in response
+
+
+async def test_a_template_without_containers_is_denied_with_the_field_and_code(webhook: WebhookClient) -> None:
+    obj = serving_workload()
+    obj["spec"]["template"]["spec"]["containers"] = []
+    response = await webhook.review(webhooks.VALIDATE_ID, obj)
+    assert response["allowed"] is False
+    assert response["status"]["code"] == 422
+    assert "spec.template.spec.containers" in response["status"]["message"]
+    assert "[InvalidSpec]" in response["status"]["message"]
+
+
+async def test_a_forged_class_label_is_denied(webhook: WebhookClient) -> None:
+    obj = serving_workload()
+    obj["spec"]["template"]["spec"]["containers"][0] = {
+        "name": "t", "image": "pytorch/pytorch", "command": ["torchrun", "train.py"],
+    }
+    obj["metadata"]["labels"] = {CLASS_LABEL: "inference"}
+    response = await webhook.review(webhooks.VALIDATE_ID, obj)
+    assert response["allowed"] is False
+    assert f'metadata.labels["{CLASS_LABEL}"]' in response["status"]["message"]
+
+
+async def test_status_on_create_is_denied(webhook: WebhookClient) -> None:
+    obj = serving_workload()
+    obj["status"] = {"phase": "Admitted"}
+    response = await webhook.review(webhooks.VALIDATE_ID, obj)
+    assert (response["allowed"], response["status"]["code"]) == (False, 422)
+    assert response["status"]["message"].startswith("[StatusNotAllowed] status:")
+
+
+async def test_growing_an_admitted_workload_is_denied_on_update(webhook: WebhookClient) -> None:
+    old = serving_workload(gpus=2)
+    old["status"] = {"phase": "Running"}
+    new = copy.deepcopy(old)
+    new["spec"]["gpus"] = 4
+    response = await webhook.review(webhooks.VALIDATE_ID, new, old=old, operation="UPDATE")
+    assert response["allowed"] is False
+    assert "spec.gpus" in response["status"]["message"] and "Running" in response["status"]["message"]
+    new["spec"]["gpus"] = 2
+    new["metadata"]["labels"] = {"team": "a"}
+    response = await webhook.review(webhooks.VALIDATE_ID, new, old=old, operation="UPDATE")
+    assert response["allowed"] is True
+
+
+async def test_an_unknown_product_is_a_warning_not_a_denial(webhook: WebhookClient) -> None:
+    nodes = [{"metadata": {"labels": {"nvidia.com/gpu.product": "Tesla-T4"}}}]
+    from gpuadmit.core.validation import known_products_of_nodes
+
+    webhooks.set_known_products_provider(lambda: known_products_of_nodes(nodes))
+    response = await webhook.review(webhooks.VALIDATE_ID, serving_workload(gpuProducts=["Tesla-T4", "H100-SXM"]))
+    assert response["allowed"] is True
+    assert len(response["warnings"]) == 1
+    assert "spec.gpuProducts[1]" in response["warnings"][0] and "H100-SXM" in response["warnings"][0]
+
+
+async def test_a_failing_product_provider_does_not_block_admission(webhook: WebhookClient) -> None:
+    def broken() -> list[str]:
+        raise RuntimeError("cache not ready")
+
+    webhooks.set_known_products_provider(broken)
+    response = await webhook.review(webhooks.VALIDATE_ID, serving_workload(gpuProducts=["X"]))
+    assert response["allowed"] is True and "warnings" not in response
+
+
+async def test_mutation_answers_with_a_json_patch_of_class_label_and_defaults(webhook: WebhookClient) -> None:
+    response = await webhook.review(webhooks.MUTATE_ID, serving_workload())
+    assert response["allowed"] is True
+    ops = {op["path"]: op for op in json_patch(response)}
+    assert ops["/spec/class"]["value"] == "auto"
+    assert ops["/spec/replicas"]["value"] == 1
+    assert ops["/spec/gpuProducts"]["value"] == []
+    assert ops["/spec/minGpuMemoryMiB"]["value"] == 0
+    assert ops["/metadata/labels"]["value"] == {CLASS_LABEL: "inference"}
+    assert all(op["op"] == "add" for op in ops.values())
+
+
+async def test_mutation_overrides_a_wrong_class_label_and_leaves_tenant_fields(webhook: WebhookClient) -> None:
+    obj = serving_workload(replicas=3, **{"class": "training"})
+    obj["metadata"]["labels"] = {"team": "a", CLASS_LABEL: "inference"}
+    patch = json_patch(await webhook.review(webhooks.MUTATE_ID, obj))
+    changed = {op["path"]: op.get("value") for op in patch}
+    assert changed["/metadata/labels/gpuadmit.io~1class"] == "training"
+    assert "/spec/replicas" not in changed and "/spec/class" not in changed
+
+
+async def test_a_complete_object_gets_no_patch(webhook: WebhookClient) -> None:
+    obj = serving_workload(replicas=1, gpuProducts=[], minGpuMemoryMiB=0, **{"class": "auto"})
+    obj["metadata"]["labels"] = {CLASS_LABEL: "inference"}
+    response = await webhook.review(webhooks.MUTATE_ID, obj)
+    assert response["allowed"] is True and "patch" not in response
+
+
+async def test_garbage_in_the_object_is_denied_not_crashed(webhook: WebhookClient) -> None:
+    obj = serving_workload()
+    obj["spec"] = ["not", "an", "object"]
+    response = await webhook.review(webhooks.VALIDATE_ID, obj)
+    assert response["allowed"] is False and response["status"]["message"].startswith("[InvalidSpec] spec:")
+    response = await webhook.review(webhooks.MUTATE_ID, obj)
+    assert response["allowed"] is True and "patch" not in response
+
+
+def test_an_empty_product_view_means_unknown_not_missing() -> None:
+    webhooks.set_known_products_provider(lambda: set())
+    try:
+        assert webhooks.known_products() is None
+        webhooks.set_product_provider(lambda: ["Tesla-T4"])  # the name the operator wires
+        assert webhooks.known_products() == {"Tesla-T4"}
+    finally:
+        webhooks.set_known_products_provider(None)
+
+
+def test_webhooks_are_off_on_port_zero() -> None:
+    settings = kopf.OperatorSettings()
+    assert webhooks.configure_webhook_server(settings, argparse.Namespace(webhook_port=0, webhook_cert_dir=None)) is None
+    assert settings.admission.server is None
+
+
+def test_a_mounted_certificate_is_used_as_is(tmp_path: Path) -> None:
+    files = generate_self_signed(tmp_path, ["gpuadmit-webhook.gpuadmit.svc"])
+    before = files.certfile.read_bytes()
+    settings = kopf.OperatorSettings()
+    server = webhooks.configure_webhook_server(
+        settings, argparse.Namespace(webhook_port=9443, webhook_cert_dir=str(tmp_path))
+    )
+    assert server is not None
+    assert (server.certfile, server.pkeyfile, server.cafile) == (str(files.certfile), str(files.keyfile), str(files.cafile))
+    assert files.certfile.read_bytes() == before  # not regenerated
+    assert server.addr == "0.0.0.0" and server.port == 9443
+
+
+async def test_the_generated_certificate_is_refused_without_its_ca(webhook: WebhookClient) -> None:
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(aiohttp.ClientConnectorCertificateError):
+            await session.post(f"{webhook.base_url}/{webhooks.VALIDATE_ID}", json={}, ssl=ssl.create_default_context())
+
+
+# --- the same through `gpuadmit run` against the emulated API server ---------------------------
+
+
+@pytest.mark.emulator
+@pytest.mark.timeout(120)
+async def test_gpuadmit_run_serves_the_webhooks_over_tls(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from gpuadmit.emulator import EmulatedApiServer, write_kubeconfig
+
+    crds = Path(__file__).resolve().parents[2] / "crds"
+    port = free_port()
+    cert_dir = tmp_path / "certs"
+    with EmulatedApiServer(crds=[str(crds)]) as url:
+        kubeconfig = write_kubeconfig(url, tmp_path / "kubeconfig")
+        env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
+        command = [sys.executable, "-m", "gpuadmit.cli", "run", "--webhook-port", str(port),
+                   "--webhook-cert-dir", str(cert_dir), "--metrics-port", "0", "--health-port", "0"]
+        log = (tmp_path / "operator.log").open("w")
+        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 60
+            response = None
+            while response is None:
+                assert process.poll() is None, (tmp_path / "operator.log").read_text()[-3000:]
+                assert time.monotonic() < deadline, (tmp_path / "operator.log").read_text()[-3000:]
+                if (cert_dir / "ca.crt").exists():
+                    client = WebhookClient(f"https://localhost:{port}", cert_dir / "ca.crt")
+                    try:
+                        obj = serving_workload()
+                        obj["metadata"]["labels"] = {CLASS_LABEL: "training"}
+                        response = await client.review(webhooks.VALIDATE_ID, obj)
+                        mutated = await client.review(webhooks.MUTATE_ID, obj)
+                    except aiohttp.ClientConnectionError:
+                        pass
+                    finally:
+                        await client.session.close()
+                if response is None:
+                    await asyncio.sleep(0.2)  # polling for the server to listen, not synchronising
+            assert response["allowed"] is False
+            assert f'metadata.labels["{CLASS_LABEL}"]' in response["status"]["message"]
+            patch = {op["path"]: op.get("value") for op in json_patch(mutated)}
+            assert patch["/metadata/labels/gpuadmit.io~1class"] == "inference"
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            log.close()
+
+
+def test_the_listening_address_can_come_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GPUADMIT_WEBHOOK_ADDR", "127.0.0.1")
+    server = webhooks.configure_webhook_server(
+        kopf.OperatorSettings(), argparse.Namespace(webhook_port=9443, webhook_cert_dir=str(tmp_path))
+    )
+    assert server is not None and server.addr == "127.0.0.1"
+    assert (tmp_path / "ca.crt").exists() and (tmp_path / "tls.key").stat().st_mode & 0o077 == 0

@@ -1,0 +1,187 @@
+"""`gpuadmit demo`: its pure parts (what it submits, how it counts), and one short real run (e2e)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gpuadmit import demo
+from gpuadmit.core.classifier import classify
+from gpuadmit.core.nodes import node_from_object
+from gpuadmit.core.policy import parse_policy
+from gpuadmit.core.validation import validate_workload
+from gpuadmit.sim.trace import ALIBABA_NODES_FILE, ALIBABA_PODS_FILE
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def demo_args(**overrides: object) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    demo.add_arguments(parser)
+    args = parser.parse_args([])
+    for key, value in overrides.items():
+        setattr(args, key, value)
+    return args
+
+
+def write_tiny_trace(folder: Path) -> Path:
+    folder.mkdir(parents=True)
+    (folder / ALIBABA_NODES_FILE).write_text(
+        "sn,cpu_milli,memory_mib,gpu,model\n"
+        "n-0,64000,262144,8,V100M32\n"
+        "n-1,64000,262144,2,T4\n"
+        "n-2,64000,262144,4,G2\n"
+    )
+    (folder / ALIBABA_PODS_FILE).write_text(
+        "name,cpu_milli,memory_mib,num_gpu,gpu_milli,gpu_spec,qos,pod_phase,creation_time,deletion_time,scheduled_time\n"
+        "p-0,1000,1024,1,1000,,LS,Succeeded,0,800,10\n"
+        "p-1,1000,1024,1,300,V100M32|T4,BE,Succeeded,5,300,20\n"
+        "p-2,1000,1024,4,1000,,Burstable,Succeeded,9,5000,30\n"
+        "p-3,1000,1024,0,0,,LS,Succeeded,9,5000,30\n"
+        "p-4,1000,1024,2,1000,,LS,Running,9,9000,40\n"
+    )
+    return folder
+
+
+def test_trace_nodes_become_labelled_gpu_nodes(tmp_path: Path) -> None:
+    nodes, pods, source = demo.load_trace(write_tiny_trace(tmp_path / "trace"), node_count=10)
+    assert "Alibaba" in source
+    by_name = {node.name: node for node in nodes}
+    assert by_name["n-0"] == demo.DemoNode("n-0", 8, "Tesla-V100-SXM2-32GB", 32768)
+    assert by_name["n-1"].product == "Tesla-T4"
+    parsed = node_from_object(demo.node_object(by_name["n-0"]), 0)
+    assert (parsed.allocatable, parsed.product, parsed.memory_mib, parsed.schedulable) == (8, "Tesla-V100-SXM2-32GB", 32768, True)
+    assert [pod.name for pod in pods] == ["p-0", "p-1", "p-2", "p-4"]  # GPU pods only
+    p1 = next(pod for pod in pods if pod.name == "p-1")
+    assert (p1.qos_inference, p1.gpus, p1.products) == (False, 1, ("Tesla-V100-SXM2-32GB", "Tesla-T4"))
+    p4 = next(pod for pod in pods if pod.name == "p-4")
+    assert p4.trace_run_seconds is None  # still running at the trace end: long-lived
+
+
+def test_the_trace_is_found_upwards_and_a_bad_explicit_dir_is_an_error(tmp_path: Path) -> None:
+    write_tiny_trace(tmp_path / "shared" / "traces" / "alibaba-gpu-2023")
+    deep = tmp_path / "work" / "main" / "sub"
+    deep.mkdir(parents=True)
+    assert demo.find_trace_dir(None, [deep]) == (tmp_path / demo.TRACE_SUBDIR).resolve()
+    with pytest.raises(demo.DemoError, match="--trace-dir"):
+        demo.find_trace_dir(str(tmp_path / "nowhere"), [deep])
+
+
+def test_submissions_are_seeded_bounded_and_offer_the_requested_load() -> None:
+    nodes, pods, _ = demo.sample_cluster(seed=1)
+    total = sum(node.gpus for node in nodes)
+    args = demo_args(duration=60.0, time_scale=10.0, load=1.0, seed=3)
+    plans, rate, offered = demo.plan_submissions(pods, total, args)
+    again, _, _ = demo.plan_submissions(pods, total, args)
+    assert plans == again
+    assert 0 < rate <= args.max_rate
+    assert offered == pytest.approx(1.0) or rate == args.max_rate
+    assert all(0 < plan.at < args.duration for plan in plans)
+    assert [plan.at for plan in plans] == sorted(plan.at for plan in plans)
+    assert len({(plan.namespace, plan.name) for plan in plans}) == len(plans)
+    assert all(demo.MIN_RUN_SECONDS <= plan.run_seconds <= args.duration / 2 for plan in plans)
+    assert abs(len(plans) - rate * args.duration) < 4 * (rate * args.duration) ** 0.5 + 5  # Poisson arrivals
+    assert all((plan.max_queue_seconds is None) == plan.pod.qos_inference for plan in plans)
+    forgers = [plan for plan in plans if plan.forges_tier_label]
+    assert forgers and not any(plan.pod.qos_inference for plan in forgers)
+    assert len(forgers) <= len(plans) // demo.FORGER_EVERY + 1
+    assert {plan.namespace for plan in plans if plan.pod.qos_inference} <= set(demo.INFERENCE_NAMESPACES)
+
+
+def test_submitted_workloads_pass_the_webhook_and_classify_as_the_qos_proxy_says() -> None:
+    _, pods, _ = demo.sample_cluster(seed=1)
+    plans, _, _ = demo.plan_submissions(pods, 100, demo_args(duration=30.0))
+    inference = next(plan for plan in plans if plan.pod.qos_inference)
+    training = next(plan for plan in plans if not plan.pod.qos_inference)
+    for plan, expected in ((inference, "inference"), (training, "training")):
+        obj = demo.workload_object(plan)
+        assert validate_workload(obj).allowed, validate_workload(obj).message
+        assert classify(obj["spec"].get("class"), obj["spec"]["template"])[0] == expected
+        assert obj["spec"]["gpus"] == plan.pod.gpus
+
+
+def test_the_forged_tier_label_is_what_the_webhook_refuses() -> None:
+    _, pods, _ = demo.sample_cluster(seed=1)
+    plans, _, _ = demo.plan_submissions(pods, 100, demo_args(duration=60.0))
+    forger = next(plan for plan in plans if plan.forges_tier_label)
+    result = validate_workload(demo.workload_object(forger))
+    assert (result.allowed, result.reason) == (False, "ReservedKey")
+    assert "gpuadmit.io/tier" in result.message
+
+
+def test_the_policy_durations_are_compressed_like_time() -> None:
+    policy = demo.demo_policy(REPO / "examples" / "policy.yaml", time_scale=10.0)
+    builtin = demo.demo_policy(None, time_scale=10.0)
+    for obj in (policy, builtin):
+        parsed = parse_policy(obj)
+        assert parsed.preemption.min_runtime_seconds == 60
+        assert parsed.default_max_queue_seconds == 8640
+    assert demo.BUILTIN_POLICY["spec"]["preemption"]["minRuntimeSeconds"] == 600  # the original is untouched
+
+
+def test_the_ledger_counts_decisions_waits_and_margin() -> None:
+    ledger = demo.Ledger(total_gpus=16, time_scale=60.0)
+    pod = demo.DemoPod("p", True, 2, 100.0)
+    plan = demo.Plan(0.0, "p", "serving", pod, 5.0, None)
+    ledger.submitted(plan, sent_at=ledger.now())
+    key = "serving/p"
+    ledger.observe("MODIFIED", {"metadata": {"namespace": "serving", "name": "p"},
+                                "status": {"phase": "Queued", "reason": "InsufficientCapacity", "message": "no room", "class": "inference"}})
+    ledger.observe("MODIFIED", {"metadata": {"namespace": "serving", "name": "p"},
+                                "status": {"phase": "Admitted", "reason": "Admitted", "class": "inference",
+                                           "placement": [{"node": "n1", "gpus": 2}], "marginPerGPUHour": 4.8}})
+    assert ledger.workloads[key].admitted_at is not None
+    assert [d.verb for d in ledger.decisions] == ["queued", "admitted"]
+    assert ledger.gpus_in_use() == 2 and ledger.margin_per_hour() == pytest.approx(9.6)
+    counts = ledger.counts()["inference"]
+    assert (counts["submitted"], counts["admitted"], counts["holding"], counts["queued"]) == (1, 1, 1, 0)
+    ledger.observe("MODIFIED", {"metadata": {"namespace": "serving", "name": "p"},
+                                "status": {"phase": "Succeeded", "reason": "PodsSucceeded", "class": "inference"}})
+    assert ledger.gpus_in_use() == 0 and ledger.counts()["inference"]["done"] == 1
+    ledger.observe("MODIFIED", {"metadata": {"namespace": "other", "name": "x"}, "status": {"phase": "Admitted"}})  # not ours
+    forger = demo.Plan(1.0, "f", "research", demo.DemoPod("f", False, 1, 10.0), 2.0, 60, True)
+    ledger.refused(forger, 1.0, '[ReservedKey] metadata.labels["gpuadmit.io/tier"]: reserved')
+    assert ledger.counts()["training"]["refused"] == 1 and ledger.decisions[-1].verb == "refused"
+    assert ledger.workloads["research/f"].reason == "ReservedKey"
+    lines = demo.summary(ledger, elapsed=10.0, time_scale=60.0)
+    assert "admitted by class: inference=1 training=0" in lines
+
+
+def test_plain_output_has_no_cursor_tricks() -> None:
+    import io
+
+    out = io.StringIO()
+    ledger = demo.Ledger(total_gpus=8, time_scale=10.0)
+    screen = demo.Screen(out, ledger, "header", live=False, duration=30.0)
+    screen.update(0)
+    screen.update(0, final=True)
+    assert "\x1b" not in out.getvalue()
+    assert out.getvalue().count("\n") == 2 and "GPUs 0/8" in out.getvalue()
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_a_short_demo_runs_end_to_end_and_admits_both_classes(tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "gpuadmit.cli", "demo", "--duration", "25", "--nodes", "16"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=200, cwd=REPO,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    output = result.stdout
+    assert result.returncode == 0, output[-3000:] + result.stderr[-3000:]
+    assert "\x1b[" not in output  # not a terminal: plain lines
+    assert "/metrics" in output and "Summary after" in output
+    admitted = re.search(r"admitted by class: inference=(\d+) training=(\d+)", output)
+    assert admitted, output[-2000:]
+    assert int(admitted.group(1)) > 0 and int(admitted.group(2)) > 0, output[-2000:]
+    assert re.search(r"^inference(\s+\d+){6}\s+\d+\.\ds", output, re.MULTILINE)  # six counts, then wait percentiles
+    refused = re.search(r"^training\s+\d+\s+\d+\s+\d+\s+(\d+)", output, re.MULTILINE)  # the forged tier label
+    assert refused and int(refused.group(1)) >= 1, output[-2000:]
+    assert "admission webhooks: every create went through" in output
+    served = re.search(r"metrics: (\d+) gpuadmit_ samples served", output)
+    assert served and int(served.group(1)) > 0, output[-1000:]
