@@ -1,0 +1,67 @@
+"""``python -m gpuadmit.emulator --port N [--crds DIR] [--kubeconfig-out FILE]``: serve until stopped."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import yaml
+
+from gpuadmit.emulator.errors import ApiError
+from gpuadmit.emulator.server import EmulatedApiServer
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m gpuadmit.emulator",
+                                     description="An emulated Kubernetes API server (plain HTTP, no auth).")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=0, help="port to listen on (default 0: any free port)")
+    parser.add_argument("--crds", action="append", default=[], metavar="PATH",
+                        help="a CRD YAML file or a directory of them to serve from the start (repeatable)")
+    parser.add_argument("--kubeconfig-out", metavar="FILE",
+                        help="write a kubeconfig pointing at this server once it listens")
+    parser.add_argument("--require-namespaces", action="store_true",
+                        help="refuse namespaced objects in namespaces that do not exist, as a real server does")
+    parser.add_argument("--history-limit", type=int, default=100_000,
+                        help="watch events kept for resuming watches (older resourceVersions get 410 Gone)")
+    return parser
+
+
+async def serve(args: argparse.Namespace) -> None:
+    try:
+        server = EmulatedApiServer(host=args.host, port=args.port, crds=args.crds,
+                                   require_namespaces=args.require_namespaces, history_limit=args.history_limit)
+    except (ApiError, yaml.YAMLError) as e:
+        raise SystemExit(f"python -m gpuadmit.emulator: cannot serve the CRDs given: {e}") from None
+    # Recording every request is for assertions in tests; a long-running process keeps few.
+    server.handler.max_recorded_requests = 100
+    url = await server.start()
+    if args.kubeconfig_out:
+        server.write_kubeconfig(args.kubeconfig_out)
+    print(f"emulated Kubernetes API server at {url}", flush=True)
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stopping.set)
+    try:
+        await stopping.wait()
+    finally:
+        await server.stop()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    missing = [path for path in args.crds if not Path(path).exists()]
+    if missing:
+        parser.error(f"--crds: no such file or directory: {', '.join(missing)}")
+    asyncio.run(serve(args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,570 @@
+"""The request handler: kmock's ``KubernetesScaffold`` (discovery, request log, reaction DSL)
+with a real API server's behaviour on top, backed by ``ObjectStore``.
+
+Why not kmock's ``KubernetesEmulator``: it keeps objects as plain merged dicts, mutating them
+before any reaction runs, and has no resourceVersion, subresources, selectors or schemas; its
+path parser also mistakes ``/api/v1/namespaces/NAME`` for a namespace prefix. So we keep
+kmock's scaffold and DSL (reactions such as ``handler['patch', kmock.resource('v1/pods')] << 500``
+still take precedence over our fallbacks) and replace the stateful half.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import traceback
+from collections import defaultdict
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import aiohttp.web
+import attrs
+import kmock
+from kmock._internal import parsing, rendering  # the request model our reactions are matched against
+
+from gpuadmit.emulator import errors
+from gpuadmit.emulator.errors import ApiError
+from gpuadmit.emulator.faults import FaultPlan
+from gpuadmit.emulator.patching import APPLY_PATCH, apply_patch
+from gpuadmit.emulator.resources import BUILTIN_RESOURCES, KOPF_PEERING_CRDS, VERBS, ResourceSpec, specs_from_crd
+from gpuadmit.emulator.selectors import object_selector
+from gpuadmit.emulator.store import DEFAULT_HISTORY_LIMIT, ObjectStore, StoredEvent, StorageKey
+
+logger = logging.getLogger(__name__)
+
+CRD_STORAGE: StorageKey = ("apiextensions.k8s.io", "customresourcedefinitions")
+NAMESPACE_STORAGE: StorageKey = ("", "namespaces")
+INITIAL_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
+_OBJECT_SUBRESOURCES = {"status", "finalize"}
+
+
+def parse_api_path(path: str) -> parsing.ParsedPath:
+    """kmock's path parser, except that ``/api/v1/namespaces[/NAME[/status]]`` is the Namespace
+    resource itself (kmock reads it as a namespace prefix and fails)."""
+    parts = [part for part in path.strip("/").split("/") if part]
+    if len(parts) >= 3 and parts[0] == "api":
+        group, version, rest = "", parts[1], parts[2:]
+    elif len(parts) >= 4 and parts[0] == "apis":
+        group, version, rest = parts[1], parts[2], parts[3:]
+    else:
+        return parsing.parse_path(path)  # discovery paths and non-API paths: kmock reads them right
+    namespace = None
+    if rest[0] == "namespaces" and len(rest) >= 3 and not (group == "" and rest[2] in _OBJECT_SUBRESOURCES):
+        namespace, rest = rest[1], rest[2:]
+    plural = rest[0]
+    name = rest[1] if len(rest) > 1 else None
+    subresource = "/".join(rest[2:]) or None
+    return parsing.ParsedPath(group, version, plural, namespace, name, subresource)
+
+
+async def parse_request(raw_request: aiohttp.web.BaseRequest, *, id: int) -> rendering.Request:
+    """Build kmock's ``Request`` (so its filters and assertions work) with our path parsing;
+    PUT counts as the UPDATE action, as PATCH does."""
+    body = await raw_request.read()
+    text = body.decode("utf-8", errors="replace")
+    try:
+        data = json.loads(text) if text.strip() else None
+    except ValueError:
+        data = None
+    parsed = parse_api_path(raw_request.path)
+    resource = None if parsed.group is None else kmock.resource(
+        group=parsed.group, version=parsed.version, plural=parsed.plural)
+    method = kmock.method(raw_request.method)
+    action = parsing.guess_k8s(parsed, method, dict(raw_request.query))
+    if action is None and method == kmock.method.PUT and parsed.name is not None:
+        action = kmock.action.UPDATE
+    return rendering.Request(
+        id=id, raw_request=raw_request, url=raw_request.url, method=raw_request.method,
+        params=dict(raw_request.query), headers=dict(raw_request.headers), cookies=dict(raw_request.cookies),
+        data=data, body=body, text=text,
+        action=action, resource=resource, namespace=parsed.namespace, name=parsed.name,
+        subresource=parsed.subresource,
+    )
+
+
+def _version_priority(version: str) -> tuple[int, int, int, str]:
+    """Kubernetes' order of versions: GA before beta before alpha, higher numbers first."""
+    match = re.fullmatch(r"v(\d+)(?:(alpha|beta)(\d+))?", version)
+    if not match:
+        return (0, 0, 0, version)
+    stability = {"alpha": 1, "beta": 2}.get(match.group(2) or "", 3)
+    return (stability, int(match.group(1)), int(match.group(3) or 0), version)
+
+
+def _initial_status(storage_key: StorageKey, obj: dict[str, Any]) -> Any:
+    """What status a new object starts with, per the real server's create strategies."""
+    if storage_key == ("", "pods"):
+        return {"phase": "Pending"}  # the kubelet (or a test playing it) moves it on via /status
+    if storage_key == NAMESPACE_STORAGE:
+        return {"phase": "Active"}
+    if storage_key in {("", "nodes"), ("", "services")}:
+        return obj.get("status")  # kept as posted (a kubelet registers its node with status)
+    if storage_key == CRD_STORAGE:
+        spec = obj.get("spec") or {}
+        return {
+            "acceptedNames": spec.get("names") or {},
+            "storedVersions": [v.get("name") for v in spec.get("versions") or [] if v.get("storage")],
+            "conditions": [
+                {"type": "NamesAccepted", "status": "True", "reason": "NoConflicts",
+                 "message": "no conflicts found"},
+                {"type": "Established", "status": "True", "reason": "InitialNamesAccepted",
+                 "message": "the initial names have been accepted"},
+            ],
+        }
+    return None  # custom resources: status is dropped on create, set via /status
+
+
+@attrs.define(kw_only=True)
+class KubernetesApiEmulator(kmock.KubernetesScaffold):
+    """A kmock handler that behaves like a Kubernetes API server (see docs/emulator.md)."""
+
+    history_limit: int = DEFAULT_HISTORY_LIMIT
+    require_namespaces: bool = False
+    bookmark_interval: float = 5.0
+    max_recorded_requests: int = 2000  # kmock keeps every request for assertions; we keep the latest
+    faults: FaultPlan = attrs.field(factory=FaultPlan)
+    store: ObjectStore = attrs.field(init=False)
+    _specs: dict[tuple[str, str, str], ResourceSpec] = attrs.field(factory=dict, init=False)
+    _dependents: dict[str, set[tuple[StorageKey, str, str]]] = attrs.field(
+        factory=lambda: defaultdict(set), init=False)
+    _live_uids: set[str] = attrs.field(factory=set, init=False)
+    _request_count: int = attrs.field(default=0, init=False)
+    _own_reaction_count: int = attrs.field(default=0, init=False)
+    _background: set[asyncio.Task[None]] = attrs.field(factory=set, init=False)
+
+    def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
+        self.store = ObjectStore(history_limit=self.history_limit, require_namespaces=self.require_namespaces)
+        self.store.listeners.append(self._on_stored_event)
+        for spec in BUILTIN_RESOURCES:
+            self._register(spec)
+        for crd in KOPF_PEERING_CRDS:
+            self.install_crd(crd)
+        for name in INITIAL_NAMESPACES:
+            self._create(self.spec_for("", "v1", "namespaces"), None, {"metadata": {"name": name}})
+        self.fallback[kmock.action.LIST] << self._serve_list
+        self.fallback[kmock.action.WATCH] << self._serve_watch
+        self.fallback[kmock.action.FETCH] << self._serve_fetch
+        self.fallback[kmock.action.CREATE] << self._serve_create
+        self.fallback[kmock.action.UPDATE] << self._serve_update
+        self.fallback[kmock.action.DELETE] << self._serve_delete
+        for probe in ("/healthz", "/readyz", "/livez"):
+            self.fallback["get", probe] << b"ok"
+        self._own_reaction_count = len(self._payloads)
+
+    # -- public helpers (also for tests that set up state without HTTP) ---------------------------
+
+    def install_crd(self, crd: Mapping[str, Any]) -> dict[str, Any]:
+        """Create or replace a CRD object and serve its resource, as ``kubectl apply`` would.
+        Replacing keeps the objects of the resource (only deleting a CRD deletes them)."""
+        spec = self.spec_for("apiextensions.k8s.io", "v1", "customresourcedefinitions")
+        name = (crd.get("metadata") or {}).get("name", "")
+        if self.store.find(spec, None, name) is not None:
+            self._check_crd(spec, crd)
+            replacement = {key: value for key, value in crd.items() if key != "status"}
+            return self.store.update(spec, None, name, lambda current: {**replacement, "status": current.get("status")})
+        return self._create(spec, None, dict(crd))
+
+    def spec_for(self, group: str, version: str, plural: str) -> ResourceSpec:
+        spec = self._specs.get((group, version, plural))
+        if spec is None:
+            raise ApiError(404, "NotFound", "the server could not find the requested resource",
+                           {"group": group, "kind": plural})
+        return spec
+
+    def specs(self) -> list[ResourceSpec]:
+        return list(self._specs.values())
+
+    # -- kmock entry point -----------------------------------------------------------------------
+
+    async def __call__(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
+        raw_response: aiohttp.web.StreamResponse | None = None
+        try:
+            request = await parse_request(raw_request, id=self._request_count)
+            self._request_count += 1
+            self._record(request)
+            fault = self.faults.fault_for(
+                request.action.name if request.action else None,
+                request.resource.plural if request.resource else None)
+            if fault is not None:
+                raise fault
+            try:
+                return await self._dispatch(request)
+            except rendering.StreamingError as e:  # kmock wraps errors raised while streaming
+                raw_response = e.args[0]
+                raise e.__cause__ or e
+        except Exception as exc:
+            if raw_response is not None and raw_response.prepared:
+                await self._stream_error(exc, raw_response)
+                await raw_response.write_eof()
+                return raw_response
+            if isinstance(exc, ApiError):
+                headers = {"Retry-After": "1"} if exc.code in (429, 503) else None
+                return aiohttp.web.json_response(exc.as_status(), status=exc.code, headers=headers)
+            if isinstance(exc, kmock.KubernetesError):
+                return await self._render_error(exc)
+            logger.exception("The emulated API server failed on %s %s", raw_request.method, raw_request.path)
+            return aiohttp.web.json_response(
+                ApiError(500, "InternalError", f"{type(exc).__name__}: {exc}",
+                         {"causes": [{"message": traceback.format_exc()}]}).as_status(), status=500)
+
+    async def _dispatch(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
+        """Serve directly unless a test added kmock reactions; then let kmock choose.
+
+        kmock matches a request against each reaction by scanning its whole request log, which
+        costs O(requests served) per request; our own routes need no matching at all.
+        """
+        if len(self._payloads) != self._own_reaction_count:
+            return await self._handle(request)
+        route = self._route(request)
+        if route is None:
+            raise ApiError(404, "NotFound", "the server could not find the requested resource")
+        if route == self._serve_watch or isinstance(route, bytes):
+            return await rendering.Response(payload=route)(request)  # kmock renders the streams
+        result = await route(request)
+        if isinstance(result, rendering.Response):
+            return aiohttp.web.json_response(result.payload, status=result.status or 200)
+        return aiohttp.web.json_response(result)
+
+    def _route(self, request: rendering.Request) -> Any:
+        path = request.url.path.rstrip("/") or "/"
+        if request.method == kmock.method.DELETE and request.resource is not None and request.resource.plural \
+                and request.name is None:
+            return self._serve_delete_collection
+        if request.action is not None and request.resource is not None and request.resource.plural:
+            return {
+                kmock.action.LIST: self._serve_list, kmock.action.WATCH: self._serve_watch,
+                kmock.action.FETCH: self._serve_fetch, kmock.action.CREATE: self._serve_create,
+                kmock.action.UPDATE: self._serve_update, kmock.action.DELETE: self._serve_delete,
+            }.get(request.action)
+        if request.method != kmock.method.GET:
+            return None
+        if path in ("/healthz", "/readyz", "/livez"):
+            return b"ok"
+        fixed = {"/": self._serve_root, "/api": self._serve_api, "/apis": self._serve_apis,
+                 "/version": self._serve_server_version}
+        if path in fixed:
+            return fixed[path]
+        if re.fullmatch(r"/apis/[^/]+", path):
+            return self._serve_group
+        if re.fullmatch(r"/apis/[^/]+/[^/]+|/api/[^/]+", path):
+            return self._serve_version
+        return None
+
+    async def _serve_root(self, request: rendering.Request) -> rendering.Payload:
+        paths = {"/api", "/api/v1", "/apis", "/version", "/healthz", "/readyz", "/livez"}
+        for spec in self._specs.values():
+            if spec.group:
+                paths |= {f"/apis/{spec.group}", f"/apis/{spec.group}/{spec.version}"}
+        return {"paths": sorted(paths)}
+
+    async def _stream_error(self, exc: Exception, raw_response: aiohttp.web.StreamResponse) -> None:
+        status = exc.as_status() if isinstance(exc, ApiError) else ApiError(500, "InternalError", repr(exc)).as_status()
+        await raw_response.write(json.dumps({"type": "ERROR", "object": status}).encode() + b"\n")
+
+    def _record(self, request: rendering.Request) -> None:
+        """Keep kmock's request log (used by its assertions) bounded in long runs."""
+        self._requests.append(request)
+        if len(self._requests) > self.max_recorded_requests:
+            keep = self.max_recorded_requests // 2
+            del self._requests[:-keep]
+            for payload in self._payloads:
+                del payload._requests[:-keep]
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        self.store.close_all_watches()
+        for task in list(self._background):
+            task.cancel()
+        await super().__aexit__(*exc_info)
+
+    # -- discovery (kmock's, made exact: core groupVersion "v1", sorted, subresource verbs) ---------
+
+    async def _serve_apis(self, request: rendering.Request) -> rendering.Payload:
+        groups = sorted({spec.group for spec in self._specs.values() if spec.group})
+        return {"apiVersion": "v1", "kind": "APIGroupList", "groups": [self._group_info(g) for g in groups]}
+
+    async def _serve_group(self, request: rendering.Request) -> rendering.Payload:
+        group = request.resource.group if request.resource is not None else None
+        if not group or not any(spec.group == group for spec in self._specs.values()):
+            raise ApiError(404, "NotFound", "the server could not find the requested resource")
+        return {"apiVersion": "v1", "kind": "APIGroup", **self._group_info(group)}
+
+    def _group_info(self, group: str) -> dict[str, Any]:
+        versions = sorted({spec.version for spec in self._specs.values() if spec.group == group},
+                          key=_version_priority, reverse=True)
+        entries = [{"groupVersion": f"{group}/{version}", "version": version} for version in versions]
+        return {"name": group, "versions": entries, "preferredVersion": entries[0]}
+
+    async def _serve_version(self, request: rendering.Request) -> rendering.Payload:
+        assert request.resource is not None
+        group, version = request.resource.group or "", request.resource.version or ""
+        specs = sorted((s for s in self._specs.values() if (s.group, s.version) == (group, version)),
+                       key=lambda s: s.plural)
+        if not specs:
+            raise ApiError(404, "NotFound", "the server could not find the requested resource")
+        resources: list[dict[str, Any]] = []
+        for spec in specs:
+            resources.append({
+                "name": spec.plural, "singularName": spec.singular or spec.kind.lower(), "kind": spec.kind,
+                "namespaced": spec.namespaced, "verbs": list(VERBS), "shortNames": list(spec.short_names),
+                "categories": list(spec.categories),
+            })
+            if spec.has_status:
+                resources.append({"name": f"{spec.plural}/status", "singularName": "", "kind": spec.kind,
+                                  "namespaced": spec.namespaced, "verbs": ["get", "patch", "update"]})
+        return {"apiVersion": "v1", "kind": "APIResourceList",
+                "groupVersion": f"{group}/{version}" if group else version, "resources": resources}
+
+    # -- serving ---------------------------------------------------------------------------------
+
+    def _resolve(self, request: rendering.Request) -> ResourceSpec:
+        assert request.resource is not None  # only API paths get a k8s action
+        spec = self.spec_for(request.resource.group or "", request.resource.version or "",
+                             request.resource.plural or "")
+        if request.namespace is not None and not spec.namespaced:
+            raise ApiError(404, "NotFound", "the server could not find the requested resource")
+        return spec
+
+    def _selector(self, request: rendering.Request) -> Any:
+        matches = object_selector(request.params.get("labelSelector"), request.params.get("fieldSelector"))
+        if request.name is None:
+            return matches
+        return lambda obj: (obj.get("metadata") or {}).get("name") == request.name and matches(obj)
+
+    async def _serve_list(self, request: rendering.Request) -> rendering.Payload:
+        spec = self._resolve(request)
+        items, version = self.store.list(spec, request.namespace, self._selector(request))
+        return {
+            "apiVersion": spec.api_version,
+            "kind": f"{spec.kind}List",
+            "metadata": {"resourceVersion": version},
+            "items": items,
+        }
+
+    async def _serve_fetch(self, request: rendering.Request) -> rendering.Payload:
+        spec = self._resolve(request)
+        if request.subresource not in (None, "status"):
+            raise ApiError(404, "NotFound", "the server could not find the requested resource")
+        assert request.name is not None
+        return self.store.get(spec, request.namespace, request.name)
+
+    async def _serve_create(self, request: rendering.Request) -> rendering.Payload:
+        spec = self._resolve(request)
+        if request.subresource is not None:
+            raise ApiError(404, "NotFound", "the server could not find the requested resource")
+        created = self._create(spec, request.namespace, request.data)
+        return rendering.Response(status=201, payload=created)
+
+    @staticmethod
+    def _check_crd(spec: ResourceSpec, body: Any) -> None:
+        """A CRD we could not serve is refused (422), not stored."""
+        try:
+            specs_from_crd(body if isinstance(body, Mapping) else {})
+        except (ValueError, TypeError, AttributeError) as e:
+            name = str(((body if isinstance(body, Mapping) else {}).get("metadata") or {}).get("name"))
+            raise errors.invalid(spec.group, spec.kind, name,
+                                 [{"reason": "FieldValueInvalid", "field": "spec", "message": str(e)}]) from e
+
+    def _create(self, spec: ResourceSpec, namespace: str | None, body: Any) -> dict[str, Any]:
+        if spec.storage_key == CRD_STORAGE:
+            self._check_crd(spec, body)
+        if spec.storage_key == NAMESPACE_STORAGE and isinstance(body, dict):
+            name = (body.get("metadata") or {}).get("name")
+            if name:  # the label every real namespace carries
+                meta = body.setdefault("metadata", {})
+                meta["labels"] = {**(meta.get("labels") or {}), "kubernetes.io/metadata.name": name}
+        return self.store.create(spec, namespace, body,
+                                 initial_status=lambda obj: _initial_status(spec.storage_key, obj))
+
+    async def _serve_update(self, request: rendering.Request) -> rendering.Payload:
+        spec = self._resolve(request)
+        assert request.name is not None
+        body = request.data
+        if request.body.strip() and body is None:
+            raise errors.bad_request("the request body is not valid JSON")
+        if request.method == kmock.method.PUT:
+            def change(_: dict[str, Any]) -> Any:
+                return body
+        else:
+            content_type = request.headers.get("Content-Type", "application/merge-patch+json")
+            if content_type.split(";")[0].strip() == APPLY_PATCH:
+                raise ApiError(415, "UnsupportedMediaType", "server-side apply is not emulated")
+
+            def change(current: dict[str, Any]) -> Any:
+                return apply_patch(current, body, content_type)
+        return self.store.update(spec, request.namespace, request.name, change, request.subresource)
+
+    async def _serve_delete(self, request: rendering.Request) -> rendering.Payload:
+        spec = self._resolve(request)
+        assert request.name is not None
+        options = dict(request.data) if isinstance(request.data, dict) else {}
+        for option in ("propagationPolicy", "orphanDependents"):
+            if option in request.params:
+                options[option] = request.params[option] if option != "orphanDependents" else \
+                    request.params[option] == "true"
+        return self.store.delete(spec, request.namespace, request.name, options)
+
+    async def _serve_delete_collection(self, request: rendering.Request) -> rendering.Payload:
+        """DELETE on a collection (``kubectl delete --all``): each match is deleted as on its own."""
+        spec = self._resolve(request)
+        items, _ = self.store.list(spec, request.namespace, self._selector(request))
+        deleted = []
+        for item in items:
+            meta = item["metadata"]
+            try:
+                deleted.append(self.store.delete(spec, meta.get("namespace"), meta["name"]))
+            except ApiError:
+                pass  # gone meanwhile
+        return {"apiVersion": spec.api_version, "kind": f"{spec.kind}List",
+                "metadata": {"resourceVersion": self.store.resource_version}, "items": deleted}
+
+    async def _serve_watch(self, request: rendering.Request) -> AsyncIterator[rendering.Payload]:
+        spec = self._resolve(request)
+        params = request.params
+        loop = asyncio.get_running_loop()
+        try:
+            timeout = float(params["timeoutSeconds"]) if params.get("timeoutSeconds") else None
+        except ValueError:
+            raise errors.bad_request(f"invalid timeoutSeconds: {params['timeoutSeconds']!r}") from None
+        bookmarks = params.get("allowWatchBookmarks") == "true"
+        try:
+            initial, watch = self.store.watch(spec, request.namespace, self._selector(request),
+                                              params.get("resourceVersion"))
+        except ApiError as e:
+            if e.code != 410:
+                raise
+            yield {"type": "ERROR", "object": e.as_status()}  # inside the stream, as a real server does
+            return
+
+        deadline = None if timeout is None else loop.time() + timeout
+        cut_after = self.faults.cut_watches_after
+        sent = 0
+        try:
+            yield b""  # send the headers now: a watch is open even before anything happens
+            for event_type, obj in initial:
+                yield {"type": event_type, "object": self.store.present(spec, obj)}
+                sent += 1
+                if cut_after is not None and sent >= cut_after:
+                    return
+            next_bookmark = loop.time() + self.bookmark_interval
+            while True:
+                watch.wakeup.clear()
+                while watch.pending:
+                    event_type, obj = watch.pending.popleft()
+                    yield {"type": event_type, "object": self.store.present(spec, obj)}
+                    sent += 1
+                    if cut_after is not None and sent >= cut_after:
+                        return
+                if watch.closed:
+                    return
+                now = loop.time()
+                if deadline is not None and now >= deadline:
+                    return
+                if bookmarks and now >= next_bookmark:
+                    yield {"type": "BOOKMARK", "object": {
+                        "apiVersion": spec.api_version, "kind": spec.kind,
+                        "metadata": {"resourceVersion": self.store.resource_version},
+                    }}
+                    next_bookmark = now + self.bookmark_interval
+                waits = [deadline - now] if deadline is not None else []
+                waits += [next_bookmark - now] if bookmarks else []
+                try:
+                    await asyncio.wait_for(watch.wakeup.wait(), min(waits) if waits else None)
+                except TimeoutError:
+                    pass
+        finally:
+            self.store.unwatch(watch)
+
+    # -- reactions to stored changes: CRDs, garbage collection ------------------------------------
+
+    def _register(self, spec: ResourceSpec) -> None:
+        self._specs[(spec.group, spec.version, spec.plural)] = spec
+        self.resources[kmock.resource(spec.group, spec.version, spec.plural)] = kmock.ResourceInfo(
+            namespaced=spec.namespaced, kind=spec.kind, singular=spec.singular or spec.kind.lower(),
+            verbs=set(VERBS), shortnames=set(spec.short_names), categories=set(spec.categories),
+            subresources={"status"} if spec.has_status else set(),
+        )
+
+    def _unregister(self, group: str, plural: str) -> None:
+        for key in [key for key in self._specs if (key[0], key[2]) == (group, plural)]:
+            del self._specs[key]
+            del self.resources[kmock.resource(*key)]
+
+    def _on_stored_event(self, event: StoredEvent) -> None:
+        meta = event.obj.get("metadata") or {}
+        locator = (event.storage_key, meta.get("namespace") or "", meta.get("name") or "")
+        for ref in (event.previous or {}).get("metadata", {}).get("ownerReferences") or []:
+            self._dependents[str(ref.get("uid"))].discard(locator)
+        if event.type == "ADDED":
+            self._live_uids.add(str(meta.get("uid")))
+        elif event.type == "DELETED":
+            self._live_uids.discard(str(meta.get("uid")))
+        if event.type != "DELETED":
+            for ref in meta.get("ownerReferences") or []:
+                if isinstance(ref, Mapping):
+                    self._dependents[str(ref.get("uid"))].add(locator)
+        else:
+            for ref in meta.get("ownerReferences") or []:
+                if isinstance(ref, Mapping):
+                    self._dependents[str(ref.get("uid"))].discard(locator)
+
+        if event.storage_key == CRD_STORAGE:
+            spec = event.obj.get("spec") or {}
+            group, plural = spec.get("group", ""), (spec.get("names") or {}).get("plural", "")
+            self._unregister(group, plural)
+            if event.type == "DELETED":
+                self.store.drop_resource((group, plural))
+            else:
+                try:
+                    for resource_spec in specs_from_crd(event.obj):
+                        self._register(resource_spec)
+                except (ValueError, TypeError, AttributeError):
+                    logger.warning("CRD %s cannot be served", meta.get("name"))
+
+        if event.type == "DELETED":
+            uid = str(meta.get("uid"))
+            dependents = self._dependents.pop(uid, set())
+            namespace = meta.get("name") if event.storage_key == NAMESPACE_STORAGE else None
+            if dependents or namespace:
+                self._in_background(self._collect_garbage(uid, dependents, namespace, event.orphan_dependents))
+
+    def _in_background(self, coroutine: Any) -> None:
+        try:
+            task = asyncio.get_running_loop().create_task(coroutine)
+        except RuntimeError:  # no loop yet (set-up before start): collect right away
+            asyncio.run(coroutine)
+            return
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _collect_garbage(self, owner_uid: str, dependents: set[tuple[StorageKey, str, str]],
+                               namespace: str | None, orphan: bool) -> None:
+        """Delete what the deleted object owned unless another owner lives on (then, as when
+        orphaning, only drop the reference), and everything in a deleted namespace. Runs after the response, like the real collector."""
+        targets = set(dependents)
+        if namespace:
+            targets |= {
+                (storage_key, namespace, obj["metadata"]["name"])
+                for storage_key, obj in self.store.all_objects()
+                if obj["metadata"].get("namespace") == namespace
+            }
+        for storage_key, obj_namespace, name in sorted(targets):
+            spec = next((s for s in self._specs.values() if s.storage_key == storage_key), None)
+            if spec is None or self.store.find(spec, obj_namespace, name) is None:
+                continue
+            refs = (self.store.find(spec, obj_namespace, name) or {}).get("metadata", {}).get("ownerReferences") or []
+            other_owners_alive = any(
+                str(ref.get("uid")) != owner_uid and str(ref.get("uid")) in self._live_uids for ref in refs)
+            try:
+                if (orphan or other_owners_alive) and not namespace:
+                    def drop_ref(obj: dict[str, Any]) -> dict[str, Any]:
+                        refs = obj["metadata"].get("ownerReferences") or []
+                        obj["metadata"]["ownerReferences"] = [r for r in refs if str(r.get("uid")) != owner_uid]
+                        return obj
+                    self.store.update(spec, obj_namespace, name, drop_ref)
+                else:
+                    self.store.delete(spec, obj_namespace, name, {"propagationPolicy": "Background"})
+            except ApiError:
+                logger.debug("Garbage collection skipped %s/%s", obj_namespace, name)

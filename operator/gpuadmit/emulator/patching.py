@@ -1,0 +1,142 @@
+"""The patch formats a Kubernetes API server accepts: JSON merge, RFC 6902 JSON patch, strategic merge.
+
+Strategic merge patch is treated as a JSON merge patch (lists are replaced, ``null`` deletes):
+that is what every client the operator uses relies on, and the list-merge keys of the built-in
+types are not needed by it. ``$patch``/``$retainKeys`` directives are dropped, not interpreted.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from gpuadmit.emulator.errors import ApiError, bad_request
+
+MERGE_PATCH = "application/merge-patch+json"
+JSON_PATCH = "application/json-patch+json"
+STRATEGIC_MERGE_PATCH = "application/strategic-merge-patch+json"
+APPLY_PATCH = "application/apply-patch+yaml"
+PATCH_CONTENT_TYPES = (MERGE_PATCH, JSON_PATCH, STRATEGIC_MERGE_PATCH)
+
+
+def apply_patch(target: dict[str, Any], patch: Any, content_type: str) -> dict[str, Any]:
+    """Return a patched copy of ``target``; the original is never modified."""
+    content_type = content_type.split(";")[0].strip().lower()
+    if content_type == JSON_PATCH:
+        if not isinstance(patch, list):
+            raise bad_request("a JSON patch must be a list of operations")
+        return json_patch(target, patch)
+    if content_type in (MERGE_PATCH, STRATEGIC_MERGE_PATCH, "application/json", ""):
+        if not isinstance(patch, dict):
+            raise bad_request("a merge patch must be a JSON object")
+        patch = _drop_directives(patch) if content_type == STRATEGIC_MERGE_PATCH else patch
+        return merge_patch(target, patch)
+    raise ApiError(415, "UnsupportedMediaType", f"the body of the request was in an unknown format: {content_type}")
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386: dicts merge recursively, ``null`` removes a key, anything else replaces."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    result = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = merge_patch(result.get(key), value)
+    return result
+
+
+def _drop_directives(patch: Any) -> Any:
+    if isinstance(patch, dict):
+        return {key: _drop_directives(value) for key, value in patch.items() if not key.startswith("$")}
+    if isinstance(patch, list):
+        return [_drop_directives(item) for item in patch]
+    return patch
+
+
+def json_patch(target: dict[str, Any], operations: list[Any]) -> dict[str, Any]:
+    """RFC 6902 (add, remove, replace, move, copy, test); a failed op is a 422 like the real server."""
+    document: Any = copy.deepcopy(target)
+    for operation in operations:
+        if not isinstance(operation, dict) or "op" not in operation or "path" not in operation:
+            raise bad_request(f"invalid JSON patch operation: {operation!r}")
+        op, path = operation["op"], _pointer(operation["path"])
+        if op == "add":
+            document = _add(document, path, copy.deepcopy(_value(operation)))
+        elif op == "remove":
+            document = _remove(document, path)[0]
+        elif op == "replace":
+            document = _remove(document, path)[0]
+            document = _add(document, path, copy.deepcopy(_value(operation)))
+        elif op == "move":
+            source = _pointer(operation.get("from", ""))
+            document, moved = _remove(document, source)
+            document = _add(document, path, moved)
+        elif op == "copy":
+            source = _pointer(operation.get("from", ""))
+            document = _add(document, path, copy.deepcopy(_get(document, source)))
+        elif op == "test":
+            if _get(document, path) != _value(operation):
+                raise _patch_failed(f"testing value {operation['path']} failed")
+        else:
+            raise bad_request(f"unknown JSON patch operation: {op!r}")
+    return document
+
+
+def _value(operation: dict[str, Any]) -> Any:
+    if "value" not in operation:
+        raise bad_request(f"JSON patch operation {operation['op']!r} needs a value")
+    return operation["value"]
+
+
+def _patch_failed(message: str) -> ApiError:
+    return ApiError(422, "Invalid", f"the server rejected our request due to an error in our request: {message}")
+
+
+def _pointer(path: Any) -> list[str]:
+    if not isinstance(path, str) or (path and not path.startswith("/")):
+        raise bad_request(f"invalid JSON pointer: {path!r}")
+    return [part.replace("~1", "/").replace("~0", "~") for part in path.split("/")[1:]] if path else []
+
+
+def _get(document: Any, path: list[str]) -> Any:
+    for part in path:
+        if isinstance(document, dict) and part in document:
+            document = document[part]
+        elif isinstance(document, list) and part.isdigit() and int(part) < len(document):
+            document = document[int(part)]
+        else:
+            raise _patch_failed(f"path /{'/'.join(path)} does not exist")
+    return document
+
+
+def _add(document: Any, path: list[str], value: Any) -> Any:
+    if not path:
+        return value
+    parent = _get(document, path[:-1])
+    key = path[-1]
+    if isinstance(parent, dict):
+        parent[key] = value
+    elif isinstance(parent, list):
+        if key == "-":
+            parent.append(value)
+        elif key.isdigit() and int(key) <= len(parent):
+            parent.insert(int(key), value)
+        else:
+            raise _patch_failed(f"index {key} is out of range")
+    else:
+        raise _patch_failed(f"cannot add to /{'/'.join(path)}")
+    return document
+
+
+def _remove(document: Any, path: list[str]) -> tuple[Any, Any]:
+    if not path:
+        return None, document
+    parent = _get(document, path[:-1])
+    key = path[-1]
+    if isinstance(parent, dict) and key in parent:
+        return document, parent.pop(key)
+    if isinstance(parent, list) and key.isdigit() and int(key) < len(parent):
+        return document, parent.pop(int(key))
+    raise _patch_failed(f"path /{'/'.join(path)} does not exist")

@@ -1,0 +1,191 @@
+"""A CRD's ``openAPIV3Schema`` applied as the real API server applies it: prune, default, validate.
+
+The schema is a structural OpenAPI v3 schema with Kubernetes extensions. We prune fields the
+schema does not declare (unless ``x-kubernetes-preserve-unknown-fields``), fill ``default``s,
+then validate with ``jsonschema`` (Draft 4, whose boolean ``exclusiveMinimum`` is OpenAPI 3.0's)
+after translating the extensions: ``nullable`` admits ``null``, ``x-kubernetes-int-or-string``
+admits an integer or a string. Errors are worded like the real server's, field first, e.g.
+``spec.gpus: Invalid value: 0: spec.gpus in body should be greater than or equal to 1``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import jsonschema
+
+# The top-level keys every object keeps; the server manages them, the schema does not prune them.
+_ALWAYS_KEPT = ("apiVersion", "kind", "metadata")
+
+
+class ObjectSchema:
+    """One served version's schema, compiled once; ``admit`` prunes, defaults and lists the errors."""
+
+    def __init__(self, openapi_schema: Mapping[str, Any]) -> None:
+        self.structural = dict(openapi_schema)
+        properties = dict(self.structural.get("properties") or {})
+        properties.pop("metadata", None)  # object metadata is checked by the store, not by the CRD
+        self.structural["properties"] = properties
+        translated = _to_jsonschema(self.structural)
+        try:
+            jsonschema.Draft4Validator.check_schema(translated)
+        except jsonschema.SchemaError as e:
+            raise ValueError(f"the openAPIV3Schema is not a valid schema: {e.message}") from e
+        self._validator = jsonschema.Draft4Validator(translated)
+        self._status_schema = {"type": "object", "properties": {"status": properties.get("status", {})}}
+        self._status_validator = jsonschema.Draft4Validator(_to_jsonschema(self._status_schema))
+
+    def admit(self, obj: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, str]]]:
+        """Return the pruned, defaulted object and the causes (empty when valid)."""
+        kept = {key: obj[key] for key in _ALWAYS_KEPT if key in obj}
+        body = {key: value for key, value in obj.items() if key not in _ALWAYS_KEPT}
+        body = prune(body, self.structural)
+        body = apply_defaults(body, self.structural)
+        result = {**kept, **body}
+        causes: list[dict[str, str]] = []
+        for error in sorted(self._validator.iter_errors(body), key=lambda e: [str(p) for p in e.absolute_path]):
+            causes.extend(_causes(error))
+        return result, causes
+
+
+    def admit_status(self, obj: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, str]]]:
+        """Like ``admit``, for a ``/status`` write: only ``status`` is pruned, defaulted and checked."""
+        if "status" not in obj:
+            return obj, []
+        status_part = apply_defaults(prune({"status": obj["status"]}, self._status_schema), self._status_schema)
+        causes: list[dict[str, str]] = []
+        for error in sorted(self._status_validator.iter_errors(status_part),
+                            key=lambda e: [str(p) for p in e.absolute_path]):
+            causes.extend(_causes(error))
+        return {**obj, "status": status_part["status"]}, causes
+
+
+def prune(value: Any, schema: Mapping[str, Any]) -> Any:
+    """Drop the fields the schema does not declare, as the server does before storing."""
+    if isinstance(value, dict):
+        properties = schema.get("properties")
+        additional = schema.get("additionalProperties")
+        preserve = bool(schema.get("x-kubernetes-preserve-unknown-fields"))
+        result = {}
+        for key, item in value.items():
+            if properties is not None and key in properties:
+                result[key] = prune(item, properties[key])
+            elif isinstance(additional, Mapping):
+                result[key] = prune(item, additional)
+            elif preserve or additional is True or (properties is None and not _is_typed_leaf(schema)):
+                result[key] = item
+        return result
+    if isinstance(value, list) and isinstance(schema.get("items"), Mapping):
+        return [prune(item, schema["items"]) for item in value]
+    return value
+
+
+def _is_typed_leaf(schema: Mapping[str, Any]) -> bool:
+    # An ``object`` without properties/additionalProperties/preserve keeps nothing in a real server.
+    return schema.get("type") == "object"
+
+
+def apply_defaults(value: Any, schema: Mapping[str, Any]) -> Any:
+    """Fill each absent property that has a ``default``, recursively into what is present."""
+    if isinstance(value, dict):
+        result = dict(value)
+        for key, subschema in (schema.get("properties") or {}).items():
+            if key not in result and "default" in subschema:
+                result[key] = copy.deepcopy(subschema["default"])
+            if key in result:
+                result[key] = apply_defaults(result[key], subschema)
+        additional = schema.get("additionalProperties")
+        if isinstance(additional, Mapping):
+            declared = schema.get("properties") or {}
+            for key in result:
+                if key not in declared:
+                    result[key] = apply_defaults(result[key], additional)
+        return result
+    if isinstance(value, list) and isinstance(schema.get("items"), Mapping):
+        return [apply_defaults(item, schema["items"]) for item in value]
+    return value
+
+
+def _to_jsonschema(schema: Any) -> Any:
+    """Translate the Kubernetes extensions into plain JSON Schema (Draft 4)."""
+    if isinstance(schema, list):
+        return [_to_jsonschema(item) for item in schema]
+    if not isinstance(schema, Mapping):
+        return schema
+    result: dict[str, Any] = {}
+    for key, value in schema.items():
+        if key in ("default", "example", "description", "format") or key.startswith("x-kubernetes-"):
+            continue
+        if key in ("properties", "patternProperties", "definitions"):
+            result[key] = {name: _to_jsonschema(sub) for name, sub in value.items()}
+        elif key in ("items", "additionalProperties", "not", "allOf", "anyOf", "oneOf"):
+            result[key] = _to_jsonschema(value)
+        else:
+            result[key] = value
+    if schema.get("x-kubernetes-int-or-string"):
+        result["type"] = ["integer", "string"]
+    if schema.get("nullable") and "type" in result:
+        types = result["type"] if isinstance(result["type"], list) else [result["type"]]
+        result["type"] = [*types, "null"]
+        if "enum" in result:
+            result["enum"] = [*result["enum"], None]
+    result.pop("nullable", None)
+    return result
+
+
+def _field_path(parts: Any) -> str:
+    text = ""
+    for part in parts:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, (dict, list)):
+        return "object" if isinstance(value, dict) else "array"
+    return json.dumps(value)
+
+
+def _causes(error: jsonschema.ValidationError) -> list[dict[str, str]]:
+    field = _field_path(error.absolute_path)
+    value, rule, limit = error.instance, error.validator, error.validator_value
+    where = f"{field} in body" if field else "body"
+    if rule == "required":
+        missing = [key for key in limit if isinstance(value, dict) and key not in value]
+        return [
+            {"reason": "FieldValueRequired", "field": f"{field}.{key}" if field else key, "message": "Required value"}
+            for key in missing
+        ]
+    if rule == "enum":
+        supported = ", ".join(_shown(item) for item in limit)
+        return [{
+            "reason": "FieldValueNotSupported", "field": field,
+            "message": f"Unsupported value: {_shown(value)}: supported values: {supported}",
+        }]
+    if rule == "type":
+        wanted = limit if isinstance(limit, str) else "/".join(t for t in limit if t != "null")
+        detail = f"{where} must be of type {wanted}: {_shown(value)}"
+    elif rule == "minimum":
+        strict = (error.schema or {}).get("exclusiveMinimum") is True
+        detail = f"{where} should be greater than {'' if strict else 'or equal to '}{limit}"
+    elif rule == "maximum":
+        strict = (error.schema or {}).get("exclusiveMaximum") is True
+        detail = f"{where} should be less than {'' if strict else 'or equal to '}{limit}"
+    elif rule == "pattern":
+        detail = f"{where} should match '{limit}'"
+    elif rule == "minLength":
+        detail = f"{where} should be at least {limit} chars long"
+    elif rule == "maxLength":
+        detail = f"{where} should be at most {limit} chars long"
+    elif rule == "minItems":
+        detail = f"{where} should have at least {limit} items"
+    elif rule == "maxItems":
+        detail = f"{where} should have at most {limit} items"
+    elif rule == "minProperties":
+        detail = f"{where} should have at least {limit} properties"
+    else:
+        detail = f"{where}: {error.message}"
+    return [{"reason": "FieldValueInvalid", "field": field, "message": f"Invalid value: {_shown(value)}: {detail}"}]

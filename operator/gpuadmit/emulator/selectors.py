@@ -1,0 +1,107 @@
+"""Label and field selectors as the API server parses them from ``?labelSelector=`` / ``?fieldSelector=``.
+
+Label selectors: ``k=v``, ``k==v``, ``k!=v``, ``k in (a,b)``, ``k notin (a,b)``, ``k``, ``!k``,
+comma-separated (all must hold). Field selectors: ``path=v``, ``path==v``, ``path!=v`` on any
+dotted path (``metadata.name``, ``metadata.namespace``, ``spec.nodeName``, ``status.phase``...);
+a missing field compares as the empty string, which is how the real server matches
+``spec.nodeName=`` (unscheduled pods).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from gpuadmit.emulator.errors import bad_request
+
+Predicate = Callable[[Mapping[str, Any]], bool]
+
+_SET_TERM = re.compile(r"^\s*(!?)\s*([A-Za-z0-9_./-]+)\s+(in|notin)\s*\(([^)]*)\)\s*$")
+_EQUALITY_TERM = re.compile(r"^\s*([A-Za-z0-9_./-]+)\s*(==|!=|=)\s*([A-Za-z0-9_./-]*)\s*$")
+_EXISTS_TERM = re.compile(r"^\s*(!?)\s*([A-Za-z0-9_./-]+)\s*$")
+
+
+def _split_terms(selector: str) -> list[str]:
+    """Split on the commas that are not inside ``( )`` of a set term."""
+    terms, depth, current = [], 0, []
+    for char in selector:
+        if char == "(":
+            depth += 1
+        elif char == ")":
+            depth -= 1
+        if char == "," and depth == 0:
+            terms.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    terms.append("".join(current))
+    return [term for term in terms if term.strip()]
+
+
+def parse_label_selector(selector: str | None) -> Predicate:
+    """A predicate over an object's labels dict; raises a 400 ApiError on a malformed selector."""
+    checks: list[Predicate] = []
+    for term in _split_terms(selector or ""):
+        if match := _SET_TERM.match(term):
+            negated, key, operator, values_text = match.groups()
+            if negated:
+                raise bad_request(f"unable to parse requirement: {term!r}")
+            values = {value.strip() for value in values_text.split(",") if value.strip()}
+            if operator == "in":
+                checks.append(lambda labels, k=key, vs=values: labels.get(k) in vs)
+            else:
+                checks.append(lambda labels, k=key, vs=values: labels.get(k) not in vs)
+        elif match := _EQUALITY_TERM.match(term):
+            key, operator, value = match.groups()
+            if operator == "!=":
+                checks.append(lambda labels, k=key, v=value: labels.get(k) != v)
+            else:
+                checks.append(lambda labels, k=key, v=value: labels.get(k) == v)
+        elif match := _EXISTS_TERM.match(term):
+            negated, key = match.groups()
+            if negated:
+                checks.append(lambda labels, k=key: k not in labels)
+            else:
+                checks.append(lambda labels, k=key: k in labels)
+        else:
+            raise bad_request(f"unable to parse requirement: {term!r}")
+    return lambda labels: all(check(labels) for check in checks)
+
+
+def field_value(obj: Mapping[str, Any], path: str) -> str:
+    value: Any = obj
+    for part in path.split("."):
+        value = value.get(part) if isinstance(value, Mapping) else None
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def parse_field_selector(selector: str | None) -> Callable[[Mapping[str, Any]], bool]:
+    """A predicate over a whole object; raises a 400 ApiError on a malformed selector."""
+    checks: list[Callable[[Mapping[str, Any]], bool]] = []
+    for term in _split_terms(selector or ""):
+        match = _EQUALITY_TERM.match(term)
+        if not match:
+            raise bad_request(f"invalid field selector: {term!r}")
+        path, operator, value = match.groups()
+        if operator == "!=":
+            checks.append(lambda obj, p=path, v=value: field_value(obj, p) != v)
+        else:
+            checks.append(lambda obj, p=path, v=value: field_value(obj, p) == v)
+    return lambda obj: all(check(obj) for check in checks)
+
+
+def object_selector(label_selector: str | None, field_selector: str | None) -> Predicate:
+    """Both selectors combined into one predicate over whole objects."""
+    labels_match = parse_label_selector(label_selector)
+    fields_match = parse_field_selector(field_selector)
+
+    def matches(obj: Mapping[str, Any]) -> bool:
+        labels = (obj.get("metadata") or {}).get("labels") or {}
+        return labels_match(labels) and fields_match(obj)
+
+    return matches
