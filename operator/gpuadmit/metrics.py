@@ -159,6 +159,8 @@ def gauges_after_cycle(snapshot: Snapshot, result: CycleResult, per_namespace: b
             queued_by_namespace[workload.namespace] += 1
 
     def held_margin_per_hour(workload: Workload) -> float:
+        if workload.margin_per_gpu_hour is not None:  # status.marginPerGPUHour: survives restarts
+            return workload.margin_per_gpu_hour * sum(entry.gpus for entry in workload.placement)
         if workload.key in admitted_margin:
             return admitted_margin[workload.key] * sum(entry.gpus for entry in workload.placement)
         return _placed_margin_per_hour(policy, workload, workload.placement, products)

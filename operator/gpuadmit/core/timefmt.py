@@ -1,0 +1,49 @@
+"""RFC 3339 timestamps <-> seconds since the epoch, the way Kubernetes writes them.
+
+The core counts time in epoch seconds (floats); Kubernetes objects carry
+RFC 3339 strings such as ``2026-11-26T10:00:00Z``. Parsing is memoised because
+a cluster dump repeats the same few timestamps across thousands of objects.
+"""
+
+from __future__ import annotations
+
+import functools
+from datetime import datetime, timezone
+
+
+@functools.lru_cache(maxsize=65536)
+def _parse_text(text: str) -> float:
+    moment = datetime.fromisoformat(text.strip())
+    if moment.tzinfo is None:  # Kubernetes always writes UTC; a bare time is read as UTC too
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.timestamp()
+
+
+def parse_rfc3339(value: object) -> float:
+    """Epoch seconds of an RFC 3339 string (``Z`` or an offset; fractions allowed).
+
+    Raises ``ValueError`` on anything else, including non-strings, so callers can
+    name the offending field.
+    """
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"expected an RFC 3339 timestamp string, got {value!r}")
+    try:
+        return _parse_text(value)
+    except ValueError:
+        raise ValueError(f"not an RFC 3339 timestamp: {value!r}") from None
+
+
+def parse_rfc3339_or_none(value: object) -> float | None:
+    """Like ``parse_rfc3339`` but ``None`` for anything that is not a valid timestamp."""
+    if not isinstance(value, str):
+        return None
+    try:
+        return _parse_text(value)
+    except ValueError:
+        return None
+
+
+def format_rfc3339(epoch_seconds: float) -> str:
+    """``2026-11-26T10:00:00Z``: whole seconds in UTC, as Kubernetes writes ``metav1.Time``."""
+    moment = datetime.fromtimestamp(int(epoch_seconds), tz=timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
