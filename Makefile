@@ -26,7 +26,7 @@ test: $(STAMP)
 
 ## bench: engine and end-to-end figures, printed
 bench: $(STAMP)
-	$(BIN)/python -m gpuadmit.bench
+	$(BIN)/python -m gpuadmit.bench $(BENCH)
 
 ## e2e: the end-to-end suite; set GPUADMIT_E2E_KUBECONFIG to run it against a real cluster
 e2e: $(STAMP)
