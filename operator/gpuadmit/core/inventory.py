@@ -1,0 +1,403 @@
+"""The free-GPU ledger the engine places into.
+
+Free GPUs on a node = allocatable − GPUs requested by every non-terminal pod
+bound to it − the part of each holding workload's reservation that its own
+pods do not request yet (``Snapshot.gpus_of_own_pods`` says how much they do,
+so nothing is subtracted twice). Free is clamped to ``0..allocatable``.
+
+Why pools and buckets: a cluster of 10,000 nodes is made of a few dozen kinds
+of node (same GPU product, memory and hard taints). Eligibility — product,
+memory, tolerations — is a property of the kind, so it is computed once per
+(pool, workload shape) and cached, never per node. Inside a pool, nodes sit
+in buckets by their current free count, each bucket a heap of node indices
+(indices follow node-name order), so best fit — the node with the smallest
+free count that still holds a replica, ties by name — is a walk over a few
+free counts, not a scan of the nodes. Heaps use lazy deletion: a node is
+pushed into its new bucket when its free count changes, and stale entries are
+dropped when they surface.
+
+Unschedulable nodes (not Ready, cordoned) stay in the ledger, so releasing a
+reservation on them is accounted, but belong to no pool: nothing is placed
+there.
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass, replace
+from typing import Iterable, Mapping, Sequence
+
+from .model import GpuNode, PlacementEntry, Snapshot, Taint, Toleration, Workload
+
+# Taint effects that keep new pods off a node; PreferNoSchedule is only a hint.
+HARD_TAINT_EFFECTS = frozenset({"NoSchedule", "NoExecute"})
+
+
+def toleration_matches(toleration: Toleration, taint: Taint) -> bool:
+    """Kubernetes semantics for one toleration against one taint."""
+    if toleration.effect and toleration.effect != taint.effect:
+        return False
+    operator = toleration.operator or "Equal"
+    if not toleration.key:
+        # An empty key only makes sense with Exists, where it tolerates every taint.
+        return operator == "Exists"
+    if toleration.key != taint.key:
+        return False
+    if operator == "Exists":
+        return True
+    return operator == "Equal" and (toleration.value or "") == (taint.value or "")
+
+
+def tolerates(tolerations: Iterable[Toleration], taint: Taint | Iterable[Taint]) -> bool:
+    """True when the tolerations tolerate the taint (or every taint of an iterable).
+
+    Only the tolerating matters here; whether a taint's effect keeps pods off
+    the node is the caller's question (see ``hard_taints``).
+    """
+    tolerations = tuple(tolerations)
+    if isinstance(taint, Taint):
+        return any(toleration_matches(toleration, taint) for toleration in tolerations)
+    return all(tolerates(tolerations, one) for one in taint)
+
+
+def hard_taints(taints: Iterable[Taint]) -> tuple[Taint, ...]:
+    """The taints that keep untolerating pods off a node, in a canonical order."""
+    unique = {(t.key, t.value or "", t.effect): t for t in taints if t.effect in HARD_TAINT_EFFECTS}
+    return tuple(unique[k] for k in sorted(unique))
+
+
+def describe_taint(taint: Taint) -> str:
+    return f"{taint.key}={taint.value}:{taint.effect}" if taint.value else f"{taint.key}:{taint.effect}"
+
+
+def workload_shape(workload: Workload) -> tuple:
+    """What decides which nodes a workload may use: products, memory, tolerations."""
+    products = workload.gpu_products
+    if len(products) > 1:
+        products = tuple(sorted(set(products)))
+    return (tuple(products), whole(workload.min_gpu_memory_mib), tuple(workload.tolerations))
+
+
+@dataclass(frozen=True, slots=True)
+class Pool:
+    """Schedulable nodes that are alike for eligibility: same product, memory and hard taints."""
+
+    index: int
+    product: str
+    memory_mib: int
+    taints: tuple[Taint, ...]
+    node_indices: tuple[int, ...]
+    max_allocatable: int
+    # allocatable GPU count -> number of nodes with it: capacity questions "if it were empty"
+    allocatable_histogram: tuple[tuple[int, int], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Exclusions:
+    """Why nodes are not eligible for a workload shape, counted for messages."""
+
+    wrong_product: int = 0
+    too_little_memory: int = 0
+    untolerated_taint: int = 0
+    unschedulable: int = 0
+    example_taint: str = ""
+    example_unschedulable_reason: str = ""
+
+    def describe(self) -> str:
+        parts = []
+        if self.wrong_product:
+            parts.append(f"{self.wrong_product} offer another product")
+        if self.too_little_memory:
+            parts.append(f"{self.too_little_memory} have too little GPU memory")
+        if self.untolerated_taint:
+            parts.append(f"{self.untolerated_taint} carry a taint it does not tolerate (e.g. {self.example_taint})")
+        if self.unschedulable:
+            why = f" ({self.example_unschedulable_reason})" if self.example_unschedulable_reason else ""
+            parts.append(f"{self.unschedulable} are unschedulable{why}")
+        return "; ".join(parts)
+
+
+def whole(value: object) -> int:
+    """A GPU or MiB count as a non-negative int; nonsense (None, NaN, text) counts as 0."""
+    try:
+        return max(0, int(value))  # type: ignore[call-overload]
+    except (TypeError, ValueError, OverflowError):
+        return 0
+
+
+def _own_pods_on(own_pods: Mapping[tuple[str, str], int], key: str, node: str) -> int:
+    return whole(own_pods.get((key, node), 0))
+
+
+class Inventory:
+    """Free GPUs per node, by pool and free count; mutable, cheap to ``copy``."""
+
+    def __init__(
+        self,
+        nodes: Sequence[GpuNode],
+        holding: Sequence[Workload] = (),
+        gpus_of_own_pods: Mapping[tuple[str, str], int] | None = None,
+    ) -> None:
+        own_pods = gpus_of_own_pods or {}
+        by_name: dict[str, GpuNode] = {}
+        # Names and products are compared and sorted: anything but text is made text first.
+        nodes = [
+            node if isinstance(node.name, str) and isinstance(node.product, str)
+            else replace(node, name=str(node.name), product=node.product if isinstance(node.product, str) else "")
+            for node in nodes
+        ]
+        # Sorting first makes the survivor of duplicate names independent of input order.
+        for node in sorted(nodes, key=lambda n: (n.name, repr(n))):
+            by_name.setdefault(node.name, node)
+        self.nodes: list[GpuNode] = [by_name[name] for name in sorted(by_name)]
+        self.index_by_name: dict[str, int] = {node.name: i for i, node in enumerate(self.nodes)}
+        self.products_offered: frozenset[str] = frozenset(node.product for node in self.nodes)
+        self.allocatable: list[int] = [whole(node.allocatable) for node in self.nodes]
+        raw_free = [alloc - whole(node.gpus_used_by_pods) for alloc, node in zip(self.allocatable, self.nodes)]
+        for workload in sorted(holding, key=lambda w: w.key):
+            for entry in workload.placement:
+                index = self.index_by_name.get(entry.node)
+                if index is not None:
+                    raw_free[index] -= max(0, whole(entry.gpus) - _own_pods_on(own_pods, workload.key, entry.node))
+        # Raw free may be negative (overbooked by pods); usable free is clamped.
+        self.raw_free: list[int] = raw_free
+        self.free: list[int] = [min(alloc, max(0, raw)) for alloc, raw in zip(self.allocatable, raw_free)]
+
+        groups: dict[tuple, list[int]] = {}
+        for index, node in enumerate(self.nodes):
+            if node.schedulable:
+                key = (node.product, whole(node.memory_mib), hard_taints(node.taints))
+                groups.setdefault(key, []).append(index)
+        self.pools: list[Pool] = []
+        self.pool_of: list[int] = [-1] * len(self.nodes)
+        for (product, memory, taints), members in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], [describe_taint(t) for t in kv[0][2]])):
+            histogram: dict[int, int] = {}
+            for index in members:
+                histogram[self.allocatable[index]] = histogram.get(self.allocatable[index], 0) + 1
+                self.pool_of[index] = len(self.pools)
+            self.pools.append(
+                Pool(
+                    index=len(self.pools),
+                    product=product,
+                    memory_mib=memory,
+                    taints=taints,
+                    node_indices=tuple(members),
+                    max_allocatable=max(histogram),
+                    allocatable_histogram=tuple(sorted(histogram.items())),
+                )
+            )
+        # count_by_free[pool][f]: nodes of the pool with exactly f free; buckets[pool][f]: their heap.
+        self.count_by_free: list[list[int]] = [[0] * (pool.max_allocatable + 1) for pool in self.pools]
+        self.buckets: list[list[list[int]]] = [[[] for _ in range(pool.max_allocatable + 1)] for pool in self.pools]
+        for pool in self.pools:
+            for index in pool.node_indices:  # ascending, so each bucket is already a valid heap
+                self.count_by_free[pool.index][self.free[index]] += 1
+                self.buckets[pool.index][self.free[index]].append(index)
+        self.top_free: list[int] = [self._scan_top(pool.index, pool.max_allocatable) for pool in self.pools]
+        self._eligible_cache: dict[tuple, tuple[int, ...]] = {}
+        self._exclusions_cache: dict[tuple, Exclusions] = {}
+
+    @classmethod
+    def from_snapshot(cls, snapshot: Snapshot) -> Inventory:
+        return cls(snapshot.nodes, snapshot.holding, snapshot.gpus_of_own_pods)
+
+    def copy(self) -> Inventory:
+        """An independent ledger with the same free counts (pools and caches are shared, read-only)."""
+        clone = object.__new__(Inventory)
+        clone.nodes = self.nodes
+        clone.index_by_name = self.index_by_name
+        clone.products_offered = self.products_offered
+        clone.allocatable = self.allocatable
+        clone.pools = self.pools
+        clone.pool_of = self.pool_of
+        clone._eligible_cache = self._eligible_cache
+        clone._exclusions_cache = self._exclusions_cache
+        clone.raw_free = list(self.raw_free)
+        clone.free = list(self.free)
+        clone.count_by_free = [list(counts) for counts in self.count_by_free]
+        clone.buckets = [[list(heap) for heap in heaps] for heaps in self.buckets]
+        clone.top_free = list(self.top_free)
+        return clone
+
+    # --- eligibility -------------------------------------------------------
+
+    def eligible_pools(self, workload: Workload, shape: tuple | None = None) -> tuple[int, ...]:
+        """Pools whose nodes the workload may use (product, memory, tolerations), cached by shape."""
+        shape = shape or workload_shape(workload)
+        cached = self._eligible_cache.get(shape)
+        if cached is None:
+            products, min_memory, tolerations = shape
+            cached = tuple(
+                pool.index
+                for pool in self.pools
+                if (not products or pool.product in products)
+                and pool.memory_mib >= min_memory
+                and tolerates(tolerations, pool.taints)
+            )
+            self._eligible_cache[shape] = cached
+        return cached
+
+    def exclusions(self, workload: Workload) -> Exclusions:
+        """Count why each node is not eligible: for the message of a rejection (a full scan,
+        cached by shape)."""
+        shape = workload_shape(workload)
+        cached = self._exclusions_cache.get(shape)
+        if cached is None:
+            cached = self._exclusions_cache[shape] = self._count_exclusions(shape)
+        return cached
+
+    def _count_exclusions(self, shape: tuple) -> Exclusions:
+        products, min_memory, tolerations = shape
+        counts = {"wrong_product": 0, "too_little_memory": 0, "untolerated_taint": 0, "unschedulable": 0}
+        example_taint = example_reason = ""
+        for node in self.nodes:
+            if products and node.product not in products:
+                counts["wrong_product"] += 1
+            elif whole(node.memory_mib) < min_memory:
+                counts["too_little_memory"] += 1
+            elif not node.schedulable:
+                counts["unschedulable"] += 1
+                example_reason = example_reason or node.unschedulable_reason
+            else:
+                blocking = [t for t in hard_taints(node.taints) if not tolerates(tolerations, t)]
+                if blocking:
+                    counts["untolerated_taint"] += 1
+                    example_taint = example_taint or describe_taint(blocking[0])
+        return Exclusions(**counts, example_taint=example_taint, example_unschedulable_reason=example_reason)
+
+    def pools_by_product(self, pool_indices: Iterable[int]) -> dict[str, tuple[int, ...]]:
+        grouped: dict[str, list[int]] = {}
+        for index in pool_indices:
+            grouped.setdefault(self.pools[index].product, []).append(index)
+        return {product: tuple(indices) for product, indices in sorted(grouped.items())}
+
+    def product_of(self, node_name: str) -> str | None:
+        index = self.index_by_name.get(node_name)
+        return None if index is None else self.nodes[index].product
+
+    # --- capacity questions ------------------------------------------------
+
+    @staticmethod
+    def replicas_if_empty(pools: Iterable[Pool], gpus_per_replica: int) -> int:
+        """Replicas of this size the pools' nodes could hold if nothing ran on them."""
+        return sum(count * (alloc // gpus_per_replica) for pool in pools for alloc, count in pool.allocatable_histogram)
+
+    def max_free(self, pool_indices: Iterable[int]) -> int:
+        return max((self.top_free[p] for p in pool_indices), default=0)
+
+    def replicas_that_fit(self, pool_indices: Iterable[int], gpus_per_replica: int, enough: int | None = None) -> int:
+        """Replicas of this size that fit in free GPUs now (stops counting at ``enough``)."""
+        total = 0
+        for p in pool_indices:
+            counts = self.count_by_free[p]
+            for free in range(gpus_per_replica, self.top_free[p] + 1):
+                if counts[free]:
+                    total += counts[free] * (free // gpus_per_replica)
+                    if enough is not None and total >= enough:
+                        return total
+        return total
+
+    def fits(self, pool_indices: Sequence[int], gpus_per_replica: int, replicas: int) -> bool:
+        if replicas == 1:
+            return self.max_free(pool_indices) >= gpus_per_replica
+        return self.replicas_that_fit(pool_indices, gpus_per_replica, enough=replicas) >= replicas
+
+    def total_free(self, pool_indices: Iterable[int]) -> int:
+        return sum(free * count for p in pool_indices for free, count in enumerate(self.count_by_free[p]))
+
+    # --- placing and releasing --------------------------------------------
+
+    def best_fit_node(self, pool_indices: Sequence[int], gpus_per_replica: int) -> int | None:
+        """The eligible node with the smallest free count ≥ the replica's GPUs; ties by name."""
+        best_free = best_index = None
+        for p in pool_indices:
+            top = self.top_free[p]
+            if top < gpus_per_replica or (best_free is not None and gpus_per_replica > best_free):
+                continue
+            counts = self.count_by_free[p]
+            limit = top if best_free is None else min(top, best_free)
+            for free in range(gpus_per_replica, limit + 1):
+                if counts[free]:
+                    index = self._bucket_head(p, free)
+                    if best_free is None or free < best_free or (free == best_free and index < best_index):
+                        best_free, best_index = free, index
+                    break
+        return best_index
+
+    def place(self, pool_indices: Sequence[int], gpus_per_replica: int, replicas: int) -> tuple[PlacementEntry, ...] | None:
+        """Place all replicas (best fit, one at a time) or none; commits on success."""
+        if gpus_per_replica <= 0 or replicas <= 0 or not self.fits(pool_indices, gpus_per_replica, replicas):
+            return None
+        replicas_by_node: dict[int, int] = {}
+        for _ in range(replicas):
+            index = self.best_fit_node(pool_indices, gpus_per_replica)
+            if index is None:  # cannot happen after fits(); undo rather than half-place a gang
+                for placed, count in replicas_by_node.items():
+                    self.adjust(placed, gpus_per_replica * count)
+                return None
+            self.adjust(index, -gpus_per_replica)
+            replicas_by_node[index] = replicas_by_node.get(index, 0) + 1
+        return tuple(
+            PlacementEntry(node=self.nodes[i].name, gpus=count * gpus_per_replica, replicas=count)
+            for i, count in sorted(replicas_by_node.items())
+        )
+
+    def take(self, placement: Iterable[PlacementEntry]) -> None:
+        for entry in placement:
+            index = self.index_by_name.get(entry.node)
+            if index is not None:
+                self.adjust(index, -whole(entry.gpus))
+
+    def release(self, placement: Iterable[PlacementEntry], workload_key: str = "", own_pods: Mapping[tuple[str, str], int] | None = None) -> None:
+        """Give back a holding workload's GPUs: its reservation and the GPUs its own pods request
+        (they are deleted with it), i.e. max(entry, own pods) per node."""
+        for entry in placement:
+            index = self.index_by_name.get(entry.node)
+            if index is not None:
+                own = _own_pods_on(own_pods or {}, workload_key, entry.node)
+                self.adjust(index, max(whole(entry.gpus), own))
+
+    def freed_by(self, placement: Iterable[PlacementEntry], workload_key: str, own_pods: Mapping[tuple[str, str], int]) -> dict[int, int]:
+        """Node index -> GPUs that ``release`` would add back (before clamping)."""
+        freed: dict[int, int] = {}
+        for entry in placement:
+            index = self.index_by_name.get(entry.node)
+            if index is not None:
+                freed[index] = freed.get(index, 0) + max(whole(entry.gpus), _own_pods_on(own_pods, workload_key, entry.node))
+        return freed
+
+    def usable_after(self, index: int, delta: int) -> int:
+        return min(self.allocatable[index], max(0, self.raw_free[index] + delta))
+
+    def adjust(self, index: int, delta: int) -> None:
+        """Change a node's raw free count by ``delta`` and keep pools, buckets and tops in step."""
+        self.raw_free[index] += delta
+        old = self.free[index]
+        new = min(self.allocatable[index], max(0, self.raw_free[index]))
+        if new == old:
+            return
+        self.free[index] = new
+        p = self.pool_of[index]
+        if p < 0:
+            return
+        counts = self.count_by_free[p]
+        counts[old] -= 1
+        counts[new] += 1
+        heapq.heappush(self.buckets[p][new], index)
+        if new > self.top_free[p]:
+            self.top_free[p] = new
+        elif counts[self.top_free[p]] == 0:
+            self.top_free[p] = self._scan_top(p, self.top_free[p])
+
+    def _scan_top(self, p: int, start: int) -> int:
+        counts = self.count_by_free[p]
+        for free in range(start, -1, -1):
+            if counts[free]:
+                return free
+        return 0
+
+    def _bucket_head(self, p: int, free: int) -> int:
+        heap = self.buckets[p][free]
+        while self.free[heap[0]] != free or self.pool_of[heap[0]] != p:
+            heapq.heappop(heap)
+        return heap[0]
