@@ -1,0 +1,49 @@
+"""`make bench` part: how long a full replay of the shared Alibaba trace takes, per policy.
+
+Full replay: every node (1,213) and every GPU pod that ran, at real speed, through the real
+engine and the three peers. A benchmark, not a test: it prints figures and asserts nothing.
+"""
+
+from __future__ import annotations
+
+import time
+
+from gpuadmit.sim.cli import load_policy
+from gpuadmit.sim.replay import POLICY_NAMES, contender_for, replay
+from gpuadmit.sim.scenario import DEFAULT_SHAPE
+from gpuadmit.sim.trace import LoadShape, find_trace_dir, read_alibaba
+
+
+def main() -> None:
+    directory = find_trace_dir()
+    if directory is None:
+        print("skipped: the Alibaba 2023 trace is not here (set GPUADMIT_TRACE_DIR to its directory)")
+        return
+    policy = load_policy(None)
+    for title, shape in (
+        ("full trace, real speed, all nodes", LoadShape()),
+        (
+            f"default scenario (x{DEFAULT_SHAPE.time_compression:g}, {DEFAULT_SHAPE.node_count} nodes)",
+            DEFAULT_SHAPE,
+        ),
+    ):
+        started = time.perf_counter()
+        trace = read_alibaba(directory, shape)
+        read_seconds = time.perf_counter() - started
+        print(f"{title}: {len(trace.workloads)} workloads, {len(trace.nodes)} nodes, read in {read_seconds:.2f} s")
+        print(f"  {'policy':<9} {'wall s':>8} {'CPU s':>7} {'cycles':>7} {'CPU ms/cycle':>13} {'margin $':>10}")
+        total_wall = total_cpu = 0.0
+        for name in POLICY_NAMES:
+            result = replay(trace, policy, contender_for(name, policy))
+            total_wall += result.wall_seconds
+            total_cpu += result.cpu_seconds
+            per_cycle = 1000 * result.cpu_seconds / max(result.cycles, 1)
+            print(
+                f"  {name:<9} {result.wall_seconds:>8.1f} {result.cpu_seconds:>7.1f} {result.cycles:>7} "
+                f"{per_cycle:>13.2f} {result.margin:>10,.0f}"
+            )
+        print(f"  all four: {total_wall:.1f} s wall, {total_cpu:.1f} s CPU")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,163 @@
+"""The discrete-event replay, driven by the real engine and by the peers."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from gpuadmit.core.model import Action, CycleResult, Decision, GpuNode, PlacementEntry, Reason
+from gpuadmit.core.policy import parse_policy
+from gpuadmit.sim.replay import Contender, SimulationError, contender_for, replay
+from gpuadmit.sim.report import summarize
+from gpuadmit.sim.trace import Trace, TraceWorkload, read_plain
+from tests.sim.synthetic import POLICY, write_synthetic
+
+HOUR = 3600.0
+
+
+def policy(**spec):
+    return parse_policy({"spec": {**POLICY["spec"], **spec}})
+
+
+def job(name, submit, duration, gpus, cls="training", products=()):
+    return TraceWorkload(name=name, submit_time=submit, duration_s=duration, gpus=gpus, replicas=1, workload_class=cls, products=products)
+
+
+def trace(nodes, workloads, end):
+    return Trace(nodes=tuple(nodes), workloads=tuple(sorted(workloads, key=lambda w: (w.submit_time, w.name))), end_time=end, source="test")
+
+
+def jobs_by_name(result):
+    return {record.spec.name: record for record in result.jobs}
+
+
+@pytest.mark.parametrize("name", ["margin", "fifo", "priority", "binpack"])
+def test_margin_is_price_minus_cost_times_gpu_hours(name):
+    the_trace = trace([GpuNode("t4", 4, product="T4")], [job("serve", 0, HOUR, 2, "inference")], end=2 * HOUR)
+    result = replay(the_trace, policy(), contender_for(name, policy()))
+    assert result.margin == pytest.approx((6.0 - 0.35) * 2 * 1.0)
+    summary = summarize(result)
+    assert summary["gpuHours"] == pytest.approx(2.0)
+    assert summary["gpuUtilization"] == pytest.approx(2 * HOUR / (4 * 2 * HOUR))
+    assert summary["byClass"]["inference"]["admitted"] == 1
+    assert jobs_by_name(result)["serve"].state == "done"
+
+
+def test_long_lived_work_is_credited_until_the_horizon_and_not_after():
+    the_trace = trace([GpuNode("n", 2, product="T4")], [job("forever", 0, None, 1), job("late", 5 * HOUR, HOUR, 1)], end=3 * HOUR)
+    result = replay(the_trace, policy(), contender_for("margin", policy()))
+    assert result.margin == pytest.approx((2.0 - 0.35) * 3)
+    records = jobs_by_name(result)
+    assert records["forever"].state == "running"
+    assert records["late"].state == "future"  # submitted after the horizon: never seen
+    assert summarize(result)["byClass"]["training"]["submitted"] == 1
+
+
+def test_margin_rejects_past_the_queue_limit_while_fifo_lets_it_wait():
+    the_trace = trace(
+        [GpuNode("n", 2, product="T4")],
+        [job("first", 0, 10 * HOUR, 2), job("second", 60, HOUR, 2)],
+        end=12 * HOUR,
+    )
+    limited = policy(defaultMaxQueueSeconds=HOUR)
+    margin = jobs_by_name(replay(the_trace, limited, contender_for("margin", limited)))
+    assert margin["second"].state == "rejected" and margin["second"].reject_reason == Reason.QUEUE_TIMEOUT.value
+    assert not margin["second"].waited_past_max
+    fifo = jobs_by_name(replay(the_trace, limited, contender_for("fifo", limited)))
+    assert fifo["second"].first_admitted_at == pytest.approx(10 * HOUR)
+    assert fifo["second"].waited_past_max
+
+
+def test_preempted_training_returns_to_the_queue_and_resumes_with_the_time_left():
+    the_trace = trace(
+        [GpuNode("n", 4, product="T4")],
+        [job("train", 0, 2 * HOUR, 4), job("serve", 100, 1000, 4, "inference")],
+        end=10 * HOUR,
+    )
+    rules = policy()  # minRuntimeSeconds 600
+    margin = replay(the_trace, rules, contender_for("margin", rules))
+    records = jobs_by_name(margin)
+    # The engine waits until the victim has run 600 s; the priority peer preempts at once.
+    assert records["serve"].wait_s == pytest.approx(500, abs=1)
+    assert records["train"].preemptions == 1 and margin.preemptions == 1
+    assert records["train"].state == "done" and records["serve"].state == "done"
+    assert margin.gpu_seconds == pytest.approx(4 * (2 * HOUR + 1000), abs=1)  # no work lost or repeated
+    assert margin.margin == pytest.approx(4 * ((2 - 0.35) * 2 + (6 - 0.35) * 1000 / HOUR), abs=0.01)
+    priority = jobs_by_name(replay(the_trace, rules, contender_for("priority", rules)))
+    assert priority["serve"].wait_s == pytest.approx(0)
+    assert priority["train"].preemptions == 1
+    fifo = jobs_by_name(replay(the_trace, rules, contender_for("fifo", rules)))
+    assert fifo["serve"].wait_s == pytest.approx(2 * HOUR - 100)
+    assert fifo["train"].preemptions == 0
+
+
+def test_training_never_lands_where_it_loses_money_under_margin():
+    nodes = [GpuNode("dear", 4, product="V100M32"), GpuNode("cheap", 2, product="T4")]
+    the_trace = trace(nodes, [job("a", 0, HOUR, 2), job("b", 1, HOUR, 2)], end=4 * HOUR)
+    margin = jobs_by_name(replay(the_trace, policy(), contender_for("margin", policy())))
+    assert margin["a"].first_admitted_at == 0 and margin["b"].first_admitted_at == pytest.approx(HOUR)  # waits for T4
+    fifo = jobs_by_name(replay(the_trace, policy(), contender_for("fifo", policy())))
+    assert fifo["a"].wait_s == 0 and fifo["b"].wait_s == 0  # one of them on the V100, at a loss
+
+
+def test_an_overcommitting_decider_is_caught():
+    def greedy(snapshot):
+        return CycleResult(
+            decisions=tuple(
+                Decision(w.namespace, w.name, Action.ADMIT, Reason.ADMITTED, "all on one node", placement=(PlacementEntry("n", w.total_gpus),))
+                for w in snapshot.pending
+            )
+        )
+
+    the_trace = trace([GpuNode("n", 2)], [job("a", 0, HOUR, 2), job("b", 1, HOUR, 2)], end=2 * HOUR)
+    with pytest.raises(SimulationError, match="overcommit"):
+        replay(the_trace, policy(), Contender("greedy", greedy, False, None))
+
+
+def test_a_broken_gang_is_caught():
+    def half(snapshot):
+        return CycleResult(
+            decisions=tuple(
+                Decision(w.namespace, w.name, Action.ADMIT, Reason.ADMITTED, "half", placement=(PlacementEntry("n", 1),))
+                for w in snapshot.pending
+            )
+        )
+
+    the_trace = trace([GpuNode("n", 4)], [job("a", 0, HOUR, 2)], end=2 * HOUR)
+    with pytest.raises(SimulationError, match="gang"):
+        replay(the_trace, policy(), Contender("half", half, False, None))
+
+
+def test_replay_is_deterministic_and_never_overcommits(tmp_path):
+    workloads, cluster, _ = write_synthetic(tmp_path, seed=3, hours=12)
+    the_trace = read_plain(workloads, cluster)
+    rules = policy()
+    for name in ("margin", "binpack"):
+        first = replay(the_trace, rules, contender_for(name, rules))
+        second = replay(the_trace, rules, contender_for(name, rules))
+        strip = lambda summary: {k: v for k, v in summary.items() if k not in ("replaySeconds", "replayCpuSeconds")}  # noqa: E731
+        assert strip(summarize(first)) == strip(summarize(second))
+        assert first.series.time == second.series.time
+        assert max(first.series.busy_gpus) <= the_trace.total_gpus
+        assert [dataclasses.astuple(r)[:12] for r in first.jobs] == [dataclasses.astuple(r)[:12] for r in second.jobs]
+
+
+@pytest.mark.parametrize("name", ["margin", "priority"])
+def test_folding_running_inference_into_the_nodes_changes_no_decision(tmp_path, name):
+    workloads, cluster, _ = write_synthetic(tmp_path, seed=11, hours=12, arrivals_per_hour=8.0)
+    the_trace = read_plain(workloads, cluster)
+    rules = policy()
+    folded = replay(the_trace, rules, contender_for(name, rules))
+    listed = replay(the_trace, rules, contender_for(name, rules), fold_non_preemptible=False)
+    assert [(r.state, r.first_admitted_at, r.preemptions, r.reject_reason) for r in folded.jobs] == [
+        (r.state, r.first_admitted_at, r.preemptions, r.reject_reason) for r in listed.jobs
+    ]
+    assert folded.margin == pytest.approx(listed.margin)
+
+
+def test_progress_is_reported_up_to_done():
+    the_trace = trace([GpuNode("n", 2)], [job(f"j{i}", i * 100, 50, 1) for i in range(50)], end=6000)
+    seen: list[float] = []
+    replay(the_trace, policy(), contender_for("fifo", policy()), progress=seen.append)
+    assert seen == sorted(seen) and seen[-1] == 1.0 and len(seen) > 10
