@@ -36,6 +36,10 @@ e2e: $(STAMP)
 chart: $(STAMP)
 	$(BIN)/python -m gpuadmit.tools.render_chart charts/gpuadmit out/chart
 
+## chaos: the reliability suite at full size; prints workloads driven, faults by kind, restarts, malformed inputs, violations
+chaos: $(STAMP)
+	$(BIN)/python -m gpuadmit.chaos $(CHAOS)
+
 ## decide-example: what the default policy would do with the example cluster
 decide-example: $(STAMP)
 	$(BIN)/gpuadmit decide -f examples/cluster.yaml

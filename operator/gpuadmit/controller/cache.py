@@ -1,0 +1,134 @@
+"""The in-memory copy of every object a cycle needs, kept current from watch events.
+
+The cache holds raw objects (plain dicts, exactly as the API returned them), so
+the pure core parses them the same way `gpuadmit decide` parses a dump. It is
+fed from three sources: the initial lists at start-up (``restore``), kopf's
+watch events (``handlers``), and the answers to our own writes (``writer``),
+which are applied at once so the next cycle already sees what this one wrote
+(Kueue's "assume" step) without waiting for the watch to echo it.
+
+Because those sources race, an event older than what the cache holds is
+ignored: resourceVersions are compared as integers when both are integers (as
+etcd and the emulator make them), otherwise the newer arrival wins. Deleted
+objects leave a tombstone (their uid) so a late event cannot resurrect them.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping
+
+from gpuadmit.core.model import WORKLOAD_LABEL
+from gpuadmit.core.nodes import pod_gpu_request
+
+WORKLOAD = "GPUWorkload"
+POLICY = "MarginPolicy"
+NODE = "Node"
+POD = "Pod"
+NAMESPACE = "Namespace"
+KINDS = (WORKLOAD, POLICY, NODE, POD, NAMESPACE)
+
+DELETED = "DELETED"
+TOMBSTONES_KEPT = 10_000
+
+
+def object_key(obj: Mapping[str, Any]) -> str:
+    """``namespace/name`` for namespaced objects, ``name`` for cluster-scoped ones."""
+    metadata = obj.get("metadata") or {}
+    namespace = metadata.get("namespace")
+    name = str(metadata.get("name", ""))
+    return f"{namespace}/{name}" if namespace else name
+
+
+def is_relevant_pod(pod: Mapping[str, Any]) -> bool:
+    """Pods that use GPUs or belong to a GPUWorkload; the rest of the cluster is not our business."""
+    labels = (pod.get("metadata") or {}).get("labels") or {}
+    return WORKLOAD_LABEL in labels or pod_gpu_request(pod) > 0
+
+
+def _resource_version(obj: Mapping[str, Any]) -> int | None:
+    value = (obj.get("metadata") or {}).get("resourceVersion")
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _uid(obj: Mapping[str, Any]) -> str:
+    return str((obj.get("metadata") or {}).get("uid", ""))
+
+
+@dataclass
+class ObjectCache:
+    """Raw objects by kind and key. Single-threaded: only the operator's event loop touches it."""
+
+    objects: dict[str, dict[str, dict[str, Any]]] = field(default_factory=lambda: {kind: {} for kind in KINDS})
+    _tombstones: "OrderedDict[str, None]" = field(default_factory=OrderedDict)
+    seeded: bool = False  # set once the initial lists of every kind are in
+
+    def put(self, kind: str, obj: Mapping[str, Any]) -> bool:
+        """Store an object (from a list, an event or a write answer); True if it changed the cache."""
+        if not isinstance(obj, Mapping) or not (obj.get("metadata") or {}).get("name"):
+            return False
+        if kind == POD and not is_relevant_pod(obj):
+            return self.remove(kind, obj)  # a pod that stopped being relevant (label removed)
+        uid = _uid(obj)
+        if uid and uid in self._tombstones:
+            return False
+        key = object_key(obj)
+        store = self.objects[kind]
+        current = store.get(key)
+        if current is not None and _uid(current) == uid:
+            new_version, old_version = _resource_version(obj), _resource_version(current)
+            if new_version is not None and old_version is not None and new_version <= old_version:
+                return False  # stale: an echo of something we already hold
+        store[key] = dict(obj)
+        return True
+
+    def remove(self, kind: str, obj: Mapping[str, Any]) -> bool:
+        key = object_key(obj)
+        current = self.objects[kind].get(key)
+        uid = _uid(obj)
+        if current is None or (uid and _uid(current) and _uid(current) != uid):
+            return False  # nothing held, or a newer object of the same name: keep it
+        del self.objects[kind][key]
+        if uid:
+            self._tombstones[uid] = None
+            while len(self._tombstones) > TOMBSTONES_KEPT:
+                self._tombstones.popitem(last=False)
+        return True
+
+    def apply_event(self, kind: str, event_type: str | None, obj: Mapping[str, Any]) -> bool:
+        """A watch event (ADDED/MODIFIED/DELETED, or None for kopf's initial listing)."""
+        if event_type == DELETED:
+            return self.remove(kind, obj)
+        return self.put(kind, obj)
+
+    def replace_all(self, kind: str, objs: Iterable[Mapping[str, Any]]) -> None:
+        """The result of a full list: what is not in it is gone."""
+        fresh: dict[str, dict[str, Any]] = {}
+        for obj in objs:
+            if isinstance(obj, Mapping) and (obj.get("metadata") or {}).get("name"):
+                if kind != POD or is_relevant_pod(obj):
+                    fresh[object_key(obj)] = dict(obj)
+        self.objects[kind] = fresh
+
+    def get(self, kind: str, key: str) -> dict[str, Any] | None:
+        return self.objects[kind].get(key)
+
+    def all(self, kind: str) -> list[dict[str, Any]]:
+        return list(self.objects[kind].values())
+
+    def pods_by_workload(self) -> dict[str, list[dict[str, Any]]]:
+        """Our pods grouped by their GPUWorkload's key (workload label + namespace); one pass."""
+        grouped: dict[str, list[dict[str, Any]]] = {}
+        for pod in self.objects[POD].values():
+            metadata = pod.get("metadata") or {}
+            workload_name = (metadata.get("labels") or {}).get(WORKLOAD_LABEL)
+            if workload_name:
+                grouped.setdefault(f"{metadata.get('namespace')}/{workload_name}", []).append(pod)
+        return grouped
+
+    def counts(self) -> dict[str, int]:
+        return {kind: len(store) for kind, store in self.objects.items()}

@@ -1,0 +1,548 @@
+"""The scheduling loop: one asyncio task that turns cache changes into decisions.
+
+Watch events only set a flag (``trigger``); the loop waits ``debounce_seconds``
+after the first one so a burst of a thousand creations is decided in a few
+cycles, not a thousand, and runs a cycle at least every ``resync_seconds``
+(re-listing everything first) to catch whatever a watch may have missed.
+
+One cycle, top to bottom:
+
+1. The policy in force: the MarginPolicy named ``--policy-name``; an invalid one
+   gets ``Accepted=False`` and the last good one stays in force.
+2. Follow the pods of holding workloads: Running / Succeeded / Failed from the
+   pods, missing pods created (an Admitted workload whose pods are not there,
+   e.g. after a restart, gets its pods, never a new placement), leftover pods
+   of workloads that no longer hold GPUs deleted.
+3. Snapshot the cache, requeue workloads whose node went away (deleted, NotReady,
+   cordoned), decide.
+4. Apply: preemptions first (victim status Preempted, then its pods deleted),
+   then admits (status with the placement first, THEN pods: the reservation
+   exists before anything can run), then queue and reject statuses, then Events
+   and class labels. Only statuses that differ from the cached one are written.
+
+Every write answer goes into the cache before the next cycle, so a cycle never
+allocates GPUs a previous one already reserved. A cycle that fails on
+malformed input logs and carries on: the next trigger tries again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable, Iterable, Mapping, Protocol
+
+from gpuadmit.controller import status as desired_status
+from gpuadmit.controller.cache import NODE, POD, POLICY, WORKLOAD, ObjectCache, object_key
+from gpuadmit.controller.writer import Writer
+from gpuadmit.core.errors import SpecError
+from gpuadmit.core.model import (
+    GPU_RESOURCE,
+    HOLDING_PHASES,
+    PENDING_PHASES,
+    Action,
+    CycleResult,
+    Decision,
+    PlacementEntry,
+    Policy,
+    Preemption,
+    Reason,
+    Snapshot,
+)
+from gpuadmit.core.nodes import gpu_count, gpus_used_by_node, node_from_object, pod_gpu_request, pod_is_terminal
+from gpuadmit.core.pods import build_pods
+from gpuadmit.core.policy import parse_policy
+from gpuadmit.core.snapshot import build_snapshot
+from gpuadmit.core.timefmt import parse_rfc3339_or_none
+
+logger = logging.getLogger(__name__)
+
+MAX_PAUSE_S = 2.0
+
+
+class MetricsSink(Protocol):
+    """The narrow interface of ``gpuadmit.metrics.Metrics`` the loop calls."""
+
+    def observe_cycle(self, snapshot: Snapshot, result: CycleResult, duration_s: float) -> None: ...
+    def observe_status_written(self, decision: Decision, latency_s: float, admission_wait_s: float | None) -> None: ...
+    def observe_preemption(self, victim_class: str, preemptor_class: str) -> None: ...
+
+
+class Gate(Protocol):
+    """Whether this replica may allocate now (peering); standalone: always."""
+
+    async def is_active(self) -> bool: ...
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    debounce_seconds: float = 0.2
+    resync_seconds: float = 60.0
+    policy_name: str = "default"
+    namespaces: tuple[str, ...] = ()
+
+
+@dataclass
+class CycleReport:
+    """What one cycle did, for logs and tests."""
+
+    decisions: int = 0
+    statuses_written: int = 0
+    pods_created: int = 0
+    pods_deleted: int = 0
+    preemptions: int = 0
+    requeued: int = 0
+    skipped: bool = False
+    duration_s: float = 0.0
+    snapshot_s: float = 0.0
+    decide_s: float = 0.0
+    apply_s: float = 0.0
+    by_action: dict[str, int] = field(default_factory=dict)
+
+
+def _phase(obj: Mapping[str, Any]) -> str | None:
+    status = obj.get("status")
+    return status.get("phase") if isinstance(status, Mapping) else None
+
+
+def _uid(obj: Mapping[str, Any]) -> str:
+    return str((obj.get("metadata") or {}).get("uid", ""))
+
+
+def _owned_by(pod: Mapping[str, Any], workload: Mapping[str, Any]) -> bool:
+    """A pod of this very workload (not of an earlier one that had the same name)."""
+    refs = (pod.get("metadata") or {}).get("ownerReferences") or []
+    owner_uids = {str(ref.get("uid")) for ref in refs if isinstance(ref, Mapping) and ref.get("kind") == "GPUWorkload"}
+    return not owner_uids or _uid(workload) in owner_uids
+
+
+def _terminating(pod: Mapping[str, Any]) -> bool:
+    return bool((pod.get("metadata") or {}).get("deletionTimestamp"))
+
+
+def placement_of(workload: Mapping[str, Any]) -> tuple[PlacementEntry, ...]:
+    """The reservation recorded in a workload's status (what a restart must honour)."""
+    status = workload.get("status") if isinstance(workload.get("status"), Mapping) else {}
+    spec = workload.get("spec") if isinstance(workload.get("spec"), Mapping) else {}
+    gpus_per_replica = spec.get("gpus") if isinstance(spec.get("gpus"), int) and spec.get("gpus") > 0 else 1
+    entries = []
+    for item in status.get("placement") or []:
+        if not isinstance(item, Mapping) or not isinstance(item.get("gpus"), int) or not item.get("node"):
+            continue
+        replicas = item.get("replicas")
+        if not isinstance(replicas, int) or replicas <= 0:
+            replicas = max(1, item["gpus"] // gpus_per_replica)
+        entries.append(PlacementEntry(node=str(item["node"]), gpus=item["gpus"], replicas=replicas))
+    return tuple(entries)
+
+
+class SchedulingLoop:
+    def __init__(
+        self,
+        cache: ObjectCache,
+        writer: Writer,
+        settings: LoopSettings = LoopSettings(),
+        *,
+        decide: Callable[[Snapshot], CycleResult] | None = None,
+        metrics: MetricsSink | None = None,
+        gate: Gate | None = None,
+        resync: Callable[[], Awaitable[None]] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if decide is None:
+            from gpuadmit.core.engine import decide as engine_decide
+            decide = engine_decide
+        self.cache = cache
+        self.writer = writer
+        self.settings = settings
+        self.decide = decide
+        self.metrics = metrics
+        self.gate = gate
+        self.resync = resync
+        self.clock = clock
+        self.cycles = 0  # cycles that decided (a standby replica's skipped ones do not count)
+        self.attempts = 0  # cycles run or skipped: the loop is working
+        self.last_cycle_monotonic: float | None = None
+        self.last_report = CycleReport()
+        self._wakeup = asyncio.Event()
+        self._last_good_policy: Policy | None = None
+        self._warned_default_policy = False
+        self._pending_since: dict[str, float] = {}  # workload key -> when a change to it was seen
+
+    # -- inputs -------------------------------------------------------------------------
+
+    def notify(self, kind: str, event_type: str | None, obj: Mapping[str, Any]) -> None:
+        """A watch event: update the cache, and wake the loop if anything changed."""
+        if self.cache.apply_event(kind, event_type, obj):
+            if kind == WORKLOAD:
+                if event_type != "DELETED" and _phase(obj) in PENDING_PHASES:
+                    self._pending_since.setdefault(object_key(obj), time.monotonic())
+                else:
+                    self._pending_since.pop(object_key(obj), None)
+            self.trigger()
+
+    def trigger(self) -> None:
+        self._wakeup.set()
+
+    # -- the task -----------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Forever: wait for a trigger (or the resync period), debounce, run one cycle."""
+        last_resync = time.monotonic()
+        while True:
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), timeout=self.settings.resync_seconds)
+            except asyncio.TimeoutError:
+                pass
+            await asyncio.sleep(self._pause())  # let the rest of a burst arrive
+            self._wakeup.clear()
+            # Resync by the clock, not by silence: a busy cluster never goes quiet for a whole period.
+            if self.resync is not None and time.monotonic() - last_resync >= self.settings.resync_seconds:
+                last_resync = time.monotonic()
+                try:
+                    await self.resync()
+                except Exception:
+                    logger.exception("Resync failed; deciding on the watched state")
+            await self.run_cycle_safely()
+            self.attempts += 1
+
+    def _pause(self) -> float:
+        """The debounce, stretched to the last cycle's duration (at most MAX_PAUSE_S): a cycle
+        costs time in proportion to the whole cluster, so during a long burst the loop batches
+        more per cycle instead of spending all its time re-deciding the same queue."""
+        return max(self.settings.debounce_seconds, min(self.last_report.duration_s, MAX_PAUSE_S))
+
+    async def run_cycle_safely(self) -> CycleReport:
+        try:
+            return await self.run_cycle()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("Scheduling cycle failed; the next change or resync retries")
+            self.trigger_later()
+            return CycleReport(skipped=True)
+
+    def trigger_later(self, delay: float = 1.0) -> None:
+        asyncio.get_running_loop().call_later(delay, self.trigger)
+
+    async def run_cycle(self) -> CycleReport:
+        started = time.monotonic()
+        report = CycleReport()
+        if not self.cache.seeded or (self.gate is not None and not await self.gate.is_active()):
+            report.skipped = True
+            return report
+        now = self.clock()
+        policy = await self._policy_in_force(now)
+        await self._follow_pods(now, report)
+
+        mark = time.monotonic()
+        snapshot = self._snapshot(policy, now)
+        lost = self._holding_on_lost_nodes(snapshot)
+        if lost:
+            await self._requeue(lost, snapshot, now, report)
+            snapshot = self._snapshot(policy, now)
+        report.snapshot_s, mark = time.monotonic() - mark, time.monotonic()
+        result = self.decide(snapshot)
+        report.decide_s, mark = time.monotonic() - mark, time.monotonic()
+        self.writer.follow_ups.hold()
+        try:
+            await self._apply(snapshot, result, now, report)
+        finally:
+            self.writer.follow_ups.release()
+        report.apply_s = time.monotonic() - mark
+
+        report.decisions = len(result.decisions)
+        report.duration_s = time.monotonic() - started
+        self.cycles += 1
+        self.last_cycle_monotonic = time.monotonic()
+        self.last_report = report
+        if self.metrics is not None:
+            self.metrics.observe_cycle(snapshot, result, report.duration_s)
+        if report.preemptions or report.requeued:
+            self.trigger()  # victims and requeued work are pending again: decide them next
+        if report.statuses_written or report.pods_created or report.pods_deleted:
+            logger.info(
+                "Cycle %d: %d decisions %s, %d statuses written, %d pods created, %d deleted, %d preempted; "
+                "%.3fs (snapshot %.3f, decide %.3f, apply %.3f)",
+                self.cycles, report.decisions, report.by_action, report.statuses_written,
+                report.pods_created, report.pods_deleted, report.preemptions, report.duration_s,
+                report.snapshot_s, report.decide_s, report.apply_s,
+            )
+        return report
+
+    # -- step 1: the policy ---------------------------------------------------------------
+
+    async def _policy_in_force(self, now: float) -> Policy | None:
+        """The policy to decide with (None: the default one), and its Accepted condition written."""
+        obj = self.cache.get(POLICY, self.settings.policy_name)
+        if obj is None:
+            if not self._warned_default_policy:
+                logger.warning("No MarginPolicy named %r: deciding with the built-in default policy", self.settings.policy_name)
+                self._warned_default_policy = True
+            self._last_good_policy = None
+            return None
+        self._warned_default_policy = False
+        try:
+            policy = parse_policy(obj)
+            error_field, error_message = None, ""
+            self._last_good_policy = policy
+        except SpecError as error:
+            error_field, error_message = error.field, error.message
+        except Exception as error:  # never let a policy crash the loop
+            error_field, error_message = "spec", f"could not be read ({type(error).__name__})"
+        desired = desired_status.policy_status(obj, error_field, error_message, now)
+        if desired_status.status_patch(obj.get("status"), desired):
+            if error_field:
+                logger.warning("MarginPolicy %s is invalid (%s: %s); the last valid policy stays in force",
+                               self.settings.policy_name, error_field, error_message)
+            await self.writer.write_status(POLICY, obj, desired)
+        return self._last_good_policy
+
+    # -- step 2: pods -------------------------------------------------------------------
+
+    async def _follow_pods(self, now: float, report: CycleReport) -> None:
+        pods_by_workload = self.cache.pods_by_workload()
+        workloads = {object_key(w): w for w in self.cache.all(WORKLOAD)}
+        used_by_node = gpus_used_by_node(self.cache.all(POD))
+        usable_nodes = self._usable_node_names()
+        jobs: list[Awaitable[Any]] = []
+        for key, pods in pods_by_workload.items():
+            workload = workloads.get(key)
+            own = [pod for pod in pods if workload is not None and _owned_by(pod, workload)]
+            leftovers = [pod for pod in pods if pod not in own]
+            if workload is None or _phase(workload) not in HOLDING_PHASES:
+                leftovers = pods  # workload gone or no longer holding GPUs: none of its pods may run
+            for pod in leftovers:
+                if not _terminating(pod) and (workload is None or not pod_is_terminal(pod)):
+                    jobs.append(self._delete_pod(pod, report))
+        for key, workload in workloads.items():
+            if _phase(workload) in HOLDING_PHASES:
+                own = [pod for pod in pods_by_workload.get(key, []) if _owned_by(pod, workload)]
+                if all(entry.node in usable_nodes for entry in placement_of(workload)):
+                    jobs.append(self._follow_holding(workload, own, used_by_node, now, report))
+                # else: its node is gone or unusable; step 3 requeues it, whatever its pods say
+        await asyncio.gather(*jobs)
+
+    def _usable_node_names(self) -> set[str]:
+        """Nodes that exist, are Ready and not cordoned (the engine's notion, from core.nodes)."""
+        usable = set()
+        for node in self.cache.all(NODE):
+            parsed = node_from_object(node, 0)
+            name = (node.get("metadata") or {}).get("name")
+            if parsed is None or parsed.schedulable:  # no GPUs advertised right now is not a loss
+                usable.add(name)
+        return usable
+
+    async def _follow_holding(
+        self, workload: Mapping[str, Any], pods: list[dict[str, Any]], used_by_node: dict[str, int],
+        now: float, report: CycleReport,
+    ) -> None:
+        placement = placement_of(workload)
+        replicas = sum(entry.replicas for entry in placement)
+        verdict = desired_status.phase_from_pods(pods, replicas)
+        phase = _phase(workload)
+        live = [pod for pod in pods if not _terminating(pod)]
+        if verdict is None and phase == "Running" and len(live) < replicas:
+            names = {(pod.get("metadata") or {}).get("name") for pod in live}
+            missing = [pod["metadata"]["name"] for pod in self._pods_for(workload, placement)
+                       if pod["metadata"]["name"] not in names]
+            verdict = ("Failed", desired_status.POD_DELETED, f"pod {', '.join(missing)} was deleted while running")
+        if verdict is not None and verdict[0] != phase:
+            new_phase, reason, message = verdict
+            desired = desired_status.pods_phase_status(workload, new_phase, reason, message, now)
+            if await self._write(workload, desired, report):
+                self.trigger()  # siblings of a failed pod go next cycle, with the other leftovers
+                if new_phase == "Failed":
+                    self.writer.explain_later(workload, "Warning", reason, message)
+            return
+        if phase == "Admitted" and len(pods) < replicas:
+            await self._create_missing_pods(workload, placement, pods, used_by_node, report)
+
+    def _pods_for(self, workload: Mapping[str, Any], placement: tuple[PlacementEntry, ...]) -> list[dict[str, Any]]:
+        metadata = workload.get("metadata") or {}
+        status = workload.get("status") or {}
+        decision = Decision(
+            namespace=str(metadata.get("namespace", "")), name=str(metadata.get("name", "")),
+            action=Action.ADMIT, reason=Reason.ADMITTED, message="",
+            workload_class=status.get("class") if status.get("class") in ("training", "inference") else None,
+            placement=placement,
+        )
+        return build_pods(workload, decision)
+
+    async def _create_missing_pods(
+        self, workload: Mapping[str, Any], placement: tuple[PlacementEntry, ...], existing: list[dict[str, Any]],
+        used_by_node: dict[str, int], report: CycleReport,
+    ) -> None:
+        """Create the pods not there yet, each only if its node physically has the GPUs free now
+        (a preempted victim's pods may still be terminating there); otherwise wait for a later cycle."""
+        names = {(pod.get("metadata") or {}).get("name") for pod in existing}
+        to_create = []
+        for pod in self._pods_for(workload, placement):
+            if pod["metadata"]["name"] in names:
+                continue
+            node_name = pod["spec"]["nodeName"]
+            node = self.cache.get(NODE, node_name)
+            allocatable = gpu_count(((node or {}).get("status") or {}).get("allocatable", {}).get(GPU_RESOURCE)) if node else 0
+            gpus = pod_gpu_request(pod)
+            if node is None or used_by_node.get(node_name, 0) + gpus > allocatable:
+                logger.info("Pod %s waits: node %s has no %d free GPUs yet", pod["metadata"]["name"], node_name, gpus)
+                self.trigger_later(2.0)
+                continue
+            used_by_node[node_name] = used_by_node.get(node_name, 0) + gpus
+            to_create.append(pod)
+        created = await asyncio.gather(*(self.writer.create_pod(pod) for pod in to_create))
+        report.pods_created += sum(created)
+        if not all(created):
+            self.trigger_later(1.0)  # the reservation stands; its missing pods come next cycle
+
+    async def _delete_pod(self, pod: Mapping[str, Any], report: CycleReport) -> None:
+        if await self.writer.delete_pod(pod):
+            report.pods_deleted += 1
+
+    # -- step 3: snapshot, lost nodes -------------------------------------------------------
+
+    def _snapshot(self, policy: Policy | None, now: float) -> Snapshot:
+        policies: list[Any] = [policy] if policy is not None else []
+        return build_snapshot(
+            self.cache.all(NODE), self.cache.all(POD), self.cache.all("Namespace"), self.cache.all(WORKLOAD),
+            policies, now, policy_name=policy.name if policy is not None else self.settings.policy_name,
+        )
+
+    def _holding_on_lost_nodes(self, snapshot: Snapshot) -> dict[str, str]:
+        """Holding workloads placed on a node that is gone, NotReady or cordoned: key -> why."""
+        by_name = {node.name: node for node in snapshot.nodes}
+        lost: dict[str, str] = {}
+        for workload in snapshot.holding:
+            for entry in workload.placement:
+                node = by_name.get(entry.node)
+                if node is None and self.cache.get(NODE, entry.node) is None:
+                    lost[workload.key] = f"node {entry.node} was deleted"
+                elif node is not None and not node.schedulable:
+                    lost[workload.key] = f"node {entry.node} is {node.unschedulable_reason or 'unschedulable'}"
+        return lost
+
+    async def _requeue(self, lost: dict[str, str], snapshot: Snapshot, now: float, report: CycleReport) -> None:
+        async def requeue_one(key: str, why: str) -> None:
+            workload = self.cache.get(WORKLOAD, key)
+            if workload is None:
+                return
+            message = f"{why}: back in the queue, its pods deleted"
+            desired = desired_status.requeued_status(workload, desired_status.NODE_UNAVAILABLE, message, now)
+            if await self._write(workload, desired, report):
+                report.requeued += 1
+                self.writer.explain_later(workload, "Warning", desired_status.NODE_UNAVAILABLE, message)
+                pods = self.cache.pods_by_workload().get(key, [])
+                await asyncio.gather(*(self._delete_pod(pod, report) for pod in pods if not _terminating(pod)))
+        await asyncio.gather(*(requeue_one(key, why) for key, why in sorted(lost.items())))
+
+    # -- step 4: apply ------------------------------------------------------------------
+
+    async def _apply(self, snapshot: Snapshot, result: CycleResult, now: float, report: CycleReport) -> None:
+        preemptors_blocked = await self._apply_preemptions(result.preemptions, result.decisions, now, report)
+        admits = [d for d in result.decisions if d.action == Action.ADMIT]
+        others = [d for d in result.decisions if d.action != Action.ADMIT]
+        for decision in result.decisions:
+            report.by_action[decision.action.value] = report.by_action.get(decision.action.value, 0) + 1
+        blocked = [d for d in admits if d.key in preemptors_blocked]
+        if blocked:
+            logger.info("%d admits wait: a victim of theirs changed before it could be preempted", len(blocked))
+            self.trigger()
+        # Admits first: they hold the scarce thing (GPUs); their reservation is written before pods.
+        # One physical GPU ledger for the whole step, updated as pods are created.
+        used_by_node = gpus_used_by_node(self.cache.all(POD))
+        pods_by_workload = self.cache.pods_by_workload()
+        await asyncio.gather(*(
+            self._apply_admit(d, now, report, used_by_node, pods_by_workload.get(d.key, []))
+            for d in admits if d.key not in preemptors_blocked
+        ))
+        await asyncio.gather(*(self._apply_queue_or_reject(d, now, report) for d in others))
+
+    async def _apply_preemptions(
+        self, preemptions: Iterable[Preemption], decisions: Iterable[Decision], now: float, report: CycleReport,
+    ) -> set[str]:
+        """Victims out first. Returns preemptors whose victims could not all be preempted:
+        admitting them now could put two workloads on the same GPUs."""
+        class_of = {d.key: d.workload_class for d in decisions}
+        blocked: set[str] = set()
+
+        async def preempt(preemption: Preemption) -> None:
+            victim = self.cache.get(WORKLOAD, preemption.key)
+            if victim is None or _phase(victim) not in HOLDING_PHASES:
+                blocked.add(preemption.preempted_by)
+                return
+            desired = desired_status.preempted_status(victim, preemption, now)
+            if not await self._write(victim, desired, report):
+                blocked.add(preemption.preempted_by)
+                return
+            report.preemptions += 1
+            pods = [pod for pod in self.cache.pods_by_workload().get(preemption.key, []) if not _terminating(pod)]
+            await asyncio.gather(*(self._delete_pod(pod, report) for pod in pods))
+            self.writer.explain_later(victim, "Warning", preemption.reason.value, desired["message"])
+            if self.metrics is not None:
+                victim_class = str((victim.get("status") or {}).get("class") or "unknown")
+                self.metrics.observe_preemption(victim_class, class_of.get(preemption.preempted_by) or "unknown")
+
+        await asyncio.gather(*(preempt(p) for p in preemptions))
+        return blocked
+
+    async def _apply_admit(
+        self, decision: Decision, now: float, report: CycleReport,
+        used_by_node: dict[str, int], existing_pods: list[dict[str, Any]],
+    ) -> None:
+        workload = self.cache.get(WORKLOAD, decision.key)
+        if workload is None:
+            return
+        desired = desired_status.decision_status(workload, decision, now)
+        if not await self._write(workload, desired, report, decision):
+            return
+        admitted = self.cache.get(WORKLOAD, decision.key) or workload
+        pods = [p for p in existing_pods if _owned_by(p, admitted)]
+        await self._create_missing_pods(admitted, decision.placement, pods, used_by_node, report)
+        self.writer.explain_later(admitted, "Normal", decision.reason.value, decision.message, decision.workload_class)
+
+    async def _apply_queue_or_reject(self, decision: Decision, now: float, report: CycleReport) -> None:
+        workload = self.cache.get(WORKLOAD, decision.key)
+        if workload is None:
+            return
+        was_rejected = _phase(workload) == "Rejected"
+        desired = desired_status.decision_status(workload, decision, now)
+        written = await self._write(workload, desired, report, decision)
+        if written is None:
+            return
+        updated = self.cache.get(WORKLOAD, decision.key) or workload
+        if decision.action == Action.REJECT and written and not was_rejected:
+            self.writer.explain_later(updated, "Warning", decision.reason.value,
+                                      desired_status.decision_message(decision), decision.workload_class)
+        else:
+            self.writer.label_later(updated, decision.workload_class)
+
+    async def _write(
+        self, workload: Mapping[str, Any], desired: Mapping[str, Any], report: CycleReport,
+        decision: Decision | None = None,
+    ) -> bool | None:
+        """Write a workload's status if it differs. True: written; False: nothing to write;
+        None: the write failed (the cache holds a fresh copy; the next cycle decides again)."""
+        if not desired_status.status_patch(workload.get("status"), desired):
+            return False
+        updated = await self.writer.write_status(WORKLOAD, workload, desired)
+        if updated is None:
+            self.trigger()
+            return None
+        report.statuses_written += 1
+        if decision is not None:
+            self._observe_written(workload, decision)
+        return True
+
+    def _observe_written(self, workload: Mapping[str, Any], decision: Decision) -> None:
+        seen = self._pending_since.pop(decision.key, None)
+        if self.metrics is None:
+            return
+        latency = time.monotonic() - seen if seen is not None else 0.0
+        wait = None
+        if decision.action == Action.ADMIT:
+            status = workload.get("status") if isinstance(workload.get("status"), Mapping) else {}
+            since = parse_rfc3339_or_none(status.get("queuedSince")) or parse_rfc3339_or_none(
+                (workload.get("metadata") or {}).get("creationTimestamp"))
+            wait = max(0.0, self.clock() - since) if since is not None else None
+        self.metrics.observe_status_written(decision, latency, wait)

@@ -1,0 +1,85 @@
+"""`gpuadmit run`: the operator, against whatever API server KUBECONFIG (or the
+in-cluster service account) points to.
+
+The flags are a contract with the Helm chart (docs/architecture.md). This module
+only turns them into ``OperatorOptions`` and hands over to kopf, which calls the
+handlers in ``handlers.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import socket
+import uuid
+
+from gpuadmit.controller.peering import random_priority
+from gpuadmit.controller.runtime import OperatorOptions
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"not a port: {text}")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--metrics-port", type=_port, default=8080, help="Prometheus /metrics port (0: off; default 8080)")
+    parser.add_argument("--health-port", type=_port, default=8081, help="/healthz and /readyz port (0: off; default 8081)")
+    parser.add_argument("--webhook-port", type=_port, default=9443, help="admission webhook HTTPS port (0: off; default 9443)")
+    parser.add_argument("--webhook-cert-dir", default=None, help="directory with tls.crt and tls.key (self-signed when absent)")
+    parser.add_argument("--resync-seconds", type=_non_negative_float, default=60.0, help="full re-list and cycle at least this often (default 60)")
+    parser.add_argument("--debounce-seconds", type=_non_negative_float, default=0.2, help="wait after a change to batch a burst into one cycle (default 0.2)")
+    parser.add_argument("--peering", metavar="NAME", default=None, help="kopf peering name: one active replica among those sharing it (default: standalone)")
+    parser.add_argument("--namespace", dest="namespaces", action="append", default=[], help="watch GPUWorkloads in this namespace (repeatable; default: all)")
+    parser.add_argument("--policy-name", default="default", help="the MarginPolicy in force (default: default)")
+    parser.add_argument("--max-concurrent-writes", type=int, default=48, help="API requests in flight at once (default 48)")
+    parser.add_argument("--log-level", default=os.environ.get("GPUADMIT_LOG_LEVEL", "INFO"), help="DEBUG, INFO, WARNING (default INFO)")
+
+
+def options_from_args(args: argparse.Namespace) -> OperatorOptions:
+    return OperatorOptions(
+        metrics_port=args.metrics_port,
+        health_port=args.health_port,
+        webhook_port=args.webhook_port,
+        webhook_cert_dir=args.webhook_cert_dir,
+        resync_seconds=max(1.0, args.resync_seconds),
+        debounce_seconds=args.debounce_seconds,
+        peering=args.peering,
+        namespaces=tuple(dict.fromkeys(args.namespaces)),
+        policy_name=args.policy_name,
+        identity=f"{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:8]}",
+        priority=random_priority(),
+        max_concurrency=max(1, args.max_concurrent_writes),
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    import kopf  # imported here so `gpuadmit decide` never loads it
+
+    from gpuadmit.controller import handlers
+
+    logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    logging.getLogger("kopf.objects").setLevel(logging.WARNING)  # one line per watch event otherwise
+    options = options_from_args(args)
+    handlers.configure(options, args)
+    kopf.run(
+        standalone=options.peering is None,
+        peering_name=options.peering,
+        priority=options.priority,
+        identity=options.identity,  # type: ignore[arg-type]  # kopf's Identity is a NewType of str
+        clusterwide=not options.namespaces,
+        namespaces=list(options.namespaces),
+    )
+    return 0

@@ -1,0 +1,166 @@
+"""The running operator's parts, assembled once at start-up and taken apart at exit.
+
+``OperatorRuntime`` owns the API client, the cache, the watch streams, the writer,
+the scheduling loop task, the health server and (when available) the metrics
+server. kopf's start-up handler calls ``start()``; the loop starts only after
+every stream has listed its kind, so the first cycle never decides on half a
+picture.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+import kopf
+from aiohttp import web
+
+from gpuadmit.controller import restore
+from gpuadmit.controller.api import KubeApi, resolve_credentials
+from gpuadmit.controller.cache import NODE, ObjectCache
+from gpuadmit.controller.loop import LoopSettings, MetricsSink, SchedulingLoop
+from gpuadmit.controller.peering import PeeringGate
+from gpuadmit.controller.watch import Stream
+from gpuadmit.controller.writer import Writer
+from gpuadmit.core.model import GPU_PRODUCT_LABEL
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class OperatorOptions:
+    """Everything `gpuadmit run` was asked for (see main.add_arguments)."""
+
+    metrics_port: int = 8080
+    health_port: int = 8081
+    webhook_port: int = 9443
+    webhook_cert_dir: str | None = None
+    resync_seconds: float = 60.0
+    debounce_seconds: float = 0.2
+    peering: str | None = None
+    namespaces: tuple[str, ...] = ()
+    policy_name: str = "default"
+    identity: str = ""
+    priority: int = 0
+    max_concurrency: int = 48
+
+
+class OperatorRuntime:
+    def __init__(self, options: OperatorOptions) -> None:
+        self.options = options
+        self.cache = ObjectCache()
+        self.api: KubeApi | None = None
+        self.loop: SchedulingLoop | None = None
+        self.writer: Writer | None = None
+        self.metrics: MetricsSink | None = None
+        self._metrics_server: Any = None
+        self._loop_task: asyncio.Task[None] | None = None
+        self.streams: list[Stream] = []
+        self._stream_tasks: list[asyncio.Task[None]] = []
+        self._health_runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        options = self.options
+        self.metrics = self._start_metrics()
+        on_error = getattr(self.metrics, "observe_api_error", None)
+        self.api = await KubeApi(resolve_credentials(), max_concurrency=options.max_concurrency, on_error=on_error).open()
+        writer = self.writer = Writer(self.api, self.cache, instance=options.identity or socket.gethostname())
+        gate = None
+        if options.peering:
+            namespace = options.namespaces[0] if options.namespaces else None
+            gate = PeeringGate(self.api, options.peering, options.identity, options.priority, namespace)
+        self.loop = SchedulingLoop(
+            self.cache, writer,
+            LoopSettings(options.debounce_seconds, options.resync_seconds, options.policy_name, options.namespaces),
+            metrics=self.metrics, gate=gate, resync=self.resync,
+        )
+        if gate is not None:
+            gate.on_settled = self.loop.trigger
+        await self._start_health_server()
+        loop = self.loop
+        self.streams = [
+            Stream(self.api, self.cache, kind, resource, loop.notify, loop.trigger, namespace)
+            for kind, resource, namespace in restore.watch_scopes(options.namespaces)
+        ]
+        self._stream_tasks = [asyncio.create_task(stream.run(), name=f"watch {stream.name}") for stream in self.streams]
+        # Restart safety: no decision before every kind's first list is in the cache.
+        await asyncio.gather(*(stream.listed.wait() for stream in self.streams))
+        self.cache.seeded = True
+        restore.log_seeded(self.cache)
+        self._loop_task = asyncio.create_task(loop.run(), name="gpuadmit scheduling loop")
+        loop.trigger()  # the first cycle: restored state, decided once
+
+    async def resync(self) -> None:
+        assert self.api is not None
+        await restore.seed_cache(self.api, self.cache, self.options.namespaces)
+
+    async def stop(self) -> None:
+        tasks = [*self._stream_tasks, *([self._loop_task] if self._loop_task else [])]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self.writer is not None:
+            await self.writer.follow_ups.close()
+        if self._health_runner is not None:
+            await self._health_runner.cleanup()
+        if self.api is not None:
+            await self.api.close()
+        if self._metrics_server is not None:
+            self._metrics_server.stop()
+
+    def known_gpu_products(self) -> set[str]:
+        """GPU products the cluster's nodes carry: for the webhook's "no node has it" warning."""
+        products = set()
+        for node in self.cache.all(NODE):
+            product = ((node.get("metadata") or {}).get("labels") or {}).get(GPU_PRODUCT_LABEL)
+            if product:
+                products.add(str(product))
+        return products
+
+    # -- health ---------------------------------------------------------------------------
+
+    def alive(self) -> bool:
+        return self._loop_task is not None and not self._loop_task.done()
+
+    def ready(self) -> bool:
+        """Seeded and through its first cycle (a standby replica's skipped one counts)."""
+        return self.alive() and self.loop is not None and self.loop.attempts > 0
+
+    async def _start_health_server(self) -> None:
+        if not self.options.health_port:
+            return
+
+        async def healthz(_: web.Request) -> web.Response:
+            # Alive while seeding too: a slow first list must not get the pod restarted.
+            ok = self.alive() or self._loop_task is None
+            return web.json_response({"alive": ok}, status=200 if ok else 500)
+
+        async def readyz(_: web.Request) -> web.Response:
+            ok = self.ready()
+            cycles = self.loop.cycles if self.loop else 0
+            body = {"ready": ok, "cycles": cycles, "cached": self.cache.counts(), "streams_events": sum(s.events_seen for s in self.streams)}
+            return web.json_response(body, status=200 if ok else 503)
+
+        app = web.Application()
+        app.router.add_get("/healthz", healthz)
+        app.router.add_get("/readyz", readyz)
+        self._health_runner = web.AppRunner(app, access_log=None)
+        await self._health_runner.setup()
+        await web.TCPSite(self._health_runner, "0.0.0.0", self.options.health_port).start()
+
+    def _start_metrics(self) -> MetricsSink | None:
+        try:
+            from gpuadmit.metrics import Metrics, start_metrics_server
+        except ImportError:
+            logger.warning("gpuadmit.metrics is not available: running without metrics")
+            return None
+        metrics = Metrics()
+        if self.options.metrics_port:
+            try:
+                self._metrics_server = start_metrics_server(metrics, self.options.metrics_port)
+            except OSError as error:
+                raise kopf.PermanentError(f"cannot serve metrics on port {self.options.metrics_port}: {error}") from error
+        return metrics

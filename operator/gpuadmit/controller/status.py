@@ -1,0 +1,252 @@
+"""What a GPUWorkload's (and the MarginPolicy's) status should say: pure functions.
+
+Every function here returns the *desired* status as a dict of the fields the
+operator owns; ``status_patch`` turns current + desired into the smallest merge
+patch (empty when nothing changed), which is how the writer avoids rewriting a
+thousand queued objects every cycle.
+
+Conditions follow the Kubernetes conventions (type, status, reason, message,
+lastTransitionTime, observedGeneration); ``lastTransitionTime`` moves only when
+a condition's status flips. The set is small on purpose:
+
+- ``Admitted``: True once GPUs are reserved; False while queued, rejected or
+  preempted, with the machine reason.
+- ``Running``: True while every replica's pod runs; present once admitted.
+- ``Finished``: True when the workload reached an end (Succeeded, Failed,
+  Rejected); the reason says which.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any, Iterable, Mapping, Sequence
+
+from gpuadmit.core.model import Action, Decision, Phase, Preemption
+
+ADMITTED = "Admitted"
+RUNNING = "Running"
+FINISHED = "Finished"
+ACCEPTED = "Accepted"  # on the MarginPolicy
+
+MESSAGE_LIMIT = 1024  # keep statuses small; the Event carries the same text
+MARGIN_DECIMALS = 4  # float noise must not count as a change
+
+TERMINAL_PHASES = frozenset({Phase.SUCCEEDED.value, Phase.FAILED.value, Phase.REJECTED.value})
+
+# Reasons the operator itself gives (the engine's are in core.model.Reason).
+POD_FAILED = "PodFailed"
+POD_DELETED = "PodDeleted"
+PODS_RUNNING = "PodsRunning"
+PODS_STARTING = "PodsStarting"
+PODS_SUCCEEDED = "PodsSucceeded"
+NODE_UNAVAILABLE = "NodeUnavailable"
+POLICY_VALID = "Valid"
+POLICY_INVALID = "InvalidSpec"
+
+
+def rfc3339(epoch_seconds: float) -> str:
+    return datetime.fromtimestamp(epoch_seconds, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _short(message: str) -> str:
+    return message if len(message) <= MESSAGE_LIMIT else message[: MESSAGE_LIMIT - 1] + "…"
+
+
+def _status_of(obj: Mapping[str, Any]) -> Mapping[str, Any]:
+    status = obj.get("status")
+    return status if isinstance(status, Mapping) else {}
+
+
+def _generation(obj: Mapping[str, Any]) -> int | None:
+    generation = (obj.get("metadata") or {}).get("generation")
+    return generation if isinstance(generation, int) else None
+
+
+def set_condition(
+    conditions: Sequence[Mapping[str, Any]] | None,
+    condition_type: str,
+    status: bool,
+    reason: str,
+    message: str,
+    now: float,
+    generation: int | None = None,
+) -> list[dict[str, Any]]:
+    """``conditions`` with one condition set; lastTransitionTime kept unless the status flips."""
+    value = "True" if status else "False"
+    result: list[dict[str, Any]] = []
+    replaced = False
+    for existing in conditions or []:
+        if not isinstance(existing, Mapping):
+            continue
+        if existing.get("type") != condition_type:
+            result.append(dict(existing))
+            continue
+        replaced = True
+        same = existing.get("status") == value
+        result.append(_condition(condition_type, value, reason, message,
+                                 existing.get("lastTransitionTime") if same else rfc3339(now), generation))
+    if not replaced:
+        result.append(_condition(condition_type, value, reason, message, rfc3339(now), generation))
+    return result
+
+
+def _condition(condition_type: str, value: str, reason: str, message: str, since: Any, generation: int | None) -> dict[str, Any]:
+    condition = {"type": condition_type, "status": value, "reason": reason, "message": _short(message),
+                 "lastTransitionTime": since or ""}
+    if generation is not None:
+        condition["observedGeneration"] = generation
+    return condition
+
+
+def remove_condition(conditions: Iterable[Mapping[str, Any]] | None, condition_type: str) -> list[dict[str, Any]]:
+    return [dict(c) for c in conditions or [] if isinstance(c, Mapping) and c.get("type") != condition_type]
+
+
+def decision_message(decision: Decision) -> str:
+    """The decision's human message; an InvalidSpec one always starts with the field it is about."""
+    if decision.field and not decision.message.startswith(decision.field):
+        return f"{decision.field}: {decision.message}"
+    return decision.message
+
+
+def decision_status(workload_obj: Mapping[str, Any], decision: Decision, now: float) -> dict[str, Any]:
+    """The status a Decision asks for (admit, queue or reject)."""
+    message = decision_message(decision)
+    current = _status_of(workload_obj)
+    generation = _generation(workload_obj)
+    conditions = current.get("conditions")
+    desired: dict[str, Any] = {
+        "reason": decision.reason.value,
+        "message": _short(message),
+        "class": decision.workload_class,
+        "classReason": decision.class_reason or None,
+        "marginPerGPUHour": None if decision.margin_per_gpu_hour is None else round(decision.margin_per_gpu_hour, MARGIN_DECIMALS),
+        "observedGeneration": generation,
+    }
+    if decision.action == Action.ADMIT:
+        desired.update(
+            phase=Phase.ADMITTED.value,
+            queuePosition=None,
+            placement=[{"node": entry.node, "gpus": entry.gpus, "replicas": entry.replicas} for entry in decision.placement],
+            admittedAt=rfc3339(now),
+        )
+        conditions = set_condition(conditions, ADMITTED, True, decision.reason.value, message, now, generation)
+        conditions = set_condition(conditions, RUNNING, False, PODS_STARTING, "pods are being created", now, generation)
+        conditions = remove_condition(conditions, FINISHED)
+    elif decision.action == Action.QUEUE:
+        desired.update(phase=Phase.QUEUED.value, queuePosition=decision.queue_position, placement=None, admittedAt=None)
+        conditions = set_condition(conditions, ADMITTED, False, decision.reason.value, message, now, generation)
+        conditions = remove_condition(conditions, RUNNING)
+    else:
+        desired.update(phase=Phase.REJECTED.value, queuePosition=None, placement=None, admittedAt=None)
+        conditions = set_condition(conditions, ADMITTED, False, decision.reason.value, message, now, generation)
+        conditions = remove_condition(conditions, RUNNING)
+        conditions = set_condition(conditions, FINISHED, True, decision.reason.value, message, now, generation)
+    desired["conditions"] = conditions
+    return desired
+
+
+def preempted_status(workload_obj: Mapping[str, Any], preemption: Preemption, now: float) -> dict[str, Any]:
+    """Preempted: GPUs given up, back in the queue (a pending phase), counter incremented."""
+    current = _status_of(workload_obj)
+    generation = _generation(workload_obj)
+    previous = current.get("preemptions")
+    message = preemption.message or f"preempted by {preemption.preempted_by}, which earns more per GPU-hour"
+    conditions = set_condition(current.get("conditions"), ADMITTED, False, preemption.reason.value, message, now, generation)
+    conditions = set_condition(conditions, RUNNING, False, preemption.reason.value, message, now, generation)
+    return {
+        "phase": Phase.PREEMPTED.value,
+        "reason": preemption.reason.value,
+        "message": _short(message),
+        "preemptedBy": preemption.preempted_by,
+        "preemptions": (previous if isinstance(previous, int) else 0) + 1,
+        "queuedSince": rfc3339(now),  # aging and maxQueueSeconds count from the preemption
+        "queuePosition": None,
+        "placement": None,
+        "admittedAt": None,
+        "observedGeneration": generation,
+        "conditions": conditions,
+    }
+
+
+def requeued_status(workload_obj: Mapping[str, Any], reason: str, message: str, now: float) -> dict[str, Any]:
+    """Back to the queue without a preemptor (its node went away): a fresh decision comes next cycle."""
+    current = _status_of(workload_obj)
+    generation = _generation(workload_obj)
+    conditions = set_condition(current.get("conditions"), ADMITTED, False, reason, message, now, generation)
+    conditions = remove_condition(conditions, RUNNING)
+    return {
+        "phase": Phase.QUEUED.value,
+        "reason": reason,
+        "message": _short(message),
+        "queuedSince": rfc3339(now),
+        "queuePosition": None,
+        "placement": None,
+        "admittedAt": None,
+        "observedGeneration": generation,
+        "conditions": conditions,
+    }
+
+
+def pod_phase(pod: Mapping[str, Any]) -> str:
+    status = pod.get("status")
+    return str(status.get("phase") or "Pending") if isinstance(status, Mapping) else "Pending"
+
+
+def phase_from_pods(pods: Sequence[Mapping[str, Any]], replicas: int) -> tuple[str, str, str] | None:
+    """(phase, reason, message) the pods of a holding workload imply, or None to leave it as it is.
+
+    Failed as soon as one pod failed; Succeeded when every replica succeeded;
+    Running when every replica has a pod and all of them run (a replica that
+    already succeeded while others still run keeps the workload Running).
+    """
+    live = [pod for pod in pods if not (pod.get("metadata") or {}).get("deletionTimestamp")]
+    for pod in live:
+        if pod_phase(pod) == "Failed":
+            name = (pod.get("metadata") or {}).get("name", "?")
+            detail = (pod.get("status") or {}).get("message") or (pod.get("status") or {}).get("reason") or "no detail"
+            return Phase.FAILED.value, POD_FAILED, f"pod {name} failed ({detail}); its siblings are deleted"
+    if len(live) < replicas:
+        return None
+    phases = [pod_phase(pod) for pod in live]
+    if all(phase == "Succeeded" for phase in phases):
+        return Phase.SUCCEEDED.value, PODS_SUCCEEDED, f"all {len(live)} pods succeeded"
+    if all(phase in ("Running", "Succeeded") for phase in phases):
+        return Phase.RUNNING.value, PODS_RUNNING, f"all {len(live)} pods are running"
+    return None
+
+
+def pods_phase_status(workload_obj: Mapping[str, Any], phase: str, reason: str, message: str, now: float) -> dict[str, Any]:
+    """The status for a phase the pods decided (Running, Succeeded, Failed, or Failed because a pod vanished)."""
+    current = _status_of(workload_obj)
+    generation = _generation(workload_obj)
+    conditions = current.get("conditions")
+    conditions = set_condition(conditions, RUNNING, phase == Phase.RUNNING.value, reason, message, now, generation)
+    if phase in TERMINAL_PHASES:
+        conditions = set_condition(conditions, FINISHED, True, reason, message, now, generation)
+    return {"phase": phase, "reason": reason, "message": _short(message), "conditions": conditions}
+
+
+def policy_status(policy_obj: Mapping[str, Any], error_field: str | None, error_message: str, now: float) -> dict[str, Any]:
+    """The MarginPolicy's ``Accepted`` condition: False names the offending field."""
+    current = _status_of(policy_obj)
+    generation = _generation(policy_obj)
+    if error_field is None:
+        conditions = set_condition(current.get("conditions"), ACCEPTED, True, POLICY_VALID, "policy is in force", now, generation)
+    else:
+        message = f"{error_field}: {error_message}; the last valid policy stays in force"
+        conditions = set_condition(current.get("conditions"), ACCEPTED, False, POLICY_INVALID, message, now, generation)
+    return {"observedGeneration": generation, "conditions": conditions}
+
+
+def status_patch(current_status: Mapping[str, Any] | None, desired: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields of ``desired`` that differ from ``current_status`` (None removes a field); {} if none."""
+    current = current_status if isinstance(current_status, Mapping) else {}
+    patch: dict[str, Any] = {}
+    for name, value in desired.items():
+        if value is None:
+            if current.get(name) is not None:
+                patch[name] = None
+        elif current.get(name) != value:
+            patch[name] = value
+    return patch

@@ -1,0 +1,214 @@
+"""Every write the operator makes: status patches, pods, Events, the class label.
+
+Each method does one API call (or one per pod), applies the answer to the cache
+at once (so the next cycle sees it without waiting for the watch echo), and
+turns failures into a result rather than an exception: a 409 Conflict means the
+object moved on since the cycle read it, so the writer re-reads it into the
+cache and the next cycle decides again on the fresh object (the assumption is
+rolled back by that very re-read).
+
+Status patches carry ``metadata.resourceVersion``, so a decision is only ever
+written onto the exact object version it was computed from.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+import uuid
+from typing import Any, Awaitable, Callable, Mapping
+
+from gpuadmit.controller import api as kube
+from gpuadmit.controller.api import ApiError, KubeApi
+from gpuadmit.controller.cache import POD, WORKLOAD, ObjectCache, object_key
+from gpuadmit.controller.status import rfc3339, status_patch
+from gpuadmit.core.model import API_GROUP, API_VERSION, CLASS_LABEL
+
+logger = logging.getLogger(__name__)
+
+COMPONENT = "gpuadmit"
+
+
+class FollowUps:
+    """Writes that explain a decision but are not the decision (Events, the class label).
+
+    They run on a few background workers, so a burst's status writes (what a tenant waits
+    for) are not queued behind twice as many explanatory writes. Lost on exit, by design:
+    a label that is still missing is set again by a later cycle.
+    """
+
+    def __init__(self, workers: int = 4) -> None:
+        self._queue: asyncio.Queue[Callable[[], Awaitable[None]]] = asyncio.Queue()
+        self._workers = workers
+        self._tasks: list[asyncio.Task[None]] = []
+        self._open = asyncio.Event()
+        self._open.set()
+
+    def hold(self) -> None:
+        """Pause (between jobs) while a cycle writes decisions: those come first."""
+        self._open.clear()
+
+    def release(self) -> None:
+        self._open.set()
+
+    def submit(self, job: Callable[[], Awaitable[None]]) -> None:
+        if not self._tasks:
+            self._tasks = [asyncio.create_task(self._work(), name=f"gpuadmit follow-up {i}") for i in range(self._workers)]
+        self._queue.put_nowait(job)
+
+    async def drain(self) -> None:
+        """Wait until every submitted job ran (tests, shutdown)."""
+        if self._tasks:
+            await self._queue.join()
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+
+    async def _work(self) -> None:
+        while True:
+            job = await self._queue.get()
+            await self._open.wait()
+            try:
+                await job()
+            except Exception:
+                logger.exception("A follow-up write failed")
+            finally:
+                self._queue.task_done()
+
+
+class Writer:
+    def __init__(self, api: KubeApi, cache: ObjectCache, instance: str | None = None) -> None:
+        self.api = api
+        self.cache = cache
+        self.instance = instance or socket.gethostname()
+        self.conflicts = 0  # for logs and tests: how often a write met a newer object
+        self.follow_ups = FollowUps()
+
+    def explain_later(self, obj: Mapping[str, Any], event_type: str, reason: str, message: str,
+                      workload_class: str | None = None) -> None:
+        """Queue the Event for a decision (and the class label) behind this cycle's status writes."""
+        self.follow_ups.submit(lambda: self.post_event(obj, event_type, reason, message))
+        if workload_class:
+            self.label_later(obj, workload_class)
+
+    def label_later(self, obj: Mapping[str, Any], workload_class: str | None) -> None:
+        labels = (obj.get("metadata") or {}).get("labels") or {}
+        if workload_class and labels.get(CLASS_LABEL) != workload_class:
+            key = object_key(obj)
+            self.follow_ups.submit(lambda: self.set_class_label(self.cache.get(WORKLOAD, key) or obj, workload_class))
+
+    async def write_status(self, kind: str, obj: Mapping[str, Any], desired: Mapping[str, Any]) -> dict[str, Any] | None:
+        """Patch only what differs from the cached status. Returns the new object, the old one if
+        nothing changed, or None when the write failed (conflict, gone, refused)."""
+        patch = status_patch(obj.get("status"), desired)
+        if not patch:
+            return dict(obj)
+        metadata = obj.get("metadata") or {}
+        resource = kube.WORKLOADS if kind == WORKLOAD else kube.POLICIES
+        body = {"metadata": {"resourceVersion": metadata.get("resourceVersion")}, "status": patch}
+        try:
+            updated = await self.api.patch(resource, metadata["name"], body, metadata.get("namespace"), subresource="status")
+        except ApiError as error:
+            await self._after_failed_write(kind, resource, obj, error)
+            return None
+        self.cache.put(kind, updated)
+        return updated
+
+    async def set_class_label(self, obj: Mapping[str, Any], workload_class: str | None) -> None:
+        """The ``gpuadmit.io/class`` label on the GPUWorkload, so `kubectl get gw -l` can select by class."""
+        metadata = obj.get("metadata") or {}
+        if not workload_class or (metadata.get("labels") or {}).get(CLASS_LABEL) == workload_class:
+            return
+        try:
+            updated = await self.api.patch(
+                kube.WORKLOADS, metadata["name"], {"metadata": {"labels": {CLASS_LABEL: workload_class}}},
+                metadata.get("namespace"),
+            )
+        except ApiError as error:
+            logger.info("Could not label %s: %s", object_key(obj), error)
+            return
+        self.cache.put(WORKLOAD, updated)
+
+    async def create_pod(self, pod: Mapping[str, Any]) -> bool:
+        """Create one pod; an existing pod of that name counts as created (restarts never duplicate)."""
+        metadata = pod["metadata"]
+        try:
+            created = await self.api.create(kube.PODS, pod, metadata["namespace"])
+        except ApiError as error:
+            if error.status == 409 and error.reason == "AlreadyExists":
+                return True
+            logger.warning("Could not create pod %s/%s: %s", metadata["namespace"], metadata["name"], error)
+            return False
+        self.cache.put(POD, created)
+        return True
+
+    async def delete_pod(self, pod: Mapping[str, Any]) -> bool:
+        """Delete a pod. A pod that is gone at once leaves the cache now; a terminating one
+        (graceful deletion) stays until the watch reports it gone, because it still holds its GPUs."""
+        metadata = pod.get("metadata") or {}
+        try:
+            answer = await self.api.delete(kube.PODS, metadata["name"], metadata.get("namespace"))
+        except ApiError as error:
+            logger.warning("Could not delete pod %s: %s", object_key(pod), error)
+            return False
+        terminating = isinstance(answer, dict) and answer.get("kind") == "Pod" and \
+            bool((answer.get("metadata") or {}).get("deletionTimestamp"))
+        if terminating:
+            self.cache.put(POD, answer)
+        else:
+            self.cache.remove(POD, pod)
+        return True
+
+    async def post_event(self, obj: Mapping[str, Any], event_type: str, reason: str, message: str) -> None:
+        """A core/v1 Event on the GPUWorkload, in its own namespace (tenants see only their own)."""
+        metadata = obj.get("metadata") or {}
+        namespace = metadata.get("namespace")
+        if not namespace:
+            return
+        now = rfc3339(time.time())
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"name": f"{metadata.get('name')}.{uuid.uuid4().hex[:16]}", "namespace": namespace},
+            "involvedObject": {
+                "apiVersion": f"{API_GROUP}/{API_VERSION}",
+                "kind": "GPUWorkload",
+                "name": metadata.get("name"),
+                "namespace": namespace,
+                "uid": metadata.get("uid"),
+            },
+            "type": event_type,
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": COMPONENT},
+            "reportingComponent": COMPONENT,
+            "reportingInstance": self.instance,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        try:
+            await self.api.create(kube.EVENTS, event, namespace)
+        except ApiError as error:  # an Event is an explanation, never worth failing a cycle for
+            logger.info("Could not post event on %s: %s", object_key(obj), error)
+
+    async def _after_failed_write(self, kind: str, resource: kube.Resource, obj: Mapping[str, Any], error: ApiError) -> None:
+        metadata = obj.get("metadata") or {}
+        if error.status == 409:
+            self.conflicts += 1
+            logger.info("Conflict writing %s: it changed since this cycle read it; retrying next cycle", object_key(obj))
+        elif error.status != 404:
+            logger.warning("Could not write the status of %s: %s", object_key(obj), error)
+        try:
+            fresh = await self.api.get(resource, metadata["name"], metadata.get("namespace"))
+        except ApiError as reread_error:
+            if reread_error.status == 404:
+                self.cache.remove(kind, obj)
+            return
+        self.cache.put(kind, fresh)
+

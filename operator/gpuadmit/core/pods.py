@@ -1,0 +1,137 @@
+"""Pods for an admitted GPUWorkload: one per replica, pinned, sized and owned.
+
+``build_pods`` is pure: it turns the workload object and its admit decision into
+Pod dicts the writer creates as they are. The pods bypass the scheduler
+(``spec.nodeName``) because the engine already reserved exactly those GPUs on
+exactly those nodes; letting the scheduler choose again could land a replica
+where no reservation was made.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Mapping
+
+from gpuadmit.core.model import (
+    API_GROUP,
+    API_VERSION,
+    CLASS_LABEL,
+    GPU_RESOURCE,
+    REPLICA_LABEL,
+    WORKLOAD_LABEL,
+    Decision,
+)
+
+GPUWORKLOAD_KIND = "GPUWorkload"
+
+# What runs to completion retries in place; what serves must come back whatever happened.
+DEFAULT_RESTART_POLICY = {"training": "OnFailure", "inference": "Always"}
+
+
+def pod_name(workload_name: str, replica_index: int) -> str:
+    return f"{workload_name}-{replica_index}"
+
+
+def replica_nodes(decision: Decision) -> list[tuple[str, int]]:
+    """(node, GPUs) for each replica in index order, expanded from the placement entries."""
+    nodes: list[tuple[str, int]] = []
+    for entry in decision.placement:
+        replicas = max(1, entry.replicas)
+        gpus_each = entry.gpus // replicas
+        nodes.extend((entry.node, gpus_each) for _ in range(replicas))
+    return nodes
+
+
+def build_pods(workload_obj: Mapping[str, Any], decision: Decision) -> list[dict[str, Any]]:
+    """One Pod dict per admitted replica of ``workload_obj`` (a raw GPUWorkload dict).
+
+    Each pod is named ``<workload>-<index>``, owned by the workload (so garbage
+    collection removes it with the workload), labelled with the template's labels
+    plus ``gpuadmit.io/workload``, ``gpuadmit.io/replica`` and ``gpuadmit.io/class``,
+    requests exactly the admitted GPUs on the container that asked for GPUs (the
+    first container otherwise; every other container gets 0), and is pinned to
+    its reserved node.
+    """
+    metadata = workload_obj.get("metadata") or {}
+    spec = workload_obj.get("spec") or {}
+    template = spec.get("template") if isinstance(spec.get("template"), Mapping) else {}
+    template_metadata = template.get("metadata") if isinstance(template.get("metadata"), Mapping) else {}
+    template_spec = template.get("spec") if isinstance(template.get("spec"), Mapping) else {}
+    workload_name = str(metadata.get("name", decision.name))
+    namespace = str(metadata.get("namespace", decision.namespace))
+    workload_class = decision.workload_class or "training"
+
+    pods = []
+    for index, (node_name, gpus) in enumerate(replica_nodes(decision)):
+        labels = {str(k): str(v) for k, v in (template_metadata.get("labels") or {}).items()}
+        labels.update({
+            WORKLOAD_LABEL: workload_name,
+            REPLICA_LABEL: str(index),
+            CLASS_LABEL: workload_class,
+        })
+        annotations = {str(k): str(v) for k, v in (template_metadata.get("annotations") or {}).items()}
+        pod_spec = copy.deepcopy(dict(template_spec))
+        pod_spec["containers"] = _sized_containers(pod_spec.get("containers"), gpus)
+        if isinstance(pod_spec.get("initContainers"), list):
+            pod_spec["initContainers"] = [_without_gpus(c) for c in pod_spec["initContainers"] if isinstance(c, Mapping)]
+        pod_spec["nodeName"] = node_name
+        pod_spec.pop("nodeSelector", None)  # the reservation already chose the node
+        if not pod_spec.get("restartPolicy"):
+            pod_spec["restartPolicy"] = DEFAULT_RESTART_POLICY.get(workload_class, "OnFailure")
+        pod_metadata: dict[str, Any] = {
+            "name": pod_name(workload_name, index),
+            "namespace": namespace,
+            "labels": labels,
+            "ownerReferences": [{
+                "apiVersion": f"{API_GROUP}/{API_VERSION}",
+                "kind": GPUWORKLOAD_KIND,
+                "name": workload_name,
+                "uid": str(metadata.get("uid", "")),
+                "controller": True,
+                "blockOwnerDeletion": True,
+            }],
+        }
+        if annotations:
+            pod_metadata["annotations"] = annotations
+        pods.append({"apiVersion": "v1", "kind": "Pod", "metadata": pod_metadata, "spec": pod_spec})
+    return pods
+
+
+def _requests_gpu(container: Mapping[str, Any]) -> bool:
+    resources = container.get("resources") or {}
+    for section in ("limits", "requests"):
+        amounts = resources.get(section) if isinstance(resources, Mapping) else None
+        if isinstance(amounts, Mapping) and str(amounts.get(GPU_RESOURCE, "0")) not in ("0", ""):
+            return True
+    return False
+
+
+def _with_gpus(container: Mapping[str, Any], gpus: int) -> dict[str, Any]:
+    sized = copy.deepcopy(dict(container))
+    resources = dict(sized.get("resources") or {})
+    for section in ("limits", "requests"):
+        amounts = dict(resources.get(section) or {})
+        if gpus:
+            amounts[GPU_RESOURCE] = str(gpus)
+        else:
+            amounts.pop(GPU_RESOURCE, None)
+        if amounts:
+            resources[section] = amounts
+        else:
+            resources.pop(section, None)
+    sized["resources"] = resources
+    return sized
+
+
+def _without_gpus(container: Mapping[str, Any]) -> dict[str, Any]:
+    return _with_gpus(container, 0)
+
+
+def _sized_containers(containers: Any, gpus: int) -> list[dict[str, Any]]:
+    """The template's containers, with exactly ``gpus`` on one of them and none elsewhere."""
+    valid = [c for c in containers if isinstance(c, Mapping)] if isinstance(containers, list) else []
+    if not valid:
+        # The webhook and the parser refuse templates without containers; never build an empty pod.
+        valid = [{"name": "main", "image": "busybox"}]
+    gpu_index = next((i for i, c in enumerate(valid) if _requests_gpu(c)), 0)
+    return [_with_gpus(c, gpus if i == gpu_index else 0) for i, c in enumerate(valid)]

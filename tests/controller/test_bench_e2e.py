@@ -1,0 +1,47 @@
+"""`make bench` part "e2e" (gpuadmit.bench_e2e): its helpers, and a small real run."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import pytest
+
+from gpuadmit import bench_e2e
+from tests.e2e_harness import REAL_CLUSTER_ENV
+
+
+def test_percentile_picks_the_nearest_rank() -> None:
+    values = [float(v) for v in range(1, 101)]
+    assert bench_e2e.percentile(values, 0.5) in (50.0, 51.0)
+    assert bench_e2e.percentile(values, 0.99) == 99.0
+    assert bench_e2e.percentile([3.0], 0.99) == 3.0
+
+
+def test_nodes_leave_room_for_every_workload() -> None:
+    needed = bench_e2e.gpus_needed(2000)
+    assert needed == 3000  # 1 or 2 GPUs, alternately
+    namespace, body = bench_e2e.workload_body(7, "w")
+    assert namespace.startswith("bench-") and body["spec"]["gpus"] in (1, 2)
+
+
+def test_cpu_seconds_of_this_process_grow() -> None:
+    before = bench_e2e.cpu_seconds(os.getpid())
+    sum(i * i for i in range(300_000))
+    assert bench_e2e.cpu_seconds(os.getpid()) >= before > 0
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+@pytest.mark.emulator
+@pytest.mark.skipif(bool(os.environ.get(REAL_CLUSTER_ENV)), reason="the benchmark runs on the emulator")
+def test_a_small_run_decides_everything_and_reports_every_figure(tmp_path) -> None:
+    run, bare, text = asyncio.run(bench_e2e.run_benchmark(60, keep=tmp_path, audit=True))
+    assert len(run.decided) == 60 and set(run.phases.values()) == {"Admitted"}
+    latencies = run.latencies_s
+    assert len(latencies) == 60 and 0 < latencies[0] <= latencies[-1] <= run.makespan_s
+    assert set(bare.patches_per_s) == set(bench_e2e.BARE_CONCURRENCY_LEVELS)
+    assert all(rate > 0 for rate in bare.patches_per_s.values())
+    for figure in ("all decided after", "decisions per second", "p50", "p99", "ratio operator / bare",
+                   "patch gpuworkloads/status"):
+        assert figure in text, text

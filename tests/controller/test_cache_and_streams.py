@@ -1,0 +1,120 @@
+"""The cache (newest wins, tombstones, relevant pods), watch-stream parsing, list merging,
+the peering verdict and the placement a restart honours: no server needed."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+from gpuadmit.controller.api import Resource, parse_watch_lines
+from gpuadmit.controller.cache import NODE, POD, WORKLOAD, ObjectCache
+from gpuadmit.controller.loop import placement_of
+from gpuadmit.controller.peering import we_lead
+from gpuadmit.controller.restore import merge_listing, reserved_gpus_by_node, watch_scopes
+from gpuadmit.core.model import PlacementEntry
+
+
+def workload(name: str = "w", version: int = 1, uid: str = "u1", phase: str | None = None, **status: object) -> dict:
+    return {"metadata": {"name": name, "namespace": "ns", "uid": uid, "resourceVersion": str(version)},
+            "spec": {"gpus": 2}, "status": {"phase": phase, **status} if phase else {}}
+
+
+def gpu_pod(name: str, gpus: int = 1, labels: dict | None = None) -> dict:
+    container = {"name": "c", "resources": {"limits": {"nvidia.com/gpu": str(gpus)}}} if gpus else {"name": "c"}
+    return {"metadata": {"name": name, "namespace": "ns", "uid": f"uid-{name}", "resourceVersion": "1", "labels": labels or {}},
+            "spec": {"containers": [container]}}
+
+
+def test_an_older_version_never_replaces_a_newer_one() -> None:
+    cache = ObjectCache()
+    assert cache.put(WORKLOAD, workload(version=5, phase="Admitted"))
+    assert not cache.put(WORKLOAD, workload(version=4, phase="Queued"))  # a late echo
+    assert not cache.put(WORKLOAD, workload(version=5, phase="Admitted"))  # the same again: no change
+    assert cache.get(WORKLOAD, "ns/w")["status"]["phase"] == "Admitted"
+    assert cache.put(WORKLOAD, workload(version=6, phase="Running"))
+
+
+def test_a_deleted_object_cannot_come_back_from_a_late_event() -> None:
+    cache = ObjectCache()
+    cache.put(WORKLOAD, workload(version=3))
+    assert cache.apply_event(WORKLOAD, "DELETED", workload(version=4))
+    assert not cache.apply_event(WORKLOAD, "MODIFIED", workload(version=3))
+    assert cache.get(WORKLOAD, "ns/w") is None
+    # A new object of the same name is a different uid: welcome.
+    assert cache.apply_event(WORKLOAD, "ADDED", workload(version=9, uid="u2"))
+
+
+def test_only_gpu_pods_and_our_pods_are_kept() -> None:
+    cache = ObjectCache()
+    assert cache.put(POD, gpu_pod("uses-gpu", gpus=1))
+    assert cache.put(POD, gpu_pod("ours-no-gpu", gpus=0, labels={"gpuadmit.io/workload": "w"}))
+    assert not cache.put(POD, gpu_pod("web", gpus=0))
+    assert sorted(p["metadata"]["name"] for p in cache.all(POD)) == ["ours-no-gpu", "uses-gpu"]
+    assert list(cache.pods_by_workload()) == ["ns/w"]
+
+
+def test_malformed_objects_are_ignored_not_fatal() -> None:
+    cache = ObjectCache()
+    for junk in ({}, {"metadata": None}, {"metadata": {"name": ""}}, "text", None):
+        assert not cache.put(NODE, junk)  # type: ignore[arg-type]
+    assert cache.all(NODE) == []
+
+
+def test_a_relist_drops_what_is_gone_but_keeps_what_is_newer_than_the_list() -> None:
+    cache = ObjectCache()
+    cache.put(WORKLOAD, workload("gone", version=3, uid="a"))
+    cache.put(WORKLOAD, workload("kept", version=4, uid="b"))
+    cache.put(WORKLOAD, workload("born-after-the-list", version=12, uid="c"))
+    merge_listing(cache, WORKLOAD, [workload("kept", version=4, uid="b")], list_version=10)
+    assert sorted(w["metadata"]["name"] for w in cache.all(WORKLOAD)) == ["born-after-the-list", "kept"]
+
+
+async def test_watch_lines_are_parsed_whatever_the_chunking() -> None:
+    payload = b'{"type":"ADDED","object":{"a":1}}\n{"type":"BOOKMARK","object":{"b":2}}\n{"type":"DELETED","object":{}}'
+
+    async def chunks(size: int):
+        for start in range(0, len(payload), size):
+            yield payload[start:start + size]
+
+    for size in (1, 7, 1000):
+        events = [event async for event in parse_watch_lines(chunks(size))]
+        assert [e["type"] for e in events] == ["ADDED", "BOOKMARK", "DELETED"]
+
+
+def test_resource_paths() -> None:
+    workloads = Resource("gpuadmit.io", "v1alpha1", "gpuworkloads", namespaced=True)
+    assert workloads.path("ns", "w", "status") == "/apis/gpuadmit.io/v1alpha1/namespaces/ns/gpuworkloads/w/status"
+    assert workloads.path() == "/apis/gpuadmit.io/v1alpha1/gpuworkloads"
+    assert Resource("", "v1", "nodes", namespaced=False).path(name="n1") == "/api/v1/nodes/n1"
+
+
+def test_one_stream_per_kind_or_per_watched_namespace() -> None:
+    assert len(watch_scopes()) == 5
+    scoped = watch_scopes(["a", "b"])
+    assert [(kind, ns) for kind, _, ns in scoped if kind in ("GPUWorkload", "Pod")] == [
+        ("Pod", "a"), ("Pod", "b"), ("GPUWorkload", "a"), ("GPUWorkload", "b")]
+    assert [ns for kind, _, ns in scoped if kind == "Node"] == [None]
+
+
+def test_reservations_come_from_holding_statuses_only() -> None:
+    cache = ObjectCache()
+    cache.put(WORKLOAD, workload("a", uid="a", phase="Admitted", placement=[{"node": "n1", "gpus": 4}]))
+    cache.put(WORKLOAD, workload("b", uid="b", phase="Running", placement=[{"node": "n1", "gpus": 2}, {"node": "n2", "gpus": 2}]))
+    cache.put(WORKLOAD, workload("c", uid="c", phase="Succeeded", placement=[{"node": "n1", "gpus": 8}]))
+    assert reserved_gpus_by_node(cache) == {"n1": 6, "n2": 2}
+
+
+def test_placement_of_a_restored_workload() -> None:
+    restored = workload(phase="Admitted", placement=[{"node": "n1", "gpus": 4}, {"node": "n2", "gpus": 2, "replicas": 1}, {"bad": 1}])
+    assert placement_of(restored) == (PlacementEntry("n1", 4, 2), PlacementEntry("n2", 2, 1))
+
+
+def test_peering_verdict() -> None:
+    now = datetime(2026, 1, 1, 12, 0, tzinfo=timezone.utc)
+    fresh = (now - timedelta(seconds=5)).isoformat()
+    stale = (now - timedelta(seconds=500)).isoformat()
+    assert we_lead({}, "me", 50, now)
+    assert we_lead({"me": {"priority": 50, "lastseen": fresh, "lifetime": 60},
+                    "other": {"priority": 10, "lastseen": fresh, "lifetime": 60}}, "me", 50, now)
+    assert not we_lead({"other": {"priority": 90, "lastseen": fresh, "lifetime": 60}}, "me", 50, now)
+    assert not we_lead({"other": {"priority": 50, "lastseen": fresh, "lifetime": 60}}, "me", 50, now)  # a tie pauses
+    assert we_lead({"other": {"priority": 90, "lastseen": stale, "lifetime": 60}}, "me", 50, now)  # dead peer

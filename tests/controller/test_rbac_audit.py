@@ -1,0 +1,199 @@
+"""The chart grants everything the operator's code really calls.
+
+The real `gpuadmit run` goes through a representative scenario (admit, queue, reject, pods
+created, pods running and completing, preemption, a deleted workload, an invalid policy; webhooks
+off) on the emulated API server with its request audit on. Every (API group, resource
+[/subresource], verb) the operator asked for must be allowed by the rules the rendered Helm chart
+binds to the operator's ServiceAccount. Then a second, peered run (`--peering`) is checked
+against the chart rendered with two replicas, where the peering rules appear.
+
+The granted pairs the scenario never exercised are printed (``pytest -s``) so the chart can be
+tightened; they are not failures, since a scenario cannot prove a call is never made.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import pytest
+import yaml
+
+from gpuadmit.emulator.audit import read_audit_log
+from gpuadmit.tools.render_chart import render_chart, rendered_objects
+from tests.e2e_harness import (
+    CRD_DIR,
+    REAL_CLUSTER_ENV,
+    REPO,
+    Cluster,
+    EmulatorProcess,
+    OperatorProcess,
+    free_port,
+    http_get,
+    wait_until,
+)
+from tests.packaging.test_security import operator_rules
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.emulator,
+    pytest.mark.skipif(bool(os.environ.get(REAL_CLUSTER_ENV)), reason="the request audit is the emulator's"),
+]
+
+CHART_DIR = REPO / "charts" / "gpuadmit"
+POLICY = {
+    "pricePerGPUHour": {"inference": 6.0, "training": 2.0},
+    "gpuCostPerHour": {"default": 1.0},
+    "preemption": {"enabled": True, "minRuntimeSeconds": 0, "minMarginGainPerGPUHour": 0.5},
+}
+Permission = tuple[str, str, str]  # (API group, resource or resource/subresource, verb)
+
+
+# -- what the chart grants, what the operator asked for -------------------------------------------
+
+
+def granted_permissions(values: dict[str, Any]) -> set[Permission]:
+    """(group, resource, verb) the chart rendered with ``values`` grants the operator."""
+    objects = rendered_objects(render_chart(CHART_DIR, values))
+    granted = set()
+    for rule in operator_rules(objects):
+        assert not rule.get("resourceNames"), "rules limited to names would need the names checked too"
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                for verb in rule["verbs"]:
+                    granted.add((group, resource, verb))
+    return granted
+
+
+def requested_permissions(records: Iterable[dict[str, Any]], client_agent: str) -> set[Permission]:
+    """What the audited requests needed, leaving out the test's own client and non-resource URLs
+    (discovery, /version: every authenticated user may read those, via system:discovery)."""
+    needed = set()
+    for record in records:
+        if record["userAgent"] == client_agent or "nonResourceURL" in record:
+            continue
+        resource = record["resource"] + (f"/{record['subresource']}" if record["subresource"] else "")
+        needed.add((record["apiGroup"], resource, record["verb"]))
+    return needed
+
+
+def describe(permissions: Iterable[Permission]) -> str:
+    return ", ".join(f"{group or 'core'}/{resource}:{verb}" for group, resource, verb in sorted(permissions))
+
+
+# -- an audited emulator --------------------------------------------------------------------------
+
+
+def loose_policy_crds(tmp_path: Path) -> Path:
+    """The CRDs, with a MarginPolicy spec that takes anything, so an invalid policy reaches the
+    operator (the real CRD's schema refuses what the parser refuses)."""
+    crds = tmp_path / "crds"
+    shutil.copytree(CRD_DIR, crds)
+    path = crds / "marginpolicies.gpuadmit.io.yaml"
+    crd = yaml.safe_load(path.read_text())
+    for version in crd["spec"]["versions"]:
+        version["schema"]["openAPIV3Schema"]["properties"]["spec"] = {
+            "type": "object", "x-kubernetes-preserve-unknown-fields": True}
+    path.write_text(yaml.safe_dump(crd))
+    return crds
+
+
+@pytest.fixture
+def audited(tmp_path: Path) -> Iterator[tuple[Cluster, Path]]:
+    """An emulator subprocess writing its request audit to a file: (cluster, audit log path)."""
+    workdir = tmp_path / "cluster"
+    workdir.mkdir()
+    kubeconfig, audit_log, log_path = workdir / "kubeconfig", workdir / "audit.jsonl", workdir / "emulator.log"
+    port = free_port()
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gpuadmit.emulator", "--port", str(port), "--crds", str(loose_policy_crds(tmp_path)),
+             "--kubeconfig-out", str(kubeconfig), "--audit-log", str(audit_log)],
+            stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+    emulator = EmulatorProcess(process, kubeconfig, f"http://127.0.0.1:{port}", log_path)
+    try:
+        wait_until(lambda: process.poll() is not None or (kubeconfig.exists() and http_get(emulator.url + "/healthz")[0] == 200),
+                   30, what="the audited emulator")
+        assert process.poll() is None, log_path.read_text()
+        yield Cluster(kubeconfig, real=False, emulator=emulator), audit_log
+    finally:
+        emulator.stop()
+
+
+# -- the scenario ---------------------------------------------------------------------------------
+
+
+def policy_accepted(cluster: Cluster) -> str | None:
+    conditions = {c["type"]: c for c in (cluster.get_policy().get("status") or {}).get("conditions", [])}
+    return conditions.get("Accepted", {}).get("status")
+
+
+def run_scenario(cluster: Cluster) -> None:
+    """Every kind of write the operator makes, each waited for."""
+    cluster.create_workload("team-b", "pretrain", gpus=8, workload_class="training")
+    cluster.wait_for_phase("team-b", "pretrain", "Admitted")                        # admit, pod created
+    cluster.create_workload("team-a", "waiting", gpus=8, workload_class="training")
+    cluster.wait_for_phase("team-a", "waiting", "Queued")                           # queue
+    cluster.create_workload("team-a", "broken", gpus=1, template={"spec": {"containers": []}})
+    cluster.wait_for_phase("team-a", "broken", "Rejected")                          # reject
+    cluster.set_workload_pods_phase("team-b", "pretrain", "Running")
+    cluster.wait_for_phase("team-b", "pretrain", "Running")                         # pods running
+
+    cluster.create_workload("team-a", "chat", gpus=8, workload_class="inference")
+    cluster.wait_for_phase("team-a", "chat", "Admitted")                            # preemption
+    wait_until(lambda: cluster.pods_of("team-b", "pretrain") == [], what="the victim's pods deleted")
+    wait_until(lambda: len(cluster.pods_of("team-a", "chat")) == 1, what="the preemptor's pod")
+    cluster.set_workload_pods_phase("team-a", "chat", "Succeeded")
+    cluster.wait_for_phase("team-a", "chat", "Succeeded")                           # completion
+    wait_until(lambda: {cluster.get_workload("team-a", "waiting")["status"]["phase"],
+                        cluster.get_workload("team-b", "pretrain")["status"]["phase"]} & {"Admitted"},
+               what="queued work admitted on the freed GPUs")
+    cluster.delete_workload("team-a", "broken")
+
+    cluster.apply_policy({**POLICY, "pricePerGPUHour": {"training": 2.0, "batch": 9.0}})
+    wait_until(lambda: policy_accepted(cluster) == "False", what="the invalid policy refused")
+
+
+def test_the_chart_grants_every_call_the_operator_makes(audited, tmp_path, capsys) -> None:
+    cluster, audit_log = audited
+    client_agent = cluster.api_client.user_agent
+    cluster.add_gpu_nodes(1, gpus=8)
+    cluster.apply_policy(POLICY)
+    with OperatorProcess.start(cluster, tmp_path / "operator") as operator:  # webhooks off (--webhook-port 0)
+        wait_until(lambda: policy_accepted(cluster) == "True", what="the policy accepted")
+        run_scenario(cluster)
+        operator_log = operator.log_tail()
+    standalone = requested_permissions(read_audit_log(audit_log), client_agent)
+    granted = granted_permissions({})  # the chart's defaults: one replica, all namespaces, standalone
+
+    # The scenario reached the operator's every kind of write, else this test would prove little.
+    assert {("gpuadmit.io", "gpuworkloads/status", "patch"), ("", "pods", "create"), ("", "pods", "delete"),
+            ("gpuadmit.io", "marginpolicies/status", "patch")} <= standalone, describe(standalone)
+    assert any(resource == "events" and verb == "create" for _, resource, verb in standalone), describe(standalone)
+    missing = standalone - granted
+    assert not missing, f"the operator called what the chart does not grant: {describe(missing)}\n{operator_log}"
+
+    # Peering (two replicas): the chart adds the peering rules; the peered operator must need no more.
+    # The peering object must exist beforehand (kopf waits for it); a cluster admin creates it.
+    cluster.raw("POST", "/apis/kopf.dev/v1/clusterkopfpeerings",
+                {"apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering", "metadata": {"name": "gpuadmit"}},
+                content_type="application/json")
+    cluster.apply_policy({**POLICY, "pricePerGPUHour": {**POLICY["pricePerGPUHour"], "batch": None}})  # valid again
+    cluster.delete_workload("team-a", "waiting")
+    cluster.delete_workload("team-b", "pretrain")
+    with OperatorProcess.start(cluster, tmp_path / "peered", "--peering", "gpuadmit"):
+        cluster.create_workload("team-c", "peered", gpus=1, workload_class="inference")
+        cluster.wait_for_phase("team-c", "peered", "Admitted")
+    everything = requested_permissions(read_audit_log(audit_log), client_agent)
+    peered_granted = granted_permissions({"replicaCount": 2})
+    missing = everything - peered_granted
+    assert not missing, f"with peering, the operator called what the chart does not grant: {describe(missing)}"
+    assert any(resource == "clusterkopfpeerings" for _, resource, _ in everything), describe(everything)
+
+    with capsys.disabled():
+        print(f"\nRBAC audit: the operator used {describe(everything)}"
+              f"\nRBAC audit: granted but never used in this scenario: {describe(peered_granted - everything)}")

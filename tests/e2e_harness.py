@@ -1,0 +1,643 @@
+"""End-to-end harness: an API server, the CRDs, the real `gpuadmit run` process, and helpers.
+
+Reusable by any suite that needs the whole system (controller, observability, demo):
+
+    from tests.e2e_harness import Cluster, OperatorProcess, wait_until
+
+    with Cluster.start(tmp_path) as cluster:          # emulator subprocess (or a real cluster)
+        cluster.add_gpu_nodes(2, gpus=8)
+        cluster.apply_policy({"pricePerGPUHour": {"inference": 6, "training": 2}})
+        with OperatorProcess.start(cluster, tmp_path) as operator:
+            cluster.create_workload("team-a", "chat", gpus=4)
+            status = cluster.wait_for_phase("team-a", "chat", {"Admitted"})
+
+or the pytest fixtures ``cluster`` and ``operator_factory`` from ``tests/controller/conftest.py``.
+
+Where the API server comes from:
+
+- default: ``python -m gpuadmit.emulator`` as a subprocess on a free loopback port, with the
+  CRDs in ``crds/`` loaded; it writes the kubeconfig the operator and the client use.
+- ``GPUADMIT_E2E_KUBECONFIG=/path/to/kubeconfig``: a real cluster (e.g. ``kind create cluster``).
+  The harness then applies the CRDs itself, and since kind nodes have no GPUs, it advertises
+  ``nvidia.com/gpu`` on existing nodes by patching their ``status.capacity``/``allocatable``
+  through the status subresource (what the NVIDIA device plugin would do) and labels them with
+  the product and memory GPU Feature Discovery would set. On a real cluster the kubelet owns pod
+  phases, so tests that play kubelet (``set_pod_phase``) skip there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, TypeVar
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+CRD_DIR = REPO / "crds"
+GROUP, VERSION = "gpuadmit.io", "v1alpha1"
+GPU = "nvidia.com/gpu"
+REAL_CLUSTER_ENV = "GPUADMIT_E2E_KUBECONFIG"
+
+T = TypeVar("T")
+
+
+# -- waiting --------------------------------------------------------------------------------------
+
+
+def wait_until(check: Callable[[], T], timeout: float = 30.0, interval: float = 0.1, what: str = "condition") -> T:
+    """Poll ``check`` until it returns something truthy; fail with ``what`` and the last value.
+
+    Generous deadlines, short intervals: never a fixed sleep as synchronisation.
+    """
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while True:
+        last = check()
+        if last:
+            return last
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last value: {last!r}"[:3000])
+        time.sleep(interval)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def http_get(url: str, timeout: float = 2.0) -> tuple[int, str]:
+    """(status, body) of a GET; status 0 when nothing answers."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+    except (urllib.error.URLError, OSError):
+        return 0, ""
+
+
+# -- the emulated API server as a process ---------------------------------------------------------
+
+
+@dataclass
+class EmulatorProcess:
+    """``python -m gpuadmit.emulator`` on a free port, writing ``kubeconfig``."""
+
+    process: subprocess.Popen[bytes]
+    kubeconfig: Path
+    url: str
+    log_path: Path
+
+    @classmethod
+    def start(cls, workdir: Path, crd_dir: Path = CRD_DIR, timeout: float = 30.0) -> "EmulatorProcess":
+        workdir.mkdir(parents=True, exist_ok=True)
+        kubeconfig = workdir / "emulator.kubeconfig"
+        kubeconfig.unlink(missing_ok=True)
+        log_path = workdir / "emulator.log"
+        port = free_port()
+        with open(log_path, "wb") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "gpuadmit.emulator", "--port", str(port), "--crds", str(crd_dir),
+                 "--kubeconfig-out", str(kubeconfig)],
+                stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
+            )
+        url = f"http://127.0.0.1:{port}"
+        emulator = cls(process, kubeconfig, url, log_path)
+        try:
+            wait_until(lambda: process.poll() is not None or (kubeconfig.exists() and http_get(url + "/api/v1/namespaces")[0] == 200),
+                       timeout, what=f"the emulated API server on {url}")
+            if process.poll() is not None:
+                raise RuntimeError(f"the emulator exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
+        except BaseException:
+            emulator.stop()
+            raise
+        return emulator
+
+    def stop(self) -> None:
+        _stop_process(self.process)
+
+
+def _stop_process(process: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=timeout)
+
+
+# -- the cluster: objects in, objects out ---------------------------------------------------------
+
+
+@dataclass
+class Cluster:
+    """A handle on an API server (emulated or real) with the few verbs the tests need."""
+
+    kubeconfig: Path
+    real: bool
+    emulator: EmulatorProcess | None = None
+    created_namespaces: set[str] = field(default_factory=set)
+    _clients: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    @contextlib.contextmanager
+    def start(cls, workdir: Path, crd_dir: Path = CRD_DIR) -> Iterator["Cluster"]:
+        """The emulator as a subprocess (serving the CRDs in ``crd_dir``), or the real cluster
+        ``GPUADMIT_E2E_KUBECONFIG`` names (the project's CRDs applied)."""
+        real_kubeconfig = os.environ.get(REAL_CLUSTER_ENV)
+        if real_kubeconfig:
+            cluster = cls(Path(real_kubeconfig), real=True)
+            cluster.apply_crds()
+            try:
+                yield cluster
+            finally:
+                cluster.cleanup_real()
+            return
+        emulator = EmulatorProcess.start(workdir, crd_dir)
+        try:
+            yield cls(emulator.kubeconfig, real=False, emulator=emulator)
+        finally:
+            emulator.stop()
+
+    # -- clients --
+
+    @property
+    def api_client(self) -> Any:
+        if "api" not in self._clients:
+            import kubernetes
+            self._clients["api"] = kubernetes.config.new_client_from_config(config_file=str(self.kubeconfig))
+        return self._clients["api"]
+
+    @property
+    def core(self) -> Any:
+        import kubernetes
+        return kubernetes.client.CoreV1Api(self.api_client)
+
+    @property
+    def custom(self) -> Any:
+        import kubernetes
+        return kubernetes.client.CustomObjectsApi(self.api_client)
+
+    def raw(self, method: str, path: str, body: Any = None, content_type: str = "application/merge-patch+json") -> Any:
+        """A plain REST call (dicts in, dicts out): no client-side model conversion."""
+        import kubernetes
+        path, _, query = path.partition("?")
+        query_params = [tuple(pair.split("=", 1)) for pair in query.split("&")] if query else None
+        headers = {"Content-Type": content_type, "Accept": "application/json"}
+        serialized = self.api_client.param_serialize(
+            method, path, query_params=query_params, header_params=headers, body=body, auth_settings=["BearerToken"])
+        response = self.api_client.call_api(*serialized)
+        data = response.read()
+        if response.status >= 400:
+            raise kubernetes.client.ApiException(status=response.status, reason=response.reason)
+        return json.loads(data) if data else None
+
+    # -- set-up --
+
+    def apply_crds(self) -> None:
+        import kubernetes
+        extensions = kubernetes.client.ApiextensionsV1Api(self.api_client)
+        for path in sorted(CRD_DIR.glob("*.yaml")):
+            crd = yaml.safe_load(path.read_text())
+            try:
+                extensions.create_custom_resource_definition(crd)
+            except kubernetes.client.ApiException as error:
+                if error.status != 409:
+                    raise
+        for path in sorted(CRD_DIR.glob("*.yaml")):
+            name = yaml.safe_load(path.read_text())["metadata"]["name"]
+            wait_until(lambda: _crd_established(extensions, name), 60, what=f"CRD {name} established")
+
+    def ensure_namespace(self, name: str, tier: str | None = None) -> None:
+        import kubernetes
+        labels = {"gpuadmit.io/tier": tier} if tier else {}
+        body = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}}
+        try:
+            self.core.create_namespace(body)
+            self.created_namespaces.add(name)
+        except kubernetes.client.ApiException as error:
+            if error.status != 409:
+                raise
+            if tier:
+                self.core.patch_namespace(name, {"metadata": {"labels": labels}})
+
+    def add_gpu_nodes(self, count: int, gpus: int = 8, product: str = "NVIDIA-H100-80GB-HBM3",
+                      memory_mib: int = 81559, prefix: str = "gpu-node") -> list[str]:
+        """``count`` GPU nodes. Emulator: new Node objects, Ready. Real cluster: existing nodes
+        get ``nvidia.com/gpu`` advertised (status subresource) and GFD-style labels."""
+        labels = {"nvidia.com/gpu.product": product, "nvidia.com/gpu.memory": str(memory_mib)}
+        if self.real:
+            names = [node.metadata.name for node in self.core.list_node().items][:count]
+            if len(names) < count:
+                raise RuntimeError(f"the real cluster has {len(names)} nodes, the test needs {count}")
+            for name in names:
+                self.core.patch_node(name, {"metadata": {"labels": labels}})
+                self.raw("PATCH", f"/api/v1/nodes/{name}/status",
+                         {"status": {"capacity": {GPU: str(gpus)}, "allocatable": {GPU: str(gpus)}}})
+            return names
+        names = [f"{prefix}-{index}" for index in range(count)]
+        for name in names:
+            self.core.create_node({
+                "apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": labels},
+            })
+            self.raw("PATCH", f"/api/v1/nodes/{name}/status", {"status": {
+                "capacity": {GPU: str(gpus), "cpu": "64", "memory": "512Gi"},
+                "allocatable": {GPU: str(gpus), "cpu": "64", "memory": "512Gi"},
+                "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady"}],
+            }})
+        return names
+
+    def set_node_ready(self, name: str, ready: bool) -> None:
+        self.raw("PATCH", f"/api/v1/nodes/{name}/status", {"status": {"conditions": [
+            {"type": "Ready", "status": "True" if ready else "False", "reason": "KubeletReady" if ready else "KubeletNotReady"}]}})
+
+    def cordon(self, name: str, cordoned: bool = True) -> None:
+        self.core.patch_node(name, {"spec": {"unschedulable": cordoned}})
+
+    def apply_policy(self, spec: Mapping[str, Any], name: str = "default") -> dict:
+        import kubernetes
+        body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "MarginPolicy", "metadata": {"name": name}, "spec": dict(spec)}
+        try:
+            return self.custom.create_cluster_custom_object(GROUP, VERSION, "marginpolicies", body)
+        except kubernetes.client.ApiException as error:
+            if error.status != 409:
+                raise
+            return self.custom.patch_cluster_custom_object(GROUP, VERSION, "marginpolicies", name, {"spec": dict(spec)})
+
+    def get_policy(self, name: str = "default") -> dict:
+        return self.custom.get_cluster_custom_object(GROUP, VERSION, "marginpolicies", name)
+
+    # -- workloads --
+
+    def create_workload(self, namespace: str, name: str, gpus: int = 1, replicas: int = 1,
+                        workload_class: str = "training", template: Mapping[str, Any] | None = None,
+                        **spec: Any) -> dict:
+        self.ensure_namespace(namespace)
+        body = {
+            "apiVersion": f"{GROUP}/{VERSION}", "kind": "GPUWorkload",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {"class": workload_class, "gpus": gpus, "replicas": replicas,
+                     "template": dict(template) if template is not None else default_template(workload_class),
+                     **spec},
+        }
+        return self.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "gpuworkloads", body)
+
+    def create_workloads(self, specs: list[dict[str, Any]], parallel: int = 8) -> None:
+        """Create many at once (each spec: the keyword arguments of ``create_workload``), as a
+        burst of tenants would: ``parallel`` requests in flight."""
+        from concurrent.futures import ThreadPoolExecutor
+        for namespace in sorted({spec["namespace"] for spec in specs}):
+            self.ensure_namespace(namespace)
+        with ThreadPoolExecutor(max_workers=parallel) as pool:
+            list(pool.map(lambda spec: self.create_workload(**spec), specs))
+
+    def delete_workload(self, namespace: str, name: str) -> None:
+        self.custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, "gpuworkloads", name)
+
+    def get_workload(self, namespace: str, name: str) -> dict:
+        return self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "gpuworkloads", name)
+
+    def workloads(self, namespace: str | None = None) -> list[dict]:
+        if namespace:
+            return self.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, "gpuworkloads")["items"]
+        return self.custom.list_cluster_custom_object(GROUP, VERSION, "gpuworkloads")["items"]
+
+    def wait_for_phase(self, namespace: str, name: str, phases: set[str] | str, timeout: float = 30.0) -> dict:
+        """The workload's status once its phase is one of ``phases``."""
+        wanted = {phases} if isinstance(phases, str) else set(phases)
+
+        def status() -> dict | None:
+            current = self.get_workload(namespace, name).get("status") or {}
+            return current if current.get("phase") in wanted else None
+        return wait_until(status, timeout, what=f"{namespace}/{name} to reach {sorted(wanted)}")
+
+    def wait_all_decided(self, count: int, timeout: float = 60.0, namespace: str | None = None) -> list[dict]:
+        """All ``count`` workloads once each has a phase in its status."""
+        def decided() -> list[dict] | None:
+            items = self.workloads(namespace)
+            return items if len(items) >= count and all((w.get("status") or {}).get("phase") for w in items) else None
+        return wait_until(decided, timeout, interval=0.2, what=f"{count} workloads to have a decision")
+
+    # -- pods (playing kubelet on the emulator) --
+
+    def pods_of(self, namespace: str, workload: str) -> list[dict]:
+        return self.raw("GET", f"/api/v1/namespaces/{namespace}/pods?labelSelector=gpuadmit.io/workload={workload}")["items"]
+
+    def all_pods(self) -> list[dict]:
+        return self.raw("GET", "/api/v1/pods")["items"]
+
+    def set_pod_phase(self, namespace: str, name: str, phase: str) -> None:
+        """What a kubelet reports: Running, Succeeded, Failed. Emulator only."""
+        if self.real:
+            import pytest
+            pytest.skip("a real cluster's kubelet owns pod phases")
+        self.raw("PATCH", f"/api/v1/namespaces/{namespace}/pods/{name}/status", {"status": {"phase": phase}})
+
+    def set_workload_pods_phase(self, namespace: str, workload: str, phase: str) -> list[str]:
+        names = [pod["metadata"]["name"] for pod in self.pods_of(namespace, workload)]
+        for name in names:
+            self.set_pod_phase(namespace, name, phase)
+        return names
+
+    def events_for(self, namespace: str, name: str) -> list[dict]:
+        items = self.raw("GET", f"/api/v1/namespaces/{namespace}/events")["items"]
+        return [e for e in items if (e.get("involvedObject") or {}).get("name") == name
+                and (e.get("involvedObject") or {}).get("kind") == "GPUWorkload"]
+
+    # -- the whole picture --
+
+    def dump(self) -> dict[str, list[dict]]:
+        """Every object the engine reads, as raw dicts (what `kubectl get -o yaml` would give)."""
+        return {
+            "nodes": self.raw("GET", "/api/v1/nodes")["items"],
+            "pods": self.all_pods(),
+            "namespaces": self.raw("GET", "/api/v1/namespaces")["items"],
+            "workloads": self.workloads(),
+            "policies": self.custom.list_cluster_custom_object(GROUP, VERSION, "marginpolicies")["items"],
+        }
+
+    def cleanup_real(self) -> None:
+        """On a real cluster: remove what the tests created (namespaces take their workloads along)."""
+        for namespace in self.created_namespaces:
+            with contextlib.suppress(Exception):
+                self.core.delete_namespace(namespace)
+
+
+def _crd_established(extensions: Any, name: str) -> bool:
+    crd = extensions.read_custom_resource_definition(name)
+    return any(c.type == "Established" and c.status == "True" for c in (crd.status.conditions or []))
+
+
+def default_template(workload_class: str) -> dict:
+    """A pod template the classifier reads as the given class."""
+    if workload_class == "inference":
+        return {"spec": {"containers": [{
+            "name": "server", "image": "vllm/vllm-openai:latest", "args": ["--model", "m"],
+            "ports": [{"containerPort": 8000}],
+            "resources": {"limits": {GPU: "1"}},
+        }]}}
+    return {"spec": {"containers": [{
+        "name": "trainer", "image": "pytorch/pytorch:latest", "command": ["torchrun", "train.py", "--epochs", "3"],
+    }]}}
+
+
+# -- the operator process -------------------------------------------------------------------------
+
+
+@dataclass
+class OperatorProcess:
+    """`gpuadmit run` as a subprocess against ``cluster``; kill it, restart it, read its log."""
+
+    cluster: Cluster
+    workdir: Path
+    extra_args: tuple[str, ...] = ()
+    process: subprocess.Popen[bytes] | None = None
+    health_port: int = 0
+    metrics_port: int = 0
+    starts: int = 0
+
+    @classmethod
+    @contextlib.contextmanager
+    def start(cls, cluster: Cluster, workdir: Path, *extra_args: str, timeout: float = 60.0) -> Iterator["OperatorProcess"]:
+        operator = cls(cluster, workdir, tuple(extra_args))
+        operator.launch(timeout=timeout)
+        try:
+            yield operator
+        finally:
+            operator.stop()
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / f"operator-{self.starts}.log"
+
+    def launch(self, timeout: float = 60.0, wait_ready: bool = True) -> None:
+        self.starts += 1
+        self.health_port, self.metrics_port = free_port(), free_port()
+        env = {**os.environ, "KUBECONFIG": str(self.cluster.kubeconfig), "PYTHONUNBUFFERED": "1"}
+        args = [sys.executable, "-m", "gpuadmit", "run",
+                "--health-port", str(self.health_port), "--metrics-port", str(self.metrics_port),
+                "--webhook-port", "0", "--debounce-seconds", "0.1", *self.extra_args]
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+        if wait_ready:
+            self.wait_ready(timeout)
+
+    def readiness(self) -> dict:
+        status, body = http_get(f"http://127.0.0.1:{self.health_port}/readyz")
+        try:
+            return {"status": status, **json.loads(body)} if body else {"status": status}
+        except ValueError:
+            return {"status": status}
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        def ready() -> bool:
+            if self.process is not None and self.process.poll() is not None:
+                raise AssertionError(f"gpuadmit run exited with {self.process.returncode}:\n{self.log_tail()}")
+            return self.readiness().get("status") == 200
+        try:
+            wait_until(ready, timeout, interval=0.2, what="gpuadmit run to be ready (/readyz)")
+        except AssertionError as error:
+            raise AssertionError(f"{error}\n--- operator log ---\n{self.log_tail()}") from None
+
+    def cycles(self) -> int:
+        return int(self.readiness().get("cycles", 0))
+
+    def metrics(self) -> str:
+        return http_get(f"http://127.0.0.1:{self.metrics_port}/metrics")[1]
+
+    def kill(self) -> None:
+        """SIGKILL: no clean-up, as when a node dies under the operator."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=15)
+
+    def restart(self, timeout: float = 60.0) -> None:
+        self.stop()
+        self.launch(timeout=timeout)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            _stop_process(self.process)
+
+    def log_tail(self, chars: int = 4000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""
+
+
+# -- invariants and expectations ------------------------------------------------------------------
+
+
+def allocatable_by_node(nodes: list[dict]) -> dict[str, int]:
+    return {n["metadata"]["name"]: int(str((n.get("status") or {}).get("allocatable", {}).get(GPU, "0")) or 0) for n in nodes}
+
+
+def reserved_by_node(workloads: list[dict]) -> Counter[str]:
+    """GPUs reserved by Admitted/Running statuses, per node."""
+    reserved: Counter[str] = Counter()
+    for workload in workloads:
+        status = workload.get("status") or {}
+        if status.get("phase") in ("Admitted", "Running"):
+            for entry in status.get("placement") or []:
+                reserved[entry["node"]] += int(entry["gpus"])
+    return reserved
+
+
+def pod_gpus(pod: Mapping[str, Any]) -> int:
+    total = 0
+    for container in (pod.get("spec") or {}).get("containers") or []:
+        resources = container.get("resources") or {}
+        total += int(str((resources.get("requests") or resources.get("limits") or {}).get(GPU, "0")))
+    return total
+
+
+def used_by_pods(pods: list[dict]) -> Counter[str]:
+    """GPUs requested by non-terminal pods bound to each node."""
+    used: Counter[str] = Counter()
+    for pod in pods:
+        if (pod.get("status") or {}).get("phase") not in ("Succeeded", "Failed") and (pod.get("spec") or {}).get("nodeName"):
+            used[pod["spec"]["nodeName"]] += pod_gpus(pod)
+    return used
+
+
+def overcommitted_nodes(dump: Mapping[str, list[dict]]) -> dict[str, str]:
+    """Nodes where reservations or running pods exceed allocatable GPUs ({} when none)."""
+    allocatable = allocatable_by_node(dump["nodes"])
+    problems: dict[str, str] = {}
+    for node, gpus in reserved_by_node(dump["workloads"]).items():
+        if gpus > allocatable.get(node, 0):
+            problems[node] = f"reserved {gpus} > allocatable {allocatable.get(node, 0)}"
+    for node, gpus in used_by_pods(dump["pods"]).items():
+        if gpus > allocatable.get(node, 0):
+            problems[node] = f"pods request {gpus} > allocatable {allocatable.get(node, 0)}"
+    return problems
+
+
+def expected_decisions(dump: Mapping[str, list[dict]], now: float | None = None) -> dict[str, Any]:
+    """What the engine decides for the dumped cluster: ``{"ns/name": Decision}``."""
+    from gpuadmit.core.engine import decide
+    from gpuadmit.core.snapshot import build_snapshot
+
+    snapshot = build_snapshot(dump["nodes"], dump["pods"], dump["namespaces"], dump["workloads"],
+                              dump["policies"], time.time() if now is None else now)
+    return {decision.key: decision for decision in decide(snapshot).decisions}
+
+
+# -- the end-to-end benchmark ---------------------------------------------------------------------
+
+
+@dataclass
+class BurstFigures:
+    """What `make bench` reports for a burst of GPUWorkloads created at once."""
+
+    workloads: int
+    seconds_to_all_decided: float
+    decisions_per_second: float
+    latency_p50_s: float
+    latency_p99_s: float
+    bare_patches_per_second: float
+
+    @property
+    def ratio_to_bare(self) -> float:
+        return self.decisions_per_second / self.bare_patches_per_second if self.bare_patches_per_second else 0.0
+
+
+def measure_burst(workdir: Path, count: int = 2000, nodes: int = 32, concurrency: int = 32) -> BurstFigures:
+    """On a fresh emulated server: the throughput of bare status patches from a simple client
+    (aiohttp, ``concurrency`` in flight, on ``count`` objects of their own namespace), then
+    ``count`` GPUWorkloads created at once with `gpuadmit run` watching: seconds until every one
+    has a decision in status, decisions per second, and creation-to-decision latency p50/p99
+    (times taken client-side: create answered -> first watch event showing a phase)."""
+    import asyncio
+
+    import aiohttp  # only the benchmark needs it
+
+    group = f"/apis/{GROUP}/{VERSION}"
+
+    def workload_body(namespace: str, name: str, index: int) -> dict:
+        workload_class = "inference" if index % 3 == 0 else "training"
+        return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "GPUWorkload", "metadata": {"name": name, "namespace": namespace},
+                "spec": {"class": workload_class, "gpus": 1 + index % 4, "replicas": 1, "template": default_template(workload_class)}}
+
+    async def create_all(session: aiohttp.ClientSession, url: str, namespace: str, created: dict[str, float]) -> None:
+        in_flight = asyncio.Semaphore(concurrency)
+
+        async def one(index: int) -> None:
+            name = f"w-{index:05d}"
+            async with in_flight:
+                async with session.post(f"{url}{group}/namespaces/{namespace}/gpuworkloads",
+                                        json=workload_body(namespace, name, index)) as response:
+                    if response.status >= 300:
+                        raise RuntimeError(f"create {name}: {response.status} {await response.text()}")
+                    created[name] = time.monotonic()
+        await asyncio.gather(*(one(index) for index in range(count)))
+
+    async def bare_patch_rate(session: aiohttp.ClientSession, url: str) -> float:
+        await create_all(session, url, "bare", {})
+        in_flight = asyncio.Semaphore(concurrency)
+        body = json.dumps({"status": {"phase": "Queued", "reason": "InsufficientCapacity", "message": "bare patch"}})
+
+        async def one(index: int) -> None:
+            async with in_flight:
+                async with session.patch(f"{url}{group}/namespaces/bare/gpuworkloads/w-{index:05d}/status", data=body,
+                                         headers={"Content-Type": "application/merge-patch+json"}) as response:
+                    if response.status >= 300:
+                        raise RuntimeError(f"bare patch: {response.status}")
+        started = time.monotonic()
+        await asyncio.gather(*(one(index) for index in range(count)))
+        return count / (time.monotonic() - started)
+
+    async def watch_decisions(session: aiohttp.ClientSession, url: str, decided: dict[str, float], done: asyncio.Event) -> None:
+        from gpuadmit.controller.api import parse_watch_lines
+        async with session.get(f"{url}{group}/namespaces/bench/gpuworkloads?watch=true",
+                               timeout=aiohttp.ClientTimeout(total=None)) as response:
+            async for event in parse_watch_lines(response.content.iter_any()):
+                obj = event.get("object") or {}
+                if (obj.get("status") or {}).get("phase"):
+                    decided.setdefault(obj["metadata"]["name"], time.monotonic())
+                    if len(decided) >= count:
+                        done.set()
+                        return
+
+    async def run(cluster: Cluster) -> BurstFigures:
+        url = cluster.emulator.url if cluster.emulator else ""
+        async with aiohttp.ClientSession() as session:
+            bare = await bare_patch_rate(session, url)
+            with OperatorProcess.start(cluster, workdir / "operator", "--namespace", "bench"):
+                created: dict[str, float] = {}
+                decided: dict[str, float] = {}
+                done = asyncio.Event()
+                watcher = asyncio.create_task(watch_decisions(session, url, decided, done))
+                await asyncio.sleep(0.5)  # the watch is open before the first creation
+                started = time.monotonic()
+                await create_all(session, url, "bench", created)
+                await asyncio.wait_for(done.wait(), timeout=600)
+                elapsed = max(decided.values()) - started
+                watcher.cancel()
+        latencies = sorted(decided[name] - created[name] for name in created)
+        return BurstFigures(count, elapsed, count / elapsed, latencies[len(latencies) // 2],
+                            latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))], bare)
+
+    with Cluster.start(workdir / "cluster") as cluster:
+        if cluster.real:
+            raise RuntimeError("measure_burst runs on the emulator only")
+        cluster.add_gpu_nodes(nodes, gpus=8)
+        cluster.ensure_namespace("bare")
+        cluster.ensure_namespace("bench")
+        return asyncio.run(run(cluster))
