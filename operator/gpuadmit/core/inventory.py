@@ -129,40 +129,16 @@ def _own_pods_on(own_pods: Mapping[tuple[str, str], int], key: str, node: str) -
     return whole(own_pods.get((key, node), 0))
 
 
-class Inventory:
-    """Free GPUs per node, by pool and free count; mutable, cheap to ``copy``."""
+class _NodeLayout:
+    """What an inventory derives from the nodes alone: order, pools, and caches keyed by
+    workload shape. Nodes change far less often than cycles run, so the last layout is kept."""
 
-    def __init__(
-        self,
-        nodes: Sequence[GpuNode],
-        holding: Sequence[Workload] = (),
-        gpus_of_own_pods: Mapping[tuple[str, str], int] | None = None,
-    ) -> None:
-        own_pods = gpus_of_own_pods or {}
-        by_name: dict[str, GpuNode] = {}
-        # Names and products are compared and sorted: anything but text is made text first.
-        nodes = [
-            node if isinstance(node.name, str) and isinstance(node.product, str)
-            else replace(node, name=str(node.name), product=node.product if isinstance(node.product, str) else "")
-            for node in nodes
-        ]
-        # Sorting first makes the survivor of duplicate names independent of input order.
-        for node in sorted(nodes, key=lambda n: (n.name, repr(n))):
-            by_name.setdefault(node.name, node)
+    def __init__(self, nodes: Sequence[GpuNode]) -> None:
+        by_name = _unique_by_name(nodes)
         self.nodes: list[GpuNode] = [by_name[name] for name in sorted(by_name)]
         self.index_by_name: dict[str, int] = {node.name: i for i, node in enumerate(self.nodes)}
         self.products_offered: frozenset[str] = frozenset(node.product for node in self.nodes)
         self.allocatable: list[int] = [whole(node.allocatable) for node in self.nodes]
-        raw_free = [alloc - whole(node.gpus_used_by_pods) for alloc, node in zip(self.allocatable, self.nodes)]
-        for workload in sorted(holding, key=lambda w: w.key):
-            for entry in workload.placement:
-                index = self.index_by_name.get(entry.node)
-                if index is not None:
-                    raw_free[index] -= max(0, whole(entry.gpus) - _own_pods_on(own_pods, workload.key, entry.node))
-        # Raw free may be negative (overbooked by pods); usable free is clamped.
-        self.raw_free: list[int] = raw_free
-        self.free: list[int] = [min(alloc, max(0, raw)) for alloc, raw in zip(self.allocatable, raw_free)]
-
         groups: dict[tuple, list[int]] = {}
         for index, node in enumerate(self.nodes):
             if node.schedulable:
@@ -186,6 +162,73 @@ class Inventory:
                     allocatable_histogram=tuple(sorted(histogram.items())),
                 )
             )
+        self.eligible_cache: dict[tuple, tuple[int, ...]] = {}
+        self.exclusions_cache: dict[tuple, Exclusions] = {}
+
+
+def _unique_by_name(nodes: Sequence[GpuNode]) -> dict[str, GpuNode]:
+    """One node per name. Names and products are compared and sorted, so anything but text is
+    made text first; the survivor of duplicate names must not depend on input order, so the
+    smallest repr wins (computed only for duplicates: for every node it would dominate a cycle)."""
+    by_name: dict[str, GpuNode] = {}
+    for node in nodes:
+        if not (isinstance(node.name, str) and isinstance(node.product, str)):
+            node = replace(node, name=str(node.name), product=node.product if isinstance(node.product, str) else "")
+        kept = by_name.setdefault(node.name, node)
+        if kept is not node and repr(node) < repr(kept):
+            by_name[node.name] = node
+    return by_name
+
+
+_last_layout: tuple[tuple, _NodeLayout] | None = None
+
+
+def _layout_of(nodes: Sequence[GpuNode]) -> _NodeLayout:
+    """The layout of these nodes, reused while their shape is unchanged (the same result either
+    way). GPUs used by pods change every cycle and are not part of the layout."""
+    global _last_layout
+    key = tuple(
+        (n.name, n.allocatable, n.product, n.memory_mib, n.schedulable, n.taints, n.unschedulable_reason) for n in nodes
+    )
+    if _last_layout is not None and _last_layout[0] == key:
+        return _last_layout[1]
+    layout = _NodeLayout(nodes)
+    _last_layout = (key, layout)
+    return layout
+
+
+class Inventory:
+    """Free GPUs per node, by pool and free count; mutable, cheap to ``copy``."""
+
+    def __init__(
+        self,
+        nodes: Sequence[GpuNode],
+        holding: Sequence[Workload] = (),
+        gpus_of_own_pods: Mapping[tuple[str, str], int] | None = None,
+    ) -> None:
+        own_pods = gpus_of_own_pods or {}
+        layout = _layout_of(nodes)
+        self.nodes = layout.nodes
+        self.index_by_name = layout.index_by_name
+        self.products_offered = layout.products_offered
+        self.allocatable = layout.allocatable
+        self.pools = layout.pools
+        self.pool_of = layout.pool_of
+        self._eligible_cache = layout.eligible_cache
+        self._exclusions_cache = layout.exclusions_cache
+        current = _unique_by_name(nodes)
+        raw_free = [
+            alloc - whole(current[node.name].gpus_used_by_pods) for alloc, node in zip(self.allocatable, self.nodes)
+        ]
+        for workload in sorted(holding, key=lambda w: w.key):
+            for entry in workload.placement:
+                index = self.index_by_name.get(entry.node)
+                if index is not None:
+                    raw_free[index] -= max(0, whole(entry.gpus) - _own_pods_on(own_pods, workload.key, entry.node))
+        # Raw free may be negative (overbooked by pods); usable free is clamped.
+        self.raw_free: list[int] = raw_free
+        self.free: list[int] = [min(alloc, max(0, raw)) for alloc, raw in zip(self.allocatable, raw_free)]
+
         # count_by_free[pool][f]: nodes of the pool with exactly f free; buckets[pool][f]: their heap.
         self.count_by_free: list[list[int]] = [[0] * (pool.max_allocatable + 1) for pool in self.pools]
         self.buckets: list[list[list[int]]] = [[[] for _ in range(pool.max_allocatable + 1)] for pool in self.pools]
@@ -194,8 +237,6 @@ class Inventory:
                 self.count_by_free[pool.index][self.free[index]] += 1
                 self.buckets[pool.index][self.free[index]].append(index)
         self.top_free: list[int] = [self._scan_top(pool.index, pool.max_allocatable) for pool in self.pools]
-        self._eligible_cache: dict[tuple, tuple[int, ...]] = {}
-        self._exclusions_cache: dict[tuple, Exclusions] = {}
 
     @classmethod
     def from_snapshot(cls, snapshot: Snapshot) -> Inventory:
