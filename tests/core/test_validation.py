@@ -173,8 +173,8 @@ def test_the_class_label_with_the_classifier_value_is_allowed() -> None:
 
 
 def test_an_explicit_spec_class_makes_its_label_legitimate() -> None:
-    obj = workload(training_template(), **{"class": "inference"})
-    obj["metadata"]["labels"] = {CLASS_LABEL: "inference"}
+    obj = workload(serving_template(), **{"class": "training"})
+    obj["metadata"]["labels"] = {CLASS_LABEL: "training"}
     assert validate_workload(obj).allowed
 
 

@@ -72,13 +72,13 @@ def test_a_serving_workload_is_inference_and_not_preemptible_by_default() -> Non
 
 def test_explicit_class_wins_and_explicit_fields_override_defaults() -> None:
     workload = parse(
-        a_workload(**{"class": "inference", "preemptible": True, "maxQueueSeconds": 60, "replicas": 3,
+        a_workload(**{"class": "training", "preemptible": False, "maxQueueSeconds": 60, "replicas": 3,
                       "gpuProducts": ["NVIDIA-L4"], "minGpuMemoryMiB": 20000}),
         tiers={"team-a": "gold"},
     )  # fmt: skip
     assert isinstance(workload, Workload)
-    assert (workload.workload_class, workload.class_reason) == ("inference", "spec.class is inference")
-    assert (workload.preemptible, workload.max_queue_seconds, workload.replicas) == (True, 60.0, 3)
+    assert (workload.workload_class, workload.class_reason) == ("training", "spec.class is training")
+    assert (workload.preemptible, workload.max_queue_seconds, workload.replicas) == (False, 60.0, 3)
     assert (workload.gpu_products, workload.min_gpu_memory_mib, workload.tier) == (("NVIDIA-L4",), 20000, "gold")
 
 

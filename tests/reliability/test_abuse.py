@@ -104,12 +104,6 @@ def test_only_the_namespace_tier_label_changes_the_price() -> None:
     assert decision_for(tier_on_workload)["bronze-team/w"].margin_per_gpu_hour == bronze.margin_per_gpu_hour
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "spec.class is tenant-written and picks the price: a torchrun training job that declares "
-    "spec.class: inference is priced as inference (margin 5.0 instead of 1.0 under this policy), is "
-    "non-preemptible by default and may use the inference reserve. Fix in core: either the webhook "
-    "refuses a declared class the classifier contradicts with strong evidence, or the workload is "
-    "priced at the lower of the declared and the classified class (an override may only lower the price)."))
 def test_declaring_the_pricier_class_does_not_buy_its_price() -> None:
     honest = workload("bronze-team", "w")  # torchrun, no ports: the classifier says training
     lying = workload("bronze-team", "w", spec__class="inference")

@@ -322,10 +322,15 @@ def classify(spec_class: str | None, template: Mapping[str, Any] | None) -> tupl
     are tolerated as "no signal": this never raises.
     """
     declared = spec_class.strip().lower() if isinstance(spec_class, str) else None
-    if declared == INFERENCE:
-        return INFERENCE, "spec.class is inference"
     if declared == TRAINING:
         return TRAINING, "spec.class is training"
+    if declared == INFERENCE:
+        # spec.class is tenant-written and inference earns more: a declaration may lower the
+        # price, never raise it against clear evidence, or declaring would buy priority.
+        workload_class, reason, decisive = _weigh(template)
+        if workload_class == TRAINING and decisive:
+            return TRAINING, f"spec.class says inference, but {reason}; a declared class cannot raise the price"
+        return INFERENCE, "spec.class is inference"
     workload_class, reason = classify_template(template)
     if declared and declared != "auto":
         reason = f"spec.class {spec_class!r} is not training, inference or auto, so the template decided: {reason}"
@@ -334,6 +339,12 @@ def classify(spec_class: str | None, template: Mapping[str, Any] | None) -> tupl
 
 def classify_template(template: Any) -> tuple[WorkloadClass, str]:
     """Weigh the template's signals; see the module docstring for the rules."""
+    workload_class, reason, _ = _weigh(template)
+    return workload_class, reason
+
+
+def _weigh(template: Any) -> tuple[WorkloadClass, str, bool]:
+    """(class, reason, decisive): decisive is False when the class is only the fallback."""
     try:
         evidence = find_evidence(template)
     except Exception:  # noqa: BLE001 - junk of a shape nobody anticipated is no signal, not a crash
@@ -351,8 +362,8 @@ def classify_template(template: Any) -> tuple[WorkloadClass, str]:
     if max(serving_score, training_score) < DECISIVE_SCORE:
         weak = serving + training
         if not weak:
-            return TRAINING, FALLBACK_REASON
-        return TRAINING, f"no clear serving or training signal (only: {_describe(weak)}); defaulting to training"
+            return TRAINING, FALLBACK_REASON, False
+        return TRAINING, f"no clear serving or training signal (only: {_describe(weak)}); defaulting to training", False
     if serving_score > training_score:
         winner, loser, workload_class = serving, training, INFERENCE
     else:
@@ -360,7 +371,7 @@ def classify_template(template: Any) -> tuple[WorkloadClass, str]:
     reason = _describe(winner)
     if loser and loser[0].weight >= DECISIVE_SCORE:
         reason += f", which outweighs that {_describe(loser[:1])}"
-    return workload_class, reason
+    return workload_class, reason, True
 
 
 def _by_weight(item: Evidence) -> int:

@@ -201,7 +201,7 @@ def template_facts(spec_class: str, template: object) -> tuple[tuple[Toleration,
 
     Classification is memoised on the template's content; invalid templates are not cached.
     """
-    if spec_class != "auto":  # nothing to classify: checking is cheaper than the cache key
+    if spec_class == "training":  # nothing to classify: checking is cheaper than the cache key
         tolerations = _check_template(template)
         return (tolerations, *classify(spec_class, template))
     key = (spec_class, repr(template))
