@@ -161,3 +161,16 @@ def test_make_chart_writes_every_template(tmp_path: Path) -> None:
     assert "gpuadmit/templates/deployment.yaml" in written
     assert "crds/gpuworkloads.gpuadmit.io.yaml" in written
     assert render_chart(CHART_DIR)  # the same renderer the tests use
+
+
+def test_every_flag_the_chart_passes_is_one_gpuadmit_run_accepts(objects: list[dict]) -> None:
+    import argparse
+
+    from gpuadmit.controller.main import add_arguments, options_from_args
+
+    parser = argparse.ArgumentParser(prog="gpuadmit run", exit_on_error=False)
+    add_arguments(parser)
+    (deployment,) = only(objects, "Deployment")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    options = options_from_args(parser.parse_args(container["args"]))  # raises on an unknown flag
+    assert options.metrics_port == container["ports"][0]["containerPort"]

@@ -43,6 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--namespace", dest="namespaces", action="append", default=[], help="watch GPUWorkloads in this namespace (repeatable; default: all)")
     parser.add_argument("--policy-name", default="default", help="the MarginPolicy in force (default: default)")
     parser.add_argument("--max-concurrent-writes", type=int, default=48, help="API requests in flight at once (default 48)")
+    parser.add_argument("--per-namespace-metrics", action="store_true", help="add per-namespace metric series (off: metrics name no tenant)")
     parser.add_argument("--log-level", default=os.environ.get("GPUADMIT_LOG_LEVEL", "INFO"), help="DEBUG, INFO, WARNING (default INFO)")
 
 
@@ -60,6 +61,7 @@ def options_from_args(args: argparse.Namespace) -> OperatorOptions:
         identity=f"{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:8]}",
         priority=random_priority(),
         max_concurrency=max(1, args.max_concurrent_writes),
+        per_namespace_metrics=args.per_namespace_metrics,
     )
 
 

@@ -46,6 +46,7 @@ class OperatorOptions:
     identity: str = ""
     priority: int = 0
     max_concurrency: int = 48
+    per_namespace_metrics: bool = False  # opt-in: metrics then name tenants' namespaces
 
 
 class OperatorRuntime:
@@ -157,7 +158,7 @@ class OperatorRuntime:
         except ImportError:
             logger.warning("gpuadmit.metrics is not available: running without metrics")
             return None
-        metrics = Metrics()
+        metrics = Metrics(per_namespace=self.options.per_namespace_metrics)
         if self.options.metrics_port:
             try:
                 self._metrics_server = start_metrics_server(metrics, self.options.metrics_port)
