@@ -28,13 +28,17 @@ def build_parser() -> argparse.ArgumentParser:
                         help="refuse namespaced objects in namespaces that do not exist, as a real server does")
     parser.add_argument("--history-limit", type=int, default=100_000,
                         help="watch events kept for resuming watches (older resourceVersions get 410 Gone)")
+    parser.add_argument("--audit-log", metavar="FILE",
+                        help="append one JSON line per request: the RBAC verb, API group, resource, "
+                             "subresource, namespace, name and user agent")
     return parser
 
 
 async def serve(args: argparse.Namespace) -> None:
     try:
         server = EmulatedApiServer(host=args.host, port=args.port, crds=args.crds,
-                                   require_namespaces=args.require_namespaces, history_limit=args.history_limit)
+                                   require_namespaces=args.require_namespaces, history_limit=args.history_limit,
+                                   audit_log=args.audit_log)
     except (ApiError, yaml.YAMLError) as e:
         raise SystemExit(f"python -m gpuadmit.emulator: cannot serve the CRDs given: {e}") from None
     # Recording every request is for assertions in tests; a long-running process keeps few.

@@ -25,6 +25,7 @@ import kmock
 from kmock._internal import parsing, rendering  # the request model our reactions are matched against
 
 from gpuadmit.emulator import errors
+from gpuadmit.emulator.audit import AuditLog, audit_record
 from gpuadmit.emulator.errors import ApiError
 from gpuadmit.emulator.faults import FaultPlan
 from gpuadmit.emulator.patching import APPLY_PATCH, apply_patch
@@ -125,6 +126,7 @@ class KubernetesApiEmulator(kmock.KubernetesScaffold):
     bookmark_interval: float = 5.0
     max_recorded_requests: int = 2000  # kmock keeps every request for assertions; we keep the latest
     faults: FaultPlan = attrs.field(factory=FaultPlan)
+    audit: AuditLog | None = None  # when set, every request is recorded as RBAC would see it
     store: ObjectStore = attrs.field(init=False)
     _specs: dict[tuple[str, str, str], ResourceSpec] = attrs.field(factory=dict, init=False)
     _dependents: dict[str, set[tuple[StorageKey, str, str]]] = attrs.field(
@@ -181,6 +183,8 @@ class KubernetesApiEmulator(kmock.KubernetesScaffold):
 
     async def __call__(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
         raw_response: aiohttp.web.StreamResponse | None = None
+        if self.audit is not None:
+            self.audit.add(self._audit_record(raw_request))
         try:
             request = await parse_request(raw_request, id=self._request_count)
             self._request_count += 1
@@ -263,6 +267,15 @@ class KubernetesApiEmulator(kmock.KubernetesScaffold):
     async def _stream_error(self, exc: Exception, raw_response: aiohttp.web.StreamResponse) -> None:
         status = exc.as_status() if isinstance(exc, ApiError) else ApiError(500, "InternalError", repr(exc)).as_status()
         await raw_response.write(json.dumps({"type": "ERROR", "object": status}).encode() + b"\n")
+
+    @staticmethod
+    def _audit_record(raw_request: aiohttp.web.BaseRequest) -> dict[str, Any]:
+        try:
+            parsed = parse_api_path(raw_request.path) if raw_request.path.startswith(("/api/", "/apis/")) else None
+        except (ValueError, IndexError, TypeError):
+            parsed = None  # a malformed path: recorded as a non-resource URL
+        return audit_record(raw_request.method, raw_request.path, parsed, raw_request.query,
+                            raw_request.headers.get("User-Agent", ""))
 
     def _record(self, request: rendering.Request) -> None:
         """Keep kmock's request log (used by its assertions) bounded in long runs."""

@@ -21,6 +21,7 @@ from typing import Any
 import aiohttp.web
 import yaml
 
+from gpuadmit.emulator.audit import AuditLog
 from gpuadmit.emulator.faults import FaultPlan
 from gpuadmit.emulator.handler import KubernetesApiEmulator
 from gpuadmit.emulator.resources import load_crd_files
@@ -55,7 +56,9 @@ class EmulatedApiServer:
 
     ``crds`` are CRD YAML files or directories of them, served from the start. ``handler`` is
     the kmock handler: its ``store`` holds the objects, its ``faults`` is the ``FaultPlan``,
-    and kmock's DSL works on it (``server.handler['patch'] << 500``).
+    and kmock's DSL works on it (``server.handler['patch'] << 500``). With ``audit=True``,
+    ``audit_records`` lists every request as RBAC sees it (verb, group, resource, subresource,
+    namespace; see ``gpuadmit.emulator.audit``); ``audit_log`` also writes them as JSON lines.
     """
 
     def __init__(self, *, host: str = "127.0.0.1", port: int = 0,
@@ -64,12 +67,16 @@ class EmulatedApiServer:
                  require_namespaces: bool = False,
                  history_limit: int = DEFAULT_HISTORY_LIMIT,
                  bookmark_interval: float = 5.0,
-                 faults: FaultPlan | None = None) -> None:
+                 faults: FaultPlan | None = None,
+                 audit: bool = False,
+                 audit_log: str | os.PathLike[str] | None = None) -> None:
         self.host = host
         self.port = port
+        # The audit: records in memory with ``audit=True``, JSON lines in ``audit_log`` (or both).
+        self.audit = AuditLog(audit_log, keep=audit) if audit or audit_log is not None else None
         self.handler = KubernetesApiEmulator(
             require_namespaces=require_namespaces, history_limit=history_limit,
-            bookmark_interval=bookmark_interval, faults=faults or FaultPlan())
+            bookmark_interval=bookmark_interval, faults=faults or FaultPlan(), audit=self.audit)
         for crd in [*load_crd_files(Path(p) for p in crds), *crd_objects]:
             self.handler.install_crd(crd)
         self._runner: aiohttp.web.ServerRunner | None = None
@@ -79,6 +86,11 @@ class EmulatedApiServer:
     @property
     def faults(self) -> FaultPlan:
         return self.handler.faults
+
+    @property
+    def audit_records(self) -> list[dict[str, Any]]:
+        """The requests recorded so far (empty unless started with ``audit=True``)."""
+        return list(self.audit.records) if self.audit is not None else []
 
     @property
     def url(self) -> str:
@@ -107,6 +119,8 @@ class EmulatedApiServer:
             await self._runner.cleanup()
             self._runner = None
         await self.handler.__aexit__(None, None, None)
+        if self.audit is not None:
+            self.audit.close()
 
     async def __aenter__(self) -> str:
         return await self.start()
