@@ -208,10 +208,12 @@ class SchedulingLoop:
             self.attempts += 1
 
     def _pause(self) -> float:
-        """The debounce, stretched to the last cycle's duration (at most MAX_PAUSE_S): a cycle
-        costs time in proportion to the whole cluster, so during a long burst the loop batches
-        more per cycle instead of spending all its time re-deciding the same queue."""
-        return max(self.settings.debounce_seconds, min(self.last_report.duration_s, MAX_PAUSE_S))
+        """The debounce, stretched to the last cycle's thinking time (at most MAX_PAUSE_S): a
+        cycle's snapshot and decision cost time in proportion to the whole cluster, so during a
+        long burst the loop batches more per cycle instead of re-deciding the same queue. Its API
+        writes are not counted: they already gave the burst time to arrive."""
+        thinking_s = self.last_report.snapshot_s + self.last_report.decide_s
+        return max(self.settings.debounce_seconds, min(thinking_s, MAX_PAUSE_S))
 
     async def run_cycle_safely(self) -> CycleReport:
         try:
@@ -448,15 +450,18 @@ class SchedulingLoop:
         if blocked:
             logger.info("%d admits wait: a victim of theirs changed before it could be preempted", len(blocked))
             self.trigger()
-        # Admits first: they hold the scarce thing (GPUs); their reservation is written before pods.
-        # One physical GPU ledger for the whole step, updated as pods are created.
+        # Each admit writes its reservation before its pods. One physical GPU ledger for the whole
+        # step, updated as pods are created. Queue and reject writes hold no GPUs, so they go out
+        # alongside rather than waiting behind every admit's pods.
         used_by_node = gpus_used_by_node(self.cache.all(POD))
         pods_by_workload = self.cache.pods_by_workload()
-        await asyncio.gather(*(
-            self._apply_admit(d, now, report, used_by_node, pods_by_workload.get(d.key, []))
-            for d in admits if d.key not in preemptors_blocked
-        ))
-        await asyncio.gather(*(self._apply_queue_or_reject(d, now, report) for d in others))
+        await asyncio.gather(
+            *(
+                self._apply_admit(d, now, report, used_by_node, pods_by_workload.get(d.key, []))
+                for d in admits if d.key not in preemptors_blocked
+            ),
+            *(self._apply_queue_or_reject(d, now, report) for d in others),
+        )
 
     async def _apply_preemptions(
         self, preemptions: Iterable[Preemption], decisions: Iterable[Decision], now: float, report: CycleReport,
