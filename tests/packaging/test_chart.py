@@ -18,7 +18,7 @@ pytestmark = pytest.mark.helm
 
 KUBERNETES_VERSIONS = ["1.29.0", "1.31.0"]
 # Kinds defined by CRDs: validated against those CRDs' schemas (ours) or minimal schemas of the fields we set.
-CUSTOM_KINDS = {"MarginPolicy", "ServiceMonitor", "PrometheusRule", "Certificate", "Issuer"}
+CUSTOM_KINDS = {"MarginPolicy", "ServiceMonitor", "PrometheusRule", "Certificate", "Issuer", "ClusterKopfPeering", "KopfPeering"}
 
 
 def kinds(objects: list[dict[str, Any]]) -> set[str]:
@@ -49,7 +49,9 @@ def test_everything_on_renders_every_optional_part(rendered_by_value_set: dict) 
         "ServiceMonitor", "PrometheusRule", "ConfigMap", "ValidatingWebhookConfiguration",
         "MutatingWebhookConfiguration", "Secret", "NetworkPolicy", "PodDisruptionBudget",
     } <= kinds(rendered_by_value_set["everything-on"])
-    assert {"Certificate", "Issuer", "Role", "RoleBinding"} <= kinds(rendered_by_value_set["namespaced-certmanager"])
+    assert {"Certificate", "Issuer", "Role", "RoleBinding", "KopfPeering"} <= kinds(rendered_by_value_set["namespaced-certmanager"])
+    (peering,) = only(rendered_by_value_set["everything-on"], "ClusterKopfPeering")
+    assert peering["metadata"]["name"] == "gpuadmit"  # the name --peering is given
 
 
 @pytest.mark.parametrize("kubernetes_version", KUBERNETES_VERSIONS)
@@ -63,7 +65,10 @@ def test_every_builtin_manifest_is_valid_for_kubernetes(objects: list[dict], kub
 @pytest.mark.parametrize("kubernetes_version", KUBERNETES_VERSIONS)
 def test_the_crds_are_valid_for_kubernetes(kubernetes_version: str) -> None:
     crd_files = sorted((CHART_DIR / "crds").glob("*.yaml"))
-    assert len(crd_files) == 2
+    assert [p.name for p in crd_files] == [
+        "clusterkopfpeerings.kopf.dev.yaml", "gpuworkloads.gpuadmit.io.yaml",
+        "kopfpeerings.kopf.dev.yaml", "marginpolicies.gpuadmit.io.yaml",
+    ]
     for path in crd_files:
         kubernetes_validate.validate(yaml.safe_load(path.read_text()), kubernetes_version, strict=True)
 

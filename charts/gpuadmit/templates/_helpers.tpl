@@ -59,21 +59,19 @@ app.kubernetes.io/part-of: gpuadmit
 {{- include "gpuadmit.fullname" . }}
 {{- end }}
 
-{{/* Rules for namespaced resources, shared by the cluster-wide and the per-namespace variant. */}}
+{{/* Rules for namespaced resources, shared by the cluster-wide and the per-namespace variant.
+     gpuworkloads get: re-read after a write conflict. */}}
 {{- define "gpuadmit.namespacedRules" -}}
 - apiGroups: ["gpuadmit.io"]
   resources: ["gpuworkloads"]
   verbs: ["get", "list", "watch", "patch"]
 - apiGroups: ["gpuadmit.io"]
   resources: ["gpuworkloads/status"]
-  verbs: ["get", "patch"]
+  verbs: ["patch"]
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["get", "list", "watch", "create", "delete"]
+  verbs: ["list", "watch", "create", "delete"]
 - apiGroups: [""]
-  resources: ["events"]
-  verbs: ["create"]
-- apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create"]
 {{- if and .peering (not .allNamespaces) }}
