@@ -29,14 +29,12 @@ import argparse
 import asyncio
 import base64
 import collections
-import contextlib
 import json
 import math
 import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -50,6 +48,7 @@ import yaml
 import gpuadmit
 from gpuadmit.core.model import GPU_MEMORY_LABEL, GPU_PRODUCT_LABEL, GPU_RESOURCE, HOLDING_PHASES, TIER_LABEL, WORKLOAD_LABEL
 from gpuadmit.core.validation import apply_json_patch
+from gpuadmit.processes import free_port, stop_process
 
 # The trace's GPU model codes -> (nvidia.com/gpu.product, nvidia.com/gpu.memory in MiB) as
 # NVIDIA's GPU feature discovery labels them. G2 and G3 are undisclosed internal codes.
@@ -942,13 +941,7 @@ class Demo:
 
     def stop_processes(self) -> None:
         for _, process, _ in reversed(self.processes):  # the operator first, then its API server
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-                try:
-                    process.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
+            stop_process(process)
 
 
 async def metrics_line(url: str) -> str:
@@ -963,12 +956,6 @@ async def metrics_line(url: str) -> str:
         return f"metrics: {url} not reachable ({type(error).__name__})"
     samples = sum(1 for line in text.splitlines() if line.startswith("gpuadmit_"))
     return f"metrics: {samples} gpuadmit_ samples served at {url}"
-
-
-def free_port() -> int:
-    with contextlib.closing(socket.socket()) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _tail(path: Path, lines: int = 25) -> str:

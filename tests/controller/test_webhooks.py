@@ -14,7 +14,6 @@ import base64
 import copy
 import functools
 import json
-import socket
 import ssl
 import uuid
 from pathlib import Path
@@ -31,6 +30,7 @@ from kopf._core.reactor.inventory import ResourceMemories
 from gpuadmit.controller import webhooks
 from gpuadmit.core.model import CLASS_LABEL
 from gpuadmit.tlsutil import generate_self_signed
+from gpuadmit.processes import free_port
 
 GPUWORKLOADS = references.Resource(
     group="gpuadmit.io",
@@ -43,12 +43,6 @@ GPUWORKLOADS = references.Resource(
     verbs=["create", "update", "patch", "get", "list", "watch", "delete"],
 )
 DEADLINE = 30.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class WebhookClient:

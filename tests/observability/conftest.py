@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import time
 import urllib.parse
@@ -13,6 +12,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pytest
+from gpuadmit.processes import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 ALERTS_FILE = REPO / "charts" / "gpuadmit" / "files" / "gpuadmit-alerts.yaml"
@@ -39,12 +39,6 @@ def require_tool(name: str) -> str:
 @pytest.fixture(scope="session")
 def promtool() -> str:
     return require_tool("promtool")
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_until(condition: Callable[[], Any], deadline_s: float, what: str, poll_s: float = 0.2) -> Any:
