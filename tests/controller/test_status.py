@@ -135,3 +135,20 @@ def test_an_invalid_spec_message_names_the_field() -> None:
     desired = st.decision_status(workload(), decision, NOW)
     assert desired["message"] == "spec.template.spec.containers: must list at least one container"
     assert condition(desired, "Admitted")["message"] == desired["message"]
+
+
+def test_an_accepted_policy_spec_is_recorded_and_survives_a_restart_while_the_spec_is_invalid() -> None:
+    from gpuadmit.controller.loop import SchedulingLoop
+    from gpuadmit.controller.status import policy_status
+
+    good = {"metadata": {"name": "default", "generation": 1},
+            "spec": {"pricePerGPUHour": {"inference": 9.0, "training": 3.0}}}
+    accepted = policy_status(good, None, "", now=1000.0)
+    assert accepted["acceptedSpec"] == good["spec"]
+    broken = {"metadata": {"name": "default", "generation": 2}, "spec": {"pricePerGPUHour": {"inference": -1}},
+              "status": accepted}
+    refused = policy_status(broken, "spec.pricePerGPUHour.inference", "must not be negative", now=1001.0)
+    assert "acceptedSpec" not in refused  # the record of the good spec is left as it is
+    restored = SchedulingLoop._accepted_before_restart(broken)
+    assert restored is not None and restored.price_per_gpu_hour["inference"] == 9.0
+    assert SchedulingLoop._accepted_before_restart({**broken, "status": {}}) is None

@@ -293,6 +293,8 @@ class SchedulingLoop:
             error_field, error_message = error.field, error.message
         except Exception as error:  # never let a policy crash the loop
             error_field, error_message = "spec", f"could not be read ({type(error).__name__})"
+        if error_field and self._last_good_policy is None:
+            self._last_good_policy = self._accepted_before_restart(obj)
         desired = desired_status.policy_status(obj, error_field, error_message, now)
         if desired_status.status_patch(obj.get("status"), desired):
             if error_field:
@@ -403,6 +405,17 @@ class SchedulingLoop:
             report.pods_deleted += 1
 
     # -- step 3: snapshot, lost nodes -------------------------------------------------------
+
+    @staticmethod
+    def _accepted_before_restart(policy_obj: Mapping[str, Any]) -> Policy | None:
+        """The spec this policy had when it was last accepted (status.acceptedSpec), if valid."""
+        accepted = (policy_obj.get("status") or {}).get("acceptedSpec")
+        if not isinstance(accepted, Mapping):
+            return None
+        try:
+            return parse_policy({**policy_obj, "spec": accepted})
+        except Exception:  # noqa: BLE001 - a broken record is the same as none
+            return None
 
     def _snapshot(self, policy: Policy | None, now: float) -> Snapshot:
         policies: list[Any] = [policy] if policy is not None else []

@@ -228,14 +228,16 @@ def pods_phase_status(workload_obj: Mapping[str, Any], phase: str, reason: str, 
 
 
 def policy_status(policy_obj: Mapping[str, Any], error_field: str | None, error_message: str, now: float) -> dict[str, Any]:
-    """The MarginPolicy's ``Accepted`` condition: False names the offending field."""
+    """The MarginPolicy's ``Accepted`` condition: False names the offending field. A valid spec
+    is also recorded as ``acceptedSpec``, so a restarted operator keeps it in force while a
+    later, invalid spec is fixed."""
     current = _status_of(policy_obj)
     generation = _generation(policy_obj)
     if error_field is None:
         conditions = set_condition(current.get("conditions"), ACCEPTED, True, POLICY_VALID, "policy is in force", now, generation)
-    else:
-        message = f"{error_field}: {error_message}; the last valid policy stays in force"
-        conditions = set_condition(current.get("conditions"), ACCEPTED, False, POLICY_INVALID, message, now, generation)
+        return {"observedGeneration": generation, "conditions": conditions, "acceptedSpec": policy_obj.get("spec")}
+    message = f"{error_field}: {error_message}; the last valid policy stays in force"
+    conditions = set_condition(current.get("conditions"), ACCEPTED, False, POLICY_INVALID, message, now, generation)
     return {"observedGeneration": generation, "conditions": conditions}
 
 
