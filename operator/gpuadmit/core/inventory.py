@@ -207,15 +207,7 @@ class Inventory:
         gpus_of_own_pods: Mapping[tuple[str, str], int] | None = None,
     ) -> None:
         own_pods = gpus_of_own_pods or {}
-        layout = _layout_of(nodes)
-        self.nodes = layout.nodes
-        self.index_by_name = layout.index_by_name
-        self.products_offered = layout.products_offered
-        self.allocatable = layout.allocatable
-        self.pools = layout.pools
-        self.pool_of = layout.pool_of
-        self._eligible_cache = layout.eligible_cache
-        self._exclusions_cache = layout.exclusions_cache
+        self._adopt(_layout_of(nodes))
         current = _unique_by_name(nodes)
         raw_free = [
             alloc - whole(current[node.name].gpus_used_by_pods) for alloc, node in zip(self.allocatable, self.nodes)
@@ -238,6 +230,18 @@ class Inventory:
                 self.buckets[pool.index][self.free[index]].append(index)
         self.top_free: list[int] = [self._scan_top(pool.index, pool.max_allocatable) for pool in self.pools]
 
+    def _adopt(self, layout: _NodeLayout) -> None:
+        """Take the node-derived, read-only part: shared by copies and by later cycles."""
+        self.layout = layout
+        self.nodes = layout.nodes
+        self.index_by_name = layout.index_by_name
+        self.products_offered = layout.products_offered
+        self.allocatable = layout.allocatable
+        self.pools = layout.pools
+        self.pool_of = layout.pool_of
+        self._eligible_cache = layout.eligible_cache
+        self._exclusions_cache = layout.exclusions_cache
+
     @classmethod
     def from_snapshot(cls, snapshot: Snapshot) -> Inventory:
         return cls(snapshot.nodes, snapshot.holding, snapshot.gpus_of_own_pods)
@@ -245,14 +249,7 @@ class Inventory:
     def copy(self) -> Inventory:
         """An independent ledger with the same free counts (pools and caches are shared, read-only)."""
         clone = object.__new__(Inventory)
-        clone.nodes = self.nodes
-        clone.index_by_name = self.index_by_name
-        clone.products_offered = self.products_offered
-        clone.allocatable = self.allocatable
-        clone.pools = self.pools
-        clone.pool_of = self.pool_of
-        clone._eligible_cache = self._eligible_cache
-        clone._exclusions_cache = self._exclusions_cache
+        clone._adopt(self.layout)
         clone.raw_free = list(self.raw_free)
         clone.free = list(self.free)
         clone.count_by_free = [list(counts) for counts in self.count_by_free]
