@@ -15,6 +15,7 @@ slow the timed one).
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import time
 import tracemalloc
@@ -147,19 +148,7 @@ def build_snapshot(pending_count: int, seed: int = SEED) -> Snapshot:
     used = Counter()
     for (_, node), gpus in own_pods.items():
         used[node] += gpus
-    nodes = tuple(
-        GpuNode(
-            name=n.name,
-            allocatable=n.allocatable,
-            product=n.product,
-            memory_mib=n.memory_mib,
-            schedulable=n.schedulable,
-            taints=n.taints,
-            gpus_used_by_pods=used[n.name],
-            unschedulable_reason=n.unschedulable_reason,
-        )
-        for n in nodes
-    )
+    nodes = tuple(dataclasses.replace(n, gpus_used_by_pods=used[n.name]) for n in nodes)
     return Snapshot(nodes=nodes, holding=holding, pending=pending, policy=POLICY, now=NOW, gpus_of_own_pods=own_pods)
 
 

@@ -39,7 +39,6 @@ from .model import (
     Action,
     CycleResult,
     Decision,
-    InvalidWorkload,
     PlacementEntry,
     Policy,
     Preemption,
@@ -252,7 +251,7 @@ def prepare(snapshot: Snapshot) -> Cycle:
         inventory=inventory,
         ranked=rankable,
         static_rejections=static_rejections,
-        invalid=[_invalid_decision(item) for item in sorted(snapshot.invalid, key=lambda i: (i.key, i.field, i.message))],
+        invalid=[Decision.invalid(item) for item in sorted(snapshot.invalid, key=lambda i: (i.key, i.field, i.message))],
         training_cap=training_cap,
         reserve_gpus=reserve_gpus,
         training_used=training_used,
@@ -275,15 +274,9 @@ def _malformed(workload: Workload) -> Decision | None:
         return None
     for field_name, value, lower in (("spec.gpus", workload.gpus_per_replica, 1), ("spec.replicas", workload.replicas, 1)):
         if not isinstance(value, int) or isinstance(value, bool) or value < lower:
-            return Decision(
-                namespace=workload.namespace,
-                name=workload.name,
-                action=Action.REJECT,
-                reason=Reason.INVALID_SPEC,
-                message=f"{field_name} must be a whole number of at least {lower}, got {value!r}",
-                workload_class=workload.workload_class,
-                class_reason=workload.class_reason,
-                field=field_name,
+            return Decision.about(
+                workload, Action.REJECT, Reason.INVALID_SPEC,
+                f"{field_name} must be a whole number of at least {lower}, got {value!r}", field=field_name,
             )
     return None
 
@@ -858,17 +851,9 @@ def _decision(
     placement: tuple[PlacementEntry, ...] = (),
     position: int | None = None,
 ) -> Decision:
-    return Decision(
-        namespace=workload.namespace,
-        name=workload.name,
-        action=action,
-        reason=reason,
-        message=message,
-        workload_class=workload.workload_class,
-        class_reason=workload.class_reason,
-        placement=placement,
-        margin_per_gpu_hour=_rounded(margin),
-        queue_position=position,
+    return Decision.about(
+        workload, action, reason, message,
+        placement=placement, margin_per_gpu_hour=_rounded(margin), queue_position=position,
     )
 
 
@@ -878,26 +863,8 @@ def _reject(reason: Reason, message: str, margin: float | None = None) -> Decisi
 
 
 def _for_workload(template: Decision, workload: Workload) -> Decision:
-    return Decision(
-        namespace=workload.namespace,
-        name=workload.name,
-        action=template.action,
-        reason=template.reason,
-        message=template.message,
-        workload_class=workload.workload_class,
-        class_reason=workload.class_reason,
-        margin_per_gpu_hour=template.margin_per_gpu_hour,
-    )
-
-
-def _invalid_decision(item: InvalidWorkload) -> Decision:
-    return Decision(
-        namespace=item.namespace,
-        name=item.name,
-        action=Action.REJECT,
-        reason=Reason.INVALID_SPEC,
-        message=item.message or f"{item.field} is not valid",
-        field=item.field,
+    return Decision.about(
+        workload, template.action, template.reason, template.message, margin_per_gpu_hour=template.margin_per_gpu_hour,
     )
 
 

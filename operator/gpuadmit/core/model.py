@@ -229,6 +229,32 @@ class Decision:
     def key(self) -> str:
         return f"{self.namespace}/{self.name}"
 
+    @classmethod
+    def about(cls, workload: Workload, action: Action, reason: Reason, message: str, **details: object) -> Decision:
+        """A decision on ``workload``, carrying its class and the reason for it."""
+        return cls(
+            namespace=workload.namespace,
+            name=workload.name,
+            action=action,
+            reason=reason,
+            message=message,
+            workload_class=workload.workload_class,
+            class_reason=workload.class_reason,
+            **details,  # type: ignore[arg-type]
+        )
+
+    @classmethod
+    def invalid(cls, item: InvalidWorkload) -> Decision:
+        """The InvalidSpec rejection of an object that could not be parsed, naming its field."""
+        return cls(
+            namespace=item.namespace,
+            name=item.name,
+            action=Action.REJECT,
+            reason=Reason.INVALID_SPEC,
+            message=item.message or f"{item.field} is not valid",
+            field=item.field,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class Preemption:

@@ -244,35 +244,15 @@ def decide_peer(snapshot: Snapshot, peer: PeerPolicy) -> CycleResult:
             ledger.set(entry.node, ledger.free[entry.node] - entry.gpus)
             if shape_ledger is not ledger:
                 shape_ledger.set(entry.node, shape_ledger.free[entry.node] - entry.gpus)
-        decisions.append(
-            Decision(
-                namespace=workload.namespace,
-                name=workload.name,
-                action=Action.ADMIT,
-                reason=Reason.ADMITTED,
-                message=f"admitted by the {peer.name} peer policy",
-                workload_class=workload.workload_class,
-                class_reason=workload.class_reason,
-                placement=placement,
-            )
-        )
+        decisions.append(Decision.about(
+            workload, Action.ADMIT, Reason.ADMITTED, f"admitted by the {peer.name} peer policy", placement=placement,
+        ))
     for position, workload in enumerate(queued, start=1):
-        decisions.append(
-            Decision(
-                namespace=workload.namespace,
-                name=workload.name,
-                action=Action.QUEUE,
-                reason=Reason.INSUFFICIENT_CAPACITY,
-                message=f"needs {workload.replicas}x{workload.gpus_per_replica} GPUs; not free now",
-                workload_class=workload.workload_class,
-                class_reason=workload.class_reason,
-                queue_position=position,
-            )
-        )
-    for invalid in snapshot.invalid:
-        decisions.append(
-            Decision(invalid.namespace, invalid.name, Action.REJECT, Reason.INVALID_SPEC, invalid.message, field=invalid.field)
-        )
+        decisions.append(Decision.about(
+            workload, Action.QUEUE, Reason.INSUFFICIENT_CAPACITY,
+            f"needs {workload.replicas}x{workload.gpus_per_replica} GPUs; not free now", queue_position=position,
+        ))
+    decisions.extend(Decision.invalid(invalid) for invalid in snapshot.invalid)
     return CycleResult(decisions=tuple(decisions), preemptions=tuple(preemptions))
 
 
@@ -360,15 +340,7 @@ def _reject_never_fits(workload: Workload, largest: int, total: int) -> Decision
         message = f"needs {workload.gpus_per_replica} GPUs per replica; the largest eligible node has {largest}"
     else:
         message = f"needs {workload.total_gpus} GPUs in all; eligible nodes have {total}"
-    return Decision(
-        namespace=workload.namespace,
-        name=workload.name,
-        action=Action.REJECT,
-        reason=Reason.NO_NODE_CAN_FIT,
-        message=message,
-        workload_class=workload.workload_class,
-        class_reason=workload.class_reason,
-    )
+    return Decision.about(workload, Action.REJECT, Reason.NO_NODE_CAN_FIT, message)
 
 
 def _free_of(node: GpuNode) -> int:
