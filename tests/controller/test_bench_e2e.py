@@ -36,12 +36,15 @@ def test_cpu_seconds_of_this_process_grow() -> None:
 @pytest.mark.emulator
 @pytest.mark.skipif(bool(os.environ.get(REAL_CLUSTER_ENV)), reason="the benchmark runs on the emulator")
 def test_a_small_run_decides_everything_and_reports_every_figure(tmp_path) -> None:
-    run, bare, text = asyncio.run(bench_e2e.run_benchmark(60, keep=tmp_path, audit=True))
+    backlog, run, bare, text = asyncio.run(bench_e2e.run_benchmark(60, keep=tmp_path, audit=True))
+    assert len(backlog.decided) == 60 and set(backlog.phases.values()) == {"Admitted"}
+    assert backlog.start_to_first_s > 0 and backlog.decisions_per_s > 0
     assert len(run.decided) == 60 and set(run.phases.values()) == {"Admitted"}
     latencies = run.latencies_s
     assert len(latencies) == 60 and 0 < latencies[0] <= latencies[-1] <= run.makespan_s
     assert set(bare.patches_per_s) == set(bench_e2e.BARE_CONCURRENCY_LEVELS)
     assert all(rate > 0 for rate in bare.patches_per_s.values())
-    for figure in ("all decided after", "decisions per second", "p50", "p99", "ratio operator / bare",
+    for figure in ("start to first decision", "first to last decision", "all decided after", "decisions per second",
+                   "p50", "p99", "ratio operator on the backlog / bare", "ratio operator live / bare",
                    "patch gpuworkloads/status"):
         assert figure in text, text

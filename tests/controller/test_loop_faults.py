@@ -107,6 +107,7 @@ async def test_faulty_api_still_gets_every_decision_and_no_overcommit() -> None:
                 for task in tasks:
                     task.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
+                await loop.pods.close()
                 await writer.follow_ups.close()
 
     assert overcommitted_nodes(state) == {}
@@ -140,6 +141,7 @@ class RunningOperator:
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
+        await self.loop.pods.close()
         await self.writer.follow_ups.close()
 
 

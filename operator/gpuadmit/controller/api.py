@@ -1,10 +1,16 @@
 """A small async Kubernetes REST client for the writes and lists the operator makes.
 
-kopf does the watching; this client does everything else (initial lists, status
-patches, pod creation and deletion, Events). It uses the same credentials kopf
-resolves (``kopf.ConnectionInfo``: kubeconfig or in-cluster service account) and
-one pooled aiohttp session, so thousands of status patches run concurrently
+Every request the operator makes to the API server: lists, status patches, pod
+creation and deletion, Events, and the watches (watch.py drives them). It uses the
+same credentials kopf resolves (``kopf.ConnectionInfo``: kubeconfig or in-cluster
+service account). Single requests go over a pool of keep-alive connections
+(``http1.Http1Pool``, a fraction of aiohttp's CPU per request; aiohttp when a proxy
+is configured), watches over aiohttp; thousands of status patches run concurrently
 within ``max_concurrency`` in-flight requests instead of one by one.
+
+Requests queue for a slot by urgency (``Urgency``): a decision's status write goes
+before a pod creation, which goes before an Event, so a burst's decisions are not held
+behind the writes that follow from them.
 
 Transient failures (429 with Retry-After, 5xx, connection errors, timeouts) are
 retried a few times with backoff; everything else raises ``ApiError`` carrying
@@ -15,6 +21,10 @@ on delete: already gone).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import enum
+import heapq
+import itertools
 import json
 import logging
 import random
@@ -25,6 +35,8 @@ from urllib.parse import quote, urlencode
 
 import aiohttp
 import kopf
+
+from gpuadmit.controller.http1 import Answer, ConnectionFailed, Http1Pool
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +75,53 @@ NAMESPACES = Resource("", "v1", "namespaces", namespaced=False)
 EVENTS = Resource("", "v1", "events", namespaced=True)
 CLUSTER_PEERINGS = Resource("kopf.dev", "v1", "clusterkopfpeerings", namespaced=False)
 NAMESPACED_PEERINGS = Resource("kopf.dev", "v1", "kopfpeerings", namespaced=True)
+
+
+class Urgency(enum.IntEnum):
+    """Which waiting request gets the next free slot: the lowest value first."""
+
+    DECISION = 0     # reads, status writes, deleting a preempted victim's pods
+    MATERIALISE = 1  # creating the pods of an admitted workload
+    EXPLAIN = 2      # Events and the class label
+
+
+class RequestSlots:
+    """At most ``limit`` requests in flight; a freed slot goes to the most urgent waiter,
+    first come first served among equals."""
+
+    def __init__(self, limit: int) -> None:
+        self._free = limit
+        self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._arrivals = itertools.count()
+
+    @contextlib.asynccontextmanager
+    async def slot(self, urgency: Urgency) -> AsyncIterator[None]:
+        await self._acquire(urgency)
+        try:
+            yield
+        finally:
+            self._release()
+
+    async def _acquire(self, urgency: Urgency) -> None:
+        if self._free > 0 and not self._waiters:
+            self._free -= 1
+            return
+        granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._waiters, (int(urgency), next(self._arrivals), granted))
+        try:
+            await granted
+        except asyncio.CancelledError:
+            if granted.done() and not granted.cancelled():
+                self._release()  # handed a slot just as we were cancelled: pass it on
+            raise
+
+    def _release(self) -> None:
+        while self._waiters:
+            _, _, waiter = heapq.heappop(self._waiters)
+            if not waiter.done():  # a cancelled waiter is skipped
+                waiter.set_result(None)
+                return
+        self._free += 1
 
 
 class ApiError(Exception):
@@ -105,9 +164,10 @@ class KubeApi:
         self.attempts = attempts
         self.request_timeout_s = request_timeout_s
         self.on_error = on_error  # (verb, status) of every failed attempt: the metrics hook
-        self._in_flight = asyncio.Semaphore(max_concurrency)
+        self._slots = RequestSlots(max_concurrency)
         self._max_concurrency = max_concurrency
         self._session: aiohttp.ClientSession | None = None
+        self._pool: Http1Pool | None = None
 
     async def open(self) -> "KubeApi":
         info = self.credentials
@@ -124,9 +184,17 @@ class KubeApi:
             trust_env=info.trust_env,
             timeout=aiohttp.ClientTimeout(total=self.request_timeout_s),
         )
+        if not info.proxy_url and not info.trust_env:  # the pool speaks to the server directly only
+            headers = {**info.as_http_headers(), "User-Agent": "gpuadmit"}
+            if auth is not None:
+                headers["Authorization"] = auth.encode()
+            self._pool = Http1Pool(self.server, ssl_context, headers)
         return self
 
     async def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -155,8 +223,9 @@ class KubeApi:
     async def get(self, resource: Resource, name: str, namespace: str | None = None) -> dict[str, Any]:
         return await self.request("get", "GET", resource.path(namespace, name))
 
-    async def create(self, resource: Resource, body: Mapping[str, Any], namespace: str | None = None) -> dict[str, Any]:
-        return await self.request("create", "POST", resource.path(namespace), body=body)
+    async def create(self, resource: Resource, body: Mapping[str, Any], namespace: str | None = None,
+                     urgency: Urgency = Urgency.DECISION) -> dict[str, Any]:
+        return await self.request("create", "POST", resource.path(namespace), body=body, urgency=urgency)
 
     async def patch(
         self,
@@ -165,10 +234,12 @@ class KubeApi:
         patch: Mapping[str, Any],
         namespace: str | None = None,
         subresource: str | None = None,
+        urgency: Urgency = Urgency.DECISION,
     ) -> dict[str, Any]:
         """A JSON merge patch; put ``metadata.resourceVersion`` in it for optimistic concurrency."""
         return await self.request(
-            "patch", "PATCH", resource.path(namespace, name, subresource), body=patch, content_type=MERGE_PATCH
+            "patch", "PATCH", resource.path(namespace, name, subresource), body=patch, content_type=MERGE_PATCH,
+            urgency=urgency,
         )
 
     async def delete(self, resource: Resource, name: str, namespace: str | None = None) -> dict[str, Any] | None:
@@ -211,25 +282,25 @@ class KubeApi:
         query: Mapping[str, str] | None = None,
         body: Mapping[str, Any] | None = None,
         content_type: str = "application/json",
+        urgency: Urgency = Urgency.DECISION,
     ) -> dict[str, Any]:
         if self._session is None:
             raise RuntimeError("KubeApi is not open")
-        url = self.server + path + (f"?{urlencode(query)}" if query else "")
-        data = json.dumps(body) if body is not None else None
+        target = path + (f"?{urlencode(query)}" if query else "")
+        data = json.dumps(body).encode() if body is not None else None
         headers = {"Content-Type": content_type} if data is not None else {}
         last_error: ApiError | None = None
         for attempt in range(self.attempts):
             retry_after: float | None = None
             try:
-                async with self._in_flight:
-                    async with self._session.request(method, url, data=data, headers=headers) as response:
-                        text = await response.text()
-                        if response.status < 400:
-                            return json.loads(text) if text else {}
-                        reason, message = _status_reason(text)
-                        last_error = ApiError(verb, path, response.status, reason or response.reason or "", message)
-                        retry_after = _retry_after_seconds(response.headers.get("Retry-After"))
-            except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as error:
+                async with self._slots.slot(urgency):
+                    answer = await asyncio.wait_for(self._send(method, target, headers, data), self.request_timeout_s)
+                if answer.status < 400:
+                    return json.loads(answer.body) if answer.body else {}
+                reason, message = _status_reason(answer.body.decode("utf-8", errors="replace"))
+                last_error = ApiError(verb, path, answer.status, reason or answer.reason, message)
+                retry_after = _retry_after_seconds(answer.headers.get("retry-after"))
+            except (ConnectionFailed, aiohttp.ClientError, asyncio.TimeoutError, OSError) as error:
                 last_error = ApiError(verb, path, 0, type(error).__name__, str(error))
             self._report(verb, last_error.status)
             if last_error.status and last_error.status not in RETRYABLE_STATUSES:
@@ -240,6 +311,14 @@ class KubeApi:
                 await asyncio.sleep(min(delay, 5.0) * (0.5 + random.random()))
         assert last_error is not None
         raise last_error
+
+    async def _send(self, method: str, target: str, headers: Mapping[str, str], data: bytes | None) -> Answer:
+        if self._pool is not None:
+            return await self._pool.request(method, target, headers, data)
+        assert self._session is not None
+        async with self._session.request(method, self.server + target, data=data, headers=headers) as response:
+            return Answer(response.status, response.reason or "",
+                          {name.lower(): value for name, value in response.headers.items()}, await response.read())
 
     def _report(self, verb: str, status: int) -> None:
         if self.on_error is not None:
@@ -254,8 +333,10 @@ async def parse_watch_lines(chunks: AsyncIterator[bytes]) -> AsyncIterator[dict[
     buffer = b""
     async for chunk in chunks:
         buffer += chunk
-        while b"\n" in buffer:
-            line, buffer = buffer.split(b"\n", 1)
+        if b"\n" not in chunk:
+            continue
+        *lines, buffer = buffer.split(b"\n")  # one split per chunk: a chunk may hold hundreds of events
+        for line in lines:
             if line.strip():
                 yield json.loads(line)
     if buffer.strip():

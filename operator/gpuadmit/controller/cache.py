@@ -17,7 +17,8 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from gpuadmit.core.model import WORKLOAD_LABEL
 from gpuadmit.core.nodes import pod_gpu_request

@@ -1,8 +1,9 @@
 """The scheduling loop: one asyncio task that turns cache changes into decisions.
 
-Watch events only set a flag (``trigger``); the loop waits ``debounce_seconds``
-after the first one so a burst of a thousand creations is decided in a few
-cycles, not a thousand, and runs a cycle at least every ``resync_seconds``
+Watch events only set a flag (``trigger``); a cycle starts ``debounce_seconds``
+after the first one (a change seen while the last cycle ran has already waited
+that long) so a burst of a thousand creations is decided in a few cycles, not a
+thousand, and runs a cycle at least every ``resync_seconds``
 (re-listing everything first) to catch whatever a watch may have missed.
 
 One cycle, top to bottom:
@@ -16,9 +17,12 @@ One cycle, top to bottom:
 3. Snapshot the cache, requeue workloads whose node went away (deleted, NotReady,
    cordoned), decide.
 4. Apply: preemptions first (victim status Preempted, then its pods deleted),
-   then admits (status with the placement first, THEN pods: the reservation
-   exists before anything can run), then queue and reject statuses, then Events
-   and class labels. Only statuses that differ from the cached one are written.
+   then every admit, queue and reject status together. An admit's pods are
+   started once its status with the placement is written (the reservation
+   exists before anything can run) and are created in the background
+   (``PodCreator``): the next cycle does not wait for them. Events and class
+   labels follow at the lowest urgency. Only statuses that differ from the
+   cached one are written.
 
 Every write answer goes into the cache before the next cycle, so a cycle never
 allocates GPUs a previous one already reserved. A cycle that fails on
@@ -31,14 +35,15 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Iterable, Mapping, Protocol
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any, Protocol
 
 from gpuadmit.controller import status as desired_status
 from gpuadmit.controller.cache import NODE, POD, POLICY, WORKLOAD, ObjectCache, object_key
+from gpuadmit.controller.podcreator import PodCreator, pods_for
 from gpuadmit.controller.writer import Writer
 from gpuadmit.core.errors import SpecError
 from gpuadmit.core.model import (
-    GPU_RESOURCE,
     HOLDING_PHASES,
     PENDING_PHASES,
     Action,
@@ -50,8 +55,7 @@ from gpuadmit.core.model import (
     Reason,
     Snapshot,
 )
-from gpuadmit.core.nodes import gpu_count, gpus_used_by_node, node_from_object, pod_gpu_request, pod_is_terminal
-from gpuadmit.core.pods import build_pods
+from gpuadmit.core.nodes import node_from_object, pod_is_terminal
 from gpuadmit.core.policy import parse_policy
 from gpuadmit.core.snapshot import build_snapshot
 from gpuadmit.core.timefmt import parse_rfc3339_or_none
@@ -89,7 +93,7 @@ class CycleReport:
 
     decisions: int = 0
     statuses_written: int = 0
-    pods_created: int = 0
+    pods_started: int = 0  # their creation goes on in the background
     pods_deleted: int = 0
     preemptions: int = 0
     requeued: int = 0
@@ -166,9 +170,11 @@ class SchedulingLoop:
         self.last_cycle_monotonic: float | None = None
         self.last_report = CycleReport()
         self._wakeup = asyncio.Event()
+        self._first_change_at = 0.0  # monotonic time of the first trigger since the last cycle began
         self._last_good_policy: Policy | None = None
         self._warned_default_policy = False
         self._pending_since: dict[str, float] = {}  # workload key -> when a change to it was seen
+        self.pods = PodCreator(cache, writer, self.trigger_later)
 
     # -- inputs -------------------------------------------------------------------------
 
@@ -183,7 +189,9 @@ class SchedulingLoop:
             self.trigger()
 
     def trigger(self) -> None:
-        self._wakeup.set()
+        if not self._wakeup.is_set():
+            self._first_change_at = time.monotonic()
+            self._wakeup.set()
 
     # -- the task -----------------------------------------------------------------------
 
@@ -208,12 +216,14 @@ class SchedulingLoop:
             self.attempts += 1
 
     def _pause(self) -> float:
-        """The debounce, stretched to the last cycle's thinking time (at most MAX_PAUSE_S): a
-        cycle's snapshot and decision cost time in proportion to the whole cluster, so during a
-        long burst the loop batches more per cycle instead of re-deciding the same queue. Its API
-        writes are not counted: they already gave the burst time to arrive."""
+        """What is left of the wait after the first change: the debounce, stretched to the last
+        cycle's thinking time (at most MAX_PAUSE_S), since a cycle's snapshot and decision cost
+        time in proportion to the whole cluster, so during a long burst the loop batches more per
+        cycle instead of re-deciding the same queue. Its API writes are not counted: changes seen
+        while they ran have waited already."""
         thinking_s = self.last_report.snapshot_s + self.last_report.decide_s
-        return max(self.settings.debounce_seconds, min(thinking_s, MAX_PAUSE_S))
+        wait_s = max(self.settings.debounce_seconds, min(thinking_s, MAX_PAUSE_S))
+        return max(0.0, self._first_change_at + wait_s - time.monotonic())
 
     async def run_cycle_safely(self) -> CycleReport:
         try:
@@ -236,6 +246,7 @@ class SchedulingLoop:
             return report
         now = self.clock()
         policy = await self._policy_in_force(now)
+        self.pods.recount()
         await self._follow_pods(now, report)
 
         mark = time.monotonic()
@@ -247,11 +258,7 @@ class SchedulingLoop:
         report.snapshot_s, mark = time.monotonic() - mark, time.monotonic()
         result = self.decide(snapshot)
         report.decide_s, mark = time.monotonic() - mark, time.monotonic()
-        self.writer.follow_ups.hold()
-        try:
-            await self._apply(snapshot, result, now, report)
-        finally:
-            self.writer.follow_ups.release()
+        await self._apply(snapshot, result, now, report)
         report.apply_s = time.monotonic() - mark
 
         report.decisions = len(result.decisions)
@@ -263,12 +270,12 @@ class SchedulingLoop:
             self.metrics.observe_cycle(snapshot, result, report.duration_s)
         if report.preemptions or report.requeued:
             self.trigger()  # victims and requeued work are pending again: decide them next
-        if report.statuses_written or report.pods_created or report.pods_deleted:
+        if report.statuses_written or report.pods_started or report.pods_deleted:
             logger.info(
-                "Cycle %d: %d decisions %s, %d statuses written, %d pods created, %d deleted, %d preempted; "
+                "Cycle %d: %d decisions %s, %d statuses written, %d pods started, %d deleted, %d preempted; "
                 "%.3fs (snapshot %.3f, decide %.3f, apply %.3f)",
                 self.cycles, report.decisions, report.by_action, report.statuses_written,
-                report.pods_created, report.pods_deleted, report.preemptions, report.duration_s,
+                report.pods_started, report.pods_deleted, report.preemptions, report.duration_s,
                 report.snapshot_s, report.decide_s, report.apply_s,
             )
         return report
@@ -308,7 +315,6 @@ class SchedulingLoop:
     async def _follow_pods(self, now: float, report: CycleReport) -> None:
         pods_by_workload = self.cache.pods_by_workload()
         workloads = {object_key(w): w for w in self.cache.all(WORKLOAD)}
-        used_by_node = gpus_used_by_node(self.cache.all(POD))
         usable_nodes = self._usable_node_names()
         jobs: list[Awaitable[Any]] = []
         for key, pods in pods_by_workload.items():
@@ -324,7 +330,7 @@ class SchedulingLoop:
             if _phase(workload) in HOLDING_PHASES:
                 own = [pod for pod in pods_by_workload.get(key, []) if _owned_by(pod, workload)]
                 if all(entry.node in usable_nodes for entry in placement_of(workload)):
-                    jobs.append(self._follow_holding(workload, own, used_by_node, now, report))
+                    jobs.append(self._follow_holding(workload, own, now, report))
                 # else: its node is gone or unusable; step 3 requeues it, whatever its pods say
         await asyncio.gather(*jobs)
 
@@ -339,8 +345,7 @@ class SchedulingLoop:
         return usable
 
     async def _follow_holding(
-        self, workload: Mapping[str, Any], pods: list[dict[str, Any]], used_by_node: dict[str, int],
-        now: float, report: CycleReport,
+        self, workload: Mapping[str, Any], pods: list[dict[str, Any]], now: float, report: CycleReport,
     ) -> None:
         placement = placement_of(workload)
         replicas = sum(entry.replicas for entry in placement)
@@ -349,7 +354,7 @@ class SchedulingLoop:
         live = [pod for pod in pods if not _terminating(pod)]
         if verdict is None and phase == "Running" and len(live) < replicas:
             names = {(pod.get("metadata") or {}).get("name") for pod in live}
-            missing = [pod["metadata"]["name"] for pod in self._pods_for(workload, placement)
+            missing = [pod["metadata"]["name"] for pod in pods_for(workload, placement)
                        if pod["metadata"]["name"] not in names]
             verdict = ("Failed", desired_status.POD_DELETED, f"pod {', '.join(missing)} was deleted while running")
         if verdict is not None and verdict[0] != phase:
@@ -360,45 +365,8 @@ class SchedulingLoop:
                 if new_phase == "Failed":
                     self.writer.explain_later(workload, "Warning", reason, message)
             return
-        if phase == "Admitted" and len(pods) < replicas:
-            await self._create_missing_pods(workload, placement, pods, used_by_node, report)
-
-    def _pods_for(self, workload: Mapping[str, Any], placement: tuple[PlacementEntry, ...]) -> list[dict[str, Any]]:
-        metadata = workload.get("metadata") or {}
-        status = workload.get("status") or {}
-        decision = Decision(
-            namespace=str(metadata.get("namespace", "")), name=str(metadata.get("name", "")),
-            action=Action.ADMIT, reason=Reason.ADMITTED, message="",
-            workload_class=status.get("class") if status.get("class") in ("training", "inference") else None,
-            placement=placement,
-        )
-        return build_pods(workload, decision)
-
-    async def _create_missing_pods(
-        self, workload: Mapping[str, Any], placement: tuple[PlacementEntry, ...], existing: list[dict[str, Any]],
-        used_by_node: dict[str, int], report: CycleReport,
-    ) -> None:
-        """Create the pods not there yet, each only if its node physically has the GPUs free now
-        (a preempted victim's pods may still be terminating there); otherwise wait for a later cycle."""
-        names = {(pod.get("metadata") or {}).get("name") for pod in existing}
-        to_create = []
-        for pod in self._pods_for(workload, placement):
-            if pod["metadata"]["name"] in names:
-                continue
-            node_name = pod["spec"]["nodeName"]
-            node = self.cache.get(NODE, node_name)
-            allocatable = gpu_count(((node or {}).get("status") or {}).get("allocatable", {}).get(GPU_RESOURCE)) if node else 0
-            gpus = pod_gpu_request(pod)
-            if node is None or used_by_node.get(node_name, 0) + gpus > allocatable:
-                logger.info("Pod %s waits: node %s has no %d free GPUs yet", pod["metadata"]["name"], node_name, gpus)
-                self.trigger_later(2.0)
-                continue
-            used_by_node[node_name] = used_by_node.get(node_name, 0) + gpus
-            to_create.append(pod)
-        created = await asyncio.gather(*(self.writer.create_pod(pod) for pod in to_create))
-        report.pods_created += sum(created)
-        if not all(created):
-            self.trigger_later(1.0)  # the reservation stands; its missing pods come next cycle
+        if phase == "Admitted" and len(pods) < replicas and not self.pods.busy(workload):
+            report.pods_started += self.pods.start(workload, placement, pods)
 
     async def _delete_pod(self, pod: Mapping[str, Any], report: CycleReport) -> None:
         if await self.writer.delete_pod(pod):
@@ -463,14 +431,12 @@ class SchedulingLoop:
         if blocked:
             logger.info("%d admits wait: a victim of theirs changed before it could be preempted", len(blocked))
             self.trigger()
-        # Each admit writes its reservation before its pods. One physical GPU ledger for the whole
-        # step, updated as pods are created. Queue and reject writes hold no GPUs, so they go out
-        # alongside rather than waiting behind every admit's pods.
-        used_by_node = gpus_used_by_node(self.cache.all(POD))
+        # Each admit writes its reservation before its pods are started. Queue and reject writes
+        # hold no GPUs, so they go out alongside.
         pods_by_workload = self.cache.pods_by_workload()
         await asyncio.gather(
             *(
-                self._apply_admit(d, now, report, used_by_node, pods_by_workload.get(d.key, []))
+                self._apply_admit(d, now, report, pods_by_workload.get(d.key, []))
                 for d in admits if d.key not in preemptors_blocked
             ),
             *(self._apply_queue_or_reject(d, now, report) for d in others),
@@ -505,8 +471,7 @@ class SchedulingLoop:
         return blocked
 
     async def _apply_admit(
-        self, decision: Decision, now: float, report: CycleReport,
-        used_by_node: dict[str, int], existing_pods: list[dict[str, Any]],
+        self, decision: Decision, now: float, report: CycleReport, existing_pods: list[dict[str, Any]],
     ) -> None:
         workload = self.cache.get(WORKLOAD, decision.key)
         if workload is None:
@@ -516,7 +481,7 @@ class SchedulingLoop:
             return
         admitted = self.cache.get(WORKLOAD, decision.key) or workload
         pods = [p for p in existing_pods if _owned_by(p, admitted)]
-        await self._create_missing_pods(admitted, decision.placement, pods, used_by_node, report)
+        report.pods_started += self.pods.start(admitted, decision.placement, pods)
         self.writer.explain_later(admitted, "Normal", decision.reason.value, decision.message, decision.workload_class)
 
     async def _apply_queue_or_reject(self, decision: Decision, now: float, report: CycleReport) -> None:

@@ -103,6 +103,8 @@ class OperatorRuntime:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if self.loop is not None:
+            await self.loop.pods.close()
         if self.writer is not None:
             await self.writer.follow_ups.close()
         if self._health_runner is not None:

@@ -19,7 +19,8 @@ a condition's status flips. The set is small on purpose:
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from gpuadmit.core.model import Action, Decision, Phase, Preemption
 

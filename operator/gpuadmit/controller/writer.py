@@ -21,7 +21,7 @@ import uuid
 from typing import Any, Awaitable, Callable, Mapping
 
 from gpuadmit.controller import api as kube
-from gpuadmit.controller.api import ApiError, KubeApi
+from gpuadmit.controller.api import ApiError, KubeApi, Urgency
 from gpuadmit.controller.cache import POD, WORKLOAD, ObjectCache, object_key
 from gpuadmit.controller.status import rfc3339, status_patch
 from gpuadmit.core.model import API_GROUP, API_VERSION, CLASS_LABEL
@@ -34,24 +34,15 @@ COMPONENT = "gpuadmit"
 class FollowUps:
     """Writes that explain a decision but are not the decision (Events, the class label).
 
-    They run on a few background workers, so a burst's status writes (what a tenant waits
-    for) are not queued behind twice as many explanatory writes. Lost on exit, by design:
-    a label that is still missing is set again by a later cycle.
+    They run on a few background workers at the lowest urgency, so a burst's status writes
+    (what a tenant waits for) are not queued behind twice as many explanatory writes. Lost on
+    exit, by design: a label that is still missing is set again by a later cycle.
     """
 
     def __init__(self, workers: int = 4) -> None:
         self._queue: asyncio.Queue[Callable[[], Awaitable[None]]] = asyncio.Queue()
         self._workers = workers
         self._tasks: list[asyncio.Task[None]] = []
-        self._open = asyncio.Event()
-        self._open.set()
-
-    def hold(self) -> None:
-        """Pause (between jobs) while a cycle writes decisions: those come first."""
-        self._open.clear()
-
-    def release(self) -> None:
-        self._open.set()
 
     def submit(self, job: Callable[[], Awaitable[None]]) -> None:
         if not self._tasks:
@@ -72,7 +63,6 @@ class FollowUps:
     async def _work(self) -> None:
         while True:
             job = await self._queue.get()
-            await self._open.wait()
             try:
                 await job()
             except Exception:
@@ -127,7 +117,7 @@ class Writer:
         try:
             updated = await self.api.patch(
                 kube.WORKLOADS, metadata["name"], {"metadata": {"labels": {CLASS_LABEL: workload_class}}},
-                metadata.get("namespace"),
+                metadata.get("namespace"), urgency=Urgency.EXPLAIN,
             )
         except ApiError as error:
             logger.info("Could not label %s: %s", object_key(obj), error)
@@ -138,7 +128,7 @@ class Writer:
         """Create one pod; an existing pod of that name counts as created (restarts never duplicate)."""
         metadata = pod["metadata"]
         try:
-            created = await self.api.create(kube.PODS, pod, metadata["namespace"])
+            created = await self.api.create(kube.PODS, pod, metadata["namespace"], urgency=Urgency.MATERIALISE)
         except ApiError as error:
             if error.status == 409 and error.reason == "AlreadyExists":
                 return True
@@ -193,7 +183,7 @@ class Writer:
             "count": 1,
         }
         try:
-            await self.api.create(kube.EVENTS, event, namespace)
+            await self.api.create(kube.EVENTS, event, namespace, urgency=Urgency.EXPLAIN)
         except ApiError as error:  # an Event is an explanation, never worth failing a cycle for
             logger.info("Could not post event on %s: %s", object_key(obj), error)
 

@@ -10,7 +10,8 @@ where no reservation was made.
 from __future__ import annotations
 
 import copy
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from gpuadmit.core.model import (
     API_GROUP,

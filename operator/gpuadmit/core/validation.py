@@ -28,7 +28,8 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from gpuadmit.core.classifier import classify
 from gpuadmit.core.model import (

@@ -60,6 +60,32 @@ def parse_api_path(path: str) -> parsing.ParsedPath:
     return parsing.ParsedPath(group, version, plural, namespace, name, subresource)
 
 
+_METHODS: dict[str, kmock.method] = {}
+_RESOURCES: dict[tuple[str, str | None, str | None], kmock.resource] = {}
+_PARSE_CACHE_LIMIT = 1024
+
+
+def _method(name: str) -> kmock.method:
+    """``kmock.method(name)``, looked up once per method name."""
+    method = _METHODS.get(name)
+    if method is None:
+        method = kmock.method(name)
+        if len(_METHODS) < _PARSE_CACHE_LIMIT:
+            _METHODS[name] = method
+    return method
+
+
+def _resource(group: str, version: str | None, plural: str | None) -> kmock.resource:
+    """``kmock.resource(group=..., version=..., plural=...)``, built once per resource (it is frozen)."""
+    key = (group, version, plural)
+    resource = _RESOURCES.get(key)
+    if resource is None:
+        resource = kmock.resource(group=group, version=version, plural=plural)
+        if len(_RESOURCES) < _PARSE_CACHE_LIMIT:
+            _RESOURCES[key] = resource
+    return resource
+
+
 async def parse_request(raw_request: aiohttp.web.BaseRequest, *, id: int) -> rendering.Request:
     """Build kmock's ``Request`` (so its filters and assertions work) with our path parsing;
     PUT counts as the UPDATE action, as PATCH does."""
@@ -70,19 +96,31 @@ async def parse_request(raw_request: aiohttp.web.BaseRequest, *, id: int) -> ren
     except ValueError:
         data = None
     parsed = parse_api_path(raw_request.path)
-    resource = None if parsed.group is None else kmock.resource(
-        group=parsed.group, version=parsed.version, plural=parsed.plural)
-    method = kmock.method(raw_request.method)
-    action = parsing.guess_k8s(parsed, method, dict(raw_request.query))
+    resource = None if parsed.group is None else _resource(parsed.group, parsed.version, parsed.plural)
+    method = _method(raw_request.method)
+    params = dict(raw_request.query)
+    action = parsing.guess_k8s(parsed, method, params)
     if action is None and method == kmock.method.PUT and parsed.name is not None:
         action = kmock.action.UPDATE
     return rendering.Request(
-        id=id, raw_request=raw_request, url=raw_request.url, method=raw_request.method,
-        params=dict(raw_request.query), headers=dict(raw_request.headers), cookies=dict(raw_request.cookies),
+        id=id, raw_request=raw_request, url=raw_request.url, method=method,
+        params=params, headers=dict(raw_request.headers), cookies=dict(raw_request.cookies),
         data=data, body=body, text=text,
         action=action, resource=resource, namespace=parsed.namespace, name=parsed.name,
         subresource=parsed.subresource,
     )
+
+
+_EVENTS_PER_WRITE = 256  # watch events joined into one write at most
+_EVENT_PREFIXES: dict[str, bytes] = {}
+
+
+def _event_line(event_type: str, encoded_object: bytes) -> bytes:
+    """``json.dumps({"type": event_type, "object": obj}) + "\\n"`` from ``obj``'s encoding."""
+    prefix = _EVENT_PREFIXES.get(event_type)
+    if prefix is None:
+        prefix = _EVENT_PREFIXES[event_type] = ('{"type": ' + json.dumps(event_type) + ', "object": ').encode()
+    return prefix + encoded_object + b"}\n"
 
 
 def _version_priority(version: str) -> tuple[int, int, int, str]:
@@ -135,6 +173,7 @@ class KubernetesApiEmulator(kmock.KubernetesScaffold):
     _request_count: int = attrs.field(default=0, init=False)
     _own_reaction_count: int = attrs.field(default=0, init=False)
     _background: set[asyncio.Task[None]] = attrs.field(factory=set, init=False)
+    _object_routes: tuple[Any, ...] = attrs.field(default=(), init=False)  # routes answering one stored object
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -155,6 +194,7 @@ class KubernetesApiEmulator(kmock.KubernetesScaffold):
         for probe in ("/healthz", "/readyz", "/livez"):
             self.fallback["get", probe] << b"ok"
         self._own_reaction_count = len(self._payloads)
+        self._object_routes = (self._serve_fetch, self._serve_create, self._serve_update, self._serve_delete)
 
     # -- public helpers (also for tests that set up state without HTTP) ---------------------------
 
@@ -228,9 +268,15 @@ class KubernetesApiEmulator(kmock.KubernetesScaffold):
         if route == self._serve_watch or isinstance(route, bytes):
             return await rendering.Response(payload=route)(request)  # kmock renders the streams
         result = await route(request)
+        status = 200
         if isinstance(result, rendering.Response):
-            return aiohttp.web.json_response(result.payload, status=result.status or 200)
-        return aiohttp.web.json_response(result)
+            result, status = result.payload, result.status or 200
+        if route in self._object_routes:
+            # A stored object: encoded once, the same bytes its watch event will carry.
+            # The same bytes and headers as json_response(result) would give.
+            return aiohttp.web.Response(body=self.store.encoded(result), status=status,
+                                        content_type="application/json", charset="utf-8")
+        return aiohttp.web.json_response(result, status=status)
 
     def _route(self, request: rendering.Request) -> Any:
         path = request.url.path.rstrip("/") or "/"
@@ -367,7 +413,7 @@ class KubernetesApiEmulator(kmock.KubernetesScaffold):
         spec = self._resolve(request)
         if request.subresource is not None:
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
-        created = self._create(spec, request.namespace, request.data)
+        created = self._create(spec, request.namespace, request.data, copy_body=False)  # parsed for it alone
         return rendering.Response(status=201, payload=created)
 
     @staticmethod
@@ -380,7 +426,7 @@ class KubernetesApiEmulator(kmock.KubernetesScaffold):
             raise errors.invalid(spec.group, spec.kind, name,
                                  [{"reason": "FieldValueInvalid", "field": "spec", "message": str(e)}]) from e
 
-    def _create(self, spec: ResourceSpec, namespace: str | None, body: Any) -> dict[str, Any]:
+    def _create(self, spec: ResourceSpec, namespace: str | None, body: Any, copy_body: bool = True) -> dict[str, Any]:
         if spec.storage_key == CRD_STORAGE:
             self._check_crd(spec, body)
         if spec.storage_key == NAMESPACE_STORAGE and isinstance(body, dict):
@@ -389,7 +435,8 @@ class KubernetesApiEmulator(kmock.KubernetesScaffold):
                 meta = body.setdefault("metadata", {})
                 meta["labels"] = {**(meta.get("labels") or {}), "kubernetes.io/metadata.name": name}
         return self.store.create(spec, namespace, body,
-                                 initial_status=lambda obj: _initial_status(spec.storage_key, obj))
+                                 initial_status=lambda obj: _initial_status(spec.storage_key, obj),
+                                 copy_body=copy_body)
 
     async def _serve_update(self, request: rendering.Request) -> rendering.Payload:
         spec = self._resolve(request)
@@ -407,7 +454,10 @@ class KubernetesApiEmulator(kmock.KubernetesScaffold):
 
             def change(current: dict[str, Any]) -> Any:
                 return apply_patch(current, body, content_type)
-        return self.store.update(spec, request.namespace, request.name, change, request.subresource)
+        # Neither change modifies the object it is given (apply_patch returns a new one), so the
+        # store need not copy the stored object first.
+        return self.store.update(spec, request.namespace, request.name, change, request.subresource,
+                                 copy_current=False)
 
     async def _serve_delete(self, request: rendering.Request) -> rendering.Payload:
         spec = self._resolve(request)
@@ -454,21 +504,39 @@ class KubernetesApiEmulator(kmock.KubernetesScaffold):
         deadline = None if timeout is None else loop.time() + timeout
         cut_after = self.faults.cut_watches_after
         sent = 0
+        # Each event is one JSON line, exactly as kmock writes a dict ({"type": ..., "object": ...}
+        # through json.dumps), built around the object's cached encoding: an object is encoded once
+        # however many watchers send it. Events ready together go out in one write.
+        encoded_as = self.store.encoded_as
         try:
             yield b""  # send the headers now: a watch is open even before anything happens
+            chunk: list[bytes] = []
             for event_type, obj in initial:
-                yield {"type": event_type, "object": self.store.present(spec, obj)}
+                chunk.append(_event_line(event_type, encoded_as(spec, obj)))
                 sent += 1
                 if cut_after is not None and sent >= cut_after:
+                    yield b"".join(chunk)
                     return
+                if len(chunk) >= _EVENTS_PER_WRITE:
+                    yield b"".join(chunk)
+                    chunk = []
+            if chunk:
+                yield b"".join(chunk)
             next_bookmark = loop.time() + self.bookmark_interval
             while True:
                 watch.wakeup.clear()
                 while watch.pending:
-                    event_type, obj = watch.pending.popleft()
-                    yield {"type": event_type, "object": self.store.present(spec, obj)}
-                    sent += 1
-                    if cut_after is not None and sent >= cut_after:
+                    chunk = []
+                    cut = False
+                    while watch.pending and len(chunk) < _EVENTS_PER_WRITE:
+                        event_type, obj = watch.pending.popleft()
+                        chunk.append(_event_line(event_type, encoded_as(spec, obj)))
+                        sent += 1
+                        if cut_after is not None and sent >= cut_after:
+                            cut = True
+                            break
+                    yield b"".join(chunk)
+                    if cut:
                         return
                 if watch.closed:
                     return

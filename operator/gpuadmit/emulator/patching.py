@@ -11,6 +11,7 @@ import copy
 from typing import Any
 
 from gpuadmit.emulator.errors import ApiError, bad_request
+from gpuadmit.emulator.store import copy_json
 
 MERGE_PATCH = "application/merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
@@ -37,7 +38,7 @@ def apply_patch(target: dict[str, Any], patch: Any, content_type: str) -> dict[s
 def merge_patch(target: Any, patch: Any) -> Any:
     """RFC 7386: dicts merge recursively, ``null`` removes a key, anything else replaces."""
     if not isinstance(patch, dict):
-        return copy.deepcopy(patch)
+        return copy_json(patch)  # JSON data: the same as copy.deepcopy, several times faster
     result = dict(target) if isinstance(target, dict) else {}
     for key, value in patch.items():
         if value is None:

@@ -95,8 +95,14 @@ def parse_field_selector(selector: str | None) -> Callable[[Mapping[str, Any]], 
     return lambda obj: all(check(obj) for check in checks)
 
 
+def match_everything(obj: Mapping[str, Any]) -> bool:
+    return True
+
+
 def object_selector(label_selector: str | None, field_selector: str | None) -> Predicate:
     """Both selectors combined into one predicate over whole objects."""
+    if not _split_terms(label_selector or "") and not _split_terms(field_selector or ""):
+        return match_everything  # no terms: every object matches (stored metadata is always a dict)
     labels_match = parse_label_selector(label_selector)
     fields_match = parse_field_selector(field_selector)
 

@@ -19,9 +19,11 @@ in one step, so no event falls between "list" and "watch".
 from __future__ import annotations
 
 import asyncio
-import datetime
+import itertools
+import json
 import secrets
 import string
+import time
 import uuid
 from collections import defaultdict, deque
 from collections.abc import Callable, Mapping
@@ -39,6 +41,7 @@ Predicate = Callable[[Mapping[str, Any]], bool]
 
 DEFAULT_HISTORY_LIMIT = 100_000
 DEFAULT_WATCH_BACKLOG_LIMIT = 100_000
+JSON_CACHE_LIMIT = 4096  # encoded objects kept: enough for every watcher to catch up on a burst
 
 
 def copy_json(value: Any) -> Any:
@@ -50,8 +53,16 @@ def copy_json(value: Any) -> Any:
     return value
 
 
+_now_cache: tuple[int, str] = (-1, "")
+
+
 def rfc3339_now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    """The current UTC time to the second, as the server writes timestamps (formatted once a second)."""
+    global _now_cache
+    second = int(time.time())
+    if _now_cache[0] != second:
+        _now_cache = (second, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(second)))
+    return _now_cache[1]
 
 
 @dataclass(frozen=True)
@@ -123,6 +134,7 @@ class ObjectStore:
         self._watch_backlog_limit = watch_backlog_limit
         self._watches: dict[StorageKey, set[Watch]] = defaultdict(set)
         self.listeners: list[Callable[[StoredEvent], None]] = []
+        self._json_cache: dict[int, tuple[dict[str, Any], bytes]] = {}
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -188,6 +200,28 @@ class ObjectStore:
             for watch in list(watches):
                 watch.close()
 
+    def encoded(self, obj: dict[str, Any]) -> bytes:
+        """``json.dumps(obj)`` as bytes, computed once per object and shared by the response and
+        every watcher that sends it. Safe because the store never changes an object in place
+        once stored (writes store new dicts); the cache holds the object itself, so an ``id``
+        cannot be reused while its entry lives."""
+        cache = self._json_cache
+        entry = cache.get(id(obj))
+        if entry is not None and entry[0] is obj:
+            return entry[1]
+        data = json.dumps(obj).encode("utf-8")
+        cache[id(obj)] = (obj, data)
+        if len(cache) > JSON_CACHE_LIMIT:
+            for stale in list(itertools.islice(cache, len(cache) - JSON_CACHE_LIMIT // 2)):
+                del cache[stale]
+        return data
+
+    def encoded_as(self, spec: ResourceSpec, obj: dict[str, Any]) -> bytes:
+        """A stored object encoded as ``present(spec, obj)`` (cached unless another version shows it)."""
+        if obj.get("apiVersion") == spec.api_version:
+            return self.encoded(obj)
+        return json.dumps(self.present(spec, obj)).encode("utf-8")
+
     def present(self, spec: ResourceSpec, obj: dict[str, Any]) -> dict[str, Any]:
         """The object as the requested version shows it (same storage for all versions)."""
         if obj.get("apiVersion") == spec.api_version:
@@ -197,15 +231,20 @@ class ObjectStore:
     # -- writing ----------------------------------------------------------------------------
 
     def create(self, spec: ResourceSpec, namespace: str | None, body: Any,
-               initial_status: Callable[[dict[str, Any]], Any] | None = None) -> dict[str, Any]:
+               initial_status: Callable[[dict[str, Any]], Any] | None = None,
+               *, copy_body: bool = True) -> dict[str, Any]:
         if not isinstance(body, dict):
             raise errors.bad_request("the body of the request must be a JSON object")
-        obj = copy_json(body)
+        # With ``copy_body=False`` (a body parsed for this request alone) only the top level and
+        # ``metadata``, which are changed here, are copied; the rest is shared, never modified.
+        obj = copy_json(body) if copy_body else dict(body)
         meta = obj.get("metadata")
         if meta is None:
             meta = obj["metadata"] = {}
         if not isinstance(meta, dict):
             raise errors.bad_request("metadata must be a JSON object")
+        if not copy_body:
+            meta = obj["metadata"] = copy_json(meta)
         name = meta.get("name") or ""
         if not name and isinstance(meta.get("generateName"), str) and meta["generateName"]:
             alphabet = string.ascii_lowercase + string.digits
@@ -250,15 +289,21 @@ class ObjectStore:
         return self.present(spec, obj)
 
     def update(self, spec: ResourceSpec, namespace: str | None, name: str,
-               change: Callable[[dict[str, Any]], Any], subresource: str | None = None) -> dict[str, Any]:
-        """PUT and PATCH alike: ``change`` turns a copy of the stored object into the proposed one."""
+               change: Callable[[dict[str, Any]], Any], subresource: str | None = None,
+               *, copy_current: bool = True) -> dict[str, Any]:
+        """PUT and PATCH alike: ``change`` turns a copy of the stored object into the proposed one.
+
+        ``copy_current=False`` hands ``change`` the stored object itself, for a ``change`` that
+        never modifies its argument (a merge patch builds a new object; a PUT ignores it): the
+        proposed object may then share unchanged parts with the stored one, which is safe
+        because stored objects are never modified in place."""
         if subresource not in (None, "status") or (subresource == "status" and not spec.has_status):
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
         key = self._key(spec, namespace, name)
         old = self._objects[spec.storage_key].get(key)
         if old is None:
             raise errors.not_found(spec.group, spec.plural, name)
-        proposed = change(copy_json(old))
+        proposed = change(copy_json(old) if copy_current else old)
         if not isinstance(proposed, dict):
             raise errors.bad_request("the object must be a JSON object")
         proposed_meta = proposed.get("metadata") if isinstance(proposed.get("metadata"), dict) else {}
@@ -269,18 +314,20 @@ class ObjectStore:
             raise errors.bad_request(
                 f"the name of the object ({proposed_meta.get('name')}) does not match the name on the URL ({name})")
 
+        # Below, only the top level and ``metadata`` of ``result`` are modified: the rest may be
+        # shared with the stored object (never modified in place, so sharing is safe).
         if subresource == "status":
-            result = copy_json(old)
+            result = {**old, "metadata": dict(old["metadata"])}
             if "status" in proposed:
                 result["status"] = proposed["status"]
             else:
                 result.pop("status", None)
         else:
-            result = proposed
+            result = proposed if proposed is not old else dict(proposed)
             result["metadata"] = dict(proposed_meta)
             if spec.has_status:
                 if "status" in old:
-                    result["status"] = copy_json(old["status"])
+                    result["status"] = old["status"]
                 else:
                     result.pop("status", None)
         # What only the server may set is carried over from the stored object.

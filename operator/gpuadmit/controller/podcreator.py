@@ -1,0 +1,122 @@
+"""Creating the pods of admitted workloads, in the background of the scheduling loop.
+
+A decision is committed when its status (with the placement) is written; the pods follow.
+The loop hands each admitted workload's missing pods to ``PodCreator.start`` and goes on, so
+the next cycle's decisions do not wait for this cycle's pod creations (which also queue
+behind status writes for an API slot: ``Urgency.MATERIALISE``).
+
+The physical ledger: a pod is only created when its node has the GPUs free *now* (a
+preempted victim's pods may still be terminating there), counting the pods in the cache
+at the last recount plus every pod started since. A workload whose creations are in
+flight is skipped until they end, so nothing is created twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from typing import Any, Callable, Mapping
+
+from gpuadmit.controller.cache import NODE, POD, ObjectCache, object_key
+from gpuadmit.controller.writer import Writer
+from gpuadmit.core.model import GPU_RESOURCE, Action, Decision, PlacementEntry, Reason
+from gpuadmit.core.nodes import gpu_count, gpus_used_by_node, pod_gpu_request
+from gpuadmit.core.pods import build_pods
+
+logger = logging.getLogger(__name__)
+
+
+def pods_for(workload: Mapping[str, Any], placement: tuple[PlacementEntry, ...]) -> list[dict[str, Any]]:
+    """The pods an admitted workload runs on its placement (the same ones its admission created)."""
+    metadata = workload.get("metadata") or {}
+    status = workload.get("status") or {}
+    decision = Decision(
+        namespace=str(metadata.get("namespace", "")), name=str(metadata.get("name", "")),
+        action=Action.ADMIT, reason=Reason.ADMITTED, message="",
+        workload_class=status.get("class") if status.get("class") in ("training", "inference") else None,
+        placement=placement,
+    )
+    return build_pods(workload, decision)
+
+
+class PodCreator:
+    def __init__(self, cache: ObjectCache, writer: Writer, retry_later: Callable[[float], None]) -> None:
+        self.cache = cache
+        self.writer = writer
+        self.retry_later = retry_later  # asks for a later cycle when a pod had to wait or failed
+        self.created = 0  # pods created since start (for tests and logs)
+        self._counted: dict[str, int] = {}      # node -> GPUs of its cached pods at the last recount
+        self._in_flight: Counter[str] = Counter()  # node -> GPUs of pods whose create has not returned
+        self._landed: Counter[str] = Counter()     # node -> GPUs of pods created since the last recount
+        self._tasks: dict[str, asyncio.Task[None]] = {}  # workload key -> its creations
+
+    def recount(self) -> None:
+        """Physical use recounted from the cached pods (a cycle's start); pods in flight stay counted."""
+        self._counted = gpus_used_by_node(self.cache.all(POD))
+        self._landed.clear()
+
+    def busy(self, workload: Mapping[str, Any]) -> bool:
+        return object_key(workload) in self._tasks
+
+    def start(self, workload: Mapping[str, Any], placement: tuple[PlacementEntry, ...],
+              existing: list[dict[str, Any]]) -> int:
+        """Start creating the workload's pods that are not there yet and fit their node now;
+        returns how many were started (the others wait for a later cycle)."""
+        key = object_key(workload)
+        if key in self._tasks:
+            return 0
+        names = {(pod.get("metadata") or {}).get("name") for pod in existing}
+        to_create = []
+        for pod in pods_for(workload, placement):
+            if pod["metadata"]["name"] in names:
+                continue
+            node_name, gpus = pod["spec"]["nodeName"], pod_gpu_request(pod)
+            if not self._fits(node_name, gpus):
+                logger.info("Pod %s waits: node %s has no %d free GPUs yet", pod["metadata"]["name"], node_name, gpus)
+                self.retry_later(2.0)
+                continue
+            self._in_flight[node_name] += gpus
+            to_create.append(pod)
+        if to_create:
+            self._tasks[key] = asyncio.create_task(self._create_all(key, to_create), name=f"gpuadmit pods of {key}")
+        return len(to_create)
+
+    async def drain(self) -> None:
+        """Wait for every creation in flight (tests, shutdown)."""
+        while self._tasks:
+            await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+
+    async def close(self) -> None:
+        for task in self._tasks.values():
+            task.cancel()
+        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        self._tasks.clear()
+
+    def _fits(self, node_name: str, gpus: int) -> bool:
+        node = self.cache.get(NODE, node_name)
+        if node is None:
+            return False
+        allocatable = gpu_count(((node.get("status") or {}).get("allocatable") or {}).get(GPU_RESOURCE))
+        used = self._counted.get(node_name, 0) + self._in_flight[node_name] + self._landed[node_name]
+        return used + gpus <= allocatable
+
+    async def _create_all(self, key: str, pods: list[dict[str, Any]]) -> None:
+        try:
+            created = await asyncio.gather(*(self._create_one(pod) for pod in pods))
+        finally:
+            self._tasks.pop(key, None)
+        if not all(created):
+            self.retry_later(1.0)  # the reservation stands; its missing pods come next cycle
+
+    async def _create_one(self, pod: dict[str, Any]) -> bool:
+        node_name, gpus = pod["spec"]["nodeName"], pod_gpu_request(pod)
+        created = False
+        try:
+            created = await self.writer.create_pod(pod)
+        finally:
+            self._in_flight[node_name] -= gpus
+            if created:
+                self._landed[node_name] += gpus
+                self.created += 1
+        return created
