@@ -201,3 +201,35 @@ def test_an_object_listed_twice_counts_once_and_the_later_one_wins() -> None:
     assert [(n.name, n.allocatable) for n in snapshot.nodes] == [("gpu-1", 4)]
     assert [(w.name, w.gpus_per_replica) for w in snapshot.pending] == [("v", 1), ("w", 4)]
     assert snapshot.invalid == ()
+
+
+def test_parse_memo_reuses_unchanged_workloads_and_reparses_changed_ones() -> None:
+    from gpuadmit.core.policy import parse_policy
+    from gpuadmit.core.snapshot import ParseMemo
+
+    def versioned(name: str, version: str, **kwargs: Any) -> dict[str, Any]:
+        obj = workload(name, **kwargs)
+        obj["metadata"].update(uid=f"uid-{name}", resourceVersion=version)
+        return obj
+
+    memo = ParseMemo()
+    first_policy = parse_policy(policy(minMarginPerGPUHour=0.1))
+    objs = [versioned("a", "1"), versioned("b", "1", phase="Queued", queuePosition=1)]
+    spaces = [namespace("team-a", "premium")]
+    one = build_snapshot([node("n1")], [], spaces, objs, [first_policy], time.time(), memo=memo)
+    two = build_snapshot([node("n1")], [], spaces, objs, [first_policy], time.time(), memo=memo)
+    assert [w for w in two.pending] == [w for w in one.pending]
+    assert all(w2 is w1 for w1, w2 in zip(one.pending, two.pending))  # reused, not parsed again
+
+    changed = [versioned("a", "2", gpus=4), objs[1]]  # a changed (new resourceVersion)
+    three = build_snapshot([node("n1")], [], spaces, changed, [first_policy], time.time(), memo=memo)
+    by_name = {w.name: w for w in three.pending}
+    assert by_name["a"].gpus_per_replica == 4 and by_name["b"] is {w.name: w for w in two.pending}["b"]
+
+    # A new policy object or a new tier for the namespace: parsed again, as without a memo.
+    other_policy = parse_policy(policy(minMarginPerGPUHour=0.1))
+    for policy_in_force, spaces_now in ((other_policy, spaces), (first_policy, [namespace("team-a", "standard")])):
+        with_memo = build_snapshot([node("n1")], [], spaces_now, changed, [policy_in_force], time.time(), memo=memo)
+        without = build_snapshot([node("n1")], [], spaces_now, changed, [policy_in_force], time.time())
+        assert with_memo.pending == without.pending
+        assert all(a is not b for a, b in zip(with_memo.pending, three.pending))

@@ -57,7 +57,7 @@ from gpuadmit.core.model import (
 )
 from gpuadmit.core.nodes import node_from_object, pod_is_terminal
 from gpuadmit.core.policy import parse_policy
-from gpuadmit.core.snapshot import build_snapshot
+from gpuadmit.core.snapshot import ParseMemo, build_snapshot
 from gpuadmit.core.timefmt import parse_rfc3339_or_none
 
 logger = logging.getLogger(__name__)
@@ -175,18 +175,41 @@ class SchedulingLoop:
         self._warned_default_policy = False
         self._pending_since: dict[str, float] = {}  # workload key -> when a change to it was seen
         self.pods = PodCreator(cache, writer, self.trigger_later)
+        self._policy_parsed: tuple[tuple[Any, Any], Policy] | None = None
+        self._parse_memo = ParseMemo()
 
     # -- inputs -------------------------------------------------------------------------
 
     def notify(self, kind: str, event_type: str | None, obj: Mapping[str, Any]) -> None:
-        """A watch event: update the cache, and wake the loop if anything changed."""
-        if self.cache.apply_event(kind, event_type, obj):
-            if kind == WORKLOAD:
-                if event_type != "DELETED" and _phase(obj) in PENDING_PHASES:
-                    self._pending_since.setdefault(object_key(obj), time.monotonic())
-                else:
-                    self._pending_since.pop(object_key(obj), None)
+        """A watch event: update the cache, and wake the loop if the change can matter to a decision."""
+        key = object_key(obj)
+        before = self.cache.get(kind, key) if kind in (WORKLOAD, POD) else None
+        if not self.cache.apply_event(kind, event_type, obj):
+            return
+        if kind == WORKLOAD:
+            if event_type != "DELETED" and _phase(obj) in PENDING_PHASES:
+                self._pending_since.setdefault(key, time.monotonic())
+            else:
+                self._pending_since.pop(key, None)
+        if not self._echoes_own_write(kind, event_type, before, obj):
             self.trigger()
+
+    def _echoes_own_write(self, kind: str, event_type: str | None, before: Mapping[str, Any] | None,
+                          obj: Mapping[str, Any]) -> bool:
+        """The watch often brings our own write back before its answer arrives. Such an echo
+        changes nothing the cycle that wrote it did not know, and waking the loop for it would
+        cost a cycle per write: a creation of a pod we are creating; a workload whose status we
+        are writing, or whose only change is our class label (same spec, not being deleted)."""
+        key = object_key(obj)
+        if kind == POD:
+            return event_type == "ADDED" and self.pods.creating(key)
+        if kind != WORKLOAD or event_type != "MODIFIED" or before is None or _uid(before) != _uid(obj):
+            return False
+        before_meta, after_meta = before.get("metadata") or {}, obj.get("metadata") or {}
+        if (before_meta.get("generation") != after_meta.get("generation")
+                or before_meta.get("deletionTimestamp") != after_meta.get("deletionTimestamp")):
+            return False
+        return _phase(before) == _phase(obj) or self.writer.writing_status(key)
 
     def trigger(self) -> None:
         if not self._wakeup.is_set():
@@ -293,7 +316,7 @@ class SchedulingLoop:
             return None
         self._warned_default_policy = False
         try:
-            policy = parse_policy(obj)
+            policy = self._parsed_policy(obj)
             error_field, error_message = None, ""
             self._last_good_policy = policy
         except SpecError as error:
@@ -310,27 +333,42 @@ class SchedulingLoop:
             await self.writer.write_status(POLICY, obj, desired)
         return self._last_good_policy
 
+    def _parsed_policy(self, obj: Mapping[str, Any]) -> Policy:
+        """The policy object, parsed once per version: the same Policy instance from cycle to cycle
+        is what lets the snapshot's ParseMemo reuse the parsed workloads."""
+        metadata = obj.get("metadata") or {}
+        version = (metadata.get("uid"), metadata.get("resourceVersion"))
+        if self._policy_parsed is not None and version[1] and self._policy_parsed[0] == version:
+            return self._policy_parsed[1]
+        policy = parse_policy(obj)
+        self._policy_parsed = (version, policy)
+        return policy
+
     # -- step 2: pods -------------------------------------------------------------------
 
     async def _follow_pods(self, now: float, report: CycleReport) -> None:
         pods_by_workload = self.cache.pods_by_workload()
         workloads = {object_key(w): w for w in self.cache.all(WORKLOAD)}
         usable_nodes = self._usable_node_names()
+        own_by_key: dict[str, list[dict[str, Any]]] = {}
         jobs: list[Awaitable[Any]] = []
         for key, pods in pods_by_workload.items():
             workload = workloads.get(key)
-            own = [pod for pod in pods if workload is not None and _owned_by(pod, workload)]
-            leftovers = [pod for pod in pods if pod not in own]
             if workload is None or _phase(workload) not in HOLDING_PHASES:
                 leftovers = pods  # workload gone or no longer holding GPUs: none of its pods may run
+            else:
+                own_by_key[key] = [pod for pod in pods if _owned_by(pod, workload)]
+                leftovers = [pod for pod in pods if not _owned_by(pod, workload)]
             for pod in leftovers:
                 if not _terminating(pod) and (workload is None or not pod_is_terminal(pod)):
                     jobs.append(self._delete_pod(pod, report))
         for key, workload in workloads.items():
             if _phase(workload) in HOLDING_PHASES:
-                own = [pod for pod in pods_by_workload.get(key, []) if _owned_by(pod, workload)]
-                if all(entry.node in usable_nodes for entry in placement_of(workload)):
-                    jobs.append(self._follow_holding(workload, own, now, report))
+                placement = placement_of(workload)
+                if all(entry.node in usable_nodes for entry in placement):
+                    job = self._follow_holding(workload, placement, own_by_key.get(key, []), now, report)
+                    if job is not None:
+                        jobs.append(job)
                 # else: its node is gone or unusable; step 3 requeues it, whatever its pods say
         await asyncio.gather(*jobs)
 
@@ -344,29 +382,36 @@ class SchedulingLoop:
                 usable.add(name)
         return usable
 
-    async def _follow_holding(
-        self, workload: Mapping[str, Any], pods: list[dict[str, Any]], now: float, report: CycleReport,
-    ) -> None:
-        placement = placement_of(workload)
+    def _follow_holding(
+        self, workload: Mapping[str, Any], placement: tuple[PlacementEntry, ...], pods: list[dict[str, Any]],
+        now: float, report: CycleReport,
+    ) -> Awaitable[None] | None:
+        """What the pods of a holding workload call for: a phase to write (returned, to await with
+        the others), missing pods to start (started here), or nothing (None, the usual case)."""
         replicas = sum(entry.replicas for entry in placement)
         verdict = desired_status.phase_from_pods(pods, replicas)
         phase = _phase(workload)
-        live = [pod for pod in pods if not _terminating(pod)]
-        if verdict is None and phase == "Running" and len(live) < replicas:
-            names = {(pod.get("metadata") or {}).get("name") for pod in live}
-            missing = [pod["metadata"]["name"] for pod in pods_for(workload, placement)
-                       if pod["metadata"]["name"] not in names]
-            verdict = ("Failed", desired_status.POD_DELETED, f"pod {', '.join(missing)} was deleted while running")
+        if verdict is None and phase == "Running":
+            live = [pod for pod in pods if not _terminating(pod)]
+            if len(live) < replicas:
+                names = {(pod.get("metadata") or {}).get("name") for pod in live}
+                missing = [pod["metadata"]["name"] for pod in pods_for(workload, placement)
+                           if pod["metadata"]["name"] not in names]
+                verdict = ("Failed", desired_status.POD_DELETED, f"pod {', '.join(missing)} was deleted while running")
         if verdict is not None and verdict[0] != phase:
-            new_phase, reason, message = verdict
-            desired = desired_status.pods_phase_status(workload, new_phase, reason, message, now)
-            if await self._write(workload, desired, report):
-                self.trigger()  # siblings of a failed pod go next cycle, with the other leftovers
-                if new_phase == "Failed":
-                    self.writer.explain_later(workload, "Warning", reason, message)
-            return
+            return self._write_pods_phase(workload, verdict, now, report)
         if phase == "Admitted" and len(pods) < replicas and not self.pods.busy(workload):
             report.pods_started += self.pods.start(workload, placement, pods)
+        return None
+
+    async def _write_pods_phase(self, workload: Mapping[str, Any], verdict: tuple[str, str, str], now: float,
+                                report: CycleReport) -> None:
+        new_phase, reason, message = verdict
+        desired = desired_status.pods_phase_status(workload, new_phase, reason, message, now)
+        if await self._write(workload, desired, report):
+            self.trigger()  # siblings of a failed pod go next cycle, with the other leftovers
+            if new_phase == "Failed":
+                self.writer.explain_later(workload, "Warning", reason, message)
 
     async def _delete_pod(self, pod: Mapping[str, Any], report: CycleReport) -> None:
         if await self.writer.delete_pod(pod):
@@ -390,6 +435,7 @@ class SchedulingLoop:
         return build_snapshot(
             self.cache.all(NODE), self.cache.all(POD), self.cache.all("Namespace"), self.cache.all(WORKLOAD),
             policies, now, policy_name=policy.name if policy is not None else self.settings.policy_name,
+            memo=self._parse_memo,
         )
 
     def _holding_on_lost_nodes(self, snapshot: Snapshot) -> dict[str, str]:

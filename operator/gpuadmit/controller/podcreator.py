@@ -50,6 +50,7 @@ class PodCreator:
         self._in_flight: Counter[str] = Counter()  # node -> GPUs of pods whose create has not returned
         self._landed: Counter[str] = Counter()     # node -> GPUs of pods created since the last recount
         self._tasks: dict[str, asyncio.Task[None]] = {}  # workload key -> its creations
+        self._pods_in_flight: set[str] = set()  # pod keys whose create has not returned
 
     def recount(self) -> None:
         """Physical use recounted from the cached pods (a cycle's start); pods in flight stay counted."""
@@ -58,6 +59,10 @@ class PodCreator:
 
     def busy(self, workload: Mapping[str, Any]) -> bool:
         return object_key(workload) in self._tasks
+
+    def creating(self, pod_key: str) -> bool:
+        """Whether this pod's create request is in flight (its watch echo may come first)."""
+        return pod_key in self._pods_in_flight
 
     def start(self, workload: Mapping[str, Any], placement: tuple[PlacementEntry, ...],
               existing: list[dict[str, Any]]) -> int:
@@ -77,6 +82,7 @@ class PodCreator:
                 self.retry_later(2.0)
                 continue
             self._in_flight[node_name] += gpus
+            self._pods_in_flight.add(object_key(pod))
             to_create.append(pod)
         if to_create:
             self._tasks[key] = asyncio.create_task(self._create_all(key, to_create), name=f"gpuadmit pods of {key}")
@@ -110,11 +116,12 @@ class PodCreator:
             self.retry_later(1.0)  # the reservation stands; its missing pods come next cycle
 
     async def _create_one(self, pod: dict[str, Any]) -> bool:
-        node_name, gpus = pod["spec"]["nodeName"], pod_gpu_request(pod)
+        node_name, gpus, key = pod["spec"]["nodeName"], pod_gpu_request(pod), object_key(pod)
         created = False
         try:
             created = await self.writer.create_pod(pod)
         finally:
+            self._pods_in_flight.discard(key)
             self._in_flight[node_name] -= gpus
             if created:
                 self._landed[node_name] += gpus

@@ -77,6 +77,7 @@ class Writer:
         self.cache = cache
         self.instance = instance or socket.gethostname()
         self.conflicts = 0  # for logs and tests: how often a write met a newer object
+        self._status_writes: set[tuple[str, str]] = set()  # (kind, key) with a status patch in flight
         self.follow_ups = FollowUps()
 
     def explain_later(self, obj: Mapping[str, Any], event_type: str, reason: str, message: str,
@@ -101,13 +102,21 @@ class Writer:
         metadata = obj.get("metadata") or {}
         resource = kube.WORKLOADS if kind == WORKLOAD else kube.POLICIES
         body = {"metadata": {"resourceVersion": metadata.get("resourceVersion")}, "status": patch}
+        writing = (kind, object_key(obj))
+        self._status_writes.add(writing)
         try:
             updated = await self.api.patch(resource, metadata["name"], body, metadata.get("namespace"), subresource="status")
         except ApiError as error:
             await self._after_failed_write(kind, resource, obj, error)
             return None
+        finally:
+            self._status_writes.discard(writing)
         self.cache.put(kind, updated)
         return updated
+
+    def writing_status(self, key: str, kind: str = WORKLOAD) -> bool:
+        """Whether a status patch of ours on this object is in flight."""
+        return (kind, key) in self._status_writes
 
     async def set_class_label(self, obj: Mapping[str, Any], workload_class: str | None) -> None:
         """The ``gpuadmit.io/class`` label on the GPUWorkload, so `kubectl get gw -l` can select by class."""

@@ -36,6 +36,8 @@ def parse_quantity(value: object) -> float | None:
         return float(value) if math.isfinite(value) else None
     if not isinstance(value, str):
         return None
+    if value.isascii() and value.isdigit():  # "8": nearly every GPU quantity, without the regex
+        return float(value)
     match = _QUANTITY.match(value.strip())
     if not match:
         return None

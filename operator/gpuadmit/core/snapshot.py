@@ -125,6 +125,35 @@ def gpus_of_own_pods(pods: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str],
     return own
 
 
+class ParseMemo:
+    """Parsed workloads kept from one snapshot to the next by a caller that builds many (the
+    operator): an object is parsed again only when it (uid, resourceVersion), the policy object
+    or its namespace's tier changed. Entries of workloads gone from the latest snapshot are
+    dropped, so it holds at most one entry per workload."""
+
+    def __init__(self) -> None:
+        self._entries: dict[tuple[str, str], tuple[tuple[str, str, str | None], Policy, Workload | InvalidWorkload]] = {}
+
+    def parse(self, obj: Mapping[str, Any], policy: Policy, tiers: Mapping[str, str], now: float,
+              seen: set[tuple[str, str]]) -> Workload | InvalidWorkload:
+        metadata = obj.get("metadata") if isinstance(obj, _MAPPINGS) else None
+        if not isinstance(metadata, _MAPPINGS) or not metadata.get("creationTimestamp"):
+            return parse_workload(obj, policy, tiers, now=now)  # its age would come from ``now``
+        key = (str(metadata.get("namespace") or ""), str(metadata.get("name") or ""))
+        stamp = (str(metadata.get("uid") or ""), str(metadata.get("resourceVersion") or ""), tiers.get(key[0]))
+        seen.add(key)
+        held = self._entries.get(key)
+        if held is not None and held[0] == stamp and held[1] is policy and stamp[0] and stamp[1]:
+            return held[2]
+        parsed = parse_workload(obj, policy, tiers, now=now)
+        self._entries[key] = (stamp, policy, parsed)
+        return parsed
+
+    def keep_only(self, seen: set[tuple[str, str]]) -> None:
+        if len(self._entries) > len(seen):
+            self._entries = {key: entry for key, entry in self._entries.items() if key in seen}
+
+
 def build_snapshot(
     nodes: Iterable[Mapping[str, Any]],
     pods: Iterable[Mapping[str, Any]],
@@ -133,6 +162,7 @@ def build_snapshot(
     policies: Iterable[Mapping[str, Any] | Policy],
     now: float,
     policy_name: str = DEFAULT_POLICY_NAME,
+    memo: ParseMemo | None = None,
 ) -> Snapshot:
     """The engine's input from raw objects.
 
@@ -140,7 +170,8 @@ def build_snapshot(
     operator passes its last good one); the one named ``policy_name`` is used,
     ``DEFAULT_POLICY`` when there is none. Raises ``SpecError`` only when that
     policy is invalid. Nodes and workloads come out sorted by name, so the
-    snapshot does not depend on the order a watch delivered them in.
+    snapshot does not depend on the order a watch delivered them in. ``memo`` (optional) reuses
+    the parse of workloads unchanged since the last snapshot built with it.
     """
     policy = select_policy(policies, policy_name)
     tiers = tiers_by_namespace(namespaces)
@@ -159,13 +190,19 @@ def build_snapshot(
 
     parsed_by_key: dict[tuple[str, str], Workload | InvalidWorkload] = {}
     pending_phase_of_invalid: dict[tuple[str, str], bool] = {}
+    seen: set[tuple[str, str]] = set()
     for workload_obj in workloads:
-        parsed = parse_workload(workload_obj, policy, tiers, now=now)
+        if memo is not None:
+            parsed = memo.parse(workload_obj, policy, tiers, now, seen)
+        else:
+            parsed = parse_workload(workload_obj, policy, tiers, now=now)
         key = (parsed.namespace, parsed.name)
         parsed_by_key[key] = parsed
         if isinstance(parsed, InvalidWorkload):
             pending_phase_of_invalid[key] = _raw_phase(workload_obj) in PENDING_PHASES
 
+    if memo is not None:
+        memo.keep_only(seen)
     holding: list[Workload] = []
     pending: list[Workload] = []
     invalid: list[InvalidWorkload] = []

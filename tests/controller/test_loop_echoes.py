@@ -1,0 +1,113 @@
+"""The watch often brings the operator's own write back before the write's answer: such echoes
+must not wake the scheduling loop (one wasted cycle per write), while every change by someone
+else still does."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from typing import Any
+
+from gpuadmit.controller.cache import POD, WORKLOAD, ObjectCache
+from gpuadmit.controller.loop import SchedulingLoop
+from gpuadmit.controller.writer import Writer
+
+
+class HeldApi:
+    """Answers a write only when the test releases it, so a watch echo can arrive first."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.answers: list[dict[str, Any]] = []
+
+    async def patch(self, resource: Any, name: str, body: dict, namespace: str | None = None, **_: Any) -> dict:
+        await self.release.wait()
+        return self.answers.pop(0)
+
+    async def create(self, resource: Any, body: dict, namespace: str | None = None, **_: Any) -> dict:
+        await self.release.wait()
+        return self.answers.pop(0)
+
+
+def workload(version: int, phase: str | None = None, generation: int = 1, labels: dict | None = None) -> dict[str, Any]:
+    obj: dict[str, Any] = {
+        "apiVersion": "gpuadmit.io/v1alpha1", "kind": "GPUWorkload",
+        "metadata": {"name": "w", "namespace": "team", "uid": "uid-w", "resourceVersion": str(version),
+                     "generation": generation, "labels": labels or {}},
+        "spec": {"gpus": 1, "template": {"spec": {"containers": [{"name": "c", "image": "vllm/vllm-openai"}]}}},
+    }
+    if phase:
+        obj["status"] = {"phase": phase, "placement": [{"node": "gpu-a", "gpus": 1, "replicas": 1}]}
+    return obj
+
+
+def setup() -> tuple[ObjectCache, HeldApi, SchedulingLoop]:
+    cache = ObjectCache()
+    api = HeldApi()
+    loop = SchedulingLoop(cache, Writer(api, cache))  # type: ignore[arg-type]
+    cache.put(WORKLOAD, workload(1))
+    return cache, api, loop
+
+
+def woken(loop: SchedulingLoop) -> bool:
+    awake = loop._wakeup.is_set()
+    loop._wakeup.clear()
+    return awake
+
+
+async def test_the_echo_of_a_status_write_in_flight_does_not_wake_the_loop() -> None:
+    cache, api, loop = setup()
+    admitted = workload(2, phase="Admitted")
+    api.answers.append(copy.deepcopy(admitted))
+    write = asyncio.create_task(loop.writer.write_status(WORKLOAD, workload(1), {"phase": "Admitted"}))
+    await asyncio.sleep(0)  # the patch is in flight
+    loop.notify(WORKLOAD, "MODIFIED", admitted)  # the watch echo, before the answer
+    assert not woken(loop)
+    assert cache.get(WORKLOAD, "team/w")["status"]["phase"] == "Admitted"  # the cache has it all the same
+    api.release.set()
+    await write
+    # The same phase change with no write of ours in flight is someone else's: it wakes the loop.
+    loop.notify(WORKLOAD, "MODIFIED", workload(3, phase="Running"))
+    assert woken(loop)
+
+
+async def test_label_only_changes_sleep_spec_changes_and_deletions_wake() -> None:
+    cache, api, loop = setup()
+    loop.notify(WORKLOAD, "MODIFIED", workload(2, labels={"gpuadmit.io/class": "inference"}))
+    assert not woken(loop)
+    loop.notify(WORKLOAD, "MODIFIED", workload(3, generation=2, labels={"gpuadmit.io/class": "inference"}))
+    assert woken(loop)
+    deleting = workload(4, generation=2, labels={"gpuadmit.io/class": "inference"})
+    deleting["metadata"]["deletionTimestamp"] = "2026-11-26T10:00:00Z"
+    loop.notify(WORKLOAD, "MODIFIED", deleting)
+    assert woken(loop)
+    loop.notify(WORKLOAD, "DELETED", deleting)
+    assert woken(loop)
+    loop.notify(WORKLOAD, "ADDED", {**workload(9), "metadata": {**workload(9)["metadata"], "name": "new", "uid": "u2"}})
+    assert woken(loop)
+
+
+async def test_the_creation_echo_of_a_pod_being_created_does_not_wake_the_loop() -> None:
+    cache, api, loop = setup()
+    cache.put(WORKLOAD, workload(2, phase="Admitted"))
+    cache.put("Node", {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "gpu-a", "resourceVersion": "1"},
+                       "status": {"allocatable": {"nvidia.com/gpu": "8"}}})
+    loop.pods.recount()
+    admitted = cache.get(WORKLOAD, "team/w")
+    from gpuadmit.controller.loop import placement_of
+    assert loop.pods.start(admitted, placement_of(admitted), []) == 1
+    await asyncio.sleep(0)
+    created = {"apiVersion": "v1", "kind": "Pod",
+               "metadata": {"name": "w-0", "namespace": "team", "uid": "uid-p", "resourceVersion": "5",
+                            "labels": {"gpuadmit.io/workload": "w"}},
+               "spec": {"nodeName": "gpu-a", "containers": [{"name": "c", "resources": {"limits": {"nvidia.com/gpu": "1"}}}]}}
+    api.answers.append(copy.deepcopy(created))
+    loop.notify(POD, "ADDED", created)
+    assert not woken(loop)
+    api.release.set()
+    await loop.pods.drain()
+    running = copy.deepcopy(created)
+    running["metadata"]["resourceVersion"] = "6"
+    running["status"] = {"phase": "Running"}
+    loop.notify(POD, "MODIFIED", running)  # the pod's life goes on: that matters
+    assert woken(loop)
