@@ -1,6 +1,8 @@
-"""The watch often brings the operator's own write back before the write's answer: such echoes
-must not wake the scheduling loop (one wasted cycle per write), while every change by someone
-else still does."""
+"""The scheduling loop's wake-ups and its bounded apply.
+
+The watch often brings the operator's own write back before the write's answer: such echoes
+must not wake the loop (one wasted cycle per write), while every change by someone else still
+does. A cycle's writes run a bounded number at a time."""
 
 from __future__ import annotations
 
@@ -111,3 +113,27 @@ async def test_the_creation_echo_of_a_pod_being_created_does_not_wake_the_loop()
     running["status"] = {"phase": "Running"}
     loop.notify(POD, "MODIFIED", running)  # the pod's life goes on: that matters
     assert woken(loop)
+
+
+async def test_run_bounded_runs_every_job_with_at_most_limit_started() -> None:
+    from gpuadmit.controller.loop import run_bounded
+
+    started: list[int] = []
+    finished: list[int] = []
+    running = 0
+    most = 0
+
+    def job(index: int):
+        async def run() -> None:
+            nonlocal running, most
+            started.append(index)
+            running += 1
+            most = max(most, running)
+            await asyncio.sleep(0.001 * (index % 3))
+            running -= 1
+            finished.append(index)
+        return run
+
+    await run_bounded([job(i) for i in range(50)], 4)
+    assert sorted(finished) == list(range(50)) and started == sorted(started)  # all, in order of start
+    assert most == 4

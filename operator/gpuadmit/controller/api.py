@@ -169,6 +169,11 @@ class KubeApi:
         self._session: aiohttp.ClientSession | None = None
         self._pool: Http1Pool | None = None
 
+    @property
+    def max_concurrency(self) -> int:
+        """Requests in flight at most (``--max-concurrent-writes``)."""
+        return self._max_concurrency
+
     async def open(self) -> "KubeApi":
         info = self.credentials
         with warnings.catch_warnings():

@@ -32,6 +32,7 @@ malformed input logs and carries on: the next trigger tries again.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -139,6 +140,19 @@ def placement_of(workload: Mapping[str, Any]) -> tuple[PlacementEntry, ...]:
             replicas = max(1, item["gpus"] // gpus_per_replica)
         entries.append(PlacementEntry(node=str(item["node"]), gpus=item["gpus"], replicas=replicas))
     return tuple(entries)
+
+
+async def run_bounded(jobs: Iterable[Callable[[], Awaitable[Any]]], limit: int) -> None:
+    """Run the jobs with at most ``limit`` started and not finished. Each job's own CPU work
+    (building a status, encoding it) then happens as its turn comes, between answers, instead
+    of all up front while the requests already sent wait to be read."""
+    pending = iter(jobs)
+
+    async def worker() -> None:
+        for job in pending:
+            await job()
+
+    await asyncio.gather(*(worker() for _ in range(max(1, limit))))
 
 
 class SchedulingLoop:
@@ -480,12 +494,13 @@ class SchedulingLoop:
         # Each admit writes its reservation before its pods are started. Queue and reject writes
         # hold no GPUs, so they go out alongside.
         pods_by_workload = self.cache.pods_by_workload()
-        await asyncio.gather(
-            *(
-                self._apply_admit(d, now, report, pods_by_workload.get(d.key, []))
-                for d in admits if d.key not in preemptors_blocked
-            ),
-            *(self._apply_queue_or_reject(d, now, report) for d in others),
+        await run_bounded(
+            [
+                *(functools.partial(self._apply_admit, d, now, report, pods_by_workload.get(d.key, []))
+                  for d in admits if d.key not in preemptors_blocked),
+                *(functools.partial(self._apply_queue_or_reject, d, now, report) for d in others),
+            ],
+            2 * self.writer.api.max_concurrency,
         )
 
     async def _apply_preemptions(
