@@ -137,3 +137,78 @@ async def test_run_bounded_runs_every_job_with_at_most_limit_started() -> None:
     await run_bounded([job(i) for i in range(50)], 4)
     assert sorted(finished) == list(range(50)) and started == sorted(started)  # all, in order of start
     assert most == 4
+
+
+class ScriptedApi:
+    """Status patches succeed (the answer is the patched object, one version on) except for the
+    workloads named in ``refuse``, which get a 409; a re-read returns the stored object."""
+
+    max_concurrency = 8
+
+    def __init__(self, cache: ObjectCache, refuse: set[str]) -> None:
+        self.cache = cache
+        self.refuse = refuse
+        self.patched: list[str] = []
+
+    async def patch(self, resource: Any, name: str, body: dict, namespace: str | None = None,
+                    subresource: str | None = None, **_: Any) -> dict:
+        from gpuadmit.controller.api import ApiError
+        if subresource != "status":  # the class label: not what this test is about
+            return self.cache.get(WORKLOAD, f"{namespace}/{name}")
+        if name in self.refuse:
+            raise ApiError("patch", f"/{namespace}/{name}", 409, "Conflict", "changed meanwhile")
+        self.patched.append(name)
+        current = self.cache.get(WORKLOAD, f"{namespace}/{name}")
+        version = str(int(current["metadata"]["resourceVersion"]) + 1)
+        return {**current, "metadata": {**current["metadata"], "resourceVersion": version},
+                "status": {**(current.get("status") or {}), **{k: v for k, v in body["status"].items() if v is not None}}}
+
+    async def get(self, resource: Any, name: str, namespace: str | None = None) -> dict:
+        return self.cache.get(WORKLOAD, f"{namespace}/{name}")
+
+    async def create(self, resource: Any, body: dict, namespace: str | None = None, **_: Any) -> dict:
+        return {**body, "metadata": {**body["metadata"], "uid": "u-" + body["metadata"]["name"], "resourceVersion": "1"}}
+
+    async def delete(self, resource: Any, name: str, namespace: str | None = None) -> None:
+        return None
+
+
+async def test_no_admit_lands_on_the_node_of_a_victim_that_could_not_be_preempted() -> None:
+    """The engine freed a victim's 8 GPUs for a preemptor and, with room to spare, for another
+    workload too. The victim's status write is refused: neither may be admitted there (two
+    workloads would share GPUs); an admit on another node goes ahead."""
+    from gpuadmit.core.model import Action, CycleResult, Decision, PlacementEntry, Preemption, Reason
+
+    cache = ObjectCache()
+    for node_name in ("gpu-x", "gpu-y"):
+        cache.put("Node", {"apiVersion": "v1", "kind": "Node", "metadata": {"name": node_name, "resourceVersion": "1"},
+                           "status": {"allocatable": {"nvidia.com/gpu": "8"}}})
+    victim = workload(5, phase="Admitted")
+    victim["metadata"]["name"] = "victim"
+    victim["status"]["placement"] = [{"node": "gpu-x", "gpus": 8, "replicas": 1}]
+    cache.put(WORKLOAD, victim)
+    for name in ("preemptor", "sharer", "elsewhere"):
+        pending = workload(3)
+        pending["metadata"].update(name=name, uid=f"uid-{name}")
+        cache.put(WORKLOAD, pending)
+    cache.seeded = True
+
+    def admit(name: str, node_name: str, gpus: int) -> Decision:
+        return Decision(namespace="team", name=name, action=Action.ADMIT, reason=Reason.ADMITTED, message="ok",
+                        workload_class="inference", placement=(PlacementEntry(node_name, gpus, 1),))
+
+    def decide(snapshot: Any) -> CycleResult:
+        return CycleResult(
+            decisions=(admit("preemptor", "gpu-x", 4), admit("sharer", "gpu-x", 4), admit("elsewhere", "gpu-y", 2)),
+            preemptions=(Preemption(namespace="team", name="victim", preempted_by="team/preemptor",
+                                    freed=(PlacementEntry("gpu-x", 8, 1),)),))
+
+    api = ScriptedApi(cache, refuse={"victim"})
+    loop = SchedulingLoop(cache, Writer(api, cache), decide=decide)  # type: ignore[arg-type]
+    report = await loop.run_cycle()
+    await loop.pods.close()
+    await loop.writer.follow_ups.close()
+    assert api.patched == ["elsewhere"]
+    assert cache.get(WORKLOAD, "team/victim")["status"]["phase"] == "Admitted"
+    assert (cache.get(WORKLOAD, "team/sharer").get("status") or {}).get("phase") is None
+    assert report.preemptions == 0

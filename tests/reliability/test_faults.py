@@ -90,9 +90,14 @@ def test_write_faults_cut_watches_and_a_burst_every_workload_reaches_the_right_d
             phases = {w["status"]["phase"] for w in fc.cluster.workloads()}
             assert {"Admitted", "Queued", "Rejected"} <= phases
             # Events tell a tenant about its own workloads only: each lands in the workload's namespace.
-            events = [e for e in fc.cluster.raw("GET", "/api/v1/events")["items"]
-                      if (e.get("involvedObject") or {}).get("kind") == "GPUWorkload"]
-            assert {e["metadata"]["namespace"] for e in events} == {f"burst-{index}" for index in range(4)}
+            # They are written last (after statuses and pods), so they may still be on their way.
+            def workload_events() -> list[dict]:
+                return [e for e in fc.cluster.raw("GET", "/api/v1/events")["items"]
+                        if (e.get("involvedObject") or {}).get("kind") == "GPUWorkload"]
+            every_namespace = {f"burst-{index}" for index in range(4)}
+            wait_until(lambda: {e["metadata"]["namespace"] for e in workload_events()} == every_namespace,
+                       60.0, interval=0.5, what="Events in every tenant namespace")
+            events = workload_events()
             strays = [e["metadata"]["name"] for e in events if e["metadata"]["namespace"] != e["involvedObject"]["namespace"]]
             assert strays == []
 

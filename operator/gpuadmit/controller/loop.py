@@ -482,14 +482,19 @@ class SchedulingLoop:
     # -- step 4: apply ------------------------------------------------------------------
 
     async def _apply(self, snapshot: Snapshot, result: CycleResult, now: float, report: CycleReport) -> None:
-        preemptors_blocked = await self._apply_preemptions(result.preemptions, result.decisions, now, report)
+        preemptors_blocked, unreleased_nodes = await self._apply_preemptions(
+            result.preemptions, result.decisions, now, report)
         admits = [d for d in result.decisions if d.action == Action.ADMIT]
         others = [d for d in result.decisions if d.action != Action.ADMIT]
         for decision in result.decisions:
             report.by_action[decision.action.value] = report.by_action.get(decision.action.value, 0) + 1
-        blocked = [d for d in admits if d.key in preemptors_blocked]
-        if blocked:
-            logger.info("%d admits wait: a victim of theirs changed before it could be preempted", len(blocked))
+        # The decision assumed every victim's GPUs free. Where a victim could not be preempted, no
+        # admit may land on its nodes (not only its preemptor: the freed room may have been shared).
+        waiting = {d.key for d in admits if d.key in preemptors_blocked
+                   or any(entry.node in unreleased_nodes for entry in d.placement)}
+        if waiting:
+            logger.info("%d admits wait: a victim changed before it could be preempted (nodes %s)",
+                        len(waiting), ", ".join(sorted(unreleased_nodes)) or "-")
             self.trigger()
         # Each admit writes its reservation before its pods are started. Queue and reject writes
         # hold no GPUs, so they go out alongside.
@@ -497,7 +502,7 @@ class SchedulingLoop:
         await run_bounded(
             [
                 *(functools.partial(self._apply_admit, d, now, report, pods_by_workload.get(d.key, []))
-                  for d in admits if d.key not in preemptors_blocked),
+                  for d in admits if d.key not in waiting),
                 *(functools.partial(self._apply_queue_or_reject, d, now, report) for d in others),
             ],
             2 * self.writer.api.max_concurrency,
@@ -505,11 +510,13 @@ class SchedulingLoop:
 
     async def _apply_preemptions(
         self, preemptions: Iterable[Preemption], decisions: Iterable[Decision], now: float, report: CycleReport,
-    ) -> set[str]:
-        """Victims out first. Returns preemptors whose victims could not all be preempted:
-        admitting them now could put two workloads on the same GPUs."""
+    ) -> tuple[set[str], set[str]]:
+        """Victims out first. Returns the preemptors whose victims could not all be preempted and
+        the nodes where such a victim still holds GPUs: admitting onto them now could put two
+        workloads on the same GPUs."""
         class_of = {d.key: d.workload_class for d in decisions}
         blocked: set[str] = set()
+        unreleased_nodes: set[str] = set()
 
         async def preempt(preemption: Preemption) -> None:
             victim = self.cache.get(WORKLOAD, preemption.key)
@@ -519,6 +526,8 @@ class SchedulingLoop:
             desired = desired_status.preempted_status(victim, preemption, now)
             if not await self._write(victim, desired, report):
                 blocked.add(preemption.preempted_by)
+                still = self.cache.get(WORKLOAD, preemption.key) or victim
+                unreleased_nodes.update(entry.node for entry in placement_of(victim) + placement_of(still))
                 return
             report.preemptions += 1
             pods = [pod for pod in self.cache.pods_by_workload().get(preemption.key, []) if not _terminating(pod)]
@@ -529,7 +538,7 @@ class SchedulingLoop:
                 self.metrics.observe_preemption(victim_class, class_of.get(preemption.preempted_by) or "unknown")
 
         await asyncio.gather(*(preempt(p) for p in preemptions))
-        return blocked
+        return blocked, unreleased_nodes
 
     async def _apply_admit(
         self, decision: Decision, now: float, report: CycleReport, existing_pods: list[dict[str, Any]],
