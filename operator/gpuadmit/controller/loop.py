@@ -53,7 +53,6 @@ from gpuadmit.core.model import (
     PlacementEntry,
     Policy,
     Preemption,
-    Reason,
     Snapshot,
 )
 from gpuadmit.core.nodes import node_from_object, pod_is_terminal
@@ -371,8 +370,10 @@ class SchedulingLoop:
             if workload is None or _phase(workload) not in HOLDING_PHASES:
                 leftovers = pods  # workload gone or no longer holding GPUs: none of its pods may run
             else:
-                own_by_key[key] = [pod for pod in pods if _owned_by(pod, workload)]
-                leftovers = [pod for pod in pods if not _owned_by(pod, workload)]
+                own, leftovers = [], []
+                for pod in pods:
+                    (own if _owned_by(pod, workload) else leftovers).append(pod)
+                own_by_key[key] = own
             for pod in leftovers:
                 if not _terminating(pod) and (workload is None or not pod_is_terminal(pod)):
                     jobs.append(self._delete_pod(pod, report))
