@@ -481,9 +481,7 @@ async def measure_bare_patches(url: str, workloads: int, server_pid: int, profil
                 if rate > bare.patches_per_s.get(concurrency, 0.0):
                     bare.patches_per_s[concurrency] = rate
                     bare.server_cpu_per_patch_s[concurrency] = (cpu_seconds(server_pid) - server_cpu) / workloads
-        observer.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await observer
+        await cancelled(observer)
     if profiler is not None:
         stop_profiler(profiler)
     return bare
