@@ -331,7 +331,15 @@ class Cluster:
         self.raw("PATCH", f"/api/v1/namespaces/{namespace}/pods/{name}/status", {"status": {"phase": phase}})
 
     def set_workload_pods_phase(self, namespace: str, workload: str, phase: str) -> list[str]:
-        names = [pod["metadata"]["name"] for pod in self.pods_of(namespace, workload)]
+        """What the kubelets report for every pod of a workload. The operator writes the admission
+        first and creates the pods right after, so this waits until all of them exist."""
+        obj = self.raw("GET", f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/gpuworkloads/{workload}")
+        replicas = (obj.get("spec") or {}).get("replicas") or 1
+
+        def all_pods() -> list[dict] | None:
+            pods = self.pods_of(namespace, workload)
+            return pods if len(pods) >= replicas else None
+        names = [pod["metadata"]["name"] for pod in wait_until(all_pods, what=f"the pods of {namespace}/{workload}")]
         for name in names:
             self.set_pod_phase(namespace, name, phase)
         return names

@@ -65,6 +65,10 @@ def test_decisions_match_the_engine_and_pods_are_pinned_and_sized(cluster, opera
     workloads = wait_until(lambda: (items := cluster.workloads()) and all(
         (w["metadata"].get("labels") or {}).get("gpuadmit.io/class") for w in items if w["status"].get("class")) and items,
         what="the class labels")
+    # The pods follow each admission in the background: wait until every admitted one has them.
+    admitted = [w for w in workloads if w["status"]["phase"] == "Admitted"]
+    wait_until(lambda: all(len(cluster.pods_of(w["metadata"]["namespace"], w["metadata"]["name"])) == w["spec"]["replicas"]
+                           for w in admitted), what="every admitted workload's pods")
 
     for workload in workloads:
         key = f"{workload['metadata']['namespace']}/{workload['metadata']['name']}"
