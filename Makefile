@@ -26,7 +26,7 @@ test: $(STAMP)
 
 ## bench: engine and end-to-end figures, printed
 bench: $(STAMP)
-	$(BIN)/python -m gpuadmit.bench $(BENCH)
+	$(BIN)/python -m benchmarks $(BENCH)
 
 ## e2e: the end-to-end suite; set GPUADMIT_E2E_KUBECONFIG to run it against a real cluster
 e2e: $(STAMP)
@@ -34,11 +34,11 @@ e2e: $(STAMP)
 
 ## chart: render the Helm chart to out/chart for people to read
 chart: $(STAMP)
-	$(BIN)/python -m gpuadmit.tools.render_chart charts/gpuadmit out/chart
+	$(BIN)/python -m tools.render_chart charts/gpuadmit out/chart
 
 ## chaos: the reliability suite at full size; prints workloads driven, faults by kind, restarts, malformed inputs, violations
 chaos: $(STAMP)
-	$(BIN)/python -m gpuadmit.chaos $(CHAOS)
+	$(BIN)/python -m tests.reliability.chaos $(CHAOS)
 
 ## decide-example: what the default policy would do with the example cluster
 decide-example: $(STAMP)

@@ -15,7 +15,7 @@ or the pytest fixtures ``cluster`` and ``operator_factory`` from ``tests/control
 
 Where the API server comes from:
 
-- default: ``python -m gpuadmit.emulator`` as a subprocess on a free loopback port, with the
+- default: ``python -m kubeapi_emulator`` as a subprocess on a free loopback port, with the
   CRDs in ``crds/`` loaded; it writes the kubeconfig the operator and the client use.
 - ``GPUADMIT_E2E_KUBECONFIG=/path/to/kubeconfig``: a real cluster (e.g. ``kind create cluster``).
   The harness then applies the CRDs itself, and since kind nodes have no GPUs, it advertises
@@ -87,7 +87,7 @@ def http_get(url: str, timeout: float = 2.0) -> tuple[int, str]:
 
 @dataclass
 class EmulatorProcess:
-    """``python -m gpuadmit.emulator`` on a free port, writing ``kubeconfig``."""
+    """``python -m kubeapi_emulator`` on a free port, writing ``kubeconfig``."""
 
     process: subprocess.Popen[bytes]
     kubeconfig: Path
@@ -103,7 +103,7 @@ class EmulatorProcess:
         port = free_port()
         with open(log_path, "wb") as log:
             process = subprocess.Popen(
-                [sys.executable, "-m", "gpuadmit.emulator", "--port", str(port), "--crds", str(crd_dir),
+                [sys.executable, "-m", "kubeapi_emulator", "--port", str(port), "--crds", str(crd_dir),
                  "--kubeconfig-out", str(kubeconfig)],
                 stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
             )

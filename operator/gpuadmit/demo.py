@@ -2,7 +2,7 @@
 
 What runs, all on loopback:
 
-1. the emulated API server (``python -m gpuadmit.emulator``, a subprocess) serving the CRDs;
+1. the emulated API server (``python -m kubeapi_emulator``, a subprocess) serving the CRDs;
 2. a MarginPolicy (examples/policy.yaml, or the same built in), nodes from the Alibaba 2023 GPU
    trace (a product-stratified subset, so queueing shows) or a built-in sample cluster;
 3. the REAL operator (``gpuadmit run``, a subprocess) with /metrics on a local port;
@@ -792,7 +792,7 @@ class Demo:
 
     async def start_emulator(self, crds: Path) -> str:
         kubeconfig = self.workdir / "kubeconfig"
-        self.spawn("emulator", [sys.executable, "-m", "gpuadmit.emulator", "--port", "0", "--crds", str(crds), "--kubeconfig-out", str(kubeconfig)])
+        self.spawn("emulator", [sys.executable, "-m", "kubeapi_emulator", "--port", "0", "--crds", str(crds), "--kubeconfig-out", str(kubeconfig)])
         await self.wait_for(lambda: kubeconfig.exists(), "the emulated API server to listen")
         config = yaml.safe_load(kubeconfig.read_text())
         return str(config["clusters"][0]["cluster"]["server"])

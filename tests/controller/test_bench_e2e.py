@@ -1,4 +1,4 @@
-"""`make bench` part "e2e" (gpuadmit.bench_e2e): its helpers, and a small real run."""
+"""`make bench` part "e2e" (benchmarks.e2e): its helpers, and a small real run."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from gpuadmit import bench_e2e
+from benchmarks import e2e as bench_e2e
 from tests.e2e_harness import REAL_CLUSTER_ENV
 
 

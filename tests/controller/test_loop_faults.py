@@ -20,7 +20,7 @@ from gpuadmit.controller.cache import ObjectCache
 from gpuadmit.controller.loop import LoopSettings, SchedulingLoop
 from gpuadmit.controller.watch import Stream
 from gpuadmit.controller.writer import Writer
-from gpuadmit.emulator import EmulatedApiServer, FaultPlan
+from kubeapi_emulator import EmulatedApiServer, FaultPlan
 from tests.e2e_harness import CRD_DIR, default_template, expected_decisions, overcommitted_nodes
 
 pytestmark = [pytest.mark.emulator]

@@ -23,8 +23,8 @@ from typing import Any, Iterable, Iterator
 import pytest
 import yaml
 
-from gpuadmit.emulator.audit import read_audit_log
-from gpuadmit.tools.render_chart import render_chart, rendered_objects
+from kubeapi_emulator.audit import read_audit_log
+from tools.render_chart import render_chart, rendered_objects
 from tests.e2e_harness import (
     CRD_DIR,
     REAL_CLUSTER_ENV,
@@ -111,7 +111,7 @@ def audited(tmp_path: Path) -> Iterator[tuple[Cluster, Path]]:
     port = free_port()
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "gpuadmit.emulator", "--port", str(port), "--crds", str(loose_policy_crds(tmp_path)),
+            [sys.executable, "-m", "kubeapi_emulator", "--port", str(port), "--crds", str(loose_policy_crds(tmp_path)),
              "--kubeconfig-out", str(kubeconfig), "--audit-log", str(audit_log)],
             stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
     emulator = EmulatorProcess(process, kubeconfig, f"http://127.0.0.1:{port}", log_path)

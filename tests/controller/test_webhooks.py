@@ -297,7 +297,7 @@ async def test_gpuadmit_run_serves_the_webhooks_over_tls(tmp_path: Path) -> None
     import sys
     import time
 
-    from gpuadmit.emulator import EmulatedApiServer, write_kubeconfig
+    from kubeapi_emulator import EmulatedApiServer, write_kubeconfig
 
     crds = Path(__file__).resolve().parents[2] / "crds"
     port = free_port()

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-import gpuadmit.bench_engine as bench
+import benchmarks.engine as bench
 from gpuadmit.core.engine import decide
 from gpuadmit.core.model import Action
 

@@ -19,7 +19,7 @@ import kubernetes
 import pytest
 import yaml
 
-from gpuadmit.emulator import EmulatedApiServer, write_kubeconfig
+from kubeapi_emulator import EmulatedApiServer, write_kubeconfig
 
 REPO = Path(__file__).resolve().parents[2]
 CRDS_DIR = REPO / "crds"

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from gpuadmit.emulator import EmulatedApiServer
-from gpuadmit.emulator.audit import rbac_verb, read_audit_log
+from kubeapi_emulator import EmulatedApiServer
+from kubeapi_emulator.audit import rbac_verb, read_audit_log
 
 CRDS_DIR = Path(__file__).resolve().parents[2] / "crds"
 

@@ -22,8 +22,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gpuadmit.emulator import EmulatedApiServer
-from gpuadmit.emulator.schema import ObjectSchema, _causes, apply_defaults, compile_prune_and_default, prune
+from kubeapi_emulator import EmulatedApiServer
+from kubeapi_emulator.schema import ObjectSchema, _causes, apply_defaults, compile_prune_and_default, prune
 from tests.emulator.conftest import requires_emulator
 
 REPO = Path(__file__).resolve().parents[2]

@@ -11,7 +11,7 @@ from pathlib import Path
 import kubernetes
 import pytest
 
-from gpuadmit.emulator import EmulatedApiServer, write_kubeconfig
+from kubeapi_emulator import EmulatedApiServer, write_kubeconfig
 from tests.emulator.conftest import crd_documents, eventually, requires_emulator, workload
 
 pytestmark = [pytest.mark.emulator, pytest.mark.slow, requires_emulator]

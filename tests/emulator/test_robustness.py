@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gpuadmit.emulator import EmulatedApiServer
+from kubeapi_emulator import EmulatedApiServer
 from tests.emulator.conftest import api_error, call, crd_documents, pod, requires_emulator, workload
 
 pytestmark = pytest.mark.emulator

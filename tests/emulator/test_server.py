@@ -16,7 +16,7 @@ import kubernetes
 import pytest
 import yaml
 
-from gpuadmit.emulator import ApiError, EmulatedApiServer, FaultPlan, write_kubeconfig
+from kubeapi_emulator import ApiError, EmulatedApiServer, FaultPlan, write_kubeconfig
 from tests.emulator.conftest import REPO, crd_documents, eventually, requires_emulator
 
 pytestmark = [pytest.mark.emulator, requires_emulator]
@@ -58,7 +58,7 @@ def test_thread_context_manager_serves_a_sync_client(tmp_path):
 def test_process_writes_a_kubeconfig_and_serves(tmp_path):
     kubeconfig = tmp_path / "kubeconfig"
     process = subprocess.Popen(
-        [sys.executable, "-m", "gpuadmit.emulator", "--port", "0", "--crds", str(REPO / "crds"),
+        [sys.executable, "-m", "kubeapi_emulator", "--port", "0", "--crds", str(REPO / "crds"),
          "--kubeconfig-out", str(kubeconfig)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:

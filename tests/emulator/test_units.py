@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from gpuadmit.emulator.errors import ApiError
-from gpuadmit.emulator.handler import parse_api_path
-from gpuadmit.emulator.patching import JSON_PATCH, MERGE_PATCH, STRATEGIC_MERGE_PATCH, apply_patch
-from gpuadmit.emulator.schema import ObjectSchema
-from gpuadmit.emulator.selectors import object_selector, parse_label_selector
+from kubeapi_emulator.errors import ApiError
+from kubeapi_emulator.handler import parse_api_path
+from kubeapi_emulator.patching import JSON_PATCH, MERGE_PATCH, STRATEGIC_MERGE_PATCH, apply_patch
+from kubeapi_emulator.schema import ObjectSchema
+from kubeapi_emulator.selectors import object_selector, parse_label_selector
 
 
 @pytest.mark.parametrize("path, expected", [

@@ -10,7 +10,7 @@ import aiohttp
 import kubernetes
 import pytest
 
-from gpuadmit.emulator import EmulatedApiServer
+from kubeapi_emulator import EmulatedApiServer
 from tests.emulator.conftest import eventually, pod, requires_emulator
 
 pytestmark = pytest.mark.emulator

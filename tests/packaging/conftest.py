@@ -6,7 +6,7 @@ from typing import Any
 import pytest
 import yaml
 
-from gpuadmit.tools.render_chart import render_chart, rendered_objects
+from tools.render_chart import render_chart, rendered_objects
 
 REPO = Path(__file__).resolve().parents[2]
 CHART_DIR = REPO / "charts" / "gpuadmit"

@@ -10,7 +10,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from gpuadmit.tools.render_chart import render_chart
+from tools.render_chart import render_chart
 
 from .conftest import CHART_DIR, REPO, VALUE_SETS, load_values
 
@@ -159,7 +159,7 @@ def _self_and_ancestors(lines: list[str], index: int) -> list[int]:
 
 
 def test_make_chart_writes_every_template(tmp_path: Path) -> None:
-    from gpuadmit.tools.render_chart import main
+    from tools.render_chart import main
 
     assert main([str(CHART_DIR), str(tmp_path)]) == 0
     written = {p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.yaml")}

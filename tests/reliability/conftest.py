@@ -1,7 +1,7 @@
 """Reliability suite set-up: hypothesis profiles and the figures `make chaos` prints.
 
 Profiles: the default run keeps to ~2,000 fuzzed objects, derandomized so CI is deterministic;
-``--hypothesis-profile=chaos`` (what ``python -m gpuadmit.chaos`` passes) multiplies every
+``--hypothesis-profile=chaos`` (what ``python -m tests.reliability.chaos`` passes) multiplies every
 budget by five. Tests scale their own ``max_examples`` with ``fuzz_settings``.
 
 Figures: tests add to ``FIGURES`` (workloads driven, faults injected by kind, restarts

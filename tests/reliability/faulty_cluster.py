@@ -21,10 +21,10 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, TypeVar
 
 import pytest
 
-from gpuadmit.emulator import EmulatedApiServer
-from gpuadmit.emulator.errors import ApiError
-from gpuadmit.emulator.faults import FaultPlan
-from gpuadmit.invariants import OVERCOMMIT, ApiReader, InvariantChecker, WatchRecorder, explain_node
+from kubeapi_emulator import EmulatedApiServer
+from kubeapi_emulator.errors import ApiError
+from kubeapi_emulator.faults import FaultPlan
+from tests.invariants import OVERCOMMIT, ApiReader, InvariantChecker, WatchRecorder, explain_node
 from tests.e2e_harness import CRD_DIR, GROUP, REAL_CLUSTER_ENV, VERSION, Cluster, default_template, expected_decisions
 from tests.reliability import figures
 

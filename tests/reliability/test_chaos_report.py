@@ -1,8 +1,8 @@
-"""``python -m gpuadmit.chaos`` formats the figures the suite gathered, and fails on any violation."""
+"""``python -m tests.reliability.chaos`` formats the figures the suite gathered, and fails on any violation."""
 
 from __future__ import annotations
 
-from gpuadmit.chaos import format_figures
+from tests.reliability.chaos import format_figures
 
 
 def test_the_report_lists_the_headline_figures_and_faults_by_kind() -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from gpuadmit.invariants import placement_of
+from tests.invariants import placement_of
 from tests.e2e_harness import OperatorProcess, wait_until
 from tests.reliability import figures
 from tests.reliability.faulty_cluster import FaultyCluster, decision_mismatches, faulty_cluster, spec_for

@@ -24,8 +24,8 @@ from gpuadmit.core.policy import DEFAULT_POLICY, parse_policy
 from gpuadmit.core.snapshot import build_snapshot
 from gpuadmit.core.validation import apply_json_patch, mutate_workload, validate_workload
 from gpuadmit.core.workload import parse_workload
-from gpuadmit.emulator.resources import specs_from_crd
-from gpuadmit.invariants import TRACEBACK_MARKERS
+from kubeapi_emulator.resources import specs_from_crd
+from tests.invariants import TRACEBACK_MARKERS
 from tests.reliability import figures
 from tests.reliability.adversarial import policy_objects, workload_objects
 from tests.reliability.figures import fuzz_settings

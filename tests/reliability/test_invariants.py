@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 
-from gpuadmit.invariants import (
+from tests.invariants import (
     BAD_STATUS, DECIDED_TWICE, FINAL_REVERTED, LOST, NO_DECISION, OVERCOMMIT, POD_DUPLICATED, PODS_MISMATCH,
     ClusterState, DecisionHistory, InvariantChecker, check_state,
 )

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from gpuadmit.invariants import DECIDED_TWICE, LOST, OVERCOMMIT, POD_DUPLICATED
+from tests.invariants import DECIDED_TWICE, LOST, OVERCOMMIT, POD_DUPLICATED
 from tests.e2e_harness import GPU, GROUP, VERSION, wait_until
 from tests.reliability.faulty_cluster import faulty_cluster
 

@@ -11,8 +11,8 @@ import json
 import re
 from typing import Any
 
-from gpuadmit.emulator import errors
-from gpuadmit.emulator.resources import ResourceSpec
+from kubeapi_emulator import errors
+from kubeapi_emulator.resources import ResourceSpec
 
 _DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")

@@ -10,8 +10,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from gpuadmit.emulator.errors import ApiError, bad_request
-from gpuadmit.emulator.store import copy_json
+from kubeapi_emulator.errors import ApiError, bad_request
+from kubeapi_emulator.store import copy_json
 
 MERGE_PATCH = "application/merge-patch+json"
 JSON_PATCH = "application/json-patch+json"

@@ -1,6 +1,6 @@
 """Render the Helm chart with Helm's own SDK into a folder, one file per template, for people to read.
 
-    python -m gpuadmit.tools.render_chart charts/gpuadmit out/chart [-f values.yaml ...]
+    python -m tools.render_chart charts/gpuadmit out/chart [-f values.yaml ...]
 """
 
 from __future__ import annotations

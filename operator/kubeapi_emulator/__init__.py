@@ -1,6 +1,6 @@
 """The emulated Kubernetes API server used by the tests and `gpuadmit demo` (built on kmock).
 
-See docs/emulator.md. Start it with ``python -m gpuadmit.emulator --port N``, or in tests::
+See docs/emulator.md. Start it with ``python -m kubeapi_emulator --port N``, or in tests::
 
     with EmulatedApiServer(crds=["crds"]) as url:        # own thread: any client works
         ...
@@ -8,9 +8,9 @@ See docs/emulator.md. Start it with ``python -m gpuadmit.emulator --port N``, or
         ...
 """
 
-from gpuadmit.emulator.errors import ApiError
-from gpuadmit.emulator.faults import FaultPlan
-from gpuadmit.emulator.handler import KubernetesApiEmulator
-from gpuadmit.emulator.server import EmulatedApiServer, write_kubeconfig
+from kubeapi_emulator.errors import ApiError
+from kubeapi_emulator.faults import FaultPlan
+from kubeapi_emulator.handler import KubernetesApiEmulator
+from kubeapi_emulator.server import EmulatedApiServer, write_kubeconfig
 
 __all__ = ["ApiError", "EmulatedApiServer", "FaultPlan", "KubernetesApiEmulator", "write_kubeconfig"]

@@ -21,11 +21,11 @@ from typing import Any
 import aiohttp.web
 import yaml
 
-from gpuadmit.emulator.audit import AuditLog
-from gpuadmit.emulator.faults import FaultPlan
-from gpuadmit.emulator.handler import KubernetesApiEmulator
-from gpuadmit.emulator.resources import load_crd_files
-from gpuadmit.emulator.store import DEFAULT_HISTORY_LIMIT
+from kubeapi_emulator.audit import AuditLog
+from kubeapi_emulator.faults import FaultPlan
+from kubeapi_emulator.handler import KubernetesApiEmulator
+from kubeapi_emulator.resources import load_crd_files
+from kubeapi_emulator.store import DEFAULT_HISTORY_LIMIT
 
 
 def write_kubeconfig(url: str, path: str | os.PathLike[str], *, namespace: str = "default") -> Path:
@@ -58,7 +58,7 @@ class EmulatedApiServer:
     the kmock handler: its ``store`` holds the objects, its ``faults`` is the ``FaultPlan``,
     and kmock's DSL works on it (``server.handler['patch'] << 500``). With ``audit=True``,
     ``audit_records`` lists every request as RBAC sees it (verb, group, resource, subresource,
-    namespace; see ``gpuadmit.emulator.audit``); ``audit_log`` also writes them as JSON lines.
+    namespace; see ``kubeapi_emulator.audit``); ``audit_log`` also writes them as JSON lines.
     """
 
     def __init__(self, *, host: str = "127.0.0.1", port: int = 0,

@@ -1,6 +1,6 @@
 """Benchmark: the real operator end to end against the emulated API server (issue 3).
 
-One emulated API server (``python -m gpuadmit.emulator``, a subprocess) serves three parts, with
+One emulated API server (``python -m kubeapi_emulator``, a subprocess) serves three parts, with
 the CRDs, the example MarginPolicy (examples/policy.yaml) and enough A100 nodes for everything
 (both classes earn a margin there: every decision is an admission, the dearest kind):
 
@@ -20,7 +20,7 @@ The target (issue 3) is operator decisions/s on the backlog >= half the bare pat
 48 in flight and against the best level; the live ratio is printed too, with the CPU each side
 used (rates on a shared machine swing with its load; CPU per request hardly does).
 
-``python -m gpuadmit.bench_e2e [--workloads N] [--audit] [--profile] [--keep DIR]``;
+``python -m benchmarks.e2e [--workloads N] [--audit] [--profile] [--keep DIR]``;
 ``make bench`` runs it as part "e2e" (with no options). docs/benchmarks.md has the method and figures.
 """
 
@@ -48,7 +48,7 @@ import yaml
 from gpuadmit.controller.http1 import Http1Pool
 from gpuadmit.processes import free_port, stop_process
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 CRD_DIR = REPO / "crds"
 POLICY_FILE = REPO / "examples" / "policy.yaml"
 GROUP_VERSION = "gpuadmit.io/v1alpha1"
@@ -69,13 +69,13 @@ DECISION_TIMEOUT_S = 600.0
 
 @contextlib.contextmanager
 def emulator_process(workdir: Path, audit_log: Path | None = None) -> Iterator[tuple[str, Path, subprocess.Popen[bytes]]]:
-    """``python -m gpuadmit.emulator`` on a free port: yields (url, kubeconfig path, process)."""
+    """``python -m kubeapi_emulator`` on a free port: yields (url, kubeconfig path, process)."""
     kubeconfig = workdir / "kubeconfig"
     kubeconfig.unlink(missing_ok=True)  # its appearance is the signal that the server listens
     port = free_port()
     with open(workdir / "emulator.log", "wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "gpuadmit.emulator", "--port", str(port), "--crds", str(CRD_DIR),
+            [sys.executable, "-m", "kubeapi_emulator", "--port", str(port), "--crds", str(CRD_DIR),
              "--kubeconfig-out", str(kubeconfig), *(["--audit-log", str(audit_log)] if audit_log else [])],
             stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
     try:
@@ -559,7 +559,7 @@ def cpu_lines(run: OperatorRun, bare: BareRun) -> list[str]:
 def request_mix(audit_log: Path, run: OperatorRun) -> str:
     """The requests the API server served between the first creation and the last decision, by
     who asked (the benchmark's client, the operator) and what (RBAC verb, resource)."""
-    from gpuadmit.emulator.audit import read_audit_log
+    from kubeapi_emulator.audit import read_audit_log
 
     counts: dict[tuple[str, str], int] = {}
     start, end = run.wall_window
@@ -593,7 +593,7 @@ async def run_benchmark(workloads: int = WORKLOADS, profile: bool = False, keep:
 
 def main(argv: list[str] | None = None) -> int:
     """Run it and print the summary (``make bench`` calls ``main()`` with no arguments)."""
-    parser = argparse.ArgumentParser(prog="python -m gpuadmit.bench_e2e", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.e2e", description=__doc__.split("\n")[0])
     parser.add_argument("--workloads", type=int, default=WORKLOADS, help=f"how many GPUWorkloads (default {WORKLOADS})")
     parser.add_argument("--profile", action="store_true",
                         help="record the operator and the emulator with py-spy (if installed) while deciding")

@@ -32,7 +32,7 @@ HEADLINE = ("workloads driven", "restarts survived", "malformed inputs tried", "
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m gpuadmit.chaos", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tests.reliability.chaos", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true",
                         help="the default test run's sizes (600-workload burst, three SIGKILLs, ~2,000 fuzzed objects)")
     parser.add_argument("--figures-out", metavar="FILE", help="also keep the figures as JSON in FILE")

@@ -21,8 +21,8 @@ import time
 import tracemalloc
 from collections import Counter
 
-from .core.engine import decide
-from .core.model import GpuNode, PlacementEntry, Policy, PreemptionRules, Snapshot, Taint, Toleration, Workload
+from gpuadmit.core.engine import decide
+from gpuadmit.core.model import GpuNode, PlacementEntry, Policy, PreemptionRules, Snapshot, Taint, Toleration, Workload
 
 SEED = 20240601
 NODES = 10_000

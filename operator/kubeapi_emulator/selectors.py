@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from gpuadmit.emulator.errors import bad_request
+from kubeapi_emulator.errors import bad_request
 
 Predicate = Callable[[Mapping[str, Any]], bool]
 

@@ -30,10 +30,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from gpuadmit.emulator import errors
-from gpuadmit.emulator.errors import ApiError
-from gpuadmit.emulator.metadata import check_metadata
-from gpuadmit.emulator.resources import ResourceSpec
+from kubeapi_emulator import errors
+from kubeapi_emulator.errors import ApiError
+from kubeapi_emulator.metadata import check_metadata
+from kubeapi_emulator.resources import ResourceSpec
 
 StorageKey = tuple[str, str]  # (group, plural)
 ObjectKey = tuple[str, str]  # (namespace or "", name)

@@ -1,4 +1,4 @@
-"""``python -m gpuadmit.emulator --port N [--crds DIR] [--kubeconfig-out FILE]``: serve until stopped."""
+"""``python -m kubeapi_emulator --port N [--crds DIR] [--kubeconfig-out FILE]``: serve until stopped."""
 
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ from pathlib import Path
 
 import yaml
 
-from gpuadmit.emulator.errors import ApiError
-from gpuadmit.emulator.server import EmulatedApiServer
+from kubeapi_emulator.errors import ApiError
+from kubeapi_emulator.server import EmulatedApiServer
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m gpuadmit.emulator",
+    parser = argparse.ArgumentParser(prog="python -m kubeapi_emulator",
                                      description="An emulated Kubernetes API server (plain HTTP, no auth).")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=0, help="port to listen on (default 0: any free port)")
@@ -40,7 +40,7 @@ async def serve(args: argparse.Namespace) -> None:
                                    require_namespaces=args.require_namespaces, history_limit=args.history_limit,
                                    audit_log=args.audit_log)
     except (ApiError, yaml.YAMLError) as e:
-        raise SystemExit(f"python -m gpuadmit.emulator: cannot serve the CRDs given: {e}") from None
+        raise SystemExit(f"python -m kubeapi_emulator: cannot serve the CRDs given: {e}") from None
     # Recording every request is for assertions in tests; a long-running process keeps few.
     server.handler.max_recorded_requests = 100
     url = await server.start()

@@ -12,7 +12,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from gpuadmit.emulator.errors import ApiError
+from kubeapi_emulator.errors import ApiError
 
 WRITE_ACTIONS = frozenset({"CREATE", "UPDATE", "DELETE"})
 

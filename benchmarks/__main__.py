@@ -12,10 +12,10 @@ import sys
 import time
 
 PARTS: dict[str, tuple[str, str]] = {
-    "engine": ("gpuadmit.bench_engine", "engine: one cycle on 10,000 nodes and up to 100,000 pending workloads"),
-    "decide": ("gpuadmit.bench_decide", "gpuadmit decide -o json versus merely parsing its input"),
-    "e2e": ("gpuadmit.bench_e2e", "operator end to end: 2,000 GPUWorkloads on the emulated API server"),
-    "simulate": ("gpuadmit.bench_sim", "trace replay of the shared Alibaba trace"),
+    "engine": ("benchmarks.engine", "engine: one cycle on 10,000 nodes and up to 100,000 pending workloads"),
+    "decide": ("benchmarks.decide", "gpuadmit decide -o json versus merely parsing its input"),
+    "e2e": ("benchmarks.e2e", "operator end to end: 2,000 GPUWorkloads on the emulated API server"),
+    "simulate": ("benchmarks.simulate", "trace replay of the shared Alibaba trace"),
 }
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from gpuadmit.emulator.schema import ObjectSchema
+from kubeapi_emulator.schema import ObjectSchema
 
 VERBS = ("create", "delete", "deletecollection", "get", "list", "patch", "update", "watch")
 

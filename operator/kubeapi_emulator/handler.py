@@ -24,14 +24,14 @@ import attrs
 import kmock
 from kmock._internal import parsing, rendering  # the request model our reactions are matched against
 
-from gpuadmit.emulator import errors
-from gpuadmit.emulator.audit import AuditLog, audit_record
-from gpuadmit.emulator.errors import ApiError
-from gpuadmit.emulator.faults import FaultPlan
-from gpuadmit.emulator.patching import APPLY_PATCH, apply_patch
-from gpuadmit.emulator.resources import BUILTIN_RESOURCES, KOPF_PEERING_CRDS, VERBS, ResourceSpec, specs_from_crd
-from gpuadmit.emulator.selectors import object_selector
-from gpuadmit.emulator.store import DEFAULT_HISTORY_LIMIT, ObjectStore, StoredEvent, StorageKey
+from kubeapi_emulator import errors
+from kubeapi_emulator.audit import AuditLog, audit_record
+from kubeapi_emulator.errors import ApiError
+from kubeapi_emulator.faults import FaultPlan
+from kubeapi_emulator.patching import APPLY_PATCH, apply_patch
+from kubeapi_emulator.resources import BUILTIN_RESOURCES, KOPF_PEERING_CRDS, VERBS, ResourceSpec, specs_from_crd
+from kubeapi_emulator.selectors import object_selector
+from kubeapi_emulator.store import DEFAULT_HISTORY_LIMIT, ObjectStore, StoredEvent, StorageKey
 
 logger = logging.getLogger(__name__)
 

@@ -1,1 +1,0 @@
-"""Developer tools run from the Makefile (not part of the operator at run time)."""

@@ -1,0 +1,1 @@
+"""Developer tools run from a source checkout (`make chart`)."""
