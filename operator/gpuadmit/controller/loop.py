@@ -85,6 +85,7 @@ class LoopSettings:
     resync_seconds: float = 60.0
     policy_name: str = "default"
     namespaces: tuple[str, ...] = ()
+    pod_security_level: str = "baseline"  # what templates are held to (core.podsecurity)
 
 
 @dataclass
@@ -450,7 +451,7 @@ class SchedulingLoop:
         return build_snapshot(
             self.cache.all(NODE), self.cache.all(POD), self.cache.all("Namespace"), self.cache.all(WORKLOAD),
             policies, now, policy_name=policy.name if policy is not None else self.settings.policy_name,
-            memo=self._parse_memo,
+            memo=self._parse_memo, pod_security_level=self.settings.pod_security_level,
         )
 
     def _holding_on_lost_nodes(self, snapshot: Snapshot) -> dict[str, str]:
