@@ -230,6 +230,7 @@ def _outside_accounting(
         yield (f"{TEMPLATE}.spec.resourceClaims", "Dynamic Resource Allocation claims are not allowed: "
                "gpuadmit accounts GPUs by spec.gpus only, and a claim could take devices it never reserved")
     for list_name, path, container in containers:
+        yield from _device_env(path, container)
         resources = container.get("resources")
         if not isinstance(resources, _MAPPINGS):
             continue
@@ -250,7 +251,6 @@ def _outside_accounting(
                 elif lowered.startswith(FOREIGN_ACCELERATOR_PREFIXES):
                     yield (here, f"the accelerator resource {name!r} is not accounted by gpuadmit, which rations "
                            f"{GPU_RESOURCE} only; ask for GPUs with spec.gpus")
-        yield from _device_env(path, container)
 
 
 def _device_env(path: str, container: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
@@ -431,5 +431,6 @@ def _restricted(pod: Mapping[str, Any], containers: list[tuple[str, str, Mapping
 
 
 def _show(value: object) -> str:
-    text = repr(value)
+    """A value for a message, as YAML would write a scalar; short, whatever the input holds."""
+    text = "null" if value is None else str(value).lower() if isinstance(value, bool) else repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
