@@ -6,7 +6,6 @@ import copy
 from typing import Any
 
 import pytest
-
 from gpuadmit.core.errors import SpecError
 from gpuadmit.core.model import InvalidWorkload, Workload
 from gpuadmit.core.podsecurity import (
@@ -47,9 +46,9 @@ def template_with(pod: dict[str, Any] | None = None, container: dict[str, Any] |
     return template
 
 
-def refusal(template: Any, rules: TemplateRules = TemplateRules()) -> SpecError:
+def refusal(template: Any, rules: TemplateRules | None = None) -> SpecError:
     with pytest.raises(SpecError) as caught:
-        check_template(template, rules)
+        check_template(template, rules or TemplateRules())
     return caught.value
 
 
@@ -71,6 +70,7 @@ ALWAYS_REFUSED = [
      f'{C0}.resources.requests["nvidia.com/mig-1g.10gb"]'),
     (None, {"resources": {"limits": {"nvidia.com/gpu.shared": 1}}}, f'{C0}.resources.limits["nvidia.com/gpu.shared"]'),
     (None, {"resources": {"limits": {"Habana.ai/gaudi": 1}}}, f'{C0}.resources.limits["Habana.ai/gaudi"]'),
+    (None, {"resources": {"limits": {"NVIDIA.com/gpu": 1}}}, f'{C0}.resources.limits["NVIDIA.com/gpu"]'),
     (None, {"env": [{"name": "LR", "value": "1e-4"}, {"name": "NVIDIA_VISIBLE_DEVICES", "value": "all"}]},
      f"{C0}.env[1].name"),
     (None, {"env": [{"name": "CUDA_VISIBLE_DEVICES", "valueFrom": {"configMapKeyRef": {"name": "c", "key": "k"}}}]},

@@ -128,6 +128,7 @@ class PodSecurity:
 
 
 DEFAULT_POD_SECURITY = PodSecurity()
+DEFAULT_RULES = TemplateRules()
 
 
 def stricter(first: str, second: str) -> str:
@@ -175,7 +176,7 @@ def _names(value: object) -> frozenset[str]:
     return frozenset(name.strip() for name in value.split(",") if name.strip())
 
 
-def check_template(template: object, rules: TemplateRules = TemplateRules()) -> None:
+def check_template(template: object, rules: TemplateRules = DEFAULT_RULES) -> None:
     """Raise ``SpecError`` naming the first field of ``template`` that ``rules`` refuse.
 
     A template of the wrong shape is left to the shape checks (nothing is refused for it here).
@@ -184,7 +185,7 @@ def check_template(template: object, rules: TemplateRules = TemplateRules()) -> 
         raise SpecError(field_path, message)
 
 
-def template_violations(template: object, rules: TemplateRules = TemplateRules()) -> Iterator[tuple[str, str]]:
+def template_violations(template: object, rules: TemplateRules = DEFAULT_RULES) -> Iterator[tuple[str, str]]:
     """Every (field, message) of ``template`` that ``rules`` refuse, fixed refusals first."""
     if not isinstance(template, _MAPPINGS):
         return
@@ -227,30 +228,29 @@ def _outside_accounting(
     pod: Mapping[str, Any], containers: list[tuple[str, str, Mapping[str, Any]]]
 ) -> Iterator[tuple[str, str]]:
     if pod.get("resourceClaims"):
-        yield (f"{TEMPLATE}.spec.resourceClaims", "Dynamic Resource Allocation claims are not allowed: "
-               "gpuadmit accounts GPUs by spec.gpus only, and a claim could take devices it never reserved")
+        yield (f"{TEMPLATE}.spec.resourceClaims", ("Dynamic Resource Allocation claims are not allowed: "
+               "gpuadmit accounts GPUs by spec.gpus only, and a claim could take devices it never reserved"))
     for list_name, path, container in containers:
         yield from _device_env(path, container)
         resources = container.get("resources")
         if not isinstance(resources, _MAPPINGS):
             continue
         if resources.get("claims"):
-            yield (f"{path}.resources.claims", "Dynamic Resource Allocation claims are not allowed: "
-                   "gpuadmit accounts GPUs by spec.gpus only")
+            yield (f"{path}.resources.claims", ("Dynamic Resource Allocation claims are not allowed: "
+                   "gpuadmit accounts GPUs by spec.gpus only"))
         for section in ("limits", "requests"):
             amounts = resources.get(section)
             if not isinstance(amounts, _MAPPINGS):
                 continue
             for name, amount in amounts.items():
-                here = f'{path}.resources.{section}["{name}"]'
-                lowered = name.lower() if isinstance(name, str) else ""
-                if lowered == GPU_RESOURCE:
+                if name == GPU_RESOURCE:
                     if list_name != "containers" and parse_quantity(amount) != 0:
-                        yield (here, f"GPUs on {list_name} are not allowed: gpuadmit gives the admitted GPUs "
-                               "to one of spec.template.spec.containers only")
-                elif lowered.startswith(FOREIGN_ACCELERATOR_PREFIXES):
-                    yield (here, f"the accelerator resource {name!r} is not accounted by gpuadmit, which rations "
-                           f"{GPU_RESOURCE} only; ask for GPUs with spec.gpus")
+                        yield (f'{path}.resources.{section}["{name}"]', (f"GPUs on {list_name} are not allowed: "
+                               "gpuadmit gives the admitted GPUs to one of spec.template.spec.containers only"))
+                # Any other spelling counts as foreign, "NVIDIA.com/gpu" too: nothing accounts it.
+                elif isinstance(name, str) and name.lower().startswith(FOREIGN_ACCELERATOR_PREFIXES):
+                    yield (f'{path}.resources.{section}["{name}"]', (f"the accelerator resource {name!r} is not "
+                           f"accounted by gpuadmit, which rations {GPU_RESOURCE} only; ask for GPUs with spec.gpus"))
 
 
 def _device_env(path: str, container: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
@@ -259,15 +259,15 @@ def _device_env(path: str, container: Mapping[str, Any]) -> Iterator[tuple[str, 
         for index, item in enumerate(env):
             name = item.get("name") if isinstance(item, _MAPPINGS) else None
             if isinstance(name, str) and name in DEVICE_ENV_VARS:
-                yield (f"{path}.env[{index}].name", f"{name} is set by the GPU device plugin from the GPUs "
-                       "gpuadmit reserved; a template may not set it (it can expose GPUs nobody reserved)")
+                yield (f"{path}.env[{index}].name", (f"{name} is set by the GPU device plugin from the GPUs "
+                       "gpuadmit reserved; a template may not set it (it can expose GPUs nobody reserved)"))
     env_from = container.get("envFrom")
     if isinstance(env_from, list):
         for index, item in enumerate(env_from):
             prefix = item.get("prefix") if isinstance(item, _MAPPINGS) else None
             if isinstance(prefix, str) and prefix and any(var.startswith(prefix) for var in DEVICE_ENV_VARS):
-                yield (f"{path}.envFrom[{index}].prefix", f"the prefix {prefix!r} can spell a device variable "
-                       f"({', '.join(sorted(v for v in DEVICE_ENV_VARS if v.startswith(prefix)))}); choose another")
+                yield (f"{path}.envFrom[{index}].prefix", (f"the prefix {prefix!r} can spell a device variable "
+                       f"({', '.join(sorted(v for v in DEVICE_ENV_VARS if v.startswith(prefix)))}); choose another"))
 
 
 # -- 2. what would take the pod out of gpuadmit's hands --------------------------------------
@@ -275,28 +275,28 @@ def _device_env(path: str, container: Mapping[str, Any]) -> Iterator[tuple[str, 
 
 def _outside_gpuadmit(pod: Mapping[str, Any], rules: TemplateRules) -> Iterator[tuple[str, str]]:
     if pod.get("nodeName"):
-        yield (f"{TEMPLATE}.spec.nodeName", "is set by gpuadmit to the node whose GPUs it reserved; remove it "
-               "(spec.gpuProducts and tolerations say where a workload may go)")
+        yield (f"{TEMPLATE}.spec.nodeName", ("is set by gpuadmit to the node whose GPUs it reserved; remove it "
+               "(spec.gpuProducts and tolerations say where a workload may go)"))
     scheduler = pod.get("schedulerName")
     if scheduler not in (None, "", DEFAULT_SCHEDULER):
-        yield (f"{TEMPLATE}.spec.schedulerName", f"must be {DEFAULT_SCHEDULER!r} or unset, got {_show(scheduler)}: "
-               "gpuadmit places the pods itself")
+        yield (f"{TEMPLATE}.spec.schedulerName", (f"must be {DEFAULT_SCHEDULER!r} or unset, got {_show(scheduler)}: "
+               "gpuadmit places the pods itself"))
     priority_class = pod.get("priorityClassName")
     if isinstance(priority_class, str) and priority_class.startswith(SYSTEM_PRIORITY_PREFIX):
-        yield (f"{TEMPLATE}.spec.priorityClassName", f"{priority_class!r} is reserved for the cluster's own "
-               "components; gpuadmit's preemption decides which GPU workload gives way")
+        yield (f"{TEMPLATE}.spec.priorityClassName", (f"{priority_class!r} is reserved for the cluster's own "
+               "components; gpuadmit's preemption decides which GPU workload gives way"))
     for key in ("serviceAccountName", "serviceAccount"):
         account = pod.get(key)
         if account in (None, "", DEFAULT_SERVICE_ACCOUNT) or _listed(account, rules.service_accounts):
             continue
-        yield (f"{TEMPLATE}.spec.{key}", f"the service account {_show(account)} is not allowed in this namespace: "
+        yield (f"{TEMPLATE}.spec.{key}", (f"the service account {_show(account)} is not allowed in this namespace: "
                f"gpuadmit creates the pods with its own rights, so a service account other than "
                f"{DEFAULT_SERVICE_ACCOUNT!r} must be listed by an administrator in the namespace's "
-               f"{SERVICE_ACCOUNTS_ANNOTATION} annotation")
+               f"{SERVICE_ACCOUNTS_ANNOTATION} annotation"))
     runtime_class = pod.get("runtimeClassName")
     if runtime_class not in (None, "") and not _listed(runtime_class, rules.runtime_classes):
-        yield (f"{TEMPLATE}.spec.runtimeClassName", f"the runtime class {_show(runtime_class)} is not allowed in "
-               f"this namespace: an administrator lists usable ones in its {RUNTIME_CLASSES_ANNOTATION} annotation")
+        yield (f"{TEMPLATE}.spec.runtimeClassName", (f"the runtime class {_show(runtime_class)} is not allowed in "
+               f"this namespace: an administrator lists usable ones in its {RUNTIME_CLASSES_ANNOTATION} annotation"))
 
 
 def _listed(name: object, allowed: frozenset[str]) -> bool:
@@ -313,9 +313,6 @@ def _baseline(
         return path, f"{_show(value)} is not allowed by the Pod Security Standard {BASELINE!r} ({control})"
 
     spec_path = f"{TEMPLATE}.spec"
-    pod_context = pod.get("securityContext") if isinstance(pod.get("securityContext"), _MAPPINGS) else {}
-    if _get(pod_context, "windowsOptions", "hostProcess"):
-        yield refused(f"{spec_path}.securityContext.windowsOptions.hostProcess", True, "HostProcess")
     for key in ("hostNetwork", "hostPID", "hostIPC"):
         if pod.get(key):
             yield refused(f"{spec_path}.{key}", pod.get(key), "host namespaces")
@@ -324,36 +321,39 @@ def _baseline(
         for index, volume in enumerate(volumes):
             if isinstance(volume, _MAPPINGS) and volume.get("hostPath") is not None:
                 yield refused(f"{spec_path}.volumes[{index}].hostPath", volume.get("hostPath"), "hostPath volumes")
-    yield from _selinux_and_seccomp(f"{spec_path}.securityContext", pod_context, refused)
-    sysctls = pod_context.get("sysctls")
-    if isinstance(sysctls, list):
-        for index, sysctl in enumerate(sysctls):
-            name = sysctl.get("name") if isinstance(sysctl, _MAPPINGS) else None
-            if name not in SAFE_SYSCTLS:
-                yield refused(f"{spec_path}.securityContext.sysctls[{index}].name", name, "sysctls")
+    pod_context = pod.get("securityContext")
+    if pod_context and isinstance(pod_context, _MAPPINGS):  # most templates have none: skip the walk
+        if _get(pod_context, "windowsOptions", "hostProcess"):
+            yield refused(f"{spec_path}.securityContext.windowsOptions.hostProcess", True, "HostProcess")
+        yield from _selinux_and_seccomp(f"{spec_path}.securityContext", pod_context, refused)
+        sysctls = pod_context.get("sysctls")
+        if isinstance(sysctls, list):
+            for index, sysctl in enumerate(sysctls):
+                name = sysctl.get("name") if isinstance(sysctl, _MAPPINGS) else None
+                if name not in SAFE_SYSCTLS:
+                    yield refused(f"{spec_path}.securityContext.sysctls[{index}].name", name, "sysctls")
     for key, value in annotations.items():
-        if isinstance(key, str) and key.startswith(APPARMOR_ANNOTATION_PREFIX):
-            if not (value == "runtime/default" or (isinstance(value, str) and value.startswith("localhost/"))):
-                yield refused(f'{TEMPLATE}.metadata.annotations["{key}"]', value, "AppArmor")
+        allowed = value == "runtime/default" or (isinstance(value, str) and value.startswith("localhost/"))
+        if isinstance(key, str) and key.startswith(APPARMOR_ANNOTATION_PREFIX) and not allowed:
+            yield refused(f'{TEMPLATE}.metadata.annotations["{key}"]', value, "AppArmor")
 
     for _list_name, path, container in containers:
         context = container.get("securityContext")
-        if not isinstance(context, _MAPPINGS):
-            context = {}
-        here = f"{path}.securityContext"
-        if context.get("privileged"):
-            yield refused(f"{here}.privileged", context.get("privileged"), "privileged containers")
-        if _get(context, "windowsOptions", "hostProcess"):
-            yield refused(f"{here}.windowsOptions.hostProcess", True, "HostProcess")
-        added = _get(context, "capabilities", "add")
-        if isinstance(added, list):
-            for index, capability in enumerate(added):
-                if capability not in BASELINE_CAPABILITIES:
-                    yield refused(f"{here}.capabilities.add[{index}]", capability, "capabilities")
-        proc_mount = context.get("procMount")
-        if proc_mount not in (None, "Default"):
-            yield refused(f"{here}.procMount", proc_mount, "/proc mount type")
-        yield from _selinux_and_seccomp(here, context, refused)
+        if context and isinstance(context, _MAPPINGS):
+            here = f"{path}.securityContext"
+            if context.get("privileged"):
+                yield refused(f"{here}.privileged", context.get("privileged"), "privileged containers")
+            if _get(context, "windowsOptions", "hostProcess"):
+                yield refused(f"{here}.windowsOptions.hostProcess", True, "HostProcess")
+            added = _get(context, "capabilities", "add")
+            if isinstance(added, list):
+                for index, capability in enumerate(added):
+                    if capability not in BASELINE_CAPABILITIES:
+                        yield refused(f"{here}.capabilities.add[{index}]", capability, "capabilities")
+            proc_mount = context.get("procMount")
+            if proc_mount not in (None, "Default"):
+                yield refused(f"{here}.procMount", proc_mount, "/proc mount type")
+            yield from _selinux_and_seccomp(here, context, refused)
         ports = container.get("ports")
         if isinstance(ports, list):
             for index, port in enumerate(ports):
@@ -391,10 +391,11 @@ def _restricted(pod: Mapping[str, Any], containers: list[tuple[str, str, Mapping
                 continue
             for source in volume:
                 if source not in VOLUME_NON_SOURCE_KEYS and source not in RESTRICTED_VOLUME_SOURCES:
-                    yield (f"{spec_path}.volumes[{index}].{source}", f"the volume type {source!r} is not allowed by "
+                    yield (f"{spec_path}.volumes[{index}].{source}", (f"the volume type {source!r} is not allowed by "
                            f"the Pod Security Standard {RESTRICTED!r} (volume types: "
-                           f"{', '.join(sorted(RESTRICTED_VOLUME_SOURCES))})")
-    pod_context = pod.get("securityContext") if isinstance(pod.get("securityContext"), _MAPPINGS) else {}
+                           f"{', '.join(sorted(RESTRICTED_VOLUME_SOURCES))})"))
+    raw_context = pod.get("securityContext")
+    pod_context: Mapping[str, Any] = raw_context if isinstance(raw_context, _MAPPINGS) else {}
     pod_non_root = pod_context.get("runAsNonRoot")
     pod_seccomp = _get(pod_context, "seccompProfile", "type")
     if pod_context.get("runAsUser") == 0:
