@@ -92,3 +92,41 @@ def test_an_escalating_template_is_never_turned_into_a_pod(cluster: Cluster, ope
         assert not spec.get("hostNetwork") and not spec.get("volumes") and not spec.get("resourceClaims")
         assert all(not (c.get("securityContext") or {}).get("privileged") for c in spec["containers"])
     assert overcommitted_nodes(cluster.dump()) == {}
+
+
+async def test_the_running_webhook_reads_the_namespace_from_the_operators_cache(
+    cluster: Cluster, operator_factory, tmp_path
+) -> None:
+    import asyncio
+
+    import aiohttp
+
+    from gpuadmit.controller import webhooks
+    from gpuadmit.processes import free_port
+    from tests.controller.test_webhooks import WebhookClient, serving_workload
+
+    create_namespace(cluster, "team-a", labels={"pod-security.kubernetes.io/enforce": "restricted"})
+    create_namespace(cluster, "team-b", annotations={"gpuadmit.io/allowed-service-accounts": "trainer"})
+    port, cert_dir = free_port(), tmp_path / "certs"
+    operator_factory("--webhook-port", str(port), "--webhook-cert-dir", str(cert_dir))  # ready: the cache is seeded
+    plain = serving_workload()  # in team-a
+    with_account = serving_workload()
+    with_account["metadata"]["namespace"] = "team-b"
+    with_account["spec"]["template"]["spec"]["serviceAccountName"] = "trainer"
+
+    responses = None
+    for _ in range(150):  # until the webhook server listens (it starts beside the operator's readiness)
+        client = WebhookClient(f"https://localhost:{port}", cert_dir / "ca.crt")
+        try:
+            responses = [await client.review(webhooks.VALIDATE_ID, obj) for obj in (plain, with_account)]
+            break
+        except (aiohttp.ClientConnectionError, FileNotFoundError):
+            await asyncio.sleep(0.2)
+        finally:
+            await client.session.close()
+    assert responses is not None, "the webhook never answered"
+    denied, allowed = responses
+    assert denied["allowed"] is False and denied["status"]["code"] == 422
+    assert denied["status"]["message"].startswith("[InvalidSpec] spec.template.spec.containers[0].securityContext.")
+    assert "'restricted'" in denied["status"]["message"]
+    assert allowed["allowed"] is True
