@@ -100,9 +100,9 @@ async def test_the_running_webhook_reads_the_namespace_from_the_operators_cache(
     import asyncio
 
     import aiohttp
-
     from gpuadmit.controller import webhooks
     from gpuadmit.processes import free_port
+
     from tests.controller.test_webhooks import WebhookClient, serving_workload
 
     create_namespace(cluster, "team-a", labels={"pod-security.kubernetes.io/enforce": "restricted"})
