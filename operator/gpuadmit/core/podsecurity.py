@@ -34,7 +34,7 @@ engine's parser (which both call it) refuse the same templates with the same mes
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -362,7 +362,9 @@ def _baseline(
                     yield refused(f"{path}.ports[{index}].hostPort", host_port, "host ports")
 
 
-def _selinux_and_seccomp(here: str, context: Mapping[str, Any], refused: Any) -> Iterator[tuple[str, str]]:
+def _selinux_and_seccomp(
+    here: str, context: Mapping[str, Any], refused: Callable[[str, object, str], tuple[str, str]]
+) -> Iterator[tuple[str, str]]:
     se_linux = context.get("seLinuxOptions")
     if isinstance(se_linux, _MAPPINGS):
         if se_linux.get("type") not in (None, *SELINUX_TYPES):

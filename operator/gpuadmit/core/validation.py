@@ -135,7 +135,7 @@ def _check(obj: Any, old: Any, pod_security: PodSecurity = DEFAULT_POD_SECURITY)
     computed_class = None
     if spec_changed:  # an update that leaves the spec alone (labels, finalizers) is not judged on it again
         _check_containers(spec)
-        _check_pod_security(spec, metadata.get("namespace"), pod_security)
+        _check_pod_security(spec, _mapping(obj.get("metadata")).get("namespace"), pod_security)
         parsed = parse_workload(_with_name(obj), DEFAULT_POLICY, {}, pod_security=pod_security)
         if isinstance(parsed, InvalidWorkload):
             raise _Refusal(INVALID_SPEC, parsed.field or "spec", parsed.message)
