@@ -26,6 +26,7 @@ from gpuadmit.controller.peering import PeeringGate
 from gpuadmit.controller.watch import Stream
 from gpuadmit.controller.writer import Writer
 from gpuadmit.core.model import GPU_PRODUCT_LABEL
+from gpuadmit.core.podsecurity import DEFAULT_LEVEL
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ class OperatorOptions:
     priority: int = 0
     max_concurrency: int = 48
     per_namespace_metrics: bool = False  # opt-in: metrics then name tenants' namespaces
-    pod_security_level: str = "baseline"  # the Pod Security Standards level templates are held to
+    pod_security_level: str = DEFAULT_LEVEL  # the Pod Security Standards level templates are held to
 
 
 class OperatorRuntime:
