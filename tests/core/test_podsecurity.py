@@ -27,6 +27,8 @@ from gpuadmit.core.policy import DEFAULT_POLICY
 from gpuadmit.core.snapshot import ParseMemo, build_snapshot
 from gpuadmit.core.validation import validate_workload
 from gpuadmit.core.workload import parse_workload
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 PLAIN = {"spec": {"containers": [{"name": "train", "image": "pytorch/pytorch", "command": ["torchrun", "train.py"]}]}}
 # What the restricted level asks of every container, and nothing more.
@@ -293,3 +295,50 @@ def test_the_snapshot_applies_the_namespace_label_and_reparses_when_it_changes()
     assert strict.pending == () and [i.field for i in strict.invalid] == [f"{C0}.securityContext.allowPrivilegeEscalation"]
     configured = build_snapshot([], [], [a_namespace("team")], [obj], [], now=0.0, memo=memo, pod_security_level=RESTRICTED)
     assert configured.pending == () and len(configured.invalid) == 1
+
+
+# -- any mix of these fields: never a crash, and the webhook and the parser always agree -------
+
+anything = st.one_of(st.none(), st.booleans(), st.integers(-1, 2), st.text(max_size=4),
+                     st.sampled_from(["ALL", "SYS_ADMIN", "Unconfined", "RuntimeDefault", "system-x", "default"]))
+security_contexts = st.dictionaries(
+    st.sampled_from(["privileged", "runAsUser", "runAsNonRoot", "allowPrivilegeEscalation", "procMount",
+                     "capabilities", "seccompProfile", "seLinuxOptions", "windowsOptions", "sysctls"]),
+    st.one_of(anything, st.fixed_dictionaries({}, optional={"add": st.lists(anything, max_size=2),
+                                                            "drop": st.lists(anything, max_size=2),
+                                                            "type": anything, "hostProcess": anything})),
+    max_size=4)
+containers = st.fixed_dictionaries({"name": st.just("c"), "image": st.just("busybox")}, optional={
+    "securityContext": st.one_of(security_contexts, anything),
+    "env": st.lists(st.fixed_dictionaries({"name": st.sampled_from(["A", "NVIDIA_VISIBLE_DEVICES", "CUDA_VISIBLE_DEVICES"])},
+                                          optional={"value": anything}), max_size=2),
+    "resources": st.fixed_dictionaries({}, optional={"limits": st.dictionaries(
+        st.sampled_from(["cpu", "nvidia.com/gpu", "amd.com/gpu", "nvidia.com/mig-1g.5gb"]), st.sampled_from(["0", "1"]),
+        max_size=2), "claims": st.lists(st.just({"name": "x"}), max_size=1)}),
+    "ports": st.lists(st.fixed_dictionaries({"containerPort": st.just(80)}, optional={"hostPort": anything}), max_size=1),
+})
+pod_specs = st.fixed_dictionaries({"containers": st.lists(containers, min_size=1, max_size=2)}, optional={
+    "initContainers": st.lists(containers, max_size=1),
+    "hostNetwork": anything, "hostPID": anything, "nodeName": anything, "schedulerName": anything,
+    "priorityClassName": anything, "serviceAccountName": anything, "runtimeClassName": anything,
+    "securityContext": st.one_of(security_contexts, anything),
+    "volumes": st.lists(st.sampled_from([{"name": "a", "emptyDir": {}}, {"name": "b", "hostPath": {"path": "/"}},
+                                         {"name": "c", "nfs": {"server": "s", "path": "/"}}]), max_size=2),
+})
+
+
+@settings(max_examples=300, deadline=None)
+@given(pod=pod_specs, level=st.sampled_from(LEVELS), label=st.sampled_from([None, *LEVELS, "bogus"]))
+def test_parser_and_webhook_agree_on_any_mix_of_fields(pod: dict[str, Any], level: str, label: str | None) -> None:
+    namespace = a_namespace("team", {ENFORCE_LABEL: label} if label else {})
+    security = pod_security_of_namespaces([namespace], level)
+    obj = a_workload({"spec": pod})
+    parsed = parse_workload(obj, DEFAULT_POLICY, {}, pod_security=security)
+    result = validate_workload(obj, pod_security=security)
+    violations = list(template_violations({"spec": pod}, security.rules_for("team")))
+    if violations:  # the first violation is the refusal, from both, in the same words
+        assert isinstance(parsed, InvalidWorkload) and parsed.field == violations[0][0]
+        assert (result.allowed, result.field, result.message) == (False, parsed.field, parsed.message)
+    else:  # nothing else here is invalid for the parser; the webhook may still count GPUs in the template
+        assert isinstance(parsed, Workload)
+        assert result.allowed or '["nvidia.com/gpu"]' in (result.field or "")
