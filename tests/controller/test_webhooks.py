@@ -115,6 +115,8 @@ async def webhook(tmp_path: Path) -> AsyncIterator[WebhookClient]:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         webhooks.set_known_products_provider(None)
+        webhooks.set_namespace_provider(None)
+        webhooks.set_pod_security_level("baseline")
 
 
 def serving_workload(**spec: Any) -> dict[str, Any]:
@@ -212,6 +214,57 @@ async def test_a_failing_product_provider_does_not_block_admission(webhook: Webh
     webhooks.set_known_products_provider(broken)
     response = await webhook.review(webhooks.VALIDATE_ID, serving_workload(gpuProducts=["X"]))
     assert response["allowed"] is True and "warnings" not in response
+
+
+async def test_an_escalating_template_is_denied_naming_the_field(webhook: WebhookClient) -> None:
+    obj = serving_workload()
+    obj["spec"]["template"]["spec"]["hostNetwork"] = True
+    response = await webhook.review(webhooks.VALIDATE_ID, obj)
+    assert (response["allowed"], response["status"]["code"]) == (False, 422)
+    assert response["status"]["message"].startswith("[InvalidSpec] spec.template.spec.hostNetwork: ")
+    assert "'baseline'" in response["status"]["message"]
+
+
+async def test_an_accounting_bypass_is_denied_even_at_the_privileged_level(webhook: WebhookClient) -> None:
+    webhooks.set_pod_security_level("privileged")
+    obj = serving_workload()
+    container = obj["spec"]["template"]["spec"]["containers"][0]
+    container["securityContext"] = {"privileged": True}
+    assert (await webhook.review(webhooks.VALIDATE_ID, obj))["allowed"] is True
+    container["env"] = [{"name": "NVIDIA_VISIBLE_DEVICES", "value": "all"}]
+    response = await webhook.review(webhooks.VALIDATE_ID, obj)
+    assert response["allowed"] is False
+    assert "spec.template.spec.containers[0].env[0].name" in response["status"]["message"]
+
+
+async def test_the_namespace_label_and_allowances_come_from_the_namespace_provider(webhook: WebhookClient) -> None:
+    namespaces = {
+        "team-a": {"metadata": {"name": "team-a", "labels": {"pod-security.kubernetes.io/enforce": "restricted"}}},
+        "team-b": {"metadata": {"name": "team-b", "annotations": {"gpuadmit.io/allowed-service-accounts": "trainer"}}},
+    }
+    webhooks.set_namespace_provider(namespaces.get)
+    plain = serving_workload()
+    response = await webhook.review(webhooks.VALIDATE_ID, plain)  # team-a enforces restricted
+    assert response["allowed"] is False and "'restricted'" in response["status"]["message"]
+    with_account = serving_workload()
+    with_account["metadata"]["namespace"] = "team-b"
+    with_account["spec"]["template"]["spec"]["serviceAccountName"] = "trainer"
+    assert (await webhook.review(webhooks.VALIDATE_ID, with_account))["allowed"] is True
+    with_account["spec"]["template"]["spec"]["serviceAccountName"] = "deployer"
+    response = await webhook.review(webhooks.VALIDATE_ID, with_account)
+    assert response["allowed"] is False
+    assert "spec.template.spec.serviceAccountName" in response["status"]["message"]
+
+
+async def test_a_failing_namespace_provider_leaves_the_configured_level(webhook: WebhookClient) -> None:
+    def broken(name: str) -> dict[str, Any] | None:
+        raise RuntimeError("cache not ready")
+
+    webhooks.set_namespace_provider(broken)
+    assert (await webhook.review(webhooks.VALIDATE_ID, serving_workload()))["allowed"] is True
+    obj = serving_workload()
+    obj["spec"]["template"]["spec"]["serviceAccountName"] = "trainer"  # no allowance known: refused
+    assert (await webhook.review(webhooks.VALIDATE_ID, obj))["allowed"] is False
 
 
 async def test_mutation_answers_with_a_json_patch_of_class_label_and_defaults(webhook: WebhookClient) -> None:

@@ -119,6 +119,7 @@ def test_values_schema_rejects_wrong_types() -> None:
         {"marginPolicy": {"inferenceReserveFraction": 1.5}},
         {"marginPolicy": {"pricePerGPUHour": {"inference": "six"}}},
         {"ports": {"metrics": 70000}},
+        {"operator": {"podSecurityLevel": "lenient"}},
         {"unknownKnob": True},
     ):
         with pytest.raises(helm.HelmValuesError):
@@ -179,3 +180,16 @@ def test_every_flag_the_chart_passes_is_one_gpuadmit_run_accepts(objects: list[d
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     options = options_from_args(parser.parse_args(container["args"]))  # raises on an unknown flag
     assert options.metrics_port == container["ports"][0]["containerPort"]
+
+
+@pytest.mark.parametrize(("name", "level"), [("defaults", "baseline"), ("everything-on", "restricted")])
+def test_the_pod_security_level_reaches_the_operator(rendered_by_value_set: dict, name: str, level: str) -> None:
+    import argparse
+
+    from gpuadmit.controller.main import add_arguments, options_from_args
+
+    parser = argparse.ArgumentParser(prog="gpuadmit run", exit_on_error=False)
+    add_arguments(parser)
+    (deployment,) = only(rendered_by_value_set[name], "Deployment")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert options_from_args(parser.parse_args(container["args"])).pod_security_level == level

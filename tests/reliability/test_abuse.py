@@ -85,6 +85,13 @@ def test_price_like_labels_annotations_and_status_do_not_change_margin_or_rank(
 
     fair = decision_for(baseline, [honest])
     gamed = decision_for(gamer, [honest])
+    if priority_class and priority_class.startswith("system-"):
+        # The cluster's own priority classes are refused outright (core.podsecurity), by parser and webhook.
+        refused = gamed["bronze-team/gamer"]
+        assert (refused.action, refused.reason) == (Action.REJECT, Reason.INVALID_SPEC)
+        assert "spec.template.spec.priorityClassName" in refused.message
+        assert validate_workload(gamer).field in ("spec.template.spec.priorityClassName", "status")
+        return
     assert gamed["bronze-team/gamer"].margin_per_gpu_hour == fair["bronze-team/gamer"].margin_per_gpu_hour
     # Both want the only 8 GPUs: the earlier, honest one keeps the slot whatever the gamer wears.
     assert (gamed["bronze-team/honest"].action, gamed["bronze-team/gamer"].action) == \

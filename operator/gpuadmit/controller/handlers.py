@@ -57,6 +57,8 @@ async def start(settings: kopf.OperatorSettings, **_: Any) -> None:
     runtime = OperatorRuntime(_options)
     if webhooks is not None and hasattr(webhooks, "set_product_provider"):
         webhooks.set_product_provider(runtime.known_gpu_products)
+    if webhooks is not None and hasattr(webhooks, "set_namespace_provider"):
+        webhooks.set_namespace_provider(runtime.namespace_object)
     try:
         await runtime.start()
     except api.ApiError as error:

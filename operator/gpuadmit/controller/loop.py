@@ -56,6 +56,7 @@ from gpuadmit.core.model import (
     Snapshot,
 )
 from gpuadmit.core.nodes import node_from_object, pod_is_terminal
+from gpuadmit.core.podsecurity import DEFAULT_LEVEL
 from gpuadmit.core.policy import parse_policy
 from gpuadmit.core.snapshot import ParseMemo, build_snapshot
 from gpuadmit.core.timefmt import parse_rfc3339_or_none
@@ -85,6 +86,7 @@ class LoopSettings:
     resync_seconds: float = 60.0
     policy_name: str = "default"
     namespaces: tuple[str, ...] = ()
+    pod_security_level: str = DEFAULT_LEVEL  # what templates are held to (core.podsecurity)
 
 
 @dataclass
@@ -450,7 +452,7 @@ class SchedulingLoop:
         return build_snapshot(
             self.cache.all(NODE), self.cache.all(POD), self.cache.all("Namespace"), self.cache.all(WORKLOAD),
             policies, now, policy_name=policy.name if policy is not None else self.settings.policy_name,
-            memo=self._parse_memo,
+            memo=self._parse_memo, pod_security_level=self.settings.pod_security_level,
         )
 
     def _holding_on_lost_nodes(self, snapshot: Snapshot) -> dict[str, str]:

@@ -16,6 +16,7 @@ import uuid
 
 from gpuadmit.controller.peering import random_priority
 from gpuadmit.controller.runtime import OperatorOptions
+from gpuadmit.core.podsecurity import DEFAULT_LEVEL, LEVELS
 
 
 def _non_negative_float(text: str) -> float:
@@ -43,6 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--namespace", dest="namespaces", action="append", default=[], help="watch GPUWorkloads in this namespace (repeatable; default: all)")
     parser.add_argument("--policy-name", default="default", help="the MarginPolicy in force (default: default)")
     parser.add_argument("--max-concurrent-writes", type=int, default=48, help="API requests in flight at once (default 48)")
+    parser.add_argument("--pod-security-level", choices=LEVELS, default=DEFAULT_LEVEL,
+                        help="Pod Security Standards level GPUWorkload templates must meet; a namespace's stricter "
+                             "pod-security.kubernetes.io/enforce label wins (default baseline)")
     parser.add_argument("--per-namespace-metrics", action="store_true", help="add per-namespace metric series (off: metrics name no tenant)")
     parser.add_argument("--log-level", default=os.environ.get("GPUADMIT_LOG_LEVEL", "INFO"), help="DEBUG, INFO, WARNING (default INFO)")
 
@@ -62,6 +66,7 @@ def options_from_args(args: argparse.Namespace) -> OperatorOptions:
         priority=random_priority(),
         max_concurrency=max(1, args.max_concurrent_writes),
         per_namespace_metrics=args.per_namespace_metrics,
+        pod_security_level=args.pod_security_level,
     )
 
 

@@ -20,12 +20,13 @@ from aiohttp import web
 
 from gpuadmit.controller import restore
 from gpuadmit.controller.api import KubeApi, resolve_credentials
-from gpuadmit.controller.cache import NODE, ObjectCache
+from gpuadmit.controller.cache import NAMESPACE, NODE, ObjectCache
 from gpuadmit.controller.loop import LoopSettings, MetricsSink, SchedulingLoop
 from gpuadmit.controller.peering import PeeringGate
 from gpuadmit.controller.watch import Stream
 from gpuadmit.controller.writer import Writer
 from gpuadmit.core.model import GPU_PRODUCT_LABEL
+from gpuadmit.core.podsecurity import DEFAULT_LEVEL
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +48,7 @@ class OperatorOptions:
     priority: int = 0
     max_concurrency: int = 48
     per_namespace_metrics: bool = False  # opt-in: metrics then name tenants' namespaces
+    pod_security_level: str = DEFAULT_LEVEL  # the Pod Security Standards level templates are held to
 
 
 class OperatorRuntime:
@@ -75,7 +77,8 @@ class OperatorRuntime:
             gate = PeeringGate(self.api, options.peering, options.identity, options.priority, namespace)
         self.loop = SchedulingLoop(
             self.cache, writer,
-            LoopSettings(options.debounce_seconds, options.resync_seconds, options.policy_name, options.namespaces),
+            LoopSettings(options.debounce_seconds, options.resync_seconds, options.policy_name, options.namespaces,
+                         options.pod_security_level),
             metrics=self.metrics, gate=gate, resync=self.resync,
         )
         if gate is not None:
@@ -122,6 +125,10 @@ class OperatorRuntime:
             if product:
                 products.add(str(product))
         return products
+
+    def namespace_object(self, name: str) -> dict[str, Any] | None:
+        """The cached Namespace (every replica watches them): the webhook reads its pod-security rules."""
+        return self.cache.get(NAMESPACE, name)
 
     # -- health ---------------------------------------------------------------------------
 

@@ -4,7 +4,9 @@ Importing this module registers two handlers on kopf's default registry; kopf
 serves each on the path named by its handler id:
 
 - ``POST /validate-gpuworkload``: CREATE and UPDATE, refuses what the CRD schema
-  cannot express (``validate_workload``), warns about products no node has;
+  cannot express (``validate_workload``), including templates ``core.podsecurity`` refuses
+  at ``--pod-security-level`` or the namespace's stricter enforce label (read from the
+  operator's cache of Namespaces), and warns about products no node has;
 - ``POST /mutate-gpuworkload``: CREATE and UPDATE, sets the ``gpuadmit.io/class``
   label and the spec defaults (``mutate_workload``).
 
@@ -29,6 +31,7 @@ from typing import Any, Callable, Iterable, Mapping
 import kopf
 
 from gpuadmit.core.model import API_GROUP, API_VERSION
+from gpuadmit.core.podsecurity import DEFAULT_LEVEL, PodSecurity, namespace_rules
 from gpuadmit.core.validation import mutate_workload, validate_workload
 from gpuadmit.tlsutil import TlsFiles, find_tls_files, generate_self_signed
 
@@ -57,6 +60,38 @@ def set_known_products_provider(provider: KnownProductsProvider | None) -> None:
 
 set_product_provider = set_known_products_provider  # the name handlers.py wires the runtime's cache with
 
+# Returns the Namespace object of that name, or None when not known (the operator's cache).
+NamespaceProvider = Callable[[str], Mapping[str, Any] | None]
+_namespace_provider: NamespaceProvider | None = None
+_pod_security_level = DEFAULT_LEVEL
+
+
+def set_namespace_provider(provider: NamespaceProvider | None) -> None:
+    """Tell the validating webhook where to read a namespace's pod-security label and allowances."""
+    global _namespace_provider
+    _namespace_provider = provider
+
+
+def set_pod_security_level(level: str) -> None:
+    """The configured Pod Security Standards level (``--pod-security-level``)."""
+    global _pod_security_level
+    _pod_security_level = level
+
+
+def pod_security_for(namespace: str) -> PodSecurity:
+    """The rules for a workload of ``namespace``: the configured level, tightened and extended by
+    the Namespace object when the cache has it. An unknown namespace (not cached yet, provider
+    failing) gets the configured level and no allowances: the engine judges the workload again
+    with its own cache before admitting it, so nothing the namespace forbids gets through."""
+    namespace_obj = None
+    if _namespace_provider is not None:
+        try:
+            namespace_obj = _namespace_provider(namespace)
+        except Exception:  # noqa: BLE001 - a lookup failure means "unknown", judged by the level alone
+            logger.exception("The namespace provider failed; judging %s by the configured level alone.", namespace)
+    rules = namespace_rules(namespace_obj, _pod_security_level)
+    return PodSecurity(level=_pod_security_level, by_namespace={namespace: rules})
+
 
 def known_products() -> frozenset[str] | None:
     """The provider's answer; a failing provider means "unknown", never a failed admission."""
@@ -78,7 +113,8 @@ def validate_gpuworkload(
 ) -> None:
     """Refuse with the field named (AdmissionError, code 422); add warnings otherwise."""
     stored = _plain(old) if operation == "UPDATE" and old is not None else None
-    result = validate_workload(_plain(body), stored, known_products())
+    namespace = (body.get("metadata") or {}).get("namespace") or "default"
+    result = validate_workload(_plain(body), stored, known_products(), pod_security_for(str(namespace)))
     if not result.allowed:
         raise kopf.AdmissionError(f"[{result.reason}] {result.message}", code=REFUSAL_CODE)
     warnings.extend(result.warnings)
@@ -118,6 +154,7 @@ def configure_webhook_server(settings: kopf.OperatorSettings, args: Any) -> kopf
     port = getattr(args, "webhook_port", None)
     if not port:
         return None
+    set_pod_security_level(getattr(args, "pod_security_level", None) or DEFAULT_LEVEL)
     cert_dir = getattr(args, "webhook_cert_dir", None)
     addr = getattr(args, "webhook_addr", None) or os.environ.get("GPUADMIT_WEBHOOK_ADDR") or DEFAULT_WEBHOOK_ADDR
     files = find_tls_files(cert_dir) or _generate_certificate(cert_dir, addr)

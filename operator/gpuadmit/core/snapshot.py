@@ -31,6 +31,7 @@ from gpuadmit.core.model import (
     Workload,
 )
 from gpuadmit.core.nodes import gpus_used_by_node, node_from_object, pod_gpu_request, pod_is_terminal
+from gpuadmit.core.podsecurity import DEFAULT_LEVEL, DEFAULT_POD_SECURITY, PodSecurity, pod_security_of_namespaces
 from gpuadmit.core.policy import select_policy
 from gpuadmit.core.workload import PHASES, parse_workload
 
@@ -127,25 +128,26 @@ def gpus_of_own_pods(pods: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str],
 
 class ParseMemo:
     """Parsed workloads kept from one snapshot to the next by a caller that builds many (the
-    operator): an object is parsed again only when it (uid, resourceVersion), the policy object
-    or its namespace's tier changed. Entries of workloads gone from the latest snapshot are
+    operator): an object is parsed again only when it (uid, resourceVersion), the policy object,
+    its namespace's tier or its namespace's template rules changed. Entries of workloads gone from the latest snapshot are
     dropped, so it holds at most one entry per workload."""
 
     def __init__(self) -> None:
-        self._entries: dict[tuple[str, str], tuple[tuple[str, str, str | None], Policy, Workload | InvalidWorkload]] = {}
+        self._entries: dict[tuple[str, str], tuple[tuple[Any, ...], Policy, Workload | InvalidWorkload]] = {}
 
     def parse(self, obj: Mapping[str, Any], policy: Policy, tiers: Mapping[str, str], now: float,
-              seen: set[tuple[str, str]]) -> Workload | InvalidWorkload:
+              seen: set[tuple[str, str]], pod_security: PodSecurity = DEFAULT_POD_SECURITY) -> Workload | InvalidWorkload:
         metadata = obj.get("metadata") if isinstance(obj, _MAPPINGS) else None
         if not isinstance(metadata, _MAPPINGS) or not metadata.get("creationTimestamp"):
-            return parse_workload(obj, policy, tiers, now=now)  # its age would come from ``now``
+            return parse_workload(obj, policy, tiers, now=now, pod_security=pod_security)  # its age would come from ``now``
         key = (str(metadata.get("namespace") or ""), str(metadata.get("name") or ""))
-        stamp = (str(metadata.get("uid") or ""), str(metadata.get("resourceVersion") or ""), tiers.get(key[0]))
+        stamp = (str(metadata.get("uid") or ""), str(metadata.get("resourceVersion") or ""), tiers.get(key[0]),
+                 pod_security.rules_for(key[0] or "default"))
         seen.add(key)
         held = self._entries.get(key)
         if held is not None and held[0] == stamp and held[1] is policy and stamp[0] and stamp[1]:
             return held[2]
-        parsed = parse_workload(obj, policy, tiers, now=now)
+        parsed = parse_workload(obj, policy, tiers, now=now, pod_security=pod_security)
         self._entries[key] = (stamp, policy, parsed)
         return parsed
 
@@ -163,6 +165,7 @@ def build_snapshot(
     now: float,
     policy_name: str = DEFAULT_POLICY_NAME,
     memo: ParseMemo | None = None,
+    pod_security_level: str = DEFAULT_LEVEL,
 ) -> Snapshot:
     """The engine's input from raw objects.
 
@@ -171,10 +174,14 @@ def build_snapshot(
     ``DEFAULT_POLICY`` when there is none. Raises ``SpecError`` only when that
     policy is invalid. Nodes and workloads come out sorted by name, so the
     snapshot does not depend on the order a watch delivered them in. ``memo`` (optional) reuses
-    the parse of workloads unchanged since the last snapshot built with it.
+    the parse of workloads unchanged since the last snapshot built with it. ``pod_security_level``
+    is the Pod Security Standards level templates are held to (a namespace's stricter
+    ``pod-security.kubernetes.io/enforce`` label wins; see ``core.podsecurity``).
     """
     policy = select_policy(policies, policy_name)
+    namespaces = namespaces if isinstance(namespaces, (list, tuple)) else list(namespaces)
     tiers = tiers_by_namespace(namespaces)
+    pod_security = pod_security_of_namespaces(namespaces, pod_security_level)
     pods = pods if isinstance(pods, (list, tuple)) else list(pods)
     used_by_node = gpus_used_by_node(pods)
 
@@ -193,9 +200,9 @@ def build_snapshot(
     seen: set[tuple[str, str]] = set()
     for workload_obj in workloads:
         if memo is not None:
-            parsed = memo.parse(workload_obj, policy, tiers, now, seen)
+            parsed = memo.parse(workload_obj, policy, tiers, now, seen, pod_security)
         else:
-            parsed = parse_workload(workload_obj, policy, tiers, now=now)
+            parsed = parse_workload(workload_obj, policy, tiers, now=now, pod_security=pod_security)
         key = (parsed.namespace, parsed.name)
         parsed_by_key[key] = parsed
         if isinstance(parsed, InvalidWorkload):

@@ -13,6 +13,10 @@ what a schema cannot express, so that a tenant learns about a bad workload at
 - labels and annotations under ``gpuadmit.io/`` belong to gpuadmit. The one a
   tenant may carry is the class label, and only with the value the classifier
   computes, so nobody buys the inference price with a label;
+- the template may not hold what gpuadmit must not put into the pods it creates with its own
+  rights (``core.podsecurity``: the Pod Security Standards level, service accounts, accelerators
+  and device variables outside the GPU accounting), also on an update of a workload that already
+  holds GPUs;
 - status is written by gpuadmit: a create that brings its own status is refused;
 - once a workload holds GPUs (Admitted or Running) its ``gpus``, ``replicas`` and
   ``gpuProducts`` are immutable: the reservation was made for exactly that shape.
@@ -32,6 +36,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from gpuadmit.core.classifier import classify
+from gpuadmit.core.errors import SpecError
 from gpuadmit.core.model import (
     API_GROUP,
     CLASS_LABEL,
@@ -41,6 +46,7 @@ from gpuadmit.core.model import (
     InvalidWorkload,
 )
 from gpuadmit.core.nodes import parse_quantity
+from gpuadmit.core.podsecurity import DEFAULT_POD_SECURITY, PodSecurity, check_template
 from gpuadmit.core.policy import DEFAULT_POLICY
 from gpuadmit.core.workload import parse_workload
 
@@ -82,14 +88,16 @@ def validate_workload(
     obj: Any,
     old: Any = None,
     known_products: Iterable[str] | None = None,
+    pod_security: PodSecurity = DEFAULT_POD_SECURITY,
 ) -> ValidationResult:
     """Check a GPUWorkload on create (``old`` is None) or update (``old`` is the stored object).
 
     ``known_products`` are the ``nvidia.com/gpu.product`` values of the cluster's
-    nodes; None means "unknown" and turns the product warning off.
+    nodes; None means "unknown" and turns the product warning off. ``pod_security`` holds
+    the configured Pod Security Standards level and what the workload's namespace adds.
     """
     try:
-        _check(obj, old)
+        _check(obj, old, pod_security)
     except _Refusal as refusal:
         return ValidationResult(
             allowed=False,
@@ -107,7 +115,7 @@ def validate_workload(
     return ValidationResult(allowed=True, warnings=tuple(product_warnings(obj, known_products)))
 
 
-def _check(obj: Any, old: Any) -> None:
+def _check(obj: Any, old: Any, pod_security: PodSecurity = DEFAULT_POD_SECURITY) -> None:
     if not isinstance(obj, Mapping):
         raise _Refusal(INVALID_SPEC, "object", f"must be a GPUWorkload object, got {_type_name(obj)}")
     creating = old is None
@@ -127,7 +135,8 @@ def _check(obj: Any, old: Any) -> None:
     computed_class = None
     if spec_changed:  # an update that leaves the spec alone (labels, finalizers) is not judged on it again
         _check_containers(spec)
-        parsed = parse_workload(_with_name(obj), DEFAULT_POLICY, {})
+        _check_pod_security(spec, _mapping(obj.get("metadata")).get("namespace"), pod_security)
+        parsed = parse_workload(_with_name(obj), DEFAULT_POLICY, {}, pod_security=pod_security)
         if isinstance(parsed, InvalidWorkload):
             raise _Refusal(INVALID_SPEC, parsed.field or "spec", parsed.message)
         _check_gpu_requests(spec)
@@ -135,6 +144,16 @@ def _check(obj: Any, old: Any) -> None:
     _check_reserved_keys(obj, old, computed_class)
     if not creating:
         _check_immutable_while_holding(spec, old)
+
+
+def _check_pod_security(spec: Mapping[str, Any], namespace: object, pod_security: PodSecurity) -> None:
+    """What ``parse_workload`` checks too, judged here as well because the parser leaves workloads
+    that hold GPUs alone, while a new template on one must be judged all the same."""
+    namespace = namespace if isinstance(namespace, str) and namespace else "default"
+    try:
+        check_template(spec.get("template"), pod_security.rules_for(namespace))
+    except SpecError as error:
+        raise _Refusal(INVALID_SPEC, error.field, error.message) from None
 
 
 def _with_name(obj: Mapping[str, Any]) -> Mapping[str, Any]:

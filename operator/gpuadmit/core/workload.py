@@ -26,6 +26,7 @@ from typing import Any
 from gpuadmit.core.classifier import classify
 from gpuadmit.core.errors import SpecError
 from gpuadmit.core.model import CLASSES, HOLDING_PHASES, InvalidWorkload, Phase, PlacementEntry, Policy, Toleration, Workload, WorkloadClass
+from gpuadmit.core.podsecurity import DEFAULT_POD_SECURITY, PodSecurity, check_template
 from gpuadmit.core.policy import whole_number
 from gpuadmit.core.timefmt import parse_rfc3339_or_none
 
@@ -51,12 +52,15 @@ def parse_workload(
     tiers: Mapping[str, str],
     *,
     now: float | None = None,
+    pod_security: PodSecurity = DEFAULT_POD_SECURITY,
 ) -> Workload | InvalidWorkload:
     """Parse one GPUWorkload object; never raises.
 
     ``tiers`` maps namespace -> value of its ``gpuadmit.io/tier`` label. ``now``
     stands in for a missing ``creationTimestamp`` (hand-written input); without
-    it such a workload counts as created at the epoch.
+    it such a workload counts as created at the epoch. ``pod_security`` says what
+    a template may hold (``core.podsecurity``); a workload that already holds GPUs
+    is not judged on it again, as Pod Security Admission leaves running pods alone.
     """
     if not isinstance(obj, _MAPPINGS):
         return InvalidWorkload(namespace="", name="", field="", message=f"not an object but a {type(obj).__name__}")
@@ -78,7 +82,7 @@ def parse_workload(
             message=f"{field}: must be a non-empty string",
         )
     try:
-        return _parse_valid(obj, metadata, namespace, name, policy, tiers, now)
+        return _parse_valid(obj, metadata, namespace, name, policy, tiers, now, pod_security)
     except SpecError as error:
         return InvalidWorkload(namespace=namespace, name=name, field=error.field, message=str(error))
     except Exception as error:  # noqa: BLE001 - the boundary: no input may crash a cycle
@@ -96,6 +100,7 @@ def _parse_valid(
     policy: Policy,
     tiers: Mapping[str, str],
     now: float | None,
+    pod_security: PodSecurity,
 ) -> Workload:
     spec = obj.get("spec")
     if not isinstance(spec, _MAPPINGS):
@@ -158,6 +163,8 @@ def _parse_valid(
     else:
         phase, queued_since, placement, admitted_at, preemptions = None, created_at, (), None, 0
         admitted_margin = None
+    if phase not in HOLDING_PHASES:
+        check_template(spec.get("template"), pod_security.rules_for(namespace))
 
     uid = metadata.get("uid")
     return Workload(
