@@ -99,9 +99,10 @@ def validate_workload(
     try:
         _check(obj, old, pod_security)
     except _Refusal as refusal:
+        already_named = refusal.message.startswith(f"{refusal.field}: ")  # parse_workload's messages are
         return ValidationResult(
             allowed=False,
-            message=f"{refusal.field}: {refusal.message}",
+            message=refusal.message if already_named else f"{refusal.field}: {refusal.message}",
             field=refusal.field,
             reason=refusal.reason,
         )
