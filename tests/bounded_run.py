@@ -4,10 +4,11 @@ fails the test instead of the machine."""
 
 from __future__ import annotations
 
+import os
 import resource
 import subprocess
 import sys
-from typing import Sequence
+from typing import Mapping, Sequence
 
 # Far more than any command needs for a small input (a run takes about 100 MB), far less than
 # the gigabytes a billion-laughs file or a per-GPU ledger of a "1G" node would take.
@@ -20,15 +21,18 @@ def _limit_memory() -> None:
 
 
 def run_gpuadmit(
-    args: Sequence[str], stdin: bytes | None = None, timeout: float = TIMEOUT_SECONDS
+    args: Sequence[str], stdin: bytes | None = None, timeout: float = TIMEOUT_SECONDS,
+    env: Mapping[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """``gpuadmit ARGS`` under the limits; raises ``subprocess.TimeoutExpired`` when it hangs."""
+    """``gpuadmit ARGS`` under the limits (``env`` added to the environment); raises
+    ``subprocess.TimeoutExpired`` when it hangs."""
     completed = subprocess.run(
         [sys.executable, "-m", "gpuadmit", *args],
         input=stdin,
         capture_output=True,
         timeout=timeout,
         preexec_fn=_limit_memory,
+        env={**os.environ, **env} if env else None,
         check=False,
     )
     return subprocess.CompletedProcess(
