@@ -213,7 +213,7 @@ def _check_alias_expansion(text: str, name: str) -> None:
         elif isinstance(event, yaml.ScalarEvent):
             size, anchor = 1, event.anchor
         elif isinstance(event, yaml.AliasEvent):
-            size, anchor = sizes.get(event.anchor, 1), None
+            size, anchor = sizes.get(event.anchor or "", 1), None
             added += size
             if added > MAX_ALIAS_NODES:
                 line = event.start_mark.line + 1 if event.start_mark is not None else 0

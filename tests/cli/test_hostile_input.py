@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -39,7 +40,7 @@ def node_yaml(gpus: str) -> str:
     return f"apiVersion: v1\nkind: Node\nmetadata: {{name: huge}}\nstatus: {{allocatable: {{nvidia.com/gpu: {gpus}}}}}\n"
 
 
-def decide(path: Path, *extra: str) -> object:
+def decide(path: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     return run_gpuadmit(["decide", "-f", str(path), *extra])
 
 
@@ -62,11 +63,14 @@ def test_a_billion_laughs_inside_a_valid_workload_template_is_refused(tmp_path: 
 
 
 def test_a_few_aliases_are_still_fine(tmp_path: Path) -> None:
+    # Two workloads of one List sharing a container through an anchor: ordinary YAML, decided as usual.
+    shared = WORKLOAD.replace("containers: [{name: c, image: busybox}]", "containers: [&c {name: c, image: busybox}]")
+    second = WORKLOAD.replace("name: w,", "name: w2,").replace("containers: [{name: c, image: busybox}]", "containers: [*c]")
     path = tmp_path / "anchors.yaml"
-    path.write_text(WORKLOAD.replace("containers: [{name: c, image: busybox}]", "containers: [&c {name: c, image: busybox}]")
-                    + "---\n" + WORKLOAD.replace("name: w,", "name: w2,").replace("containers: [{name: c, image: busybox}]", "containers: [{name: c, image: busybox}]"))  # fmt: skip
-    result = decide(path)
+    path.write_text("kind: List\nitems:\n" + "".join(f"- {doc.replace(chr(10), chr(10) + '  ').rstrip()}\n" for doc in (shared, second)))
+    result = decide(path, "-o", "json")
     assert result.returncode == 0, result.stderr
+    assert sorted(d["name"] for d in json.loads(result.stdout)["decisions"]) == ["w", "w2"]
 
 
 @pytest.mark.parametrize("gpus", ['"100M"', '"1G"', "1e19", '"10E"'])

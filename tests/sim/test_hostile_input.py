@@ -3,6 +3,7 @@ memory limit (see tests/bounded_run.py), never a traceback nor an all-zero repor
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -18,8 +19,9 @@ ALIBABA_NODES = b"sn,cpu_milli,memory_mib,gpu,model\nnode-1,96000,786432,8,V100M
 ALIBABA_POD_HEADER = b"name,cpu_milli,memory_mib,num_gpu,gpu_milli,gpu_spec,qos,pod_phase,creation_time,deletion_time,scheduled_time\n"
 
 
-def simulate(tmp_path: Path, workloads: bytes = WORKLOADS, cluster: bytes = CLUSTER, *extra: str,
-             suffix: str = ".csv") -> object:  # fmt: skip
+def simulate(
+    tmp_path: Path, workloads: bytes = WORKLOADS, cluster: bytes = CLUSTER, *extra: str, suffix: str = ".csv"
+) -> subprocess.CompletedProcess[str]:
     (tmp_path / f"w{suffix}").write_bytes(workloads)
     (tmp_path / "c.csv").write_bytes(cluster)
     return run_gpuadmit(["simulate", "--workloads", str(tmp_path / f"w{suffix}"), "--cluster", str(tmp_path / "c.csv"),
@@ -47,7 +49,7 @@ def test_the_well_formed_files_replay(tmp_path: Path) -> None:
         (WORKLOADS, b"name,gpus,product\nn,0,A100\n", "c.csv: no node with GPUs"),
     ],
     ids=["workloads-not-utf8", "cluster-not-utf8", "count-10M", "node-100M-gpus", "node-1e19-gpus", "submit-1e308",
-         "duration-1e308", "duration-nan", "empty", "header-only", "no-gpus"],  # fmt: skip
+         "duration-1e308", "duration-nan", "empty", "header-only", "no-gpus"],
 )
 def test_broken_csv_is_one_line_and_exit_2(tmp_path: Path, workloads: bytes, cluster: bytes, expected: str) -> None:
     assert_refused_in_one_line(simulate(tmp_path, workloads, cluster), PROG, expected)

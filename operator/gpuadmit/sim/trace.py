@@ -246,7 +246,7 @@ def read_plain(workloads_path: str | os.PathLike[str], nodes_path: str | os.Path
     """
     workloads_path = Path(workloads_path)
     nodes = read_nodes(nodes_path)
-    workloads = []
+    workloads: list[TraceWorkload] = []
     for line, row in _rows(workloads_path, "workloads"):
         if len(workloads) >= MAX_WORKLOADS:
             raise TraceError(f"{workloads_path}: more than {MAX_WORKLOADS:,} workloads")
