@@ -252,4 +252,6 @@ def load_policy(filename: str, what: str = "--policy") -> Policy:
 
 def _first_line(error: BaseException) -> str:
     text = str(error)
+    if "integer string conversion" in text:  # Python's limit on int(str), a guard against slow parsing
+        return f"an integer has more than {sys.get_int_max_str_digits()} digits"
     return text.splitlines()[0] if text else type(error).__name__

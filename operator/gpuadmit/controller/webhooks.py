@@ -35,6 +35,7 @@ from kopf._core.engines import admission as kopf_admission  # the errors kopf's 
 from gpuadmit.core.model import API_GROUP, API_VERSION
 from gpuadmit.core.podsecurity import DEFAULT_LEVEL, PodSecurity, namespace_rules
 from gpuadmit.core.validation import mutate_workload, validate_workload
+from gpuadmit.inputs import InputError, decode_utf8, load_json
 from gpuadmit.tlsutil import TlsFiles, find_tls_files, generate_self_signed
 
 logger = logging.getLogger(__name__)
@@ -158,17 +159,9 @@ def parse_admission_review(body: bytes) -> dict[str, Any]:
     Raises ``MalformedReview`` naming the first problem; never anything else.
     """
     try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise MalformedReview(f"the body is not UTF-8 (byte {error.start})") from None
-    try:
-        review = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise MalformedReview(f"the body is not JSON: {error.msg} (line {error.lineno} column {error.colno})") from None
-    except RecursionError:
-        raise MalformedReview(f"the body is nested deeper than {MAX_REVIEW_DEPTH} levels") from None
-    except ValueError as error:  # e.g. an integer of more digits than Python converts
-        raise MalformedReview(f"the body is not usable JSON: {str(error).splitlines()[0][:120]}") from None
+        review = load_json(decode_utf8(body, "the body"), "the body")
+    except InputError as error:
+        raise MalformedReview(str(error)) from None
     if _nesting_depth(review) > MAX_REVIEW_DEPTH:
         raise MalformedReview(f"the body is nested deeper than {MAX_REVIEW_DEPTH} levels")
     if not isinstance(review, dict):
