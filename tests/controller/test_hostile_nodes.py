@@ -26,3 +26,5 @@ def test_a_node_of_ten_million_gpus_is_left_out_and_the_rest_is_decided(cluster,
     assert not [pod for pod in cluster.all_pods() if pod["spec"].get("nodeName") == huge]
     assert huge not in {entry["node"] for w in cluster.workloads() for entry in (w.get("status") or {}).get("placement") or []}
     assert operator.readiness().get("ready") is not False
+    told = [line for line in operator.log_tail(200_000).splitlines() if f"Node {huge} is left out" in line]
+    assert len(told) == 1 and "more than the 1024 one node can have" in told[0], told
