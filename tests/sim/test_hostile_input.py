@@ -98,6 +98,12 @@ def test_load_shapes_that_would_never_end_are_refused(tmp_path: Path, flags: tup
     assert_refused_in_one_line(simulate(tmp_path, WORKLOADS, CLUSTER, *flags), PROG, expected)
 
 
+def test_a_plot_directory_that_cannot_be_made_is_one_line_before_the_replay(tmp_path: Path) -> None:
+    result = simulate(tmp_path, WORKLOADS, CLUSTER, "--plot", str(tmp_path / "w.csv" / "plots"))
+    assert_refused_in_one_line(result, PROG, "--plot", "cannot create the directory")
+    assert result.stdout == ""
+
+
 def test_missing_files_are_one_line_and_exit_2(tmp_path: Path) -> None:
     (tmp_path / "c.csv").write_bytes(CLUSTER)
     result = run_gpuadmit(["simulate", "--workloads", str(tmp_path / "nope.csv"), "--cluster", str(tmp_path / "c.csv")])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Any, Callable, TextIO
 
@@ -51,6 +52,11 @@ def run(args: argparse.Namespace) -> int:
         if unknown or not names:
             raise UsageError(f"--policies: unknown {', '.join(unknown) or '(none given)'}; known: {', '.join(POLICY_NAMES)}")
         trace = load_trace(args)
+        if args.plot:  # before the replay, not after minutes of it
+            try:
+                os.makedirs(args.plot, exist_ok=True)
+            except OSError as error:
+                raise UsageError(f"--plot {args.plot}: cannot create the directory: {error.strerror or error}") from None
     except (UsageError, TraceError, SpecError, InputError) as error:
         print(f"{PROG}: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
