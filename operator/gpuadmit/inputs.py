@@ -44,6 +44,10 @@ MAX_INPUT_BYTES = 2 * 1024**3
 # file stops here in milliseconds instead of expanding for minutes into gigabytes.
 MAX_ALIAS_NODES = 1_000_000
 
+# What might be a YAML anchor (``&name``) or alias (``*name``): after a space, a flow indicator or
+# the line start, so that ``a=1&b=2`` in a URL is not one. A false match only costs a scan.
+_YAML_ANCHOR = re.compile(r"(?:^|[\s\[{,])&[^\s\[\]{},]", re.MULTILINE)
+_YAML_ALIAS = re.compile(r"(?:^|[\s\[{,])\*[^\s\[\]{},]", re.MULTILINE)
 _FIRST_NON_SPACE = re.compile(r"\S")  # JSON or YAML: told by the first character, without copying the text
 _READ_CHUNK = 16 * 1024 * 1024
 
@@ -178,7 +182,7 @@ _Loader.add_constructor("tag:yaml.org,2002:timestamp", _Loader.construct_yaml_st
 
 def _load_yaml(text: str, name: str) -> list[Any]:
     try:
-        if "&" in text and "*" in text:  # without an anchor and an alias there is nothing to expand
+        if _YAML_ANCHOR.search(text) and _YAML_ALIAS.search(text):  # else there is nothing to expand
             _check_alias_expansion(text, name)
         return list(yaml.load_all(text, Loader=_Loader))
     except yaml.MarkedYAMLError as error:
