@@ -427,6 +427,7 @@ MALFORMED_REVIEWS: dict[str, bytes] = {
     "object-string": json.dumps(review_body(object="a GPUWorkload")).encode(),
     "old-object-list": json.dumps(review_body(operation="UPDATE", oldObject=[1])).encode(),
     "no-objects": json.dumps(review_body(object=None)).encode(),
+    "metadata-list": json.dumps(review_body(object={"metadata": [], "spec": {}})).encode(),
     "no-uid": json.dumps(review_body(uid=None)).encode(),
     "resource-string": json.dumps(review_body(resource="gpuworkloads")).encode(),
     "user-info-list": json.dumps(review_body(userInfo=[])).encode(),

@@ -182,6 +182,9 @@ def parse_admission_review(body: bytes) -> dict[str, Any]:
     for key in ("object", "oldObject"):
         if request.get(key) is not None and not isinstance(request[key], dict):
             raise MalformedReview(f"request.{key}: must be an object or null, got {_json_type(request[key])}")
+        metadata = (request.get(key) or {}).get("metadata")
+        if metadata is not None and not isinstance(metadata, dict):  # kopf reads it before any handler
+            raise MalformedReview(f"request.{key}.metadata: must be an object, got {_json_type(metadata)}")
     if request.get("object") is None and request.get("oldObject") is None:
         raise MalformedReview("request.object and request.oldObject: both are missing")
     return review
