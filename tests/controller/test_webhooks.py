@@ -470,3 +470,33 @@ def test_parse_admission_review_accepts_what_an_api_server_sends() -> None:
     assert webhooks.parse_admission_review(json.dumps(body).encode()) == body
     deepest_allowed = json.dumps(review_body()).encode().replace(b'"gpus": 1', b'"gpus": ' + b"[" * 90 + b"]" * 90)
     webhooks.parse_admission_review(deepest_allowed)
+
+
+def _mangled_reviews(count: int, seed: int = 17) -> list[bytes]:
+    """Reviews with one field, anywhere in the request, replaced by a value of another shape."""
+    import random
+
+    rng = random.Random(seed)
+    odd_values: list[Any] = [None, [], {}, "", "x", 0, -1, 1.5, True, [1, "a"], {"a": [None]}, 10**30]
+    bodies = []
+    for _ in range(count):
+        body = review_body(operation=rng.choice(["CREATE", "UPDATE"]), oldObject=serving_workload())
+        target: Any = body
+        while isinstance(target, dict) and target and rng.random() < 0.8:
+            key = rng.choice(sorted(target))
+            if not isinstance(target[key], dict) or rng.random() < 0.3:
+                target[key] = rng.choice(odd_values)
+                break
+            target = target[key]
+        bodies.append(json.dumps(body).encode())
+    return bodies
+
+
+async def test_reviews_with_any_field_of_the_wrong_shape_get_an_answer_never_a_500(
+    webhook: WebhookClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    for body in _mangled_reviews(80):
+        for path in (webhooks.VALIDATE_ID, webhooks.MUTATE_ID):
+            async with webhook.session.post(f"{webhook.base_url}/{path}", data=body, ssl=webhook.ssl) as response:
+                assert response.status in (200, 400, 404), (response.status, body[:300])  # 404: a resource not served
+    assert not any(record.exc_info for record in caplog.records), "a traceback was logged"
