@@ -5,13 +5,13 @@
 Reads multi-document YAML or JSON (``kind: List`` and ``<Kind>List`` included),
 builds the same snapshot the operator builds, runs the engine and prints one
 decision per pending workload. Input problems are reported as one line each on
-stderr, never as a traceback:
+stderr, never as a traceback (exit codes shared by every command, see ``gpuadmit.inputs``):
 
 - exit 0: decided;
-- exit 1: the input (or the policy) could not be read, or some objects in it were
-  skipped because they are not Kubernetes objects (the decisions for the rest are
-  still printed);
-- exit 2: the engine itself failed (a bug: please report the line printed).
+- exit 2: bad input: the input (or the policy, or ``--now``) could not be used, or some
+  objects in it were skipped (not Kubernetes objects, or a node advertising more GPUs
+  than a node can have); the decisions for the rest are still printed;
+- exit 1: the engine itself failed (a bug: please report the line printed).
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ import argparse
 import gc
 import json
 import os
-import re
 import reprlib
 import sys
 import time
@@ -32,18 +31,14 @@ import yaml
 
 from gpuadmit.core.errors import SpecError
 from gpuadmit.core.model import CycleResult, Decision, Policy, Snapshot, Workload
-from gpuadmit.core.policy import parse_policy
+from gpuadmit.core.nodes import advertised_gpu_problem
 from gpuadmit.core.snapshot import build_snapshot, objects_by_kind
 from gpuadmit.core.timefmt import format_rfc3339, parse_rfc3339, parse_rfc3339_or_none
+from gpuadmit.inputs import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, InputError, display_name, load_documents, load_policy
 
 PROG = "gpuadmit decide"
 KINDS_READ = ("Node", "Pod", "Namespace", "GPUWorkload", "MarginPolicy")
 TABLE_COLUMNS = ("NAMESPACE", "NAME", "CLASS", "ACTION", "REASON", "GPUS", "MARGIN", "POS", "PLACEMENT")
-_FIRST_NON_SPACE = re.compile(r"\S")  # JSON or YAML: told by the first character, without copying the text
-
-
-class InputError(Exception):
-    """An input that cannot be used at all: one line for stderr, naming the file and position."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -78,7 +73,9 @@ def run(args: argparse.Namespace) -> int:
 
 def _decide(args: argparse.Namespace) -> int:
     try:
-        documents = load_documents(args.filename)
+        documents = [document for document in load_documents(args.filename) if document is not None]
+        if not documents:
+            raise InputError(f"{display_name(args.filename)}: holds no objects")
         grouped = objects_by_kind(documents)
         problems = find_unusable_objects(grouped)
         policies: list[Mapping[str, Any] | Policy] = list(grouped.get("MarginPolicy", []))
@@ -98,19 +95,25 @@ def _decide(args: argparse.Namespace) -> int:
         )
     except InputError as error:
         print(f"{PROG}: {error}", file=sys.stderr)
-        return 1
+        return EXIT_BAD_INPUT
     except SpecError as error:
-        print(f"{PROG}: MarginPolicy {args.policy_name!r} is invalid: {error.field}: {error.message}", file=sys.stderr)
-        return 1
+        print(f"{PROG}: MarginPolicy {args.policy_name!r} is invalid: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except RecursionError:  # a template nested past what the parsers follow
+        print(f"{PROG}: {display_name(args.filename)}: nested too deeply to be a Kubernetes object", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except MemoryError:
+        print(f"{PROG}: {display_name(args.filename)}: too large to decide in the memory available", file=sys.stderr)
+        return EXIT_BAD_INPUT
     except Exception as error:  # noqa: BLE001 - the parsers never raise; if one does, one line, not a traceback
         print(f"{PROG}: could not read the input: {type(error).__name__}: {error}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
 
     try:
         result = solve(snapshot, args.solver)
     except Exception as error:  # noqa: BLE001 - one line, not a traceback, even for our own bugs
         print(f"{PROG}: the {args.solver} solver failed: {type(error).__name__}: {error}", file=sys.stderr)
-        return 2
+        return EXIT_FAILED
 
     for problem in problems:
         print(f"{PROG}: {display_name(args.filename)}: skipped {problem}", file=sys.stderr)
@@ -126,7 +129,7 @@ def _decide(args: argparse.Namespace) -> int:
         sys.stdout.flush()
     except BrokenPipeError:  # `| head`: the reader has seen enough
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - so the flush at exit does not fail again
-    return 1 if problems else 0
+    return EXIT_BAD_INPUT if problems else EXIT_OK
 
 
 def solve(snapshot: Snapshot, solver: str) -> CycleResult:
@@ -142,105 +145,6 @@ def solve(snapshot: Snapshot, solver: str) -> CycleResult:
 # --- reading ------------------------------------------------------------------------------
 
 
-def display_name(filename: str) -> str:
-    return "<stdin>" if filename == "-" else filename
-
-
-def read_text(filename: str) -> str:
-    try:
-        if filename == "-":
-            data = sys.stdin.buffer.read()
-        else:
-            with open(filename, "rb") as handle:
-                data = handle.read()
-    except OSError as error:
-        raise InputError(f"{display_name(filename)}: cannot read: {error.strerror or error}") from None
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as error:
-        line = data[: error.start].count(b"\n") + 1
-        raise InputError(f"{display_name(filename)}: line {line}: not UTF-8 text (byte {error.start})") from None
-
-
-def load_documents(filename: str) -> list[Any]:
-    """Every document of a YAML stream, or of a JSON value / stream of JSON values."""
-    text = read_text(filename)
-    name = display_name(filename)
-    first = _FIRST_NON_SPACE.search(text)
-    if first is not None and first.group() in ("{", "["):
-        documents = _load_json(text, name)
-    else:
-        documents = _load_yaml(text, name)
-    # A top-level JSON or YAML array is a list of objects, like the items of a List.
-    flattened: list[Any] = []
-    for document in documents:
-        flattened.extend(document if isinstance(document, list) else [document])
-    return flattened
-
-
-def _load_json(text: str, name: str) -> list[Any]:
-    try:
-        return [json.loads(text)]
-    except RecursionError:
-        raise InputError(f"{name}: nested too deeply to be a Kubernetes object") from None
-    except json.JSONDecodeError as error:
-        if error.msg != "Extra data":
-            raise InputError(f"{name}: line {error.lineno} column {error.colno}: not valid JSON: {error.msg}") from None
-    # Several JSON values one after another (e.g. `kubectl get -o json` run twice).
-    decoder = json.JSONDecoder()
-    documents: list[Any] = []
-    position, end = 0, len(text)
-    while True:
-        while position < end and text[position].isspace():
-            position += 1
-        if position >= end:
-            return documents
-        try:
-            document, position = decoder.raw_decode(text, position)
-        except json.JSONDecodeError as error:
-            raise InputError(f"{name}: line {error.lineno} column {error.colno}: not valid JSON: {error.msg}") from None
-        except RecursionError:
-            raise InputError(f"{name}: nested too deeply to be a Kubernetes object") from None
-        documents.append(document)
-
-
-class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
-    """Safe YAML (C speed when libyaml is there) that keeps timestamps as the strings they are."""
-
-
-_Loader.add_constructor("tag:yaml.org,2002:timestamp", _Loader.construct_yaml_str)
-
-
-def _load_yaml(text: str, name: str) -> list[Any]:
-    try:
-        return list(yaml.load_all(text, Loader=_Loader))
-    except yaml.MarkedYAMLError as error:
-        mark = error.problem_mark or error.context_mark
-        where = f"line {mark.line + 1} column {mark.column + 1}: " if mark is not None else ""
-        problem = error.problem or error.context or "unreadable"
-        raise InputError(f"{name}: {where}not valid YAML: {problem}") from None
-    except RecursionError:
-        raise InputError(f"{name}: nested too deeply to be a Kubernetes object") from None
-    except yaml.YAMLError as error:
-        raise InputError(f"{name}: not valid YAML: {str(error).splitlines()[0] if str(error) else 'unreadable'}") from None
-
-
-def load_policy(filename: str) -> Policy:
-    """The MarginPolicy in a file: a MarginPolicy object (the first one) or a bare spec mapping."""
-    name = display_name(filename)
-    documents = [document for document in load_documents(filename) if document is not None]
-    grouped = objects_by_kind(documents)
-    candidates = grouped.get("MarginPolicy") or [
-        document for document in documents if isinstance(document, Mapping) and "kind" not in document
-    ]
-    if not candidates:
-        raise InputError(f"{name}: no MarginPolicy (nor a bare MarginPolicy spec) in it")
-    try:
-        return parse_policy(candidates[0])
-    except SpecError as error:
-        raise InputError(f"{name}: invalid MarginPolicy: {error.field}: {error.message}") from None
-
-
 def parse_now(text: str) -> float:
     try:
         return parse_rfc3339(text)
@@ -249,7 +153,7 @@ def parse_now(text: str) -> float:
 
 
 def find_unusable_objects(grouped: Mapping[str, list[Any]]) -> list[str]:
-    """One line per object that cannot even be named: not a mapping, no kind, or no metadata.name."""
+    """One line per object left out: not a mapping, no kind, no metadata.name, or a node of impossibly many GPUs."""
     problems = [f"an object without a kind: {_preview(obj)}" for obj in grouped.get("", [])]
     for kind in KINDS_READ:
         for obj in grouped.get(kind, []):
@@ -257,6 +161,10 @@ def find_unusable_objects(grouped: Mapping[str, list[Any]]) -> list[str]:
             name = metadata.get("name") if isinstance(metadata, Mapping) else None
             if not isinstance(name, str) or not name:
                 problems.append(f"a {kind} without metadata.name: {_preview(obj)}")
+            elif kind == "Node":
+                problem = advertised_gpu_problem(obj)
+                if problem is not None:
+                    problems.append(f"Node {name!r}: {problem}")
     return problems
 
 

@@ -27,7 +27,7 @@ import threading
 import time
 from collections import Counter as Tally
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator, Mapping
+from typing import Callable, Iterable, Iterator, Mapping
 
 from prometheus_client import (
     GC_COLLECTOR,
@@ -318,18 +318,28 @@ class Metrics:
     ``prometheus_client`` does for its global registry. ``per_namespace=True``
     adds ``gpuadmit_namespace_*`` series labelled by namespace: useful on
     clusters with few tenants, a cardinality risk on clusters with many.
+    ``existing_namespaces`` (optional) returns the namespaces that exist now, or
+    None when not known; the per-namespace series of the others are dropped after
+    each cycle, so deleted namespaces leave nothing behind.
 
     Every ``observe_*`` method swallows and logs its own failures: a metrics bug
     must never stop admissions.
     """
 
-    def __init__(self, registry: CollectorRegistry | None = None, per_namespace: bool = False) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry | None = None,
+        per_namespace: bool = False,
+        existing_namespaces: Callable[[], Iterable[str] | None] | None = None,
+    ) -> None:
         if registry is None:
             registry = CollectorRegistry()
             for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
                 registry.register(collector)
         self.registry = registry
         self.per_namespace = per_namespace
+        self._existing_namespaces = existing_namespaces
+        self._namespace_series: set[tuple[str, str, str]] = set()  # label values of namespace_decisions
         self._lock = threading.Lock()
         # Last outcome counted per pending workload, so a workload that stays
         # queued for a hundred cycles counts as one queue decision, not a hundred.
@@ -411,6 +421,7 @@ class Metrics:
                 gauges = gauges_after_cycle(snapshot, result, self.per_namespace, self._admitted_margin)
                 self._count_new_decisions(snapshot, result)
                 self._remember_admitted_margins(snapshot, result)
+                self._forget_deleted_namespaces()
             self._cluster.latest = gauges
             self.cycle_duration.observe(max(0.0, duration_s))
             self.cycles.inc()
@@ -429,7 +440,9 @@ class Metrics:
             self._last_outcome[decision.key] = outcome
             self.decisions.labels(decision.action.value, _class_label(decision), decision.reason.value).inc()
             if self.namespace_decisions is not None:
-                self.namespace_decisions.labels(decision.namespace, decision.action.value, decision.reason.value).inc()
+                labels = (decision.namespace, decision.action.value, decision.reason.value)
+                self.namespace_decisions.labels(*labels).inc()
+                self._namespace_series.add(labels)
             workload = pending.get(decision.key)
             if decision.action is Action.REJECT and workload is not None:
                 margin = _waiting_margin_per_hour(snapshot.policy, workload, decision, products)
@@ -439,6 +452,18 @@ class Metrics:
         for key in list(self._last_outcome):
             if key not in still_pending:
                 del self._last_outcome[key]
+
+    def _forget_deleted_namespaces(self) -> None:
+        """Drop the per-namespace series of namespaces that no longer exist (when that is known)."""
+        if self.namespace_decisions is None or self._existing_namespaces is None or not self._namespace_series:
+            return
+        existing = self._existing_namespaces()
+        if existing is None:
+            return
+        existing = set(existing)
+        for labels in [labels for labels in self._namespace_series if labels[0] not in existing]:
+            self.namespace_decisions.remove(*labels)
+            self._namespace_series.discard(labels)
 
     def _remember_admitted_margins(self, snapshot: Snapshot, result: CycleResult) -> None:
         victims = {p.key for p in result.preemptions}

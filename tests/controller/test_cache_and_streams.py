@@ -118,3 +118,22 @@ def test_peering_verdict() -> None:
     assert not we_lead({"other": {"priority": 90, "lastseen": fresh, "lifetime": 60}}, "me", 50, now)
     assert not we_lead({"other": {"priority": 50, "lastseen": fresh, "lifetime": 60}}, "me", 50, now)  # a tie pauses
     assert we_lead({"other": {"priority": 90, "lastseen": stale, "lifetime": 60}}, "me", 50, now)  # dead peer
+
+
+def test_a_node_of_impossibly_many_gpus_is_told_once_not_at_every_heartbeat(caplog) -> None:
+    def node(version: int, gpus: str) -> dict:
+        return {"metadata": {"name": "huge", "uid": "n1", "resourceVersion": str(version)},
+                "status": {"allocatable": {"nvidia.com/gpu": gpus}}}
+
+    cache = ObjectCache()
+    caplog.set_level("WARNING", logger="gpuadmit.controller.cache")
+    cache.replace_all(NODE, [node(1, "10M")])
+    for version in range(2, 6):  # heartbeats
+        cache.put(NODE, node(version, "10M"))
+    assert [r.getMessage() for r in caplog.records] == [
+        "Node huge is left out of every decision: status.allocatable[nvidia.com/gpu]: 10000000 GPUs is more than "
+        "the 1024 one node can have"
+    ]
+    cache.put(NODE, node(6, "8"))  # fixed, then broken again: told again
+    cache.put(NODE, node(7, "1G"))
+    assert len(caplog.records) == 2 and "1000000000 GPUs" in caplog.records[1].getMessage()

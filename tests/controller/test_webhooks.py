@@ -402,3 +402,101 @@ def test_the_listening_address_can_come_from_the_environment(tmp_path: Path, mon
     )
     assert server is not None and server.addr == "127.0.0.1"
     assert (tmp_path / "ca.crt").exists() and (tmp_path / "tls.key").stat().st_mode & 0o077 == 0
+
+
+def review_body(**request_overrides: Any) -> dict[str, Any]:
+    request: dict[str, Any] = {
+        "uid": str(uuid.uuid4()),
+        "kind": {"group": "gpuadmit.io", "version": "v1alpha1", "kind": "GPUWorkload"},
+        "resource": {"group": "gpuadmit.io", "version": "v1alpha1", "resource": "gpuworkloads"},
+        "operation": "CREATE",
+        "userInfo": {"username": "mallory"},
+        "object": serving_workload(),
+        "oldObject": None,
+    }
+    request.update(request_overrides)
+    return {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": request}
+
+
+MALFORMED_REVIEWS: dict[str, bytes] = {
+    "null": b"null",
+    "list": b"[]",
+    "string": b'"AdmissionReview"',
+    "no-request": json.dumps({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview"}).encode(),
+    "request-null": json.dumps({"kind": "AdmissionReview", "request": None}).encode(),
+    "object-string": json.dumps(review_body(object="a GPUWorkload")).encode(),
+    "old-object-list": json.dumps(review_body(operation="UPDATE", oldObject=[1])).encode(),
+    "no-objects": json.dumps(review_body(object=None)).encode(),
+    "metadata-list": json.dumps(review_body(object={"metadata": [], "spec": {}})).encode(),
+    "no-uid": json.dumps(review_body(uid=None)).encode(),
+    "resource-string": json.dumps(review_body(resource="gpuworkloads")).encode(),
+    "user-info-list": json.dumps(review_body(userInfo=[])).encode(),
+    "bad-utf8": json.dumps(review_body()).encode().replace(b"mallory", b"mall\xff\xfery"),
+    "5000-digits": json.dumps(review_body()).encode().replace(b'"gpus": 1', b'"gpus": ' + b"9" * 5000),
+    "deep-nesting": json.dumps(review_body()).encode().replace(b'"gpus": 1', b'"gpus": ' + b"[" * 5000 + b"]" * 5000),
+    "deep-but-parsable": json.dumps(review_body()).encode().replace(b'"gpus": 1', b'"gpus": ' + b"[" * 300 + b"]" * 300),
+    "not-json": b"{not json",
+}
+
+
+@pytest.mark.parametrize("name", sorted(MALFORMED_REVIEWS))
+async def test_a_malformed_admission_review_gets_400_and_one_log_line(
+    webhook: WebhookClient, caplog: pytest.LogCaptureFixture, name: str
+) -> None:
+    caplog.set_level("DEBUG")
+    for path in (webhooks.VALIDATE_ID, webhooks.MUTATE_ID):
+        caplog.clear()
+        async with webhook.session.post(
+            f"{webhook.base_url}/{path}", data=MALFORMED_REVIEWS[name], ssl=webhook.ssl,
+            headers={"Content-Type": "application/json"},
+        ) as response:  # fmt: skip
+            assert response.status == 400, await response.text()
+            assert "malformed AdmissionReview" in await response.text()
+        refusals = [r for r in caplog.records if r.name == webhooks.logger.name and r.levelname == "WARNING"]
+        assert len(refusals) == 1 and "\n" not in refusals[0].getMessage(), [r.getMessage() for r in caplog.records]
+        assert not any(r.exc_info for r in caplog.records), "a traceback was logged"
+        assert "Traceback" not in caplog.text
+
+
+async def test_after_malformed_reviews_a_good_one_is_still_answered(webhook: WebhookClient) -> None:
+    for body in MALFORMED_REVIEWS.values():
+        async with webhook.session.post(f"{webhook.base_url}/{webhooks.VALIDATE_ID}", data=body, ssl=webhook.ssl) as response:
+            assert response.status == 400
+    assert (await webhook.review(webhooks.VALIDATE_ID, serving_workload()))["allowed"] is True
+
+
+def test_parse_admission_review_accepts_what_an_api_server_sends() -> None:
+    body = review_body(operation="UPDATE", oldObject=serving_workload())
+    assert webhooks.parse_admission_review(json.dumps(body).encode()) == body
+    deepest_allowed = json.dumps(review_body()).encode().replace(b'"gpus": 1', b'"gpus": ' + b"[" * 90 + b"]" * 90)
+    webhooks.parse_admission_review(deepest_allowed)
+
+
+def _mangled_reviews(count: int, seed: int = 17) -> list[bytes]:
+    """Reviews with one field, anywhere in the request, replaced by a value of another shape."""
+    import random
+
+    rng = random.Random(seed)
+    odd_values: list[Any] = [None, [], {}, "", "x", 0, -1, 1.5, True, [1, "a"], {"a": [None]}, 10**30]
+    bodies = []
+    for _ in range(count):
+        body = review_body(operation=rng.choice(["CREATE", "UPDATE"]), oldObject=serving_workload())
+        target: Any = body
+        while isinstance(target, dict) and target and rng.random() < 0.8:
+            key = rng.choice(sorted(target))
+            if not isinstance(target[key], dict) or rng.random() < 0.3:
+                target[key] = rng.choice(odd_values)
+                break
+            target = target[key]
+        bodies.append(json.dumps(body).encode())
+    return bodies
+
+
+async def test_reviews_with_any_field_of_the_wrong_shape_get_an_answer_never_a_500(
+    webhook: WebhookClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    for body in _mangled_reviews(80):
+        for path in (webhooks.VALIDATE_ID, webhooks.MUTATE_ID):
+            async with webhook.session.post(f"{webhook.base_url}/{path}", data=body, ssl=webhook.ssl) as response:
+                assert response.status in (200, 400, 404), (response.status, body[:300])  # 404: a resource not served
+    assert not any(record.exc_info for record in caplog.records), "a traceback was logged"

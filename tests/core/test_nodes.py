@@ -8,14 +8,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gpuadmit.core.errors import show_number
 from gpuadmit.core.model import GpuNode, Taint
 from gpuadmit.core.nodes import (
+    MAX_GPUS_PER_NODE,
+    advertised_gpu_problem,
     gpus_used_by_node,
     node_from_object,
     parse_quantity,
     pod_gpu_request,
     pod_is_terminal,
 )
+from gpuadmit.core.snapshot import build_snapshot
 
 
 def a_node(
@@ -176,3 +180,30 @@ def test_gpus_used_by_node_counts_bound_non_terminal_pods_only() -> None:
 def test_node_parsing_never_raises(junk: Any) -> None:
     node = node_from_object(junk, 1)
     assert node is None or node.allocatable > 0
+
+
+@pytest.mark.parametrize("advertised", ["100M", "1G", 1e19, "10E", str(MAX_GPUS_PER_NODE + 1)])
+def test_a_node_advertising_more_gpus_than_a_node_can_have_is_left_out_and_says_why(advertised: object) -> None:
+    obj = {"metadata": {"name": "huge"}, "status": {"allocatable": {"nvidia.com/gpu": advertised}}}
+    assert node_from_object(obj, 0) is None
+    problem = advertised_gpu_problem(obj)
+    assert problem is not None and f"more than the {MAX_GPUS_PER_NODE} one node can have" in problem
+    assert len(problem) < 200  # a number abbreviated, never hundreds of digits
+    snapshot = build_snapshot(nodes=[obj], pods=[], namespaces=[], workloads=[], policies=[], now=0.0)
+    assert snapshot.nodes == ()
+
+
+def test_a_node_at_the_cap_is_a_node() -> None:
+    obj = {"metadata": {"name": "big"}, "status": {"allocatable": {"nvidia.com/gpu": str(MAX_GPUS_PER_NODE)}}}
+    parsed = node_from_object(obj, 0)
+    assert parsed is not None and parsed.allocatable == MAX_GPUS_PER_NODE
+    assert advertised_gpu_problem(obj) is None
+    assert advertised_gpu_problem({"metadata": {"name": "none"}, "status": {}}) is None
+
+
+@pytest.mark.parametrize(
+    "value, shown",
+    [(8, "8"), (8.0, "8"), (0.5, "0.5"), (10**19, "1e+19"), (1e308, "1e+308"), (10**400, "about 1e+400"), (float("inf"), "inf")],
+)
+def test_numbers_in_messages_are_abbreviated_when_huge(value: float, shown: str) -> None:
+    assert show_number(value) == shown

@@ -170,3 +170,11 @@ def test_arbitrary_specs_parse_or_raise_spec_error_only(spec: dict[str, Any]) ->
     assert 0.0 <= policy.inference_reserve_fraction <= 1.0
     assert all(value >= 0 for value in policy.gpu_cost_per_hour.values())
     assert set(policy.price_per_gpu_hour) == {"inference", "training"}
+
+
+@pytest.mark.parametrize("value, shown", [(10**400, "about 1e+400"), (1e308, "1e+308"), (-(10**30), "-1e+30")])
+def test_huge_numbers_are_refused_with_an_abbreviated_message(value: object, shown: str) -> None:
+    with pytest.raises(SpecError) as raised:
+        parse_policy({"spec": {"inferenceReserveFraction": value}})
+    assert raised.value.field == "spec.inferenceReserveFraction" and shown in raised.value.message
+    assert len(str(raised.value)) < 120

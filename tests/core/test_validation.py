@@ -250,6 +250,30 @@ def test_a_deleting_object_can_always_lose_its_finalizers() -> None:
     assert validate_workload(new, old).allowed
 
 
+def test_a_deleting_object_gets_every_check_on_what_it_changes() -> None:
+    base = workload(training_template(), gpus=1)
+    base["metadata"]["finalizers"] = ["kopf.zalando.org/KopfFinalizerMarker"]
+    stored = admitted(base)
+    stored["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    grown = copy.deepcopy(stored)
+    grown["spec"]["gpus"] = 8
+    result = validate_workload(grown, stored)
+    assert not result.allowed and result.field == "spec.gpus", result
+    forged = copy.deepcopy(stored)
+    forged["metadata"]["labels"] = {CLASS_LABEL: "inference"}
+    result = validate_workload(forged, stored)
+    assert not result.allowed and result.reason == "ReservedKey", result
+    released = copy.deepcopy(stored)
+    released["metadata"]["finalizers"] = []
+    assert validate_workload(released, stored).allowed
+
+
+def test_a_refusal_names_its_field_once_and_abbreviates_huge_numbers() -> None:
+    result = validate_workload(workload(training_template(), gpus=1e308))
+    assert not result.allowed and result.field == "spec.gpus"
+    assert result.message == "spec.gpus: must be between 1 and 64, got 1e+308"
+
+
 def test_a_label_only_update_of_an_old_object_is_not_judged_on_its_spec() -> None:
     old = workload()
     old["spec"]["template"]["spec"]["containers"][0]["image"] = ""

@@ -245,6 +245,17 @@ def test_per_namespace_breakdown_is_opt_in() -> None:
     assert not any(name.startswith("gpuadmit_namespace_") for name, _ in samples(Metrics()))
 
 
+def test_per_namespace_series_of_deleted_namespaces_are_dropped() -> None:
+    existing: set[str] | None = None  # not known yet: nothing is dropped
+    metrics = Metrics(per_namespace=True, existing_namespaces=lambda: existing)
+    metrics.observe_cycle(*cluster_after_a_busy_cycle(), duration_s=0.01)
+    assert value(metrics, "gpuadmit_namespace_decisions_total", namespace="lab", action="reject", reason="InvalidSpec") == 1
+    existing = {"prod", "research"}  # "lab" was deleted
+    metrics.observe_cycle(*cluster_after_a_busy_cycle(), duration_s=0.01)
+    namespaces = {dict(labels).get("namespace") for (name, labels) in samples(metrics) if name.startswith("gpuadmit_namespace_")}
+    assert "lab" not in namespaces and "research" in namespaces
+
+
 def test_build_info_names_the_version_and_registries_are_independent() -> None:
     registry = CollectorRegistry()
     metrics = Metrics(registry=registry)

@@ -10,7 +10,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from tools.render_chart import render_chart
+from tools.render_chart import render_chart, rendered_objects
 
 from .conftest import CHART_DIR, REPO, VALUE_SETS, load_values
 
@@ -52,6 +52,27 @@ def test_everything_on_renders_every_optional_part(rendered_by_value_set: dict) 
     assert {"Certificate", "Issuer", "Role", "RoleBinding", "KopfPeering"} <= kinds(rendered_by_value_set["namespaced-certmanager"])
     (peering,) = only(rendered_by_value_set["everything-on"], "ClusterKopfPeering")
     assert peering["metadata"]["name"] == "gpuadmit"  # the name --peering is given
+
+
+def test_the_network_policy_lets_only_the_api_server_reach_the_webhook_port_when_told_its_addresses(
+    rendered_by_value_set: dict,
+) -> None:
+    (policy,) = only(rendered_by_value_set["everything-on"], "NetworkPolicy")
+    rules = {tuple(port["port"] for port in rule["ports"]): rule for rule in policy["spec"]["ingress"]}
+    assert set(rules) == {("metrics",), ("health",), ("webhook",)}
+    assert rules[("webhook",)]["from"] == [
+        {"ipBlock": {"cidr": "10.0.0.0/24"}},
+        {"ipBlock": {"cidr": "fd00::/64"}},
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}}},
+    ]
+    assert "from" not in rules[("health",)]
+
+
+def test_without_api_server_addresses_the_webhook_port_stays_reachable() -> None:
+    objects = rendered_objects(render_chart(CHART_DIR, {"networkPolicy": {"enabled": True}, "webhooks": {"enabled": True}}))
+    (policy,) = only(objects, "NetworkPolicy")
+    webhook_rules = [rule for rule in policy["spec"]["ingress"] if rule["ports"][0]["port"] == "webhook"]
+    assert webhook_rules and "from" not in webhook_rules[0]  # an API server of unknown address must get through
 
 
 @pytest.mark.parametrize("kubernetes_version", KUBERNETES_VERSIONS)
@@ -120,6 +141,7 @@ def test_values_schema_rejects_wrong_types() -> None:
         {"marginPolicy": {"pricePerGPUHour": {"inference": "six"}}},
         {"ports": {"metrics": 70000}},
         {"operator": {"podSecurityLevel": "lenient"}},
+        {"networkPolicy": {"apiServerCIDRs": ["the api server"]}},
         {"unknownKnob": True},
     ):
         with pytest.raises(helm.HelmValuesError):

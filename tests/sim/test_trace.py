@@ -118,9 +118,11 @@ def test_plain_csv_and_json_read_the_same(tmp_path):
     [
         ({"class": "serving"}, "column 'class'"),
         ({"gpus": "two"}, "column 'gpus' must be a number"),
-        ({"gpus": 0}, "at least 1"),
+        ({"gpus": 0}, "must be 1..1024 and 1..100,000, got 0 and 1"),
+        ({"gpus": 10**9}, "got 1000000000 and 1"),
         ({"submit_time": ""}, "column 'submit_time' is missing"),
-        ({"duration_s": "-5"}, "at least 0"),
+        ({"duration_s": "-5"}, "must be 0..31536000000 seconds"),
+        ({"submit_time": "1e308"}, "must be 0..31536000000 seconds"),
         ({"name": ""}, "column 'name' is empty"),
     ],
 )

@@ -15,13 +15,16 @@ objects leave a tombstone (their uid) so a late event cannot resurrect them.
 
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from gpuadmit.core.model import WORKLOAD_LABEL
-from gpuadmit.core.nodes import pod_gpu_request
+from gpuadmit.core.nodes import advertised_gpu_problem, pod_gpu_request
+
+logger = logging.getLogger(__name__)
 
 WORKLOAD = "GPUWorkload"
 POLICY = "MarginPolicy"
@@ -67,6 +70,7 @@ class ObjectCache:
     objects: dict[str, dict[str, dict[str, Any]]] = field(default_factory=lambda: {kind: {} for kind in KINDS})
     _tombstones: "OrderedDict[str, None]" = field(default_factory=OrderedDict)
     seeded: bool = False  # set once the initial lists of every kind are in
+    _nodes_left_out: set[str] = field(default_factory=set)  # told once each, not at every heartbeat
 
     def put(self, kind: str, obj: Mapping[str, Any]) -> bool:
         """Store an object (from a list, an event or a write answer); True if it changed the cache."""
@@ -85,7 +89,18 @@ class ObjectCache:
             if new_version is not None and old_version is not None and new_version <= old_version:
                 return False  # stale: an echo of something we already hold
         store[key] = dict(obj)
+        if kind == NODE:
+            self._tell_if_left_out(key, obj)
         return True
+
+    def _tell_if_left_out(self, name: str, node: Mapping[str, Any]) -> None:
+        """Log once when a node advertises GPUs the engine will not use (more than a node can have)."""
+        problem = advertised_gpu_problem(node)
+        if problem is None:
+            self._nodes_left_out.discard(name)
+        elif name not in self._nodes_left_out:
+            self._nodes_left_out.add(name)
+            logger.warning("Node %s is left out of every decision: %s", name, problem)
 
     def remove(self, kind: str, obj: Mapping[str, Any]) -> bool:
         key = object_key(obj)
@@ -113,6 +128,8 @@ class ObjectCache:
             if isinstance(obj, Mapping) and (obj.get("metadata") or {}).get("name"):
                 if kind != POD or is_relevant_pod(obj):
                     fresh[object_key(obj)] = dict(obj)
+                if kind == NODE:
+                    self._tell_if_left_out(object_key(obj), obj)
         self.objects[kind] = fresh
 
     def get(self, kind: str, key: str) -> dict[str, Any] | None:

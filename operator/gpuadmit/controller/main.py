@@ -12,6 +12,7 @@ import argparse
 import logging
 import os
 import socket
+import sys
 import uuid
 
 from gpuadmit.controller.peering import random_priority
@@ -70,7 +71,45 @@ def options_from_args(args: argparse.Namespace) -> OperatorOptions:
     )
 
 
+def check_files(args: argparse.Namespace) -> None:
+    """The files `gpuadmit run` reads, checked before kopf starts: each problem is an ``InputError``.
+
+    Without this a missing, empty or garbled KUBECONFIG or certificate ended in a traceback from
+    deep inside kopf, which then kept retrying for ever.
+    """
+    from gpuadmit.inputs import InputError, decode_utf8, read_bytes
+
+    for path in os.environ.get("KUBECONFIG", "").split(os.pathsep):
+        if path:
+            decode_utf8(read_bytes(path, "KUBECONFIG"), f"KUBECONFIG {path}")
+    from gpuadmit.controller.api import resolve_credentials
+
+    try:
+        resolve_credentials()
+    except Exception as error:  # noqa: BLE001 - kopf's login raises anything from LoginError to YAML errors
+        text = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise InputError(f"no usable credentials (in-cluster service account or KUBECONFIG): {text}") from None
+    from gpuadmit.tlsutil import find_tls_files
+
+    files = find_tls_files(args.webhook_cert_dir) if args.webhook_port else None
+    if files is not None:
+        import ssl
+
+        try:
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(str(files.certfile), str(files.keyfile))
+        except (OSError, ssl.SSLError) as error:
+            raise InputError(f"--webhook-cert-dir {args.webhook_cert_dir}: tls.crt and tls.key are not a usable pair: {error}") from None
+
+
 def run(args: argparse.Namespace) -> int:
+    from gpuadmit.inputs import EXIT_BAD_INPUT, InputError
+
+    try:
+        check_files(args)
+    except InputError as error:
+        print(f"gpuadmit run: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
     import kopf  # imported here so `gpuadmit decide` never loads it
 
     from gpuadmit.controller import handlers

@@ -161,13 +161,19 @@ class OperatorRuntime:
         await self._health_runner.setup()
         await web.TCPSite(self._health_runner, "0.0.0.0", self.options.health_port).start()
 
+    def _namespace_names(self) -> set[str] | None:
+        """The namespaces in the cache; None (unknown) before the first list or when none is seen."""
+        names = {(obj.get("metadata") or {}).get("name") for obj in self.cache.all(NAMESPACE)}
+        names.discard(None)
+        return names if self.cache.seeded and names else None  # type: ignore[return-value]
+
     def _start_metrics(self) -> MetricsSink | None:
         try:
             from gpuadmit.metrics import Metrics, start_metrics_server
         except ImportError:
             logger.warning("gpuadmit.metrics is not available: running without metrics")
             return None
-        metrics = Metrics(per_namespace=self.options.per_namespace_metrics)
+        metrics = Metrics(per_namespace=self.options.per_namespace_metrics, existing_namespaces=self._namespace_names)
         if self.options.metrics_port:
             try:
                 self._metrics_server = start_metrics_server(metrics, self.options.metrics_port)

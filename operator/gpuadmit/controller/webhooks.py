@@ -28,11 +28,14 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
+import aiohttp.web
 import kopf
+from kopf._core.engines import admission as kopf_admission  # the errors kopf's own server maps to HTTP codes
 
 from gpuadmit.core.model import API_GROUP, API_VERSION
 from gpuadmit.core.podsecurity import DEFAULT_LEVEL, PodSecurity, namespace_rules
 from gpuadmit.core.validation import mutate_workload, validate_workload
+from gpuadmit.inputs import InputError, decode_utf8, load_json
 from gpuadmit.tlsutil import TlsFiles, find_tls_files, generate_self_signed
 
 logger = logging.getLogger(__name__)
@@ -45,6 +48,10 @@ OPERATIONS = ["CREATE", "UPDATE"]
 REFUSAL_CODE = 422
 DEFAULT_WEBHOOK_ADDR = "0.0.0.0"
 SERVICE_ACCOUNT_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
+# Deepest JSON nesting an AdmissionReview may have. A GPUWorkload's deepest real field (a node
+# affinity's match expression values) sits about 15 levels down; past a few hundred, the copies
+# and diffs made of the object on its way to the handlers run out of Python's recursion limit.
+MAX_REVIEW_DEPTH = 100
 
 # Returns the nvidia.com/gpu.product values the cluster's nodes have, or None when
 # not known yet (then no warning is given). The operator's cache supplies it.
@@ -142,6 +149,100 @@ def _plain(body: Mapping[str, Any] | None) -> dict[str, Any]:
     return json.loads(json.dumps(dict(body or {}), default=str))
 
 
+class MalformedReview(ValueError):
+    """A request body that is not a well-formed AdmissionReview; the text is one line, for the log."""
+
+
+def parse_admission_review(body: bytes) -> dict[str, Any]:
+    """The AdmissionReview in a request body, checked as far as kopf relies on it to answer.
+
+    Raises ``MalformedReview`` naming the first problem; never anything else.
+    """
+    try:
+        review = load_json(decode_utf8(body, "the body"), "the body")
+    except InputError as error:
+        raise MalformedReview(str(error)) from None
+    if _nesting_depth(review) > MAX_REVIEW_DEPTH:
+        raise MalformedReview(f"the body is nested deeper than {MAX_REVIEW_DEPTH} levels")
+    if not isinstance(review, dict):
+        raise MalformedReview(f"the body must be an AdmissionReview object, got {_json_type(review)}")
+    request = review.get("request")
+    if not isinstance(request, dict):
+        raise MalformedReview(f"request: must be an object, got {_json_type(request)}")
+    if not isinstance(request.get("uid"), str) or not request["uid"]:
+        raise MalformedReview(f"request.uid: must be a non-empty string, got {_json_type(request.get('uid'))}")
+    resource = request.get("resource")
+    if not isinstance(resource, dict) or not all(isinstance(resource.get(key), str) for key in ("group", "version", "resource")):
+        raise MalformedReview("request.resource: must be an object of strings group, version and resource")
+    for key in ("operation", "subResource"):
+        if request.get(key) is not None and not isinstance(request[key], str):
+            raise MalformedReview(f"request.{key}: must be a string, got {_json_type(request[key])}")
+    if not isinstance(request.get("userInfo"), dict):
+        raise MalformedReview(f"request.userInfo: must be an object, got {_json_type(request.get('userInfo'))}")
+    for key in ("object", "oldObject"):
+        if request.get(key) is not None and not isinstance(request[key], dict):
+            raise MalformedReview(f"request.{key}: must be an object or null, got {_json_type(request[key])}")
+        metadata = (request.get(key) or {}).get("metadata")
+        if metadata is not None and not isinstance(metadata, dict):  # kopf reads it before any handler
+            raise MalformedReview(f"request.{key}.metadata: must be an object, got {_json_type(metadata)}")
+    if request.get("object") is None and request.get("oldObject") is None:
+        raise MalformedReview("request.object and request.oldObject: both are missing")
+    return review
+
+
+def _nesting_depth(value: object) -> int:
+    """How deep lists and objects nest in ``value``, without recursion (``1`` for a flat object)."""
+    deepest = 0
+    stack: list[tuple[object, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        deepest = max(deepest, depth)
+        if deepest > MAX_REVIEW_DEPTH:
+            return deepest
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return deepest
+
+
+def _json_type(value: object) -> str:
+    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "a number", float: "a number"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)
+
+
+class AdmissionServer(kopf.WebhookServer):
+    """kopf's HTTPS webhook server that answers a malformed AdmissionReview 400 with one log line.
+
+    kopf's own ``_serve`` lets anything but a JSON syntax error end in a 500 with a traceback;
+    this one parses and checks the review first, and keeps kopf's mapping of its own errors.
+    """
+
+    @staticmethod
+    async def _serve(fn: Any, request: aiohttp.web.Request) -> aiohttp.web.Response:
+        webhook = request.match_info.get("id")
+        try:
+            review = parse_admission_review(await request.read())
+        except MalformedReview as error:
+            logger.warning("Refused a malformed AdmissionReview on /%s from %s: %s", webhook, request.remote, error)
+            raise aiohttp.web.HTTPBadRequest(text=f"malformed AdmissionReview: {error}") from None
+        headers = dict(request.headers)
+        sslpeer = request.transport.get_extra_info("peercert") if request.transport else None
+        try:
+            response = await fn(review, webhook=webhook, sslpeer=sslpeer, headers=headers)
+        except kopf_admission.AmbiguousResourceError as error:
+            raise aiohttp.web.HTTPConflict(text=str(error)) from None
+        except kopf_admission.UnknownResourceError as error:
+            raise aiohttp.web.HTTPNotFound(text=str(error)) from None
+        except kopf_admission.WebhookError as error:
+            logger.warning("Refused an AdmissionReview on /%s from %s: %s", webhook, request.remote, error)
+            raise aiohttp.web.HTTPBadRequest(text=str(error)) from None
+        except Exception as error:  # noqa: BLE001 - one line per request, never a traceback per request
+            logger.error("Could not answer an AdmissionReview on /%s: %s: %s", webhook, type(error).__name__, str(error)[:200])
+            raise aiohttp.web.HTTPInternalServerError(text="the admission webhook failed; see the operator's log") from None
+        return aiohttp.web.json_response(response)
+
+
 def configure_webhook_server(settings: kopf.OperatorSettings, args: Any) -> kopf.WebhookServer | None:
     """Serve the admission webhooks over HTTPS on ``args.webhook_port`` (0 or None: off).
 
@@ -158,7 +259,7 @@ def configure_webhook_server(settings: kopf.OperatorSettings, args: Any) -> kopf
     cert_dir = getattr(args, "webhook_cert_dir", None)
     addr = getattr(args, "webhook_addr", None) or os.environ.get("GPUADMIT_WEBHOOK_ADDR") or DEFAULT_WEBHOOK_ADDR
     files = find_tls_files(cert_dir) or _generate_certificate(cert_dir, addr)
-    server = kopf.WebhookServer(
+    server = AdmissionServer(
         addr=addr,
         port=int(port),
         certfile=str(files.certfile),

@@ -2,8 +2,8 @@
 
 Everything here reads raw Kubernetes objects defensively: a field of the wrong
 type counts as absent, and nothing raises. A node the engine cannot use (no
-GPUs, no name) is ``None``, not an error; a pod with a nonsense GPU request
-counts as requesting none of them.
+GPUs, no name, more GPUs than a node can have) is ``None``, not an error; a pod
+with a nonsense GPU request counts as requesting none of them.
 """
 
 from __future__ import annotations
@@ -13,11 +13,17 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from gpuadmit.core.errors import show_number
 from gpuadmit.core.model import GPU_MEMORY_LABEL, GPU_PRODUCT_LABEL, GPU_RESOURCE, GpuNode, Taint
 
 _MAPPINGS = (dict, Mapping)  # dict first: the common case is checked fastest
 
 TERMINAL_POD_PHASES = frozenset({"Succeeded", "Failed"})
+
+# The most GPUs one node may advertise. Real nodes have 1-16 (an NVL72 rack is 18 nodes of 4),
+# so this is far above any of them; a node claiming more is broken or hostile, and its count
+# would cost the engine bookkeeping in proportion (a "10M" node made every cycle take seconds).
+MAX_GPUS_PER_NODE = 1024
 
 _QUANTITY = re.compile(r"^([+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)(Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E)?$")
 _SUFFIX_MULTIPLIER = {
@@ -68,7 +74,7 @@ def node_from_object(node: Mapping[str, Any], gpus_used_by_pods: int) -> GpuNode
         return None
     status = _mapping(node.get("status"))
     allocatable = gpu_count(_mapping(status.get("allocatable")).get(GPU_RESOURCE))
-    if allocatable <= 0:
+    if allocatable <= 0 or allocatable > MAX_GPUS_PER_NODE:
         return None
     spec = _mapping(node.get("spec"))
     labels = _mapping(metadata.get("labels"))
@@ -94,6 +100,22 @@ def node_from_object(node: Mapping[str, Any], gpus_used_by_pods: int) -> GpuNode
         gpus_used_by_pods=max(0, int(gpus_used_by_pods)),
         unschedulable_reason=", ".join(unschedulable_reasons),
     )
+
+
+def advertised_gpu_problem(node: Mapping[str, Any]) -> str | None:
+    """Why a node's ``nvidia.com/gpu`` allocatable cannot be used although it is set, else None.
+
+    ``node_from_object`` drops such a node; this says why, for a message.
+    """
+    if not isinstance(node, _MAPPINGS):
+        return None
+    raw = _mapping(_mapping(node.get("status")).get("allocatable")).get(GPU_RESOURCE)
+    if gpu_count(raw) > MAX_GPUS_PER_NODE:
+        return (
+            f"status.allocatable[{GPU_RESOURCE}]: {show_number(parse_quantity(raw))} GPUs is more than "
+            f"the {MAX_GPUS_PER_NODE} one node can have"
+        )
+    return None
 
 
 def pod_gpu_request(pod: Mapping[str, Any]) -> int:

@@ -15,7 +15,7 @@ import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from gpuadmit.core.errors import SpecError
+from gpuadmit.core.errors import SpecError, show_number
 from gpuadmit.core.model import CLASSES, DEFAULT_POLICY_NAME, Policy, PreemptionRules
 
 # The README's example policy (examples/policy.yaml carries the same numbers): in
@@ -126,13 +126,16 @@ def _check_number(field: str, value: object, maximum: float | None = None) -> fl
     # bool is an int to Python but not a number to Kubernetes.
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise SpecError(field, f"must be a number, got {_type_name(value)} {value!r}"[:200])
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an int beyond any float
+        number = math.inf
     if not math.isfinite(number):
-        raise SpecError(field, f"must be a finite number, got {value!r}")
+        raise SpecError(field, f"must be a finite number, got {show_number(value)}")
     if number < 0:
-        raise SpecError(field, f"must be at least 0, got {value!r}")
+        raise SpecError(field, f"must be at least 0, got {show_number(value)}")
     if maximum is not None and number > maximum:
-        raise SpecError(field, f"must be at most {maximum:g}, got {value!r}")
+        raise SpecError(field, f"must be at most {maximum:g}, got {show_number(value)}")
     return number
 
 
@@ -193,7 +196,7 @@ def _max_queued(value: object) -> int | None:
     if whole is None:
         raise SpecError("spec.maxQueuedPerNamespace", f"must be a whole number, got {value!r}"[:200])
     if whole < 1:
-        raise SpecError("spec.maxQueuedPerNamespace", f"must be at least 1, got {value!r}")
+        raise SpecError("spec.maxQueuedPerNamespace", f"must be at least 1, got {show_number(whole)}")
     return whole
 
 

@@ -99,9 +99,10 @@ def validate_workload(
     try:
         _check(obj, old, pod_security)
     except _Refusal as refusal:
+        already_named = refusal.message.startswith(f"{refusal.field}: ")  # parse_workload's messages are
         return ValidationResult(
             allowed=False,
-            message=f"{refusal.field}: {refusal.message}",
+            message=refusal.message if already_named else f"{refusal.field}: {refusal.message}",
             field=refusal.field,
             reason=refusal.reason,
         )
@@ -121,7 +122,7 @@ def _check(obj: Any, old: Any, pod_security: PodSecurity = DEFAULT_POD_SECURITY)
     creating = old is None
     old = old if isinstance(old, Mapping) else {}
     metadata = obj.get("metadata") if isinstance(obj.get("metadata"), Mapping) else {}
-    if not creating and metadata.get("deletionTimestamp"):
+    if not creating and metadata.get("deletionTimestamp") and _only_metadata_bookkeeping_changed(obj, old):
         return  # finalizers must always be removable, whatever the object holds
     spec = obj.get("spec")
     if not isinstance(spec, Mapping):
@@ -154,6 +155,20 @@ def _check_pod_security(spec: Mapping[str, Any], namespace: object, pod_security
         check_template(spec.get("template"), pod_security.rules_for(namespace))
     except SpecError as error:
         raise _Refusal(INVALID_SPEC, error.field, error.message) from None
+
+
+def _only_metadata_bookkeeping_changed(obj: Mapping[str, Any], old: Mapping[str, Any]) -> bool:
+    """True when an update leaves the spec, labels and annotations as stored (e.g. removes a finalizer).
+
+    A workload being deleted may still be updated: only such updates skip the checks, so
+    deleting is no way around them (growing ``gpus``, forging a class label).
+    """
+    new_metadata, old_metadata = _mapping(obj.get("metadata")), _mapping(old.get("metadata"))
+    return (
+        obj.get("spec") == old.get("spec")
+        and new_metadata.get("labels") == old_metadata.get("labels")
+        and new_metadata.get("annotations") == old_metadata.get("annotations")
+    )
 
 
 def _with_name(obj: Mapping[str, Any]) -> Mapping[str, Any]:

@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from gpuadmit.core.classifier import classify
-from gpuadmit.core.errors import SpecError
+from gpuadmit.core.errors import SpecError, show_number
 from gpuadmit.core.model import CLASSES, HOLDING_PHASES, InvalidWorkload, Phase, PlacementEntry, Policy, Toleration, Workload, WorkloadClass
 from gpuadmit.core.podsecurity import DEFAULT_POD_SECURITY, PodSecurity, check_template
 from gpuadmit.core.policy import whole_number
@@ -256,7 +256,7 @@ def _bounded_int(spec: Mapping[str, Any], key: str, minimum: int, maximum: int |
         raise SpecError(f"spec.{key}", f"must be a whole number, got {_show(value)}")
     if number < minimum or (maximum is not None and number > maximum):
         bounds = f"between {minimum} and {maximum}" if maximum is not None else f"at least {minimum}"
-        raise SpecError(f"spec.{key}", f"must be {bounds}, got {number}")
+        raise SpecError(f"spec.{key}", f"must be {bounds}, got {show_number(number)}")
     return number
 
 

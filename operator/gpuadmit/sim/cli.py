@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
-from pathlib import Path
 from typing import Any, Callable, TextIO
 
 from gpuadmit.core.errors import SpecError
 from gpuadmit.core.model import Policy
+from gpuadmit.inputs import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, InputError
+from gpuadmit.inputs import load_policy as load_policy_file
 from gpuadmit.sim.replay import POLICY_NAMES, ReplayResult, SimulationError, contender_for, replay
 from gpuadmit.sim.trace import LoadShape, Trace, TraceError, find_trace_dir, read_alibaba, read_plain
 
+PROG = "gpuadmit simulate"
 PROGRESS_WIDTH = 30
 
 
@@ -49,17 +52,28 @@ def run(args: argparse.Namespace) -> int:
         if unknown or not names:
             raise UsageError(f"--policies: unknown {', '.join(unknown) or '(none given)'}; known: {', '.join(POLICY_NAMES)}")
         trace = load_trace(args)
-    except (UsageError, TraceError, SpecError) as error:
-        print(f"gpuadmit simulate: {error}", file=sys.stderr)
-        return 2
+        if args.plot:  # before the replay, not after minutes of it
+            try:
+                os.makedirs(args.plot, exist_ok=True)
+            except OSError as error:
+                raise UsageError(f"--plot {args.plot}: cannot create the directory: {error.strerror or error}") from None
+    except (UsageError, TraceError, SpecError, InputError) as error:
+        print(f"{PROG}: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except RecursionError:
+        print(f"{PROG}: an input is nested too deeply", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except MemoryError:
+        print(f"{PROG}: the trace is too large for the memory available (try --nodes or a smaller --resample)", file=sys.stderr)
+        return EXIT_BAD_INPUT
     results: list[ReplayResult] = []
     for name in names:
         report_progress = progress_reporter(name, args.progress, sys.stderr)
         try:
             results.append(replay(trace, policy, contender_for(name, policy), progress=report_progress))
         except SimulationError as error:
-            print(f"\ngpuadmit simulate: {error}", file=sys.stderr)
-            return 1
+            print(f"\n{PROG}: {error}", file=sys.stderr)
+            return EXIT_FAILED
     from gpuadmit.sim.report import summarize, to_json, to_table
 
     summaries = [summarize(result) for result in results]
@@ -72,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
 
         for path in write_plots(results, args.plot):
             print(f"wrote {path}", file=sys.stderr)
-    return 0
+    return EXIT_OK
 
 
 class UsageError(ValueError):
@@ -90,18 +104,7 @@ def load_policy(path: str | None, own_data: bool = False) -> Policy:
         from gpuadmit.sim.scenario import DEFAULT_POLICY_OBJECT
 
         return parse_policy(DEFAULT_POLICY_OBJECT)
-    import yaml
-
-    try:
-        documents = [doc for doc in yaml.safe_load_all(Path(path).read_text()) if doc is not None]
-    except OSError as error:
-        raise UsageError(f"--policy {path}: cannot read: {error.strerror or error}") from None
-    except yaml.YAMLError as error:
-        raise UsageError(f"--policy {path}: not valid YAML: {error}") from None
-    for document in documents:
-        if isinstance(document, dict) and document.get("kind", "MarginPolicy") == "MarginPolicy":
-            return parse_policy(document)
-    raise UsageError(f"--policy {path}: no MarginPolicy in it")
+    return load_policy_file(path, "--policy")
 
 
 def load_shape(args: argparse.Namespace, own_data: bool) -> LoadShape:

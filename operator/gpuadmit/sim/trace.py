@@ -16,7 +16,7 @@ resampling) is applied here, deterministically, before the replay sees anything.
 from __future__ import annotations
 
 import csv
-import json
+import io
 import math
 import os
 import random
@@ -25,7 +25,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from gpuadmit.core.errors import show_number
 from gpuadmit.core.model import CLASSES, GpuNode, WorkloadClass
+from gpuadmit.core.nodes import MAX_GPUS_PER_NODE
+from gpuadmit.inputs import InputError, load_json, read_text
 
 ALIBABA_NODES_FILE = "openb_node_list_gpu_node.csv"
 ALIBABA_PODS_FILE = "openb_pod_list_default.csv"
@@ -33,6 +36,21 @@ ALIBABA_NAMESPACE = "alibaba"
 # Where the shared copy lives when nobody says otherwise; a user points --trace at their own.
 TRACE_DIR_ENV = "GPUADMIT_TRACE_DIR"
 DEFAULT_TRACE_DIRS = ("../shared/traces/alibaba-gpu-2023", "/work/shared/traces/alibaba-gpu-2023")
+
+# What a pod list must have to be replayed: without the times there is nothing to replay
+# (the trace's multigpu50 and gpuspec files carry no times; they describe load, not arrivals).
+ALIBABA_POD_COLUMNS = ("num_gpu", "creation_time", "scheduled_time", "deletion_time")
+
+# Bounds on a simulated cluster and its load, far beyond any real one, so that a hostile or
+# mistaken file is refused at once instead of hanging the replay or exhausting memory.
+# Kubernetes supports clusters of 5,000 nodes; the Alibaba trace has 1,213.
+MAX_NODES = 100_000
+# A million workloads take about a GB in memory as they are replayed (the Alibaba trace: 7,064).
+MAX_WORKLOADS = 1_000_000
+MAX_REPLICAS = MAX_NODES
+# Times are seconds from the trace start; a thousand years keeps every sum of them finite
+# (1e308 made the figures inf and nan).
+MAX_TRACE_SECONDS = 1000 * 365 * 86400.0
 
 PLAIN_WORKLOAD_COLUMNS = ("name", "submit_time", "duration_s", "gpus", "replicas", "class", "products", "tier", "namespace")
 PLAIN_NODE_COLUMNS = ("name", "gpus", "product", "memory_mib", "count")
@@ -124,7 +142,7 @@ def read_alibaba(location: str | os.PathLike[str], shape: LoadShape = LoadShape(
     nodes = read_nodes(directory / ALIBABA_NODES_FILE)
     skipped: Counter[str] = Counter()
     raw: list[tuple[float, float | None, TraceWorkload]] = []  # (submit, scheduled, workload)
-    rows = list(_csv_rows(pods_path))
+    rows = list(_csv_rows(pods_path, required=ALIBABA_POD_COLUMNS))
     trace_end = 0.0
     for line, row in rows:
         trace_end = max(trace_end, _float(row, "deletion_time", pods_path, line, default=0.0) or 0.0)
@@ -162,6 +180,9 @@ def read_alibaba(location: str | os.PathLike[str], shape: LoadShape = LoadShape(
             )
         )
     workloads = [workload for _, _, workload in raw]
+    if not workloads:
+        reasons = "; ".join(f"{count} {why}" for why, count in sorted(skipped.items())) or "no rows"
+        raise TraceError(f"{pods_path}: no pod to replay ({reasons})")
     fractional = sum(
         1
         for line, row in rows
@@ -196,7 +217,13 @@ def read_nodes(path: str | os.PathLike[str]) -> tuple[GpuNode, ...]:
             raise TraceError(f"{path}:{line}: column 'gpus' must be at least 0, got {gpus}")
         product = str(row.get("product") or row.get("model") or "").strip()
         memory = _int(row, "memory_mib", path, line, default=0) if "product" in row else 0  # Alibaba's memory_mib is host memory
+        if gpus > MAX_GPUS_PER_NODE:
+            raise TraceError(f"{path}:{line}: column 'gpus' is {show_number(gpus)}, more than the {MAX_GPUS_PER_NODE} one node can have")
         count = _int(row, "count", path, line, default=1)
+        if count < 1 or len(nodes) + count > MAX_NODES:
+            raise TraceError(
+                f"{path}:{line}: column 'count' must be at least 1 and the cluster at most {MAX_NODES:,} nodes, got {show_number(count)}"
+            )
         names = [name] if count == 1 else [f"{name}-{index}" for index in range(count)]
         nodes += [GpuNode(name=node_name, allocatable=gpus, product=product, memory_mib=memory) for node_name in names]
     seen: set[str] = set()
@@ -204,6 +231,8 @@ def read_nodes(path: str | os.PathLike[str]) -> tuple[GpuNode, ...]:
         if node.name in seen:
             raise TraceError(f"{path}: node {node.name!r} appears twice")
         seen.add(node.name)
+    if not any(node.allocatable > 0 for node in nodes):
+        raise TraceError(f"{path}: no node with GPUs in it")
     return tuple(sorted(nodes, key=lambda node: node.name))
 
 
@@ -217,11 +246,19 @@ def read_plain(workloads_path: str | os.PathLike[str], nodes_path: str | os.Path
     """
     workloads_path = Path(workloads_path)
     nodes = read_nodes(nodes_path)
-    workloads = [_plain_workload(row, workloads_path, line) for line, row in _rows(workloads_path, "workloads")]
+    workloads: list[TraceWorkload] = []
+    for line, row in _rows(workloads_path, "workloads"):
+        if len(workloads) >= MAX_WORKLOADS:
+            raise TraceError(f"{workloads_path}: more than {MAX_WORKLOADS:,} workloads")
+        workloads.append(_plain_workload(row, workloads_path, line))
+    if not workloads:
+        raise TraceError(f"{workloads_path}: no workload in it")
     keys = Counter(workload.key for workload in workloads)
     duplicates = sorted(key for key, count in keys.items() if count > 1)
     if duplicates:
         raise TraceError(f"{workloads_path}: workload names must be unique per namespace, repeated: {', '.join(duplicates[:5])}")
+    if end_time is not None and not 0 < end_time <= MAX_TRACE_SECONDS:
+        raise TraceError(f"--horizon must be more than 0 and at most {MAX_TRACE_SECONDS:.0f} seconds, got {show_number(end_time)}")
     if end_time is None:
         end_time = max(
             (w.submit_time + (w.duration_s or 0.0) for w in workloads),
@@ -242,12 +279,15 @@ def _plain_workload(row: Mapping[str, Any], path: Path, line: int) -> TraceWorkl
         raise TraceError(f"{path}:{line}: column 'class' must be one of {', '.join(CLASSES)}, got {workload_class!r}")
     gpus = _int(row, "gpus", path, line)
     replicas = _int(row, "replicas", path, line, default=1)
-    if gpus < 1 or replicas < 1:
-        raise TraceError(f"{path}:{line}: columns 'gpus' and 'replicas' must be at least 1, got {gpus} and {replicas}")
+    if not (1 <= gpus <= MAX_GPUS_PER_NODE and 1 <= replicas <= MAX_REPLICAS):
+        raise TraceError(
+            f"{path}:{line}: columns 'gpus' and 'replicas' must be 1..{MAX_GPUS_PER_NODE} and 1..{MAX_REPLICAS:,}, "
+            f"got {show_number(gpus)} and {show_number(replicas)}"
+        )
     submit = _float(row, "submit_time", path, line)
     duration = _float(row, "duration_s", path, line, default=None)
-    if submit is None or submit < 0 or (duration is not None and duration < 0):
-        raise TraceError(f"{path}:{line}: 'submit_time' and 'duration_s' must be at least 0")
+    if submit is None or not 0 <= submit <= MAX_TRACE_SECONDS or (duration is not None and not 0 <= duration <= MAX_TRACE_SECONDS):
+        raise TraceError(f"{path}:{line}: 'submit_time' and 'duration_s' must be 0..{MAX_TRACE_SECONDS:.0f} seconds")
     products_value = row.get("products") or ()
     if isinstance(products_value, str):
         products = tuple(p.strip() for p in products_value.split("|") if p.strip())
@@ -279,6 +319,11 @@ def shape_trace(trace: Trace, shape: LoadShape) -> Trace:
         raise TraceError(f"time compression must be a positive number, got {shape.time_compression}")
     if not (shape.resample >= 1 and math.isfinite(shape.resample)):
         raise TraceError(f"resample must be at least 1, got {shape.resample}")
+    if len(trace.workloads) * shape.resample > MAX_WORKLOADS:
+        raise TraceError(
+            f"resample x{show_number(shape.resample)} would make {show_number(len(trace.workloads) * shape.resample)} workloads, "
+            f"more than {MAX_WORKLOADS:,}"
+        )
     nodes = subset_nodes(trace.nodes, shape.node_count) if shape.node_count is not None else trace.nodes
     workloads = resample_workloads(trace.workloads, shape.resample, shape.seed) if shape.resample != 1 else list(trace.workloads)
     notes = list(trace.notes)
@@ -296,6 +341,8 @@ def shape_trace(trace: Trace, shape: LoadShape) -> Trace:
         ]
         end_time = start + (end_time - start) / factor
         notes.append(f"inter-arrival times divided by {factor:g}" + (" and run times too" if shape.compress_durations else ""))
+    if not (math.isfinite(end_time) and end_time <= MAX_TRACE_SECONDS):
+        raise TraceError(f"the replay would last {show_number(end_time)} seconds, more than {MAX_TRACE_SECONDS:.0f}")
     if shape.node_count is not None:
         notes.append(f"replayed on {len(nodes)} of {len(trace.nodes)} nodes (product-stratified subset)")
     if shape.resample != 1:
@@ -345,9 +392,9 @@ def _rows(path: Path, key: str) -> Iterable[tuple[int, Mapping[str, Any]]]:
     """(line or index, row) from a CSV file, or a JSON list of objects, or ``{key: [...]}``."""
     if path.suffix.lower() == ".json":
         try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError) as error:
-            raise TraceError(f"{path}: cannot read JSON: {error}") from None
+            data = load_json(read_text(str(path)), str(path))
+        except InputError as error:
+            raise TraceError(str(error)) from None
         if isinstance(data, Mapping):
             data = data.get(key)
         if not isinstance(data, list):
@@ -360,15 +407,28 @@ def _rows(path: Path, key: str) -> Iterable[tuple[int, Mapping[str, Any]]]:
     yield from _csv_rows(path)
 
 
-def _csv_rows(path: Path) -> Iterable[tuple[int, Mapping[str, Any]]]:
+def _csv_rows(path: Path, required: Sequence[str] = ()) -> Iterable[tuple[int, Mapping[str, Any]]]:
+    """(line, row) of a UTF-8 CSV file with a header; ``required`` columns must be in the header."""
     try:
-        with open(path, newline="") as handle:
-            for line, row in enumerate(csv.DictReader(handle), start=2):
-                yield line, row
-    except OSError as error:
-        raise TraceError(f"{path}: cannot read: {error.strerror or error}") from None
+        text = read_text(str(path))
+    except InputError as error:
+        raise TraceError(str(error)) from None
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    line = 1
+    try:
+        if reader.fieldnames is None:
+            raise TraceError(f"{path}: is empty (a CSV file with a header row is expected)")
+        missing = [column for column in required if column not in reader.fieldnames]
+        if missing:
+            raise TraceError(
+                f"{path}: lacks the column{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
+                f"(it has {', '.join(_preview(name) for name in reader.fieldnames[:20])})"
+            )
+        for row in reader:
+            line = reader.line_num
+            yield line, row
     except csv.Error as error:
-        raise TraceError(f"{path}: not a valid CSV: {error}") from None
+        raise TraceError(f"{path}: line {line + 1}: not a valid CSV: {error}") from None
 
 
 def _float(row: Mapping[str, Any], column: str, path: Path, line: int, default: Any = ...) -> Any:
@@ -380,9 +440,9 @@ def _float(row: Mapping[str, Any], column: str, path: Path, line: int, default: 
     try:
         number = float(value)
     except (TypeError, ValueError):
-        raise TraceError(f"{path}:{line}: column {column!r} must be a number, got {value!r}") from None
+        raise TraceError(f"{path}:{line}: column {column!r} must be a number, got {_preview(value)}") from None
     if not math.isfinite(number):
-        raise TraceError(f"{path}:{line}: column {column!r} must be finite, got {value!r}")
+        raise TraceError(f"{path}:{line}: column {column!r} must be finite, got {_preview(value)}")
     return number
 
 
@@ -391,5 +451,10 @@ def _int(row: Mapping[str, Any], column: str, path: Path, line: int, default: An
     if number is default and default is not ...:
         return default
     if not float(number).is_integer():
-        raise TraceError(f"{path}:{line}: column {column!r} must be a whole number, got {row.get(column)!r}")
+        raise TraceError(f"{path}:{line}: column {column!r} must be a whole number, got {_preview(row.get(column))}")
     return int(number)
+
+
+def _preview(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
