@@ -1,14 +1,12 @@
 """Snapshots for property tests: hypothesis strategies, and a seeded generator for plain loops.
 
 Reusable by anyone who needs model objects without parsing Kubernetes ones:
-``snapshots()`` draws a whole cycle's input; ``random_snapshot(rng)`` builds
-one from a ``random.Random`` (for comparisons that run many instances fast,
-such as greedy against the exact solver).
+``snapshots()`` draws a whole cycle's input; ``make_*`` build model objects for unit
+tests. (The seeded random clusters of greedy against the exact solver are
+``benchmarks.exact.seeded_cluster``.)
 """
 
 from __future__ import annotations
-
-import random
 
 from hypothesis import strategies as st
 
@@ -166,48 +164,6 @@ def snapshots(
         now=NOW,
         invalid=tuple(invalid),
     )
-
-
-def random_snapshot(rng: random.Random, *, nodes: int = 10, pending: int = 30, single_replica: bool = True, products: tuple[str, ...] = PRODUCTS) -> Snapshot:
-    """A seeded random cluster for quality comparisons: no preemption, reserve or aging,
-    no floor; contention on purpose (more GPUs asked than free)."""
-    node_list = []
-    for i in range(nodes):
-        product = rng.choice(products)
-        allocatable = rng.choice([1, 2, 4, 8, 8])
-        node_list.append(
-            GpuNode(
-                name=f"node-{i:03d}",
-                allocatable=allocatable,
-                product=product,
-                memory_mib=MEMORY_BY_PRODUCT[product],
-                gpus_used_by_pods=rng.choice([0, 0, 0, rng.randint(0, allocatable)]),
-            )
-        )
-    policy = Policy(
-        gpu_cost_per_hour={product: round(rng.uniform(0.2, 2.5), 2) for product in products} | {"default": 1.0},
-        price_per_gpu_hour={"inference": round(rng.uniform(2.0, 6.0), 2), "training": round(rng.uniform(1.0, 3.5), 2)},
-        tier_multipliers={"gold": 1.5, "silver": 1.2, "bronze": 0.8},
-        min_margin_per_gpu_hour=0.0,
-        preemption=PreemptionRules(enabled=False),
-    )
-    workloads = []
-    for i in range(pending):
-        allowed = tuple(sorted(rng.sample(products, rng.randint(1, 2)))) if rng.random() < 0.4 else ()
-        workloads.append(
-            Workload(
-                namespace=rng.choice(["team-a", "team-b", "team-c"]),
-                name=f"w-{i:03d}",
-                gpus_per_replica=rng.choice([1, 1, 2, 2, 3, 4, 6, 8]),
-                replicas=1 if single_replica else rng.choice([1, 1, 2, 4]),
-                workload_class=rng.choice(["inference", "training"]),
-                gpu_products=allowed,
-                tier=rng.choice([None, None, "gold", "silver", "bronze"]),
-                created_at=NOW - rng.randint(0, 10000),
-                queued_since=NOW - rng.randint(0, 10000),
-            )
-        )
-    return Snapshot(nodes=tuple(node_list), holding=(), pending=tuple(workloads), policy=policy, now=NOW)
 
 
 # --- plain factories for unit tests ------------------------------------------------
