@@ -70,21 +70,23 @@ def policy_strategy(*, preemption: bool | None = None, reserve: bool | None = No
 
 
 @st.composite
-def nodes_strategy(draw, max_nodes: int = 8) -> tuple[GpuNode, ...]:
-    count = draw(st.integers(0, max_nodes))
+def nodes_strategy(draw, max_nodes: int = 8, *, usable: bool = False) -> tuple[GpuNode, ...]:
+    """Up to ``max_nodes`` nodes; ``usable``: at least one, each schedulable, untainted, with GPUs
+    none of which other pods use (so contention comes from the workloads drawn)."""
+    count = draw(st.integers(1 if usable else 0, max_nodes))
     nodes = []
     for i in range(count):
-        product = draw(st.sampled_from(PRODUCTS + ("",)))
-        allocatable = draw(st.sampled_from([0, 1, 2, 4, 8]))
+        product = draw(st.sampled_from(PRODUCTS if usable else PRODUCTS + ("",)))
+        allocatable = draw(st.sampled_from([2, 4, 8] if usable else [0, 1, 2, 4, 8]))
         nodes.append(
             GpuNode(
                 name=f"node-{i:02d}",
                 allocatable=allocatable,
                 product=product,
                 memory_mib=MEMORY_BY_PRODUCT.get(product, 0),
-                schedulable=draw(st.sampled_from([True, True, True, False])),
-                taints=tuple(draw(st.lists(st.sampled_from(TAINTS), max_size=2, unique=True))),
-                gpus_used_by_pods=draw(st.integers(0, allocatable)),
+                schedulable=usable or draw(st.sampled_from([True, True, True, False])),
+                taints=() if usable else tuple(draw(st.lists(st.sampled_from(TAINTS), max_size=2, unique=True))),
+                gpus_used_by_pods=0 if usable else draw(st.integers(0, allocatable)),
                 unschedulable_reason="cordoned",
             )
         )
@@ -123,17 +125,25 @@ def snapshots(
     preemption: bool | None = None,
     reserve: bool | None = None,
     aging: bool | None = None,
+    crowded: bool = False,
+    usable_nodes: bool = False,
 ) -> Snapshot:
     """A whole cycle's input. Holding workloads are placed within the nodes' free GPUs,
-    so the drawn cluster is never overcommitted before the engine runs."""
-    nodes = draw(nodes_strategy(max_nodes))
+    so the drawn cluster is never overcommitted before the engine runs.
+
+    ``crowded``: usable nodes whose every GPU is held by running workloads (mostly preemptible),
+    so whatever is admitted must preempt: the case preemption properties need. ``usable_nodes``:
+    every node schedulable, untainted and free of other pods (capacity the reserve can bound)."""
+    nodes = draw(nodes_strategy(max_nodes, usable=crowded or usable_nodes))
     free = {node.name: node.allocatable - node.gpus_used_by_pods for node in nodes}
+    # Crowded: one holding workload per node first, taking all of it; then any others drawn.
+    places = list(nodes) if crowded else []
+    places += [draw(st.sampled_from(nodes)) for _ in range(draw(st.integers(0, max_holding)) if nodes else 0)]
     holding = []
-    for i in range(draw(st.integers(0, max_holding)) if nodes else 0):
-        node = draw(st.sampled_from(nodes))
+    for i, node in enumerate(places):
         if free[node.name] < 1:
             continue
-        gpus = draw(st.integers(1, free[node.name]))
+        gpus = free[node.name] if crowded else draw(st.integers(1, free[node.name]))
         free[node.name] -= gpus
         holding.append(
             Workload(
@@ -142,7 +152,7 @@ def snapshots(
                 gpus_per_replica=gpus,
                 replicas=1,
                 workload_class=draw(st.sampled_from(["inference", "training"])),
-                preemptible=draw(st.booleans()),
+                preemptible=draw(st.sampled_from([True, True, True, False]) if crowded else st.booleans()),
                 tier=draw(st.sampled_from([None, "bronze"])),
                 phase="Running",
                 placement=(PlacementEntry(node=node.name, gpus=gpus),),
