@@ -441,13 +441,21 @@ class KubeletStandIn:
         self.create_lease(node)
 
     def create_lease(self, node: str) -> None:
+        import kubernetes
         uid = self.cluster.raw("GET", f"/api/v1/nodes/{node}")["metadata"]["uid"]
-        self.cluster.raw("POST", f"/apis/coordination.k8s.io/v1/namespaces/{NODE_LEASE_NAMESPACE}/leases", {
-            "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-            "metadata": {"name": node, "namespace": NODE_LEASE_NAMESPACE, "ownerReferences": [
-                {"apiVersion": "v1", "kind": "Node", "name": node, "uid": uid}]},
-            "spec": {"holderIdentity": node, "leaseDurationSeconds": LEASE_DURATION_S, "renewTime": micro_time()},
-        }, content_type="application/json")
+        leases = f"/apis/coordination.k8s.io/v1/namespaces/{NODE_LEASE_NAMESPACE}/leases"
+        try:
+            self.cluster.raw("POST", leases, {
+                "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                "metadata": {"name": node, "namespace": NODE_LEASE_NAMESPACE, "ownerReferences": [
+                    {"apiVersion": "v1", "kind": "Node", "name": node, "uid": uid}]},
+                "spec": {"holderIdentity": node, "leaseDurationSeconds": LEASE_DURATION_S, "renewTime": micro_time()},
+            }, content_type="application/json")
+        except kubernetes.client.ApiException as error:
+            if error.status != 409:  # left by an earlier node of that name, not yet collected: take it over
+                raise
+            self.cluster.raw("PATCH", f"{leases}/{node}", {"metadata": {"ownerReferences": [
+                {"apiVersion": "v1", "kind": "Node", "name": node, "uid": uid}]}, "spec": {"renewTime": micro_time()}})
         self._renewed_at[node] = time.monotonic()
 
     def tick(self) -> None:
