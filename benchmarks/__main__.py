@@ -2,6 +2,7 @@
 
 Each part lives beside what it measures; this module only runs them in turn.
 Benchmarks, not tests: figures vary with the machine, so nothing here asserts a target.
+A part's sizes are options of its own module: ``python -m benchmarks.PART --help``.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ import time
 
 PARTS: dict[str, tuple[str, str]] = {
     "engine": ("benchmarks.engine", "engine: one cycle on 10,000 nodes and up to 100,000 pending workloads"),
-    "decide": ("benchmarks.decide", "gpuadmit decide -o json versus merely parsing its input"),
+    "exact": ("benchmarks.exact", "engine quality: greedy decide() against the exact MILP optimum on 200 seeded random clusters"),
+    "decide": ("benchmarks.decide", "gpuadmit decide -o json versus merely parsing its input, by distinct templates"),
+    "classifier": ("benchmarks.classifier", "classifier: accuracy on the labelled corpus, CPU per call"),
     "e2e": ("benchmarks.e2e", "operator end to end: 2,000 GPUWorkloads on the emulated API server"),
     "simulate": ("benchmarks.simulate", "trace replay of the shared Alibaba trace"),
 }

@@ -33,8 +33,10 @@ def main() -> None:
         print(f"{title}: {len(trace.workloads)} workloads, {len(trace.nodes)} nodes, read in {read_seconds:.2f} s")
         print(f"  {'policy':<9} {'wall s':>8} {'CPU s':>7} {'cycles':>7} {'CPU ms/cycle':>13} {'margin $':>10}")
         total_wall = total_cpu = 0.0
+        margins: dict[str, float] = {}
         for name in POLICY_NAMES:
             result = replay(trace, policy, contender_for(name, policy))
+            margins[name] = result.margin
             total_wall += result.wall_seconds
             total_cpu += result.cpu_seconds
             per_cycle = 1000 * result.cpu_seconds / max(result.cycles, 1)
@@ -43,6 +45,9 @@ def main() -> None:
                 f"{per_cycle:>13.2f} {result.margin:>10,.0f}"
             )
         print(f"  all four: {total_wall:.1f} s wall, {total_cpu:.1f} s CPU")
+        first, *peers = POLICY_NAMES
+        gains = ", ".join(f"{margins[first] / margins[peer] - 1:+.1%} over {peer}" for peer in peers if margins[peer])
+        print(f"  {first} earns {gains}")
 
 
 if __name__ == "__main__":

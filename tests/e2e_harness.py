@@ -17,12 +17,15 @@ Where the API server comes from:
 
 - default: ``python -m kubeapi_emulator`` as a subprocess on a free loopback port, with the
   CRDs in ``crds/`` loaded; it writes the kubeconfig the operator and the client use.
-- ``GPUADMIT_E2E_KUBECONFIG=/path/to/kubeconfig``: a real cluster (e.g. ``kind create cluster``).
-  The harness then applies the CRDs itself, and since kind nodes have no GPUs, it advertises
-  ``nvidia.com/gpu`` on existing nodes by patching their ``status.capacity``/``allocatable``
-  through the status subresource (what the NVIDIA device plugin would do) and labels them with
-  the product and memory GPU Feature Discovery would set. On a real cluster the kubelet owns pod
-  phases, so tests that play kubelet (``set_pod_phase``) skip there.
+- ``GPUADMIT_E2E_KUBECONFIG=/path/to/kubeconfig``: a real cluster (e.g. ``kind create cluster``;
+  one node is enough). The harness then applies the CRDs itself. Its GPU nodes are not the
+  cluster's own: as KWOK does, ``add_gpu_nodes`` creates Node objects that advertise
+  ``nvidia.com/gpu`` (status subresource, what the NVIDIA device plugin would report) with the
+  labels GPU Feature Discovery would set, and ``KubeletStandIn`` plays their kubelet: it renews
+  each node's Lease in ``kube-node-lease`` so the node lifecycle controller keeps them Ready,
+  reports the pod phases the tests ask for (``set_pod_phase``, patching pod status, as on the
+  emulator), and completes the deletion of pods on them (no kubelet would confirm it otherwise).
+  At the end it deletes the nodes, their Leases, the namespaces and the MarginPolicies it created.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -134,6 +138,8 @@ class Cluster:
     real: bool
     emulator: EmulatorProcess | None = None
     created_namespaces: set[str] = field(default_factory=set)
+    created_policies: set[str] = field(default_factory=set)
+    kubelet: "KubeletStandIn | None" = None  # real cluster: plays the kubelet of the GPU nodes it created
     _clients: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -144,8 +150,8 @@ class Cluster:
         real_kubeconfig = os.environ.get(REAL_CLUSTER_ENV)
         if real_kubeconfig:
             cluster = cls(Path(real_kubeconfig), real=True)
-            cluster.apply_crds()
             try:
+                cluster.apply_crds()
                 yield cluster
             finally:
                 cluster.cleanup_real()
@@ -220,33 +226,35 @@ class Cluster:
 
     def add_gpu_nodes(self, count: int, gpus: int = 8, product: str = "NVIDIA-H100-80GB-HBM3",
                       memory_mib: int = 81559, prefix: str = "gpu-node") -> list[str]:
-        """``count`` GPU nodes. Emulator: new Node objects, Ready. Real cluster: existing nodes
-        get ``nvidia.com/gpu`` advertised (status subresource) and GFD-style labels."""
+        """``count`` new GPU nodes, Ready, named ``PREFIX-0``...: Node objects advertising
+        ``nvidia.com/gpu`` with GFD-style labels, on the emulator and on a real cluster alike (there,
+        as KWOK's nodes, with ``KubeletStandIn`` as their kubelet)."""
         labels = {"nvidia.com/gpu.product": product, "nvidia.com/gpu.memory": str(memory_mib)}
-        if self.real:
-            names = [node.metadata.name for node in self.core.list_node().items][:count]
-            if len(names) < count:
-                raise RuntimeError(f"the real cluster has {len(names)} nodes, the test needs {count}")
-            for name in names:
-                self.core.patch_node(name, {"metadata": {"labels": labels}})
-                self.raw("PATCH", f"/api/v1/nodes/{name}/status",
-                         {"status": {"capacity": {GPU: str(gpus)}, "allocatable": {GPU: str(gpus)}}})
-            return names
         names = [f"{prefix}-{index}" for index in range(count)]
         for name in names:
-            self.core.create_node({
-                "apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": labels},
-            })
+            metadata: dict[str, Any] = {"name": name, "labels": labels}
+            if self.real:  # marked as KWOK marks its nodes, and as ours, so clean-up finds them
+                metadata["labels"] = {**labels, STAND_IN_LABEL: "true", "type": "kwok"}
+                metadata["annotations"] = {"kwok.x-k8s.io/node": "fake"}
+            self.core.create_node({"apiVersion": "v1", "kind": "Node", "metadata": metadata})
+            if self.real:
+                self.kubelet_stand_in().adopt(name)
             self.raw("PATCH", f"/api/v1/nodes/{name}/status", {"status": {
-                "capacity": {GPU: str(gpus), "cpu": "64", "memory": "512Gi"},
-                "allocatable": {GPU: str(gpus), "cpu": "64", "memory": "512Gi"},
-                "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady"}],
+                "capacity": {GPU: str(gpus), "cpu": "64", "memory": "512Gi", "pods": "110"},
+                "allocatable": {GPU: str(gpus), "cpu": "64", "memory": "512Gi", "pods": "110"},
+                "conditions": [node_ready_condition(True)],
             }})
         return names
 
+    def kubelet_stand_in(self) -> "KubeletStandIn":
+        """The kubelet of the nodes this harness created on a real cluster (started on first use)."""
+        if self.kubelet is None:
+            self.kubelet = KubeletStandIn(self)
+            self.kubelet.start()
+        return self.kubelet
+
     def set_node_ready(self, name: str, ready: bool) -> None:
-        self.raw("PATCH", f"/api/v1/nodes/{name}/status", {"status": {"conditions": [
-            {"type": "Ready", "status": "True" if ready else "False", "reason": "KubeletReady" if ready else "KubeletNotReady"}]}})
+        self.raw("PATCH", f"/api/v1/nodes/{name}/status", {"status": {"conditions": [node_ready_condition(ready)]}})
 
     def cordon(self, name: str, cordoned: bool = True) -> None:
         self.core.patch_node(name, {"spec": {"unschedulable": cordoned}})
@@ -255,7 +263,9 @@ class Cluster:
         import kubernetes
         body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "MarginPolicy", "metadata": {"name": name}, "spec": dict(spec)}
         try:
-            return self.custom.create_cluster_custom_object(GROUP, VERSION, "marginpolicies", body)
+            created = self.custom.create_cluster_custom_object(GROUP, VERSION, "marginpolicies", body)
+            self.created_policies.add(name)
+            return created
         except kubernetes.client.ApiException as error:
             if error.status != 409:
                 raise
@@ -324,10 +334,8 @@ class Cluster:
         return self.raw("GET", "/api/v1/pods")["items"]
 
     def set_pod_phase(self, namespace: str, name: str, phase: str) -> None:
-        """What a kubelet reports: Running, Succeeded, Failed. Emulator only."""
-        if self.real:
-            import pytest
-            pytest.skip("a real cluster's kubelet owns pod phases")
+        """What a kubelet reports: Running, Succeeded, Failed. The harness's GPU nodes have no
+        kubelet (on the emulator, or on a real cluster where ``KubeletStandIn`` stands in)."""
         self.raw("PATCH", f"/api/v1/namespaces/{namespace}/pods/{name}/status", {"status": {"phase": phase}})
 
     def set_workload_pods_phase(self, namespace: str, workload: str, phase: str) -> list[str]:
@@ -362,10 +370,126 @@ class Cluster:
         }
 
     def cleanup_real(self) -> None:
-        """On a real cluster: remove what the tests created (namespaces take their workloads along)."""
-        for namespace in self.created_namespaces:
-            with contextlib.suppress(Exception):
+        """On a real cluster: remove what the harness created. Namespaces take their workloads and
+        pods along; the nodes go with their Leases (and the pods left on them, which the stand-in
+        finishes deleting until it stops)."""
+        import kubernetes
+        for namespace in sorted(self.created_namespaces):
+            with contextlib.suppress(kubernetes.client.ApiException):
                 self.core.delete_namespace(namespace)
+        for name in sorted(self.created_policies):
+            with contextlib.suppress(kubernetes.client.ApiException):
+                self.custom.delete_cluster_custom_object(GROUP, VERSION, "marginpolicies", name)
+        if self.kubelet is not None:
+            self.kubelet.stop()
+            for name in sorted(self.kubelet.nodes):
+                with contextlib.suppress(kubernetes.client.ApiException):
+                    self.core.delete_node(name)
+                with contextlib.suppress(kubernetes.client.ApiException):
+                    self.raw("DELETE", f"/apis/coordination.k8s.io/v1/namespaces/{NODE_LEASE_NAMESPACE}/leases/{name}")
+            self.kubelet = None
+
+
+STAND_IN_LABEL = "e2e.gpuadmit.io/kubelet-stand-in"
+NODE_LEASE_NAMESPACE = "kube-node-lease"
+LEASE_DURATION_S = 40  # the kubelet's default; the node lifecycle controller waits this long
+
+
+def node_ready_condition(ready: bool) -> dict[str, str]:
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    return {"type": "Ready", "status": "True" if ready else "False",
+            "reason": "KubeletReady" if ready else "KubeletNotReady",
+            "lastHeartbeatTime": now, "lastTransitionTime": now}
+
+
+class KubeletStandIn:
+    """The kubelet of the GPU nodes the harness creates on a real cluster (what KWOK does).
+
+    - heartbeat: creates each node's Lease in ``kube-node-lease`` (owned by the Node, as the
+      kubelet's is) and renews it every ``renew_every_s``, so the node lifecycle controller
+      neither marks the node unreachable nor taints it and evicts its pods;
+    - deletion: a pod deleted gracefully stays Terminating until its kubelet confirms; for pods
+      on these nodes the stand-in confirms at once (delete with ``gracePeriodSeconds=0``).
+
+    Pod phases are reported on request (``Cluster.set_pod_phase``), as on the emulator.
+    """
+
+    def __init__(self, cluster: Cluster, renew_every_s: float = 10.0, poll_s: float = 0.5) -> None:
+        self.cluster = cluster
+        self.renew_every_s = renew_every_s
+        self.poll_s = poll_s
+        self.nodes: list[str] = []
+        self._renewed_at: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="kubelet-stand-in", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+            self._thread = None
+
+    def adopt(self, node: str) -> None:
+        """Take on ``node`` (just created): its Lease now, then renewals and pod deletions."""
+        with self._lock:
+            self.nodes.append(node)
+        self.create_lease(node)
+
+    def create_lease(self, node: str) -> None:
+        import kubernetes
+        uid = self.cluster.raw("GET", f"/api/v1/nodes/{node}")["metadata"]["uid"]
+        leases = f"/apis/coordination.k8s.io/v1/namespaces/{NODE_LEASE_NAMESPACE}/leases"
+        try:
+            self.cluster.raw("POST", leases, {
+                "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                "metadata": {"name": node, "namespace": NODE_LEASE_NAMESPACE, "ownerReferences": [
+                    {"apiVersion": "v1", "kind": "Node", "name": node, "uid": uid}]},
+                "spec": {"holderIdentity": node, "leaseDurationSeconds": LEASE_DURATION_S, "renewTime": micro_time()},
+            }, content_type="application/json")
+        except kubernetes.client.ApiException as error:
+            if error.status != 409:  # left by an earlier node of that name, not yet collected: take it over
+                raise
+            self.cluster.raw("PATCH", f"{leases}/{node}", {"metadata": {"ownerReferences": [
+                {"apiVersion": "v1", "kind": "Node", "name": node, "uid": uid}]}, "spec": {"renewTime": micro_time()}})
+        self._renewed_at[node] = time.monotonic()
+
+    def tick(self) -> None:
+        """One round: renew the Leases that are due, confirm the deletion of pods on our nodes."""
+        import kubernetes
+        with self._lock:
+            nodes = list(self.nodes)
+        for node in nodes:
+            if time.monotonic() - self._renewed_at.get(node, 0.0) >= self.renew_every_s:
+                with contextlib.suppress(kubernetes.client.ApiException):  # a node a test deleted
+                    self.cluster.raw("PATCH", f"/apis/coordination.k8s.io/v1/namespaces/{NODE_LEASE_NAMESPACE}/leases/{node}",
+                                     {"spec": {"renewTime": micro_time()}})
+                self._renewed_at[node] = time.monotonic()
+            pods = self.cluster.raw("GET", f"/api/v1/pods?fieldSelector=spec.nodeName={node}")["items"]
+            for pod in pods:
+                metadata = pod["metadata"]
+                if metadata.get("deletionTimestamp"):
+                    with contextlib.suppress(kubernetes.client.ApiException):  # gone meanwhile
+                        self.cluster.raw("DELETE", f"/api/v1/namespaces/{metadata['namespace']}/pods/{metadata['name']}",
+                                         {"apiVersion": "v1", "kind": "DeleteOptions", "gracePeriodSeconds": 0},
+                                         content_type="application/json")
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.poll_s):
+            try:
+                self.tick()
+            except Exception as error:  # noqa: BLE001 - a hiccup of the API server; the next round retries
+                print(f"kubelet stand-in: {error!r}", file=sys.stderr)
+
+
+def micro_time() -> str:
+    """Kubernetes MicroTime, as Leases carry it."""
+    now = time.time()
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1e6):06d}Z"
 
 
 def _crd_established(extensions: Any, name: str) -> bool:

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import random
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -266,59 +264,8 @@ def test_exact_solver_decides_every_pending_workload(tmp_path: Path) -> None:
     assert sum(e["gpus"] for d in decided for e in d["placement"]) <= 8
 
 
-def big_dump(node_count: int, workload_count: int, seed: int = 5, distinct_templates: int = 97) -> dict[str, Any]:
-    """A kubectl-like List: alike nodes of three products, workloads of ``distinct_templates``
-    serving and as many training templates (a cluster runs many copies of each job)."""
-    rng = random.Random(seed)
-    products = [("NVIDIA-H100-80GB-HBM3", "81559"), ("NVIDIA-A100-SXM4-40GB", "40960"), ("NVIDIA-L4", "23034")]
-    items: list[dict[str, Any]] = []
-    for index in range(node_count):
-        product, memory = products[index % 3]
-        items.append({
-            "apiVersion": "v1", "kind": "Node",
-            "metadata": {"name": f"gpu-{index:05d}", "uid": f"node-{index}", "creationTimestamp": "2026-10-01T00:00:00Z",
-                         "labels": {"nvidia.com/gpu.product": product, "nvidia.com/gpu.memory": memory}},
-            "spec": {},
-            "status": {"allocatable": {"cpu": "96", "memory": "1Ti", "nvidia.com/gpu": "8"},
-                       "conditions": [{"type": "Ready", "status": "True", "lastHeartbeatTime": "2026-11-26T10:00:00Z"}]},
-        })  # fmt: skip
-    for index in range(workload_count):
-        if rng.random() < 0.4:
-            container = {"name": "server", "image": "vllm/vllm-openai:v0.6.3", "args": ["--model", f"org/model-{index % distinct_templates}"],
-                         "ports": [{"containerPort": 8000}], "readinessProbe": {"httpGet": {"path": "/health", "port": 8000}}}  # fmt: skip
-        else:
-            container = {"name": "trainer", "image": "nvcr.io/nvidia/pytorch:24.08-py3",
-                         "command": ["torchrun", "--nproc-per-node=8", "train.py", f"--seed={index % distinct_templates}"]}  # fmt: skip
-        items.append({
-            "apiVersion": "gpuadmit.io/v1alpha1", "kind": "GPUWorkload",
-            "metadata": {"name": f"w-{index:06d}", "namespace": f"ns-{index % 100}", "uid": f"w-{index}",
-                         "creationTimestamp": f"2026-11-26T09:{index % 60:02d}:00Z"},
-            "spec": {"gpus": rng.choice([1, 2, 4, 8]), "replicas": rng.choice([1, 1, 1, 2]),
-                     "template": {"metadata": {"labels": {"app": f"app-{index % distinct_templates}"}}, "spec": {"containers": [container]}}},
-        })  # fmt: skip
-    return {"apiVersion": "v1", "kind": "List", "items": items}
-
-
-def timed(command: list[str]) -> float:
-    started = time.perf_counter()
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, cwd=ROOT, timeout=600)
-    return time.perf_counter() - started
-
-
-@pytest.mark.slow
-def test_deciding_a_large_dump_takes_at_most_five_times_parsing_it(tmp_path: Path) -> None:
-    path = tmp_path / "large.json"
-    path.write_text(json.dumps(big_dump(10_000, 100_000)))
-    parse = [sys.executable, "-c", f"import json; json.load(open({str(path)!r}))"]
-    decide = [sys.executable, "-m", "gpuadmit", "decide", "-f", str(path), "-o", "json"]
-    # Best of two of each, interleaved, so a burst of load elsewhere hits both alike.
-    parse_runs, decide_runs = [], []
-    for _ in range(2):
-        parse_runs.append(timed(parse))
-        decide_runs.append(timed(decide))
-    parse_seconds, decide_seconds = min(parse_runs), min(decide_runs)
-    print(f"parse {parse_seconds:.2f} s, decide {decide_seconds:.2f} s, ratio {decide_seconds / parse_seconds:.2f}")
-    assert decide_seconds <= 5 * parse_seconds
+# How long `decide` takes against parsing its input is a benchmark, not a test: `make bench` part
+# `decide` (benchmarks/decide.py) prints it for a few hundred and for 100,000 distinct templates.
 
 
 json_values = st.recursive(
@@ -336,13 +283,25 @@ node_overrides = st.fixed_dictionaries({
     "unschedulable": st.one_of(st.booleans(), json_values),
     "status": st.one_of(st.just("keep"), json_values),
 })  # fmt: skip
+# A status is the operator's to write; anything there that is not one of its phases is ignored.
+# README: "workloads with no phase, Queued or Preempted are pending and each gets exactly one decision".
+NOT_PENDING_PHASES = ("Admitted", "Running", "Succeeded", "Failed", "Rejected")
+statuses_strategy = st.one_of(
+    json_values,
+    st.fixed_dictionaries({"phase": st.sampled_from(("Queued", "Preempted", "", *NOT_PENDING_PHASES))}),
+)
+
+
+def is_pending(obj: dict[str, Any]) -> bool:
+    status = obj.get("status")
+    return not (isinstance(status, dict) and status.get("phase") in NOT_PENDING_PHASES)
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     nodes=st.lists(node_overrides, max_size=3),
     specs=st.lists(spec_overrides, max_size=4),
-    statuses=st.lists(json_values, max_size=4),
+    statuses=st.lists(statuses_strategy, max_size=4),
     junk=st.lists(json_values, max_size=2),
 )
 def test_arbitrary_dumps_never_crash_and_decide_each_named_pending_workload_once(
@@ -362,6 +321,7 @@ def test_arbitrary_dumps_never_crash_and_decide_each_named_pending_workload_once
         if index < len(statuses):
             obj["status"] = statuses[index]
         items.append(obj)
+    named_pending = {("team-a", obj["metadata"]["name"]) for obj in items if obj["kind"] == "GPUWorkload" and is_pending(obj)}
     items.extend(junk)
     path = tmp_path / "dump.json"
     path.write_text(json.dumps({"kind": "List", "items": items}))
@@ -372,4 +332,5 @@ def test_arbitrary_dumps_never_crash_and_decide_each_named_pending_workload_once
     assert code in (0, 2), captured.err  # 2: some objects were skipped (bad input), the rest decided
     assert "Traceback" not in captured.err
     decided = [(d["namespace"], d["name"]) for d in json.loads(captured.out)["decisions"]]
-    assert len(decided) == len(set(decided))
+    assert len(decided) == len(set(decided)), "a workload decided twice"
+    assert set(decided) == named_pending, "a pending workload dropped, or one that holds or finished decided"

@@ -61,6 +61,14 @@ class Server:
         assert self.runner is not None
         await self.runner.cleanup()
 
+    async def wait_for_no_open_connection(self, deadline_s: float = 30.0) -> None:
+        """Until the server has closed every connection (aiohttp's live request handlers)."""
+        assert self.runner is not None and self.runner.server is not None
+        deadline = asyncio.get_running_loop().time() + deadline_s
+        while self.runner.server.connections:
+            assert asyncio.get_running_loop().time() < deadline, "the server kept its idle connection open"
+            await asyncio.sleep(0.02)
+
 
 async def test_requests_reuse_one_connection_and_carry_host_headers_and_body() -> None:
     async with Server() as server:
@@ -106,7 +114,7 @@ async def test_an_idle_connection_closed_by_the_server_is_replaced_transparently
     async with Server(keepalive_timeout=0.1) as server:
         pool = Http1Pool(f"http://127.0.0.1:{server.port}")
         assert (await pool.request("POST", "/one", body=b"{}")).status == 200
-        await asyncio.sleep(0.5)  # the server closes the idle connection meanwhile
+        await server.wait_for_no_open_connection()  # its keep-alive timeout passed: it closed ours
         assert (await pool.request("POST", "/two", body=b'{"a": 1}')).status == 200
         pool.close()
     assert [r["path"] for r in server.requests] == ["/one", "/two"]  # sent once each

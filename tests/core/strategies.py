@@ -1,14 +1,12 @@
 """Snapshots for property tests: hypothesis strategies, and a seeded generator for plain loops.
 
 Reusable by anyone who needs model objects without parsing Kubernetes ones:
-``snapshots()`` draws a whole cycle's input; ``random_snapshot(rng)`` builds
-one from a ``random.Random`` (for comparisons that run many instances fast,
-such as greedy against the exact solver).
+``snapshots()`` draws a whole cycle's input; ``make_*`` build model objects for unit
+tests. (The seeded random clusters of greedy against the exact solver are
+``benchmarks.exact.seeded_cluster``.)
 """
 
 from __future__ import annotations
-
-import random
 
 from hypothesis import strategies as st
 
@@ -72,21 +70,23 @@ def policy_strategy(*, preemption: bool | None = None, reserve: bool | None = No
 
 
 @st.composite
-def nodes_strategy(draw, max_nodes: int = 8) -> tuple[GpuNode, ...]:
-    count = draw(st.integers(0, max_nodes))
+def nodes_strategy(draw, max_nodes: int = 8, *, usable: bool = False) -> tuple[GpuNode, ...]:
+    """Up to ``max_nodes`` nodes; ``usable``: at least one, each schedulable, untainted, with GPUs
+    none of which other pods use (so contention comes from the workloads drawn)."""
+    count = draw(st.integers(1 if usable else 0, max_nodes))
     nodes = []
     for i in range(count):
-        product = draw(st.sampled_from(PRODUCTS + ("",)))
-        allocatable = draw(st.sampled_from([0, 1, 2, 4, 8]))
+        product = draw(st.sampled_from(PRODUCTS if usable else PRODUCTS + ("",)))
+        allocatable = draw(st.sampled_from([2, 4, 8] if usable else [0, 1, 2, 4, 8]))
         nodes.append(
             GpuNode(
                 name=f"node-{i:02d}",
                 allocatable=allocatable,
                 product=product,
                 memory_mib=MEMORY_BY_PRODUCT.get(product, 0),
-                schedulable=draw(st.sampled_from([True, True, True, False])),
-                taints=tuple(draw(st.lists(st.sampled_from(TAINTS), max_size=2, unique=True))),
-                gpus_used_by_pods=draw(st.integers(0, allocatable)),
+                schedulable=usable or draw(st.sampled_from([True, True, True, False])),
+                taints=() if usable else tuple(draw(st.lists(st.sampled_from(TAINTS), max_size=2, unique=True))),
+                gpus_used_by_pods=0 if usable else draw(st.integers(0, allocatable)),
                 unschedulable_reason="cordoned",
             )
         )
@@ -125,17 +125,25 @@ def snapshots(
     preemption: bool | None = None,
     reserve: bool | None = None,
     aging: bool | None = None,
+    crowded: bool = False,
+    usable_nodes: bool = False,
 ) -> Snapshot:
     """A whole cycle's input. Holding workloads are placed within the nodes' free GPUs,
-    so the drawn cluster is never overcommitted before the engine runs."""
-    nodes = draw(nodes_strategy(max_nodes))
+    so the drawn cluster is never overcommitted before the engine runs.
+
+    ``crowded``: usable nodes whose every GPU is held by running workloads (mostly preemptible),
+    so whatever is admitted must preempt: the case preemption properties need. ``usable_nodes``:
+    every node schedulable, untainted and free of other pods (capacity the reserve can bound)."""
+    nodes = draw(nodes_strategy(max_nodes, usable=crowded or usable_nodes))
     free = {node.name: node.allocatable - node.gpus_used_by_pods for node in nodes}
+    # Crowded: one holding workload per node first, taking all of it; then any others drawn.
+    places = list(nodes) if crowded else []
+    places += [draw(st.sampled_from(nodes)) for _ in range(draw(st.integers(0, max_holding)) if nodes else 0)]
     holding = []
-    for i in range(draw(st.integers(0, max_holding)) if nodes else 0):
-        node = draw(st.sampled_from(nodes))
+    for i, node in enumerate(places):
         if free[node.name] < 1:
             continue
-        gpus = draw(st.integers(1, free[node.name]))
+        gpus = free[node.name] if crowded else draw(st.integers(1, free[node.name]))
         free[node.name] -= gpus
         holding.append(
             Workload(
@@ -144,7 +152,7 @@ def snapshots(
                 gpus_per_replica=gpus,
                 replicas=1,
                 workload_class=draw(st.sampled_from(["inference", "training"])),
-                preemptible=draw(st.booleans()),
+                preemptible=draw(st.sampled_from([True, True, True, False]) if crowded else st.booleans()),
                 tier=draw(st.sampled_from([None, "bronze"])),
                 phase="Running",
                 placement=(PlacementEntry(node=node.name, gpus=gpus),),
@@ -166,48 +174,6 @@ def snapshots(
         now=NOW,
         invalid=tuple(invalid),
     )
-
-
-def random_snapshot(rng: random.Random, *, nodes: int = 10, pending: int = 30, single_replica: bool = True, products: tuple[str, ...] = PRODUCTS) -> Snapshot:
-    """A seeded random cluster for quality comparisons: no preemption, reserve or aging,
-    no floor; contention on purpose (more GPUs asked than free)."""
-    node_list = []
-    for i in range(nodes):
-        product = rng.choice(products)
-        allocatable = rng.choice([1, 2, 4, 8, 8])
-        node_list.append(
-            GpuNode(
-                name=f"node-{i:03d}",
-                allocatable=allocatable,
-                product=product,
-                memory_mib=MEMORY_BY_PRODUCT[product],
-                gpus_used_by_pods=rng.choice([0, 0, 0, rng.randint(0, allocatable)]),
-            )
-        )
-    policy = Policy(
-        gpu_cost_per_hour={product: round(rng.uniform(0.2, 2.5), 2) for product in products} | {"default": 1.0},
-        price_per_gpu_hour={"inference": round(rng.uniform(2.0, 6.0), 2), "training": round(rng.uniform(1.0, 3.5), 2)},
-        tier_multipliers={"gold": 1.5, "silver": 1.2, "bronze": 0.8},
-        min_margin_per_gpu_hour=0.0,
-        preemption=PreemptionRules(enabled=False),
-    )
-    workloads = []
-    for i in range(pending):
-        allowed = tuple(sorted(rng.sample(products, rng.randint(1, 2)))) if rng.random() < 0.4 else ()
-        workloads.append(
-            Workload(
-                namespace=rng.choice(["team-a", "team-b", "team-c"]),
-                name=f"w-{i:03d}",
-                gpus_per_replica=rng.choice([1, 1, 2, 2, 3, 4, 6, 8]),
-                replicas=1 if single_replica else rng.choice([1, 1, 2, 4]),
-                workload_class=rng.choice(["inference", "training"]),
-                gpu_products=allowed,
-                tier=rng.choice([None, None, "gold", "silver", "bronze"]),
-                created_at=NOW - rng.randint(0, 10000),
-                queued_since=NOW - rng.randint(0, 10000),
-            )
-        )
-    return Snapshot(nodes=tuple(node_list), holding=(), pending=tuple(workloads), policy=policy, now=NOW)
 
 
 # --- plain factories for unit tests ------------------------------------------------

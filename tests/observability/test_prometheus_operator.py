@@ -106,7 +106,12 @@ def test_the_operators_scrape_is_healthy_and_no_alert_fires(
     prometheus, _, _ = operator_scraped
     assert prometheus.query_value('up{job="gpuadmit"}') == 1
     assert prometheus.query_value("gpuadmit_build_info") == 1
-    groups = prometheus.api("rules")["groups"]
-    rules = [rule for group in groups for rule in group["rules"]]
-    assert [rule["name"] for rule in rules if rule["health"] == "err"] == []
-    assert [rule["name"] for rule in rules if rule["state"] == "firing"] == []
+
+    def rules_all_evaluated() -> list[dict[str, Any]] | None:
+        """The loaded rules once each has been evaluated (before that its health is "unknown")."""
+        rules = [rule for group in prometheus.api("rules")["groups"] for rule in group["rules"]]
+        return rules if rules and all(rule["health"] != "unknown" for rule in rules) else None
+
+    rules = wait_until(rules_all_evaluated, DEADLINE_S, "every alert rule evaluated at least once")
+    assert [(rule["name"], rule.get("lastError")) for rule in rules if rule["health"] != "ok"] == []
+    assert [rule["name"] for rule in rules if rule.get("state") == "firing"] == []

@@ -8,22 +8,8 @@ import pytest
 
 pytestmark = pytest.mark.helm
 
-# What the operator's code calls, by (API group, resource): the verbs it needs. docs/operator.md
-# explains each; tests/controller/test_rbac_audit.py records the operator's real requests against the
-# emulated API server and checks them against the chart's rules. (gets: re-reads after a 409 conflict.)
-OPERATOR_PERMISSIONS: dict[tuple[str, str], set[str]] = {
-    ("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"},
-    ("gpuadmit.io", "marginpolicies"): {"get", "list", "watch"},
-    ("gpuadmit.io", "marginpolicies/status"): {"patch"},
-    ("", "nodes"): {"list", "watch"},
-    ("", "namespaces"): {"list", "watch"},
-    ("gpuadmit.io", "gpuworkloads"): {"get", "list", "watch", "patch"},
-    ("gpuadmit.io", "gpuworkloads/status"): {"patch"},
-    ("", "pods"): {"list", "watch", "create", "delete"},
-    ("", "events"): {"create"},
-    ("kopf.dev", "clusterkopfpeerings"): {"get", "list", "watch", "patch"},
-    ("kopf.dev", "kopfpeerings"): {"get", "list", "watch", "patch"},
-}
+# Whether the operator is granted exactly what its code uses is judged on its real requests:
+# tests/controller/test_rbac_audit.py (the emulator's request audit against these rules).
 
 
 def operator_rules(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -39,32 +25,6 @@ def operator_rules(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if role["kind"] in {"ClusterRole", "Role"} and (role["kind"], role["metadata"]["name"]) in bound
         for rule in role["rules"]
     ]
-
-
-def test_operator_is_granted_nothing_its_code_does_not_use(objects: list[dict]) -> None:
-    for rule in operator_rules(objects):
-        for group in rule["apiGroups"]:
-            for resource in rule["resources"]:
-                used = OPERATOR_PERMISSIONS.get((group, resource))
-                assert used is not None, f"granted {group}/{resource}, which the operator never calls"
-                assert set(rule["verbs"]) <= used, f"{group}/{resource}: {sorted(set(rule['verbs']) - used)} unused"
-
-
-def test_operator_is_granted_everything_its_code_uses(rendered_by_value_set: dict) -> None:
-    granted = {
-        (group, resource, verb)
-        for rule in operator_rules(rendered_by_value_set["everything-on"])
-        for group in rule["apiGroups"]
-        for resource in rule["resources"]
-        for verb in rule["verbs"]
-    }
-    needed = {
-        (group, resource, verb)
-        for (group, resource), verbs in OPERATOR_PERMISSIONS.items()
-        if resource != "kopfpeerings"  # namespaced peering only when namespaces are listed
-        for verb in verbs
-    }
-    assert needed - granted == set()
 
 
 def test_no_wildcards_and_no_secrets_anywhere(objects: list[dict]) -> None:

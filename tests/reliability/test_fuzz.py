@@ -12,15 +12,16 @@ import math
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
-from hypothesis import given
+from hypothesis import event, given
 from hypothesis import strategies as st
 
 from gpuadmit.controller.status import decision_message
 from gpuadmit.core.engine import decide
 from gpuadmit.core.errors import SpecError
 from gpuadmit.core.model import Action, InvalidWorkload, Reason
-from gpuadmit.core.policy import DEFAULT_POLICY, parse_policy
+from gpuadmit.core.policy import DEFAULT_POLICY, parse_policy, select_policy
 from gpuadmit.core.snapshot import build_snapshot
 from gpuadmit.core.validation import apply_json_patch, mutate_workload, validate_workload
 from gpuadmit.core.workload import parse_workload
@@ -156,12 +157,20 @@ def test_what_schema_and_webhook_let_through_the_engine_can_parse(obj: Any) -> N
 def test_engine_decides_every_malformed_cycle_with_reasons_and_no_overcommit(objs: list[Any], policy: Any) -> None:
     figures.count(figures.MALFORMED_INPUTS, len(objs) + (policy is not None))
     policies = [policy] if policy is not None else []
+    # Only an invalid policy may stop a snapshot: judge the policy alone first, so a SpecError
+    # raised by anything else (a workload the parser should have turned into InvalidSpec) fails.
     try:
-        snapshot = build_snapshot(NODES, [], NAMESPACES, _unique(objs), policies, NOW)
-    except SpecError as error:  # only an invalid policy may stop a snapshot, and it names the field
+        select_policy(policies)
+    except SpecError as error:
         assert error.field.startswith("spec"), error
         assert_no_traceback(error.message, policy, "policy")
+        with pytest.raises(SpecError) as stopped:
+            build_snapshot(NODES, [], NAMESPACES, _unique(objs), policies, NOW)
+        assert (stopped.value.field, stopped.value.message) == (error.field, error.message)
+        event("policy refused: the snapshot stops")
         return
+    event("policy parsed: the cycle is decided")
+    snapshot = build_snapshot(NODES, [], NAMESPACES, _unique(objs), policies, NOW)
     result = decide(snapshot)
     expected_keys = sorted(w.key for w in (*snapshot.pending, *snapshot.invalid))
     assert sorted(d.key for d in result.decisions) == expected_keys  # one decision each, none dropped
