@@ -31,6 +31,10 @@ class ResourceSpec:
     short_names: tuple[str, ...] = ()
     categories: tuple[str, ...] = ()
     schema: ObjectSchema | None = field(default=None, compare=False, repr=False)
+    # What a CRD declares for clients: its openAPIV3Schema as written (OpenAPI documents,
+    # ``kubectl explain``) and its additionalPrinterColumns (``kubectl get``'s Table).
+    openapi_schema: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
+    printer_columns: tuple[Mapping[str, Any], ...] = field(default=(), compare=False, repr=False)
 
     @property
     def api_version(self) -> str:
@@ -118,6 +122,9 @@ def specs_from_crd(crd: Mapping[str, Any]) -> list[ResourceSpec]:
             short_names=tuple(names.get("shortNames") or ()),
             categories=tuple(names.get("categories") or ()),
             schema=ObjectSchema(openapi) if openapi else None,
+            openapi_schema=openapi,
+            printer_columns=tuple(column for column in version.get("additionalPrinterColumns") or []
+                                  if isinstance(column, Mapping)),
         ))
     return result
 
