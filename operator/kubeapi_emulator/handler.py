@@ -22,9 +22,9 @@ from typing import Any
 import aiohttp.web
 import attrs
 import kmock
-from kmock._internal import parsing, rendering  # the request model our reactions are matched against
-
 import yaml
+# kmock's request model, which our reactions are matched against
+from kmock._internal import parsing, rendering
 
 from kubeapi_emulator import errors, openapi, tables
 from kubeapi_emulator.audit import AuditLog, audit_record
@@ -32,10 +32,21 @@ from kubeapi_emulator.errors import ApiError
 from kubeapi_emulator.faults import FaultPlan
 from kubeapi_emulator.fieldmanagers import record_update, server_side_apply
 from kubeapi_emulator.patching import APPLY_PATCH, apply_patch
-from kubeapi_emulator.resources import BUILTIN_RESOURCES, KOPF_PEERING_CRDS, VERBS, ResourceSpec, specs_from_crd
+from kubeapi_emulator.resources import (
+    BUILTIN_RESOURCES,
+    KOPF_PEERING_CRDS,
+    VERBS,
+    ResourceSpec,
+    specs_from_crd,
+)
 from kubeapi_emulator.schema import unknown_fields
 from kubeapi_emulator.selectors import object_selector
-from kubeapi_emulator.store import DEFAULT_HISTORY_LIMIT, ObjectStore, StoredEvent, StorageKey
+from kubeapi_emulator.store import (
+    DEFAULT_HISTORY_LIMIT,
+    ObjectStore,
+    StorageKey,
+    StoredEvent,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -279,8 +290,9 @@ class KubernetesApiEmulator(kmock.KubernetesScaffold):
         status = 200
         headers: dict[str, str] | None = None
         if isinstance(result, rendering.Response):
-            headers = {k: v for k, v in (result.headers or {}).items() if v is not None}
-            result, status = result.payload, result.status or 200
+            answer = result
+            headers = {k: v for k, v in (answer.headers or {}).items() if v is not None}
+            result, status = answer.payload, answer.status or 200
         if route in self._object_routes:
             # A stored object: encoded once, the same bytes its watch event will carry.
             # The same bytes and headers as json_response(result) would give.
@@ -524,23 +536,16 @@ class KubernetesApiEmulator(kmock.KubernetesScaffold):
         spec = self._resolve(request)
         assert request.name is not None
         body = request.data
-        if request.body.strip() and body is None:
-            raise errors.bad_request("the request body is not valid JSON")
         content_type = request.headers.get("Content-Type", "application/merge-patch+json")
         if request.method != kmock.method.PUT and content_type.split(";")[0].strip() == APPLY_PATCH:
-            return self._server_side_apply(spec, request)
+            return self._server_side_apply(spec, request)  # YAML or JSON
+        if request.body.strip() and body is None:
+            raise errors.bad_request("the request body is not valid JSON")
         manager = request.params.get("fieldManager")
         warnings = self._check_fields(spec, request, body if request.method == kmock.method.PUT or
                                       content_type.split(";")[0].strip() != "application/json-patch+json" else None)
-        if request.method == kmock.method.PUT:
-            def proposed(_: dict[str, Any]) -> Any:
-                return body
-        else:
-            def proposed(current: dict[str, Any]) -> Any:
-                return apply_patch(current, body, content_type)
-
         def change(current: dict[str, Any]) -> Any:
-            result = proposed(current)
+            result = body if request.method == kmock.method.PUT else apply_patch(current, body, content_type)
             if manager and isinstance(result, dict) and request.subresource is None:
                 result = {**result, "metadata": {**(result.get("metadata") or {}), "managedFields": record_update(
                     current, result, manager, spec.api_version)}}
@@ -565,7 +570,7 @@ class KubernetesApiEmulator(kmock.KubernetesScaffold):
         manager = request.params.get("fieldManager")
         if not manager:
             raise errors.bad_request("PATCH with apply must specify a fieldManager")
-        meta = body.get("metadata") if isinstance(body.get("metadata"), dict) else {}
+        meta = body["metadata"] if isinstance(body.get("metadata"), dict) else {}
         if meta.get("name") not in (None, request.name):
             raise errors.bad_request(f"the name of the object ({meta.get('name')}) does not match the name on "
                                      f"the URL ({request.name})")

@@ -293,7 +293,7 @@ def _operations(spec: ResourceSpec, v3: bool) -> dict[str, dict[str, Any]]:
         common = [{**{k: v for k, v in p.items()}, "schema": {"type": "string", "uniqueItems": True}} for p in common]
     else:
         common = [{**p, "type": "string", "uniqueItems": True} for p in common]
-    paths = {
+    paths: dict[str, dict[str, Any]] = {
         collection: {
             "get": operation("list", "list", list_ref),
             "post": operation("create", "post", kind_ref, writes=True, body=True),
@@ -308,16 +308,14 @@ def _operations(spec: ResourceSpec, v3: bool) -> dict[str, dict[str, Any]]:
         },
     }
     if spec.has_status:
-        paths[f"{collection}/{{name}}/status"] = {
+        status_operations: dict[str, Any] = {
             "get": operation("read", "get", kind_ref),
             "put": operation("replace", "put", kind_ref, writes=True, body=True),
             "patch": operation("patch", "patch", kind_ref, writes=True, body=True, patch=True),
-            "parameters": common,
         }
-    for path_item in paths.values():
-        for verb, op in path_item.items():
-            if verb != "parameters":
-                op["operationId"] += "Status" if path_item is paths.get(f"{collection}/{{name}}/status") else ""
+        for op in status_operations.values():
+            op["operationId"] += "Status"
+        paths[f"{collection}/{{name}}/status"] = {**status_operations, "parameters": common}
     return paths
 
 
