@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from gpuadmit import demo
+from gpuadmit import demo, demo_plan, demo_screen
 from gpuadmit.core.classifier import classify
 from gpuadmit.core.nodes import node_from_object
 from gpuadmit.core.policy import parse_policy
@@ -50,12 +50,12 @@ def write_tiny_trace(folder: Path) -> Path:
 
 
 def test_trace_nodes_become_labelled_gpu_nodes(tmp_path: Path) -> None:
-    nodes, pods, source = demo.load_trace(write_tiny_trace(tmp_path / "trace"), node_count=10)
+    nodes, pods, source = demo_plan.load_trace(write_tiny_trace(tmp_path / "trace"), node_count=10)
     assert "Alibaba" in source
     by_name = {node.name: node for node in nodes}
-    assert by_name["n-0"] == demo.DemoNode("n-0", 8, "Tesla-V100-SXM2-32GB", 32768)
+    assert by_name["n-0"] == demo_plan.DemoNode("n-0", 8, "Tesla-V100-SXM2-32GB", 32768)
     assert by_name["n-1"].product == "Tesla-T4"
-    parsed = node_from_object(demo.node_object(by_name["n-0"]), 0)
+    parsed = node_from_object(demo_plan.node_object(by_name["n-0"]), 0)
     assert (parsed.allocatable, parsed.product, parsed.memory_mib, parsed.schedulable) == (8, "Tesla-V100-SXM2-32GB", 32768, True)
     assert [pod.name for pod in pods] == ["p-0", "p-1", "p-2", "p-4"]  # GPU pods only
     p1 = next(pod for pod in pods if pod.name == "p-1")
@@ -74,61 +74,61 @@ def test_the_trace_is_found_upwards_and_a_bad_explicit_dir_is_an_error(tmp_path:
 
 
 def test_submissions_are_seeded_bounded_and_offer_the_requested_load() -> None:
-    nodes, pods, _ = demo.sample_cluster(seed=1)
+    nodes, pods, _ = demo_plan.sample_cluster(seed=1)
     total = sum(node.gpus for node in nodes)
     args = demo_args(duration=60.0, time_scale=10.0, load=1.0, seed=3)
-    plans, rate, offered = demo.plan_submissions(pods, total, args)
-    again, _, _ = demo.plan_submissions(pods, total, args)
+    plans, rate, offered = demo_plan.plan_submissions(pods, total, args)
+    again, _, _ = demo_plan.plan_submissions(pods, total, args)
     assert plans == again
     assert 0 < rate <= args.max_rate
     assert offered == pytest.approx(1.0) or rate == args.max_rate
     assert all(0 < plan.at < args.duration for plan in plans)
     assert [plan.at for plan in plans] == sorted(plan.at for plan in plans)
     assert len({(plan.namespace, plan.name) for plan in plans}) == len(plans)
-    assert all(demo.MIN_RUN_SECONDS <= plan.run_seconds <= args.duration / 2 for plan in plans)
+    assert all(demo_plan.MIN_RUN_SECONDS <= plan.run_seconds <= args.duration / 2 for plan in plans)
     assert abs(len(plans) - rate * args.duration) < 4 * (rate * args.duration) ** 0.5 + 5  # Poisson arrivals
     assert all((plan.max_queue_seconds is None) == plan.pod.qos_inference for plan in plans)
     forgers = [plan for plan in plans if plan.forges_tier_label]
     assert forgers and not any(plan.pod.qos_inference for plan in forgers)
-    assert len(forgers) <= len(plans) // demo.FORGER_EVERY + 1
-    assert {plan.namespace for plan in plans if plan.pod.qos_inference} <= set(demo.INFERENCE_NAMESPACES)
+    assert len(forgers) <= len(plans) // demo_plan.FORGER_EVERY + 1
+    assert {plan.namespace for plan in plans if plan.pod.qos_inference} <= set(demo_plan.INFERENCE_NAMESPACES)
 
 
 def test_submitted_workloads_pass_the_webhook_and_classify_as_the_qos_proxy_says() -> None:
-    _, pods, _ = demo.sample_cluster(seed=1)
-    plans, _, _ = demo.plan_submissions(pods, 100, demo_args(duration=30.0))
+    _, pods, _ = demo_plan.sample_cluster(seed=1)
+    plans, _, _ = demo_plan.plan_submissions(pods, 100, demo_args(duration=30.0))
     inference = next(plan for plan in plans if plan.pod.qos_inference)
     training = next(plan for plan in plans if not plan.pod.qos_inference)
     for plan, expected in ((inference, "inference"), (training, "training")):
-        obj = demo.workload_object(plan)
+        obj = demo_plan.workload_object(plan)
         assert validate_workload(obj).allowed, validate_workload(obj).message
         assert classify(obj["spec"].get("class"), obj["spec"]["template"])[0] == expected
         assert obj["spec"]["gpus"] == plan.pod.gpus
 
 
 def test_the_forged_tier_label_is_what_the_webhook_refuses() -> None:
-    _, pods, _ = demo.sample_cluster(seed=1)
-    plans, _, _ = demo.plan_submissions(pods, 100, demo_args(duration=60.0))
+    _, pods, _ = demo_plan.sample_cluster(seed=1)
+    plans, _, _ = demo_plan.plan_submissions(pods, 100, demo_args(duration=60.0))
     forger = next(plan for plan in plans if plan.forges_tier_label)
-    result = validate_workload(demo.workload_object(forger))
+    result = validate_workload(demo_plan.workload_object(forger))
     assert (result.allowed, result.reason) == (False, "ReservedKey")
     assert "gpuadmit.io/tier" in result.message
 
 
 def test_the_policy_durations_are_compressed_like_time() -> None:
-    policy = demo.demo_policy(REPO / "examples" / "policy.yaml", time_scale=10.0)
-    builtin = demo.demo_policy(None, time_scale=10.0)
-    for obj in (policy, builtin):
+    policy = demo_plan.demo_policy(REPO / "examples" / "policy.yaml", time_scale=10.0)
+    shipped = demo_plan.demo_policy(None, time_scale=10.0)  # the package's copy of the example
+    for obj in (policy, shipped):
         parsed = parse_policy(obj)
         assert parsed.preemption.min_runtime_seconds == 60
         assert parsed.default_max_queue_seconds == 8640
-    assert demo.BUILTIN_POLICY["spec"]["preemption"]["minRuntimeSeconds"] == 600  # the original is untouched
+    assert policy == shipped
 
 
 def test_the_ledger_counts_decisions_waits_and_margin() -> None:
-    ledger = demo.Ledger(total_gpus=16, time_scale=60.0)
-    pod = demo.DemoPod("p", True, 2, 100.0)
-    plan = demo.Plan(0.0, "p", "serving", pod, 5.0, None)
+    ledger = demo_screen.Ledger(total_gpus=16, time_scale=60.0)
+    pod = demo_plan.DemoPod("p", True, 2, 100.0)
+    plan = demo_plan.Plan(0.0, "p", "serving", pod, 5.0, None)
     ledger.submitted(plan, sent_at=ledger.now())
     key = "serving/p"
     ledger.observe("MODIFIED", {"metadata": {"namespace": "serving", "name": "p"},
@@ -145,11 +145,11 @@ def test_the_ledger_counts_decisions_waits_and_margin() -> None:
                                 "status": {"phase": "Succeeded", "reason": "PodsSucceeded", "class": "inference"}})
     assert ledger.gpus_in_use() == 0 and ledger.counts()["inference"]["done"] == 1
     ledger.observe("MODIFIED", {"metadata": {"namespace": "other", "name": "x"}, "status": {"phase": "Admitted"}})  # not ours
-    forger = demo.Plan(1.0, "f", "research", demo.DemoPod("f", False, 1, 10.0), 2.0, 60, True)
+    forger = demo_plan.Plan(1.0, "f", "research", demo_plan.DemoPod("f", False, 1, 10.0), 2.0, 60, True)
     ledger.refused(forger, 1.0, '[ReservedKey] metadata.labels["gpuadmit.io/tier"]: reserved')
     assert ledger.counts()["training"]["refused"] == 1 and ledger.decisions[-1].verb == "refused"
     assert ledger.workloads["research/f"].reason == "ReservedKey"
-    lines = demo.summary(ledger, elapsed=10.0, time_scale=60.0)
+    lines = demo_screen.summary(ledger, elapsed=10.0, time_scale=60.0)
     assert "admitted by class: inference=1 training=0" in lines
 
 
@@ -157,8 +157,8 @@ def test_plain_output_has_no_cursor_tricks() -> None:
     import io
 
     out = io.StringIO()
-    ledger = demo.Ledger(total_gpus=8, time_scale=10.0)
-    screen = demo.Screen(out, ledger, "header", live=False, duration=30.0)
+    ledger = demo_screen.Ledger(total_gpus=8, time_scale=10.0)
+    screen = demo_screen.Screen(out, ledger, "header", live=False, duration=30.0)
     screen.update(0)
     screen.update(0, final=True)
     assert "\x1b" not in out.getvalue()
