@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-
-from gpuadmit import demo, demo_plan, demo_screen
+from gpuadmit import demo, demo_plan, demo_plot, demo_screen
 from gpuadmit.core.classifier import classify
 from gpuadmit.core.nodes import node_from_object
 from gpuadmit.core.policy import parse_policy
@@ -170,7 +171,7 @@ def test_plain_output_has_no_cursor_tricks() -> None:
 @pytest.mark.timeout(240)
 def test_a_short_demo_runs_end_to_end_and_admits_both_classes(tmp_path: Path) -> None:
     command = [sys.executable, "-m", "gpuadmit.cli", "demo", "--duration", "25", "--nodes", "16"]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=200, cwd=REPO,
+    result = subprocess.run(command, check=False, capture_output=True, text=True, timeout=200, cwd=REPO,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
     output = result.stdout
     assert result.returncode == 0, output[-3000:] + result.stderr[-3000:]
@@ -185,3 +186,114 @@ def test_a_short_demo_runs_end_to_end_and_admits_both_classes(tmp_path: Path) ->
     assert "admission webhooks: every create went through" in output
     served = re.search(r"metrics: (\d+) gpuadmit_ samples served", output)
     assert served and int(served.group(1)) > 0, output[-1000:]
+
+
+def run_demo(*args: str, tmp_path: Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """The demo as a user runs it, with its own empty TMPDIR to see what it leaves behind."""
+    temp = tmp_path / "tmp"
+    temp.mkdir(exist_ok=True)
+    return subprocess.run([sys.executable, "-m", "gpuadmit.cli", "demo", *args], capture_output=True, text=True, check=False,
+                          timeout=timeout, cwd=tmp_path, env={**os.environ, "TMPDIR": str(temp)})
+
+
+@pytest.mark.parametrize(("nodes_row", "pods_row", "named"), [
+    ("n-0,64000,262144,eight,V100M32", "p-0,1000,1024,1,1000,,LS,Succeeded,0,800,10",
+     "openb_node_list_gpu_node.csv:2: column 'gpu'"),
+    ("n-0,64000,262144,8,V100M32", "p-0,1000,1024,1,1000,,LS,Succeeded,soon,800,10",
+     "openb_pod_list_default.csv:2: column 'creation_time'"),
+])
+def test_a_malformed_trace_is_one_line_exit_2_and_leaves_no_directory(tmp_path: Path, nodes_row: str, pods_row: str,
+                                                                      named: str) -> None:
+    trace = write_tiny_trace(tmp_path / "trace")
+    (trace / ALIBABA_NODES_FILE).write_text("sn,cpu_milli,memory_mib,gpu,model\n" + nodes_row + "\n")
+    pods = (trace / ALIBABA_PODS_FILE).read_text().splitlines()
+    (trace / ALIBABA_PODS_FILE).write_text(pods[0] + "\n" + pods_row + "\n")
+    result = run_demo("--trace-dir", str(trace), tmp_path=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert result.stderr.startswith("gpuadmit demo: ") and named in result.stderr
+    assert list((tmp_path / "tmp").iterdir()) == []  # no work directory left
+
+
+def test_a_bad_policy_or_option_is_one_line_exit_2(tmp_path: Path) -> None:
+    (tmp_path / "policy.yaml").write_text("- not\n- a policy\n")
+    result = run_demo("--no-trace", "--policy", str(tmp_path / "policy.yaml"), tmp_path=tmp_path)
+    assert (result.returncode, result.stderr.count("\n")) == (2, 1) and "--policy" in result.stderr
+    result = run_demo("--no-trace", "--duration", "0", tmp_path=tmp_path)
+    assert result.returncode == 2 and "--duration" in result.stderr
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
+METRICS_AT = [
+    (0.0, ('gpuadmit_gpus{product="T4",state="reserved"} 0\ngpuadmit_gpus{product="T4",state="free"} 8\n'
+           'gpuadmit_gpus{product="T4",state="allocatable"} 8\ngpuadmit_queue_depth{class="training"} 0\n'
+           'gpuadmit_decisions_total{action="admit",class="inference",reason="Admitted"} 0\n'
+           'gpuadmit_margin_earned_per_hour{class="inference"} 0\n')),
+    (2.0, ('gpuadmit_gpus{product="T4",state="reserved"} 6\ngpuadmit_gpus{product="T4",state="free"} 2\n'
+           'gpuadmit_gpus{product="T4",state="allocatable"} 8\ngpuadmit_queue_depth{class="training"} 3\n'
+           'gpuadmit_decisions_total{action="admit",class="inference",reason="Admitted"} 6\n'
+           'gpuadmit_decisions_total{action="queue",class="training",reason="InsufficientCapacity"} 3\n'
+           'gpuadmit_margin_earned_per_hour{class="inference"} 28.8\n')),
+]
+
+
+def test_the_recorded_metrics_give_the_dashboards_series_and_four_pngs(tmp_path: Path) -> None:
+    recorder = demo_plot.MetricsRecorder("http://unused")
+    for at, text in METRICS_AT:
+        recorder.record(text, at=at)
+    gpus = recorder.series("gpuadmit_gpus", lambda l: None if l["state"] == "allocatable" else f"{l['product']} {l['state']}")
+    assert gpus == {"T4 reserved": [(0.0, 0.0), (2.0, 6.0)], "T4 free": [(0.0, 8.0), (2.0, 2.0)]}
+    rates = recorder.rates("gpuadmit_decisions_total", lambda l: l["reason"])
+    assert rates["Admitted"] == [(2.0, 3.0)]  # 6 decisions in 2 s
+    written = demo_plot.plot_panels(recorder, tmp_path / "plots")
+    assert [path.name for path in written] == [f"{name}.png" for name in demo_plot.PANELS]
+    for path in written:
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_serve_keeps_the_cluster_for_kubectl_until_ctrl_c_and_plot_writes_the_panels(tmp_path: Path) -> None:
+    import signal
+    import urllib.request
+
+    import yaml
+
+    plots = tmp_path / "plots"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gpuadmit.cli", "demo", "--duration", "8", "--no-trace", "--plain", "--serve",
+         "--plot", str(plots)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert process.stdout is not None
+    output = []
+    kubeconfig = None
+    try:
+        for line in process.stdout:
+            output.append(line)
+            if line.strip().startswith("export KUBECONFIG="):
+                kubeconfig = Path(line.strip().split("=", 1)[1])
+            if line.startswith("Press Ctrl-C"):
+                break
+        assert kubeconfig is not None and kubeconfig.is_file(), "".join(output)[-3000:]
+        assert "kubectl get gpuworkloads -A" in "".join(output)
+        server = yaml.safe_load(kubeconfig.read_text())["clusters"][0]["cluster"]["server"]
+        with urllib.request.urlopen(f"{server}/apis/gpuadmit.io/v1alpha1/gpuworkloads", timeout=10) as response:
+            assert json.loads(response.read())["items"], "the demo's workloads are there"
+        kubectl = shutil.which("kubectl")
+        if kubectl is not None:  # the real kubectl, when there is one
+            got = subprocess.run([kubectl, "get", "gw", "-A"], check=False, capture_output=True, text=True, timeout=60,
+                                 env={**os.environ, "KUBECONFIG": str(kubeconfig), "HOME": str(tmp_path)})
+            assert got.returncode == 0, got.stderr
+            assert got.stdout.split("\n")[0].split()[:4] == ["NAMESPACE", "NAME", "CLASS", "PHASE"]
+        process.send_signal(signal.SIGINT)
+        _, errors = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 0, errors[-3000:]
+    assert "Traceback" not in errors
+    assert not kubeconfig.parent.exists()  # the work directory went with the cluster
+    assert sorted(path.name for path in plots.iterdir()) == sorted(f"{name}.png" for name in demo_plot.PANELS)
