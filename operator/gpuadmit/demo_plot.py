@@ -114,7 +114,7 @@ def plot_panels(recorder: MetricsRecorder, directory: Path) -> list[Path]:
     written = []
     for name in PANELS:
         title, unit, series = panels[name]
-        figure, axes = plt.subplots(figsize=(8, 4.2), dpi=90)
+        figure, axes = plt.subplots(figsize=(9.5, 4.2), dpi=90)
         shown = {group: points for group, points in sorted(series.items()) if any(value for _, value in points)}
         colours: dict[str, Any] = {}
         for group, points in shown.items():
@@ -129,8 +129,8 @@ def plot_panels(recorder: MetricsRecorder, directory: Path) -> list[Path]:
         axes.set_xlabel("demo seconds")
         axes.set_ylabel(unit)
         axes.grid(alpha=0.3)
-        if shown:
-            axes.legend(fontsize=7, loc="upper left", ncol=2 if len(shown) > 6 else 1)
+        if shown:  # beside the plot, where it hides no line
+            axes.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
         figure.tight_layout()
         path = directory / f"{name}.png"
         figure.savefig(path)
