@@ -26,7 +26,7 @@ import yaml
 # kmock's request model, which our reactions are matched against
 from kmock._internal import parsing, rendering
 
-from kubeapi_emulator import errors, openapi, tables
+from kubeapi_emulator import errors, openapi, protobuf, tables
 from kubeapi_emulator.audit import AuditLog, audit_record
 from kubeapi_emulator.errors import ApiError
 from kubeapi_emulator.faults import FaultPlan
@@ -107,10 +107,13 @@ async def parse_request(raw_request: aiohttp.web.BaseRequest, *, id: int) -> ren
     PUT counts as the UPDATE action, as PATCH does."""
     body = await raw_request.read()
     text = body.decode("utf-8", errors="replace")
-    try:
-        data = json.loads(text) if text.strip() else None
-    except ValueError:
-        data = None
+    if body and raw_request.headers.get("Content-Type", "").startswith(protobuf.PROTOBUF):
+        data = protobuf.decode(body)  # kubectl's typed clients: create namespace, configmap, ...
+    else:
+        try:
+            data = json.loads(text) if text.strip() else None
+        except ValueError:
+            data = None
     parsed = parse_api_path(raw_request.path)
     resource = None if parsed.group is None else _resource(parsed.group, parsed.version, parsed.plural)
     method = _method(raw_request.method)
@@ -137,6 +140,16 @@ def _event_line(event_type: str, encoded_object: bytes) -> bytes:
     if prefix is None:
         prefix = _EVENT_PREFIXES[event_type] = ('{"type": ' + json.dumps(event_type) + ', "object": ').encode()
     return prefix + encoded_object + b"}\n"
+
+
+def _dry_run(request: rendering.Request) -> bool:
+    """``?dryRun=All``: the write is checked and answered, not stored (kubectl diff, --dry-run=server)."""
+    value = request.params.get("dryRun")
+    if value in (None, ""):
+        return False
+    if value != "All":
+        raise errors.bad_request(f'dryRun: Unsupported value: "{value}": supported values: "All"')
+    return True
 
 
 def _version_priority(version: str) -> tuple[int, int, int, str]:
@@ -478,15 +491,27 @@ class KubernetesApiEmulator(kmock.KubernetesScaffold):
                                 include_object=request.params.get("includeObject"))
         return obj
 
+    @staticmethod
+    def _check_media_type(request: rendering.Request, accepted: tuple[str, ...]) -> str:
+        """The body's media type; 415 for one the emulator cannot read (protobuf, CBOR), so a
+        client that can falls back to JSON, as with a server that lacks the type."""
+        media_type = request.headers.get("Content-Type", accepted[0]).split(";")[0].strip().lower() or accepted[0]
+        if media_type not in accepted and request.body.strip():
+            raise ApiError(415, "UnsupportedMediaType",
+                           f"the body of the request was in an unknown format - accepted media types include: "
+                           f"{', '.join(accepted)}")
+        return media_type
+
     async def _serve_create(self, request: rendering.Request) -> rendering.Payload:
         spec = self._resolve(request)
+        self._check_media_type(request, ("application/json", protobuf.PROTOBUF))
         if request.subresource is not None:
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
         warnings = self._check_fields(spec, request, request.data)
         manager = request.params.get("fieldManager")
         managed = (lambda obj: record_update(None, obj, manager, spec.api_version)) if manager else None
         created = self._create(spec, request.namespace, request.data, copy_body=False,  # parsed for it alone
-                               managed_fields=managed)
+                               managed_fields=managed, dry_run=_dry_run(request))
         return rendering.Response(status=201, payload=created, headers=warnings)
 
     @staticmethod
@@ -520,9 +545,11 @@ class KubernetesApiEmulator(kmock.KubernetesScaffold):
                                  [{"reason": "FieldValueInvalid", "field": "spec", "message": str(e)}]) from e
 
     def _create(self, spec: ResourceSpec, namespace: str | None, body: Any, copy_body: bool = True,
-                managed_fields: Any = None) -> dict[str, Any]:
+                managed_fields: Any = None, dry_run: bool = False) -> dict[str, Any]:
         if spec.storage_key == CRD_STORAGE:
             self._check_crd(spec, body)
+        if spec.storage_key == ("", "secrets") and isinstance(body, dict) and not body.get("type"):
+            body["type"] = "Opaque"  # the real server's default
         if spec.storage_key == NAMESPACE_STORAGE and isinstance(body, dict):
             name = (body.get("metadata") or {}).get("name")
             if name:  # the label every real namespace carries
@@ -530,7 +557,7 @@ class KubernetesApiEmulator(kmock.KubernetesScaffold):
                 meta["labels"] = {**(meta.get("labels") or {}), "kubernetes.io/metadata.name": name}
         return self.store.create(spec, namespace, body,
                                  initial_status=lambda obj: _initial_status(spec.storage_key, obj),
-                                 copy_body=copy_body, managed_fields=managed_fields)
+                                 copy_body=copy_body, managed_fields=managed_fields, dry_run=dry_run)
 
     async def _serve_update(self, request: rendering.Request) -> rendering.Payload:
         spec = self._resolve(request)
@@ -539,6 +566,8 @@ class KubernetesApiEmulator(kmock.KubernetesScaffold):
         content_type = request.headers.get("Content-Type", "application/merge-patch+json")
         if request.method != kmock.method.PUT and content_type.split(";")[0].strip() == APPLY_PATCH:
             return self._server_side_apply(spec, request)  # YAML or JSON
+        if request.method == kmock.method.PUT:
+            self._check_media_type(request, ("application/json", protobuf.PROTOBUF))
         if request.body.strip() and body is None:
             raise errors.bad_request("the request body is not valid JSON")
         manager = request.params.get("fieldManager")
@@ -553,7 +582,7 @@ class KubernetesApiEmulator(kmock.KubernetesScaffold):
         # No change modifies the object it is given (apply_patch returns a new one), so the
         # store need not copy the stored object first.
         updated = self.store.update(spec, request.namespace, request.name, change, request.subresource,
-                                    copy_current=False)
+                                    copy_current=False, dry_run=_dry_run(request))
         return rendering.Response(payload=updated, headers=warnings) if warnings else updated
 
     def _server_side_apply(self, spec: ResourceSpec, request: rendering.Request) -> Any:
@@ -584,13 +613,15 @@ class KubernetesApiEmulator(kmock.KubernetesScaffold):
             obj = server_side_apply(None, body, manager, force=force, api_version=spec.api_version)
             obj.setdefault("metadata", {})["name"] = request.name
             managed = obj["metadata"].pop("managedFields")
-            created = self._create(spec, request.namespace, obj, copy_body=False, managed_fields=lambda _: managed)
+            created = self._create(spec, request.namespace, obj, copy_body=False, managed_fields=lambda _: managed,
+                                   dry_run=_dry_run(request))
             return rendering.Response(status=201, payload=created)
 
         def change(current: dict[str, Any]) -> Any:
             return server_side_apply(current, body, manager, force=force, api_version=spec.api_version,
                                      subresource=request.subresource)
-        return self.store.update(spec, request.namespace, request.name, change, request.subresource)
+        return self.store.update(spec, request.namespace, request.name, change, request.subresource,
+                                 dry_run=_dry_run(request))
 
     async def _serve_delete(self, request: rendering.Request) -> rendering.Payload:
         spec = self._resolve(request)
@@ -600,7 +631,8 @@ class KubernetesApiEmulator(kmock.KubernetesScaffold):
             if option in request.params:
                 options[option] = request.params[option] if option != "orphanDependents" else \
                     request.params[option] == "true"
-        return self.store.delete(spec, request.namespace, request.name, options)
+        dry_run = _dry_run(request) or options.get("dryRun") == ["All"]
+        return self.store.delete(spec, request.namespace, request.name, options, dry_run=dry_run)
 
     async def _serve_delete_collection(self, request: rendering.Request) -> rendering.Payload:
         """DELETE on a collection (``kubectl delete --all``): each match is deleted as on its own."""
@@ -610,7 +642,7 @@ class KubernetesApiEmulator(kmock.KubernetesScaffold):
         for item in items:
             meta = item["metadata"]
             try:
-                deleted.append(self.store.delete(spec, meta.get("namespace"), meta["name"]))
+                deleted.append(self.store.delete(spec, meta.get("namespace"), meta["name"], dry_run=_dry_run(request)))
             except ApiError:
                 pass  # gone meanwhile
         return {"apiVersion": spec.api_version, "kind": f"{spec.kind}List",

@@ -47,16 +47,16 @@ class ResourceSpec:
 
 
 def _builtin(group: str, version: str, plural: str, kind: str, namespaced: bool, *,
-             status: bool = False, short: tuple[str, ...] = ()) -> ResourceSpec:
-    return ResourceSpec(group, version, plural, kind, namespaced, kind.lower(), status, short)
+             status: bool = False, short: tuple[str, ...] = (), categories: tuple[str, ...] = ()) -> ResourceSpec:
+    return ResourceSpec(group, version, plural, kind, namespaced, kind.lower(), status, short, categories)
 
 
 BUILTIN_RESOURCES: tuple[ResourceSpec, ...] = (
     _builtin("", "v1", "namespaces", "Namespace", False, status=True, short=("ns",)),
     _builtin("", "v1", "nodes", "Node", False, status=True, short=("no",)),
-    _builtin("", "v1", "pods", "Pod", True, status=True, short=("po",)),
+    _builtin("", "v1", "pods", "Pod", True, status=True, short=("po",), categories=("all",)),
     _builtin("", "v1", "events", "Event", True, short=("ev",)),
-    _builtin("", "v1", "services", "Service", True, status=True, short=("svc",)),
+    _builtin("", "v1", "services", "Service", True, status=True, short=("svc",), categories=("all",)),
     _builtin("", "v1", "configmaps", "ConfigMap", True, short=("cm",)),
     _builtin("", "v1", "secrets", "Secret", True),
     _builtin("", "v1", "serviceaccounts", "ServiceAccount", True, short=("sa",)),

@@ -294,3 +294,80 @@ def test_kubectl_apply_server_side(server, tmp_path: Path) -> None:
     assert conflict.returncode != 0 and 'conflict with "kubectl"' in conflict.stderr
     kubectl(kubeconfig, "apply", "--server-side", "--field-manager=other", "--force-conflicts", "-f", str(path))
     assert json.loads(kubectl(kubeconfig, "get", "gw", "ssa", "-o", "json").stdout)["spec"]["gpus"] == 1
+
+
+# -- dry runs, protobuf bodies, categories --------------------------------------------------------------
+
+def test_dry_run_answers_without_storing(server) -> None:
+    url, _ = server
+    created = requests.post(f"{url}{GW}?dryRun=All", json=workload("ghost"), timeout=10)
+    assert created.status_code == 201 and created.json()["metadata"]["uid"]
+    assert requests.get(f"{url}{GW}/ghost", timeout=10).status_code == 404
+    requests.post(f"{url}{GW}", json=workload("real"), timeout=10)
+    version = requests.get(f"{url}{GW}/real", timeout=10).json()["metadata"]["resourceVersion"]
+    patched = requests.patch(f"{url}{GW}/real?dryRun=All", json={"spec": {"gpus": 7}},
+                             headers={"Content-Type": "application/merge-patch+json"}, timeout=10)
+    assert patched.status_code == 200 and patched.json()["spec"]["gpus"] == 7
+    applied = apply_patch(url, "real", workload("real", gpus=5), "alice")
+    assert applied.status_code == 200
+    dry_applied = requests.patch(f"{url}{GW}/real?fieldManager=alice&dryRun=All", data=yaml.safe_dump(workload("real", gpus=6)),
+                                 headers={"Content-Type": "application/apply-patch+yaml"}, timeout=10)
+    assert dry_applied.json()["spec"]["gpus"] == 6
+    assert requests.delete(f"{url}{GW}/real?dryRun=All", timeout=10).status_code == 200
+    live = requests.get(f"{url}{GW}/real", timeout=10).json()
+    assert live["spec"]["gpus"] == 5 and int(live["metadata"]["resourceVersion"]) == int(version) + 1
+    assert requests.post(f"{url}{GW}?dryRun=Some", json=workload("x"), timeout=10).status_code == 400
+
+
+def _varint(value: int) -> bytes:
+    out = b""
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out += bytes([byte | (0x80 if value else 0)])
+        if not value:
+            return out
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
+def test_protobuf_bodies_of_the_kinds_kubectl_sends_so_are_read(server) -> None:
+    url, _ = server
+    labels = _field(11, _field(1, b"gpuadmit.io/tier") + _field(2, b"gold"))
+    namespace = _field(1, _field(1, b"team-a") + labels)
+    envelope = b"k8s\x00" + _field(1, _field(1, b"v1") + _field(2, b"Namespace")) + _field(2, namespace)
+    created = requests.post(f"{url}/api/v1/namespaces", data=envelope,
+                            headers={"Content-Type": "application/vnd.kubernetes.protobuf"}, timeout=10)
+    assert created.status_code == 201, created.text
+    assert created.json()["metadata"]["labels"]["gpuadmit.io/tier"] == "gold"
+    node = b"k8s\x00" + _field(1, _field(1, b"v1") + _field(2, b"Node")) + _field(2, _field(1, _field(1, b"n")))
+    refused = requests.post(f"{url}/api/v1/nodes", data=node,
+                            headers={"Content-Type": "application/vnd.kubernetes.protobuf"}, timeout=10)
+    assert refused.status_code == 415  # not read: said so, nothing stored
+    garbage = requests.post(f"{url}/api/v1/namespaces", data=b"k8s\x00\xff\xff",
+                            headers={"Content-Type": "application/vnd.kubernetes.protobuf"}, timeout=10)
+    assert garbage.status_code == 400
+
+
+@needs_kubectl
+def test_kubectl_create_subcommands_diff_and_server_dry_runs(server, tmp_path: Path) -> None:
+    _, kubeconfig = server
+    kubectl(kubeconfig, "create", "namespace", "team-a")  # protobuf bodies, from kubectl's typed clients
+    kubectl(kubeconfig, "label", "namespace", "team-a", "gpuadmit.io/tier=gold")
+    kubectl(kubeconfig, "create", "configmap", "cm", "--from-literal=a=b", "-n", "team-a")
+    kubectl(kubeconfig, "create", "secret", "generic", "s", "--from-literal=p=q", "-n", "team-a")
+    kubectl(kubeconfig, "create", "serviceaccount", "bot", "-n", "team-a")
+    assert json.loads(kubectl(kubeconfig, "get", "cm", "cm", "-n", "team-a", "-o", "json").stdout)["data"] == {"a": "b"}
+    secret = json.loads(kubectl(kubeconfig, "get", "secret", "s", "-n", "team-a", "-o", "json").stdout)
+    assert (secret["data"], secret["type"]) == ({"p": "cQ=="}, "Opaque")
+    assert "gpuadmit.io/tier=gold" in kubectl(kubeconfig, "get", "ns", "team-a", "--show-labels").stdout
+    path = write(tmp_path / "wl.yaml", workload("chat", gpus=1))
+    kubectl(kubeconfig, "apply", "-f", str(path))
+    write(path, workload("chat", gpus=2))
+    diff = kubectl(kubeconfig, "diff", "-f", str(path), check=False)
+    assert diff.returncode == 1 and "+  gpus: 2" in diff.stdout  # 1: there are differences
+    kubectl(kubeconfig, "delete", "gw", "chat", "--dry-run=server")
+    live = json.loads(kubectl(kubeconfig, "get", "gw", "chat", "-o", "json").stdout)
+    assert live["spec"]["gpus"] == 1  # neither the diff nor the dry-run delete changed it
+    assert kubectl(kubeconfig, "get", "all", "-n", "team-a").returncode == 0
