@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from gpuadmit import demo, demo_plan, demo_plot, demo_screen
 from gpuadmit.core.classifier import classify
 from gpuadmit.core.nodes import node_from_object
@@ -241,9 +242,10 @@ def test_the_recorded_metrics_give_the_dashboards_series_and_four_pngs(tmp_path:
     recorder = demo_plot.MetricsRecorder("http://unused")
     for at, text in METRICS_AT:
         recorder.record(text, at=at)
-    gpus = recorder.series("gpuadmit_gpus", lambda l: None if l["state"] == "allocatable" else f"{l['product']} {l['state']}")
+    gpus = recorder.series("gpuadmit_gpus", lambda labels: None if labels["state"] == "allocatable"
+                           else f"{labels['product']} {labels['state']}")
     assert gpus == {"T4 reserved": [(0.0, 0.0), (2.0, 6.0)], "T4 free": [(0.0, 8.0), (2.0, 2.0)]}
-    rates = recorder.rates("gpuadmit_decisions_total", lambda l: l["reason"])
+    rates = recorder.rates("gpuadmit_decisions_total", lambda labels: labels["reason"])
     assert rates["Admitted"] == [(2.0, 3.0)]  # 6 decisions in 2 s
     written = demo_plot.plot_panels(recorder, tmp_path / "plots")
     assert [path.name for path in written] == [f"{name}.png" for name in demo_plot.PANELS]

@@ -48,8 +48,18 @@ from gpuadmit.core.model import TIER_LABEL, WORKLOAD_LABEL
 from gpuadmit.core.validation import apply_json_patch
 from gpuadmit.demo_kubelet import Kubelet
 from gpuadmit.demo_plan import (
-    GOLD_NAMESPACE, INFERENCE_NAMESPACES, TRAINING_NAMESPACE, DemoNode, Plan, demo_policy, load_trace, node_object,
-    package_file, plan_submissions, sample_cluster, workload_object,
+    GOLD_NAMESPACE,
+    INFERENCE_NAMESPACES,
+    TRAINING_NAMESPACE,
+    DemoNode,
+    Plan,
+    demo_policy,
+    load_trace,
+    node_object,
+    package_file,
+    plan_submissions,
+    sample_cluster,
+    workload_object,
 )
 from gpuadmit.demo_plot import MetricsRecorder, plot_panels
 from gpuadmit.demo_screen import Ledger, Screen, summary

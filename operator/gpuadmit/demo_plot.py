@@ -101,15 +101,15 @@ def plot_panels(recorder: MetricsRecorder, directory: Path) -> list[Path]:
     panels = {
         "gpus-by-product-and-state": (
             "GPUs by product and state", "GPUs",
-            recorder.series("gpuadmit_gpus", lambda l: None if l.get("state") == "allocatable"
-                            else f"{l.get('product')} {l.get('state')}")),
+            recorder.series("gpuadmit_gpus", lambda labels: None if labels.get("state") == "allocatable"
+                            else f"{labels.get('product')} {labels.get('state')}")),
         "queue-by-class": ("Queue depth by class", "workloads waiting",
-                           recorder.series("gpuadmit_queue_depth", lambda l: l.get("class", ""))),
+                           recorder.series("gpuadmit_queue_depth", lambda labels: labels.get("class", ""))),
         "decisions-by-reason": ("Decisions per second by action and reason", "decisions / s",
                                 recorder.rates("gpuadmit_decisions_total",
-                                               lambda l: f"{l.get('action')}: {l.get('reason')}")),
+                                               lambda labels: f"{labels.get('action')}: {labels.get('reason')}")),
         "margin-per-hour": ("Margin per hour earned now, by class", "$ per hour",
-                            recorder.series("gpuadmit_margin_earned_per_hour", lambda l: l.get("class", ""))),
+                            recorder.series("gpuadmit_margin_earned_per_hour", lambda labels: labels.get("class", ""))),
     }
     written = []
     for name in PANELS:

@@ -196,4 +196,4 @@ def _conflict(conflicts: list[tuple[str, Path]], api_version: str) -> ApiError:
     count = f"{len(conflicts)} conflict{'s' if len(conflicts) > 1 else ''}"
     return ApiError(409, "Conflict", f"Apply failed with {count}: " + "\n".join(texts), {
         "causes": [{"reason": "FieldManagerConflict", "message": text, "field": field(path)}
-                   for text, (_, path) in zip(texts, conflicts)]})
+                   for text, (_, path) in zip(texts, conflicts, strict=True)]})

@@ -23,6 +23,7 @@ import aiohttp.web
 import attrs
 import kmock
 import yaml
+
 # kmock's request model, which our reactions are matched against
 from kmock._internal import parsing, rendering
 
@@ -107,6 +108,7 @@ async def parse_request(raw_request: aiohttp.web.BaseRequest, *, id: int) -> ren
     PUT counts as the UPDATE action, as PATCH does."""
     body = await raw_request.read()
     text = body.decode("utf-8", errors="replace")
+    data: Any
     if body and raw_request.headers.get("Content-Type", "").startswith(protobuf.PROTOBUF):
         data = protobuf.decode(body)  # kubectl's typed clients: create namespace, configmap, ...
     else:

@@ -290,7 +290,7 @@ def _operations(spec: ResourceSpec, v3: bool) -> dict[str, dict[str, Any]]:
                        "description": "object name and auth scope, such as for teams and projects"}
     common = [name_param, namespace_param] if spec.namespaced else [name_param]
     if v3:
-        common = [{**{k: v for k, v in p.items()}, "schema": {"type": "string", "uniqueItems": True}} for p in common]
+        common = [{**p, "schema": {"type": "string", "uniqueItems": True}} for p in common]
     else:
         common = [{**p, "type": "string", "uniqueItems": True} for p in common]
     paths: dict[str, dict[str, Any]] = {

@@ -233,7 +233,7 @@ class ObjectStore:
     def create(self, spec: ResourceSpec, namespace: str | None, body: Any,
                initial_status: Callable[[dict[str, Any]], Any] | None = None,
                *, copy_body: bool = True,
-               managed_fields: Callable[[dict[str, Any]], list[dict[str, Any]]] | None = None,
+               managed_fields: Callable[[dict[str, Any]], Any] | None = None,
                dry_run: bool = False) -> dict[str, Any]:
         """Store a new object. ``managed_fields`` (if given) computes its ``metadata.managedFields``
         from the object as admitted (otherwise a client cannot set them on create). ``dry_run``

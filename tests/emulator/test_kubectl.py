@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import requests
 import yaml
+
 from kubeapi_emulator import EmulatedApiServer, write_kubeconfig
 from kubeapi_emulator.tables import human_duration, jsonpath
 
@@ -165,7 +166,7 @@ def test_a_table_carries_the_crds_printer_columns(server) -> None:
     assert table["kind"] == "Table" and table["apiVersion"] == "meta.k8s.io/v1"
     names = [(c["name"], c["priority"]) for c in table["columnDefinitions"]]
     assert names[:4] == [("Name", 0), ("Class", 0), ("Phase", 0), ("GPUs", 0)] and ("Position", 1) in names
-    cells = dict(zip([c["name"] for c in table["columnDefinitions"]], table["rows"][0]["cells"]))
+    cells = dict(zip([c["name"] for c in table["columnDefinitions"]], table["rows"][0]["cells"], strict=True))
     assert (cells["Name"], cells["Class"], cells["Phase"], cells["GPUs"], cells["Position"]) == (
         "chat", "inference", "Queued", 2, 3)
     assert cells["Margin"] is None and cells["Age"].endswith("s")
@@ -186,7 +187,7 @@ def test_built_in_kinds_get_the_real_servers_columns(server) -> None:
                        {"name": "a", "ready": True, "restartCount": 2}, {"name": "b", "ready": False, "restartCount": 0}]}},
                    timeout=10)
     table = requests.get(f"{url}/api/v1/namespaces/default/pods", headers={"Accept": TABLE}, timeout=10).json()
-    cells = dict(zip([c["name"] for c in table["columnDefinitions"]], table["rows"][0]["cells"]))
+    cells = dict(zip([c["name"] for c in table["columnDefinitions"]], table["rows"][0]["cells"], strict=True))
     assert (cells["Ready"], cells["Status"], cells["Restarts"], cells["Node"], cells["IP"]) == ("1/2", "Running", 2, "n1", "10.0.0.5")
     assert {c["name"]: c["priority"] for c in table["columnDefinitions"]}["Node"] == 1  # -o wide only
     node = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1"},

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from gpuadmit.demo_plan import TRACE_PRODUCTS, package_file, sample_cluster
 
 from .conftest import REPO
