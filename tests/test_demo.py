@@ -202,18 +202,29 @@ def run_demo(*args: str, tmp_path: Path, timeout: float = 60) -> subprocess.Comp
      "openb_node_list_gpu_node.csv:2: column 'gpu'"),
     ("n-0,64000,262144,8,V100M32", "p-0,1000,1024,1,1000,,LS,Succeeded,soon,800,10",
      "openb_pod_list_default.csv:2: column 'creation_time'"),
+    ("n-0,64000,262144,8,V100M32", "p-\udcff,1000,1024,1,1000,,LS,Succeeded,0,800,10",  # a byte that is not UTF-8
+     "openb_pod_list_default.csv: line 2: not UTF-8"),
 ])
 def test_a_malformed_trace_is_one_line_exit_2_and_leaves_no_directory(tmp_path: Path, nodes_row: str, pods_row: str,
                                                                       named: str) -> None:
     trace = write_tiny_trace(tmp_path / "trace")
     (trace / ALIBABA_NODES_FILE).write_text("sn,cpu_milli,memory_mib,gpu,model\n" + nodes_row + "\n")
     pods = (trace / ALIBABA_PODS_FILE).read_text().splitlines()
-    (trace / ALIBABA_PODS_FILE).write_text(pods[0] + "\n" + pods_row + "\n")
+    (trace / ALIBABA_PODS_FILE).write_bytes((pods[0] + "\n" + pods_row + "\n").encode("utf-8", "surrogateescape"))
     result = run_demo("--trace-dir", str(trace), tmp_path=tmp_path)
     assert result.returncode == 2, result.stderr
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
     assert result.stderr.startswith("gpuadmit demo: ") and named in result.stderr
     assert list((tmp_path / "tmp").iterdir()) == []  # no work directory left
+
+
+def test_a_pod_list_without_times_is_one_line_exit_2(tmp_path: Path) -> None:
+    trace = write_tiny_trace(tmp_path / "trace")
+    (trace / ALIBABA_PODS_FILE).write_text("name,num_gpu,qos\np-0,1,LS\n")  # like the trace's multigpu50 files
+    result = run_demo("--trace-dir", str(trace), tmp_path=tmp_path)
+    assert (result.returncode, result.stderr.count("\n")) == (2, 1), result.stderr
+    assert ALIBABA_PODS_FILE in result.stderr and "creation_time" in result.stderr
+    assert list((tmp_path / "tmp").iterdir()) == []
 
 
 def test_a_bad_policy_or_option_is_one_line_exit_2(tmp_path: Path) -> None:
