@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from gpuadmit import demo
+from gpuadmit import demo, demo_plan, demo_plot, demo_screen
 from gpuadmit.core.classifier import classify
 from gpuadmit.core.nodes import node_from_object
 from gpuadmit.core.policy import parse_policy
@@ -50,12 +52,12 @@ def write_tiny_trace(folder: Path) -> Path:
 
 
 def test_trace_nodes_become_labelled_gpu_nodes(tmp_path: Path) -> None:
-    nodes, pods, source = demo.load_trace(write_tiny_trace(tmp_path / "trace"), node_count=10)
+    nodes, pods, source = demo_plan.load_trace(write_tiny_trace(tmp_path / "trace"), node_count=10)
     assert "Alibaba" in source
     by_name = {node.name: node for node in nodes}
-    assert by_name["n-0"] == demo.DemoNode("n-0", 8, "Tesla-V100-SXM2-32GB", 32768)
+    assert by_name["n-0"] == demo_plan.DemoNode("n-0", 8, "Tesla-V100-SXM2-32GB", 32768)
     assert by_name["n-1"].product == "Tesla-T4"
-    parsed = node_from_object(demo.node_object(by_name["n-0"]), 0)
+    parsed = node_from_object(demo_plan.node_object(by_name["n-0"]), 0)
     assert (parsed.allocatable, parsed.product, parsed.memory_mib, parsed.schedulable) == (8, "Tesla-V100-SXM2-32GB", 32768, True)
     assert [pod.name for pod in pods] == ["p-0", "p-1", "p-2", "p-4"]  # GPU pods only
     p1 = next(pod for pod in pods if pod.name == "p-1")
@@ -74,61 +76,61 @@ def test_the_trace_is_found_upwards_and_a_bad_explicit_dir_is_an_error(tmp_path:
 
 
 def test_submissions_are_seeded_bounded_and_offer_the_requested_load() -> None:
-    nodes, pods, _ = demo.sample_cluster(seed=1)
+    nodes, pods, _ = demo_plan.sample_cluster(seed=1)
     total = sum(node.gpus for node in nodes)
     args = demo_args(duration=60.0, time_scale=10.0, load=1.0, seed=3)
-    plans, rate, offered = demo.plan_submissions(pods, total, args)
-    again, _, _ = demo.plan_submissions(pods, total, args)
+    plans, rate, offered = demo_plan.plan_submissions(pods, total, args)
+    again, _, _ = demo_plan.plan_submissions(pods, total, args)
     assert plans == again
     assert 0 < rate <= args.max_rate
     assert offered == pytest.approx(1.0) or rate == args.max_rate
     assert all(0 < plan.at < args.duration for plan in plans)
     assert [plan.at for plan in plans] == sorted(plan.at for plan in plans)
     assert len({(plan.namespace, plan.name) for plan in plans}) == len(plans)
-    assert all(demo.MIN_RUN_SECONDS <= plan.run_seconds <= args.duration / 2 for plan in plans)
+    assert all(demo_plan.MIN_RUN_SECONDS <= plan.run_seconds <= args.duration / 2 for plan in plans)
     assert abs(len(plans) - rate * args.duration) < 4 * (rate * args.duration) ** 0.5 + 5  # Poisson arrivals
     assert all((plan.max_queue_seconds is None) == plan.pod.qos_inference for plan in plans)
     forgers = [plan for plan in plans if plan.forges_tier_label]
     assert forgers and not any(plan.pod.qos_inference for plan in forgers)
-    assert len(forgers) <= len(plans) // demo.FORGER_EVERY + 1
-    assert {plan.namespace for plan in plans if plan.pod.qos_inference} <= set(demo.INFERENCE_NAMESPACES)
+    assert len(forgers) <= len(plans) // demo_plan.FORGER_EVERY + 1
+    assert {plan.namespace for plan in plans if plan.pod.qos_inference} <= set(demo_plan.INFERENCE_NAMESPACES)
 
 
 def test_submitted_workloads_pass_the_webhook_and_classify_as_the_qos_proxy_says() -> None:
-    _, pods, _ = demo.sample_cluster(seed=1)
-    plans, _, _ = demo.plan_submissions(pods, 100, demo_args(duration=30.0))
+    _, pods, _ = demo_plan.sample_cluster(seed=1)
+    plans, _, _ = demo_plan.plan_submissions(pods, 100, demo_args(duration=30.0))
     inference = next(plan for plan in plans if plan.pod.qos_inference)
     training = next(plan for plan in plans if not plan.pod.qos_inference)
     for plan, expected in ((inference, "inference"), (training, "training")):
-        obj = demo.workload_object(plan)
+        obj = demo_plan.workload_object(plan)
         assert validate_workload(obj).allowed, validate_workload(obj).message
         assert classify(obj["spec"].get("class"), obj["spec"]["template"])[0] == expected
         assert obj["spec"]["gpus"] == plan.pod.gpus
 
 
 def test_the_forged_tier_label_is_what_the_webhook_refuses() -> None:
-    _, pods, _ = demo.sample_cluster(seed=1)
-    plans, _, _ = demo.plan_submissions(pods, 100, demo_args(duration=60.0))
+    _, pods, _ = demo_plan.sample_cluster(seed=1)
+    plans, _, _ = demo_plan.plan_submissions(pods, 100, demo_args(duration=60.0))
     forger = next(plan for plan in plans if plan.forges_tier_label)
-    result = validate_workload(demo.workload_object(forger))
+    result = validate_workload(demo_plan.workload_object(forger))
     assert (result.allowed, result.reason) == (False, "ReservedKey")
     assert "gpuadmit.io/tier" in result.message
 
 
 def test_the_policy_durations_are_compressed_like_time() -> None:
-    policy = demo.demo_policy(REPO / "examples" / "policy.yaml", time_scale=10.0)
-    builtin = demo.demo_policy(None, time_scale=10.0)
-    for obj in (policy, builtin):
+    policy = demo_plan.demo_policy(REPO / "examples" / "policy.yaml", time_scale=10.0)
+    shipped = demo_plan.demo_policy(None, time_scale=10.0)  # the package's copy of the example
+    for obj in (policy, shipped):
         parsed = parse_policy(obj)
         assert parsed.preemption.min_runtime_seconds == 60
         assert parsed.default_max_queue_seconds == 8640
-    assert demo.BUILTIN_POLICY["spec"]["preemption"]["minRuntimeSeconds"] == 600  # the original is untouched
+    assert policy == shipped
 
 
 def test_the_ledger_counts_decisions_waits_and_margin() -> None:
-    ledger = demo.Ledger(total_gpus=16, time_scale=60.0)
-    pod = demo.DemoPod("p", True, 2, 100.0)
-    plan = demo.Plan(0.0, "p", "serving", pod, 5.0, None)
+    ledger = demo_screen.Ledger(total_gpus=16, time_scale=60.0)
+    pod = demo_plan.DemoPod("p", True, 2, 100.0)
+    plan = demo_plan.Plan(0.0, "p", "serving", pod, 5.0, None)
     ledger.submitted(plan, sent_at=ledger.now())
     key = "serving/p"
     ledger.observe("MODIFIED", {"metadata": {"namespace": "serving", "name": "p"},
@@ -145,11 +147,11 @@ def test_the_ledger_counts_decisions_waits_and_margin() -> None:
                                 "status": {"phase": "Succeeded", "reason": "PodsSucceeded", "class": "inference"}})
     assert ledger.gpus_in_use() == 0 and ledger.counts()["inference"]["done"] == 1
     ledger.observe("MODIFIED", {"metadata": {"namespace": "other", "name": "x"}, "status": {"phase": "Admitted"}})  # not ours
-    forger = demo.Plan(1.0, "f", "research", demo.DemoPod("f", False, 1, 10.0), 2.0, 60, True)
+    forger = demo_plan.Plan(1.0, "f", "research", demo_plan.DemoPod("f", False, 1, 10.0), 2.0, 60, True)
     ledger.refused(forger, 1.0, '[ReservedKey] metadata.labels["gpuadmit.io/tier"]: reserved')
     assert ledger.counts()["training"]["refused"] == 1 and ledger.decisions[-1].verb == "refused"
     assert ledger.workloads["research/f"].reason == "ReservedKey"
-    lines = demo.summary(ledger, elapsed=10.0, time_scale=60.0)
+    lines = demo_screen.summary(ledger, elapsed=10.0, time_scale=60.0)
     assert "admitted by class: inference=1 training=0" in lines
 
 
@@ -157,8 +159,8 @@ def test_plain_output_has_no_cursor_tricks() -> None:
     import io
 
     out = io.StringIO()
-    ledger = demo.Ledger(total_gpus=8, time_scale=10.0)
-    screen = demo.Screen(out, ledger, "header", live=False, duration=30.0)
+    ledger = demo_screen.Ledger(total_gpus=8, time_scale=10.0)
+    screen = demo_screen.Screen(out, ledger, "header", live=False, duration=30.0)
     screen.update(0)
     screen.update(0, final=True)
     assert "\x1b" not in out.getvalue()
@@ -170,7 +172,7 @@ def test_plain_output_has_no_cursor_tricks() -> None:
 @pytest.mark.timeout(240)
 def test_a_short_demo_runs_end_to_end_and_admits_both_classes(tmp_path: Path) -> None:
     command = [sys.executable, "-m", "gpuadmit.cli", "demo", "--duration", "25", "--nodes", "16"]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=200, cwd=REPO,
+    result = subprocess.run(command, check=False, capture_output=True, text=True, timeout=200, cwd=REPO,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
     output = result.stdout
     assert result.returncode == 0, output[-3000:] + result.stderr[-3000:]
@@ -185,3 +187,126 @@ def test_a_short_demo_runs_end_to_end_and_admits_both_classes(tmp_path: Path) ->
     assert "admission webhooks: every create went through" in output
     served = re.search(r"metrics: (\d+) gpuadmit_ samples served", output)
     assert served and int(served.group(1)) > 0, output[-1000:]
+
+
+def run_demo(*args: str, tmp_path: Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """The demo as a user runs it, with its own empty TMPDIR to see what it leaves behind."""
+    temp = tmp_path / "tmp"
+    temp.mkdir(exist_ok=True)
+    return subprocess.run([sys.executable, "-m", "gpuadmit.cli", "demo", *args], capture_output=True, text=True, check=False,
+                          timeout=timeout, cwd=tmp_path, env={**os.environ, "TMPDIR": str(temp)})
+
+
+@pytest.mark.parametrize(("nodes_row", "pods_row", "named"), [
+    ("n-0,64000,262144,eight,V100M32", "p-0,1000,1024,1,1000,,LS,Succeeded,0,800,10",
+     "openb_node_list_gpu_node.csv:2: column 'gpu'"),
+    ("n-0,64000,262144,8,V100M32", "p-0,1000,1024,1,1000,,LS,Succeeded,soon,800,10",
+     "openb_pod_list_default.csv:2: column 'creation_time'"),
+    ("n-0,64000,262144,8,V100M32", "p-\udcff,1000,1024,1,1000,,LS,Succeeded,0,800,10",  # a byte that is not UTF-8
+     "openb_pod_list_default.csv: line 2: not UTF-8"),
+])
+def test_a_malformed_trace_is_one_line_exit_2_and_leaves_no_directory(tmp_path: Path, nodes_row: str, pods_row: str,
+                                                                      named: str) -> None:
+    trace = write_tiny_trace(tmp_path / "trace")
+    (trace / ALIBABA_NODES_FILE).write_text("sn,cpu_milli,memory_mib,gpu,model\n" + nodes_row + "\n")
+    pods = (trace / ALIBABA_PODS_FILE).read_text().splitlines()
+    (trace / ALIBABA_PODS_FILE).write_bytes((pods[0] + "\n" + pods_row + "\n").encode("utf-8", "surrogateescape"))
+    result = run_demo("--trace-dir", str(trace), tmp_path=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert result.stderr.startswith("gpuadmit demo: ") and named in result.stderr
+    assert list((tmp_path / "tmp").iterdir()) == []  # no work directory left
+
+
+def test_a_pod_list_without_times_is_one_line_exit_2(tmp_path: Path) -> None:
+    trace = write_tiny_trace(tmp_path / "trace")
+    (trace / ALIBABA_PODS_FILE).write_text("name,num_gpu,qos\np-0,1,LS\n")  # like the trace's multigpu50 files
+    result = run_demo("--trace-dir", str(trace), tmp_path=tmp_path)
+    assert (result.returncode, result.stderr.count("\n")) == (2, 1), result.stderr
+    assert ALIBABA_PODS_FILE in result.stderr and "creation_time" in result.stderr
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
+def test_a_bad_policy_or_option_is_one_line_exit_2(tmp_path: Path) -> None:
+    (tmp_path / "policy.yaml").write_text("- not\n- a policy\n")
+    result = run_demo("--no-trace", "--policy", str(tmp_path / "policy.yaml"), tmp_path=tmp_path)
+    assert (result.returncode, result.stderr.count("\n")) == (2, 1) and "--policy" in result.stderr
+    result = run_demo("--no-trace", "--duration", "0", tmp_path=tmp_path)
+    assert result.returncode == 2 and "--duration" in result.stderr
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
+METRICS_AT = [
+    (0.0, ('gpuadmit_gpus{product="T4",state="reserved"} 0\ngpuadmit_gpus{product="T4",state="free"} 8\n'
+           'gpuadmit_gpus{product="T4",state="allocatable"} 8\ngpuadmit_queue_depth{class="training"} 0\n'
+           'gpuadmit_decisions_total{action="admit",class="inference",reason="Admitted"} 0\n'
+           'gpuadmit_margin_earned_per_hour{class="inference"} 0\n')),
+    (2.0, ('gpuadmit_gpus{product="T4",state="reserved"} 6\ngpuadmit_gpus{product="T4",state="free"} 2\n'
+           'gpuadmit_gpus{product="T4",state="allocatable"} 8\ngpuadmit_queue_depth{class="training"} 3\n'
+           'gpuadmit_decisions_total{action="admit",class="inference",reason="Admitted"} 6\n'
+           'gpuadmit_decisions_total{action="queue",class="training",reason="InsufficientCapacity"} 3\n'
+           'gpuadmit_margin_earned_per_hour{class="inference"} 28.8\n')),
+]
+
+
+def test_the_recorded_metrics_give_the_dashboards_series_and_four_pngs(tmp_path: Path) -> None:
+    recorder = demo_plot.MetricsRecorder("http://unused")
+    for at, text in METRICS_AT:
+        recorder.record(text, at=at)
+    gpus = recorder.series("gpuadmit_gpus", lambda labels: None if labels["state"] == "allocatable"
+                           else f"{labels['product']} {labels['state']}")
+    assert gpus == {"T4 reserved": [(0.0, 0.0), (2.0, 6.0)], "T4 free": [(0.0, 8.0), (2.0, 2.0)]}
+    rates = recorder.rates("gpuadmit_decisions_total", lambda labels: labels["reason"])
+    assert rates["Admitted"] == [(2.0, 3.0)]  # 6 decisions in 2 s
+    written = demo_plot.plot_panels(recorder, tmp_path / "plots")
+    assert [path.name for path in written] == [f"{name}.png" for name in demo_plot.PANELS]
+    for path in written:
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_serve_keeps_the_cluster_for_kubectl_until_ctrl_c_and_plot_writes_the_panels(tmp_path: Path) -> None:
+    import signal
+    import urllib.request
+
+    import yaml
+
+    plots = tmp_path / "plots"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gpuadmit.cli", "demo", "--duration", "8", "--no-trace", "--plain", "--serve",
+         "--plot", str(plots)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert process.stdout is not None
+    output = []
+    kubeconfig = None
+    try:
+        for line in process.stdout:
+            output.append(line)
+            if line.strip().startswith("export KUBECONFIG="):
+                kubeconfig = Path(line.strip().split("=", 1)[1])
+            if line.startswith("Press Ctrl-C"):
+                break
+        assert kubeconfig is not None and kubeconfig.is_file(), "".join(output)[-3000:]
+        assert "kubectl get gpuworkloads -A" in "".join(output)
+        server = yaml.safe_load(kubeconfig.read_text())["clusters"][0]["cluster"]["server"]
+        with urllib.request.urlopen(f"{server}/apis/gpuadmit.io/v1alpha1/gpuworkloads", timeout=10) as response:
+            assert json.loads(response.read())["items"], "the demo's workloads are there"
+        kubectl = shutil.which("kubectl")
+        if kubectl is not None:  # the real kubectl, when there is one
+            got = subprocess.run([kubectl, "get", "gw", "-A"], check=False, capture_output=True, text=True, timeout=60,
+                                 env={**os.environ, "KUBECONFIG": str(kubeconfig), "HOME": str(tmp_path)})
+            assert got.returncode == 0, got.stderr
+            assert got.stdout.split("\n")[0].split()[:4] == ["NAMESPACE", "NAME", "CLASS", "PHASE"]
+        process.send_signal(signal.SIGINT)
+        _, errors = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 0, errors[-3000:]
+    assert "Traceback" not in errors
+    assert not kubeconfig.parent.exists()  # the work directory went with the cluster
+    assert sorted(path.name for path in plots.iterdir()) == sorted(f"{name}.png" for name in demo_plot.PANELS)

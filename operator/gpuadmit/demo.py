@@ -3,20 +3,20 @@
 What runs, all on loopback:
 
 1. the emulated API server (``python -m kubeapi_emulator``, a subprocess) serving the CRDs;
-2. a MarginPolicy (examples/policy.yaml, or the same built in), nodes from the Alibaba 2023 GPU
-   trace (a product-stratified subset, so queueing shows) or a built-in sample cluster;
+2. a MarginPolicy (``--policy``, else the example policy), nodes from the Alibaba 2023 GPU trace
+   (a product-stratified subset, so queueing shows) or the sample cluster: what is submitted,
+   and when, is planned in ``demo_plan``; CRDs, policy and sample cluster ship as package data;
 3. the REAL operator (``gpuadmit run``, a subprocess) with /metrics on a local port;
-4. this process submits GPUWorkloads drawn from the trace's GPU pods and plays kubelet (the
+4. this process submits the planned GPUWorkloads and plays kubelet (``demo_kubelet``: the
    emulator has none): our pods turn Running when created and Succeeded when their compressed
-   run time is over; it shows the decisions live and ends with a summary.
+   run time is over; it shows the decisions live (``demo_screen``) and ends with a summary.
+   ``--plot DIR`` draws the dashboard's main panels from the metrics scraped meanwhile
+   (``demo_plot``); ``--serve`` then keeps the cluster up for kubectl until Ctrl-C.
 
 Time is compressed by ``--time-scale`` (one demo second stands for that many trace seconds): run
 times, and the policy's own durations (preemption's minimum run time, the default queue
-timeout), are divided by it. Arrivals are not the trace's (7,064 GPU pods over 149 days keep a
-few dozen GPUs busy): pods are drawn at random, seeded, at the rate that offers ``--load`` times
-the cluster's GPU-seconds. Proxies, as the trace forces them: qos LS -> an inference template
-(a vLLM server), everything else -> a training template (torchrun); fractional GPUs -> one GPU.
-Best-effort (BE) pods give up after ``--be-patience-minutes`` of trace time in the queue.
+timeout), are divided by it. Best-effort (BE) pods give up after ``--be-patience-minutes`` of
+trace time in the queue.
 
 Every create goes through the operator's admission webhooks first (mutate, then validate), as a
 real API server would send it; one training workload in ``FORGER_EVERY`` carries a forged
@@ -28,63 +28,55 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import collections
+import contextlib
 import json
-import math
 import os
-import random
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Iterable, Mapping, TextIO
 
 import yaml
 
 import gpuadmit
-from gpuadmit.core.model import GPU_MEMORY_LABEL, GPU_PRODUCT_LABEL, GPU_RESOURCE, HOLDING_PHASES, TIER_LABEL, WORKLOAD_LABEL
+from gpuadmit.core.model import TIER_LABEL, WORKLOAD_LABEL
 from gpuadmit.core.validation import apply_json_patch
+from gpuadmit.demo_kubelet import Kubelet
+from gpuadmit.demo_plan import (
+    GOLD_NAMESPACE,
+    INFERENCE_NAMESPACES,
+    TRAINING_NAMESPACE,
+    DemoNode,
+    Plan,
+    demo_policy,
+    load_trace,
+    node_object,
+    package_file,
+    plan_submissions,
+    sample_cluster,
+    workload_object,
+)
+from gpuadmit.demo_plot import MetricsRecorder, plot_panels
+from gpuadmit.demo_screen import Ledger, Screen, summary
 from gpuadmit.processes import free_port, stop_process
+from gpuadmit.sim.trace import TraceError
 
-# The trace's GPU model codes -> (nvidia.com/gpu.product, nvidia.com/gpu.memory in MiB) as
-# NVIDIA's GPU feature discovery labels them. G2 and G3 are undisclosed internal codes.
-TRACE_PRODUCTS: Mapping[str, tuple[str, int]] = {
-    "V100M32": ("Tesla-V100-SXM2-32GB", 32768),
-    "V100M16": ("Tesla-V100-SXM2-16GB", 16384),
-    "P100": ("Tesla-P100-PCIE-16GB", 16384),
-    "T4": ("Tesla-T4", 15360),
-    "A10": ("NVIDIA-A10", 23028),
-    "G2": ("Alibaba-G2", 0),
-    "G3": ("Alibaba-G3", 0),
-}
 TRACE_SUBDIR = Path("shared") / "traces" / "alibaba-gpu-2023"
-INFERENCE_NAMESPACES = ("serving", "serving-gold")  # the second is tier gold: a 1.5x price
-TRAINING_NAMESPACE = "research"
-GOLD_NAMESPACE = "serving-gold"
-MIN_RUN_SECONDS = 2.0  # long enough to be seen Running
 DEFAULT_MAX_RATE = 5.0  # workloads/s that the emulator, the operator and this process keep up with on a busy laptop
 STARTUP_DEADLINE = 60.0
-DECISIONS_SHOWN = 6
-FORGER_EVERY = 40  # one training workload in this many carries a forged tier label
-REFUSED = "Refused"  # not a status phase: the admission webhook turned the create down
-
-BUILTIN_POLICY: dict[str, Any] = {
-    "apiVersion": "gpuadmit.io/v1alpha1",
-    "kind": "MarginPolicy",
-    "metadata": {"name": "default"},
-    "spec": {
-        "gpuCostPerHour": {"default": 1.20},
-        "pricePerGPUHour": {"inference": 6.00, "training": 2.00},
-        "tierMultipliers": {"gold": 1.5},
-        "minMarginPerGPUHour": 0.0,
-        "preemption": {"enabled": True, "minRuntimeSeconds": 600, "minMarginGainPerGPUHour": 0.5},
-        "defaultMaxQueueSeconds": 86400,
-    },
-}
+# What --serve suggests trying, with the kubeconfig it prints.
+KUBECTL_EXAMPLES = (
+    "kubectl get gpuworkloads -A",
+    "kubectl get gw -n research -w",
+    "kubectl get nodes,pods -A -o wide",
+    "kubectl explain gpuworkload.spec",
+    "kubectl get marginpolicy default -o yaml",
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -98,10 +90,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-rate", type=float, default=DEFAULT_MAX_RATE, help=f"most workloads submitted per second (default {DEFAULT_MAX_RATE:g})")
     parser.add_argument("--seed", type=int, default=7, help="random seed for the pods drawn (default 7)")
     parser.add_argument("--metrics-port", type=int, default=0, help="the operator's /metrics port (default: a free one)")
-    parser.add_argument("--policy", default=None, help="MarginPolicy YAML (default examples/policy.yaml, else built in)")
+    parser.add_argument("--policy", default=None, help="MarginPolicy YAML (default: the example policy, examples/policy.yaml)")
     parser.add_argument("--no-webhooks", action="store_true", help="create workloads directly, without the admission webhooks")
     parser.add_argument("--keep-logs", action="store_true", help="keep the work directory with the operator's and emulator's logs")
     parser.add_argument("--plain", action="store_true", help="plain progress lines even on a terminal")
+    parser.add_argument("--serve", action="store_true",
+                        help="after the summary keep the emulated cluster and the operator running, print a kubeconfig "
+                             "and kubectl commands to try, until Ctrl-C")
+    parser.add_argument("--plot", metavar="DIR", default=None,
+                        help="at the end, write PNGs of the dashboard's main panels into DIR, drawn from the metrics "
+                             "scraped while the demo ran (needs matplotlib: pip install 'gpuadmit[sim]')")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -110,6 +108,9 @@ def run(args: argparse.Namespace) -> int:
     except (KeyboardInterrupt, asyncio.CancelledError):
         print("gpuadmit demo: interrupted; the emulator and the operator were stopped", file=sys.stderr)
         return 130
+    except DemoInputError as error:
+        print(f"gpuadmit demo: {error}", file=sys.stderr)
+        return 2
     except DemoError as error:
         print(f"gpuadmit demo: {error}", file=sys.stderr)
         return 1
@@ -119,39 +120,11 @@ class DemoError(RuntimeError):
     """The demo could not run (a process did not start, a file is missing): said plainly."""
 
 
-# --------------------------------------------------------------------------- what is submitted
+class DemoInputError(DemoError):
+    """What the demo was given is wrong (a malformed trace or policy, a bad option): exit 2."""
 
 
-@dataclass(frozen=True, slots=True)
-class DemoNode:
-    name: str
-    gpus: int
-    product: str  # nvidia.com/gpu.product
-    memory_mib: int
-
-
-@dataclass(frozen=True, slots=True)
-class DemoPod:
-    """A trace pod as the demo submits it."""
-
-    name: str
-    qos_inference: bool  # qos LS: the trace's proxy for inference
-    gpus: int
-    trace_run_seconds: float | None  # None: still running when the trace ended
-    products: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class Plan:
-    """One submission: when (demo seconds from the start), what, and how long its pods run."""
-
-    at: float
-    name: str
-    namespace: str
-    pod: DemoPod
-    run_seconds: float
-    max_queue_seconds: int | None
-    forges_tier_label: bool = False  # a tenant trying to buy the gold price with a label
+# --------------------------------------------------------------------------- the trace
 
 
 def find_trace_dir(explicit: str | None, starts: Iterable[Path]) -> Path | None:
@@ -164,169 +137,12 @@ def find_trace_dir(explicit: str | None, starts: Iterable[Path]) -> Path | None:
     if explicit:
         folder = Path(explicit).expanduser()
         if not complete(folder):
-            raise DemoError(f"--trace-dir {explicit}: no {ALIBABA_NODES_FILE} and {ALIBABA_PODS_FILE} there")
+            raise DemoInputError(f"--trace-dir {explicit}: no {ALIBABA_NODES_FILE} and {ALIBABA_PODS_FILE} there")
         return folder
     for start in starts:
         for folder in (start.resolve(), *start.resolve().parents):
             if complete(folder / TRACE_SUBDIR):
                 return folder / TRACE_SUBDIR
-    return None
-
-
-def load_trace(trace_dir: Path, node_count: int) -> tuple[list[DemoNode], list[DemoPod], str]:
-    from gpuadmit.sim.trace import LoadShape, read_alibaba
-
-    trace = read_alibaba(trace_dir, LoadShape(node_count=node_count))
-    nodes = [
-        DemoNode(n.name, n.allocatable, *TRACE_PRODUCTS.get(n.product, (f"Alibaba-{n.product}" if n.product else "", 0)))
-        for n in trace.nodes
-        if n.allocatable > 0
-    ]
-    pods = [
-        DemoPod(
-            name=w.name,
-            qos_inference=w.workload_class == "inference",
-            gpus=max(1, w.gpus),
-            trace_run_seconds=w.duration_s,
-            products=tuple(TRACE_PRODUCTS[p][0] for p in w.products if p in TRACE_PRODUCTS),
-        )
-        for w in trace.workloads
-    ]
-    return nodes, pods, f"Alibaba GPU trace 2023 ({trace_dir})"
-
-
-def sample_cluster(seed: int) -> tuple[list[DemoNode], list[DemoPod], str]:
-    """A small cluster shaped like the trace, for machines without it: same products, same mix."""
-    rng = random.Random(seed)
-    shapes = [("V100M32", 8, 4), ("V100M16", 8, 4), ("T4", 2, 10), ("P100", 2, 6), ("A10", 4, 4)]
-    nodes = []
-    for model, gpus, count in shapes:
-        product, memory = TRACE_PRODUCTS[model]
-        nodes += [DemoNode(f"sample-{model.lower()}-{i}", gpus, product, memory) for i in range(count)]
-    pods = []
-    for index in range(3000):
-        inference = rng.random() < 0.57  # LS share of the trace's GPU pods
-        median = 783.0 if inference else 223.0  # the trace's median run times
-        gpus = rng.choices([1, 2, 4, 8], weights=[95, 2, 2, 1])[0]
-        pods.append(DemoPod(f"sample-pod-{index:04d}", inference, gpus, median * math.exp(rng.gauss(0.0, 1.0))))
-    return nodes, pods, "built-in sample cluster"
-
-
-def plan_submissions(
-    pods: list[DemoPod], total_gpus: int, args: argparse.Namespace
-) -> tuple[list[Plan], float, float]:
-    """Seeded arrivals at the rate that offers ``--load`` x the cluster's GPU-seconds (at most
-    ``--max-rate``); returns the plans, the rate, and the load actually offered."""
-    rng = random.Random(args.seed)
-    longest = max(MIN_RUN_SECONDS, args.duration / 2)
-
-    def demo_run_seconds(pod: DemoPod) -> float:
-        if pod.trace_run_seconds is None:
-            return longest
-        return min(longest, max(MIN_RUN_SECONDS, pod.trace_run_seconds / args.time_scale))
-
-    order = list(pods)
-    rng.shuffle(order)
-    sample = order[: min(len(order), 2000)]
-    mean_gpu_seconds = sum(p.gpus * demo_run_seconds(p) for p in sample) / max(1, len(sample))
-    rate = min(args.max_rate, max(0.2, args.load * total_gpus / max(mean_gpu_seconds, 1e-9)))
-    offered = rate * mean_gpu_seconds / max(1, total_gpus)
-    patience = max(1, round(args.be_patience_minutes * 60 / args.time_scale))
-    plans: list[Plan] = []
-    clock, index, trainings, uses = 0.0, 0, 0, collections.Counter[str]()
-    while order:
-        clock += rng.expovariate(rate)
-        if clock >= args.duration:
-            break
-        pod = order[index % len(order)]
-        index += 1
-        uses[pod.name] += 1
-        name = pod.name.lower() if uses[pod.name] == 1 else f"{pod.name.lower()}-r{uses[pod.name]}"
-        namespace = rng.choice(INFERENCE_NAMESPACES) if pod.qos_inference else TRAINING_NAMESPACE
-        trainings += not pod.qos_inference
-        forges = not pod.qos_inference and trainings % FORGER_EVERY == FORGER_EVERY // 8  # the 5th, 45th, ...
-        plans.append(Plan(clock, name, namespace, pod, demo_run_seconds(pod), None if pod.qos_inference else patience, forges))
-    return plans, rate, offered
-
-
-def node_object(node: DemoNode) -> dict[str, Any]:
-    labels = {"kubernetes.io/hostname": node.name, "nvidia.com/gpu.count": str(node.gpus)}
-    if node.product:
-        labels[GPU_PRODUCT_LABEL] = node.product
-    if node.memory_mib:
-        labels[GPU_MEMORY_LABEL] = str(node.memory_mib)
-    amounts = {GPU_RESOURCE: str(node.gpus), "cpu": "64", "memory": "256Gi", "pods": "110"}
-    return {
-        "apiVersion": "v1",
-        "kind": "Node",
-        "metadata": {"name": node.name, "labels": labels},
-        "spec": {},
-        "status": {
-            "capacity": dict(amounts),
-            "allocatable": dict(amounts),
-            "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "emulated by gpuadmit demo"}],
-        },
-    }
-
-
-def workload_object(plan: Plan) -> dict[str, Any]:
-    gpus = plan.pod.gpus
-    if plan.pod.qos_inference:
-        template = {
-            "metadata": {"labels": {"app": "chat-api"}},
-            "spec": {
-                "containers": [{
-                    "name": "vllm",
-                    "image": "vllm/vllm-openai:v0.6.3",
-                    "args": ["--model", "Qwen/Qwen2.5-7B-Instruct", "--tensor-parallel-size", str(gpus)],
-                    "ports": [{"name": "http", "containerPort": 8000}],
-                    "readinessProbe": {"httpGet": {"path": "/health", "port": 8000}},
-                }]
-            },
-        }
-    else:
-        template = {
-            "metadata": {"labels": {"app": "ranker-training"}},
-            "spec": {
-                "restartPolicy": "OnFailure",
-                "containers": [{
-                    "name": "trainer",
-                    "image": "pytorch/pytorch:2.4.0-cuda12.1-cudnn9-runtime",
-                    "command": ["torchrun", f"--nproc-per-node={gpus}", "train.py", "--config", "configs/ranker.yaml"],
-                }],
-            },
-        }
-    spec: dict[str, Any] = {"gpus": gpus, "replicas": 1, "template": template}
-    if plan.pod.products:
-        spec["gpuProducts"] = list(plan.pod.products)
-    if plan.max_queue_seconds is not None:
-        spec["maxQueueSeconds"] = plan.max_queue_seconds
-    metadata: dict[str, Any] = {"name": plan.name, "namespace": plan.namespace, "annotations": {"demo.example.com/trace-pod": plan.pod.name}}
-    if plan.forges_tier_label:  # the tier comes from the namespace's label, never from the workload
-        metadata["labels"] = {TIER_LABEL: "gold"}
-    return {"apiVersion": "gpuadmit.io/v1alpha1", "kind": "GPUWorkload", "metadata": metadata, "spec": spec}
-
-
-def demo_policy(path: Path | None, time_scale: float) -> dict[str, Any]:
-    """The policy with its durations compressed like everything else."""
-    policy = yaml.safe_load(path.read_text()) if path is not None else json.loads(json.dumps(BUILTIN_POLICY))
-    spec = policy.setdefault("spec", {})
-    preemption = spec.get("preemption")
-    if isinstance(preemption, dict) and isinstance(preemption.get("minRuntimeSeconds"), (int, float)):
-        preemption["minRuntimeSeconds"] = max(1, round(preemption["minRuntimeSeconds"] / time_scale))
-    if isinstance(spec.get("defaultMaxQueueSeconds"), (int, float)):
-        spec["defaultMaxQueueSeconds"] = max(1, round(spec["defaultMaxQueueSeconds"] / time_scale))
-    policy.setdefault("metadata", {})["name"] = "default"
-    return policy
-
-
-def repo_file(*parts: str) -> Path | None:
-    """A file or directory of the source tree (crds/, examples/): beside the package, or under the cwd."""
-    package_root = Path(gpuadmit.__file__).resolve().parent
-    for base in (package_root / "data", package_root.parents[1], Path.cwd()):
-        candidate = base.joinpath(*parts)
-        if candidate.exists():
-            return candidate
     return None
 
 
@@ -472,239 +288,6 @@ async def _maybe_await(value: Awaitable[None] | None) -> None:
         await value
 
 
-# --------------------------------------------------------------------------- what was decided
-
-
-@dataclass
-class Tracked:
-    plan: Plan
-    submitted_at: float
-    workload_class: str  # as the operator classified it (the trace's proxy until then)
-    phase: str | None = None
-    reason: str = ""
-    admitted_at: float | None = None
-    gpus_held: int = 0
-    margin_per_gpu_hour: float = 0.0
-    preemptions: int = 0
-
-
-@dataclass
-class Decision:
-    at: float
-    verb: str
-    key: str
-    workload_class: str
-    detail: str
-
-
-@dataclass
-class Ledger:
-    """Everything shown: fed by watch events on GPUWorkloads."""
-
-    total_gpus: int
-    time_scale: float
-    started: float = field(default_factory=time.monotonic)
-    workloads: dict[str, Tracked] = field(default_factory=dict)
-    decisions: collections.deque[Decision] = field(default_factory=lambda: collections.deque(maxlen=200))
-    decision_count: int = 0
-    earned: float = 0.0  # margin, in trace time
-    gpu_seconds_used: float = 0.0
-    last_tick: float | None = None
-
-    def now(self) -> float:
-        return time.monotonic() - self.started
-
-    def submitted(self, plan: Plan, sent_at: float) -> None:
-        key = f"{plan.namespace}/{plan.name}"
-        if key not in self.workloads:
-            self.workloads[key] = Tracked(plan, sent_at, "inference" if plan.pod.qos_inference else "training")
-
-    def refused(self, plan: Plan, sent_at: float, message: str) -> None:
-        """The admission webhook turned the create down: it never reaches the operator."""
-        key = f"{plan.namespace}/{plan.name}"
-        tracked = Tracked(plan, sent_at, "inference" if plan.pod.qos_inference else "training", phase=REFUSED)
-        tracked.reason = message[1:].split("]", 1)[0] if message.startswith("[") else "AdmissionRefused"
-        self.workloads[key] = tracked
-        self._decided("refused", key, tracked, f"by the webhook: {message}")
-
-    def observe(self, event_type: str, obj: Mapping[str, Any]) -> None:
-        metadata = obj.get("metadata") or {}
-        tracked = self.workloads.get(f"{metadata.get('namespace')}/{metadata.get('name')}")
-        if tracked is None or event_type == "DELETED":
-            return
-        status = obj.get("status") or {}
-        if status.get("class") in ("inference", "training"):
-            tracked.workload_class = status["class"]
-        phase, reason = status.get("phase"), str(status.get("reason") or "")
-        if isinstance(status.get("preemptions"), int):
-            tracked.preemptions = status["preemptions"]
-        holding = phase in HOLDING_PHASES
-        placement = status.get("placement") if holding else None
-        tracked.gpus_held = sum(int(p.get("gpus") or 0) for p in placement or [] if isinstance(p, Mapping))
-        margin = status.get("marginPerGPUHour")
-        tracked.margin_per_gpu_hour = float(margin) if holding and isinstance(margin, (int, float)) else 0.0
-        if (phase, reason) == (tracked.phase, tracked.reason) or phase is None:
-            return
-        before, tracked.phase, tracked.reason = tracked.phase, phase, reason
-        key = f"{metadata.get('namespace')}/{metadata.get('name')}"
-        message = str(status.get("message") or "")
-        if phase in HOLDING_PHASES and (tracked.admitted_at is None or before not in HOLDING_PHASES):
-            if tracked.admitted_at is None:
-                tracked.admitted_at = self.now()
-            nodes = ", ".join(f"{p.get('node')}x{p.get('gpus')}" for p in placement or [] if isinstance(p, Mapping))
-            self._decided("admitted", key, tracked, f"{tracked.plan.pod.gpus} GPU on {nodes}, ${tracked.margin_per_gpu_hour:.2f}/GPU-h")
-        elif phase == "Queued" and before in (None, "Queued", "Preempted"):
-            self._decided("queued", key, tracked, f"{reason}: {message}")
-        elif phase == "Rejected":
-            self._decided("rejected", key, tracked, f"{reason}: {message}")
-        elif phase == "Preempted":
-            self._decided("preempted", key, tracked, message)
-
-    def _decided(self, verb: str, key: str, tracked: Tracked, detail: str) -> None:
-        self.decision_count += 1
-        self.decisions.append(Decision(self.now(), verb, key, tracked.workload_class, detail))
-
-    def tick(self) -> None:
-        """Integrate margin and GPU use since the last tick (margin counts in trace time)."""
-        now = self.now()
-        if self.last_tick is not None:
-            elapsed = now - self.last_tick
-            self.earned += self.margin_per_hour() * elapsed * self.time_scale / 3600
-            self.gpu_seconds_used += self.gpus_in_use() * elapsed
-        self.last_tick = now
-
-    def gpus_in_use(self) -> int:
-        return sum(t.gpus_held for t in self.workloads.values())
-
-    def margin_per_hour(self) -> float:
-        return sum(t.gpus_held * t.margin_per_gpu_hour for t in self.workloads.values())
-
-    def counts(self) -> dict[str, collections.Counter[str]]:
-        """Per class: submitted, undecided (no status yet), admitted (ever), holding now, queued,
-        rejected (by the operator), refused (by the webhook), done."""
-        table: dict[str, collections.Counter[str]] = {"inference": collections.Counter(), "training": collections.Counter()}
-        for tracked in self.workloads.values():
-            row = table.setdefault(tracked.workload_class, collections.Counter())
-            row["submitted"] += 1
-            row["admitted"] += tracked.admitted_at is not None
-            row["holding"] += tracked.phase in HOLDING_PHASES
-            row["undecided"] += tracked.phase is None
-            row["queued"] += tracked.phase in ("Queued", "Preempted")
-            row["rejected"] += tracked.phase == "Rejected"
-            row["refused"] += tracked.phase == REFUSED
-            row["done"] += tracked.phase in ("Succeeded", "Failed")
-            row["preemptions"] += tracked.preemptions
-        return table
-
-    def waits(self, workload_class: str) -> list[float]:
-        return sorted(
-            t.admitted_at - t.submitted_at
-            for t in self.workloads.values()
-            if t.workload_class == workload_class and t.admitted_at is not None
-        )
-
-
-def percentile(values: list[float], share: float) -> float | None:
-    if not values:
-        return None
-    return values[min(len(values) - 1, max(0, math.ceil(share * len(values)) - 1))]
-
-
-# --------------------------------------------------------------------------- showing it
-
-
-class Screen:
-    """A table redrawn in place on a terminal; plain progress lines anywhere else (CI, pipes)."""
-
-    def __init__(self, out: TextIO, ledger: Ledger, header: str, live: bool, duration: float) -> None:
-        self.out, self.ledger, self.header, self.live = out, ledger, header, live
-        self.plain_every = max(2.0, min(10.0, duration / 12))
-        self.last_plain = -math.inf
-        self.decisions_printed = 0
-
-    def update(self, submitted: int, final: bool = False) -> None:
-        if self.live:
-            self.out.write("\x1b[H\x1b[2J" + "\n".join(self.table(submitted)) + "\n")
-            self.out.flush()
-            return
-        now = self.ledger.now()
-        if final or now - self.last_plain >= self.plain_every:
-            self.last_plain = now
-            self.out.write(self.progress_line(submitted) + "\n")
-            fresh = self.ledger.decision_count - self.decisions_printed
-            recent = list(self.ledger.decisions)[-fresh:] if fresh > 0 else []
-            latest_by_verb = {decision.verb: decision for decision in recent}  # one line of each kind
-            shown = sorted(latest_by_verb.values(), key=lambda decision: decision.at)
-            for decision in shown:
-                self.out.write(f"    {decision.verb:<9} {decision.key} ({decision.workload_class}) {decision.detail}"[:160] + "\n")
-            self.decisions_printed = self.ledger.decision_count
-            self.out.flush()
-
-    def progress_line(self, submitted: int) -> str:
-        ledger = self.ledger
-        parts = [f"[{ledger.now():5.0f}s] submitted {submitted}"]
-        for name, row in ledger.counts().items():
-            parts.append(
-                f"{name}: {row['admitted']} admitted, {row['queued']} queued, {row['rejected']} rejected, "
-                f"{row['refused']} refused, {row['undecided']} undecided"
-            )
-        parts.append(f"GPUs {ledger.gpus_in_use()}/{ledger.total_gpus}")
-        parts.append(f"margin ${ledger.margin_per_hour():,.2f}/h")
-        return " | ".join(parts)
-
-    def table(self, submitted: int) -> list[str]:
-        ledger = self.ledger
-        used = ledger.gpus_in_use()
-        lines = [*self.header.splitlines(), ""]
-        lines.append(f"t = {ledger.now():5.0f} s    submitted {submitted}    decisions {ledger.decision_count}")
-        lines.append("")
-        lines.append(f"{'class':<10} {'submitted':>9} {'undecided':>9} {'admitted':>9} {'running':>8} {'queued':>7} {'rejected':>9} {'refused':>8} {'done':>6} {'wait p50':>9} {'p95':>7}")
-        for name, row in ledger.counts().items():
-            waits = ledger.waits(name)
-            lines.append(
-                f"{name:<10} {row['submitted']:>9} {row['undecided']:>9} {row['admitted']:>9} {row['holding']:>8} {row['queued']:>7} "
-                f"{row['rejected']:>9} {row['refused']:>8} {row['done']:>6} {_seconds(percentile(waits, 0.5)):>9} {_seconds(percentile(waits, 0.95)):>7}"
-            )
-        bar_width = 40
-        filled = round(bar_width * used / max(1, ledger.total_gpus))
-        lines.append("")
-        lines.append(f"GPUs in use  [{'#' * filled}{'.' * (bar_width - filled)}] {used}/{ledger.total_gpus}")
-        lines.append(f"margin       ${ledger.margin_per_hour():,.2f} per hour    earned ${ledger.earned:,.2f} (trace time)")
-        lines.append("")
-        lines.append("last decisions:")
-        for decision in list(ledger.decisions)[-DECISIONS_SHOWN:]:
-            lines.append(f"  {decision.at:5.0f}s {decision.verb:<9} {decision.key} ({decision.workload_class}) {decision.detail}"[:150])
-        return lines
-
-
-def _seconds(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1f}s"
-
-
-def summary(ledger: Ledger, elapsed: float, time_scale: float) -> list[str]:
-    counts = ledger.counts()
-    lines = ["", f"Summary after {elapsed:.0f} s ({elapsed * time_scale / 3600:.1f} hours of trace time)", ""]
-    lines.append(f"{'class':<10} {'submitted':>9} {'admitted':>9} {'rejected':>9} {'refused':>8} {'queued':>7} {'undecided':>9} {'wait p50':>9} {'wait p95':>9}  (waits: admitted ones, demo seconds)")
-    for name, row in counts.items():
-        waits = ledger.waits(name)
-        lines.append(
-            f"{name:<10} {row['submitted']:>9} {row['admitted']:>9} {row['rejected']:>9} {row['refused']:>8} {row['queued']:>7} {row['undecided']:>9} "
-            f"{_seconds(percentile(waits, 0.5)):>9} {_seconds(percentile(waits, 0.95)):>9}"
-        )
-    lines.append("")
-    lines.append("last decision by class and reason:")
-    reasons = collections.Counter((t.workload_class, t.reason or "(none yet)") for t in ledger.workloads.values())
-    for (name, reason), count in sorted(reasons.items()):
-        lines.append(f"  {name:<10} {reason:<26} {count:>6}")
-    preemptions = sum(row["preemptions"] for row in counts.values())
-    average_use = ledger.gpu_seconds_used / max(1e-9, elapsed) / max(1, ledger.total_gpus)
-    lines.append("")
-    lines.append(f"margin earned: ${ledger.earned:,.2f} over {elapsed * time_scale / 3600:.1f} trace hours; "
-                 f"average GPU use {average_use:.0%}; preemptions {preemptions}")
-    lines.append("admitted by class: " + " ".join(f"{name}={row['admitted']}" for name, row in counts.items()))
-    return lines
-
-
 # --------------------------------------------------------------------------- running it all
 
 
@@ -713,27 +296,43 @@ class Demo:
         self.args = args
         self.out = out
         self.processes: list[tuple[str, subprocess.Popen[bytes], Path]] = []
-        self.workdir = Path(tempfile.mkdtemp(prefix="gpuadmit-demo-"))
-        self.running_pods: dict[str, tuple[float, dict[str, Any]]] = {}  # pod uid -> (run time over at, its metadata)
-        self.run_seconds: dict[str, float] = {}  # workload key -> demo seconds its pods run
+        self.workdir = Path()  # made once the inputs are read: bad input leaves nothing behind
         self.admission: AdmissionClient | None = None
+
+    def read_inputs(self) -> tuple[list[DemoNode], list[Plan], str, float, float, dict[str, Any]]:
+        """The cluster, the submissions, where they come from, the rate, the load offered and the policy."""
+        args = self.args
+        if min(args.duration, args.time_scale, args.load, args.max_rate) <= 0 or args.nodes < 1:
+            raise DemoInputError("--duration, --time-scale, --load, --max-rate and --nodes must be positive")
+        if args.plot:
+            try:
+                import matplotlib  # noqa: F401  (checked now rather than after the whole run)
+            except ImportError:
+                raise DemoInputError("--plot needs matplotlib: pip install 'gpuadmit[sim]'") from None
+        trace_dir = None if args.no_trace else find_trace_dir(args.trace_dir, [Path.cwd(), Path(gpuadmit.__file__).resolve().parent])
+        try:
+            if trace_dir is not None:
+                nodes, pods, source = load_trace(trace_dir, args.nodes)
+            else:
+                nodes, pods, source = sample_cluster(args.seed)
+                source += "" if args.no_trace else " (no trace found; see --trace-dir)"
+        except TraceError as error:
+            raise DemoInputError(str(error)) from None
+        if not nodes or not pods:
+            raise DemoInputError(f"the {source} has no {'GPU nodes' if not nodes else 'GPU pods'} to run")
+        total_gpus = sum(node.gpus for node in nodes)
+        plans, rate, offered = plan_submissions(pods, total_gpus, args)
+        try:
+            policy = demo_policy(Path(args.policy) if args.policy else None, args.time_scale)
+        except (OSError, UnicodeDecodeError, ValueError, TypeError, yaml.YAMLError) as error:
+            raise DemoInputError(f"--policy {args.policy}: cannot read a MarginPolicy: {str(error).splitlines()[0]}") from None
+        return nodes, plans, source, rate, offered, policy
 
     async def run(self) -> int:
         args = self.args
-        if min(args.duration, args.time_scale, args.load, args.max_rate) <= 0 or args.nodes < 1:
-            raise DemoError("--duration, --time-scale, --load, --max-rate and --nodes must be positive")
-        trace_dir = None if args.no_trace else find_trace_dir(args.trace_dir, [Path.cwd(), Path(gpuadmit.__file__).resolve().parent])
-        if trace_dir is not None:
-            nodes, pods, source = load_trace(trace_dir, args.nodes)
-        else:
-            nodes, pods, source = sample_cluster(args.seed)
-            source += "" if args.no_trace else " (no trace found; see --trace-dir)"
+        nodes, plans, source, rate, offered, policy = self.read_inputs()
         total_gpus = sum(node.gpus for node in nodes)
-        plans, rate, offered = plan_submissions(pods, total_gpus, args)
-        policy_path = Path(args.policy) if args.policy else repo_file("examples", "policy.yaml")
-        crds = repo_file("crds")
-        if crds is None:
-            raise DemoError("cannot find the CRDs (crds/ beside the package or in the current directory)")
+        self.workdir = Path(tempfile.mkdtemp(prefix="gpuadmit-demo-"))
         api: Api | None = None
         tasks: list[asyncio.Task[None]] = []
         succeeded = False
@@ -743,12 +342,14 @@ class Demo:
             if main_task is not None:
                 loop.add_signal_handler(signum, main_task.cancel)
         try:
-            url = await self.start_emulator(crds)
+            url = await self.start_emulator(package_file("crds"))
             api = Api(url)
-            await self.populate(api, nodes, demo_policy(policy_path, args.time_scale))
+            await self.populate(api, nodes, policy)
             metrics_port = args.metrics_port or free_port()
             await self.start_operator(metrics_port)
             ledger = Ledger(total_gpus=total_gpus, time_scale=args.time_scale)
+            kubelet = Kubelet(api)
+            recorder = MetricsRecorder(f"http://127.0.0.1:{metrics_port}/metrics")
             header = (
                 f"gpuadmit demo: {len(nodes)} nodes, {total_gpus} GPUs from the {source}\n"
                 f"1 s here = {args.time_scale:g} s of trace; ~{rate:.1f} workloads/s offering {offered:.1f}x the GPUs; "
@@ -761,19 +362,28 @@ class Demo:
             screen = Screen(self.out, ledger, header, live, args.duration)
             tasks = [
                 asyncio.create_task(api.follow("/apis/gpuadmit.io/v1alpha1/gpuworkloads", ledger.observe)),
-                asyncio.create_task(api.follow("/api/v1/pods", lambda t, o: self.play_kubelet(api, t, o), {"labelSelector": WORKLOAD_LABEL})),
-                asyncio.create_task(self.finish_pods(api)),
+                asyncio.create_task(api.follow("/api/v1/pods", kubelet.observe, {"labelSelector": WORKLOAD_LABEL})),
+                asyncio.create_task(kubelet.finish_pods()),
             ]
-            submitted = await self.submit_all(api, plans, ledger, screen)
+            if args.plot:
+                tasks.append(asyncio.create_task(recorder.run()))
+            submitted = await self.submit_all(api, plans, ledger, screen, kubelet)
             ledger.tick()
             screen.update(submitted, final=True)
             lines = summary(ledger, ledger.now(), args.time_scale)
-            lines.append(await metrics_line(f"http://127.0.0.1:{metrics_port}/metrics"))
+            lines.append(await metrics_line(recorder.url))
             if self.admission is not None:
                 lines.append(f"admission webhooks: every create went through /mutate-gpuworkload and /validate-gpuworkload"
                              f" ({self.admission.unreachable} let through unreviewed)")
+            if args.plot:
+                with contextlib.suppress(asyncio.TimeoutError):  # one last sample, taken now
+                    await asyncio.wait_for(recorder.scrape_once(), 10)
+                written = plot_panels(recorder, Path(args.plot))
+                lines.append(f"plots: {', '.join(str(path) for path in written)}")
             self.out.write("\n".join(lines) + "\n")
             self.out.flush()
+            if args.serve:
+                await self.serve()
             succeeded = True
             return 0
         finally:
@@ -789,6 +399,28 @@ class Demo:
                 shutil.rmtree(self.workdir, ignore_errors=True)
             elif not succeeded:
                 print(f"gpuadmit demo: logs kept in {self.workdir}", file=sys.stderr)
+
+    async def serve(self) -> None:
+        """Keep the cluster (and the kubelet stand-in) running for kubectl until Ctrl-C or SIGTERM."""
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        kubeconfig = self.workdir / "kubeconfig"
+        commands = "\n".join(f"  {command}" for command in KUBECTL_EXAMPLES)
+        self.out.write(f"\nThe demo cluster keeps running. Point kubectl at it:\n  export KUBECONFIG={kubeconfig}\n"
+                       f"then try:\n{commands}\nPress Ctrl-C to stop.\n")
+        self.out.flush()
+        try:
+            while not stop.is_set():
+                self.check_processes()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 1.0)
+        finally:
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(signum)
+        self.out.write("gpuadmit demo: stopping the emulated cluster\n")
+        self.out.flush()
 
     async def start_emulator(self, crds: Path) -> str:
         kubeconfig = self.workdir / "kubeconfig"
@@ -830,7 +462,7 @@ class Demo:
             self.admission = AdmissionClient(f"https://127.0.0.1:{webhook_port}", cert_dir / "ca.crt")
             await self.wait_for(self.admission.listening, "the admission webhooks to listen")
 
-    async def submit_all(self, api: Api, plans: list[Plan], ledger: Ledger, screen: Screen) -> int:
+    async def submit_all(self, api: Api, plans: list[Plan], ledger: Ledger, screen: Screen, kubelet: Kubelet) -> int:
         """Create each workload at its time; refresh the screen meanwhile; return how many were created."""
         submitted = 0
         pending: set[asyncio.Task[None]] = set()
@@ -838,7 +470,7 @@ class Demo:
         async def submit(plan: Plan) -> None:
             nonlocal submitted
             key = f"{plan.namespace}/{plan.name}"
-            self.run_seconds[key] = plan.run_seconds
+            kubelet.run_seconds[key] = plan.run_seconds
             sent_at = ledger.now()
             obj = workload_object(plan)
             if self.admission is not None:
@@ -874,41 +506,6 @@ class Demo:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
         return submitted
-
-    def play_kubelet(self, api: Api, event_type: str, pod: Mapping[str, Any]) -> Awaitable[None] | None:
-        """Our pods: Pending -> Running on arrival; Succeeded once the run time is over (finish_pods).
-
-        Pods are told apart by uid: a preempted workload's pods come back under the same names.
-        """
-        metadata = pod.get("metadata") or {}
-        uid = str(metadata.get("uid") or f"{metadata.get('namespace')}/{metadata.get('name')}")
-        if event_type == "DELETED":
-            self.running_pods.pop(uid, None)
-            return None
-        phase = (pod.get("status") or {}).get("phase") or "Pending"
-        if phase != "Pending" or uid in self.running_pods or not (pod.get("spec") or {}).get("nodeName"):
-            return None
-        workload = f"{metadata.get('namespace')}/{(metadata.get('labels') or {}).get(WORKLOAD_LABEL)}"
-        finish_at = time.monotonic() + self.run_seconds.get(workload, MIN_RUN_SECONDS)
-        self.running_pods[uid] = (finish_at, dict(metadata))
-        return self.set_pod_phase(api, metadata, "Running")
-
-    async def finish_pods(self, api: Api) -> None:
-        while True:
-            now = time.monotonic()
-            due = [uid for uid, (finish_at, _) in self.running_pods.items() if finish_at <= now]
-            finished = [self.running_pods.pop(uid)[1] for uid in due]
-            await asyncio.gather(*(self.set_pod_phase(api, metadata, "Succeeded") for metadata in finished))
-            await asyncio.sleep(0.25)
-
-    async def set_pod_phase(self, api: Api, metadata: Mapping[str, Any], phase: str) -> None:
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        ready = "True" if phase == "Running" else "False"
-        status: dict[str, Any] = {"phase": phase, "conditions": [{"type": "Ready", "status": ready, "lastTransitionTime": stamp}]}
-        if phase == "Running":
-            status["startTime"] = stamp
-        path = f"/api/v1/namespaces/{metadata.get('namespace')}/pods/{metadata.get('name')}/status"
-        await api.call("PATCH", path, {"status": status}, merge=True)  # 404: preempted meanwhile, fine
 
     # -- processes ------------------------------------------------------------------------------
 

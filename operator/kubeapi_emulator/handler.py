@@ -22,16 +22,32 @@ from typing import Any
 import aiohttp.web
 import attrs
 import kmock
-from kmock._internal import parsing, rendering  # the request model our reactions are matched against
+import yaml
 
-from kubeapi_emulator import errors
+# kmock's request model, which our reactions are matched against
+from kmock._internal import parsing, rendering
+
+from kubeapi_emulator import errors, openapi, protobuf, tables
 from kubeapi_emulator.audit import AuditLog, audit_record
 from kubeapi_emulator.errors import ApiError
 from kubeapi_emulator.faults import FaultPlan
+from kubeapi_emulator.fieldmanagers import record_update, server_side_apply
 from kubeapi_emulator.patching import APPLY_PATCH, apply_patch
-from kubeapi_emulator.resources import BUILTIN_RESOURCES, KOPF_PEERING_CRDS, VERBS, ResourceSpec, specs_from_crd
+from kubeapi_emulator.resources import (
+    BUILTIN_RESOURCES,
+    KOPF_PEERING_CRDS,
+    VERBS,
+    ResourceSpec,
+    specs_from_crd,
+)
+from kubeapi_emulator.schema import unknown_fields
 from kubeapi_emulator.selectors import object_selector
-from kubeapi_emulator.store import DEFAULT_HISTORY_LIMIT, ObjectStore, StoredEvent, StorageKey
+from kubeapi_emulator.store import (
+    DEFAULT_HISTORY_LIMIT,
+    ObjectStore,
+    StorageKey,
+    StoredEvent,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +55,7 @@ CRD_STORAGE: StorageKey = ("apiextensions.k8s.io", "customresourcedefinitions")
 NAMESPACE_STORAGE: StorageKey = ("", "namespaces")
 INITIAL_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
 _OBJECT_SUBRESOURCES = {"status", "finalize"}
+FIELD_VALIDATION_DIRECTIVES = ("Ignore", "Warn", "Strict")
 
 
 def parse_api_path(path: str) -> parsing.ParsedPath:
@@ -91,10 +108,14 @@ async def parse_request(raw_request: aiohttp.web.BaseRequest, *, id: int) -> ren
     PUT counts as the UPDATE action, as PATCH does."""
     body = await raw_request.read()
     text = body.decode("utf-8", errors="replace")
-    try:
-        data = json.loads(text) if text.strip() else None
-    except ValueError:
-        data = None
+    data: Any
+    if body and raw_request.headers.get("Content-Type", "").startswith(protobuf.PROTOBUF):
+        data = protobuf.decode(body)  # kubectl's typed clients: create namespace, configmap, ...
+    else:
+        try:
+            data = json.loads(text) if text.strip() else None
+        except ValueError:
+            data = None
     parsed = parse_api_path(raw_request.path)
     resource = None if parsed.group is None else _resource(parsed.group, parsed.version, parsed.plural)
     method = _method(raw_request.method)
@@ -121,6 +142,16 @@ def _event_line(event_type: str, encoded_object: bytes) -> bytes:
     if prefix is None:
         prefix = _EVENT_PREFIXES[event_type] = ('{"type": ' + json.dumps(event_type) + ', "object": ').encode()
     return prefix + encoded_object + b"}\n"
+
+
+def _dry_run(request: rendering.Request) -> bool:
+    """``?dryRun=All``: the write is checked and answered, not stored (kubectl diff, --dry-run=server)."""
+    value = request.params.get("dryRun")
+    if value in (None, ""):
+        return False
+    if value != "All":
+        raise errors.bad_request(f'dryRun: Unsupported value: "{value}": supported values: "All"')
+    return True
 
 
 def _version_priority(version: str) -> tuple[int, int, int, str]:
@@ -174,6 +205,7 @@ class KubernetesApiEmulator(kmock.KubernetesScaffold):
     _own_reaction_count: int = attrs.field(default=0, init=False)
     _background: set[asyncio.Task[None]] = attrs.field(factory=set, init=False)
     _object_routes: tuple[Any, ...] = attrs.field(default=(), init=False)  # routes answering one stored object
+    _openapi_cache: dict[Any, Any] = attrs.field(factory=dict, init=False)  # documents, until a resource changes
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -265,18 +297,25 @@ class KubernetesApiEmulator(kmock.KubernetesScaffold):
         route = self._route(request)
         if route is None:
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
-        if route == self._serve_watch or isinstance(route, bytes):
-            return await rendering.Response(payload=route)(request)  # kmock renders the streams
+        if route == self._serve_watch:  # kmock renders the stream; as JSON, which kubectl's decoder needs
+            return await rendering.Response(payload=route, headers={"Content-Type": "application/json"})(request)
+        if isinstance(route, bytes):
+            return await rendering.Response(payload=route)(request)
         result = await route(request)
         status = 200
+        headers: dict[str, str] | None = None
         if isinstance(result, rendering.Response):
-            result, status = result.payload, result.status or 200
+            answer = result
+            headers = {k: v for k, v in (answer.headers or {}).items() if v is not None}
+            result, status = answer.payload, answer.status or 200
         if route in self._object_routes:
             # A stored object: encoded once, the same bytes its watch event will carry.
             # The same bytes and headers as json_response(result) would give.
-            return aiohttp.web.Response(body=self.store.encoded(result), status=status,
-                                        content_type="application/json", charset="utf-8")
-        return aiohttp.web.json_response(result, status=status)
+            response = aiohttp.web.Response(body=self.store.encoded(result), status=status,
+                                            content_type="application/json", charset="utf-8")
+            response.headers.update(headers or {})
+            return response
+        return aiohttp.web.json_response(result, status=status, headers=headers)
 
     def _route(self, request: rendering.Request) -> Any:
         path = request.url.path.rstrip("/") or "/"
@@ -294,9 +333,12 @@ class KubernetesApiEmulator(kmock.KubernetesScaffold):
         if path in ("/healthz", "/readyz", "/livez"):
             return b"ok"
         fixed = {"/": self._serve_root, "/api": self._serve_api, "/apis": self._serve_apis,
-                 "/version": self._serve_server_version}
+                 "/version": self._serve_server_version, "/openapi/v2": self._serve_openapi_v2,
+                 "/openapi/v3": self._serve_openapi_v3_discovery}
         if path in fixed:
             return fixed[path]
+        if path.startswith("/openapi/v3/"):
+            return self._serve_openapi_v3
         if re.fullmatch(r"/apis/[^/]+", path):
             return self._serve_group
         if re.fullmatch(r"/apis/[^/]+/[^/]+|/api/[^/]+", path):
@@ -304,7 +346,7 @@ class KubernetesApiEmulator(kmock.KubernetesScaffold):
         return None
 
     async def _serve_root(self, request: rendering.Request) -> rendering.Payload:
-        paths = {"/api", "/api/v1", "/apis", "/version", "/healthz", "/readyz", "/livez"}
+        paths = {"/api", "/api/v1", "/apis", "/version", "/healthz", "/readyz", "/livez", "/openapi/v2", "/openapi/v3"}
         for spec in self._specs.values():
             if spec.group:
                 paths |= {f"/apis/{spec.group}", f"/apis/{spec.group}/{spec.version}"}
@@ -376,6 +418,41 @@ class KubernetesApiEmulator(kmock.KubernetesScaffold):
         return {"apiVersion": "v1", "kind": "APIResourceList",
                 "groupVersion": f"{group}/{version}" if group else version, "resources": resources}
 
+    # -- OpenAPI (see kubeapi_emulator.openapi) -------------------------------------------------
+
+    def _group_version_specs(self) -> dict[tuple[str, str], list[ResourceSpec]]:
+        grouped: dict[tuple[str, str], list[ResourceSpec]] = defaultdict(list)
+        for spec in self._specs.values():
+            grouped[(spec.group, spec.version)].append(spec)
+        return grouped
+
+    def _openapi_v3_documents(self) -> dict[tuple[str, str], tuple[dict[str, Any], str]]:
+        cached = self._openapi_cache.get("v3")
+        if cached is None:
+            cached = {}
+            for key, specs in self._group_version_specs().items():
+                document = openapi.v3_document(specs)
+                cached[key] = (document, openapi.document_hash(document))
+            self._openapi_cache["v3"] = cached
+        return cached
+
+    async def _serve_openapi_v3_discovery(self, request: rendering.Request) -> rendering.Payload:
+        documents = self._openapi_v3_documents()
+        return openapi.v3_discovery(documents, {key: digest for key, (_, digest) in documents.items()})
+
+    async def _serve_openapi_v3(self, request: rendering.Request) -> rendering.Payload:
+        wanted = request.url.path.rstrip("/").removeprefix("/openapi/v3/")
+        for (group, version), (document, _) in self._openapi_v3_documents().items():
+            if openapi.group_version_key(group, version) == wanted:
+                return document
+        raise ApiError(404, "NotFound", "the server could not find the requested resource")
+
+    async def _serve_openapi_v2(self, request: rendering.Request) -> rendering.Payload:
+        document = self._openapi_cache.get("v2")
+        if document is None:
+            document = self._openapi_cache["v2"] = openapi.v2_document(self._specs.values())
+        return document
+
     # -- serving ---------------------------------------------------------------------------------
 
     def _resolve(self, request: rendering.Request) -> ResourceSpec:
@@ -395,6 +472,9 @@ class KubernetesApiEmulator(kmock.KubernetesScaffold):
     async def _serve_list(self, request: rendering.Request) -> rendering.Payload:
         spec = self._resolve(request)
         items, version = self.store.list(spec, request.namespace, self._selector(request))
+        if tables.wants_table(request.headers.get("Accept")):
+            return tables.table(spec, items, resource_version=version,
+                                include_object=request.params.get("includeObject"))
         return {
             "apiVersion": spec.api_version,
             "kind": f"{spec.kind}List",
@@ -407,14 +487,54 @@ class KubernetesApiEmulator(kmock.KubernetesScaffold):
         if request.subresource not in (None, "status"):
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
         assert request.name is not None
-        return self.store.get(spec, request.namespace, request.name)
+        obj = self.store.get(spec, request.namespace, request.name)
+        if tables.wants_table(request.headers.get("Accept")):
+            return tables.table(spec, [obj], resource_version=obj["metadata"].get("resourceVersion"),
+                                include_object=request.params.get("includeObject"))
+        return obj
+
+    @staticmethod
+    def _check_media_type(request: rendering.Request, accepted: tuple[str, ...]) -> str:
+        """The body's media type; 415 for one the emulator cannot read (protobuf, CBOR), so a
+        client that can falls back to JSON, as with a server that lacks the type."""
+        media_type = request.headers.get("Content-Type", accepted[0]).split(";")[0].strip().lower() or accepted[0]
+        if media_type not in accepted and request.body.strip():
+            raise ApiError(415, "UnsupportedMediaType",
+                           f"the body of the request was in an unknown format - accepted media types include: "
+                           f"{', '.join(accepted)}")
+        return media_type
 
     async def _serve_create(self, request: rendering.Request) -> rendering.Payload:
         spec = self._resolve(request)
+        self._check_media_type(request, ("application/json", protobuf.PROTOBUF))
         if request.subresource is not None:
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
-        created = self._create(spec, request.namespace, request.data, copy_body=False)  # parsed for it alone
-        return rendering.Response(status=201, payload=created)
+        warnings = self._check_fields(spec, request, request.data)
+        manager = request.params.get("fieldManager")
+        managed = (lambda obj: record_update(None, obj, manager, spec.api_version)) if manager else None
+        created = self._create(spec, request.namespace, request.data, copy_body=False,  # parsed for it alone
+                               managed_fields=managed, dry_run=_dry_run(request))
+        return rendering.Response(status=201, payload=created, headers=warnings)
+
+    @staticmethod
+    def _check_fields(spec: ResourceSpec, request: rendering.Request, body: Any,
+                      directive: str | None = None) -> dict[str, str] | None:
+        """Field validation of a write's body (``?fieldValidation=``, Warn by default): an unknown
+        field is refused (Strict), reported in a ``Warning`` header (Warn) or dropped (Ignore)."""
+        directive = directive or request.params.get("fieldValidation") or "Warn"
+        if directive not in FIELD_VALIDATION_DIRECTIVES:
+            raise errors.bad_request(f"fieldValidation must be one of {', '.join(FIELD_VALIDATION_DIRECTIVES)}, "
+                                     f"not {directive!r}")
+        if directive == "Ignore" or not isinstance(body, dict):
+            return None
+        unknown = unknown_fields(body, spec.schema.structural if spec.schema is not None else None)
+        if not unknown:
+            return None
+        texts = [f'unknown field "{field}"' for field in unknown]
+        if directive == "Strict":
+            raise errors.bad_request(f'{spec.kind} in version "{spec.version}" cannot be handled as a {spec.kind}: '
+                                     f"strict decoding error: {', '.join(texts)}")
+        return {"Warning": ", ".join("299 - " + json.dumps(text) for text in texts)}
 
     @staticmethod
     def _check_crd(spec: ResourceSpec, body: Any) -> None:
@@ -426,9 +546,12 @@ class KubernetesApiEmulator(kmock.KubernetesScaffold):
             raise errors.invalid(spec.group, spec.kind, name,
                                  [{"reason": "FieldValueInvalid", "field": "spec", "message": str(e)}]) from e
 
-    def _create(self, spec: ResourceSpec, namespace: str | None, body: Any, copy_body: bool = True) -> dict[str, Any]:
+    def _create(self, spec: ResourceSpec, namespace: str | None, body: Any, copy_body: bool = True,
+                managed_fields: Any = None, dry_run: bool = False) -> dict[str, Any]:
         if spec.storage_key == CRD_STORAGE:
             self._check_crd(spec, body)
+        if spec.storage_key == ("", "secrets") and isinstance(body, dict) and not body.get("type"):
+            body["type"] = "Opaque"  # the real server's default
         if spec.storage_key == NAMESPACE_STORAGE and isinstance(body, dict):
             name = (body.get("metadata") or {}).get("name")
             if name:  # the label every real namespace carries
@@ -436,28 +559,71 @@ class KubernetesApiEmulator(kmock.KubernetesScaffold):
                 meta["labels"] = {**(meta.get("labels") or {}), "kubernetes.io/metadata.name": name}
         return self.store.create(spec, namespace, body,
                                  initial_status=lambda obj: _initial_status(spec.storage_key, obj),
-                                 copy_body=copy_body)
+                                 copy_body=copy_body, managed_fields=managed_fields, dry_run=dry_run)
 
     async def _serve_update(self, request: rendering.Request) -> rendering.Payload:
         spec = self._resolve(request)
         assert request.name is not None
         body = request.data
+        content_type = request.headers.get("Content-Type", "application/merge-patch+json")
+        if request.method != kmock.method.PUT and content_type.split(";")[0].strip() == APPLY_PATCH:
+            return self._server_side_apply(spec, request)  # YAML or JSON
+        if request.method == kmock.method.PUT:
+            self._check_media_type(request, ("application/json", protobuf.PROTOBUF))
         if request.body.strip() and body is None:
             raise errors.bad_request("the request body is not valid JSON")
-        if request.method == kmock.method.PUT:
-            def change(_: dict[str, Any]) -> Any:
-                return body
-        else:
-            content_type = request.headers.get("Content-Type", "application/merge-patch+json")
-            if content_type.split(";")[0].strip() == APPLY_PATCH:
-                raise ApiError(415, "UnsupportedMediaType", "server-side apply is not emulated")
-
-            def change(current: dict[str, Any]) -> Any:
-                return apply_patch(current, body, content_type)
-        # Neither change modifies the object it is given (apply_patch returns a new one), so the
+        manager = request.params.get("fieldManager")
+        warnings = self._check_fields(spec, request, body if request.method == kmock.method.PUT or
+                                      content_type.split(";")[0].strip() != "application/json-patch+json" else None)
+        def change(current: dict[str, Any]) -> Any:
+            result = body if request.method == kmock.method.PUT else apply_patch(current, body, content_type)
+            if manager and isinstance(result, dict) and request.subresource is None:
+                result = {**result, "metadata": {**(result.get("metadata") or {}), "managedFields": record_update(
+                    current, result, manager, spec.api_version)}}
+            return result
+        # No change modifies the object it is given (apply_patch returns a new one), so the
         # store need not copy the stored object first.
+        updated = self.store.update(spec, request.namespace, request.name, change, request.subresource,
+                                    copy_current=False, dry_run=_dry_run(request))
+        return rendering.Response(payload=updated, headers=warnings) if warnings else updated
+
+    def _server_side_apply(self, spec: ResourceSpec, request: rendering.Request) -> Any:
+        """``kubectl apply --server-side``: see kubeapi_emulator.fieldmanagers."""
+        assert request.name is not None
+        body = request.data
+        if body is None:
+            try:
+                body = yaml.safe_load(request.text)
+            except yaml.YAMLError as e:
+                raise errors.bad_request(f"error decoding YAML: {e}") from None
+        if not isinstance(body, dict):
+            raise errors.bad_request("an applied configuration must be an object")
+        manager = request.params.get("fieldManager")
+        if not manager:
+            raise errors.bad_request("PATCH with apply must specify a fieldManager")
+        meta = body["metadata"] if isinstance(body.get("metadata"), dict) else {}
+        if meta.get("name") not in (None, request.name):
+            raise errors.bad_request(f"the name of the object ({meta.get('name')}) does not match the name on "
+                                     f"the URL ({request.name})")
+        if body.get("apiVersion") not in (None, spec.api_version) or body.get("kind") not in (None, spec.kind):
+            raise errors.bad_request(f"the applied configuration is for {body.get('apiVersion')}/{body.get('kind')}, "
+                                     f"not {spec.api_version}/{spec.kind}")
+        # Server-side apply refuses fields the schema does not declare whatever fieldValidation says.
+        self._check_fields(spec, request, body, directive="Strict")
+        force = request.params.get("force") == "true"
+        if self.store.find(spec, request.namespace, request.name) is None and request.subresource is None:
+            obj = server_side_apply(None, body, manager, force=force, api_version=spec.api_version)
+            obj.setdefault("metadata", {})["name"] = request.name
+            managed = obj["metadata"].pop("managedFields")
+            created = self._create(spec, request.namespace, obj, copy_body=False, managed_fields=lambda _: managed,
+                                   dry_run=_dry_run(request))
+            return rendering.Response(status=201, payload=created)
+
+        def change(current: dict[str, Any]) -> Any:
+            return server_side_apply(current, body, manager, force=force, api_version=spec.api_version,
+                                     subresource=request.subresource)
         return self.store.update(spec, request.namespace, request.name, change, request.subresource,
-                                 copy_current=False)
+                                 dry_run=_dry_run(request))
 
     async def _serve_delete(self, request: rendering.Request) -> rendering.Payload:
         spec = self._resolve(request)
@@ -467,7 +633,8 @@ class KubernetesApiEmulator(kmock.KubernetesScaffold):
             if option in request.params:
                 options[option] = request.params[option] if option != "orphanDependents" else \
                     request.params[option] == "true"
-        return self.store.delete(spec, request.namespace, request.name, options)
+        dry_run = _dry_run(request) or options.get("dryRun") == ["All"]
+        return self.store.delete(spec, request.namespace, request.name, options, dry_run=dry_run)
 
     async def _serve_delete_collection(self, request: rendering.Request) -> rendering.Payload:
         """DELETE on a collection (``kubectl delete --all``): each match is deleted as on its own."""
@@ -477,7 +644,7 @@ class KubernetesApiEmulator(kmock.KubernetesScaffold):
         for item in items:
             meta = item["metadata"]
             try:
-                deleted.append(self.store.delete(spec, meta.get("namespace"), meta["name"]))
+                deleted.append(self.store.delete(spec, meta.get("namespace"), meta["name"], dry_run=_dry_run(request)))
             except ApiError:
                 pass  # gone meanwhile
         return {"apiVersion": spec.api_version, "kind": f"{spec.kind}List",
@@ -508,6 +675,18 @@ class KubernetesApiEmulator(kmock.KubernetesScaffold):
         # through json.dumps), built around the object's cached encoding: an object is encoded once
         # however many watchers send it. Events ready together go out in one write.
         encoded_as = self.store.encoded_as
+        if tables.wants_table(request.headers.get("Accept")):
+            # kubectl get -w: each event carries a one-row Table; the columns come with the first only.
+            include_object = request.params.get("includeObject")
+            columns_sent = False
+
+            def encoded_as(spec: ResourceSpec, obj: dict[str, Any]) -> bytes:
+                nonlocal columns_sent
+                shown = tables.table(spec, [self.store.present(spec, obj)], include_object=include_object,
+                                     resource_version=obj["metadata"].get("resourceVersion"),
+                                     with_columns=not columns_sent)
+                columns_sent = True
+                return json.dumps(shown).encode("utf-8")
         try:
             yield b""  # send the headers now: a watch is open even before anything happens
             chunk: list[bytes] = []
@@ -561,6 +740,7 @@ class KubernetesApiEmulator(kmock.KubernetesScaffold):
     # -- reactions to stored changes: CRDs, garbage collection ------------------------------------
 
     def _register(self, spec: ResourceSpec) -> None:
+        self._openapi_cache.clear()
         self._specs[(spec.group, spec.version, spec.plural)] = spec
         self.resources[kmock.resource(spec.group, spec.version, spec.plural)] = kmock.ResourceInfo(
             namespaced=spec.namespaced, kind=spec.kind, singular=spec.singular or spec.kind.lower(),
@@ -569,6 +749,7 @@ class KubernetesApiEmulator(kmock.KubernetesScaffold):
         )
 
     def _unregister(self, group: str, plural: str) -> None:
+        self._openapi_cache.clear()
         for key in [key for key in self._specs if (key[0], key[2]) == (group, plural)]:
             del self._specs[key]
             del self.resources[kmock.resource(*key)]

@@ -31,6 +31,10 @@ class ResourceSpec:
     short_names: tuple[str, ...] = ()
     categories: tuple[str, ...] = ()
     schema: ObjectSchema | None = field(default=None, compare=False, repr=False)
+    # What a CRD declares for clients: its openAPIV3Schema as written (OpenAPI documents,
+    # ``kubectl explain``) and its additionalPrinterColumns (``kubectl get``'s Table).
+    openapi_schema: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
+    printer_columns: tuple[Mapping[str, Any], ...] = field(default=(), compare=False, repr=False)
 
     @property
     def api_version(self) -> str:
@@ -43,16 +47,16 @@ class ResourceSpec:
 
 
 def _builtin(group: str, version: str, plural: str, kind: str, namespaced: bool, *,
-             status: bool = False, short: tuple[str, ...] = ()) -> ResourceSpec:
-    return ResourceSpec(group, version, plural, kind, namespaced, kind.lower(), status, short)
+             status: bool = False, short: tuple[str, ...] = (), categories: tuple[str, ...] = ()) -> ResourceSpec:
+    return ResourceSpec(group, version, plural, kind, namespaced, kind.lower(), status, short, categories)
 
 
 BUILTIN_RESOURCES: tuple[ResourceSpec, ...] = (
     _builtin("", "v1", "namespaces", "Namespace", False, status=True, short=("ns",)),
     _builtin("", "v1", "nodes", "Node", False, status=True, short=("no",)),
-    _builtin("", "v1", "pods", "Pod", True, status=True, short=("po",)),
+    _builtin("", "v1", "pods", "Pod", True, status=True, short=("po",), categories=("all",)),
     _builtin("", "v1", "events", "Event", True, short=("ev",)),
-    _builtin("", "v1", "services", "Service", True, status=True, short=("svc",)),
+    _builtin("", "v1", "services", "Service", True, status=True, short=("svc",), categories=("all",)),
     _builtin("", "v1", "configmaps", "ConfigMap", True, short=("cm",)),
     _builtin("", "v1", "secrets", "Secret", True),
     _builtin("", "v1", "serviceaccounts", "ServiceAccount", True, short=("sa",)),
@@ -118,6 +122,9 @@ def specs_from_crd(crd: Mapping[str, Any]) -> list[ResourceSpec]:
             short_names=tuple(names.get("shortNames") or ()),
             categories=tuple(names.get("categories") or ()),
             schema=ObjectSchema(openapi) if openapi else None,
+            openapi_schema=openapi,
+            printer_columns=tuple(column for column in version.get("additionalPrinterColumns") or []
+                                  if isinstance(column, Mapping)),
         ))
     return result
 

@@ -258,3 +258,45 @@ def _causes(error: jsonschema.ValidationError) -> list[dict[str, str]]:
     else:
         detail = f"{where}: {error.message}"
     return [{"reason": "FieldValueInvalid", "field": field, "message": f"Invalid value: {_shown(value)}: {detail}"}]
+
+
+# The fields of ObjectMeta a client may send; anything else in ``metadata`` is an unknown field.
+OBJECT_META_FIELDS = frozenset({
+    "name", "generateName", "namespace", "selfLink", "uid", "resourceVersion", "generation", "creationTimestamp",
+    "deletionTimestamp", "deletionGracePeriodSeconds", "labels", "annotations", "ownerReferences", "finalizers",
+    "managedFields",
+})
+
+
+def unknown_fields(obj: Any, schema: Mapping[str, Any] | None) -> list[str]:
+    """The fields of ``obj`` that ``schema`` does not declare, as the real server names them for
+    ``fieldValidation`` (``spec.foo``, ``spec.items[0].bar``); pruning would drop each of them.
+
+    Without a schema (a built-in kind here) only ``metadata`` is checked."""
+    if not isinstance(obj, Mapping):
+        return []
+    found = [f"metadata.{key}" for key in (obj.get("metadata") or {}) if key not in OBJECT_META_FIELDS] \
+        if isinstance(obj.get("metadata"), Mapping) else []
+    if schema is not None:
+        body = {key: value for key, value in obj.items() if key not in _ALWAYS_KEPT}
+        _collect_unknown(body, schema, "", found)
+    return found
+
+
+def _collect_unknown(value: Any, schema: Mapping[str, Any], path: str, found: list[str]) -> None:
+    if isinstance(value, dict):
+        properties = schema.get("properties")
+        additional = schema.get("additionalProperties")
+        keep_unknown = bool(schema.get("x-kubernetes-preserve-unknown-fields")) or additional is True or (
+            properties is None and not _is_typed_leaf(schema))
+        for key, item in value.items():
+            where = f"{path}.{key}" if path else str(key)
+            if properties is not None and key in properties:
+                _collect_unknown(item, properties[key], where, found)
+            elif isinstance(additional, Mapping):
+                _collect_unknown(item, additional, where, found)
+            elif not keep_unknown:
+                found.append(where)
+    elif isinstance(value, list) and isinstance(schema.get("items"), Mapping):
+        for index, item in enumerate(value):
+            _collect_unknown(item, schema["items"], f"{path}[{index}]", found)

@@ -232,7 +232,12 @@ class ObjectStore:
 
     def create(self, spec: ResourceSpec, namespace: str | None, body: Any,
                initial_status: Callable[[dict[str, Any]], Any] | None = None,
-               *, copy_body: bool = True) -> dict[str, Any]:
+               *, copy_body: bool = True,
+               managed_fields: Callable[[dict[str, Any]], Any] | None = None,
+               dry_run: bool = False) -> dict[str, Any]:
+        """Store a new object. ``managed_fields`` (if given) computes its ``metadata.managedFields``
+        from the object as admitted (otherwise a client cannot set them on create). ``dry_run``
+        (``?dryRun=All``): checked and answered as if created, but not stored."""
         if not isinstance(body, dict):
             raise errors.bad_request("the body of the request must be a JSON object")
         # With ``copy_body=False`` (a body parsed for this request alone) only the top level and
@@ -280,9 +285,13 @@ class ObjectStore:
             obj.pop("status", None) if status is None else obj.__setitem__("status", status)
         obj = self._admit(spec, obj)
         meta = obj["metadata"]
+        if managed_fields is not None:
+            meta["managedFields"] = managed_fields(obj)
         meta["uid"] = str(uuid.uuid4())
         meta["creationTimestamp"] = rfc3339_now()
         meta["generation"] = 1
+        if dry_run:
+            return self.present(spec, obj)
         meta["resourceVersion"] = str(self._next_version())
         self._objects[spec.storage_key][key] = obj
         self._commit(StoredEvent(self._counter, spec.storage_key, "ADDED", obj))
@@ -290,7 +299,7 @@ class ObjectStore:
 
     def update(self, spec: ResourceSpec, namespace: str | None, name: str,
                change: Callable[[dict[str, Any]], Any], subresource: str | None = None,
-               *, copy_current: bool = True) -> dict[str, Any]:
+               *, copy_current: bool = True, dry_run: bool = False) -> dict[str, Any]:
         """PUT and PATCH alike: ``change`` turns a copy of the stored object into the proposed one.
 
         ``copy_current=False`` hands ``change`` the stored object itself, for a ``change`` that
@@ -339,6 +348,8 @@ class ObjectStore:
                 meta[server_field] = old["metadata"][server_field]
             else:
                 meta.pop(server_field, None)
+        if "managedFields" not in meta and "managedFields" in old["metadata"]:
+            meta["managedFields"] = old["metadata"]["managedFields"]  # left out of a write: kept, as the real server does
         check_metadata(spec, meta, creating=False)
         result = self._admit(spec, result, only_status=subresource == "status")
         if result == old:
@@ -346,6 +357,8 @@ class ObjectStore:
 
         if self._spec_part(spec, result) != self._spec_part(spec, old):
             result["metadata"]["generation"] = old["metadata"].get("generation", 1) + 1
+        if dry_run:
+            return self.present(spec, result)
         result["metadata"]["resourceVersion"] = str(self._next_version())
         self._objects[spec.storage_key][key] = result
         self._commit(StoredEvent(self._counter, spec.storage_key, "MODIFIED", result, previous=old))
@@ -354,7 +367,7 @@ class ObjectStore:
         return self.present(spec, result)
 
     def delete(self, spec: ResourceSpec, namespace: str | None, name: str,
-               options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+               options: Mapping[str, Any] | None = None, *, dry_run: bool = False) -> dict[str, Any]:
         options = options or {}
         key = self._key(spec, namespace, name)
         old = self._objects[spec.storage_key].get(key)
@@ -369,6 +382,8 @@ class ObjectStore:
                                f"{field_name} in object meta: {old['metadata'].get(field_name)}",
                                {"name": name, "group": spec.group, "kind": spec.plural})
         orphan = options.get("propagationPolicy") == "Orphan" or options.get("orphanDependents") is True
+        if dry_run:
+            return self.present(spec, old)
         if old["metadata"].get("finalizers"):
             if old["metadata"].get("deletionTimestamp"):
                 return self.present(spec, old)
