@@ -147,3 +147,16 @@ def test_nodes_with_nonsense_names_or_products_are_kept_without_crashing() -> No
     inventory = Inventory([make_node(None, 4, product=None), make_node("b", 4)])  # type: ignore[arg-type]
     assert [n.name for n in inventory.nodes] == ["None", "b"]
     assert [pool.product for pool in inventory.pools] == ["", "NVIDIA-A100"]
+
+
+def test_unrelease_undoes_a_release_exactly_even_where_own_pods_hold_more_than_the_reservation() -> None:
+    holding = make_holding("job", {"a": 2, "b": 4})
+    own_pods = {("team-b/job", "a"): 6}  # its pods on a request more than the reservation says
+    inventory = Inventory([make_node("a", 8, gpus_used_by_pods=6), make_node("b", 8, gpus_used_by_pods=1)], [holding], own_pods)
+    before = (list(inventory.raw_free), list(inventory.free), [list(c) for c in inventory.count_by_free], list(inventory.top_free))
+    given = inventory.release(holding.placement, holding.key, own_pods)
+    assert given == ((0, 6), (1, 4))
+    assert inventory.free == [8, 7]
+    inventory.unrelease(given)
+    assert (inventory.raw_free, inventory.free, inventory.count_by_free, inventory.top_free) == before
+    assert inventory.best_fit_node(inventory.eligible_pools(make_workload("w", 1)), 1) == 0
