@@ -41,6 +41,7 @@ PODS_RUNNING = "PodsRunning"
 PODS_STARTING = "PodsStarting"
 PODS_SUCCEEDED = "PodsSucceeded"
 NODE_UNAVAILABLE = "NodeUnavailable"
+PLACEMENT_INVALID = "PlacementInvalid"  # status.placement does not account for the replicas (core.placement)
 POLICY_VALID = "Valid"
 POLICY_INVALID = "InvalidSpec"
 

@@ -386,14 +386,27 @@ class Inventory:
             if index is not None:
                 self.adjust(index, -whole(entry.gpus))
 
-    def release(self, placement: Iterable[PlacementEntry], workload_key: str = "", own_pods: Mapping[tuple[str, str], int] | None = None) -> None:
+    def release(
+        self, placement: Iterable[PlacementEntry], workload_key: str = "", own_pods: Mapping[tuple[str, str], int] | None = None,
+    ) -> tuple[tuple[int, int], ...]:
         """Give back a holding workload's GPUs: its reservation and the GPUs its own pods request
-        (they are deleted with it), i.e. max(entry, own pods) per node."""
+        (they are deleted with it), i.e. max(entry, own pods) per node. Returns what it gave back,
+        (node index, GPUs) pairs, so that ``unrelease`` can undo exactly this: ``take`` of the
+        same placement would take back only the reservation, not what its own pods held."""
+        given: list[tuple[int, int]] = []
         for entry in placement:
             index = self.index_by_name.get(entry.node)
             if index is not None:
-                own = _own_pods_on(own_pods or {}, workload_key, entry.node)
-                self.adjust(index, max(whole(entry.gpus), own))
+                amount = max(whole(entry.gpus), _own_pods_on(own_pods or {}, workload_key, entry.node))
+                self.adjust(index, amount)
+                given.append((index, amount))
+        return tuple(given)
+
+    def unrelease(self, given: Iterable[tuple[int, int]]) -> None:
+        """Undo a ``release`` exactly, from what it returned (``adjust`` counts raw free GPUs, so
+        the clamped free counts come back too)."""
+        for index, amount in given:
+            self.adjust(index, -amount)
 
     def freed_by(self, placement: Iterable[PlacementEntry], workload_key: str, own_pods: Mapping[tuple[str, str], int]) -> dict[int, int]:
         """Node index -> GPUs that ``release`` would add back (before clamping)."""

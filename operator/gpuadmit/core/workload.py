@@ -25,7 +25,8 @@ from typing import Any
 
 from gpuadmit.core.classifier import classify
 from gpuadmit.core.errors import SpecError, show_number
-from gpuadmit.core.model import CLASSES, HOLDING_PHASES, InvalidWorkload, Phase, PlacementEntry, Policy, Toleration, Workload, WorkloadClass
+from gpuadmit.core.model import CLASSES, HOLDING_PHASES, InvalidWorkload, Phase, Policy, Toleration, Workload, WorkloadClass
+from gpuadmit.core.placement import read_placement
 from gpuadmit.core.podsecurity import DEFAULT_POD_SECURITY, PodSecurity, check_template
 from gpuadmit.core.policy import whole_number
 from gpuadmit.core.timefmt import parse_rfc3339_or_none
@@ -155,13 +156,16 @@ def _parse_valid(
         if not isinstance(phase, str) or phase not in PHASES:
             phase = None  # the operator writes status; anything else there is ignored, not fatal
         queued_since = _queued_since(status, created_at)
-        placement = _placement(status.get("placement"), gpus)
+        recorded = read_placement(status.get("placement"), gpus, replicas)
+        placement = recorded.entries
+        placement_problem = recorded.problem if phase in HOLDING_PHASES else None
         admitted_at = parse_rfc3339_or_none(status.get("admittedAt"))
         preemptions = max(0, whole_number(status.get("preemptions")) or 0)
         margin = status.get("marginPerGPUHour")
         admitted_margin = float(margin) if phase in HOLDING_PHASES and _is_finite_number(margin) else None
     else:
         phase, queued_since, placement, admitted_at, preemptions = None, created_at, (), None, 0
+        placement_problem = None
         admitted_margin = None
     if phase not in HOLDING_PHASES:
         check_template(spec.get("template"), pod_security.rules_for(namespace))
@@ -185,6 +189,7 @@ def _parse_valid(
         queued_since=queued_since,
         phase=phase,
         placement=placement,
+        placement_problem=placement_problem,
         admitted_at=admitted_at,
         preemptions=preemptions,
         margin_per_gpu_hour=admitted_margin,
@@ -346,23 +351,6 @@ def _queued_since(status: Mapping[str, Any], created_at: float) -> float:
                 if preempted_at is not None:
                     return max(preempted_at, created_at)
     return created_at
-
-
-def _placement(value: object, gpus_per_replica: int) -> tuple[PlacementEntry, ...]:
-    if not isinstance(value, list):
-        return ()
-    entries: list[PlacementEntry] = []
-    for item in value:
-        if not isinstance(item, _MAPPINGS):
-            continue
-        node, gpus = item.get("node"), whole_number(item.get("gpus"))
-        if not isinstance(node, str) or not node or gpus is None or gpus <= 0:
-            continue
-        replicas = whole_number(item.get("replicas"))
-        if replicas is None or replicas <= 0:
-            replicas = max(1, gpus // gpus_per_replica)
-        entries.append(PlacementEntry(node=node, gpus=gpus, replicas=replicas))
-    return tuple(entries)
 
 
 def _type_name(value: object) -> str:
