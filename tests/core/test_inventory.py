@@ -160,3 +160,34 @@ def test_unrelease_undoes_a_release_exactly_even_where_own_pods_hold_more_than_t
     inventory.unrelease(given)
     assert (inventory.raw_free, inventory.free, inventory.count_by_free, inventory.top_free) == before
     assert inventory.best_fit_node(inventory.eligible_pools(make_workload("w", 1)), 1) == 0
+
+
+def test_the_placement_strategy_decides_where_replicas_go() -> None:
+    from gpuadmit.core.inventory import SPREAD
+
+    nodes = [make_node("a", 8, gpus_used_by_pods=5), make_node("b", 8, gpus_used_by_pods=2), make_node("c", 8, gpus_used_by_pods=2),
+             make_node("d", 4, "NVIDIA-L4")]
+    workload = make_workload("w", 2, gpu_products=("NVIDIA-A100",))
+    best_fit, spread = Inventory(nodes), Inventory(nodes, strategy=SPREAD)
+    pools = best_fit.eligible_pools(workload)
+    # Best fit (most-allocated): the fullest node that holds the replica. Spread: the emptiest, ties by name.
+    assert best_fit.place(pools, 2, 1) == (PlacementEntry("a", 2, 1),)
+    assert spread.place(pools, 2, 1) == (PlacementEntry("b", 2, 1),)
+    # A gang spreads one replica at a time, each where most is free (now c with 6, then b and c with 4 each: b by name, then c).
+    assert spread.place(pools, 2, 3) == (PlacementEntry("b", 2, 1), PlacementEntry("c", 4, 2))
+    assert spread.copy().strategy == SPREAD
+    with pytest.raises(ValueError, match="unknown placement strategy"):
+        Inventory(nodes, strategy="random")  # type: ignore[arg-type]
+
+
+def test_a_layout_memo_reuses_the_pools_of_unchanged_nodes_only() -> None:
+    from gpuadmit.core.inventory import LayoutMemo
+
+    memo = LayoutMemo()
+    nodes = [make_node("a", 8), make_node("b", 8, gpus_used_by_pods=3)]
+    first = Inventory(nodes, layouts=memo)
+    again = Inventory([make_node("a", 8, gpus_used_by_pods=8), make_node("b", 8)], layouts=memo)  # only usage changed
+    assert again.layout is first.layout and again.free == [0, 8]
+    resized = Inventory([make_node("a", 4), make_node("b", 8)], layouts=memo)
+    assert resized.layout is not first.layout and resized.allocatable == [4, 8]
+    assert Inventory(nodes).layout is not first.layout  # without a memo nothing is shared

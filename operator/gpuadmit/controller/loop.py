@@ -155,8 +155,8 @@ class SchedulingLoop:
         clock: Callable[[], float] = time.time,
     ) -> None:
         if decide is None:
-            from gpuadmit.core.engine import decide as engine_decide
-            decide = engine_decide
+            from gpuadmit.core.engine import LayoutMemo, decide as engine_decide
+            decide = functools.partial(engine_decide, layouts=LayoutMemo())  # the nodes' layout kept between cycles
         self.cache = cache
         self.writer = writer
         self.settings = settings

@@ -19,18 +19,33 @@ dropped when they surface.
 Unschedulable nodes (not Ready, cordoned) stay in the ledger, so releasing a
 reservation on them is accounted, but belong to no pool: nothing is placed
 there.
+
+Where a replica goes is the ledger's placement strategy: ``BEST_FIT`` (the node
+with the fewest free GPUs that still holds it -- most-allocated, counted in GPUs;
+the engine, and Volcano's binpack) or ``SPREAD`` (the node with the most free
+GPUs -- least-allocated, kube-scheduler's default scoring); ties by node name
+either way. The simulator's peer policies place through the same ledger.
+
+Deriving pools from the nodes costs a pass over them and the eligibility caches
+start empty; a caller that builds an inventory every cycle on the same nodes (the
+operator, a replay) keeps a ``LayoutMemo`` and passes it in. Nothing is cached at
+module level.
 """
 
 from __future__ import annotations
 
 import heapq
 from dataclasses import dataclass, replace
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable, Literal, Mapping, Sequence
 
 from .model import GpuNode, PlacementEntry, Snapshot, Taint, Toleration, Workload
 
 # Taint effects that keep new pods off a node; PreferNoSchedule is only a hint.
 HARD_TAINT_EFFECTS = frozenset({"NoSchedule", "NoExecute"})
+
+PlacementStrategy = Literal["best-fit", "spread"]
+BEST_FIT: PlacementStrategy = "best-fit"  # fewest free GPUs that hold the replica (most-allocated)
+SPREAD: PlacementStrategy = "spread"  # most free GPUs (least-allocated)
 
 
 def toleration_matches(toleration: Toleration, taint: Taint) -> bool:
@@ -180,21 +195,23 @@ def _unique_by_name(nodes: Sequence[GpuNode]) -> dict[str, GpuNode]:
     return by_name
 
 
-_last_layout: tuple[tuple, _NodeLayout] | None = None
+class LayoutMemo:
+    """The last node layout, reused while the nodes' shape is unchanged (the same result either
+    way; GPUs used by pods change every cycle and are not part of the layout). Held by a caller
+    that builds an inventory per cycle on the same nodes."""
 
+    def __init__(self) -> None:
+        self._last: tuple[tuple, _NodeLayout] | None = None
 
-def _layout_of(nodes: Sequence[GpuNode]) -> _NodeLayout:
-    """The layout of these nodes, reused while their shape is unchanged (the same result either
-    way). GPUs used by pods change every cycle and are not part of the layout."""
-    global _last_layout
-    key = tuple(
-        (n.name, n.allocatable, n.product, n.memory_mib, n.schedulable, n.taints, n.unschedulable_reason) for n in nodes
-    )
-    if _last_layout is not None and _last_layout[0] == key:
-        return _last_layout[1]
-    layout = _NodeLayout(nodes)
-    _last_layout = (key, layout)
-    return layout
+    def layout_of(self, nodes: Sequence[GpuNode]) -> _NodeLayout:
+        key = tuple(
+            (n.name, n.allocatable, n.product, n.memory_mib, n.schedulable, n.taints, n.unschedulable_reason) for n in nodes
+        )
+        if self._last is not None and self._last[0] == key:
+            return self._last[1]
+        layout = _NodeLayout(nodes)
+        self._last = (key, layout)
+        return layout
 
 
 class Inventory:
@@ -205,9 +222,15 @@ class Inventory:
         nodes: Sequence[GpuNode],
         holding: Sequence[Workload] = (),
         gpus_of_own_pods: Mapping[tuple[str, str], int] | None = None,
+        *,
+        strategy: PlacementStrategy = BEST_FIT,
+        layouts: LayoutMemo | None = None,
     ) -> None:
+        if strategy not in (BEST_FIT, SPREAD):
+            raise ValueError(f"unknown placement strategy {strategy!r} (known: {BEST_FIT}, {SPREAD})")
         own_pods = gpus_of_own_pods or {}
-        self._adopt(_layout_of(nodes))
+        self.strategy: PlacementStrategy = strategy
+        self._adopt(layouts.layout_of(nodes) if layouts is not None else _NodeLayout(nodes))
         current = _unique_by_name(nodes)
         raw_free = [
             alloc - whole(current[node.name].gpus_used_by_pods) for alloc, node in zip(self.allocatable, self.nodes)
@@ -243,12 +266,15 @@ class Inventory:
         self._exclusions_cache = layout.exclusions_cache
 
     @classmethod
-    def from_snapshot(cls, snapshot: Snapshot) -> Inventory:
-        return cls(snapshot.nodes, snapshot.holding, snapshot.gpus_of_own_pods)
+    def from_snapshot(
+        cls, snapshot: Snapshot, *, strategy: PlacementStrategy = BEST_FIT, layouts: LayoutMemo | None = None,
+    ) -> Inventory:
+        return cls(snapshot.nodes, snapshot.holding, snapshot.gpus_of_own_pods, strategy=strategy, layouts=layouts)
 
     def copy(self) -> Inventory:
         """An independent ledger with the same free counts (pools and caches are shared, read-only)."""
         clone = object.__new__(Inventory)
+        clone.strategy = self.strategy
         clone._adopt(self.layout)
         clone.raw_free = list(self.raw_free)
         clone.free = list(self.free)
@@ -362,13 +388,31 @@ class Inventory:
                     break
         return best_index
 
+    def emptiest_node(self, pool_indices: Sequence[int], gpus_per_replica: int) -> int | None:
+        """The eligible node with the largest free count (≥ the replica's GPUs); ties by name."""
+        best_free = best_index = None
+        for p in pool_indices:
+            top = self.top_free[p]
+            if top < gpus_per_replica or (best_free is not None and top < best_free):
+                continue
+            index = self._bucket_head(p, top)
+            if best_free is None or top > best_free or index < best_index:
+                best_free, best_index = top, index
+        return best_index
+
+    def choose_node(self, pool_indices: Sequence[int], gpus_per_replica: int) -> int | None:
+        """Where the next replica goes, by this ledger's strategy; None when none holds it."""
+        if self.strategy == SPREAD:
+            return self.emptiest_node(pool_indices, gpus_per_replica)
+        return self.best_fit_node(pool_indices, gpus_per_replica)
+
     def place(self, pool_indices: Sequence[int], gpus_per_replica: int, replicas: int) -> tuple[PlacementEntry, ...] | None:
-        """Place all replicas (best fit, one at a time) or none; commits on success."""
+        """Place all replicas (one at a time, by the strategy) or none; commits on success."""
         if gpus_per_replica <= 0 or replicas <= 0 or not self.fits(pool_indices, gpus_per_replica, replicas):
             return None
         replicas_by_node: dict[int, int] = {}
         for _ in range(replicas):
-            index = self.best_fit_node(pool_indices, gpus_per_replica)
+            index = self.choose_node(pool_indices, gpus_per_replica)
             if index is None:  # cannot happen after fits(); undo rather than half-place a gang
                 for placed, count in replicas_by_node.items():
                     self.adjust(placed, gpus_per_replica * count)

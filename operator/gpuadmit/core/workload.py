@@ -54,6 +54,7 @@ def parse_workload(
     *,
     now: float | None = None,
     pod_security: PodSecurity = DEFAULT_POD_SECURITY,
+    templates: TemplateMemo | None = None,
 ) -> Workload | InvalidWorkload:
     """Parse one GPUWorkload object; never raises.
 
@@ -62,6 +63,7 @@ def parse_workload(
     it such a workload counts as created at the epoch. ``pod_security`` says what
     a template may hold (``core.podsecurity``); a workload that already holds GPUs
     is not judged on it again, as Pod Security Admission leaves running pods alone.
+    ``templates``: a memo of classified templates, for a caller that parses many workloads.
     """
     if not isinstance(obj, _MAPPINGS):
         return InvalidWorkload(namespace="", name="", field="", message=f"not an object but a {type(obj).__name__}")
@@ -83,7 +85,7 @@ def parse_workload(
             message=f"{field}: must be a non-empty string",
         )
     try:
-        return _parse_valid(obj, metadata, namespace, name, policy, tiers, now, pod_security)
+        return _parse_valid(obj, metadata, namespace, name, policy, tiers, now, pod_security, templates)
     except SpecError as error:
         return InvalidWorkload(namespace=namespace, name=name, field=error.field, message=str(error))
     except Exception as error:  # noqa: BLE001 - the boundary: no input may crash a cycle
@@ -102,6 +104,7 @@ def _parse_valid(
     tiers: Mapping[str, str],
     now: float | None,
     pod_security: PodSecurity,
+    templates: TemplateMemo | None,
 ) -> Workload:
     spec = obj.get("spec")
     if not isinstance(spec, _MAPPINGS):
@@ -143,7 +146,7 @@ def _parse_valid(
         tolerations = _check_template(spec.get("template"))
         workload_class, class_reason = decided
     else:
-        tolerations, workload_class, class_reason = template_facts(spec_class, spec.get("template"))
+        tolerations, workload_class, class_reason = template_facts(spec_class, spec.get("template"), templates)
     if preemptible is None:
         preemptible = workload_class == "training"
 
@@ -200,31 +203,42 @@ def _is_finite_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-# A cluster runs many copies of the same template, and the operator re-parses every
-# pending workload each cycle: checking and classifying a template is worth doing once.
-# The key is the template's repr: equal plain data gives equal text (a different key
-# order only costs a miss), and it is several times cheaper than classifying.
-_TEMPLATE_CACHE: dict[tuple[str, str], tuple[tuple[Toleration, ...], WorkloadClass, str]] = {}
-_TEMPLATE_CACHE_LIMIT = 100_000  # about one entry per workload of a large cluster; the text of a template is smaller than its dicts
-
-
-def template_facts(spec_class: str, template: object) -> tuple[tuple[Toleration, ...], WorkloadClass, str]:
-    """(tolerations, class, class reason) of a valid template; ``SpecError`` for an invalid one.
-
-    Classification is memoised on the template's content; invalid templates are not cached.
-    """
-    if spec_class == "training":  # nothing to classify: checking is cheaper than the cache key
+def template_facts(
+    spec_class: str, template: object, templates: TemplateMemo | None = None,
+) -> tuple[tuple[Toleration, ...], WorkloadClass, str]:
+    """(tolerations, class, class reason) of a valid template; ``SpecError`` for an invalid one."""
+    if spec_class == "training" or templates is None:  # nothing to classify: checking is cheaper than the memo's key
         tolerations = _check_template(template)
         return (tolerations, *classify(spec_class, template))
-    key = (spec_class, repr(template))
-    facts = _TEMPLATE_CACHE.get(key)
-    if facts is None:
-        tolerations = _check_template(template)
-        workload_class, class_reason = classify(spec_class, template)
-        if len(_TEMPLATE_CACHE) >= _TEMPLATE_CACHE_LIMIT:
-            _TEMPLATE_CACHE.clear()  # crude but bounded; refilling costs one cycle's classifications
-        facts = _TEMPLATE_CACHE[key] = (tolerations, workload_class, class_reason)
-    return facts
+    return templates.facts(spec_class, template)
+
+
+class TemplateMemo:
+    """Checked and classified templates, by content.
+
+    A cluster runs many copies of the same template, and the operator re-parses every
+    pending workload each cycle: checking and classifying a template is worth doing once.
+    The key is the template's repr: equal plain data gives equal text (a different key
+    order only costs a miss), and it is several times cheaper than classifying. Invalid
+    templates are not kept. Held by whoever parses many workloads (a snapshot build, the
+    operator's ``ParseMemo``); nothing is cached at module level.
+    """
+
+    LIMIT = 100_000  # about one entry per workload of a large cluster; the text of a template is smaller than its dicts
+
+    def __init__(self) -> None:
+        self._facts: dict[tuple[str, str], tuple[tuple[Toleration, ...], WorkloadClass, str]] = {}
+
+    def facts(self, spec_class: str, template: object) -> tuple[tuple[Toleration, ...], WorkloadClass, str]:
+        key = (spec_class, repr(template))
+        facts = self._facts.get(key)
+        if facts is None:
+            tolerations = _check_template(template)
+            workload_class, class_reason = classify(spec_class, template)
+            if len(self._facts) >= self.LIMIT:
+                self._facts.clear()  # crude but bounded; refilling costs one cycle's classifications
+            facts = self._facts[key] = (tolerations, workload_class, class_reason)
+        return facts
 
 
 def _class_decided_for_this_generation(

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import gc
 
+from ..inventory import LayoutMemo
 from ..model import CycleResult, Snapshot
 from .chains import IMPROVE_PASSES, SWAP_UP_TO_NODES, improve_by_swaps
 from .cycle import EPSILON, Admission, Cycle, PassResult
@@ -43,24 +44,27 @@ from .messages import finalize
 from .passes import is_unbeatable, placement_orders, run_pass
 from .prepare import prepare
 
-__all__ = ["Admission", "Cycle", "PassResult", "decide", "finalize", "prepare"]
+__all__ = ["Admission", "Cycle", "LayoutMemo", "PassResult", "decide", "finalize", "prepare"]
 
 
-def decide(snapshot: Snapshot) -> CycleResult:
-    """Admit, queue, reject and preempt for one cycle; the same snapshot gives the same result."""
+def decide(snapshot: Snapshot, *, layouts: LayoutMemo | None = None) -> CycleResult:
+    """Admit, queue, reject and preempt for one cycle; the same snapshot gives the same result.
+
+    ``layouts``: a caller deciding cycle after cycle on the same nodes (the operator, a replay)
+    keeps one, so the node pools and eligibility caches are not derived again each cycle."""
     # A cycle allocates many small objects and frees few: the cyclic collector would rescan
     # the growing heap again and again (a quarter of a 100k cycle) for nothing to collect.
     collecting = gc.isenabled()
     gc.disable()
     try:
-        return _decide(snapshot)
+        return _decide(snapshot, layouts)
     finally:
         if collecting:
             gc.enable()
 
 
-def _decide(snapshot: Snapshot) -> CycleResult:
-    cycle = prepare(snapshot)
+def _decide(snapshot: Snapshot, layouts: LayoutMemo | None) -> CycleResult:
+    cycle = prepare(snapshot, layouts)
     candidates = cycle.placeable
     allow_preemption = bool(snapshot.policy.preemption.enabled) and any(cycle.victims_by_product.values())
     results: list[PassResult] = []

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 
-from ..inventory import Inventory, whole, workload_shape
+from ..inventory import Inventory, LayoutMemo, whole, workload_shape
 from ..model import Action, Decision, Reason, Snapshot, Workload
 from .cycle import EPSILON, Candidate, Cycle, Option, Victim, number_or
 from .messages import (
@@ -20,9 +20,9 @@ from .messages import (
 )
 
 
-def prepare(snapshot: Snapshot) -> Cycle:
+def prepare(snapshot: Snapshot, layouts: LayoutMemo | None = None) -> Cycle:
     policy = snapshot.policy
-    inventory = Inventory.from_snapshot(snapshot)
+    inventory = Inventory.from_snapshot(snapshot, layouts=layouts)
     floor = number_or(policy.min_margin_per_gpu_hour, 0.0)
     aging = number_or(policy.aging_per_hour, 0.0)
     margin_cache: dict[tuple, float] = {}
