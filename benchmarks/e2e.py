@@ -46,7 +46,9 @@ from typing import Any
 import aiohttp
 import yaml
 from gpuadmit.controller.http1 import Http1Pool
+from gpuadmit.core.timefmt import format_rfc3339
 from gpuadmit.processes import free_port, stop_process
+from gpuadmit.sim.report import percentile
 
 REPO = Path(__file__).resolve().parents[1]
 CRD_DIR = REPO / "crds"
@@ -441,7 +443,7 @@ async def drain_watch(api: Api) -> None:
 
 def decision_status(index: int, message: str = "admitted onto gpu-node-0001") -> dict[str, Any]:
     """A status of the size and shape the operator writes for an admitted workload."""
-    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    now = format_rfc3339(time.time())
     return {"status": {
         "phase": "Admitted", "reason": "Admitted", "message": message,
         "class": "training", "classReason": "torchrun in the command", "marginPerGPUHour": 0.8,
@@ -490,11 +492,8 @@ async def measure_bare_patches(url: str, workloads: int, server_pid: int, profil
 # -- the report -----------------------------------------------------------------------------------
 
 
-def percentile(sorted_values: list[float], fraction: float) -> float:
-    if not sorted_values:
-        return float("nan")
-    index = min(len(sorted_values) - 1, max(0, round(fraction * (len(sorted_values) - 1))))
-    return sorted_values[index]
+def _or_nan(value: float | None) -> float:
+    return float("nan") if value is None else value
 
 
 def summary(backlog: BacklogRun, run: OperatorRun, bare_run: BareRun) -> str:
@@ -523,7 +522,7 @@ def summary(backlog: BacklogRun, run: OperatorRun, bare_run: BareRun) -> str:
         f"  after the last creation   {after_count} decisions in {after_s:.2f} s = "
         f"{after_count / after_s if after_s > 0 else float('nan'):.0f}/s (ratio to bare at "
         f"{OPERATOR_WRITE_CONCURRENCY} in flight: {(after_count / after_s if after_s > 0 else 0) / bare[OPERATOR_WRITE_CONCURRENCY]:.2f})",
-        f"  latency creation->decision p50 {percentile(latencies, 0.5):.2f} s, p99 {percentile(latencies, 0.99):.2f} s, "
+        f"  latency creation->decision p50 {_or_nan(percentile(latencies, 0.5)):.2f} s, p99 {_or_nan(percentile(latencies, 0.99)):.2f} s, "
         f"max {latencies[-1] if latencies else float('nan'):.2f} s",
         f"  phases                    {', '.join(f'{k} {v}' for k, v in sorted(phases.items()))}",
         f"bare status patches on the same server, {run.workloads} objects, best of {BARE_ROUNDS} rounds:",
