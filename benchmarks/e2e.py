@@ -121,7 +121,7 @@ def cpu_seconds(pid: int) -> float:
 
 
 @dataclass
-class Api:
+class LoadClient:
     """The tenants' and the bare patches' client: JSON requests over the operator's own keep-alive
     pool (so the load generator costs the shared CPU as little as the operator's requests do, and
     the bare patches are as cheap as a client can make them), watches over aiohttp."""
@@ -150,7 +150,7 @@ async def api_session(url: str, connections: int) -> Any:
     async with aiohttp.ClientSession(connector=connector, read_bufsize=2**20,
                                      headers={"User-Agent": "gpuadmit-bench"}) as session:
         try:
-            yield Api(url, session, pool)
+            yield LoadClient(url, session, pool)
         finally:
             pool.close()
 
@@ -191,7 +191,7 @@ def gpus_needed(count: int) -> int:
     return sum(1 + index % 2 for index in range(count))
 
 
-async def set_up_cluster(api: Api, workloads: int) -> int:
+async def set_up_cluster(api: LoadClient, workloads: int) -> int:
     """Namespaces, the example policy, and GPU nodes for every workload plus a tenth to spare."""
     for index in range(NAMESPACES):
         await api.call("POST", "/api/v1/namespaces", {"metadata": {"name": f"bench-{index}"}}, expect=(201, 409))
@@ -298,7 +298,7 @@ class OperatorRun:
         return sorted(self.decided[key] - self.created[key] for key in self.decided if key in self.created)
 
 
-async def watch_decisions(api: Api, resource_version: str, run: OperatorRun | BacklogRun, all_decided: asyncio.Event,
+async def watch_decisions(api: LoadClient, resource_version: str, run: OperatorRun | BacklogRun, all_decided: asyncio.Event,
                           on_first: Callable[[], None] | None = None) -> None:
     """Timestamp the first phase each workload shows, from a watch (resumed if the stream ends)."""
     while not all_decided.is_set():
@@ -358,7 +358,7 @@ async def measure_operator(url: str, kubeconfig: Path, workdir: Path, workloads:
         return backlog, run
 
 
-async def measure_burst(api: Api, workdir: Path, workloads: int, nodes: int, server_pid: int, operator_pid: int,
+async def measure_burst(api: LoadClient, workdir: Path, workloads: int, nodes: int, server_pid: int, operator_pid: int,
                         profile: bool) -> OperatorRun:
     run = OperatorRun(workloads, nodes)
     profilers = [start_profiler(pid, workdir / f"{name}-profile.txt")
@@ -431,7 +431,7 @@ def stop_profiler(profiler: subprocess.Popen[bytes]) -> None:
 # -- part 2: bare status patches ------------------------------------------------------------------
 
 
-async def drain_watch(api: Api) -> None:
+async def drain_watch(api: LoadClient) -> None:
     """Watch every gpuworkload change from now on and read it (as the operator run's observer does)."""
     listing = await api.call("GET", f"/apis/{GROUP_VERSION}/gpuworkloads?limit=1")
     path = f"/apis/{GROUP_VERSION}/gpuworkloads?watch=true&resourceVersion={listing['metadata']['resourceVersion']}"
