@@ -191,3 +191,31 @@ def test_a_layout_memo_reuses_the_pools_of_unchanged_nodes_only() -> None:
     resized = Inventory([make_node("a", 4), make_node("b", 8)], layouts=memo)
     assert resized.layout is not first.layout and resized.allocatable == [4, 8]
     assert Inventory(nodes).layout is not first.layout  # without a memo nothing is shared
+
+
+def test_an_inventory_from_a_memo_equals_one_built_afresh_as_nodes_and_usage_change() -> None:
+    """The memo patches the GPUs used on the nodes whose object changed; the ledger it gives must be
+    the one built from every node (free counts, buckets' answers, tops), cycle after cycle."""
+    import dataclasses
+    import random
+
+    from gpuadmit.core.inventory import SPREAD, LayoutMemo
+
+    rng = random.Random(5)
+    nodes = [make_node(f"n{i:02d}", rng.choice([2, 4, 8]), rng.choice(["NVIDIA-A100", "NVIDIA-L4"])) for i in range(30)]
+    memo = LayoutMemo()
+    workload = make_workload("w", 1)
+    for cycle in range(60):
+        for _ in range(rng.randint(0, 4)):
+            i = rng.randrange(len(nodes))
+            nodes[i] = dataclasses.replace(nodes[i], gpus_used_by_pods=rng.randint(0, 9))
+        if cycle % 17 == 16:  # a node changes shape: the layout is derived again
+            nodes[0] = dataclasses.replace(nodes[0], schedulable=not nodes[0].schedulable)
+        holding = [make_holding("h", {nodes[rng.randrange(len(nodes))].name: 1})]
+        strategy = SPREAD if cycle % 2 else "best-fit"
+        fresh = Inventory(list(nodes), holding, strategy=strategy)
+        kept = Inventory(tuple(nodes), holding, strategy=strategy, layouts=memo)
+        assert (kept.raw_free, kept.free, kept.count_by_free, kept.top_free) == (fresh.raw_free, fresh.free, fresh.count_by_free, fresh.top_free)
+        pools = fresh.eligible_pools(workload)
+        for size in (1, 2, 4):
+            assert kept.copy().place(pools, size, 3) == fresh.copy().place(pools, size, 3)

@@ -179,6 +179,19 @@ class _NodeLayout:
             )
         self.eligible_cache: dict[tuple, tuple[int, ...]] = {}
         self.exclusions_cache: dict[tuple, Exclusions] = {}
+        # Input position -> node index, when every name is text and unique (the usual case): lets a
+        # LayoutMemo patch the GPUs used on the nodes whose object changed. None otherwise.
+        names = [node.name for node in nodes]
+        plain = all(isinstance(node.name, str) and isinstance(node.product, str) for node in nodes)
+        self.index_of_position: list[int] | None = (
+            [self.index_by_name[name] for name in names] if plain and len(set(names)) == len(names) else None
+        )
+
+
+def _same_shape(a: GpuNode, b: GpuNode) -> bool:
+    """Equal in everything a layout is derived from (all but the GPUs used by pods)."""
+    return (a.name, a.allocatable, a.product, a.memory_mib, a.schedulable, a.taints, a.unschedulable_reason) == (
+        b.name, b.allocatable, b.product, b.memory_mib, b.schedulable, b.taints, b.unschedulable_reason)
 
 
 def _unique_by_name(nodes: Sequence[GpuNode]) -> dict[str, GpuNode]:
@@ -196,21 +209,52 @@ def _unique_by_name(nodes: Sequence[GpuNode]) -> dict[str, GpuNode]:
 
 
 class LayoutMemo:
-    """The last node layout, reused while the nodes' shape is unchanged (the same result either
-    way; GPUs used by pods change every cycle and are not part of the layout). Held by a caller
-    that builds an inventory per cycle on the same nodes."""
+    """What inventories derive from the nodes, kept between cycles by a caller that builds one per
+    cycle on nearly the same nodes (the operator's loop, a replay).
+
+    The layout (order, pools, eligibility caches) is reused while no node changed shape (nodes
+    compared by identity first, then by every field but the GPUs used by pods); the free GPUs
+    after pods are kept too, and patched only on the nodes whose object changed, so a cycle
+    costs what changed plus a copy, not a pass over every node. The result is the same either
+    way (tests/core/test_inventory.py builds both and compares); only speed depends on it.
+    """
 
     def __init__(self) -> None:
-        self._last: tuple[tuple, _NodeLayout] | None = None
+        self._nodes: tuple[GpuNode, ...] = ()
+        self._layout: _NodeLayout | None = None
+        self._after_pods: Inventory | None = None
 
     def layout_of(self, nodes: Sequence[GpuNode]) -> _NodeLayout:
-        key = tuple(
-            (n.name, n.allocatable, n.product, n.memory_mib, n.schedulable, n.taints, n.unschedulable_reason) for n in nodes
-        )
-        if self._last is not None and self._last[0] == key:
-            return self._last[1]
-        layout = _NodeLayout(nodes)
-        self._last = (key, layout)
+        return self._refresh(nodes)
+
+    def after_pods(self, nodes: Sequence[GpuNode]) -> Inventory:
+        """The ledger of these nodes with the GPUs their pods use taken, nothing reserved yet.
+        Shared: copy it before changing it."""
+        layout = self._refresh(nodes)
+        if self._after_pods is None:
+            self._after_pods = Inventory._after_pods_of(layout, self._nodes)
+        return self._after_pods
+
+    def _refresh(self, nodes: Sequence[GpuNode]) -> _NodeLayout:
+        nodes = tuple(nodes)
+        previous, layout = self._nodes, self._layout
+        if layout is None or len(nodes) != len(previous) or not all(
+            new is old or _same_shape(new, old) for new, old in zip(nodes, previous)
+        ):
+            layout = self._layout = _NodeLayout(nodes)
+            self._after_pods = None
+        elif self._after_pods is not None:
+            positions = layout.index_of_position
+            if positions is None:
+                self._after_pods = None  # duplicate names: which one counts may change with usage
+            else:
+                ledger = self._after_pods
+                for position, (new, old) in enumerate(zip(nodes, previous)):
+                    if new is not old:
+                        ledger.adjust(positions[position], whole(old.gpus_used_by_pods) - whole(new.gpus_used_by_pods))
+                if ledger.stale_entries() > 2 * len(nodes) + 64:
+                    ledger.rebucket()
+        self._nodes = nodes
         return layout
 
 
@@ -228,30 +272,55 @@ class Inventory:
     ) -> None:
         if strategy not in (BEST_FIT, SPREAD):
             raise ValueError(f"unknown placement strategy {strategy!r} (known: {BEST_FIT}, {SPREAD})")
-        own_pods = gpus_of_own_pods or {}
+        if layouts is not None:
+            self._copy_ledger(layouts.after_pods(nodes))
+        else:
+            self._fill_after_pods(_NodeLayout(nodes), nodes)
         self.strategy: PlacementStrategy = strategy
-        self._adopt(layouts.layout_of(nodes) if layouts is not None else _NodeLayout(nodes))
-        current = _unique_by_name(nodes)
-        raw_free = [
-            alloc - whole(current[node.name].gpus_used_by_pods) for alloc, node in zip(self.allocatable, self.nodes)
-        ]
+        own_pods = gpus_of_own_pods or {}
         for workload in sorted(holding, key=lambda w: w.key):
             for entry in workload.placement:
                 index = self.index_by_name.get(entry.node)
                 if index is not None:
-                    raw_free[index] -= max(0, whole(entry.gpus) - _own_pods_on(own_pods, workload.key, entry.node))
+                    self.adjust(index, -max(0, whole(entry.gpus) - _own_pods_on(own_pods, workload.key, entry.node)))
+
+    @classmethod
+    def _after_pods_of(cls, layout: _NodeLayout, nodes: Sequence[GpuNode]) -> Inventory:
+        ledger = object.__new__(cls)
+        ledger.strategy = BEST_FIT
+        ledger._fill_after_pods(layout, nodes)
+        return ledger
+
+    def _fill_after_pods(self, layout: _NodeLayout, nodes: Sequence[GpuNode]) -> None:
+        """Free GPUs = allocatable - GPUs used by pods; reservations are taken after."""
+        self._adopt(layout)
+        raw_free = list(self.allocatable)
+        if layout.index_of_position is not None:
+            for index, node in zip(layout.index_of_position, nodes):
+                raw_free[index] -= whole(node.gpus_used_by_pods)
+        else:
+            current = _unique_by_name(nodes)
+            raw_free = [alloc - whole(current[node.name].gpus_used_by_pods) for alloc, node in zip(self.allocatable, self.nodes)]
         # Raw free may be negative (overbooked by pods); usable free is clamped.
         self.raw_free: list[int] = raw_free
         self.free: list[int] = [min(alloc, max(0, raw)) for alloc, raw in zip(self.allocatable, raw_free)]
-
         # count_by_free[pool][f]: nodes of the pool with exactly f free; buckets[pool][f]: their heap.
         self.count_by_free: list[list[int]] = [[0] * (pool.max_allocatable + 1) for pool in self.pools]
+        for pool in self.pools:
+            for index in pool.node_indices:
+                self.count_by_free[pool.index][self.free[index]] += 1
+        self.rebucket()
+        self.top_free: list[int] = [self._scan_top(pool.index, pool.max_allocatable) for pool in self.pools]
+
+    def rebucket(self) -> None:
+        """Fill the buckets afresh from the free counts, without the stale entries lazy deletion leaves."""
         self.buckets: list[list[list[int]]] = [[[] for _ in range(pool.max_allocatable + 1)] for pool in self.pools]
         for pool in self.pools:
             for index in pool.node_indices:  # ascending, so each bucket is already a valid heap
-                self.count_by_free[pool.index][self.free[index]] += 1
                 self.buckets[pool.index][self.free[index]].append(index)
-        self.top_free: list[int] = [self._scan_top(pool.index, pool.max_allocatable) for pool in self.pools]
+
+    def stale_entries(self) -> int:
+        return sum(len(heap) for heaps in self.buckets for heap in heaps) - sum(len(pool.node_indices) for pool in self.pools)
 
     def _adopt(self, layout: _NodeLayout) -> None:
         """Take the node-derived, read-only part: shared by copies and by later cycles."""
@@ -275,13 +344,16 @@ class Inventory:
         """An independent ledger with the same free counts (pools and caches are shared, read-only)."""
         clone = object.__new__(Inventory)
         clone.strategy = self.strategy
-        clone._adopt(self.layout)
-        clone.raw_free = list(self.raw_free)
-        clone.free = list(self.free)
-        clone.count_by_free = [list(counts) for counts in self.count_by_free]
-        clone.buckets = [[list(heap) for heap in heaps] for heaps in self.buckets]
-        clone.top_free = list(self.top_free)
+        clone._copy_ledger(self)
         return clone
+
+    def _copy_ledger(self, other: Inventory) -> None:
+        self._adopt(other.layout)
+        self.raw_free = list(other.raw_free)
+        self.free = list(other.free)
+        self.count_by_free = [list(counts) for counts in other.count_by_free]
+        self.buckets = [[list(heap) for heap in heaps] for heaps in other.buckets]
+        self.top_free = list(other.top_free)
 
     # --- eligibility -------------------------------------------------------
 
