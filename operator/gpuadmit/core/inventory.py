@@ -445,32 +445,32 @@ class Inventory:
 
     def best_fit_node(self, pool_indices: Sequence[int], gpus_per_replica: int) -> int | None:
         """The eligible node with the smallest free count ≥ the replica's GPUs; ties by name."""
-        best_free = best_index = None
+        best: tuple[int, int] | None = None  # (free, index): the fewest free that hold it, then the lowest index
         for p in pool_indices:
             top = self.top_free[p]
-            if top < gpus_per_replica or (best_free is not None and gpus_per_replica > best_free):
+            limit = top if best is None else min(top, best[0])
+            if limit < gpus_per_replica:
                 continue
             counts = self.count_by_free[p]
-            limit = top if best_free is None else min(top, best_free)
             for free in range(gpus_per_replica, limit + 1):
                 if counts[free]:
-                    index = self._bucket_head(p, free)
-                    if best_free is None or free < best_free or (free == best_free and index < best_index):
-                        best_free, best_index = free, index
+                    candidate = (free, self._bucket_head(p, free))
+                    if best is None or candidate < best:
+                        best = candidate
                     break
-        return best_index
+        return None if best is None else best[1]
 
     def emptiest_node(self, pool_indices: Sequence[int], gpus_per_replica: int) -> int | None:
         """The eligible node with the largest free count (≥ the replica's GPUs); ties by name."""
-        best_free = best_index = None
+        best: tuple[int, int] | None = None  # (-free, index): the most free, then the lowest index
         for p in pool_indices:
             top = self.top_free[p]
-            if top < gpus_per_replica or (best_free is not None and top < best_free):
+            if top < gpus_per_replica or (best is not None and -top > best[0]):
                 continue
-            index = self._bucket_head(p, top)
-            if best_free is None or top > best_free or index < best_index:
-                best_free, best_index = top, index
-        return best_index
+            candidate = (-top, self._bucket_head(p, top))
+            if best is None or candidate < best:
+                best = candidate
+        return None if best is None else best[1]
 
     def choose_node(self, pool_indices: Sequence[int], gpus_per_replica: int) -> int | None:
         """Where the next replica goes, by this ledger's strategy; None when none holds it."""

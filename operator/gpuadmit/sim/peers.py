@@ -181,8 +181,8 @@ def _place_with_preemption(
                 break
         if best is None and workload.replicas > 1:
             spare_index = inventory.best_fit_node(pools, need)  # earlier replicas of the gang may have used it
-            spare = None if spare_index is None else inventory.nodes[spare_index].name
-            if spare is not None and spare not in free:
+            if spare_index is not None and inventory.nodes[spare_index].name not in free:
+                spare = inventory.nodes[spare_index].name
                 free[spare] = inventory.free[spare_index]
                 best = ((0, 0.0), spare, [])
         for node in sorted(free) if best is None else ():

@@ -246,7 +246,10 @@ SIDECAR_NAME_PARTS = (
 
 # An image regex runs only when one of its anchor words is among the image's words, so
 # most images cost one split and a few dict lookups; the first listed signal that matches wins.
-IMAGE_RE = tuple((re.compile(pattern), rest) for _, pattern, *rest in IMAGE_SIGNALS)
+IMAGE_RE: tuple[tuple[re.Pattern[str], tuple[WorkloadClass, str, int, str]], ...] = tuple(
+    (re.compile(pattern), (workload_class, category, weight, stack))
+    for _, pattern, workload_class, category, weight, stack in IMAGE_SIGNALS
+)
 
 
 def _image_signals_by_word() -> dict[str, tuple[int, ...]]:

@@ -165,9 +165,9 @@ def _reserve_ledger(snapshot: Snapshot, inventory: Inventory) -> tuple[dict[str,
         if workload.workload_class == "inference":
             continue
         for entry in workload.placement:
-            product = inventory.product_of(entry.node)
-            if product is not None:
-                training_used[product] = training_used.get(product, 0) + whole(entry.gpus)
+            held_on = inventory.product_of(entry.node)
+            if held_on is not None:
+                training_used[held_on] = training_used.get(held_on, 0) + whole(entry.gpus)
     return training_cap, reserve_gpus, training_used
 
 
