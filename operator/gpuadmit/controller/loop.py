@@ -15,7 +15,7 @@ One cycle, top to bottom:
    e.g. after a restart, gets its pods, never a new placement), leftover pods
    of workloads that no longer hold GPUs deleted.
 3. Snapshot the cache, requeue workloads whose node went away (deleted, NotReady,
-   cordoned), decide.
+   cordoned) or whose status.placement does not account for their replicas, decide.
 4. Apply: preemptions first (victim status Preempted, then its pods deleted),
    then every admit, queue and reject status together. An admit's pods are
    started once its status with the placement is written (the reservation
