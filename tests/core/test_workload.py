@@ -320,3 +320,24 @@ def test_held_workload_keeps_the_margin_written_at_admission() -> None:
     assert parse_workload(obj, DEFAULT_POLICY, {}).margin_per_gpu_hour is None  # only held work earns
     obj["status"] = {"phase": "Running", "marginPerGPUHour": "lots", "placement": [{"node": "n1", "gpus": 1}]}
     assert parse_workload(obj, DEFAULT_POLICY, {}).margin_per_gpu_hour is None
+
+
+def test_a_parse_cache_changes_no_result() -> None:
+    """A snapshot build and the operator's ParseMemo keep a ParseCache (templates, timestamps);
+    parsing through it gives what parsing afresh gives, valid or not, and a template found invalid
+    is found invalid again."""
+    from gpuadmit.core.workload import ParseCache
+
+    cache = ParseCache()
+    objects = [
+        a_workload(),
+        a_workload(name="same-template-other-status", status={"phase": "Preempted", "queuedSince": "2026-11-26T09:40:00Z"}),
+        a_workload(name="bad-time", status={"phase": "Running", "admittedAt": "yesterday", "placement": [{"node": "a", "gpus": 4}]}),
+        a_workload(name="auto", **{"class": "auto"}),
+        a_workload(name="broken", template={"spec": {"containers": "not a list"}}),
+    ]
+    for _ in range(2):  # the second round is answered from the cache
+        for obj in objects:
+            assert parse(obj) == parse_workload(obj, DEFAULT_POLICY, {}, cache=cache)
+    broken = parse_workload(objects[-1], DEFAULT_POLICY, {}, cache=cache)
+    assert isinstance(broken, InvalidWorkload) and broken.field.startswith("spec.template")
