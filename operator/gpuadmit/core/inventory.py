@@ -277,12 +277,19 @@ class Inventory:
         else:
             self._fill_after_pods(_NodeLayout(nodes), nodes)
         self.strategy: PlacementStrategy = strategy
+        # Reservations, summed per node first (raw counts add up in any order): one adjust per node.
         own_pods = gpus_of_own_pods or {}
-        for workload in sorted(holding, key=lambda w: w.key):
+        reserved: dict[int, int] = {}
+        for workload in holding:
             for entry in workload.placement:
                 index = self.index_by_name.get(entry.node)
                 if index is not None:
-                    self.adjust(index, -max(0, whole(entry.gpus) - _own_pods_on(own_pods, workload.key, entry.node)))
+                    gpus = entry.gpus if type(entry.gpus) is int and entry.gpus >= 0 else whole(entry.gpus)
+                    if own_pods:
+                        gpus = max(0, gpus - _own_pods_on(own_pods, workload.key, entry.node))
+                    reserved[index] = reserved.get(index, 0) + gpus
+        for index, gpus in reserved.items():
+            self.adjust(index, -gpus)
 
     @classmethod
     def _after_pods_of(cls, layout: _NodeLayout, nodes: Sequence[GpuNode]) -> Inventory:
@@ -418,7 +425,9 @@ class Inventory:
         """Replicas of this size the pools' nodes could hold if nothing ran on them."""
         return sum(count * (alloc // gpus_per_replica) for pool in pools for alloc, count in pool.allocatable_histogram)
 
-    def max_free(self, pool_indices: Iterable[int]) -> int:
+    def max_free(self, pool_indices: Sequence[int]) -> int:
+        if len(pool_indices) == 1:  # the usual case, asked for every workload
+            return self.top_free[pool_indices[0]]
         return max((self.top_free[p] for p in pool_indices), default=0)
 
     def replicas_that_fit(self, pool_indices: Iterable[int], gpus_per_replica: int, enough: int | None = None) -> int:
@@ -435,7 +444,8 @@ class Inventory:
 
     def fits(self, pool_indices: Sequence[int], gpus_per_replica: int, replicas: int) -> bool:
         if replicas == 1:
-            return self.max_free(pool_indices) >= gpus_per_replica
+            top_free = self.top_free
+            return any(top_free[p] >= gpus_per_replica for p in pool_indices)
         return self.replicas_that_fit(pool_indices, gpus_per_replica, enough=replicas) >= replicas
 
     def total_free(self, pool_indices: Iterable[int]) -> int:
