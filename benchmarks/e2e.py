@@ -46,7 +46,9 @@ from typing import Any
 import aiohttp
 import yaml
 from gpuadmit.controller.http1 import Http1Pool
+from gpuadmit.core.timefmt import format_rfc3339
 from gpuadmit.processes import free_port, stop_process
+from gpuadmit.sim.report import percentile
 
 REPO = Path(__file__).resolve().parents[1]
 CRD_DIR = REPO / "crds"
@@ -119,7 +121,7 @@ def cpu_seconds(pid: int) -> float:
 
 
 @dataclass
-class Api:
+class LoadClient:
     """The tenants' and the bare patches' client: JSON requests over the operator's own keep-alive
     pool (so the load generator costs the shared CPU as little as the operator's requests do, and
     the bare patches are as cheap as a client can make them), watches over aiohttp."""
@@ -148,7 +150,7 @@ async def api_session(url: str, connections: int) -> Any:
     async with aiohttp.ClientSession(connector=connector, read_bufsize=2**20,
                                      headers={"User-Agent": "gpuadmit-bench"}) as session:
         try:
-            yield Api(url, session, pool)
+            yield LoadClient(url, session, pool)
         finally:
             pool.close()
 
@@ -189,7 +191,7 @@ def gpus_needed(count: int) -> int:
     return sum(1 + index % 2 for index in range(count))
 
 
-async def set_up_cluster(api: Api, workloads: int) -> int:
+async def set_up_cluster(api: LoadClient, workloads: int) -> int:
     """Namespaces, the example policy, and GPU nodes for every workload plus a tenth to spare."""
     for index in range(NAMESPACES):
         await api.call("POST", "/api/v1/namespaces", {"metadata": {"name": f"bench-{index}"}}, expect=(201, 409))
@@ -296,7 +298,7 @@ class OperatorRun:
         return sorted(self.decided[key] - self.created[key] for key in self.decided if key in self.created)
 
 
-async def watch_decisions(api: Api, resource_version: str, run: OperatorRun | BacklogRun, all_decided: asyncio.Event,
+async def watch_decisions(api: LoadClient, resource_version: str, run: OperatorRun | BacklogRun, all_decided: asyncio.Event,
                           on_first: Callable[[], None] | None = None) -> None:
     """Timestamp the first phase each workload shows, from a watch (resumed if the stream ends)."""
     while not all_decided.is_set():
@@ -356,7 +358,7 @@ async def measure_operator(url: str, kubeconfig: Path, workdir: Path, workloads:
         return backlog, run
 
 
-async def measure_burst(api: Api, workdir: Path, workloads: int, nodes: int, server_pid: int, operator_pid: int,
+async def measure_burst(api: LoadClient, workdir: Path, workloads: int, nodes: int, server_pid: int, operator_pid: int,
                         profile: bool) -> OperatorRun:
     run = OperatorRun(workloads, nodes)
     profilers = [start_profiler(pid, workdir / f"{name}-profile.txt")
@@ -429,7 +431,7 @@ def stop_profiler(profiler: subprocess.Popen[bytes]) -> None:
 # -- part 2: bare status patches ------------------------------------------------------------------
 
 
-async def drain_watch(api: Api) -> None:
+async def drain_watch(api: LoadClient) -> None:
     """Watch every gpuworkload change from now on and read it (as the operator run's observer does)."""
     listing = await api.call("GET", f"/apis/{GROUP_VERSION}/gpuworkloads?limit=1")
     path = f"/apis/{GROUP_VERSION}/gpuworkloads?watch=true&resourceVersion={listing['metadata']['resourceVersion']}"
@@ -441,7 +443,7 @@ async def drain_watch(api: Api) -> None:
 
 def decision_status(index: int, message: str = "admitted onto gpu-node-0001") -> dict[str, Any]:
     """A status of the size and shape the operator writes for an admitted workload."""
-    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    now = format_rfc3339(time.time())
     return {"status": {
         "phase": "Admitted", "reason": "Admitted", "message": message,
         "class": "training", "classReason": "torchrun in the command", "marginPerGPUHour": 0.8,
@@ -490,11 +492,8 @@ async def measure_bare_patches(url: str, workloads: int, server_pid: int, profil
 # -- the report -----------------------------------------------------------------------------------
 
 
-def percentile(sorted_values: list[float], fraction: float) -> float:
-    if not sorted_values:
-        return float("nan")
-    index = min(len(sorted_values) - 1, max(0, round(fraction * (len(sorted_values) - 1))))
-    return sorted_values[index]
+def _or_nan(value: float | None) -> float:
+    return float("nan") if value is None else value
 
 
 def summary(backlog: BacklogRun, run: OperatorRun, bare_run: BareRun) -> str:
@@ -523,7 +522,7 @@ def summary(backlog: BacklogRun, run: OperatorRun, bare_run: BareRun) -> str:
         f"  after the last creation   {after_count} decisions in {after_s:.2f} s = "
         f"{after_count / after_s if after_s > 0 else float('nan'):.0f}/s (ratio to bare at "
         f"{OPERATOR_WRITE_CONCURRENCY} in flight: {(after_count / after_s if after_s > 0 else 0) / bare[OPERATOR_WRITE_CONCURRENCY]:.2f})",
-        f"  latency creation->decision p50 {percentile(latencies, 0.5):.2f} s, p99 {percentile(latencies, 0.99):.2f} s, "
+        f"  latency creation->decision p50 {_or_nan(percentile(latencies, 0.5)):.2f} s, p99 {_or_nan(percentile(latencies, 0.99)):.2f} s, "
         f"max {latencies[-1] if latencies else float('nan'):.2f} s",
         f"  phases                    {', '.join(f'{k} {v}' for k, v in sorted(phases.items()))}",
         f"bare status patches on the same server, {run.workloads} objects, best of {BARE_ROUNDS} rounds:",

@@ -8,7 +8,8 @@ watches, SIGKILLed operator, lost nodes, hostile input), these must hold:
   operator has caught up, pods plus the part of each reservation its own pods do not request
   yet (the ledger of docs/architecture.md) fit too;
 - **one current decision**: every GPUWorkload carries exactly one phase, a known one, with a
-  reason and a message; a holding phase has a placement of exactly ``gpus x replicas`` GPUs, any
+  reason and a message; a holding phase has a placement that accounts for exactly its replicas (``gpus x
+  replicas`` GPUs, read by ``gpuadmit.core.placement``), any
   other phase none; a message never carries a Python traceback;
 - **nothing lost**: every workload the test created (and did not delete) is still there;
 - **nothing decided twice**: once admitted, a workload keeps its placement and ``admittedAt``
@@ -35,6 +36,7 @@ from typing import Any
 
 from gpuadmit.core.model import API_GROUP, API_VERSION, GPU_RESOURCE, HOLDING_PHASES, WORKLOAD_LABEL, Phase
 from gpuadmit.core.nodes import parse_quantity
+from gpuadmit.core.placement import placement_of as recorded_placement
 from gpuadmit.core.timefmt import parse_rfc3339_or_none
 
 KNOWN_PHASES = frozenset(phase.value for phase in Phase)
@@ -99,15 +101,9 @@ def phase_of(obj: Mapping[str, Any]) -> str | None:
 
 
 def placement_of(obj: Mapping[str, Any]) -> tuple[tuple[str, int], ...]:
-    """``status.placement`` as sorted (node, gpus) pairs; entries of the wrong shape are skipped."""
-    entries = _status(obj).get("placement")
-    pairs = []
-    for entry in entries if isinstance(entries, list) else []:
-        entry = _mapping(entry)
-        node, gpus = entry.get("node"), entry.get("gpus")
-        if isinstance(node, str) and isinstance(gpus, int) and not isinstance(gpus, bool):
-            pairs.append((node, gpus))
-    return tuple(sorted(pairs))
+    """``status.placement`` as sorted (node, gpus) pairs, read by the operator's own reader
+    (``gpuadmit.core.placement``): entries it cannot read are left out."""
+    return tuple(sorted((entry.node, entry.gpus) for entry in recorded_placement(obj).entries))
 
 
 def _whole(value: Any, default: int) -> int:
@@ -250,8 +246,10 @@ def status_violations(workload: Mapping[str, Any], *, now: float | None = None,
         elif any(marker in value for marker in TRACEBACK_MARKERS):
             violations.append(Violation(BAD_STATUS, key, f"traceback text in status.{text_field}: {value[:200]!r}"))
     placed = sum(gpus for _, gpus in placement_of(workload))
-    if phase in HOLDING_PHASES and placed != requested_gpus(workload):
-        violations.append(Violation(BAD_STATUS, key, f"{phase} with {placed} GPUs placed for {requested_gpus(workload)} requested"))
+    problem = recorded_placement(workload).problem
+    if phase in HOLDING_PHASES and (problem is not None or placed != requested_gpus(workload)):
+        violations.append(Violation(BAD_STATUS, key, f"{phase} with {placed} GPUs placed for {requested_gpus(workload)} "
+                                                     f"requested ({problem or 'placement'})"))
     if phase in (Phase.QUEUED.value, Phase.REJECTED.value, Phase.PREEMPTED.value) and placed:
         violations.append(Violation(BAD_STATUS, key, f"{phase} but still has a placement of {placed} GPUs"))
     return violations

@@ -66,13 +66,25 @@ def test_trace_nodes_become_labelled_gpu_nodes(tmp_path: Path) -> None:
     assert p4.trace_run_seconds is None  # still running at the trace end: long-lived
 
 
-def test_the_trace_is_found_upwards_and_a_bad_explicit_dir_is_an_error(tmp_path: Path) -> None:
+def test_the_demo_and_simulate_find_the_same_trace_upwards_or_through_the_environment(tmp_path: Path, monkeypatch) -> None:
+    from gpuadmit.sim.trace import SHARED_TRACE_SUBDIR, TRACE_DIR_ENV, find_trace_dir
+
+    monkeypatch.delenv(TRACE_DIR_ENV, raising=False)
     write_tiny_trace(tmp_path / "shared" / "traces" / "alibaba-gpu-2023")
     deep = tmp_path / "work" / "main" / "sub"
     deep.mkdir(parents=True)
-    assert demo.find_trace_dir(None, [deep]) == (tmp_path / demo.TRACE_SUBDIR).resolve()
-    with pytest.raises(demo.DemoError, match="--trace-dir"):
-        demo.find_trace_dir(str(tmp_path / "nowhere"), [deep])
+    assert find_trace_dir(None, [deep]) == (tmp_path / SHARED_TRACE_SUBDIR).resolve()
+    elsewhere = tmp_path / "elsewhere"
+    write_tiny_trace(elsewhere)
+    monkeypatch.setenv(TRACE_DIR_ENV, str(elsewhere))
+    assert find_trace_dir(None, [deep]) == elsewhere  # the environment wins over the search
+    monkeypatch.setenv(TRACE_DIR_ENV, str(tmp_path / "nowhere"))
+    assert find_trace_dir(None, [deep]) is None  # a named place without the trace is not replaced by another
+
+
+def test_a_trace_dir_without_the_trace_is_an_error(tmp_path: Path, capsys) -> None:
+    assert demo.run(demo_args(trace_dir=str(tmp_path / "nowhere"))) != 0
+    assert f"--trace-dir {tmp_path / 'nowhere'}: no " in capsys.readouterr().err
 
 
 def test_submissions_are_seeded_bounded_and_offer_the_requested_load() -> None:

@@ -39,11 +39,10 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Iterable, Mapping, TextIO
+from typing import Any, Awaitable, Callable, Mapping, TextIO
 
 import yaml
 
-import gpuadmit
 from gpuadmit.core.model import TIER_LABEL, WORKLOAD_LABEL
 from gpuadmit.core.validation import apply_json_patch
 from gpuadmit.demo_kubelet import Kubelet
@@ -64,9 +63,8 @@ from gpuadmit.demo_plan import (
 from gpuadmit.demo_plot import MetricsRecorder, plot_panels
 from gpuadmit.demo_screen import Ledger, Screen, summary
 from gpuadmit.processes import free_port, stop_process
-from gpuadmit.sim.trace import TraceError
+from gpuadmit.sim.trace import ALIBABA_NODES_FILE, ALIBABA_PODS_FILE, TraceError, find_trace_dir
 
-TRACE_SUBDIR = Path("shared") / "traces" / "alibaba-gpu-2023"
 DEFAULT_MAX_RATE = 5.0  # workloads/s that the emulator, the operator and this process keep up with on a busy laptop
 STARTUP_DEADLINE = 60.0
 # What --serve suggests trying, with the kubeconfig it prints.
@@ -127,29 +125,10 @@ class DemoInputError(DemoError):
 # --------------------------------------------------------------------------- the trace
 
 
-def find_trace_dir(explicit: str | None, starts: Iterable[Path]) -> Path | None:
-    """``explicit``, else the first ``shared/traces/alibaba-gpu-2023`` found going upwards from ``starts``."""
-    from gpuadmit.sim.trace import ALIBABA_NODES_FILE, ALIBABA_PODS_FILE
-
-    def complete(folder: Path) -> bool:
-        return (folder / ALIBABA_NODES_FILE).is_file() and (folder / ALIBABA_PODS_FILE).is_file()
-
-    if explicit:
-        folder = Path(explicit).expanduser()
-        if not complete(folder):
-            raise DemoInputError(f"--trace-dir {explicit}: no {ALIBABA_NODES_FILE} and {ALIBABA_PODS_FILE} there")
-        return folder
-    for start in starts:
-        for folder in (start.resolve(), *start.resolve().parents):
-            if complete(folder / TRACE_SUBDIR):
-                return folder / TRACE_SUBDIR
-    return None
-
-
 # --------------------------------------------------------------------------- the API, minimally
 
 
-class Api:
+class EmulatorClient:
     """Plain-HTTP JSON calls to the emulated server (no credentials, loopback only)."""
 
     def __init__(self, base_url: str) -> None:
@@ -309,7 +288,9 @@ class Demo:
                 import matplotlib  # noqa: F401  (checked now rather than after the whole run)
             except ImportError:
                 raise DemoInputError("--plot needs matplotlib: pip install 'gpuadmit[sim]'") from None
-        trace_dir = None if args.no_trace else find_trace_dir(args.trace_dir, [Path.cwd(), Path(gpuadmit.__file__).resolve().parent])
+        trace_dir = None if args.no_trace else find_trace_dir(args.trace_dir)
+        if trace_dir is None and args.trace_dir:
+            raise DemoInputError(f"--trace-dir {args.trace_dir}: no {ALIBABA_NODES_FILE} and {ALIBABA_PODS_FILE} there")
         try:
             if trace_dir is not None:
                 nodes, pods, source = load_trace(trace_dir, args.nodes)
@@ -333,7 +314,7 @@ class Demo:
         nodes, plans, source, rate, offered, policy = self.read_inputs()
         total_gpus = sum(node.gpus for node in nodes)
         self.workdir = Path(tempfile.mkdtemp(prefix="gpuadmit-demo-"))
-        api: Api | None = None
+        api: EmulatorClient | None = None
         tasks: list[asyncio.Task[None]] = []
         succeeded = False
         main_task = asyncio.current_task()
@@ -343,7 +324,7 @@ class Demo:
                 loop.add_signal_handler(signum, main_task.cancel)
         try:
             url = await self.start_emulator(package_file("crds"))
-            api = Api(url)
+            api = EmulatorClient(url)
             await self.populate(api, nodes, policy)
             metrics_port = args.metrics_port or free_port()
             await self.start_operator(metrics_port)
@@ -429,7 +410,7 @@ class Demo:
         config = yaml.safe_load(kubeconfig.read_text())
         return str(config["clusters"][0]["cluster"]["server"])
 
-    async def populate(self, api: Api, nodes: list[DemoNode], policy: dict[str, Any]) -> None:
+    async def populate(self, api: EmulatorClient, nodes: list[DemoNode], policy: dict[str, Any]) -> None:
         await api.must("POST", "/apis/gpuadmit.io/v1alpha1/marginpolicies", policy)
         for namespace in (*INFERENCE_NAMESPACES, TRAINING_NAMESPACE):
             labels = {TIER_LABEL: "gold"} if namespace == GOLD_NAMESPACE else {}
@@ -462,7 +443,7 @@ class Demo:
             self.admission = AdmissionClient(f"https://127.0.0.1:{webhook_port}", cert_dir / "ca.crt")
             await self.wait_for(self.admission.listening, "the admission webhooks to listen")
 
-    async def submit_all(self, api: Api, plans: list[Plan], ledger: Ledger, screen: Screen, kubelet: Kubelet) -> int:
+    async def submit_all(self, api: EmulatorClient, plans: list[Plan], ledger: Ledger, screen: Screen, kubelet: Kubelet) -> int:
         """Create each workload at its time; refresh the screen meanwhile; return how many were created."""
         submitted = 0
         pending: set[asyncio.Task[None]] = set()

@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Mapping
 from typing import Any, Protocol
 
 from gpuadmit.core.model import WORKLOAD_LABEL
+from gpuadmit.core.timefmt import format_rfc3339
 from gpuadmit.demo_plan import MIN_RUN_SECONDS
 
 
@@ -55,7 +56,7 @@ class Kubelet:
     async def set_pod_phase(self, pod: Mapping[str, Any], phase: str) -> None:
         """The status a kubelet would write, container statuses included (kubectl's READY column)."""
         metadata = pod.get("metadata") or {}
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        stamp = format_rfc3339(time.time())
         running = phase == "Running"
         status: dict[str, Any] = {"phase": phase, "conditions": [
             {"type": "Ready", "status": "True" if running else "False", "lastTransitionTime": stamp}]}

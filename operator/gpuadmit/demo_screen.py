@@ -11,7 +11,9 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from gpuadmit.core.model import HOLDING_PHASES
+from gpuadmit.core.placement import placement_of
 from gpuadmit.demo_plan import Plan
+from gpuadmit.sim.report import percentile
 
 DECISIONS_SHOWN = 6
 REFUSED = "Refused"  # not a status phase: the admission webhook turned the create down
@@ -83,8 +85,8 @@ class Ledger:
         if isinstance(status.get("preemptions"), int):
             tracked.preemptions = status["preemptions"]
         holding = phase in HOLDING_PHASES
-        placement = status.get("placement") if holding else None
-        tracked.gpus_held = sum(int(p.get("gpus") or 0) for p in placement or [] if isinstance(p, Mapping))
+        placement = placement_of(obj).entries if holding else ()
+        tracked.gpus_held = sum(entry.gpus for entry in placement)
         margin = status.get("marginPerGPUHour")
         tracked.margin_per_gpu_hour = float(margin) if holding and isinstance(margin, (int, float)) else 0.0
         if (phase, reason) == (tracked.phase, tracked.reason) or phase is None:
@@ -95,7 +97,7 @@ class Ledger:
         if phase in HOLDING_PHASES and (tracked.admitted_at is None or before not in HOLDING_PHASES):
             if tracked.admitted_at is None:
                 tracked.admitted_at = self.now()
-            nodes = ", ".join(f"{p.get('node')}x{p.get('gpus')}" for p in placement or [] if isinstance(p, Mapping))
+            nodes = ", ".join(f"{entry.node}x{entry.gpus}" for entry in placement)
             self._decided("admitted", key, tracked, f"{tracked.plan.pod.gpus} GPU on {nodes}, ${tracked.margin_per_gpu_hour:.2f}/GPU-h")
         elif phase == "Queued" and before in (None, "Queued", "Preempted"):
             self._decided("queued", key, tracked, f"{reason}: {message}")
@@ -146,12 +148,6 @@ class Ledger:
             for t in self.workloads.values()
             if t.workload_class == workload_class and t.admitted_at is not None
         )
-
-
-def percentile(values: list[float], share: float) -> float | None:
-    if not values:
-        return None
-    return values[min(len(values) - 1, max(0, math.ceil(share * len(values)) - 1))]
 
 
 # --------------------------------------------------------------------------- showing it

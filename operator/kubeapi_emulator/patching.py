@@ -3,6 +3,12 @@
 Strategic merge patch is treated as a JSON merge patch (lists are replaced, ``null`` deletes):
 that is what every client the operator uses relies on, and the list-merge keys of the built-in
 types are not needed by it. ``$patch``/``$retainKeys`` directives are dropped, not interpreted.
+
+Why a second JSON-patch applier beside ``gpuadmit.core.validation.apply_json_patch``: this is
+the server side of a test double that imports nothing from gpuadmit (it stands for the API
+server, not for the operator), and it implements all of RFC 6902 with the server's errors;
+gpuadmit's own applies the webhook's add/replace mutations and nothing else. On the gpuadmit
+side that one is the only applier.
 """
 
 from __future__ import annotations

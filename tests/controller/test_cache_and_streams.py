@@ -7,7 +7,7 @@ from datetime import datetime, timedelta, timezone
 
 from gpuadmit.controller.api import Resource, parse_watch_lines
 from gpuadmit.controller.cache import NODE, POD, WORKLOAD, ObjectCache
-from gpuadmit.controller.loop import placement_of
+from gpuadmit.core.placement import placement_of
 from gpuadmit.controller.peering import we_lead
 from gpuadmit.controller.restore import merge_listing, reserved_gpus_by_node, watch_scopes
 from gpuadmit.core.model import PlacementEntry
@@ -105,7 +105,9 @@ def test_reservations_come_from_holding_statuses_only() -> None:
 
 def test_placement_of_a_restored_workload() -> None:
     restored = workload(phase="Admitted", placement=[{"node": "n1", "gpus": 4}, {"node": "n2", "gpus": 2, "replicas": 1}, {"bad": 1}])
-    assert placement_of(restored) == (PlacementEntry("n1", 4, 2), PlacementEntry("n2", 2, 1))
+    recorded = placement_of(restored)
+    assert recorded.entries == (PlacementEntry("n1", 4, 2), PlacementEntry("n2", 2, 1))
+    assert recorded.problem is not None and "status.placement[2]" in recorded.problem
 
 
 def test_peering_verdict() -> None:

@@ -96,8 +96,8 @@ async def test_the_creation_echo_of_a_pod_being_created_does_not_wake_the_loop()
                        "status": {"allocatable": {"nvidia.com/gpu": "8"}}})
     loop.pods.recount()
     admitted = cache.get(WORKLOAD, "team/w")
-    from gpuadmit.controller.loop import placement_of
-    assert loop.pods.start(admitted, placement_of(admitted), []) == 1
+    from gpuadmit.core.placement import placement_of
+    assert loop.pods.start(admitted, placement_of(admitted).entries, []) == 1
     await asyncio.sleep(0)
     created = {"apiVersion": "v1", "kind": "Pod",
                "metadata": {"name": "w-0", "namespace": "team", "uid": "uid-p", "resourceVersion": "5",

@@ -181,3 +181,38 @@ async def test_a_lost_node_requeues_its_workloads_and_leaves_the_others(loss: st
     assert not left.get("placement") and left["reason"] in ("NodeUnavailable", "InsufficientCapacity")
     assert (right["phase"], right["placement"], right["admittedAt"]) == \
         ("Admitted", before["right"]["placement"], before["right"]["admittedAt"])
+
+
+async def test_a_holding_workload_whose_placement_does_not_add_up_is_requeued_not_finished() -> None:
+    """Admitted with an empty placement (zero replicas would read as "every pod succeeded") and
+    Running with one of its two replicas placed (a gang of one, its missing pod "deleted"): both
+    are requeued with reason PlacementInvalid, never Succeeded nor Failed, and decided afresh."""
+    with EmulatedApiServer(crds=[CRD_DIR]) as url:
+        async with KubeApi(kopf.ConnectionInfo(server=url)) as api:
+            await seed(api, nodes=2, workloads=0)
+            broken = {"ghost": (1, 1, {"phase": "Admitted", "placement": []}),
+                      "half": (2, 2, {"phase": "Running", "placement": [{"node": "node-0", "gpus": 2, "replicas": 1}]})}
+            for name, (gpus, replicas, status) in broken.items():
+                await api.request("create", "POST", f"{GROUP}/namespaces/team/gpuworkloads", body={
+                    "apiVersion": "gpuadmit.io/v1alpha1", "kind": "GPUWorkload", "metadata": {"name": name},
+                    "spec": {"class": "inference", "gpus": gpus, "replicas": replicas, "template": default_template("inference")}})
+                await api.request("patch", "PATCH", f"{GROUP}/namespaces/team/gpuworkloads/{name}/status",
+                                  body={"status": {**status, "reason": "Admitted", "message": "restored by hand"}},
+                                  content_type="application/merge-patch+json")
+            async with RunningOperator(api):
+                async def decided_afresh() -> dict | None:
+                    state = await dump(api)
+                    events = (await api.request("list", "GET", "/api/v1/namespaces/team/events"))["items"]
+                    requeued = {e["involvedObject"]["name"] for e in events if e.get("reason") == "PlacementInvalid"}
+                    placed = {w["metadata"]["name"]: sum(e["replicas"] for e in w["status"].get("placement") or [])
+                              for w in state["workloads"]}
+                    if requeued == {"ghost", "half"} and placed == {"ghost": 1, "half": 2} and len(state["pods"]) == 3:
+                        return {"state": state, "events": events}
+                    return None
+                found = await eventually(decided_afresh, what="both requeued (PlacementInvalid) and admitted again in full")
+    phases = {w["metadata"]["name"]: w["status"]["phase"] for w in found["state"]["workloads"]}
+    assert set(phases.values()) <= {"Admitted", "Running"}
+    messages = {e["involvedObject"]["name"]: e["message"] for e in found["events"] if e.get("reason") == "PlacementInvalid"}
+    assert messages["ghost"].startswith("status.placement is empty")
+    assert "places 1 of the 2 replicas" in messages["half"]
+    assert overcommitted_nodes(found["state"]) == {}

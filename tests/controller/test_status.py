@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from gpuadmit.controller import status as st
 from gpuadmit.core.model import Action, Decision, PlacementEntry, Preemption, Reason
+from gpuadmit.core.timefmt import format_rfc3339
 
 NOW = 1_700_000_000.0
 
@@ -32,7 +33,7 @@ def test_admit_status_carries_placement_time_and_conditions() -> None:
     desired = st.decision_status(workload(), admit(), NOW)
     assert desired["phase"] == "Admitted"
     assert desired["placement"] == [{"node": "node-a", "gpus": 4, "replicas": 1}]
-    assert desired["admittedAt"] == st.rfc3339(NOW)
+    assert desired["admittedAt"] == format_rfc3339(NOW)
     assert desired["observedGeneration"] == 3
     assert desired["class"] == "inference" and desired["marginPerGPUHour"] == 3.6
     assert condition(desired, "Admitted")["status"] == "True"
@@ -48,7 +49,7 @@ def test_queue_status_clears_placement_and_keeps_position() -> None:
     assert desired["marginPerGPUHour"] == 0.8  # rounded: float noise is not a change
     assert condition(desired, "Admitted") == {
         "type": "Admitted", "status": "False", "reason": "InsufficientCapacity", "message": "waiting for 4 GPUs",
-        "lastTransitionTime": st.rfc3339(NOW), "observedGeneration": 3,
+        "lastTransitionTime": format_rfc3339(NOW), "observedGeneration": 3,
     }
 
 
@@ -77,8 +78,8 @@ def test_last_transition_time_moves_only_when_the_status_flips() -> None:
     conditions = st.set_condition([], "Admitted", False, "InsufficientCapacity", "a", NOW)
     same = st.set_condition(conditions, "Admitted", False, "InferenceReserve", "b", NOW + 60)
     flipped = st.set_condition(same, "Admitted", True, "Admitted", "c", NOW + 120)
-    assert same[0]["lastTransitionTime"] == st.rfc3339(NOW) and same[0]["reason"] == "InferenceReserve"
-    assert flipped[0]["lastTransitionTime"] == st.rfc3339(NOW + 120)
+    assert same[0]["lastTransitionTime"] == format_rfc3339(NOW) and same[0]["reason"] == "InferenceReserve"
+    assert flipped[0]["lastTransitionTime"] == format_rfc3339(NOW + 120)
     assert len(flipped) == 1
 
 
@@ -87,7 +88,7 @@ def test_preemption_counts_names_the_preemptor_and_restarts_the_wait() -> None:
     desired = st.preempted_status(held, Preemption("ns", "w", preempted_by="ns2/chat"), NOW)
     assert desired["phase"] == "Preempted" and desired["preemptions"] == 3
     assert desired["preemptedBy"] == "ns2/chat" and "ns2/chat" in desired["message"]
-    assert desired["placement"] is None and desired["queuedSince"] == st.rfc3339(NOW)
+    assert desired["placement"] is None and desired["queuedSince"] == format_rfc3339(NOW)
     assert condition(desired, "Admitted")["reason"] == "PreemptedByHigherMargin"
 
 

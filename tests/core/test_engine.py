@@ -317,3 +317,25 @@ def test_nonsense_times_and_limits_do_not_crash_the_cycle() -> None:
     workloads = [make_workload("a", created_at=None, queued_since=None), make_workload("b", max_queue_seconds="soon")]  # type: ignore[arg-type]
     decisions = by_name(decide(make_snapshot([make_node("n", 8)], workloads)))
     assert decisions["a"].action == decisions["b"].action == Action.ADMIT
+
+
+def test_a_failed_preemption_gives_back_exactly_what_it_released(monkeypatch) -> None:
+    """The victim's own pods request 6 GPUs on a reservation of 2: releasing it frees 6. Should the
+    placement after that fail, the undo must take back those 6 (``take`` of the placement would take
+    back only 2 and leave 4 GPUs free that pods still use)."""
+    from gpuadmit.core.engine import passes, prepare
+    from gpuadmit.core.inventory import Inventory
+
+    nodes = [make_node("a", 8, gpus_used_by_pods=6)]
+    holding = [make_holding("cheap", {"a": 2}, tier="bronze")]
+    policy = make_policy(preemption=PREEMPTION, tier_multipliers={"bronze": 0.5})
+    snapshot = make_snapshot(nodes, [make_workload("chat", 8)], holding=holding, policy=policy,
+                             gpus_of_own_pods={("team-b/cheap", "a"): 6})
+    assert decide(snapshot).decisions[0].action == Action.ADMIT  # the preemption works when placing works
+    cycle = prepare(snapshot)
+    before = (list(cycle.inventory.raw_free), list(cycle.inventory.free))
+    monkeypatch.setattr(Inventory, "place", lambda self, pools, g, replicas: None)
+    result = passes.run_pass(cycle, cycle.placeable, allow_preemption=True)
+    assert result.admitted == {}
+    assert (result.inventory.raw_free, result.inventory.free) == before
+    assert result.training_used == cycle.training_used

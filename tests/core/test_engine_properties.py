@@ -7,6 +7,7 @@ import random
 from dataclasses import replace
 
 from hypothesis import HealthCheck, event, given, settings, target
+from hypothesis import strategies as st
 
 from gpuadmit.core.engine import decide
 from gpuadmit.core.inventory import hard_taints, tolerates
@@ -170,3 +171,18 @@ def test_deterministic_and_independent_of_input_order(snapshot: Snapshot) -> Non
         invalid=tuple(rng.sample(snapshot.invalid, len(snapshot.invalid))),
     )
     assert decide(shuffled) == first
+
+
+@FAST
+@given(st.lists(snapshots(), min_size=2, max_size=4))
+def test_a_layout_memo_kept_between_cycles_changes_no_decision(cycle_snapshots: list[Snapshot]) -> None:
+    """The operator and the replay keep a LayoutMemo between cycles; each cycle must decide as if
+    built afresh, whether the nodes stayed, changed usage or changed altogether."""
+    from gpuadmit.core.engine import LayoutMemo
+
+    memo = LayoutMemo()
+    first = cycle_snapshots[0]
+    # The same nodes again with other usage, then the drawn snapshots as they come.
+    busier = replace(first, nodes=tuple(replace(n, gpus_used_by_pods=n.gpus_used_by_pods + 1) for n in first.nodes))
+    for snapshot in [first, busier, first, *cycle_snapshots[1:]]:
+        assert decide(snapshot, layouts=memo) == decide(snapshot)

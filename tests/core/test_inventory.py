@@ -147,3 +147,75 @@ def test_nodes_with_nonsense_names_or_products_are_kept_without_crashing() -> No
     inventory = Inventory([make_node(None, 4, product=None), make_node("b", 4)])  # type: ignore[arg-type]
     assert [n.name for n in inventory.nodes] == ["None", "b"]
     assert [pool.product for pool in inventory.pools] == ["", "NVIDIA-A100"]
+
+
+def test_unrelease_undoes_a_release_exactly_even_where_own_pods_hold_more_than_the_reservation() -> None:
+    holding = make_holding("job", {"a": 2, "b": 4})
+    own_pods = {("team-b/job", "a"): 6}  # its pods on a request more than the reservation says
+    inventory = Inventory([make_node("a", 8, gpus_used_by_pods=6), make_node("b", 8, gpus_used_by_pods=1)], [holding], own_pods)
+    before = (list(inventory.raw_free), list(inventory.free), [list(c) for c in inventory.count_by_free], list(inventory.top_free))
+    given = inventory.release(holding.placement, holding.key, own_pods)
+    assert given == ((0, 6), (1, 4))
+    assert inventory.free == [8, 7]
+    inventory.unrelease(given)
+    assert (inventory.raw_free, inventory.free, inventory.count_by_free, inventory.top_free) == before
+    assert inventory.best_fit_node(inventory.eligible_pools(make_workload("w", 1)), 1) == 0
+
+
+def test_the_placement_strategy_decides_where_replicas_go() -> None:
+    from gpuadmit.core.inventory import SPREAD
+
+    nodes = [make_node("a", 8, gpus_used_by_pods=5), make_node("b", 8, gpus_used_by_pods=2), make_node("c", 8, gpus_used_by_pods=2),
+             make_node("d", 4, "NVIDIA-L4")]
+    workload = make_workload("w", 2, gpu_products=("NVIDIA-A100",))
+    best_fit, spread = Inventory(nodes), Inventory(nodes, strategy=SPREAD)
+    pools = best_fit.eligible_pools(workload)
+    # Best fit (most-allocated): the fullest node that holds the replica. Spread: the emptiest, ties by name.
+    assert best_fit.place(pools, 2, 1) == (PlacementEntry("a", 2, 1),)
+    assert spread.place(pools, 2, 1) == (PlacementEntry("b", 2, 1),)
+    # A gang spreads one replica at a time, each where most is free (now c with 6, then b and c with 4 each: b by name, then c).
+    assert spread.place(pools, 2, 3) == (PlacementEntry("b", 2, 1), PlacementEntry("c", 4, 2))
+    assert spread.copy().strategy == SPREAD
+    with pytest.raises(ValueError, match="unknown placement strategy"):
+        Inventory(nodes, strategy="random")  # type: ignore[arg-type]
+
+
+def test_a_layout_memo_reuses_the_pools_of_unchanged_nodes_only() -> None:
+    from gpuadmit.core.inventory import LayoutMemo
+
+    memo = LayoutMemo()
+    nodes = [make_node("a", 8), make_node("b", 8, gpus_used_by_pods=3)]
+    first = Inventory(nodes, layouts=memo)
+    again = Inventory([make_node("a", 8, gpus_used_by_pods=8), make_node("b", 8)], layouts=memo)  # only usage changed
+    assert again.layout is first.layout and again.free == [0, 8]
+    resized = Inventory([make_node("a", 4), make_node("b", 8)], layouts=memo)
+    assert resized.layout is not first.layout and resized.allocatable == [4, 8]
+    assert Inventory(nodes).layout is not first.layout  # without a memo nothing is shared
+
+
+def test_an_inventory_from_a_memo_equals_one_built_afresh_as_nodes_and_usage_change() -> None:
+    """The memo patches the GPUs used on the nodes whose object changed; the ledger it gives must be
+    the one built from every node (free counts, buckets' answers, tops), cycle after cycle."""
+    import dataclasses
+    import random
+
+    from gpuadmit.core.inventory import SPREAD, LayoutMemo
+
+    rng = random.Random(5)
+    nodes = [make_node(f"n{i:02d}", rng.choice([2, 4, 8]), rng.choice(["NVIDIA-A100", "NVIDIA-L4"])) for i in range(30)]
+    memo = LayoutMemo()
+    workload = make_workload("w", 1)
+    for cycle in range(60):
+        for _ in range(rng.randint(0, 4)):
+            i = rng.randrange(len(nodes))
+            nodes[i] = dataclasses.replace(nodes[i], gpus_used_by_pods=rng.randint(0, 9))
+        if cycle % 17 == 16:  # a node changes shape: the layout is derived again
+            nodes[0] = dataclasses.replace(nodes[0], schedulable=not nodes[0].schedulable)
+        holding = [make_holding("h", {nodes[rng.randrange(len(nodes))].name: 1})]
+        strategy = SPREAD if cycle % 2 else "best-fit"
+        fresh = Inventory(list(nodes), holding, strategy=strategy)
+        kept = Inventory(tuple(nodes), holding, strategy=strategy, layouts=memo)
+        assert (kept.raw_free, kept.free, kept.count_by_free, kept.top_free) == (fresh.raw_free, fresh.free, fresh.count_by_free, fresh.top_free)
+        pools = fresh.eligible_pools(workload)
+        for size in (1, 2, 4):
+            assert kept.copy().place(pools, size, 3) == fresh.copy().place(pools, size, 3)

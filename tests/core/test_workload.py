@@ -107,7 +107,7 @@ def test_tolerations_are_read_from_the_template() -> None:
 
 def test_status_of_a_running_workload_is_read() -> None:
     workload = parse(a_workload(
-        replicas=2,
+        replicas=3,
         status={"phase": "Running", "admittedAt": "2026-11-26T09:05:00Z", "preemptions": 2,
                 "placement": [{"node": "a", "gpus": 8}, {"node": "b", "gpus": 4, "replicas": 1}]},
     ))  # fmt: skip
@@ -116,6 +116,17 @@ def test_status_of_a_running_workload_is_read() -> None:
     assert workload.placement == (PlacementEntry("a", 8, 2), PlacementEntry("b", 4, 1))
     assert workload.admitted_at == parse_rfc3339("2026-11-26T09:05:00Z")
     assert workload.preemptions == 2
+    assert workload.placement_problem is None
+
+
+def test_a_holding_workload_whose_placement_does_not_add_up_carries_the_problem() -> None:
+    empty = parse(a_workload(status={"phase": "Admitted", "placement": []}))
+    assert (empty.placement, empty.placement_problem) == ((), "status.placement is empty")
+    partial = parse(a_workload(replicas=2, status={"phase": "Running", "placement": [{"node": "a", "gpus": 4}]}))
+    assert partial.placement == (PlacementEntry("a", 4, 1),)  # what it names stays reserved meanwhile
+    assert partial.placement_problem == "status.placement places 1 of the 2 replicas"
+    # Only a holding phase has a placement to check.
+    assert parse(a_workload(status={"phase": "Queued", "placement": []})).placement_problem is None
 
 
 def test_junk_in_status_counts_as_absent() -> None:
@@ -309,3 +320,24 @@ def test_held_workload_keeps_the_margin_written_at_admission() -> None:
     assert parse_workload(obj, DEFAULT_POLICY, {}).margin_per_gpu_hour is None  # only held work earns
     obj["status"] = {"phase": "Running", "marginPerGPUHour": "lots", "placement": [{"node": "n1", "gpus": 1}]}
     assert parse_workload(obj, DEFAULT_POLICY, {}).margin_per_gpu_hour is None
+
+
+def test_a_parse_cache_changes_no_result() -> None:
+    """A snapshot build and the operator's ParseMemo keep a ParseCache (templates, timestamps);
+    parsing through it gives what parsing afresh gives, valid or not, and a template found invalid
+    is found invalid again."""
+    from gpuadmit.core.workload import ParseCache
+
+    cache = ParseCache()
+    objects = [
+        a_workload(),
+        a_workload(name="same-template-other-status", status={"phase": "Preempted", "queuedSince": "2026-11-26T09:40:00Z"}),
+        a_workload(name="bad-time", status={"phase": "Running", "admittedAt": "yesterday", "placement": [{"node": "a", "gpus": 4}]}),
+        a_workload(name="auto", **{"class": "auto"}),
+        a_workload(name="broken", template={"spec": {"containers": "not a list"}}),
+    ]
+    for _ in range(2):  # the second round is answered from the cache
+        for obj in objects:
+            assert parse(obj) == parse_workload(obj, DEFAULT_POLICY, {}, cache=cache)
+    broken = parse_workload(objects[-1], DEFAULT_POLICY, {}, cache=cache)
+    assert isinstance(broken, InvalidWorkload) and broken.field.startswith("spec.template")

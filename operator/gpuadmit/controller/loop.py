@@ -15,7 +15,7 @@ One cycle, top to bottom:
    e.g. after a restart, gets its pods, never a new placement), leftover pods
    of workloads that no longer hold GPUs deleted.
 3. Snapshot the cache, requeue workloads whose node went away (deleted, NotReady,
-   cordoned), decide.
+   cordoned) or whose status.placement does not account for their replicas, decide.
 4. Apply: preemptions first (victim status Preempted, then its pods deleted),
    then every admit, queue and reject status together. An admit's pods are
    started once its status with the placement is written (the reservation
@@ -56,6 +56,7 @@ from gpuadmit.core.model import (
     Snapshot,
 )
 from gpuadmit.core.nodes import node_from_object, pod_is_terminal
+from gpuadmit.core.placement import placement_of
 from gpuadmit.core.podsecurity import DEFAULT_LEVEL
 from gpuadmit.core.policy import parse_policy
 from gpuadmit.core.snapshot import ParseMemo, build_snapshot
@@ -127,22 +128,6 @@ def _terminating(pod: Mapping[str, Any]) -> bool:
     return bool((pod.get("metadata") or {}).get("deletionTimestamp"))
 
 
-def placement_of(workload: Mapping[str, Any]) -> tuple[PlacementEntry, ...]:
-    """The reservation recorded in a workload's status (what a restart must honour)."""
-    status = workload.get("status") if isinstance(workload.get("status"), Mapping) else {}
-    spec = workload.get("spec") if isinstance(workload.get("spec"), Mapping) else {}
-    gpus_per_replica = spec.get("gpus") if isinstance(spec.get("gpus"), int) and spec.get("gpus") > 0 else 1
-    entries = []
-    for item in status.get("placement") or []:
-        if not isinstance(item, Mapping) or not isinstance(item.get("gpus"), int) or not item.get("node"):
-            continue
-        replicas = item.get("replicas")
-        if not isinstance(replicas, int) or replicas <= 0:
-            replicas = max(1, item["gpus"] // gpus_per_replica)
-        entries.append(PlacementEntry(node=str(item["node"]), gpus=item["gpus"], replicas=replicas))
-    return tuple(entries)
-
-
 async def run_bounded(jobs: Iterable[Callable[[], Awaitable[Any]]], limit: int) -> None:
     """Run the jobs with at most ``limit`` started and not finished. Each job's own CPU work
     (building a status, encoding it) then happens as its turn comes, between answers, instead
@@ -170,8 +155,8 @@ class SchedulingLoop:
         clock: Callable[[], float] = time.time,
     ) -> None:
         if decide is None:
-            from gpuadmit.core.engine import decide as engine_decide
-            decide = engine_decide
+            from gpuadmit.core.engine import LayoutMemo, decide as engine_decide
+            decide = functools.partial(engine_decide, layouts=LayoutMemo())  # the nodes' layout kept between cycles
         self.cache = cache
         self.writer = writer
         self.settings = settings
@@ -289,7 +274,7 @@ class SchedulingLoop:
 
         mark = time.monotonic()
         snapshot = self._snapshot(policy, now)
-        lost = self._holding_on_lost_nodes(snapshot)
+        lost = self._holding_to_requeue(snapshot)
         if lost:
             await self._requeue(lost, snapshot, now, report)
             snapshot = self._snapshot(policy, now)
@@ -381,12 +366,13 @@ class SchedulingLoop:
                     jobs.append(self._delete_pod(pod, report))
         for key, workload in workloads.items():
             if _phase(workload) in HOLDING_PHASES:
-                placement = placement_of(workload)
-                if all(entry.node in usable_nodes for entry in placement):
-                    job = self._follow_holding(workload, placement, own_by_key.get(key, []), now, report)
+                recorded = placement_of(workload)
+                if recorded.problem is None and all(entry.node in usable_nodes for entry in recorded.entries):
+                    job = self._follow_holding(workload, recorded.entries, own_by_key.get(key, []), now, report)
                     if job is not None:
                         jobs.append(job)
-                # else: its node is gone or unusable; step 3 requeues it, whatever its pods say
+                # else: its node is gone or unusable, or its placement does not account for its
+                # replicas; step 3 requeues it, whatever its pods say
         await asyncio.gather(*jobs)
 
     def _usable_node_names(self) -> set[str]:
@@ -455,32 +441,38 @@ class SchedulingLoop:
             memo=self._parse_memo, pod_security_level=self.settings.pod_security_level,
         )
 
-    def _holding_on_lost_nodes(self, snapshot: Snapshot) -> dict[str, str]:
-        """Holding workloads placed on a node that is gone, NotReady or cordoned: key -> why."""
+    def _holding_to_requeue(self, snapshot: Snapshot) -> dict[str, tuple[str, str]]:
+        """Holding workloads placed on a node that is gone, NotReady or cordoned, or whose
+        status.placement does not account for their replicas: key -> (reason, why)."""
         by_name = {node.name: node for node in snapshot.nodes}
-        lost: dict[str, str] = {}
+        lost: dict[str, tuple[str, str]] = {}
         for workload in snapshot.holding:
+            if workload.placement_problem is not None:
+                lost[workload.key] = (desired_status.PLACEMENT_INVALID, workload.placement_problem)
+                continue
             for entry in workload.placement:
                 node = by_name.get(entry.node)
                 if node is None and self.cache.get(NODE, entry.node) is None:
-                    lost[workload.key] = f"node {entry.node} was deleted"
+                    lost[workload.key] = (desired_status.NODE_UNAVAILABLE, f"node {entry.node} was deleted")
                 elif node is not None and not node.schedulable:
-                    lost[workload.key] = f"node {entry.node} is {node.unschedulable_reason or 'unschedulable'}"
+                    lost[workload.key] = (desired_status.NODE_UNAVAILABLE,
+                                          f"node {entry.node} is {node.unschedulable_reason or 'unschedulable'}")
         return lost
 
-    async def _requeue(self, lost: dict[str, str], snapshot: Snapshot, now: float, report: CycleReport) -> None:
-        async def requeue_one(key: str, why: str) -> None:
+    async def _requeue(self, lost: dict[str, tuple[str, str]], snapshot: Snapshot, now: float, report: CycleReport) -> None:
+        async def requeue_one(key: str, reason_and_why: tuple[str, str]) -> None:
             workload = self.cache.get(WORKLOAD, key)
             if workload is None:
                 return
+            reason, why = reason_and_why
             message = f"{why}: back in the queue, its pods deleted"
-            desired = desired_status.requeued_status(workload, desired_status.NODE_UNAVAILABLE, message, now)
+            desired = desired_status.requeued_status(workload, reason, message, now)
             if await self._write(workload, desired, report):
                 report.requeued += 1
-                self.writer.explain_later(workload, "Warning", desired_status.NODE_UNAVAILABLE, message)
+                self.writer.explain_later(workload, "Warning", reason, message)
                 pods = self.cache.pods_by_workload().get(key, [])
                 await asyncio.gather(*(self._delete_pod(pod, report) for pod in pods if not _terminating(pod)))
-        await asyncio.gather(*(requeue_one(key, why) for key, why in sorted(lost.items())))
+        await asyncio.gather(*(requeue_one(key, reason_and_why) for key, reason_and_why in sorted(lost.items())))
 
     # -- step 4: apply ------------------------------------------------------------------
 
@@ -530,7 +522,7 @@ class SchedulingLoop:
             if not await self._write(victim, desired, report):
                 blocked.add(preemption.preempted_by)
                 still = self.cache.get(WORKLOAD, preemption.key) or victim
-                unreleased_nodes.update(entry.node for entry in placement_of(victim) + placement_of(still))
+                unreleased_nodes.update(entry.node for entry in placement_of(victim).entries + placement_of(still).entries)
                 return
             report.preemptions += 1
             pods = [pod for pod in self.cache.pods_by_workload().get(preemption.key, []) if not _terminating(pod)]

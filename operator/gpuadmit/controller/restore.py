@@ -19,6 +19,7 @@ from gpuadmit.controller import api as kube
 from gpuadmit.controller.api import ApiError, KubeApi
 from gpuadmit.controller.cache import NAMESPACE, NODE, POD, POLICY, WORKLOAD, ObjectCache, object_key
 from gpuadmit.core.model import HOLDING_PHASES
+from gpuadmit.core.placement import placement_of
 
 logger = logging.getLogger(__name__)
 
@@ -128,7 +129,6 @@ def reserved_gpus_by_node(cache: ObjectCache) -> Counter[str]:
         status = workload.get("status") or {}
         if not isinstance(status, dict) or status.get("phase") not in HOLDING_PHASES:
             continue
-        for entry in status.get("placement") or []:
-            if isinstance(entry, dict) and isinstance(entry.get("gpus"), int):
-                reserved[str(entry.get("node"))] += entry["gpus"]
+        for entry in placement_of(workload).entries:
+            reserved[entry.node] += entry.gpus
     return reserved

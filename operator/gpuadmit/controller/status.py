@@ -18,11 +18,11 @@ a condition's status flips. The set is small on purpose:
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from gpuadmit.core.model import Action, Decision, Phase, Preemption
+from gpuadmit.core.timefmt import format_rfc3339
 
 ADMITTED = "Admitted"
 RUNNING = "Running"
@@ -41,12 +41,9 @@ PODS_RUNNING = "PodsRunning"
 PODS_STARTING = "PodsStarting"
 PODS_SUCCEEDED = "PodsSucceeded"
 NODE_UNAVAILABLE = "NodeUnavailable"
+PLACEMENT_INVALID = "PlacementInvalid"  # status.placement does not account for the replicas (core.placement)
 POLICY_VALID = "Valid"
 POLICY_INVALID = "InvalidSpec"
-
-
-def rfc3339(epoch_seconds: float) -> str:
-    return datetime.fromtimestamp(epoch_seconds, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _short(message: str) -> str:
@@ -85,9 +82,9 @@ def set_condition(
         replaced = True
         same = existing.get("status") == value
         result.append(_condition(condition_type, value, reason, message,
-                                 existing.get("lastTransitionTime") if same else rfc3339(now), generation))
+                                 existing.get("lastTransitionTime") if same else format_rfc3339(now), generation))
     if not replaced:
-        result.append(_condition(condition_type, value, reason, message, rfc3339(now), generation))
+        result.append(_condition(condition_type, value, reason, message, format_rfc3339(now), generation))
     return result
 
 
@@ -129,7 +126,7 @@ def decision_status(workload_obj: Mapping[str, Any], decision: Decision, now: fl
             phase=Phase.ADMITTED.value,
             queuePosition=None,
             placement=[{"node": entry.node, "gpus": entry.gpus, "replicas": entry.replicas} for entry in decision.placement],
-            admittedAt=rfc3339(now),
+            admittedAt=format_rfc3339(now),
         )
         conditions = set_condition(conditions, ADMITTED, True, decision.reason.value, message, now, generation)
         conditions = set_condition(conditions, RUNNING, False, PODS_STARTING, "pods are being created", now, generation)
@@ -161,7 +158,7 @@ def preempted_status(workload_obj: Mapping[str, Any], preemption: Preemption, no
         "message": _short(message),
         "preemptedBy": preemption.preempted_by,
         "preemptions": (previous if isinstance(previous, int) else 0) + 1,
-        "queuedSince": rfc3339(now),  # aging and maxQueueSeconds count from the preemption
+        "queuedSince": format_rfc3339(now),  # aging and maxQueueSeconds count from the preemption
         "queuePosition": None,
         "placement": None,
         "admittedAt": None,
@@ -180,7 +177,7 @@ def requeued_status(workload_obj: Mapping[str, Any], reason: str, message: str, 
         "phase": Phase.QUEUED.value,
         "reason": reason,
         "message": _short(message),
-        "queuedSince": rfc3339(now),
+        "queuedSince": format_rfc3339(now),
         "queuePosition": None,
         "placement": None,
         "admittedAt": None,

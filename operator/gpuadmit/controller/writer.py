@@ -23,7 +23,8 @@ from typing import Any, Awaitable, Callable, Mapping
 from gpuadmit.controller import api as kube
 from gpuadmit.controller.api import ApiError, KubeApi, Urgency
 from gpuadmit.controller.cache import POD, WORKLOAD, ObjectCache, object_key
-from gpuadmit.controller.status import rfc3339, status_patch
+from gpuadmit.controller.status import status_patch
+from gpuadmit.core.timefmt import format_rfc3339
 from gpuadmit.core.model import API_GROUP, API_VERSION, CLASS_LABEL
 
 logger = logging.getLogger(__name__)
@@ -169,7 +170,7 @@ class Writer:
         namespace = metadata.get("namespace")
         if not namespace:
             return
-        now = rfc3339(time.time())
+        now = format_rfc3339(time.time())
         event = {
             "apiVersion": "v1",
             "kind": "Event",

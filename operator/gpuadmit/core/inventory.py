@@ -19,18 +19,33 @@ dropped when they surface.
 Unschedulable nodes (not Ready, cordoned) stay in the ledger, so releasing a
 reservation on them is accounted, but belong to no pool: nothing is placed
 there.
+
+Where a replica goes is the ledger's placement strategy: ``BEST_FIT`` (the node
+with the fewest free GPUs that still holds it -- most-allocated, counted in GPUs;
+the engine, and Volcano's binpack) or ``SPREAD`` (the node with the most free
+GPUs -- least-allocated, kube-scheduler's default scoring); ties by node name
+either way. The simulator's peer policies place through the same ledger.
+
+Deriving pools from the nodes costs a pass over them and the eligibility caches
+start empty; a caller that builds an inventory every cycle on the same nodes (the
+operator, a replay) keeps a ``LayoutMemo`` and passes it in. Nothing is cached at
+module level.
 """
 
 from __future__ import annotations
 
 import heapq
 from dataclasses import dataclass, replace
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable, Literal, Mapping, Sequence
 
 from .model import GpuNode, PlacementEntry, Snapshot, Taint, Toleration, Workload
 
 # Taint effects that keep new pods off a node; PreferNoSchedule is only a hint.
 HARD_TAINT_EFFECTS = frozenset({"NoSchedule", "NoExecute"})
+
+PlacementStrategy = Literal["best-fit", "spread"]
+BEST_FIT: PlacementStrategy = "best-fit"  # fewest free GPUs that hold the replica (most-allocated)
+SPREAD: PlacementStrategy = "spread"  # most free GPUs (least-allocated)
 
 
 def toleration_matches(toleration: Toleration, taint: Taint) -> bool:
@@ -164,6 +179,19 @@ class _NodeLayout:
             )
         self.eligible_cache: dict[tuple, tuple[int, ...]] = {}
         self.exclusions_cache: dict[tuple, Exclusions] = {}
+        # Input position -> node index, when every name is text and unique (the usual case): lets a
+        # LayoutMemo patch the GPUs used on the nodes whose object changed. None otherwise.
+        names = [node.name for node in nodes]
+        plain = all(isinstance(node.name, str) and isinstance(node.product, str) for node in nodes)
+        self.index_of_position: list[int] | None = (
+            [self.index_by_name[name] for name in names] if plain and len(set(names)) == len(names) else None
+        )
+
+
+def _same_shape(a: GpuNode, b: GpuNode) -> bool:
+    """Equal in everything a layout is derived from (all but the GPUs used by pods)."""
+    return (a.name, a.allocatable, a.product, a.memory_mib, a.schedulable, a.taints, a.unschedulable_reason) == (
+        b.name, b.allocatable, b.product, b.memory_mib, b.schedulable, b.taints, b.unschedulable_reason)
 
 
 def _unique_by_name(nodes: Sequence[GpuNode]) -> dict[str, GpuNode]:
@@ -180,21 +208,54 @@ def _unique_by_name(nodes: Sequence[GpuNode]) -> dict[str, GpuNode]:
     return by_name
 
 
-_last_layout: tuple[tuple, _NodeLayout] | None = None
+class LayoutMemo:
+    """What inventories derive from the nodes, kept between cycles by a caller that builds one per
+    cycle on nearly the same nodes (the operator's loop, a replay).
 
+    The layout (order, pools, eligibility caches) is reused while no node changed shape (nodes
+    compared by identity first, then by every field but the GPUs used by pods); the free GPUs
+    after pods are kept too, and patched only on the nodes whose object changed, so a cycle
+    costs what changed plus a copy, not a pass over every node. The result is the same either
+    way (tests/core/test_inventory.py builds both and compares); only speed depends on it.
+    """
 
-def _layout_of(nodes: Sequence[GpuNode]) -> _NodeLayout:
-    """The layout of these nodes, reused while their shape is unchanged (the same result either
-    way). GPUs used by pods change every cycle and are not part of the layout."""
-    global _last_layout
-    key = tuple(
-        (n.name, n.allocatable, n.product, n.memory_mib, n.schedulable, n.taints, n.unschedulable_reason) for n in nodes
-    )
-    if _last_layout is not None and _last_layout[0] == key:
-        return _last_layout[1]
-    layout = _NodeLayout(nodes)
-    _last_layout = (key, layout)
-    return layout
+    def __init__(self) -> None:
+        self._nodes: tuple[GpuNode, ...] = ()
+        self._layout: _NodeLayout | None = None
+        self._after_pods: Inventory | None = None
+
+    def layout_of(self, nodes: Sequence[GpuNode]) -> _NodeLayout:
+        return self._refresh(nodes)
+
+    def after_pods(self, nodes: Sequence[GpuNode]) -> Inventory:
+        """The ledger of these nodes with the GPUs their pods use taken, nothing reserved yet.
+        Shared: copy it before changing it."""
+        layout = self._refresh(nodes)
+        if self._after_pods is None:
+            self._after_pods = Inventory._after_pods_of(layout, self._nodes)
+        return self._after_pods
+
+    def _refresh(self, nodes: Sequence[GpuNode]) -> _NodeLayout:
+        nodes = tuple(nodes)
+        previous, layout = self._nodes, self._layout
+        if layout is None or len(nodes) != len(previous) or not all(
+            new is old or _same_shape(new, old) for new, old in zip(nodes, previous)
+        ):
+            layout = self._layout = _NodeLayout(nodes)
+            self._after_pods = None
+        elif self._after_pods is not None:
+            positions = layout.index_of_position
+            if positions is None:
+                self._after_pods = None  # duplicate names: which one counts may change with usage
+            else:
+                ledger = self._after_pods
+                for position, (new, old) in enumerate(zip(nodes, previous)):
+                    if new is not old:
+                        ledger.adjust(positions[position], whole(old.gpus_used_by_pods) - whole(new.gpus_used_by_pods))
+                if ledger.stale_entries() > 2 * len(nodes) + 64:
+                    ledger.rebucket()
+        self._nodes = nodes
+        return layout
 
 
 class Inventory:
@@ -205,30 +266,68 @@ class Inventory:
         nodes: Sequence[GpuNode],
         holding: Sequence[Workload] = (),
         gpus_of_own_pods: Mapping[tuple[str, str], int] | None = None,
+        *,
+        strategy: PlacementStrategy = BEST_FIT,
+        layouts: LayoutMemo | None = None,
     ) -> None:
+        if strategy not in (BEST_FIT, SPREAD):
+            raise ValueError(f"unknown placement strategy {strategy!r} (known: {BEST_FIT}, {SPREAD})")
+        if layouts is not None:
+            self._copy_ledger(layouts.after_pods(nodes))
+        else:
+            self._fill_after_pods(_NodeLayout(nodes), nodes)
+        self.strategy: PlacementStrategy = strategy
+        # Reservations, summed per node first (raw counts add up in any order): one adjust per node.
         own_pods = gpus_of_own_pods or {}
-        self._adopt(_layout_of(nodes))
-        current = _unique_by_name(nodes)
-        raw_free = [
-            alloc - whole(current[node.name].gpus_used_by_pods) for alloc, node in zip(self.allocatable, self.nodes)
-        ]
-        for workload in sorted(holding, key=lambda w: w.key):
+        reserved: dict[int, int] = {}
+        for workload in holding:
             for entry in workload.placement:
                 index = self.index_by_name.get(entry.node)
                 if index is not None:
-                    raw_free[index] -= max(0, whole(entry.gpus) - _own_pods_on(own_pods, workload.key, entry.node))
+                    gpus = entry.gpus if type(entry.gpus) is int and entry.gpus >= 0 else whole(entry.gpus)
+                    if own_pods:
+                        gpus = max(0, gpus - _own_pods_on(own_pods, workload.key, entry.node))
+                    reserved[index] = reserved.get(index, 0) + gpus
+        for index, gpus in reserved.items():
+            self.adjust(index, -gpus)
+
+    @classmethod
+    def _after_pods_of(cls, layout: _NodeLayout, nodes: Sequence[GpuNode]) -> Inventory:
+        ledger = object.__new__(cls)
+        ledger.strategy = BEST_FIT
+        ledger._fill_after_pods(layout, nodes)
+        return ledger
+
+    def _fill_after_pods(self, layout: _NodeLayout, nodes: Sequence[GpuNode]) -> None:
+        """Free GPUs = allocatable - GPUs used by pods; reservations are taken after."""
+        self._adopt(layout)
+        raw_free = list(self.allocatable)
+        if layout.index_of_position is not None:
+            for index, node in zip(layout.index_of_position, nodes):
+                raw_free[index] -= whole(node.gpus_used_by_pods)
+        else:
+            current = _unique_by_name(nodes)
+            raw_free = [alloc - whole(current[node.name].gpus_used_by_pods) for alloc, node in zip(self.allocatable, self.nodes)]
         # Raw free may be negative (overbooked by pods); usable free is clamped.
         self.raw_free: list[int] = raw_free
         self.free: list[int] = [min(alloc, max(0, raw)) for alloc, raw in zip(self.allocatable, raw_free)]
-
         # count_by_free[pool][f]: nodes of the pool with exactly f free; buckets[pool][f]: their heap.
         self.count_by_free: list[list[int]] = [[0] * (pool.max_allocatable + 1) for pool in self.pools]
+        for pool in self.pools:
+            for index in pool.node_indices:
+                self.count_by_free[pool.index][self.free[index]] += 1
+        self.rebucket()
+        self.top_free: list[int] = [self._scan_top(pool.index, pool.max_allocatable) for pool in self.pools]
+
+    def rebucket(self) -> None:
+        """Fill the buckets afresh from the free counts, without the stale entries lazy deletion leaves."""
         self.buckets: list[list[list[int]]] = [[[] for _ in range(pool.max_allocatable + 1)] for pool in self.pools]
         for pool in self.pools:
             for index in pool.node_indices:  # ascending, so each bucket is already a valid heap
-                self.count_by_free[pool.index][self.free[index]] += 1
                 self.buckets[pool.index][self.free[index]].append(index)
-        self.top_free: list[int] = [self._scan_top(pool.index, pool.max_allocatable) for pool in self.pools]
+
+    def stale_entries(self) -> int:
+        return sum(len(heap) for heaps in self.buckets for heap in heaps) - sum(len(pool.node_indices) for pool in self.pools)
 
     def _adopt(self, layout: _NodeLayout) -> None:
         """Take the node-derived, read-only part: shared by copies and by later cycles."""
@@ -243,19 +342,25 @@ class Inventory:
         self._exclusions_cache = layout.exclusions_cache
 
     @classmethod
-    def from_snapshot(cls, snapshot: Snapshot) -> Inventory:
-        return cls(snapshot.nodes, snapshot.holding, snapshot.gpus_of_own_pods)
+    def from_snapshot(
+        cls, snapshot: Snapshot, *, strategy: PlacementStrategy = BEST_FIT, layouts: LayoutMemo | None = None,
+    ) -> Inventory:
+        return cls(snapshot.nodes, snapshot.holding, snapshot.gpus_of_own_pods, strategy=strategy, layouts=layouts)
 
     def copy(self) -> Inventory:
         """An independent ledger with the same free counts (pools and caches are shared, read-only)."""
         clone = object.__new__(Inventory)
-        clone._adopt(self.layout)
-        clone.raw_free = list(self.raw_free)
-        clone.free = list(self.free)
-        clone.count_by_free = [list(counts) for counts in self.count_by_free]
-        clone.buckets = [[list(heap) for heap in heaps] for heaps in self.buckets]
-        clone.top_free = list(self.top_free)
+        clone.strategy = self.strategy
+        clone._copy_ledger(self)
         return clone
+
+    def _copy_ledger(self, other: Inventory) -> None:
+        self._adopt(other.layout)
+        self.raw_free = list(other.raw_free)
+        self.free = list(other.free)
+        self.count_by_free = [list(counts) for counts in other.count_by_free]
+        self.buckets = [[list(heap) for heap in heaps] for heaps in other.buckets]
+        self.top_free = list(other.top_free)
 
     # --- eligibility -------------------------------------------------------
 
@@ -320,7 +425,9 @@ class Inventory:
         """Replicas of this size the pools' nodes could hold if nothing ran on them."""
         return sum(count * (alloc // gpus_per_replica) for pool in pools for alloc, count in pool.allocatable_histogram)
 
-    def max_free(self, pool_indices: Iterable[int]) -> int:
+    def max_free(self, pool_indices: Sequence[int]) -> int:
+        if len(pool_indices) == 1:  # the usual case, asked for every workload
+            return self.top_free[pool_indices[0]]
         return max((self.top_free[p] for p in pool_indices), default=0)
 
     def replicas_that_fit(self, pool_indices: Iterable[int], gpus_per_replica: int, enough: int | None = None) -> int:
@@ -337,7 +444,8 @@ class Inventory:
 
     def fits(self, pool_indices: Sequence[int], gpus_per_replica: int, replicas: int) -> bool:
         if replicas == 1:
-            return self.max_free(pool_indices) >= gpus_per_replica
+            top_free = self.top_free
+            return any(top_free[p] >= gpus_per_replica for p in pool_indices)
         return self.replicas_that_fit(pool_indices, gpus_per_replica, enough=replicas) >= replicas
 
     def total_free(self, pool_indices: Iterable[int]) -> int:
@@ -347,28 +455,46 @@ class Inventory:
 
     def best_fit_node(self, pool_indices: Sequence[int], gpus_per_replica: int) -> int | None:
         """The eligible node with the smallest free count ≥ the replica's GPUs; ties by name."""
-        best_free = best_index = None
+        best: tuple[int, int] | None = None  # (free, index): the fewest free that hold it, then the lowest index
         for p in pool_indices:
             top = self.top_free[p]
-            if top < gpus_per_replica or (best_free is not None and gpus_per_replica > best_free):
+            limit = top if best is None else min(top, best[0])
+            if limit < gpus_per_replica:
                 continue
             counts = self.count_by_free[p]
-            limit = top if best_free is None else min(top, best_free)
             for free in range(gpus_per_replica, limit + 1):
                 if counts[free]:
-                    index = self._bucket_head(p, free)
-                    if best_free is None or free < best_free or (free == best_free and index < best_index):
-                        best_free, best_index = free, index
+                    candidate = (free, self._bucket_head(p, free))
+                    if best is None or candidate < best:
+                        best = candidate
                     break
-        return best_index
+        return None if best is None else best[1]
+
+    def emptiest_node(self, pool_indices: Sequence[int], gpus_per_replica: int) -> int | None:
+        """The eligible node with the largest free count (≥ the replica's GPUs); ties by name."""
+        best: tuple[int, int] | None = None  # (-free, index): the most free, then the lowest index
+        for p in pool_indices:
+            top = self.top_free[p]
+            if top < gpus_per_replica or (best is not None and -top > best[0]):
+                continue
+            candidate = (-top, self._bucket_head(p, top))
+            if best is None or candidate < best:
+                best = candidate
+        return None if best is None else best[1]
+
+    def choose_node(self, pool_indices: Sequence[int], gpus_per_replica: int) -> int | None:
+        """Where the next replica goes, by this ledger's strategy; None when none holds it."""
+        if self.strategy == SPREAD:
+            return self.emptiest_node(pool_indices, gpus_per_replica)
+        return self.best_fit_node(pool_indices, gpus_per_replica)
 
     def place(self, pool_indices: Sequence[int], gpus_per_replica: int, replicas: int) -> tuple[PlacementEntry, ...] | None:
-        """Place all replicas (best fit, one at a time) or none; commits on success."""
+        """Place all replicas (one at a time, by the strategy) or none; commits on success."""
         if gpus_per_replica <= 0 or replicas <= 0 or not self.fits(pool_indices, gpus_per_replica, replicas):
             return None
         replicas_by_node: dict[int, int] = {}
         for _ in range(replicas):
-            index = self.best_fit_node(pool_indices, gpus_per_replica)
+            index = self.choose_node(pool_indices, gpus_per_replica)
             if index is None:  # cannot happen after fits(); undo rather than half-place a gang
                 for placed, count in replicas_by_node.items():
                     self.adjust(placed, gpus_per_replica * count)
@@ -386,14 +512,27 @@ class Inventory:
             if index is not None:
                 self.adjust(index, -whole(entry.gpus))
 
-    def release(self, placement: Iterable[PlacementEntry], workload_key: str = "", own_pods: Mapping[tuple[str, str], int] | None = None) -> None:
+    def release(
+        self, placement: Iterable[PlacementEntry], workload_key: str = "", own_pods: Mapping[tuple[str, str], int] | None = None,
+    ) -> tuple[tuple[int, int], ...]:
         """Give back a holding workload's GPUs: its reservation and the GPUs its own pods request
-        (they are deleted with it), i.e. max(entry, own pods) per node."""
+        (they are deleted with it), i.e. max(entry, own pods) per node. Returns what it gave back,
+        (node index, GPUs) pairs, so that ``unrelease`` can undo exactly this: ``take`` of the
+        same placement would take back only the reservation, not what its own pods held."""
+        given: list[tuple[int, int]] = []
         for entry in placement:
             index = self.index_by_name.get(entry.node)
             if index is not None:
-                own = _own_pods_on(own_pods or {}, workload_key, entry.node)
-                self.adjust(index, max(whole(entry.gpus), own))
+                amount = max(whole(entry.gpus), _own_pods_on(own_pods or {}, workload_key, entry.node))
+                self.adjust(index, amount)
+                given.append((index, amount))
+        return tuple(given)
+
+    def unrelease(self, given: Iterable[tuple[int, int]]) -> None:
+        """Undo a ``release`` exactly, from what it returned (``adjust`` counts raw free GPUs, so
+        the clamped free counts come back too)."""
+        for index, amount in given:
+            self.adjust(index, -amount)
 
     def freed_by(self, placement: Iterable[PlacementEntry], workload_key: str, own_pods: Mapping[tuple[str, str], int]) -> dict[int, int]:
         """Node index -> GPUs that ``release`` would add back (before clamping)."""

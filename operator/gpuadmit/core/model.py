@@ -131,6 +131,8 @@ class Workload:
     queued_since: float = 0.0  # creation, or the last preemption: what aging and timeouts count from
     phase: str | None = None
     placement: tuple[PlacementEntry, ...] = ()  # for Admitted/Running workloads
+    # Why status.placement does not account for its replicas (core.placement); None when it does.
+    placement_problem: str | None = None
     admitted_at: float | None = None
     preemptions: int = 0
     # status.marginPerGPUHour as written at admission: what held work earns, even if the policy changed since.

@@ -33,7 +33,7 @@ from gpuadmit.core.model import (
 from gpuadmit.core.nodes import gpus_used_by_node, node_from_object, pod_gpu_request, pod_is_terminal
 from gpuadmit.core.podsecurity import DEFAULT_LEVEL, DEFAULT_POD_SECURITY, PodSecurity, pod_security_of_namespaces
 from gpuadmit.core.policy import select_policy
-from gpuadmit.core.workload import PHASES, parse_workload
+from gpuadmit.core.workload import PHASES, ParseCache, parse_workload
 
 _MAPPINGS = (dict, Mapping)  # dict first: the common case is checked fastest
 
@@ -133,13 +133,14 @@ class ParseMemo:
     dropped, so it holds at most one entry per workload."""
 
     def __init__(self) -> None:
+        self.cache = ParseCache()
         self._entries: dict[tuple[str, str], tuple[tuple[Any, ...], Policy, Workload | InvalidWorkload]] = {}
 
     def parse(self, obj: Mapping[str, Any], policy: Policy, tiers: Mapping[str, str], now: float,
               seen: set[tuple[str, str]], pod_security: PodSecurity = DEFAULT_POD_SECURITY) -> Workload | InvalidWorkload:
         metadata = obj.get("metadata") if isinstance(obj, _MAPPINGS) else None
         if not isinstance(metadata, _MAPPINGS) or not metadata.get("creationTimestamp"):
-            return parse_workload(obj, policy, tiers, now=now, pod_security=pod_security)  # its age would come from ``now``
+            return parse_workload(obj, policy, tiers, now=now, pod_security=pod_security, cache=self.cache)  # its age would come from ``now``
         key = (str(metadata.get("namespace") or ""), str(metadata.get("name") or ""))
         stamp = (str(metadata.get("uid") or ""), str(metadata.get("resourceVersion") or ""), tiers.get(key[0]),
                  pod_security.rules_for(key[0] or "default"))
@@ -147,7 +148,7 @@ class ParseMemo:
         held = self._entries.get(key)
         if held is not None and held[0] == stamp and held[1] is policy and stamp[0] and stamp[1]:
             return held[2]
-        parsed = parse_workload(obj, policy, tiers, now=now, pod_security=pod_security)
+        parsed = parse_workload(obj, policy, tiers, now=now, pod_security=pod_security, cache=self.cache)
         self._entries[key] = (stamp, policy, parsed)
         return parsed
 
@@ -198,11 +199,12 @@ def build_snapshot(
     parsed_by_key: dict[tuple[str, str], Workload | InvalidWorkload] = {}
     pending_phase_of_invalid: dict[tuple[str, str], bool] = {}
     seen: set[tuple[str, str]] = set()
+    cache = ParseCache()  # many workloads share a template and timestamps: read each once
     for workload_obj in workloads:
         if memo is not None:
             parsed = memo.parse(workload_obj, policy, tiers, now, seen, pod_security)
         else:
-            parsed = parse_workload(workload_obj, policy, tiers, now=now, pod_security=pod_security)
+            parsed = parse_workload(workload_obj, policy, tiers, now=now, pod_security=pod_security, cache=cache)
         key = (parsed.namespace, parsed.name)
         parsed_by_key[key] = parsed
         if isinstance(parsed, InvalidWorkload):

@@ -1,17 +1,16 @@
 """RFC 3339 timestamps <-> seconds since the epoch, the way Kubernetes writes them.
 
 The core counts time in epoch seconds (floats); Kubernetes objects carry
-RFC 3339 strings such as ``2026-11-26T10:00:00Z``. Parsing is memoised because
-a cluster dump repeats the same few timestamps across thousands of objects.
+RFC 3339 strings such as ``2026-11-26T10:00:00Z``. Nothing is cached here: a
+caller that reads many objects keeps ``core.workload.ParseCache``, which remembers
+the timestamps a cluster dump repeats.
 """
 
 from __future__ import annotations
 
-import functools
 from datetime import datetime, timezone
 
 
-@functools.lru_cache(maxsize=65536)
 def _parse_text(text: str) -> float:
     moment = datetime.fromisoformat(text.strip())
     if moment.tzinfo is None:  # Kubernetes always writes UTC; a bare time is read as UTC too

@@ -20,12 +20,13 @@ else the ``lastTransitionTime`` of a ``Preempted`` condition with status "True"
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from gpuadmit.core.classifier import classify
 from gpuadmit.core.errors import SpecError, show_number
-from gpuadmit.core.model import CLASSES, HOLDING_PHASES, InvalidWorkload, Phase, PlacementEntry, Policy, Toleration, Workload, WorkloadClass
+from gpuadmit.core.model import CLASSES, HOLDING_PHASES, InvalidWorkload, Phase, Policy, Toleration, Workload, WorkloadClass
+from gpuadmit.core.placement import read_placement
 from gpuadmit.core.podsecurity import DEFAULT_POD_SECURITY, PodSecurity, check_template
 from gpuadmit.core.policy import whole_number
 from gpuadmit.core.timefmt import parse_rfc3339_or_none
@@ -53,6 +54,7 @@ def parse_workload(
     *,
     now: float | None = None,
     pod_security: PodSecurity = DEFAULT_POD_SECURITY,
+    cache: ParseCache | None = None,
 ) -> Workload | InvalidWorkload:
     """Parse one GPUWorkload object; never raises.
 
@@ -61,6 +63,8 @@ def parse_workload(
     it such a workload counts as created at the epoch. ``pod_security`` says what
     a template may hold (``core.podsecurity``); a workload that already holds GPUs
     is not judged on it again, as Pod Security Admission leaves running pods alone.
+    ``cache``: what parsing many workloads repeats (classified templates, timestamps), kept
+    by a caller that parses many.
     """
     if not isinstance(obj, _MAPPINGS):
         return InvalidWorkload(namespace="", name="", field="", message=f"not an object but a {type(obj).__name__}")
@@ -82,7 +86,7 @@ def parse_workload(
             message=f"{field}: must be a non-empty string",
         )
     try:
-        return _parse_valid(obj, metadata, namespace, name, policy, tiers, now, pod_security)
+        return _parse_valid(obj, metadata, namespace, name, policy, tiers, now, pod_security, cache)
     except SpecError as error:
         return InvalidWorkload(namespace=namespace, name=name, field=error.field, message=str(error))
     except Exception as error:  # noqa: BLE001 - the boundary: no input may crash a cycle
@@ -101,6 +105,7 @@ def _parse_valid(
     tiers: Mapping[str, str],
     now: float | None,
     pod_security: PodSecurity,
+    cache: ParseCache | None,
 ) -> Workload:
     spec = obj.get("spec")
     if not isinstance(spec, _MAPPINGS):
@@ -142,11 +147,12 @@ def _parse_valid(
         tolerations = _check_template(spec.get("template"))
         workload_class, class_reason = decided
     else:
-        tolerations, workload_class, class_reason = template_facts(spec_class, spec.get("template"))
+        tolerations, workload_class, class_reason = template_facts(spec_class, spec.get("template"), cache)
     if preemptible is None:
         preemptible = workload_class == "training"
 
-    created_at = parse_rfc3339_or_none(metadata.get("creationTimestamp"))
+    timestamp = cache.timestamp if cache is not None else parse_rfc3339_or_none
+    created_at = timestamp(metadata.get("creationTimestamp"))
     if created_at is None:
         created_at = now if now is not None else 0.0
 
@@ -154,14 +160,17 @@ def _parse_valid(
         phase = status.get("phase")
         if not isinstance(phase, str) or phase not in PHASES:
             phase = None  # the operator writes status; anything else there is ignored, not fatal
-        queued_since = _queued_since(status, created_at)
-        placement = _placement(status.get("placement"), gpus)
-        admitted_at = parse_rfc3339_or_none(status.get("admittedAt"))
+        queued_since = _queued_since(status, created_at, timestamp)
+        recorded = read_placement(status.get("placement"), gpus, replicas)
+        placement = recorded.entries
+        placement_problem = recorded.problem if phase in HOLDING_PHASES else None
+        admitted_at = timestamp(status.get("admittedAt"))
         preemptions = max(0, whole_number(status.get("preemptions")) or 0)
         margin = status.get("marginPerGPUHour")
         admitted_margin = float(margin) if phase in HOLDING_PHASES and _is_finite_number(margin) else None
     else:
         phase, queued_since, placement, admitted_at, preemptions = None, created_at, (), None, 0
+        placement_problem = None
         admitted_margin = None
     if phase not in HOLDING_PHASES:
         check_template(spec.get("template"), pod_security.rules_for(namespace))
@@ -185,6 +194,7 @@ def _parse_valid(
         queued_since=queued_since,
         phase=phase,
         placement=placement,
+        placement_problem=placement_problem,
         admitted_at=admitted_at,
         preemptions=preemptions,
         margin_per_gpu_hour=admitted_margin,
@@ -195,31 +205,58 @@ def _is_finite_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-# A cluster runs many copies of the same template, and the operator re-parses every
-# pending workload each cycle: checking and classifying a template is worth doing once.
-# The key is the template's repr: equal plain data gives equal text (a different key
-# order only costs a miss), and it is several times cheaper than classifying.
-_TEMPLATE_CACHE: dict[tuple[str, str], tuple[tuple[Toleration, ...], WorkloadClass, str]] = {}
-_TEMPLATE_CACHE_LIMIT = 100_000  # about one entry per workload of a large cluster; the text of a template is smaller than its dicts
-
-
-def template_facts(spec_class: str, template: object) -> tuple[tuple[Toleration, ...], WorkloadClass, str]:
-    """(tolerations, class, class reason) of a valid template; ``SpecError`` for an invalid one.
-
-    Classification is memoised on the template's content; invalid templates are not cached.
-    """
-    if spec_class == "training":  # nothing to classify: checking is cheaper than the cache key
+def template_facts(
+    spec_class: str, template: object, cache: ParseCache | None = None,
+) -> tuple[tuple[Toleration, ...], WorkloadClass, str]:
+    """(tolerations, class, class reason) of a valid template; ``SpecError`` for an invalid one."""
+    if spec_class == "training" or cache is None:  # nothing to classify: checking is cheaper than the cache's key
         tolerations = _check_template(template)
         return (tolerations, *classify(spec_class, template))
-    key = (spec_class, repr(template))
-    facts = _TEMPLATE_CACHE.get(key)
-    if facts is None:
-        tolerations = _check_template(template)
-        workload_class, class_reason = classify(spec_class, template)
-        if len(_TEMPLATE_CACHE) >= _TEMPLATE_CACHE_LIMIT:
-            _TEMPLATE_CACHE.clear()  # crude but bounded; refilling costs one cycle's classifications
-        facts = _TEMPLATE_CACHE[key] = (tolerations, workload_class, class_reason)
-    return facts
+    return cache.template_facts(spec_class, template)
+
+
+_UNSEEN = object()
+
+
+class ParseCache:
+    """What parsing many workloads repeats, done once: checking and classifying a template,
+    reading a timestamp.
+
+    A cluster runs many copies of the same template, and the operator re-parses every pending
+    workload each cycle. Templates are keyed by their repr: equal plain data gives equal text
+    (a different key order only costs a miss), and it is several times cheaper than
+    classifying; invalid templates are not kept. A dump repeats the same few timestamps across
+    thousands of objects. Held by whoever parses many workloads (a snapshot build, the
+    operator's ``ParseMemo``); nothing is cached at module level. Each part is bounded.
+    """
+
+    LIMIT = 100_000  # about one entry per workload of a large cluster; the text of a template is smaller than its dicts
+
+    def __init__(self) -> None:
+        self._facts: dict[tuple[str, str], tuple[tuple[Toleration, ...], WorkloadClass, str]] = {}
+        self._seconds: dict[str, float | None] = {}
+
+    def template_facts(self, spec_class: str, template: object) -> tuple[tuple[Toleration, ...], WorkloadClass, str]:
+        key = (spec_class, repr(template))
+        facts = self._facts.get(key)
+        if facts is None:
+            tolerations = _check_template(template)
+            workload_class, class_reason = classify(spec_class, template)
+            if len(self._facts) >= self.LIMIT:
+                self._facts.clear()  # crude but bounded; refilling costs one cycle's classifications
+            facts = self._facts[key] = (tolerations, workload_class, class_reason)
+        return facts
+
+    def timestamp(self, value: object) -> float | None:
+        """``parse_rfc3339_or_none``, remembered by text."""
+        if not isinstance(value, str):
+            return None
+        seconds = self._seconds.get(value, _UNSEEN)
+        if seconds is _UNSEEN:
+            if len(self._seconds) >= self.LIMIT:
+                self._seconds.clear()
+            seconds = self._seconds[value] = parse_rfc3339_or_none(value)
+        return seconds  # type: ignore[return-value]
 
 
 def _class_decided_for_this_generation(
@@ -330,8 +367,8 @@ def _tolerations(value: object) -> tuple[Toleration, ...]:
     return tuple(tolerations)
 
 
-def _queued_since(status: Mapping[str, Any], created_at: float) -> float:
-    explicit = parse_rfc3339_or_none(status.get("queuedSince"))
+def _queued_since(status: Mapping[str, Any], created_at: float, timestamp: Callable[[object], float | None]) -> float:
+    explicit = timestamp(status.get("queuedSince"))
     if explicit is not None:
         return max(explicit, created_at)
     conditions = status.get("conditions")
@@ -342,27 +379,10 @@ def _queued_since(status: Mapping[str, Any], created_at: float) -> float:
                 and condition.get("type") == "Preempted"
                 and condition.get("status") == "True"
             ):
-                preempted_at = parse_rfc3339_or_none(condition.get("lastTransitionTime"))
+                preempted_at = timestamp(condition.get("lastTransitionTime"))
                 if preempted_at is not None:
                     return max(preempted_at, created_at)
     return created_at
-
-
-def _placement(value: object, gpus_per_replica: int) -> tuple[PlacementEntry, ...]:
-    if not isinstance(value, list):
-        return ()
-    entries: list[PlacementEntry] = []
-    for item in value:
-        if not isinstance(item, _MAPPINGS):
-            continue
-        node, gpus = item.get("node"), whole_number(item.get("gpus"))
-        if not isinstance(node, str) or not node or gpus is None or gpus <= 0:
-            continue
-        replicas = whole_number(item.get("replicas"))
-        if replicas is None or replicas <= 0:
-            replicas = max(1, gpus // gpus_per_replica)
-        entries.append(PlacementEntry(node=node, gpus=gpus, replicas=replicas))
-    return tuple(entries)
 
 
 def _type_name(value: object) -> str:

@@ -12,7 +12,16 @@ from gpuadmit.core.model import Policy
 from gpuadmit.inputs import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, InputError
 from gpuadmit.inputs import load_policy as load_policy_file
 from gpuadmit.sim.replay import POLICY_NAMES, ReplayResult, SimulationError, contender_for, replay
-from gpuadmit.sim.trace import LoadShape, Trace, TraceError, find_trace_dir, read_alibaba, read_plain
+from gpuadmit.sim.trace import (
+    SHARED_TRACE_SUBDIR,
+    TRACE_DIR_ENV,
+    LoadShape,
+    Trace,
+    TraceError,
+    find_trace_dir,
+    read_alibaba,
+    read_plain,
+)
 
 PROG = "gpuadmit simulate"
 PROGRESS_WIDTH = 30
@@ -22,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from gpuadmit.sim.scenario import DEFAULT_SHAPE
 
     source = parser.add_argument_group("trace (default: the shared Alibaba 2023 trace)")
-    source.add_argument("--trace", metavar="DIR|FILE", help="directory holding the Alibaba 2023 CSVs, or one of its pod lists (openb_pod_list_*.csv) with the node list beside it (default: $GPUADMIT_TRACE_DIR, then ../shared/traces/alibaba-gpu-2023)")
+    source.add_argument("--trace", metavar="DIR|FILE", help="directory holding the Alibaba 2023 CSVs, or one of its pod lists (openb_pod_list_*.csv) with the node list beside it (default: $GPUADMIT_TRACE_DIR, then shared/traces/alibaba-gpu-2023 in a directory above this one)")
     source.add_argument("--workloads", metavar="FILE", help="your own workloads, CSV or JSON (see docs/simulate.md); needs --cluster")
     source.add_argument("--cluster", metavar="FILE", help="your own nodes, CSV or JSON: name, gpus, product[, memory_mib, count]")
     source.add_argument("--horizon", type=float, metavar="SECONDS", help="with --workloads: replay this long (default: until the last workload would finish)")
@@ -135,7 +144,7 @@ def load_trace(args: argparse.Namespace) -> Trace:
         return read_plain(args.workloads, args.cluster, shape, end_time=args.horizon)
     directory = find_trace_dir(args.trace)
     if directory is None:
-        where = args.trace or "$GPUADMIT_TRACE_DIR or ../shared/traces/alibaba-gpu-2023"
+        where = args.trace or os.environ.get(TRACE_DIR_ENV) or f"$GPUADMIT_TRACE_DIR or {SHARED_TRACE_SUBDIR} above here"
         raise UsageError(f"no Alibaba 2023 trace found in {where} (give --trace DIR, or --workloads and --cluster)")
     return read_alibaba(directory, shape)
 

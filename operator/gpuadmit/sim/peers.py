@@ -18,25 +18,30 @@ Left out by all three: prices and costs (they are price-blind by design), fair s
 quotas and cohorts, topology, GPU sharing, and any preemption of inference.
 
 Why separate deciders rather than the engine with other settings: ``engine.decide`` ranks by
-margin and places best-fit on the cheapest product; it exposes no ranking key or placement
-strategy to configure. With those two hooks the peers would be the engine itself. The peers
-reuse the engine's eligibility rules (``hard_taints``, ``tolerates``) but keep their own free-GPU
-ledger, patched between cycles rather than rebuilt from every node, with spread as well as
-best-fit placement.
+margin and places best-fit on the product that earns most; the peers rank by arrival or class
+and never look at prices. What they share with the engine is the free-GPU ledger
+(``core.inventory.Inventory``): its eligibility rules (products, memory, ``tolerates`` hard
+taints, schedulable nodes) and its placement strategy, ``SPREAD`` for fifo and priority,
+``BEST_FIT`` (most-allocated) for binpack.
 """
 
 from __future__ import annotations
 
-import heapq
 from dataclasses import dataclass
-from typing import Callable, Iterable, Literal, Mapping
+from typing import Callable, Iterable, Mapping
 
-from gpuadmit.core.inventory import hard_taints, tolerates
+from gpuadmit.core.inventory import (
+    BEST_FIT,
+    SPREAD,
+    Inventory,
+    LayoutMemo,
+    PlacementStrategy,
+    workload_shape,
+)
 from gpuadmit.core.model import (
     Action,
     CycleResult,
     Decision,
-    GpuNode,
     PlacementEntry,
     Preemption,
     Reason,
@@ -45,7 +50,6 @@ from gpuadmit.core.model import (
 )
 
 Decider = Callable[[Snapshot], CycleResult]
-Placement = Literal["spread", "binpack"]
 CLASS_RANK = {"inference": 0, "training": 1}
 
 
@@ -55,136 +59,31 @@ class PeerPolicy:
     models: str  # the scheduler and configuration it stands for
     by_class: bool  # inference strictly before training
     inference_preempts_training: bool
-    placement: Placement
+    strategy: PlacementStrategy  # where replicas go in the shared ledger
 
     def __call__(self, snapshot: Snapshot) -> CycleResult:
         return decide_peer(snapshot, self)
 
 
-FIFO = PeerPolicy("fifo", "Kueue BestEffortFIFO (+ kube-scheduler LeastAllocated)", False, False, "spread")
-PRIORITY = PeerPolicy("priority", "KAI-Scheduler train/inference priority classes", True, True, "spread")
-BINPACK = PeerPolicy("binpack", "Volcano priority + binpack plugins", True, True, "binpack")
+FIFO = PeerPolicy("fifo", "Kueue BestEffortFIFO (+ kube-scheduler LeastAllocated)", False, False, SPREAD)
+PRIORITY = PeerPolicy("priority", "KAI-Scheduler train/inference priority classes", True, True, SPREAD)
+BINPACK = PeerPolicy("binpack", "Volcano priority + binpack plugins", True, True, BEST_FIT)
 PEERS: Mapping[str, PeerPolicy] = {peer.name: peer for peer in (FIFO, PRIORITY, BINPACK)}
 
 
-class _FreeLedger:
-    """Free GPUs per node with per-count buckets, so choosing a node is a heap pop, not a scan.
+def decide_peer(snapshot: Snapshot, peer: PeerPolicy, layouts: LayoutMemo | None = None) -> CycleResult:
+    """One cycle of ``peer``: admit in rank order with backfill, preempt if the peer does.
 
-    ``buckets[count]`` is a heap of node names that had ``count`` free GPUs when pushed;
-    entries whose node has since changed are skipped when met (lazy deletion).
-    """
-
-    def __init__(self, free: dict[str, int]):
-        self.free = free
-        self.top = max(free.values(), default=0)
-        self.buckets: list[list[str]] = [[] for _ in range(self.top + 1)]
-        for name in sorted(free):
-            self.buckets[free[name]].append(name)  # sorted lists are valid heaps
-
-    def set(self, node: str, count: int) -> None:
-        self.free[node] = count
-        if count > self.top:
-            self.buckets.extend([] for _ in range(count - self.top))
-            self.top = count
-        heapq.heappush(self.buckets[count], node)
-
-    def copy(self) -> _FreeLedger:
-        clone = object.__new__(_FreeLedger)
-        clone.free = dict(self.free)
-        clone.top = self.top
-        clone.buckets = [list(bucket) for bucket in self.buckets]
-        return clone
-
-    def drop_stale_heads(self) -> None:
-        """Pop outdated entries off each bucket's head, so copies do not pop them again and again."""
-        for count in range(len(self.buckets)):
-            self._first(count)
-
-    def stale_entries(self) -> int:
-        return sum(len(bucket) for bucket in self.buckets) - len(self.free)
-
-    def _first(self, count: int) -> str | None:
-        bucket = self.buckets[count]
-        while bucket and self.free.get(bucket[0]) != count:
-            heapq.heappop(bucket)
-        return bucket[0] if bucket else None
-
-    def choose(self, need: int, placement: Placement) -> str | None:
-        """The node a replica of ``need`` GPUs goes to: fullest that fits (binpack) or emptiest (spread)."""
-        counts = range(need, self.top + 1) if placement == "binpack" else range(self.top, need - 1, -1)
-        for count in counts:
-            node = self._first(count)
-            if node is not None:
-                return node
-        return None
-
-
-class _ClusterView:
-    """What a cycle derives from the nodes alone, patched rather than rebuilt between cycles.
-
-    A replay changes a few nodes per cycle (their ``gpus_used_by_pods``), so comparing the new
-    node tuple with the last one by identity and patching the differences keeps a cycle's cost
-    proportional to what changed, not to the cluster. Only speed depends on this cache.
-    """
-
-    def __init__(self) -> None:
-        self.nodes: tuple[GpuNode, ...] | None = None
-        self.usable: dict[str, GpuNode] = {}
-        self.ledger = _FreeLedger({})
-        self.largest_node = 0
-        self.total_gpus = 0
-        self.tainted = False
-
-    def update(self, nodes: tuple[GpuNode, ...]) -> None:
-        previous = self.nodes
-        if nodes is previous:
-            return
-        if previous is None or len(previous) != len(nodes):
-            self._rebuild(nodes)
-            return
-        shape_changed = False
-        for old, new in zip(previous, nodes):
-            if old is new:
-                continue
-            if old.name != new.name:
-                self._rebuild(nodes)
-                return
-            if (old.allocatable, old.schedulable, old.taints) != (new.allocatable, new.schedulable, new.taints):
-                shape_changed = True
-                break
-            self.usable[new.name] = new
-            self.ledger.set(new.name, _free_of(new))
-        if shape_changed or self.ledger.stale_entries() > 2 * len(self.usable) + 64:
-            self._rebuild(nodes)
-            return
-        self.ledger.drop_stale_heads()
-        self.nodes = nodes
-
-    def _rebuild(self, nodes: tuple[GpuNode, ...]) -> None:
-        self.nodes = nodes
-        self.usable = {node.name: node for node in nodes if _usable(node)}
-        self.ledger = _FreeLedger({name: _free_of(node) for name, node in self.usable.items()})
-        self.largest_node = max((node.allocatable for node in self.usable.values()), default=0)
-        self.total_gpus = sum(node.allocatable for node in self.usable.values())
-        self.tainted = _any_tainted(self.usable.values())
-
-
-_VIEW = _ClusterView()
-
-
-def decide_peer(snapshot: Snapshot, peer: PeerPolicy) -> CycleResult:
-    """One cycle of ``peer``: admit in rank order with backfill, preempt if the peer does."""
-    _VIEW.update(tuple(snapshot.nodes))
-    nodes = _VIEW.usable
-    ledger = _VIEW.ledger.copy()
+    ``layouts``: kept by a replay between cycles, so the node pools are not derived each cycle."""
+    inventory = Inventory.from_snapshot(snapshot, strategy=peer.strategy, layouts=layouts)
     victims_on_node: dict[str, list[Workload]] = {}
-    for holder in snapshot.holding:
-        for entry in holder.placement:
-            if entry.node in ledger.free:
-                ledger.set(entry.node, max(0, ledger.free[entry.node] - entry.gpus))
-            if peer.inference_preempts_training and holder.preemptible and holder.workload_class == "training":
-                victims_on_node.setdefault(entry.node, []).append(holder)
-    largest_node, total_gpus, tainted = _VIEW.largest_node, _VIEW.total_gpus, _VIEW.tainted
+    if peer.inference_preempts_training:
+        for holder in snapshot.holding:
+            if holder.preemptible and holder.workload_class == "training":
+                for entry in holder.placement:
+                    victims_on_node.setdefault(entry.node, []).append(holder)
+    # Per workload shape: eligible pools, the largest eligible node and the GPUs of all of them.
+    reach: dict[tuple, tuple[tuple[int, ...], int, int]] = {}
     # Shapes whose preemption attempt failed this cycle: GPUs only get scarcer, so skip repeats.
     preemption_failed: set[tuple] = set()
 
@@ -199,35 +98,32 @@ def decide_peer(snapshot: Snapshot, peer: PeerPolicy) -> CycleResult:
     evicted: set[str] = set()
     queued: list[Workload] = []
     for workload in sorted(snapshot.pending, key=rank):
-        if workload.gpu_products or workload.min_gpu_memory_mib or tainted:
-            # Constrained shapes are rare in traces: filter a private ledger for them.
-            eligible = {name: node for name, node in nodes.items() if _eligible(node, workload)}
-            shape_ledger = _FreeLedger({name: ledger.free[name] for name in eligible})
-            shape_largest = max((node.allocatable for node in eligible.values()), default=0)
-            shape_total = sum(node.allocatable for node in eligible.values())
-        else:
-            eligible, shape_ledger, shape_largest, shape_total = nodes, ledger, largest_node, total_gpus
-        if workload.gpus_per_replica > shape_largest or workload.total_gpus > shape_total:
-            decisions.append(_reject_never_fits(workload, shape_largest, shape_total))
+        shape = workload_shape(workload)
+        if shape not in reach:
+            pools = inventory.eligible_pools(workload, shape)
+            reach[shape] = (
+                pools,
+                max((inventory.pools[p].max_allocatable for p in pools), default=0),
+                sum(alloc * count for p in pools for alloc, count in inventory.pools[p].allocatable_histogram),
+            )
+        pools, largest, total = reach[shape]
+        if workload.gpus_per_replica > largest or workload.total_gpus > total:
+            decisions.append(_reject_never_fits(workload, largest, total))
             continue
-        placement = _place(shape_ledger, workload, peer.placement)
-        shape = (workload.gpu_products, workload.min_gpu_memory_mib, workload.gpus_per_replica, workload.replicas)
+        placement = inventory.place(pools, workload.gpus_per_replica, workload.replicas)
+        size = (shape, workload.gpus_per_replica, workload.replicas)
         if (
             placement is None
             and peer.inference_preempts_training
             and workload.workload_class == "inference"
-            and shape not in preemption_failed
+            and size not in preemption_failed
         ):
-            placement, victims = _place_with_preemption(shape_ledger, workload, victims_on_node, evicted)
+            placement, victims = _place_with_preemption(inventory, pools, workload, victims_on_node, evicted)
             if placement is None:
-                preemption_failed.add(shape)
+                preemption_failed.add(size)
             for victim in victims:
                 evicted.add(victim.key)
-                for entry in victim.placement:
-                    if entry.node in ledger.free:
-                        ledger.set(entry.node, ledger.free[entry.node] + entry.gpus)
-                        if shape_ledger is not ledger and entry.node in shape_ledger.free:
-                            shape_ledger.set(entry.node, shape_ledger.free[entry.node] + entry.gpus)
+                inventory.release(victim.placement)
                 preemptions.append(
                     Preemption(
                         namespace=victim.namespace,
@@ -237,13 +133,11 @@ def decide_peer(snapshot: Snapshot, peer: PeerPolicy) -> CycleResult:
                         freed=victim.placement,
                     )
                 )
+            if placement is not None:
+                inventory.take(placement)
         if placement is None:
             queued.append(workload)
             continue
-        for entry in placement:
-            ledger.set(entry.node, ledger.free[entry.node] - entry.gpus)
-            if shape_ledger is not ledger:
-                shape_ledger.set(entry.node, shape_ledger.free[entry.node] - entry.gpus)
         decisions.append(Decision.about(
             workload, Action.ADMIT, Reason.ADMITTED, f"admitted by the {peer.name} peer policy", placement=placement,
         ))
@@ -256,33 +150,25 @@ def decide_peer(snapshot: Snapshot, peer: PeerPolicy) -> CycleResult:
     return CycleResult(decisions=tuple(decisions), preemptions=tuple(preemptions))
 
 
-def _place(ledger: _FreeLedger, workload: Workload, placement: Placement) -> tuple[PlacementEntry, ...] | None:
-    """Every replica on a node by the strategy, or None (all or nothing: nothing is kept on failure)."""
-    taken: list[tuple[str, int]] = []
-    for _ in range(workload.replicas):
-        node = ledger.choose(workload.gpus_per_replica, placement)
-        if node is None:
-            for name, before in reversed(taken):
-                ledger.set(name, before)
-            return None
-        taken.append((node, ledger.free[node]))
-        ledger.set(node, ledger.free[node] - workload.gpus_per_replica)
-    for name, before in reversed(taken):  # the caller commits; leave the ledger as found
-        ledger.set(name, before)
-    return _entries([name for name, _ in taken], workload.gpus_per_replica)
-
-
 def _place_with_preemption(
-    ledger: _FreeLedger,
+    inventory: Inventory,
+    pools: tuple[int, ...],
     workload: Workload,
     victims_on_node: Mapping[str, list[Workload]],
     evicted: set[str],
 ) -> tuple[tuple[PlacementEntry, ...] | None, list[Workload]]:
     """Place ``workload`` by evicting training workloads: per replica, the node needing the fewest
-    victim GPUs, youngest victims first. Returns (placement, victims) or (None, []) if it cannot."""
-    # A trial overlay: nothing is evicted unless the whole gang fits. Only nodes with victims
-    # (or freed by them) can help, since the plain placement already failed.
-    free = {node: ledger.free[node] for node in victims_on_node if node in ledger.free}
+    victim GPUs, youngest victims first. Returns (placement, victims) or (None, []) if it cannot;
+    the inventory is left as it was (the caller releases the victims and takes the placement)."""
+    # A trial overlay: nothing is evicted unless the whole gang fits. Only eligible nodes with
+    # victims (or freed by them) can help, since the plain placement already failed.
+    eligible = set(pools)
+
+    def free_on(node: str) -> int | None:
+        index = inventory.index_by_name.get(node)
+        return None if index is None or inventory.pool_of[index] not in eligible else inventory.free[index]
+
+    free = {node: count for node in victims_on_node if (count := free_on(node)) is not None}
     victims: list[Workload] = []
     chosen: set[str] = set()
     nodes_taken: list[str] = []
@@ -294,9 +180,10 @@ def _place_with_preemption(
                 best = ((0, 0.0), node, [])
                 break
         if best is None and workload.replicas > 1:
-            spare = ledger.choose(need, "binpack")  # earlier replicas of the gang may have used it
-            if spare is not None and spare not in free:
-                free[spare] = ledger.free[spare]
+            spare_index = inventory.best_fit_node(pools, need)  # earlier replicas of the gang may have used it
+            if spare_index is not None and inventory.nodes[spare_index].name not in free:
+                spare = inventory.nodes[spare_index].name
+                free[spare] = inventory.free[spare_index]
                 best = ((0, 0.0), spare, [])
         for node in sorted(free) if best is None else ():
             candidates = sorted(
@@ -341,23 +228,3 @@ def _reject_never_fits(workload: Workload, largest: int, total: int) -> Decision
     else:
         message = f"needs {workload.total_gpus} GPUs in all; eligible nodes have {total}"
     return Decision.about(workload, Action.REJECT, Reason.NO_NODE_CAN_FIT, message)
-
-
-def _free_of(node: GpuNode) -> int:
-    return max(0, node.allocatable - node.gpus_used_by_pods)
-
-
-def _usable(node: GpuNode) -> bool:
-    return node.schedulable and node.allocatable > 0
-
-
-def _any_tainted(nodes: Iterable[GpuNode]) -> bool:
-    return any(hard_taints(node.taints) for node in nodes)
-
-
-def _eligible(node: GpuNode, workload: Workload) -> bool:
-    if workload.gpu_products and node.product not in workload.gpu_products:
-        return False
-    if workload.min_gpu_memory_mib and node.memory_mib < workload.min_gpu_memory_mib:
-        return False
-    return tolerates(workload.tolerations, hard_taints(node.taints))  # the engine's own taint rules

@@ -19,6 +19,7 @@ of sum(margin per GPU-hour of the product each running replica sits on x its GPU
 
 from __future__ import annotations
 
+import functools
 import heapq
 import time
 from dataclasses import dataclass, field, replace
@@ -398,21 +399,27 @@ def replay(
 
 def margin_contender(policy: Policy) -> Contender:
     """gpuadmit's own engine, exactly as the operator runs it."""
-    from gpuadmit.core.engine import decide  # the engine is the thing under test
+    from gpuadmit.core.engine import LayoutMemo, decide  # the engine is the thing under test
 
     rules = policy.preemption
     return Contender(
         name="margin",
-        decide=decide,
+        decide=functools.partial(decide, layouts=LayoutMemo()),  # as the operator keeps it between cycles
         honours_queue_timeouts=True,
         min_runtime_before_preemption_s=rules.min_runtime_seconds if rules.enabled else None,
     )
 
 
 def peer_contender(name: str) -> Contender:
-    from gpuadmit.sim.peers import PEERS
+    from gpuadmit.core.inventory import LayoutMemo
+    from gpuadmit.sim.peers import PEERS, decide_peer
 
-    return Contender(name=name, decide=PEERS[name], honours_queue_timeouts=False, min_runtime_before_preemption_s=None)
+    return Contender(
+        name=name,
+        decide=functools.partial(decide_peer, peer=PEERS[name], layouts=LayoutMemo()),
+        honours_queue_timeouts=False,
+        min_runtime_before_preemption_s=None,
+    )
 
 
 POLICY_NAMES = ("margin", "fifo", "priority", "binpack")

@@ -33,9 +33,11 @@ from gpuadmit.inputs import InputError, load_json, read_text
 ALIBABA_NODES_FILE = "openb_node_list_gpu_node.csv"
 ALIBABA_PODS_FILE = "openb_pod_list_default.csv"
 ALIBABA_NAMESPACE = "alibaba"
-# Where the shared copy lives when nobody says otherwise; a user points --trace at their own.
+# Where the trace is when nobody says otherwise: $GPUADMIT_TRACE_DIR, else a shared copy in this
+# folder below some directory above the working directory or the package (e.g. ../shared/...
+# beside a clone). A user points --trace (simulate) or --trace-dir (demo) at their own.
 TRACE_DIR_ENV = "GPUADMIT_TRACE_DIR"
-DEFAULT_TRACE_DIRS = ("../shared/traces/alibaba-gpu-2023", "/work/shared/traces/alibaba-gpu-2023")
+SHARED_TRACE_SUBDIR = Path("shared") / "traces" / "alibaba-gpu-2023"
 
 # What a pod list must have to be replayed: without the times there is nothing to replay
 # (the trace's multigpu50 and gpuspec files carry no times; they describe load, not arrivals).
@@ -113,20 +115,28 @@ class LoadShape:
     seed: int = 0
 
 
-def find_trace_dir(explicit: str | None = None) -> Path | None:
-    """The Alibaba trace: ``explicit``, else $GPUADMIT_TRACE_DIR, else the shared copy.
+def find_trace_dir(explicit: str | None = None, starts: Iterable[Path] | None = None) -> Path | None:
+    """The Alibaba trace, for ``gpuadmit simulate`` and ``gpuadmit demo`` alike: ``explicit``,
+    else $GPUADMIT_TRACE_DIR, else the first ``shared/traces/alibaba-gpu-2023`` found going up
+    from ``starts`` (default: the working directory, then this package's directory).
 
     A directory holding both CSVs, or one of the trace's pod lists (``openb_pod_list_*.csv``,
-    e.g. ``gpuspec33``) with the node list beside it. None when there is none.
+    e.g. ``gpuspec33``) with the node list beside it. None when there is none (an explicit
+    or $GPUADMIT_TRACE_DIR location that does not hold it is not replaced by another).
     """
-    candidates = [explicit] if explicit else [os.environ.get(TRACE_DIR_ENV), *DEFAULT_TRACE_DIRS]
-    for candidate in candidates:
-        if not candidate:
-            continue
-        path = Path(candidate)
+
+    def complete(path: Path) -> bool:
         pods = path if path.is_file() else path / ALIBABA_PODS_FILE
-        if pods.is_file() and (pods.parent / ALIBABA_NODES_FILE).is_file():
-            return path
+        return pods.is_file() and (pods.parent / ALIBABA_NODES_FILE).is_file()
+
+    named = explicit or os.environ.get(TRACE_DIR_ENV)
+    if named:
+        path = Path(named).expanduser()
+        return path if complete(path) else None
+    for start in (Path.cwd(), Path(__file__).resolve().parent) if starts is None else starts:
+        for folder in (start.resolve(), *start.resolve().parents):
+            if complete(folder / SHARED_TRACE_SUBDIR):
+                return folder / SHARED_TRACE_SUBDIR
     return None
 
 

@@ -23,7 +23,7 @@ audited way to say what a workload is).
 It runs for every pending workload on every cycle, so it never re-serialises the
 template: it joins each container's command and args once, splits them into tokens
 and looks the tokens up in tables (programs, two-word commands, module prefixes,
-flags); the only regexes are a few precompiled ones, and an image pattern runs only
+flags; they live in ``classifier.signals``, apart from this logic); the only regexes are a few precompiled ones, and an image pattern runs only
 when one of its anchor words is among the image's words. Malformed input (None, strings where lists
 belong, junk containers) counts as no signal; nothing here raises.
 
@@ -33,14 +33,56 @@ given the serving price on a guess.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
+from gpuadmit.core.classifier.signals import (
+    ANY_ADDRESS,
+    COMMAND_FIRST_WORDS,
+    COMMANDS,
+    COMPONENT_LABELS,
+    CONFIG_SUFFIXES,
+    ENV_NAMES,
+    ENV_PREFIX_STRINGS,
+    ENV_PREFIXES,
+    FLAG_SIGNALS,
+    HF_EXAMPLE_STEM,
+    IMAGE_RE,
+    IMAGE_SIGNALS_BY_WORD,
+    INFERENCE,
+    INTERACTIVE_NAME_PARTS,
+    KUBEFLOW_CONTAINER_NAMES,
+    LABEL_KEY_PREFIXES,
+    LISTEN_FLAGS,
+    MODULE_FLAGS,
+    MODULE_PREFIXES,
+    MODULES,
+    NOT_A_SERVING_TOOL,
+    NOT_SERVING_WORD_PREFIXES,
+    OFFLINE_WORD_PREFIXES,
+    PROGRAMS,
+    SCRIPT_SUFFIXES,
+    SERVE_SUBCOMMANDS,
+    SERVE_WORDS,
+    SERVER_PROGRAM_SUFFIXES,
+    SERVING_NAME_PARTS,
+    SERVING_NAME_WORDS,
+    SIDE_PORT_NAMES,
+    SIDE_PORTS,
+    SIDECAR_NAME_PARTS,
+    TOKENS,
+    TRAIN_KEY_PREFIXES,
+    TRAIN_KEYS,
+    TRAIN_SUBCOMMANDS,
+    TRAIN_WORD_PREFIXES,
+    TRAIN_WORDS,
+    TRAINING,
+    TRAINING_PORT_NAMES,
+    TRAINING_PORTS,
+    WEB_SERVER,
+    Signal,
+)
 from gpuadmit.core.model import GPU_RESOURCE, WorkloadClass
-
-INFERENCE: WorkloadClass = "inference"
-TRAINING: WorkloadClass = "training"
 
 # The winning side needs at least this much; one port alone (3) or a run-to-completion
 # restart policy alone (3) is enough, one NCCL variable (1) is not.
@@ -69,249 +111,6 @@ class Evidence(NamedTuple):
     subject: str = ""  # what the phrase names ("vllm serve", "train"): one thing is said once
 
 
-# --- command-line signals -------------------------------------------------------------
-# The command and args of a container are split into tokens once and looked up in the
-# tables below: dict and prefix lookups instead of dozens of regex scans per container.
-_S, _T = INFERENCE, TRAINING
-Signal = tuple[WorkloadClass, str, int]  # (class, category, weight)
-_SERVING_STACK: Signal = (_S, "stack", 10)
-_WEB_SERVER: Signal = (_S, "server", 7)
-_LAUNCHER: Signal = (_T, "launcher", 10)
-_INTERACTIVE: Signal = (_T, "interactive", 7)  # a person, not traffic, uses it: ranked with training
-_OFFLINE: Signal = (_T, "offline", 5)  # runs to completion and serves no traffic: ranked with training
-
-# Programs, by the basename of the token that runs them.
-_PROGRAMS: Mapping[str, Signal] = {
-    **dict.fromkeys((
-        "tritonserver", "trtserver", "launch_triton_server.py", "text-generation-launcher", "text-generation-server",
-        "text-embeddings-router", "trtllm-serve", "torchserve", "tensorflow_model_server", "llama-server", "llamafile",
-        "infinity_emb", "xinference-local", "xinference", "xinference-supervisor", "xinference-worker",
-        "lorax-launcher", "local-ai", "koboldcpp", "start-riva", "riva_start.sh", "nim_llm", "seldon-core-microservice",
-        "dynamo-run", "ovms",
-    ), _SERVING_STACK),
-    **dict.fromkeys(("uvicorn", "gunicorn", "hypercorn", "daphne", "waitress-serve", "litserve", "gradio"), _WEB_SERVER),
-    **dict.fromkeys((
-        "torchrun", "deepspeed", "horovodrun", "mpirun", "mpiexec", "srun", "composer", "fairseq-train", "dlrover-run",
-    ), _LAUNCHER),
-    **dict.fromkeys((
-        "jupyter-lab", "jupyter-notebook", "jupyter-server", "jupyterhub-singleuser", "start-notebook.sh", "start-singleuser.sh",
-        "code-server", "sshd",
-    ), _INTERACTIVE),
-    **dict.fromkeys((
-        "lm_eval", "lm-eval", "lighteval", "genai-perf", "perf_analyzer", "model-analyzer", "guidellm", "locust",
-        "opencompass", "evalscope",
-    ), _OFFLINE),
-}
-# Two-word commands: (program, subcommand).
-_COMMANDS: Mapping[tuple[str, str], Signal] = {
-    **dict.fromkeys((
-        ("vllm", "serve"), ("sglang", "serve"), ("ollama", "serve"), ("lmdeploy", "serve"), ("openllm", "start"),
-        ("openllm", "serve"), ("bentoml", "serve"), ("bentoml", "serve-http"), ("bentoml", "serve-grpc"),
-        ("mlserver", "start"), ("serve", "run"), ("serve", "deploy"), ("serve", "start"), ("mlc_llm", "serve"),
-        ("max", "serve"), ("dynamo", "serve"), ("aphrodite", "run"), ("trtllm", "serve"), ("tensorrt_llm", "serve"),
-        ("monailabel", "start_server"),
-    ), _SERVING_STACK),
-    **dict.fromkeys((("fastapi", "run"), ("flask", "run"), ("streamlit", "run")), _WEB_SERVER),
-    **dict.fromkeys((
-        ("accelerate", "launch"), ("colossalai", "run"), ("lightning", "run"), ("tune", "run"),
-        ("llamafactory-cli", "train"), ("axolotl", "train"), ("xtuner", "train"), ("swift", "sft"), ("swift", "pt"),
-        ("swift", "rlhf"), ("trl", "sft"), ("trl", "dpo"), ("trl", "grpo"), ("trl", "kto"), ("trl", "orpo"),
-        ("trl", "reward"), ("llm", "pretrain"), ("llm", "finetune"), ("ludwig", "train"), ("yolo", "train"),
-        ("spacy", "train"),
-    ), _LAUNCHER),
-    **dict.fromkeys((("jupyter", "lab"), ("jupyter", "notebook"), ("jupyter", "server")), _INTERACTIVE),
-    **dict.fromkeys((("vllm", "bench"), ("sglang", "bench_serving")), _OFFLINE),
-}
-# Python modules and dotted entry points, by prefix; the first listed prefix that matches wins.
-_MODULES: tuple[tuple[str, Signal], ...] = (
-    ("vllm.entrypoints.openai.run_batch", _OFFLINE),
-    ("vllm.entrypoints", _SERVING_STACK),
-    ("sglang.launch_server", _SERVING_STACK),
-    ("sglang_router.launch", _SERVING_STACK),
-    ("sglang.bench", _OFFLINE),
-    ("text_generation_server", _SERVING_STACK),
-    ("llama_cpp.server", _SERVING_STACK),
-    ("mii.serve", _SERVING_STACK),
-    ("mii.entrypoints", _SERVING_STACK),
-    ("kserve.", _SERVING_STACK),
-    ("huggingfaceserver", _SERVING_STACK),
-    ("sklearnserver", _SERVING_STACK),
-    ("xgbserver", _SERVING_STACK),
-    ("lgbserver", _SERVING_STACK),
-    ("pmmlserver", _SERVING_STACK),
-    ("infinity_emb", _SERVING_STACK),
-    ("ray.serve", _SERVING_STACK),
-    ("serve.run", _SERVING_STACK),
-    ("fastchat.serve", _SERVING_STACK),
-    ("lmdeploy.serve", _SERVING_STACK),
-    ("tensorrt_llm.serve", _SERVING_STACK),
-    ("tensorrt_llm.commands.serve", _SERVING_STACK),
-    ("caikit.runtime", _SERVING_STACK),
-    ("uvicorn", _WEB_SERVER),
-    ("gunicorn", _WEB_SERVER),
-    ("torch.distributed.run", _LAUNCHER),
-    ("torch.distributed.launch", _LAUNCHER),
-    ("paddle.distributed.launch", _LAUNCHER),
-    ("axolotl.cli.train", _LAUNCHER),
-    ("mlx_lm.lora", _LAUNCHER),
-    ("jupyterlab", _INTERACTIVE),
-    ("lm_eval", _OFFLINE),
-)
-_MODULE_PREFIXES = tuple(prefix for prefix, _ in _MODULES)
-_SERVER_PROGRAM_SUFFIXES = ("server", "-serve", "_serve")
-_COMMAND_FIRST_WORDS = frozenset(first for first, _ in _COMMANDS)
-
-# Image signals: (anchor words, regex on the lower-cased image, class, category, weight-with-own-entrypoint, label)
-_IMAGE_SIGNALS: tuple[tuple[tuple[str, ...], str, WorkloadClass, str, int, str], ...] = (
-    (('vllm',), r"vllm/vllm-openai|(?:^|/)vllm(?:-[\w-]+)?(?::|$)|rocm/vllm", _S, "stack-image", 8, "vLLM"),
-    (('tritonserver', 'tensorrtserver', 'triton'), r"nvidia/tritonserver|/tritonserver|/tensorrtserver", _S, "stack-image", 8, "Triton"),
-    (('generation', 'tgi'), r"huggingface/text-generation-inference|/tgi(?:-[\w-]+)?(?::|$)|text-generation-inference", _S, "stack-image", 8, "TGI"),
-    (('embeddings',), r"huggingface/text-embeddings-inference|text-embeddings-inference", _S, "stack-image", 8, "TEI"),
-    (('sglang',), r"lmsysorg/sglang|/sglang(?::|$)", _S, "stack-image", 8, "SGLang"),
-    (('torchserve',), r"pytorch/torchserve|/torchserve", _S, "stack-image", 8, "TorchServe"),
-    (('serving',), r"tensorflow/serving", _S, "stack-image", 8, "TensorFlow Serving"),
-    (('kserve', 'kfserving'), r"(?:^|/)kserve/|kserve-container|/kfserving/", _S, "stack-image", 8, "KServe"),
-    (('cpp',), r"ggerganov/llama\.cpp:\S*server|ggml-org/llama\.cpp:\S*server|llama\.cpp:server|llama-cpp-python", _S, "stack-image", 8, "llama.cpp server"),
-    (('ollama',), r"ollama/ollama|(?:^|/)ollama(?::|$)", _S, "stack-image", 8, "Ollama"),
-    (('nim',), r"nvcr\.io/nim/|/nim/", _S, "stack-image", 8, "NVIDIA NIM"),
-    (('lmdeploy',), r"openmmlab/lmdeploy", _S, "stack-image", 8, "LMDeploy"),
-    (('seldonio', 'mlserver'), r"seldonio/|/mlserver", _S, "stack-image", 8, "Seldon MLServer"),
-    (('infinity',), r"michaelf34/infinity|/infinity-emb", _S, "stack-image", 8, "Infinity"),
-    (('xinference',), r"xprobe/xinference", _S, "stack-image", 8, "Xinference"),
-    (('lorax', 'aphrodite', 'localai', 'local', 'webui', 'riva', 'tensorrt', 'trtllm', 'bentoml', 'openllm', 'mii', 'aibrix', 'openvino', 'caikit'), r"openvino/model_server|/caikit|predibase/lorax|aphrodite|localai/localai|/local-ai|/text-generation-webui|nvidia/riva|/riva-speech|tensorrt-?llm.*(?:server|serve)|triton.*trtllm|bentoml/|/openllm|deepspeed-mii|/aibrix", _S, "stack-image", 8, "model server"),
-    (('rayproject',), r"rayproject/ray-ml|rayproject/ray", _S, "ray-image", 0, "Ray"),  # a cluster, not a class by itself
-    (('axolotl',), r"axolotlai/axolotl|winglian/axolotl|/axolotl", _T, "train-image", 6, "axolotl"),
-    (('llamafactory', 'factory'), r"hiyouga/llamafactory|/llama-?factory", _T, "train-image", 6, "LLaMA-Factory"),
-    (('horovod',), r"horovod/horovod|/horovod", _T, "train-image", 6, "Horovod"),
-    (('mosaicml', 'megatron', 'torchtitan', 'rl', 'verl', 'openrlhf', 'deepspeed', 'kubeflow', 'dist', 'mpi', 'kubeflowkatib', 'mnist'), r"mosaicml/llm-foundry|mosaicml/composer|/megatron|/torchtitan|/nemo-rl|/verl|/openrlhf|/deepspeed(?::|$)|kubeflow/(?:pytorch|tf|mpi)-|pytorch-dist-|tf-dist-|/mpi-pi|kubeflowkatib/|/tf-mnist|mnist", _T, "train-image", 6, "training"),
-    (('nemo',), r"nvcr\.io/nvidia/nemo:|/nemo:", _T, "train-image", 3, "NeMo"),
-    (('jupyter', 'notebook', 'code', 'rstudio', 'kubeflownotebookswg'), r"jupyter/|/jupyter|notebook|kubeflownotebookswg|code-server|/rstudio", _T, "interactive", 7, "notebook"),
-)
-
-# Env vars by exact name, then by prefix: (class, weight).
-_ENV_NAMES: Mapping[str, tuple[WorkloadClass, int]] = {
-    "MASTER_ADDR": (_T, 5), "MASTER_PORT": (_T, 5), "WORLD_SIZE": (_T, 5), "NODE_RANK": (_T, 5),
-    "LOCAL_RANK": (_T, 5), "RANK": (_T, 4), "TF_CONFIG": (_T, 5), "NPROC_PER_NODE": (_T, 5),
-    "NNODES": (_T, 5), "GROUP_RANK": (_T, 5), "CUDA_DEVICE_MAX_CONNECTIONS": (_T, 3),
-    "WANDB_PROJECT": (_T, 3), "WANDB_API_KEY": (_T, 3), "WANDB_RUN_NAME": (_T, 3), "WANDB_ENTITY": (_T, 3),
-    "MLFLOW_EXPERIMENT_NAME": (_T, 2), "TENSORBOARD_LOG_DIR": (_T, 2),
-    "MODEL_ID": (_S, 3), "NUM_SHARD": (_S, 3), "MAX_INPUT_LENGTH": (_S, 4), "MAX_TOTAL_TOKENS": (_S, 4),
-    "MAX_BATCH_PREFILL_TOKENS": (_S, 4), "MAX_INPUT_TOKENS": (_S, 4), "MAX_CONCURRENT_REQUESTS": (_S, 4),
-    "STORAGE_URI": (_S, 4), "HF_MODEL_ID": (_S, 3), "PORT": (_S, 2), "HOST": (_S, 1), "SERVED_MODEL_NAME": (_S, 4),
-    "GUNICORN_CMD_ARGS": (_S, 5), "UVICORN_PORT": (_S, 5), "K_SERVICE": (_S, 5),
-    # Training scripts configured through the environment (GKE and SageMaker-style tutorials).
-    **dict.fromkeys((
-        "EPOCHS", "NUM_EPOCHS", "NUM_TRAIN_EPOCHS", "MAX_STEPS", "LEARNING_RATE", "LORA_R", "LORA_ALPHA",
-        "TRAIN_BATCH_SIZE", "GRADIENT_ACCUMULATION_STEPS", "SM_CHANNEL_TRAINING",
-    ), (_T, 4)),
-}
-_ENV_PREFIXES: tuple[tuple[str, WorkloadClass, int], ...] = (
-    ("PET_", _T, 5), ("HOROVOD_", _T, 4), ("OMPI_", _T, 3), ("ACCELERATE_", _T, 3), ("DEEPSPEED_", _T, 3),
-    ("WANDB_", _T, 2), ("NCCL_", _T, 1), ("TORCH_NCCL_", _T, 1),
-    ("VLLM_", _S, 3), ("OLLAMA_", _S, 5), ("NIM_", _S, 6), ("MLSERVER_", _S, 6), ("LLAMA_ARG_", _S, 6),
-    ("TRITON_", _S, 3), ("TGI_", _S, 4), ("SGLANG_", _S, 2), ("KSERVE_", _S, 5), ("BENTOML_", _S, 4),
-    ("TS_", _S, 1), ("SERVING_", _S, 3),
-)
-_ENV_PREFIX_STRINGS = tuple(prefix for prefix, _, _ in _ENV_PREFIXES)
-
-# Labels and annotations that tools (not tenants) put on pod templates.
-_LABEL_KEY_PREFIXES: tuple[tuple[str, WorkloadClass, int], ...] = (
-    ("serving.kserve.io/", _S, 6), ("serving.knative.dev/", _S, 5), ("seldon-deployment-id", _S, 6),
-    ("training.kubeflow.org/", _T, 6), ("kubeflow.org/", _T, 3), ("trainer.kubeflow.org/", _T, 6),
-    ("batch.kubernetes.io/job-name", _T, 2), ("job-name", _T, 2), ("volcano.sh/job-name", _T, 3),
-    ("jobset.sigs.k8s.io/", _T, 3), ("notebook-name", _T, 7),
-)
-_COMPONENT_LABELS = ("app.kubernetes.io/component", "component", "role", "app.kubernetes.io/name", "app")
-
-# Names (scripts, modules, containers, images, label values) are read word by word, with
-# set lookups and startswith on tuples: far cheaper than regexes with many alternatives.
-_TRAIN_WORD_PREFIXES = ("train", "pretrain", "posttrain", "finetun", "distill", "mnist", "imagenet", "cifar")
-_TRAIN_WORDS = frozenset({"sft", "dpo", "orpo", "kto", "ppo", "grpo", "rlhf", "lora", "qlora"})
-_INTERACTIVE_NAME_PARTS = ("notebook", "jupyter", "code-server", "vscode", "rstudio")
-_SERVE_WORDS = frozenset({"server", "serve", "serving", "predictor", "apiserver", "api", "deploy", "triton", "webui", "endpoint"})
-_SERVING_NAME_PARTS = ("predictor", "inference", "serving", "server")
-_SERVING_NAME_WORDS = frozenset({
-    "serve", "api", "transformer", "vllm", "tgi", "tei", "triton", "ollama", "sglang", "chat", "embedding",
-    "embeddings", "reranker", "llm", "kserve", "nim",
-})
-# "inference.py" alone is not here: without a port it may still be a queue worker, so its name
-# decides nothing and the restart policy and ports do.
-_OFFLINE_WORD_PREFIXES = ("bench", "eval", "batch", "offline", "embed", "generat", "client", "score", "loadtest", "transcribe")
-# "benchmark_serving" and "metrics_server" serve no model.
-_NOT_SERVING_WORD_PREFIXES = ("bench", "eval", "client", "loadtest", "metric", "exporter", "monitor", "tensorboard")
-
-# Words of a command line; shell separators (; && || |) are kept as tokens of their own because
-# they start a new command, whose first word is a program even after a "--flag".
-_TOKENS = re.compile(r"[;&|]+|[^\s'\"`;&|()]+")
-_MODULE_FLAGS = frozenset({"-m", "--module"})
-
-# Command-line flags, compared after stripping dashes and writing "_" as "-".
-_FLAG_SIGNALS: Mapping[str, tuple[WorkloadClass, str, int]] = {
-    **{flag: (_T, "train-args", 6) for flag in (
-        "num-train-epochs", "epoch", "epochs", "num-epochs", "max-epochs", "train-epochs", "max-steps", "max-train-steps",
-        "num-train-steps", "train-steps", "total-steps", "num-iterations", "train-iters", "train-samples", "do-train",
-        "gradient-accumulation-steps", "per-device-train-batch-size", "train-batch-size", "micro-batch-size",
-        "global-batch-size", "learning-rate", "lr-decay-style", "lr-scheduler-type", "lr-warmup-iters", "warmup-steps",
-        "warmup-ratio", "save-steps", "save-interval", "train-file", "train-data", "train-data-path", "lora-r",
-        "lora-alpha", "lora-rank", "lora-dropout", "deepspeed", "deepspeed-config", "fsdp", "zero-stage",
-        "gradient-checkpointing", "max-grad-norm", "clip-grad", "weight-decay", "adam-beta1", "adam-beta2",
-    )},
-    **{flag: (_T, "train-hints", 3) for flag in (
-        # Not --seed, --bf16 or --fp16: servers and inference scripts take them just as often.
-        "lr", "output-dir", "model-name-or-path", "pretrained-model-name-or-path", "checkpoint-dir", "save-dir",
-        "save-path", "resume-from-checkpoint", "dataset-name", "data-path", "report-to", "logging-steps",
-    )},
-    **{flag: (_S, "serve-args", 4) for flag in (
-        "max-model-len", "gpu-memory-utilization", "served-model-name", "max-num-seqs", "max-num-batched-tokens",
-        "enable-prefix-caching", "max-batch-prefill-tokens", "max-batch-total-tokens", "max-total-tokens",
-        "max-input-length", "max-input-tokens", "max-concurrent-requests", "model-repository", "model-store",
-        "ts-config", "http-port", "grpc-port", "model-id", "chat-template", "enable-lora", "lora-modules", "api-key",
-        "api-keys", "max-running-requests", "mem-fraction-static", "max-waiting-requests", "num-shard", "rest-api-port",
-        "model-base-path", "model-config-file", "tensor-parallel-size", "pipeline-parallel-size", "kv-cache-dtype",
-        "enforce-eager", "disable-log-requests", "speculative-model", "swap-space", "n-gpu-layers", "ngl", "ctx-size",
-        "cont-batching", "cuda-graph-max-bs", "quantize", "server-port", "model-control-mode", "max-lora-rank",
-    )},
-    **{flag: (_S, "listen", 2) for flag in ("port", "listen")},
-}
-_LISTEN_FLAGS = frozenset({"host", "bind", "b", "bind-addr", "ip"})
-_ANY_ADDRESS = re.compile(r"^(?:0\.0\.0\.0|::|\[::\]|\$)")
-# key=value arguments (Hydra, Ultralytics, verl) that say the run has epochs or steps.
-_TRAIN_KEYS = frozenset({"epochs", "max_epochs", "num_epochs", "total_epochs", "max_steps", "train_iters", "max_duration"})
-_TRAIN_KEY_PREFIXES = ("trainer.", "training.", "model.optim.", "optim.")
-_HF_EXAMPLE_STEM = re.compile(r"^run_(?:clm|mlm|glue|ner|qa|seq2seq|summarization|translation|swag|speech_recognition\w*|image_classification|mae|classification|plm|xnli)")
-_SCRIPT_SUFFIXES = (".py", ".sh")
-_CONFIG_SUFFIXES = (".yaml", ".yml", ".json", ".toml")
-_TRAIN_SUBCOMMANDS = frozenset({"train", "finetune", "fine-tune", "pretrain", "sft", "dpo", "fit"})
-# "<tool> serve" is how most serving CLIs start (mlflow models serve, ollama serve, ...).
-_SERVE_SUBCOMMANDS = frozenset({"serve", "start_server", "start-server", "serve-http", "serve-grpc"})
-_NOT_A_SERVING_TOOL = frozenset({"bench", "import", "from"})  # "vllm bench serve", "from ray import serve"
-
-# Ports that training jobs or side tools open; a probe on them says nothing about serving.
-_TRAINING_PORTS = frozenset({29500, 23456, 2222, 29400, 12355, 22})
-_TRAINING_PORT_NAMES = ("pytorchjob", "tfjob", "mpijob", "master", "rdzv", "ssh", "nccl", "gloo", "dist")
-# Metrics, dashboards, notebooks and Ray's cluster plumbing (GCS, client, dashboard, agents).
-_SIDE_PORTS = frozenset({6006, 9090, 9091, 9100, 9400, 8888, 8787, 6379, 6380, 8265, 10001, 8076, 8077, 8078, 52365})
-_SIDE_PORT_NAMES = ("metric", "prom", "tensorboard", "dashboard", "monitor", "debug", "profil", "gcs", "redis", "notebook", "jupyter")
-_KUBEFLOW_CONTAINER_NAMES = frozenset({"pytorch", "tensorflow", "xgboost", "paddle", "jax", "mxnet"})
-_SIDECAR_NAME_PARTS = (
-    "istio", "envoy", "queue-proxy", "oauth-proxy", "oauth2-proxy", "fluent", "vector", "promtail", "cloud-sql-proxy",
-    "dcgm", "node-exporter", "tensorboard", "linkerd", "datadog", "otel", "jaeger", "gcsfuse", "git-sync",
-)
-
-# An image regex runs only when one of its anchor words is among the image's words, so
-# most images cost one split and a few dict lookups; the first listed signal that matches wins.
-_IMAGE_RE = tuple((re.compile(pattern), rest) for _, pattern, *rest in _IMAGE_SIGNALS)
-
-
-def _image_signals_by_word() -> dict[str, tuple[int, ...]]:
-    by_word: dict[str, list[int]] = {}
-    for index, (anchor_words, *_) in enumerate(_IMAGE_SIGNALS):
-        for word in anchor_words:
-            by_word.setdefault(word, []).append(index)
-    return {word: tuple(indexes) for word, indexes in by_word.items()}
-
-
-_IMAGE_SIGNALS_BY_WORD = _image_signals_by_word()
 
 
 def classify(spec_class: str | None, template: Mapping[str, Any] | None) -> tuple[WorkloadClass, str]:
@@ -433,7 +232,7 @@ def find_evidence(template: Any) -> list[Evidence]:
             main = requests_gpu[index]
         else:
             names = _text(container.get("image")).lower() + " " + _text(container.get("name")).lower()
-            main = not any(map(names.__contains__, _SIDECAR_NAME_PARTS))
+            main = not any(map(names.__contains__, SIDECAR_NAME_PARTS))
         _container_evidence(container, index, main, out)
     return out
 
@@ -459,11 +258,11 @@ def _label_evidence(metadata: Mapping[str, Any], out: list[Evidence]) -> None:
         for key, value in pairs.items():
             if not isinstance(key, str) or key.startswith(TENANT_LABEL_PREFIX):
                 continue
-            for prefix, workload_class, weight in _LABEL_KEY_PREFIXES:
+            for prefix, workload_class, weight in LABEL_KEY_PREFIXES:
                 if key.startswith(prefix):
                     out.append(Evidence(workload_class, "tool-label", weight, f"carries the {field[:-1]} {key}"))
                     break
-            if key in _COMPONENT_LABELS and isinstance(value, str):
+            if key in COMPONENT_LABELS and isinstance(value, str):
                 named = _class_named_by(value.lower())
                 if named is not None:
                     weight = 4 if key == "app.kubernetes.io/component" else 3
@@ -488,9 +287,9 @@ def _container_evidence(container: Mapping[str, Any], index: int, main: bool, ou
         out.extend(command_evidence)
 
     image = _text(container.get("image")).lower()
-    candidates = sorted({index for word in _words(image) for index in _IMAGE_SIGNALS_BY_WORD.get(word, ())}) if image else ()
+    candidates = sorted({index for word in _words(image) for index in IMAGE_SIGNALS_BY_WORD.get(word, ())}) if image else ()
     for index in candidates:
-        regex, (workload_class, category, weight, stack) = _IMAGE_RE[index]
+        regex, (workload_class, category, weight, stack) = IMAGE_RE[index]
         if regex.search(image):
             # A stack image whose entrypoint was replaced by an unrelated command is just a base image.
             own_entrypoint = not command or runs_a_server
@@ -519,7 +318,7 @@ def _launches_a_server(command_evidence: list[Evidence]) -> bool:
 
 def _token_evidence(command_line: str, label: str, out: list[Evidence]) -> None:
     """Programs, modules, scripts, subcommands and flags, read token by token in one pass."""
-    tokens = _TOKENS.findall(command_line)
+    tokens = TOKENS.findall(command_line)
     count = len(tokens)
     previous = ""
     for position, token in enumerate(tokens):
@@ -528,7 +327,7 @@ def _token_evidence(command_line: str, label: str, out: list[Evidence]) -> None:
             previous = ""
             continue
         if token[0] == "-":
-            if token in _MODULE_FLAGS:
+            if token in MODULE_FLAGS:
                 if following:
                     _stem_evidence(following, following, label, 8, out)
             else:
@@ -540,33 +339,33 @@ def _token_evidence(command_line: str, label: str, out: list[Evidence]) -> None:
         previous = token
         base = token.rsplit("/", 1)[-1] if "/" in token else token
         if not after_long_flag:
-            signal = _COMMANDS.get((base, following)) if base in _COMMAND_FIRST_WORDS else None
+            signal = COMMANDS.get((base, following)) if base in COMMAND_FIRST_WORDS else None
             if signal is not None:
                 out.append(_command_evidence(signal, f"{base} {following}", label))
-            elif (signal := _PROGRAMS.get(base)) is not None:
+            elif (signal := PROGRAMS.get(base)) is not None:
                 out.append(_command_evidence(signal, base, label))
-            elif token.startswith(_MODULE_PREFIXES):
-                signal = next(signal for prefix, signal in _MODULES if token.startswith(prefix))
+            elif token.startswith(MODULE_PREFIXES):
+                signal = next(signal for prefix, signal in MODULES if token.startswith(prefix))
                 out.append(_command_evidence(signal, token, label))
-            elif base.endswith(_SERVER_PROGRAM_SUFFIXES) and _is_program_name(base):
+            elif base.endswith(SERVER_PROGRAM_SUFFIXES) and _is_program_name(base):
                 # tts-server, model-server, api_server: a program named for serving serves.
-                out.append(_command_evidence(_WEB_SERVER, base, label))
-            if token in _TRAIN_SUBCOMMANDS:
+                out.append(_command_evidence(WEB_SERVER, base, label))
+            if token in TRAIN_SUBCOMMANDS:
                 out.append(Evidence(TRAINING, "subcommand", 6, f"runs the '{token}' subcommand", label, token))
                 continue
-            if token in _SERVE_SUBCOMMANDS and position > 0:
+            if token in SERVE_SUBCOMMANDS and position > 0:
                 program = tokens[position - 1].rsplit("/", 1)[-1]
-                if program and program[0] not in ";&|" and program not in _NOT_A_SERVING_TOOL:
+                if program and program[0] not in ";&|" and program not in NOT_A_SERVING_TOOL:
                     out.append(Evidence(INFERENCE, "subcommand", 7, f"runs {program} {token}", label, token))
                     continue
         if "=" in token:
             key, _, token = token.partition("=")
-            if key in _TRAIN_KEYS or key.startswith(_TRAIN_KEY_PREFIXES):
+            if key in TRAIN_KEYS or key.startswith(TRAIN_KEY_PREFIXES):
                 out.append(Evidence(TRAINING, "train-args", 6, f"sets {key}", label, key))
             base = token.rsplit("/", 1)[-1]
-        if base.endswith(_SCRIPT_SUFFIXES):
+        if base.endswith(SCRIPT_SUFFIXES):
             _stem_evidence(base.rsplit(".", 1)[0], base, label, 8, out)
-        elif base.endswith(_CONFIG_SUFFIXES):
+        elif base.endswith(CONFIG_SUFFIXES):
             stem = base.rsplit(".", 1)[0]
             if _is_training_name(_words(stem)):
                 out.append(Evidence(TRAINING, "config", 5, f"reads the training config {base}", label, stem))
@@ -576,7 +375,7 @@ def _is_program_name(base: str) -> bool:
     """A bare program name, not a value ("host:port", "a=b", "model.gguf") or a side tool (metrics-server)."""
     if "." in base or ":" in base or "=" in base:
         return False
-    return not any(word.startswith(_NOT_SERVING_WORD_PREFIXES) for word in _words(base))
+    return not any(word.startswith(NOT_SERVING_WORD_PREFIXES) for word in _words(base))
 
 
 def _command_evidence(signal: Signal, shown: str, label: str) -> Evidence:
@@ -595,17 +394,17 @@ def _command_evidence(signal: Signal, shown: str, label: str) -> Evidence:
 def _flag_evidence(token: str, next_token: str, label: str, out: list[Evidence]) -> None:
     shown, equals, value = token.partition("=")
     name = shown.lstrip("-").replace("_", "-")
-    hit = _FLAG_SIGNALS.get(name)
+    hit = FLAG_SIGNALS.get(name)
     if hit is not None:
         out.append(Evidence(hit[0], hit[1], hit[2], f"passes {shown}", label))
         return
     if not equals:
         value = next_token
-    if name in _LISTEN_FLAGS and _ANY_ADDRESS.match(value):
+    if name in LISTEN_FLAGS and ANY_ADDRESS.match(value):
         out.append(Evidence(INFERENCE, "listen", 2, f"listens on {value}", label))
     elif name == "config-file" or name == "config":
         base = value.rsplit("/", 1)[-1]
-        if base.endswith(_CONFIG_SUFFIXES) and _is_training_name(_words(base.rsplit(".", 1)[0])):
+        if base.endswith(CONFIG_SUFFIXES) and _is_training_name(_words(base.rsplit(".", 1)[0])):
             out.append(Evidence(TRAINING, "config", 5, f"reads the training config {base}", label, base))
 
 
@@ -613,15 +412,15 @@ def _stem_evidence(stem: str, shown: str, label: str, weight: int, out: list[Evi
     """A script or module name: benchmark and eval scripts first, since 'benchmark_serving' serves nothing."""
     words = _words(stem)
     training = _is_training_name(words)
-    serving = not _SERVE_WORDS.isdisjoint(words)
-    if serving and any(word.startswith(_NOT_SERVING_WORD_PREFIXES) for word in words):
+    serving = not SERVE_WORDS.isdisjoint(words)
+    if serving and any(word.startswith(NOT_SERVING_WORD_PREFIXES) for word in words):
         serving = False
-    if not training and any(word.startswith(_OFFLINE_WORD_PREFIXES) for word in words):
+    if not training and any(word.startswith(OFFLINE_WORD_PREFIXES) for word in words):
         if serving:
             out.append(Evidence(INFERENCE, "script", 5, f"runs {shown}", label, stem))
         else:
             out.append(Evidence(TRAINING, "offline", 4, f"runs {shown}, an offline job that serves no traffic", label, stem))
-    elif training or _HF_EXAMPLE_STEM.match(stem):
+    elif training or HF_EXAMPLE_STEM.match(stem):
         out.append(Evidence(TRAINING, "script", weight, f"runs {shown}", label, stem))
     elif serving:
         out.append(Evidence(INFERENCE, "script", 5, f"runs {shown}", label, stem))
@@ -633,7 +432,7 @@ def _words(name: str) -> list[str]:
 
 
 def _is_training_name(words: list[str]) -> bool:
-    return any(word.startswith(_TRAIN_WORD_PREFIXES) or word in _TRAIN_WORDS for word in words) or (
+    return any(word.startswith(TRAIN_WORD_PREFIXES) or word in TRAIN_WORDS for word in words) or (
         "fine" in words and any(word.startswith("tun") for word in words)  # fine_tune, fine-tuning
     )
 
@@ -641,9 +440,9 @@ def _is_training_name(words: list[str]) -> bool:
 def _class_named_by(name: str) -> WorkloadClass | None:
     """The class a container, image or label value names ("llm-trainer", "chat-predictor"), if any."""
     words = _words(name)
-    if _is_training_name(words) or "launcher" in words or any(map(name.__contains__, _INTERACTIVE_NAME_PARTS)):
+    if _is_training_name(words) or "launcher" in words or any(map(name.__contains__, INTERACTIVE_NAME_PARTS)):
         return TRAINING
-    if any(map(name.__contains__, _SERVING_NAME_PARTS)) or not _SERVING_NAME_WORDS.isdisjoint(words):
+    if any(map(name.__contains__, SERVING_NAME_PARTS)) or not SERVING_NAME_WORDS.isdisjoint(words):
         return INFERENCE
     return None
 
@@ -653,9 +452,9 @@ def _env_evidence(env: Any, label: str, out: list[Evidence]) -> None:
         var = item.get("name") if isinstance(item, _MAPPING) else None
         if not isinstance(var, str):
             continue
-        hit = _ENV_NAMES.get(var)
-        if hit is None and var.startswith(_ENV_PREFIX_STRINGS):
-            hit = next((workload_class, weight) for prefix, workload_class, weight in _ENV_PREFIXES if var.startswith(prefix))
+        hit = ENV_NAMES.get(var)
+        if hit is None and var.startswith(ENV_PREFIX_STRINGS):
+            hit = next((workload_class, weight) for prefix, workload_class, weight in ENV_PREFIXES if var.startswith(prefix))
         if hit is not None:
             category = "env-dist" if hit[0] == TRAINING and hit[1] >= 4 else "env"
             out.append(Evidence(hit[0], category, hit[1], f"sets {var}", label))
@@ -669,9 +468,9 @@ def _port_and_probe_evidence(container: Mapping[str, Any], label: str, out: list
         number, port_name = port.get("containerPort"), _text(port.get("name")).lower()
         if not isinstance(number, int):
             continue
-        if number in _TRAINING_PORTS or any(map(port_name.__contains__, _TRAINING_PORT_NAMES)):
+        if number in TRAINING_PORTS or any(map(port_name.__contains__, TRAINING_PORT_NAMES)):
             out.append(Evidence(TRAINING, "dist-port", 4, f"opens the rendezvous port {number}", label))
-        elif number not in _SIDE_PORTS and not any(map(port_name.__contains__, _SIDE_PORT_NAMES)):
+        elif number not in SIDE_PORTS and not any(map(port_name.__contains__, SIDE_PORT_NAMES)):
             serving_ports.append(number)
 
     readiness = _probe_target(container.get("readinessProbe"))
@@ -705,13 +504,13 @@ def _probe_target(probe: Any) -> tuple[str, Any, Any] | None:
 def _is_side_port(port: Any) -> bool:
     """A probe aimed at a metrics, dashboard or rendezvous port says nothing about serving."""
     if isinstance(port, int):
-        return port in _SIDE_PORTS or port in _TRAINING_PORTS
+        return port in SIDE_PORTS or port in TRAINING_PORTS
     lowered = port.lower() if isinstance(port, str) else ""
-    return any(map(lowered.__contains__, _SIDE_PORT_NAMES + _TRAINING_PORT_NAMES))
+    return any(map(lowered.__contains__, SIDE_PORT_NAMES + TRAINING_PORT_NAMES))
 
 
 def _name_evidence(name: Any, image: str, label: str, out: list[Evidence]) -> None:
-    if name in _KUBEFLOW_CONTAINER_NAMES:
+    if name in KUBEFLOW_CONTAINER_NAMES:
         # Kubeflow's training operators require these names for their jobs' main container.
         out.append(Evidence(TRAINING, "name", 3, f"has the Kubeflow training container name '{name}'", label))
         return

@@ -1,0 +1,170 @@
+"""Step 2 of a cycle, placement passes: the greedy in one order of the candidates (best
+product first, best fit inside it, a gang all at once or not at all, training never into
+the inference reserve), with preemption of cheaper, long-enough-running work for what does
+not fit, and the orders worth trying."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from .cycle import EPSILON, Admission, Candidate, Cycle, PassResult, Victim, number_or
+
+# Bounds on the preemption search, so 100k pending stay linear: victims per attempt,
+# and attempts per placement pass (in placement order, so the best-ranked try first).
+MAX_VICTIMS_PER_PREEMPTION = 64
+MAX_PREEMPTION_ATTEMPTS_PER_PASS = 5_000
+# The alternative placement orders cost one pass each; past this many candidates only
+# rank order and total-margin order run (large cycles stay in seconds).
+ALL_ORDERS_UP_TO = 5_000
+
+
+def placement_orders(candidates: Sequence[Candidate]) -> Iterable[list[Candidate]]:
+    """Rank order first (the policy's own), then orders that pack more margin per hour."""
+    yield list(candidates)
+    yield sorted(candidates, key=lambda c: (-c.effective_margin * c.workload.total_gpus, c.rank))
+    if len(candidates) <= ALL_ORDERS_UP_TO:
+        yield sorted(candidates, key=lambda c: (-c.workload.total_gpus, c.rank))
+        yield sorted(candidates, key=lambda c: (-c.effective_margin, -c.workload.total_gpus, c.rank))
+        # Workloads with fewer products first, so flexible ones do not take what picky ones need.
+        yield sorted(candidates, key=lambda c: (len(c.options), -c.effective_margin * c.workload.total_gpus, c.rank))
+
+
+def is_unbeatable(result: PassResult, candidates: Sequence[Candidate]) -> bool:
+    """Everyone admitted on its best product, without preemption: no other order can earn more."""
+    return len(result.admitted) == len(candidates) and all(
+        a.option is c.options[0] and not a.victims for c in candidates for a in (result.admitted[c.rank],)
+    )
+
+
+def run_pass(cycle: Cycle, order: Sequence[Candidate], allow_preemption: bool) -> PassResult:
+    result = PassResult(inventory=cycle.inventory.copy(), training_used=dict(cycle.training_used))
+    inventory = result.inventory
+    # (shape, product, GPUs per replica) -> fewest replicas that failed: free GPUs only shrink
+    # during a pass (except when preemption frees some, which clears it), so a bigger gang fails too.
+    failed: dict[tuple, int] = {}
+    preempt_failed: dict[tuple, list[tuple[int, float]]] = {}
+    preempted: set[str] = set()
+    attempts = 0
+    for candidate in order:
+        workload = candidate.workload
+        g, replicas, total = workload.gpus_per_replica, workload.replicas, workload.total_gpus
+        admission: Admission | None = None
+        for option in candidate.options:
+            if candidate.is_training and breaks_reserve(cycle, result.training_used, option.product, total):
+                if candidate.rank not in result.reserve_blocked and inventory.fits(option.pools, g, replicas):
+                    result.reserve_blocked[candidate.rank] = option.product
+                continue
+            failed_key = (candidate.shape, option.product, g)
+            if failed.get(failed_key, replicas + 1) <= replicas:
+                continue
+            placement = inventory.place(option.pools, g, replicas)
+            if placement is None:
+                failed[failed_key] = replicas
+                continue
+            admission = Admission(option, placement)
+            break
+        if admission is None and allow_preemption and attempts < MAX_PREEMPTION_ATTEMPTS_PER_PASS:
+            attempts += 1
+            admission = _preempt(cycle, result, candidate, preempted, preempt_failed)
+            if admission is not None:
+                # Victims freed GPUs on this product: earlier failures there may now fit.
+                # Preemption failures are kept: the victims left only grow fewer.
+                product = admission.option.product
+                for key in [k for k in failed if k[1] == product]:
+                    del failed[key]
+        if admission is None:
+            continue
+        result.reserve_blocked.pop(candidate.rank, None)
+        if candidate.is_training:
+            result.training_used[admission.option.product] = result.training_used.get(admission.option.product, 0) + total
+        result.admitted[candidate.rank] = admission
+        bonus = candidate.effective_margin - candidate.best_margin
+        result.value += (admission.option.margin + bonus) * total - sum(v.lost_per_hour for v in admission.victims)
+    return result
+
+
+def breaks_reserve(cycle: Cycle, training_used: dict[str, int], product: str, gpus: int, freed: int = 0) -> bool:
+    cap = cycle.training_cap.get(product)
+    return cap is not None and training_used.get(product, 0) - freed + gpus > cap
+
+
+def _preempt(cycle: Cycle, result: PassResult, candidate: Candidate, preempted: set[str], preempt_failed: dict) -> Admission | None:
+    """Free GPUs from cheaper victims on one product, the least margin lost first, then place."""
+    inventory = result.inventory
+    workload = candidate.workload
+    g, replicas = workload.gpus_per_replica, workload.replicas
+    gain = number_or(cycle.policy.preemption.min_margin_gain_per_gpu_hour, 0.0)
+    for option in candidate.options:
+        victims = cycle.victims_by_product.get(option.product)
+        if not victims:
+            continue
+        threshold = option.margin - gain
+        if threshold + EPSILON < cycle.cheapest_victim_margin[option.product]:
+            continue  # no victim on this product earns little enough
+        failed_key = (candidate.shape, option.product, g)
+        if any(r <= replicas and t >= threshold - EPSILON for r, t in preempt_failed.get(failed_key, ())):
+            continue
+        eligible_pools = set(option.pools)
+        base = inventory.replicas_that_fit(option.pools, g)
+
+        def feasible(chosen: Sequence[Victim]) -> bool:
+            delta: dict[int, int] = {}
+            training_freed = 0
+            for victim in chosen:
+                if victim.workload.workload_class != "inference":
+                    training_freed += victim.gpus
+                for index, gpus in victim.freed:
+                    if inventory.pool_of[index] in eligible_pools:
+                        delta[index] = delta.get(index, 0) + gpus
+            fit = base + sum(inventory.usable_after(i, d) // g - inventory.free[i] // g for i, d in delta.items())
+            if fit < replicas:
+                return False
+            return not (candidate.is_training and breaks_reserve(cycle, result.training_used, option.product, workload.total_gpus, training_freed))
+
+        # Add victims, cheapest loss first, counting incrementally how many replicas then fit.
+        chosen: list[Victim] = []
+        freed_on_node: dict[int, int] = {}
+        fit, training_freed, ok = base, 0, False
+        for victim in victims:
+            if victim.margin > threshold + EPSILON or victim.key in preempted:
+                continue
+            useful = [(i, gpus) for i, gpus in victim.freed if inventory.pool_of[i] in eligible_pools]
+            if not useful:
+                continue
+            chosen.append(victim)
+            for index, gpus in useful:
+                before = freed_on_node.get(index, 0)
+                freed_on_node[index] = before + gpus
+                fit += inventory.usable_after(index, before + gpus) // g - inventory.usable_after(index, before) // g
+            if victim.workload.workload_class != "inference":
+                training_freed += victim.gpus
+            if fit >= replicas and not (
+                candidate.is_training and breaks_reserve(cycle, result.training_used, option.product, workload.total_gpus, training_freed)
+            ):
+                ok = True
+                break
+            if len(chosen) >= MAX_VICTIMS_PER_PREEMPTION:
+                break
+        if not ok:
+            preempt_failed.setdefault(failed_key, []).append((replicas, threshold))
+            continue
+        # Drop victims that turned out unneeded, the costliest first.
+        for victim in sorted(chosen, key=lambda v: (-v.lost_per_hour, v.key)):
+            rest = [v for v in chosen if v is not victim]
+            if rest and feasible(rest):
+                chosen = rest
+        given_back = []
+        for victim in chosen:
+            given_back.append(inventory.release(victim.workload.placement, victim.key, cycle.snapshot.gpus_of_own_pods))
+            if victim.workload.workload_class != "inference":
+                result.training_used[victim.product] = result.training_used.get(victim.product, 0) - victim.gpus
+        placement = inventory.place(option.pools, g, replicas)
+        if placement is None:  # defensive: the count above said it fits; undo exactly rather than lose victims
+            for victim, given in zip(chosen, given_back):
+                inventory.unrelease(given)
+                if victim.workload.workload_class != "inference":
+                    result.training_used[victim.product] += victim.gpus
+            continue
+        preempted.update(v.key for v in chosen)
+        return Admission(option, placement, tuple(sorted(chosen, key=lambda v: v.key)))
+    return None

@@ -1,0 +1,198 @@
+"""Step 1 of a cycle, preparation: static checks per pending workload from the nodes alone
+(InvalidSpec, NoNodeCanFit, MarginBelowFloor, QueueTimeout), ranking by effective margin,
+the inference-reserve ledger and the victims preemption may take. Done once per snapshot
+and shared by every placement pass and by the exact solver."""
+
+from __future__ import annotations
+
+import math
+
+from ..inventory import Inventory, LayoutMemo, whole, workload_shape
+from ..model import Action, Decision, Reason, Snapshot, Workload
+from .cycle import EPSILON, Candidate, Cycle, Option, Victim, number_or
+from .messages import (
+    bound_to,
+    decision_for,
+    duration_text,
+    no_fit_message,
+    product_label,
+    rejection,
+)
+
+
+def prepare(snapshot: Snapshot, layouts: LayoutMemo | None = None) -> Cycle:
+    policy = snapshot.policy
+    inventory = Inventory.from_snapshot(snapshot, layouts=layouts)
+    floor = number_or(policy.min_margin_per_gpu_hour, 0.0)
+    aging = number_or(policy.aging_per_hour, 0.0)
+    margin_cache: dict[tuple, float] = {}
+
+    def margin(workload_class: str, tier: str | None, product: str) -> float:
+        key = (workload_class, tier, product)
+        if key not in margin_cache:
+            margin_cache[key] = number_or(policy.margin_per_gpu_hour(workload_class, tier, product), -math.inf)
+        return margin_cache[key]
+
+    static_cache: dict[tuple, tuple[tuple[Option, ...], Decision | None, int]] = {}
+    # Shapes hash slowly (tolerations are dataclasses); number them once and key caches by number.
+    shape_ids: dict[tuple, int] = {}
+    rankable: list[Candidate] = []
+    static_rejections: list[Decision] = []
+    # By identity; the position only separates exact duplicates, which decide alike anyway.
+    keyed = sorted(((str(w.namespace), str(w.name), number_or(w.created_at, 0.0), str(w.uid), i), w) for i, w in enumerate(snapshot.pending))
+    for _, workload in keyed:
+        malformed = _malformed(workload)
+        if malformed is not None:
+            static_rejections.append(malformed)
+            continue
+        shape = workload_shape(workload)
+        shape_id = shape_ids.setdefault(shape, len(shape_ids))
+        static_key = (shape_id, workload.gpus_per_replica, workload.replicas, workload.workload_class, workload.tier)
+        if static_key not in static_cache:
+            static_cache[static_key] = _static_options(inventory, workload, shape, floor, margin) + (len(static_cache),)
+        options, rejection, kind = static_cache[static_key]
+        if rejection is not None:
+            static_rejections.append(bound_to(rejection, workload))
+            continue
+        best_margin = options[0].margin
+        waited = max(0.0, number_or(snapshot.now, 0.0) - number_or(workload.queued_since, number_or(snapshot.now, 0.0)))
+        candidate = Candidate(
+            workload=workload,
+            rank=-1,
+            options=options,
+            best_margin=best_margin,
+            effective_margin=best_margin + aging * waited / 3600.0,
+            shape=shape_id,
+            kind=kind,
+            is_training=workload.workload_class != "inference",
+        )
+        limit = None if workload.max_queue_seconds is None else number_or(workload.max_queue_seconds, math.inf)
+        if limit is not None and waited > limit:
+            candidate.rejection = decision_for(
+                workload,
+                Action.REJECT,
+                Reason.QUEUE_TIMEOUT,
+                f"waited {duration_text(waited)} in the queue, longer than its limit of {duration_text(limit)}",
+                margin=best_margin,
+            )
+        rankable.append(candidate)
+    rankable.sort(key=lambda c: (-c.effective_margin, number_or(c.workload.created_at, 0.0), c.workload.key, str(c.workload.uid)))
+    for rank, candidate in enumerate(rankable):
+        candidate.rank = rank
+    static_rejections.sort(key=lambda d: d.key)
+
+    training_cap, reserve_gpus, training_used = _reserve_ledger(snapshot, inventory)
+    victims_by_product = _victims(snapshot, inventory, margin)
+    return Cycle(
+        snapshot=snapshot,
+        policy=policy,
+        inventory=inventory,
+        ranked=rankable,
+        static_rejections=static_rejections,
+        invalid=[Decision.invalid(item) for item in sorted(snapshot.invalid, key=lambda i: (i.key, i.field, i.message))],
+        training_cap=training_cap,
+        reserve_gpus=reserve_gpus,
+        training_used=training_used,
+        victims_by_product=victims_by_product,
+        cheapest_victim_margin={p: min(v.margin for v in vs) for p, vs in victims_by_product.items()},
+    )
+
+
+
+
+def _malformed(workload: Workload) -> Decision | None:
+    g, replicas = workload.gpus_per_replica, workload.replicas
+    if type(g) is int and type(replicas) is int and g >= 1 and replicas >= 1:
+        return None
+    for field_name, value, lower in (("spec.gpus", workload.gpus_per_replica, 1), ("spec.replicas", workload.replicas, 1)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < lower:
+            return Decision.about(
+                workload, Action.REJECT, Reason.INVALID_SPEC,
+                f"{field_name} must be a whole number of at least {lower}, got {value!r}", field=field_name,
+            )
+    return None
+
+
+def _static_options(inventory: Inventory, workload: Workload, shape: tuple, floor: float, margin) -> tuple[tuple[Option, ...], Decision | None]:
+    """The products the workload could ever use (ignoring current usage), or why none.
+
+    The returned rejection is a template; ``bound_to`` puts the workload's name on it.
+    """
+    g, replicas = workload.gpus_per_replica, workload.replicas
+    by_product = inventory.pools_by_product(inventory.eligible_pools(workload, shape))
+    capable: list[Option] = []
+    largest_node = 0
+    most_replicas = (0, "")
+    for product, pool_indices in by_product.items():
+        pools = [inventory.pools[p] for p in pool_indices]
+        largest_node = max(largest_node, max(pool.max_allocatable for pool in pools))
+        holds = Inventory.replicas_if_empty(pools, g)
+        if holds >= replicas:
+            capable.append(Option(product, margin(workload.workload_class, workload.tier, product), pool_indices))
+        elif holds > most_replicas[0] or not most_replicas[1]:
+            most_replicas = (holds, product)
+    if not capable:
+        return (), rejection(Reason.NO_NODE_CAN_FIT, no_fit_message(inventory, workload, by_product, largest_node, most_replicas))
+    capable.sort(key=lambda o: (-o.margin, o.product))
+    above_floor = tuple(o for o in capable if o.margin >= floor - EPSILON)
+    if not above_floor:
+        best = capable[0]
+        shown = "unknown" if not math.isfinite(best.margin) else f"{best.margin:.2f}"
+        return (), rejection(
+            Reason.MARGIN_BELOW_FLOOR,
+            f"earns at most {shown} per GPU-hour (as {workload.workload_class} on {product_label(best.product)}), "
+            f"below the policy floor of {floor:.2f}",
+            margin=best.margin,
+        )
+    return above_floor, None
+
+
+
+
+def _reserve_ledger(snapshot: Snapshot, inventory: Inventory) -> tuple[dict[str, int], dict[str, int], dict[str, int]]:
+    fraction = min(1.0, max(0.0, number_or(snapshot.policy.inference_reserve_fraction, 0.0)))
+    total_by_product: dict[str, int] = {}
+    for node, allocatable in zip(inventory.nodes, inventory.allocatable):
+        total_by_product[node.product] = total_by_product.get(node.product, 0) + allocatable
+    training_cap: dict[str, int] = {}
+    reserve_gpus: dict[str, int] = {}
+    if fraction > 0:
+        for product, total in sorted(total_by_product.items()):
+            reserve_gpus[product] = math.ceil(fraction * total - EPSILON)
+            training_cap[product] = total - reserve_gpus[product]
+    training_used: dict[str, int] = {}
+    for workload in sorted(snapshot.holding, key=lambda w: w.key):
+        if workload.workload_class == "inference":
+            continue
+        for entry in workload.placement:
+            held_on = inventory.product_of(entry.node)
+            if held_on is not None:
+                training_used[held_on] = training_used.get(held_on, 0) + whole(entry.gpus)
+    return training_cap, reserve_gpus, training_used
+
+
+def _victims(snapshot: Snapshot, inventory: Inventory, margin) -> dict[str, list[Victim]]:
+    """Holding workloads that preemption may take GPUs from, cheapest loss first, per product."""
+    rules = snapshot.policy.preemption
+    if not rules.enabled:
+        return {}
+    min_runtime = number_or(rules.min_runtime_seconds, 0.0)
+    by_product: dict[str, list[Victim]] = {}
+    for workload in sorted(snapshot.holding, key=lambda w: w.key):
+        if not workload.preemptible or workload.admitted_at is None:
+            continue
+        if snapshot.now - workload.admitted_at < min_runtime:
+            continue
+        products = [p for p in (inventory.product_of(e.node) for e in workload.placement) if p is not None]
+        if not products:
+            continue
+        product = products[0]
+        gpus = sum(whole(e.gpus) for e in workload.placement)
+        earns = margin(workload.workload_class, workload.tier, product)
+        freed = inventory.freed_by(workload.placement, workload.key, snapshot.gpus_of_own_pods)
+        by_product.setdefault(product, []).append(
+            Victim(workload, workload.key, product, earns, gpus, earns * gpus, tuple(sorted(freed.items())))
+        )
+    for victims in by_product.values():
+        victims.sort(key=lambda v: (v.lost_per_hour, v.key))
+    return dict(sorted(by_product.items()))
