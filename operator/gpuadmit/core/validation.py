@@ -172,10 +172,11 @@ def _only_metadata_bookkeeping_changed(obj: Mapping[str, Any], old: Mapping[str,
 
 
 def _with_name(obj: Mapping[str, Any]) -> Mapping[str, Any]:
-    """A create with ``generateName`` reaches admission without a name: judge it under a stand-in."""
+    """A create with ``generateName`` reaches admission without a name: judge it under a stand-in
+    of the length the API server makes (the prefix cut to 58 characters, then 5 random ones)."""
     metadata = obj.get("metadata")
     if isinstance(metadata, Mapping) and not metadata.get("name") and metadata.get("generateName"):
-        return {**obj, "metadata": {**metadata, "name": f"{metadata['generateName']}generated"}}
+        return {**obj, "metadata": {**metadata, "name": f"{str(metadata['generateName'])[:58]}x0x0x"}}
     return obj
 
 
