@@ -14,14 +14,20 @@ from typing import Any
 
 import kopf
 import pytest
-
 from gpuadmit.controller.api import KubeApi
 from gpuadmit.controller.cache import ObjectCache
 from gpuadmit.controller.loop import LoopSettings, SchedulingLoop
 from gpuadmit.controller.writer import Writer
 from gpuadmit.core.model import CycleResult, Snapshot
 from kubeapi_emulator import EmulatedApiServer, FaultPlan
-from tests.controller.test_loop_faults import GROUP, RunningOperator, dump, eventually, seed
+
+from tests.controller.test_loop_faults import (
+    GROUP,
+    RunningOperator,
+    dump,
+    eventually,
+    seed,
+)
 from tests.e2e_harness import CRD_DIR, default_template, overcommitted_nodes
 
 pytestmark = [pytest.mark.emulator]

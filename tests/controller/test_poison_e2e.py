@@ -72,7 +72,7 @@ def test_poison_workloads_are_rejected_one_by_one_while_another_tenant_is_admitt
     readiness = operator.readiness()
     assert readiness["status"] == 200 and readiness["failed_cycles_in_a_row"] == 0, readiness
     metrics = operator.metrics()
-    assert re.search(r"^gpuadmit_failed_cycles_total 0\.0$", metrics, re.M), metrics[:2000]
+    assert re.search(r"^gpuadmit_failed_cycles_total 0\.0$", metrics, re.MULTILINE), metrics[:2000]
     assert "Scheduling cycle failed" not in operator.log_tail(200_000)
 
 

@@ -5,16 +5,24 @@ builds its pods."""
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Any
 
 import pytest
-
-from gpuadmit.core.model import Action, Decision, InvalidWorkload, PlacementEntry, Reason, Workload
-from gpuadmit.core.policy import DEFAULT_POLICY
-from gpuadmit.core.pods import build_pods
-from gpuadmit.core.snapshot import build_snapshot
+import yaml
 from gpuadmit.core.engine import decide
-from gpuadmit.core.template_shape import MAX_TEMPLATE_DEPTH
+from gpuadmit.core.model import (
+    Action,
+    Decision,
+    InvalidWorkload,
+    PlacementEntry,
+    Reason,
+    Workload,
+)
+from gpuadmit.core.pods import build_pods
+from gpuadmit.core.policy import DEFAULT_POLICY
+from gpuadmit.core.snapshot import build_snapshot
+from gpuadmit.core.template_shape import MAX_TEMPLATE_DEPTH, check_template_shape
 from gpuadmit.core.timefmt import parse_rfc3339
 from gpuadmit.core.validation import validate_workload
 from gpuadmit.core.workload import parse_workload
@@ -141,3 +149,13 @@ def test_the_engine_rejects_the_poison_workload_and_still_admits_the_others() ->
     result = decide(build_snapshot(nodes, [], [], [poison, good], [], parse_rfc3339("2026-11-26T09:00:10Z")))
     actions = {d.name: (d.action, d.reason) for d in result.decisions}
     assert actions == {"good": (Action.ADMIT, Reason.ADMITTED), "poison": (Action.REJECT, Reason.INVALID_SPEC)}
+
+
+def test_every_real_world_template_of_the_classifier_corpus_passes() -> None:
+    """The corpus the classifier is tested on (pod templates from public projects): the shape
+    checks refuse what no pod could be, never a template people actually run."""
+    templates = [doc["template"] for path in sorted((Path(__file__).parents[1] / "data" / "manifests").glob("*.yaml"))
+                 for doc in yaml.safe_load_all(path.read_text()) if isinstance(doc, dict) and isinstance(doc.get("template"), dict)]
+    assert len(templates) >= 100
+    for template in templates:
+        check_template_shape(template)

@@ -658,7 +658,7 @@ class SchedulingLoop:
             return True
         except asyncio.CancelledError:
             raise
-        except Exception:  # noqa: BLE001 - even this must not stop the others
+        except Exception:  # even this must not stop the others (logged with its traceback)
             logger.exception("Could not mark %s Failed", key)
             return False
 

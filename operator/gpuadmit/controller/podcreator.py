@@ -23,7 +23,7 @@ from collections import Counter
 from typing import Any, Awaitable, Callable, Mapping
 
 from gpuadmit.controller.cache import NODE, POD, ObjectCache, object_key
-from gpuadmit.controller.writer import PodCreation, Writer
+from gpuadmit.controller.writer import PodCreation, Writer, cancel_all
 from gpuadmit.core.model import GPU_RESOURCE, Action, Decision, PlacementEntry, Reason
 from gpuadmit.core.nodes import gpu_count, gpus_used_by_node, pod_gpu_request
 from gpuadmit.core.pods import build_pods
@@ -105,9 +105,7 @@ class PodCreator:
             await asyncio.gather(*self._tasks.values(), return_exceptions=True)
 
     async def close(self) -> None:
-        for task in self._tasks.values():
-            task.cancel()
-        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        await cancel_all(list(self._tasks.values()))
         self._tasks.clear()
 
     def _fits(self, node_name: str, gpus: int) -> bool:

@@ -54,6 +54,17 @@ def _controller_of(pod: Mapping[str, Any]) -> str:
     return "no controller"
 
 
+async def cancel_all(tasks: list[asyncio.Task[None]]) -> None:
+    """Cancel the tasks and wait until each has ended. Cancelled again while any runs on: on
+    Python 3.11 ``asyncio.wait_for`` (inside every API request) can swallow a cancellation that
+    arrives as its answer does, and the task then waits for its next job for ever."""
+    pending = set(tasks)
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=1.0)
+
+
 class FollowUps:
     """Writes that explain a decision but are not the decision (Events, the class label).
 
@@ -78,9 +89,7 @@ class FollowUps:
             await self._queue.join()
 
     async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_all(self._tasks)
         self._tasks = []
 
     async def _work(self) -> None:
