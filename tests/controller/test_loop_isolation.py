@@ -169,3 +169,31 @@ async def test_cycles_failing_as_a_whole_make_the_loop_unhealthy_until_one_succe
             finally:
                 await loop.pods.close()
                 await writer.follow_ups.close()
+
+
+async def test_readyz_answers_503_while_cycles_keep_failing() -> None:
+    import aiohttp
+
+    from gpuadmit.controller.runtime import OperatorOptions, OperatorRuntime
+    from gpuadmit.processes import free_port
+
+    port = free_port()
+    runtime = OperatorRuntime(OperatorOptions(health_port=port, metrics_port=0, max_failed_cycles=2))
+    runtime.loop = SchedulingLoop(runtime.cache, Writer(None, runtime.cache),  # type: ignore[arg-type]
+                                  LoopSettings(max_failed_cycles=2))
+    runtime._loop_task = asyncio.create_task(asyncio.sleep(3600))  # the loop "runs"
+    await runtime._start_health_server()
+    try:
+        async with aiohttp.ClientSession() as session:
+            async def readyz() -> tuple[int, dict]:
+                async with session.get(f"http://127.0.0.1:{port}/readyz") as response:
+                    return response.status, await response.json()
+            runtime.loop.attempts = 3
+            for failed, code in ((0, 200), (1, 200), (2, 503), (7, 503), (0, 200)):
+                runtime.loop.failed_cycles_in_a_row = failed
+                status, body = await readyz()
+                assert (status, body["ready"], body["failed_cycles_in_a_row"]) == (code, code == 200, failed)
+    finally:
+        runtime._loop_task.cancel()
+        assert runtime._health_runner is not None
+        await runtime._health_runner.cleanup()

@@ -34,6 +34,16 @@ logger = logging.getLogger(__name__)
 COMPONENT = "gpuadmit"
 # Answers to a pod create that the same pod would get again (invalid or malformed): no retry.
 PERMANENT_POD_ERRORS = frozenset({400, 422})
+# A 403 is permanent when an admission policy refused the pod itself (Pod Security admission, a
+# validating webhook); RBAC and ResourceQuota 403s can pass later and are retried.
+POLICY_REFUSALS = ("violates PodSecurity", "denied the request")
+
+
+def refused_for_good(error: ApiError) -> bool:
+    """Whether creating the same pod again would be refused again."""
+    if error.status in PERMANENT_POD_ERRORS:
+        return True
+    return error.status == 403 and any(marker in error.message for marker in POLICY_REFUSALS)
 
 
 @dataclass(frozen=True)
@@ -177,7 +187,7 @@ class Writer:
                 return await self._existing_pod(pod)
             where = f"{metadata['namespace']}/{metadata['name']}"
             logger.warning("Could not create pod %s: %s", where, error)
-            if error.status in PERMANENT_POD_ERRORS:  # the same pod would be refused again: no retry loop
+            if refused_for_good(error):  # the same pod would be refused again: no retry loop
                 return PodCreation(False, POD_REFUSED,
                                    f"the API server refused pod {where} ({error.status} {error.reason}): "
                                    f"{error.message or error}")
