@@ -159,3 +159,45 @@ def test_every_real_world_template_of_the_classifier_corpus_passes() -> None:
     assert len(templates) >= 100
     for template in templates:
         check_template_shape(template)
+
+
+# -- a property: whatever the parser accepts, build_pods builds -----------------------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_scalars = st.one_of(st.none(), st.booleans(), st.integers(-10, 10**6), st.text(max_size=8),
+                     st.sampled_from(["1", "500m", "4Gi", "-1", "1e3", "x", "", "nvidia.com/gpu", "team", "a/b"]))
+_junk = st.recursive(_scalars, lambda inner: st.one_of(st.lists(inner, max_size=3),
+                                                      st.dictionaries(st.text(max_size=6), inner, max_size=3)),
+                     max_leaves=12)
+_names = st.sampled_from(["cpu", "memory", "nvidia.com/gpu", "example.com/x", "Bad Name", ""])
+_amounts = st.dictionaries(_names, st.one_of(_scalars, st.sampled_from(["2", "64Gi", "100m"])), max_size=3)
+_resources = st.one_of(_junk, st.fixed_dictionaries({}, optional={"limits": st.one_of(_amounts, _junk),
+                                                                 "requests": st.one_of(_amounts, _junk)}))
+_containers = st.lists(st.one_of(st.fixed_dictionaries({"name": st.just("c"), "image": st.just("busybox")},
+                                                      optional={"resources": _resources}), _junk), min_size=1, max_size=3)
+_label_maps = st.one_of(_junk, st.dictionaries(st.sampled_from(["app", "team", "example.com/x", "-bad", "a b"]),
+                                               st.one_of(_scalars, st.sampled_from(["web", "x" * 64])), max_size=3))
+_templates = st.fixed_dictionaries(
+    {"spec": st.fixed_dictionaries({"containers": _containers},
+                                   optional={"initContainers": st.one_of(_containers, _junk), "restartPolicy": _scalars,
+                                             "affinity": _junk, "volumes": _junk})},
+    optional={"metadata": st.fixed_dictionaries({}, optional={"labels": _label_maps, "annotations": _label_maps})})
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
+@given(template=_templates)
+def test_whatever_the_parser_accepts_build_pods_builds(template: dict[str, Any]) -> None:
+    obj = workload(template)
+    parsed = parse_workload(obj, DEFAULT_POLICY, {})
+    if isinstance(parsed, InvalidWorkload):
+        assert parsed.field.startswith("spec.template") and parsed.message.startswith(parsed.field)
+        return
+    decision = Decision(namespace="team-a", name="poison", action=Action.ADMIT, reason=Reason.ADMITTED, message="",
+                        workload_class="training", placement=(PlacementEntry("n1", 2, 2),))
+    pods = build_pods(obj, decision)
+    assert len(pods) == 2
+    for pod in pods:
+        assert all(isinstance(k, str) and isinstance(v, str) for k, v in pod["metadata"]["labels"].items())
+        assert all(isinstance(c.get("resources", {}), dict) for c in pod["spec"]["containers"])
