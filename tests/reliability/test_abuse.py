@@ -88,8 +88,10 @@ def test_price_like_labels_annotations_and_status_do_not_change_margin_or_rank(
     if gamed["bronze-team/gamer"].reason is Reason.INVALID_SPEC and \
             str(gamed["bronze-team/gamer"].field).startswith("spec.template.metadata."):
         # Template labels or annotations no pod could carry (the API server would refuse it): refused
-        # naming the field, which buys nothing either.
+        # naming the field, which buys nothing either; the webhook refuses it too.
         assert gamed["bronze-team/honest"].action is Action.ADMIT
+        assert not validate_workload(gamer).allowed
+        return
     elif priority_class and priority_class.startswith("system-"):
         # The cluster's own priority classes are refused outright (core.podsecurity), by parser and webhook.
         refused = gamed["bronze-team/gamer"]
