@@ -47,9 +47,8 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, Protocol
 
 from gpuadmit.controller import status as desired_status
-from gpuadmit.controller.cache import NODE, POD, POLICY, WORKLOAD, ObjectCache, object_key
-from gpuadmit.controller.status import TERMINAL_PHASES
 from gpuadmit.controller.api import ApiError
+from gpuadmit.controller.cache import NODE, POD, POLICY, WORKLOAD, ObjectCache, object_key
 from gpuadmit.controller.podcreator import PodCreator, pods_for
 from gpuadmit.controller.writer import Writer
 from gpuadmit.core.errors import SpecError
@@ -641,7 +640,7 @@ class SchedulingLoop:
         are deleted as leftovers. Never raises; True when the status was written."""
         try:
             workload = self.cache.get(WORKLOAD, key)
-            if workload is None or (uid and _uid(workload) != uid) or _phase(workload) in TERMINAL_PHASES:
+            if workload is None or (uid and _uid(workload) != uid) or _phase(workload) in desired_status.TERMINAL_PHASES:
                 return False
             desired = desired_status.pods_phase_status(workload, Phase.FAILED.value, reason, message, self.clock())
             if not desired_status.status_patch(workload.get("status"), desired):

@@ -10,9 +10,10 @@ preempted victim's pods may still be terminating there), counting the pods in th
 at the last recount plus every pod started since. A workload whose creations are in
 flight is skipped until they end, so nothing is created twice.
 
-A pod the API server refuses for good (400/422), or whose name a pod of another owner
-already has, fails its workload through ``fail_workload``: a Failed workload holds no GPUs,
-so none stay reserved for a pod that cannot exist. Anything else is retried next cycle.
+A pod the API server refuses for good (400/422, or a 403 from an admission policy), or
+whose name a pod of another owner already has, fails its workload through ``fail_workload``:
+a Failed workload holds no GPUs, so none stay reserved for a pod that cannot exist.
+Anything else is retried next cycle.
 """
 
 from __future__ import annotations
