@@ -7,7 +7,6 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-
 from gpuadmit.controller.api import ApiError
 from gpuadmit.controller.cache import POD, ObjectCache
 from gpuadmit.controller.writer import PodCreation, Writer

@@ -26,6 +26,8 @@ from gpuadmit.core.template_shape import MAX_TEMPLATE_DEPTH, check_template_shap
 from gpuadmit.core.timefmt import parse_rfc3339
 from gpuadmit.core.validation import validate_workload
 from gpuadmit.core.workload import parse_workload
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 
 def container(**fields: Any) -> dict[str, Any]:
@@ -163,8 +165,6 @@ def test_every_real_world_template_of_the_classifier_corpus_passes() -> None:
 
 # -- a property: whatever the parser accepts, build_pods builds -----------------------------------
 
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
 
 _scalars = st.one_of(st.none(), st.booleans(), st.integers(-10, 10**6), st.text(max_size=8),
                      st.sampled_from(["1", "500m", "4Gi", "-1", "1e3", "x", "", "nvidia.com/gpu", "team", "a/b"]))
