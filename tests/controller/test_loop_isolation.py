@@ -173,7 +173,6 @@ async def test_cycles_failing_as_a_whole_make_the_loop_unhealthy_until_one_succe
 
 async def test_readyz_answers_503_while_cycles_keep_failing() -> None:
     import aiohttp
-
     from gpuadmit.controller.runtime import OperatorOptions, OperatorRuntime
     from gpuadmit.processes import free_port
 
