@@ -1,8 +1,9 @@
 """Prometheus metrics for gpuadmit, and the ``/metrics`` server.
 
-The operator calls four methods on a ``Metrics`` object: ``observe_cycle`` after
-every engine cycle, ``observe_status_written`` after every status write,
-``observe_preemption`` and ``observe_api_error``. Everything else is derived here.
+The operator calls these methods on a ``Metrics`` object: ``observe_cycle`` after
+every engine cycle, ``observe_cycle_failed`` after a cycle that failed as a whole,
+``observe_status_written`` after every status write, ``observe_preemption``,
+``observe_workload_failed`` and ``observe_api_error``. Everything else is derived here.
 
 Two kinds of metrics:
 
@@ -43,6 +44,7 @@ from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from gpuadmit import __version__
+from gpuadmit.controller.status import WORKLOAD_FAILURE_REASONS  # pure: reasons the operator gives
 from gpuadmit.core.model import (
     CLASSES,
     Action,
@@ -396,6 +398,20 @@ class Metrics:
             for preemptor in CLASSES:
                 self.preemptions.labels(victim, preemptor)
 
+        self.failed_cycles = Counter(
+            "gpuadmit_failed_cycles", "Scheduling cycles that failed as a whole (each is retried).", registry=registry)
+        self.failed_cycles_in_a_row = Gauge(
+            "gpuadmit_failed_cycles_in_a_row",
+            "Scheduling cycles failed as a whole since the last one that succeeded; /readyz fails at --max-failed-cycles.",
+            registry=registry)
+        self.workloads_failed = Counter(
+            "gpuadmit_workloads_failed",
+            "Workloads gpuadmit marked Failed itself, by reason: PodRefused (the API server refused a pod), "
+            "PodNameTaken (another owner's pod has the name), InternalError (an error while handling it).",
+            ["reason"], registry=registry)
+        for failure_reason in WORKLOAD_FAILURE_REASONS:
+            self.workloads_failed.labels(failure_reason)
+
         self.api_errors = Counter(
             "gpuadmit_api_errors", "Kubernetes API calls that failed, by verb and HTTP status code (0: no response).",
             ["verb", "code"], registry=registry)
@@ -426,8 +442,23 @@ class Metrics:
             self.cycle_duration.observe(max(0.0, duration_s))
             self.cycles.inc()
             self.last_cycle.set(time.time())
+            self.failed_cycles_in_a_row.set(0)
         except Exception:
             logger.exception("gpuadmit metrics: could not observe a cycle")
+
+    def observe_cycle_failed(self, in_a_row: int) -> None:
+        """A cycle failed as a whole; ``in_a_row`` counts it with the failures just before it."""
+        try:
+            self.failed_cycles.inc()
+            self.failed_cycles_in_a_row.set(in_a_row)
+        except Exception:
+            logger.exception("gpuadmit metrics: could not observe a failed cycle")
+
+    def observe_workload_failed(self, reason: str) -> None:
+        try:
+            self.workloads_failed.labels(reason).inc()
+        except Exception:
+            logger.exception("gpuadmit metrics: could not observe a failed workload")
 
     def _count_new_decisions(self, snapshot: Snapshot, result: CycleResult) -> None:
         pending = {w.key: w for w in snapshot.pending}

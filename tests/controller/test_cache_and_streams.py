@@ -46,10 +46,16 @@ def test_a_deleted_object_cannot_come_back_from_a_late_event() -> None:
 def test_only_gpu_pods_and_our_pods_are_kept() -> None:
     cache = ObjectCache()
     assert cache.put(POD, gpu_pod("uses-gpu", gpus=1))
-    assert cache.put(POD, gpu_pod("ours-no-gpu", gpus=0, labels={"gpuadmit.io/workload": "w"}))
+    ours = gpu_pod("ours-no-gpu", gpus=0, labels={"gpuadmit.io/workload": "w"})
+    ours["metadata"]["ownerReferences"] = [{"apiVersion": "gpuadmit.io/v1alpha1", "kind": "GPUWorkload", "name": "w",
+                                            "uid": "uid-w", "controller": True}]
+    assert cache.put(POD, ours)
+    assert cache.put(POD, gpu_pod("labelled", gpus=0, labels={"gpuadmit.io/workload": "v"}))
     assert not cache.put(POD, gpu_pod("web", gpus=0))
-    assert sorted(p["metadata"]["name"] for p in cache.all(POD)) == ["ours-no-gpu", "uses-gpu"]
-    assert list(cache.pods_by_workload()) == ["ns/w"]
+    assert sorted(p["metadata"]["name"] for p in cache.all(POD)) == ["labelled", "ours-no-gpu", "uses-gpu"]
+    # Grouped by the controller ownerReference: a label anyone can set makes no pod ours.
+    assert {key: [p["metadata"]["name"] for p in pods] for key, pods in cache.pods_by_workload().items()} == {
+        "ns/w": ["ours-no-gpu"]}
 
 
 def test_malformed_objects_are_ignored_not_fatal() -> None:

@@ -8,6 +8,7 @@ from typing import Any
 
 from gpuadmit.controller.cache import NODE, POD, WORKLOAD, ObjectCache
 from gpuadmit.controller.podcreator import PodCreator
+from gpuadmit.controller.writer import PodCreation
 from gpuadmit.core.model import PlacementEntry
 
 
@@ -40,15 +41,25 @@ class FakeWriter:
         self.cache = cache
         self.gate = asyncio.Event()
         self.fail = False
+        self.refuse = False
         self.calls: list[str] = []
 
-    async def create_pod(self, pod: dict[str, Any]) -> bool:
+    async def create_pod(self, pod: dict[str, Any]) -> PodCreation:
         self.calls.append(pod["metadata"]["name"])
         await self.gate.wait()
+        if self.refuse:
+            return PodCreation(False, "PodRefused", f"pod {pod['metadata']['name']} is invalid")
         if self.fail:
-            return False
+            return PodCreation(False)
         self.cache.put(POD, {**pod, "metadata": {**pod["metadata"], "resourceVersion": "2"}})
-        return True
+        return PodCreation(True)
+
+
+FAILED: list[tuple[str, str, str, str]] = []
+
+
+async def record_failure(key: str, uid: str, reason: str, message: str) -> None:
+    FAILED.append((key, uid, reason, message))
 
 
 def setup(node_gpus: int = 8, used: int = 0) -> tuple[ObjectCache, FakeWriter, PodCreator, list[float]]:
@@ -58,7 +69,8 @@ def setup(node_gpus: int = 8, used: int = 0) -> tuple[ObjectCache, FakeWriter, P
         cache.put(POD, running_pod("busy", "gpu-a", used))
     writer = FakeWriter(cache)
     retries: list[float] = []
-    creator = PodCreator(cache, writer, retries.append)  # type: ignore[arg-type]
+    FAILED.clear()
+    creator = PodCreator(cache, writer, retries.append, record_failure)  # type: ignore[arg-type]
     creator.recount()
     return cache, writer, creator, retries
 
@@ -119,3 +131,16 @@ async def test_existing_pods_are_kept_and_a_missing_node_waits() -> None:
     assert writer.calls == ["pair-1"]
     assert creator.start(workload("elsewhere", gpus=1), (PlacementEntry("gone", 1, 1),), []) == 0
     assert retries == [2.0]
+
+
+async def test_a_refused_pod_fails_its_workload_once_instead_of_retrying() -> None:
+    _, writer, creator, retries = setup(node_gpus=4)
+    writer.refuse = True
+    writer.gate.set()
+    refused = workload("refused", gpus=2, replicas=2)
+    assert creator.start(refused, (PlacementEntry("gpu-a", 4, 2),), []) == 2
+    await creator.drain()
+    assert retries == [] and writer.calls == ["refused-0", "refused-1"]
+    assert [(key, uid, reason) for key, uid, reason, _ in FAILED] == [("team/refused", "uid-refused", "PodRefused")]
+    assert "refused-0 is invalid" in FAILED[0][3] or "refused-1 is invalid" in FAILED[0][3]
+    assert creator.start(workload("other", gpus=4), (PlacementEntry("gpu-a", 4, 1),), []) == 1  # nothing held in flight

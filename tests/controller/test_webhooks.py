@@ -163,6 +163,33 @@ async def test_a_template_without_containers_is_denied_with_the_field_and_code(w
     assert "[InvalidSpec]" in response["status"]["message"]
 
 
+@pytest.mark.parametrize(("where", "value", "field"), [
+    ("resources", "junk", "spec.template.spec.containers[0].resources"),
+    ("labels", ["a"], "spec.template.metadata.labels"),
+    ("nested", 60, "spec.template"),  # deeper than the template cap (32), within the body cap (100)
+])
+async def test_a_poison_template_is_denied_over_https_naming_the_field(
+        webhook: WebhookClient, where: str, value: Any, field: str) -> None:
+    obj = serving_workload()
+    template = obj["spec"]["template"]
+    if where == "resources":
+        template["spec"]["containers"][0]["resources"] = value
+    elif where == "labels":
+        template["metadata"] = {"labels": value}
+    else:
+        deep: dict[str, Any] = {"leaf": "x"}
+        for _ in range(value):
+            deep = {"a": deep}
+        template["spec"]["affinity"] = deep
+    for path in (webhooks.VALIDATE_ID, webhooks.MUTATE_ID):  # the mutating one must not crash on it either
+        response = await webhook.review(path, obj)
+        if path == webhooks.VALIDATE_ID:
+            assert (response["allowed"], response["status"]["code"]) == (False, 422)
+            assert f"[InvalidSpec] {field}:" in response["status"]["message"]
+        else:
+            assert "allowed" in response
+
+
 async def test_a_forged_class_label_is_denied(webhook: WebhookClient) -> None:
     obj = serving_workload()
     obj["spec"]["template"]["spec"]["containers"][0] = {

@@ -31,7 +31,11 @@ def pod(name: str, node_name: str | None, gpus: int, workload: str | None = None
     spec: dict[str, Any] = {"containers": [{"name": "c", "resources": {"limits": {"nvidia.com/gpu": str(gpus)}}}]}
     if node_name:
         spec["nodeName"] = node_name
-    return {"kind": "Pod", "metadata": {"name": name, "namespace": namespace, "labels": labels}, "spec": spec, "status": {"phase": phase}}
+    metadata: dict[str, Any] = {"name": name, "namespace": namespace, "labels": labels}
+    if workload:
+        metadata["ownerReferences"] = [{"apiVersion": "gpuadmit.io/v1alpha1", "kind": "GPUWorkload", "name": workload,
+                                        "uid": f"uid-{workload}", "controller": True}]
+    return {"kind": "Pod", "metadata": metadata, "spec": spec, "status": {"phase": phase}}
 
 
 def namespace(name: str, tier: str | None = None) -> dict[str, Any]:
@@ -94,6 +98,11 @@ def test_tiers_and_own_pods() -> None:
         pod("foreign", "n1", 1),
     ]
     assert gpus_of_own_pods(pods) == {("team-a/w", "n1"): 8, ("team-a/w", "n2"): 4, ("team-b/v", "n2"): 2}
+    # The label alone makes nobody's pod ours (a ReplicaSet's pod may carry it): not hidden in w's reservation.
+    squatter = pod("w-9", "n1", 4)
+    squatter["metadata"]["labels"] = {"gpuadmit.io/workload": "w"}
+    squatter["metadata"]["ownerReferences"] = [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "w", "controller": True}]
+    assert gpus_of_own_pods([*pods, squatter]) == gpus_of_own_pods(pods)
 
 
 def test_build_snapshot_sorts_workloads_by_phase() -> None:

@@ -85,17 +85,25 @@ def test_price_like_labels_annotations_and_status_do_not_change_margin_or_rank(
 
     fair = decision_for(baseline, [honest])
     gamed = decision_for(gamer, [honest])
-    if priority_class and priority_class.startswith("system-"):
+    if gamed["bronze-team/gamer"].reason is Reason.INVALID_SPEC and \
+            str(gamed["bronze-team/gamer"].field).startswith("spec.template.metadata."):
+        # Template labels or annotations no pod could carry (the API server would refuse it): refused
+        # naming the field, which buys nothing either; the webhook refuses it too.
+        assert gamed["bronze-team/honest"].action is Action.ADMIT
+        assert not validate_workload(gamer).allowed
+        return
+    elif priority_class and priority_class.startswith("system-"):
         # The cluster's own priority classes are refused outright (core.podsecurity), by parser and webhook.
         refused = gamed["bronze-team/gamer"]
         assert (refused.action, refused.reason) == (Action.REJECT, Reason.INVALID_SPEC)
         assert "spec.template.spec.priorityClassName" in refused.message
         assert validate_workload(gamer).field in ("spec.template.spec.priorityClassName", "status")
         return
-    assert gamed["bronze-team/gamer"].margin_per_gpu_hour == fair["bronze-team/gamer"].margin_per_gpu_hour
-    # Both want the only 8 GPUs: the earlier, honest one keeps the slot whatever the gamer wears.
-    assert (gamed["bronze-team/honest"].action, gamed["bronze-team/gamer"].action) == \
-        (fair["bronze-team/honest"].action, fair["bronze-team/gamer"].action) == (Action.ADMIT, Action.QUEUE)
+    else:
+        assert gamed["bronze-team/gamer"].margin_per_gpu_hour == fair["bronze-team/gamer"].margin_per_gpu_hour
+        # Both want the only 8 GPUs: the earlier, honest one keeps the slot whatever the gamer wears.
+        assert (gamed["bronze-team/honest"].action, gamed["bronze-team/gamer"].action) == \
+            (fair["bronze-team/honest"].action, fair["bronze-team/gamer"].action) == (Action.ADMIT, Action.QUEUE)
     # And the webhook refuses every gpuadmit.io/ key it carries (the class label aside, checked below).
     if any(str(key).lower().startswith("gpuadmit.io/") and key != "gpuadmit.io/class"
            for key in [*labels, *annotations, *template_labels]):

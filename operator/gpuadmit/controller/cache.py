@@ -23,6 +23,7 @@ from typing import Any
 
 from gpuadmit.core.model import WORKLOAD_LABEL
 from gpuadmit.core.nodes import advertised_gpu_problem, pod_gpu_request
+from gpuadmit.core.pods import controlling_workload
 
 logger = logging.getLogger(__name__)
 
@@ -46,9 +47,10 @@ def object_key(obj: Mapping[str, Any]) -> str:
 
 
 def is_relevant_pod(pod: Mapping[str, Any]) -> bool:
-    """Pods that use GPUs or belong to a GPUWorkload; the rest of the cluster is not our business."""
+    """Pods that use GPUs, belong to a GPUWorkload or claim to (the label: a pod that squats a
+    name of ours must be seen to be refused); the rest of the cluster is not our business."""
     labels = (pod.get("metadata") or {}).get("labels") or {}
-    return WORKLOAD_LABEL in labels or pod_gpu_request(pod) > 0
+    return WORKLOAD_LABEL in labels or pod_gpu_request(pod) > 0 or controlling_workload(pod) is not None
 
 
 def _resource_version(obj: Mapping[str, Any]) -> int | None:
@@ -139,13 +141,13 @@ class ObjectCache:
         return list(self.objects[kind].values())
 
     def pods_by_workload(self) -> dict[str, list[dict[str, Any]]]:
-        """Our pods grouped by their GPUWorkload's key (workload label + namespace); one pass."""
+        """Our pods grouped by their GPUWorkload's key (namespace + the controller ownerReference's
+        name); one pass. Pods that merely carry the ``gpuadmit.io/workload`` label are not ours."""
         grouped: dict[str, list[dict[str, Any]]] = {}
         for pod in self.objects[POD].values():
-            metadata = pod.get("metadata") or {}
-            workload_name = (metadata.get("labels") or {}).get(WORKLOAD_LABEL)
-            if workload_name:
-                grouped.setdefault(f"{metadata.get('namespace')}/{workload_name}", []).append(pod)
+            controller = controlling_workload(pod)
+            if controller is not None:
+                grouped.setdefault(f"{(pod.get('metadata') or {}).get('namespace')}/{controller[0]}", []).append(pod)
         return grouped
 
     def counts(self) -> dict[str, int]:

@@ -25,8 +25,15 @@ One cycle, top to bottom:
    cached one are written.
 
 Every write answer goes into the cache before the next cycle, so a cycle never
-allocates GPUs a previous one already reserved. A cycle that fails on
-malformed input logs and carries on: the next trigger tries again.
+allocates GPUs a previous one already reserved.
+
+Failure isolation: whatever is done for one workload (following its pods, building
+them, writing its status, preempting or requeueing it) runs guarded. An error there
+marks that workload Failed with reason ``InternalError`` and the error (a Failed
+workload holds no GPUs; its pods are deleted next cycle) and the cycle goes on for
+everyone else; an API error is only logged (the next cycle retries). A cycle that
+fails as a whole logs and is retried; after ``max_failed_cycles`` such failures in a
+row the loop reports itself unhealthy (``/readyz`` answers 503) until one succeeds.
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, Protocol
 
 from gpuadmit.controller import status as desired_status
+from gpuadmit.controller.api import ApiError
 from gpuadmit.controller.cache import NODE, POD, POLICY, WORKLOAD, ObjectCache, object_key
 from gpuadmit.controller.podcreator import PodCreator, pods_for
 from gpuadmit.controller.writer import Writer
@@ -50,6 +58,7 @@ from gpuadmit.core.model import (
     Action,
     CycleResult,
     Decision,
+    Phase,
     PlacementEntry,
     Policy,
     Preemption,
@@ -58,6 +67,7 @@ from gpuadmit.core.model import (
 from gpuadmit.core.nodes import node_from_object, pod_is_terminal
 from gpuadmit.core.placement import placement_of
 from gpuadmit.core.podsecurity import DEFAULT_LEVEL
+from gpuadmit.core.pods import controlling_workload
 from gpuadmit.core.policy import parse_policy
 from gpuadmit.core.snapshot import ParseMemo, build_snapshot
 from gpuadmit.core.timefmt import parse_rfc3339_or_none
@@ -73,6 +83,8 @@ class MetricsSink(Protocol):
     def observe_cycle(self, snapshot: Snapshot, result: CycleResult, duration_s: float) -> None: ...
     def observe_status_written(self, decision: Decision, latency_s: float, admission_wait_s: float | None) -> None: ...
     def observe_preemption(self, victim_class: str, preemptor_class: str) -> None: ...
+    def observe_cycle_failed(self, in_a_row: int) -> None: ...
+    def observe_workload_failed(self, reason: str) -> None: ...
 
 
 class Gate(Protocol):
@@ -88,6 +100,7 @@ class LoopSettings:
     policy_name: str = "default"
     namespaces: tuple[str, ...] = ()
     pod_security_level: str = DEFAULT_LEVEL  # what templates are held to (core.podsecurity)
+    max_failed_cycles: int = 5  # whole-cycle failures in a row that make the loop unhealthy (0: never)
 
 
 @dataclass
@@ -118,10 +131,9 @@ def _uid(obj: Mapping[str, Any]) -> str:
 
 
 def _owned_by(pod: Mapping[str, Any], workload: Mapping[str, Any]) -> bool:
-    """A pod of this very workload (not of an earlier one that had the same name)."""
-    refs = (pod.get("metadata") or {}).get("ownerReferences") or []
-    owner_uids = {str(ref.get("uid")) for ref in refs if isinstance(ref, Mapping) and ref.get("kind") == "GPUWorkload"}
-    return not owner_uids or _uid(workload) in owner_uids
+    """A pod of this very workload (its controller, not an earlier workload that had the same name)."""
+    controller = controlling_workload(pod)
+    return controller is not None and controller[1] == _uid(workload)
 
 
 def _terminating(pod: Mapping[str, Any]) -> bool:
@@ -168,13 +180,15 @@ class SchedulingLoop:
         self.cycles = 0  # cycles that decided (a standby replica's skipped ones do not count)
         self.attempts = 0  # cycles run or skipped: the loop is working
         self.last_cycle_monotonic: float | None = None
+        self.failed_cycles_in_a_row = 0
+        self.workloads_failed = 0  # workloads this loop marked Failed (refused pods, errors): for logs and tests
         self.last_report = CycleReport()
         self._wakeup = asyncio.Event()
         self._first_change_at = 0.0  # monotonic time of the first trigger since the last cycle began
         self._last_good_policy: Policy | None = None
         self._warned_default_policy = False
         self._pending_since: dict[str, float] = {}  # workload key -> when a change to it was seen
-        self.pods = PodCreator(cache, writer, self.trigger_later)
+        self.pods = PodCreator(cache, writer, self.trigger_later, self.fail_workload)
         self._policy_parsed: tuple[tuple[Any, Any], Policy] | None = None
         self._parse_memo = ParseMemo()
 
@@ -250,13 +264,25 @@ class SchedulingLoop:
 
     async def run_cycle_safely(self) -> CycleReport:
         try:
-            return await self.run_cycle()
+            report = await self.run_cycle()
         except asyncio.CancelledError:
             raise
         except Exception:
-            logger.exception("Scheduling cycle failed; the next change or resync retries")
+            self.failed_cycles_in_a_row += 1
+            logger.exception("Scheduling cycle failed (%d in a row); the next change or resync retries",
+                             self.failed_cycles_in_a_row)
+            if self.metrics is not None:
+                self.metrics.observe_cycle_failed(self.failed_cycles_in_a_row)
             self.trigger_later()
             return CycleReport(skipped=True)
+        if not report.skipped:
+            self.failed_cycles_in_a_row = 0
+        return report
+
+    def healthy(self) -> bool:
+        """False once ``max_failed_cycles`` cycles in a row failed as a whole (until one succeeds)."""
+        limit = self.settings.max_failed_cycles
+        return limit <= 0 or self.failed_cycles_in_a_row < limit
 
     def trigger_later(self, delay: float = 1.0) -> None:
         asyncio.get_running_loop().call_later(delay, self.trigger)
@@ -365,14 +391,19 @@ class SchedulingLoop:
                 if not _terminating(pod) and (workload is None or not pod_is_terminal(pod)):
                     jobs.append(self._delete_pod(pod, report))
         for key, workload in workloads.items():
-            if _phase(workload) in HOLDING_PHASES:
+            if _phase(workload) not in HOLDING_PHASES:
+                continue
+            try:
                 recorded = placement_of(workload)
+                job = None
                 if recorded.problem is None and all(entry.node in usable_nodes for entry in recorded.entries):
                     job = self._follow_holding(workload, recorded.entries, own_by_key.get(key, []), now, report)
-                    if job is not None:
-                        jobs.append(job)
                 # else: its node is gone or unusable, or its placement does not account for its
                 # replicas; step 3 requeues it, whatever its pods say
+            except Exception as error:  # noqa: BLE001 - one workload's error is that workload's
+                job = self._workload_error(key, error)
+            if job is not None:
+                jobs.append(self._guarded(key, job))
         await asyncio.gather(*jobs)
 
     def _usable_node_names(self) -> set[str]:
@@ -472,7 +503,8 @@ class SchedulingLoop:
                 self.writer.explain_later(workload, "Warning", reason, message)
                 pods = self.cache.pods_by_workload().get(key, [])
                 await asyncio.gather(*(self._delete_pod(pod, report) for pod in pods if not _terminating(pod)))
-        await asyncio.gather(*(requeue_one(key, reason_and_why) for key, reason_and_why in sorted(lost.items())))
+        await asyncio.gather(*(self._guarded(key, requeue_one(key, reason_and_why))
+                               for key, reason_and_why in sorted(lost.items())))
 
     # -- step 4: apply ------------------------------------------------------------------
 
@@ -494,11 +526,12 @@ class SchedulingLoop:
         # Each admit writes its reservation before its pods are started. Queue and reject writes
         # hold no GPUs, so they go out alongside.
         pods_by_workload = self.cache.pods_by_workload()
+        guarded = self._guarded_call
         await run_bounded(
             [
-                *(functools.partial(self._apply_admit, d, now, report, pods_by_workload.get(d.key, []))
+                *(functools.partial(guarded, d.key, self._apply_admit, d, now, report, pods_by_workload.get(d.key, []))
                   for d in admits if d.key not in waiting),
-                *(functools.partial(self._apply_queue_or_reject, d, now, report) for d in others),
+                *(functools.partial(guarded, d.key, self._apply_queue_or_reject, d, now, report) for d in others),
             ],
             2 * self.writer.api.max_concurrency,
         )
@@ -532,7 +565,18 @@ class SchedulingLoop:
                 victim_class = str((victim.get("status") or {}).get("class") or "unknown")
                 self.metrics.observe_preemption(victim_class, class_of.get(preemption.preempted_by) or "unknown")
 
-        await asyncio.gather(*(preempt(p) for p in preemptions))
+        async def preempt_guarded(preemption: Preemption) -> None:
+            try:
+                await preempt(preemption)
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # noqa: BLE001 - the victim's error is the victim's; its GPUs count as held
+                blocked.add(preemption.preempted_by)
+                victim = self.cache.get(WORKLOAD, preemption.key)
+                unreleased_nodes.update(entry.node for entry in placement_of(victim or {}).entries)
+                await self._workload_error(preemption.key, error)
+
+        await asyncio.gather(*(preempt_guarded(p) for p in preemptions))
         return blocked, unreleased_nodes
 
     async def _apply_admit(
@@ -564,6 +608,58 @@ class SchedulingLoop:
                                       desired_status.decision_message(decision), decision.workload_class)
         else:
             self.writer.label_later(updated, decision.workload_class)
+
+    # -- failure isolation ------------------------------------------------------------------
+
+    async def _guarded(self, key: str, job: Awaitable[Any]) -> None:
+        """Await one workload's job; an error in it is that workload's, never the cycle's."""
+        try:
+            await job
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:  # noqa: BLE001 - the point: the other workloads go on
+            await self._workload_error(key, error)
+
+    async def _guarded_call(self, key: str, job: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        """``_guarded`` for a job started only when its turn comes (``run_bounded``)."""
+        await self._guarded(key, job(*args))
+
+    async def _workload_error(self, key: str, error: Exception) -> None:
+        if isinstance(error, ApiError):  # the API's trouble, not the workload's: the next cycle retries
+            logger.warning("An API call for %s failed: %s; retrying next cycle", key, error)
+            self.trigger_later()
+            return
+        logger.error("Handling %s failed; it is marked Failed and the cycle goes on", key, exc_info=error)
+        message = f"gpuadmit could not handle this workload: {type(error).__name__}: {error}"
+        await self.fail_workload(key, "", desired_status.INTERNAL_ERROR, message)
+
+    async def fail_workload(self, key: str, uid: str, reason: str, message: str) -> bool:
+        """Mark one workload Failed with ``reason`` and ``message`` (``uid``: only that incarnation).
+
+        Failed holds no GPUs: the next snapshot no longer counts its reservation, and its pods
+        are deleted as leftovers. Never raises; True when the status was written."""
+        try:
+            workload = self.cache.get(WORKLOAD, key)
+            if workload is None or (uid and _uid(workload) != uid) or _phase(workload) in desired_status.TERMINAL_PHASES:
+                return False
+            desired = desired_status.pods_phase_status(workload, Phase.FAILED.value, reason, message, self.clock())
+            if not desired_status.status_patch(workload.get("status"), desired):
+                return False
+            if await self.writer.write_status(WORKLOAD, workload, desired) is None:
+                self.trigger_later()  # the next cycle sees the fresh object and, if it still must, fails it again
+                return False
+            self.workloads_failed += 1
+            logger.warning("Workload %s failed: %s: %s", key, reason, message)
+            self.writer.explain_later(workload, "Warning", reason, message)
+            if self.metrics is not None:
+                self.metrics.observe_workload_failed(reason)
+            self.trigger()  # its pods go next cycle, and its GPUs to whoever waits
+            return True
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # even this must not stop the others (logged with its traceback)
+            logger.exception("Could not mark %s Failed", key)
+            return False
 
     async def _write(
         self, workload: Mapping[str, Any], desired: Mapping[str, Any], report: CycleReport,

@@ -48,6 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pod-security-level", choices=LEVELS, default=DEFAULT_LEVEL,
                         help="Pod Security Standards level GPUWorkload templates must meet; a namespace's stricter "
                              "pod-security.kubernetes.io/enforce label wins (default baseline)")
+    parser.add_argument("--max-failed-cycles", type=int, default=5,
+                        help="after this many scheduling cycles in a row fail as a whole, /readyz answers 503 "
+                             "until one succeeds (0: never; default 5)")
     parser.add_argument("--per-namespace-metrics", action="store_true", help="add per-namespace metric series (off: metrics name no tenant)")
     parser.add_argument("--log-level", default=os.environ.get("GPUADMIT_LOG_LEVEL", "INFO"), help="DEBUG, INFO, WARNING (default INFO)")
 
@@ -68,6 +71,7 @@ def options_from_args(args: argparse.Namespace) -> OperatorOptions:
         max_concurrency=max(1, args.max_concurrent_writes),
         per_namespace_metrics=args.per_namespace_metrics,
         pod_security_level=args.pod_security_level,
+        max_failed_cycles=max(0, args.max_failed_cycles),
     )
 
 

@@ -9,6 +9,11 @@ The physical ledger: a pod is only created when its node has the GPUs free *now*
 preempted victim's pods may still be terminating there), counting the pods in the cache
 at the last recount plus every pod started since. A workload whose creations are in
 flight is skipped until they end, so nothing is created twice.
+
+A pod the API server refuses for good (400/422, or a 403 from an admission policy), or
+whose name a pod of another owner already has, fails its workload through ``fail_workload``:
+a Failed workload holds no GPUs, so none stay reserved for a pod that cannot exist.
+Anything else is retried next cycle.
 """
 
 from __future__ import annotations
@@ -16,10 +21,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from typing import Any, Callable, Mapping
+from typing import Any, Awaitable, Callable, Mapping
 
 from gpuadmit.controller.cache import NODE, POD, ObjectCache, object_key
-from gpuadmit.controller.writer import Writer
+from gpuadmit.controller.writer import PodCreation, Writer, cancel_all
 from gpuadmit.core.model import GPU_RESOURCE, Action, Decision, PlacementEntry, Reason
 from gpuadmit.core.nodes import gpu_count, gpus_used_by_node, pod_gpu_request
 from gpuadmit.core.pods import build_pods
@@ -40,11 +45,17 @@ def pods_for(workload: Mapping[str, Any], placement: tuple[PlacementEntry, ...])
     return build_pods(workload, decision)
 
 
+# (workload key, workload uid, reason, message): mark that workload Failed.
+FailWorkload = Callable[[str, str, str, str], Awaitable[Any]]
+
+
 class PodCreator:
-    def __init__(self, cache: ObjectCache, writer: Writer, retry_later: Callable[[float], None]) -> None:
+    def __init__(self, cache: ObjectCache, writer: Writer, retry_later: Callable[[float], None],
+                 fail_workload: FailWorkload | None = None) -> None:
         self.cache = cache
         self.writer = writer
         self.retry_later = retry_later  # asks for a later cycle when a pod had to wait or failed
+        self.fail_workload = fail_workload
         self.created = 0  # pods created since start (for tests and logs)
         self._counted: dict[str, int] = {}      # node -> GPUs of its cached pods at the last recount
         self._in_flight: Counter[str] = Counter()  # node -> GPUs of pods whose create has not returned
@@ -85,7 +96,8 @@ class PodCreator:
             self._pods_in_flight.add(object_key(pod))
             to_create.append(pod)
         if to_create:
-            self._tasks[key] = asyncio.create_task(self._create_all(key, to_create), name=f"gpuadmit pods of {key}")
+            uid = str((workload.get("metadata") or {}).get("uid") or "")
+            self._tasks[key] = asyncio.create_task(self._create_all(key, uid, to_create), name=f"gpuadmit pods of {key}")
         return len(to_create)
 
     async def drain(self) -> None:
@@ -94,9 +106,7 @@ class PodCreator:
             await asyncio.gather(*self._tasks.values(), return_exceptions=True)
 
     async def close(self) -> None:
-        for task in self._tasks.values():
-            task.cancel()
-        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        await cancel_all(list(self._tasks.values()))
         self._tasks.clear()
 
     def _fits(self, node_name: str, gpus: int) -> bool:
@@ -107,23 +117,26 @@ class PodCreator:
         used = self._counted.get(node_name, 0) + self._in_flight[node_name] + self._landed[node_name]
         return used + gpus <= allocatable
 
-    async def _create_all(self, key: str, pods: list[dict[str, Any]]) -> None:
+    async def _create_all(self, key: str, uid: str, pods: list[dict[str, Any]]) -> None:
         try:
-            created = await asyncio.gather(*(self._create_one(pod) for pod in pods))
+            results = await asyncio.gather(*(self._create_one(pod) for pod in pods))
         finally:
             self._tasks.pop(key, None)
-        if not all(created):
+        refusal = next((result for result in results if result.refused), None)
+        if refusal is not None and self.fail_workload is not None:
+            await self.fail_workload(key, uid, refusal.refused, refusal.message)  # its GPUs go with it
+        elif not all(result.created for result in results):
             self.retry_later(1.0)  # the reservation stands; its missing pods come next cycle
 
-    async def _create_one(self, pod: dict[str, Any]) -> bool:
+    async def _create_one(self, pod: dict[str, Any]) -> PodCreation:
         node_name, gpus, key = pod["spec"]["nodeName"], pod_gpu_request(pod), object_key(pod)
-        created = False
+        result = PodCreation(False)
         try:
-            created = await self.writer.create_pod(pod)
+            result = await self.writer.create_pod(pod)
         finally:
             self._pods_in_flight.discard(key)
             self._in_flight[node_name] -= gpus
-            if created:
+            if result.created:
                 self._landed[node_name] += gpus
                 self.created += 1
-        return created
+        return result

@@ -49,6 +49,7 @@ class OperatorOptions:
     max_concurrency: int = 48
     per_namespace_metrics: bool = False  # opt-in: metrics then name tenants' namespaces
     pod_security_level: str = DEFAULT_LEVEL  # the Pod Security Standards level templates are held to
+    max_failed_cycles: int = 5  # whole-cycle failures in a row after which /readyz fails (0: never)
 
 
 class OperatorRuntime:
@@ -78,7 +79,7 @@ class OperatorRuntime:
         self.loop = SchedulingLoop(
             self.cache, writer,
             LoopSettings(options.debounce_seconds, options.resync_seconds, options.policy_name, options.namespaces,
-                         options.pod_security_level),
+                         options.pod_security_level, options.max_failed_cycles),
             metrics=self.metrics, gate=gate, resync=self.resync,
         )
         if gate is not None:
@@ -136,8 +137,9 @@ class OperatorRuntime:
         return self._loop_task is not None and not self._loop_task.done()
 
     def ready(self) -> bool:
-        """Seeded and through its first cycle (a standby replica's skipped one counts)."""
-        return self.alive() and self.loop is not None and self.loop.attempts > 0
+        """Seeded and through its first cycle (a standby replica's skipped one counts), and not
+        failing cycle after cycle (``--max-failed-cycles`` in a row)."""
+        return self.alive() and self.loop is not None and self.loop.attempts > 0 and self.loop.healthy()
 
     async def _start_health_server(self) -> None:
         if not self.options.health_port:
@@ -151,7 +153,9 @@ class OperatorRuntime:
         async def readyz(_: web.Request) -> web.Response:
             ok = self.ready()
             cycles = self.loop.cycles if self.loop else 0
-            body = {"ready": ok, "cycles": cycles, "cached": self.cache.counts(), "streams_events": sum(s.events_seen for s in self.streams)}
+            failed = self.loop.failed_cycles_in_a_row if self.loop else 0
+            body = {"ready": ok, "cycles": cycles, "failed_cycles_in_a_row": failed, "cached": self.cache.counts(),
+                    "streams_events": sum(s.events_seen for s in self.streams)}
             return web.json_response(body, status=200 if ok else 503)
 
         app = web.Application()

@@ -42,6 +42,10 @@ PODS_STARTING = "PodsStarting"
 PODS_SUCCEEDED = "PodsSucceeded"
 NODE_UNAVAILABLE = "NodeUnavailable"
 PLACEMENT_INVALID = "PlacementInvalid"  # status.placement does not account for the replicas (core.placement)
+POD_REFUSED = "PodRefused"        # the API server refused one of the workload's pods for good (400/422)
+POD_NAME_TAKEN = "PodNameTaken"   # a pod of another owner already has the name one of ours needs
+INTERNAL_ERROR = "InternalError"  # gpuadmit failed while handling this one workload
+WORKLOAD_FAILURE_REASONS = (POD_REFUSED, POD_NAME_TAKEN, INTERNAL_ERROR)
 POLICY_VALID = "Valid"
 POLICY_INVALID = "InvalidSpec"
 

@@ -18,18 +18,61 @@ import logging
 import socket
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Mapping
 
 from gpuadmit.controller import api as kube
 from gpuadmit.controller.api import ApiError, KubeApi, Urgency
 from gpuadmit.controller.cache import POD, WORKLOAD, ObjectCache, object_key
-from gpuadmit.controller.status import status_patch
+from gpuadmit.controller.status import POD_NAME_TAKEN, POD_REFUSED, status_patch
 from gpuadmit.core.timefmt import format_rfc3339
 from gpuadmit.core.model import API_GROUP, API_VERSION, CLASS_LABEL
+from gpuadmit.core.pods import controlling_workload
 
 logger = logging.getLogger(__name__)
 
 COMPONENT = "gpuadmit"
+# Answers to a pod create that the same pod would get again (invalid or malformed): no retry.
+PERMANENT_POD_ERRORS = frozenset({400, 422})
+# A 403 is permanent when an admission policy refused the pod itself (Pod Security admission, a
+# validating webhook); RBAC and ResourceQuota 403s can pass later and are retried.
+POLICY_REFUSALS = ("violates PodSecurity", "denied the request")
+
+
+def refused_for_good(error: ApiError) -> bool:
+    """Whether creating the same pod again would be refused again."""
+    if error.status in PERMANENT_POD_ERRORS:
+        return True
+    return error.status == 403 and any(marker in error.message for marker in POLICY_REFUSALS)
+
+
+@dataclass(frozen=True)
+class PodCreation:
+    """What creating one pod came to: ``created`` (it exists and is ours), else ``refused`` names a
+    reason that fails its workload (retrying would change nothing), else the next cycle retries."""
+
+    created: bool
+    refused: str = ""
+    message: str = ""
+
+
+def _controller_of(pod: Mapping[str, Any]) -> str:
+    refs = (pod.get("metadata") or {}).get("ownerReferences") or []
+    for ref in refs if isinstance(refs, list) else []:
+        if isinstance(ref, Mapping) and ref.get("controller") is True:
+            return f"controlled by {ref.get('kind')} {ref.get('name')}"
+    return "no controller"
+
+
+async def cancel_all(tasks: list[asyncio.Task[None]]) -> None:
+    """Cancel the tasks and wait until each has ended. Cancelled again while any runs on: on
+    Python 3.11 ``asyncio.wait_for`` (inside every API request) can swallow a cancellation that
+    arrives as its answer does, and the task then waits for its next job for ever."""
+    pending = set(tasks)
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=1.0)
 
 
 class FollowUps:
@@ -56,9 +99,7 @@ class FollowUps:
             await self._queue.join()
 
     async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_all(self._tasks)
         self._tasks = []
 
     async def _work(self) -> None:
@@ -134,18 +175,46 @@ class Writer:
             return
         self.cache.put(WORKLOAD, updated)
 
-    async def create_pod(self, pod: Mapping[str, Any]) -> bool:
-        """Create one pod; an existing pod of that name counts as created (restarts never duplicate)."""
+    async def create_pod(self, pod: Mapping[str, Any]) -> PodCreation:
+        """Create one pod of a workload. An existing pod of that name counts as created only if the
+        same workload controls it (restarts never duplicate); one of another owner is refused, as
+        is a pod the API server finds invalid: holding GPUs for either would hold them for nothing."""
         metadata = pod["metadata"]
         try:
             created = await self.api.create(kube.PODS, pod, metadata["namespace"], urgency=Urgency.MATERIALISE)
         except ApiError as error:
             if error.status == 409 and error.reason == "AlreadyExists":
-                return True
-            logger.warning("Could not create pod %s/%s: %s", metadata["namespace"], metadata["name"], error)
-            return False
+                return await self._existing_pod(pod)
+            where = f"{metadata['namespace']}/{metadata['name']}"
+            logger.warning("Could not create pod %s: %s", where, error)
+            if refused_for_good(error):  # the same pod would be refused again: no retry loop
+                return PodCreation(False, POD_REFUSED,
+                                   f"the API server refused pod {where} ({error.status} {error.reason}): "
+                                   f"{error.message or error}")
+            return PodCreation(False)
         self.cache.put(POD, created)
-        return True
+        return PodCreation(True)
+
+    async def _existing_pod(self, pod: Mapping[str, Any]) -> PodCreation:
+        """A 409 on create: the pod of that name is ours only if this very workload controls it."""
+        metadata = pod["metadata"]
+        where = f"{metadata['namespace']}/{metadata['name']}"
+        try:
+            existing = await self.api.get(kube.PODS, metadata["name"], metadata["namespace"])
+        except ApiError as error:
+            logger.info("Pod %s answered 409 but cannot be read (%s); retrying next cycle", where, error)
+            return PodCreation(False)
+        ours, theirs = controlling_workload(pod), controlling_workload(existing)
+        if theirs == ours:
+            self.cache.put(POD, existing)
+            return PodCreation(True)
+        if theirs is not None and ours is not None and theirs[0] == ours[0]:
+            return PodCreation(False)  # an earlier workload of this name: its pod is deleted, then ours comes
+        owner = _controller_of(existing)
+        logger.warning("Pod %s exists and is not this workload's (%s)", where, owner)
+        return PodCreation(False, POD_NAME_TAKEN,
+                           f"pod {where}, the name gpuadmit gives this workload's replica, already exists and is "
+                           f"not this workload's ({owner}); delete that pod or rename the workload")
 
     async def delete_pod(self, pod: Mapping[str, Any]) -> bool:
         """Delete a pod. A pod that is gone at once leaves the cache now; a terminating one

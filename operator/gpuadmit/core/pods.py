@@ -29,6 +29,27 @@ GPUWORKLOAD_KIND = "GPUWorkload"
 DEFAULT_RESTART_POLICY = {"training": "OnFailure", "inference": "Always"}
 
 
+def controlling_workload(pod: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(name, uid) of the GPUWorkload that is this pod's controller (its ownerReference with
+    ``controller: true``), else None.
+
+    Only such a pod is a workload's: the ``gpuadmit.io/workload`` label is a hint anyone can
+    set (a ReplicaSet's pods may carry it), and gpuadmit must never count, follow or delete
+    a pod that is not its own. Owner references are namespace-local, so the workload is
+    ``<pod namespace>/<name>``; the uid tells one incarnation of a name from the next.
+    """
+    metadata = pod.get("metadata")
+    refs = metadata.get("ownerReferences") if isinstance(metadata, Mapping) else None
+    if not isinstance(refs, list):
+        return None
+    for ref in refs:
+        if (isinstance(ref, Mapping) and ref.get("controller") is True and ref.get("kind") == GPUWORKLOAD_KIND
+                and str(ref.get("apiVersion", "")).split("/", 1)[0] == API_GROUP
+                and isinstance(ref.get("name"), str) and ref.get("name")):
+            return ref["name"], str(ref.get("uid") or "")
+    return None
+
+
 def pod_name(workload_name: str, replica_index: int) -> str:
     return f"{workload_name}-{replica_index}"
 

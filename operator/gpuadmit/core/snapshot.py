@@ -23,7 +23,6 @@ from gpuadmit.core.model import (
     HOLDING_PHASES,
     PENDING_PHASES,
     TIER_LABEL,
-    WORKLOAD_LABEL,
     GpuNode,
     InvalidWorkload,
     Policy,
@@ -32,6 +31,7 @@ from gpuadmit.core.model import (
 )
 from gpuadmit.core.nodes import gpus_used_by_node, node_from_object, pod_gpu_request, pod_is_terminal
 from gpuadmit.core.podsecurity import DEFAULT_LEVEL, DEFAULT_POD_SECURITY, PodSecurity, pod_security_of_namespaces
+from gpuadmit.core.pods import controlling_workload
 from gpuadmit.core.policy import select_policy
 from gpuadmit.core.workload import PHASES, ParseCache, parse_workload
 
@@ -104,16 +104,19 @@ def tiers_by_namespace(namespaces: Iterable[Mapping[str, Any]]) -> dict[str, str
 
 
 def gpus_of_own_pods(pods: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str], int]:
-    """GPUs requested by our own non-terminal pods, by (workload key, node)."""
+    """GPUs requested by our own non-terminal pods (controlled by their GPUWorkload), by (workload key, node).
+
+    A pod that only carries the ``gpuadmit.io/workload`` label is somebody else's: counted
+    here, it would hide inside that workload's reservation instead of beside it."""
     own: dict[tuple[str, str], int] = {}
     for pod in pods:
         metadata = pod.get("metadata") if isinstance(pod, _MAPPINGS) else None
         if not isinstance(metadata, _MAPPINGS):
             continue
-        labels = metadata.get("labels")
-        workload_name = labels.get(WORKLOAD_LABEL) if isinstance(labels, _MAPPINGS) else None
-        if not isinstance(workload_name, str) or not workload_name or pod_is_terminal(pod):
+        controller = controlling_workload(pod)
+        if controller is None or pod_is_terminal(pod):
             continue
+        workload_name = controller[0]
         spec = pod.get("spec")
         node_name = spec.get("nodeName") if isinstance(spec, _MAPPINGS) else None
         if not isinstance(node_name, str) or not node_name:

@@ -137,6 +137,8 @@ def _check(obj: Any, old: Any, pod_security: PodSecurity = DEFAULT_POD_SECURITY)
     if spec_changed:  # an update that leaves the spec alone (labels, finalizers) is not judged on it again
         _check_containers(spec)
         _check_pod_security(spec, _mapping(obj.get("metadata")).get("namespace"), pod_security)
+        # Before the parser: a key that is reserved and also malformed is refused as reserved.
+        _check_reserved_keys(obj, old, None, class_label=False)
         parsed = parse_workload(_with_name(obj), DEFAULT_POLICY, {}, pod_security=pod_security)
         if isinstance(parsed, InvalidWorkload):
             raise _Refusal(INVALID_SPEC, parsed.field or "spec", parsed.message)
@@ -172,10 +174,11 @@ def _only_metadata_bookkeeping_changed(obj: Mapping[str, Any], old: Mapping[str,
 
 
 def _with_name(obj: Mapping[str, Any]) -> Mapping[str, Any]:
-    """A create with ``generateName`` reaches admission without a name: judge it under a stand-in."""
+    """A create with ``generateName`` reaches admission without a name: judge it under a stand-in
+    of the length the API server makes (the prefix cut to 58 characters, then 5 random ones)."""
     metadata = obj.get("metadata")
     if isinstance(metadata, Mapping) and not metadata.get("name") and metadata.get("generateName"):
-        return {**obj, "metadata": {**metadata, "name": f"{metadata['generateName']}generated"}}
+        return {**obj, "metadata": {**metadata, "name": f"{str(metadata['generateName'])[:58]}x0x0x"}}
     return obj
 
 
@@ -241,10 +244,12 @@ def _check_gpu_requests(spec: Mapping[str, Any]) -> None:
         )
 
 
-def _check_reserved_keys(obj: Mapping[str, Any], old: Mapping[str, Any], computed_class: str | None) -> None:
+def _check_reserved_keys(obj: Mapping[str, Any], old: Mapping[str, Any], computed_class: str | None,
+                         class_label: bool = True) -> None:
     """Keys under ``gpuadmit.io/`` are gpuadmit's; on update, keys that are already stored unchanged pass.
 
     ``computed_class`` is None when the spec did not change: the stored class label then stands.
+    ``class_label=False`` leaves the workload's class label to a later call that knows the class.
     """
     template = _mapping(_mapping(obj.get("spec")).get("template"))
     old_template = _mapping(_mapping(old.get("spec")).get("template"))
@@ -266,6 +271,8 @@ def _check_reserved_keys(obj: Mapping[str, Any], old: Mapping[str, Any], compute
                     continue
                 field = f'{prefix}.{section}["{key}"]'
                 if prefix == "metadata" and section == "labels" and key == CLASS_LABEL:
+                    if not class_label:
+                        continue
                     if computed_class is None and key in old_values and old_values[key] == value:
                         continue
                     if computed_class is None:

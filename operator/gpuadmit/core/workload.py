@@ -29,6 +29,7 @@ from gpuadmit.core.model import CLASSES, HOLDING_PHASES, InvalidWorkload, Phase,
 from gpuadmit.core.placement import read_placement
 from gpuadmit.core.podsecurity import DEFAULT_POD_SECURITY, PodSecurity, check_template
 from gpuadmit.core.policy import whole_number
+from gpuadmit.core.template_shape import check_template_shape, check_workload_name
 from gpuadmit.core.timefmt import parse_rfc3339_or_none
 
 _MAPPINGS = (dict, Mapping)  # dict first: the common case is checked fastest
@@ -86,6 +87,7 @@ def parse_workload(
             message=f"{field}: must be a non-empty string",
         )
     try:
+        check_workload_name(name)
         return _parse_valid(obj, metadata, namespace, name, policy, tiers, now, pod_security, cache)
     except SpecError as error:
         return InvalidWorkload(namespace=namespace, name=name, field=error.field, message=str(error))
@@ -144,7 +146,8 @@ def _parse_valid(
         status = None  # a new workload: no decision yet
     decided = _class_decided_for_this_generation(spec_class, metadata, status)
     if decided is not None:
-        tolerations = _check_template(spec.get("template"))
+        # Checked (memoised) without classifying again: "training" is the class that needs no classifier.
+        tolerations = template_facts("training", spec.get("template"), cache)[0]
         workload_class, class_reason = decided
     else:
         tolerations, workload_class, class_reason = template_facts(spec_class, spec.get("template"), cache)
@@ -209,10 +212,10 @@ def template_facts(
     spec_class: str, template: object, cache: ParseCache | None = None,
 ) -> tuple[tuple[Toleration, ...], WorkloadClass, str]:
     """(tolerations, class, class reason) of a valid template; ``SpecError`` for an invalid one."""
-    if spec_class == "training" or cache is None:  # nothing to classify: checking is cheaper than the cache's key
+    if cache is None:
         tolerations = _check_template(template)
         return (tolerations, *classify(spec_class, template))
-    return cache.template_facts(spec_class, template)
+    return cache.template_facts(spec_class, template)  # training too: checking the shape costs more than the key
 
 
 _UNSEEN = object()
@@ -237,7 +240,11 @@ class ParseCache:
         self._seconds: dict[str, float | None] = {}
 
     def template_facts(self, spec_class: str, template: object) -> tuple[tuple[Toleration, ...], WorkloadClass, str]:
-        key = (spec_class, repr(template))
+        try:
+            key = (spec_class, repr(template))
+        except RecursionError:  # nested past what repr can walk: _check_template names the problem
+            _check_template(template)
+            raise
         facts = self._facts.get(key)
         if facts is None:
             tolerations = _check_template(template)
@@ -333,6 +340,7 @@ def _check_template(template: object) -> tuple[Toleration, ...]:
             raise SpecError(
                 f"spec.template.spec.containers[{index}]", f"must be a container object, got {_type_name(container)}"
             )
+    check_template_shape(template)
     return _tolerations(pod_spec.get("tolerations"))
 
 
