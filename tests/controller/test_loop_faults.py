@@ -216,3 +216,20 @@ async def test_a_holding_workload_whose_placement_does_not_add_up_is_requeued_no
     assert messages["ghost"].startswith("status.placement is empty")
     assert "places 1 of the 2 replicas" in messages["half"]
     assert overcommitted_nodes(found["state"]) == {}
+
+
+async def test_a_failed_status_write_is_retried_without_waiting_for_a_resync() -> None:
+    """A status write that fails (here an injected 409 on the policy, which did not really change)
+    brings no watch event; the loop must still try again soon, not at the next resync (30 s here)."""
+    faults = FaultPlan(resources={"marginpolicies"}, write_failure_codes=(409,))
+    with EmulatedApiServer(crds=[CRD_DIR], faults=faults) as url:
+        async with KubeApi(kopf.ConnectionInfo(server=url)) as api:
+            await seed(api, nodes=1, workloads=0)
+            faults.fail_next_writes = 1
+            async with RunningOperator(api):
+                async def accepted() -> bool:
+                    policy = await api.request("get", "GET", f"{GROUP}/marginpolicies/default")
+                    conditions = {c["type"]: c for c in (policy.get("status") or {}).get("conditions", [])}
+                    return conditions.get("Accepted", {}).get("status") == "True"
+                await eventually(accepted, timeout=10.0, what="the policy's Accepted condition, after one failed write")
+    assert faults.injected == 1

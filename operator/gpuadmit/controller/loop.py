@@ -294,6 +294,7 @@ class SchedulingLoop:
             report.skipped = True
             return report
         now = self.clock()
+        failed_writes_before = self.writer.failed_status_writes
         policy = await self._policy_in_force(now)
         self.pods.recount()
         await self._follow_pods(now, report)
@@ -319,6 +320,10 @@ class SchedulingLoop:
             self.metrics.observe_cycle(snapshot, result, report.duration_s)
         if report.preemptions or report.requeued:
             self.trigger()  # victims and requeued work are pending again: decide them next
+        elif self.writer.failed_status_writes > failed_writes_before:
+            # A failed write (an injected 409 on an unchanged object, say) brings no watch event:
+            # without this the retry would wait for the next resync.
+            self.trigger_later()
         if report.statuses_written or report.pods_started or report.pods_deleted:
             logger.info(
                 "Cycle %d: %d decisions %s, %d statuses written, %d pods started, %d deleted, %d preempted; "

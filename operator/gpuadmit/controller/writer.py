@@ -119,6 +119,9 @@ class Writer:
         self.cache = cache
         self.instance = instance or socket.gethostname()
         self.conflicts = 0  # for logs and tests: how often a write met a newer object
+        # Every status write that failed (conflict, server error, timeout): the loop runs another
+        # cycle when this grows, because a failed write changes nothing a watch would report.
+        self.failed_status_writes = 0
         self._status_writes: set[tuple[str, str]] = set()  # (kind, key) with a status patch in flight
         self.follow_ups = FollowUps()
 
@@ -268,6 +271,7 @@ class Writer:
 
     async def _after_failed_write(self, kind: str, resource: kube.Resource, obj: Mapping[str, Any], error: ApiError) -> None:
         metadata = obj.get("metadata") or {}
+        self.failed_status_writes += 1
         if error.status == 409:
             self.conflicts += 1
             logger.info("Conflict writing %s: it changed since this cycle read it; retrying next cycle", object_key(obj))
