@@ -103,6 +103,11 @@ def _resource(group: str, version: str | None, plural: str | None) -> kmock.reso
     return resource
 
 
+def _refuse_non_json_constant(name: str) -> Any:
+    """NaN and Infinity are Python's extensions, not JSON: a real API server refuses such a body."""
+    raise ValueError(f"{name} is not valid JSON")
+
+
 async def parse_request(raw_request: aiohttp.web.BaseRequest, *, id: int) -> rendering.Request:
     """Build kmock's ``Request`` (so its filters and assertions work) with our path parsing;
     PUT counts as the UPDATE action, as PATCH does."""
@@ -113,7 +118,7 @@ async def parse_request(raw_request: aiohttp.web.BaseRequest, *, id: int) -> ren
         data = protobuf.decode(body)  # kubectl's typed clients: create namespace, configmap, ...
     else:
         try:
-            data = json.loads(text) if text.strip() else None
+            data = json.loads(text, parse_constant=_refuse_non_json_constant) if text.strip() else None
         except ValueError:
             data = None
     parsed = parse_api_path(raw_request.path)

@@ -86,3 +86,12 @@ def test_fuzzed_bodies_never_crash_the_server(server_url, body, method, content_
 def test_malformed_requests_are_client_errors(server_url, path, body):
     code, answer = send(server_url + path, "POST" if body is not None else "GET", body or b"", "application/json")
     assert 400 <= code < 500 and answer["kind"] == "Status"
+
+
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
+def test_nan_and_infinity_are_not_json_and_are_refused(server_url, constant):
+    # Python's json reads them; a real API server's JSON decoder does not, so nothing stores them.
+    body = ('{"apiVersion": "gpuadmit.io/v1alpha1", "kind": "MarginPolicy", "metadata": {"name": "p-%s"},'
+            ' "spec": {"minMarginPerGPUHour": %s}}' % (constant.strip("-").lower(), constant)).encode()
+    code, status = send(f"{server_url}/apis/gpuadmit.io/v1alpha1/marginpolicies", "POST", body, "application/json")
+    assert code == 400 and status["reason"] == "BadRequest", status
