@@ -21,7 +21,8 @@ from gpuadmit.controller.loop import LoopSettings, SchedulingLoop
 from gpuadmit.controller.watch import Stream
 from gpuadmit.controller.writer import Writer
 from kubeapi_emulator import EmulatedApiServer, FaultPlan
-from tests.e2e_harness import CRD_DIR, default_template, expected_decisions, overcommitted_nodes
+from tests.e2e_harness import CRD_DIR, default_template, expected_decisions
+from tests.invariants import ClusterState, overcommit_violations
 
 pytestmark = [pytest.mark.emulator]
 
@@ -110,7 +111,7 @@ async def test_faulty_api_still_gets_every_decision_and_no_overcommit() -> None:
                 await loop.pods.close()
                 await writer.follow_ups.close()
 
-    assert overcommitted_nodes(state) == {}
+    assert overcommit_violations(ClusterState.from_dump(state)) == []
     phases = Counter(w["status"]["phase"] for w in state["workloads"])
     assert phases["Admitted"] > 0 and phases["Queued"] > 0
     # Nothing was dropped on the way: on the final state the engine has nothing more to admit.
