@@ -36,9 +36,10 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Mapping, TextIO
+from typing import Any, TextIO
 
 import yaml
 
@@ -180,7 +181,7 @@ class EmulatorClient:
                             await _maybe_await(on_event(event["type"], event.get("object") or {}))
                         elif event.get("type") == "ERROR":
                             break  # e.g. 410 Gone: list again
-            except (aiohttp.ClientError, asyncio.TimeoutError, json.JSONDecodeError, DemoError):
+            except (TimeoutError, aiohttp.ClientError, json.JSONDecodeError, DemoError):
                 await asyncio.sleep(0.5)  # the server restarts or drops the stream: list again shortly
 
 
@@ -224,7 +225,7 @@ class AdmissionClient:
             if not validation.get("allowed"):
                 return Verdict(False, obj, str((validation.get("status") or {}).get("message", "")))
             return Verdict(True, obj)
-        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, KeyError):
+        except (TimeoutError, aiohttp.ClientError, ValueError, KeyError):
             self.unreachable += 1
             return Verdict(True, obj)
 
@@ -257,7 +258,7 @@ class AdmissionClient:
         try:
             async with self.session.post(f"{self.base_url}/validate-gpuworkload", data=b"{}", ssl=self.ssl):
                 return True  # any answer (a 400 for this empty review) means it serves
-        except (aiohttp.ClientError, asyncio.TimeoutError):
+        except (TimeoutError, aiohttp.ClientError):
             return False
 
 
@@ -508,7 +509,7 @@ async def metrics_line(url: str) -> str:
         async with aiohttp.ClientSession() as session:
             async with session.get(url, timeout=aiohttp.ClientTimeout(total=10)) as response:
                 text = await response.text()
-    except (aiohttp.ClientError, asyncio.TimeoutError) as error:
+    except (TimeoutError, aiohttp.ClientError) as error:
         return f"metrics: {url} not reachable ({type(error).__name__})"
     samples = sum(1 for line in text.splitlines() if line.startswith("gpuadmit_"))
     return f"metrics: {samples} gpuadmit_ samples served at {url}"
