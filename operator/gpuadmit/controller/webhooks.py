@@ -95,7 +95,7 @@ def pod_security_for(namespace: str) -> PodSecurity:
     if _namespace_provider is not None:
         try:
             namespace_obj = _namespace_provider(namespace)
-        except Exception:
+        except Exception:  # a lookup failure means "unknown", judged by the level alone (logged)
             logger.exception("The namespace provider failed; judging %s by the configured level alone.", namespace)
     rules = namespace_rules(namespace_obj, _pod_security_level)
     return PodSecurity(level=_pod_security_level, by_namespace={namespace: rules})
