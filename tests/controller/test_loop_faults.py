@@ -216,7 +216,7 @@ async def test_a_holding_workload_whose_placement_does_not_add_up_is_requeued_no
     messages = {e["involvedObject"]["name"]: e["message"] for e in found["events"] if e.get("reason") == "PlacementInvalid"}
     assert messages["ghost"].startswith("status.placement is empty")
     assert "places 1 of the 2 replicas" in messages["half"]
-    assert overcommitted_nodes(found["state"]) == {}
+    assert overcommit_violations(ClusterState.from_dump(found["state"])) == []
 
 
 async def test_a_failed_status_write_is_retried_without_waiting_for_a_resync() -> None:

@@ -37,7 +37,7 @@ def test_the_wheel_carries_the_two_packages_and_nothing_for_developers(wheel: zi
     top_level = {name.split("/")[0] for name in names if not name.split("/")[0].endswith(".dist-info")}
     assert top_level == SHIPPED_PACKAGES
     assert [name for name in names if DEVELOPER_ONLY.search(name)] == []
-    for module in ("gpuadmit/cli.py", "gpuadmit/localcluster.py", "gpuadmit/core/engine.py", "kubeapi_emulator/server.py"):
+    for module in ("gpuadmit/cli.py", "gpuadmit/localcluster.py", "gpuadmit/core/engine/__init__.py", "kubeapi_emulator/server.py"):
         assert module in names
 
 
