@@ -19,8 +19,14 @@ $(STAMP): pyproject.toml | $(BIN)/python
 demo: $(STAMP)
 	$(BIN)/gpuadmit demo
 
-## test: every test suite (unit, property, emulator, end-to-end, Prometheus, Helm)
-test: $(STAMP)
+## lint: the import contracts (import-linter, [tool.importlinter] in pyproject.toml), ruff and mypy on the package
+lint: $(STAMP)
+	$(BIN)/lint-imports --no-cache
+	$(BIN)/ruff check operator
+	$(BIN)/mypy
+
+## test: lint, then every test suite (unit, property, emulator, end-to-end, Prometheus, Helm)
+test: lint
 	bash scripts/ensure-test-tools.sh
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
@@ -45,4 +51,4 @@ decide-example: $(STAMP)
 	$(BIN)/gpuadmit decide -f examples/cluster.yaml
 
 clean:
-	rm -rf $(VENV) out .pytest_cache .hypothesis
+	rm -rf $(VENV) out .pytest_cache .hypothesis .mypy_cache .ruff_cache .import_linter_cache

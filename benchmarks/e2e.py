@@ -38,7 +38,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,7 +47,7 @@ import aiohttp
 import yaml
 from gpuadmit.controller.http1 import Http1Pool
 from gpuadmit.core.timefmt import format_rfc3339
-from gpuadmit.processes import free_port, stop_process
+from gpuadmit.localcluster import EmulatorProcess, OperatorProcess
 from gpuadmit.sim.report import percentile
 
 REPO = Path(__file__).resolve().parents[1]
@@ -67,45 +67,6 @@ DECISION_TIMEOUT_S = 600.0
 
 
 # -- processes ------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def emulator_process(workdir: Path, audit_log: Path | None = None) -> Iterator[tuple[str, Path, subprocess.Popen[bytes]]]:
-    """``python -m kubeapi_emulator`` on a free port: yields (url, kubeconfig path, process)."""
-    kubeconfig = workdir / "kubeconfig"
-    kubeconfig.unlink(missing_ok=True)  # its appearance is the signal that the server listens
-    port = free_port()
-    with open(workdir / "emulator.log", "wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "kubeapi_emulator", "--port", str(port), "--crds", str(CRD_DIR),
-             "--kubeconfig-out", str(kubeconfig), *(["--audit-log", str(audit_log)] if audit_log else [])],
-            stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
-    try:
-        deadline = time.monotonic() + 60
-        while not kubeconfig.exists():
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the emulator did not start:\n{(workdir / 'emulator.log').read_text()[-2000:]}")
-            time.sleep(0.05)
-        yield f"http://127.0.0.1:{port}", kubeconfig, process
-    finally:
-        stop_process(process)
-
-
-@contextlib.contextmanager
-def operator_process(kubeconfig: Path, workdir: Path, command: str) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
-    """The real ``gpuadmit run`` (webhooks off, otherwise its defaults): yields (process, health port).
-    ``command`` replaces ``python -m gpuadmit run`` (to measure a patched build, say)."""
-    health_port = free_port()
-    env = {**os.environ, "KUBECONFIG": str(kubeconfig), "PYTHONUNBUFFERED": "1"}
-    with open(workdir / "operator.log", "wb") as log:
-        process = subprocess.Popen(
-            [*(shlex.split(command) if command else [sys.executable, "-m", "gpuadmit", "run"]),
-             "--health-port", str(health_port), "--metrics-port", str(free_port()), "--webhook-port", "0"],
-            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
-    try:
-        yield process, health_port
-    finally:
-        stop_process(process)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -210,21 +171,6 @@ async def set_up_cluster(api: LoadClient, workloads: int) -> int:
 
     await bounded(16, [lambda index=index: add_node(index) for index in range(node_count)])
     return node_count
-
-
-async def wait_ready(health_port: int, process: subprocess.Popen[bytes], workdir: Path, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    async with aiohttp.ClientSession() as session:
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"gpuadmit run exited:\n{(workdir / 'operator.log').read_text()[-3000:]}")
-            with contextlib.suppress(aiohttp.ClientError, OSError):
-                async with session.get(f"http://127.0.0.1:{health_port}/readyz") as response:
-                    if response.status == 200:
-                        return
-            if time.monotonic() > deadline:
-                raise RuntimeError("gpuadmit run did not become ready")
-            await asyncio.sleep(0.2)
 
 
 # -- part 1: the operator -------------------------------------------------------------------------
@@ -341,7 +287,11 @@ async def measure_operator(url: str, kubeconfig: Path, workdir: Path, workloads:
         backlog_decided = asyncio.Event()
         cpu_at_first: list[float] = []
         backlog.spawned = time.perf_counter()
-        with operator_process(kubeconfig, workdir, command) as (process, health_port):
+        # The operator as `make bench` has always measured it: webhooks off, otherwise its defaults.
+        operator = OperatorProcess(kubeconfig, workdir, command=shlex.split(command) if command else ())
+        try:
+            process = operator.launch(wait_ready=False)  # its start-up is part of what the backlog measures
+
             def first_decision() -> None:
                 cpu_at_first.extend((cpu_seconds(process.pid), cpu_seconds(server_pid)))
             watcher = asyncio.create_task(watch_decisions(
@@ -352,9 +302,11 @@ async def measure_operator(url: str, kubeconfig: Path, workdir: Path, workloads:
                 backlog.server_cpu_s = cpu_seconds(server_pid) - cpu_at_first[1]
             finally:
                 await cancelled(watcher)
-            await wait_ready(health_port, process, workdir)
+            await operator.wait_ready_async(timeout=120)
             await wait_idle(process.pid)  # the backlog's pods, Events and labels written: a clean start
             run = await measure_burst(api, workdir, workloads, nodes, server_pid, process.pid, profile)
+        finally:
+            operator.stop()
         return backlog, run
 
 
@@ -583,10 +535,15 @@ async def run_benchmark(workloads: int = WORKLOADS, profile: bool = False, keep:
         audit_log = workdir / "audit.jsonl" if audit else None
         if audit_log is not None:
             audit_log.unlink(missing_ok=True)
-        with emulator_process(workdir, audit_log) as (url, kubeconfig, emulator):
-            backlog, run = await measure_operator(url, kubeconfig, workdir, workloads, emulator.pid, profile, command)
-            bare = await measure_bare_patches(url, workloads, emulator.pid, profile, workdir)
+        emulator = EmulatorProcess(workdir, (CRD_DIR,), audit_log=audit_log)
+        try:
+            await emulator.start_async()
+            pid = emulator.child.pid if emulator.child else 0
+            backlog, run = await measure_operator(emulator.url, emulator.kubeconfig, workdir, workloads, pid, profile, command)
+            bare = await measure_bare_patches(emulator.url, workloads, pid, profile, workdir)
             text = summary(backlog, run, bare) + (f"\n{request_mix(audit_log, run)}" if audit_log is not None else "")
+        finally:
+            emulator.stop()
         return backlog, run, bare, text
 
 

@@ -1,5 +1,8 @@
 """End-to-end harness: an API server, the CRDs, the real `gpuadmit run` process, and helpers.
 
+The processes (start, readiness, stop) are ``gpuadmit.localcluster``'s, shared with the demo and
+the benchmarks; what a cluster must never do is checked by ``tests/invariants.py``.
+
 Reusable by any suite that needs the whole system (controller, observability, demo):
 
     from tests.e2e_harness import Cluster, OperatorProcess, wait_until
@@ -7,7 +10,7 @@ Reusable by any suite that needs the whole system (controller, observability, de
     with Cluster.start(tmp_path) as cluster:          # emulator subprocess (or a real cluster)
         cluster.add_gpu_nodes(2, gpus=8)
         cluster.apply_policy({"pricePerGPUHour": {"inference": 6, "training": 2}})
-        with OperatorProcess.start(cluster, tmp_path) as operator:
+        with OperatorProcess.start(cluster.kubeconfig, tmp_path) as operator:
             cluster.create_workload("team-a", "chat", gpus=4)
             status = cluster.wait_for_phase("team-a", "chat", {"Admitted"})
 
@@ -15,7 +18,7 @@ or the pytest fixtures ``cluster`` and ``operator_factory`` from ``tests/control
 
 Where the API server comes from:
 
-- default: ``python -m kubeapi_emulator`` as a subprocess on a free loopback port, with the
+- default: ``python -m kubeapi_emulator`` as a subprocess on a loopback port of its choosing, with the
   CRDs in ``crds/`` loaded; it writes the kubeconfig the operator and the client use.
 - ``GPUADMIT_E2E_KUBECONFIG=/path/to/kubeconfig``: a real cluster (e.g. ``kind create cluster``;
   one node is enough). The harness then applies the CRDs itself. Its GPU nodes are not the
@@ -33,19 +36,16 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, TypeVar
 
 import yaml
-from gpuadmit.processes import free_port, stop_process
+# The processes are the one harness the demo and the benchmarks use too; tests import them from here.
+from gpuadmit.localcluster import EmulatorProcess, OperatorProcess, http_get  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[1]
 CRD_DIR = REPO / "crds"
@@ -73,58 +73,6 @@ def wait_until(check: Callable[[], T], timeout: float = 30.0, interval: float = 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last value: {last!r}"[:3000])
         time.sleep(interval)
-
-
-def http_get(url: str, timeout: float = 2.0) -> tuple[int, str]:
-    """(status, body) of a GET; status 0 when nothing answers."""
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read().decode()
-    except (urllib.error.URLError, OSError):
-        return 0, ""
-
-
-# -- the emulated API server as a process ---------------------------------------------------------
-
-
-@dataclass
-class EmulatorProcess:
-    """``python -m kubeapi_emulator`` on a free port, writing ``kubeconfig``."""
-
-    process: subprocess.Popen[bytes]
-    kubeconfig: Path
-    url: str
-    log_path: Path
-
-    @classmethod
-    def start(cls, workdir: Path, crd_dir: Path = CRD_DIR, timeout: float = 30.0) -> "EmulatorProcess":
-        workdir.mkdir(parents=True, exist_ok=True)
-        kubeconfig = workdir / "emulator.kubeconfig"
-        kubeconfig.unlink(missing_ok=True)
-        log_path = workdir / "emulator.log"
-        port = free_port()
-        with open(log_path, "wb") as log:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "kubeapi_emulator", "--port", str(port), "--crds", str(crd_dir),
-                 "--kubeconfig-out", str(kubeconfig)],
-                stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
-            )
-        url = f"http://127.0.0.1:{port}"
-        emulator = cls(process, kubeconfig, url, log_path)
-        try:
-            wait_until(lambda: process.poll() is not None or (kubeconfig.exists() and http_get(url + "/api/v1/namespaces")[0] == 200),
-                       timeout, what=f"the emulated API server on {url}")
-            if process.poll() is not None:
-                raise RuntimeError(f"the emulator exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
-        except BaseException:
-            emulator.stop()
-            raise
-        return emulator
-
-    def stop(self) -> None:
-        stop_process(self.process)
 
 
 # -- the cluster: objects in, objects out ---------------------------------------------------------
@@ -156,11 +104,8 @@ class Cluster:
             finally:
                 cluster.cleanup_real()
             return
-        emulator = EmulatorProcess.start(workdir, crd_dir)
-        try:
+        with EmulatorProcess(workdir, (crd_dir,)).running() as emulator:
             yield cls(emulator.kubeconfig, real=False, emulator=emulator)
-        finally:
-            emulator.stop()
 
     # -- clients --
 
@@ -510,138 +455,7 @@ def default_template(workload_class: str) -> dict:
     }]}}
 
 
-# -- the operator process -------------------------------------------------------------------------
-
-
-@dataclass
-class OperatorProcess:
-    """`gpuadmit run` as a subprocess against ``cluster``; kill it, restart it, read its log."""
-
-    cluster: Cluster
-    workdir: Path
-    extra_args: tuple[str, ...] = ()
-    process: subprocess.Popen[bytes] | None = None
-    health_port: int = 0
-    metrics_port: int = 0
-    starts: int = 0
-
-    @classmethod
-    @contextlib.contextmanager
-    def start(cls, cluster: Cluster, workdir: Path, *extra_args: str, timeout: float = 60.0) -> Iterator["OperatorProcess"]:
-        operator = cls(cluster, workdir, tuple(extra_args))
-        operator.launch(timeout=timeout)
-        try:
-            yield operator
-        finally:
-            operator.stop()
-
-    @property
-    def log_path(self) -> Path:
-        return self.workdir / f"operator-{self.starts}.log"
-
-    def launch(self, timeout: float = 60.0, wait_ready: bool = True) -> None:
-        self.starts += 1
-        self.health_port, self.metrics_port = free_port(), free_port()
-        env = {**os.environ, "KUBECONFIG": str(self.cluster.kubeconfig), "PYTHONUNBUFFERED": "1"}
-        args = [sys.executable, "-m", "gpuadmit", "run",
-                "--health-port", str(self.health_port), "--metrics-port", str(self.metrics_port),
-                "--webhook-port", "0", "--debounce-seconds", "0.1", *self.extra_args]
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
-        if wait_ready:
-            self.wait_ready(timeout)
-
-    def readiness(self) -> dict:
-        status, body = http_get(f"http://127.0.0.1:{self.health_port}/readyz")
-        try:
-            return {"status": status, **json.loads(body)} if body else {"status": status}
-        except ValueError:
-            return {"status": status}
-
-    def wait_ready(self, timeout: float = 60.0) -> None:
-        def ready() -> bool:
-            if self.process is not None and self.process.poll() is not None:
-                raise AssertionError(f"gpuadmit run exited with {self.process.returncode}:\n{self.log_tail()}")
-            return self.readiness().get("status") == 200
-        try:
-            wait_until(ready, timeout, interval=0.2, what="gpuadmit run to be ready (/readyz)")
-        except AssertionError as error:
-            raise AssertionError(f"{error}\n--- operator log ---\n{self.log_tail()}") from None
-
-    def cycles(self) -> int:
-        return int(self.readiness().get("cycles", 0))
-
-    def metrics(self) -> str:
-        return http_get(f"http://127.0.0.1:{self.metrics_port}/metrics")[1]
-
-    def kill(self) -> None:
-        """SIGKILL: no clean-up, as when a node dies under the operator."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=15)
-
-    def restart(self, timeout: float = 60.0) -> None:
-        self.stop()
-        self.launch(timeout=timeout)
-
-    def stop(self) -> None:
-        if self.process is not None:
-            stop_process(self.process)
-
-    def log_tail(self, chars: int = 4000) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-chars:]
-        except OSError:
-            return ""
-
-
-# -- invariants and expectations ------------------------------------------------------------------
-
-
-def allocatable_by_node(nodes: list[dict]) -> dict[str, int]:
-    return {n["metadata"]["name"]: int(str((n.get("status") or {}).get("allocatable", {}).get(GPU, "0")) or 0) for n in nodes}
-
-
-def reserved_by_node(workloads: list[dict]) -> Counter[str]:
-    """GPUs reserved by Admitted/Running statuses, per node."""
-    reserved: Counter[str] = Counter()
-    for workload in workloads:
-        status = workload.get("status") or {}
-        if status.get("phase") in ("Admitted", "Running"):
-            for entry in status.get("placement") or []:
-                reserved[entry["node"]] += int(entry["gpus"])
-    return reserved
-
-
-def pod_gpus(pod: Mapping[str, Any]) -> int:
-    total = 0
-    for container in (pod.get("spec") or {}).get("containers") or []:
-        resources = container.get("resources") or {}
-        total += int(str((resources.get("requests") or resources.get("limits") or {}).get(GPU, "0")))
-    return total
-
-
-def used_by_pods(pods: list[dict]) -> Counter[str]:
-    """GPUs requested by non-terminal pods bound to each node."""
-    used: Counter[str] = Counter()
-    for pod in pods:
-        if (pod.get("status") or {}).get("phase") not in ("Succeeded", "Failed") and (pod.get("spec") or {}).get("nodeName"):
-            used[pod["spec"]["nodeName"]] += pod_gpus(pod)
-    return used
-
-
-def overcommitted_nodes(dump: Mapping[str, list[dict]]) -> dict[str, str]:
-    """Nodes where reservations or running pods exceed allocatable GPUs ({} when none)."""
-    allocatable = allocatable_by_node(dump["nodes"])
-    problems: dict[str, str] = {}
-    for node, gpus in reserved_by_node(dump["workloads"]).items():
-        if gpus > allocatable.get(node, 0):
-            problems[node] = f"reserved {gpus} > allocatable {allocatable.get(node, 0)}"
-    for node, gpus in used_by_pods(dump["pods"]).items():
-        if gpus > allocatable.get(node, 0):
-            problems[node] = f"pods request {gpus} > allocatable {allocatable.get(node, 0)}"
-    return problems
+# -- what the engine would decide -----------------------------------------------------------------
 
 
 def expected_decisions(dump: Mapping[str, list[dict]], now: float | None = None) -> dict[str, Any]:
@@ -652,107 +466,3 @@ def expected_decisions(dump: Mapping[str, list[dict]], now: float | None = None)
     snapshot = build_snapshot(dump["nodes"], dump["pods"], dump["namespaces"], dump["workloads"],
                               dump["policies"], time.time() if now is None else now)
     return {decision.key: decision for decision in decide(snapshot).decisions}
-
-
-# -- the end-to-end benchmark ---------------------------------------------------------------------
-
-
-@dataclass
-class BurstFigures:
-    """What `make bench` reports for a burst of GPUWorkloads created at once."""
-
-    workloads: int
-    seconds_to_all_decided: float
-    decisions_per_second: float
-    latency_p50_s: float
-    latency_p99_s: float
-    bare_patches_per_second: float
-
-    @property
-    def ratio_to_bare(self) -> float:
-        return self.decisions_per_second / self.bare_patches_per_second if self.bare_patches_per_second else 0.0
-
-
-def measure_burst(workdir: Path, count: int = 2000, nodes: int = 32, concurrency: int = 32) -> BurstFigures:
-    """On a fresh emulated server: the throughput of bare status patches from a simple client
-    (aiohttp, ``concurrency`` in flight, on ``count`` objects of their own namespace), then
-    ``count`` GPUWorkloads created at once with `gpuadmit run` watching: seconds until every one
-    has a decision in status, decisions per second, and creation-to-decision latency p50/p99
-    (times taken client-side: create answered -> first watch event showing a phase)."""
-    import asyncio
-
-    import aiohttp  # only the benchmark needs it
-
-    group = f"/apis/{GROUP}/{VERSION}"
-
-    def workload_body(namespace: str, name: str, index: int) -> dict:
-        workload_class = "inference" if index % 3 == 0 else "training"
-        return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "GPUWorkload", "metadata": {"name": name, "namespace": namespace},
-                "spec": {"class": workload_class, "gpus": 1 + index % 4, "replicas": 1, "template": default_template(workload_class)}}
-
-    async def create_all(session: aiohttp.ClientSession, url: str, namespace: str, created: dict[str, float]) -> None:
-        in_flight = asyncio.Semaphore(concurrency)
-
-        async def one(index: int) -> None:
-            name = f"w-{index:05d}"
-            async with in_flight:
-                async with session.post(f"{url}{group}/namespaces/{namespace}/gpuworkloads",
-                                        json=workload_body(namespace, name, index)) as response:
-                    if response.status >= 300:
-                        raise RuntimeError(f"create {name}: {response.status} {await response.text()}")
-                    created[name] = time.monotonic()
-        await asyncio.gather(*(one(index) for index in range(count)))
-
-    async def bare_patch_rate(session: aiohttp.ClientSession, url: str) -> float:
-        await create_all(session, url, "bare", {})
-        in_flight = asyncio.Semaphore(concurrency)
-        body = json.dumps({"status": {"phase": "Queued", "reason": "InsufficientCapacity", "message": "bare patch"}})
-
-        async def one(index: int) -> None:
-            async with in_flight:
-                async with session.patch(f"{url}{group}/namespaces/bare/gpuworkloads/w-{index:05d}/status", data=body,
-                                         headers={"Content-Type": "application/merge-patch+json"}) as response:
-                    if response.status >= 300:
-                        raise RuntimeError(f"bare patch: {response.status}")
-        started = time.monotonic()
-        await asyncio.gather(*(one(index) for index in range(count)))
-        return count / (time.monotonic() - started)
-
-    async def watch_decisions(session: aiohttp.ClientSession, url: str, decided: dict[str, float], done: asyncio.Event) -> None:
-        from gpuadmit.controller.api import parse_watch_lines
-        async with session.get(f"{url}{group}/namespaces/bench/gpuworkloads?watch=true",
-                               timeout=aiohttp.ClientTimeout(total=None)) as response:
-            async for event in parse_watch_lines(response.content.iter_any()):
-                obj = event.get("object") or {}
-                if (obj.get("status") or {}).get("phase"):
-                    decided.setdefault(obj["metadata"]["name"], time.monotonic())
-                    if len(decided) >= count:
-                        done.set()
-                        return
-
-    async def run(cluster: Cluster) -> BurstFigures:
-        url = cluster.emulator.url if cluster.emulator else ""
-        async with aiohttp.ClientSession() as session:
-            bare = await bare_patch_rate(session, url)
-            with OperatorProcess.start(cluster, workdir / "operator", "--namespace", "bench"):
-                created: dict[str, float] = {}
-                decided: dict[str, float] = {}
-                done = asyncio.Event()
-                watcher = asyncio.create_task(watch_decisions(session, url, decided, done))
-                await asyncio.sleep(0.5)  # the watch is open before the first creation
-                started = time.monotonic()
-                await create_all(session, url, "bench", created)
-                await asyncio.wait_for(done.wait(), timeout=600)
-                elapsed = max(decided.values()) - started
-                watcher.cancel()
-        latencies = sorted(decided[name] - created[name] for name in created)
-        return BurstFigures(count, elapsed, count / elapsed, latencies[len(latencies) // 2],
-                            latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))], bare)
-
-    with Cluster.start(workdir / "cluster") as cluster:
-        if cluster.real:
-            raise RuntimeError("measure_burst runs on the emulator only")
-        cluster.add_gpu_nodes(nodes, gpus=8)
-        cluster.ensure_namespace("bare")
-        cluster.ensure_namespace("bench")
-        return asyncio.run(run(cluster))

@@ -78,6 +78,11 @@ class ClusterState:
     workloads: list[Mapping[str, Any]]
     workloads_again: list[Mapping[str, Any]] | None = None
 
+    @classmethod
+    def from_dump(cls, dump: Mapping[str, list[Mapping[str, Any]]]) -> ClusterState:
+        """From a dump of ``nodes``, ``pods`` and ``workloads`` (the e2e harness's ``Cluster.dump()``)."""
+        return cls(nodes=dump["nodes"], pods=dump["pods"], workloads=dump["workloads"])
+
 
 # -- reading objects ------------------------------------------------------------------------------
 

@@ -279,7 +279,7 @@ def render_table(result: CycleResult, snapshot: Snapshot, wide: bool = False) ->
         )
         rows.append(row + ((decision.message,) if wide else ()))
     widths = [max(len(row[column]) for row in rows) for column in range(len(header))]
-    lines = ["   ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+    lines = ["   ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]
     for preemption in result.preemptions:
         lines.append(f"preempted: {preemption.key} by {preemption.preempted_by} ({_value(preemption.reason)})")
     lines.append(summary_line(result, workloads, snapshot.now))

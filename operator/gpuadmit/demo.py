@@ -33,13 +33,13 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Mapping, TextIO
+from typing import Any, TextIO
 
 import yaml
 
@@ -62,7 +62,7 @@ from gpuadmit.demo_plan import (
 )
 from gpuadmit.demo_plot import MetricsRecorder, plot_panels
 from gpuadmit.demo_screen import Ledger, Screen, summary
-from gpuadmit.processes import free_port, stop_process
+from gpuadmit.localcluster import EmulatorProcess, LocalClusterError, OperatorProcess, free_port
 from gpuadmit.sim.trace import ALIBABA_NODES_FILE, ALIBABA_PODS_FILE, TraceError, find_trace_dir
 
 DEFAULT_MAX_RATE = 5.0  # workloads/s that the emulator, the operator and this process keep up with on a busy laptop
@@ -109,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
     except DemoInputError as error:
         print(f"gpuadmit demo: {error}", file=sys.stderr)
         return 2
-    except DemoError as error:
+    except (DemoError, LocalClusterError) as error:
         print(f"gpuadmit demo: {error}", file=sys.stderr)
         return 1
 
@@ -181,7 +181,7 @@ class EmulatorClient:
                             await _maybe_await(on_event(event["type"], event.get("object") or {}))
                         elif event.get("type") == "ERROR":
                             break  # e.g. 410 Gone: list again
-            except (aiohttp.ClientError, asyncio.TimeoutError, json.JSONDecodeError, DemoError):
+            except (TimeoutError, aiohttp.ClientError, json.JSONDecodeError, DemoError):
                 await asyncio.sleep(0.5)  # the server restarts or drops the stream: list again shortly
 
 
@@ -225,7 +225,7 @@ class AdmissionClient:
             if not validation.get("allowed"):
                 return Verdict(False, obj, str((validation.get("status") or {}).get("message", "")))
             return Verdict(True, obj)
-        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, KeyError):
+        except (TimeoutError, aiohttp.ClientError, ValueError, KeyError):
             self.unreachable += 1
             return Verdict(True, obj)
 
@@ -258,7 +258,7 @@ class AdmissionClient:
         try:
             async with self.session.post(f"{self.base_url}/validate-gpuworkload", data=b"{}", ssl=self.ssl):
                 return True  # any answer (a 400 for this empty review) means it serves
-        except (aiohttp.ClientError, asyncio.TimeoutError):
+        except (TimeoutError, aiohttp.ClientError):
             return False
 
 
@@ -274,7 +274,7 @@ class Demo:
     def __init__(self, args: argparse.Namespace, out: TextIO) -> None:
         self.args = args
         self.out = out
-        self.processes: list[tuple[str, subprocess.Popen[bytes], Path]] = []
+        self.processes: list[EmulatorProcess | OperatorProcess] = []
         self.workdir = Path()  # made once the inputs are read: bad input leaves nothing behind
         self.admission: AdmissionClient | None = None
 
@@ -404,11 +404,10 @@ class Demo:
         self.out.flush()
 
     async def start_emulator(self, crds: Path) -> str:
-        kubeconfig = self.workdir / "kubeconfig"
-        self.spawn("emulator", [sys.executable, "-m", "kubeapi_emulator", "--port", "0", "--crds", str(crds), "--kubeconfig-out", str(kubeconfig)])
-        await self.wait_for(lambda: kubeconfig.exists(), "the emulated API server to listen")
-        config = yaml.safe_load(kubeconfig.read_text())
-        return str(config["clusters"][0]["cluster"]["server"])
+        emulator = EmulatorProcess(self.workdir, (crds,), own_session=True)  # own session: we stop it after the operator
+        self.processes.append(emulator)
+        await emulator.start_async(STARTUP_DEADLINE)
+        return emulator.url
 
     async def populate(self, api: EmulatorClient, nodes: list[DemoNode], policy: dict[str, Any]) -> None:
         await api.must("POST", "/apis/gpuadmit.io/v1alpha1/marginpolicies", policy)
@@ -418,26 +417,15 @@ class Demo:
         await asyncio.gather(*(api.must("POST", "/api/v1/nodes", node_object(node)) for node in nodes))
 
     async def start_operator(self, metrics_port: int) -> None:
-        health_port = free_port()
         webhook_port = 0 if self.args.no_webhooks else free_port()
         cert_dir = self.workdir / "certs"
-        self.spawn(
-            "operator",
-            [sys.executable, "-m", "gpuadmit.cli", "run", "--metrics-port", str(metrics_port), "--health-port", str(health_port),
-             "--webhook-port", str(webhook_port), "--webhook-cert-dir", str(cert_dir), "--resync-seconds", "10"],
-            env={"KUBECONFIG": str(self.workdir / "kubeconfig"), "GPUADMIT_WEBHOOK_ADDR": "127.0.0.1"},
-        )
-        import aiohttp
-
-        async def ready() -> bool:
-            try:
-                async with aiohttp.ClientSession() as session:
-                    async with session.get(f"http://127.0.0.1:{health_port}/readyz", timeout=aiohttp.ClientTimeout(total=2)) as response:
-                        return response.status == 200
-            except (aiohttp.ClientError, asyncio.TimeoutError):
-                return False
-
-        await self.wait_for(ready, "the operator to be ready")
+        operator = OperatorProcess(
+            self.workdir / "kubeconfig", self.workdir, ("--webhook-cert-dir", str(cert_dir), "--resync-seconds", "10"),
+            env={"GPUADMIT_WEBHOOK_ADDR": "127.0.0.1"}, metrics_port=metrics_port, webhook_port=webhook_port,
+            own_session=True)
+        self.processes.append(operator)
+        operator.launch(wait_ready=False)
+        await operator.wait_ready_async(STARTUP_DEADLINE)
         if webhook_port:
             await self.wait_for(lambda: (cert_dir / "ca.crt").exists(), "the webhook certificate")
             self.admission = AdmissionClient(f"https://127.0.0.1:{webhook_port}", cert_dir / "ca.crt")
@@ -490,19 +478,10 @@ class Demo:
 
     # -- processes ------------------------------------------------------------------------------
 
-    def spawn(self, name: str, command: list[str], env: Mapping[str, str] | None = None) -> None:
-        log_path = self.workdir / f"{name}.log"
-        with log_path.open("wb") as log:
-            process = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env={**os.environ, **(env or {})}, start_new_session=True,  # Ctrl-C reaches us, and we stop them in order
-            )
-        self.processes.append((name, process, log_path))
-
     def check_processes(self) -> None:
-        for name, process, log_path in self.processes:
-            if process.poll() is not None:
-                raise DemoError(f"the {name} exited with code {process.returncode}; its log ends with:\n{_tail(log_path)}")
+        for process in self.processes:
+            if process.child is not None:
+                process.child.check_running()
 
     async def wait_for(self, condition: Callable[[], Any], what: str) -> None:
         deadline = time.monotonic() + STARTUP_DEADLINE
@@ -518,8 +497,8 @@ class Demo:
             await asyncio.sleep(0.2)
 
     def stop_processes(self) -> None:
-        for _, process, _ in reversed(self.processes):  # the operator first, then its API server
-            stop_process(process)
+        for process in reversed(self.processes):  # the operator first, then its API server
+            process.stop()
 
 
 async def metrics_line(url: str) -> str:
@@ -530,14 +509,7 @@ async def metrics_line(url: str) -> str:
         async with aiohttp.ClientSession() as session:
             async with session.get(url, timeout=aiohttp.ClientTimeout(total=10)) as response:
                 text = await response.text()
-    except (aiohttp.ClientError, asyncio.TimeoutError) as error:
+    except (TimeoutError, aiohttp.ClientError) as error:
         return f"metrics: {url} not reachable ({type(error).__name__})"
     samples = sum(1 for line in text.splitlines() if line.startswith("gpuadmit_"))
     return f"metrics: {samples} gpuadmit_ samples served at {url}"
-
-
-def _tail(path: Path, lines: int = 25) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"

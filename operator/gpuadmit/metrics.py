@@ -27,8 +27,8 @@ import platform
 import threading
 import time
 from collections import Counter as Tally
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator, Mapping
 
 from prometheus_client import (
     GC_COLLECTOR,
@@ -185,9 +185,9 @@ def gauges_after_cycle(snapshot: Snapshot, result: CycleResult, per_namespace: b
         hold(workload, workload.placement, held_margin_per_hour(workload))
 
     for decision in result.decisions:
-        workload = pending_by_key.get(decision.key)
-        if workload is None:  # invalid specs: rejected, nothing to hold or wait
+        if decision.key not in pending_by_key:  # invalid specs: rejected, nothing to hold or wait
             continue
+        workload = pending_by_key[decision.key]
         if decision.action is Action.ADMIT:
             workloads[(Phase.ADMITTED.value, workload.workload_class)] += 1
             if decision.margin_per_gpu_hour is not None:

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -51,7 +51,7 @@ def generate_self_signed(directory: str | Path, hostnames: Iterable[str]) -> Tls
     names = list(dict.fromkeys(h for h in hostnames if h))
     if not names:
         raise ValueError("a certificate needs at least one hostname")
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     not_before = now - datetime.timedelta(minutes=5)  # tolerate a little clock skew
 
     ca_key = ec.generate_private_key(ec.SECP256R1())

@@ -17,7 +17,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
-
 _WATCH_VALUES = {"true", "1"}
 
 
@@ -78,7 +77,7 @@ class AuditLog:
         self._lock = threading.Lock()
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = open(self.path, "a", encoding="utf-8")  # closed by close()
+            self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - open for the log's life, closed by close()
 
     def add(self, record: dict[str, Any]) -> None:
         with self._lock:

@@ -275,7 +275,7 @@ class KubernetesApiEmulator(kmock.KubernetesScaffold):
                 return await self._dispatch(request)
             except rendering.StreamingError as e:  # kmock wraps errors raised while streaming
                 raw_response = e.args[0]
-                raise e.__cause__ or e
+                raise e.__cause__ or e  # noqa: B904 - the original error, as if kmock had not wrapped it
         except Exception as exc:
             if raw_response is not None and raw_response.prepared:
                 await self._stream_error(exc, raw_response)

@@ -118,7 +118,7 @@ def specs_from_crd(crd: Mapping[str, Any]) -> list[ResourceSpec]:
             kind=kind,
             namespaced=spec.get("scope", "Namespaced") == "Namespaced",
             singular=names.get("singular") or kind.lower(),
-            has_status="status" in ((version.get("subresources") or {})),
+            has_status="status" in (version.get("subresources") or {}),
             short_names=tuple(names.get("shortNames") or ()),
             categories=tuple(names.get("categories") or ()),
             schema=ObjectSchema(openapi) if openapi else None,

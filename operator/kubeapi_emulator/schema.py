@@ -73,13 +73,13 @@ def _fast_validator(translated: Mapping[str, Any]) -> Callable[[Any], bool]:
     try:
         validate = fastjsonschema.compile({**translated, "$schema": "http://json-schema.org/draft-04/schema#"},
                                           use_default=False, use_formats=False, detailed_exceptions=False)
-    except Exception:  # a schema it cannot compile: jsonschema alone decides, as before
+    except Exception:  # noqa: BLE001 - a schema it cannot compile: jsonschema alone decides, as before
         return lambda instance: False
 
     def valid(instance: Any) -> bool:
         try:
             validate(instance)
-        except Exception:  # JsonSchemaValueException, or anything odd: let jsonschema decide
+        except Exception:  # noqa: BLE001 - JsonSchemaValueException, or anything odd: let jsonschema decide
             return False
         return True
 

@@ -24,7 +24,9 @@ _EXISTS_TERM = re.compile(r"^\s*(!?)\s*([A-Za-z0-9_./-]+)\s*$")
 
 def _split_terms(selector: str) -> list[str]:
     """Split on the commas that are not inside ``( )`` of a set term."""
-    terms, depth, current = [], 0, []
+    terms: list[str] = []
+    current: list[str] = []
+    depth = 0
     for char in selector:
         if char == "(":
             depth += 1
@@ -41,7 +43,7 @@ def _split_terms(selector: str) -> list[str]:
 
 def parse_label_selector(selector: str | None) -> Predicate:
     """A predicate over an object's labels dict; raises a 400 ApiError on a malformed selector."""
-    checks: list[Predicate] = []
+    checks: list[Callable[..., bool]] = []  # each called with the labels alone; defaults bind the term
     for term in _split_terms(selector or ""):
         if match := _SET_TERM.match(term):
             negated, key, operator, values_text = match.groups()
@@ -82,7 +84,7 @@ def field_value(obj: Mapping[str, Any], path: str) -> str:
 
 def parse_field_selector(selector: str | None) -> Callable[[Mapping[str, Any]], bool]:
     """A predicate over a whole object; raises a 400 ApiError on a malformed selector."""
-    checks: list[Callable[[Mapping[str, Any]], bool]] = []
+    checks: list[Callable[..., bool]] = []  # each called with the object alone; defaults bind the term
     for term in _split_terms(selector or ""):
         match = _EQUALITY_TERM.match(term)
         if not match:

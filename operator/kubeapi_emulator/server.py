@@ -139,7 +139,7 @@ class EmulatedApiServer:
             asyncio.set_event_loop(loop)
             try:
                 loop.run_until_complete(self.start())
-            except BaseException as e:  # reported to the caller of __enter__
+            except BaseException as e:  # noqa: BLE001 - reported to the caller of __enter__
                 failure.append(e)
                 started.set()
                 return

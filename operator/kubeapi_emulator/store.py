@@ -19,6 +19,7 @@ in one step, so no event falls between "list" and "watch".
 from __future__ import annotations
 
 import asyncio
+import builtins  # the store has a method named list, which hides the builtin in annotations
 import itertools
 import json
 import secrets
@@ -159,11 +160,11 @@ class ObjectStore:
         ]
         return items, self.resource_version
 
-    def all_objects(self) -> list[tuple[StorageKey, dict[str, Any]]]:
+    def all_objects(self) -> builtins.list[tuple[StorageKey, dict[str, Any]]]:
         return [(storage_key, obj) for storage_key, objs in self._objects.items() for obj in objs.values()]
 
     def watch(self, spec: ResourceSpec, namespace: str | None, matches: Predicate,
-              since: str | None) -> tuple[list[tuple[str, dict[str, Any]]], Watch]:
+              since: str | None) -> tuple[builtins.list[tuple[str, dict[str, Any]]], Watch]:
         """Register a watch; return the events to send first and the live watch."""
         watch = Watch(spec.storage_key, namespace, matches, self._watch_backlog_limit)
         if since in (None, "", "0"):
@@ -315,7 +316,7 @@ class ObjectStore:
         proposed = change(copy_json(old) if copy_current else old)
         if not isinstance(proposed, dict):
             raise errors.bad_request("the object must be a JSON object")
-        proposed_meta = proposed.get("metadata") if isinstance(proposed.get("metadata"), dict) else {}
+        proposed_meta = found if isinstance(found := proposed.get("metadata"), dict) else {}
         precondition = proposed_meta.get("resourceVersion")
         if precondition not in (None, "") and str(precondition) != old["metadata"]["resourceVersion"]:
             raise errors.conflict(spec.group, spec.plural, name)
@@ -396,7 +397,7 @@ class ObjectStore:
             return self.present(spec, marked)
         return self.present(spec, self._remove(spec, key, orphan_dependents=orphan))
 
-    def drop_resource(self, storage_key: StorageKey) -> list[dict[str, Any]]:
+    def drop_resource(self, storage_key: StorageKey) -> builtins.list[dict[str, Any]]:
         """Forget every object of a resource (its CRD is gone); they are reported as DELETED."""
         removed = []
         for key in list(self._objects[storage_key]):

@@ -24,7 +24,7 @@ def operator_factory(cluster: Cluster, tmp_path: Path) -> Iterator[Callable[...,
     started: list[OperatorProcess] = []
 
     def start(*extra_args: str, wait_ready: bool = True) -> OperatorProcess:
-        operator = OperatorProcess(cluster, tmp_path / f"operator-{len(started)}", tuple(extra_args))
+        operator = OperatorProcess(cluster.kubeconfig, tmp_path / f"operator-{len(started)}", tuple(extra_args))
         started.append(operator)
         operator.launch(wait_ready=wait_ready)
         return operator

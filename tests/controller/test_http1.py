@@ -13,7 +13,7 @@ from aiohttp import web
 
 from gpuadmit.controller.api import RequestSlots, Urgency
 from gpuadmit.controller.http1 import ConnectionFailed, Http1Pool
-from gpuadmit.processes import free_port
+from gpuadmit.localcluster import free_port
 from gpuadmit.tlsutil import generate_self_signed
 
 

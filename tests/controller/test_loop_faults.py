@@ -21,7 +21,8 @@ from gpuadmit.controller.loop import LoopSettings, SchedulingLoop
 from gpuadmit.controller.watch import Stream
 from gpuadmit.controller.writer import Writer
 from kubeapi_emulator import EmulatedApiServer, FaultPlan
-from tests.e2e_harness import CRD_DIR, default_template, expected_decisions, overcommitted_nodes
+from tests.e2e_harness import CRD_DIR, default_template, expected_decisions
+from tests.invariants import ClusterState, overcommit_violations
 
 pytestmark = [pytest.mark.emulator]
 
@@ -110,7 +111,7 @@ async def test_faulty_api_still_gets_every_decision_and_no_overcommit() -> None:
                 await loop.pods.close()
                 await writer.follow_ups.close()
 
-    assert overcommitted_nodes(state) == {}
+    assert overcommit_violations(ClusterState.from_dump(state)) == []
     phases = Counter(w["status"]["phase"] for w in state["workloads"])
     assert phases["Admitted"] > 0 and phases["Queued"] > 0
     # Nothing was dropped on the way: on the final state the engine has nothing more to admit.
@@ -215,7 +216,7 @@ async def test_a_holding_workload_whose_placement_does_not_add_up_is_requeued_no
     messages = {e["involvedObject"]["name"]: e["message"] for e in found["events"] if e.get("reason") == "PlacementInvalid"}
     assert messages["ghost"].startswith("status.placement is empty")
     assert "places 1 of the 2 replicas" in messages["half"]
-    assert overcommitted_nodes(found["state"]) == {}
+    assert overcommit_violations(ClusterState.from_dump(found["state"])) == []
 
 
 async def test_a_failed_status_write_is_retried_without_waiting_for_a_resync() -> None:

@@ -28,7 +28,8 @@ from tests.controller.test_loop_faults import (
     eventually,
     seed,
 )
-from tests.e2e_harness import CRD_DIR, default_template, overcommitted_nodes
+from tests.e2e_harness import CRD_DIR, default_template
+from tests.invariants import ClusterState, overcommit_violations
 
 pytestmark = [pytest.mark.emulator]
 
@@ -68,7 +69,7 @@ async def test_a_holding_workload_whose_pods_cannot_be_built_fails_alone() -> No
                 assert [p["metadata"]["name"] for p in state["pods"]] == ["good-0"]
                 assert operator.loop.failed_cycles_in_a_row == 0 and operator.loop.healthy()
                 assert poison["metadata"]["uid"]  # the same object, failed: not deleted
-    assert overcommitted_nodes(state) == {}
+    assert overcommit_violations(ClusterState.from_dump(state)) == []
 
 
 async def test_a_pod_refused_with_422_fails_its_workload_once_and_frees_its_gpus() -> None:
@@ -92,7 +93,7 @@ async def test_a_pod_refused_with_422_fails_its_workload_once_and_frees_its_gpus
                     return state if by_name(state)["next"].get("phase") == "Admitted" and len(state["pods"]) == 1 else None
                 state = await eventually(next_runs, what="the next workload admitted onto the freed GPUs")
                 assert operator.loop.workloads_failed == 1 and faults.injected == 1
-    assert overcommitted_nodes(state) == {}
+    assert overcommit_violations(ClusterState.from_dump(state)) == []
 
 
 async def test_a_squatted_pod_name_fails_the_workload_and_the_squatter_is_left_alone() -> None:
@@ -174,7 +175,7 @@ async def test_cycles_failing_as_a_whole_make_the_loop_unhealthy_until_one_succe
 async def test_readyz_answers_503_while_cycles_keep_failing() -> None:
     import aiohttp
     from gpuadmit.controller.runtime import OperatorOptions, OperatorRuntime
-    from gpuadmit.processes import free_port
+    from gpuadmit.localcluster import free_port
 
     port = free_port()
     runtime = OperatorRuntime(OperatorOptions(health_port=port, metrics_port=0, max_failed_cycles=2))

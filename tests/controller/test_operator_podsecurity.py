@@ -8,7 +8,8 @@ import copy
 
 import pytest
 
-from tests.e2e_harness import Cluster, default_template, overcommitted_nodes, wait_until
+from tests.e2e_harness import Cluster, default_template, wait_until
+from tests.invariants import ClusterState, overcommit_violations
 
 pytestmark = [pytest.mark.e2e, pytest.mark.emulator]
 
@@ -91,7 +92,7 @@ def test_an_escalating_template_is_never_turned_into_a_pod(cluster: Cluster, ope
         spec = pod["spec"]
         assert not spec.get("hostNetwork") and not spec.get("volumes") and not spec.get("resourceClaims")
         assert all(not (c.get("securityContext") or {}).get("privileged") for c in spec["containers"])
-    assert overcommitted_nodes(cluster.dump()) == {}
+    assert overcommit_violations(ClusterState.from_dump(cluster.dump())) == []
 
 
 async def test_the_running_webhook_reads_the_namespace_from_the_operators_cache(
@@ -101,7 +102,7 @@ async def test_the_running_webhook_reads_the_namespace_from_the_operators_cache(
 
     import aiohttp
     from gpuadmit.controller import webhooks
-    from gpuadmit.processes import free_port
+    from gpuadmit.localcluster import free_port
 
     from tests.controller.test_webhooks import WebhookClient, serving_workload
 

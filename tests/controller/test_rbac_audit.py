@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -34,8 +32,6 @@ from tests.e2e_harness import (
     Cluster,
     EmulatorProcess,
     OperatorProcess,
-    free_port,
-    http_get,
     wait_until,
 )
 from tests.packaging.conftest import VALUE_SETS, load_values
@@ -124,22 +120,9 @@ def loose_policy_crds(tmp_path: Path) -> Path:
 def audited(tmp_path: Path) -> Iterator[tuple[Cluster, Path]]:
     """An emulator subprocess writing its request audit to a file: (cluster, audit log path)."""
     workdir = tmp_path / "cluster"
-    workdir.mkdir()
-    kubeconfig, audit_log, log_path = workdir / "kubeconfig", workdir / "audit.jsonl", workdir / "emulator.log"
-    port = free_port()
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "kubeapi_emulator", "--port", str(port), "--crds", str(loose_policy_crds(tmp_path)),
-             "--kubeconfig-out", str(kubeconfig), "--audit-log", str(audit_log)],
-            stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
-    emulator = EmulatorProcess(process, kubeconfig, f"http://127.0.0.1:{port}", log_path)
-    try:
-        wait_until(lambda: process.poll() is not None or (kubeconfig.exists() and http_get(emulator.url + "/healthz")[0] == 200),
-                   30, what="the audited emulator")
-        assert process.poll() is None, log_path.read_text()
-        yield Cluster(kubeconfig, real=False, emulator=emulator), audit_log
-    finally:
-        emulator.stop()
+    audit_log = workdir / "audit.jsonl"
+    with EmulatorProcess(workdir, (loose_policy_crds(tmp_path),), audit_log=audit_log).running() as emulator:
+        yield Cluster(emulator.kubeconfig, real=False, emulator=emulator), audit_log
 
 
 # -- the scenario ---------------------------------------------------------------------------------
@@ -181,7 +164,7 @@ def test_the_chart_grants_every_call_the_operator_makes(audited, tmp_path, capsy
     client_agent = cluster.api_client.user_agent
     cluster.add_gpu_nodes(1, gpus=8)
     cluster.apply_policy(POLICY)
-    with OperatorProcess.start(cluster, tmp_path / "operator") as operator:  # webhooks off (--webhook-port 0)
+    with OperatorProcess.start(cluster.kubeconfig, tmp_path / "operator") as operator:  # webhooks off (--webhook-port 0)
         wait_until(lambda: policy_accepted(cluster) == "True", what="the policy accepted")
         run_scenario(cluster)
         operator_log = operator.log_tail()
@@ -203,7 +186,7 @@ def test_the_chart_grants_every_call_the_operator_makes(audited, tmp_path, capsy
     cluster.apply_policy({**POLICY, "pricePerGPUHour": {**POLICY["pricePerGPUHour"], "batch": None}})  # valid again
     cluster.delete_workload("team-a", "waiting")
     cluster.delete_workload("team-b", "pretrain")
-    with OperatorProcess.start(cluster, tmp_path / "peered", "--peering", "gpuadmit"):
+    with OperatorProcess.start(cluster.kubeconfig, tmp_path / "peered", "--peering", "gpuadmit"):
         cluster.create_workload("team-c", "peered", gpus=1, workload_class="inference")
         cluster.wait_for_phase("team-c", "peered", "Admitted")
     everything = requested_permissions(read_audit_log(audit_log), client_agent)

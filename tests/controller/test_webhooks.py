@@ -30,7 +30,7 @@ from kopf._core.reactor.inventory import ResourceMemories
 from gpuadmit.controller import webhooks
 from gpuadmit.core.model import CLASS_LABEL
 from gpuadmit.tlsutil import generate_self_signed
-from gpuadmit.processes import free_port
+from gpuadmit.localcluster import free_port
 
 GPUWORKLOADS = references.Resource(
     group="gpuadmit.io",
@@ -372,31 +372,26 @@ async def test_the_generated_certificate_is_refused_without_its_ca(webhook: Webh
 @pytest.mark.emulator
 @pytest.mark.timeout(120)
 async def test_gpuadmit_run_serves_the_webhooks_over_tls(tmp_path: Path) -> None:
-    import os
-    import subprocess
-    import sys
     import time
 
+    from gpuadmit.localcluster import OperatorProcess
     from kubeapi_emulator import EmulatedApiServer, write_kubeconfig
 
     crds = Path(__file__).resolve().parents[2] / "crds"
-    port = free_port()
     cert_dir = tmp_path / "certs"
     with EmulatedApiServer(crds=[str(crds)]) as url:
         kubeconfig = write_kubeconfig(url, tmp_path / "kubeconfig")
-        env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
-        command = [sys.executable, "-m", "gpuadmit.cli", "run", "--webhook-port", str(port),
-                   "--webhook-cert-dir", str(cert_dir), "--metrics-port", "0", "--health-port", "0"]
-        log = (tmp_path / "operator.log").open("w")
-        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+        operator = OperatorProcess(kubeconfig, tmp_path, ("--webhook-cert-dir", str(cert_dir)), webhook_port=free_port())
         try:
+            operator.launch(wait_ready=False)
+            await operator.wait_ready_async()  # from the event loop: the server above runs in a thread
             deadline = time.monotonic() + 60
             response = None
             while response is None:
-                assert process.poll() is None, (tmp_path / "operator.log").read_text()[-3000:]
-                assert time.monotonic() < deadline, (tmp_path / "operator.log").read_text()[-3000:]
+                assert operator.child is not None and operator.child.running(), operator.log_tail()
+                assert time.monotonic() < deadline, operator.log_tail()
                 if (cert_dir / "ca.crt").exists():
-                    client = WebhookClient(f"https://localhost:{port}", cert_dir / "ca.crt")
+                    client = WebhookClient(f"https://localhost:{operator.webhook_port}", cert_dir / "ca.crt")
                     try:
                         obj = serving_workload()
                         obj["metadata"]["labels"] = {CLASS_LABEL: "training"}
@@ -413,13 +408,7 @@ async def test_gpuadmit_run_serves_the_webhooks_over_tls(tmp_path: Path) -> None
             patch = {op["path"]: op.get("value") for op in json_patch(mutated)}
             assert patch["/metadata/labels/gpuadmit.io~1class"] == "inference"
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-            log.close()
+            operator.stop()
 
 
 def test_the_listening_address_can_come_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 import threading
 import urllib.request
 from collections.abc import Awaitable, Callable
@@ -16,6 +14,7 @@ import kubernetes
 import pytest
 import yaml
 
+from gpuadmit.localcluster import EmulatorProcess
 from kubeapi_emulator import ApiError, EmulatedApiServer, FaultPlan, write_kubeconfig
 from tests.emulator.conftest import REPO, crd_documents, eventually, requires_emulator
 
@@ -56,23 +55,15 @@ def test_thread_context_manager_serves_a_sync_client(tmp_path):
 
 
 def test_process_writes_a_kubeconfig_and_serves(tmp_path):
-    kubeconfig = tmp_path / "kubeconfig"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "kubeapi_emulator", "--port", "0", "--crds", str(REPO / "crds"),
-         "--kubeconfig-out", str(kubeconfig)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        eventually(kubeconfig.exists, timeout=60)
-        client = kubernetes.config.new_client_from_config(config_file=str(kubeconfig))
+    emulator = EmulatorProcess(tmp_path, (REPO / "crds",))
+    with emulator.running():
+        client = kubernetes.config.new_client_from_config(config_file=str(emulator.kubeconfig))
         groups = [group.name for group in kubernetes.client.ApisApi(client).get_api_versions().groups]
         assert {"gpuadmit.io", "kopf.dev", "coordination.k8s.io", "events.k8s.io"} <= set(groups)
         names = [ns.metadata.name for ns in kubernetes.client.CoreV1Api(client).list_namespace().items]
         assert "default" in names
-    finally:
-        process.terminate()
-        output, _ = process.communicate(timeout=30)
-    assert process.returncode == 0, output
-    assert "emulated Kubernetes API server at http://127.0.0.1:" in output
+    assert emulator.stop() == 0, emulator.log_path.read_text()  # SIGTERM: a clean exit
+    assert f"emulated Kubernetes API server at {emulator.url}" in emulator.log_path.read_text()
 
 
 async def test_a_share_of_writes_fails_with_a_status():

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pytest
-from gpuadmit.processes import free_port
+from gpuadmit.localcluster import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 ALERTS_FILE = REPO / "charts" / "gpuadmit" / "files" / "gpuadmit-alerts.yaml"

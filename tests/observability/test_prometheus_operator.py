@@ -13,7 +13,8 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from tests.e2e_harness import Cluster, OperatorProcess, reserved_by_node
+from tests.e2e_harness import Cluster, OperatorProcess
+from tests.invariants import ClusterState, reserved_gpus_by_node
 
 from .conftest import DASHBOARD_FILE, PrometheusServer, promql_of_dashboard, wait_until
 
@@ -48,7 +49,7 @@ def operator_scraped(tmp_path_factory: pytest.TempPathFactory,
         cluster.add_gpu_nodes(2, gpus=8, product=H100)
         cluster.apply_policy(POLICY)
         cluster.ensure_namespace("cheap", tier="discount")
-        with OperatorProcess.start(cluster, workdir) as operator:
+        with OperatorProcess.start(cluster.kubeconfig, workdir) as operator:
             prometheus = start_prometheus([f"127.0.0.1:{operator.metrics_port}"])
             # A first scrape before any workload: the counters' rise is then inside rate()'s window.
             wait_until(lambda: prometheus.query_value('gpuadmit_cycles_total{job="gpuadmit"}') is not None,
@@ -74,7 +75,7 @@ def test_status_and_prometheus_agree_on_admissions_reservations_and_margin(
     written = statuses(cluster)
     holding = [s for s in written if s.get("phase") in ("Admitted", "Running")]
     assert holding, written
-    reserved = sum(reserved_by_node(cluster.workloads()).values())
+    reserved = sum(reserved_gpus_by_node(ClusterState(nodes=[], pods=[], workloads=cluster.workloads())).values())
     margin = sum(float(s.get("marginPerGPUHour") or 0) * sum(int(e["gpus"]) for e in s.get("placement") or [])
                  for s in holding)
     rejected = sum(1 for s in written if s.get("phase") == "Rejected")

@@ -72,7 +72,7 @@ def test_write_faults_cut_watches_and_a_burst_every_workload_reaches_the_right_d
     with faulty_cluster(tmp_path) as fc:
         fc.cluster.add_gpu_nodes(8, gpus=8)
         fc.cluster.apply_policy(POLICY)
-        with OperatorProcess.start(fc.cluster, tmp_path / "operator") as operator:
+        with OperatorProcess.start(fc.cluster.kubeconfig, tmp_path / "operator") as operator:
             fc.faults.write_failure_codes = (409, 429, 500, 504)
             fc.faults.write_failure_rate = 0.15
             fc.faults.cut_watches_after = 40
@@ -107,7 +107,7 @@ def test_sigkill_at_random_points_while_workloads_stream_in(tmp_path: Path) -> N
     with faulty_cluster(tmp_path) as fc:
         fc.cluster.add_gpu_nodes(6, gpus=8)
         fc.cluster.apply_policy(POLICY)
-        operator = OperatorProcess(fc.cluster, tmp_path / "operator")
+        operator = OperatorProcess(fc.cluster.kubeconfig, tmp_path / "operator")
         operator.launch()
         shapes = [("stream", f"s-{index:03d}", spec_for(index)) for index in range(STREAM)]
         # The stream is paced to last about as long as the kills (a restart takes a few seconds),
@@ -147,7 +147,7 @@ def test_lost_nodes_requeue_their_workloads_and_leave_the_others_alone(tmp_path:
     with faulty_cluster(tmp_path) as fc:
         nodes = fc.cluster.add_gpu_nodes(4, gpus=8)
         fc.cluster.apply_policy(POLICY)
-        with OperatorProcess.start(fc.cluster, tmp_path / "operator"):
+        with OperatorProcess.start(fc.cluster.kubeconfig, tmp_path / "operator"):
             # One 8-GPU workload per node: where each lands is the operator's choice.
             fc.create_workloads([("team", f"full-{index}", {"class": "training", "gpus": 8,
                                   "template": spec_for(1)["template"]}) for index in range(4)])
@@ -181,7 +181,7 @@ def test_policy_edits_take_effect_and_an_invalid_policy_keeps_the_last_good_one(
     with faulty_cluster(tmp_path) as fc:
         fc.cluster.add_gpu_nodes(2, gpus=8)
         fc.cluster.apply_policy(POLICY)
-        with OperatorProcess.start(fc.cluster, tmp_path / "operator") as operator:
+        with OperatorProcess.start(fc.cluster.kubeconfig, tmp_path / "operator") as operator:
             fc.faults.write_failure_rate = 0.1
             fc.faults.write_failure_codes = (409, 500)
             fc.create_workloads([("edits", f"a-{index}", spec_for(index)) for index in range(40)])
@@ -229,7 +229,7 @@ def test_a_failed_pod_creation_is_retried_without_waiting_for_the_resync(tmp_pat
     with faulty_cluster(tmp_path) as fc:
         fc.cluster.add_gpu_nodes(1, gpus=8)
         fc.cluster.apply_policy(POLICY)
-        with OperatorProcess.start(fc.cluster, tmp_path / "operator", "--resync-seconds", "600"):
+        with OperatorProcess.start(fc.cluster.kubeconfig, tmp_path / "operator", "--resync-seconds", "600"):
             fc.faults.resources = {"pods"}
             fc.faults.write_failure_codes = (code,)
             fc.faults.fail_next_writes = 1

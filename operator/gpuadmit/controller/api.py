@@ -29,8 +29,9 @@ import json
 import logging
 import random
 import warnings
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Callable, Mapping
+from typing import Any
 from urllib.parse import quote, urlencode
 
 import aiohttp
@@ -174,7 +175,7 @@ class KubeApi:
         """Requests in flight at most (``--max-concurrent-writes``)."""
         return self._max_concurrency
 
-    async def open(self) -> "KubeApi":
+    async def open(self) -> KubeApi:
         info = self.credentials
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
@@ -204,7 +205,7 @@ class KubeApi:
             await self._session.close()
             self._session = None
 
-    async def __aenter__(self) -> "KubeApi":
+    async def __aenter__(self) -> KubeApi:
         return await self.open()
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -305,7 +306,7 @@ class KubeApi:
                 reason, message = _status_reason(answer.body.decode("utf-8", errors="replace"))
                 last_error = ApiError(verb, path, answer.status, reason or answer.reason, message)
                 retry_after = _retry_after_seconds(answer.headers.get("retry-after"))
-            except (ConnectionFailed, aiohttp.ClientError, asyncio.TimeoutError, OSError) as error:
+            except (TimeoutError, ConnectionFailed, aiohttp.ClientError, OSError) as error:
                 last_error = ApiError(verb, path, 0, type(error).__name__, str(error))
             self._report(verb, last_error.status)
             if last_error.status and last_error.status not in RETRYABLE_STATUSES:

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from dataclasses import dataclass, field
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from gpuadmit.core.model import WORKLOAD_LABEL
@@ -56,8 +56,8 @@ def is_relevant_pod(pod: Mapping[str, Any]) -> bool:
 def _resource_version(obj: Mapping[str, Any]) -> int | None:
     value = (obj.get("metadata") or {}).get("resourceVersion")
     try:
-        return int(value)
-    except (TypeError, ValueError):
+        return int(value) if isinstance(value, str | int) else None
+    except ValueError:
         return None
 
 
@@ -70,7 +70,7 @@ class ObjectCache:
     """Raw objects by kind and key. Single-threaded: only the operator's event loop touches it."""
 
     objects: dict[str, dict[str, dict[str, Any]]] = field(default_factory=lambda: {kind: {} for kind in KINDS})
-    _tombstones: "OrderedDict[str, None]" = field(default_factory=OrderedDict)
+    _tombstones: OrderedDict[str, None] = field(default_factory=OrderedDict)
     seeded: bool = False  # set once the initial lists of every kind are in
     _nodes_left_out: set[str] = field(default_factory=set)  # told once each, not at every heartbeat
 

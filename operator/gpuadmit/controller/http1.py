@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 from urllib.parse import urlsplit
 
 _NO_BODY_STATUSES = frozenset({204, 304})
@@ -104,7 +104,7 @@ class Http1Pool:
             return await asyncio.wait_for(
                 asyncio.open_connection(self.host, self.port, ssl=self.ssl, limit=_MAX_HEADER_BYTES),
                 self.connect_timeout_s)
-        except (OSError, asyncio.TimeoutError) as error:
+        except (TimeoutError, OSError) as error:
             raise ConnectionFailed(f"cannot connect to {self.host}:{self.port}: {error}") from error
 
     @staticmethod
@@ -146,7 +146,7 @@ class Http1Pool:
 
 
 async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
-    parts = []
+    parts: list[bytes] = []
     while True:
         size_line = await reader.readuntil(b"\r\n")
         size = int(size_line.split(b";", 1)[0].strip(), 16)

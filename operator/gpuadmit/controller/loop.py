@@ -42,8 +42,8 @@ import asyncio
 import functools
 import logging
 import time
-from dataclasses import dataclass, field
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from gpuadmit.controller import status as desired_status
@@ -66,8 +66,8 @@ from gpuadmit.core.model import (
 )
 from gpuadmit.core.nodes import node_from_object, pod_is_terminal
 from gpuadmit.core.placement import placement_of
-from gpuadmit.core.podsecurity import DEFAULT_LEVEL
 from gpuadmit.core.pods import controlling_workload
+from gpuadmit.core.podsecurity import DEFAULT_LEVEL
 from gpuadmit.core.policy import parse_policy
 from gpuadmit.core.snapshot import ParseMemo, build_snapshot
 from gpuadmit.core.timefmt import parse_rfc3339_or_none
@@ -167,7 +167,8 @@ class SchedulingLoop:
         clock: Callable[[], float] = time.time,
     ) -> None:
         if decide is None:
-            from gpuadmit.core.engine import LayoutMemo, decide as engine_decide
+            from gpuadmit.core.engine import LayoutMemo
+            from gpuadmit.core.engine import decide as engine_decide
             decide = functools.partial(engine_decide, layouts=LayoutMemo())  # the nodes' layout kept between cycles
         self.cache = cache
         self.writer = writer
@@ -238,7 +239,7 @@ class SchedulingLoop:
         while True:
             try:
                 await asyncio.wait_for(self._wakeup.wait(), timeout=self.settings.resync_seconds)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             await asyncio.sleep(self._pause())  # let the rest of a burst arrive
             self._wakeup.clear()
@@ -352,7 +353,7 @@ class SchedulingLoop:
             self._last_good_policy = policy
         except SpecError as error:
             error_field, error_message = error.field, error.message
-        except Exception as error:  # never let a policy crash the loop
+        except Exception as error:  # noqa: BLE001 - never let a policy crash the loop
             error_field, error_message = "spec", f"could not be read ({type(error).__name__})"
         if error_field and self._last_good_policy is None:
             self._last_good_policy = self._accepted_before_restart(obj)
@@ -388,7 +389,8 @@ class SchedulingLoop:
             if workload is None or _phase(workload) not in HOLDING_PHASES:
                 leftovers = pods  # workload gone or no longer holding GPUs: none of its pods may run
             else:
-                own, leftovers = [], []
+                own: list[dict[str, Any]] = []
+                leftovers = []
                 for pod in pods:
                     (own if _owned_by(pod, workload) else leftovers).append(pod)
                 own_by_key[key] = own
@@ -413,11 +415,11 @@ class SchedulingLoop:
 
     def _usable_node_names(self) -> set[str]:
         """Nodes that exist, are Ready and not cordoned (the engine's notion, from core.nodes)."""
-        usable = set()
+        usable: set[str] = set()
         for node in self.cache.all(NODE):
             parsed = node_from_object(node, 0)
             name = (node.get("metadata") or {}).get("name")
-            if parsed is None or parsed.schedulable:  # no GPUs advertised right now is not a loss
+            if isinstance(name, str) and (parsed is None or parsed.schedulable):  # no GPUs advertised is not a loss
                 usable.add(name)
         return usable
 
@@ -690,7 +692,7 @@ class SchedulingLoop:
         latency = time.monotonic() - seen if seen is not None else 0.0
         wait = None
         if decision.action == Action.ADMIT:
-            status = workload.get("status") if isinstance(workload.get("status"), Mapping) else {}
+            status = found if isinstance(found := workload.get("status"), Mapping) else {}
             since = parse_rfc3339_or_none(status.get("queuedSince")) or parse_rfc3339_or_none(
                 (workload.get("metadata") or {}).get("creationTimestamp"))
             wait = max(0.0, self.clock() - since) if since is not None else None

@@ -15,8 +15,8 @@ import asyncio
 import logging
 import random
 import time
-from datetime import datetime, timedelta, timezone
 from collections.abc import Callable, Mapping
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from gpuadmit.controller import api as kube
@@ -36,7 +36,7 @@ def _parse_time(value: Any) -> datetime | None:
         parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
     except ValueError:
         return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def we_lead(peering_status: Mapping[str, Any], identity: str, priority: int, now: datetime) -> bool:
@@ -89,7 +89,7 @@ class PeeringGate:
             self._log(False, "waiting for other replicas to announce themselves")
             self._check_again_in(self.settle_seconds)
             return False
-        active = we_lead(peers, self.identity, self.priority, datetime.now(timezone.utc))
+        active = we_lead(peers, self.identity, self.priority, datetime.now(UTC))
         self._log(active, "another replica leads" if not active else "this replica leads")
         if not active:
             self._check_again_in(STANDBY_RECHECK_S)  # take over soon after the leader's lifetime ends

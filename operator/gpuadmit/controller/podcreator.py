@@ -21,7 +21,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from typing import Any, Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
 from gpuadmit.controller.cache import NODE, POD, ObjectCache, object_key
 from gpuadmit.controller.writer import PodCreation, Writer, cancel_all

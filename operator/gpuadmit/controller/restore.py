@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from typing import Sequence
+from collections.abc import Sequence
 
 from gpuadmit.controller import api as kube
 from gpuadmit.controller.api import ApiError, KubeApi
@@ -82,8 +82,8 @@ async def list_kind(api: KubeApi, resource: kube.Resource, namespaces: Sequence[
 
 def _as_int(value: object) -> int | None:
     try:
-        return int(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
+        return int(value) if isinstance(value, str | int) else None
+    except ValueError:
         return None
 
 

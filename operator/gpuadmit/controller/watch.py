@@ -18,7 +18,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from gpuadmit.controller import api as kube
 from gpuadmit.controller.api import ApiError, KubeApi
@@ -61,7 +62,7 @@ class Stream:
                 failures = 0
             except asyncio.CancelledError:
                 raise
-            except (ApiError, OSError, ValueError, asyncio.TimeoutError) as error:
+            except (TimeoutError, ApiError, OSError, ValueError) as error:
                 failures += 1
                 delay = min(30.0, 0.5 * 2 ** min(failures, 6)) * (0.5 + random.random())
                 logger.warning("Watch %s interrupted (%s); retrying in %.1fs", self.name, error, delay)

@@ -25,8 +25,9 @@ import logging
 import os
 import socket
 import tempfile
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Literal
 
 import aiohttp.web
 import kopf
@@ -43,7 +44,7 @@ logger = logging.getLogger(__name__)
 PLURAL = "gpuworkloads"
 VALIDATE_ID = "validate-gpuworkload"
 MUTATE_ID = "mutate-gpuworkload"
-OPERATIONS = ["CREATE", "UPDATE"]
+OPERATIONS: list[Literal["CREATE", "UPDATE"]] = ["CREATE", "UPDATE"]
 # 422 Unprocessable Entity: the code the API server itself answers for an invalid object.
 REFUSAL_CODE = 422
 DEFAULT_WEBHOOK_ADDR = "0.0.0.0"
@@ -94,7 +95,7 @@ def pod_security_for(namespace: str) -> PodSecurity:
     if _namespace_provider is not None:
         try:
             namespace_obj = _namespace_provider(namespace)
-        except Exception:  # noqa: BLE001 - a lookup failure means "unknown", judged by the level alone
+        except Exception:  # a lookup failure means "unknown", judged by the level alone (logged)
             logger.exception("The namespace provider failed; judging %s by the configured level alone.", namespace)
     rules = namespace_rules(namespace_obj, _pod_security_level)
     return PodSecurity(level=_pod_security_level, by_namespace={namespace: rules})
@@ -106,7 +107,7 @@ def known_products() -> frozenset[str] | None:
         return None
     try:
         products = _known_products_provider()
-    except Exception:  # noqa: BLE001 - a warning is not worth refusing a workload over
+    except Exception:  # a warning is not worth refusing a workload over (logged with its traceback)
         logger.exception("The node-product provider failed; admitting without product warnings.")
         return None
     # Empty means "not known": a standby replica (kopf peering) serves webhooks with an empty
@@ -116,7 +117,7 @@ def known_products() -> frozenset[str] | None:
 
 @kopf.on.validate(API_GROUP, API_VERSION, PLURAL, id=VALIDATE_ID, operations=OPERATIONS)
 def validate_gpuworkload(
-    body: kopf.Body, old: kopf.Body | None, operation: str | None, warnings: list[str], **_: Any
+    *, body: kopf.Body, warnings: list[str], old: kopf.Body | None = None, operation: str | None = None, **_: Any
 ) -> None:
     """Refuse with the field named (AdmissionError, code 422); add warnings otherwise."""
     stored = _plain(old) if operation == "UPDATE" and old is not None else None
@@ -135,10 +136,10 @@ def mutate_gpuworkload(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
         patch.fns.append(lambda raw_body: _apply_add_ops(raw_body, ops))
 
 
-def _apply_add_ops(raw_body: dict[str, Any], ops: list[dict[str, Any]]) -> None:
+def _apply_add_ops(raw_body: kopf.RawBody, ops: list[dict[str, Any]]) -> None:
     for op in ops:
         parts = [p.replace("~1", "/").replace("~0", "~") for p in op["path"].split("/")[1:]]
-        target = raw_body
+        target: Any = raw_body  # nested dicts, whatever the path names
         for part in parts[:-1]:
             target = target[part]
         target[parts[-1]] = json.loads(json.dumps(op["value"]))  # a copy the body owns

@@ -18,16 +18,17 @@ import logging
 import socket
 import time
 import uuid
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Mapping
+from typing import Any
 
 from gpuadmit.controller import api as kube
 from gpuadmit.controller.api import ApiError, KubeApi, Urgency
 from gpuadmit.controller.cache import POD, WORKLOAD, ObjectCache, object_key
 from gpuadmit.controller.status import POD_NAME_TAKEN, POD_REFUSED, status_patch
-from gpuadmit.core.timefmt import format_rfc3339
 from gpuadmit.core.model import API_GROUP, API_VERSION, CLASS_LABEL
 from gpuadmit.core.pods import controlling_workload
+from gpuadmit.core.timefmt import format_rfc3339
 
 logger = logging.getLogger(__name__)
 
@@ -230,7 +231,7 @@ class Writer:
             return False
         terminating = isinstance(answer, dict) and answer.get("kind") == "Pod" and \
             bool((answer.get("metadata") or {}).get("deletionTimestamp"))
-        if terminating:
+        if terminating and isinstance(answer, dict):
             self.cache.put(POD, answer)
         else:
             self.cache.remove(POD, pod)

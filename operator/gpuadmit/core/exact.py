@@ -138,7 +138,7 @@ def solve_exact(snapshot: Snapshot, time_limit_s: float = 30) -> CycleResult:
             placement = tuple(
                 PlacementEntry(node=inventory.nodes[index].name, gpus=count * g, replicas=count)
                 for index, column in replica_columns
-                for count in (int(round(x[column])),)
+                for count in (int(round(x[column])),)  # noqa: RUF046 - numpy before 2.0 rounds to a float
                 if count > 0
             )
             admitted[candidate.rank] = Admission(candidate.options[j], placement)

@@ -35,8 +35,9 @@ module level.
 from __future__ import annotations
 
 import heapq
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Iterable, Literal, Mapping, Sequence
+from typing import Literal
 
 from .model import GpuNode, PlacementEntry, Snapshot, Taint, Toleration, Workload
 
@@ -239,7 +240,7 @@ class LayoutMemo:
         nodes = tuple(nodes)
         previous, layout = self._nodes, self._layout
         if layout is None or len(nodes) != len(previous) or not all(
-            new is old or _same_shape(new, old) for new, old in zip(nodes, previous)
+            new is old or _same_shape(new, old) for new, old in zip(nodes, previous, strict=True)  # same length: checked first
         ):
             layout = self._layout = _NodeLayout(nodes)
             self._after_pods = None
@@ -249,7 +250,7 @@ class LayoutMemo:
                 self._after_pods = None  # duplicate names: which one counts may change with usage
             else:
                 ledger = self._after_pods
-                for position, (new, old) in enumerate(zip(nodes, previous)):
+                for position, (new, old) in enumerate(zip(nodes, previous, strict=True)):
                     if new is not old:
                         ledger.adjust(positions[position], whole(old.gpus_used_by_pods) - whole(new.gpus_used_by_pods))
                 if ledger.stale_entries() > 2 * len(nodes) + 64:
@@ -303,14 +304,14 @@ class Inventory:
         self._adopt(layout)
         raw_free = list(self.allocatable)
         if layout.index_of_position is not None:
-            for index, node in zip(layout.index_of_position, nodes):
+            for index, node in zip(layout.index_of_position, nodes, strict=True):
                 raw_free[index] -= whole(node.gpus_used_by_pods)
         else:
             current = _unique_by_name(nodes)
-            raw_free = [alloc - whole(current[node.name].gpus_used_by_pods) for alloc, node in zip(self.allocatable, self.nodes)]
+            raw_free = [alloc - whole(current[node.name].gpus_used_by_pods) for alloc, node in zip(self.allocatable, self.nodes, strict=True)]
         # Raw free may be negative (overbooked by pods); usable free is clamped.
         self.raw_free: list[int] = raw_free
-        self.free: list[int] = [min(alloc, max(0, raw)) for alloc, raw in zip(self.allocatable, raw_free)]
+        self.free: list[int] = [min(alloc, max(0, raw)) for alloc, raw in zip(self.allocatable, raw_free, strict=True)]
         # count_by_free[pool][f]: nodes of the pool with exactly f free; buckets[pool][f]: their heap.
         self.count_by_free: list[list[int]] = [[0] * (pool.max_allocatable + 1) for pool in self.pools]
         for pool in self.pools:

@@ -13,8 +13,9 @@ reproducible.
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal, Mapping
+from typing import Literal
 
 API_GROUP = "gpuadmit.io"
 API_VERSION = "v1alpha1"

@@ -76,9 +76,9 @@ def build_pods(workload_obj: Mapping[str, Any], decision: Decision) -> list[dict
     """
     metadata = workload_obj.get("metadata") or {}
     spec = workload_obj.get("spec") or {}
-    template = spec.get("template") if isinstance(spec.get("template"), Mapping) else {}
-    template_metadata = template.get("metadata") if isinstance(template.get("metadata"), Mapping) else {}
-    template_spec = template.get("spec") if isinstance(template.get("spec"), Mapping) else {}
+    template = found if isinstance(found := spec.get("template"), Mapping) else {}
+    template_metadata = found if isinstance(found := template.get("metadata"), Mapping) else {}
+    template_spec = found if isinstance(found := template.get("spec"), Mapping) else {}
     workload_name = str(metadata.get("name", decision.name))
     namespace = str(metadata.get("namespace", decision.namespace))
     workload_class = decision.workload_class or "training"

@@ -30,8 +30,8 @@ from gpuadmit.core.model import (
     Workload,
 )
 from gpuadmit.core.nodes import gpus_used_by_node, node_from_object, pod_gpu_request, pod_is_terminal
-from gpuadmit.core.podsecurity import DEFAULT_LEVEL, DEFAULT_POD_SECURITY, PodSecurity, pod_security_of_namespaces
 from gpuadmit.core.pods import controlling_workload
+from gpuadmit.core.podsecurity import DEFAULT_LEVEL, DEFAULT_POD_SECURITY, PodSecurity, pod_security_of_namespaces
 from gpuadmit.core.policy import select_policy
 from gpuadmit.core.workload import PHASES, ParseCache, parse_workload
 

@@ -8,13 +8,13 @@ the timestamps a cluster dump repeats.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 
 def _parse_text(text: str) -> float:
     moment = datetime.fromisoformat(text.strip())
     if moment.tzinfo is None:  # Kubernetes always writes UTC; a bare time is read as UTC too
-        moment = moment.replace(tzinfo=timezone.utc)
+        moment = moment.replace(tzinfo=UTC)
     return moment.timestamp()
 
 
@@ -44,5 +44,5 @@ def parse_rfc3339_or_none(value: object) -> float | None:
 
 def format_rfc3339(epoch_seconds: float) -> str:
     """``2026-11-26T10:00:00Z``: whole seconds in UTC, as Kubernetes writes ``metav1.Time``."""
-    moment = datetime.fromtimestamp(int(epoch_seconds), tz=timezone.utc)
+    moment = datetime.fromtimestamp(int(epoch_seconds), tz=UTC)
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -31,8 +31,8 @@ the spec defaults. Nothing here raises on malformed input.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from gpuadmit.core.classifier import classify
@@ -121,7 +121,7 @@ def _check(obj: Any, old: Any, pod_security: PodSecurity = DEFAULT_POD_SECURITY)
         raise _Refusal(INVALID_SPEC, "object", f"must be a GPUWorkload object, got {_type_name(obj)}")
     creating = old is None
     old = old if isinstance(old, Mapping) else {}
-    metadata = obj.get("metadata") if isinstance(obj.get("metadata"), Mapping) else {}
+    metadata = found if isinstance(found := obj.get("metadata"), Mapping) else {}
     if not creating and metadata.get("deletionTimestamp") and _only_metadata_bookkeeping_changed(obj, old):
         return  # finalizers must always be removable, whatever the object holds
     spec = obj.get("spec")
@@ -301,7 +301,7 @@ def _check_immutable_while_holding(spec: Mapping[str, Any], old: Mapping[str, An
     phase = old_status.get("phase") if isinstance(old_status, Mapping) else None
     if phase not in HOLDING_PHASES:
         return
-    old_spec = old.get("spec") if isinstance(old.get("spec"), Mapping) else {}
+    old_spec = found if isinstance(found := old.get("spec"), Mapping) else {}
     for key in IMMUTABLE_WHILE_HOLDING:
         before = old_spec.get(key, SPEC_DEFAULTS.get(key))
         after = spec.get(key, SPEC_DEFAULTS.get(key))

@@ -21,11 +21,20 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeGuard
 
 from gpuadmit.core.classifier import classify
 from gpuadmit.core.errors import SpecError, show_number
-from gpuadmit.core.model import CLASSES, HOLDING_PHASES, InvalidWorkload, Phase, Policy, Toleration, Workload, WorkloadClass
+from gpuadmit.core.model import (
+    CLASSES,
+    HOLDING_PHASES,
+    InvalidWorkload,
+    Phase,
+    Policy,
+    Toleration,
+    Workload,
+    WorkloadClass,
+)
 from gpuadmit.core.placement import read_placement
 from gpuadmit.core.podsecurity import DEFAULT_POD_SECURITY, PodSecurity, check_template
 from gpuadmit.core.policy import whole_number
@@ -204,7 +213,7 @@ def _parse_valid(
     )
 
 
-def _is_finite_number(value: Any) -> bool:
+def _is_finite_number(value: Any) -> TypeGuard[int | float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 

@@ -27,8 +27,8 @@ taints, schedulable nodes) and its placement strategy, ``SPREAD`` for fifo and p
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Callable, Iterable, Mapping
 
 from gpuadmit.core.inventory import (
     BEST_FIT,

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from gpuadmit.sim.replay import ReplayResult
 
@@ -40,11 +40,11 @@ def write_plots(results: Sequence[ReplayResult], directory: str | Path) -> list[
     figure, rows = plt.subplots(2, 1, figsize=(9, 7), sharex=True)
     for result in results:
         hours = [_hours(t, result) for t in result.series.time]
-        for axes, values, label in (
+        for axes, counts, label in (
             (rows[0], result.series.queued_inference, "inference"),
             (rows[1], result.series.queued_training, "training"),
         ):
-            xs, ys = _thin(hours, values)
+            xs, ys = _thin(hours, counts)
             axes.step(xs, ys, where="post", label=result.policy_name)
             axes.set(ylabel=f"queued {label}")
     rows[0].set_title("Queue depth by class")
@@ -66,7 +66,7 @@ def write_plots(results: Sequence[ReplayResult], directory: str | Path) -> list[
     save(figure, "utilization.png")
 
     figure, columns = plt.subplots(1, 2, figsize=(11, 5))
-    for axes, workload_class in zip(columns, ("inference", "training")):
+    for axes, workload_class in zip(columns, ("inference", "training"), strict=True):
         for result in results:
             waits = sorted(
                 max(job.wait_s, 0.0) / 60.0

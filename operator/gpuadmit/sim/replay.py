@@ -22,14 +22,14 @@ from __future__ import annotations
 import functools
 import heapq
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Callable
 
 from gpuadmit.core.model import (
     Action,
     GpuNode,
-    PlacementEntry,
     Phase,
+    PlacementEntry,
     Policy,
     Reason,
     Snapshot,

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from gpuadmit.core.model import CLASSES
 from gpuadmit.sim.replay import ReplayResult
@@ -122,7 +123,7 @@ def to_table(trace: Trace, summaries: Sequence[Mapping[str, Any]]) -> str:
         ("waited past max queue", [str(s["waitedPastMaxQueue"]) for s in summaries]),
     ]
     for workload_class in CLASSES:
-        label = workload_class
+        label: str = workload_class
         rows.append((f"{label}: admitted", [str(s["byClass"][workload_class]["admitted"]) for s in summaries]))
         rows.append((f"{label}: rejected", [_rejected(s["byClass"][workload_class]) for s in summaries]))
         rows.append((f"{label}: still queued", [str(s["byClass"][workload_class]["stillQueued"]) for s in summaries]))
@@ -138,10 +139,10 @@ def to_table(trace: Trace, summaries: Sequence[Mapping[str, Any]]) -> str:
         f"{_duration(trace.end_time - (trace.workloads[0].submit_time if trace.workloads else 0.0))} replayed",
         *(f"note: {note}" for note in trace.notes),
         "",
-        " " * label_width + "  " + "  ".join(name.rjust(width) for name, width in zip(names, widths)),
+        " " * label_width + "  " + "  ".join(name.rjust(width) for name, width in zip(names, widths, strict=True)),
     ]
     for label, cells in rows:
-        lines.append(label.ljust(label_width) + "  " + "  ".join(cell.rjust(width) for cell, width in zip(cells, widths)))
+        lines.append(label.ljust(label_width) + "  " + "  ".join(cell.rjust(width) for cell, width in zip(cells, widths, strict=True)))
     claim = check_claim({s["policy"]: s for s in summaries})
     if claim:
         lines.append("")

@@ -21,9 +21,10 @@ import math
 import os
 import random
 from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 from gpuadmit.core.errors import show_number
 from gpuadmit.core.model import CLASSES, GpuNode, WorkloadClass
@@ -313,7 +314,7 @@ def _plain_workload(row: Mapping[str, Any], path: Path, line: int) -> TraceWorkl
         duration_s=duration,
         gpus=gpus,
         replicas=replicas,
-        workload_class=workload_class,  # type: ignore[arg-type]
+        workload_class=workload_class,
         products=products,
         tier=tier,
         namespace=namespace,

@@ -113,7 +113,7 @@ class Evidence(NamedTuple):
 
 
 
-def classify(spec_class: str | None, template: Mapping[str, Any] | None) -> tuple[WorkloadClass, str]:
+def classify(spec_class: str | None, template: object) -> tuple[WorkloadClass, str]:
     """The workload's class and a one-sentence reason naming the evidence.
 
     ``spec_class`` is ``spec.class`` ("training", "inference", "auto" or None);

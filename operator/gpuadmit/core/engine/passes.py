@@ -107,19 +107,21 @@ def _preempt(cycle: Cycle, result: PassResult, candidate: Candidate, preempted: 
         eligible_pools = set(option.pools)
         base = inventory.replicas_that_fit(option.pools, g)
 
-        def feasible(chosen: Sequence[Victim]) -> bool:
+        # The loop's values are bound as defaults: feasible is called only within this iteration.
+        def feasible(chosen: Sequence[Victim], *, pools: set[int] = eligible_pools, base: int = base,
+                     product: str = option.product) -> bool:
             delta: dict[int, int] = {}
             training_freed = 0
             for victim in chosen:
                 if victim.workload.workload_class != "inference":
                     training_freed += victim.gpus
                 for index, gpus in victim.freed:
-                    if inventory.pool_of[index] in eligible_pools:
+                    if inventory.pool_of[index] in pools:
                         delta[index] = delta.get(index, 0) + gpus
             fit = base + sum(inventory.usable_after(i, d) // g - inventory.free[i] // g for i, d in delta.items())
             if fit < replicas:
                 return False
-            return not (candidate.is_training and breaks_reserve(cycle, result.training_used, option.product, workload.total_gpus, training_freed))
+            return not (candidate.is_training and breaks_reserve(cycle, result.training_used, product, workload.total_gpus, training_freed))
 
         # Add victims, cheapest loss first, counting incrementally how many replicas then fit.
         chosen: list[Victim] = []
@@ -160,7 +162,7 @@ def _preempt(cycle: Cycle, result: PassResult, candidate: Candidate, preempted: 
                 result.training_used[victim.product] = result.training_used.get(victim.product, 0) - victim.gpus
         placement = inventory.place(option.pools, g, replicas)
         if placement is None:  # defensive: the count above said it fits; undo exactly rather than lose victims
-            for victim, given in zip(chosen, given_back):
+            for victim, given in zip(chosen, given_back, strict=True):
                 inventory.unrelease(given)
                 if victim.workload.workload_class != "inference":
                     result.training_used[victim.product] += victim.gpus

@@ -49,7 +49,7 @@ def prepare(snapshot: Snapshot, layouts: LayoutMemo | None = None) -> Cycle:
         shape_id = shape_ids.setdefault(shape, len(shape_ids))
         static_key = (shape_id, workload.gpus_per_replica, workload.replicas, workload.workload_class, workload.tier)
         if static_key not in static_cache:
-            static_cache[static_key] = _static_options(inventory, workload, shape, floor, margin) + (len(static_cache),)
+            static_cache[static_key] = (*_static_options(inventory, workload, shape, floor, margin), len(static_cache))
         options, rejection, kind = static_cache[static_key]
         if rejection is not None:
             static_rejections.append(bound_to(rejection, workload))
@@ -152,7 +152,7 @@ def _static_options(inventory: Inventory, workload: Workload, shape: tuple, floo
 def _reserve_ledger(snapshot: Snapshot, inventory: Inventory) -> tuple[dict[str, int], dict[str, int], dict[str, int]]:
     fraction = min(1.0, max(0.0, number_or(snapshot.policy.inference_reserve_fraction, 0.0)))
     total_by_product: dict[str, int] = {}
-    for node, allocatable in zip(inventory.nodes, inventory.allocatable):
+    for node, allocatable in zip(inventory.nodes, inventory.allocatable, strict=True):
         total_by_product[node.product] = total_by_product.get(node.product, 0) + allocatable
     training_cap: dict[str, int] = {}
     reserve_gpus: dict[str, int] = {}
