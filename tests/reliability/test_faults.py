@@ -8,6 +8,7 @@ ten SIGKILLs; the default test run keeps CI time down with 600 and three).
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import threading
@@ -194,7 +195,7 @@ def test_policy_edits_take_effect_and_an_invalid_policy_keeps_the_last_good_one(
             assert {status(fc, f"b-{index}")["reason"] for index in range(5)} == {"MarginBelowFloor"}
             # Invalid: the schema cannot refuse a number the JSON decoder reads as infinity (1e400),
             # so the operator must. Refused with a condition, and the floor stays in force.
-            fc.apply_policy({**POLICY, "tierMultipliers": {"gold": float("inf")}})
+            fc.merge_patch_policy_text(json.dumps({"spec": {**POLICY, "tierMultipliers": {"gold": "INF"}}}).replace('"INF"', "1e400"))
             try:
                 wait_until(lambda: accepted(fc) == ("False", generation(fc)), 60, what="Accepted=False on the invalid policy")
             except AssertionError:
