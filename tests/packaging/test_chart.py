@@ -87,7 +87,7 @@ def test_every_builtin_manifest_is_valid_for_kubernetes(objects: list[dict], kub
 def test_the_crds_are_valid_for_kubernetes(kubernetes_version: str) -> None:
     crd_files = sorted((CHART_DIR / "crds").glob("*.yaml"))
     assert [p.name for p in crd_files] == [
-        "clusterkopfpeerings.kopf.dev.yaml", "gpuworkloads.gpuadmit.io.yaml",
+        "clusterkopfpeerings.kopf.dev.yaml", "gpuquotas.gpuadmit.io.yaml", "gpuworkloads.gpuadmit.io.yaml",
         "kopfpeerings.kopf.dev.yaml", "marginpolicies.gpuadmit.io.yaml",
     ]
     for path in crd_files:

@@ -1,0 +1,101 @@
+"""GPUQuota rules in the engine, on random snapshots (hypothesis) and small exact cases.
+
+The decide-level scenarios, one per rule, are in tests/cli/test_decide_quota.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gpuadmit.core.engine import decide
+from gpuadmit.core.model import ANY_PRODUCT, Action, Quota, Reason, Snapshot
+
+from .strategies import PRODUCTS, snapshots
+from .test_engine_properties import FAST, gpus_placed_by_node
+
+TEAMS = ("team-a", "team-b")
+
+
+@st.composite
+def with_quotas(draw, **snapshot_options) -> Snapshot:
+    snapshot = draw(snapshots(**snapshot_options))
+    quotas = {}
+    for team in draw(st.lists(st.sampled_from(TEAMS), unique=True, min_size=1)):
+        guaranteed = draw(st.dictionaries(st.sampled_from(PRODUCTS + (ANY_PRODUCT,)), st.integers(0, 12), max_size=2))
+        quotas[team] = Quota(team, guaranteed, draw(st.one_of(st.none(), st.integers(0, 16))), draw(st.booleans()))
+    return replace(snapshot, quotas=quotas, quota_of_namespace={team: team for team in quotas})
+
+
+def held_by_tenant(snapshot: Snapshot, result, after: bool) -> dict[str, int]:
+    gone = {p.key for p in result.preemptions} if after else set()
+    held: dict[str, int] = {}
+    for workload in snapshot.holding:
+        if workload.key not in gone and workload.namespace in snapshot.quota_of_namespace:
+            held[workload.namespace] = held.get(workload.namespace, 0) + sum(e.gpus for e in workload.placement)
+    if after:
+        for decision in result.decisions:
+            if decision.action == Action.ADMIT and decision.namespace in snapshot.quota_of_namespace:
+                held[decision.namespace] = held.get(decision.namespace, 0) + sum(e.gpus for e in decision.placement)
+    return held
+
+
+def within_guarantee(snapshot: Snapshot) -> set[str]:
+    """Holding work within its tenant's guarantee, modelled independently: oldest admissions fill
+    the product's guarantee, then "*"."""
+    nodes = {node.name: node.product for node in snapshot.nodes}
+    used: dict[str, dict[str, int]] = {}
+    protected = set()
+    for workload in sorted(snapshot.holding, key=lambda w: (w.admitted_at or 0.0, w.key)):
+        quota = snapshot.quotas.get(snapshot.quota_of_namespace.get(workload.namespace, ""))
+        if quota is None:
+            continue
+        product, gpus = nodes[workload.placement[0].node], workload.total_gpus
+        mine = used.setdefault(quota.name, {})
+        after = {**mine, product: mine.get(product, 0) + gpus}
+
+        def overflow(usage: dict[str, int]) -> int:
+            return sum(max(0, g - quota.guaranteed.get(p, 0)) for p, g in usage.items())
+
+        if overflow(after) - overflow(mine) <= max(0, quota.guaranteed.get(ANY_PRODUCT, 0) - overflow(mine)):
+            protected.add(workload.key)
+        used[quota.name] = after
+    return protected
+
+
+@FAST
+@given(with_quotas(preemption=True))
+def test_quotas_never_overcommit_never_preempt_guaranteed_work_and_keep_caps(snapshot: Snapshot) -> None:
+    result = decide(snapshot)
+    nodes = {node.name: node for node in snapshot.nodes}
+    for name, gpus in gpus_placed_by_node(snapshot, result).items():
+        assert gpus <= nodes[name].allocatable - nodes[name].gpus_used_by_pods, name
+    assert sorted(d.key for d in result.decisions) == sorted([w.key for w in snapshot.pending] + [i.key for i in snapshot.invalid])
+    protected = within_guarantee(snapshot)
+    holding = {w.key: w for w in snapshot.holding}
+    for preemption in result.preemptions:
+        assert preemption.key not in protected, preemption
+        victim = holding[preemption.key]
+        assert victim.preemptible and snapshot.now - (victim.admitted_at or 0) >= snapshot.policy.preemption.min_runtime_seconds
+    before, after = held_by_tenant(snapshot, result, False), held_by_tenant(snapshot, result, True)
+    for tenant, quota in snapshot.quotas.items():
+        if quota.max_gpus is not None:
+            assert after.get(tenant, 0) <= max(quota.max_gpus, before.get(tenant, 0)), (tenant, before, after)
+    for decision in result.decisions:
+        quota = snapshot.quotas.get(snapshot.quota_of_namespace.get(decision.namespace, ""))
+        if decision.reason in (Reason.OVER_QUOTA, Reason.EXCEEDS_QUOTA):
+            assert quota is not None and quota.max_gpus is not None
+
+
+@FAST
+@given(snapshots())
+def test_quotas_that_cannot_bind_change_nothing(snapshot: Snapshot) -> None:
+    """No guarantee anywhere, caps only on namespaces no workload uses: today's decisions exactly."""
+    inert = replace(
+        snapshot,
+        quotas={"empty": Quota("empty"), "elsewhere": Quota("elsewhere", {}, max_gpus=0)},
+        quota_of_namespace={"team-a": "empty", "team-b": "empty"},
+    )
+    assert decide(inert) == decide(snapshot)
