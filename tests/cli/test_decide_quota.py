@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 import yaml
-
 from gpuadmit import decide
 
 H100 = "NVIDIA-H100-80GB-HBM3"
@@ -105,7 +104,7 @@ def test_idle_guaranteed_gpus_are_lent_to_preemptible_work_only(tmp_path, capsys
 
 def test_nothing_is_lent_when_lend_idle_is_false(tmp_path, capsys) -> None:
     objects = [node("h1"), quota("research", {H100: 6}, lendIdle=False), workload("batch", "misc", 4), workload("small", "shop", 2)]
-    code, document, _ = run(tmp_path, objects, capsys)
+    _, document, _ = run(tmp_path, objects, capsys)
     # 8 GPUs, 6 kept idle for research: the 2-GPU job fits beside them, the 4-GPU one does not.
     assert outcome(document) == {"batch": ("queue", "GuaranteeReserved"), "small": ("admit", "Admitted")}
     assert "lendIdle: false" in next(d["message"] for d in document["decisions"] if d["name"] == "batch")
@@ -115,13 +114,14 @@ def test_a_guarantee_reclaims_borrowed_gpus_even_from_higher_margin_work(tmp_pat
     borrower = workload("borrower", "misc", 8, running_on="h1")  # gold training: earns 3.00, more than research's 2.00
     objects = [node("h1"), quota("research", {H100: 8}), borrower, workload("train", "research", 8)]
     code, document, _ = run(tmp_path, objects, capsys)
+    assert code == 0
     assert outcome(document) == {"train": ("admit", "Admitted")}
     assert document["preemptions"] == [
         {"namespace": "misc", "name": "borrower", "preemptedBy": "research/train", "reason": "ReclaimedByGuarantee"}
     ]
     # Not before the borrower ran minRuntimeSeconds (600 s): the guarantee waits.
     young = workload("borrower", "misc", 8, running_on="h1", admitted="2026-11-26T11:55:00Z")
-    code, document, _ = run(tmp_path, [node("h1"), quota("research", {H100: 8}), young, workload("train", "research", 8)], capsys)
+    _, document, _ = run(tmp_path, [node("h1"), quota("research", {H100: 8}), young, workload("train", "research", 8)], capsys)
     assert outcome(document) == {"train": ("queue", "InsufficientCapacity")} and document["preemptions"] == []
 
 
@@ -134,6 +134,7 @@ def test_work_within_its_own_guarantee_is_never_a_victim(tmp_path, capsys) -> No
         workload("mine", "shop", 4),
     ]  # fmt: skip
     code, document, _ = run(tmp_path, objects, capsys)
+    assert code == 0
     assert outcome(document) == {"mine": ("admit", "Admitted")}
     assert [(p["name"], p["reason"]) for p in document["preemptions"]] == [("new", "ReclaimedByGuarantee")]
 
@@ -142,8 +143,9 @@ def test_margin_preemption_spares_work_within_its_guarantee(tmp_path, capsys) ->
     objects = [node("h1"), quota("research", {H100: 8}), workload("held", "research", 8, running_on="h1"),
                workload("chat", "misc", 8, "inference")]  # fmt: skip
     code, document, _ = run(tmp_path, objects, capsys)
+    assert code == 0
     assert outcome(document) == {"chat": ("queue", "InsufficientCapacity")} and document["preemptions"] == []
-    code, document, _ = run(tmp_path, objects[:1] + objects[2:], capsys)  # the same without the quota
+    _, document, _ = run(tmp_path, objects[:1] + objects[2:], capsys)  # the same without the quota
     assert outcome(document) == {"chat": ("admit", "Admitted")}
     assert [(p["name"], p["reason"]) for p in document["preemptions"]] == [("held", "PreemptedByHigherMargin")]
 
@@ -156,7 +158,7 @@ def test_caps_queue_over_quota_and_reject_what_can_never_fit(tmp_path, capsys) -
         workload("fits", "research", 4),
         workload("huge", "research", 8, replicas=2),
     ]  # fmt: skip
-    code, document, _ = run(tmp_path, objects, capsys)
+    _, document, _ = run(tmp_path, objects, capsys)
     result = outcome(document)
     # "fits" and "more" earn alike; "fits" ranks first (name order) and takes the tenant to 8, so
     # "more" would take it to 16.
@@ -168,13 +170,13 @@ def test_caps_queue_over_quota_and_reject_what_can_never_fit(tmp_path, capsys) -
 def test_the_any_product_guarantee_counts_every_product(tmp_path, capsys) -> None:
     nodes = [node("h1", 8, H100), node("a1", 8, A100)]
     objects = [*nodes, quota("research", {"*": 8}), workload("chat1", "misc", 8, "inference"), workload("chat2", "shop", 8, "inference")]
-    code, document, _ = run(tmp_path, objects, capsys)
+    _, document, _ = run(tmp_path, objects, capsys)
     # 16 GPUs, 8 of any product kept for research: one chat gets in, the other would eat the guarantee.
     assert sorted(outcome(document).values()) == [("admit", "Admitted"), ("queue", "GuaranteeReserved")]
     # And research's own work, within "*", goes first on whichever product.
     objects = [*nodes, quota("research", {"*": 8}), workload("chat1", "misc", 8, "inference"),
                workload("chat2", "shop", 8, "inference"), workload("train", "research", 8)]  # fmt: skip
-    code, document, _ = run(tmp_path, objects, capsys)
+    _, document, _ = run(tmp_path, objects, capsys)
     result = outcome(document)
     assert result["train"] == ("admit", "Admitted") and document["decisions"][0]["name"] == "train"
     assert sorted([result["chat1"], result["chat2"]]) == [("admit", "Admitted"), ("queue", "InsufficientCapacity")]

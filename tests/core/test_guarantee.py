@@ -7,11 +7,10 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from hypothesis import given
-from hypothesis import strategies as st
-
 from gpuadmit.core.engine import decide
 from gpuadmit.core.model import ANY_PRODUCT, Action, Quota, Reason, Snapshot
+from hypothesis import given
+from hypothesis import strategies as st
 
 from .strategies import PRODUCTS, snapshots
 from .test_engine_properties import FAST, gpus_placed_by_node
@@ -42,6 +41,11 @@ def held_by_tenant(snapshot: Snapshot, result, after: bool) -> dict[str, int]:
     return held
 
 
+def overflow(quota: Quota, usage: dict[str, int]) -> int:
+    """GPUs of a usage beyond the per-product guarantees: what "*" must cover."""
+    return sum(max(0, g - quota.guaranteed.get(p, 0)) for p, g in usage.items())
+
+
 def within_guarantee(snapshot: Snapshot) -> set[str]:
     """Holding work within its tenant's guarantee, modelled independently: oldest admissions fill
     the product's guarantee, then "*"."""
@@ -56,10 +60,8 @@ def within_guarantee(snapshot: Snapshot) -> set[str]:
         mine = used.setdefault(quota.name, {})
         after = {**mine, product: mine.get(product, 0) + gpus}
 
-        def overflow(usage: dict[str, int]) -> int:
-            return sum(max(0, g - quota.guaranteed.get(p, 0)) for p, g in usage.items())
-
-        if overflow(after) - overflow(mine) <= max(0, quota.guaranteed.get(ANY_PRODUCT, 0) - overflow(mine)):
+        before_over, after_over = overflow(quota, mine), overflow(quota, after)
+        if after_over - before_over <= max(0, quota.guaranteed.get(ANY_PRODUCT, 0) - before_over):
             protected.add(workload.key)
         used[quota.name] = after
     return protected

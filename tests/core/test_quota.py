@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import pytest
-
 from gpuadmit.core.errors import SpecError
 from gpuadmit.core.model import Quota
-from gpuadmit.core.quota import LabelSelector, Requirement, parse_quota, parse_selector, tenancy
+from gpuadmit.core.quota import (
+    LabelSelector,
+    Requirement,
+    parse_quota,
+    parse_selector,
+    tenancy,
+)
 
 
 def gpu_quota(name: str = "research", created: str = "2026-11-01T00:00:00Z", **spec) -> dict:

@@ -39,9 +39,16 @@ Usage = dict[str, dict[str, int]]  # quota name -> product -> GPUs held
 class Held(Protocol):
     """A preemption victim as the engine describes it (engine.Victim)."""
 
-    workload: Workload
-    product: str
-    freed: tuple[tuple[int, int], ...]
+    @property
+    def workload(self) -> Workload: ...
+
+    @property
+    def product(self) -> str: ...
+
+
+class Option(Protocol):
+    @property
+    def product(self) -> str: ...
 
 
 class Ranked(Protocol):
@@ -49,7 +56,7 @@ class Ranked(Protocol):
     rank: int
 
     @property
-    def options(self) -> Sequence[object]: ...
+    def options(self) -> Sequence[Option]: ...
 
 
 @dataclass(slots=True)
@@ -144,7 +151,7 @@ class Tenants:
             if quota is None:
                 continue
             for option in candidate.options:
-                product = getattr(option, "product")
+                product = option.product
                 if candidate.workload.total_gpus <= self.headroom(used, quota, product):
                     self.guaranteed_ranks.add(candidate.rank)
                     _add(used, quota.name, product, candidate.workload.total_gpus)
