@@ -101,3 +101,33 @@ def test_quotas_that_cannot_bind_change_nothing(snapshot: Snapshot) -> None:
         quota_of_namespace={"team-a": "empty", "team-b": "empty"},
     )
     assert decide(inert) == decide(snapshot)
+
+
+def test_reports_say_guaranteed_used_and_lent_per_product_and_overcommitment() -> None:
+    from gpuadmit.core.guarantee import ProductUsage, quota_reports
+
+    from .strategies import make_holding, make_node, make_snapshot
+
+    nodes = [make_node("h1", 8, "NVIDIA-H100"), make_node("a1", 8, "NVIDIA-A100")]
+    holding = [
+        make_holding("mine", {"h1": 2}, namespace="research"),  # research uses 2 of its 6 on H100
+        make_holding("borrower", {"h1": 5}, namespace="misc"),  # leaves 1 free: 3 of research's 4 idle are lent
+    ]
+    snapshot = make_snapshot(
+        nodes, holding=holding,
+        quotas={"research": Quota("research", {"NVIDIA-H100": 6, ANY_PRODUCT: 4}), "big": Quota("big", {"NVIDIA-A100": 9}, created_at=1.0)},
+        quota_of_namespace={"research": "research"},
+    )  # fmt: skip
+    reports = quota_reports(snapshot)
+    research = reports["research"]
+    # The 8 free A100 are all promised to "big" (9 guaranteed: overcommitted, 1 not covered), so
+    # research's "*" guarantee finds no free GPU beyond the per-product ones: all 4 count as lent.
+    assert research.products == (ProductUsage("*", 4, 0, 4), ProductUsage("NVIDIA-H100", 6, 2, 3))
+    assert (research.guaranteed, research.used, research.lent) == (10, 2, 7)
+    assert research.overcommitted == ("*",)  # 19 GPUs guaranteed in all on a cluster of 16
+    assert reports["big"].overcommitted == ("NVIDIA-A100",)
+    assert reports["big"].products == (ProductUsage("NVIDIA-A100", 9, 0, 1),)
+    # Without "big", the free A100 cover the "*" guarantee.
+    alone = quota_reports(replace(snapshot, quotas={"research": snapshot.quotas["research"]}))["research"]
+    assert alone.products == (ProductUsage("*", 4, 0, 0), ProductUsage("NVIDIA-H100", 6, 2, 3))
+    assert alone.overcommitted == ()

@@ -81,20 +81,7 @@ class Tenants:
         for pool in inventory.pools:
             self.inventory_pools[pool.product] = (*self.inventory_pools.get(pool.product, ()), pool.index)
         self.guaranteed_ranks: set[int] = set()
-        # Usage at the start, and which holding workloads are within their guarantee: the oldest
-        # admissions of a tenant fill its guarantee first.
-        self.used_at_start: Usage = {name: {} for name in self.quotas}
-        self.protected: set[str] = set()
-        holding = sorted(snapshot.holding, key=lambda w: (w.admitted_at or 0.0, w.key))
-        for workload in holding:
-            quota = self.quota_of(workload)
-            product = _product_held(workload, inventory)
-            if quota is None or product is None:
-                continue
-            gpus = sum(whole(e.gpus) for e in workload.placement)
-            if gpus <= self.headroom(self.used_at_start, quota, product):
-                self.protected.add(workload.key)
-            _add(self.used_at_start, quota.name, product, gpus)
+        self.used_at_start, self.protected = held_by_quota(snapshot, inventory)
 
     @classmethod
     def of(cls, snapshot: Snapshot, inventory: Inventory) -> Tenants | None:
@@ -225,6 +212,100 @@ class Tenants:
             f"reclaimed by {preemptor.key}, which runs within GPUQuota {name}'s guarantee on "
             f"{product or 'unlabelled GPUs'}; this workload was borrowing those GPUs"
         )
+
+
+def held_by_quota(snapshot: Snapshot, inventory: Inventory) -> tuple[Usage, set[str]]:
+    """GPUs each quota's tenant holds per product, and the holding workloads within their
+    guarantee: a tenant's oldest admissions fill its guarantee first."""
+    used: Usage = {name: {} for name in snapshot.quotas}
+    protected: set[str] = set()
+    for workload in sorted(snapshot.holding, key=lambda w: (w.admitted_at or 0.0, w.key)):
+        quota = snapshot.quotas.get(snapshot.quota_of_namespace.get(workload.namespace, ""))
+        product = _product_held(workload, inventory)
+        if quota is None or product is None:
+            continue
+        gpus = sum(whole(e.gpus) for e in workload.placement)
+        idle, idle_any = Tenants.idle(used, quota)
+        if gpus <= idle.get(product, 0) + idle_any:
+            protected.add(workload.key)
+        _add(used, quota.name, product, gpus)
+    return used, protected
+
+
+@dataclass(frozen=True, slots=True)
+class ProductUsage:
+    product: str  # or ANY_PRODUCT
+    guaranteed: int
+    used: int
+    lent: int  # idle guaranteed GPUs that are not free: other work holds them now
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaReport:
+    """What a GPUQuota's status and metrics say about it, from one snapshot."""
+
+    name: str
+    products: tuple[ProductUsage, ...]
+    overcommitted: tuple[str, ...] = ()  # products (or "*") whose guarantees exceed the cluster's GPUs
+
+    @property
+    def guaranteed(self) -> int:
+        return sum(p.guaranteed for p in self.products)
+
+    @property
+    def used(self) -> int:
+        return sum(p.used for p in self.products)
+
+    @property
+    def lent(self) -> int:
+        return sum(p.lent for p in self.products)
+
+
+def quota_reports(snapshot: Snapshot, inventory: Inventory | None = None) -> dict[str, QuotaReport]:
+    """Guaranteed, used and lent GPUs per quota and product. Lent: on each product the idle
+    guarantees that the free GPUs (schedulable nodes) do not cover; the older quotas are counted
+    covered first, as they win a contested namespace too. The "*" guarantees are covered by what
+    is free beyond the per-product idle guarantees."""
+    inventory = inventory or Inventory.from_snapshot(snapshot)
+    used, _ = held_by_quota(snapshot, inventory)
+    free: dict[str, int] = {}
+    capacity: dict[str, int] = {}
+    for index, node in enumerate(inventory.nodes):
+        capacity[node.product] = capacity.get(node.product, 0) + inventory.allocatable[index]
+        if inventory.pool_of[index] >= 0:
+            free[node.product] = free.get(node.product, 0) + inventory.free[index]
+    oldest_first = sorted(snapshot.quotas.values(), key=lambda q: (q.created_at, q.name))
+    idle = {q.name: Tenants.idle(used, q) for q in oldest_first}
+    lent: dict[tuple[str, str], int] = {}
+    left = dict(free)
+    for quota in oldest_first:
+        for product, gpus in sorted(idle[quota.name][0].items()):
+            covered = min(gpus, left.get(product, 0))
+            left[product] = left.get(product, 0) - covered
+            lent[(quota.name, product)] = gpus - covered
+    spare = sum(left.values())
+    for quota in oldest_first:
+        covered = min(idle[quota.name][1], spare)
+        spare -= covered
+        lent[(quota.name, ANY_PRODUCT)] = idle[quota.name][1] - covered
+    promised: dict[str, int] = {}
+    for quota in oldest_first:
+        for product, gpus in quota.guaranteed.items():
+            promised[product] = promised.get(product, 0) + gpus
+    overcommitted = sorted(p for p, gpus in promised.items() if p != ANY_PRODUCT and gpus > capacity.get(p, 0))
+    if sum(promised.values()) > sum(capacity.values()) and promised.get(ANY_PRODUCT):
+        overcommitted.append(ANY_PRODUCT)
+    reports: dict[str, QuotaReport] = {}
+    for quota in oldest_first:
+        held = used.get(quota.name, {})
+        products = sorted(set(quota.guaranteed) | set(held))
+        rows = []
+        for product in products:
+            rows.append(ProductUsage(product, quota.guaranteed.get(product, 0), held.get(product, 0), lent.get((quota.name, product), 0)))
+        reports[quota.name] = QuotaReport(
+            quota.name, tuple(rows), tuple(p for p in overcommitted if p in quota.guaranteed)
+        )
+    return dict(sorted(reports.items()))
 
 
 def _add(used: Usage, name: str, product: str, gpus: int) -> None:
