@@ -190,14 +190,14 @@ def test_a_namespace_matched_by_two_quotas_belongs_to_the_older(tmp_path, capsys
     # research is capped by the older quota (8 > maxGPUs 4) and does not share "everyone"'s guarantee.
     assert outcome(document)["train"] == ("reject", "ExceedsQuota")
     assert outcome(document)["batch"] == ("admit", "Admitted")
-    assert code == 1
+    assert code == 2  # bad input: a quota left out where it overlaps
     assert "GPUQuota everyone: namespace research is also matched by the older GPUQuota research" in err
 
 
 def test_an_invalid_quota_is_named_and_left_out(tmp_path, capsys) -> None:
     bad = quota("research", {H100: -1})
     code, document, err = run(tmp_path, [node("h1"), bad, workload("train", "research", 8)], capsys)
-    assert code == 1 and "GPUQuota research: spec.guaranteed.NVIDIA-H100-80GB-HBM3: must be a whole number" in err
+    assert code == 2 and "GPUQuota research: spec.guaranteed.NVIDIA-H100-80GB-HBM3: must be a whole number" in err
     assert outcome(document) == {"train": ("admit", "Admitted")}
 
 
