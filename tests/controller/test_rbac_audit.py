@@ -57,6 +57,8 @@ GRANTED_BUT_NOT_EXERCISED: dict[Permission, str] = {
         "re-read a workload after a failed write (409 Conflict, controller/writer.py); the scenario has no conflicts",
     ("gpuadmit.io", "marginpolicies", "get"):
         "re-read the policy after a failed status write (409 Conflict, controller/writer.py); the scenario has no conflicts",
+    ("gpuadmit.io", "gpuquotas", "get"):
+        "re-read a GPUQuota after a failed status write (409 Conflict, controller/writer.py); the scenario has no conflicts",
     **{("kopf.dev", "kopfpeerings", verb):
        "peering in the watched namespaces (--peering with --namespace); the scenario peers cluster-wide"
        for verb in ("get", "list", "watch", "patch")},
