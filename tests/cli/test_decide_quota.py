@@ -254,3 +254,15 @@ def test_the_exact_solver_admits_guaranteed_work_first_too(tmp_path, capsys) -> 
         assert decide.main(["-f", str(dump), "-o", "json", "--now", NOW, "--solver", "exact"]) == 0
         result = outcome(json.loads(capsys.readouterr().out))
         assert [name for name, (action, _) in result.items() if action == "admit"] == [expected]
+
+
+def test_guaranteed_work_uses_its_guaranteed_product_even_where_another_earns_more(tmp_path, capsys) -> None:
+    # A100 costs less, so training earns more there; research is guaranteed H100s, and its
+    # workload, ranked ahead for that guarantee, takes them and leaves the A100s to the rest.
+    policy = {**POLICY, "spec": {**POLICY["spec"], "gpuCostPerHour": {H100: 2, A100: 1}}}
+    objects = [node("h1", 8, H100), node("a1", 8, A100), quota("research", {H100: 8}), workload("train", "research", 8)]
+    dump = tmp_path / "dump.yaml"
+    dump.write_text(yaml.safe_dump_all([policy, *NAMESPACES, *objects]))
+    assert decide.main(["-f", str(dump), "-o", "json", "--now", NOW]) == 0
+    (decision,) = json.loads(capsys.readouterr().out)["decisions"]
+    assert decision["placement"] == [{"node": "h1", "gpus": 8}]

@@ -144,6 +144,13 @@ class Tenants:
                     _add(used, quota.name, product, candidate.workload.total_gpus)
                     break
 
+    def options_in_order(self, ledger: QuotaLedger, candidate: Ranked) -> Sequence[Option]:
+        """A guaranteed candidate's products within its guarantee first (by margin among them): it
+        was ranked ahead for its guarantee, so it uses the guarantee rather than another product."""
+        if candidate.rank not in self.guaranteed_ranks:
+            return candidate.options
+        return sorted(candidate.options, key=lambda o: not self.within(ledger.used, candidate.workload, o.product))
+
     def blocks(self, ledger: QuotaLedger, inventory: Inventory, workload: Workload, product: str, freed: int = 0) -> tuple[Reason, str] | None:
         """Why admitting ``workload`` on ``product`` now breaks a quota (after ``freed`` GPUs of
         victims come back), or None."""
