@@ -33,7 +33,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .engine import Admission, Candidate, Cycle, finalize, new_pass, prepare
+from .engine import Admission, finalize, new_pass, prepare
+from .engine.cycle import Candidate, Cycle
 from .model import CycleResult, PlacementEntry, Reason, Snapshot
 
 MAX_NODES = 200
