@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from .inventory import Inventory, whole
 from .model import ANY_PRODUCT, Quota, Reason, Snapshot, Workload
@@ -49,6 +49,9 @@ class Held(Protocol):
 class Option(Protocol):
     @property
     def product(self) -> str: ...
+
+
+OptionT = TypeVar("OptionT", bound=Option)
 
 
 class Ranked(Protocol):
@@ -144,12 +147,12 @@ class Tenants:
                     _add(used, quota.name, product, candidate.workload.total_gpus)
                     break
 
-    def options_in_order(self, ledger: QuotaLedger, candidate: Ranked) -> Sequence[Option]:
+    def options_in_order(self, ledger: QuotaLedger, workload: Workload, rank: int, options: Sequence[OptionT]) -> Sequence[OptionT]:
         """A guaranteed candidate's products within its guarantee first (by margin among them): it
         was ranked ahead for its guarantee, so it uses the guarantee rather than another product."""
-        if candidate.rank not in self.guaranteed_ranks:
-            return candidate.options
-        return sorted(candidate.options, key=lambda o: not self.within(ledger.used, candidate.workload, o.product))
+        if rank not in self.guaranteed_ranks:
+            return options
+        return sorted(options, key=lambda o: not self.within(ledger.used, workload, o.product))
 
     def blocks(self, ledger: QuotaLedger, inventory: Inventory, workload: Workload, product: str, freed: int = 0) -> tuple[Reason, str] | None:
         """Why admitting ``workload`` on ``product`` now breaks a quota (after ``freed`` GPUs of

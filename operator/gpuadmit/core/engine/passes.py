@@ -9,7 +9,16 @@ import math
 from collections.abc import Iterable, Sequence
 
 from ..model import Reason
-from .cycle import EPSILON, Admission, Candidate, Cycle, PassResult, Victim, new_pass, number_or
+from .cycle import (
+    EPSILON,
+    Admission,
+    Candidate,
+    Cycle,
+    PassResult,
+    Victim,
+    new_pass,
+    number_or,
+)
 
 # Bounds on the preemption search, so 100k pending stay linear: victims per attempt,
 # and attempts per placement pass (in placement order, so the best-ranked try first).
@@ -52,7 +61,7 @@ def run_pass(cycle: Cycle, order: Sequence[Candidate], allow_preemption: bool) -
         workload = candidate.workload
         g, replicas, total = workload.gpus_per_replica, workload.replicas, workload.total_gpus
         admission: Admission | None = None
-        options = candidate.options if ledger is None or tenants is None else tenants.options_in_order(ledger, candidate)
+        options = candidate.options if ledger is None or tenants is None else tenants.options_in_order(ledger, workload, candidate.rank, candidate.options)
         for option in options:
             if candidate.is_training and breaks_reserve(cycle, result.training_used, option.product, total):
                 if candidate.rank not in result.reserve_blocked and inventory.fits(option.pools, g, replicas):
