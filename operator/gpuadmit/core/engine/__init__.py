@@ -26,6 +26,10 @@ Nothing iterates over a dict or set whose order depends on the input order:
 nodes are sorted by name, workloads by key, so a shuffled snapshot gives the
 same result.
 
+With GPUQuotas (``core/guarantee.py``), work within its tenant's guarantee ranks ahead of the
+rest in every order, lending and caps are checked before each placement, a guaranteed workload
+that does not fit may reclaim from borrowers, and the ejection chains are skipped.
+
 The package follows the steps: ``prepare`` (1 and 2), ``passes`` (3: the greedy in
 several orders, with preemption), ``chains`` (3: the ejection chains that improve the
 best passes), ``messages`` (4: one decision per workload, with its words); ``cycle``
