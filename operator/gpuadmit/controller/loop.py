@@ -316,7 +316,12 @@ class SchedulingLoop:
         result = self.decide(snapshot)
         report.decide_s, mark = time.monotonic() - mark, time.monotonic()
         await self._apply(snapshot, result, now, report)
-        await self._write_quota_statuses(snapshot, now)
+        try:
+            await self._write_quota_statuses(snapshot, now)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - a quota's status is a report: it never stops the cycle
+            logger.exception("Writing the GPUQuota statuses failed; the decisions stand, the next cycle tries again")
         report.apply_s = time.monotonic() - mark
 
         report.decisions = len(result.decisions)
