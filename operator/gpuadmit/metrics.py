@@ -260,20 +260,20 @@ def _quota_gauges(snapshot: Snapshot, result: CycleResult, pending_by_key: Mappi
     gpus: dict[tuple[str, str, str], int] = {}
     for name, report in quota_reports(after, inventory).items():
         for row in report.products:
-            for state, count in zip(QUOTA_STATES, (row.guaranteed, row.used, row.lent)):
+            for state, count in zip(QUOTA_STATES, (row.guaranteed, row.used, row.lent), strict=True):
                 gpus[(name, row.product, state)] = count
     used, _ = held_by_quota(after, inventory)
     cluster_products = sorted(inventory.products_offered)
     unmet = {name: 0.0 for name in snapshot.quotas}
     for decision in result.decisions:
         workload = pending_by_key.get(decision.key)
-        name = snapshot.quota_of_namespace.get(decision.namespace)
-        if decision.action is not Action.QUEUE or workload is None or name not in snapshot.quotas:
+        tenant = snapshot.quota_of_namespace.get(decision.namespace)
+        if decision.action is not Action.QUEUE or workload is None or tenant is None or tenant not in snapshot.quotas:
             continue
-        idle, idle_any = Tenants.idle(used, snapshot.quotas[name])
+        idle, idle_any = Tenants.idle(used, snapshot.quotas[tenant])
         products = workload.gpu_products or tuple(cluster_products)
         if any(workload.total_gpus <= idle.get(p, 0) + idle_any for p in products):
-            unmet[name] = max(unmet[name], snapshot.now - workload.queued_since)
+            unmet[tenant] = max(unmet[tenant], snapshot.now - workload.queued_since)
     return gpus, unmet
 
 

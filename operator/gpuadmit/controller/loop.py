@@ -320,7 +320,7 @@ class SchedulingLoop:
             await self._write_quota_statuses(snapshot, now)
         except asyncio.CancelledError:
             raise
-        except Exception:  # noqa: BLE001 - a quota's status is a report: it never stops the cycle
+        except Exception:  # a quota's status is a report: it never stops the cycle
             logger.exception("Writing the GPUQuota statuses failed; the decisions stand, the next cycle tries again")
         report.apply_s = time.monotonic() - mark
 

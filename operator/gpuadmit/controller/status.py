@@ -24,8 +24,8 @@ from typing import Any
 from gpuadmit.core.errors import SpecError
 from gpuadmit.core.guarantee import QuotaReport
 from gpuadmit.core.model import Action, Decision, Phase, Preemption
-from gpuadmit.core.timefmt import format_rfc3339
 from gpuadmit.core.quota import Conflict
+from gpuadmit.core.timefmt import format_rfc3339
 
 ADMITTED = "Admitted"
 RUNNING = "Running"
