@@ -165,6 +165,19 @@ def test_the_ledger_counts_decisions_waits_and_margin() -> None:
     assert ledger.workloads["research/f"].reason == "ReservedKey"
     lines = demo_screen.summary(ledger, elapsed=10.0, time_scale=60.0)
     assert "admitted by class: inference=1 training=0" in lines
+    assert ledger.waits(namespace="serving") == ledger.waits("inference") and ledger.waits(namespace="research") == []
+    lines = demo_screen.summary(ledger, elapsed=10.0, time_scale=60.0, guarantee=("research", 4))
+    assert lines[-1] == "guaranteed tenant research (GPUQuota: 4 GPUs of any product): 0 admitted, wait p50 -, p95 -"
+
+
+def test_the_guaranteed_tenant_is_a_valid_gpuquota_on_the_training_namespace() -> None:
+    from gpuadmit.core.quota import tenancy
+
+    quota = demo_plan.guaranteed_tenant_quota(64)
+    namespaces = [{"metadata": {"name": name}} for name in (*demo_plan.INFERENCE_NAMESPACES, demo_plan.TRAINING_NAMESPACE)]
+    tenants = tenancy([quota], namespaces)
+    assert dict(tenants.quota_of_namespace) == {"research": "research"} and not tenants.invalid
+    assert tenants.quotas["research"].guaranteed == {"*": 16}
 
 
 def test_plain_output_has_no_cursor_tricks() -> None:
@@ -197,6 +210,8 @@ def test_a_short_demo_runs_end_to_end_and_admits_both_classes(tmp_path: Path) ->
     refused = re.search(r"^training\s+\d+\s+\d+\s+\d+\s+(\d+)", output, re.MULTILINE)  # the forged tier label
     assert refused and int(refused.group(1)) >= 1, output[-2000:]
     assert "admission webhooks: every create went through" in output
+    guaranteed = re.search(r"guaranteed tenant research \(GPUQuota: (\d+) GPUs of any product\): (\d+) admitted", output)
+    assert guaranteed and int(guaranteed.group(2)) > 0, output[-2000:]
     served = re.search(r"metrics: (\d+) gpuadmit_ samples served", output)
     assert served and int(served.group(1)) > 0, output[-1000:]
 

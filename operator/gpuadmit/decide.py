@@ -1,6 +1,6 @@
 """`gpuadmit decide`: what the policy would do with a cluster dump, and why.
 
-    kubectl get nodes,pods,namespaces,gpuworkloads,marginpolicies -A -o yaml | gpuadmit decide -f -
+    kubectl get nodes,pods,namespaces,gpuworkloads,marginpolicies,gpuquotas -A -o yaml | gpuadmit decide -f -
 
 Reads multi-document YAML or JSON (``kind: List`` and ``<Kind>List`` included),
 builds the same snapshot the operator builds, runs the engine and prints one
@@ -32,12 +32,13 @@ import yaml
 from gpuadmit.core.errors import SpecError
 from gpuadmit.core.model import CycleResult, Decision, Policy, Snapshot, Workload
 from gpuadmit.core.nodes import advertised_gpu_problem
+from gpuadmit.core.quota import Tenancy, tenancy
 from gpuadmit.core.snapshot import build_snapshot, objects_by_kind
 from gpuadmit.core.timefmt import format_rfc3339, parse_rfc3339, parse_rfc3339_or_none
 from gpuadmit.inputs import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, InputError, display_name, load_documents, load_policy
 
 PROG = "gpuadmit decide"
-KINDS_READ = ("Node", "Pod", "Namespace", "GPUWorkload", "MarginPolicy")
+KINDS_READ = ("Node", "Pod", "Namespace", "GPUWorkload", "MarginPolicy", "GPUQuota")
 TABLE_COLUMNS = ("NAMESPACE", "NAME", "CLASS", "ACTION", "REASON", "GPUS", "MARGIN", "POS", "PLACEMENT")
 
 
@@ -84,6 +85,8 @@ def _decide(args: argparse.Namespace) -> int:
             policy = load_policy(args.policy)
             policies, policy_name = [policy], policy.name
         now = parse_now(args.now) if args.now else dump_time(grouped)
+        tenants = tenancy(grouped.get("GPUQuota", []), grouped.get("Namespace", []))
+        problems.extend(quota_problems(tenants))
         snapshot = build_snapshot(
             nodes=grouped.get("Node", []),
             pods=grouped.get("Pod", []),
@@ -92,6 +95,7 @@ def _decide(args: argparse.Namespace) -> int:
             policies=policies,
             now=now,
             policy_name=policy_name,
+            quotas=tenants,
         )
     except InputError as error:
         print(f"{PROG}: {error}", file=sys.stderr)
@@ -166,6 +170,16 @@ def find_unusable_objects(grouped: Mapping[str, list[Any]]) -> list[str]:
                 if problem is not None:
                     problems.append(f"Node {name!r}: {problem}")
     return problems
+
+
+def quota_problems(tenants: Tenancy) -> list[str]:
+    """GPUQuotas left out (invalid) and namespaces matched by two: one line each."""
+    lines = [f"GPUQuota {name}: {error.field}: {error.message}" for name, error in sorted(tenants.invalid.items())]
+    lines += [
+        f"GPUQuota {c.lost}: namespace {c.namespace} is also matched by the older GPUQuota {c.kept}, which applies there"
+        for c in tenants.conflicts
+    ]
+    return lines
 
 
 def dump_time(grouped: Mapping[str, list[Any]]) -> float:

@@ -53,6 +53,7 @@ from gpuadmit.demo_plan import (
     DemoNode,
     Plan,
     demo_policy,
+    guaranteed_tenant_quota,
     load_trace,
     node_object,
     package_file,
@@ -351,7 +352,8 @@ class Demo:
             submitted = await self.submit_all(api, plans, ledger, screen, kubelet)
             ledger.tick()
             screen.update(submitted, final=True)
-            lines = summary(ledger, ledger.now(), args.time_scale)
+            quota = guaranteed_tenant_quota(total_gpus)
+            lines = summary(ledger, ledger.now(), args.time_scale, (TRAINING_NAMESPACE, quota["spec"]["guaranteed"]["*"]))
             lines.append(await metrics_line(recorder.url))
             if self.admission is not None:
                 lines.append(f"admission webhooks: every create went through /mutate-gpuworkload and /validate-gpuworkload"
@@ -415,6 +417,7 @@ class Demo:
             labels = {TIER_LABEL: "gold"} if namespace == GOLD_NAMESPACE else {}
             await api.must("POST", "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace, "labels": labels}})
         await asyncio.gather(*(api.must("POST", "/api/v1/nodes", node_object(node)) for node in nodes))
+        await api.must("POST", "/apis/gpuadmit.io/v1alpha1/gpuquotas", guaranteed_tenant_quota(sum(node.gpus for node in nodes)))
 
     async def start_operator(self, metrics_port: int) -> None:
         webhook_port = 0 if self.args.no_webhooks else free_port()

@@ -45,6 +45,22 @@ TRAINING_NAMESPACE = "research"
 GOLD_NAMESPACE = "serving-gold"
 MIN_RUN_SECONDS = 2.0  # long enough to be seen Running
 FORGER_EVERY = 40  # one training workload in this many carries a forged tier label
+# The research team buys committed capacity: a GPUQuota guarantees it this share of the GPUs (of
+# any product), which its training gets ahead of any margin ranking and reclaims from borrowers.
+GUARANTEED_SHARE = 0.25
+
+
+def guaranteed_tenant_quota(total_gpus: int) -> dict[str, Any]:
+    """The GPUQuota of the demo's guaranteed tenant (the training namespace)."""
+    return {
+        "apiVersion": "gpuadmit.io/v1alpha1",
+        "kind": "GPUQuota",
+        "metadata": {"name": TRAINING_NAMESPACE},
+        "spec": {
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": TRAINING_NAMESPACE}},
+            "guaranteed": {"*": max(1, int(total_gpus * GUARANTEED_SHARE))},
+        },
+    }
 
 def package_file(*parts: str) -> Path:
     """A file shipped in gpuadmit's package data (``crds``, ``policy.yaml``, ``sample-cluster.yaml``):

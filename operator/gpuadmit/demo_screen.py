@@ -142,11 +142,14 @@ class Ledger:
             row["preemptions"] += tracked.preemptions
         return table
 
-    def waits(self, workload_class: str) -> list[float]:
+    def waits(self, workload_class: str | None = None, namespace: str | None = None) -> list[float]:
+        """Waits of the admitted workloads, of one class and/or one namespace."""
         return sorted(
             t.admitted_at - t.submitted_at
             for t in self.workloads.values()
-            if t.workload_class == workload_class and t.admitted_at is not None
+            if t.admitted_at is not None
+            and (workload_class is None or t.workload_class == workload_class)
+            and (namespace is None or t.plan.namespace == namespace)
         )
 
 
@@ -221,7 +224,7 @@ def _seconds(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}s"
 
 
-def summary(ledger: Ledger, elapsed: float, time_scale: float) -> list[str]:
+def summary(ledger: Ledger, elapsed: float, time_scale: float, guarantee: tuple[str, int] | None = None) -> list[str]:
     counts = ledger.counts()
     lines = ["", f"Summary after {elapsed:.0f} s ({elapsed * time_scale / 3600:.1f} hours of trace time)", ""]
     lines.append(f"{'class':<10} {'submitted':>9} {'admitted':>9} {'rejected':>9} {'refused':>8} {'queued':>7} {'undecided':>9} {'wait p50':>9} {'wait p95':>9}  (waits: admitted ones, demo seconds)")
@@ -242,6 +245,11 @@ def summary(ledger: Ledger, elapsed: float, time_scale: float) -> list[str]:
     lines.append(f"margin earned: ${ledger.earned:,.2f} over {elapsed * time_scale / 3600:.1f} trace hours; "
                  f"average GPU use {average_use:.0%}; preemptions {preemptions}")
     lines.append("admitted by class: " + " ".join(f"{name}={row['admitted']}" for name, row in counts.items()))
+    if guarantee is not None:
+        namespace, gpus = guarantee
+        waits = ledger.waits(namespace=namespace)
+        lines.append(f"guaranteed tenant {namespace} (GPUQuota: {gpus} GPUs of any product): {len(waits)} admitted, "
+                     f"wait p50 {_seconds(percentile(waits, 0.5))}, p95 {_seconds(percentile(waits, 0.95))}")
     return lines
 
 

@@ -16,8 +16,9 @@ Two kinds of metrics:
   immutable object, so a scrape never sees half a cycle or a stale label set.
 
 Label values are bounded: actions, classes, reasons, GPU products, verbs, HTTP
-codes. Workload, namespace and node names never become labels, except the
-namespace in the opt-in ``per_namespace`` metrics.
+codes, and GPUQuota names (bounded by the objects an admin creates). Workload,
+namespace and node names never become labels, except the namespace in the
+opt-in ``per_namespace`` metrics.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import threading
 import time
 from collections import Counter as Tally
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from prometheus_client import (
     GC_COLLECTOR,
@@ -45,6 +46,8 @@ from prometheus_client.registry import Collector
 
 from gpuadmit import __version__
 from gpuadmit.controller.status import WORKLOAD_FAILURE_REASONS  # pure: reasons the operator gives
+from gpuadmit.core.guarantee import Tenants, held_by_quota, quota_reports
+from gpuadmit.core.inventory import Inventory
 from gpuadmit.core.model import (
     CLASSES,
     Action,
@@ -67,6 +70,7 @@ UNKNOWN_CLASS = "unknown"
 UNKNOWN_PRODUCT = "unknown"
 
 GPU_STATES = ("allocatable", "reserved", "used_by_others", "free", "unavailable")
+QUOTA_STATES = ("guaranteed", "used", "lent")
 # Phases a workload can be in while gpuadmit still tracks it (terminal phases leave the snapshot).
 LIVE_PHASES = (Phase.QUEUED.value, Phase.ADMITTED.value, Phase.RUNNING.value, Phase.PREEMPTED.value)
 # Queued work that waits for capacity, as opposed to waiting by policy (reserve, margin floor).
@@ -96,6 +100,8 @@ class ClusterGauges:
     pending_considered: int
     queued_by_namespace: Mapping[str, int] = field(default_factory=dict)
     reserved_by_namespace: Mapping[str, int] = field(default_factory=dict)
+    quota_gpus: Mapping[tuple[str, str, str], int] = field(default_factory=dict)  # (quota, product, state) -> GPUs
+    unmet_guarantee_seconds: Mapping[str, float] = field(default_factory=dict)  # quota -> longest wait; 0 when none
 
 
 def _product_of(node: GpuNode) -> str:
@@ -174,11 +180,12 @@ def gauges_after_cycle(snapshot: Snapshot, result: CycleResult, per_namespace: b
                 reserved_by_namespace[workload.namespace] += entry.gpus
         margin_earned[workload.workload_class] += margin_per_hour
 
+    victim_reasons = {p.key: p.reason for p in result.preemptions}
     for workload in snapshot.holding:
         if workload.key in victims:
             workloads[(Phase.PREEMPTED.value, workload.workload_class)] += 1
             # A victim's aging restarts at its preemption, which is now.
-            wait(workload, Reason.PREEMPTED_BY_HIGHER_MARGIN, held_margin_per_hour(workload), queued_since=snapshot.now)
+            wait(workload, victim_reasons[workload.key], held_margin_per_hour(workload), queued_since=snapshot.now)
             continue
         phase = workload.phase if workload.phase in (Phase.ADMITTED.value, Phase.RUNNING.value) else Phase.ADMITTED.value
         workloads[(phase, workload.workload_class)] += 1
@@ -221,6 +228,7 @@ def gauges_after_cycle(snapshot: Snapshot, result: CycleResult, per_namespace: b
     for reserved in reserved_by_node.values():
         gpus[(UNKNOWN_PRODUCT, "reserved")] += reserved
 
+    quota_gpus, unmet = _quota_gauges(snapshot, result, pending_by_key, victims)
     return ClusterGauges(
         workloads=dict(workloads),
         queue_depth=dict(queue_depth),
@@ -232,7 +240,41 @@ def gauges_after_cycle(snapshot: Snapshot, result: CycleResult, per_namespace: b
         pending_considered=len(snapshot.pending) + len(snapshot.invalid),
         queued_by_namespace=dict(queued_by_namespace),
         reserved_by_namespace=dict(reserved_by_namespace),
+        quota_gpus=quota_gpus,
+        unmet_guarantee_seconds=unmet,
     )
+
+
+def _quota_gauges(snapshot: Snapshot, result: CycleResult, pending_by_key: Mapping[str, Workload],
+                  victims: set[str]) -> tuple[dict[tuple[str, str, str], int], dict[str, float]]:
+    """Per GPUQuota, as the cycle leaves the cluster: guaranteed, used and lent GPUs per product,
+    and how long the longest-waiting workload that its guarantee covers has waited."""
+    if not snapshot.quotas:
+        return {}, {}
+    admitted = tuple(
+        replace(pending_by_key[d.key], placement=d.placement, phase=Phase.ADMITTED.value, admitted_at=snapshot.now)
+        for d in result.decisions if d.action is Action.ADMIT and d.key in pending_by_key
+    )
+    after = replace(snapshot, holding=tuple(w for w in snapshot.holding if w.key not in victims) + admitted, pending=())
+    inventory = Inventory.from_snapshot(after)
+    gpus: dict[tuple[str, str, str], int] = {}
+    for name, report in quota_reports(after, inventory).items():
+        for row in report.products:
+            for state, count in zip(QUOTA_STATES, (row.guaranteed, row.used, row.lent), strict=True):
+                gpus[(name, row.product, state)] = count
+    used, _ = held_by_quota(after, inventory)
+    cluster_products = sorted(inventory.products_offered)
+    unmet = {name: 0.0 for name in snapshot.quotas}
+    for decision in result.decisions:
+        workload = pending_by_key.get(decision.key)
+        tenant = snapshot.quota_of_namespace.get(decision.namespace)
+        if decision.action is not Action.QUEUE or workload is None or tenant is None or tenant not in snapshot.quotas:
+            continue
+        idle, idle_any = Tenants.idle(used, snapshot.quotas[tenant])
+        products = workload.gpu_products or tuple(cluster_products)
+        if any(workload.total_gpus <= idle.get(p, 0) + idle_any for p in products):
+            unmet[tenant] = max(unmet[tenant], snapshot.now - workload.queued_since)
+    return gpus, unmet
 
 
 class _ClusterGaugesCollector(Collector):
@@ -272,7 +314,15 @@ class _ClusterGaugesCollector(Collector):
             "Smallest GPU request among work queued for lack of capacity; absent when none waits for capacity.")
         considered = GaugeMetricFamily(
             "gpuadmit_cycle_pending_workloads", "Pending and invalid workloads the last cycle considered.")
-        families: list[Metric] = [workloads, queue_depth, oldest, gpus, earned, queued_margin, smallest, considered]
+        quota_gpus = GaugeMetricFamily(
+            "gpuadmit_quota_gpus",
+            'GPUs of each GPUQuota by product ("*": of any product) and state: guaranteed, used, lent (idle guaranteed GPUs other work holds).',
+            labels=["quota", "product", "state"])
+        unmet = GaugeMetricFamily(
+            "gpuadmit_quota_unmet_guarantee_seconds",
+            "Longest time a queued workload within its GPUQuota's guarantee has waited, by quota; 0 when none waits.",
+            labels=["quota"])
+        families: list[Metric] = [workloads, queue_depth, oldest, gpus, earned, queued_margin, smallest, considered, quota_gpus, unmet]
         if self.per_namespace:
             ns_queued = GaugeMetricFamily(
                 "gpuadmit_namespace_queue_depth", "Workloads waiting for GPUs, by namespace (opt-in).",
@@ -297,6 +347,10 @@ class _ClusterGaugesCollector(Collector):
             if state.smallest_capacity_blocked_request is not None:
                 smallest.add_metric([], state.smallest_capacity_blocked_request)
             considered.add_metric([], state.pending_considered)
+            for (quota, product, quota_state), count in sorted(state.quota_gpus.items()):
+                quota_gpus.add_metric([quota, product, quota_state], count)
+            for quota, seconds in sorted(state.unmet_guarantee_seconds.items()):
+                unmet.add_metric([quota], seconds)
             if self.per_namespace:
                 for namespace, count in sorted(state.queued_by_namespace.items()):
                     ns_queued.add_metric([namespace], count)
@@ -310,7 +364,9 @@ def _class_label(decision: Decision) -> str:
 
 
 # Reasons a workload can be queued or rejected with: their counters start at zero for every class.
-_WAIT_OR_REJECT_REASONS = tuple(r for r in Reason if r not in (Reason.ADMITTED, Reason.PREEMPTED_BY_HIGHER_MARGIN))
+_WAIT_OR_REJECT_REASONS = tuple(
+    r for r in Reason if r not in (Reason.ADMITTED, Reason.PREEMPTED_BY_HIGHER_MARGIN, Reason.RECLAIMED_BY_GUARANTEE)
+)
 
 
 class Metrics:

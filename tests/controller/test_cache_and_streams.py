@@ -94,7 +94,7 @@ def test_resource_paths() -> None:
 
 
 def test_one_stream_per_kind_or_per_watched_namespace() -> None:
-    assert len(watch_scopes()) == 5
+    assert [kind for kind, _, _ in watch_scopes()] == ["Node", "Namespace", "MarginPolicy", "GPUQuota", "Pod", "GPUWorkload"]
     scoped = watch_scopes(["a", "b"])
     assert [(kind, ns) for kind, _, ns in scoped if kind in ("GPUWorkload", "Pod")] == [
         ("Pod", "a"), ("Pod", "b"), ("GPUWorkload", "a"), ("GPUWorkload", "b")]
@@ -145,3 +145,31 @@ def test_a_node_of_impossibly_many_gpus_is_told_once_not_at_every_heartbeat(capl
     cache.put(NODE, node(6, "8"))  # fixed, then broken again: told again
     cache.put(NODE, node(7, "1G"))
     assert len(caplog.records) == 2 and "1000000000 GPUs" in caplog.records[1].getMessage()
+
+
+def test_a_cluster_without_the_gpuquota_crd_is_still_decided() -> None:
+    """A 404 listing GPUQuotas (CRD not installed) counts as listed, so the loop can start; the
+    stream keeps raising, and so retrying. Any other kind's 404 is an error as before."""
+    import asyncio
+
+    import pytest
+
+    from gpuadmit.controller import api as kube
+    from gpuadmit.controller.api import ApiError
+    from gpuadmit.controller.watch import Stream
+
+    class NotServed:
+        async def list(self, resource: Resource, namespace: str | None = None) -> tuple[list, str]:
+            raise ApiError("list", resource.path(namespace), 404, "NotFound", "the server could not find the resource")
+
+    def noop(*_: object) -> None:
+        return None
+
+    async def first_list(resource: Resource) -> Stream:
+        stream = Stream(NotServed(), ObjectCache(), "GPUQuota", resource, noop, noop)  # type: ignore[arg-type]
+        with pytest.raises(ApiError):
+            await stream._list()
+        return stream
+
+    assert asyncio.run(first_list(kube.QUOTAS)).listed.is_set()
+    assert not asyncio.run(first_list(kube.POLICIES)).listed.is_set()

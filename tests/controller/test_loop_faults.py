@@ -234,3 +234,46 @@ async def test_a_failed_status_write_is_retried_without_waiting_for_a_resync() -
                     return conditions.get("Accepted", {}).get("status") == "True"
                 await eventually(accepted, timeout=10.0, what="the policy's Accepted condition, after one failed write")
     assert faults.injected == 1
+
+
+async def test_quota_statuses_follow_the_tenant_and_their_failure_never_stops_decisions(monkeypatch) -> None:
+    """A GPUQuota on the team gets its status (guaranteed, used, Ready); while computing it fails,
+    the workloads are still decided and the error is only logged."""
+    import gpuadmit.controller.loop as loop_module
+
+    real_reports = loop_module.quota_reports
+    calls = {"failing": True}
+
+    def reports(snapshot):
+        if calls["failing"]:
+            raise RuntimeError("injected: quota report failed")
+        return real_reports(snapshot)
+
+    monkeypatch.setattr(loop_module, "quota_reports", reports)
+    with EmulatedApiServer(crds=[CRD_DIR]) as url:
+        async with KubeApi(kopf.ConnectionInfo(server=url)) as api:
+            await seed(api, nodes=1, workloads=2)  # w-000 (1 GPU) and w-001 (2x2 GPUs), both fit
+            await api.request("create", "POST", f"{GROUP}/gpuquotas", body={
+                "apiVersion": "gpuadmit.io/v1alpha1", "kind": "GPUQuota", "metadata": {"name": "team"},
+                "spec": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "team"}}, "guaranteed": {"H100": 4}}})
+            async with RunningOperator(api) as operator:
+                async def admitted() -> bool:
+                    workloads = (await api.request("list", "GET", f"{GROUP}/gpuworkloads"))["items"]
+                    phases = [(w.get("status") or {}).get("phase") for w in workloads]
+                    return len(phases) == 2 and all(phase in ("Admitted", "Running") for phase in phases)
+                await eventually(admitted, what="both workloads admitted while the quota report fails")
+                assert operator.loop.cycles >= 1 and operator.loop.failed_cycles_in_a_row == 0  # not a failed cycle
+                quota = await api.request("get", "GET", f"{GROUP}/gpuquotas/team")
+                assert "usedGPUs" not in (quota.get("status") or {})
+                calls["failing"] = False
+                await api.request("create", "POST", f"{GROUP}/namespaces/team/gpuworkloads", body={  # a change: a cycle
+                    "apiVersion": "gpuadmit.io/v1alpha1", "kind": "GPUWorkload", "metadata": {"name": "late"},
+                    "spec": {"class": "inference", "gpus": 1, "template": default_template("inference")}})
+
+                async def reported() -> dict | None:
+                    status = (await api.request("get", "GET", f"{GROUP}/gpuquotas/team")).get("status") or {}
+                    return status if status.get("usedGPUs", 0) >= 5 else None
+                status = await eventually(reported, what="the quota's status counting the team's GPUs")
+    assert status["guaranteedGPUs"] == 4 and status["namespaces"] == ["team"]
+    conditions = {c["type"]: c["status"] for c in status["conditions"]}
+    assert conditions == {"Ready": "True", "Overcommitted": "False"}

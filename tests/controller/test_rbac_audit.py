@@ -20,6 +20,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+import kubernetes
 import pytest
 import yaml
 
@@ -56,6 +57,8 @@ GRANTED_BUT_NOT_EXERCISED: dict[Permission, str] = {
         "re-read a workload after a failed write (409 Conflict, controller/writer.py); the scenario has no conflicts",
     ("gpuadmit.io", "marginpolicies", "get"):
         "re-read the policy after a failed status write (409 Conflict, controller/writer.py); the scenario has no conflicts",
+    ("gpuadmit.io", "gpuquotas", "get"):
+        "re-read a GPUQuota after a failed status write (409 Conflict, controller/writer.py); the scenario has no conflicts",
     **{("kopf.dev", "kopfpeerings", verb):
        "peering in the watched namespaces (--peering with --namespace); the scenario peers cluster-wide"
        for verb in ("get", "list", "watch", "patch")},
@@ -143,6 +146,13 @@ def run_scenario(cluster: Cluster) -> None:
     cluster.wait_for_phase("team-a", "broken", "Rejected")                          # reject
     cluster.set_workload_pods_phase("team-b", "pretrain", "Running")
     cluster.wait_for_phase("team-b", "pretrain", "Running")                         # pods running
+    # A GPUQuota's status (no guarantee nor cap: it reports without changing a decision).
+    quotas = kubernetes.client.CustomObjectsApi(cluster.api_client)
+    quotas.create_cluster_custom_object("gpuadmit.io", "v1alpha1", "gpuquotas", {
+        "apiVersion": "gpuadmit.io/v1alpha1", "kind": "GPUQuota", "metadata": {"name": "audit"},
+        "spec": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "team-b"}}}})
+    wait_until(lambda: (quotas.get_cluster_custom_object("gpuadmit.io", "v1alpha1", "gpuquotas", "audit").get("status") or {})
+               .get("usedGPUs") == 8, what="the GPUQuota's status counting team-b's 8 GPUs")   # quota status
 
     cluster.create_workload("team-a", "chat", gpus=8, workload_class="inference")
     cluster.wait_for_phase("team-a", "chat", "Admitted")                            # preemption
@@ -173,7 +183,8 @@ def test_the_chart_grants_every_call_the_operator_makes(audited, tmp_path, capsy
 
     # The scenario reached the operator's every kind of write, else this test would prove little.
     assert {("gpuadmit.io", "gpuworkloads/status", "patch"), ("", "pods", "create"), ("", "pods", "delete"),
-            ("gpuadmit.io", "marginpolicies/status", "patch")} <= standalone, describe(standalone)
+            ("gpuadmit.io", "marginpolicies/status", "patch"), ("gpuadmit.io", "gpuquotas/status", "patch"),
+            ("gpuadmit.io", "gpuquotas", "watch")} <= standalone, describe(standalone)
     assert any(resource == "events" and verb == "create" for _, resource, verb in standalone), describe(standalone)
     missing = standalone - granted
     assert not missing, f"the operator called what the chart does not grant: {describe(missing)}\n{operator_log}"

@@ -153,3 +153,32 @@ def test_an_accepted_policy_spec_is_recorded_and_survives_a_restart_while_the_sp
     restored = SchedulingLoop._accepted_before_restart(broken)
     assert restored is not None and restored.price_per_gpu_hour["inference"] == 9.0
     assert SchedulingLoop._accepted_before_restart({**broken, "status": {}}) is None
+
+
+def test_a_gpuquota_status_reports_usage_conflicts_and_overcommitment() -> None:
+    from gpuadmit.core.errors import SpecError
+    from gpuadmit.core.guarantee import ProductUsage, QuotaReport
+    from gpuadmit.core.quota import Conflict
+
+    obj = {"metadata": {"name": "research", "generation": 3}}
+    report = QuotaReport("research", (ProductUsage("NVIDIA-H100", 8, 6, 2),), overcommitted=("NVIDIA-H100",))
+    status = st.quota_status(obj, report, ["r1", "r2"], [], None, 1_800_000_000.0)
+    assert (status["guaranteedGPUs"], status["usedGPUs"], status["lentGPUs"]) == (8, 6, 2)
+    assert status["products"] == [{"product": "NVIDIA-H100", "guaranteed": 8, "used": 6, "lent": 2}]
+    assert status["namespaces"] == ["r1", "r2"] and status["observedGeneration"] == 3
+    conditions = {c["type"]: c for c in status["conditions"]}
+    assert (conditions["Ready"]["status"], conditions["Ready"]["reason"]) == ("True", "InForce")
+    assert (conditions["Overcommitted"]["status"], conditions["Overcommitted"]["reason"]) == ("True", "GuaranteesExceedCapacity")
+    assert "NVIDIA-H100" in conditions["Overcommitted"]["message"]
+
+    conflict = Conflict("shared", kept="research", lost="everyone")
+    status = st.quota_status(obj, report, ["r1"], [conflict], None, 1_800_000_000.0)
+    ready = {c["type"]: c for c in status["conditions"]}["Ready"]
+    assert (ready["status"], ready["reason"]) == ("False", "NamespaceConflict")
+    assert "namespace shared is also matched by GPUQuota everyone, which is newer: this one applies there" in ready["message"]
+    lost = st.quota_status({"metadata": {"name": "everyone"}}, None, [], [conflict], None, 1_800_000_000.0)
+    assert "GPUQuota research, which is older and applies there" in lost["conditions"][0]["message"]
+
+    invalid = st.quota_status(obj, None, [], [], SpecError("spec.maxGPUs", "must be a whole number"), 1_800_000_000.0)
+    assert invalid["conditions"][0]["reason"] == "InvalidSpec" and "spec.maxGPUs" in invalid["conditions"][0]["message"]
+    assert "usedGPUs" not in invalid

@@ -19,6 +19,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 GPUWORKLOAD_CRD = ROOT / "crds" / "gpuworkloads.gpuadmit.io.yaml"
 MARGINPOLICY_CRD = ROOT / "crds" / "marginpolicies.gpuadmit.io.yaml"
+GPUQUOTA_CRD = ROOT / "crds" / "gpuquotas.gpuadmit.io.yaml"
 
 # What an apiextensions.k8s.io/v1 structural schema may say about a value.
 ALLOWED_KEYWORDS = {
@@ -107,7 +108,7 @@ def a_policy(**spec: Any) -> dict[str, Any]:
     return example
 
 
-@pytest.mark.parametrize("path", [GPUWORKLOAD_CRD, MARGINPOLICY_CRD], ids=lambda path: path.name)
+@pytest.mark.parametrize("path", [GPUWORKLOAD_CRD, MARGINPOLICY_CRD, GPUQUOTA_CRD], ids=lambda path: path.name)
 def test_crd_is_a_valid_structural_v1_crd(path: Path) -> None:
     crd = load_crd(path)
     assert crd["apiVersion"] == "apiextensions.k8s.io/v1"
@@ -300,3 +301,43 @@ def test_the_example_cluster_objects_match_the_schemas() -> None:
                 refused[item["metadata"]["name"]] = errors
     # The example carries exactly one object the API server would have refused, on purpose.
     assert list(refused) == ["zero-gpus"] and refused["zero-gpus"][0].startswith("spec.gpus:")
+
+
+def a_quota(**spec: Any) -> dict[str, Any]:
+    base = {"namespaceSelector": {"matchLabels": {"team": "research"}}, "guaranteed": {"NVIDIA-H100-80GB-HBM3": 8, "*": 2},
+            "maxGPUs": 24, "lendIdle": True}  # fmt: skip
+    base.update(spec)
+    return {"apiVersion": "gpuadmit.io/v1alpha1", "kind": "GPUQuota", "metadata": {"name": "research"}, "spec": base}
+
+
+def test_gpuquota_is_cluster_scoped_with_its_printer_columns() -> None:
+    crd = load_crd(GPUQUOTA_CRD)
+    assert crd["spec"]["scope"] == "Cluster"  # a tenant must not grant itself capacity
+    names = crd["spec"]["names"]
+    assert (names["kind"], names["plural"], names["shortNames"]) == ("GPUQuota", "gpuquotas", ["gq"])
+    columns = {c["name"]: c["jsonPath"] for c in crd["spec"]["versions"][0]["additionalPrinterColumns"]}
+    assert columns == {
+        "Guaranteed": ".status.guaranteedGPUs", "Used": ".status.usedGPUs", "Lent": ".status.lentGPUs",
+        "Max": ".spec.maxGPUs", "Ready": '.status.conditions[?(@.type=="Ready")].status', "Age": ".metadata.creationTimestamp",
+    }  # fmt: skip
+
+
+def test_the_gpuquota_schema_accepts_what_the_parser_accepts_and_refuses_the_rest() -> None:
+    from gpuadmit.core.quota import parse_quota
+
+    validator = validator_for(GPUQUOTA_CRD)
+    selector = {"matchExpressions": [{"key": "team", "operator": "In", "values": ["a", "b"]}]}
+    for good in (a_quota(), a_quota(namespaceSelector={}), a_quota(namespaceSelector=selector), a_quota(guaranteed={})):
+        assert list(validator.iter_errors(good)) == []
+        parse_quota(good)
+    for bad in (
+        a_quota(guaranteed={"NVIDIA-H100-80GB-HBM3": -1}),
+        a_quota(guaranteed={"NVIDIA-H100-80GB-HBM3": 1.5}),
+        a_quota(maxGPUs=-1),
+        a_quota(lendIdle="yes"),
+        a_quota(namespaceSelector={"matchExpressions": [{"key": "team", "operator": "Like"}]}),
+    ):
+        assert list(validator.iter_errors(bad)), bad
+    missing = a_quota()
+    del missing["spec"]["namespaceSelector"]
+    assert list(validator.iter_errors(missing))

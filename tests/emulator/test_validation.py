@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 import kubernetes
 import pytest
 
@@ -103,3 +105,18 @@ def test_a_crd_created_through_the_api_is_served(cluster, namespace):
     code, status = api_error(lambda: custom.create_namespaced_custom_object(group, "v1", namespace, "widgets", {
         "apiVersion": f"{group}/v1", "kind": "Widget", "metadata": {"name": "big"}, "spec": {"size": 11}}))
     assert code == 422 and "spec.size" in causes(status)
+
+
+def test_a_gpuquota_is_cluster_scoped_and_checked_against_its_schema(custom):
+    group, version = GW
+    name = f"quota-{uuid.uuid4().hex[:8]}"
+    body = {"apiVersion": f"{group}/{version}", "kind": "GPUQuota", "metadata": {"name": name},
+            "spec": {"namespaceSelector": {"matchLabels": {"team": "research"}}, "guaranteed": {"*": 8}}}  # fmt: skip
+    created = custom.create_cluster_custom_object(group, version, "gpuquotas", body)
+    try:
+        assert created["spec"]["lendIdle"] is True  # the schema's default
+        bad = {**body, "metadata": {"name": f"{name}-bad"}, "spec": {**body["spec"], "guaranteed": {"*": -1}}}
+        code, status = api_error(lambda: custom.create_cluster_custom_object(group, version, "gpuquotas", bad))
+        assert code == 422 and "spec.guaranteed" in status["message"]
+    finally:
+        custom.delete_cluster_custom_object(group, version, "gpuquotas", name)

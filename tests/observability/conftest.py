@@ -159,14 +159,22 @@ def start_prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Calla
 
 
 def promql_of_dashboard(dashboard: dict[str, Any]) -> list[tuple[str, str]]:
-    """(panel title, expression) for every query target of every panel, rows included."""
+    """(panel title, expression) for every query target of every panel, rows included, with each
+    query variable ($quota) replaced by its "All" value, as Grafana sends it with All selected."""
     found: list[tuple[str, str]] = []
+    all_values = {
+        f"${variable['name']}": variable["allValue"]
+        for variable in dashboard.get("templating", {}).get("list", []) if variable.get("allValue")
+    }
 
     def walk(panels: list[dict[str, Any]]) -> None:
         for panel in panels:
             for target in panel.get("targets", []):
                 if target.get("expr"):
-                    found.append((panel.get("title", ""), target["expr"]))
+                    expr = target["expr"]
+                    for name, value in all_values.items():
+                        expr = expr.replace(name, value)
+                    found.append((panel.get("title", ""), expr))
             walk(panel.get("panels", []))
 
     walk(dashboard.get("panels", []))

@@ -22,6 +22,7 @@ from gpuadmit.core.model import (
     Phase,
     Policy,
     PreemptionRules,
+    Quota,
     Snapshot,
     Workload,
 )
@@ -30,6 +31,8 @@ from gpuadmit.metrics import Metrics
 A100 = "NVIDIA-A100-SXM4-80GB"
 H100 = "NVIDIA-H100-80GB-HBM3"
 L4 = "NVIDIA-L4"
+# The research team is guaranteed 8 A100s (lent to preemptible work while idle).
+QUOTAS = {"research": Quota("research", {A100: 8})}
 CYCLE_SECONDS = 120.0  # simulated time between cycles: long enough for waits of minutes to hours
 
 POLICY = Policy(
@@ -118,7 +121,8 @@ class SimulatedCluster:
                 used[entry.node] = used.get(entry.node, 0) + entry.gpus
         nodes = tuple(replace(node, gpus_used_by_pods=used.get(node.name, 0)) for node in self.nodes)
         return Snapshot(nodes=nodes, holding=tuple(self.holding.values()), pending=tuple(self.pending.values()),
-                        policy=POLICY, now=self.now, invalid=tuple(self.invalid), gpus_of_own_pods=own)
+                        policy=POLICY, now=self.now, invalid=tuple(self.invalid), gpus_of_own_pods=own,
+                        quotas=QUOTAS, quota_of_namespace={"research": "research"})
 
     def run_cycle(self, cycle: int) -> CycleResult:
         self.now += CYCLE_SECONDS

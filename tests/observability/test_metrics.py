@@ -326,3 +326,31 @@ def test_state_gauges_stay_consistent_over_real_engine_cycles(seed: int) -> None
         queued = sum(1 for d in result.decisions if d.action is Action.QUEUE) + len(result.preemptions)
         assert sum(gauges.queue_depth.values()) == queued
         assert sum(gauges.margin_earned_per_hour.values()) == pytest.approx(cluster.margin_per_hour_written())
+
+
+def test_quota_gauges_show_lent_gpus_and_a_guarantee_waiting_unmet() -> None:
+    from gpuadmit.core.engine import decide
+    from gpuadmit.core.model import Quota, Workload
+
+    borrower = Workload(namespace="misc", name="borrower", gpus_per_replica=8, replicas=1, workload_class="training",
+                        phase="Running", placement=(PlacementEntry("n1", 8),), admitted_at=NOW - 60)  # too young to reclaim
+    waiting = Workload(namespace="research", name="train", gpus_per_replica=8, replicas=1, workload_class="training",
+                       created_at=NOW - 3600, queued_since=NOW - 3600)
+    snapshot = Snapshot(
+        nodes=(GpuNode("n1", 8, A100),), holding=(borrower,), pending=(waiting,), policy=POLICY, now=NOW,
+        quotas={"research": Quota("research", {A100: 8}), "idle": Quota("idle", {})},
+        quota_of_namespace={"research": "research"},
+    )  # fmt: skip
+    result = decide(snapshot)
+    assert [(d.action, d.reason) for d in result.decisions] == [(Action.QUEUE, Reason.INSUFFICIENT_CAPACITY)]
+    metrics = Metrics()
+    metrics.observe_cycle(snapshot, result, 0.01)
+    assert value(metrics, "gpuadmit_quota_gpus", quota="research", product=A100, state="guaranteed") == 8
+    assert value(metrics, "gpuadmit_quota_gpus", quota="research", product=A100, state="used") == 0
+    assert value(metrics, "gpuadmit_quota_gpus", quota="research", product=A100, state="lent") == 8
+    assert value(metrics, "gpuadmit_quota_unmet_guarantee_seconds", quota="research") == 3600
+    assert value(metrics, "gpuadmit_quota_unmet_guarantee_seconds", quota="idle") == 0
+    # No GPUQuota: no quota series at all.
+    plain = Metrics()
+    plain.observe_cycle(replace(snapshot, quotas={}, quota_of_namespace={}), result, 0.01)
+    assert not [key for key in samples(plain) if key[0].startswith("gpuadmit_quota_")]

@@ -11,6 +11,7 @@ import math
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import kubernetes
 import pytest
 
 from tests.e2e_harness import Cluster, OperatorProcess
@@ -29,7 +30,10 @@ POLICY = {
     "minMarginPerGPUHour": 0.5,
 }
 # (namespace, name, class, gpus per replica, replicas): on two 8-GPU nodes the first three are
-# admitted, the fourth waits for capacity, the fifth fits no node, the sixth earns below the floor.
+# admitted (team-b's finetune first: within its GPUQuota's guarantee), the fourth waits for
+# capacity, the fifth fits no node, the sixth earns below the floor.
+QUOTA = {"apiVersion": "gpuadmit.io/v1alpha1", "kind": "GPUQuota", "metadata": {"name": "team-b"},
+         "spec": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "team-b"}}, "guaranteed": {H100: 2}}}
 WORKLOADS = [
     ("team-a", "chat", "inference", 4, 1),
     ("team-a", "pretrain", "training", 8, 1),
@@ -49,6 +53,8 @@ def operator_scraped(tmp_path_factory: pytest.TempPathFactory,
         cluster.add_gpu_nodes(2, gpus=8, product=H100)
         cluster.apply_policy(POLICY)
         cluster.ensure_namespace("cheap", tier="discount")
+        kubernetes.client.CustomObjectsApi(cluster.api_client).create_cluster_custom_object(
+            "gpuadmit.io", "v1alpha1", "gpuquotas", QUOTA)
         with OperatorProcess.start(cluster.kubeconfig, workdir) as operator:
             prometheus = start_prometheus([f"127.0.0.1:{operator.metrics_port}"])
             # A first scrape before any workload: the counters' rise is then inside rate()'s window.

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+from dataclasses import replace
 from typing import Any
 
 import pytest
 import yaml
 from prometheus_client import generate_latest
 
+from gpuadmit.core.model import ANY_PRODUCT, Quota
 from gpuadmit.metrics import Metrics
 
 from .conftest import ALERTS_FILE, ALERTS_TEST_FILE, DASHBOARD_FILE, METRICS_DOC, promql_of_dashboard
@@ -23,6 +25,7 @@ REQUIRED_ALERTS = {
     "GPUAdmitOperatorDown",
     "GPUAdmitNotDeciding",
     "GPUAdmitAPIErrorsRising",
+    "GPUAdmitGuaranteeUnmet",
 }
 # What each required panel must show, as a metric its queries use.
 REQUIRED_PANEL_METRICS = {
@@ -36,6 +39,8 @@ REQUIRED_PANEL_METRICS = {
     "preemptions": "gpuadmit_preemptions_total",
     "cycle duration": "gpuadmit_cycle_duration_seconds_bucket",
     "api errors": "gpuadmit_api_errors_total",
+    "gpuquota $quota": "gpuadmit_quota_gpus",
+    "unmet guarantee": "gpuadmit_quota_unmet_guarantee_seconds",
 }
 METRIC_NAME = re.compile(r"\bgpuadmit_[a-z_]+\b")
 
@@ -54,6 +59,10 @@ def exported_series_names() -> set[str]:
     snapshot, result = cluster_after_a_busy_cycle()
     metrics.observe_cycle(snapshot, result, 0.01)
     metrics.observe_api_error("patch", 409)
+    # The same cycle with a GPUQuota covering the pending work's namespaces: the quota series.
+    namespaces = {workload.namespace for workload in snapshot.pending}
+    quotas = {"q": Quota("q", {ANY_PRODUCT: 4}, max_gpus=64)}
+    metrics.observe_cycle(replace(snapshot, quotas=quotas, quota_of_namespace=dict.fromkeys(namespaces, "q")), result, 0.01)
     text = generate_latest(metrics.registry).decode()
     return {line.split("{")[0].split(" ")[0] for line in text.splitlines() if line and not line.startswith("#")}
 

@@ -87,7 +87,7 @@ def test_every_builtin_manifest_is_valid_for_kubernetes(objects: list[dict], kub
 def test_the_crds_are_valid_for_kubernetes(kubernetes_version: str) -> None:
     crd_files = sorted((CHART_DIR / "crds").glob("*.yaml"))
     assert [p.name for p in crd_files] == [
-        "clusterkopfpeerings.kopf.dev.yaml", "gpuworkloads.gpuadmit.io.yaml",
+        "clusterkopfpeerings.kopf.dev.yaml", "gpuquotas.gpuadmit.io.yaml", "gpuworkloads.gpuadmit.io.yaml",
         "kopfpeerings.kopf.dev.yaml", "marginpolicies.gpuadmit.io.yaml",
     ]
     for path in crd_files:
@@ -117,7 +117,10 @@ def _without_kubernetes_extensions(schema: Any) -> Any:
 
 def test_prometheus_rule_carries_the_alert_rule_file(rendered_by_value_set: dict) -> None:
     (rule,) = only(rendered_by_value_set["everything-on"], "PrometheusRule")
-    rule_file = yaml.safe_load((CHART_DIR / "files" / "gpuadmit-alerts.yaml").read_text())
+    rule_text = (CHART_DIR / "files" / "gpuadmit-alerts.yaml").read_text()
+    # The one value the chart sets: the unmet-guarantee threshold (everything-on asks for 1800 s).
+    assert "(gpuadmit_quota_unmet_guarantee_seconds) > 900" in rule_text
+    rule_file = yaml.safe_load(rule_text.replace("(gpuadmit_quota_unmet_guarantee_seconds) > 900", "(gpuadmit_quota_unmet_guarantee_seconds) > 1800"))
     assert rule["spec"] == rule_file
     assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
 

@@ -43,6 +43,8 @@ def test_tenants_cannot_write_status_or_policies(objects: list[dict]) -> None:
             writes = set(rule["verbs"]) - {"get", "list", "watch"}
             if writes:
                 assert set(rule["resources"]) == {"gpuworkloads"}
+            # A tenant granting itself a guarantee would defeat it: no verb at all on GPUQuotas.
+            assert not {"gpuquotas", "gpuquotas/status"} & set(rule["resources"])
 
 
 def test_operator_pod_is_hardened(objects: list[dict]) -> None:

@@ -120,3 +120,25 @@ def test_progress_bar_redraws_in_place_and_ends_with_a_newline():
     text = stream.getvalue()
     assert text.count("\r") == 3 and text.endswith("100%\n")
     assert "#" * 15 + "." * 15 in text
+
+
+def test_quotas_apply_to_the_trace_namespaces_and_report_the_guaranteed_wait(capsys, synthetic, tmp_path):
+    workloads, cluster, policy = synthetic
+    quotas = tmp_path / "quotas.yaml"
+    quotas.write_text(
+        "apiVersion: gpuadmit.io/v1alpha1\nkind: GPUQuota\nmetadata: {name: b}\n"
+        "spec: {namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: team-b}}, guaranteed: {T4: 4}}\n"
+    )
+    code, out, err = simulate(capsys, "--workloads", workloads, "--cluster", cluster, "--policy", policy,
+                              "--quotas", quotas, "--policies", "margin,fifo", "-o", "json", "--progress", "off")
+    assert code == 0, err
+    by_policy = {entry["policy"]: entry for entry in json.loads(out)["policies"]}
+    guaranteed = by_policy["margin"]["guaranteedWork"]
+    assert guaranteed["submitted"] > 0 and guaranteed["waitSeconds"]["p95"] is not None
+    code, out, _ = simulate(capsys, "--workloads", workloads, "--cluster", cluster, "--policy", policy,
+                            "--quotas", quotas, "--policies", "margin", "--progress", "off")
+    assert code == 0 and "guaranteed tenants: wait p95" in out
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("kind: GPUQuota\nmetadata: {name: b}\nspec: {namespaceSelector: {}, maxGPUs: -1}\n")
+    code, _, err = simulate(capsys, "--workloads", workloads, "--cluster", cluster, "--quotas", bad)
+    assert code == 2 and "--quotas" in err and "GPUQuota b: spec.maxGPUs" in err and "Traceback" not in err

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
+
+from gpuadmit.core.model import (
+    Action,
+    GpuNode,
+    PlacementEntry,
+    Policy,
+    Reason,
+    Snapshot,
+    Workload,
+)
+from gpuadmit.sim.peers import BINPACK, FIFO, PEERS, PRIORITY, decide_peer
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from gpuadmit.core.model import Action, GpuNode, PlacementEntry, Policy, Reason, Snapshot, Workload
-from gpuadmit.sim.peers import BINPACK, FIFO, PRIORITY, decide_peer
 
 
 def workload(name, gpus=1, replicas=1, cls="training", created=0.0, **extra) -> Workload:
@@ -123,3 +132,31 @@ def test_no_overcommit_and_one_decision_each(sizes, used, pending, holding_sizes
             for entry in decision.placement:
                 free[entry.node] -= entry.gpus
     assert all(count >= 0 for count in free.values()), free
+
+
+def test_peers_model_quotas_as_their_counterparts_do() -> None:
+    """fifo (Kueue nominal quota, no reclaim) admits work within quota first; priority (KAI
+    deserved quota) also reclaims from borrowers, and never preempts work within its quota."""
+    from gpuadmit.core.model import Quota
+
+    node = GpuNode("n1", 8, "T4")
+    borrower = Workload(namespace="misc", name="borrow", gpus_per_replica=8, replicas=1, workload_class="training",
+                        preemptible=True, phase="Running", placement=(PlacementEntry("n1", 8),), admitted_at=1.0)
+    owner = Workload(namespace="lab", name="owned", gpus_per_replica=8, replicas=1, workload_class="training",
+                     created_at=50.0, queued_since=50.0)
+    early = Workload(namespace="misc", name="early", gpus_per_replica=8, replicas=1, workload_class="training",
+                     created_at=10.0, queued_since=10.0)
+    quotas = {"lab": Quota("lab", {"*": 8})}
+    base = Snapshot(nodes=(node,), holding=(borrower,), pending=(early, owner), policy=Policy(), now=100.0,
+                    quotas=quotas, quota_of_namespace={"lab": "lab"})
+    fifo = PEERS["fifo"](base)
+    assert [d.name for d in fifo.decisions][:1] == ["owned"] and fifo.preemptions == ()  # first in line, no reclaim
+    priority = PEERS["priority"](base)
+    assert [(p.name, p.reason) for p in priority.preemptions] == [("borrow", Reason.RECLAIMED_BY_GUARANTEE)]
+    assert {d.name: d.action for d in priority.decisions}["owned"] == Action.ADMIT
+    # Work within its deserved quota is never a victim, not even of inference.
+    protected = dataclasses.replace(borrower, namespace="lab")
+    chat = Workload(namespace="misc", name="chat", gpus_per_replica=8, replicas=1, workload_class="inference")
+    snapshot = dataclasses.replace(base, holding=(protected,), pending=(chat,))
+    assert PEERS["priority"](snapshot).preemptions == ()
+    assert PEERS["priority"](dataclasses.replace(snapshot, quotas={}, quota_of_namespace={})).preemptions != ()

@@ -161,3 +161,24 @@ def test_progress_is_reported_up_to_done():
     seen: list[float] = []
     replay(the_trace, policy(), contender_for("fifo", policy()), progress=seen.append)
     assert seen == sorted(seen) and seen[-1] == 1.0 and len(seen) > 10
+
+
+def test_a_guaranteed_tenant_reclaims_its_gpus_in_the_replay():
+    """One 4-GPU node: team-a's high-margin training borrows team-b's guarantee while it is idle;
+    team-b's work, arriving an hour later, reclaims it (the borrower ran past minRuntimeSeconds)."""
+    from gpuadmit.core.model import Quota
+
+    borrower = dataclasses.replace(job("borrow", 0, 10 * HOUR, 4, "training"), namespace="team-a", tier="gold")
+    owner = dataclasses.replace(job("owned", HOUR, HOUR, 4, "training"), namespace="team-b")
+    the_trace = trace([GpuNode("t4", 4, product="T4")], [borrower, owner], end=12 * HOUR)
+    rules = policy(tierMultipliers={"gold": 1.5})
+    quotas = {"b": Quota("b", {"T4": 4})}
+    with_quota = replay(the_trace, rules, contender_for("margin", rules), quotas=quotas, quota_of_namespace={"team-b": "b"})
+    jobs = jobs_by_name(with_quota)
+    assert jobs["owned"].wait_s == 0.0  # reclaimed at once: the borrower ran an hour, past 600 s
+    assert jobs["borrow"].preemptions == 1 and with_quota.preemptions == 1
+    assert summarize(with_quota)["guaranteedWork"]["waitSeconds"]["p95"] == 0.0
+    without = jobs_by_name(replay(the_trace, rules, contender_for("margin", rules)))
+    # Without the quota it waits behind the borrower until its queue limit (4 h) turns it away.
+    assert without["owned"].wait_s is None and without["owned"].reject_reason == "QueueTimeout"
+    assert "guaranteedWork" not in summarize(replay(the_trace, rules, contender_for("margin", rules)))

@@ -70,6 +70,7 @@ class Resource:
 
 WORKLOADS = Resource("gpuadmit.io", "v1alpha1", "gpuworkloads", namespaced=True)
 POLICIES = Resource("gpuadmit.io", "v1alpha1", "marginpolicies", namespaced=False)
+QUOTAS = Resource("gpuadmit.io", "v1alpha1", "gpuquotas", namespaced=False)
 NODES = Resource("", "v1", "nodes", namespaced=False)
 PODS = Resource("", "v1", "pods", namespaced=True)
 NAMESPACES = Resource("", "v1", "namespaces", namespaced=False)

@@ -29,10 +29,11 @@ logger = logging.getLogger(__name__)
 
 WORKLOAD = "GPUWorkload"
 POLICY = "MarginPolicy"
+QUOTA = "GPUQuota"
 NODE = "Node"
 POD = "Pod"
 NAMESPACE = "Namespace"
-KINDS = (WORKLOAD, POLICY, NODE, POD, NAMESPACE)
+KINDS = (WORKLOAD, POLICY, QUOTA, NODE, POD, NAMESPACE)
 
 DELETED = "DELETED"
 TOMBSTONES_KEPT = 10_000

@@ -48,10 +48,11 @@ from typing import Any, Protocol
 
 from gpuadmit.controller import status as desired_status
 from gpuadmit.controller.api import ApiError
-from gpuadmit.controller.cache import NODE, POD, POLICY, WORKLOAD, ObjectCache, object_key
+from gpuadmit.controller.cache import NAMESPACE, NODE, POD, POLICY, QUOTA, WORKLOAD, ObjectCache, object_key
 from gpuadmit.controller.podcreator import PodCreator, pods_for
 from gpuadmit.controller.writer import Writer
 from gpuadmit.core.errors import SpecError
+from gpuadmit.core.guarantee import quota_reports
 from gpuadmit.core.model import (
     HOLDING_PHASES,
     PENDING_PHASES,
@@ -69,6 +70,7 @@ from gpuadmit.core.placement import placement_of
 from gpuadmit.core.pods import controlling_workload
 from gpuadmit.core.podsecurity import DEFAULT_LEVEL
 from gpuadmit.core.policy import parse_policy
+from gpuadmit.core.quota import Tenancy, tenancy
 from gpuadmit.core.snapshot import ParseMemo, build_snapshot
 from gpuadmit.core.timefmt import parse_rfc3339_or_none
 
@@ -192,13 +194,14 @@ class SchedulingLoop:
         self.pods = PodCreator(cache, writer, self.trigger_later, self.fail_workload)
         self._policy_parsed: tuple[tuple[Any, Any], Policy] | None = None
         self._parse_memo = ParseMemo()
+        self._tenancy = Tenancy()
 
     # -- inputs -------------------------------------------------------------------------
 
     def notify(self, kind: str, event_type: str | None, obj: Mapping[str, Any]) -> None:
         """A watch event: update the cache, and wake the loop if the change can matter to a decision."""
         key = object_key(obj)
-        before = self.cache.get(kind, key) if kind in (WORKLOAD, POD) else None
+        before = self.cache.get(kind, key) if kind in (WORKLOAD, POD, QUOTA) else None
         if not self.cache.apply_event(kind, event_type, obj):
             return
         if kind == WORKLOAD:
@@ -218,6 +221,9 @@ class SchedulingLoop:
         key = object_key(obj)
         if kind == POD:
             return event_type == "ADDED" and self.pods.creating(key)
+        if kind == QUOTA:  # our status write: the spec (generation) is what decisions depend on
+            return (event_type == "MODIFIED" and before is not None and _uid(before) == _uid(obj)
+                    and (before.get("metadata") or {}).get("generation") == (obj.get("metadata") or {}).get("generation"))
         if kind != WORKLOAD or event_type != "MODIFIED" or before is None or _uid(before) != _uid(obj):
             return False
         before_meta, after_meta = before.get("metadata") or {}, obj.get("metadata") or {}
@@ -310,6 +316,12 @@ class SchedulingLoop:
         result = self.decide(snapshot)
         report.decide_s, mark = time.monotonic() - mark, time.monotonic()
         await self._apply(snapshot, result, now, report)
+        try:
+            await self._write_quota_statuses(snapshot, now)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a quota's status is a report: it never stops the cycle
+            logger.exception("Writing the GPUQuota statuses failed; the decisions stand, the next cycle tries again")
         report.apply_s = time.monotonic() - mark
 
         report.decisions = len(result.decisions)
@@ -473,11 +485,30 @@ class SchedulingLoop:
 
     def _snapshot(self, policy: Policy | None, now: float) -> Snapshot:
         policies: list[Any] = [policy] if policy is not None else []
+        namespaces = self.cache.all(NAMESPACE)
+        self._tenancy = tenancy(self.cache.all(QUOTA), namespaces)
         return build_snapshot(
-            self.cache.all(NODE), self.cache.all(POD), self.cache.all("Namespace"), self.cache.all(WORKLOAD),
+            self.cache.all(NODE), self.cache.all(POD), namespaces, self.cache.all(WORKLOAD),
             policies, now, policy_name=policy.name if policy is not None else self.settings.policy_name,
-            memo=self._parse_memo, pod_security_level=self.settings.pod_security_level,
+            memo=self._parse_memo, pod_security_level=self.settings.pod_security_level, quotas=self._tenancy,
         )
+
+    async def _write_quota_statuses(self, snapshot: Snapshot, now: float) -> None:
+        """Each GPUQuota's status as of this cycle's snapshot (usage before its admissions: they
+        are counted once their status is written, next cycle). Only what changed is written."""
+        quota_objects = self.cache.all(QUOTA)
+        if not quota_objects:
+            return
+        tenants = self._tenancy
+        reports = quota_reports(snapshot)
+        writes = []
+        for obj in quota_objects:
+            name = str((obj.get("metadata") or {}).get("name", ""))
+            desired = desired_status.quota_status(
+                obj, reports.get(name), tenants.namespaces_of(name), tenants.conflicts_of(name), tenants.invalid.get(name), now)
+            if desired_status.status_patch(obj.get("status"), desired):
+                writes.append(self.writer.write_status(QUOTA, obj, desired))
+        await asyncio.gather(*writes)
 
     def _holding_to_requeue(self, snapshot: Snapshot) -> dict[str, tuple[str, str]]:
         """Holding workloads placed on a node that is gone, NotReady or cordoned, or whose

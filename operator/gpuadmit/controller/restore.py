@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 from gpuadmit.controller import api as kube
 from gpuadmit.controller.api import ApiError, KubeApi
-from gpuadmit.controller.cache import NAMESPACE, NODE, POD, POLICY, WORKLOAD, ObjectCache, object_key
+from gpuadmit.controller.cache import NAMESPACE, NODE, POD, POLICY, QUOTA, WORKLOAD, ObjectCache, object_key
 from gpuadmit.core.model import HOLDING_PHASES
 from gpuadmit.core.placement import placement_of
 
@@ -27,9 +27,14 @@ LISTED_KINDS: tuple[tuple[str, kube.Resource], ...] = (
     (NODE, kube.NODES),
     (NAMESPACE, kube.NAMESPACES),
     (POLICY, kube.POLICIES),
+    (QUOTA, kube.QUOTAS),
     (POD, kube.PODS),
     (WORKLOAD, kube.WORKLOADS),
 )
+
+# Kinds the operator runs without when their CRD is not installed (it came later than the others):
+# a cluster upgraded without it decides without quotas rather than never deciding.
+OPTIONAL_RESOURCES = frozenset({kube.QUOTAS})
 
 
 def watch_scopes(namespaces: Sequence[str] = ()) -> list[tuple[str, kube.Resource, str | None]]:
@@ -94,7 +99,12 @@ async def seed_cache(api: KubeApi, cache: ObjectCache, namespaces: Sequence[str]
     saw change after the list was taken (newer resourceVersion): they stay.
     """
     for kind, resource in LISTED_KINDS:
-        items, list_version = await list_kind(api, resource, namespaces)
+        try:
+            items, list_version = await list_kind(api, resource, namespaces)
+        except ApiError as error:
+            if error.status != 404 or resource not in OPTIONAL_RESOURCES:
+                raise
+            items, list_version = [], None
         if cache.seeded:
             merge_listing(cache, kind, items, list_version)
         else:

@@ -21,13 +21,18 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from gpuadmit.core.errors import SpecError
+from gpuadmit.core.guarantee import QuotaReport
 from gpuadmit.core.model import Action, Decision, Phase, Preemption
+from gpuadmit.core.quota import Conflict
 from gpuadmit.core.timefmt import format_rfc3339
 
 ADMITTED = "Admitted"
 RUNNING = "Running"
 FINISHED = "Finished"
 ACCEPTED = "Accepted"  # on the MarginPolicy
+READY = "Ready"  # on a GPUQuota
+OVERCOMMITTED = "Overcommitted"  # on a GPUQuota
 
 MESSAGE_LIMIT = 1024  # keep statuses small; the Event carries the same text
 MARGIN_DECIMALS = 4  # float noise must not count as a change
@@ -48,6 +53,10 @@ INTERNAL_ERROR = "InternalError"  # gpuadmit failed while handling this one work
 WORKLOAD_FAILURE_REASONS = (POD_REFUSED, POD_NAME_TAKEN, INTERNAL_ERROR)
 POLICY_VALID = "Valid"
 POLICY_INVALID = "InvalidSpec"
+QUOTA_IN_FORCE = "InForce"
+QUOTA_CONFLICT = "NamespaceConflict"
+GUARANTEES_FIT = "GuaranteesFit"
+GUARANTEES_EXCEED_CAPACITY = "GuaranteesExceedCapacity"
 
 
 def _short(message: str) -> str:
@@ -241,6 +250,46 @@ def policy_status(policy_obj: Mapping[str, Any], error_field: str | None, error_
     message = f"{error_field}: {error_message}; the last valid policy stays in force"
     conditions = set_condition(current.get("conditions"), ACCEPTED, False, POLICY_INVALID, message, now, generation)
     return {"observedGeneration": generation, "conditions": conditions}
+
+
+def quota_status(quota_obj: Mapping[str, Any], report: QuotaReport | None, namespaces: Sequence[str],
+                 conflicts: Sequence[Conflict], error: SpecError | None, now: float) -> dict[str, Any]:
+    """A GPUQuota's status: guaranteed, used and lent GPUs (per product and in all), the namespaces
+    it applies to, ``Ready`` (False when invalid or when a namespace is contested) and
+    ``Overcommitted`` (its guarantees on a product exceed what the cluster has of it)."""
+    current = _status_of(quota_obj)
+    generation = _generation(quota_obj)
+    name = str((quota_obj.get("metadata") or {}).get("name", ""))
+    if error is not None:
+        conditions = set_condition(current.get("conditions"), READY, False, POLICY_INVALID,
+                                   f"{error.field}: {error.message}; the quota is not in force", now, generation)
+        return {"observedGeneration": generation, "conditions": conditions}
+    if conflicts:
+        described = "; ".join(
+            f"namespace {c.namespace} is also matched by GPUQuota {c.lost if c.kept == name else c.kept}, "
+            + ("which is newer: this one applies there" if c.kept == name else "which is older and applies there")
+            for c in conflicts[:10]
+        )
+        conditions = set_condition(current.get("conditions"), READY, False, QUOTA_CONFLICT, described, now, generation)
+    else:
+        conditions = set_condition(current.get("conditions"), READY, True, QUOTA_IN_FORCE,
+                                   f"applies to {len(namespaces)} namespaces", now, generation)
+    over = report.overcommitted if report is not None else ()
+    conditions = set_condition(
+        conditions, OVERCOMMITTED, bool(over), GUARANTEES_EXCEED_CAPACITY if over else GUARANTEES_FIT,
+        f"the guarantees of all GPUQuotas on {', '.join(over)} exceed the cluster's GPUs of it: not all can be honoured at once"
+        if over else "every guarantee fits in the cluster's GPUs", now, generation,
+    )
+    rows = report.products if report is not None else ()
+    return {
+        "observedGeneration": generation,
+        "guaranteedGPUs": report.guaranteed if report is not None else 0,
+        "usedGPUs": report.used if report is not None else 0,
+        "lentGPUs": report.lent if report is not None else 0,
+        "products": [{"product": r.product, "guaranteed": r.guaranteed, "used": r.used, "lent": r.lent} for r in rows],
+        "namespaces": list(namespaces)[:1000],
+        "conditions": conditions,
+    }
 
 
 def status_patch(current_status: Mapping[str, Any] | None, desired: Mapping[str, Any]) -> dict[str, Any]:

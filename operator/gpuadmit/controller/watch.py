@@ -24,7 +24,7 @@ from typing import Any
 from gpuadmit.controller import api as kube
 from gpuadmit.controller.api import ApiError, KubeApi
 from gpuadmit.controller.cache import ObjectCache
-from gpuadmit.controller.restore import merge_listing
+from gpuadmit.controller.restore import OPTIONAL_RESOURCES, merge_listing
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +73,16 @@ class Stream:
                 await asyncio.sleep(min(30.0, 2.0 * failures))
 
     async def _list(self) -> None:
-        items, version = await self.api.list(self.resource, self.namespace)
+        try:
+            items, version = await self.api.list(self.resource, self.namespace)
+        except ApiError as error:
+            if error.status != 404 or self.resource not in OPTIONAL_RESOURCES or self.listed.is_set():
+                raise
+            # A cluster upgraded without the GPUQuota CRD: decide without quotas rather than never
+            # deciding; the error is raised on the next tries, so the stream keeps asking.
+            logger.warning("Watch %s: the resource is not served (CRD not installed?); going on without it", self.name)
+            self.listed.set()
+            raise
         if self.listed.is_set():
             merge_listing(self.cache, self.kind, items, _as_int(version), namespace=self.namespace)
             self.on_relisted()

@@ -24,7 +24,7 @@ from typing import Any
 
 from gpuadmit.controller import api as kube
 from gpuadmit.controller.api import ApiError, KubeApi, Urgency
-from gpuadmit.controller.cache import POD, WORKLOAD, ObjectCache, object_key
+from gpuadmit.controller.cache import POD, QUOTA, WORKLOAD, ObjectCache, object_key
 from gpuadmit.controller.status import POD_NAME_TAKEN, POD_REFUSED, status_patch
 from gpuadmit.core.model import API_GROUP, API_VERSION, CLASS_LABEL
 from gpuadmit.core.pods import controlling_workload
@@ -146,7 +146,7 @@ class Writer:
         if not patch:
             return dict(obj)
         metadata = obj.get("metadata") or {}
-        resource = kube.WORKLOADS if kind == WORKLOAD else kube.POLICIES
+        resource = {WORKLOAD: kube.WORKLOADS, QUOTA: kube.QUOTAS}.get(kind, kube.POLICIES)
         body = {"metadata": {"resourceVersion": metadata.get("resourceVersion")}, "status": patch}
         writing = (kind, object_key(obj))
         self._status_writes.add(writing)

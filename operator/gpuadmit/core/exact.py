@@ -16,14 +16,26 @@ The model, for every placeable workload w, product p it may use, and eligible no
     Σ_training w g_w R_w y[w,p] ≤ cap_p − held_p   the inference reserve
     maximise Σ margin(w,p) · g_w · R_w · y[w,p]
 
+With GPUQuotas (``core/guarantee.py``), the same rules as the engine's, as linear constraints:
+``maxGPUs`` caps each tenant's admissions; the free GPUs of each product (and in all, for "*")
+left after the admissions that are not preemptible borrowers must cover the other tenants' idle
+guarantees (less what the guaranteed workloads take of their own), and, for quotas with
+``lendIdle: false``, after every admission. Guaranteed work first is lexicographic: a first solve
+maximises the guaranteed GPUs admitted, a second the margin with that many kept. Reclaim is not
+modelled (the solver does not preempt). Queued workloads get the engine's quota reasons.
+
 Products below the floor are never variables: ``prepare`` already dropped them.
 scipy is imported inside ``solve_exact`` so the core imports without it.
 """
 
 from __future__ import annotations
 
-from .engine import Admission, PassResult, finalize, prepare
-from .model import CycleResult, PlacementEntry, Snapshot
+import math
+from typing import Any
+
+from .engine import Admission, finalize, new_pass, prepare
+from .engine.cycle import Candidate, Cycle
+from .model import CycleResult, PlacementEntry, Reason, Snapshot
 
 MAX_NODES = 200
 MAX_PENDING = 500
@@ -81,6 +93,7 @@ def solve_exact(snapshot: Snapshot, time_limit_s: float = 30) -> CycleResult:
             choices.append((i, j, y_column, replica_columns))
 
     admitted: dict[int, Admission] = {}
+    guaranteed_gpus: list[tuple[int, float]] = []  # (y column, GPUs) of work within guarantee
     if choices:
         rows: list[int] = []
         cols: list[int] = []
@@ -118,18 +131,34 @@ def solve_exact(snapshot: Snapshot, time_limit_s: float = 30) -> CycleResult:
         for product, terms in sorted(training_by_product.items()):
             headroom = max(0, cycle.training_cap[product] - cycle.training_used.get(product, 0))
             add_row(terms, 0.0, float(headroom))
+        if cycle.tenants is not None:
+            for terms, lo, hi in _quota_rows(cycle, candidates, choices):
+                add_row(terms, lo, hi)
+            guaranteed_gpus = [
+                (y_column, float(candidates[i].workload.total_gpus))
+                for i, _, y_column, _ in choices if candidates[i].rank in cycle.tenants.guaranteed_ranks
+            ]
 
-        matrix = coo_array((vals, (rows, cols)), shape=(len(row_lower), len(objective))).tocsr()
-        solution = milp(
-            c=np.array(objective),
-            constraints=LinearConstraint(matrix, np.array(row_lower), np.array(row_upper)),
-            integrality=np.array(integrality),
-            bounds=Bounds(np.array(lower, dtype=float), np.array(upper, dtype=float)),
-            options={"time_limit": float(time_limit_s), "presolve": True},
-        )
-        if solution.x is None:
-            raise RuntimeError(f"the MILP solver found no solution: {solution.message}")
-        x = solution.x
+        def solve(costs: list[float]) -> Any:
+            matrix = coo_array((vals, (rows, cols)), shape=(len(row_lower), len(objective))).tocsr()
+            solution = milp(
+                c=np.array(costs),
+                constraints=LinearConstraint(matrix, np.array(row_lower), np.array(row_upper)),
+                integrality=np.array(integrality),
+                bounds=Bounds(np.array(lower, dtype=float), np.array(upper, dtype=float)),
+                options={"time_limit": float(time_limit_s), "presolve": True},
+            )
+            if solution.x is None:
+                raise RuntimeError(f"the MILP solver found no solution: {solution.message}")
+            return solution.x
+
+        if guaranteed_gpus:  # guaranteed work first: the most guaranteed GPUs, then the most margin
+            first = [0.0] * len(objective)
+            for column, gpus in guaranteed_gpus:
+                first[column] = -gpus
+            most = sum(gpus * solve(first)[column] for column, gpus in guaranteed_gpus)
+            add_row(guaranteed_gpus, most - 0.5, math.inf)
+        x = solve(objective)
         for i, j, y_column, replica_columns in choices:
             if x[y_column] < 0.5:
                 continue
@@ -143,14 +172,84 @@ def solve_exact(snapshot: Snapshot, time_limit_s: float = 30) -> CycleResult:
             )
             admitted[candidate.rank] = Admission(candidate.options[j], placement)
 
-    result = PassResult(inventory=inventory, training_used=dict(cycle.training_used))
+    result = new_pass(cycle)
+    result.inventory = inventory
     by_rank = {c.rank: c for c in candidates}
     for rank, admission in sorted(admitted.items()):
         candidate = by_rank[rank]
         inventory.take(admission.placement)
+        if cycle.tenants is not None and result.quota is not None:
+            cycle.tenants.admit(result.quota, candidate.workload, admission.option.product, rank)
         if candidate.is_training:
             product = admission.option.product
             result.training_used[product] = result.training_used.get(product, 0) + candidate.workload.total_gpus
         result.admitted[rank] = admission
         result.value += (admission.option.margin + candidate.effective_margin - candidate.best_margin) * candidate.workload.total_gpus
+    if cycle.tenants is not None and result.quota is not None:
+        # What holds the rest back, in the engine's words (first product that says so).
+        for candidate in candidates:
+            if candidate.rank in result.admitted:
+                continue
+            for option in candidate.options:
+                blocked = cycle.tenants.blocks(result.quota, inventory, candidate.workload, option.product)
+                if blocked is not None and (blocked[0] is Reason.OVER_QUOTA or inventory.fits(option.pools, candidate.workload.gpus_per_replica, candidate.workload.replicas)):
+                    result.quota.blocked[candidate.rank] = blocked
+                    break
     return finalize(cycle, result)
+
+
+def _quota_rows(cycle: Cycle, candidates: list[Candidate], choices: list[tuple[int, int, int, list[tuple[int, int]]]]) -> list[tuple[list[tuple[int, float]], float, float]]:
+    """The GPUQuota constraints on the choice columns: (terms, lower, upper) per row."""
+    tenants = cycle.tenants
+    assert tenants is not None
+    inventory = cycle.inventory
+    used = tenants.used_at_start
+    rows: list[tuple[list[tuple[int, float]], float, float]] = []
+    by_tenant: dict[str, list[tuple[int, float]]] = {}
+    for i, _, y_column, _ in choices:
+        quota = tenants.quota_of(candidates[i].workload)
+        if quota is not None:
+            by_tenant.setdefault(quota.name, []).append((y_column, float(candidates[i].workload.total_gpus)))
+    for name, tenant_terms in sorted(by_tenant.items()):
+        cap = tenants.quotas[name].max_gpus
+        if cap is not None:
+            rows.append((tenant_terms, -math.inf, float(cap - sum(used.get(name, {}).values()))))
+    free = {product: inventory.total_free(pools) for product, pools in tenants.inventory_pools.items()}
+    # Per product p ("" = every product, for the "*" guarantees): free - taken >= idle - own guaranteed,
+    # i.e. taken - own guaranteed <= free - idle, once for every quota (taken: all but preemptible
+    # borrowers) and once for the quotas that do not lend (taken: every admission).
+    for product in [*sorted(free), ""]:
+        for strict in (False, True):
+            quotas = [q for q in tenants.quotas.values() if not strict or not q.lend_idle]
+            idle_by_product: dict[str, int] = {}
+            idle_any = 0
+            for quota in quotas:
+                per_product, any_product = tenants.idle(used, quota)
+                for p, gpus in per_product.items():
+                    idle_by_product[p] = idle_by_product.get(p, 0) + gpus
+                idle_any += any_product
+            if product:
+                idle = idle_by_product.get(product, 0)
+            elif idle_any:  # "*": what is free beyond each product's own idle guarantees
+                idle = idle_any + sum(min(free[p], gpus) for p, gpus in idle_by_product.items() if p in free)
+            else:
+                idle = 0
+            if not idle:
+                continue
+            names = {q.name for q in quotas}
+            row_terms: list[tuple[int, float]] = []
+            for i, j, y_column, _ in choices:
+                candidate = candidates[i]
+                if product and candidate.options[j].product != product:
+                    continue
+                size = float(candidate.workload.total_gpus)
+                owner = tenants.quota_of(candidate.workload)
+                guaranteed = candidate.rank in tenants.guaranteed_ranks
+                if guaranteed and owner is not None and owner.name in names:
+                    continue  # takes its own idle guarantee: free and idle shrink alike
+                if strict or guaranteed or not candidate.workload.preemptible:
+                    row_terms.append((y_column, size))
+            available = sum(free.values()) if not product else free[product]
+            if row_terms:
+                rows.append((row_terms, -math.inf, float(available - idle)))
+    return rows

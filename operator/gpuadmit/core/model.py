@@ -65,6 +65,11 @@ class Reason(str, enum.Enum):
     QUEUE_FULL = "QueueFull"
     INVALID_SPEC = "InvalidSpec"
     PREEMPTED_BY_HIGHER_MARGIN = "PreemptedByHigherMargin"
+    # GPUQuota (core/quota.py, core/guarantee.py)
+    GUARANTEE_RESERVED = "GuaranteeReserved"
+    OVER_QUOTA = "OverQuota"
+    EXCEEDS_QUOTA = "ExceedsQuota"
+    RECLAIMED_BY_GUARANTEE = "ReclaimedByGuarantee"
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,6 +204,20 @@ class Policy:
         return self.price_of(workload_class, tier) - self.cost_of(product)
 
 
+ANY_PRODUCT = "*"  # a GPUQuota guarantee of GPUs of any product
+
+
+@dataclass(frozen=True, slots=True)
+class Quota:
+    """A parsed GPUQuota: what its tenant (the namespaces it covers) is guaranteed and capped at."""
+
+    name: str
+    guaranteed: Mapping[str, int] = field(default_factory=dict)  # product (or ANY_PRODUCT) -> GPUs
+    max_gpus: int | None = None
+    lend_idle: bool = True
+    created_at: float = 0.0
+
+
 @dataclass(frozen=True, slots=True)
 class Snapshot:
     """Everything the engine needs for one cycle, and nothing else."""
@@ -212,6 +231,9 @@ class Snapshot:
     # GPUs that our own pods already request, by (workload key, node): the part of a
     # reservation that gpus_used_by_pods already counts, so it is not subtracted twice.
     gpus_of_own_pods: Mapping[tuple[str, str], int] = field(default_factory=dict)
+    # GPUQuotas in force, by name, and the quota each covered namespace belongs to. Empty: no tenants.
+    quotas: Mapping[str, Quota] = field(default_factory=dict)
+    quota_of_namespace: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,6 +33,7 @@ from gpuadmit.core.nodes import gpus_used_by_node, node_from_object, pod_gpu_req
 from gpuadmit.core.pods import controlling_workload
 from gpuadmit.core.podsecurity import DEFAULT_LEVEL, DEFAULT_POD_SECURITY, PodSecurity, pod_security_of_namespaces
 from gpuadmit.core.policy import select_policy
+from gpuadmit.core.quota import Tenancy, tenancy
 from gpuadmit.core.workload import PHASES, ParseCache, parse_workload
 
 _MAPPINGS = (dict, Mapping)  # dict first: the common case is checked fastest
@@ -170,6 +171,7 @@ def build_snapshot(
     policy_name: str = DEFAULT_POLICY_NAME,
     memo: ParseMemo | None = None,
     pod_security_level: str = DEFAULT_LEVEL,
+    quotas: Tenancy | Iterable[Mapping[str, Any]] = (),
 ) -> Snapshot:
     """The engine's input from raw objects.
 
@@ -181,11 +183,14 @@ def build_snapshot(
     the parse of workloads unchanged since the last snapshot built with it. ``pod_security_level``
     is the Pod Security Standards level templates are held to (a namespace's stricter
     ``pod-security.kubernetes.io/enforce`` label wins; see ``core.podsecurity``).
+    ``quotas``: GPUQuota objects (invalid ones are left out; the operator reports them) or their
+    ``Tenancy``.
     """
     policy = select_policy(policies, policy_name)
     namespaces = namespaces if isinstance(namespaces, (list, tuple)) else list(namespaces)
     tiers = tiers_by_namespace(namespaces)
     pod_security = pod_security_of_namespaces(namespaces, pod_security_level)
+    tenants = quotas if isinstance(quotas, Tenancy) else tenancy(quotas, namespaces)
     pods = pods if isinstance(pods, (list, tuple)) else list(pods)
     used_by_node = gpus_used_by_node(pods)
 
@@ -237,6 +242,8 @@ def build_snapshot(
         now=now,
         invalid=tuple(invalid),
         gpus_of_own_pods=gpus_of_own_pods(pods),
+        quotas=tenants.quotas,
+        quota_of_namespace=tenants.quota_of_namespace,
     )
 
 

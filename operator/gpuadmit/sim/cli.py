@@ -10,6 +10,7 @@ from typing import Any, TextIO
 
 from gpuadmit.core.errors import SpecError
 from gpuadmit.core.model import Policy
+from gpuadmit.core.quota import Tenancy
 from gpuadmit.inputs import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, InputError
 from gpuadmit.inputs import load_policy as load_policy_file
 from gpuadmit.sim.replay import POLICY_NAMES, ReplayResult, SimulationError, contender_for, replay
@@ -48,6 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("--policy", metavar="FILE", help="MarginPolicy YAML or JSON that prices everything (default: the scenario's policy on the Alibaba trace, the README's example policy on your own data)")
     parser.add_argument("--policies", default=",".join(POLICY_NAMES), help="comma-separated, of %(default)s")
+    parser.add_argument("--quotas", metavar="FILE", help="YAML of GPUQuota objects; the trace's namespaces map to them by name (kubernetes.io/metadata.name) or by the namespaceSelector; the margin engine applies them")
     parser.add_argument("-o", "--output", choices=("table", "json"), default="table")
     parser.add_argument("--plot", metavar="DIR", help="write margin.png, queue.png, utilization.png, waits.png here")
     parser.add_argument("--progress", choices=("auto", "bar", "plain", "off"), default="auto", help="progress on stderr: a bar on a terminal, lines otherwise (default auto)")
@@ -67,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
                 os.makedirs(args.plot, exist_ok=True)
             except OSError as error:
                 raise UsageError(f"--plot {args.plot}: cannot create the directory: {error.strerror or error}") from None
+        tenants = load_quotas(args.quotas, trace)
     except (UsageError, TraceError, SpecError, InputError) as error:
         print(f"{PROG}: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -80,7 +83,8 @@ def run(args: argparse.Namespace) -> int:
     for name in names:
         report_progress = progress_reporter(name, args.progress, sys.stderr)
         try:
-            results.append(replay(trace, policy, contender_for(name, policy), progress=report_progress))
+            results.append(replay(trace, policy, contender_for(name, policy), progress=report_progress,
+                                  quotas=tenants.quotas, quota_of_namespace=tenants.quota_of_namespace))
         except SimulationError as error:
             print(f"\n{PROG}: {error}", file=sys.stderr)
             return EXIT_FAILED
@@ -115,6 +119,25 @@ def load_policy(path: str | None, own_data: bool = False) -> Policy:
 
         return parse_policy(DEFAULT_POLICY_OBJECT)
     return load_policy_file(path, "--policy")
+
+
+def load_quotas(path: str | None, trace: Trace) -> Tenancy:
+    """The GPUQuotas in ``path`` applied to the trace's namespaces (which carry only their name
+    label, as every namespace does); an invalid quota is a usage error naming its field."""
+    from gpuadmit.core.quota import tenancy
+    from gpuadmit.core.snapshot import objects_by_kind
+    from gpuadmit.inputs import load_documents
+
+    if path is None:
+        return Tenancy()
+    objects = objects_by_kind(load_documents(path, "--quotas")).get("GPUQuota", [])
+    if not objects:
+        raise UsageError(f"--quotas {path}: no GPUQuota in it")
+    namespaces = [{"metadata": {"name": ns}} for ns in sorted({w.namespace for w in trace.workloads})]
+    tenants = tenancy(objects, namespaces)
+    for name, error in sorted(tenants.invalid.items()):
+        raise UsageError(f"--quotas {path}: GPUQuota {name}: {error.field}: {error.message}")
+    return tenants
 
 
 def load_shape(args: argparse.Namespace, own_data: bool) -> LoadShape:

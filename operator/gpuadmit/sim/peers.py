@@ -15,7 +15,8 @@ arrival or by class, and places by its own strategy.
   with pods packed onto the most-allocated node that fits.
 
 Left out by all three: prices and costs (they are price-blind by design), fair sharing,
-quotas and cohorts, topology, GPU sharing, and any preemption of inference.
+topology, GPU sharing, and any preemption of inference. GPUQuotas in the snapshot (``simulate
+--quotas``) are modelled as each counterpart has them: ``sim/peer_quotas.py``.
 
 Why separate deciders rather than the engine with other settings: ``engine.decide`` ranks by
 margin and places best-fit on the product that earns most; the peers rank by arrival or class
@@ -48,6 +49,7 @@ from gpuadmit.core.model import (
     Snapshot,
     Workload,
 )
+from gpuadmit.sim import peer_quotas
 
 Decider = Callable[[Snapshot], CycleResult]
 CLASS_RANK = {"inference": 0, "training": 1}
@@ -77,11 +79,17 @@ def decide_peer(snapshot: Snapshot, peer: PeerPolicy, layouts: LayoutMemo | None
     ``layouts``: kept by a replay between cycles, so the node pools are not derived each cycle."""
     inventory = Inventory.from_snapshot(snapshot, strategy=peer.strategy, layouts=layouts)
     victims_on_node: dict[str, list[Workload]] = {}
+    borrowers_on_node: dict[str, list[Workload]] = {}  # what a deserved quota may reclaim
+    used, protected = peer_quotas.usage(snapshot) if snapshot.quotas else ({}, set())
     if peer.inference_preempts_training:
         for holder in snapshot.holding:
-            if holder.preemptible and holder.workload_class == "training":
-                for entry in holder.placement:
+            if not holder.preemptible or holder.key in protected:
+                continue
+            for entry in holder.placement:
+                if holder.workload_class == "training":
                     victims_on_node.setdefault(entry.node, []).append(holder)
+                if snapshot.quotas:
+                    borrowers_on_node.setdefault(entry.node, []).append(holder)
     # Per workload shape: eligible pools, the largest eligible node and the GPUs of all of them.
     reach: dict[tuple, tuple[tuple[int, ...], int, int]] = {}
     # Shapes whose preemption attempt failed this cycle: GPUs only get scarcer, so skip repeats.
@@ -97,7 +105,12 @@ def decide_peer(snapshot: Snapshot, peer: PeerPolicy, layouts: LayoutMemo | None
     preemptions: list[Preemption] = []
     evicted: set[str] = set()
     queued: list[Workload] = []
-    for workload in sorted(snapshot.pending, key=rank):
+    ordered = sorted(snapshot.pending, key=rank)
+    within: set[str] = set()
+    if snapshot.quotas:  # work within its (nominal or deserved) quota before work that borrows
+        within = peer_quotas.within_quota(snapshot, ordered, used)
+        ordered.sort(key=lambda w: w.key not in within)
+    for workload in ordered:
         shape = workload_shape(workload)
         if shape not in reach:
             pools = inventory.eligible_pools(workload, shape)
@@ -110,8 +123,13 @@ def decide_peer(snapshot: Snapshot, peer: PeerPolicy, layouts: LayoutMemo | None
         if workload.gpus_per_replica > largest or workload.total_gpus > total:
             decisions.append(_reject_never_fits(workload, largest, total))
             continue
+        if snapshot.quotas and peer_quotas.over_cap(snapshot, workload, used):
+            queued.append(workload)
+            continue
         placement = inventory.place(pools, workload.gpus_per_replica, workload.replicas)
         size = (shape, workload.gpus_per_replica, workload.replicas)
+        victims: list[Workload] = []
+        reclaim = False
         if (
             placement is None
             and peer.inference_preempts_training
@@ -121,7 +139,14 @@ def decide_peer(snapshot: Snapshot, peer: PeerPolicy, layouts: LayoutMemo | None
             placement, victims = _place_with_preemption(inventory, pools, workload, victims_on_node, evicted)
             if placement is None:
                 preemption_failed.add(size)
+        if placement is None and workload.key in within and borrowers_on_node and (size, "reclaim") not in preemption_failed:
+            placement, victims = _place_with_preemption(inventory, pools, workload, borrowers_on_node, evicted)
+            reclaim = placement is not None
+            if placement is None:
+                preemption_failed.add((size, "reclaim"))
+        if victims:
             for victim in victims:
+                peer_quotas.charge(snapshot, victim, used, -1)
                 evicted.add(victim.key)
                 inventory.release(victim.placement)
                 preemptions.append(
@@ -129,7 +154,9 @@ def decide_peer(snapshot: Snapshot, peer: PeerPolicy, layouts: LayoutMemo | None
                         namespace=victim.namespace,
                         name=victim.name,
                         preempted_by=workload.key,
-                        message=f"preempted by inference workload {workload.key} ({peer.name} peer policy)",
+                        reason=Reason.RECLAIMED_BY_GUARANTEE if reclaim else Reason.PREEMPTED_BY_HIGHER_MARGIN,
+                        message=(f"reclaimed by {workload.key}, within its deserved quota ({peer.name} peer policy)" if reclaim
+                                 else f"preempted by inference workload {workload.key} ({peer.name} peer policy)"),
                         freed=victim.placement,
                     )
                 )
@@ -138,6 +165,8 @@ def decide_peer(snapshot: Snapshot, peer: PeerPolicy, layouts: LayoutMemo | None
         if placement is None:
             queued.append(workload)
             continue
+        if snapshot.quotas:
+            peer_quotas.charge(snapshot, workload, used)
         decisions.append(Decision.about(
             workload, Action.ADMIT, Reason.ADMITTED, f"admitted by the {peer.name} peer policy", placement=placement,
         ))

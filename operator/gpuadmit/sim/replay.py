@@ -15,6 +15,11 @@ possible preemption victims.
 
 Every policy is scored by the same ``Policy``: margin realised is the integral over the replay
 of sum(margin per GPU-hour of the product each running replica sits on x its GPUs).
+
+With GPUQuotas (``gpuadmit simulate --quotas``) every snapshot carries them, no running work is
+folded into the nodes (a tenant's usage counts all of its work), and a cycle runs whenever a
+running workload becomes old enough to preempt (a guarantee may reclaim it whatever it earns).
+Peers get the same snapshots; they do not model quotas (docs/simulate.md).
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from __future__ import annotations
 import functools
 import heapq
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 
 from gpuadmit.core.model import (
@@ -31,6 +36,7 @@ from gpuadmit.core.model import (
     Phase,
     PlacementEntry,
     Policy,
+    Quota,
     Reason,
     Snapshot,
     Workload,
@@ -113,6 +119,7 @@ class ReplayResult:
     preemptions: int
     wall_seconds: float
     cpu_seconds: float  # this process's CPU time: the honest figure on a shared machine
+    guaranteed_namespaces: frozenset[str] = frozenset()  # namespaces of quotas that guarantee GPUs
 
 
 def replay(
@@ -121,6 +128,8 @@ def replay(
     contender: Contender,
     progress: Callable[[float], None] | None = None,
     fold_non_preemptible: bool = True,
+    quotas: Mapping[str, Quota] | None = None,
+    quota_of_namespace: Mapping[str, str] | None = None,
 ) -> ReplayResult:
     """Replay ``trace`` through ``contender``; ``progress`` gets the share done (0..1) now and then.
 
@@ -129,6 +138,10 @@ def replay(
     """
     started_wall = time.perf_counter()
     started_cpu = time.process_time()
+    quotas = dict(quotas or {})
+    quota_of_namespace = dict(quota_of_namespace or {}) if quotas else {}
+    if quotas:
+        fold_non_preemptible = False  # a tenant's usage is all of its work
     base_nodes = {node.name: replace(node, gpus_used_by_pods=0) for node in trace.nodes}
     node_order = sorted(base_nodes)
     node_index = {name: index for index, name in enumerate(node_order)}
@@ -286,6 +299,8 @@ def replay(
         can, a cycle now would change nothing (capacity did not change), so it is skipped."""
         if not pending_prices:
             return False
+        if quotas:
+            return True  # a guarantee reclaims whatever the borrower earns
         best = max(pending_prices) - cheapest_cost
         return best >= victim.margin_rate / max(victim.spec.total_gpus, 1) + min_gain - 1e-9
 
@@ -301,6 +316,8 @@ def replay(
             pending=tuple(job.workload for job in pending.values() if job.workload is not None),
             policy=policy,
             now=at,
+            quotas=quotas,
+            quota_of_namespace=quota_of_namespace,
         )
         result = contender.decide(snapshot)
         cycles += 1
@@ -394,6 +411,9 @@ def replay(
         preemptions=preemption_count,
         wall_seconds=time.perf_counter() - started_wall,
         cpu_seconds=time.process_time() - started_cpu,
+        guaranteed_namespaces=frozenset(
+            ns for ns, name in quota_of_namespace.items() if any(g > 0 for g in quotas[name].guaranteed.values())
+        ),
     )
 
 

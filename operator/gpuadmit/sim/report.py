@@ -61,9 +61,23 @@ def summarize(result: ReplayResult) -> dict[str, Any]:
         "preemptions": result.preemptions,
         "waitedPastMaxQueue": sum(entry["waitedPastMaxQueue"] for entry in by_class.values()),
         "byClass": by_class,
+        **({"guaranteedWork": _guaranteed_work(result)} if result.guaranteed_namespaces else {}),
         "cycles": result.cycles,
         "replaySeconds": round(result.wall_seconds, 3),
         "replayCpuSeconds": round(result.cpu_seconds, 3),
+    }
+
+
+def _guaranteed_work(result: ReplayResult) -> dict[str, Any]:
+    """How long work in namespaces with a GPUQuota guarantee waited (whether or not each workload
+    was within the guarantee when it arrived)."""
+    jobs = [job for job in result.jobs if job.spec.namespace in result.guaranteed_namespaces and job.state != "future"]
+    waits = [job.wait_s for job in jobs if job.wait_s is not None]
+    return {
+        "submitted": len(jobs),
+        "admitted": len(waits),
+        "waitSeconds": {"p50": _round(percentile(waits, 0.50)), "p95": _round(percentile(waits, 0.95)),
+                        "max": _round(max(waits) if waits else None)},
     }
 
 
@@ -131,6 +145,10 @@ def to_table(trace: Trace, summaries: Sequence[Mapping[str, Any]]) -> str:
             rows.append(
                 (f"{label}: wait {stat}", [_duration(s["byClass"][workload_class]["waitSeconds"][stat]) for s in summaries])
             )
+    if any("guaranteedWork" in s for s in summaries):
+        for stat in ("p50", "p95"):
+            rows.append((f"guaranteed tenants: wait {stat}",
+                         [_duration(s["guaranteedWork"]["waitSeconds"][stat]) if "guaranteedWork" in s else "-" for s in summaries]))
     rows.append(("replay time (wall / CPU)", [f"{s['replaySeconds']:.1f} / {s['replayCpuSeconds']:.1f} s" for s in summaries]))
     label_width = max(len(label) for label, _ in rows)
     widths = [max(len(name), *(len(cells[i]) for _, cells in rows)) for i, name in enumerate(names)]

@@ -26,6 +26,10 @@ Nothing iterates over a dict or set whose order depends on the input order:
 nodes are sorted by name, workloads by key, so a shuffled snapshot gives the
 same result.
 
+With GPUQuotas (``core/guarantee.py``), work within its tenant's guarantee ranks ahead of the
+rest in every order, lending and caps are checked before each placement, a guaranteed workload
+that does not fit may reclaim from borrowers, and the ejection chains are skipped.
+
 The package follows the steps: ``prepare`` (1 and 2), ``passes`` (3: the greedy in
 several orders, with preemption), ``chains`` (3: the ejection chains that improve the
 best passes), ``messages`` (4: one decision per workload, with its words); ``cycle``
@@ -39,12 +43,12 @@ import gc
 from ..inventory import LayoutMemo
 from ..model import CycleResult, Snapshot
 from .chains import IMPROVE_PASSES, SWAP_UP_TO_NODES, improve_by_swaps
-from .cycle import EPSILON, Admission, Cycle, PassResult
+from .cycle import EPSILON, Admission, Cycle, PassResult, new_pass
 from .messages import finalize
 from .passes import is_unbeatable, placement_orders, run_pass
 from .prepare import prepare
 
-__all__ = ["Admission", "Cycle", "LayoutMemo", "PassResult", "decide", "finalize", "prepare"]
+__all__ = ["Admission", "Cycle", "LayoutMemo", "PassResult", "decide", "finalize", "new_pass", "prepare"]
 
 
 def decide(snapshot: Snapshot, *, layouts: LayoutMemo | None = None) -> CycleResult:
@@ -69,7 +73,10 @@ def _decide(snapshot: Snapshot, layouts: LayoutMemo | None) -> CycleResult:
     allow_preemption = bool(snapshot.policy.preemption.enabled) and any(cycle.victims_by_product.values())
     results: list[PassResult] = []
     seen_orders: set[tuple[int, ...]] = set()
+    guaranteed = cycle.tenants.guaranteed_ranks if cycle.tenants is not None else None
     for order in placement_orders(candidates):
+        if guaranteed:  # work within guarantee first in every order
+            order.sort(key=lambda c: c.rank not in guaranteed)
         signature = tuple(c.rank for c in order)
         if signature in seen_orders:
             continue
@@ -78,10 +85,10 @@ def _decide(snapshot: Snapshot, layouts: LayoutMemo | None) -> CycleResult:
         if is_unbeatable(results[-1], candidates):
             break
     if not results:
-        return finalize(cycle, PassResult(inventory=cycle.inventory.copy(), training_used=dict(cycle.training_used)))
+        return finalize(cycle, new_pass(cycle))
     # Best value first; ties keep the earlier order (rank order is first of all).
     results = sorted(results, key=lambda r: -r.value)
-    if not allow_preemption and len(cycle.inventory.nodes) <= SWAP_UP_TO_NODES and not is_unbeatable(results[0], candidates):
+    if not allow_preemption and cycle.tenants is None and len(cycle.inventory.nodes) <= SWAP_UP_TO_NODES and not is_unbeatable(results[0], candidates):
         for result in results[:IMPROVE_PASSES]:
             improve_by_swaps(cycle, result)
     best = results[0]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from ..guarantee import QuotaLedger, Tenants
 from ..inventory import Inventory
 from ..model import Decision, PlacementEntry, Policy, Snapshot, Workload
 
@@ -61,6 +62,7 @@ class Cycle:
     training_used: dict[str, int]  # product -> GPUs held by training workloads
     victims_by_product: dict[str, list[Victim]]
     cheapest_victim_margin: dict[str, float] = field(default_factory=dict)
+    tenants: Tenants | None = None  # GPUQuota rules (core/guarantee.py); None without quotas
 
     @property
     def placeable(self) -> list[Candidate]:
@@ -72,6 +74,7 @@ class Admission:
     option: Option
     placement: tuple[PlacementEntry, ...]
     victims: tuple[Victim, ...] = ()
+    reclaim: bool = False  # the victims were borrowing the preemptor's guarantee
 
 
 @dataclass(slots=True)
@@ -81,6 +84,16 @@ class PassResult:
     reserve_blocked: dict[int, str] = field(default_factory=dict)  # rank -> product whose reserve stopped it
     training_used: dict[str, int] = field(default_factory=dict)
     value: float = 0.0
+    quota: QuotaLedger | None = None
+
+
+def new_pass(cycle: Cycle) -> PassResult:
+    """An empty pass on a fresh copy of the cycle's ledgers."""
+    return PassResult(
+        inventory=cycle.inventory.copy(),
+        training_used=dict(cycle.training_used),
+        quota=cycle.tenants.ledger() if cycle.tenants is not None else None,
+    )
 
 
 def number_or(value: object, fallback: float) -> float:

@@ -40,8 +40,11 @@ def finalize(cycle: Cycle, result: PassResult) -> CycleResult:
                         namespace=victim.workload.namespace,
                         name=victim.workload.name,
                         preempted_by=workload.key,
+                        reason=Reason.RECLAIMED_BY_GUARANTEE if admission.reclaim else Reason.PREEMPTED_BY_HIGHER_MARGIN,
                         message=(
-                            f"preempted by {workload.key}, which earns {admission.option.margin:.2f} per GPU-hour "
+                            cycle.tenants.reclaim_message(workload, victim.product)
+                            if admission.reclaim and cycle.tenants is not None
+                            else f"preempted by {workload.key}, which earns {admission.option.margin:.2f} per GPU-hour "
                             f"on {product_label(victim.product)} against {victim.margin:.2f} here"
                         ),
                         freed=victim.workload.placement,
@@ -63,7 +66,10 @@ def finalize(cycle: Cycle, result: PassResult) -> CycleResult:
             continue
         position += 1
         blocked_product = result.reserve_blocked.get(candidate.rank)
-        if blocked_product is not None:
+        quota_block = result.quota.blocked.get(candidate.rank) if result.quota is not None else None
+        if quota_block is not None:
+            reason, message = quota_block
+        elif blocked_product is not None:
             reason = Reason.INFERENCE_RESERVE
             message = _reserve_message(cycle, result, workload, blocked_product)
         else:

@@ -5,9 +5,20 @@ not fit, and the orders worth trying."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 
-from .cycle import EPSILON, Admission, Candidate, Cycle, PassResult, Victim, number_or
+from ..model import Reason
+from .cycle import (
+    EPSILON,
+    Admission,
+    Candidate,
+    Cycle,
+    PassResult,
+    Victim,
+    new_pass,
+    number_or,
+)
 
 # Bounds on the preemption search, so 100k pending stay linear: victims per attempt,
 # and attempts per placement pass (in placement order, so the best-ranked try first).
@@ -37,7 +48,8 @@ def is_unbeatable(result: PassResult, candidates: Sequence[Candidate]) -> bool:
 
 
 def run_pass(cycle: Cycle, order: Sequence[Candidate], allow_preemption: bool) -> PassResult:
-    result = PassResult(inventory=cycle.inventory.copy(), training_used=dict(cycle.training_used))
+    result = new_pass(cycle)
+    tenants, ledger = cycle.tenants, result.quota
     inventory = result.inventory
     # (shape, product, GPUs per replica) -> fewest replicas that failed: free GPUs only shrink
     # during a pass (except when preemption frees some, which clears it), so a bigger gang fails too.
@@ -49,7 +61,8 @@ def run_pass(cycle: Cycle, order: Sequence[Candidate], allow_preemption: bool) -
         workload = candidate.workload
         g, replicas, total = workload.gpus_per_replica, workload.replicas, workload.total_gpus
         admission: Admission | None = None
-        for option in candidate.options:
+        options = candidate.options if ledger is None or tenants is None else tenants.options_in_order(ledger, workload, candidate.rank, candidate.options)
+        for option in options:
             if candidate.is_training and breaks_reserve(cycle, result.training_used, option.product, total):
                 if candidate.rank not in result.reserve_blocked and inventory.fits(option.pools, g, replicas):
                     result.reserve_blocked[candidate.rank] = option.product
@@ -57,6 +70,12 @@ def run_pass(cycle: Cycle, order: Sequence[Candidate], allow_preemption: bool) -
             failed_key = (candidate.shape, option.product, g)
             if failed.get(failed_key, replicas + 1) <= replicas:
                 continue
+            if tenants is not None and ledger is not None:
+                blocked = tenants.blocks(ledger, inventory, workload, option.product)
+                if blocked is not None:
+                    if blocked[0] is Reason.OVER_QUOTA or inventory.fits(option.pools, g, replicas):
+                        ledger.blocked.setdefault(candidate.rank, blocked)
+                    continue
             placement = inventory.place(option.pools, g, replicas)
             if placement is None:
                 failed[failed_key] = replicas
@@ -66,6 +85,8 @@ def run_pass(cycle: Cycle, order: Sequence[Candidate], allow_preemption: bool) -
         if admission is None and allow_preemption and attempts < MAX_PREEMPTION_ATTEMPTS_PER_PASS:
             attempts += 1
             admission = _preempt(cycle, result, candidate, preempted, preempt_failed)
+            if admission is None and tenants is not None and candidate.rank in tenants.guaranteed_ranks:
+                admission = _preempt(cycle, result, candidate, preempted, preempt_failed, reclaim=True)
             if admission is not None:
                 # Victims freed GPUs on this product: earlier failures there may now fit.
                 # Preemption failures are kept: the victims left only grow fewer.
@@ -75,6 +96,8 @@ def run_pass(cycle: Cycle, order: Sequence[Candidate], allow_preemption: bool) -
         if admission is None:
             continue
         result.reserve_blocked.pop(candidate.rank, None)
+        if tenants is not None and ledger is not None:
+            tenants.admit(ledger, workload, admission.option.product, candidate.rank)
         if candidate.is_training:
             result.training_used[admission.option.product] = result.training_used.get(admission.option.product, 0) + total
         result.admitted[candidate.rank] = admission
@@ -88,8 +111,11 @@ def breaks_reserve(cycle: Cycle, training_used: dict[str, int], product: str, gp
     return cap is not None and training_used.get(product, 0) - freed + gpus > cap
 
 
-def _preempt(cycle: Cycle, result: PassResult, candidate: Candidate, preempted: set[str], preempt_failed: dict) -> Admission | None:
-    """Free GPUs from cheaper victims on one product, the least margin lost first, then place."""
+def _preempt(cycle: Cycle, result: PassResult, candidate: Candidate, preempted: set[str], preempt_failed: dict, reclaim: bool = False) -> Admission | None:
+    """Free GPUs from cheaper victims on one product, the least margin lost first, then place.
+    ``reclaim``: the candidate is within its tenant's guarantee and takes from borrowers on the
+    products of that guarantee whatever they earn (core/guarantee.py)."""
+    tenants, ledger = cycle.tenants, result.quota
     inventory = result.inventory
     workload = candidate.workload
     g, replicas = workload.gpus_per_replica, workload.replicas
@@ -99,9 +125,13 @@ def _preempt(cycle: Cycle, result: PassResult, candidate: Candidate, preempted: 
         if not victims:
             continue
         threshold = option.margin - gain
+        if reclaim:
+            if tenants is None or ledger is None or not tenants.within(ledger.used, workload, option.product):
+                continue
+            threshold = math.inf
         if threshold + EPSILON < cycle.cheapest_victim_margin[option.product]:
             continue  # no victim on this product earns little enough
-        failed_key = (candidate.shape, option.product, g)
+        failed_key = (candidate.shape, option.product, g, reclaim)
         if any(r <= replicas and t >= threshold - EPSILON for r, t in preempt_failed.get(failed_key, ())):
             continue
         eligible_pools = set(option.pools)
@@ -155,6 +185,10 @@ def _preempt(cycle: Cycle, result: PassResult, candidate: Candidate, preempted: 
             rest = [v for v in chosen if v is not victim]
             if rest and feasible(rest):
                 chosen = rest
+        if tenants is not None and ledger is not None:
+            freed_here = sum(gpus for v in chosen for i, gpus in v.freed if inventory.pool_of[i] in eligible_pools)
+            if tenants.blocks(ledger, inventory, workload, option.product, freed_here) is not None:
+                continue
         given_back = []
         for victim in chosen:
             given_back.append(inventory.release(victim.workload.placement, victim.key, cycle.snapshot.gpus_of_own_pods))
@@ -168,5 +202,8 @@ def _preempt(cycle: Cycle, result: PassResult, candidate: Candidate, preempted: 
                     result.training_used[victim.product] += victim.gpus
             continue
         preempted.update(v.key for v in chosen)
-        return Admission(option, placement, tuple(sorted(chosen, key=lambda v: v.key)))
+        if tenants is not None and ledger is not None:
+            for victim in chosen:
+                tenants.release(ledger, victim)
+        return Admission(option, placement, tuple(sorted(chosen, key=lambda v: v.key)), reclaim=reclaim)
     return None

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 
+from ..guarantee import Tenants
 from ..inventory import Inventory, LayoutMemo, whole, workload_shape
 from ..model import Action, Decision, Reason, Snapshot, Workload
 from .cycle import EPSILON, Candidate, Cycle, Option, Victim, number_or
@@ -23,6 +24,7 @@ from .messages import (
 def prepare(snapshot: Snapshot, layouts: LayoutMemo | None = None) -> Cycle:
     policy = snapshot.policy
     inventory = Inventory.from_snapshot(snapshot, layouts=layouts)
+    tenants = Tenants.of(snapshot, inventory)
     floor = number_or(policy.min_margin_per_gpu_hour, 0.0)
     aging = number_or(policy.aging_per_hour, 0.0)
     margin_cache: dict[tuple, float] = {}
@@ -44,6 +46,10 @@ def prepare(snapshot: Snapshot, layouts: LayoutMemo | None = None) -> Cycle:
         malformed = _malformed(workload)
         if malformed is not None:
             static_rejections.append(malformed)
+            continue
+        too_big = tenants.exceeds(workload) if tenants is not None else None
+        if too_big is not None:
+            static_rejections.append(decision_for(workload, Action.REJECT, Reason.EXCEEDS_QUOTA, too_big))
             continue
         shape = workload_shape(workload)
         shape_id = shape_ids.setdefault(shape, len(shape_ids))
@@ -79,10 +85,18 @@ def prepare(snapshot: Snapshot, layouts: LayoutMemo | None = None) -> Cycle:
     rankable.sort(key=lambda c: (-c.effective_margin, number_or(c.workload.created_at, 0.0), c.workload.key, str(c.workload.uid)))
     for rank, candidate in enumerate(rankable):
         candidate.rank = rank
+    if tenants is not None:  # work within its tenant's guarantee first, margin order inside each group
+        tenants.rank_guaranteed(c for c in rankable if c.rejection is None)
+        rankable.sort(key=lambda c: c.rank not in tenants.guaranteed_ranks)
+        tenants.guaranteed_ranks = {rank for rank, c in enumerate(rankable) if c.rank in tenants.guaranteed_ranks}
+        for rank, candidate in enumerate(rankable):
+            candidate.rank = rank
     static_rejections.sort(key=lambda d: d.key)
 
     training_cap, reserve_gpus, training_used = _reserve_ledger(snapshot, inventory)
     victims_by_product = _victims(snapshot, inventory, margin)
+    if tenants is not None:
+        victims_by_product = tenants.victims_allowed(victims_by_product)
     return Cycle(
         snapshot=snapshot,
         policy=policy,
@@ -95,6 +109,7 @@ def prepare(snapshot: Snapshot, layouts: LayoutMemo | None = None) -> Cycle:
         training_used=training_used,
         victims_by_product=victims_by_product,
         cheapest_victim_margin={p: min(v.margin for v in vs) for p, vs in victims_by_product.items()},
+        tenants=tenants,
     )
 
 
