@@ -53,3 +53,25 @@ def test_claim_on_the_shared_alibaba_trace_compressed():
     policy = load_policy(None)
     summaries = {name: summarize(replay(trace, policy, contender_for(name, policy))) for name in POLICY_NAMES}
     assert_claim(summaries)
+
+
+@pytest.mark.parametrize("seed", [7, 3])
+def test_claim_with_a_guarantee_on_a_synthetic_trace(tmp_path, seed):
+    """Issue 13's check: with team-b guaranteed 8 T4s, margin still earns >= 1.15x fifo, and its
+    guaranteed workloads are all admitted, 95 % of them within minRuntimeSeconds (the longest a
+    reclaim may have to wait for a borrower) and most at once."""
+    from gpuadmit.core.model import Quota
+
+    workloads, cluster, policy_file = write_synthetic(tmp_path, seed=seed, hours=36)
+    trace = read_plain(workloads, cluster)
+    policy = load_policy(str(policy_file))
+    quotas = {"team-b": Quota("team-b", {"T4": 8})}
+    summaries = {
+        name: summarize(replay(trace, policy, contender_for(name, policy), quotas=quotas, quota_of_namespace={"team-b": "team-b"}))
+        for name in ("margin", "fifo")
+    }
+    assert summaries["margin"]["marginRealized"] >= 1.15 * summaries["fifo"]["marginRealized"]
+    guaranteed = summaries["margin"]["guaranteed"]["workloads"]
+    assert guaranteed["submitted"] > 10 and guaranteed["admitted"] == guaranteed["submitted"]
+    assert guaranteed["waitSeconds"]["p50"] == 0.0
+    assert guaranteed["waitSeconds"]["p95"] <= policy.preemption.min_runtime_seconds

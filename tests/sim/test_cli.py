@@ -133,11 +133,12 @@ def test_quotas_apply_to_the_trace_namespaces_and_report_the_guaranteed_wait(cap
                               "--quotas", quotas, "--policies", "margin,fifo", "-o", "json", "--progress", "off")
     assert code == 0, err
     by_policy = {entry["policy"]: entry for entry in json.loads(out)["policies"]}
-    guaranteed = by_policy["margin"]["guaranteedWork"]
-    assert guaranteed["submitted"] > 0 and guaranteed["waitSeconds"]["p95"] is not None
+    guaranteed = by_policy["margin"]["guaranteed"]
+    assert guaranteed["workloads"]["waitSeconds"]["p95"] is not None
+    assert 0 < guaranteed["workloads"]["submitted"] <= guaranteed["tenants"]["submitted"]
     code, out, _ = simulate(capsys, "--workloads", workloads, "--cluster", cluster, "--policy", policy,
                             "--quotas", quotas, "--policies", "margin", "--progress", "off")
-    assert code == 0 and "guaranteed tenants: wait p95" in out
+    assert code == 0 and "guaranteed workloads: wait p95" in out and "guaranteed tenants, all work: wait p95" in out
     bad = tmp_path / "bad.yaml"
     bad.write_text("kind: GPUQuota\nmetadata: {name: b}\nspec: {namespaceSelector: {}, maxGPUs: -1}\n")
     code, _, err = simulate(capsys, "--workloads", workloads, "--cluster", cluster, "--quotas", bad)

@@ -177,8 +177,55 @@ def test_a_guaranteed_tenant_reclaims_its_gpus_in_the_replay():
     jobs = jobs_by_name(with_quota)
     assert jobs["owned"].wait_s == 0.0  # reclaimed at once: the borrower ran an hour, past 600 s
     assert jobs["borrow"].preemptions == 1 and with_quota.preemptions == 1
-    assert summarize(with_quota)["guaranteedWork"]["waitSeconds"]["p95"] == 0.0
+    assert jobs["owned"].within_guarantee and not jobs["borrow"].within_guarantee
+    assert summarize(with_quota)["guaranteed"]["workloads"]["waitSeconds"]["p95"] == 0.0
     without = jobs_by_name(replay(the_trace, rules, contender_for("margin", rules)))
     # Without the quota it waits behind the borrower until its queue limit (4 h) turns it away.
     assert without["owned"].wait_s is None and without["owned"].reject_reason == "QueueTimeout"
-    assert "guaranteedWork" not in summarize(replay(the_trace, rules, contender_for("margin", rules)))
+    assert "guaranteed" not in summarize(replay(the_trace, rules, contender_for("margin", rules)))
+
+
+def test_the_guaranteed_wait_counts_only_work_within_the_guarantee_when_it_arrived():
+    """fifo (Kueue: no reclaim) on one 4-GPU T4 node; team-b is guaranteed 2 T4s. Only ``first``
+    (b holds nothing) and ``after`` (b's work is over) arrive within the guarantee: ``beyond``
+    arrives while ``first`` waits for those 2 GPUs, ``late`` while ``beyond`` runs on them."""
+    from gpuadmit.core.model import Quota
+
+    def of_b(name, submit, duration, gpus):
+        return dataclasses.replace(job(name, submit, duration, gpus), namespace="team-b")
+
+    the_trace = trace([GpuNode("t4", 4, product="T4")], [
+        dataclasses.replace(job("borrow", 0, 100, 4), namespace="team-a"),  # takes the node until 100
+        of_b("first", 10, 50, 2),     # within: waits 90 (fifo does not reclaim)
+        of_b("beyond", 20, 500, 2),   # not within: first's 2 GPUs are still owed; waits 80
+        of_b("late", 200, 50, 2),     # not within: beyond holds b's 2 T4s; 2 are free, waits 0
+        of_b("after", 700, 50, 2),    # within: b holds nothing any more; waits 0
+    ], end=1000)
+    rules = policy()
+    result = replay(the_trace, rules, contender_for("fifo", rules), quotas={"b": Quota("b", {"T4": 2})},
+                    quota_of_namespace={"team-b": "b"})
+    jobs = jobs_by_name(result)
+    assert [jobs[name].wait_s for name in ("first", "beyond", "late", "after")] == [90, 80, 0, 0]
+    assert sorted(name for name, record in jobs.items() if record.within_guarantee) == ["after", "first"]
+    guaranteed = summarize(result)["guaranteed"]
+    assert guaranteed["workloads"]["submitted"] == 2 and guaranteed["workloads"]["admitted"] == 2
+    assert guaranteed["workloads"]["waitSeconds"] == {"p50": 0.0, "p95": 90.0, "max": 90.0}
+    assert guaranteed["tenants"]["submitted"] == 4
+    assert guaranteed["tenants"]["waitSeconds"] == {"p50": 0.0, "p95": 90.0, "max": 90.0}
+
+
+def test_work_the_policy_will_not_put_on_the_guaranteed_product_is_not_guaranteed():
+    """team-b is guaranteed a V100, where training earns less than the policy's floor (2.00 - 2.48)
+    and inference does not: only the inference workload is owed the guarantee."""
+    from gpuadmit.core.model import Quota
+
+    nodes = [GpuNode("t4", 4, product="T4"), GpuNode("v100", 4, product="V100M32")]
+    the_trace = trace(nodes, [
+        dataclasses.replace(job("train", 0, 100, 1), namespace="team-b"),
+        dataclasses.replace(job("serve", 0, 100, 1, "inference"), namespace="team-b"),
+        dataclasses.replace(job("pinned", 0, 100, 1, "inference", products=("T4",)), namespace="team-b"),
+    ], end=1000)
+    rules = policy()
+    result = replay(the_trace, rules, contender_for("priority", rules), quotas={"b": Quota("b", {"V100M32": 4})},
+                    quota_of_namespace={"team-b": "b"})
+    assert sorted(name for name, record in jobs_by_name(result).items() if record.within_guarantee) == ["serve"]

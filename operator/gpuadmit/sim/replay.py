@@ -19,7 +19,10 @@ of sum(margin per GPU-hour of the product each running replica sits on x its GPU
 With GPUQuotas (``gpuadmit simulate --quotas``) every snapshot carries them, no running work is
 folded into the nodes (a tenant's usage counts all of its work), and a cycle runs whenever a
 running workload becomes old enough to preempt (a guarantee may reclaim it whatever it earns).
-Peers get the same snapshots; they do not model quotas (docs/simulate.md).
+Peers get the same snapshots and model quotas as their counterparts do (``sim/peer_quotas.py``).
+Each workload of a tenant with a guarantee is marked, when it arrives, whether it is within that
+guarantee then (``JobRecord.within_guarantee``, the same rule for every policy): the report's
+"guaranteed workloads" are these.
 """
 
 from __future__ import annotations
@@ -27,9 +30,10 @@ from __future__ import annotations
 import functools
 import heapq
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
+from gpuadmit.core.guarantee import Tenants, Usage
 from gpuadmit.core.model import (
     Action,
     GpuNode,
@@ -88,6 +92,9 @@ class JobRecord:
     waited_past_max: bool = False
     margin_rate: float = 0.0  # $/hour while running
     workload: Workload | None = None
+    # Within its tenant's guarantee when it arrived (``GuaranteeBook``), and the product charged.
+    within_guarantee: bool = False
+    guarantee_product: str | None = None
 
     @property
     def wait_s(self) -> float | None:
@@ -122,6 +129,61 @@ class ReplayResult:
     guaranteed_namespaces: frozenset[str] = frozenset()  # namespaces of quotas that guarantee GPUs
 
 
+class GuaranteeBook:
+    """Which arriving workloads are within their tenant's guarantee, the same rule for every policy.
+
+    A workload is within guarantee when it arrives if, on some product it may use (one the trace
+    allows, with a node that holds a replica, priced by the policy at or above its floor, as the
+    engine's options are), its GPUs fit what the tenant's guarantee leaves idle (``guarantee.Tenants.idle``: per product, then "*"),
+    counting as used the GPUs the tenant's running work holds (per product it sits on) and the
+    GPUs of its earlier arrivals that were within guarantee and still wait for their first
+    admission (charged to the product they fitted). The tenant's usage is the policy's own, so
+    each policy's guaranteed workloads are the ones *it* owed a guarantee to."""
+
+    def __init__(self, quotas: Mapping[str, Quota], quota_of_namespace: Mapping[str, str], nodes: Iterable[GpuNode], policy: Policy) -> None:
+        self.quotas = {name: quota for name, quota in quotas.items() if any(gpus > 0 for gpus in quota.guaranteed.values())}
+        self.quota_of_namespace = {ns: name for ns, name in quota_of_namespace.items() if name in self.quotas}
+        self.policy = policy
+        self.largest_node: dict[str, int] = {}
+        for node in nodes:
+            self.largest_node[node.product] = max(self.largest_node.get(node.product, 0), node.allocatable)
+        self.used: Usage = {name: {} for name in self.quotas}  # running GPUs + waiting guaranteed GPUs
+
+    def _charge(self, namespace: str, product: str, gpus: int) -> None:
+        name = self.quota_of_namespace.get(namespace)
+        if name is not None:
+            by_product = self.used[name]
+            by_product[product] = by_product.get(product, 0) + gpus
+
+    def arrive(self, job: JobRecord) -> None:
+        """Mark ``job`` (arriving for the first time) within guarantee or not, and charge it if so."""
+        name = self.quota_of_namespace.get(job.spec.namespace)
+        if name is None:
+            return
+        spec = job.spec
+        idle, idle_any = Tenants.idle(self.used, self.quotas[name])
+        fitting = [
+            product for product, largest in sorted(self.largest_node.items())
+            if (not spec.products or product in spec.products) and spec.gpus <= largest
+            and self.policy.margin_per_gpu_hour(spec.workload_class, spec.tier, product) >= self.policy.min_margin_per_gpu_hour
+            and spec.total_gpus <= idle.get(product, 0) + idle_any
+        ]
+        if fitting:  # the product of its own guarantee first, so "*" stays for the rest
+            job.within_guarantee = True
+            job.guarantee_product = min(fitting, key=lambda p: (-idle.get(p, 0), p))
+            self._charge(job.spec.namespace, job.guarantee_product, job.spec.total_gpus)
+
+    def first_leaves_queue(self, job: JobRecord) -> None:
+        """``job`` is admitted or rejected for the first time: its waiting charge ends."""
+        if job.guarantee_product is not None:
+            self._charge(job.spec.namespace, job.guarantee_product, -job.spec.total_gpus)
+            job.guarantee_product = None
+
+    def runs(self, job: JobRecord, products: Mapping[str, str], sign: int) -> None:
+        for entry in job.placement:
+            self._charge(job.spec.namespace, products[entry.node], sign * entry.gpus)
+
+
 def replay(
     trace: Trace,
     policy: Policy,
@@ -150,6 +212,7 @@ def replay(
     free = {name: base_nodes[name].allocatable for name in node_order}
     product_of = {name: base_nodes[name].product for name in node_order}
     total_gpus = sum(free.values())
+    book = GuaranteeBook(quotas, quota_of_namespace, base_nodes.values(), policy) if quotas else None
 
     jobs = [JobRecord(spec=spec, max_queue_seconds=policy.default_max_queue_seconds) for spec in trace.workloads]
     by_key = {job.spec.key: job for job in jobs}
@@ -221,6 +284,8 @@ def replay(
 
     def leave_queue(job: JobRecord) -> None:
         del pending[job.spec.key]
+        if book is not None:
+            book.first_leaves_queue(job)
         queued_by_class[job.spec.workload_class] -= 1
         price = policy.price_of(job.spec.workload_class, job.spec.tier)
         pending_prices[price] -= 1
@@ -236,6 +301,8 @@ def replay(
     def stop_running(job: JobRecord, at: float) -> None:
         nonlocal margin_rate, busy
         ran = 0.0 if job.run_started is None else at - job.run_started
+        if book is not None:
+            book.runs(job, product_of, -1)
         if job.remaining_s is not None:
             job.remaining_s = max(0.0, job.remaining_s - ran)
         for entry in job.placement:
@@ -272,6 +339,8 @@ def replay(
         job.placement = tuple(placement)
         job.run_started = at
         job.workload = workload_of(job, Phase.RUNNING.value)
+        if book is not None:
+            book.runs(job, product_of, +1)
         folded = fold_non_preemptible and not job.workload.preemptible
         for entry in placement:
             free[entry.node] -= entry.gpus
@@ -370,6 +439,8 @@ def replay(
             job = jobs[index]
             if kind == ARRIVAL:
                 job.remaining_s = job.spec.duration_s
+                if book is not None:
+                    book.arrive(job)
                 enqueue(job, at, None)
                 need_cycle = True
             elif kind == COMPLETION:

@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from gpuadmit.core.model import CLASSES
-from gpuadmit.sim.replay import ReplayResult
+from gpuadmit.sim.replay import JobRecord, ReplayResult
 from gpuadmit.sim.trace import Trace
 
 # The checked claim (issue 6): margin's gain over fifo, and inference p95 slack against priority.
@@ -61,21 +61,31 @@ def summarize(result: ReplayResult) -> dict[str, Any]:
         "preemptions": result.preemptions,
         "waitedPastMaxQueue": sum(entry["waitedPastMaxQueue"] for entry in by_class.values()),
         "byClass": by_class,
-        **({"guaranteedWork": _guaranteed_work(result)} if result.guaranteed_namespaces else {}),
+        **({"guaranteed": _guaranteed(result)} if result.guaranteed_namespaces else {}),
         "cycles": result.cycles,
         "replaySeconds": round(result.wall_seconds, 3),
         "replayCpuSeconds": round(result.cpu_seconds, 3),
     }
 
 
-def _guaranteed_work(result: ReplayResult) -> dict[str, Any]:
-    """How long work in namespaces with a GPUQuota guarantee waited (whether or not each workload
-    was within the guarantee when it arrived)."""
-    jobs = [job for job in result.jobs if job.spec.namespace in result.guaranteed_namespaces and job.state != "future"]
+def _guaranteed(result: ReplayResult) -> dict[str, Any]:
+    """How long guaranteed work waited: ``workloads``, those within their tenant's guarantee when
+    they arrived (``replay.GuaranteeBook``), the figure the guarantee promises; ``tenants``, all
+    the work of the namespaces whose quota guarantees GPUs, most of which may be beyond it."""
+    arrived = [job for job in result.jobs if job.state != "future"]
+    return {
+        "workloads": _waits([job for job in arrived if job.within_guarantee]),
+        "tenants": _waits([job for job in arrived if job.spec.namespace in result.guaranteed_namespaces]),
+    }
+
+
+def _waits(jobs: Sequence[JobRecord]) -> dict[str, Any]:
     waits = [job.wait_s for job in jobs if job.wait_s is not None]
     return {
         "submitted": len(jobs),
         "admitted": len(waits),
+        "rejected": sum(1 for job in jobs if job.state == "rejected"),
+        "stillQueued": sum(1 for job in jobs if job.state == "pending"),
         "waitSeconds": {"p50": _round(percentile(waits, 0.50)), "p95": _round(percentile(waits, 0.95)),
                         "max": _round(max(waits) if waits else None)},
     }
@@ -145,10 +155,12 @@ def to_table(trace: Trace, summaries: Sequence[Mapping[str, Any]]) -> str:
             rows.append(
                 (f"{label}: wait {stat}", [_duration(s["byClass"][workload_class]["waitSeconds"][stat]) for s in summaries])
             )
-    if any("guaranteedWork" in s for s in summaries):
-        for stat in ("p50", "p95"):
-            rows.append((f"guaranteed tenants: wait {stat}",
-                         [_duration(s["guaranteedWork"]["waitSeconds"][stat]) if "guaranteedWork" in s else "-" for s in summaries]))
+    if any("guaranteed" in s for s in summaries):
+        for group, label in (("workloads", "guaranteed workloads"), ("tenants", "guaranteed tenants, all work")):
+            rows.append((f"{label}: admitted", [_admitted_of(s["guaranteed"][group]) if "guaranteed" in s else "-" for s in summaries]))
+            for stat in ("p50", "p95", "max"):
+                rows.append((f"{label}: wait {stat}",
+                             [_duration(s["guaranteed"][group]["waitSeconds"][stat]) if "guaranteed" in s else "-" for s in summaries]))
     rows.append(("replay time (wall / CPU)", [f"{s['replaySeconds']:.1f} / {s['replayCpuSeconds']:.1f} s" for s in summaries]))
     label_width = max(len(label) for label, _ in rows)
     widths = [max(len(name), *(len(cells[i]) for _, cells in rows)) for i, name in enumerate(names)]
@@ -166,6 +178,10 @@ def to_table(trace: Trace, summaries: Sequence[Mapping[str, Any]]) -> str:
         lines.append("")
         lines.append("claim: " + ", ".join(f"{key}={_claim_value(value)}" for key, value in claim.items() if not isinstance(value, dict)))
     return "\n".join(lines)
+
+
+def _admitted_of(entry: Mapping[str, Any]) -> str:
+    return f"{entry['admitted']} of {entry['submitted']}"
 
 
 def _rejected(entry: Mapping[str, Any]) -> str:
