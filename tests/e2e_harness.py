@@ -44,6 +44,9 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, TypeVar
 
 import yaml
+
+from gpuadmit.core.timefmt import format_rfc3339
+
 # The processes are the one harness the demo and the benchmarks use too; tests import them from here.
 from gpuadmit.localcluster import EmulatorProcess, OperatorProcess, http_get  # noqa: F401
 
@@ -341,7 +344,7 @@ LEASE_DURATION_S = 40  # the kubelet's default; the node lifecycle controller wa
 
 
 def node_ready_condition(ready: bool) -> dict[str, str]:
-    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    now = format_rfc3339(time.time())
     return {"type": "Ready", "status": "True" if ready else "False",
             "reason": "KubeletReady" if ready else "KubeletNotReady",
             "lastHeartbeatTime": now, "lastTransitionTime": now}
