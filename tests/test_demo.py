@@ -18,6 +18,7 @@ from gpuadmit.core.classifier import classify
 from gpuadmit.core.nodes import node_from_object
 from gpuadmit.core.policy import parse_policy
 from gpuadmit.core.validation import validate_workload
+from gpuadmit.inputs import InputError
 from gpuadmit.sim.trace import ALIBABA_NODES_FILE, ALIBABA_PODS_FILE
 
 REPO = Path(__file__).resolve().parents[1]
@@ -261,6 +262,29 @@ def test_a_bad_policy_or_option_is_one_line_exit_2(tmp_path: Path) -> None:
     result = run_demo("--no-trace", "--duration", "0", tmp_path=tmp_path)
     assert result.returncode == 2 and "--duration" in result.stderr
     assert list((tmp_path / "tmp").iterdir()) == []
+
+
+@pytest.mark.parametrize(("content", "named"), [
+    (b"spec:\n  bogusField: 1\n", "spec.bogusField"),                    # parses as YAML, not as a policy
+    (b"\xff\xfe policy", "line 1: not UTF-8"),
+    (b"", "is empty"),
+    (None, "cannot read: No such file or directory"),
+])
+def test_the_demo_reads_a_policy_file_as_every_command_does(tmp_path: Path, content: bytes | None, named: str) -> None:
+    path = tmp_path / "policy.yaml"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(InputError, match=re.escape(named)) as raised:
+        demo_plan.demo_policy(path, time_scale=10.0)
+    assert str(raised.value).startswith(f"--policy {path}")
+
+
+def test_a_bare_policy_spec_becomes_the_marginpolicy_the_demo_creates(tmp_path: Path) -> None:
+    (tmp_path / "spec.json").write_text(json.dumps({"gpuCostPerHour": {"T4": 0.4}, "defaultMaxQueueSeconds": 600}))
+    policy = demo_plan.demo_policy(tmp_path / "spec.json", time_scale=10.0)
+    assert (policy["kind"], policy["metadata"]["name"]) == ("MarginPolicy", "default")
+    assert policy["spec"]["gpuCostPerHour"] == {"T4": 0.4} and policy["spec"]["defaultMaxQueueSeconds"] == 60
+    parse_policy(policy)
 
 
 METRICS_AT = [
