@@ -82,8 +82,8 @@ _PARSE_CACHE_LIMIT = 1024  # names a client may invent (bad paths, odd methods) 
 
 @attrs.define
 class RequestVocabulary:
-    """kmock's method and resource objects, built once per name for one server (a
-    ``kmock.resource`` costs about 50 µs to build, a lookup well under one)."""
+    """kmock's method and resource objects, built once per name for one server (building a
+    ``kmock.resource`` costs far more than looking one up, on every request)."""
 
     methods: dict[str, kmock.method] = attrs.field(factory=dict)
     resources: dict[tuple[str, str | None, str | None], kmock.resource] = attrs.field(factory=dict)
