@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import re
@@ -10,6 +11,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -361,3 +363,39 @@ def test_serve_keeps_the_cluster_for_kubectl_until_ctrl_c_and_plot_writes_the_pa
     assert "Traceback" not in errors
     assert not kubeconfig.parent.exists()  # the work directory went with the cluster
     assert sorted(path.name for path in plots.iterdir()) == sorted(f"{name}.png" for name in demo_plot.PANELS)
+
+
+def test_the_kubelet_stand_in_reports_ended_containers_as_kubectl_expects_them() -> None:
+    """Running: READY 1/1; Succeeded: the containers terminated (READY 0/1, STATUS Completed), as a kubelet writes it."""
+    from gpuadmit.demo_kubelet import Kubelet
+
+    written: list[dict] = []
+
+    class Recorder:
+        async def call(self, method: str, path: str, body: Any = None, *, merge: bool = False,
+                       params: Any = None) -> tuple[int, Any]:
+            written.append(body["status"])
+            return 200, {}
+
+    kubelet = Kubelet(Recorder())
+    kubelet.run_seconds["team/w"] = 0.0
+    pod = {"metadata": {"name": "w-0", "namespace": "team", "uid": "u1", "labels": {"gpuadmit.io/workload": "w"}},
+           "spec": {"nodeName": "n1", "containers": [{"name": "main", "image": "busybox"}]}, "status": {"phase": "Pending"}}
+
+    async def run() -> None:
+        started = kubelet.observe("ADDED", pod)
+        assert started is not None
+        await started
+        finishing = asyncio.ensure_future(kubelet.finish_pods())
+        for _ in range(200):
+            if len(written) == 2:
+                break
+            await asyncio.sleep(0.01)
+        finishing.cancel()
+
+    asyncio.run(run())
+    running, succeeded = written
+    assert running["phase"] == "Running" and [c["ready"] for c in running["containerStatuses"]] == [True]
+    assert succeeded["phase"] == "Succeeded"
+    (ended,) = succeeded["containerStatuses"]
+    assert (ended["name"], ended["ready"], ended["state"]["terminated"]["reason"]) == ("main", False, "Completed")
