@@ -80,7 +80,7 @@ KUBECTL_EXAMPLES = (
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--duration", type=float, default=180.0, help="seconds of submissions before the summary (default 180)")
     parser.add_argument("--nodes", type=int, default=32, help="trace nodes to emulate, a product-stratified subset (default 32)")
-    parser.add_argument("--trace-dir", default=None, help="directory with the Alibaba 2023 trace CSVs (default: found upwards from here)")
+    parser.add_argument("--trace-dir", default=None, help="directory with the Alibaba 2023 trace CSVs (default: $GPUADMIT_TRACE_DIR, then shared/traces/alibaba-gpu-2023 in a directory above this one, as gpuadmit simulate finds it)")
     parser.add_argument("--no-trace", action="store_true", help="use the built-in sample cluster even when the trace is there")
     parser.add_argument("--time-scale", type=float, default=10.0, help="trace seconds per demo second (default 10)")
     parser.add_argument("--load", type=float, default=1.5, help="offered GPU load as a multiple of the cluster's GPUs (default 1.5)")
