@@ -10,6 +10,7 @@ classifier's reason, and the CPU per ``classify`` call over the whole corpus.
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 from collections import Counter
@@ -46,6 +47,7 @@ def misses(corpus: list[dict[str, Any]]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     """Print accuracy per file and overall, the misses and the cost per call."""
+    argparse.ArgumentParser(prog="python -m benchmarks.classifier", description=__doc__.split("\n")[0]).parse_args(argv if argv is not None else [])  # --help; no sizes to choose
     corpus = load_corpus()
     missed = misses(corpus)
     per_file = Counter(document["file"] for document in corpus)

@@ -15,8 +15,10 @@ slow the timed one).
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import random
+import sys
 import time
 import tracemalloc
 from collections import Counter
@@ -175,7 +177,8 @@ def measure(pending_count: int, layouts: LayoutMemo | None = None) -> dict[str, 
     }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    argparse.ArgumentParser(prog="python -m benchmarks.engine", description=__doc__.split("\n")[0]).parse_args(argv if argv is not None else [])  # --help; no sizes to choose
     print(f"{NODES:,} nodes ({', '.join(sorted({k[0] for k in NODE_KINDS}))}), seeded; decide() on one cycle")
     header = f"{'pending':>9} {'cycle s':>8} {'CPU s':>6} {'decisions/s':>12} {'peak MiB':>9} {'admitted':>9} {'queued':>8} {'rejected':>9} {'preempted':>10}"
     print(header)
@@ -191,4 +194,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

@@ -6,6 +6,8 @@ engine and the three peers. A benchmark, not a test: it prints figures and asser
 
 from __future__ import annotations
 
+import argparse
+import sys
 import time
 
 from gpuadmit.sim.cli import load_policy
@@ -14,7 +16,8 @@ from gpuadmit.sim.scenario import DEFAULT_SHAPE
 from gpuadmit.sim.trace import LoadShape, find_trace_dir, read_alibaba
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    argparse.ArgumentParser(prog="python -m benchmarks.simulate", description=__doc__.split("\n")[0]).parse_args(argv if argv is not None else [])  # --help; no sizes to choose
     directory = find_trace_dir()
     if directory is None:
         print("skipped: the Alibaba 2023 trace is not here (set GPUADMIT_TRACE_DIR to its directory)")
@@ -51,4 +54,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

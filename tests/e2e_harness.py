@@ -44,6 +44,9 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, TypeVar
 
 import yaml
+
+from gpuadmit.core.timefmt import format_rfc3339
+
 # The processes are the one harness the demo and the benchmarks use too; tests import them from here.
 from gpuadmit.localcluster import EmulatorProcess, OperatorProcess, http_get  # noqa: F401
 
@@ -155,6 +158,12 @@ class Cluster:
         for path in sorted(CRD_DIR.glob("*.yaml")):
             name = yaml.safe_load(path.read_text())["metadata"]["name"]
             wait_until(lambda: _crd_established(extensions, name), 60, what=f"CRD {name} established")
+
+    def loosen_policy_crd(self) -> None:
+        """Serve MarginPolicies with a spec that takes anything (``policy_crd_taking_any_spec``)."""
+        loose = policy_crd_taking_any_spec()
+        path = f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{loose['metadata']['name']}"
+        self.raw("PATCH", path, {"spec": {"versions": loose["spec"]["versions"]}})
 
     def ensure_namespace(self, name: str, tier: str | None = None) -> None:
         import kubernetes
@@ -341,7 +350,7 @@ LEASE_DURATION_S = 40  # the kubelet's default; the node lifecycle controller wa
 
 
 def node_ready_condition(ready: bool) -> dict[str, str]:
-    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    now = format_rfc3339(time.time())
     return {"type": "Ready", "status": "True" if ready else "False",
             "reason": "KubeletReady" if ready else "KubeletNotReady",
             "lastHeartbeatTime": now, "lastTransitionTime": now}
@@ -435,6 +444,16 @@ def micro_time() -> str:
     """Kubernetes MicroTime, as Leases carry it."""
     now = time.time()
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1e6):06d}Z"
+
+
+def policy_crd_taking_any_spec(crd_dir: Path = CRD_DIR) -> dict[str, Any]:
+    """The MarginPolicy CRD with a spec that takes anything. The real CRD refuses what the policy
+    parser refuses (and the API server any number JSON cannot carry), so an invalid policy reaches
+    the operator only when the installed CRD lags behind it: this stands for that CRD."""
+    crd = yaml.safe_load((crd_dir / "marginpolicies.gpuadmit.io.yaml").read_text())
+    for version in crd["spec"]["versions"]:
+        version["schema"]["openAPIV3Schema"]["properties"]["spec"] = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+    return dict(crd)
 
 
 def _crd_established(extensions: Any, name: str) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import re
@@ -10,6 +11,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,6 +20,7 @@ from gpuadmit.core.classifier import classify
 from gpuadmit.core.nodes import node_from_object
 from gpuadmit.core.policy import parse_policy
 from gpuadmit.core.validation import validate_workload
+from gpuadmit.inputs import InputError
 from gpuadmit.sim.trace import ALIBABA_NODES_FILE, ALIBABA_PODS_FILE
 
 REPO = Path(__file__).resolve().parents[1]
@@ -263,6 +266,29 @@ def test_a_bad_policy_or_option_is_one_line_exit_2(tmp_path: Path) -> None:
     assert list((tmp_path / "tmp").iterdir()) == []
 
 
+@pytest.mark.parametrize(("content", "named"), [
+    (b"spec:\n  bogusField: 1\n", "spec.bogusField"),                    # parses as YAML, not as a policy
+    (b"\xff\xfe policy", "line 1: not UTF-8"),
+    (b"", "is empty"),
+    (None, "cannot read: No such file or directory"),
+])
+def test_the_demo_reads_a_policy_file_as_every_command_does(tmp_path: Path, content: bytes | None, named: str) -> None:
+    path = tmp_path / "policy.yaml"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(InputError, match=re.escape(named)) as raised:
+        demo_plan.demo_policy(path, time_scale=10.0)
+    assert str(raised.value).startswith(f"--policy {path}")
+
+
+def test_a_bare_policy_spec_becomes_the_marginpolicy_the_demo_creates(tmp_path: Path) -> None:
+    (tmp_path / "spec.json").write_text(json.dumps({"gpuCostPerHour": {"T4": 0.4}, "defaultMaxQueueSeconds": 600}))
+    policy = demo_plan.demo_policy(tmp_path / "spec.json", time_scale=10.0)
+    assert (policy["kind"], policy["metadata"]["name"]) == ("MarginPolicy", "default")
+    assert policy["spec"]["gpuCostPerHour"] == {"T4": 0.4} and policy["spec"]["defaultMaxQueueSeconds"] == 60
+    parse_policy(policy)
+
+
 METRICS_AT = [
     (0.0, ('gpuadmit_gpus{product="T4",state="reserved"} 0\ngpuadmit_gpus{product="T4",state="free"} 8\n'
            'gpuadmit_gpus{product="T4",state="allocatable"} 8\ngpuadmit_queue_depth{class="training"} 0\n'
@@ -337,3 +363,39 @@ def test_serve_keeps_the_cluster_for_kubectl_until_ctrl_c_and_plot_writes_the_pa
     assert "Traceback" not in errors
     assert not kubeconfig.parent.exists()  # the work directory went with the cluster
     assert sorted(path.name for path in plots.iterdir()) == sorted(f"{name}.png" for name in demo_plot.PANELS)
+
+
+def test_the_kubelet_stand_in_reports_ended_containers_as_kubectl_expects_them() -> None:
+    """Running: READY 1/1; Succeeded: the containers terminated (READY 0/1, STATUS Completed), as a kubelet writes it."""
+    from gpuadmit.demo_kubelet import Kubelet
+
+    written: list[dict] = []
+
+    class Recorder:
+        async def call(self, method: str, path: str, body: Any = None, *, merge: bool = False,
+                       params: Any = None) -> tuple[int, Any]:
+            written.append(body["status"])
+            return 200, {}
+
+    kubelet = Kubelet(Recorder())
+    kubelet.run_seconds["team/w"] = 0.0
+    pod = {"metadata": {"name": "w-0", "namespace": "team", "uid": "u1", "labels": {"gpuadmit.io/workload": "w"}},
+           "spec": {"nodeName": "n1", "containers": [{"name": "main", "image": "busybox"}]}, "status": {"phase": "Pending"}}
+
+    async def run() -> None:
+        started = kubelet.observe("ADDED", pod)
+        assert started is not None
+        await started
+        finishing = asyncio.ensure_future(kubelet.finish_pods())
+        for _ in range(200):
+            if len(written) == 2:
+                break
+            await asyncio.sleep(0.01)
+        finishing.cancel()
+
+    asyncio.run(run())
+    running, succeeded = written
+    assert running["phase"] == "Running" and [c["ready"] for c in running["containerStatuses"]] == [True]
+    assert succeeded["phase"] == "Succeeded"
+    (ended,) = succeeded["containerStatuses"]
+    assert (ended["name"], ended["ready"], ended["state"]["terminated"]["reason"]) == ("main", False, "Completed")

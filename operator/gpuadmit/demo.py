@@ -41,8 +41,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-import yaml
-
 from gpuadmit.core.model import TIER_LABEL, WORKLOAD_LABEL
 from gpuadmit.core.validation import apply_json_patch
 from gpuadmit.demo_kubelet import Kubelet
@@ -63,6 +61,7 @@ from gpuadmit.demo_plan import (
 )
 from gpuadmit.demo_plot import MetricsRecorder, plot_panels
 from gpuadmit.demo_screen import Ledger, Screen, summary
+from gpuadmit.inputs import InputError
 from gpuadmit.localcluster import EmulatorProcess, LocalClusterError, OperatorProcess, free_port
 from gpuadmit.sim.trace import ALIBABA_NODES_FILE, ALIBABA_PODS_FILE, TraceError, find_trace_dir
 
@@ -81,7 +80,7 @@ KUBECTL_EXAMPLES = (
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--duration", type=float, default=180.0, help="seconds of submissions before the summary (default 180)")
     parser.add_argument("--nodes", type=int, default=32, help="trace nodes to emulate, a product-stratified subset (default 32)")
-    parser.add_argument("--trace-dir", default=None, help="directory with the Alibaba 2023 trace CSVs (default: found upwards from here)")
+    parser.add_argument("--trace-dir", default=None, help="directory with the Alibaba 2023 trace CSVs (default: $GPUADMIT_TRACE_DIR, then shared/traces/alibaba-gpu-2023 in a directory above this one, as gpuadmit simulate finds it)")
     parser.add_argument("--no-trace", action="store_true", help="use the built-in sample cluster even when the trace is there")
     parser.add_argument("--time-scale", type=float, default=10.0, help="trace seconds per demo second (default 10)")
     parser.add_argument("--load", type=float, default=1.5, help="offered GPU load as a multiple of the cluster's GPUs (default 1.5)")
@@ -89,7 +88,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-rate", type=float, default=DEFAULT_MAX_RATE, help=f"most workloads submitted per second (default {DEFAULT_MAX_RATE:g})")
     parser.add_argument("--seed", type=int, default=7, help="random seed for the pods drawn (default 7)")
     parser.add_argument("--metrics-port", type=int, default=0, help="the operator's /metrics port (default: a free one)")
-    parser.add_argument("--policy", default=None, help="MarginPolicy YAML (default: the example policy, examples/policy.yaml)")
+    parser.add_argument("--policy", default=None, help="MarginPolicy YAML or JSON (default: the example policy shipped with gpuadmit, as examples/policy.yaml)")
     parser.add_argument("--no-webhooks", action="store_true", help="create workloads directly, without the admission webhooks")
     parser.add_argument("--keep-logs", action="store_true", help="keep the work directory with the operator's and emulator's logs")
     parser.add_argument("--plain", action="store_true", help="plain progress lines even on a terminal")
@@ -306,8 +305,8 @@ class Demo:
         plans, rate, offered = plan_submissions(pods, total_gpus, args)
         try:
             policy = demo_policy(Path(args.policy) if args.policy else None, args.time_scale)
-        except (OSError, UnicodeDecodeError, ValueError, TypeError, yaml.YAMLError) as error:
-            raise DemoInputError(f"--policy {args.policy}: cannot read a MarginPolicy: {str(error).splitlines()[0]}") from None
+        except InputError as error:
+            raise DemoInputError(str(error)) from None
         return nodes, plans, source, rate, offered, policy
 
     async def run(self) -> int:

@@ -24,7 +24,7 @@ class Kubelet:
 
     def __init__(self, api: StatusWriter) -> None:
         self.api = api
-        self.running_pods: dict[str, tuple[float, dict[str, Any]]] = {}  # pod uid -> (run time over at, its metadata)
+        self.running_pods: dict[str, tuple[float, dict[str, Any]]] = {}  # pod uid -> (run time over at, its metadata and containers)
         self.run_seconds: dict[str, float] = {}  # workload key -> demo seconds its pods run
 
     def observe(self, event_type: str, pod: Mapping[str, Any]) -> Awaitable[None] | None:
@@ -42,7 +42,8 @@ class Kubelet:
             return None
         workload = f"{metadata.get('namespace')}/{(metadata.get('labels') or {}).get(WORKLOAD_LABEL)}"
         finish_at = time.monotonic() + self.run_seconds.get(workload, MIN_RUN_SECONDS)
-        self.running_pods[uid] = (finish_at, dict(metadata))
+        containers = (pod.get("spec") or {}).get("containers") or []
+        self.running_pods[uid] = (finish_at, {"metadata": dict(metadata), "spec": {"containers": list(containers)}})
         return self.set_pod_phase(pod, "Running")
 
     async def finish_pods(self) -> None:
@@ -50,7 +51,7 @@ class Kubelet:
             now = time.monotonic()
             due = [uid for uid, (finish_at, _) in self.running_pods.items() if finish_at <= now]
             finished = [self.running_pods.pop(uid)[1] for uid in due]
-            await asyncio.gather(*(self.set_pod_phase({"metadata": metadata}, "Succeeded") for metadata in finished))
+            await asyncio.gather(*(self.set_pod_phase(pod, "Succeeded") for pod in finished))
             await asyncio.sleep(0.25)
 
     async def set_pod_phase(self, pod: Mapping[str, Any], phase: str) -> None:
@@ -66,5 +67,10 @@ class Kubelet:
             status["containerStatuses"] = [
                 {"name": str(c.get("name")), "image": str(c.get("image")), "ready": True, "restartCount": 0,
                  "started": True, "state": {"running": {"startedAt": stamp}}} for c in containers]
+        elif phase in ("Succeeded", "Failed"):  # the containers ended: READY 0/N, STATUS Completed or Error
+            ended = {"exitCode": 0, "reason": "Completed"} if phase == "Succeeded" else {"exitCode": 1, "reason": "Error"}
+            status["containerStatuses"] = [
+                {"name": str(c.get("name")), "image": str(c.get("image")), "ready": False, "restartCount": 0,
+                 "started": False, "state": {"terminated": {**ended, "finishedAt": stamp}}} for c in containers]
         path = f"/api/v1/namespaces/{metadata.get('namespace')}/pods/{metadata.get('name')}/status"
         await self.api.call("PATCH", path, {"status": status}, merge=True)  # 404: preempted meanwhile, fine

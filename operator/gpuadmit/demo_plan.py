@@ -28,6 +28,7 @@ from gpuadmit.core.model import (
     GPU_RESOURCE,
     TIER_LABEL,
 )
+from gpuadmit.inputs import load_policy_object
 
 # The trace's GPU model codes -> (nvidia.com/gpu.product, nvidia.com/gpu.memory in MiB) as
 # NVIDIA's GPU feature discovery labels them. G2 and G3 are undisclosed internal codes.
@@ -246,9 +247,8 @@ def workload_object(plan: Plan) -> dict[str, Any]:
 def demo_policy(path: Path | None, time_scale: float) -> dict[str, Any]:
     """The policy (``path``, else the example policy shipped as package data) with its durations
     compressed like everything else."""
-    policy = yaml.safe_load((path or package_file("policy.yaml")).read_text())
-    if not isinstance(policy, dict):
-        raise TypeError(f"{path}: not a MarginPolicy (a YAML mapping)")
+    # A user's file is read as every command reads one (bounded, one line per problem) and must parse.
+    policy = load_policy_object(str(path))[0] if path is not None else yaml.safe_load(package_file("policy.yaml").read_text())
     spec = policy.setdefault("spec", {})
     preemption = spec.get("preemption")
     if isinstance(preemption, dict) and isinstance(preemption.get("minRuntimeSeconds"), (int, float)):

@@ -235,6 +235,13 @@ def _check_alias_expansion(text: str, name: str) -> None:
 
 def load_policy(filename: str, what: str = "--policy") -> Policy:
     """The MarginPolicy in a file: a MarginPolicy object (the first one) or a bare spec mapping."""
+    return load_policy_object(filename, what)[1]
+
+
+def load_policy_object(filename: str, what: str = "--policy") -> tuple[dict[str, Any], Policy]:
+    """The MarginPolicy in a file as an object to create (a bare spec becomes a MarginPolicy's
+    ``spec``) and as the ``Policy`` it parses to, so nothing invalid is handed on."""
+    from gpuadmit.core.model import API_GROUP, API_VERSION
     from gpuadmit.core.policy import parse_policy
     from gpuadmit.core.snapshot import objects_by_kind
 
@@ -247,11 +254,15 @@ def load_policy(filename: str, what: str = "--policy") -> Policy:
     if not candidates:
         raise InputError(f"{name}: no MarginPolicy (nor a bare MarginPolicy spec) in it")
     try:
-        return parse_policy(candidates[0])
+        policy = parse_policy(candidates[0])
     except SpecError as error:
         raise InputError(f"{name}: invalid MarginPolicy: {error}") from None
     except RecursionError:
         raise InputError(f"{name}: nested too deeply to be a MarginPolicy") from None
+    found = dict(candidates[0])
+    if found.get("kind") != "MarginPolicy":  # a bare spec
+        found = {"apiVersion": f"{API_GROUP}/{API_VERSION}", "kind": "MarginPolicy", "spec": found}
+    return found, policy
 
 
 def _first_line(error: BaseException) -> str:

@@ -77,30 +77,33 @@ def parse_api_path(path: str) -> parsing.ParsedPath:
     return parsing.ParsedPath(group, version, plural, namespace, name, subresource)
 
 
-_METHODS: dict[str, kmock.method] = {}
-_RESOURCES: dict[tuple[str, str | None, str | None], kmock.resource] = {}
-_PARSE_CACHE_LIMIT = 1024
+_PARSE_CACHE_LIMIT = 1024  # names a client may invent (bad paths, odd methods) are looked up, not kept past this
 
 
-def _method(name: str) -> kmock.method:
-    """``kmock.method(name)``, looked up once per method name."""
-    method = _METHODS.get(name)
-    if method is None:
-        method = kmock.method(name)
-        if len(_METHODS) < _PARSE_CACHE_LIMIT:
-            _METHODS[name] = method
-    return method
+@attrs.define
+class RequestVocabulary:
+    """kmock's method and resource objects, built once per name for one server (building a
+    ``kmock.resource`` costs far more than looking one up, on every request)."""
 
+    methods: dict[str, kmock.method] = attrs.field(factory=dict)
+    resources: dict[tuple[str, str | None, str | None], kmock.resource] = attrs.field(factory=dict)
 
-def _resource(group: str, version: str | None, plural: str | None) -> kmock.resource:
-    """``kmock.resource(group=..., version=..., plural=...)``, built once per resource (it is frozen)."""
-    key = (group, version, plural)
-    resource = _RESOURCES.get(key)
-    if resource is None:
-        resource = kmock.resource(group=group, version=version, plural=plural)
-        if len(_RESOURCES) < _PARSE_CACHE_LIMIT:
-            _RESOURCES[key] = resource
-    return resource
+    def method(self, name: str) -> kmock.method:
+        method = self.methods.get(name)
+        if method is None:
+            method = kmock.method(name)
+            if len(self.methods) < _PARSE_CACHE_LIMIT:
+                self.methods[name] = method
+        return method
+
+    def resource(self, group: str, version: str | None, plural: str | None) -> kmock.resource:
+        key = (group, version, plural)
+        resource = self.resources.get(key)
+        if resource is None:
+            resource = kmock.resource(group=group, version=version, plural=plural)
+            if len(self.resources) < _PARSE_CACHE_LIMIT:
+                self.resources[key] = resource
+        return resource
 
 
 def _refuse_non_json_constant(name: str) -> Any:
@@ -108,7 +111,8 @@ def _refuse_non_json_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-async def parse_request(raw_request: aiohttp.web.BaseRequest, *, id: int) -> rendering.Request:
+async def parse_request(raw_request: aiohttp.web.BaseRequest, *, id: int,
+                        vocabulary: RequestVocabulary | None = None) -> rendering.Request:
     """Build kmock's ``Request`` (so its filters and assertions work) with our path parsing;
     PUT counts as the UPDATE action, as PATCH does."""
     body = await raw_request.read()
@@ -122,8 +126,9 @@ async def parse_request(raw_request: aiohttp.web.BaseRequest, *, id: int) -> ren
         except ValueError:
             data = None
     parsed = parse_api_path(raw_request.path)
-    resource = None if parsed.group is None else _resource(parsed.group, parsed.version, parsed.plural)
-    method = _method(raw_request.method)
+    vocabulary = vocabulary or RequestVocabulary()
+    resource = None if parsed.group is None else vocabulary.resource(parsed.group, parsed.version, parsed.plural)
+    method = vocabulary.method(raw_request.method)
     params = dict(raw_request.query)
     action = parsing.guess_k8s(parsed, method, params)
     if action is None and method == kmock.method.PUT and parsed.name is not None:
@@ -138,14 +143,16 @@ async def parse_request(raw_request: aiohttp.web.BaseRequest, *, id: int) -> ren
 
 
 _EVENTS_PER_WRITE = 256  # watch events joined into one write at most
-_EVENT_PREFIXES: dict[str, bytes] = {}
+# The watch event types the server sends, each line's start encoded once.
+_EVENT_PREFIXES: Mapping[str, bytes] = {
+    event_type: ('{"type": ' + json.dumps(event_type) + ', "object": ').encode()
+    for event_type in ("ADDED", "MODIFIED", "DELETED", "BOOKMARK", "ERROR")
+}
 
 
 def _event_line(event_type: str, encoded_object: bytes) -> bytes:
     """``json.dumps({"type": event_type, "object": obj}) + "\\n"`` from ``obj``'s encoding."""
-    prefix = _EVENT_PREFIXES.get(event_type)
-    if prefix is None:
-        prefix = _EVENT_PREFIXES[event_type] = ('{"type": ' + json.dumps(event_type) + ', "object": ').encode()
+    prefix = _EVENT_PREFIXES.get(event_type) or ('{"type": ' + json.dumps(event_type) + ', "object": ').encode()
     return prefix + encoded_object + b"}\n"
 
 
@@ -211,6 +218,7 @@ class KubernetesApiEmulator(kmock.KubernetesScaffold):
     _background: set[asyncio.Task[None]] = attrs.field(factory=set, init=False)
     _object_routes: tuple[Any, ...] = attrs.field(default=(), init=False)  # routes answering one stored object
     _openapi_cache: dict[Any, Any] = attrs.field(factory=dict, init=False)  # documents, until a resource changes
+    _vocabulary: RequestVocabulary = attrs.field(factory=RequestVocabulary, init=False)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -263,7 +271,7 @@ class KubernetesApiEmulator(kmock.KubernetesScaffold):
         if self.audit is not None:
             self.audit.add(self._audit_record(raw_request))
         try:
-            request = await parse_request(raw_request, id=self._request_count)
+            request = await parse_request(raw_request, id=self._request_count, vocabulary=self._vocabulary)
             self._request_count += 1
             self._record(request)
             fault = self.faults.fault_for(

@@ -11,11 +11,11 @@ clients accept).
 from __future__ import annotations
 
 import base64
-import time
 from collections.abc import Callable
 from typing import Any
 
 from kubeapi_emulator.errors import ApiError
+from kubeapi_emulator.store import rfc3339
 
 PROTOBUF = "application/vnd.kubernetes.protobuf"
 _MAGIC = b"k8s\x00"
@@ -81,7 +81,7 @@ def _int64(value: int) -> int:
 
 def _time(value: bytes) -> str:
     seconds = _int64(_fields(value).get(1, [0])[0])
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
+    return rfc3339(seconds)
 
 
 # For each message: field number -> (JSON name, how to read a value, repeated?).

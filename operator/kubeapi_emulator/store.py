@@ -54,16 +54,14 @@ def copy_json(value: Any) -> Any:
     return value
 
 
-_now_cache: tuple[int, str] = (-1, "")
+def rfc3339(epoch_seconds: float) -> str:
+    """``2026-11-26T10:00:00Z``: whole seconds in UTC, as the API server writes ``metav1.Time``."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(int(epoch_seconds)))
 
 
 def rfc3339_now() -> str:
-    """The current UTC time to the second, as the server writes timestamps (formatted once a second)."""
-    global _now_cache
-    second = int(time.time())
-    if _now_cache[0] != second:
-        _now_cache = (second, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(second)))
-    return _now_cache[1]
+    """The current UTC time to the second, as the server writes timestamps."""
+    return rfc3339(time.time())
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,8 @@ columns are its CRD's ``additionalPrinterColumns``, each ``jsonPath`` evaluated 
 server evaluates it (first result; ``date`` cells shown as an age, ``integer``/``number``/
 ``boolean`` cells as JSON values); without any, the real server shows Age. Built-in kinds get
 the columns the real server prints for them (pods: Ready, Status, Restarts, Age, and IP, Node,
-... with ``-o wide``; nodes: Status, Roles, Age, Version; namespaces: Status, Age; the others Age
-or Created At).
+... with ``-o wide``; nodes: Status, Roles, Age, Version; namespaces: Status, Age; events: Last
+Seen, Type, Reason, Object, Message, their Name only with ``-o wide``; the others Age or Created At).
 """
 
 from __future__ import annotations
@@ -184,6 +184,29 @@ def _node_cells(node: Mapping[str, Any]) -> list[Any]:
             info.get("kernelVersion") or "<unknown>", info.get("containerRuntimeVersion") or "<unknown>"]
 
 
+_EVENTS = ("", "events")
+
+
+def _event_cells(event: Mapping[str, Any]) -> list[Any]:
+    """As the real server's event printer: times as ages (``eventTime`` or the series' last
+    observation when the older fields are unset), the object as ``kind/name`` in lower case."""
+    metadata = event.get("metadata") or {}
+    involved = event.get("involvedObject") or {}
+    series = event.get("series") if isinstance(event.get("series"), Mapping) else None
+    source = event.get("source") or {}
+    first_seen = age(event.get("firstTimestamp") or event.get("eventTime"))
+    last_seen = age(event.get("lastTimestamp")) if event.get("lastTimestamp") else first_seen
+    count = event.get("count") or 1
+    if series is not None:
+        last_seen, count = age(series.get("lastObservedTime")), series.get("count") or count
+    kind, name = str(involved.get("kind") or "").lower(), involved.get("name")
+    component = source.get("component") or event.get("reportingComponent") or ""
+    instance = source.get("host") or event.get("reportingInstance") or ""
+    return [last_seen, event.get("type") or "", event.get("reason") or "", f"{kind}/{name}" if name else kind,
+            involved.get("fieldPath") or "", f"{component}, {instance}" if component and instance else component,
+            str(event.get("message") or "").strip(), first_seen, count, metadata.get("name", "")]
+
+
 _BUILTIN_COLUMNS: dict[tuple[str, str], list[tuple[str, str, int, str]]] = {
     ("", "pods"): [
         ("Ready", "string", 0, "The aggregate readiness state of this pod for accepting traffic."),
@@ -207,6 +230,19 @@ _BUILTIN_COLUMNS: dict[tuple[str, str], list[tuple[str, str, int, str]]] = {
         ("Container-Runtime", "string", 1, "Container runtime version reported by the node."),
     ],
     ("", "namespaces"): [("Status", "string", 0, "The status of the namespace"), _AGE],
+    # The real server prints an event's name last, and only with -o wide (see _EVENTS).
+    _EVENTS: [
+        ("Last Seen", "string", 0, "The time at which the most recent occurrence of this event was recorded."),
+        ("Type", "string", 0, "Type of this event (Normal, Warning), new types could be added in the future"),
+        ("Reason", "string", 0, "This should be a short, machine understandable string that gives the reason for the transition into the object's current status."),
+        ("Object", "string", 0, "The object that this event is about."),
+        ("Subobject", "string", 1, "The field of the object that this event is about."),
+        ("Source", "string", 1, "The component reporting this event. Should be a short machine understandable string."),
+        ("Message", "string", 0, "A human-readable description of the status of this operation."),
+        ("First Seen", "string", 1, "The time at which the event was first recorded. (Time of server receipt is in TypeMeta.)"),
+        ("Count", "integer", 1, "The number of times this event has occurred."),
+        ("Name", "string", 1, "Name must be unique within a namespace."),
+    ],
     ("apiextensions.k8s.io", "customresourcedefinitions"): [
         ("Created At", "date", 0, "CreationTimestamp of the CustomResourceDefinition")],
 }
@@ -235,7 +271,7 @@ def _columns(spec: ResourceSpec) -> list[tuple[str, str, int, str, str]]:
 
 
 def column_definitions(spec: ResourceSpec) -> list[dict[str, Any]]:
-    definitions = [dict(_NAME_COLUMN)]
+    definitions = [] if (spec.group, spec.plural) == _EVENTS else [dict(_NAME_COLUMN)]
     for name, column_type, priority, description, _ in _columns(spec):
         definitions.append({"name": name, "type": column_type, "format": "", "description": description,
                             "priority": priority})
@@ -245,7 +281,9 @@ def column_definitions(spec: ResourceSpec) -> list[dict[str, Any]]:
 def row(spec: ResourceSpec, obj: Mapping[str, Any], include_object: str = "Metadata") -> dict[str, Any]:
     metadata = obj.get("metadata") or {}
     cells: list[Any] = [metadata.get("name", "")]
-    if spec.printer_columns:
+    if (spec.group, spec.plural) == _EVENTS and not spec.printer_columns:
+        cells = _event_cells(obj)
+    elif spec.printer_columns:
         for _, column_type, _, _, path in _columns(spec):
             found = jsonpath(obj, path) if path else []
             cells.append(_cell(column_type, found[0]) if found and found[0] is not None else None)

@@ -126,6 +126,12 @@ def test_peering_verdict() -> None:
     assert not we_lead({"other": {"priority": 90, "lastseen": fresh, "lifetime": 60}}, "me", 50, now)
     assert not we_lead({"other": {"priority": 50, "lastseen": fresh, "lifetime": 60}}, "me", 50, now)  # a tie pauses
     assert we_lead({"other": {"priority": 90, "lastseen": stale, "lifetime": 60}}, "me", 50, now)  # dead peer
+    # kopf writes lastseen without a zone (UTC), with microseconds; Kubernetes style ends in Z
+    kopf_fresh = (now - timedelta(seconds=5)).replace(tzinfo=None).isoformat(timespec="microseconds")
+    assert not we_lead({"other": {"priority": 90, "lastseen": kopf_fresh, "lifetime": 60}}, "me", 50, now)
+    assert not we_lead({"other": {"priority": 90, "lastseen": "2026-01-01T11:59:55Z", "lifetime": 60}}, "me", 50, now)
+    assert we_lead({"other": {"priority": 90, "lastseen": "2026-01-01T11:50:00Z", "lifetime": 60}}, "me", 50, now)
+    assert we_lead({"other": {"priority": 90, "lastseen": "yesterday", "lifetime": 60}}, "me", 50, now)  # unreadable: ignored
 
 
 def test_a_node_of_impossibly_many_gpus_is_told_once_not_at_every_heartbeat(caplog) -> None:

@@ -19,6 +19,7 @@ from tests.e2e_harness import (
     Cluster,
     OperatorProcess,
     expected_decisions,
+    policy_crd_taking_any_spec,
     wait_until,
 )
 
@@ -243,11 +244,7 @@ def test_an_invalid_policy_is_refused_and_the_last_good_one_stays(tmp_path) -> N
         pytest.skip("needs a looser MarginPolicy CRD than the one installed")
     crds = tmp_path / "crds"
     shutil.copytree(CRD_DIR, crds)
-    policy_crd_path = crds / "marginpolicies.gpuadmit.io.yaml"
-    policy_crd = yaml.safe_load(policy_crd_path.read_text())
-    for version in policy_crd["spec"]["versions"]:
-        version["schema"]["openAPIV3Schema"]["properties"]["spec"] = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
-    policy_crd_path.write_text(yaml.safe_dump(policy_crd))
+    (crds / "marginpolicies.gpuadmit.io.yaml").write_text(yaml.safe_dump(policy_crd_taking_any_spec()))
     with Cluster.start(tmp_path / "cluster", crd_dir=crds) as cluster:
         cluster.add_gpu_nodes(1, gpus=8, product="NVIDIA-A100-SXM4-40GB", memory_mib=40960)
         # Training earns 2.0 - 0.8 = 1.2 per GPU-hour here: below this policy's floor of 2.0, while the

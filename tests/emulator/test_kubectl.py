@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -196,6 +197,28 @@ def test_built_in_kinds_get_the_real_servers_columns(server) -> None:
     nodes = requests.get(f"{url}/api/v1/nodes", headers={"Accept": TABLE}, timeout=10).json()
     assert [c["name"] for c in nodes["columnDefinitions"]][:5] == ["Name", "Status", "Roles", "Age", "Version"]
     assert nodes["rows"][0]["cells"][1] == "Ready"
+
+
+def test_events_print_as_the_real_server_prints_them(server, tmp_path: Path) -> None:
+    url, kubeconfig = server
+    event = {"apiVersion": "v1", "kind": "Event", "metadata": {"name": "chat.17a"},
+             "involvedObject": {"apiVersion": "gpuadmit.io/v1alpha1", "kind": "GPUWorkload", "name": "chat", "namespace": "default"},
+             "reason": "Admitted", "message": "admitted 2 GPUs on n1 ", "type": "Normal", "count": 3,
+             "firstTimestamp": "2026-01-01T00:00:00Z", "lastTimestamp": "2026-01-01T00:00:00Z",
+             "reportingComponent": "gpuadmit", "reportingInstance": "gpuadmit-0"}
+    assert requests.post(f"{url}/api/v1/namespaces/default/events", json=event, timeout=10).status_code == 201
+    table = requests.get(f"{url}/api/v1/namespaces/default/events", headers={"Accept": TABLE}, timeout=10).json()
+    definitions = table["columnDefinitions"]
+    assert [c["name"] for c in definitions if c["priority"] == 0] == ["Last Seen", "Type", "Reason", "Object", "Message"]
+    cells = dict(zip([c["name"] for c in definitions], table["rows"][0]["cells"], strict=True))
+    assert (cells["Type"], cells["Reason"], cells["Object"], cells["Message"]) == ("Normal", "Admitted", "gpuworkload/chat", "admitted 2 GPUs on n1")
+    assert (cells["Source"], cells["Count"], cells["Name"]) == ("gpuadmit, gpuadmit-0", 3, "chat.17a")
+    assert re.fullmatch(r"\d+[dy](\d+d)?", cells["Last Seen"]), cells  # an age, as kubectl shows it, not the timestamp
+    if KUBECTL is None:
+        pytest.skip("kubectl is not on the PATH: the real-kubectl half of this check is skipped")
+    lines = kubectl(kubeconfig, "get", "events").stdout.splitlines()
+    assert lines[0].split() == ["LAST", "SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"]
+    assert lines[1].split()[1:5] == ["Normal", "Admitted", "gpuworkload/chat", "admitted"]
 
 
 def test_a_watch_asking_for_tables_streams_one_row_per_event(server) -> None:

@@ -105,23 +105,6 @@ class FaultyCluster:
     def apply_policy(self, spec: Mapping[str, Any]) -> None:
         self.retrying(lambda: self.cluster.apply_policy(spec))
 
-    def merge_patch_policy_text(self, text: str, name: str = "default", attempts: int = 50) -> None:
-        """A merge patch sent as raw JSON text, retried past the injected faults: for numbers such as
-        1e400, valid JSON that no Python object serialises to (json.dumps writes inf as Infinity,
-        which is not JSON and which an API server refuses)."""
-        for _ in range(attempts):
-            request = urllib.request.Request(f"{self.url}/apis/{GROUP}/{VERSION}/marginpolicies/{name}", data=text.encode(),
-                                             method="PATCH", headers={"Content-Type": "application/merge-patch+json"})
-            try:
-                with urllib.request.urlopen(request, timeout=30) as response:
-                    response.read()
-                return
-            except urllib.error.HTTPError as error:
-                if error.code not in RETRYABLE:
-                    raise
-                self.create_retries += 1
-        raise AssertionError(f"the policy patch still failed after {attempts} attempts")
-
     def create_workloads(self, shapes: Iterable[tuple[str, str, Mapping[str, Any]]], threads: int = 4) -> None:
         """Create ``(namespace, name, spec)`` workloads from a few threads (a burst)."""
         shapes = list(shapes)

@@ -8,7 +8,6 @@ ten SIGKILLs; the default test run keeps CI time down with 600 and three).
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import threading
@@ -181,6 +180,8 @@ def test_lost_nodes_requeue_their_workloads_and_leave_the_others_alone(tmp_path:
 def test_policy_edits_take_effect_and_an_invalid_policy_keeps_the_last_good_one(tmp_path: Path) -> None:
     with faulty_cluster(tmp_path) as fc:
         fc.cluster.add_gpu_nodes(2, gpus=8)
+        # The CRD refuses what the parser refuses: an invalid policy gets through only a lagging CRD.
+        fc.cluster.loosen_policy_crd()
         fc.cluster.apply_policy(POLICY)
         with OperatorProcess.start(fc.cluster.kubeconfig, tmp_path / "operator") as operator:
             fc.faults.write_failure_rate = 0.1
@@ -193,13 +194,15 @@ def test_policy_edits_take_effect_and_an_invalid_policy_keeps_the_last_good_one(
             fc.create_workloads([("edits", f"b-{index}", spec_for(1)) for index in range(5)])
             settle(fc, 45)
             assert {status(fc, f"b-{index}")["reason"] for index in range(5)} == {"MarginBelowFloor"}
-            # Invalid: the schema cannot refuse a number the JSON decoder reads as infinity (1e400),
-            # so the operator must. Refused with a condition, and the floor stays in force.
-            fc.merge_patch_policy_text(json.dumps({"spec": {**POLICY, "tierMultipliers": {"gold": "INF"}}}).replace('"INF"', "1e400"))
+            # Invalid (a price for a class that does not exist), stored by the loose CRD: the operator
+            # refuses it with a condition naming the field, and the last good floor stays in force
+            # (this edit lowers it to 0, so taking any of it would admit the next workloads).
+            fc.apply_policy({**POLICY, "minMarginPerGPUHour": 0, "pricePerGPUHour": {"training": 2.0, "batch": 9.0}})
             try:
                 wait_until(lambda: accepted(fc) == ("False", generation(fc)), 60, what="Accepted=False on the invalid policy")
             except AssertionError:
                 raise AssertionError(f"{fc.cluster.get_policy()}\n{operator.log_tail(3000)}") from None
+            assert "spec.pricePerGPUHour.batch" in refusal(fc)
             fc.create_workloads([("edits", f"c-{index}", spec_for(1)) for index in range(3)])
             wait_until(lambda: all(status(fc, f"c-{index}").get("phase") for index in range(3)), 60, what="c decided")
             assert {status(fc, f"c-{index}")["reason"] for index in range(3)} == {"MarginBelowFloor"}
@@ -213,6 +216,14 @@ def accepted(fc: FaultyCluster) -> tuple[str | None, int | None]:
         if condition.get("type") == "Accepted":
             return condition.get("status"), condition.get("observedGeneration")
     return None, None
+
+
+def refusal(fc: FaultyCluster) -> str:
+    """The message of the Accepted condition."""
+    for condition in (fc.cluster.get_policy().get("status") or {}).get("conditions") or []:
+        if condition.get("type") == "Accepted":
+            return str(condition.get("message"))
+    return ""
 
 
 def generation(fc: FaultyCluster) -> int | None:

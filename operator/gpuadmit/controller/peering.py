@@ -16,11 +16,12 @@ import logging
 import random
 import time
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from gpuadmit.controller import api as kube
 from gpuadmit.controller.api import ApiError, KubeApi
+from gpuadmit.core.timefmt import parse_rfc3339_or_none
 
 logger = logging.getLogger(__name__)
 
@@ -31,24 +32,16 @@ def random_priority() -> int:
     return random.randint(1, 1_000_000)
 
 
-def _parse_time(value: Any) -> datetime | None:
-    try:
-        parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-
-
 def we_lead(peering_status: Mapping[str, Any], identity: str, priority: int, now: datetime) -> bool:
     """True when no other live peer in the peering object's status has a priority >= ours."""
     for peer_id, peer in (peering_status or {}).items():
         if peer_id == identity or not isinstance(peer, Mapping):
             continue
-        lastseen = _parse_time(peer.get("lastseen"))
+        lastseen = parse_rfc3339_or_none(peer.get("lastseen"))  # kopf writes it without a zone: UTC
         lifetime = peer.get("lifetime", 60)
         if lastseen is None or not isinstance(lifetime, (int, float)):
             continue
-        if lastseen + timedelta(seconds=float(lifetime)) < now:
+        if lastseen + float(lifetime) < now.timestamp():
             continue  # dead peer: kopf ignores it too
         if int(peer.get("priority", 0)) >= priority:
             return False
