@@ -125,3 +125,27 @@ def test_a_hostile_tenant_gets_no_pod_no_gpu_and_stops_nobody(cluster: Cluster, 
     assert readiness["status"] == 200 and readiness["failed_cycles_in_a_row"] == 0, readiness
     assert re.search(r"^gpuadmit_failed_cycles_total 0\.0$", operator.metrics(), re.MULTILINE)
     assert "Traceback" not in operator.log_tail(500_000)
+
+
+def test_a_template_edited_after_admission_is_judged_before_its_missing_pod_is_built(cluster: Cluster, operator_factory) -> None:
+    """The emulator calls no webhook, as a cluster whose webhook is down or not installed: the edit
+    is stored. The parser leaves holding workloads alone, so the pod creator judges the template."""
+    cluster.add_gpu_nodes(1, gpus=8)
+    cluster.apply_policy(POLICY)
+    operator_factory()
+    cluster.create_workload("mallory", "sleeper", gpus=8)
+    cluster.wait_for_phase("mallory", "sleeper", "Admitted")
+    wait_until(lambda: len(cluster.pods_of("mallory", "sleeper")) == 1, what="the sleeper's pod")
+    escalated = {"spec": {"containers": [container(securityContext={"privileged": True})], "hostPID": True}}
+    cluster.custom.patch_namespaced_custom_object("gpuadmit.io", "v1alpha1", "mallory", "gpuworkloads", "sleeper",
+                                                  {"spec": {"template": escalated}})
+    cluster.core.delete_namespaced_pod("sleeper-0", "mallory", grace_period_seconds=0)
+
+    status = cluster.wait_for_phase("mallory", "sleeper", "Failed")
+    assert status["reason"] == "PodRefused", status
+    assert "spec.template.spec.hostPID" in status["message"] or f"{C0}.securityContext.privileged" in status["message"], status
+    wait_until(lambda: cluster.pods_of("mallory", "sleeper") == [], what="no pod of the sleeper")
+    # Its GPUs are free again.
+    cluster.create_workload("alice", "train", gpus=8)
+    cluster.wait_for_phase("alice", "train", "Admitted")
+    assert check_state(ApiReader(cluster.core.api_client).state(), settled=True) == []
