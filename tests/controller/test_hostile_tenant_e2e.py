@@ -128,24 +128,32 @@ def test_a_hostile_tenant_gets_no_pod_no_gpu_and_stops_nobody(cluster: Cluster, 
 
 
 def test_a_template_edited_after_admission_is_judged_before_its_missing_pod_is_built(cluster: Cluster, operator_factory) -> None:
-    """The emulator calls no webhook, as a cluster whose webhook is down or not installed: the edit
-    is stored. The parser leaves holding workloads alone, so the pod creator judges the template."""
+    """The emulator calls no webhook, as a cluster whose webhook is down or not installed: the edits
+    are stored. The parser leaves holding workloads alone, so the pod creator judges the template:
+    an escalation and a poison shape each fail their workload naming the field (the poison ended
+    as an InternalError with a traceback before), and their GPUs come back."""
     cluster.add_gpu_nodes(1, gpus=8)
     cluster.apply_policy(POLICY)
     operator_factory()
-    cluster.create_workload("mallory", "sleeper", gpus=8)
-    cluster.wait_for_phase("mallory", "sleeper", "Admitted")
-    wait_until(lambda: len(cluster.pods_of("mallory", "sleeper")) == 1, what="the sleeper's pod")
-    escalated = {"spec": {"containers": [container(securityContext={"privileged": True})], "hostPID": True}}
-    cluster.custom.patch_namespaced_custom_object("gpuadmit.io", "v1alpha1", "mallory", "gpuworkloads", "sleeper",
-                                                  {"spec": {"template": escalated}})
-    cluster.core.delete_namespaced_pod("sleeper-0", "mallory", grace_period_seconds=0)
+    edits = {
+        "sleeper": ({"spec": {"containers": [container(securityContext={"privileged": True})]}},
+                    f"{C0}.securityContext.privileged"),
+        "poisoned": ({"spec": {"containers": [container(resources="junk")]}}, f"{C0}.resources"),
+    }
+    for name in edits:
+        cluster.create_workload("mallory", name, gpus=4)
+    for name in edits:
+        cluster.wait_for_phase("mallory", name, "Admitted")
+        wait_until(lambda name=name: len(cluster.pods_of("mallory", name)) == 1, what=f"{name}'s pod")
+    for name, (template, _) in edits.items():
+        cluster.custom.patch_namespaced_custom_object("gpuadmit.io", "v1alpha1", "mallory", "gpuworkloads", name,
+                                                      {"spec": {"template": template}})
+        cluster.core.delete_namespaced_pod(f"{name}-0", "mallory", grace_period_seconds=0)
 
-    status = cluster.wait_for_phase("mallory", "sleeper", "Failed")
-    assert status["reason"] == "PodRefused", status
-    assert "spec.template.spec.hostPID" in status["message"] or f"{C0}.securityContext.privileged" in status["message"], status
-    wait_until(lambda: cluster.pods_of("mallory", "sleeper") == [], what="no pod of the sleeper")
-    # Its GPUs are free again.
-    cluster.create_workload("alice", "train", gpus=8)
+    for name, (_, field) in edits.items():
+        status = cluster.wait_for_phase("mallory", name, "Failed")
+        assert status["reason"] == "PodRefused" and f"{field}:" in status["message"], status
+        wait_until(lambda name=name: cluster.pods_of("mallory", name) == [], what=f"no pod of {name}")
+    cluster.create_workload("alice", "train", gpus=8)  # every GPU is free again
     cluster.wait_for_phase("alice", "train", "Admitted")
     assert check_state(ApiReader(cluster.core.api_client).state(), settled=True) == []

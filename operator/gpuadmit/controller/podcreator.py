@@ -10,11 +10,12 @@ preempted victim's pods may still be terminating there), counting the pods in th
 at the last recount plus every pod started since. A workload whose creations are in
 flight is skipped until they end, so nothing is created twice.
 
-The template is judged by the pod-security rules in force (``core.podsecurity``) right before
+The template is judged for its shape and by the pod-security rules in force right before
 its pods are built, as Pod Security Admission judges every pod it is asked to create: the
 engine's parser leaves workloads that hold GPUs alone, so a template edited after the
 admission (while the webhook was down or not installed) would otherwise be copied into the
-missing pods unjudged. A refused template fails its workload (``PodRefused``, naming the field).
+missing pods unjudged (or, of the wrong shape, fail as an internal error). A refused template
+fails its workload (``PodRefused``, naming the field).
 
 A pod the API server refuses for good (400/422, or a 403 from an admission policy), or
 whose name a pod of another owner already has, fails its workload through ``fail_workload``:
@@ -37,7 +38,8 @@ from gpuadmit.core.errors import SpecError
 from gpuadmit.core.model import GPU_RESOURCE, Action, Decision, PlacementEntry, Reason
 from gpuadmit.core.nodes import gpu_count, gpus_used_by_node, pod_gpu_request
 from gpuadmit.core.pods import build_pods
-from gpuadmit.core.podsecurity import DEFAULT_RULES, TemplateRules, check_template
+from gpuadmit.core.podsecurity import DEFAULT_RULES, TemplateRules
+from gpuadmit.core.workload import check_pod_template
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +67,7 @@ def template_refusal(workload: Mapping[str, Any], rules: TemplateRules) -> str |
     """Why the workload's template may not become pods under ``rules`` (None: it may)."""
     spec = workload.get("spec")
     try:
-        check_template(spec.get("template") if isinstance(spec, Mapping) else None, rules)
+        check_pod_template(spec.get("template") if isinstance(spec, Mapping) else None, rules)
     except SpecError as error:
         return f"its pods were not created: {error}"
     return None
