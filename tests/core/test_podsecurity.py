@@ -366,10 +366,12 @@ def test_parser_and_webhook_agree_on_any_mix_of_fields(pod: dict[str, Any], leve
 
 
 @pytest.mark.parametrize("level", LEVELS)
-def test_a_container_device_interface_annotation_is_refused_at_every_level(level: str) -> None:
-    """Found by the hostile-tenant run: a CDI-enabled runtime injects the devices such an annotation names."""
+def test_a_device_annotation_is_refused_at_every_level(level: str) -> None:
+    """Found by the hostile-tenant run: the runtime injects the devices such an annotation names."""
     template = template_with(metadata={"annotations": {"note": "ok", "cdi.k8s.io/grab": "nvidia.com/gpu=all"}})
     error = refusal(template, TemplateRules(level=level))
     assert error.field == 'spec.template.metadata.annotations["cdi.k8s.io/grab"]'
+    crio = template_with(metadata={"annotations": {"io.kubernetes.cri-o.Devices": "/dev/nvidia0"}})
+    assert refusal(crio, TemplateRules(level=level)).field == 'spec.template.metadata.annotations["io.kubernetes.cri-o.Devices"]'
     elsewhere = template_with(metadata={"annotations": {"example.com/cdi.k8s.io": "x"}})
     assert not [field for field, _ in template_violations(elsewhere, TemplateRules(level=level)) if "metadata" in field]

@@ -16,8 +16,8 @@ field, when it holds:
    without a prefix or with one that can spell them: the ConfigMap or Secret it reads is the
    tenant's and may change at any time), a volume mounted where the NVIDIA runtime's
    ``volume-mounts`` device list is read (``/var/run/nvidia-container-devices``), and
-   Container Device Interface annotations (``cdi.k8s.io/``), through which a CDI-enabled
-   runtime injects the devices they name.
+   device annotations (Container Device Interface ``cdi.k8s.io/``, CRI-O's
+   ``io.kubernetes.cri-o.Devices``), through which a runtime injects the devices they name.
 2. **What would take the pod out of gpuadmit's hands**: ``nodeName`` (gpuadmit pins each pod
    to the node it reserved), a ``schedulerName`` other than the default scheduler, a
    ``system-`` priority class (kube-system's, which preempts everything).
@@ -88,8 +88,9 @@ DEVICE_ENV_VARS = frozenset({
 # The NVIDIA container toolkit's volume-mounts device list: a mount whose destination lies below
 # this directory names the GPUs to expose (".../all": every GPU), whatever the volume holds.
 DEVICE_MOUNT_ROOTS = ("/var/run/nvidia-container-devices", "/run/nvidia-container-devices")
-# Pod annotations a CDI-enabled runtime (containerd, CRI-O) reads as devices to inject.
-CDI_ANNOTATION_PREFIX = "cdi.k8s.io/"
+# Pod annotations a runtime reads as devices to inject: Container Device Interface ones (containerd,
+# CRI-O with CDI enabled) and CRI-O's own device annotation (honoured where a runtime handler allows it).
+DEVICE_ANNOTATION_PREFIXES = ("cdi.k8s.io/", "io.kubernetes.cri-o.devices")
 
 CONTAINER_LISTS = ("containers", "initContainers", "ephemeralContainers")
 
@@ -239,9 +240,9 @@ def _outside_accounting(
     pod: Mapping[str, Any], containers: list[tuple[str, str, Mapping[str, Any]]], annotations: Mapping[str, Any]
 ) -> Iterator[tuple[str, str]]:
     for key in annotations:
-        if isinstance(key, str) and key.lower().startswith(CDI_ANNOTATION_PREFIX):
-            yield (f'{TEMPLATE}.metadata.annotations["{key}"]', ("Container Device Interface annotations are not "
-                   "allowed: a CDI-enabled runtime injects the devices they name, which gpuadmit never reserved"))
+        if isinstance(key, str) and key.lower().startswith(DEVICE_ANNOTATION_PREFIXES):
+            yield (f'{TEMPLATE}.metadata.annotations["{key}"]', ("device annotations are not allowed: the container "
+                   "runtime injects the devices they name (Container Device Interface, CRI-O), which gpuadmit never reserved"))
     if pod.get("resourceClaims"):
         yield (f"{TEMPLATE}.spec.resourceClaims", ("Dynamic Resource Allocation claims are not allowed: "
                "gpuadmit accounts GPUs by spec.gpus only, and a claim could take devices it never reserved"))
