@@ -103,6 +103,12 @@ POISON = [
      "spec.template.spec.securityContext.sysctls"),
     ({"spec": {"containers": [container()], "securityContext": [{"runAsUser": 0}]}}, "spec.template.spec.securityContext"),
     ({"spec": {"containers": [container()], "ephemeralContainers": {"name": "e"}}}, "spec.template.spec.ephemeralContainers"),
+    # The webhook alone refused a container without an image: the engine admitted it, held its GPUs
+    # and the pod's create failed (422 on a real API server). Now both refuse it.
+    ({"spec": {"containers": [{"name": "c"}]}}, "spec.template.spec.containers[0].image"),
+    ({"spec": {"containers": [container(image="  ")]}}, "spec.template.spec.containers[0].image"),
+    ({"spec": {"containers": [container()], "initContainers": [{"name": "i", "image": 7}]}},
+     "spec.template.spec.initContainers[0].image"),
 ]
 
 

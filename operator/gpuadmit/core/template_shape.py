@@ -12,7 +12,7 @@ validating webhook alike: one piece of code):
 - ``metadata.labels`` a map of Kubernetes label keys to label values, ``metadata.annotations``
   a map of label-style keys to strings of at most 256 KiB in all (what the API server
   would refuse on the pod with a 422, refused here first, naming the field);
-- every container and init container an object, ``initContainers`` a list, and each
+- every container and init container an object with an image, ``initContainers`` a list, and each
   one's ``resources.limits`` / ``resources.requests`` a map of resource names to
   non-negative quantities, no request above its limit;
 - ``env``, ``envFrom``, ``ports``, ``volumeMounts`` and ``volumes`` lists of objects, security
@@ -89,6 +89,9 @@ def check_template_shape(template: Mapping[str, Any]) -> None:
         for index, container in enumerate(containers):
             if not isinstance(container, _MAPPINGS):
                 raise SpecError(f"{field}[{index}]", f"must be a container object, got {_type_name(container)}")
+            image = container.get("image")
+            if not isinstance(image, str) or not image.strip():
+                raise SpecError(f"{field}[{index}].image", "is required: the image to run")
             check_resources(container.get("resources"), f"{field}[{index}].resources")
             check_object_lists(container, CONTAINER_LIST_FIELDS, f"{field}[{index}]")
             check_security_context(container.get("securityContext"), f"{field}[{index}].securityContext")

@@ -195,12 +195,7 @@ def _check_containers(spec: Mapping[str, Any]) -> None:
         raise _Refusal(
             INVALID_SPEC, "spec.template.spec.containers", "must list at least one container: there is nothing to run"
         )
-    for index, container in enumerate(containers):
-        if not isinstance(container, Mapping):
-            continue  # parse_workload names it
-        image = container.get("image")
-        if not isinstance(image, str) or not image.strip():
-            raise _Refusal(INVALID_SPEC, f"spec.template.spec.containers[{index}].image", "is required: the image to run")
+    # Each container's image: core.template_shape, through parse_workload (the engine refuses it too).
 
 
 def _check_gpu_requests(spec: Mapping[str, Any]) -> None:
