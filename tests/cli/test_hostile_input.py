@@ -166,3 +166,7 @@ def test_a_yaml_flow_mapping_is_yaml_not_broken_json(tmp_path: Path) -> None:
     assert json.loads(result.stdout)["decisions"][0]["placement"] == [{"node": "n1", "gpus": 1}]
     path.write_text('{"kind": "List", "items": [}\n')
     assert_refused_in_one_line(decide(path), PROG, "not valid JSON")
+    # JSON broken far in is reported as the JSON error it is (and not read again as YAML, far slower).
+    items = ", ".join(json.dumps({"kind": "Node", "metadata": {"name": f"n{i}"}}) for i in range(20_000))
+    path.write_text('{"kind": "List", "items": [' + items + "]\n")
+    assert_refused_in_one_line(decide(path), PROG, "not valid JSON: Expecting ',' delimiter")
