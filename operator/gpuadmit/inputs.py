@@ -50,10 +50,22 @@ _YAML_ANCHOR = re.compile(r"(?:^|[\s\[{,])&[^\s\[\]{},]", re.MULTILINE)
 _YAML_ALIAS = re.compile(r"(?:^|[\s\[{,])\*[^\s\[\]{},]", re.MULTILINE)
 _FIRST_NON_SPACE = re.compile(r"\S")  # JSON or YAML: told by the first character, without copying the text
 _READ_CHUNK = 16 * 1024 * 1024
+# A file starting with '{' or '[' that stops being JSON within this many characters is read as YAML.
+MAX_YAML_FLOW_PROBE = 4096
+# An escaped UTF-16 surrogate (JSON's \ud800, YAML's \U0000d800): the loaded text may then hold half a pair.
+_ESCAPED_SURROGATE = re.compile(r"\\(?:u|U0000)[dD][89a-fA-F]")
 
 
 class InputError(Exception):
     """An input that cannot be used at all: one line for stderr, naming the file and position."""
+
+
+class _NotJson(InputError):
+    """Text that starts like JSON and is not: where it stopped being JSON (a character offset)."""
+
+    def __init__(self, message: str, position: int) -> None:
+        super().__init__(message)
+        self.position = position
 
 
 def display_name(filename: str) -> str:
@@ -120,9 +132,22 @@ def parse_documents(text: str, name: str) -> list[Any]:
     first = _FIRST_NON_SPACE.search(text)
     try:
         if first is not None and first.group() in ("{", "["):
-            documents = _load_json(text, name)
+            try:
+                documents = _load_json(text, name)
+            except _NotJson as not_json:
+                # YAML's flow style starts the same way (`{kind: List, items: []}`) and is valid input;
+                # it stops being JSON within its first keys, while broken JSON may fail megabytes in,
+                # which the far slower YAML reader is not asked to read again.
+                if not_json.position > MAX_YAML_FLOW_PROBE:
+                    raise
+                try:
+                    documents = _load_yaml(text, name)
+                except InputError:
+                    raise not_json from None
         else:
             documents = _load_yaml(text, name)
+        if _ESCAPED_SURROGATE.search(text):
+            _refuse_lone_surrogates(documents, name)
     except RecursionError:
         raise InputError(f"{name}: nested too deeply to be a Kubernetes object") from None
     except MemoryError:
@@ -136,7 +161,10 @@ def parse_documents(text: str, name: str) -> list[Any]:
 def load_json(text: str, name: str) -> Any:
     """One JSON value, any failure an ``InputError`` (for JSON-only files such as trace lists)."""
     try:
-        return json.loads(text)
+        value = json.loads(text)
+        if _ESCAPED_SURROGATE.search(text):
+            _refuse_lone_surrogates(value, name)
+        return value
     except json.JSONDecodeError as error:
         raise InputError(f"{name}: line {error.lineno} column {error.colno}: not valid JSON: {error.msg}") from None
     except RecursionError:
@@ -147,12 +175,22 @@ def load_json(text: str, name: str) -> Any:
         raise InputError(f"{name}: too large to load into memory") from None
 
 
+def _refuse_lone_surrogates(value: Any, name: str) -> None:
+    """JSON's ``"\\ud800"`` decodes to half a UTF-16 pair, which no output can encode: refuse it here
+    rather than end in a traceback when a name holding it is printed."""
+    try:
+        json.dumps(value, ensure_ascii=False, default=str).encode("utf-8")
+    except UnicodeEncodeError as error:
+        code = ord(error.object[error.start])
+        raise InputError(f"{name}: a string holds the lone UTF-16 surrogate \\u{code:04x}, which is not text") from None
+
+
 def _load_json(text: str, name: str) -> list[Any]:
     try:
         return [json.loads(text)]
     except json.JSONDecodeError as error:
         if error.msg != "Extra data":
-            raise InputError(f"{name}: line {error.lineno} column {error.colno}: not valid JSON: {error.msg}") from None
+            raise _NotJson(f"{name}: line {error.lineno} column {error.colno}: not valid JSON: {error.msg}", error.pos) from None
     except ValueError as error:
         raise InputError(f"{name}: not valid JSON: {_first_line(error)}") from None
     # Several JSON values one after another (e.g. `kubectl get -o json` run twice).
@@ -167,7 +205,7 @@ def _load_json(text: str, name: str) -> list[Any]:
         try:
             document, position = decoder.raw_decode(text, position)
         except json.JSONDecodeError as error:
-            raise InputError(f"{name}: line {error.lineno} column {error.colno}: not valid JSON: {error.msg}") from None
+            raise _NotJson(f"{name}: line {error.lineno} column {error.colno}: not valid JSON: {error.msg}", error.pos) from None
         except ValueError as error:
             raise InputError(f"{name}: not valid JSON: {_first_line(error)}") from None
         documents.append(document)

@@ -103,8 +103,17 @@ def test_a_node_at_the_cap_is_used(tmp_path: Path) -> None:
         (b"", "is empty"),
         (b"\n\n   \n", "is empty"),
         (b"---\n---\n", "holds no objects"),
+        # From the hostile-tenant run: a lone surrogate decoded from JSON ended in a traceback when printed.
+        (b'{"kind": "List", "items": [{"kind": "Node", "metadata": {"name": "n\\ud800"}, '
+         b'"status": {"allocatable": {"nvidia.com/gpu": "8"}}}]}', "lone UTF-16 surrogate \\ud800"),
+        (b"a: &a {x: 1, y: 1}\n" + b"".join(
+            b"%s: &%s {<<: [%s]}\n" % (bytes([98 + i]), bytes([98 + i]), b", ".join([b"*" + bytes([97 + i])] * 9))
+            for i in range(9)), "YAML aliases expand"),  # merge keys: the bomb through <<
+        (b"!!python/object/apply:os.system [echo pwned]\n", "could not determine a constructor"),
+        (b"kind: List\x00\nitems: []\n", "control characters are not allowed"),
     ],
-    ids=["json-5000-digits", "yaml-5000-digits", "json-deep", "yaml-deep", "not-utf8", "empty", "blank", "no-documents"],
+    ids=["json-5000-digits", "yaml-5000-digits", "json-deep", "yaml-deep", "not-utf8", "empty", "blank", "no-documents",
+         "json-lone-surrogate", "merge-key-bomb", "python-tag", "nul-byte"],
 )
 def test_broken_input_is_one_line_and_exit_2(tmp_path: Path, content: bytes, expected: str) -> None:
     path = tmp_path / "dump.yaml"
@@ -143,3 +152,21 @@ def test_a_broken_policy_file_is_one_line_and_exit_2(tmp_path: Path, content: by
     policy = tmp_path / "policy.yaml"
     policy.write_bytes(content)
     assert_refused_in_one_line(decide(dump, "--policy", str(policy)), PROG, f"--policy {policy}", expected)
+
+
+def test_a_yaml_flow_mapping_is_yaml_not_broken_json(tmp_path: Path) -> None:
+    """From the hostile-tenant run: a file starting with '{' was read as JSON only, so valid YAML in
+    flow style was refused; a real JSON error is still reported as one."""
+    path = tmp_path / "dump.yaml"
+    path.write_text("{kind: List, items: [{kind: Node, metadata: {name: n1}, status: {allocatable: {nvidia.com/gpu: '8'}}}, "
+                    "{apiVersion: gpuadmit.io/v1alpha1, kind: GPUWorkload, metadata: {name: w, namespace: team-a}, "
+                    "spec: {gpus: 1, template: {spec: {containers: [{name: c, image: busybox}]}}}}]}\n")
+    result = decide(path, "-o", "json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["decisions"][0]["placement"] == [{"node": "n1", "gpus": 1}]
+    path.write_text('{"kind": "List", "items": [}\n')
+    assert_refused_in_one_line(decide(path), PROG, "not valid JSON")
+    # JSON broken far in is reported as the JSON error it is (and not read again as YAML, far slower).
+    items = ", ".join(json.dumps({"kind": "Node", "metadata": {"name": f"n{i}"}}) for i in range(20_000))
+    path.write_text('{"kind": "List", "items": [' + items + "]\n")
+    assert_refused_in_one_line(decide(path), PROG, "not valid JSON: Expecting ',' delimiter")

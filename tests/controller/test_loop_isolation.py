@@ -46,7 +46,7 @@ def by_name(state: dict[str, list[dict]]) -> dict[str, dict]:
 
 async def test_a_holding_workload_whose_pods_cannot_be_built_fails_alone() -> None:
     """An Admitted workload with a template build_pods cannot copy (stored before the parser knew
-    better): it is marked Failed with the error, and another tenant's work is still admitted."""
+    better): it is marked Failed naming the field, and another tenant's work is still admitted."""
     with EmulatedApiServer(crds=[CRD_DIR]) as url:
         async with KubeApi(kopf.ConnectionInfo(server=url)) as api:
             await seed(api, nodes=1, workloads=0)
@@ -65,10 +65,43 @@ async def test_a_holding_workload_whose_pods_cannot_be_built_fails_alone() -> No
                         phases["good"].get("phase") == "Admitted" and len(state["pods"]) == 1 else None
                 state = await eventually(settled, what="poison Failed and good admitted with its pod")
                 status = by_name(state)["poison"]
-                assert status["reason"] == "InternalError" and "ValueError" in status["message"], status
+                # Judged before its pods are built (podcreator): the field, not a ValueError from build_pods.
+                assert status["reason"] == "PodRefused", status
+                assert "spec.template.spec.containers[0].resources:" in status["message"], status
                 assert [p["metadata"]["name"] for p in state["pods"]] == ["good-0"]
                 assert operator.loop.failed_cycles_in_a_row == 0 and operator.loop.healthy()
                 assert poison["metadata"]["uid"]  # the same object, failed: not deleted
+    assert overcommit_violations(ClusterState.from_dump(state)) == []
+
+
+async def test_an_error_while_building_one_workloads_pods_fails_it_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whatever else raises while one workload is handled (a template the checks pass but
+    build_pods cannot copy, say) marks it Failed as an internal error, and the cycle goes on."""
+    from gpuadmit.controller import podcreator
+
+    real_build_pods = podcreator.build_pods
+
+    def build_pods(workload: Any, decision: Any) -> Any:
+        if workload["metadata"]["name"] == "poison":
+            raise ValueError("cannot copy this template")
+        return real_build_pods(workload, decision)
+
+    monkeypatch.setattr(podcreator, "build_pods", build_pods)
+    with EmulatedApiServer(crds=[CRD_DIR]) as url:
+        async with KubeApi(kopf.ConnectionInfo(server=url)) as api:
+            await seed(api, nodes=1, workloads=0)
+            await create_workload(api, "poison", gpus=4)
+            await create_workload(api, "good", gpus=4)
+            async with RunningOperator(api) as operator:
+                async def settled() -> dict | None:
+                    state = await dump(api)
+                    phases = by_name(state)
+                    return state if phases["poison"].get("phase") == "Failed" and \
+                        phases["good"].get("phase") == "Admitted" and len(state["pods"]) == 1 else None
+                state = await eventually(settled, what="poison Failed and good admitted with its pod")
+                status = by_name(state)["poison"]
+                assert status["reason"] == "InternalError" and "cannot copy this template" in status["message"], status
+                assert operator.loop.failed_cycles_in_a_row == 0 and operator.loop.healthy()
     assert overcommit_violations(ClusterState.from_dump(state)) == []
 
 

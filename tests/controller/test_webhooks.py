@@ -452,6 +452,11 @@ MALFORMED_REVIEWS: dict[str, bytes] = {
     "deep-nesting": json.dumps(review_body()).encode().replace(b'"gpus": 1', b'"gpus": ' + b"[" * 5000 + b"]" * 5000),
     "deep-but-parsable": json.dumps(review_body()).encode().replace(b'"gpus": 1', b'"gpus": ' + b"[" * 300 + b"]" * 300),
     "not-json": b"{not json",
+    # From the hostile-tenant run: half a UTF-16 pair in a name or the uid (which the answer echoes).
+    "lone-surrogate-name": json.dumps(review_body()).encode().replace(b'"chat"', b'"ch\\ud800at"'),
+    "lone-surrogate-uid": json.dumps(review_body()).encode().replace(b'"uid": "', b'"uid": "\\udfff', 1),
+    "empty": b"",
+    "utf16": json.dumps(review_body()).encode("utf-16"),
 }
 
 

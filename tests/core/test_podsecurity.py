@@ -6,6 +6,9 @@ import copy
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from gpuadmit.core.errors import SpecError
 from gpuadmit.core.model import InvalidWorkload, Workload
 from gpuadmit.core.podsecurity import (
@@ -25,10 +28,9 @@ from gpuadmit.core.podsecurity import (
 )
 from gpuadmit.core.policy import DEFAULT_POLICY
 from gpuadmit.core.snapshot import ParseMemo, build_snapshot
+from gpuadmit.core.template_shape import check_template_shape
 from gpuadmit.core.validation import validate_workload
 from gpuadmit.core.workload import parse_workload
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 PLAIN = {"spec": {"containers": [{"name": "train", "image": "pytorch/pytorch", "command": ["torchrun", "train.py"]}]}}
 # What the restricted level asks of every container, and nothing more.
@@ -79,6 +81,20 @@ ALWAYS_REFUSED = [
      f"{C0}.env[0].name"),
     (None, {"env": [{"name": "NVIDIA_DRIVER_CAPABILITIES", "value": "all"}]}, f"{C0}.env[0].name"),
     (None, {"envFrom": [{"prefix": "NVIDIA_", "configMapRef": {"name": "devices"}}]}, f"{C0}.envFrom[0].prefix"),
+    # Found by the hostile-tenant run: the tenant's ConfigMap may hold NVIDIA_VISIBLE_DEVICES=all.
+    (None, {"envFrom": [{"prefix": "APP_", "configMapRef": {"name": "a"}}, {"configMapRef": {"name": "devices"}}]},
+     f"{C0}.envFrom[1].prefix"),
+    (None, {"envFrom": [{"prefix": "", "secretRef": {"name": "devices"}}]}, f"{C0}.envFrom[0].prefix"),
+    # The NVIDIA runtime's volume-mounts device list: a mount named .../all exposes every GPU.
+    ({"volumes": [{"name": "v", "emptyDir": {}}]},
+     {"volumeMounts": [{"name": "v", "mountPath": "/var/run/nvidia-container-devices/all"}]},
+     f"{C0}.volumeMounts[0].mountPath"),
+    ({"volumes": [{"name": "v", "emptyDir": {}}]},
+     {"volumeMounts": [{"name": "v", "mountPath": "//run/./nvidia-container-devices/x/../GPU-0"}]},
+     f"{C0}.volumeMounts[0].mountPath"),
+    ({"ephemeralContainers": [{"name": "e", "image": "b", "volumeMounts": [
+        {"name": "v", "mountPath": "/var/run/nvidia-container-devices"}]}]},
+     None, "spec.template.spec.ephemeralContainers[0].volumeMounts[0].mountPath"),
     ({"initContainers": [{"name": "warm", "image": "busybox", "resources": {"limits": {"nvidia.com/gpu": 1}}}]},
      None, 'spec.template.spec.initContainers[0].resources.limits["nvidia.com/gpu"]'),
     ({"initContainers": [{"name": "warm", "image": "busybox", "env": [{"name": "NVIDIA_VISIBLE_DEVICES", "value": "0"}]}]},
@@ -108,7 +124,8 @@ def test_what_the_accounting_sees_or_leaves_alone_passes() -> None:
          "initContainers": [{"name": "warm", "image": "busybox", "resources": {"limits": {"nvidia.com/gpu": "0", "cpu": 1}}}]},
         {"resources": {"limits": {"nvidia.com/gpu": 4, "memory": "64Gi", "rdma/hca": 1}},
          "env": [{"name": "NVIDIA_TF32_OVERRIDE", "value": "0"}, {"name": "NCCL_DEBUG", "value": "INFO"}],
-         "envFrom": [{"configMapRef": {"name": "settings"}}, {"prefix": "APP_", "secretRef": {"name": "s"}}]},
+         "envFrom": [{"prefix": "SETTINGS_", "configMapRef": {"name": "settings"}}, {"prefix": "APP_", "secretRef": {"name": "s"}}],
+         "volumeMounts": [{"name": "run", "mountPath": "/var/run/app"}, {"name": "nv", "mountPath": "/var/run/nvidia"}]},
     )
     check_template(allowed, TemplateRules(level=BASELINE))
 
@@ -336,9 +353,25 @@ def test_parser_and_webhook_agree_on_any_mix_of_fields(pod: dict[str, Any], leve
     parsed = parse_workload(obj, DEFAULT_POLICY, {}, pod_security=security)
     result = validate_workload(obj, pod_security=security)
     violations = list(template_violations({"spec": pod}, security.rules_for("team")))
+    try:  # a template of the wrong shape is refused for its shape first, by both
+        check_template_shape({"spec": pod})
+    except SpecError as error:
+        violations = [(error.field, str(error))]
     if violations:  # the first violation is the refusal, from both, in the same words
         assert isinstance(parsed, InvalidWorkload) and parsed.field == violations[0][0]
         assert (result.allowed, result.field, result.message) == (False, parsed.field, parsed.message)
     else:  # nothing else here is invalid for the parser; the webhook may still count GPUs in the template
         assert isinstance(parsed, Workload)
         assert result.allowed or '["nvidia.com/gpu"]' in (result.field or "")
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_a_device_annotation_is_refused_at_every_level(level: str) -> None:
+    """Found by the hostile-tenant run: the runtime injects the devices such an annotation names."""
+    template = template_with(metadata={"annotations": {"note": "ok", "cdi.k8s.io/grab": "nvidia.com/gpu=all"}})
+    error = refusal(template, TemplateRules(level=level))
+    assert error.field == 'spec.template.metadata.annotations["cdi.k8s.io/grab"]'
+    crio = template_with(metadata={"annotations": {"io.kubernetes.cri-o.Devices": "/dev/nvidia0"}})
+    assert refusal(crio, TemplateRules(level=level)).field == 'spec.template.metadata.annotations["io.kubernetes.cri-o.Devices"]'
+    elsewhere = template_with(metadata={"annotations": {"example.com/cdi.k8s.io": "x"}})
+    assert not [field for field, _ in template_violations(elsewhere, TemplateRules(level=level)) if "metadata" in field]

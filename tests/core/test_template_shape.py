@@ -10,6 +10,9 @@ from typing import Any
 
 import pytest
 import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from gpuadmit.core.engine import decide
 from gpuadmit.core.model import (
     Action,
@@ -26,8 +29,6 @@ from gpuadmit.core.template_shape import MAX_TEMPLATE_DEPTH, check_template_shap
 from gpuadmit.core.timefmt import parse_rfc3339
 from gpuadmit.core.validation import validate_workload
 from gpuadmit.core.workload import parse_workload
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 
 def container(**fields: Any) -> dict[str, Any]:
@@ -82,6 +83,32 @@ POISON = [
     ({"spec": {"containers": [container()], "restartPolicy": "Sometimes"}}, "spec.template.spec.restartPolicy"),
     ({"spec": {"containers": [container()], "affinity": nested(300)}}, "spec.template"),
     ({"spec": {"containers": [container(env=[nested(MAX_TEMPLATE_DEPTH)])]}}, "spec.template"),
+    # Found by the hostile-tenant run: a quantity too big for a float ended as "could not be read:
+    # OverflowError"; lists the pod-security checks read were skipped unseen when not lists.
+    ({"spec": {"containers": [container(resources={"limits": {"cpu": 10**400}})]}},
+     'spec.template.spec.containers[0].resources.limits["cpu"]'),
+    ({"spec": {"containers": [container(env={"NVIDIA_VISIBLE_DEVICES": "all"})]}}, "spec.template.spec.containers[0].env"),
+    ({"spec": {"containers": [container(env=["NVIDIA_VISIBLE_DEVICES=all"])]}}, "spec.template.spec.containers[0].env[0]"),
+    ({"spec": {"containers": [container(envFrom={"configMapRef": {"name": "c"}})]}}, "spec.template.spec.containers[0].envFrom"),
+    ({"spec": {"containers": [container(ports="80")]}}, "spec.template.spec.containers[0].ports"),
+    ({"spec": {"containers": [container(volumeMounts={"name": "v"})]}}, "spec.template.spec.containers[0].volumeMounts"),
+    ({"spec": {"containers": [container()], "volumes": {"hostPath": {"path": "/"}}}}, "spec.template.spec.volumes"),
+    ({"spec": {"containers": [container()], "volumes": [[{"hostPath": {"path": "/"}}]]}}, "spec.template.spec.volumes[0]"),
+    ({"spec": {"containers": [container(securityContext="privileged")]}}, "spec.template.spec.containers[0].securityContext"),
+    ({"spec": {"containers": [container(securityContext={"capabilities": {"add": "SYS_ADMIN"}})]}},
+     "spec.template.spec.containers[0].securityContext.capabilities.add"),
+    ({"spec": {"containers": [container(securityContext={"capabilities": ["SYS_ADMIN"]})]}},
+     "spec.template.spec.containers[0].securityContext.capabilities"),
+    ({"spec": {"containers": [container()], "securityContext": {"sysctls": {"name": "kernel.msgmax"}}}},
+     "spec.template.spec.securityContext.sysctls"),
+    ({"spec": {"containers": [container()], "securityContext": [{"runAsUser": 0}]}}, "spec.template.spec.securityContext"),
+    ({"spec": {"containers": [container()], "ephemeralContainers": {"name": "e"}}}, "spec.template.spec.ephemeralContainers"),
+    # The webhook alone refused a container without an image: the engine admitted it, held its GPUs
+    # and the pod's create failed (422 on a real API server). Now both refuse it.
+    ({"spec": {"containers": [{"name": "c"}]}}, "spec.template.spec.containers[0].image"),
+    ({"spec": {"containers": [container(image="  ")]}}, "spec.template.spec.containers[0].image"),
+    ({"spec": {"containers": [container()], "initContainers": [{"name": "i", "image": 7}]}},
+     "spec.template.spec.initContainers[0].image"),
 ]
 
 

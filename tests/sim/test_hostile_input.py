@@ -62,8 +62,12 @@ def test_broken_csv_is_one_line_and_exit_2(tmp_path: Path, workloads: bytes, clu
         (b'{"workloads": [{"name": "a", "submit_time": 0, "gpus": ' + b"1" * 5000 + b"}]}", "not valid JSON"),
         (b'{"workloads": [\xff]}', "not UTF-8"),
         (b'{"workloads": [', "not valid JSON"),
+        (b'{"workloads": [{"name": "a\\udfff", "submit_time": 0, "duration_s": 10, "gpus": 1}]}', "lone UTF-16 surrogate"),
+        # From the hostile-tenant run: an integer Python reads but no float holds ended in OverflowError.
+        (b'{"workloads": [{"name": "a", "submit_time": 0, "duration_s": 10, "gpus": ' + b"9" * 400 + b"}]}",
+         "column 'gpus' must be finite"),
     ],
-    ids=["deep", "5000-digits", "not-utf8", "truncated"],
+    ids=["deep", "5000-digits", "not-utf8", "truncated", "lone-surrogate", "400-digits"],
 )
 def test_broken_json_is_one_line_and_exit_2(tmp_path: Path, content: bytes, expected: str) -> None:
     assert_refused_in_one_line(simulate(tmp_path, content, CLUSTER, suffix=".json"), PROG, "w.json", expected)

@@ -68,7 +68,7 @@ from gpuadmit.core.model import (
 from gpuadmit.core.nodes import node_from_object, pod_is_terminal
 from gpuadmit.core.placement import placement_of
 from gpuadmit.core.pods import controlling_workload
-from gpuadmit.core.podsecurity import DEFAULT_LEVEL
+from gpuadmit.core.podsecurity import DEFAULT_LEVEL, TemplateRules, namespace_rules
 from gpuadmit.core.policy import parse_policy
 from gpuadmit.core.quota import Tenancy, tenancy
 from gpuadmit.core.snapshot import ParseMemo, build_snapshot
@@ -191,7 +191,7 @@ class SchedulingLoop:
         self._last_good_policy: Policy | None = None
         self._warned_default_policy = False
         self._pending_since: dict[str, float] = {}  # workload key -> when a change to it was seen
-        self.pods = PodCreator(cache, writer, self.trigger_later, self.fail_workload)
+        self.pods = PodCreator(cache, writer, self.trigger_later, self.fail_workload, self._template_rules)
         self._policy_parsed: tuple[tuple[Any, Any], Policy] | None = None
         self._parse_memo = ParseMemo()
         self._tenancy = Tenancy()
@@ -670,6 +670,10 @@ class SchedulingLoop:
         logger.error("Handling %s failed; it is marked Failed and the cycle goes on", key, exc_info=error)
         message = f"gpuadmit could not handle this workload: {type(error).__name__}: {error}"
         await self.fail_workload(key, "", desired_status.INTERNAL_ERROR, message)
+
+    def _template_rules(self, namespace: str) -> TemplateRules:
+        """The pod-security rules a namespace's templates are held to now (its cached Namespace)."""
+        return namespace_rules(self.cache.get(NAMESPACE, namespace), self.settings.pod_security_level)
 
     async def fail_workload(self, key: str, uid: str, reason: str, message: str) -> bool:
         """Mark one workload Failed with ``reason`` and ``message`` (``uid``: only that incarnation).

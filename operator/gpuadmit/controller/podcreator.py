@@ -10,6 +10,13 @@ preempted victim's pods may still be terminating there), counting the pods in th
 at the last recount plus every pod started since. A workload whose creations are in
 flight is skipped until they end, so nothing is created twice.
 
+The template is judged for its shape and by the pod-security rules in force right before
+its pods are built, as Pod Security Admission judges every pod it is asked to create: the
+engine's parser leaves workloads that hold GPUs alone, so a template edited after the
+admission (while the webhook was down or not installed) would otherwise be copied into the
+missing pods unjudged (or, of the wrong shape, fail as an internal error). A refused template
+fails its workload (``PodRefused``, naming the field).
+
 A pod the API server refuses for good (400/422, or a 403 from an admission policy), or
 whose name a pod of another owner already has, fails its workload through ``fail_workload``:
 a Failed workload holds no GPUs, so none stay reserved for a pod that cannot exist.
@@ -25,10 +32,14 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from gpuadmit.controller.cache import NODE, POD, ObjectCache, object_key
+from gpuadmit.controller.status import POD_REFUSED
 from gpuadmit.controller.writer import PodCreation, Writer, cancel_all
+from gpuadmit.core.errors import SpecError
 from gpuadmit.core.model import GPU_RESOURCE, Action, Decision, PlacementEntry, Reason
 from gpuadmit.core.nodes import gpu_count, gpus_used_by_node, pod_gpu_request
 from gpuadmit.core.pods import build_pods
+from gpuadmit.core.podsecurity import DEFAULT_RULES, TemplateRules
+from gpuadmit.core.workload import check_pod_template
 
 logger = logging.getLogger(__name__)
 
@@ -48,12 +59,25 @@ def pods_for(workload: Mapping[str, Any], placement: tuple[PlacementEntry, ...])
 
 # (workload key, workload uid, reason, message): mark that workload Failed.
 FailWorkload = Callable[[str, str, str, str], Awaitable[Any]]
+# namespace -> the pod-security rules its templates are held to now.
+RulesOf = Callable[[str], TemplateRules]
+
+
+def template_refusal(workload: Mapping[str, Any], rules: TemplateRules) -> str | None:
+    """Why the workload's template may not become pods under ``rules`` (None: it may)."""
+    spec = workload.get("spec")
+    try:
+        check_pod_template(spec.get("template") if isinstance(spec, Mapping) else None, rules)
+    except SpecError as error:
+        return f"its pods were not created: {error}"
+    return None
 
 
 class PodCreator:
     def __init__(self, cache: ObjectCache, writer: Writer, retry_later: Callable[[float], None],
-                 fail_workload: FailWorkload | None = None) -> None:
+                 fail_workload: FailWorkload | None = None, rules_of: RulesOf | None = None) -> None:
         self.cache = cache
+        self.rules_of = rules_of or (lambda _namespace: DEFAULT_RULES)
         self.writer = writer
         self.retry_later = retry_later  # asks for a later cycle when a pod had to wait or failed
         self.fail_workload = fail_workload
@@ -82,6 +106,13 @@ class PodCreator:
         returns how many were started (the others wait for a later cycle)."""
         key = object_key(workload)
         if key in self._tasks:
+            return 0
+        namespace = str((workload.get("metadata") or {}).get("namespace") or "default")
+        refusal = template_refusal(workload, self.rules_of(namespace))
+        if refusal is not None:
+            if self.fail_workload is not None:
+                uid = str((workload.get("metadata") or {}).get("uid") or "")
+                self._tasks[key] = asyncio.create_task(self._refuse(key, uid, refusal), name=f"gpuadmit refuses {key}")
             return 0
         names = {(pod.get("metadata") or {}).get("name") for pod in existing}
         to_create = []
@@ -117,6 +148,13 @@ class PodCreator:
         allocatable = gpu_count(((node.get("status") or {}).get("allocatable") or {}).get(GPU_RESOURCE))
         used = self._counted.get(node_name, 0) + self._in_flight[node_name] + self._landed[node_name]
         return used + gpus <= allocatable
+
+    async def _refuse(self, key: str, uid: str, message: str) -> None:
+        try:
+            if self.fail_workload is not None:
+                await self.fail_workload(key, uid, POD_REFUSED, message)  # its GPUs go with it
+        finally:
+            self._tasks.pop(key, None)
 
     async def _create_all(self, key: str, uid: str, pods: list[dict[str, Any]]) -> None:
         try:

@@ -25,6 +25,7 @@ TERMINAL_POD_PHASES = frozenset({"Succeeded", "Failed"})
 # would cost the engine bookkeeping in proportion (a "10M" node made every cycle take seconds).
 MAX_GPUS_PER_NODE = 1024
 
+_FLOAT_MAX = 2**1023  # ints below it convert to a finite float
 _QUANTITY = re.compile(r"^([+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)(Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E)?$")
 _SUFFIX_MULTIPLIER = {
     None: 1.0,
@@ -38,8 +39,10 @@ def parse_quantity(value: object) -> float | None:
     """A Kubernetes resource quantity (``8``, ``"8"``, ``"500m"``, ``"2k"``) as a number, else None."""
     if isinstance(value, bool):
         return None
-    if isinstance(value, (int, float)):
-        return float(value) if math.isfinite(value) else None
+    if isinstance(value, int):
+        return float(value) if abs(value) < _FLOAT_MAX else None  # float() of a 400-digit int overflows
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
     if not isinstance(value, str):
         return None
     if value.isascii() and value.isdigit():  # "8": nearly every GPU quantity, without the regex

@@ -12,8 +12,12 @@ field, when it holds:
    ``amd.com/``, ``gpu.intel.com/``, Habana, Neuron, TPU, Xilinx, Qualcomm), GPUs on init or
    ephemeral containers, and the environment variables through which the NVIDIA and AMD
    container runtimes expose devices no matter what the pod requested
-   (``NVIDIA_VISIBLE_DEVICES`` and friends, by ``value`` or ``valueFrom``, or by an
-   ``envFrom`` prefix that can spell them).
+   (``NVIDIA_VISIBLE_DEVICES`` and friends, by ``value`` or ``valueFrom``, or by ``envFrom``
+   without a prefix or with one that can spell them: the ConfigMap or Secret it reads is the
+   tenant's and may change at any time), a volume mounted where the NVIDIA runtime's
+   ``volume-mounts`` device list is read (``/var/run/nvidia-container-devices``), and
+   device annotations (Container Device Interface ``cdi.k8s.io/``, CRI-O's
+   ``io.kubernetes.cri-o.Devices``), through which a runtime injects the devices they name.
 2. **What would take the pod out of gpuadmit's hands**: ``nodeName`` (gpuadmit pins each pod
    to the node it reserved), a ``schedulerName`` other than the default scheduler, a
    ``system-`` priority class (kube-system's, which preempts everything).
@@ -34,6 +38,7 @@ engine's parser (which both call it) refuse the same templates with the same mes
 
 from __future__ import annotations
 
+import posixpath
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -79,6 +84,13 @@ DEVICE_ENV_VARS = frozenset({
     "CUDA_VISIBLE_DEVICES",
     "AMD_VISIBLE_DEVICES",
 })
+
+# The NVIDIA container toolkit's volume-mounts device list: a mount whose destination lies below
+# this directory names the GPUs to expose (".../all": every GPU), whatever the volume holds.
+DEVICE_MOUNT_ROOTS = ("/var/run/nvidia-container-devices", "/run/nvidia-container-devices")
+# Pod annotations a runtime reads as devices to inject: Container Device Interface ones (containerd,
+# CRI-O with CDI enabled) and CRI-O's own device annotation (honoured where a runtime handler allows it).
+DEVICE_ANNOTATION_PREFIXES = ("cdi.k8s.io/", "io.kubernetes.cri-o.devices")
 
 CONTAINER_LISTS = ("containers", "initContainers", "ephemeralContainers")
 
@@ -195,7 +207,7 @@ def template_violations(template: object, rules: TemplateRules = DEFAULT_RULES) 
     metadata = template.get("metadata")
     annotations = metadata.get("annotations") if isinstance(metadata, _MAPPINGS) else None
     containers = list(_containers(pod))
-    yield from _outside_accounting(pod, containers)
+    yield from _outside_accounting(pod, containers, annotations if isinstance(annotations, _MAPPINGS) else {})
     yield from _outside_gpuadmit(pod, rules)
     if rules.level != PRIVILEGED:
         yield from _baseline(pod, containers, annotations if isinstance(annotations, _MAPPINGS) else {})
@@ -225,13 +237,18 @@ def _get(obj: object, *keys: str) -> Any:
 
 
 def _outside_accounting(
-    pod: Mapping[str, Any], containers: list[tuple[str, str, Mapping[str, Any]]]
+    pod: Mapping[str, Any], containers: list[tuple[str, str, Mapping[str, Any]]], annotations: Mapping[str, Any]
 ) -> Iterator[tuple[str, str]]:
+    for key in annotations:
+        if isinstance(key, str) and key.lower().startswith(DEVICE_ANNOTATION_PREFIXES):
+            yield (f'{TEMPLATE}.metadata.annotations["{key}"]', ("device annotations are not allowed: the container "
+                   "runtime injects the devices they name (Container Device Interface, CRI-O), which gpuadmit never reserved"))
     if pod.get("resourceClaims"):
         yield (f"{TEMPLATE}.spec.resourceClaims", ("Dynamic Resource Allocation claims are not allowed: "
                "gpuadmit accounts GPUs by spec.gpus only, and a claim could take devices it never reserved"))
     for list_name, path, container in containers:
         yield from _device_env(path, container)
+        yield from _device_mounts(path, container)
         resources = container.get("resources")
         if not isinstance(resources, _MAPPINGS):
             continue
@@ -264,10 +281,32 @@ def _device_env(path: str, container: Mapping[str, Any]) -> Iterator[tuple[str, 
     env_from = container.get("envFrom")
     if isinstance(env_from, list):
         for index, item in enumerate(env_from):
-            prefix = item.get("prefix") if isinstance(item, _MAPPINGS) else None
-            if isinstance(prefix, str) and prefix and any(var.startswith(prefix) for var in DEVICE_ENV_VARS):
+            if not isinstance(item, _MAPPINGS):
+                continue  # the shape checks refuse it
+            prefix = item.get("prefix")
+            if not isinstance(prefix, str) or not prefix:
+                # The ConfigMap or Secret is the tenant's, read by the kubelet when the pod starts:
+                # whatever it holds now, it may hold NVIDIA_VISIBLE_DEVICES=all by then.
+                yield (f"{path}.envFrom[{index}].prefix", ("must be set: without a prefix the ConfigMap or Secret "
+                       "can set a device variable (NVIDIA_VISIBLE_DEVICES=all exposes every GPU of the node); "
+                       "give a prefix such as 'APP_'"))
+            elif any(var.startswith(prefix) for var in DEVICE_ENV_VARS):
                 yield (f"{path}.envFrom[{index}].prefix", (f"the prefix {prefix!r} can spell a device variable "
                        f"({', '.join(sorted(v for v in DEVICE_ENV_VARS if v.startswith(prefix)))}); choose another"))
+
+
+def _device_mounts(path: str, container: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
+    mounts = container.get("volumeMounts")
+    if not isinstance(mounts, list):
+        return
+    for index, mount in enumerate(mounts):
+        mount_path = mount.get("mountPath") if isinstance(mount, _MAPPINGS) else None
+        if not isinstance(mount_path, str):
+            continue
+        normalized = posixpath.normpath("/" + mount_path.strip().lstrip("/"))  # kubelet joins it to the root
+        if any(normalized == root or normalized.startswith(root + "/") for root in DEVICE_MOUNT_ROOTS):
+            yield (f"{path}.volumeMounts[{index}].mountPath", (f"{_show(mount_path)} is where the NVIDIA runtime "
+                   "reads the GPUs to expose (its volume-mounts device list); a template may not mount there"))
 
 
 # -- 2. what would take the pod out of gpuadmit's hands --------------------------------------

@@ -12,9 +12,12 @@ validating webhook alike: one piece of code):
 - ``metadata.labels`` a map of Kubernetes label keys to label values, ``metadata.annotations``
   a map of label-style keys to strings of at most 256 KiB in all (what the API server
   would refuse on the pod with a 422, refused here first, naming the field);
-- every container and init container an object, ``initContainers`` a list, and each
+- every container and init container an object with an image, ``initContainers`` a list, and each
   one's ``resources.limits`` / ``resources.requests`` a map of resource names to
   non-negative quantities, no request above its limit;
+- ``env``, ``envFrom``, ``ports``, ``volumeMounts`` and ``volumes`` lists of objects, security
+  contexts objects with lists of capability names and of sysctls (what the pod-security checks
+  read: a value they could not read would pass them unseen);
 - ``restartPolicy`` one of Always, OnFailure, Never when given.
 
 And the workload's name must be a valid label value (at most 63 characters), since it
@@ -40,6 +43,9 @@ MAX_KEY_PREFIX_LENGTH = 253
 MAX_ANNOTATIONS_BYTES = 256 * 1024  # the API server's limit on a pod's annotations (keys and values)
 RESOURCES_FIELDS = frozenset({"limits", "requests", "claims"})
 RESTART_POLICIES = ("Always", "OnFailure", "Never")
+# Lists of objects the pod-security checks read item by item.
+CONTAINER_LIST_FIELDS = ("env", "envFrom", "ports", "volumeMounts")
+POD_LIST_FIELDS = ("volumes",)
 
 _MAPPINGS = (dict, Mapping)
 _CONTAINERS = (dict, list)  # exact types: the common case, checked without the ABC machinery
@@ -83,7 +89,48 @@ def check_template_shape(template: Mapping[str, Any]) -> None:
         for index, container in enumerate(containers):
             if not isinstance(container, _MAPPINGS):
                 raise SpecError(f"{field}[{index}]", f"must be a container object, got {_type_name(container)}")
+            image = container.get("image")
+            if not isinstance(image, str) or not image.strip():
+                raise SpecError(f"{field}[{index}].image", "is required: the image to run")
             check_resources(container.get("resources"), f"{field}[{index}].resources")
+            check_object_lists(container, CONTAINER_LIST_FIELDS, f"{field}[{index}]")
+            check_security_context(container.get("securityContext"), f"{field}[{index}].securityContext")
+    check_object_lists(pod_spec, POD_LIST_FIELDS, f"{TEMPLATE}.spec")
+    check_security_context(pod_spec.get("securityContext"), f"{TEMPLATE}.spec.securityContext")
+    ephemeral = pod_spec.get("ephemeralContainers")
+    if ephemeral is not None and not isinstance(ephemeral, list):
+        raise SpecError(f"{TEMPLATE}.spec.ephemeralContainers", f"must be a list of containers, got {_type_name(ephemeral)}")
+
+
+def check_object_lists(owner: Mapping[str, Any], names: tuple[str, ...], field: str) -> None:
+    """Each of ``names`` absent or a list of objects: the pod-security checks read them item by
+    item and must not pass over a value they cannot read (the API server would refuse the pod)."""
+    for name in names:
+        items = owner.get(name)
+        if items is None:
+            continue
+        if not isinstance(items, list):
+            raise SpecError(f"{field}.{name}", f"must be a list of objects, got {_type_name(items)}")
+        for index, item in enumerate(items):
+            if not isinstance(item, _MAPPINGS):
+                raise SpecError(f"{field}.{name}[{index}]", f"must be an object, got {_type_name(item)}")
+
+
+def check_security_context(context: object, field: str) -> None:
+    """An object, its capability lists lists of strings and its sysctls a list of objects."""
+    if context is None:
+        return
+    if not isinstance(context, _MAPPINGS):
+        raise SpecError(field, f"must be an object, got {_type_name(context)}")
+    capabilities = context.get("capabilities")
+    if capabilities is not None:
+        if not isinstance(capabilities, _MAPPINGS):
+            raise SpecError(f"{field}.capabilities", f"must be an object, got {_type_name(capabilities)}")
+        for key in ("add", "drop"):
+            names = capabilities.get(key)
+            if names is not None and not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+                raise SpecError(f"{field}.capabilities.{key}", f"must be a list of capability names, got {_show(names)}")
+    check_object_lists(context, ("sysctls",), field)
 
 
 def check_nesting(value: object, field: str = TEMPLATE, limit: int = MAX_TEMPLATE_DEPTH) -> None:

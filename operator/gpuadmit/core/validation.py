@@ -136,12 +136,13 @@ def _check(obj: Any, old: Any, pod_security: PodSecurity = DEFAULT_POD_SECURITY)
     computed_class = None
     if spec_changed:  # an update that leaves the spec alone (labels, finalizers) is not judged on it again
         _check_containers(spec)
-        _check_pod_security(spec, _mapping(obj.get("metadata")).get("namespace"), pod_security)
         # Before the parser: a key that is reserved and also malformed is refused as reserved.
         _check_reserved_keys(obj, old, None, class_label=False)
         parsed = parse_workload(_with_name(obj), DEFAULT_POLICY, {}, pod_security=pod_security)
         if isinstance(parsed, InvalidWorkload):
             raise _Refusal(INVALID_SPEC, parsed.field or "spec", parsed.message)
+        # After the parser, so both name the same first problem (its shape checks come first).
+        _check_pod_security(spec, _mapping(obj.get("metadata")).get("namespace"), pod_security)
         _check_gpu_requests(spec)
         computed_class = parsed.workload_class
     _check_reserved_keys(obj, old, computed_class)
@@ -194,12 +195,7 @@ def _check_containers(spec: Mapping[str, Any]) -> None:
         raise _Refusal(
             INVALID_SPEC, "spec.template.spec.containers", "must list at least one container: there is nothing to run"
         )
-    for index, container in enumerate(containers):
-        if not isinstance(container, Mapping):
-            continue  # parse_workload names it
-        image = container.get("image")
-        if not isinstance(image, str) or not image.strip():
-            raise _Refusal(INVALID_SPEC, f"spec.template.spec.containers[{index}].image", "is required: the image to run")
+    # Each container's image: core.template_shape, through parse_workload (the engine refuses it too).
 
 
 def _check_gpu_requests(spec: Mapping[str, Any]) -> None:

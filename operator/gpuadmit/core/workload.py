@@ -36,7 +36,7 @@ from gpuadmit.core.model import (
     WorkloadClass,
 )
 from gpuadmit.core.placement import read_placement
-from gpuadmit.core.podsecurity import DEFAULT_POD_SECURITY, PodSecurity, check_template
+from gpuadmit.core.podsecurity import DEFAULT_POD_SECURITY, DEFAULT_RULES, PodSecurity, TemplateRules, check_template
 from gpuadmit.core.policy import whole_number
 from gpuadmit.core.template_shape import check_template_shape, check_workload_name
 from gpuadmit.core.timefmt import parse_rfc3339_or_none
@@ -327,6 +327,14 @@ def _gpu_products(value: object) -> tuple[str, ...]:
                 f"must be a product name of 1..{MAX_LABEL_VALUE_LENGTH} characters, got {_show(product)}",
             )
     return tuple(value)
+
+
+def check_pod_template(template: object, rules: TemplateRules = DEFAULT_RULES) -> None:
+    """Raise ``SpecError`` unless ``template`` may become pods now: the shape ``build_pods`` reads,
+    then the pod-security ``rules``. For the pods of a workload the parser no longer judges
+    (one that holds GPUs), whose template may have changed since its admission."""
+    _check_template(template)
+    check_template(template, rules)
 
 
 def _check_template(template: object) -> tuple[Toleration, ...]:

@@ -452,6 +452,8 @@ def _float(row: Mapping[str, Any], column: str, path: Path, line: int, default: 
         number = float(value)
     except (TypeError, ValueError):
         raise TraceError(f"{path}:{line}: column {column!r} must be a number, got {_preview(value)}") from None
+    except OverflowError:  # a JSON integer of hundreds of digits
+        number = math.inf
     if not math.isfinite(number):
         raise TraceError(f"{path}:{line}: column {column!r} must be finite, got {_preview(value)}")
     return number
