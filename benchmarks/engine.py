@@ -153,21 +153,22 @@ OTHER_PODS = 30_000
 
 def with_resources(snapshot: Snapshot, seed: int = SEED) -> Snapshot:
     """The snapshot with every resource: nodes list CPU, memory and pods; every workload requests
-    CPU and memory (some a lot per GPU, so CPU or memory binds on part of the cluster); about
-    ``OTHER_PODS`` other pods, 1-8 CPUs and 2-32 GiB each, are spread over the nodes."""
+    CPU and memory (4-22 CPUs and 32-200 GiB per GPU, of the nodes' 24 and 240: on part of the
+    cluster CPU or memory binds before GPUs); about ``OTHER_PODS`` other pods, 0.5-4 CPUs and
+    1-16 GiB each, are spread over the nodes."""
     rng = random.Random(seed + 2)
     used: dict[str, list[int]] = {}
     names = [n.name for n in snapshot.nodes]
     for _ in range(OTHER_PODS):
         node = rng.choice(names)
         held = used.setdefault(node, [0, 0, 0])
-        held[0] += rng.randint(1, 8) * 1000
-        held[1] += rng.randint(2, 32) * 2**30
+        held[0] += rng.choice((500, 1000, 2000, 4000))
+        held[1] += rng.choice((1, 2, 4, 8, 16)) * 2**30
         held[2] += 1
 
     def asks(gpus: int) -> tuple[tuple[str, int], ...]:
-        cpu = gpus * rng.choice((2_000, 4_000, 8_000, 16_000, 28_000))
-        return (("cpu", cpu), ("memory", gpus * rng.choice((16, 64, 128, 256)) * 2**30), ("pods", 1))
+        cpu = gpus * rng.choice((4_000, 8_000, 12_000, 16_000, 22_000))
+        return (("cpu", cpu), ("memory", gpus * rng.choice((32, 64, 128, 200)) * 2**30), ("pods", 1))
 
     nodes = tuple(
         dataclasses.replace(

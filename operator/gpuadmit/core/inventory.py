@@ -88,6 +88,7 @@ def describe_taint(taint: Taint) -> str:
     return f"{taint.key}={taint.value}:{taint.effect}" if taint.value else f"{taint.key}:{taint.effect}"
 
 
+UNLIMITED = 1 << 62  # what a node that does not list a basic resource has of it
 Given = tuple[int, int] | tuple[int, int, Resources]  # what release gave back on one node
 ONE_POD: Resources = (("pods", 1),)  # what a template without requests asks for
 
@@ -232,6 +233,7 @@ class _NodeLayout:
         self.resource_allocatable: list[dict[str, int]] = [dict(node.resources) for node in self.nodes]
         self.listed_resources: frozenset[str] = frozenset(r for node in self.nodes for r, _ in node.resources)
         self._labels: list[dict[str, str]] | None = None  # made when a workload first has node constraints
+        self._capacity_kinds: list[list[tuple[tuple[int, dict[str, int]], int]]] | None = None
 
         # Input position -> node index, when every name is text and unique (the usual case): lets a
         # LayoutMemo patch the GPUs used on the nodes whose object changed. None otherwise.
@@ -240,6 +242,18 @@ class _NodeLayout:
         self.index_of_position: list[int] | None = (
             [self.index_by_name[name] for name in names] if plain and len(set(names)) == len(names) else None
         )
+
+    def capacity_kinds(self, pool: int) -> list[tuple[tuple[int, dict[str, int]], int]]:
+        """((allocatable GPUs, allocatable resources), node count) of a pool's nodes, made on first use."""
+        if self._capacity_kinds is None:
+            self._capacity_kinds = []
+            for one in self.pools:
+                kinds: dict[tuple[int, tuple[tuple[str, int], ...]], int] = {}
+                for index in one.node_indices:
+                    key = (self.allocatable[index], self.nodes[index].resources)
+                    kinds[key] = kinds.get(key, 0) + 1
+                self._capacity_kinds.append([((gpus, dict(resources)), count) for (gpus, resources), count in sorted(kinds.items())])
+        return self._capacity_kinds[pool]
 
     def labels_of(self, index: int) -> dict[str, str]:
         if self._labels is None:
@@ -404,6 +418,8 @@ class Inventory:
     def rebucket(self) -> None:
         """Fill the buckets afresh from the free counts, without the stale entries lazy deletion leaves."""
         self.buckets: list[list[list[int]]] = [[[] for _ in range(pool.max_allocatable + 1)] for pool in self.pools]
+        # Per bucket, an upper bound of its nodes' free resources (None: not known yet); see _bucket_first.
+        self.bucket_max: list[list[dict[str, int] | None]] = [[None] * (pool.max_allocatable + 1) for pool in self.pools]
         for pool in self.pools:
             for index in pool.node_indices:  # ascending, so each bucket is already a valid heap
                 self.buckets[pool.index][self.free[index]].append(index)
@@ -445,6 +461,7 @@ class Inventory:
         self.free = list(other.free)
         self.count_by_free = [list(counts) for counts in other.count_by_free]
         self.buckets = [[list(heap) for heap in heaps] for heaps in other.buckets]
+        self.bucket_max = [[dict(bound) if bound is not None else None for bound in bounds] for bounds in other.bucket_max]
         self.top_free = list(other.top_free)
         self.resource_free = list(other.resource_free)  # the dicts are shared until written
         self._resources_owned = set()
@@ -544,9 +561,15 @@ class Inventory:
 
     def replicas_if_empty_with(self, pool_indices: Iterable[int], gpus_per_replica: int, need: Need) -> int:
         """``replicas_if_empty`` counting the need too: allowed nodes, and every resource's allocatable."""
+        if need.allowed is not None:  # node by node
+            return sum(
+                self._replicas_on(index, self.allocatable[index], gpus_per_replica, need, self.layout.resource_allocatable[index])
+                for p in pool_indices for index in self.pools[p].node_indices
+            )
+        # Nodes alike in GPUs and every resource hold alike: one count per kind of node.
         return sum(
-            self._replicas_on(index, self.allocatable[index], gpus_per_replica, need, self.layout.resource_allocatable[index])
-            for p in pool_indices for index in self.pools[p].node_indices
+            count * self._replicas_on(-1, gpus, gpus_per_replica, need, resources)
+            for p in pool_indices for (gpus, resources), count in self.layout.capacity_kinds(p)
         )
 
     def _replicas_on(self, index: int, gpus_free: int, g: int, need: Need, free: Mapping[str, int]) -> int:
@@ -583,7 +606,7 @@ class Inventory:
                 for resource, _ in need.requests:
                     have = free.get(resource)
                     if have is None and resource in BASIC_RESOURCES:
-                        have = 1 << 62
+                        have = UNLIMITED
                     best[resource] = max(best.get(resource, 0), have or 0)
         for resource, amount in need.requests:
             if best.get(resource, 0) < amount:
@@ -591,9 +614,15 @@ class Inventory:
         return None
 
     def max_free(self, pool_indices: Sequence[int], need: Need | None = None) -> int:
-        if need is not None:
-            return max((self.free[i] for p in pool_indices for i in self.pools[p].node_indices
-                        if self._replicas_on(i, 1, 1, need, self.resource_free[i])), default=0)
+        if need is not None:  # the fullest bucket, from the top, with a node that meets the need
+            best = 0
+            for p in pool_indices:
+                counts = self.count_by_free[p]
+                for free in range(self.top_free[p], best, -1):
+                    if counts[free] and self._bucket_first(p, free, need) is not None:
+                        best = free
+                        break
+            return best
         if len(pool_indices) == 1:  # the usual case, asked for every workload
             return self.top_free[pool_indices[0]]
         return max((self.top_free[p] for p in pool_indices), default=0)
@@ -774,6 +803,11 @@ class Inventory:
         for resource, amount in amounts:
             if resource in free:
                 free[resource] += times * amount
+        if times > 0:
+            p = self.pool_of[index]
+            bound = self.bucket_max[p][self.free[index]] if p >= 0 else None
+            if bound is not None:
+                self._raise_bound(bound, index)
 
     def freed_by(self, placement: Iterable[PlacementEntry], workload_key: str, own_pods: Mapping[tuple[str, str], int]) -> dict[int, int]:
         """Node index -> GPUs that ``release`` would add back (before clamping)."""
@@ -802,6 +836,10 @@ class Inventory:
         counts[old] -= 1
         counts[new] += 1
         heapq.heappush(self.buckets[p][new], index)
+        if self.layout.listed_resources:
+            bound = self.bucket_max[p][new]
+            if bound is not None:
+                self._raise_bound(bound, index)
         if new > self.top_free[p]:
             self.top_free[p] = new
         elif counts[self.top_free[p]] == 0:
@@ -820,11 +858,33 @@ class Inventory:
         head = self._bucket_head(p, free)
         if self._replicas_on(head, 1, 1, need, self.resource_free[head]):
             return head
+        # Each bucket keeps an upper bound of what its nodes have free of every listed resource
+        # (exact after a scan, raised as nodes enter or resources are given back): a bucket whose
+        # bound is short of the need is skipped without a scan.
+        bound = self.bucket_max[p][free]
+        if bound is not None and any(bound.get(r, 0) < a for r, a in need.requests):
+            return None
         own, pools, replicas_on, resource_free = self.free, self.pool_of, self._replicas_on, self.resource_free
-        return min(
-            (i for i in self.buckets[p][free] if own[i] == free and pools[i] == p and replicas_on(i, 1, 1, need, resource_free[i])),
-            default=None,
-        )
+        first: int | None = None
+        exact: dict[str, int] = {}
+        for i in self.buckets[p][free]:
+            if own[i] != free or pools[i] != p:
+                continue  # stale
+            if (first is None or i < first) and replicas_on(i, 1, 1, need, resource_free[i]):
+                first = i
+            self._raise_bound(exact, i)
+        self.bucket_max[p][free] = exact
+        return first
+
+    def _raise_bound(self, bound: dict[str, int], index: int) -> None:
+        """Raise a bucket's bound to cover a node's free resources (one it lacks: unlimited if basic)."""
+        free = self.resource_free[index]
+        for resource in self.layout.listed_resources:
+            have = free.get(resource)
+            if have is None:
+                have = UNLIMITED if resource in BASIC_RESOURCES else 0
+            if have > bound.get(resource, -1):
+                bound[resource] = have
 
     def _bucket_head(self, p: int, free: int) -> int:
         heap = self.buckets[p][free]
