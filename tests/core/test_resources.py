@@ -77,6 +77,8 @@ def test_quantities_are_exact_so_ten_tenths_make_one() -> None:
     assert resource_amount("memory", "1.5Gi") == 3 * 2**29
     assert resource_amount("memory", "1e3") == 1000
     assert resource_amount("cpu", "nonsense") == 0
+    assert exact_quantity("1e999999999") is None and resource_amount("cpu", "1e999999999") == 0  # at once, not a hang
+    assert exact_quantity("1e-999999999") is None
     assert pod_requests({"containers": [{"resources": {"requests": {"cpu": "100m"}}}] * 10})["cpu"] == 1000
 
 

@@ -76,10 +76,22 @@ def exact_quantity(value: object) -> Fraction | None:
     match = _QUANTITY.match(value.strip())
     if not match or len(value) > 64:
         return None
+    rough = parse_quantity(value)
+    if rough is None or abs(rough) > MAX_EXACT_QUANTITY or _exponent_too_large(match.group(1)):
+        return None  # "1e999999999" would take an exact power of ten of a billion digits
     try:
         return Fraction(match.group(1)) * _EXACT_MULTIPLIER[match.group(2)]
     except (ValueError, ZeroDivisionError, OverflowError):
         return None
+
+
+# Past this a quantity is nonsense for any resource (2**80 bytes is a million exbibytes): unreadable.
+MAX_EXACT_QUANTITY = float(2**80)
+
+
+def _exponent_too_large(number: str) -> bool:
+    exponent = number.lower().partition("e")[2]
+    return len(exponent.lstrip("+-").lstrip("0")) > 2  # beyond e±99
 
 
 # Resources counted in thousandths (kube-scheduler counts CPU in millicores); every other one in whole units.
