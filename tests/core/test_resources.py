@@ -222,11 +222,17 @@ def test_a_gpu_only_dump_builds_the_same_snapshot_and_decisions_as_before() -> N
     nodes = [node("a", cpu=None, memory=None), node("b", gpus=4, cpu=None, memory=None)]
     for n in nodes:
         del n["status"]["allocatable"]["pods"]
-    snapshot = snapshot_of(nodes, [workload("w1", gpus=4), workload("w2", gpus=4, replicas=2)])
-    assert all(w.requests == (("pods", 1),) for w in snapshot.pending)
+    workloads = [workload("w1", gpus=4), workload("w2", gpus=4, replicas=2), workload("w3", gpus=2, requests={"cpu": "8"}),
+                 workload("w4", gpus=8)]
+    snapshot = snapshot_of(nodes, workloads)
+    assert snapshot.pending[0].requests == (("pods", 1),)
     from gpuadmit.core.inventory import Inventory
     inventory = Inventory.from_snapshot(snapshot)
     assert all(inventory.need_of(w) is None for w in snapshot.pending)
+    # As before this change, when a workload carried nothing but GPUs:
+    gpus_alone = replace(snapshot, pending=tuple(replace(w, requests=()) for w in snapshot.pending))
+    assert decide(snapshot) == decide(gpus_alone)
+    assert sum(d.action == Action.ADMIT for d in decide(snapshot).decisions) == 2
 
 
 def test_the_exact_solver_honours_every_resource() -> None:
