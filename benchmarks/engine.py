@@ -7,6 +7,11 @@ them preemptible), and pending workloads of both classes and several tiers,
 sizes, gangs and product constraints. Far more is asked than is free, which
 is the expensive case (most workloads are tried and queued).
 
+Two variants: GPUs only, and every resource (``--resources``): CPU, memory and pods listed on
+every node, CPU and memory requested by every workload, and about 30,000 other pods (not
+gpuadmit's) on the nodes, whose requests count against them -- issue 11's scale case. By
+default both are printed, each size GPUs-only first.
+
 Printed per size: one cycle's seconds (wall, and CPU: on a shared machine the
 CPU figure is the one that does not depend on the neighbours), decisions per
 second, and peak memory (tracemalloc, measured in a second run so it does not
@@ -141,6 +146,59 @@ def build_pending(rng: random.Random, count: int) -> tuple[Workload, ...]:
     return tuple(pending)
 
 
+# Per GPUs on a node: CPUs (millicores) and memory (bytes) it lists, kind of the usual cloud shapes.
+CPU_PER_GPU = 24_000
+MEMORY_PER_GPU = 240 * 2**30
+OTHER_PODS = 30_000
+
+
+def with_resources(snapshot: Snapshot, seed: int = SEED) -> Snapshot:
+    """The snapshot with every resource: nodes list CPU, memory and pods; every workload requests
+    CPU and memory (4-22 CPUs and 32-200 GiB per GPU, of the nodes' 24 and 240: on part of the
+    cluster CPU or memory binds before GPUs); about ``OTHER_PODS`` other pods, 0.5-4 CPUs and
+    1-16 GiB each, are spread over the nodes."""
+    rng = random.Random(seed + 2)
+    used: dict[str, list[int]] = {}
+    names = [n.name for n in snapshot.nodes]
+    for _ in range(OTHER_PODS):
+        node = rng.choice(names)
+        held = used.setdefault(node, [0, 0, 0])
+        held[0] += rng.choice((500, 1000, 2000, 4000))
+        held[1] += rng.choice((1, 2, 4, 8, 16)) * 2**30
+        held[2] += 1
+
+    def asks(gpus: int) -> tuple[tuple[str, int], ...]:
+        cpu = gpus * rng.choice((4_000, 8_000, 12_000, 16_000, 22_000))
+        return (("cpu", cpu), ("memory", gpus * rng.choice((32, 64, 128, 200)) * 2**30), ("pods", 1))
+
+    nodes = tuple(
+        dataclasses.replace(
+            n,
+            resources=(("cpu", n.allocatable * CPU_PER_GPU), ("memory", n.allocatable * MEMORY_PER_GPU), ("pods", 110)),
+            resources_used_by_pods=tuple(zip(("cpu", "memory", "pods"), used.get(n.name, (0, 0, 0)), strict=True)),
+        )
+        for n in snapshot.nodes
+    )
+    holding = []
+    for w in snapshot.holding:
+        requests = asks(w.gpus_per_replica)
+        placement = tuple(dataclasses.replace(e, resources=tuple((r, a * e.replicas) for r, a in requests)) for e in w.placement)
+        holding.append(dataclasses.replace(w, requests=requests, placement=placement))
+    pending = tuple(dataclasses.replace(w, requests=asks(w.gpus_per_replica)) for w in snapshot.pending)
+    # The holding workloads' pods are on their nodes too (own pods): their requests count there once.
+    own = {(w.key, e.node): e.resources for w in holding for e in w.placement}
+    on_node: dict[str, dict[str, int]] = {}
+    for (_, node), resources in own.items():
+        for resource, amount in resources:
+            on_node.setdefault(node, {})[resource] = on_node.setdefault(node, {}).get(resource, 0) + amount
+    nodes = tuple(
+        dataclasses.replace(n, resources_used_by_pods=tuple(
+            (r, a + on_node.get(n.name, {}).get(r, 0)) for r, a in n.resources_used_by_pods))
+        for n in nodes
+    )
+    return dataclasses.replace(snapshot, nodes=nodes, holding=tuple(holding), pending=pending, resources_of_own_pods=own)
+
+
 def build_snapshot(pending_count: int, seed: int = SEED) -> Snapshot:
     rng = random.Random(seed)
     nodes = build_nodes(rng)
@@ -154,8 +212,10 @@ def build_snapshot(pending_count: int, seed: int = SEED) -> Snapshot:
     return Snapshot(nodes=nodes, holding=holding, pending=pending, policy=POLICY, now=NOW, gpus_of_own_pods=own_pods)
 
 
-def measure(pending_count: int, layouts: LayoutMemo | None = None) -> dict[str, float]:
+def measure(pending_count: int, layouts: LayoutMemo | None = None, resources: bool = False) -> dict[str, float]:
     snapshot = build_snapshot(pending_count)
+    if resources:
+        snapshot = with_resources(snapshot)
     started, started_cpu = time.perf_counter(), time.process_time()
     result = decide(snapshot, layouts=layouts)
     seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - started_cpu
@@ -178,20 +238,32 @@ def measure(pending_count: int, layouts: LayoutMemo | None = None) -> dict[str, 
 
 
 def main(argv: list[str] | None = None) -> None:
-    argparse.ArgumentParser(prog="python -m benchmarks.engine", description=__doc__.split("\n")[0]).parse_args(argv if argv is not None else [])  # --help; no sizes to choose
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.engine", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=lambda text: tuple(int(x) for x in text.split(",")), default=PENDING_SIZES,
+                        help="pending workloads per cycle, comma-separated (default: %(default)s)")
+    variant = parser.add_mutually_exclusive_group()
+    variant.add_argument("--gpus-only", action="store_true", help="only the GPU-only variant")
+    variant.add_argument("--resources", action="store_true", help="only the every-resource variant")
+    args = parser.parse_args(argv if argv is not None else [])
+    variants = [False] if args.gpus_only else [True] if args.resources else [False, True]
     print(f"{NODES:,} nodes ({', '.join(sorted({k[0] for k in NODE_KINDS}))}), seeded; decide() on one cycle")
-    header = f"{'pending':>9} {'cycle s':>8} {'CPU s':>6} {'decisions/s':>12} {'peak MiB':>9} {'admitted':>9} {'queued':>8} {'rejected':>9} {'preempted':>10}"
+    print(f"every resource: CPU/memory/pods on nodes, CPU and memory on every workload, {OTHER_PODS:,} other pods")
+    header = f"{'variant':>10} {'pending':>9} {'cycle s':>8} {'CPU s':>6} {'decisions/s':>12} {'peak MiB':>9} {'admitted':>9} {'queued':>8} {'rejected':>9} {'preempted':>10}"
     print(header)
     print("-" * len(header))
-    layouts = LayoutMemo()  # the nodes are the same at every size: kept, as the operator keeps them between cycles
-    for size in PENDING_SIZES:
-        row = measure(size, layouts)
-        print(
-            f"{row['pending']:>9,} {row['seconds']:>8.2f} {row['cpu_seconds']:>6.2f} {row['per_second']:>12,.0f} {row['peak_mib']:>9.1f} "
-            f"{row['admitted']:>9,} {row['queued']:>8,} {row['rejected']:>9,} {row['preempted']:>10,}",
-            flush=True,
-        )
+    layouts = {False: LayoutMemo(), True: LayoutMemo()}  # the nodes are the same at every size: kept, as the operator keeps them
+    for size in args.sizes:
+        for resources in variants:
+            row = measure(size, layouts[resources], resources)
+            print(
+                f"{'resources' if resources else 'GPUs only':>10} {row['pending']:>9,} {row['seconds']:>8.2f} {row['cpu_seconds']:>6.2f} {row['per_second']:>12,.0f} {row['peak_mib']:>9.1f} "
+                f"{row['admitted']:>9,} {row['queued']:>8,} {row['rejected']:>9,} {row['preempted']:>10,}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":
+    import sys
+
     main(sys.argv[1:])

@@ -70,13 +70,14 @@ def solve_exact(snapshot: Snapshot, time_limit_s: float = 30) -> CycleResult:
         g, replicas = candidate.workload.gpus_per_replica, candidate.workload.replicas
         bonus = candidate.effective_margin - candidate.best_margin
         for j, option in enumerate(candidate.options):
-            nodes = [
-                index
+            room = {
+                index: inventory.free[index] // g if option.need is None else inventory.replicas_fitting_on(index, g, option.need)
                 for p in option.pools
                 for index in inventory.pools[p].node_indices
                 if inventory.free[index] >= g
-            ]
-            if sum(min(replicas, inventory.free[n] // g) for n in nodes) < replicas:
+            }
+            nodes = [index for index, fit in room.items() if fit > 0]
+            if sum(min(replicas, room[n]) for n in nodes) < replicas:
                 continue
             y_column = len(objective)
             objective.append(-(option.margin + bonus) * candidate.workload.total_gpus)
@@ -88,7 +89,7 @@ def solve_exact(snapshot: Snapshot, time_limit_s: float = 30) -> CycleResult:
                 replica_columns.append((index, len(objective)))
                 objective.append(0.0)
                 lower.append(0)
-                upper.append(min(replicas, inventory.free[index] // g))
+                upper.append(min(replicas, room[index]))
                 integrality.append(1)
             choices.append((i, j, y_column, replica_columns))
 
@@ -112,14 +113,20 @@ def solve_exact(snapshot: Snapshot, time_limit_s: float = 30) -> CycleResult:
 
         by_candidate: dict[int, list[int]] = {}
         by_node: dict[int, list[tuple[int, float]]] = {}
+        # One more knapsack row per node and resource beyond GPUs that some replica there requests.
+        by_node_resource: dict[tuple[int, str], list[tuple[int, float]]] = {}
         training_by_product: dict[str, list[tuple[int, float]]] = {}
         for i, j, y_column, replica_columns in choices:
             candidate = candidates[i]
             g, replicas = candidate.workload.gpus_per_replica, candidate.workload.replicas
             by_candidate.setdefault(i, []).append(y_column)
             add_row([(c, 1.0) for _, c in replica_columns] + [(y_column, -float(replicas))], 0.0, 0.0)
+            need = candidate.options[j].need
             for index, column in replica_columns:
                 by_node.setdefault(index, []).append((column, float(g)))
+                for resource, amount in need.requests if need is not None else ():
+                    if resource in inventory.resource_free[index]:
+                        by_node_resource.setdefault((index, resource), []).append((column, float(amount)))
             product = candidate.options[j].product
             if candidate.is_training and product in cycle.training_cap:
                 training_by_product.setdefault(product, []).append((y_column, float(candidate.workload.total_gpus)))
@@ -128,6 +135,8 @@ def solve_exact(snapshot: Snapshot, time_limit_s: float = 30) -> CycleResult:
                 add_row([(c, 1.0) for c in columns], 0.0, 1.0)
         for index, terms in sorted(by_node.items()):
             add_row(terms, 0.0, float(inventory.free[index]))
+        for (index, resource), terms in sorted(by_node_resource.items()):
+            add_row(terms, 0.0, float(max(0, inventory.resource_free[index][resource])))
         for product, terms in sorted(training_by_product.items()):
             headroom = max(0, cycle.training_cap[product] - cycle.training_used.get(product, 0))
             add_row(terms, 0.0, float(headroom))
@@ -164,8 +173,11 @@ def solve_exact(snapshot: Snapshot, time_limit_s: float = 30) -> CycleResult:
                 continue
             candidate = candidates[i]
             g = candidate.workload.gpus_per_replica
+            need = candidate.options[j].need
+            asks = need.requests if need is not None else ()
             placement = tuple(
-                PlacementEntry(node=inventory.nodes[index].name, gpus=count * g, replicas=count)
+                PlacementEntry(node=inventory.nodes[index].name, gpus=count * g, replicas=count,
+                               resources=tuple((r, a * count) for r, a in asks))
                 for index, column in replica_columns
                 for count in (int(round(x[column])),)  # noqa: RUF046 - numpy before 2.0 rounds to a float
                 if count > 0

@@ -39,7 +39,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
 
-from .model import GpuNode, PlacementEntry, Snapshot, Taint, Toleration, Workload
+from .affinity import node_matches
+from .model import GpuNode, NodeConstraints, PlacementEntry, Resources, Snapshot, Taint, Toleration, Workload
+from .nodes import BASIC_RESOURCES
 
 # Taint effects that keep new pods off a node; PreferNoSchedule is only a hint.
 HARD_TAINT_EFFECTS = frozenset({"NoSchedule", "NoExecute"})
@@ -86,12 +88,35 @@ def describe_taint(taint: Taint) -> str:
     return f"{taint.key}={taint.value}:{taint.effect}" if taint.value else f"{taint.key}:{taint.effect}"
 
 
+UNLIMITED = 1 << 62  # what a node that does not list a basic resource has of it
+Given = tuple[int, int] | tuple[int, int, Resources]  # what release gave back on one node
+ONE_POD: Resources = (("pods", 1),)  # what a template without requests asks for
+
+
 def workload_shape(workload: Workload) -> tuple:
-    """What decides which nodes a workload may use: products, memory, tolerations."""
+    """What decides which nodes a workload may use: products, memory, tolerations (the pools'
+    part, the first three), then -- only when there is any -- what it needs per replica beyond
+    GPUs: requests, node constraints, nodes to avoid (checked node by node)."""
     products = workload.gpu_products
     if len(products) > 1:
         products = tuple(sorted(set(products)))
-    return (tuple(products), whole(workload.min_gpu_memory_mib), tuple(workload.tolerations))
+    shape = (tuple(products), whole(workload.min_gpu_memory_mib), tuple(workload.tolerations))
+    requests, constraints, avoided = workload.requests, workload.node_constraints, workload.avoided_nodes
+    if (requests and requests != ONE_POD) or constraints or avoided:
+        return (*shape, requests, constraints, avoided)
+    if requests:
+        return (*shape, requests)
+    return shape
+
+
+@dataclass(frozen=True, slots=True)
+class Need:
+    """What a replica needs of a node beyond GPUs and its pool: the requests the ledger counts
+    (per replica), and the nodes its constraints allow (None: all)."""
+
+    requests: Resources
+    allowed: frozenset[int] | None
+    constrained_out: int = 0  # eligible-by-pool nodes its node constraints or avoided nodes rule out
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +141,7 @@ class Exclusions:
     too_little_memory: int = 0
     untolerated_taint: int = 0
     unschedulable: int = 0
+    unmatched_constraints: int = 0  # nodeSelector / required node affinity / nodes to avoid
     example_taint: str = ""
     example_unschedulable_reason: str = ""
 
@@ -130,6 +156,9 @@ class Exclusions:
         if self.unschedulable:
             why = f" ({self.example_unschedulable_reason})" if self.example_unschedulable_reason else ""
             parts.append(f"{self.unschedulable} are unschedulable{why}")
+        if self.unmatched_constraints:
+            parts.append(f"{self.unmatched_constraints} do not match its nodeSelector or required node affinity "
+                         "(or are avoided after an Unschedulable report)")
         return "; ".join(parts)
 
 
@@ -143,6 +172,24 @@ def whole(value: object) -> int:
 
 def _own_pods_on(own_pods: Mapping[tuple[str, str], int], key: str, node: str) -> int:
     return whole(own_pods.get((key, node), 0))
+
+
+def _beyond(held: Resources, own: Resources) -> Resources:
+    """Per resource, what a reservation holds beyond what its own pods already request."""
+    if not own:
+        return held
+    mine = dict(own)
+    return tuple((r, max(0, a - mine.get(r, 0))) for r, a in held)
+
+
+def _most(held: Resources, own: Resources) -> Resources:
+    """Per resource, the larger of a reservation and what its own pods request."""
+    if not own:
+        return held
+    most = dict(held)
+    for r, a in own:
+        most[r] = max(most.get(r, 0), a)
+    return tuple(sorted(most.items()))
 
 
 class _NodeLayout:
@@ -180,6 +227,14 @@ class _NodeLayout:
             )
         self.eligible_cache: dict[tuple, tuple[int, ...]] = {}
         self.exclusions_cache: dict[tuple, Exclusions] = {}
+        self.need_cache: dict[tuple, Need | None] = {}
+        # Every resource beyond GPUs some node lists: the ledger counts these (requests for the basic
+        # ones no node lists are not counted; see core.nodes.BASIC_RESOURCES).
+        self.resource_allocatable: list[dict[str, int]] = [dict(node.resources) for node in self.nodes]
+        self.listed_resources: frozenset[str] = frozenset(r for node in self.nodes for r, _ in node.resources)
+        self._labels: list[dict[str, str]] | None = None  # made when a workload first has node constraints
+        self._capacity_kinds: list[list[tuple[tuple[int, dict[str, int]], int]]] | None = None
+
         # Input position -> node index, when every name is text and unique (the usual case): lets a
         # LayoutMemo patch the GPUs used on the nodes whose object changed. None otherwise.
         names = [node.name for node in nodes]
@@ -188,11 +243,30 @@ class _NodeLayout:
             [self.index_by_name[name] for name in names] if plain and len(set(names)) == len(names) else None
         )
 
+    def capacity_kinds(self, pool: int) -> list[tuple[tuple[int, dict[str, int]], int]]:
+        """((allocatable GPUs, allocatable resources), node count) of a pool's nodes, made on first use."""
+        if self._capacity_kinds is None:
+            self._capacity_kinds = []
+            for one in self.pools:
+                kinds: dict[tuple[int, tuple[tuple[str, int], ...]], int] = {}
+                for index in one.node_indices:
+                    key = (self.allocatable[index], self.nodes[index].resources)
+                    kinds[key] = kinds.get(key, 0) + 1
+                self._capacity_kinds.append([((gpus, dict(resources)), count) for (gpus, resources), count in sorted(kinds.items())])
+        return self._capacity_kinds[pool]
+
+    def labels_of(self, index: int) -> dict[str, str]:
+        if self._labels is None:
+            self._labels = [dict(node.labels) for node in self.nodes]
+        return self._labels[index]
+
 
 def _same_shape(a: GpuNode, b: GpuNode) -> bool:
-    """Equal in everything a layout is derived from (all but the GPUs used by pods)."""
-    return (a.name, a.allocatable, a.product, a.memory_mib, a.schedulable, a.taints, a.unschedulable_reason) == (
-        b.name, b.allocatable, b.product, b.memory_mib, b.schedulable, b.taints, b.unschedulable_reason)
+    """Equal in everything a layout is derived from (all but what pods use)."""
+    return (a.name, a.allocatable, a.product, a.memory_mib, a.schedulable, a.taints, a.unschedulable_reason,
+            a.labels, a.resources) == (
+        b.name, b.allocatable, b.product, b.memory_mib, b.schedulable, b.taints, b.unschedulable_reason,
+        b.labels, b.resources)
 
 
 def _unique_by_name(nodes: Sequence[GpuNode]) -> dict[str, GpuNode]:
@@ -253,6 +327,9 @@ class LayoutMemo:
                 for position, (new, old) in enumerate(zip(nodes, previous, strict=True)):
                     if new is not old:
                         ledger.adjust(positions[position], whole(old.gpus_used_by_pods) - whole(new.gpus_used_by_pods))
+                        if new.resources_used_by_pods != old.resources_used_by_pods:
+                            ledger.adjust_resources(positions[position], old.resources_used_by_pods, 1)
+                            ledger.adjust_resources(positions[position], new.resources_used_by_pods, -1)
                 if ledger.stale_entries() > 2 * len(nodes) + 64:
                     ledger.rebucket()
         self._nodes = nodes
@@ -270,6 +347,7 @@ class Inventory:
         *,
         strategy: PlacementStrategy = BEST_FIT,
         layouts: LayoutMemo | None = None,
+        own_pod_resources: Mapping[tuple[str, str], Resources] | None = None,
     ) -> None:
         if strategy not in (BEST_FIT, SPREAD):
             raise ValueError(f"unknown placement strategy {strategy!r} (known: {BEST_FIT}, {SPREAD})")
@@ -280,6 +358,7 @@ class Inventory:
         self.strategy: PlacementStrategy = strategy
         # Reservations, summed per node first (raw counts add up in any order): one adjust per node.
         own_pods = gpus_of_own_pods or {}
+        self.own_pod_resources: Mapping[tuple[str, str], Resources] = own_pod_resources or {}
         reserved: dict[int, int] = {}
         for workload in holding:
             for entry in workload.placement:
@@ -289,6 +368,8 @@ class Inventory:
                     if own_pods:
                         gpus = max(0, gpus - _own_pods_on(own_pods, workload.key, entry.node))
                     reserved[index] = reserved.get(index, 0) + gpus
+                    if entry.resources:
+                        self.adjust_resources(index, _beyond(entry.resources, self.own_pod_resources.get((workload.key, entry.node), ())), -1)
         for index, gpus in reserved.items():
             self.adjust(index, -gpus)
 
@@ -296,6 +377,7 @@ class Inventory:
     def _after_pods_of(cls, layout: _NodeLayout, nodes: Sequence[GpuNode]) -> Inventory:
         ledger = object.__new__(cls)
         ledger.strategy = BEST_FIT
+        ledger.own_pod_resources = {}
         ledger._fill_after_pods(layout, nodes)
         return ledger
 
@@ -319,10 +401,25 @@ class Inventory:
                 self.count_by_free[pool.index][self.free[index]] += 1
         self.rebucket()
         self.top_free: list[int] = [self._scan_top(pool.index, pool.max_allocatable) for pool in self.pools]
+        # Raw free amount of every listed resource beyond GPUs, per node (may go negative: overbooked).
+        # Copy on write: a copy shares the dicts, and whoever changes one copies it first.
+        self.resource_free: list[dict[str, int]] = [dict(free) for free in layout.resource_allocatable]
+        self._resources_owned: set[int] = set(range(len(self.nodes)))
+        if layout.index_of_position is not None:
+            for index, node in zip(layout.index_of_position, nodes, strict=True):
+                if node.resources_used_by_pods:
+                    self.adjust_resources(index, node.resources_used_by_pods, -1)
+        else:
+            current = _unique_by_name(nodes)
+            for index, node in enumerate(self.nodes):
+                if current[node.name].resources_used_by_pods:
+                    self.adjust_resources(index, current[node.name].resources_used_by_pods, -1)
 
     def rebucket(self) -> None:
         """Fill the buckets afresh from the free counts, without the stale entries lazy deletion leaves."""
         self.buckets: list[list[list[int]]] = [[[] for _ in range(pool.max_allocatable + 1)] for pool in self.pools]
+        # Per bucket, an upper bound of its nodes' free resources (None: not known yet); see _bucket_first.
+        self.bucket_max: list[list[dict[str, int] | None]] = [[None] * (pool.max_allocatable + 1) for pool in self.pools]
         for pool in self.pools:
             for index in pool.node_indices:  # ascending, so each bucket is already a valid heap
                 self.buckets[pool.index][self.free[index]].append(index)
@@ -341,17 +438,20 @@ class Inventory:
         self.pool_of = layout.pool_of
         self._eligible_cache = layout.eligible_cache
         self._exclusions_cache = layout.exclusions_cache
+        self._need_cache = layout.need_cache
 
     @classmethod
     def from_snapshot(
         cls, snapshot: Snapshot, *, strategy: PlacementStrategy = BEST_FIT, layouts: LayoutMemo | None = None,
     ) -> Inventory:
-        return cls(snapshot.nodes, snapshot.holding, snapshot.gpus_of_own_pods, strategy=strategy, layouts=layouts)
+        return cls(snapshot.nodes, snapshot.holding, snapshot.gpus_of_own_pods, strategy=strategy, layouts=layouts,
+                   own_pod_resources=snapshot.resources_of_own_pods)
 
     def copy(self) -> Inventory:
         """An independent ledger with the same free counts (pools and caches are shared, read-only)."""
         clone = object.__new__(Inventory)
         clone.strategy = self.strategy
+        clone.own_pod_resources = self.own_pod_resources
         clone._copy_ledger(self)
         return clone
 
@@ -361,13 +461,17 @@ class Inventory:
         self.free = list(other.free)
         self.count_by_free = [list(counts) for counts in other.count_by_free]
         self.buckets = [[list(heap) for heap in heaps] for heaps in other.buckets]
+        self.bucket_max = [[dict(bound) if bound is not None else None for bound in bounds] for bounds in other.bucket_max]
         self.top_free = list(other.top_free)
+        self.resource_free = list(other.resource_free)  # the dicts are shared until written
+        self._resources_owned = set()
+        other._resources_owned = set()
 
     # --- eligibility -------------------------------------------------------
 
     def eligible_pools(self, workload: Workload, shape: tuple | None = None) -> tuple[int, ...]:
         """Pools whose nodes the workload may use (product, memory, tolerations), cached by shape."""
-        shape = shape or workload_shape(workload)
+        shape = (shape or workload_shape(workload))[:3]
         cached = self._eligible_cache.get(shape)
         if cached is None:
             products, min_memory, tolerations = shape
@@ -390,11 +494,38 @@ class Inventory:
             cached = self._exclusions_cache[shape] = self._count_exclusions(shape)
         return cached
 
+    def need_of(self, workload: Workload, shape: tuple | None = None) -> Need | None:
+        """What the workload's replicas need of a node beyond GPUs and pools, or None when nothing
+        (the GPU-only case, placed exactly as by GPUs alone). Cached by shape."""
+        shape = shape or workload_shape(workload)
+        if len(shape) == 3:
+            return None
+        if shape in self._need_cache:
+            return self._need_cache[shape]
+        listed = self.layout.listed_resources
+        counted = tuple((r, a) for r, a in workload.requests if a > 0 and (r in listed or r not in BASIC_RESOURCES))
+        allowed: frozenset[int] | None = None
+        constrained_out = 0
+        if workload.node_constraints or workload.avoided_nodes:
+            allowed = frozenset(
+                index for index, node in enumerate(self.nodes)
+                if node.name not in workload.avoided_nodes and node_matches(workload.node_constraints, node.name, self.layout.labels_of(index))
+            )
+            constrained_out = sum(
+                1 for p in self.eligible_pools(workload, shape) for index in self.pools[p].node_indices if index not in allowed
+            )
+        need = None if not counted and allowed is None else Need(counted, allowed, constrained_out)
+        self._need_cache[shape] = need
+        return need
+
     def _count_exclusions(self, shape: tuple) -> Exclusions:
-        products, min_memory, tolerations = shape
-        counts = {"wrong_product": 0, "too_little_memory": 0, "untolerated_taint": 0, "unschedulable": 0}
+        products, min_memory, tolerations = shape[:3]
+        constraints: NodeConstraints = shape[4] if len(shape) > 4 else NodeConstraints()
+        avoided: frozenset[str] = shape[5] if len(shape) > 5 else frozenset()
+        counts = {"wrong_product": 0, "too_little_memory": 0, "untolerated_taint": 0, "unschedulable": 0,
+                  "unmatched_constraints": 0}
         example_taint = example_reason = ""
-        for node in self.nodes:
+        for index, node in enumerate(self.nodes):
             if products and node.product not in products:
                 counts["wrong_product"] += 1
             elif whole(node.memory_mib) < min_memory:
@@ -407,6 +538,8 @@ class Inventory:
                 if blocking:
                     counts["untolerated_taint"] += 1
                     example_taint = example_taint or describe_taint(blocking[0])
+                elif node.name in avoided or not node_matches(constraints, node.name, self.layout.labels_of(index)):
+                    counts["unmatched_constraints"] += 1
         return Exclusions(**counts, example_taint=example_taint, example_unschedulable_reason=example_reason)
 
     def pools_by_product(self, pool_indices: Iterable[int]) -> dict[str, tuple[int, ...]]:
@@ -426,14 +559,85 @@ class Inventory:
         """Replicas of this size the pools' nodes could hold if nothing ran on them."""
         return sum(count * (alloc // gpus_per_replica) for pool in pools for alloc, count in pool.allocatable_histogram)
 
-    def max_free(self, pool_indices: Sequence[int]) -> int:
+    def replicas_if_empty_with(self, pool_indices: Iterable[int], gpus_per_replica: int, need: Need) -> int:
+        """``replicas_if_empty`` counting the need too: allowed nodes, and every resource's allocatable."""
+        if need.allowed is not None:  # node by node
+            return sum(
+                self._replicas_on(index, self.allocatable[index], gpus_per_replica, need, self.layout.resource_allocatable[index])
+                for p in pool_indices for index in self.pools[p].node_indices
+            )
+        # Nodes alike in GPUs and every resource hold alike: one count per kind of node.
+        return sum(
+            count * self._replicas_on(-1, gpus, gpus_per_replica, need, resources)
+            for p in pool_indices for (gpus, resources), count in self.layout.capacity_kinds(p)
+        )
+
+    def _replicas_on(self, index: int, gpus_free: int, g: int, need: Need, free: Mapping[str, int]) -> int:
+        """Replicas of ``g`` GPUs and the need's requests that ``gpus_free`` GPUs and ``free`` hold on a node."""
+        if need.allowed is not None and index not in need.allowed:
+            return 0
+        count = gpus_free // g
+        for resource, amount in need.requests:
+            have = free.get(resource)
+            if have is None:
+                if resource not in BASIC_RESOURCES:
+                    return 0  # an extended resource the node does not list: it has none
+                continue
+            count = min(count, max(0, have) // amount)
+            if not count:
+                return 0
+        return count
+
+    def replicas_fitting_on(self, index: int, gpus_per_replica: int, need: Need) -> int:
+        """Replicas that fit on one node now, in its free GPUs and every resource of the need."""
+        return self._replicas_on(index, self.free[index], gpus_per_replica, need, self.resource_free[index])
+
+    def shortage(self, pool_indices: Iterable[int], gpus_per_replica: int, need: Need, *, if_empty: bool = False) -> tuple[str, int] | None:
+        """The resource that binds a replica on the allowed nodes with enough GPUs (now, or if they
+        were empty): (resource, the most any such node offers) for the first one short on all of
+        them; None when each is offered somewhere (then it is their combination, or the gang)."""
+        best: dict[str, int] = {}
+        for p in pool_indices:
+            for index in self.pools[p].node_indices:
+                gpus = self.allocatable[index] if if_empty else self.free[index]
+                if gpus < gpus_per_replica or (need.allowed is not None and index not in need.allowed):
+                    continue
+                free = self.layout.resource_allocatable[index] if if_empty else self.resource_free[index]
+                for resource, _ in need.requests:
+                    have = free.get(resource)
+                    if have is None and resource in BASIC_RESOURCES:
+                        have = UNLIMITED
+                    best[resource] = max(best.get(resource, 0), have or 0)
+        for resource, amount in need.requests:
+            if best.get(resource, 0) < amount:
+                return resource, max(0, best.get(resource, 0))
+        return None
+
+    def max_free(self, pool_indices: Sequence[int], need: Need | None = None) -> int:
+        if need is not None:  # the fullest bucket, from the top, with a node that meets the need
+            best = 0
+            for p in pool_indices:
+                counts = self.count_by_free[p]
+                for free in range(self.top_free[p], best, -1):
+                    if counts[free] and self._bucket_first(p, free, need) is not None:
+                        best = free
+                        break
+            return best
         if len(pool_indices) == 1:  # the usual case, asked for every workload
             return self.top_free[pool_indices[0]]
         return max((self.top_free[p] for p in pool_indices), default=0)
 
-    def replicas_that_fit(self, pool_indices: Iterable[int], gpus_per_replica: int, enough: int | None = None) -> int:
-        """Replicas of this size that fit in free GPUs now (stops counting at ``enough``)."""
+    def replicas_that_fit(self, pool_indices: Iterable[int], gpus_per_replica: int, enough: int | None = None,
+                          need: Need | None = None) -> int:
+        """Replicas of this size that fit in free GPUs (and the need's resources) now (stops counting at ``enough``)."""
         total = 0
+        if need is not None:  # node by node
+            for p in pool_indices:
+                for index in self.pools[p].node_indices:
+                    total += self._replicas_on(index, self.free[index], gpus_per_replica, need, self.resource_free[index])
+                    if enough is not None and total >= enough:
+                        return total
+            return total
         for p in pool_indices:
             counts = self.count_by_free[p]
             for free in range(gpus_per_replica, self.top_free[p] + 1):
@@ -443,7 +647,13 @@ class Inventory:
                         return total
         return total
 
-    def fits(self, pool_indices: Sequence[int], gpus_per_replica: int, replicas: int) -> bool:
+    def fits(self, pool_indices: Sequence[int], gpus_per_replica: int, replicas: int, need: Need | None = None) -> bool:
+        if need is not None:
+            if not self.fits(pool_indices, gpus_per_replica, replicas):
+                return False
+            if replicas == 1:
+                return self.choose_node(pool_indices, gpus_per_replica, need) is not None
+            return self.replicas_that_fit(pool_indices, gpus_per_replica, replicas, need) >= replicas
         if replicas == 1:
             top_free = self.top_free
             return any(top_free[p] >= gpus_per_replica for p in pool_indices)
@@ -454,8 +664,9 @@ class Inventory:
 
     # --- placing and releasing --------------------------------------------
 
-    def best_fit_node(self, pool_indices: Sequence[int], gpus_per_replica: int) -> int | None:
-        """The eligible node with the smallest free count ≥ the replica's GPUs; ties by name."""
+    def best_fit_node(self, pool_indices: Sequence[int], gpus_per_replica: int, need: Need | None = None) -> int | None:
+        """The eligible node with the smallest free count ≥ the replica's GPUs (that also meets the
+        need); ties by name."""
         best: tuple[int, int] | None = None  # (free, index): the fewest free that hold it, then the lowest index
         for p in pool_indices:
             top = self.top_free[p]
@@ -465,15 +676,30 @@ class Inventory:
             counts = self.count_by_free[p]
             for free in range(gpus_per_replica, limit + 1):
                 if counts[free]:
-                    candidate = (free, self._bucket_head(p, free))
+                    head = self._bucket_head(p, free) if need is None else self._bucket_first(p, free, need)
+                    if head is None:
+                        continue
+                    candidate = (free, head)
                     if best is None or candidate < best:
                         best = candidate
                     break
         return None if best is None else best[1]
 
-    def emptiest_node(self, pool_indices: Sequence[int], gpus_per_replica: int) -> int | None:
+    def emptiest_node(self, pool_indices: Sequence[int], gpus_per_replica: int, need: Need | None = None) -> int | None:
         """The eligible node with the largest free count (≥ the replica's GPUs); ties by name."""
         best: tuple[int, int] | None = None  # (-free, index): the most free, then the lowest index
+        if need is not None:
+            for p in pool_indices:
+                counts = self.count_by_free[p]
+                for free in range(self.top_free[p], gpus_per_replica - 1, -1):
+                    if best is not None and -free > best[0]:
+                        break
+                    head = self._bucket_first(p, free, need) if counts[free] else None
+                    if head is not None:
+                        if best is None or (-free, head) < best:
+                            best = (-free, head)
+                        break
+            return None if best is None else best[1]
         for p in pool_indices:
             top = self.top_free[p]
             if top < gpus_per_replica or (best is not None and -top > best[0]):
@@ -483,11 +709,11 @@ class Inventory:
                 best = candidate
         return None if best is None else best[1]
 
-    def choose_node(self, pool_indices: Sequence[int], gpus_per_replica: int) -> int | None:
+    def choose_node(self, pool_indices: Sequence[int], gpus_per_replica: int, need: Need | None = None) -> int | None:
         """Where the next replica goes, by this ledger's strategy; None when none holds it."""
         if self.strategy == SPREAD:
-            return self.emptiest_node(pool_indices, gpus_per_replica)
-        return self.best_fit_node(pool_indices, gpus_per_replica)
+            return self.emptiest_node(pool_indices, gpus_per_replica, need)
+        return self.best_fit_node(pool_indices, gpus_per_replica, need)
 
     def place(self, pool_indices: Sequence[int], gpus_per_replica: int, replicas: int) -> tuple[PlacementEntry, ...] | None:
         """Place all replicas (one at a time, by the strategy) or none; commits on success."""
@@ -507,33 +733,81 @@ class Inventory:
             for i, count in sorted(replicas_by_node.items())
         )
 
+    def place_needing(self, pool_indices: Sequence[int], g: int, replicas: int, need: Need) -> tuple[PlacementEntry, ...] | None:
+        """``place``, where every replica also meets the need on its node: allowed there, and fits
+        in every resource (two replicas on one node add up)."""
+        if g <= 0 or replicas <= 0 or not self.fits(pool_indices, g, replicas):
+            return None  # not even by GPUs
+        replicas_by_node: dict[int, int] = {}
+        for _ in range(replicas):
+            index = self.choose_node(pool_indices, g, need)
+            if index is None:  # short of a resource somewhere: undo rather than half-place a gang
+                for placed, count in replicas_by_node.items():
+                    self.adjust(placed, g * count)
+                    self.adjust_resources(placed, need.requests, count)
+                return None
+            self.adjust(index, -g)
+            self.adjust_resources(index, need.requests, -1)
+            replicas_by_node[index] = replicas_by_node.get(index, 0) + 1
+        return tuple(
+            PlacementEntry(node=self.nodes[i].name, gpus=count * g, replicas=count,
+                           resources=tuple((r, a * count) for r, a in need.requests))
+            for i, count in sorted(replicas_by_node.items())
+        )
+
     def take(self, placement: Iterable[PlacementEntry]) -> None:
         for entry in placement:
             index = self.index_by_name.get(entry.node)
             if index is not None:
                 self.adjust(index, -whole(entry.gpus))
+                if entry.resources:
+                    self.adjust_resources(index, entry.resources, -1)
 
     def release(
         self, placement: Iterable[PlacementEntry], workload_key: str = "", own_pods: Mapping[tuple[str, str], int] | None = None,
-    ) -> tuple[tuple[int, int], ...]:
-        """Give back a holding workload's GPUs: its reservation and the GPUs its own pods request
-        (they are deleted with it), i.e. max(entry, own pods) per node. Returns what it gave back,
-        (node index, GPUs) pairs, so that ``unrelease`` can undo exactly this: ``take`` of the
-        same placement would take back only the reservation, not what its own pods held."""
-        given: list[tuple[int, int]] = []
+    ) -> tuple[Given, ...]:
+        """Give back a holding workload's GPUs and other resources: its reservation and what its own
+        pods request (they are deleted with it), i.e. max(entry, own pods) per node and resource.
+        Returns what it gave back, (node index, GPUs[, resources when any]), so that ``unrelease`` can undo
+        exactly this: ``take`` of the same placement would take back only the reservation, not
+        what its own pods held."""
+        given: list[Given] = []
         for entry in placement:
             index = self.index_by_name.get(entry.node)
             if index is not None:
                 amount = max(whole(entry.gpus), _own_pods_on(own_pods or {}, workload_key, entry.node))
                 self.adjust(index, amount)
-                given.append((index, amount))
+                resources = entry.resources
+                if workload_key and self.own_pod_resources:
+                    resources = _most(resources, self.own_pod_resources.get((workload_key, entry.node), ()))
+                if resources:
+                    self.adjust_resources(index, resources, 1)
+                given.append((index, amount, resources) if resources else (index, amount))
         return tuple(given)
 
-    def unrelease(self, given: Iterable[tuple[int, int]]) -> None:
+    def unrelease(self, given: Iterable[Given]) -> None:
         """Undo a ``release`` exactly, from what it returned (``adjust`` counts raw free GPUs, so
         the clamped free counts come back too)."""
-        for index, amount in given:
-            self.adjust(index, -amount)
+        for item in given:
+            self.adjust(item[0], -item[1])
+            if len(item) == 3:
+                self.adjust_resources(item[0], item[2], -1)
+
+    def adjust_resources(self, index: int, amounts: Resources, times: int) -> None:
+        """Add ``times`` x ``amounts`` to a node's free resources (negative: take); resources the
+        node does not list are not counted."""
+        if index not in self._resources_owned:
+            self.resource_free[index] = dict(self.resource_free[index])
+            self._resources_owned.add(index)
+        free = self.resource_free[index]
+        for resource, amount in amounts:
+            if resource in free:
+                free[resource] += times * amount
+        if times > 0:
+            p = self.pool_of[index]
+            bound = self.bucket_max[p][self.free[index]] if p >= 0 else None
+            if bound is not None:
+                self._raise_bound(bound, index)
 
     def freed_by(self, placement: Iterable[PlacementEntry], workload_key: str, own_pods: Mapping[tuple[str, str], int]) -> dict[int, int]:
         """Node index -> GPUs that ``release`` would add back (before clamping)."""
@@ -562,6 +836,10 @@ class Inventory:
         counts[old] -= 1
         counts[new] += 1
         heapq.heappush(self.buckets[p][new], index)
+        if self.layout.listed_resources:
+            bound = self.bucket_max[p][new]
+            if bound is not None:
+                self._raise_bound(bound, index)
         if new > self.top_free[p]:
             self.top_free[p] = new
         elif counts[self.top_free[p]] == 0:
@@ -573,6 +851,40 @@ class Inventory:
             if counts[free]:
                 return free
         return 0
+
+    def _bucket_first(self, p: int, free: int, need: Need) -> int | None:
+        """The lowest-index node of a bucket that also meets the need: the head when it does (the
+        usual case), else a scan of the bucket."""
+        head = self._bucket_head(p, free)
+        if self._replicas_on(head, 1, 1, need, self.resource_free[head]):
+            return head
+        # Each bucket keeps an upper bound of what its nodes have free of every listed resource
+        # (exact after a scan, raised as nodes enter or resources are given back): a bucket whose
+        # bound is short of the need is skipped without a scan.
+        bound = self.bucket_max[p][free]
+        if bound is not None and any(bound.get(r, 0) < a for r, a in need.requests):
+            return None
+        own, pools, replicas_on, resource_free = self.free, self.pool_of, self._replicas_on, self.resource_free
+        first: int | None = None
+        exact: dict[str, int] = {}
+        for i in self.buckets[p][free]:
+            if own[i] != free or pools[i] != p:
+                continue  # stale
+            if (first is None or i < first) and replicas_on(i, 1, 1, need, resource_free[i]):
+                first = i
+            self._raise_bound(exact, i)
+        self.bucket_max[p][free] = exact
+        return first
+
+    def _raise_bound(self, bound: dict[str, int], index: int) -> None:
+        """Raise a bucket's bound to cover a node's free resources (one it lacks: unlimited if basic)."""
+        free = self.resource_free[index]
+        for resource in self.layout.listed_resources:
+            have = free.get(resource)
+            if have is None:
+                have = UNLIMITED if resource in BASIC_RESOURCES else 0
+            if have > bound.get(resource, -1):
+                bound[resource] = have
 
     def _bucket_head(self, p: int, free: int) -> int:
         heap = self.buckets[p][free]

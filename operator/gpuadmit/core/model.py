@@ -87,6 +87,32 @@ class Taint:
     effect: str  # NoSchedule | PreferNoSchedule | NoExecute
 
 
+Resources = tuple[tuple[str, int], ...]  # (resource, amount) sorted by resource; CPU in millicores
+
+
+@dataclass(frozen=True, slots=True)
+class NodeSelectorRequirement:
+    """One ``matchExpressions`` (on a label) or ``matchFields`` (on ``metadata.name``) entry."""
+
+    key: str
+    operator: str  # In | NotIn | Exists | DoesNotExist | Gt | Lt
+    values: tuple[str, ...] = ()
+    field: bool = False  # a matchFields entry: key is "metadata.name"
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConstraints:
+    """Where a template's pods may run besides taints: ``nodeSelector`` (every pair must match) and
+    the required node affinity's ``nodeSelectorTerms`` (one term must match; a term matches when all
+    its requirements do). ``terms`` None means no required affinity."""
+
+    selector: tuple[tuple[str, str], ...] = ()
+    terms: tuple[tuple[NodeSelectorRequirement, ...], ...] | None = None
+
+    def __bool__(self) -> bool:
+        return bool(self.selector) or self.terms is not None
+
+
 @dataclass(frozen=True, slots=True)
 class GpuNode:
     """One node as the engine sees it.
@@ -103,6 +129,10 @@ class GpuNode:
     taints: tuple[Taint, ...] = ()
     gpus_used_by_pods: int = 0
     unschedulable_reason: str = ""  # why schedulable is False, for messages
+    # Beyond GPUs (left out of ==, which stays about the GPU view; the inventory compares them itself):
+    labels: tuple[tuple[str, str], ...] = field(default=(), compare=False)  # sorted; what node selectors match
+    resources: Resources = field(default=(), compare=False)  # status.allocatable of every resource but GPUs
+    resources_used_by_pods: Resources = field(default=(), compare=False)  # requested by non-terminal pods on it
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +140,9 @@ class PlacementEntry:
     node: str
     gpus: int  # total GPUs of this workload on the node (replicas x gpus per replica)
     replicas: int = 1
+    # Every other resource this entry holds (replicas x per-replica requests): bookkeeping for the
+    # ledger, not part of what status.placement records or compares.
+    resources: Resources = field(default=(), compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +176,11 @@ class Workload:
     preemptions: int = 0
     # status.marginPerGPUHour as written at admission: what held work earns, even if the policy changed since.
     margin_per_gpu_hour: float | None = None
+    # Per replica, every resource but GPUs (core.nodes.pod_requests of the template), and where its
+    # pods may run (nodeSelector, required node affinity) besides taints.
+    requests: Resources = ()
+    node_constraints: NodeConstraints = field(default_factory=NodeConstraints)
+    avoided_nodes: frozenset[str] = frozenset()  # nodes its pods were Unschedulable on, lately
 
     @property
     def key(self) -> str:
@@ -234,6 +272,8 @@ class Snapshot:
     # GPUQuotas in force, by name, and the quota each covered namespace belongs to. Empty: no tenants.
     quotas: Mapping[str, Quota] = field(default_factory=dict)
     quota_of_namespace: Mapping[str, str] = field(default_factory=dict)
+    # The same for every other resource: (workload key, node) -> what its own pods request there.
+    resources_of_own_pods: Mapping[tuple[str, str], Resources] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

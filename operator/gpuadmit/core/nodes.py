@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from fractions import Fraction
 from typing import Any
 
 from gpuadmit.core.errors import show_number
@@ -27,6 +28,14 @@ MAX_GPUS_PER_NODE = 1024
 
 _FLOAT_MAX = 2**1023  # ints below it convert to a finite float
 _QUANTITY = re.compile(r"^([+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)(Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E)?$")
+_EXACT_MULTIPLIER = {
+    None: Fraction(1),
+    "n": Fraction(1, 10**9), "u": Fraction(1, 10**6), "m": Fraction(1, 1000),
+    "k": Fraction(10**3), "M": Fraction(10**6), "G": Fraction(10**9), "T": Fraction(10**12), "P": Fraction(10**15),
+    "E": Fraction(10**18),
+    "Ki": Fraction(2**10), "Mi": Fraction(2**20), "Gi": Fraction(2**30), "Ti": Fraction(2**40), "Pi": Fraction(2**50),
+    "Ei": Fraction(2**60),
+}  # fmt: skip
 _SUFFIX_MULTIPLIER = {
     None: 1.0,
     "n": 1e-9, "u": 1e-6, "m": 1e-3,
@@ -54,6 +63,57 @@ def parse_quantity(value: object) -> float | None:
     return number if math.isfinite(number) else None
 
 
+def exact_quantity(value: object) -> Fraction | None:
+    """A quantity as an exact fraction (``"0.1"`` is 1/10, ``"1Gi"`` is 2**30), else None: what resource
+    sums are counted in, so that ten ``100m`` requests fill exactly one CPU."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return Fraction(value)
+    if isinstance(value, float):
+        return Fraction(value) if math.isfinite(value) else None
+    if not isinstance(value, str):
+        return None
+    if value.isascii() and value.isdigit():
+        return Fraction(int(value))
+    match = _QUANTITY.match(value.strip())
+    if not match or len(value) > 64:
+        return None
+    rough = parse_quantity(value)
+    if rough is None or abs(rough) > MAX_EXACT_QUANTITY or _exponent_too_large(match.group(1)):
+        return None  # "1e999999999" would take an exact power of ten of a billion digits
+    try:
+        return Fraction(match.group(1)) * _EXACT_MULTIPLIER[match.group(2)]
+    except (ValueError, ZeroDivisionError, OverflowError):
+        return None
+
+
+# Past this a quantity is nonsense for any resource (2**80 bytes is a million exbibytes): unreadable.
+MAX_EXACT_QUANTITY = float(2**80)
+
+
+def _exponent_too_large(number: str) -> bool:
+    exponent = number.lower().partition("e")[2]
+    return len(exponent.lstrip("+-").lstrip("0")) > 2  # beyond e±99
+
+
+# Resources counted in thousandths (kube-scheduler counts CPU in millicores); every other one in whole units.
+MILLI_RESOURCES = frozenset({"cpu"})
+
+
+def resource_amount(resource: str, value: object) -> int:
+    """A request in the unit the ledger counts ``resource`` in (CPU in millicores, the rest in whole
+    units, rounded up as the API server does); 0 for anything absent, negative or unreadable."""
+    if type(value) is int and resource not in MILLI_RESOURCES:  # the common case of a plain count
+        return max(0, value)
+    exact = exact_quantity(value)
+    if exact is None or exact <= 0:
+        return 0
+    if resource in MILLI_RESOURCES:
+        exact *= 1000
+    return math.ceil(exact)
+
+
 def gpu_count(value: object) -> int:
     """Whole GPUs in a quantity; 0 for anything absent, negative or unreadable."""
     number = parse_quantity(value)
@@ -62,7 +122,9 @@ def gpu_count(value: object) -> int:
     return int(number)
 
 
-def node_from_object(node: Mapping[str, Any], gpus_used_by_pods: int) -> GpuNode | None:
+def node_from_object(
+    node: Mapping[str, Any], gpus_used_by_pods: int, resources_used_by_pods: Mapping[str, int] | None = None,
+) -> GpuNode | None:
     """The engine's view of a Node, or None when it has no ``nvidia.com/gpu`` allocatable.
 
     Schedulable means Ready and not cordoned. A node whose status has no
@@ -102,6 +164,9 @@ def node_from_object(node: Mapping[str, Any], gpus_used_by_pods: int) -> GpuNode
         taints=_taints(spec.get("taints")),
         gpus_used_by_pods=max(0, int(gpus_used_by_pods)),
         unschedulable_reason=", ".join(unschedulable_reasons),
+        labels=tuple(sorted((k, v) for k, v in labels.items() if isinstance(k, str) and isinstance(v, str))),
+        resources=node_resources(node),
+        resources_used_by_pods=tuple(sorted(resources_used_by_pods.items())) if resources_used_by_pods else (),
     )
 
 
@@ -122,27 +187,101 @@ def advertised_gpu_problem(node: Mapping[str, Any]) -> str | None:
 
 
 def pod_gpu_request(pod: Mapping[str, Any]) -> int:
-    """GPUs a pod holds on its node, computed the way the kube-scheduler does.
-
-    Per container: ``requests`` or, when absent, ``limits`` (an extended
-    resource's request defaults to its limit). Pod total: the larger of (app
-    containers + sidecars) and the peak of the init sequence, where each plain
-    init container runs alongside the sidecars started before it.
-    """
+    """GPUs a pod holds on its node, computed the way the kube-scheduler does (``pod_requests``)."""
     if not isinstance(pod, _MAPPINGS):
         return 0
-    spec = _mapping(pod.get("spec"))
-    app_total = sum(_container_gpus(container) for container in _list(spec.get("containers")))
-    sidecar_total = 0
-    init_peak = 0
+    return _pod_total(_mapping(pod.get("spec")), _container_gpus).get(GPU_RESOURCE, 0)
+
+
+# Resources a node that does not list them in status.allocatable is taken to have without limit:
+# hand-written dumps often list GPUs only, and every real node lists these. An extended resource a
+# node does not list, it has none of (as kube-scheduler counts it).
+BASIC_RESOURCES = frozenset({"cpu", "memory", "ephemeral-storage", "pods"})
+
+
+def pod_requests(pod_spec: Mapping[str, Any]) -> dict[str, int]:
+    """Every resource but GPUs a pod requests, as kube-scheduler counts it: per resource the larger
+    of (app containers + sidecar init containers) and the peak of the init sequence (each plain init
+    container alongside the sidecars started before it), plus ``spec.overhead``, plus one ``pods``.
+    A container's request defaults to its limit. CPU in millicores, everything else in whole units."""
+    spec = _mapping(pod_spec)
+    total = _pod_total(spec, _container_requests)
+    total.pop(GPU_RESOURCE, None)
+    for resource, value in _mapping(spec.get("overhead")).items():
+        if isinstance(resource, str) and resource != GPU_RESOURCE:
+            amount = resource_amount(resource, value)
+            if amount:
+                total[resource] = total.get(resource, 0) + amount
+    total["pods"] = total.get("pods", 0) + 1
+    return total
+
+
+def _pod_total(spec: Mapping[str, Any], read: Callable[[object], dict[str, int]]) -> dict[str, int]:
+    app: dict[str, int] = {}
+    for container in _list(spec.get("containers")):
+        _add(app, read(container))
+    sidecars: dict[str, int] = {}
+    init_peak: dict[str, int] = {}
     for container in _list(spec.get("initContainers")):
-        gpus = _container_gpus(container)
+        amounts = read(container)
         if isinstance(container, _MAPPINGS) and container.get("restartPolicy") == "Always":
-            sidecar_total += gpus  # a sidecar keeps running next to everything after it
-            init_peak = max(init_peak, sidecar_total)
+            _add(sidecars, amounts)  # a sidecar keeps running next to everything after it
+            _raise_to(init_peak, sidecars)
         else:
-            init_peak = max(init_peak, sidecar_total + gpus)
-    return max(app_total + sidecar_total, init_peak)
+            running = dict(sidecars)
+            _add(running, amounts)
+            _raise_to(init_peak, running)
+    _add(app, sidecars)
+    _raise_to(app, init_peak)
+    return app
+
+
+def _add(total: dict[str, int], amounts: Mapping[str, int]) -> None:
+    for resource, amount in amounts.items():
+        total[resource] = total.get(resource, 0) + amount
+
+
+def _raise_to(total: dict[str, int], amounts: Mapping[str, int]) -> None:
+    for resource, amount in amounts.items():
+        if amount > total.get(resource, 0):
+            total[resource] = amount
+
+
+def _container_requests(container: object) -> dict[str, int]:
+    if not isinstance(container, _MAPPINGS):
+        return {}
+    resources = _mapping(container.get("resources"))
+    merged = {**_mapping(resources.get("limits")), **_mapping(resources.get("requests"))}  # a request wins over its limit
+    amounts: dict[str, int] = {}
+    for resource, value in merged.items():
+        if isinstance(resource, str):
+            amount = gpu_count(value) if resource == GPU_RESOURCE else resource_amount(resource, value)
+            if amount:
+                amounts[resource] = amount
+    return amounts
+
+
+def requests_used_by_node(pods: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, int]]:
+    """Non-GPU resources requested by every non-terminal pod bound to a node, by node."""
+    used: dict[str, dict[str, int]] = {}
+    for pod in pods:
+        if pod_is_terminal(pod):
+            continue
+        spec = _mapping(pod.get("spec"))
+        node_name = spec.get("nodeName")
+        if isinstance(node_name, str) and node_name:
+            _add(used.setdefault(node_name, {}), pod_requests(spec))
+    return used
+
+
+def node_resources(node: Mapping[str, Any]) -> tuple[tuple[str, int], ...]:
+    """A node's ``status.allocatable`` of every resource but GPUs, in ledger units, sorted."""
+    allocatable = _mapping(_mapping(node.get("status")).get("allocatable")) if isinstance(node, _MAPPINGS) else {}
+    return tuple(sorted(
+        (resource, resource_amount(resource, value))
+        for resource, value in allocatable.items()
+        if isinstance(resource, str) and resource != GPU_RESOURCE
+    ))
 
 
 def pod_is_terminal(pod: Mapping[str, Any]) -> bool:
@@ -167,14 +306,16 @@ def gpus_used_by_node(pods: Iterable[Mapping[str, Any]]) -> dict[str, int]:
     return used
 
 
-def _container_gpus(container: object) -> int:
+def _container_gpus(container: object) -> dict[str, int]:
     if not isinstance(container, _MAPPINGS):
-        return 0
+        return {}
     resources = _mapping(container.get("resources"))
     requests = _mapping(resources.get("requests"))
     if GPU_RESOURCE in requests:
-        return gpu_count(requests[GPU_RESOURCE])
-    return gpu_count(_mapping(resources.get("limits")).get(GPU_RESOURCE))
+        gpus = gpu_count(requests[GPU_RESOURCE])
+    else:
+        gpus = gpu_count(_mapping(resources.get("limits")).get(GPU_RESOURCE))
+    return {GPU_RESOURCE: gpus} if gpus else {}
 
 
 def _mebibytes(label: object) -> int:

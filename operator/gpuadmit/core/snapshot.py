@@ -16,6 +16,7 @@ workload is already finished or rejected.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from typing import Any
 
 from gpuadmit.core.model import (
@@ -26,10 +27,18 @@ from gpuadmit.core.model import (
     GpuNode,
     InvalidWorkload,
     Policy,
+    Resources,
     Snapshot,
     Workload,
 )
-from gpuadmit.core.nodes import gpus_used_by_node, node_from_object, pod_gpu_request, pod_is_terminal
+from gpuadmit.core.nodes import (
+    gpus_used_by_node,
+    node_from_object,
+    pod_gpu_request,
+    pod_is_terminal,
+    pod_requests,
+    requests_used_by_node,
+)
 from gpuadmit.core.pods import controlling_workload
 from gpuadmit.core.podsecurity import DEFAULT_LEVEL, DEFAULT_POD_SECURITY, PodSecurity, pod_security_of_namespaces
 from gpuadmit.core.policy import select_policy
@@ -104,6 +113,27 @@ def tiers_by_namespace(namespaces: Iterable[Mapping[str, Any]]) -> dict[str, str
     return tiers
 
 
+def resources_of_own_pods(pods: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str], Resources]:
+    """Every other resource our own non-terminal pods request, by (workload key, node): the part
+    of a reservation the nodes' used resources already count (see ``gpus_of_own_pods``)."""
+    own: dict[tuple[str, str], dict[str, int]] = {}
+    for pod in pods:
+        metadata = pod.get("metadata") if isinstance(pod, _MAPPINGS) else None
+        if not isinstance(metadata, _MAPPINGS):
+            continue
+        controller = controlling_workload(pod)
+        if controller is None or pod_is_terminal(pod):
+            continue
+        spec = pod.get("spec")
+        node_name = spec.get("nodeName") if isinstance(spec, _MAPPINGS) else None
+        if not isinstance(node_name, str) or not node_name:
+            continue
+        held = own.setdefault((f"{metadata.get('namespace') or 'default'}/{controller[0]}", node_name), {})
+        for resource, amount in pod_requests(spec if isinstance(spec, _MAPPINGS) else {}).items():
+            held[resource] = held.get(resource, 0) + amount
+    return {key: tuple(sorted(held.items())) for key, held in own.items()}
+
+
 def gpus_of_own_pods(pods: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str], int]:
     """GPUs requested by our own non-terminal pods (controlled by their GPUWorkload), by (workload key, node).
 
@@ -172,6 +202,7 @@ def build_snapshot(
     memo: ParseMemo | None = None,
     pod_security_level: str = DEFAULT_LEVEL,
     quotas: Tenancy | Iterable[Mapping[str, Any]] = (),
+    avoided_nodes: Mapping[str, frozenset[str]] | None = None,
 ) -> Snapshot:
     """The engine's input from raw objects.
 
@@ -185,6 +216,8 @@ def build_snapshot(
     ``pod-security.kubernetes.io/enforce`` label wins; see ``core.podsecurity``).
     ``quotas``: GPUQuota objects (invalid ones are left out; the operator reports them) or their
     ``Tenancy``.
+    ``avoided_nodes``: workload key ("namespace/name") -> nodes its pods may not be placed on this
+    time (the operator's: where kube-scheduler lately found them Unschedulable).
     """
     policy = select_policy(policies, policy_name)
     namespaces = namespaces if isinstance(namespaces, (list, tuple)) else list(namespaces)
@@ -193,6 +226,7 @@ def build_snapshot(
     tenants = quotas if isinstance(quotas, Tenancy) else tenancy(quotas, namespaces)
     pods = pods if isinstance(pods, (list, tuple)) else list(pods)
     used_by_node = gpus_used_by_node(pods)
+    requests_by_node = requests_used_by_node(pods)
 
     # Keyed by name, so an object listed twice (two dumps concatenated) counts once: the
     # later one wins, as it would have on the API server. A node counted twice would
@@ -200,7 +234,9 @@ def build_snapshot(
     nodes_by_name: dict[str, GpuNode] = {}
     for node_obj in nodes:
         name = _name_of(node_obj)
-        gpu_node = node_from_object(node_obj, used_by_node.get(name, 0) if name else 0)
+        gpu_node = node_from_object(
+            node_obj, used_by_node.get(name, 0) if name else 0, requests_by_node.get(name) if name else None,
+        )
         if gpu_node is not None:
             nodes_by_name[gpu_node.name] = gpu_node
 
@@ -230,9 +266,10 @@ def build_snapshot(
             if parsed.name and pending_phase_of_invalid[key]:
                 invalid.append(parsed)
         elif parsed.phase in HOLDING_PHASES:
-            holding.append(parsed)
+            holding.append(_with_placed_resources(parsed))
         elif parsed.phase in PENDING_PHASES:
-            pending.append(parsed)
+            avoided = avoided_nodes.get(parsed.key) if avoided_nodes else None
+            pending.append(replace(parsed, avoided_nodes=frozenset(avoided)) if avoided else parsed)
 
     return Snapshot(
         nodes=tuple(nodes_by_name[name] for name in sorted(nodes_by_name)),
@@ -244,7 +281,21 @@ def build_snapshot(
         gpus_of_own_pods=gpus_of_own_pods(pods),
         quotas=tenants.quotas,
         quota_of_namespace=tenants.quota_of_namespace,
+        resources_of_own_pods=resources_of_own_pods(pods),
     )
+
+
+def _with_placed_resources(workload: Workload) -> Workload:
+    """A holding workload whose placement entries carry what they hold of every other resource
+    (replicas x the template's requests), for the ledger."""
+    if not workload.requests or not workload.placement:
+        return workload
+    entries = tuple(
+        replace(entry, resources=tuple((r, a * entry.replicas) for r, a in workload.requests))
+        if type(entry.replicas) is int and entry.replicas > 0 else entry
+        for entry in workload.placement
+    )
+    return replace(workload, placement=entries)
 
 
 def _name_of(obj: object) -> str | None:

@@ -23,18 +23,22 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any, TypeGuard
 
+from gpuadmit.core.affinity import node_constraints
 from gpuadmit.core.classifier import classify
 from gpuadmit.core.errors import SpecError, show_number
 from gpuadmit.core.model import (
     CLASSES,
     HOLDING_PHASES,
     InvalidWorkload,
+    NodeConstraints,
     Phase,
     Policy,
+    Resources,
     Toleration,
     Workload,
     WorkloadClass,
 )
+from gpuadmit.core.nodes import pod_requests
 from gpuadmit.core.placement import read_placement
 from gpuadmit.core.podsecurity import DEFAULT_POD_SECURITY, DEFAULT_RULES, PodSecurity, TemplateRules, check_template
 from gpuadmit.core.policy import whole_number
@@ -156,10 +160,10 @@ def _parse_valid(
     decided = _class_decided_for_this_generation(spec_class, metadata, status)
     if decided is not None:
         # Checked (memoised) without classifying again: "training" is the class that needs no classifier.
-        tolerations = template_facts("training", spec.get("template"), cache)[0]
+        (tolerations, requests, constraints) = template_facts("training", spec.get("template"), cache)[0]
         workload_class, class_reason = decided
     else:
-        tolerations, workload_class, class_reason = template_facts(spec_class, spec.get("template"), cache)
+        (tolerations, requests, constraints), workload_class, class_reason = template_facts(spec_class, spec.get("template"), cache)
     if preemptible is None:
         preemptible = workload_class == "training"
 
@@ -210,6 +214,8 @@ def _parse_valid(
         admitted_at=admitted_at,
         preemptions=preemptions,
         margin_per_gpu_hour=admitted_margin,
+        requests=requests,
+        node_constraints=constraints,
     )
 
 
@@ -219,15 +225,17 @@ def _is_finite_number(value: Any) -> TypeGuard[int | float]:
 
 def template_facts(
     spec_class: str, template: object, cache: ParseCache | None = None,
-) -> tuple[tuple[Toleration, ...], WorkloadClass, str]:
-    """(tolerations, class, class reason) of a valid template; ``SpecError`` for an invalid one."""
+) -> tuple[TemplatePlacing, WorkloadClass, str]:
+    """((tolerations, requests, node constraints), class, class reason) of a valid template;
+    ``SpecError`` for an invalid one."""
     if cache is None:
-        tolerations = _check_template(template)
-        return (tolerations, *classify(spec_class, template))
+        placing = _check_template(template)
+        return (placing, *classify(spec_class, template))
     return cache.template_facts(spec_class, template)  # training too: checking the shape costs more than the key
 
 
 _UNSEEN = object()
+TemplatePlacing = tuple[tuple[Toleration, ...], Resources, NodeConstraints]
 
 
 class ParseCache:
@@ -245,10 +253,10 @@ class ParseCache:
     LIMIT = 100_000  # about one entry per workload of a large cluster; the text of a template is smaller than its dicts
 
     def __init__(self) -> None:
-        self._facts: dict[tuple[str, str], tuple[tuple[Toleration, ...], WorkloadClass, str]] = {}
+        self._facts: dict[tuple[str, str], tuple[TemplatePlacing, WorkloadClass, str]] = {}
         self._seconds: dict[str, float | None] = {}
 
-    def template_facts(self, spec_class: str, template: object) -> tuple[tuple[Toleration, ...], WorkloadClass, str]:
+    def template_facts(self, spec_class: str, template: object) -> tuple[TemplatePlacing, WorkloadClass, str]:
         try:
             key = (spec_class, repr(template))
         except RecursionError:  # nested past what repr can walk: _check_template names the problem
@@ -256,11 +264,11 @@ class ParseCache:
             raise
         facts = self._facts.get(key)
         if facts is None:
-            tolerations = _check_template(template)
+            placing = _check_template(template)
             workload_class, class_reason = classify(spec_class, template)
             if len(self._facts) >= self.LIMIT:
                 self._facts.clear()  # crude but bounded; refilling costs one cycle's classifications
-            facts = self._facts[key] = (tolerations, workload_class, class_reason)
+            facts = self._facts[key] = (placing, workload_class, class_reason)
         return facts
 
     def timestamp(self, value: object) -> float | None:
@@ -337,8 +345,9 @@ def check_pod_template(template: object, rules: TemplateRules = DEFAULT_RULES) -
     check_template(template, rules)
 
 
-def _check_template(template: object) -> tuple[Toleration, ...]:
-    """Raise ``SpecError`` unless the template can make a pod; return its tolerations."""
+def _check_template(template: object) -> TemplatePlacing:
+    """Raise ``SpecError`` unless the template can make a pod; return what places its pods:
+    tolerations, per-pod requests of every resource but GPUs, node constraints."""
     if template is None:
         raise SpecError("spec.template", "is required: the pod template to run once admitted")
     if not isinstance(template, _MAPPINGS):
@@ -358,7 +367,8 @@ def _check_template(template: object) -> tuple[Toleration, ...]:
                 f"spec.template.spec.containers[{index}]", f"must be a container object, got {_type_name(container)}"
             )
     check_template_shape(template)
-    return _tolerations(pod_spec.get("tolerations"))
+    requests = tuple(sorted(pod_requests(pod_spec).items()))
+    return _tolerations(pod_spec.get("tolerations")), requests, node_constraints(pod_spec)
 
 
 def _tolerations(value: object) -> tuple[Toleration, ...]:

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 from ..model import PlacementEntry
 from .cycle import EPSILON, Admission, Candidate, Cycle, Option, PassResult
+from .passes import place_option
 
 # The ejection-chain improvement looks at this many queued workloads, on clusters up to this size.
 SWAP_CANDIDATES = 300
@@ -155,7 +156,7 @@ class _Chain:
         free_choice: tuple[float, list] | None = None
         better_options = candidate.options
         for number, option in enumerate(candidate.options):
-            placement = self.inventory.place(option.pools, g, 1)
+            placement = place_option(self.inventory, option, g, 1)
             if placement is not None:
                 # place() already took the GPUs; journal it without taking twice.
                 self.result.admitted[candidate.rank] = Admission(option, placement)
@@ -172,6 +173,8 @@ class _Chain:
         residents = self.residents
         best = free_choice
         for option in better_options:
+            if option.need is not None:
+                continue  # moves are counted in GPUs: a replica that needs more only goes where place() puts it
             eligible = set(option.pools)
             moves = []
             self.budget -= len(residents)

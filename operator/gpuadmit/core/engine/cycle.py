@@ -8,7 +8,7 @@ import math
 from dataclasses import dataclass, field
 
 from ..guarantee import QuotaLedger, Tenants
-from ..inventory import Inventory
+from ..inventory import Inventory, Need
 from ..model import Decision, PlacementEntry, Policy, Snapshot, Workload
 
 EPSILON = 1e-9
@@ -21,6 +21,7 @@ class Option:
     product: str
     margin: float
     pools: tuple[int, ...]
+    need: Need | None = None  # what a replica needs beyond GPUs (resources, allowed nodes); None: GPUs only
 
 
 @dataclass(slots=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 
-from ..inventory import Inventory
+from ..inventory import Inventory, Need
 from ..model import (
     Action,
     CycleResult,
@@ -105,17 +105,74 @@ def _capacity_message(inventory: Inventory, candidate: Candidate, cache: dict[in
     key = candidate.kind
     if key not in cache:
         products = " or ".join(product_label(o.product) for o in candidate.options)
-        if replicas == 1:
-            best_free = max(inventory.max_free(o.pools) for o in candidate.options)
+        need = candidate.options[0].need
+        short = _short_now(inventory, candidate, need) if need is not None else None
+        if short is not None:
+            cache[key] = short
+        elif replicas == 1:
+            best_free = max(inventory.max_free(o.pools, o.need) for o in candidate.options)
             unit = "GPU" if g == 1 else "GPUs"
             cache[key] = f"needs {g} {unit} of {products}; the best eligible node has {best_free} free"
         else:
-            fit = max(inventory.replicas_that_fit(o.pools, g, enough=replicas) for o in candidate.options)
+            fit = max(inventory.replicas_that_fit(o.pools, g, enough=replicas, need=o.need) for o in candidate.options)
             cache[key] = (
                 f"needs a gang of {replicas}x{g} GPUs on one product ({products}); "
                 f"only {fit} of the {replicas} replicas fit in free GPUs now"
             )
     return cache[key]
+
+
+def _short_now(inventory: Inventory, candidate: Candidate, need: Need) -> str | None:
+    """When free GPUs would hold the workload but a resource beyond them does not: which one."""
+    workload = candidate.workload
+    g, replicas = workload.gpus_per_replica, workload.replicas
+    if not any(inventory.fits(o.pools, g, replicas) for o in candidate.options):
+        return None  # GPUs bind
+    pools = [p for o in candidate.options for p in o.pools]
+    short = inventory.shortage(pools, g, need)
+    if short is None:
+        fit = max(inventory.replicas_that_fit(o.pools, g, enough=replicas, need=o.need) for o in candidate.options)
+        return (f"needs {replicas}x({g} GPUs, {requests_text(need.requests)}); only {fit} of the {replicas} "
+                "replicas fit in what the eligible nodes have free now")
+    resource, most = short
+    amount = dict(need.requests)[resource]
+    return (f"needs {amount_text(resource, amount)} per replica beside its GPUs; the most an eligible node with "
+            f"{g} free GPUs has free now is {amount_text(resource, most)}")
+
+
+def need_message(inventory: Inventory, workload: Workload, need: Need, pools: list[int], most_replicas: tuple[int, str]) -> str:
+    """Why no eligible node could ever hold a replica although GPUs alone would: the binding resource
+    and the largest amount any eligible node offers, or the node constraints."""
+    g, replicas = workload.gpus_per_replica, workload.replicas
+    if need.allowed is not None and not any(i in need.allowed for p in pools for i in inventory.pools[p].node_indices):
+        return (f"no node is eligible: {need.constrained_out} nodes with the GPUs it needs do not match its "
+                "nodeSelector or required node affinity (or are avoided after an Unschedulable report)")
+    short = inventory.shortage(pools, g, need, if_empty=True)
+    if short is not None:
+        resource, most = short
+        amount = dict(need.requests)[resource]
+        return (f"needs {amount_text(resource, amount)} per replica; the largest amount any eligible node "
+                f"offers is {amount_text(resource, most)}")
+    holds, product = most_replicas
+    return (f"a gang of {replicas}x({g} GPUs, {requests_text(need.requests)}) must run on one product, but the "
+            f"eligible nodes of {product_label(product)} hold at most {holds} such replicas even when empty")
+
+
+def amount_text(resource: str, amount: int) -> str:
+    """An amount in the ledger's unit, as a person reads it: CPUs, bytes in binary units, plain counts."""
+    if resource == "cpu":
+        cpus = amount / 1000
+        return f"{cpus:g} CPU" + ("" if cpus == 1 else "s")
+    if resource in ("memory", "ephemeral-storage"):
+        for unit, size in (("Ti", 2**40), ("Gi", 2**30), ("Mi", 2**20), ("Ki", 2**10)):
+            if amount >= size:
+                return f"{amount / size:.4g}{unit} {resource}"
+        return f"{amount} bytes {resource}"
+    return f"{amount} {resource}"
+
+
+def requests_text(requests: tuple[tuple[str, int], ...]) -> str:
+    return ", ".join(amount_text(r, a) for r, a in requests)
 
 
 def _reserve_message(cycle: Cycle, result: PassResult, workload: Workload, product: str) -> str:

@@ -8,12 +8,14 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 
-from ..model import Reason
+from ..inventory import Inventory
+from ..model import PlacementEntry, Reason
 from .cycle import (
     EPSILON,
     Admission,
     Candidate,
     Cycle,
+    Option,
     PassResult,
     Victim,
     new_pass,
@@ -64,7 +66,7 @@ def run_pass(cycle: Cycle, order: Sequence[Candidate], allow_preemption: bool) -
         options = candidate.options if ledger is None or tenants is None else tenants.options_in_order(ledger, workload, candidate.rank, candidate.options)
         for option in options:
             if candidate.is_training and breaks_reserve(cycle, result.training_used, option.product, total):
-                if candidate.rank not in result.reserve_blocked and inventory.fits(option.pools, g, replicas):
+                if candidate.rank not in result.reserve_blocked and inventory.fits(option.pools, g, replicas, option.need):
                     result.reserve_blocked[candidate.rank] = option.product
                 continue
             failed_key = (candidate.shape, option.product, g)
@@ -76,7 +78,7 @@ def run_pass(cycle: Cycle, order: Sequence[Candidate], allow_preemption: bool) -
                     if blocked[0] is Reason.OVER_QUOTA or inventory.fits(option.pools, g, replicas):
                         ledger.blocked.setdefault(candidate.rank, blocked)
                     continue
-            placement = inventory.place(option.pools, g, replicas)
+            placement = place_option(inventory, option, g, replicas)
             if placement is None:
                 failed[failed_key] = replicas
                 continue
@@ -104,6 +106,14 @@ def run_pass(cycle: Cycle, order: Sequence[Candidate], allow_preemption: bool) -
         bonus = candidate.effective_margin - candidate.best_margin
         result.value += (admission.option.margin + bonus) * total - sum(v.lost_per_hour for v in admission.victims)
     return result
+
+
+def place_option(inventory: Inventory, option: Option, g: int, replicas: int) -> tuple[PlacementEntry, ...] | None:
+    """Place on the option's pools: by GPUs alone when it needs nothing more (the common case,
+    exactly the GPU-only placement), else checking its need on every node too."""
+    if option.need is None:
+        return inventory.place(option.pools, g, replicas)
+    return inventory.place_needing(option.pools, g, replicas, option.need)
 
 
 def breaks_reserve(cycle: Cycle, training_used: dict[str, int], product: str, gpus: int, freed: int = 0) -> bool:
@@ -194,8 +204,9 @@ def _preempt(cycle: Cycle, result: PassResult, candidate: Candidate, preempted: 
             given_back.append(inventory.release(victim.workload.placement, victim.key, cycle.snapshot.gpus_of_own_pods))
             if victim.workload.workload_class != "inference":
                 result.training_used[victim.product] = result.training_used.get(victim.product, 0) - victim.gpus
-        placement = inventory.place(option.pools, g, replicas)
-        if placement is None:  # defensive: the count above said it fits; undo exactly rather than lose victims
+        placement = place_option(inventory, option, g, replicas)
+        # The count above is by GPUs; a need beyond them may still not fit: undo exactly rather than lose victims.
+        if placement is None:
             for victim, given in zip(chosen, given_back, strict=True):
                 inventory.unrelease(given)
                 if victim.workload.workload_class != "inference":

@@ -15,6 +15,7 @@ from .messages import (
     bound_to,
     decision_for,
     duration_text,
+    need_message,
     no_fit_message,
     product_label,
     rejection,
@@ -135,19 +136,28 @@ def _static_options(inventory: Inventory, workload: Workload, shape: tuple, floo
     """
     g, replicas = workload.gpus_per_replica, workload.replicas
     by_product = inventory.pools_by_product(inventory.eligible_pools(workload, shape))
+    need = inventory.need_of(workload, shape)
     capable: list[Option] = []
     largest_node = 0
     most_replicas = (0, "")
+    gpus_alone_fit = False  # some product would hold it by GPUs alone: what binds is the need
     for product, pool_indices in by_product.items():
         pools = [inventory.pools[p] for p in pool_indices]
         largest_node = max(largest_node, max(pool.max_allocatable for pool in pools))
         holds = Inventory.replicas_if_empty(pools, g)
+        if need is not None and holds >= replicas:
+            gpus_alone_fit = True
+            holds = inventory.replicas_if_empty_with(pool_indices, g, need)
         if holds >= replicas:
-            capable.append(Option(product, margin(workload.workload_class, workload.tier, product), pool_indices))
+            capable.append(Option(product, margin(workload.workload_class, workload.tier, product), pool_indices, need))
         elif holds > most_replicas[0] or not most_replicas[1]:
             most_replicas = (holds, product)
     if not capable:
-        return (), rejection(Reason.NO_NODE_CAN_FIT, no_fit_message(inventory, workload, by_product, largest_node, most_replicas))
+        if need is not None and gpus_alone_fit:
+            message = need_message(inventory, workload, need, [p for pools in by_product.values() for p in pools], most_replicas)
+        else:
+            message = no_fit_message(inventory, workload, by_product, largest_node, most_replicas)
+        return (), rejection(Reason.NO_NODE_CAN_FIT, message)
     capable.sort(key=lambda o: (-o.margin, o.product))
     above_floor = tuple(o for o in capable if o.margin >= floor - EPSILON)
     if not above_floor:
