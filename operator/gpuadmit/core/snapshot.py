@@ -30,7 +30,7 @@ from gpuadmit.core.model import (
     Workload,
 )
 from gpuadmit.core.nodes import gpus_used_by_node, node_from_object, pod_gpu_request, pod_is_terminal
-from gpuadmit.core.pods import controlling_workload
+from gpuadmit.core.pods import controlling_workload, pod_node
 from gpuadmit.core.podsecurity import DEFAULT_LEVEL, DEFAULT_POD_SECURITY, PodSecurity, pod_security_of_namespaces
 from gpuadmit.core.policy import select_policy
 from gpuadmit.core.quota import Tenancy, tenancy
@@ -118,9 +118,8 @@ def gpus_of_own_pods(pods: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str],
         if controller is None or pod_is_terminal(pod):
             continue
         workload_name = controller[0]
-        spec = pod.get("spec")
-        node_name = spec.get("nodeName") if isinstance(spec, _MAPPINGS) else None
-        if not isinstance(node_name, str) or not node_name:
+        node_name = pod_node(pod)  # bound, or pinned and waiting for kube-scheduler
+        if node_name is None:
             continue
         namespace = metadata.get("namespace") or "default"
         gpus = pod_gpu_request(pod)
@@ -172,6 +171,7 @@ def build_snapshot(
     memo: ParseMemo | None = None,
     pod_security_level: str = DEFAULT_LEVEL,
     quotas: Tenancy | Iterable[Mapping[str, Any]] = (),
+    avoided_nodes: Mapping[str, frozenset[str]] | None = None,
 ) -> Snapshot:
     """The engine's input from raw objects.
 
@@ -185,6 +185,8 @@ def build_snapshot(
     ``pod-security.kubernetes.io/enforce`` label wins; see ``core.podsecurity``).
     ``quotas``: GPUQuota objects (invalid ones are left out; the operator reports them) or their
     ``Tenancy``.
+    ``avoided_nodes``: workload key ("namespace/name") -> nodes its pods may not be placed on this
+    time (the operator\'s: where kube-scheduler lately found them Unschedulable).
     """
     policy = select_policy(policies, policy_name)
     namespaces = namespaces if isinstance(namespaces, (list, tuple)) else list(namespaces)
