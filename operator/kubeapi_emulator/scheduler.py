@@ -36,6 +36,7 @@ import logging
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
@@ -207,26 +208,61 @@ def node_taints(node: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     return taints
 
 
-def filter_node(pod_spec: Mapping[str, Any], requests: Mapping[str, Fraction], node: Mapping[str, Any],
+@dataclass(frozen=True)
+class NodeView:
+    """What the filters read of a node, parsed once per pass."""
+
+    name: str
+    obj: Mapping[str, Any]
+    cordoned: bool
+    taints: tuple[Mapping[str, Any], ...]
+    allocatable: dict[str, Fraction]
+
+    @classmethod
+    def of(cls, node: Mapping[str, Any]) -> NodeView:
+        allocatable = _mapping(_mapping(node.get("status")).get("allocatable"))
+        return cls(_node_name(node), node, bool(_mapping(node.get("spec")).get("unschedulable")),
+                   tuple(t for t in node_taints(node) if t.get("effect") in ("NoSchedule", "NoExecute")),
+                   {str(k): parse_quantity(v) for k, v in allocatable.items()})
+
+
+def filter_node(pod_spec: Mapping[str, Any], requests: Mapping[str, Fraction], node: NodeView,
                 used: Mapping[str, Fraction], pods_on_node: int) -> list[str]:
     """Why the pod cannot go to this node (kube-scheduler's words; empty: it can)."""
     tolerations = _list(pod_spec.get("tolerations"))
-    if _mapping(node.get("spec")).get("unschedulable") and not _tolerates(
-            tolerations, {"key": "node.kubernetes.io/unschedulable", "effect": "NoSchedule"}):
+    if node.cordoned and not _tolerates(tolerations, {"key": "node.kubernetes.io/unschedulable", "effect": "NoSchedule"}):
         return [NODE_UNSCHEDULABLE]
-    for taint in node_taints(node):
-        if taint.get("effect") in ("NoSchedule", "NoExecute") and not _tolerates(tolerations, taint):
+    for taint in node.taints:
+        if not _tolerates(tolerations, taint):
             return [f"node(s) had untolerated taint {{{taint.get('key')}: {taint.get('value') or ''}}}"]
-    if not affinity_matches(pod_spec, node):
+    if not affinity_matches(pod_spec, node.obj):
         return [AFFINITY_MISMATCH]
-    allocatable = {str(k): parse_quantity(v) for k, v in _mapping(_mapping(node.get("status")).get("allocatable")).items()}
     failures = []
-    if "pods" in allocatable and pods_on_node + 1 > allocatable["pods"]:
+    if "pods" in node.allocatable and pods_on_node + 1 > node.allocatable["pods"]:
         failures.append(TOO_MANY_PODS)
+    zero = Fraction(0)
     for name in sorted(requests):
-        if name != "pods" and requests[name] > allocatable.get(name, Fraction(0)) - used.get(name, Fraction(0)):
+        if name != "pods" and requests[name] > node.allocatable.get(name, zero) - used.get(name, zero):
             failures.append(f"Insufficient {name}")
     return failures
+
+
+def names_pinned(pod_spec: Mapping[str, Any]) -> set[str] | None:
+    """The node names the required affinity allows when every term names them (``matchFields``
+    ``metadata.name`` In), else None: only those nodes can take the pod."""
+    required = _mapping(_mapping(_mapping(pod_spec.get("affinity")).get("nodeAffinity"))
+                        .get("requiredDuringSchedulingIgnoredDuringExecution"))
+    terms = _list(required.get("nodeSelectorTerms"))
+    if not terms:
+        return None
+    names: set[str] = set()
+    for term in terms:
+        allowed = [set(map(str, _list(_mapping(f).get("values")))) for f in _list(_mapping(term).get("matchFields"))
+                   if _mapping(f).get("key") == NODE_NAME_FIELD and _mapping(f).get("operator") == "In"]
+        if not allowed:
+            return None
+        names |= set.intersection(*allowed)
+    return names
 
 
 def unschedulable_message(failures: Iterable[str], node_count: int) -> str:
@@ -303,6 +339,7 @@ class SchedulerStandIn:
         self.pods = spec_for("", "v1", "pods")
         self.nodes = spec_for("", "v1", "nodes")
         self.bound = 0  # pods bound since start (tests, logs)
+        self._requests: dict[int, tuple[Mapping[str, Any], dict[str, Fraction]]] = {}  # id(bound pod) -> its requests
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         store.listeners.append(self._on_event)
@@ -334,40 +371,43 @@ class SchedulerStandIn:
 
     def schedule_pending(self) -> int:
         """One pass over every pending pod; returns how many were bound."""
-        pods, _ = self.store.list(self.pods, None, lambda _: True)
-        pending = sorted((p for p in pods if _pending(p)),
-                         key=lambda p: (str(p["metadata"].get("creationTimestamp") or ""),
-                                        int(p["metadata"].get("resourceVersion") or 0)))
+        pending, _ = self.store.list(self.pods, None, _pending)
         if not pending:
-            return 0
-        nodes, _ = self.store.list(self.nodes, None, lambda _: True)
-        used: dict[str, dict[str, Fraction]] = {_node_name(n): {} for n in nodes}
+            return 0  # the usual case once everything is bound: no walk over the bound pods
+        pending.sort(key=lambda p: (str(p["metadata"].get("creationTimestamp") or ""),
+                                    int(p["metadata"].get("resourceVersion") or 0)))
+        pods, _ = self.store.list(self.pods, None, lambda _: True)
+        nodes = [NodeView.of(node) for node in self.store.list(self.nodes, None, lambda _: True)[0]]
+        by_name = {node.name: node for node in nodes}
+        used: dict[str, dict[str, Fraction]] = {node.name: {} for node in nodes}
         count: Counter[str] = Counter()
+        requests_by_id: dict[int, tuple[Mapping[str, Any], dict[str, Fraction]]] = {}
         for pod in pods:
             node_name = _mapping(pod.get("spec")).get("nodeName")
             if node_name in used and _mapping(pod.get("status")).get("phase") not in FINISHED_PHASES:
-                _add(used[node_name], pod_requests(pod))
+                # Stored objects are never changed in place: a pod's requests are computed once.
+                cached = self._requests.get(id(pod))
+                requests = cached[1] if cached is not None and cached[0] is pod else pod_requests(pod)
+                requests_by_id[id(pod)] = (pod, requests)
+                _add(used[node_name], requests)
                 count[node_name] += 1
+        self._requests = requests_by_id
         bound = 0
         for pod in pending:
             requests = pod_requests(pod)
             spec = _mapping(pod.get("spec"))
-            failures: list[str] = []
-            feasible = []
-            for node in nodes:
-                name = _node_name(node)
-                reasons = filter_node(spec, requests, node, used[name], count[name])
-                if reasons:
-                    failures.extend(reasons)
-                else:
-                    feasible.append(node)
+
+            # A pod pinned by name (as gpuadmit and the DaemonSet controller pin theirs) can only go
+            # to those nodes: look there first, and at every node only to say why it cannot.
+            pinned = names_pinned(spec)
+            candidates = [by_name[name] for name in sorted(pinned) if name in by_name] if pinned is not None else nodes
+            feasible = [node for node in candidates
+                        if not filter_node(spec, requests, node, used[node.name], count[node.name])]
             metadata = pod["metadata"]
             if feasible:
-                def free_cpu(node: Mapping[str, Any]) -> tuple[Fraction, str]:
-                    allocatable = _mapping(_mapping(node.get("status")).get("allocatable"))
-                    name = _node_name(node)
-                    return (-(parse_quantity(allocatable.get("cpu")) - used[name].get("cpu", Fraction(0))), name)
-                chosen = _node_name(min(feasible, key=free_cpu))
+                def free_cpu(node: NodeView) -> tuple[Fraction, str]:
+                    return (-(node.allocatable.get("cpu", Fraction(0)) - used[node.name].get("cpu", Fraction(0))), node.name)
+                chosen = min(feasible, key=free_cpu).name
                 try:
                     bind(self.store, self.pods, metadata.get("namespace"), metadata["name"],
                          {"metadata": {"name": metadata["name"]}, "target": {"kind": "Node", "name": chosen}})
@@ -378,6 +418,8 @@ class SchedulerStandIn:
                 count[chosen] += 1
                 bound += 1
             else:
+                failures = [reason for node in nodes
+                            for reason in filter_node(spec, requests, node, used[node.name], count[node.name])]
                 self._mark_unschedulable(pod, unschedulable_message(failures, len(nodes)))
         self.bound += bound
         return bound
