@@ -206,3 +206,23 @@ def test_kubectl_shows_the_node_once_the_stand_in_bound_the_pod(scheduled: str, 
     wide = kubectl(kubeconfig, "get", "pods", "-o", "wide").stdout
     row = next(line for line in wide.splitlines() if line.startswith("p "))
     assert "gpu-node-1" in row.split(), wide
+
+
+@needs_kubectl
+def test_kubectl_binds_a_pod_through_the_subresource_when_a_person_plays_the_scheduler(unscheduled: str, tmp_path: Path) -> None:
+    from tests.emulator.test_kubectl import kubectl
+    kubeconfig = write_kubeconfig(unscheduled, tmp_path / "kubeconfig")
+    call(unscheduled, "POST", "/api/v1/nodes", node("gpu-node-2"))
+    call(unscheduled, "POST", PODS, pod("p"))
+    before = next(line for line in kubectl(kubeconfig, "get", "pods", "-o", "wide").stdout.splitlines() if line.startswith("p "))
+    assert "gpu-node-2" not in before and "<none>" in before.split(), before
+    binding = tmp_path / "binding.json"
+    binding.write_text(json.dumps({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": "p"},
+                                   "target": {"apiVersion": "v1", "kind": "Node", "name": "gpu-node-2"}}))
+    kubectl(kubeconfig, "create", "--raw", f"{PODS}/p/binding", "-f", str(binding))
+    after = next(line for line in kubectl(kubeconfig, "get", "pods", "-o", "wide").stdout.splitlines() if line.startswith("p "))
+    assert "gpu-node-2" in after.split(), after
+    condition = kubectl(kubeconfig, "get", "pod", "p", "-o", "jsonpath={.status.conditions[?(@.type==\"PodScheduled\")].status}")
+    assert condition.stdout == "True"
+    again = kubectl(kubeconfig, "create", "--raw", f"{PODS}/p/binding", "-f", str(binding), check=False)
+    assert again.returncode != 0 and "already assigned" in again.stderr, again.stderr
