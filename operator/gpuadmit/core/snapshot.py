@@ -186,7 +186,7 @@ def build_snapshot(
     ``quotas``: GPUQuota objects (invalid ones are left out; the operator reports them) or their
     ``Tenancy``.
     ``avoided_nodes``: workload key ("namespace/name") -> nodes its pods may not be placed on this
-    time (the operator\'s: where kube-scheduler lately found them Unschedulable).
+    time (the operator's: where kube-scheduler lately found them Unschedulable).
     """
     policy = select_policy(policies, policy_name)
     namespaces = namespaces if isinstance(namespaces, (list, tuple)) else list(namespaces)
