@@ -95,9 +95,10 @@ class Cluster:
 
     @classmethod
     @contextlib.contextmanager
-    def start(cls, workdir: Path, crd_dir: Path = CRD_DIR) -> Iterator["Cluster"]:
+    def start(cls, workdir: Path, crd_dir: Path = CRD_DIR, scheduler: bool = True) -> Iterator["Cluster"]:
         """The emulator as a subprocess (serving the CRDs in ``crd_dir``), or the real cluster
-        ``GPUADMIT_E2E_KUBECONFIG`` names (the project's CRDs applied)."""
+        ``GPUADMIT_E2E_KUBECONFIG`` names (the project's CRDs applied). ``scheduler=False`` starts
+        the emulator with ``--no-scheduler`` (the test binds pods itself; a real cluster ignores it)."""
         real_kubeconfig = os.environ.get(REAL_CLUSTER_ENV)
         if real_kubeconfig:
             cluster = cls(Path(real_kubeconfig), real=True)
@@ -107,7 +108,7 @@ class Cluster:
             finally:
                 cluster.cleanup_real()
             return
-        with EmulatorProcess(workdir, (crd_dir,)).running() as emulator:
+        with EmulatorProcess(workdir, (crd_dir,), scheduler=scheduler).running() as emulator:
             yield cls(emulator.kubeconfig, real=False, emulator=emulator)
 
     # -- clients --
@@ -294,14 +295,16 @@ class Cluster:
 
     def set_workload_pods_phase(self, namespace: str, workload: str, phase: str) -> list[str]:
         """What the kubelets report for every pod of a workload. The operator writes the admission
-        first and creates the pods right after, so this waits until all of them exist."""
+        first and creates the pods right after, and kube-scheduler binds them, so this waits until
+        all of them exist and are bound."""
         obj = self.raw("GET", f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/gpuworkloads/{workload}")
         replicas = (obj.get("spec") or {}).get("replicas") or 1
 
         def all_pods() -> list[dict] | None:
             pods = self.pods_of(namespace, workload)
-            return pods if len(pods) >= replicas else None
-        names = [pod["metadata"]["name"] for pod in wait_until(all_pods, what=f"the pods of {namespace}/{workload}")]
+            # A kubelet acts on a pod only once it is bound to its node (by kube-scheduler).
+            return pods if len(pods) >= replicas and all((p.get("spec") or {}).get("nodeName") for p in pods) else None
+        names = [pod["metadata"]["name"] for pod in wait_until(all_pods, what=f"the bound pods of {namespace}/{workload}")]
         for name in names:
             self.set_pod_phase(namespace, name, phase)
         return names

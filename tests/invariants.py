@@ -37,6 +37,7 @@ from typing import Any
 from gpuadmit.core.model import API_GROUP, API_VERSION, GPU_RESOURCE, HOLDING_PHASES, WORKLOAD_LABEL, Phase
 from gpuadmit.core.nodes import parse_quantity
 from gpuadmit.core.placement import placement_of as recorded_placement
+from gpuadmit.core.pods import pod_node
 from gpuadmit.core.timefmt import parse_rfc3339_or_none
 
 KNOWN_PHASES = frozenset(phase.value for phase in Phase)
@@ -156,7 +157,7 @@ def gpus_in_use_by_node(state: ClusterState) -> dict[str, int]:
     in_use: Counter[str] = Counter(live_pod_gpus_by_node(state))
     own: Counter[tuple[str, str]] = Counter()
     for pod in state.pods:
-        node, owner = _mapping(pod.get("spec")).get("nodeName"), owning_workload_key(pod)
+        node, owner = pod_node(pod), owning_workload_key(pod)
         if isinstance(node, str) and node and owner and pod_is_live(pod):
             own[(owner, node)] += pod_gpus(pod)
     for key, placement in _stable_reservations(state).items():
@@ -166,10 +167,11 @@ def gpus_in_use_by_node(state: ClusterState) -> dict[str, int]:
 
 
 def live_pod_gpus_by_node(state: ClusterState) -> dict[str, int]:
-    """GPUs requested by non-terminal pods, per node: what the devices physically serve."""
+    """GPUs requested by non-terminal pods, per node: what the devices physically serve. A pod
+    not bound yet counts on the node its affinity pins it to (kube-scheduler binds it there)."""
     in_use: Counter[str] = Counter()
     for pod in state.pods:
-        node = _mapping(pod.get("spec")).get("nodeName")
+        node = pod_node(pod)
         if isinstance(node, str) and node and pod_is_live(pod):
             in_use[node] += pod_gpus(pod)
     return dict(in_use)
@@ -199,7 +201,7 @@ def explain_node(state: ClusterState, node: str) -> list[str]:
     """What takes GPUs on ``node``, line by line: for a violation report a person can act on."""
     lines = []
     for pod in state.pods:
-        if _mapping(pod.get("spec")).get("nodeName") == node and pod_is_live(pod):
+        if pod_node(pod) == node and pod_is_live(pod):
             metadata = _mapping(pod.get("metadata"))
             lines.append(f"pod {metadata.get('namespace')}/{metadata.get('name')} ({owning_workload_key(pod)}): "
                          f"{pod_gpus(pod)} GPUs, phase {_status(pod).get('phase')}")
@@ -283,7 +285,7 @@ def pods_violations(state: ClusterState) -> list[Violation]:
             continue
         on_nodes: Counter[str] = Counter()
         for pod in pods:
-            on_nodes[_mapping(pod.get("spec")).get("nodeName") or ""] += pod_gpus(pod)
+            on_nodes[pod_node(pod) or ""] += pod_gpus(pod)
         if tuple(sorted(on_nodes.items())) != placement_of(workload):
             violations.append(Violation(PODS_MISMATCH, key, f"pods on {dict(on_nodes)} but placement {placement_of(workload)}"))
     return violations

@@ -28,7 +28,9 @@ class Kubelet:
         self.run_seconds: dict[str, float] = {}  # workload key -> demo seconds its pods run
 
     def observe(self, event_type: str, pod: Mapping[str, Any]) -> Awaitable[None] | None:
-        """Our pods: Pending -> Running on arrival; Succeeded once the run time is over (finish_pods).
+        """Our pods: Pending -> Running once bound (the emulator's kube-scheduler stand-in set
+        ``spec.nodeName``), as a kubelet starts only pods bound to its node; Succeeded once the
+        run time is over (finish_pods).
 
         Pods are told apart by uid: a preempted workload's pods come back under the same names.
         """

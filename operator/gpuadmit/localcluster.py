@@ -167,6 +167,7 @@ class EmulatorProcess:
     crds: Sequence[Path] = ()
     audit_log: Path | None = None
     own_session: bool = False
+    scheduler: bool = True  # False: --no-scheduler, pods stay unbound until a client binds them
     child: ChildProcess | None = None
 
     @property
@@ -194,6 +195,8 @@ class EmulatorProcess:
             command += ["--crds", str(crd)]
         if self.audit_log is not None:
             command += ["--audit-log", str(self.audit_log)]
+        if not self.scheduler:
+            command.append("--no-scheduler")
         self.child = ChildProcess.spawn("emulated API server", command, self.log_path, own_session=self.own_session)
         return self.child
 

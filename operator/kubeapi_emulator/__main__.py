@@ -31,6 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--audit-log", metavar="FILE",
                         help="append one JSON line per request: the RBAC verb, API group, resource, "
                              "subresource, namespace, name and user agent")
+    parser.add_argument("--no-scheduler", dest="scheduler", action="store_false",
+                        help="do not run the kube-scheduler stand-in: pods stay unbound (no spec.nodeName) "
+                             "until a client binds them through pods/{name}/binding")
     return parser
 
 
@@ -38,7 +41,7 @@ async def serve(args: argparse.Namespace) -> None:
     try:
         server = EmulatedApiServer(host=args.host, port=args.port, crds=args.crds,
                                    require_namespaces=args.require_namespaces, history_limit=args.history_limit,
-                                   audit_log=args.audit_log)
+                                   audit_log=args.audit_log, scheduler=args.scheduler)
     except (ApiError, yaml.YAMLError) as e:
         raise SystemExit(f"python -m kubeapi_emulator: cannot serve the CRDs given: {e}") from None
     # Recording every request is for assertions in tests; a long-running process keeps few.

@@ -40,6 +40,7 @@ from kubeapi_emulator.resources import (
     ResourceSpec,
     specs_from_crd,
 )
+from kubeapi_emulator.scheduler import POD_STORAGE, bind
 from kubeapi_emulator.schema import unknown_fields
 from kubeapi_emulator.selectors import object_selector
 from kubeapi_emulator.store import (
@@ -114,7 +115,7 @@ def _refuse_non_json_constant(name: str) -> Any:
 async def parse_request(raw_request: aiohttp.web.BaseRequest, *, id: int,
                         vocabulary: RequestVocabulary | None = None) -> rendering.Request:
     """Build kmock's ``Request`` (so its filters and assertions work) with our path parsing;
-    PUT counts as the UPDATE action, as PATCH does."""
+    PUT counts as the UPDATE action, as PATCH does, and a POST to a subresource as CREATE."""
     body = await raw_request.read()
     text = body.decode("utf-8", errors="replace")
     data: Any
@@ -133,6 +134,8 @@ async def parse_request(raw_request: aiohttp.web.BaseRequest, *, id: int,
     action = parsing.guess_k8s(parsed, method, params)
     if action is None and method == kmock.method.PUT and parsed.name is not None:
         action = kmock.action.UPDATE
+    if action is None and method == kmock.method.POST and parsed.name is not None and parsed.subresource:
+        action = kmock.action.CREATE  # POST to an object's subresource creates it (pods/binding)
     return rendering.Request(
         id=id, raw_request=raw_request, url=raw_request.url, method=method,
         params=params, headers=dict(raw_request.headers), cookies=dict(raw_request.cookies),
@@ -428,6 +431,9 @@ class KubernetesApiEmulator(kmock.KubernetesScaffold):
             if spec.has_status:
                 resources.append({"name": f"{spec.plural}/status", "singularName": "", "kind": spec.kind,
                                   "namespaced": spec.namespaced, "verbs": ["get", "patch", "update"]})
+            if spec.storage_key == POD_STORAGE:
+                resources.append({"name": "pods/binding", "singularName": "", "kind": "Binding",
+                                  "namespaced": True, "verbs": ["create"]})
         return {"apiVersion": "v1", "kind": "APIResourceList",
                 "groupVersion": f"{group}/{version}" if group else version, "resources": resources}
 
@@ -520,6 +526,12 @@ class KubernetesApiEmulator(kmock.KubernetesScaffold):
     async def _serve_create(self, request: rendering.Request) -> rendering.Payload:
         spec = self._resolve(request)
         self._check_media_type(request, ("application/json", protobuf.PROTOBUF))
+        if request.subresource == "binding" and spec.storage_key == POD_STORAGE and request.name:
+            # What kube-scheduler calls to bind a pod (kubeapi_emulator.scheduler.bind).
+            if request.body.strip() and request.data is None:
+                raise errors.bad_request("the request body is not valid JSON")
+            bound = bind(self.store, spec, request.namespace or "default", request.name, request.data)
+            return rendering.Response(status=201, payload=bound)
         if request.subresource is not None:
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
         warnings = self._check_fields(spec, request, request.data)

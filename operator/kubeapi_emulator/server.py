@@ -25,6 +25,7 @@ from kubeapi_emulator.audit import AuditLog
 from kubeapi_emulator.faults import FaultPlan
 from kubeapi_emulator.handler import KubernetesApiEmulator
 from kubeapi_emulator.resources import load_crd_files
+from kubeapi_emulator.scheduler import SchedulerStandIn
 from kubeapi_emulator.store import DEFAULT_HISTORY_LIMIT
 
 
@@ -59,6 +60,9 @@ class EmulatedApiServer:
     and kmock's DSL works on it (``server.handler['patch'] << 500``). With ``audit=True``,
     ``audit_records`` lists every request as RBAC sees it (verb, group, resource, subresource,
     namespace; see ``kubeapi_emulator.audit``); ``audit_log`` also writes them as JSON lines.
+    ``scheduler`` (on by default) runs a kube-scheduler stand-in that binds pending pods
+    (``kubeapi_emulator.scheduler``); with ``scheduler=False`` pods stay unbound until a
+    client binds them (``POST pods/{name}/binding``), as when a test plays the scheduler.
     """
 
     def __init__(self, *, host: str = "127.0.0.1", port: int = 0,
@@ -69,7 +73,8 @@ class EmulatedApiServer:
                  bookmark_interval: float = 5.0,
                  faults: FaultPlan | None = None,
                  audit: bool = False,
-                 audit_log: str | os.PathLike[str] | None = None) -> None:
+                 audit_log: str | os.PathLike[str] | None = None,
+                 scheduler: bool = True) -> None:
         self.host = host
         self.port = port
         # The audit: records in memory with ``audit=True``, JSON lines in ``audit_log`` (or both).
@@ -79,6 +84,7 @@ class EmulatedApiServer:
             bookmark_interval=bookmark_interval, faults=faults or FaultPlan(), audit=self.audit)
         for crd in [*load_crd_files(Path(p) for p in crds), *crd_objects]:
             self.handler.install_crd(crd)
+        self.scheduler = SchedulerStandIn(self.handler.store, self.handler.spec_for) if scheduler else None
         self._runner: aiohttp.web.ServerRunner | None = None
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -111,9 +117,13 @@ class EmulatedApiServer:
         await site.start()
         self.port = self._runner.addresses[0][1]
         self._loop = asyncio.get_running_loop()
+        if self.scheduler is not None:
+            self.scheduler.start()
         return self.url
 
     async def stop(self) -> None:
+        if self.scheduler is not None:
+            await self.scheduler.stop()
         self.handler.store.close_all_watches()  # open watches would hold the shutdown otherwise
         if self._runner is not None:
             await self._runner.cleanup()

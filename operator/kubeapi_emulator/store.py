@@ -305,7 +305,8 @@ class ObjectStore:
         never modifies its argument (a merge patch builds a new object; a PUT ignores it): the
         proposed object may then share unchanged parts with the stored one, which is safe
         because stored objects are never modified in place."""
-        if subresource not in (None, "status") or (subresource == "status" and not spec.has_status):
+        # "binding" (pods only: kubeapi_emulator.scheduler.bind) writes spec and status in one go.
+        if subresource not in (None, "status", "binding") or (subresource == "status" and not spec.has_status):
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
         key = self._key(spec, namespace, name)
         old = self._objects[spec.storage_key].get(key)
@@ -333,7 +334,7 @@ class ObjectStore:
         else:
             result = proposed if proposed is not old else dict(proposed)
             result["metadata"] = dict(proposed_meta)
-            if spec.has_status:
+            if spec.has_status and subresource != "binding":
                 if "status" in old:
                     result["status"] = old["status"]
                 else:

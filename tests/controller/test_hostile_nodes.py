@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from gpuadmit.core.pods import pod_node
 from tests.e2e_harness import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.emulator]
@@ -22,8 +23,8 @@ def test_a_node_of_ten_million_gpus_is_left_out_and_the_rest_is_decided(cluster,
     other = cluster.wait_for_phase("team-a", "only-on-the-huge-node", {"Queued", "Rejected"})
     assert not other.get("placement")
     pods = wait_until(lambda: cluster.pods_of("team-a", "fits") or None, what="the admitted workload's pod")
-    assert {pod["spec"]["nodeName"] for pod in pods} == {real}
-    assert not [pod for pod in cluster.all_pods() if pod["spec"].get("nodeName") == huge]
+    assert {pod_node(pod) for pod in pods} == {real}
+    assert not [pod for pod in cluster.all_pods() if pod_node(pod) == huge]
     assert huge not in {entry["node"] for w in cluster.workloads() for entry in (w.get("status") or {}).get("placement") or []}
     assert operator.readiness().get("ready") is not False
     told = [line for line in operator.log_tail(200_000).splitlines() if f"Node {huge} is left out" in line]

@@ -12,7 +12,7 @@ from collections import Counter
 import pytest
 import yaml
 
-from tests.invariants import ClusterState, overcommit_violations, pod_gpus
+from gpuadmit.core.pods import pod_node
 from tests.e2e_harness import (
     CRD_DIR,
     REAL_CLUSTER_ENV,
@@ -22,6 +22,7 @@ from tests.e2e_harness import (
     policy_crd_taking_any_spec,
     wait_until,
 )
+from tests.invariants import ClusterState, overcommit_violations, pod_gpus
 
 pytestmark = [pytest.mark.e2e, pytest.mark.emulator]
 
@@ -90,7 +91,7 @@ def test_decisions_match_the_engine_and_pods_are_pinned_and_sized(cluster, opera
         assert all(pod_gpus(p) == spec_gpus for p in pods), key
         on_node = Counter()
         for pod in pods:
-            on_node[pod["spec"]["nodeName"]] += pod_gpus(pod)
+            on_node[pod_node(pod)] += pod_gpus(pod)
             owner = pod["metadata"]["ownerReferences"][0]
             assert (owner["kind"], owner["name"], owner["uid"], owner["controller"]) == \
                 ("GPUWorkload", workload["metadata"]["name"], workload["metadata"]["uid"], True)

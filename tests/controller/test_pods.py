@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 
 from gpuadmit.core.model import Action, Decision, PlacementEntry, Reason
-from gpuadmit.core.pods import build_pods, replica_nodes
+from gpuadmit.core.pods import build_pods, pinned_affinity, pinned_node, pod_node, replica_nodes
 
 
 def workload(replicas: int = 2, gpus: int = 4, template: dict | None = None) -> dict:
@@ -45,8 +45,12 @@ def test_one_pod_per_replica_named_by_index_and_pinned_to_its_node() -> None:
     decision = admit((PlacementEntry("node-a", 4, 1), PlacementEntry("node-b", 8, 2)))
     pods = build_pods(workload(replicas=3), decision)
     assert [p["metadata"]["name"] for p in pods] == ["train-0", "train-1", "train-2"]
-    assert [p["spec"]["nodeName"] for p in pods] == ["node-a", "node-b", "node-b"]
-    assert all("nodeSelector" not in p["spec"] for p in pods)
+    assert [pod_node(p) for p in pods] == ["node-a", "node-b", "node-b"]
+    assert all("nodeName" not in p["spec"] for p in pods)  # kube-scheduler binds them
+    assert all(p["spec"]["nodeSelector"] == {"pool": "gpu"} for p in pods)  # the template's, kept
+    assert [p["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"] for p in pods] == [
+        {"nodeSelectorTerms": [{"matchFields": [{"key": "metadata.name", "operator": "In", "values": [node]}]}]}
+        for node in ("node-a", "node-b", "node-b")]
     assert all(p["metadata"]["namespace"] == "team-a" for p in pods)
 
 
@@ -106,7 +110,7 @@ def test_every_pod_requests_exactly_its_share_of_the_placement() -> None:
     per_node: dict[str, int] = {}
     for pod in pods:
         trainer = pod["spec"]["containers"][1]
-        per_node[pod["spec"]["nodeName"]] = per_node.get(pod["spec"]["nodeName"], 0) + int(trainer["resources"]["requests"]["nvidia.com/gpu"])
+        per_node[pod_node(pod)] = per_node.get(pod_node(pod), 0) + int(trainer["resources"]["requests"]["nvidia.com/gpu"])
     assert per_node == {entry.node: entry.gpus for entry in decision.placement}
 
 
@@ -114,3 +118,43 @@ def test_a_malformed_template_never_crashes() -> None:
     broken = workload(replicas=1, template={"spec": {"containers": "not a list"}})
     pods = build_pods(broken, admit((PlacementEntry("n", 4, 1),)))
     assert len(pods) == 1 and pods[0]["spec"]["containers"]
+
+
+def test_the_pin_is_anded_into_every_required_term_and_the_rest_of_the_affinity_is_kept() -> None:
+    zone_a = {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}]}
+    big = {"matchExpressions": [{"key": "size", "operator": "Gt", "values": ["4"]}],
+           "matchFields": [{"key": "metadata.name", "operator": "NotIn", "values": ["bad"]}]}
+    preferred = [{"weight": 1, "preference": zone_a}]
+    template = workload()["spec"]["template"]
+    template["spec"]["affinity"] = {
+        "nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [zone_a, big]},
+                         "preferredDuringSchedulingIgnoredDuringExecution": preferred},
+        "podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": []}}
+    template["spec"]["tolerations"] = [{"key": "gpu", "operator": "Exists"}]
+    template["spec"]["topologySpreadConstraints"] = [{"maxSkew": 1, "topologyKey": "zone", "whenUnsatisfiable": "DoNotSchedule"}]
+    template["spec"]["schedulerName"] = "default-scheduler"
+    original = copy.deepcopy(template)
+    (pod,) = build_pods(workload(replicas=1, template=template), admit((PlacementEntry("node-a", 4, 1),)))
+    pin = {"key": "metadata.name", "operator": "In", "values": ["node-a"]}
+    affinity = pod["spec"]["affinity"]
+    assert affinity["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"] == [
+        {**zone_a, "matchFields": [pin]}, {**big, "matchFields": [*big["matchFields"], pin]}]
+    assert affinity["nodeAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"] == preferred
+    assert affinity["podAntiAffinity"] == original["spec"]["affinity"]["podAntiAffinity"]
+    for kept in ("tolerations", "topologySpreadConstraints", "schedulerName", "nodeSelector"):
+        assert pod["spec"][kept] == original["spec"][kept], kept
+    assert template == original  # the workload's template is not modified
+    assert pinned_node(pod["spec"]) == "node-a" and pod_node(pod) == "node-a"
+
+
+def test_pinning_twice_adds_one_requirement_and_a_bound_pod_counts_where_it_is_bound() -> None:
+    once = pinned_affinity(None, "n1")
+    assert pinned_affinity(once, "n1") == once
+    assert pinned_node({"affinity": once}) == "n1"
+    # Terms that disagree, or one without the pin, do not pin the pod to one node.
+    assert pinned_node({"affinity": pinned_affinity(once, "n2")}) is None
+    mixed = copy.deepcopy(once)
+    mixed["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"].append({})
+    assert pinned_node({"affinity": mixed}) is None
+    assert pod_node({"spec": {"nodeName": "n9", "affinity": once}}) == "n9"
+    assert pod_node({"spec": {}}) is None and pod_node({}) is None

@@ -15,7 +15,9 @@ One cycle, top to bottom:
    e.g. after a restart, gets its pods, never a new placement), leftover pods
    of workloads that no longer hold GPUs deleted.
 3. Snapshot the cache, requeue workloads whose node went away (deleted, NotReady,
-   cordoned) or whose status.placement does not account for their replicas, decide.
+   cordoned), whose status.placement does not account for their replicas, or whose pod
+   kube-scheduler has reported Unschedulable for longer than ``unschedulable_seconds``
+   (controller.unschedulable: that node is then avoided for that workload a while), decide.
 4. Apply: preemptions first (victim status Preempted, then its pods deleted),
    then every admit, queue and reject status together. An admit's pods are
    started once its status with the placement is written (the reservation
@@ -50,6 +52,7 @@ from gpuadmit.controller import status as desired_status
 from gpuadmit.controller.api import ApiError
 from gpuadmit.controller.cache import NAMESPACE, NODE, POD, POLICY, QUOTA, WORKLOAD, ObjectCache, object_key
 from gpuadmit.controller.podcreator import PodCreator, pods_for
+from gpuadmit.controller.unschedulable import UnschedulableTracker
 from gpuadmit.controller.writer import Writer
 from gpuadmit.core.errors import SpecError
 from gpuadmit.core.guarantee import quota_reports
@@ -103,6 +106,7 @@ class LoopSettings:
     namespaces: tuple[str, ...] = ()
     pod_security_level: str = DEFAULT_LEVEL  # what templates are held to (core.podsecurity)
     max_failed_cycles: int = 5  # whole-cycle failures in a row that make the loop unhealthy (0: never)
+    unschedulable_seconds: float = 120.0  # a pod Unschedulable this long requeues its workload (controller.unschedulable)
 
 
 @dataclass
@@ -195,6 +199,8 @@ class SchedulingLoop:
         self._policy_parsed: tuple[tuple[Any, Any], Policy] | None = None
         self._parse_memo = ParseMemo()
         self._tenancy = Tenancy()
+        self.unschedulable = UnschedulableTracker(settings.unschedulable_seconds)
+        self._unschedulable_timer: asyncio.TimerHandle | None = None
 
     # -- inputs -------------------------------------------------------------------------
 
@@ -309,6 +315,8 @@ class SchedulingLoop:
         mark = time.monotonic()
         snapshot = self._snapshot(policy, now)
         lost = self._holding_to_requeue(snapshot)
+        for key, reason_and_why in self._unschedulable_to_requeue(now).items():
+            lost.setdefault(key, reason_and_why)
         if lost:
             await self._requeue(lost, snapshot, now, report)
             snapshot = self._snapshot(policy, now)
@@ -491,6 +499,7 @@ class SchedulingLoop:
             self.cache.all(NODE), self.cache.all(POD), namespaces, self.cache.all(WORKLOAD),
             policies, now, policy_name=policy.name if policy is not None else self.settings.policy_name,
             memo=self._parse_memo, pod_security_level=self.settings.pod_security_level, quotas=self._tenancy,
+            avoided_nodes=self.unschedulable.avoided_nodes(now),
         )
 
     async def _write_quota_statuses(self, snapshot: Snapshot, now: float) -> None:
@@ -527,6 +536,19 @@ class SchedulingLoop:
                     lost[workload.key] = (desired_status.NODE_UNAVAILABLE,
                                           f"node {entry.node} is {node.unschedulable_reason or 'unschedulable'}")
         return lost
+
+    def _unschedulable_to_requeue(self, now: float) -> dict[str, tuple[str, str]]:
+        """Holding workloads with a pod kube-scheduler has found unschedulable for too long; a
+        cycle is asked for when the next such pod will be overdue."""
+        holding = {object_key(w): w for w in self.cache.all(WORKLOAD) if _phase(w) in HOLDING_PHASES}
+        own = {key: [pod for pod in pods if _owned_by(pod, holding[key])]
+               for key, pods in self.cache.pods_by_workload().items() if key in holding}
+        overdue, next_due = self.unschedulable.overdue(own, now)
+        if next_due is not None:
+            if self._unschedulable_timer is not None:
+                self._unschedulable_timer.cancel()
+            self._unschedulable_timer = asyncio.get_running_loop().call_later(next_due + 0.1, self.trigger)
+        return overdue
 
     async def _requeue(self, lost: dict[str, tuple[str, str]], snapshot: Snapshot, now: float, report: CycleReport) -> None:
         async def requeue_one(key: str, reason_and_why: tuple[str, str]) -> None:

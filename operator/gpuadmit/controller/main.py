@@ -51,6 +51,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-failed-cycles", type=int, default=5,
                         help="after this many scheduling cycles in a row fail as a whole, /readyz answers 503 "
                              "until one succeeds (0: never; default 5)")
+    parser.add_argument("--unschedulable-seconds", type=_non_negative_float, default=120.0,
+                        help="how long kube-scheduler may report a pod of an admitted workload Unschedulable before "
+                             "the workload's pods are deleted, its GPUs given back and it is requeued (default 120)")
     parser.add_argument("--per-namespace-metrics", action="store_true", help="add per-namespace metric series (off: metrics name no tenant)")
     parser.add_argument("--log-level", default=os.environ.get("GPUADMIT_LOG_LEVEL", "INFO"), help="DEBUG, INFO, WARNING (default INFO)")
 
@@ -72,6 +75,7 @@ def options_from_args(args: argparse.Namespace) -> OperatorOptions:
         per_namespace_metrics=args.per_namespace_metrics,
         pod_security_level=args.pod_security_level,
         max_failed_cycles=max(0, args.max_failed_cycles),
+        unschedulable_seconds=args.unschedulable_seconds,
     )
 
 

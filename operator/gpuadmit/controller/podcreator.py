@@ -37,7 +37,7 @@ from gpuadmit.controller.writer import PodCreation, Writer, cancel_all
 from gpuadmit.core.errors import SpecError
 from gpuadmit.core.model import GPU_RESOURCE, Action, Decision, PlacementEntry, Reason
 from gpuadmit.core.nodes import gpu_count, gpus_used_by_node, pod_gpu_request
-from gpuadmit.core.pods import build_pods
+from gpuadmit.core.pods import build_pods, pinned_node
 from gpuadmit.core.podsecurity import DEFAULT_RULES, TemplateRules
 from gpuadmit.core.workload import check_pod_template
 
@@ -55,6 +55,13 @@ def pods_for(workload: Mapping[str, Any], placement: tuple[PlacementEntry, ...])
         placement=placement,
     )
     return build_pods(workload, decision)
+
+
+def _reserved_node(pod: Mapping[str, Any]) -> str:
+    """The node a pod built by ``pods_for`` is pinned to (its reservation's node)."""
+    node_name = pinned_node(pod["spec"])
+    assert node_name is not None, "build_pods pins every pod"
+    return node_name
 
 
 # (workload key, workload uid, reason, message): mark that workload Failed.
@@ -119,7 +126,7 @@ class PodCreator:
         for pod in pods_for(workload, placement):
             if pod["metadata"]["name"] in names:
                 continue
-            node_name, gpus = pod["spec"]["nodeName"], pod_gpu_request(pod)
+            node_name, gpus = _reserved_node(pod), pod_gpu_request(pod)
             if not self._fits(node_name, gpus):
                 logger.info("Pod %s waits: node %s has no %d free GPUs yet", pod["metadata"]["name"], node_name, gpus)
                 self.retry_later(2.0)
@@ -168,7 +175,7 @@ class PodCreator:
             self.retry_later(1.0)  # the reservation stands; its missing pods come next cycle
 
     async def _create_one(self, pod: dict[str, Any]) -> PodCreation:
-        node_name, gpus, key = pod["spec"]["nodeName"], pod_gpu_request(pod), object_key(pod)
+        node_name, gpus, key = _reserved_node(pod), pod_gpu_request(pod), object_key(pod)
         result = PodCreation(False)
         try:
             result = await self.writer.create_pod(pod)

@@ -50,6 +50,7 @@ class OperatorOptions:
     per_namespace_metrics: bool = False  # opt-in: metrics then name tenants' namespaces
     pod_security_level: str = DEFAULT_LEVEL  # the Pod Security Standards level templates are held to
     max_failed_cycles: int = 5  # whole-cycle failures in a row after which /readyz fails (0: never)
+    unschedulable_seconds: float = 120.0  # a pod Unschedulable this long requeues its workload
 
 
 class OperatorRuntime:
@@ -79,7 +80,7 @@ class OperatorRuntime:
         self.loop = SchedulingLoop(
             self.cache, writer,
             LoopSettings(options.debounce_seconds, options.resync_seconds, options.policy_name, options.namespaces,
-                         options.pod_security_level, options.max_failed_cycles),
+                         options.pod_security_level, options.max_failed_cycles, options.unschedulable_seconds),
             metrics=self.metrics, gate=gate, resync=self.resync,
         )
         if gate is not None:

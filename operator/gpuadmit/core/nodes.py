@@ -16,6 +16,7 @@ from typing import Any
 
 from gpuadmit.core.errors import show_number
 from gpuadmit.core.model import GPU_MEMORY_LABEL, GPU_PRODUCT_LABEL, GPU_RESOURCE, GpuNode, Taint
+from gpuadmit.core.pods import pod_node
 
 _MAPPINGS = (dict, Mapping)  # dict first: the common case is checked fastest
 
@@ -262,15 +263,15 @@ def _container_requests(container: object) -> dict[str, int]:
 
 
 def requests_used_by_node(pods: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, int]]:
-    """Non-GPU resources requested by every non-terminal pod bound to a node, by node."""
+    """Non-GPU resources requested by every non-terminal pod bound to a node or, not bound yet,
+    pinned to one (``core.pods.pod_node``, as GPUs are counted), by node."""
     used: dict[str, dict[str, int]] = {}
     for pod in pods:
         if pod_is_terminal(pod):
             continue
-        spec = _mapping(pod.get("spec"))
-        node_name = spec.get("nodeName")
-        if isinstance(node_name, str) and node_name:
-            _add(used.setdefault(node_name, {}), pod_requests(spec))
+        node_name = pod_node(pod)
+        if node_name:
+            _add(used.setdefault(node_name, {}), pod_requests(_mapping(pod.get("spec"))))
     return used
 
 
@@ -292,13 +293,14 @@ def pod_is_terminal(pod: Mapping[str, Any]) -> bool:
 
 
 def gpus_used_by_node(pods: Iterable[Mapping[str, Any]]) -> dict[str, int]:
-    """GPUs requested by every non-terminal pod bound to a node (``spec.nodeName``), by node."""
+    """GPUs requested by every non-terminal pod bound to a node (``spec.nodeName``) or, not
+    bound yet, pinned to one by its node affinity (``core.pods.pod_node``), by node."""
     used: dict[str, int] = {}
     for pod in pods:
         if pod_is_terminal(pod):
             continue
-        node_name = _mapping(pod.get("spec")).get("nodeName")
-        if not isinstance(node_name, str) or not node_name:
+        node_name = pod_node(pod)
+        if node_name is None:
             continue
         gpus = pod_gpu_request(pod)
         if gpus:

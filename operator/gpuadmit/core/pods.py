@@ -1,10 +1,15 @@
 """Pods for an admitted GPUWorkload: one per replica, pinned, sized and owned.
 
 ``build_pods`` is pure: it turns the workload object and its admit decision into
-Pod dicts the writer creates as they are. The pods bypass the scheduler
-(``spec.nodeName``) because the engine already reserved exactly those GPUs on
-exactly those nodes; letting the scheduler choose again could land a replica
-where no reservation was made.
+Pod dicts the writer creates as they are. The pods do not bypass the scheduler
+(no ``spec.nodeName``): each keeps its template's scheduling constraints and gets
+one more required node-affinity requirement, ``metadata.name`` In [its reserved
+node], ANDed into every node selector term (as the DaemonSet controller pins its
+pods). kube-scheduler binds it there, checking everything gpuadmit does not model
+(volumes, ports, pod affinity), or reports it ``Unschedulable`` (controller.unschedulable).
+
+Until it is bound, such a pod counts on its reserved node: ``pod_node`` reads
+``spec.nodeName`` or, failing that, the pinning requirement.
 """
 
 from __future__ import annotations
@@ -71,8 +76,9 @@ def build_pods(workload_obj: Mapping[str, Any], decision: Decision) -> list[dict
     collection removes it with the workload), labelled with the template's labels
     plus ``gpuadmit.io/workload``, ``gpuadmit.io/replica`` and ``gpuadmit.io/class``,
     requests exactly the admitted GPUs on the container that asked for GPUs (the
-    first container otherwise; every other container gets 0), and is pinned to
-    its reserved node.
+    first container otherwise; every other container gets 0), keeps the template's
+    scheduling constraints (nodeSelector, affinity, tolerations, topology spread,
+    scheduler name) and is pinned to its reserved node by a required node affinity.
     """
     metadata = workload_obj.get("metadata") or {}
     spec = workload_obj.get("spec") or {}
@@ -96,8 +102,8 @@ def build_pods(workload_obj: Mapping[str, Any], decision: Decision) -> list[dict
         pod_spec["containers"] = _sized_containers(pod_spec.get("containers"), gpus)
         if isinstance(pod_spec.get("initContainers"), list):
             pod_spec["initContainers"] = [_without_gpus(c) for c in pod_spec["initContainers"] if isinstance(c, Mapping)]
-        pod_spec["nodeName"] = node_name
-        pod_spec.pop("nodeSelector", None)  # the reservation already chose the node
+        pod_spec.pop("nodeName", None)  # kube-scheduler binds it, to the node the affinity allows
+        pod_spec["affinity"] = pinned_affinity(pod_spec.get("affinity"), node_name)
         if not pod_spec.get("restartPolicy"):
             pod_spec["restartPolicy"] = DEFAULT_RESTART_POLICY.get(workload_class, "OnFailure")
         pod_metadata: dict[str, Any] = {
@@ -117,6 +123,67 @@ def build_pods(workload_obj: Mapping[str, Any], decision: Decision) -> list[dict
             pod_metadata["annotations"] = annotations
         pods.append({"apiVersion": "v1", "kind": "Pod", "metadata": pod_metadata, "spec": pod_spec})
     return pods
+
+
+# The field a node selector requirement matches a node's name by (``matchFields``).
+NODE_NAME_FIELD = "metadata.name"
+
+
+def pinned_affinity(affinity: Any, node_name: str) -> dict[str, Any]:
+    """``affinity`` (a pod's, possibly None) with ``metadata.name`` In [``node_name``] required:
+    ANDed into every existing required node selector term (the terms are ORed, so every one
+    of them must carry it), or as the only term when there is none. The template's own
+    requirements stay: the reservation was made on a node that satisfies them."""
+    pinned = copy.deepcopy(dict(affinity)) if isinstance(affinity, Mapping) else {}
+    node_affinity = dict(found) if isinstance(found := pinned.get("nodeAffinity"), Mapping) else {}
+    required = dict(found) if isinstance(
+        found := node_affinity.get("requiredDuringSchedulingIgnoredDuringExecution"), Mapping) else {}
+    pin = {"key": NODE_NAME_FIELD, "operator": "In", "values": [node_name]}
+    terms = [dict(term) for term in required.get("nodeSelectorTerms") or [] if isinstance(term, Mapping)]
+    if not terms:
+        terms = [{}]
+    for term in terms:
+        fields = [field for field in term.get("matchFields") or [] if field != pin]
+        term["matchFields"] = [*fields, pin]
+    required["nodeSelectorTerms"] = terms
+    node_affinity["requiredDuringSchedulingIgnoredDuringExecution"] = required
+    pinned["nodeAffinity"] = node_affinity
+    return pinned
+
+
+def pinned_node(pod_spec: Mapping[str, Any]) -> str | None:
+    """The one node a pod's required node affinity allows by name (``matchFields``
+    ``metadata.name`` In [node] in every term, as ``pinned_affinity`` writes it), else None."""
+    affinity = pod_spec.get("affinity")
+    node_affinity = affinity.get("nodeAffinity") if isinstance(affinity, Mapping) else None
+    required = (node_affinity.get("requiredDuringSchedulingIgnoredDuringExecution")
+                if isinstance(node_affinity, Mapping) else None)
+    terms = required.get("nodeSelectorTerms") if isinstance(required, Mapping) else None
+    if not isinstance(terms, list) or not terms:
+        return None
+    found: str | None = None
+    for term in terms:
+        fields = term.get("matchFields") if isinstance(term, Mapping) else None
+        names = [field["values"][0] for field in fields or [] if isinstance(field, Mapping)
+                 and field.get("key") == NODE_NAME_FIELD and field.get("operator") == "In"
+                 and isinstance(field.get("values"), list) and len(field["values"]) == 1
+                 and isinstance(field["values"][0], str)] if isinstance(fields, list) else []
+        if len(set(names)) != 1 or (found is not None and names[0] != found):
+            return None
+        found = names[0]
+    return found
+
+
+def pod_node(pod: Mapping[str, Any]) -> str | None:
+    """The node a pod is bound to (``spec.nodeName``) or, not bound yet, pinned to: where its
+    requests count. None for a pod that may still go anywhere."""
+    spec = pod.get("spec")
+    if not isinstance(spec, Mapping):
+        return None
+    node_name = spec.get("nodeName")
+    if isinstance(node_name, str) and node_name:
+        return node_name
+    return pinned_node(spec)
 
 
 def _requests_gpu(container: Mapping[str, Any]) -> bool:

@@ -39,7 +39,7 @@ from gpuadmit.core.nodes import (
     pod_requests,
     requests_used_by_node,
 )
-from gpuadmit.core.pods import controlling_workload
+from gpuadmit.core.pods import controlling_workload, pod_node
 from gpuadmit.core.podsecurity import DEFAULT_LEVEL, DEFAULT_POD_SECURITY, PodSecurity, pod_security_of_namespaces
 from gpuadmit.core.policy import select_policy
 from gpuadmit.core.quota import Tenancy, tenancy
@@ -125,8 +125,8 @@ def resources_of_own_pods(pods: Iterable[Mapping[str, Any]]) -> dict[tuple[str, 
         if controller is None or pod_is_terminal(pod):
             continue
         spec = pod.get("spec")
-        node_name = spec.get("nodeName") if isinstance(spec, _MAPPINGS) else None
-        if not isinstance(node_name, str) or not node_name:
+        node_name = pod_node(pod)  # bound, or pinned and waiting for kube-scheduler
+        if not node_name:
             continue
         held = own.setdefault((f"{metadata.get('namespace') or 'default'}/{controller[0]}", node_name), {})
         for resource, amount in pod_requests(spec if isinstance(spec, _MAPPINGS) else {}).items():
@@ -148,9 +148,8 @@ def gpus_of_own_pods(pods: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str],
         if controller is None or pod_is_terminal(pod):
             continue
         workload_name = controller[0]
-        spec = pod.get("spec")
-        node_name = spec.get("nodeName") if isinstance(spec, _MAPPINGS) else None
-        if not isinstance(node_name, str) or not node_name:
+        node_name = pod_node(pod)  # bound, or pinned and waiting for kube-scheduler
+        if node_name is None:
             continue
         namespace = metadata.get("namespace") or "default"
         gpus = pod_gpu_request(pod)
