@@ -102,7 +102,11 @@ def test_pods_are_pinned_not_bound_and_an_unschedulable_one_gives_its_reservatio
     status = cluster.get_workload("team-a", "stuck")["status"]
     assert status["phase"] in ("Queued", "Admitted"), status  # requeued, and decided again
     admitted = {c["type"]: c for c in status["conditions"]}["Admitted"]
-    assert admitted["reason"] in ("Unschedulable", "Admitted"), admitted
+    # The node it was stuck on is avoided for a while and the other node is full: it waits (or, once
+    # the avoidance has passed, is admitted again), never placed back on the avoided node now.
+    assert admitted["reason"] in ("Unschedulable", "InsufficientCapacity", "Admitted"), admitted
+    if status["phase"] == "Admitted":
+        assert [entry["node"] for entry in status["placement"]] != [placed["stuck"][0]["node"]], status
     # The running workload was not touched, and no GPU is promised twice.
     assert cluster.get_workload("team-a", "runs")["status"]["phase"] == "Running"
     assert overcommit_violations(ClusterState.from_dump(cluster.dump())) == []
