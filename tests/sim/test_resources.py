@@ -10,7 +10,7 @@ import pytest
 from gpuadmit.core.engine import decide
 from gpuadmit.sim.replay import POLICY_NAMES, Contender, SimulationError, contender_for, fragmented_gpus, replay
 from gpuadmit.sim.report import summarize, to_table
-from gpuadmit.sim.trace import MIB, read_plain
+from gpuadmit.sim.trace import MIB, TraceError, read_plain
 from tests.sim.test_replay import policy
 
 GIB = 1024 * MIB
@@ -57,7 +57,7 @@ def test_the_replay_refuses_a_decider_that_ignores_cpu(tmp_path):
         return decide(dataclasses.replace(snapshot, pending=tuple(dataclasses.replace(w, requests=()) for w in snapshot.pending)))
 
     contender = Contender("gpu-only", gpu_only, honours_queue_timeouts=False, min_runtime_before_preemption_s=None)
-    with pytest.raises(SimulationError, match="overcommit: .* cpu on"):
+    with pytest.raises(SimulationError, match=r"overcommit: .* cpu on"):
         replay(trace, policy(), contender)
 
 
@@ -94,3 +94,13 @@ def test_fragmentation_over_a_replay_with_a_known_answer(tmp_path, name):
     assert summary["gpuFragmentation"] == pytest.approx(5 / 6, abs=1e-4)
     assert summary["fragmentedGPUs"] == pytest.approx(5.0)
     assert "GPU fragmentation (CPU/memory)" in to_table(trace, [summary])
+
+
+@pytest.mark.parametrize(("column", "value"), [("cpu_milli", "-1"), ("host_memory_mib", "2e13"), ("cpu_milli", "1.5")])
+def test_a_bad_cpu_or_memory_amount_is_refused_naming_the_row_and_column(tmp_path, column, value):
+    nodes = tmp_path / "nodes.csv"
+    nodes.write_text("name,gpus,product\na,8,T4\n")
+    workloads = tmp_path / "workloads.csv"
+    workloads.write_text(f"name,submit_time,gpus,{column}\nw,0,1,{value}\n")
+    with pytest.raises(TraceError, match=rf"workloads.csv:2: column '{column}' must be"):
+        read_plain(workloads, nodes)
