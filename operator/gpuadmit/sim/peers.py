@@ -36,6 +36,7 @@ from gpuadmit.core.inventory import (
     SPREAD,
     Inventory,
     LayoutMemo,
+    Need,
     PlacementStrategy,
     workload_shape,
 )
@@ -90,8 +91,9 @@ def decide_peer(snapshot: Snapshot, peer: PeerPolicy, layouts: LayoutMemo | None
                     victims_on_node.setdefault(entry.node, []).append(holder)
                 if snapshot.quotas:
                     borrowers_on_node.setdefault(entry.node, []).append(holder)
-    # Per workload shape: eligible pools, the largest eligible node and the GPUs of all of them.
-    reach: dict[tuple, tuple[tuple[int, ...], int, int]] = {}
+    # Per workload shape: eligible pools, the largest eligible node, the GPUs of all of them, and
+    # what a replica needs beyond GPUs (CPU, memory, node constraints; None: GPUs alone).
+    reach: dict[tuple, tuple[tuple[int, ...], int, int, Need | None]] = {}
     # Shapes whose preemption attempt failed this cycle: GPUs only get scarcer, so skip repeats.
     preemption_failed: set[tuple] = set()
 
@@ -118,15 +120,26 @@ def decide_peer(snapshot: Snapshot, peer: PeerPolicy, layouts: LayoutMemo | None
                 pools,
                 max((inventory.pools[p].max_allocatable for p in pools), default=0),
                 sum(alloc * count for p in pools for alloc, count in inventory.pools[p].allocatable_histogram),
+                inventory.need_of(workload, shape),
             )
-        pools, largest, total = reach[shape]
+        pools, largest, total, need = reach[shape]
         if workload.gpus_per_replica > largest or workload.total_gpus > total:
             decisions.append(_reject_never_fits(workload, largest, total))
+            continue
+        if need is not None and inventory.replicas_if_empty_with(pools, workload.gpus_per_replica, need) < workload.replicas:
+            decisions.append(Decision.about(
+                workload, Action.REJECT, Reason.NO_NODE_CAN_FIT,
+                f"needs {workload.replicas} replicas of {workload.gpus_per_replica} GPUs and {_describe(need)}; "
+                "eligible nodes cannot hold that many even empty",
+            ))
             continue
         if snapshot.quotas and peer_quotas.over_cap(snapshot, workload, used):
             queued.append(workload)
             continue
-        placement = inventory.place(pools, workload.gpus_per_replica, workload.replicas)
+        placement = (
+            inventory.place(pools, workload.gpus_per_replica, workload.replicas) if need is None
+            else inventory.place_needing(pools, workload.gpus_per_replica, workload.replicas, need)
+        )
         size = (shape, workload.gpus_per_replica, workload.replicas)
         victims: list[Workload] = []
         reclaim = False
@@ -136,11 +149,11 @@ def decide_peer(snapshot: Snapshot, peer: PeerPolicy, layouts: LayoutMemo | None
             and workload.workload_class == "inference"
             and size not in preemption_failed
         ):
-            placement, victims = _place_with_preemption(inventory, pools, workload, victims_on_node, evicted)
+            placement, victims = _place_with_preemption(inventory, pools, workload, victims_on_node, evicted, need)
             if placement is None:
                 preemption_failed.add(size)
         if placement is None and workload.key in within and borrowers_on_node and (size, "reclaim") not in preemption_failed:
-            placement, victims = _place_with_preemption(inventory, pools, workload, borrowers_on_node, evicted)
+            placement, victims = _place_with_preemption(inventory, pools, workload, borrowers_on_node, evicted, need)
             reclaim = placement is not None
             if placement is None:
                 preemption_failed.add((size, "reclaim"))
@@ -185,10 +198,15 @@ def _place_with_preemption(
     workload: Workload,
     victims_on_node: Mapping[str, list[Workload]],
     evicted: set[str],
+    resource_need: Need | None = None,
 ) -> tuple[tuple[PlacementEntry, ...] | None, list[Workload]]:
     """Place ``workload`` by evicting training workloads: per replica, the node needing the fewest
     victim GPUs, youngest victims first. Returns (placement, victims) or (None, []) if it cannot;
-    the inventory is left as it was (the caller releases the victims and takes the placement)."""
+    the inventory is left as it was (the caller releases the victims and takes the placement).
+
+    With a ``resource_need`` (CPU, memory, node constraints), victims are chosen by GPUs as above and the
+    result is kept only if every replica also fits its node's resources with those victims gone
+    and is allowed there; else (None, []), never an overcommitted node."""
     # A trial overlay: nothing is evicted unless the whole gang fits. Only eligible nodes with
     # victims (or freed by them) can help, since the plain placement already failed.
     eligible = set(pools)
@@ -241,14 +259,45 @@ def _place_with_preemption(
                     free[entry.node] += entry.gpus
         free[node] -= need
         nodes_taken.append(node)
-    return _entries(nodes_taken, need), victims
+    if resource_need is not None and not _fits_resources(inventory, nodes_taken, resource_need, victims):
+        return None, []
+    return _entries(nodes_taken, need, resource_need), victims
 
 
-def _entries(node_names: Iterable[str], gpus_per_replica: int) -> tuple[PlacementEntry, ...]:
+def _fits_resources(inventory: Inventory, nodes_taken: list[str], need: Need, victims: list[Workload]) -> bool:
+    """Whether the replicas on ``nodes_taken`` are allowed there and fit each node's free resources
+    plus what ``victims`` give back on it."""
+    for node in set(nodes_taken):
+        index = inventory.index_by_name[node]
+        if need.allowed is not None and index not in need.allowed:
+            return False
+        free = dict(inventory.resource_free[index])
+        for victim in victims:
+            for entry in victim.placement:
+                if entry.node == node:
+                    for resource, amount in entry.resources:
+                        if resource in free:
+                            free[resource] += amount
+        replicas = nodes_taken.count(node)
+        if any(resource in free and free[resource] < amount * replicas for resource, amount in need.requests):
+            return False
+    return True
+
+
+def _describe(need: Need) -> str:
+    asked = ", ".join(f"{amount} {resource}" for resource, amount in need.requests) or "no other resource"
+    return f"{asked} per replica" + (" on the nodes its constraints allow" if need.allowed is not None else "")
+
+
+def _entries(node_names: Iterable[str], gpus_per_replica: int, need: Need | None = None) -> tuple[PlacementEntry, ...]:
     replicas: dict[str, int] = {}
     for name in node_names:
         replicas[name] = replicas.get(name, 0) + 1
-    return tuple(PlacementEntry(node=name, gpus=count * gpus_per_replica, replicas=count) for name, count in sorted(replicas.items()))
+    requests = need.requests if need is not None else ()
+    return tuple(
+        PlacementEntry(node=name, gpus=count * gpus_per_replica, replicas=count, resources=tuple((r, a * count) for r, a in requests))
+        for name, count in sorted(replicas.items())
+    )
 
 
 def _reject_never_fits(workload: Workload, largest: int, total: int) -> Decision:

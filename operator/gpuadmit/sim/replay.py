@@ -42,6 +42,7 @@ from gpuadmit.core.model import (
     Policy,
     Quota,
     Reason,
+    Resources,
     Snapshot,
     Workload,
 )
@@ -127,6 +128,37 @@ class ReplayResult:
     wall_seconds: float
     cpu_seconds: float  # this process's CPU time: the honest figure on a shared machine
     guaranteed_namespaces: frozenset[str] = frozenset()  # namespaces of quotas that guarantee GPUs
+    fragmented_gpu_seconds: float = 0.0  # integral of ``fragmented_gpus`` over the replay
+
+    @property
+    def fragmentation(self) -> float:
+        """Share of the cluster's GPU-time fragmented (``fragmented_gpus``), over the replay."""
+        span = (self.horizon_s - self.start_s) * self.total_gpus
+        return self.fragmented_gpu_seconds / span if span > 0 else 0.0
+
+
+def fragmented_gpus(
+    free_gpus: Mapping[str, int], free_resources: Mapping[str, Mapping[str, int]], pending: Iterable[Resources],
+) -> int:
+    """GPUs idle on nodes whose free CPU or memory cannot host the smallest pending pod (the FGD
+    paper's GPU fragmentation, by CPU and memory): the smallest pending pod asks, of each resource,
+    the least any pending replica asks (so a node short of it can host no pending pod at all).
+    0 when nothing is pending or no pending pod asks for CPU or memory; a resource a node does
+    not list does not limit it."""
+    smallest: dict[str, int] = {}
+    first = True
+    for requests in pending:
+        asked = dict(requests)
+        for resource in ("cpu", "memory"):
+            amount = asked.get(resource, 0)
+            smallest[resource] = amount if first else min(smallest[resource], amount)
+        first = False
+    if first or not any(smallest.values()):
+        return 0
+    return sum(
+        gpus for node, gpus in free_gpus.items()
+        if gpus > 0 and any(free_resources[node].get(r, amount) < amount for r, amount in smallest.items())
+    )
 
 
 class GuaranteeBook:
@@ -209,7 +241,10 @@ def replay(
     node_index = {name: index for index, name in enumerate(node_order)}
     node_views: list[GpuNode] = [base_nodes[name] for name in node_order]
     folded_used = {name: 0 for name in node_order}  # GPUs of non-preemptible running work
+    folded_resources: dict[str, dict[str, int]] = {name: {} for name in node_order}  # and their CPU and memory
     free = {name: base_nodes[name].allocatable for name in node_order}
+    # Free CPU and memory per node, for the resources the node lists (unlisted ones are not limited).
+    free_resources = {name: dict(base_nodes[name].resources) for name in node_order}
     product_of = {name: base_nodes[name].product for name in node_order}
     total_gpus = sum(free.values())
     book = GuaranteeBook(quotas, quota_of_namespace, base_nodes.values(), policy) if quotas else None
@@ -240,6 +275,8 @@ def replay(
     margin_rate = 0.0
     busy = 0
     busy_gpu_seconds = 0.0
+    fragmented = 0  # fragmented_gpus now
+    fragmented_gpu_seconds = 0.0
     queued_by_class = {"inference": 0, "training": 0}
     cycles = 0
     preemption_count = 0
@@ -268,6 +305,7 @@ def replay(
             placement=job.placement,
             admitted_at=job.run_started,
             preemptions=job.preemptions,
+            requests=spec.requests,
         )
 
     def enqueue(job: JobRecord, at: float, phase: str | None) -> None:
@@ -292,10 +330,16 @@ def replay(
         if not pending_prices[price]:
             del pending_prices[price]
 
-    def set_folded(node: str, delta: int) -> None:
+    def set_folded(node: str, delta: int, resources: Resources, sign: int) -> None:
         nonlocal nodes_dirty
         folded_used[node] += delta
-        node_views[node_index[node]] = replace(base_nodes[node], gpus_used_by_pods=folded_used[node])
+        used = folded_resources[node]
+        for resource, amount in resources:
+            used[resource] = used.get(resource, 0) + sign * amount
+        node_views[node_index[node]] = replace(
+            base_nodes[node], gpus_used_by_pods=folded_used[node],
+            resources_used_by_pods=tuple(sorted((r, a) for r, a in used.items() if a)),
+        )
         nodes_dirty = True
 
     def stop_running(job: JobRecord, at: float) -> None:
@@ -307,8 +351,11 @@ def replay(
             job.remaining_s = max(0.0, job.remaining_s - ran)
         for entry in job.placement:
             free[entry.node] += entry.gpus
+            for resource, amount in entry.resources:
+                if resource in free_resources[entry.node]:
+                    free_resources[entry.node][resource] += amount
             if job.spec.key not in holding:
-                set_folded(entry.node, -entry.gpus)
+                set_folded(entry.node, -entry.gpus, entry.resources, -1)
         holding.pop(job.spec.key, None)
         margin_rate -= job.margin_rate
         busy -= job.spec.total_gpus
@@ -319,6 +366,9 @@ def replay(
     def admit(job: JobRecord, placement: tuple[PlacementEntry, ...], at: float) -> None:
         nonlocal margin_rate, busy
         placed = 0
+        requests = job.spec.requests
+        # What each entry holds beyond GPUs, by the trace (not by what the decider says it holds).
+        placement = tuple(replace(entry, resources=tuple((r, a * entry.replicas) for r, a in requests)) for entry in placement)
         for entry in placement:
             if entry.node not in free:
                 raise SimulationError(f"{contender.name}: placed {job.spec.key} on unknown node {entry.node!r}")
@@ -326,6 +376,12 @@ def replay(
                 raise SimulationError(
                     f"{contender.name}: overcommit: {job.spec.key} wants {entry.gpus} GPUs on {entry.node}, {free[entry.node]} free"
                 )
+            for resource, amount in entry.resources:
+                have = free_resources[entry.node].get(resource)
+                if have is not None and amount > have:
+                    raise SimulationError(
+                        f"{contender.name}: overcommit: {job.spec.key} wants {amount} {resource} on {entry.node}, {have} free"
+                    )
             placed += entry.gpus
         if placed != job.spec.total_gpus:
             raise SimulationError(f"{contender.name}: {job.spec.key} placed {placed} GPUs of {job.spec.total_gpus} (gang broken)")
@@ -344,8 +400,11 @@ def replay(
         folded = fold_non_preemptible and not job.workload.preemptible
         for entry in placement:
             free[entry.node] -= entry.gpus
+            for resource, amount in entry.resources:
+                if resource in free_resources[entry.node]:
+                    free_resources[entry.node][resource] -= amount
             if folded:
-                set_folded(entry.node, entry.gpus)
+                set_folded(entry.node, entry.gpus, entry.resources, +1)
         if not folded:
             holding[job.spec.key] = job.workload
         if job.workload.preemptible:
@@ -359,6 +418,7 @@ def replay(
         if job.remaining_s is not None:
             push(at + job.remaining_s, COMPLETION, job_index_of[job.spec.key], job.generation)
 
+    any_resources = any(node.resources for node in base_nodes.values())
     cheapest_cost = min((policy.cost_of(product) for product in set(product_of.values())), default=0.0)
     min_gain = policy.preemption.min_margin_gain_per_gpu_hour
     pending_prices: dict[float, int] = {}  # price per GPU-hour -> queued workloads at it
@@ -416,13 +476,16 @@ def replay(
         return bool(result.preemptions)
 
     def advance(to: float) -> None:
-        nonlocal now, cumulative_margin, busy_gpu_seconds
+        nonlocal now, cumulative_margin, busy_gpu_seconds, fragmented_gpu_seconds
         if to > now:
             cumulative_margin += margin_rate * (to - now) / 3600.0
             busy_gpu_seconds += busy * (to - now)
+            fragmented_gpu_seconds += fragmented * (to - now)
             now = to
 
     def sample() -> None:
+        nonlocal fragmented
+        fragmented = fragmented_gpus(free, free_resources, (job.spec.requests for job in pending.values())) if any_resources else 0
         series.time.append(now)
         series.margin.append(cumulative_margin)
         series.busy_gpus.append(busy)
@@ -482,6 +545,7 @@ def replay(
         preemptions=preemption_count,
         wall_seconds=time.perf_counter() - started_wall,
         cpu_seconds=time.process_time() - started_cpu,
+        fragmented_gpu_seconds=fragmented_gpu_seconds,
         guaranteed_namespaces=frozenset(
             ns for ns, name in quota_of_namespace.items() if any(g > 0 for g in quotas[name].guaranteed.values())
         ),

@@ -58,6 +58,10 @@ def summarize(result: ReplayResult) -> dict[str, Any]:
         "marginPerGPUHour": round(result.margin / gpu_hours, 4) if gpu_hours else 0.0,
         "gpuHours": round(gpu_hours, 2),
         "gpuUtilization": round(result.gpu_seconds / (result.total_gpus * span), 4) if result.total_gpus and span else 0.0,
+        # Share of GPU-time idle on nodes whose free CPU or memory cannot host the smallest pending
+        # pod (replay.fragmented_gpus), and those GPUs on average.
+        "gpuFragmentation": round(result.fragmentation, 4),
+        "fragmentedGPUs": round(result.fragmented_gpu_seconds / span, 2) if span else 0.0,
         "preemptions": result.preemptions,
         "waitedPastMaxQueue": sum(entry["waitedPastMaxQueue"] for entry in by_class.values()),
         "byClass": by_class,
@@ -143,6 +147,7 @@ def to_table(trace: Trace, summaries: Sequence[Mapping[str, Any]]) -> str:
         ("margin realized ($)", [f"{s['marginRealized']:,.0f}" for s in summaries]),
         ("margin per GPU-hour ($)", [f"{s['marginPerGPUHour']:.3f}" for s in summaries]),
         ("GPU utilization", [f"{100 * s['gpuUtilization']:.1f}%" for s in summaries]),
+        ("GPU fragmentation (CPU/memory)", [f"{100 * s['gpuFragmentation']:.1f}% ({s['fragmentedGPUs']:.1f} GPUs)" for s in summaries]),
         ("preemptions", [str(s["preemptions"]) for s in summaries]),
         ("waited past max queue", [str(s["waitedPastMaxQueue"]) for s in summaries]),
     ]

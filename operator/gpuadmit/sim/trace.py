@@ -55,8 +55,11 @@ MAX_REPLICAS = MAX_NODES
 # (1e308 made the figures inf and nan).
 MAX_TRACE_SECONDS = 1000 * 365 * 86400.0
 
-PLAIN_WORKLOAD_COLUMNS = ("name", "submit_time", "duration_s", "gpus", "replicas", "class", "products", "tier", "namespace")
-PLAIN_NODE_COLUMNS = ("name", "gpus", "product", "memory_mib", "count")
+PLAIN_WORKLOAD_COLUMNS = (
+    "name", "submit_time", "duration_s", "gpus", "replicas", "class", "products", "tier", "namespace", "cpu_milli", "host_memory_mib",
+)
+PLAIN_NODE_COLUMNS = ("name", "gpus", "product", "memory_mib", "count", "cpu_milli", "host_memory_mib")
+MIB = 1 << 20  # the core counts memory in bytes
 
 
 class TraceError(ValueError):
@@ -76,10 +79,17 @@ class TraceWorkload:
     products: tuple[str, ...] = ()  # allowed GPU products; empty = any
     tier: str | None = None
     namespace: str = "default"
+    cpu_milli: int = 0  # per replica; 0: not given, asks for none
+    host_memory_mib: int = 0  # per replica, host memory (not GPU memory); 0: not given
 
     @property
     def key(self) -> str:
         return f"{self.namespace}/{self.name}"
+
+    @property
+    def requests(self) -> tuple[tuple[str, int], ...]:
+        """Per replica, as ``Workload.requests`` counts them: CPU in millicores, memory in bytes."""
+        return host_resources(self.cpu_milli, self.host_memory_mib)
 
     @property
     def total_gpus(self) -> int:
@@ -114,6 +124,13 @@ class LoadShape:
     node_count: int | None = None
     resample: float = 1.0
     seed: int = 0
+
+
+def host_resources(cpu_milli: int, host_memory_mib: int) -> tuple[tuple[str, int], ...]:
+    """CPU and host memory as the core's ``Resources`` (sorted; millicores, bytes); 0 leaves one out."""
+    return tuple(
+        (resource, amount) for resource, amount in (("cpu", cpu_milli), ("memory", host_memory_mib * MIB)) if amount > 0
+    )
 
 
 def find_trace_dir(explicit: str | None = None, starts: Iterable[Path] | None = None) -> Path | None:
@@ -187,6 +204,8 @@ def read_alibaba(location: str | os.PathLike[str], shape: LoadShape = LoadShape(
                     workload_class="inference" if qos == "LS" else "training",
                     products=products,
                     namespace=ALIBABA_NAMESPACE,
+                    cpu_milli=_resource(row, "cpu_milli", pods_path, line),
+                    host_memory_mib=_resource(row, "memory_mib", pods_path, line),
                 ),
             )
         )
@@ -212,9 +231,10 @@ def read_alibaba(location: str | os.PathLike[str], shape: LoadShape = LoadShape(
 
 
 def read_nodes(path: str | os.PathLike[str]) -> tuple[GpuNode, ...]:
-    """Nodes from CSV or JSON: columns ``name, gpus, product[, memory_mib, count]``.
+    """Nodes from CSV or JSON: columns ``name, gpus, product[, memory_mib, count, cpu_milli, host_memory_mib]``.
 
-    The Alibaba node list's own columns (``sn, gpu, model``) are accepted too. ``count``
+    The Alibaba node list's own columns (``sn, gpu, model, cpu_milli, memory_mib``) are accepted
+    too; there ``memory_mib`` is host memory, in the plain format GPU memory. ``count``
     makes that many alike nodes named ``<name>-0``, ``<name>-1``, ...
     """
     path = Path(path)
@@ -227,7 +247,11 @@ def read_nodes(path: str | os.PathLike[str]) -> tuple[GpuNode, ...]:
         if gpus < 0:
             raise TraceError(f"{path}:{line}: column 'gpus' must be at least 0, got {gpus}")
         product = str(row.get("product") or row.get("model") or "").strip()
-        memory = _int(row, "memory_mib", path, line, default=0) if "product" in row else 0  # Alibaba's memory_mib is host memory
+        plain = "product" in row  # the Alibaba list names it "model", and its memory_mib is host memory
+        memory = _int(row, "memory_mib", path, line, default=0) if plain else 0
+        resources = host_resources(
+            _resource(row, "cpu_milli", path, line), _resource(row, "host_memory_mib" if plain else "memory_mib", path, line)
+        )
         if gpus > MAX_GPUS_PER_NODE:
             raise TraceError(f"{path}:{line}: column 'gpus' is {show_number(gpus)}, more than the {MAX_GPUS_PER_NODE} one node can have")
         count = _int(row, "count", path, line, default=1)
@@ -236,7 +260,7 @@ def read_nodes(path: str | os.PathLike[str]) -> tuple[GpuNode, ...]:
                 f"{path}:{line}: column 'count' must be at least 1 and the cluster at most {MAX_NODES:,} nodes, got {show_number(count)}"
             )
         names = [name] if count == 1 else [f"{name}-{index}" for index in range(count)]
-        nodes += [GpuNode(name=node_name, allocatable=gpus, product=product, memory_mib=memory) for node_name in names]
+        nodes += [GpuNode(name=node_name, allocatable=gpus, product=product, memory_mib=memory, resources=resources) for node_name in names]
     seen: set[str] = set()
     for node in nodes:
         if node.name in seen:
@@ -318,6 +342,8 @@ def _plain_workload(row: Mapping[str, Any], path: Path, line: int) -> TraceWorkl
         products=products,
         tier=tier,
         namespace=namespace,
+        cpu_milli=_resource(row, "cpu_milli", path, line),
+        host_memory_mib=_resource(row, "host_memory_mib", path, line),
     )
 
 
@@ -466,6 +492,18 @@ def _int(row: Mapping[str, Any], column: str, path: Path, line: int, default: An
     if not float(number).is_integer():
         raise TraceError(f"{path}:{line}: column {column!r} must be a whole number, got {_preview(row.get(column))}")
     return int(number)
+
+
+# A resource column's bound: 2^40 millicores or MiB is far beyond any node and keeps sums exact.
+MAX_RESOURCE_AMOUNT = 1 << 40
+
+
+def _resource(row: Mapping[str, Any], column: str, path: Path, line: int) -> int:
+    """An optional CPU or memory amount: a whole number 0..MAX_RESOURCE_AMOUNT, 0 when absent."""
+    amount = _int(row, column, path, line, default=0)
+    if not 0 <= amount <= MAX_RESOURCE_AMOUNT:
+        raise TraceError(f"{path}:{line}: column {column!r} must be 0..{MAX_RESOURCE_AMOUNT}, got {show_number(amount)}")
+    return int(amount)
 
 
 def _preview(value: object) -> str:
