@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from gpuadmit.core.errors import show_number
-from gpuadmit.core.model import CLASSES, GpuNode, WorkloadClass
+from gpuadmit.core.model import CLASSES, GpuNode, Resources, WorkloadClass
 from gpuadmit.core.nodes import MAX_GPUS_PER_NODE
 from gpuadmit.inputs import InputError, load_json, read_text
 
@@ -76,6 +76,7 @@ class TraceWorkload:
     products: tuple[str, ...] = ()  # allowed GPU products; empty = any
     tier: str | None = None
     namespace: str = "default"
+    requests: Resources = ()  # per replica, every resource but GPUs (the Alibaba trace's CPU and memory)
 
     @property
     def key(self) -> str:
@@ -187,6 +188,7 @@ def read_alibaba(location: str | os.PathLike[str], shape: LoadShape = LoadShape(
                     workload_class="inference" if qos == "LS" else "training",
                     products=products,
                     namespace=ALIBABA_NAMESPACE,
+                    requests=host_resources(row, pods_path, line),
                 ),
             )
         )
@@ -211,6 +213,13 @@ def read_alibaba(location: str | os.PathLike[str], shape: LoadShape = LoadShape(
     )
 
 
+def host_resources(row: Mapping[str, Any], path: Path, line: int) -> Resources:
+    """CPU (millicores) and memory (bytes) of an Alibaba row's ``cpu_milli`` and ``memory_mib`` (host
+    memory there, not GPU memory), those present and above 0."""
+    amounts = (("cpu", _int(row, "cpu_milli", path, line, default=0)), ("memory", _int(row, "memory_mib", path, line, default=0) * 2**20))
+    return tuple((resource, amount) for resource, amount in amounts if amount > 0)
+
+
 def read_nodes(path: str | os.PathLike[str]) -> tuple[GpuNode, ...]:
     """Nodes from CSV or JSON: columns ``name, gpus, product[, memory_mib, count]``.
 
@@ -228,6 +237,7 @@ def read_nodes(path: str | os.PathLike[str]) -> tuple[GpuNode, ...]:
             raise TraceError(f"{path}:{line}: column 'gpus' must be at least 0, got {gpus}")
         product = str(row.get("product") or row.get("model") or "").strip()
         memory = _int(row, "memory_mib", path, line, default=0) if "product" in row else 0  # Alibaba's memory_mib is host memory
+        host = host_resources(row, path, line) if "product" not in row else ()
         if gpus > MAX_GPUS_PER_NODE:
             raise TraceError(f"{path}:{line}: column 'gpus' is {show_number(gpus)}, more than the {MAX_GPUS_PER_NODE} one node can have")
         count = _int(row, "count", path, line, default=1)
@@ -236,7 +246,7 @@ def read_nodes(path: str | os.PathLike[str]) -> tuple[GpuNode, ...]:
                 f"{path}:{line}: column 'count' must be at least 1 and the cluster at most {MAX_NODES:,} nodes, got {show_number(count)}"
             )
         names = [name] if count == 1 else [f"{name}-{index}" for index in range(count)]
-        nodes += [GpuNode(name=node_name, allocatable=gpus, product=product, memory_mib=memory) for node_name in names]
+        nodes += [GpuNode(name=node_name, allocatable=gpus, product=product, memory_mib=memory, resources=host) for node_name in names]
     seen: set[str] = set()
     for node in nodes:
         if node.name in seen:
