@@ -12,7 +12,9 @@ every node, CPU and memory requested by every workload, and about 30,000 other p
 gpuadmit's) on the nodes, whose requests count against them -- issue 11's scale case. By
 default both are printed, each size GPUs-only first.
 
-Printed per size: one cycle's seconds (wall, and CPU: on a shared machine the
+Printed per size: the seconds to parse the cycle's input (``json.loads`` of the snapshot the
+cycle decides, written as JSON: its nodes, running and pending workloads -- a lower bound on
+what the operator parses, whose API objects say more), one cycle's seconds (wall, and CPU: on a shared machine the
 CPU figure is the one that does not depend on the neighbours), decisions per
 second, and peak memory (tracemalloc, measured in a second run so it does not
 slow the timed one).
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import random
 import sys
 import time
@@ -212,10 +215,27 @@ def build_snapshot(pending_count: int, seed: int = SEED) -> Snapshot:
     return Snapshot(nodes=nodes, holding=holding, pending=pending, policy=POLICY, now=NOW, gpus_of_own_pods=own_pods)
 
 
+def time_to_parse(snapshot: Snapshot) -> float:
+    """Seconds ``json.loads`` takes on the cycle's input (the snapshot as JSON): the yardstick of
+    issue 11's "one-cycle time within 5x the time to parse its input"."""
+    def plain(value: object) -> object:  # JSON has no tuple keys nor sets: pairs and lists instead
+        if isinstance(value, dict):
+            return [[plain(k), plain(v)] for k, v in value.items()] if any(isinstance(k, tuple) for k in value) else {k: plain(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple, set, frozenset)):
+            return [plain(v) for v in value]
+        return value
+
+    text = json.dumps(plain(dataclasses.asdict(snapshot)), default=str, separators=(",", ":"))
+    started = time.perf_counter()
+    json.loads(text)
+    return time.perf_counter() - started
+
+
 def measure(pending_count: int, layouts: LayoutMemo | None = None, resources: bool = False) -> dict[str, float]:
     snapshot = build_snapshot(pending_count)
     if resources:
         snapshot = with_resources(snapshot)
+    parse_seconds = time_to_parse(snapshot)
     started, started_cpu = time.perf_counter(), time.process_time()
     result = decide(snapshot, layouts=layouts)
     seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - started_cpu
@@ -227,6 +247,7 @@ def measure(pending_count: int, layouts: LayoutMemo | None = None, resources: bo
     return {
         "pending": pending_count,
         "seconds": seconds,
+        "parse_seconds": parse_seconds,
         "cpu_seconds": cpu_seconds,
         "per_second": len(result.decisions) / seconds,
         "peak_mib": peak / 2**20,
@@ -249,7 +270,7 @@ def main(argv: list[str] | None = None) -> None:
     variants = [False] if args.gpus_only else [True] if args.resources else [False, True]
     print(f"{NODES:,} nodes ({', '.join(sorted({k[0] for k in NODE_KINDS}))}), seeded; decide() on one cycle")
     print(f"every resource: CPU/memory/pods on nodes, CPU and memory on every workload, {OTHER_PODS:,} other pods")
-    header = f"{'variant':>10} {'pending':>9} {'cycle s':>8} {'CPU s':>6} {'decisions/s':>12} {'peak MiB':>9} {'admitted':>9} {'queued':>8} {'rejected':>9} {'preempted':>10}"
+    header = f"{'variant':>10} {'pending':>9} {'parse s':>8} {'cycle s':>8} {'x parse':>8} {'CPU s':>6} {'decisions/s':>12} {'peak MiB':>9} {'admitted':>9} {'queued':>8} {'rejected':>9} {'preempted':>10}"
     print(header)
     print("-" * len(header))
     layouts = {False: LayoutMemo(), True: LayoutMemo()}  # the nodes are the same at every size: kept, as the operator keeps them
@@ -257,7 +278,7 @@ def main(argv: list[str] | None = None) -> None:
         for resources in variants:
             row = measure(size, layouts[resources], resources)
             print(
-                f"{'resources' if resources else 'GPUs only':>10} {row['pending']:>9,} {row['seconds']:>8.2f} {row['cpu_seconds']:>6.2f} {row['per_second']:>12,.0f} {row['peak_mib']:>9.1f} "
+                f"{'resources' if resources else 'GPUs only':>10} {row['pending']:>9,} {row['parse_seconds']:>8.2f} {row['seconds']:>8.2f} {row['seconds'] / row['parse_seconds']:>8.1f} {row['cpu_seconds']:>6.2f} {row['per_second']:>12,.0f} {row['peak_mib']:>9.1f} "
                 f"{row['admitted']:>9,} {row['queued']:>8,} {row['rejected']:>9,} {row['preempted']:>10,}",
                 flush=True,
             )

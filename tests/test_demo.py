@@ -58,15 +58,51 @@ def test_trace_nodes_become_labelled_gpu_nodes(tmp_path: Path) -> None:
     nodes, pods, source = demo_plan.load_trace(write_tiny_trace(tmp_path / "trace"), node_count=10)
     assert "Alibaba" in source
     by_name = {node.name: node for node in nodes}
-    assert by_name["n-0"] == demo_plan.DemoNode("n-0", 8, "Tesla-V100-SXM2-32GB", 32768)
+    host = (("cpu", 64000), ("memory", 262144 * 2**20))  # the trace's cpu_milli and memory_mib
+    assert by_name["n-0"] == demo_plan.DemoNode("n-0", 8, "Tesla-V100-SXM2-32GB", 32768, host)
     assert by_name["n-1"].product == "Tesla-T4"
     parsed = node_from_object(demo_plan.node_object(by_name["n-0"]), 0)
     assert (parsed.allocatable, parsed.product, parsed.memory_mib, parsed.schedulable) == (8, "Tesla-V100-SXM2-32GB", 32768, True)
+    assert dict(parsed.resources) == {**dict(host), "pods": 110}
     assert [pod.name for pod in pods] == ["p-0", "p-1", "p-2", "p-4"]  # GPU pods only
     p1 = next(pod for pod in pods if pod.name == "p-1")
     assert (p1.qos_inference, p1.gpus, p1.products) == (False, 1, ("Tesla-V100-SXM2-32GB", "Tesla-T4"))
     p4 = next(pod for pod in pods if pod.name == "p-4")
     assert p4.trace_run_seconds is None  # still running at the trace end: long-lived
+    assert all(pod.requests == (("cpu", 1000), ("memory", 2**30)) for pod in pods)
+
+
+def test_cpu_and_memory_reach_the_engine_and_the_summary_counts_what_they_bound() -> None:
+    """The sample cluster's nodes list CPU and memory and its pods request them; built into a
+    snapshot from the objects the demo submits, a workload CPU binds is counted as such."""
+    from gpuadmit.core.engine import decide
+    from gpuadmit.core.snapshot import build_snapshot
+
+    nodes, pods, _ = demo_plan.sample_cluster(seed=1)
+    assert all(dict(node.resources).keys() == {"cpu", "memory"} for node in nodes)
+    assert all(dict(pod.requests).keys() == {"cpu", "memory"} for pod in pods)
+    assert len({pod.requests for pod in pods}) > 4  # drawn from the mix, not one shape
+    node = next(n for n in nodes if n.gpus == 8)  # 96 CPUs: six pods of 16 CPUs fill it before its GPUs
+    pod = demo_plan.DemoPod("p", False, 1, 100.0, requests=(("cpu", 16_000), ("memory", 16 * 2**30)))
+    workloads = []
+    for index in range(8):
+        obj = demo_plan.workload_object(demo_plan.Plan(0.0, f"w{index}", "research", pod, 5.0, 60))
+        obj["metadata"].update(uid=f"uid-{index}", creationTimestamp=f"2023-11-14T22:13:2{index}Z")  # 1,700,000,000 s and on
+        workloads.append(obj)
+    snapshot = build_snapshot([demo_plan.node_object(node)], [], [], workloads, [], now=1_700_000_030.0)
+    decisions = decide(snapshot).decisions
+    assert sorted(d.action.value for d in decisions) == ["admit"] * 6 + ["queue"] * 2
+    ledger = demo_screen.Ledger(total_gpus=8, time_scale=1.0)
+    for index, decision in enumerate(decisions):
+        plan = demo_plan.Plan(0.0, f"w{index}", "research", pod, 5.0, 60)
+        ledger.submitted(plan, sent_at=0.0)
+        status = {"phase": "Queued" if decision.action.value == "queue" else "Admitted", "reason": decision.reason.value,
+                  "message": decision.message}
+        ledger.observe("MODIFIED", {"metadata": {"namespace": "research", "name": decision.name}, "status": status})
+    ledger.observe("MODIFIED", {"metadata": {"namespace": "research", "name": "w0"},
+                                "status": {"phase": "Rejected", "reason": "NoNodeCanFit", "message": "needs 16 GPUs per replica; the largest eligible node has 8"}})
+    lines = demo_screen.summary(ledger, elapsed=10.0, time_scale=1.0)
+    assert "bound by CPU or memory: 2 of 3 queued or rejected decisions (CPU 2, memory 0)" in lines
 
 
 def test_the_demo_and_simulate_find_the_same_trace_upwards_or_through_the_environment(tmp_path: Path, monkeypatch) -> None:

@@ -27,7 +27,9 @@ from gpuadmit.core.model import (
     GPU_PRODUCT_LABEL,
     GPU_RESOURCE,
     TIER_LABEL,
+    Resources,
 )
+from gpuadmit.core.nodes import resource_amount
 from gpuadmit.inputs import load_policy_object
 
 # The trace's GPU model codes -> (nvidia.com/gpu.product, nvidia.com/gpu.memory in MiB) as
@@ -78,6 +80,7 @@ class DemoNode:
     gpus: int
     product: str  # nvidia.com/gpu.product
     memory_mib: int
+    resources: Resources = ()  # allocatable CPU (millicores) and memory (bytes); absent: NODE_DEFAULTS
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +92,7 @@ class DemoPod:
     gpus: int
     trace_run_seconds: float | None  # None: still running when the trace ended
     products: tuple[str, ...] = ()
-
+    requests: Resources = ()  # CPU (millicores) and memory (bytes) its container requests
 
 @dataclass(frozen=True, slots=True)
 class Plan:
@@ -109,7 +112,7 @@ def load_trace(trace_dir: Path, node_count: int) -> tuple[list[DemoNode], list[D
 
     trace = read_alibaba(trace_dir, LoadShape(node_count=node_count))
     nodes = [
-        DemoNode(n.name, n.allocatable, *TRACE_PRODUCTS.get(n.product, (f"Alibaba-{n.product}" if n.product else "", 0)))
+        DemoNode(n.name, n.allocatable, *TRACE_PRODUCTS.get(n.product, (f"Alibaba-{n.product}" if n.product else "", 0)), n.resources)
         for n in trace.nodes
         if n.allocatable > 0
     ]
@@ -120,6 +123,7 @@ def load_trace(trace_dir: Path, node_count: int) -> tuple[list[DemoNode], list[D
             gpus=max(1, w.gpus),
             trace_run_seconds=w.duration_s,
             products=tuple(TRACE_PRODUCTS[p][0] for p in w.products if p in TRACE_PRODUCTS),
+            requests=w.requests,
         )
         for w in trace.workloads
     ]
@@ -128,24 +132,30 @@ def load_trace(trace_dir: Path, node_count: int) -> tuple[list[DemoNode], list[D
 
 def sample_cluster(seed: int, path: Path | None = None) -> tuple[list[DemoNode], list[DemoPod], str]:
     """The sample cluster shipped as package data (``sample-cluster.yaml``), for machines without
-    the trace: the trace's products and mix of workloads, drawn seeded."""
+    the trace: the trace's products, CPU and memory, and mix of workloads, drawn seeded."""
     path = path or package_file("sample-cluster.yaml")
     shape = yaml.safe_load(path.read_text())
     rng = random.Random(seed)
     nodes = []
     for group in shape["nodes"]:
         product, memory = TRACE_PRODUCTS[group["product"]]
-        nodes += [DemoNode(f"sample-{group['product'].lower()}-{i}", int(group["gpus"]), product, memory)
+        host = tuple((resource, resource_amount(resource, str(group[resource]))) for resource in ("cpu", "memory"))
+        nodes += [DemoNode(f"sample-{group['product'].lower()}-{i}", int(group["gpus"]), product, memory, host)
                   for i in range(int(group["count"]))]
     mix = shape["workloads"]
     sizes = [int(gpus) for gpus in mix["gpusPerPod"]]
     weights = [float(weight) for weight in mix["gpusPerPod"].values()]
+    # Per resource: the quantities a pod requests and their weights.
+    request_mix = {resource: ([resource_amount(resource, str(q)) for q in mix[key]], [float(w) for w in mix[key].values()])
+                   for resource, key in (("cpu", "cpuPerPod"), ("memory", "memoryPerPod"))}
     pods = []
     for index in range(int(mix["count"])):
         inference = rng.random() < float(mix["inferenceShare"])
         median = float(mix["medianRunSeconds"]["inference" if inference else "training"])
         gpus = rng.choices(sizes, weights=weights)[0]
-        pods.append(DemoPod(f"sample-pod-{index:04d}", inference, gpus, median * math.exp(rng.gauss(0.0, 1.0))))
+        run_seconds = median * math.exp(rng.gauss(0.0, 1.0))
+        requests = tuple((resource, rng.choices(amounts, weights=w)[0]) for resource, (amounts, w) in request_mix.items())
+        pods.append(DemoPod(f"sample-pod-{index:04d}", inference, gpus, run_seconds, requests=requests))
     return nodes, pods, "sample cluster"
 
 
@@ -186,13 +196,27 @@ def plan_submissions(
     return plans, rate, offered
 
 
+# What a node lists when its source gives no CPU or memory.
+NODE_DEFAULTS = {"cpu": "64", "memory": "256Gi", "pods": "110"}
+
+
+def quantity(resource: str, amount: int) -> str:
+    """A ledger amount (CPU in millicores, memory in bytes) as a Kubernetes quantity."""
+    if resource == "cpu":
+        return str(amount // 1000) if amount % 1000 == 0 else f"{amount}m"
+    for unit, size in (("Gi", 2**30), ("Mi", 2**20)):
+        if amount % size == 0:
+            return f"{amount // size}{unit}"
+    return str(amount)
+
+
 def node_object(node: DemoNode) -> dict[str, Any]:
     labels = {"kubernetes.io/hostname": node.name, "nvidia.com/gpu.count": str(node.gpus)}
     if node.product:
         labels[GPU_PRODUCT_LABEL] = node.product
     if node.memory_mib:
         labels[GPU_MEMORY_LABEL] = str(node.memory_mib)
-    amounts = {GPU_RESOURCE: str(node.gpus), "cpu": "64", "memory": "256Gi", "pods": "110"}
+    amounts = {GPU_RESOURCE: str(node.gpus), **NODE_DEFAULTS, **{resource: quantity(resource, amount) for resource, amount in node.resources}}
     return {
         "apiVersion": "v1",
         "kind": "Node",
@@ -208,6 +232,7 @@ def node_object(node: DemoNode) -> dict[str, Any]:
 
 def workload_object(plan: Plan) -> dict[str, Any]:
     gpus = plan.pod.gpus
+    requests = {resource: quantity(resource, amount) for resource, amount in plan.pod.requests}
     if plan.pod.qos_inference:
         template = {
             "metadata": {"labels": {"app": "chat-api"}},
@@ -218,6 +243,7 @@ def workload_object(plan: Plan) -> dict[str, Any]:
                     "args": ["--model", "Qwen/Qwen2.5-7B-Instruct", "--tensor-parallel-size", str(gpus)],
                     "ports": [{"name": "http", "containerPort": 8000}],
                     "readinessProbe": {"httpGet": {"path": "/health", "port": 8000}},
+                    "resources": {"requests": requests},
                 }]
             },
         }
@@ -230,6 +256,7 @@ def workload_object(plan: Plan) -> dict[str, Any]:
                     "name": "trainer",
                     "image": "pytorch/pytorch:2.4.0-cuda12.1-cudnn9-runtime",
                     "command": ["torchrun", f"--nproc-per-node={gpus}", "train.py", "--config", "configs/ranker.yaml"],
+                    "resources": {"requests": requests},
                 }],
             },
         }

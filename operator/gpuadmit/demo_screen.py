@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
+from gpuadmit.core.engine import bound_by
 from gpuadmit.core.model import HOLDING_PHASES
 from gpuadmit.core.placement import placement_of
 from gpuadmit.demo_plan import Plan
@@ -56,6 +57,8 @@ class Ledger:
     earned: float = 0.0  # margin, in trace time
     gpu_seconds_used: float = 0.0
     last_tick: float | None = None
+    held_back: int = 0  # queued or rejected decisions
+    bound_by: collections.Counter[str] = field(default_factory=collections.Counter)  # of those: by the resource beside GPUs that bound
 
     def now(self) -> float:
         return time.monotonic() - self.started
@@ -100,11 +103,19 @@ class Ledger:
             nodes = ", ".join(f"{entry.node}x{entry.gpus}" for entry in placement)
             self._decided("admitted", key, tracked, f"{tracked.plan.pod.gpus} GPU on {nodes}, ${tracked.margin_per_gpu_hour:.2f}/GPU-h")
         elif phase == "Queued" and before in (None, "Queued", "Preempted"):
+            self._held_back(message)
             self._decided("queued", key, tracked, f"{reason}: {message}")
         elif phase == "Rejected":
+            self._held_back(message)
             self._decided("rejected", key, tracked, f"{reason}: {message}")
         elif phase == "Preempted":
             self._decided("preempted", key, tracked, message)
+
+    def _held_back(self, message: str) -> None:
+        self.held_back += 1
+        resource = bound_by(message)
+        if resource is not None:
+            self.bound_by[resource] += 1
 
     def _decided(self, verb: str, key: str, tracked: Tracked, detail: str) -> None:
         self.decision_count += 1
@@ -224,6 +235,15 @@ def _seconds(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}s"
 
 
+def resources_line(ledger: Ledger) -> str:
+    """How many queued or rejected decisions CPU or memory bound rather than GPUs (the engine names
+    the binding resource in its message)."""
+    cpu, memory = ledger.bound_by["cpu"], ledger.bound_by["memory"]
+    others = sum(ledger.bound_by.values()) - cpu - memory
+    line = f"bound by CPU or memory: {cpu + memory} of {ledger.held_back} queued or rejected decisions (CPU {cpu}, memory {memory})"
+    return line + (f"; by other resources {others}" if others else "")
+
+
 def summary(ledger: Ledger, elapsed: float, time_scale: float, guarantee: tuple[str, int] | None = None) -> list[str]:
     counts = ledger.counts()
     lines = ["", f"Summary after {elapsed:.0f} s ({elapsed * time_scale / 3600:.1f} hours of trace time)", ""]
@@ -244,6 +264,7 @@ def summary(ledger: Ledger, elapsed: float, time_scale: float, guarantee: tuple[
     lines.append("")
     lines.append(f"margin earned: ${ledger.earned:,.2f} over {elapsed * time_scale / 3600:.1f} trace hours; "
                  f"average GPU use {average_use:.0%}; preemptions {preemptions}")
+    lines.append(resources_line(ledger))
     lines.append("admitted by class: " + " ".join(f"{name}={row['admitted']}" for name, row in counts.items()))
     if guarantee is not None:
         namespace, gpus = guarantee

@@ -9,7 +9,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 
 from gpuadmit.core.affinity import node_constraints, node_matches
-from gpuadmit.core.engine import decide
+from gpuadmit.core.engine import bound_by, decide
 from gpuadmit.core.model import Action, Reason, Snapshot
 from gpuadmit.core.nodes import exact_quantity, pod_requests, resource_amount
 from gpuadmit.core.snapshot import build_snapshot
@@ -146,6 +146,19 @@ def test_cpu_used_by_other_pods_queues_it_naming_what_is_short() -> None:
     assert "16 CPUs" in decisions["w"].message and "14 CPUs" in decisions["w"].message
     finished = [other_pod("p", "a", cpu="50", phase="Succeeded")]
     assert by_name(snapshot_of([node("a", cpu="64")], [workload("w", gpus=8, requests={"cpu": "16"})], finished))["w"].action == Action.ADMIT
+
+
+def test_the_resource_that_binds_is_read_back_from_the_message_and_gpus_or_constraints_name_none() -> None:
+    nodes = [node("a", cpu="64", memory="64Gi", labels={"zone": "a"})]
+    pods = [other_pod("p", "a", cpu="50")]
+    decisions = by_name(snapshot_of(nodes, [
+        workload("cpu-now", gpus=1, requests={"cpu": "16"}),  # queued: CPU taken by another pod
+        workload("memory-ever", gpus=1, requests={"memory": "128Gi"}),  # rejected: no node has that much
+        workload("gpus", gpus=16),  # rejected: GPUs
+        workload("selector", gpus=1, pod_spec={"nodeSelector": {"zone": "b"}}),  # rejected: constraints
+    ], pods))
+    assert {name: bound_by(d.message) for name, d in decisions.items()} == {
+        "cpu-now": "cpu", "memory-ever": "memory", "gpus": None, "selector": None}
 
 
 def test_an_extended_resource_a_node_does_not_list_it_has_none_of() -> None:

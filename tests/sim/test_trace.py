@@ -65,6 +65,9 @@ def test_alibaba_reader_keeps_gpu_pods_that_ran_with_class_proxy_and_durations(a
     assert any("skipped 1 pods" in note for note in trace.notes)
     assert [node.name for node in trace.nodes] == ["n0", "n1"]
     assert [(n.allocatable, n.product) for n in trace.nodes] == [(8, "G2"), (2, "T4")]
+    # cpu_milli and memory_mib (host memory) of nodes and pods: millicores and bytes
+    assert [n.resources for n in trace.nodes] == [(("cpu", 64000), ("memory", 262144 * 2**20))] * 2
+    assert by_name["serve"].requests == (("cpu", 1000), ("memory", 2**30))
 
 
 def test_a_pod_list_file_reads_with_the_node_list_beside_it(alibaba_dir):

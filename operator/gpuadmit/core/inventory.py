@@ -632,9 +632,12 @@ class Inventory:
         """Replicas of this size that fit in free GPUs (and the need's resources) now (stops counting at ``enough``)."""
         total = 0
         if need is not None:  # node by node
+            gpus_free, resource_free, replicas_on = self.free, self.resource_free, self._replicas_on
             for p in pool_indices:
                 for index in self.pools[p].node_indices:
-                    total += self._replicas_on(index, self.free[index], gpus_per_replica, need, self.resource_free[index])
+                    if gpus_free[index] < gpus_per_replica:
+                        continue  # holds none: skipped without the call, most nodes of a full cluster
+                    total += replicas_on(index, gpus_free[index], gpus_per_replica, need, resource_free[index])
                     if enough is not None and total >= enough:
                         return total
             return total

@@ -44,11 +44,11 @@ from ..inventory import LayoutMemo
 from ..model import CycleResult, Snapshot
 from .chains import IMPROVE_PASSES, SWAP_UP_TO_NODES, improve_by_swaps
 from .cycle import EPSILON, Admission, Cycle, PassResult, new_pass
-from .messages import finalize
+from .messages import bound_by, finalize
 from .passes import is_unbeatable, placement_orders, run_pass
 from .prepare import prepare
 
-__all__ = ["Admission", "Cycle", "LayoutMemo", "PassResult", "decide", "finalize", "new_pass", "prepare"]
+__all__ = ["Admission", "Cycle", "LayoutMemo", "PassResult", "bound_by", "decide", "finalize", "new_pass", "prepare"]
 
 
 def decide(snapshot: Snapshot, *, layouts: LayoutMemo | None = None) -> CycleResult:

@@ -4,6 +4,7 @@ reason and the human message (what it needs, what the cluster has, what it earns
 from __future__ import annotations
 
 import math
+import re
 
 from ..inventory import Inventory, Need
 from ..model import (
@@ -156,6 +157,24 @@ def need_message(inventory: Inventory, workload: Workload, need: Need, pools: li
     holds, product = most_replicas
     return (f"a gang of {replicas}x({g} GPUs, {requests_text(need.requests)}) must run on one product, but the "
             f"eligible nodes of {product_label(product)} hold at most {holds} such replicas even when empty")
+
+
+# The opening both messages above give when one resource beside GPUs binds: "needs 4 CPUs per replica".
+_BOUND_BY = re.compile(r"needs (?P<amount>[^;]+?) per replica(?: beside its GPUs)?;")
+
+
+def bound_by(message: str) -> str | None:
+    """The resource beside GPUs that binds, read from a decision's message as this module words it
+    (``cpu``, ``memory``, an extended resource...), or None when GPUs or node constraints bind."""
+    match = _BOUND_BY.match(message)
+    if match is None:
+        return None
+    words = match["amount"].split()
+    if len(words) != 2:
+        return None
+    if words[1] in ("CPU", "CPUs"):
+        return "cpu"
+    return None if words[1] in ("GPU", "GPUs") else words[1]
 
 
 def amount_text(resource: str, amount: int) -> str:
