@@ -139,7 +139,9 @@ def sample_cluster(seed: int, path: Path | None = None) -> tuple[list[DemoNode],
     nodes = []
     for group in shape["nodes"]:
         product, memory = TRACE_PRODUCTS[group["product"]]
-        host = tuple((resource, resource_amount(resource, str(group[resource]))) for resource in ("cpu", "memory"))
+        # CPU and memory are optional: a group without them gets the demo's default node size.
+        host = tuple((resource, resource_amount(resource, str(group[resource]))) for resource in ("cpu", "memory")
+                     if resource in group)
         nodes += [DemoNode(f"sample-{group['product'].lower()}-{i}", int(group["gpus"]), product, memory, host)
                   for i in range(int(group["count"]))]
     mix = shape["workloads"]
@@ -147,7 +149,7 @@ def sample_cluster(seed: int, path: Path | None = None) -> tuple[list[DemoNode],
     weights = [float(weight) for weight in mix["gpusPerPod"].values()]
     # Per resource: the quantities a pod requests and their weights.
     request_mix = {resource: ([resource_amount(resource, str(q)) for q in mix[key]], [float(w) for w in mix[key].values()])
-                   for resource, key in (("cpu", "cpuPerPod"), ("memory", "memoryPerPod"))}
+                   for resource, key in (("cpu", "cpuPerPod"), ("memory", "memoryPerPod")) if key in mix}  # optional
     pods = []
     for index in range(int(mix["count"])):
         inference = rng.random() < float(mix["inferenceShare"])
