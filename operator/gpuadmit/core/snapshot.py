@@ -15,7 +15,7 @@ workload is already finished or rejected.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -113,10 +113,12 @@ def tiers_by_namespace(namespaces: Iterable[Mapping[str, Any]]) -> dict[str, str
     return tiers
 
 
-def resources_of_own_pods(pods: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str], Resources]:
-    """Every other resource our own non-terminal pods request, by (workload key, node): the part
-    of a reservation the nodes' used resources already count (see ``gpus_of_own_pods``)."""
-    own: dict[tuple[str, str], dict[str, int]] = {}
+def _own_pods_by_node(pods: Iterable[Mapping[str, Any]]) -> Iterator[tuple[tuple[str, str], Mapping[str, Any]]]:
+    """Our own non-terminal pods (controlled by their GPUWorkload), each with its (workload key,
+    node): bound, or pinned and waiting for kube-scheduler.
+
+    A pod that only carries the ``gpuadmit.io/workload`` label is somebody else's: counted as
+    ours, it would hide inside that workload's reservation instead of beside it."""
     for pod in pods:
         metadata = pod.get("metadata") if isinstance(pod, _MAPPINGS) else None
         if not isinstance(metadata, _MAPPINGS):
@@ -124,37 +126,29 @@ def resources_of_own_pods(pods: Iterable[Mapping[str, Any]]) -> dict[tuple[str, 
         controller = controlling_workload(pod)
         if controller is None or pod_is_terminal(pod):
             continue
+        node_name = pod_node(pod)
+        if node_name:
+            yield (f"{metadata.get('namespace') or 'default'}/{controller[0]}", node_name), pod
+
+
+def resources_of_own_pods(pods: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str], Resources]:
+    """Every other resource our own non-terminal pods request, by (workload key, node): the part
+    of a reservation the nodes' used resources already count (see ``gpus_of_own_pods``)."""
+    own: dict[tuple[str, str], dict[str, int]] = {}
+    for key, pod in _own_pods_by_node(pods):
         spec = pod.get("spec")
-        node_name = pod_node(pod)  # bound, or pinned and waiting for kube-scheduler
-        if not node_name:
-            continue
-        held = own.setdefault((f"{metadata.get('namespace') or 'default'}/{controller[0]}", node_name), {})
+        held = own.setdefault(key, {})
         for resource, amount in pod_requests(spec if isinstance(spec, _MAPPINGS) else {}).items():
             held[resource] = held.get(resource, 0) + amount
     return {key: tuple(sorted(held.items())) for key, held in own.items()}
 
 
 def gpus_of_own_pods(pods: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str], int]:
-    """GPUs requested by our own non-terminal pods (controlled by their GPUWorkload), by (workload key, node).
-
-    A pod that only carries the ``gpuadmit.io/workload`` label is somebody else's: counted
-    here, it would hide inside that workload's reservation instead of beside it."""
+    """GPUs requested by our own non-terminal pods, by (workload key, node)."""
     own: dict[tuple[str, str], int] = {}
-    for pod in pods:
-        metadata = pod.get("metadata") if isinstance(pod, _MAPPINGS) else None
-        if not isinstance(metadata, _MAPPINGS):
-            continue
-        controller = controlling_workload(pod)
-        if controller is None or pod_is_terminal(pod):
-            continue
-        workload_name = controller[0]
-        node_name = pod_node(pod)  # bound, or pinned and waiting for kube-scheduler
-        if node_name is None:
-            continue
-        namespace = metadata.get("namespace") or "default"
+    for key, pod in _own_pods_by_node(pods):
         gpus = pod_gpu_request(pod)
         if gpus:
-            key = (f"{namespace}/{workload_name}", node_name)
             own[key] = own.get(key, 0) + gpus
     return own
 
