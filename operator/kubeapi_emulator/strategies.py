@@ -6,9 +6,9 @@ The store calls ``prepare_create`` on a new object once the server has given it 
 so they are not checked here); both may fill defaults into the object they are given and return
 the causes of a 422 Invalid, worded like the real server's (``field: Forbidden: ...``).
 
-- **Pods**: ``spec.schedulingGates`` may only be set at create; an update may remove gates, never
-  add one (KEP-3521). A pod created with gates gets ``PodScheduled`` False, reason
-  ``SchedulingGated``. Otherwise the spec is immutable except the fields the real server lets
+- **Pods**: ``spec.schedulingGates`` may only be set at create (each name once, and not beside a
+  ``nodeName``); an update may remove gates, never add one (KEP-3521). A pod created with gates
+  gets ``PodScheduled`` False, reason ``SchedulingGated``. Otherwise the spec is immutable except the fields the real server lets
   change: container and init container images, ``activeDeadlineSeconds`` (set, or lowered),
   ``tolerations`` (additions only; ``tolerationSeconds`` of an existing one may change),
   ``terminationGracePeriodSeconds`` (from negative to 1); and, while the pod is gated (KEP-3838),
@@ -111,7 +111,21 @@ def is_gated(pod: Mapping[str, Any]) -> bool:
     return bool(_list(_map(pod.get("spec")).get("schedulingGates")))
 
 
+def _gate_create_causes(pod_spec: Mapping[str, Any]) -> Causes:
+    """A gate names itself once, and a pod bound by name at create cannot wait for its gates."""
+    names = gate_names(pod_spec)
+    causes = [{"reason": "FieldValueDuplicate", "field": f"spec.schedulingGates[{index}]",
+               "message": f"Duplicate value: {json.dumps(name)}"}
+              for index, name in enumerate(names) if name in names[:index]]
+    if names and pod_spec.get("nodeName"):
+        causes.append(forbidden("spec.nodeName", "cannot be set until all schedulingGates have been removed"))
+    return causes
+
+
 def _prepare_pod_create(pod: dict[str, Any]) -> Causes:
+    causes = _gate_create_causes(_map(pod.get("spec")))
+    if causes:
+        return causes
     if is_gated(pod):
         status = pod["status"] = dict(_map(pod.get("status")))
         conditions = [c for c in _list(status.get("conditions")) if _map(c).get("type") != "PodScheduled"]
@@ -167,6 +181,7 @@ def _node_affinity_causes(old_affinity: Any, new_affinity: Any) -> Causes:
 def pod_spec_update_causes(old_spec: Mapping[str, Any], new_spec: Mapping[str, Any]) -> Causes:
     """The real server's pod update rules (ValidatePodUpdate) on two pod specs."""
     causes = _gate_update_causes(old_spec, new_spec)
+    causes += [cause for cause in _gate_create_causes(new_spec) if cause["reason"] == "FieldValueDuplicate"]
     munged = dict(new_spec)
     for key in ("containers", "initContainers"):
         old_containers, new_containers = _list(old_spec.get(key)), _list(new_spec.get(key))
