@@ -315,3 +315,21 @@ def test_kubectl_explain_describes_the_workload_kinds(server: tuple[str, Path]) 
     assert "KIND:       Job" in explained and "Job represents the configuration of a single job." in explained
     assert "spec\t<Object>" in explained and "Specification of the desired behavior of a job." in explained
     assert "Deployment enables declarative updates" in kubectl(kubeconfig, "explain", "deployment").stdout
+
+
+@requires_emulator
+@needs_kubectl
+def test_kubectl_create_job_and_deployment_send_protobuf_the_server_reads(server: tuple[str, Path]) -> None:
+    url, kubeconfig = server
+    assert kubectl(kubeconfig, "create", "job", "once", "--image=busybox", "--", "sleep", "1").stdout.strip() == \
+        "job.batch/once created"
+    created = requests.get(f"{url}/apis/batch/v1/namespaces/default/jobs/once", timeout=10).json()
+    assert created["spec"]["template"]["spec"]["containers"] == [
+        {"name": "once", "image": "busybox", "command": ["sleep", "1"], "resources": {}}]
+    assert created["spec"]["template"]["spec"]["restartPolicy"] == "Never"
+    assert created["spec"]["template"]["metadata"]["labels"][JOB_NAME] == "once"
+    assert "generateName" not in created["metadata"] and "creationTimestamp" not in created["spec"]["template"]["metadata"]
+    kubectl(kubeconfig, "create", "deployment", "web", "--image=busybox", "--replicas=2", "--port=8080")
+    deployment = requests.get(f"{url}/apis/apps/v1/namespaces/default/deployments/web", timeout=10).json()["spec"]
+    assert deployment["replicas"] == 2 and deployment["selector"] == {"matchLabels": {"app": "web"}}
+    assert deployment["template"]["spec"]["containers"][0]["ports"] == [{"containerPort": 8080}]
