@@ -38,6 +38,8 @@ Use::
     controllers = NativeControllers(url, jobs=True, replicasets=False)
     await controllers.reconcile()           # one round, for tests that step them by hand
     controllers.start(); ...; controllers.stop()
+    with NativeControllers.from_kubeconfig(cluster.kubeconfig):   # e.g. tests/e2e_harness.Cluster's
+        ...
 
 A round lists the kinds and the pods (every ``interval`` seconds) and writes only what changed.
 A write the server refuses (a denying webhook, a conflict) is logged in ``controllers.errors``
@@ -53,9 +55,11 @@ import json
 import threading
 import time
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 import aiohttp
+import yaml
 
 FINISHED = ("Succeeded", "Failed")
 JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
@@ -178,6 +182,17 @@ class NativeControllers:
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping: asyncio.Event | None = None
+
+    @classmethod
+    def from_kubeconfig(cls, path: str | Path, **options: Any) -> NativeControllers:
+        """For the API server of the kubeconfig's current context (the emulator's kubeconfigs
+        carry no credentials; a token there is sent as a bearer token)."""
+        config = yaml.safe_load(Path(path).read_text())
+        context = next(c["context"] for c in config["contexts"] if c["name"] == config["current-context"])
+        cluster = next(c["cluster"] for c in config["clusters"] if c["name"] == context["cluster"])
+        user = next((u.get("user") or {} for u in config.get("users") or [] if u["name"] == context.get("user")), {})
+        headers = {"Authorization": f"Bearer {user['token']}"} if user.get("token") else {}
+        return cls(cluster["server"], headers={**headers, **options.pop("headers", {})}, **options)
 
     # -- lifecycle ----------------------------------------------------------------------------
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from kubeapi_emulator import EmulatedApiServer
+from kubeapi_emulator import EmulatedApiServer, write_kubeconfig
 from tests.native_controllers import NativeControllers
 
 from .test_scheduler import call
@@ -167,6 +168,14 @@ def test_the_controllers_run_in_a_thread_and_stop_cleanly(url: str) -> None:
     rounds = controllers.rounds
     call(url, "DELETE", f"{NS}/pods/{pods(url, 'app=bg')[0]['metadata']['name']}")
     assert controllers.rounds == rounds and pods(url, "app=bg") == []  # stopped: nobody recreates it
+
+
+def test_the_controllers_find_the_server_in_a_kubeconfig(url: str, tmp_path: Path) -> None:
+    call(url, "POST", JOBS, job("configured", suspend=False))
+    controllers = NativeControllers.from_kubeconfig(write_kubeconfig(url, tmp_path / "kubeconfig"), replicasets=False)
+    assert controllers.url == url and not controllers.replicasets
+    asyncio.run(controllers.reconcile())
+    assert len(pods(url, f"{JOB_NAME}=configured")) == 1
 
 
 def test_the_controllers_run_in_the_callers_loop(url: str) -> None:

@@ -196,6 +196,28 @@ def test_deleting_a_job_in_the_background_collects_its_pods_and_by_default_orpha
 
 # -- apps/v1 ----------------------------------------------------------------------------------------
 
+def test_deleting_a_deployment_collects_its_replicasets_and_their_pods(
+        api: Any, core: kubernetes.client.CoreV1Api, namespace: str) -> None:
+    deployment = api("POST", "apps/v1", "deployments", body=workload("Deployment", "chain", replicas=0))
+    owned = workload("ReplicaSet", "chain-1", replicas=0)
+    owned["spec"]["selector"]["matchLabels"] = owned["spec"]["template"]["metadata"]["labels"] = {"app": "chain-1"}
+    owned["metadata"]["ownerReferences"] = [{"apiVersion": "apps/v1", "kind": "Deployment", "name": "chain",
+                                             "uid": deployment["metadata"]["uid"], "controller": True}]
+    replicaset = api("POST", "apps/v1", "replicasets", body=owned)
+    api("POST", "v1", "pods", body=pod("chain-1-pod", metadata={"ownerReferences": [{
+        "apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "chain-1", "uid": replicaset["metadata"]["uid"],
+        "controller": True}]}))
+    api("DELETE", "apps/v1", "deployments", "chain")  # apps/v1 deletes dependents in the background by default
+
+    def gone() -> bool:
+        try:
+            return core.read_namespaced_pod("chain-1-pod", namespace).metadata.deletion_timestamp is not None
+        except kubernetes.client.ApiException as e:
+            return e.status == 404
+    eventually(gone)
+    code, _ = api_error(lambda: api("GET", "apps/v1", "replicasets", "chain-1"))
+    assert code == 404
+
 @pytest.mark.parametrize("kind", sorted(APPS))
 def test_apps_workloads_need_a_matching_immutable_selector(api: Any, kind: str) -> None:
     plural = APPS[kind]
