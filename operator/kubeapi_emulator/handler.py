@@ -49,6 +49,7 @@ from kubeapi_emulator.store import (
     StorageKey,
     StoredEvent,
 )
+from kubeapi_emulator.strategies import JOB_STORAGE, SCALABLE, STRATEGIES, scale_of
 
 logger = logging.getLogger(__name__)
 
@@ -169,6 +170,19 @@ def _dry_run(request: rendering.Request) -> bool:
     return True
 
 
+JOB_ORPHANS_WARNING = ("child pods are preserved by default when jobs are deleted; set propagationPolicy=Background "
+                       "to remove them or set propagationPolicy=Orphan to suppress this warning")
+
+
+def _default_propagation(spec: ResourceSpec, options: dict[str, Any]) -> dict[str, str] | None:
+    """batch/v1 Jobs orphan their pods unless the delete says otherwise (the real server's
+    default for that API, with its warning); every other kind deletes them in the background."""
+    if spec.storage_key != JOB_STORAGE or "propagationPolicy" in options or "orphanDependents" in options:
+        return None
+    options["propagationPolicy"] = "Orphan"
+    return {"Warning": "299 - " + json.dumps(JOB_ORPHANS_WARNING)}
+
+
 def _version_priority(version: str) -> tuple[int, int, int, str]:
     """Kubernetes' order of versions: GA before beta before alpha, higher numbers first."""
     match = re.fullmatch(r"v(\d+)(?:(alpha|beta)(\d+))?", version)
@@ -184,6 +198,8 @@ def _initial_status(storage_key: StorageKey, obj: dict[str, Any]) -> Any:
         return {"phase": "Pending"}  # the kubelet (or a test playing it) moves it on via /status
     if storage_key == NAMESPACE_STORAGE:
         return {"phase": "Active"}
+    if storage_key == JOB_STORAGE or storage_key in SCALABLE:
+        return {}  # their controllers fill it
     if storage_key in {("", "nodes"), ("", "services")}:
         return obj.get("status")  # kept as posted (a kubelet registers its node with status)
     if storage_key == CRD_STORAGE:
@@ -225,7 +241,8 @@ class KubernetesApiEmulator(kmock.KubernetesScaffold):
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
-        self.store = ObjectStore(history_limit=self.history_limit, require_namespaces=self.require_namespaces)
+        self.store = ObjectStore(history_limit=self.history_limit, require_namespaces=self.require_namespaces,
+                                 strategies=STRATEGIES)
         self.store.listeners.append(self._on_stored_event)
         for spec in BUILTIN_RESOURCES:
             self._register(spec)
@@ -431,6 +448,10 @@ class KubernetesApiEmulator(kmock.KubernetesScaffold):
             if spec.has_status:
                 resources.append({"name": f"{spec.plural}/status", "singularName": "", "kind": spec.kind,
                                   "namespaced": spec.namespaced, "verbs": ["get", "patch", "update"]})
+            if spec.storage_key in SCALABLE:
+                resources.append({"name": f"{spec.plural}/scale", "singularName": "", "group": "autoscaling",
+                                  "version": "v1", "kind": "Scale", "namespaced": True,
+                                  "verbs": ["get", "patch", "update"]})
             if spec.storage_key == POD_STORAGE:
                 resources.append({"name": "pods/binding", "singularName": "", "kind": "Binding",
                                   "namespaced": True, "verbs": ["create"]})
@@ -503,10 +524,12 @@ class KubernetesApiEmulator(kmock.KubernetesScaffold):
 
     async def _serve_fetch(self, request: rendering.Request) -> rendering.Payload:
         spec = self._resolve(request)
-        if request.subresource not in (None, "status"):
+        if request.subresource not in (None, "status") and not self._is_scale(spec, request):
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
         assert request.name is not None
         obj = self.store.get(spec, request.namespace, request.name)
+        if request.subresource == "scale":
+            return scale_of(obj)
         if tables.wants_table(request.headers.get("Accept")):
             return tables.table(spec, [obj], resource_version=obj["metadata"].get("resourceVersion"),
                                 include_object=request.params.get("includeObject"))
@@ -586,11 +609,37 @@ class KubernetesApiEmulator(kmock.KubernetesScaffold):
                                  initial_status=lambda obj: _initial_status(spec.storage_key, obj),
                                  copy_body=copy_body, managed_fields=managed_fields, dry_run=dry_run)
 
+    @staticmethod
+    def _is_scale(spec: ResourceSpec, request: rendering.Request) -> bool:
+        return request.subresource == "scale" and spec.storage_key in SCALABLE
+
+    def _update_scale(self, spec: ResourceSpec, request: rendering.Request, content_type: str) -> Any:
+        """``PUT``/``PATCH`` of ``/scale`` (autoscaling/v1 Scale): only ``spec.replicas`` is written."""
+        assert request.name is not None
+        current = scale_of(self.store.get(spec, request.namespace, request.name))
+        body = request.data
+        wanted = body if request.method == kmock.method.PUT else apply_patch(current, body, content_type)
+        replicas = (wanted.get("spec") or {}).get("replicas") if isinstance(wanted, dict) else None
+        if not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 0:
+            raise errors.invalid("autoscaling", "Scale", request.name, [{
+                "reason": "FieldValueInvalid", "field": "spec.replicas",
+                "message": f"Invalid value: {json.dumps(replicas)}: must be greater than or equal to 0"}])
+        precondition = ((wanted.get("metadata") or {}).get("resourceVersion")
+                        if request.method == kmock.method.PUT else None)
+
+        def change(obj: dict[str, Any]) -> dict[str, Any]:
+            meta = {**obj["metadata"], "resourceVersion": precondition} if precondition else obj["metadata"]
+            return {**obj, "metadata": meta, "spec": {**(obj.get("spec") or {}), "replicas": replicas}}
+        return scale_of(self.store.update(spec, request.namespace, request.name, change, copy_current=False,
+                                          dry_run=_dry_run(request)))
+
     async def _serve_update(self, request: rendering.Request) -> rendering.Payload:
         spec = self._resolve(request)
         assert request.name is not None
         body = request.data
         content_type = request.headers.get("Content-Type", "application/merge-patch+json")
+        if self._is_scale(spec, request):
+            return self._update_scale(spec, request, content_type)
         if request.method != kmock.method.PUT and content_type.split(";")[0].strip() == APPLY_PATCH:
             return self._server_side_apply(spec, request)  # YAML or JSON
         if request.method == kmock.method.PUT:
@@ -659,17 +708,22 @@ class KubernetesApiEmulator(kmock.KubernetesScaffold):
                 options[option] = request.params[option] if option != "orphanDependents" else \
                     request.params[option] == "true"
         dry_run = _dry_run(request) or options.get("dryRun") == ["All"]
-        return self.store.delete(spec, request.namespace, request.name, options, dry_run=dry_run)
+        warnings = _default_propagation(spec, options)
+        deleted = self.store.delete(spec, request.namespace, request.name, options, dry_run=dry_run)
+        return rendering.Response(payload=deleted, headers=warnings) if warnings else deleted
 
     async def _serve_delete_collection(self, request: rendering.Request) -> rendering.Payload:
         """DELETE on a collection (``kubectl delete --all``): each match is deleted as on its own."""
         spec = self._resolve(request)
         items, _ = self.store.list(spec, request.namespace, self._selector(request))
+        options = {key: request.params[key] for key in ("propagationPolicy",) if key in request.params}
+        _default_propagation(spec, options)
         deleted = []
         for item in items:
             meta = item["metadata"]
             try:
-                deleted.append(self.store.delete(spec, meta.get("namespace"), meta["name"], dry_run=_dry_run(request)))
+                deleted.append(self.store.delete(spec, meta.get("namespace"), meta["name"], options,
+                                                 dry_run=_dry_run(request)))
             except ApiError:
                 pass  # gone meanwhile
         return {"apiVersion": spec.api_version, "kind": f"{spec.kind}List",
@@ -770,7 +824,7 @@ class KubernetesApiEmulator(kmock.KubernetesScaffold):
         self.resources[kmock.resource(spec.group, spec.version, spec.plural)] = kmock.ResourceInfo(
             namespaced=spec.namespaced, kind=spec.kind, singular=spec.singular or spec.kind.lower(),
             verbs=set(VERBS), shortnames=set(spec.short_names), categories=set(spec.categories),
-            subresources={"status"} if spec.has_status else set(),
+            subresources=({"status"} if spec.has_status else set()) | ({"scale"} if spec.storage_key in SCALABLE else set()),
         )
 
     def _unregister(self, group: str, plural: str) -> None:

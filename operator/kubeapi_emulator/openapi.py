@@ -162,11 +162,31 @@ _BUILTIN_DESCRIPTIONS = {
            "scheduled onto hosts.",
     "Event": "Event is a report of an event somewhere in the cluster.",
     "Lease": "Lease defines a lease concept.",
+    "Job": "Job represents the configuration of a single job.",
+    "Deployment": "Deployment enables declarative updates for Pods and ReplicaSets.",
+    "ReplicaSet": "ReplicaSet ensures that a specified number of pod replicas are running at any given time.",
+    "StatefulSet": "StatefulSet represents a set of pods with consistent identities. Identities are defined as: "
+                   "- Network: A single stable DNS and hostname. - Storage: As many VolumeClaims as requested.",
     "CustomResourceDefinition": "CustomResourceDefinition represents a resource that should be exposed on the "
                                 "API server. Its name MUST be in the format <.spec.name>.<.spec.group>.",
 }
 
 _GROUP_PREFIXES = {"": "io.k8s.api.core", "apiextensions.k8s.io": "io.k8s.apiextensions-apiserver.pkg.apis.apiextensions"}
+
+# The top-level spec and status of the built-in workload kinds, as `kubectl explain KIND` lists them
+# (their insides are kept open: the emulator does not carry Kubernetes' type definitions).
+_WORKLOAD_FIELDS: dict[str, tuple[str, str]] = {
+    "Pod": ("Specification of the desired behavior of the pod.",
+            "Most recently observed status of the pod. This data may not be up to date."),
+    "Job": ("Specification of the desired behavior of a job.", "Current status of a job."),
+    "Deployment": ("Specification of the desired behavior of the Deployment.",
+                   "Most recently observed status of the Deployment."),
+    "ReplicaSet": ("Spec defines the specification of the desired behavior of the ReplicaSet.",
+                   "Status is the most recently observed status of the ReplicaSet."),
+    "StatefulSet": ("Spec defines the desired identities of pods in this set.",
+                    "Status is the current status of Pods in this StatefulSet. This data may be out of date by "
+                    "some window of time."),
+}
 
 # The query parameters of write operations that clients look for.
 _FIELD_VALIDATION = {
@@ -218,6 +238,11 @@ def kind_schema(spec: ResourceSpec, ref_prefix: str) -> dict[str, Any]:
         schema = {"type": "object", "description": _BUILTIN_DESCRIPTIONS.get(spec.kind, ""),
                   "x-kubernetes-preserve-unknown-fields": True}
         properties = {}
+        if spec.group in ("", "apps", "batch") and spec.kind in _WORKLOAD_FIELDS:
+            spec_doc, status_doc = _WORKLOAD_FIELDS[spec.kind]
+            properties["spec"] = {"type": "object", "description": spec_doc, "x-kubernetes-preserve-unknown-fields": True}
+            properties["status"] = {"type": "object", "description": status_doc,
+                                    "x-kubernetes-preserve-unknown-fields": True}
     properties["apiVersion"] = {"type": "string", "description": _API_VERSION_DOC}
     properties["kind"] = {"type": "string", "description": _KIND_DOC}
     metadata_ref = {"$ref": f"{ref_prefix}{OBJECT_META}"}

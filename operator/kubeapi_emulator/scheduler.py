@@ -3,7 +3,8 @@
 A real cluster runs kube-scheduler next to the API server; the emulator runs this, on by
 default (``EmulatedApiServer(scheduler=False)`` or ``python -m kubeapi_emulator --no-scheduler``
 turns it off, so a test can play the scheduler). It considers pods that are not bound
-(no ``spec.nodeName``), not being deleted, not finished, and meant for it (``schedulerName``
+(no ``spec.nodeName``), not gated (no ``spec.schedulingGates``: a gated pod is never bound, and
+``pods/binding`` refuses it with 409 as kube-apiserver does), not being deleted, not finished, and meant for it (``schedulerName``
 ``default-scheduler`` or absent). For each, in creation order, it runs kube-scheduler's filters
 on every node, in kube-scheduler's order, stopping at a node's first failure:
 
@@ -276,8 +277,8 @@ def unschedulable_message(failures: Iterable[str], node_count: int) -> str:
 
 def bind(store: ObjectStore, pods: ResourceSpec, namespace: str, name: str, binding: Any) -> dict[str, Any]:
     """``POST pods/{name}/binding`` as the API server does it: the pod gets ``spec.nodeName`` (and
-    the binding's annotations) and ``PodScheduled`` True, in one write; 409 if it is bound already
-    or being deleted. Returns the ``Status`` the server answers with."""
+    the binding's annotations) and ``PodScheduled`` True, in one write; 409 if it is bound already,
+    being deleted or still has scheduling gates. Returns the ``Status`` the server answers with."""
     body = _mapping(binding)
     target = _mapping(body.get("target"))
     node_name = target.get("name")
@@ -301,6 +302,8 @@ def bind(store: ObjectStore, pods: ResourceSpec, namespace: str, name: str, bind
         spec = dict(pod.get("spec") or {})
         if spec.get("nodeName"):
             raise _binding_conflict(name, f'pod {name} is already assigned to node "{spec["nodeName"]}"')
+        if spec.get("schedulingGates"):  # not ready for scheduling (KEP-3521)
+            raise _binding_conflict(name, f"pod {name} has non-empty .spec.schedulingGates")
         spec["nodeName"] = node_name
         annotations = _mapping(_mapping(body.get("metadata")).get("annotations"))
         if annotations:
@@ -324,9 +327,9 @@ def _with_condition(conditions: Any, condition: dict[str, Any]) -> list[Any]:
 
 
 def _pending(pod: Mapping[str, Any]) -> bool:
-    """Waiting for this scheduler: not bound, not being deleted, not finished, ours to place."""
+    """Waiting for this scheduler: not bound, not gated, not being deleted, not finished, ours to place."""
     spec, metadata = _mapping(pod.get("spec")), _mapping(pod.get("metadata"))
-    return (not spec.get("nodeName") and not metadata.get("deletionTimestamp")
+    return (not spec.get("nodeName") and not spec.get("schedulingGates") and not metadata.get("deletionTimestamp")
             and _mapping(pod.get("status")).get("phase") not in FINISHED_PHASES
             and spec.get("schedulerName") in (None, "", DEFAULT_SCHEDULER))
 

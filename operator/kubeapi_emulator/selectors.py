@@ -113,3 +113,24 @@ def object_selector(label_selector: str | None, field_selector: str | None) -> P
         return labels_match(labels) and fields_match(obj)
 
     return matches
+
+
+def format_selector(selector: Mapping[str, Any]) -> str:
+    """A LabelSelector as a string (``app=web,tier in (a,b)``), as ``metav1.FormatLabelSelector``
+    writes it: Scale's ``status.selector``, the ``Selector`` column of ``kubectl get -o wide``."""
+    parts = [f"{key}={value}" for key, value in sorted(_mapping(selector.get("matchLabels")).items())]
+    for expression in _sequence(selector.get("matchExpressions")):
+        expression = _mapping(expression)
+        key, operator = expression.get("key"), expression.get("operator")
+        values = ",".join(sorted(str(v) for v in _sequence(expression.get("values"))))
+        parts.append({"In": f"{key} in ({values})", "NotIn": f"{key} notin ({values})",
+                      "Exists": f"{key}", "DoesNotExist": f"!{key}"}.get(str(operator), f"{key} {operator}"))
+    return ",".join(parts) or "<none>"
+
+
+def _mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _sequence(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []

@@ -29,12 +29,15 @@ import uuid
 from collections import defaultdict, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kubeapi_emulator import errors
 from kubeapi_emulator.errors import ApiError
 from kubeapi_emulator.metadata import check_metadata
 from kubeapi_emulator.resources import ResourceSpec
+
+if TYPE_CHECKING:
+    from kubeapi_emulator.strategies import KindStrategy
 
 StorageKey = tuple[str, str]  # (group, plural)
 ObjectKey = tuple[str, str]  # (namespace or "", name)
@@ -123,8 +126,11 @@ class Watch:
 class ObjectStore:
     def __init__(self, *, history_limit: int = DEFAULT_HISTORY_LIMIT,
                  watch_backlog_limit: int = DEFAULT_WATCH_BACKLOG_LIMIT,
-                 require_namespaces: bool = False) -> None:
+                 require_namespaces: bool = False,
+                 strategies: Mapping[StorageKey, KindStrategy] | None = None) -> None:
         self.require_namespaces = require_namespaces
+        # Per-kind defaults and validation (kubeapi_emulator.strategies), by storage key.
+        self.strategies: Mapping[StorageKey, KindStrategy] = strategies or {}
         self._counter = 0
         self._objects: dict[StorageKey, dict[ObjectKey, dict[str, Any]]] = defaultdict(dict)
         self._history: deque[StoredEvent] = deque()
@@ -282,11 +288,16 @@ class ObjectStore:
         if spec.has_status:
             status = initial_status(obj) if initial_status else None
             obj.pop("status", None) if status is None else obj.__setitem__("status", status)
+        meta["uid"] = str(uuid.uuid4())  # before the kind's rules: a Job's generated selector names it
+        strategy = self.strategies.get(spec.storage_key)
+        if strategy is not None:
+            causes = strategy.prepare_create(obj)
+            if causes:
+                raise errors.invalid(spec.group, spec.kind, name, causes)
         obj = self._admit(spec, obj)
         meta = obj["metadata"]
         if managed_fields is not None:
             meta["managedFields"] = managed_fields(obj)
-        meta["uid"] = str(uuid.uuid4())
         meta["creationTimestamp"] = rfc3339_now()
         meta["generation"] = 1
         if dry_run:
@@ -351,6 +362,11 @@ class ObjectStore:
         if "managedFields" not in meta and "managedFields" in old["metadata"]:
             meta["managedFields"] = old["metadata"]["managedFields"]  # left out of a write: kept, as the real server does
         check_metadata(spec, meta, creating=False)
+        strategy = self.strategies.get(spec.storage_key)
+        if strategy is not None and subresource is None:  # status and binding writes keep the spec
+            causes = strategy.prepare_update(old, result)
+            if causes:
+                raise errors.invalid(spec.group, spec.kind, name, causes)
         result = self._admit(spec, result, only_status=subresource == "status")
         if result == old:
             return self.present(spec, old)  # a no-op write changes nothing, not even the version

@@ -7,7 +7,10 @@ server evaluates it (first result; ``date`` cells shown as an age, ``integer``/`
 ``boolean`` cells as JSON values); without any, the real server shows Age. Built-in kinds get
 the columns the real server prints for them (pods: Ready, Status, Restarts, Age, and IP, Node,
 ... with ``-o wide``; nodes: Status, Roles, Age, Version; namespaces: Status, Age; events: Last
-Seen, Type, Reason, Object, Message, their Name only with ``-o wide``; the others Age or Created At).
+Seen, Type, Reason, Object, Message, their Name only with ``-o wide``; jobs: Status, Completions,
+Duration, Age; deployments: Ready, Up-to-date, Available, Age; replicasets: Desired, Current,
+Ready, Age; statefulsets: Ready, Age — these four with Containers, Images (and Selector) with
+``-o wide``; the others Age or Created At).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from kubeapi_emulator.resources import ResourceSpec
+from kubeapi_emulator.selectors import format_selector
 
 TABLE_MEDIA = "as=Table"
 _NAME_COLUMN = {"name": "Name", "type": "string", "format": "name", "priority": 0,
@@ -65,9 +69,8 @@ def human_duration(seconds: float) -> str:
 def age(timestamp: Any, now: float | None = None) -> str:
     if not isinstance(timestamp, str) or not timestamp:
         return "<unknown>"
-    try:
-        then = calendar.timegm(time.strptime(timestamp.rstrip("Z").split(".")[0], "%Y-%m-%dT%H:%M:%S"))
-    except ValueError:
+    then = _seconds(timestamp)
+    if then is None:
         return "<invalid>"
     return human_duration((time.time() if now is None else now) - then)
 
@@ -153,6 +156,9 @@ def _pod_cells(pod: Mapping[str, Any]) -> list[Any]:
     ready = sum(1 for s in statuses if isinstance(s, Mapping) and s.get("ready"))
     restarts = sum(int(s.get("restartCount") or 0) for s in statuses if isinstance(s, Mapping))
     reason = status.get("reason") or status.get("phase") or "Pending"
+    if any(isinstance(c, Mapping) and c.get("type") == "PodScheduled" and c.get("reason") == "SchedulingGated"
+           for c in status.get("conditions") or []):
+        reason = "SchedulingGated"
     for container in statuses:
         waiting = ((container or {}).get("state") or {}).get("waiting") or {}
         terminated = ((container or {}).get("state") or {}).get("terminated") or {}
@@ -185,6 +191,77 @@ def _node_cells(node: Mapping[str, Any]) -> list[Any]:
 
 
 _EVENTS = ("", "events")
+
+
+def _template_cells(obj: Mapping[str, Any], *, selector: bool = True) -> list[Any]:
+    """The -o wide cells of a kind with a pod template: Containers, Images(, Selector)."""
+    spec = obj.get("spec") or {}
+    containers = [c for c in (((spec.get("template") or {}).get("spec") or {}).get("containers") or [])
+                  if isinstance(c, Mapping)]
+    cells: list[Any] = [",".join(str(c.get("name") or "") for c in containers),
+                        ",".join(str(c.get("image") or "") for c in containers)]
+    return [*cells, format_selector(spec.get("selector") or {})] if selector else cells
+
+
+def _has_condition(status: Mapping[str, Any], kind: str) -> bool:
+    """As kubectl's printer: the first condition of that type decides."""
+    for condition in status.get("conditions") or []:
+        if isinstance(condition, Mapping) and condition.get("type") == kind:
+            return condition.get("status") == "True"
+    return False
+
+
+def _seconds(timestamp: Any) -> float | None:
+    """An RFC 3339 timestamp as epoch seconds (None when unreadable or absent)."""
+    if not isinstance(timestamp, str) or not timestamp:
+        return None
+    try:
+        return float(calendar.timegm(time.strptime(str(timestamp).rstrip("Z").split(".")[0], "%Y-%m-%dT%H:%M:%S")))
+    except ValueError:
+        return None
+
+
+def _job_cells(job: Mapping[str, Any]) -> list[Any]:
+    spec, status = job.get("spec") or {}, job.get("status") or {}
+    succeeded = int(status.get("succeeded") or 0)
+    if spec.get("completions") is not None:
+        completions = f"{succeeded}/{spec['completions']}"
+    elif int(spec.get("parallelism") or 0) > 1:
+        completions = f"{succeeded}/1 of {spec['parallelism']}"
+    else:
+        completions = f"{succeeded}/1"
+    started, finished = _seconds(status.get("startTime")), _seconds(status.get("completionTime"))
+    duration = "" if started is None else human_duration((time.time() if finished is None else finished) - started)
+    if _has_condition(status, "Complete"):
+        state = "Complete"
+    elif _has_condition(status, "Failed"):
+        state = "Failed"
+    elif (job.get("metadata") or {}).get("deletionTimestamp"):
+        state = "Terminating"
+    elif _has_condition(status, "Suspended"):
+        state = "Suspended"
+    elif _has_condition(status, "FailureTarget"):
+        state = "FailureTarget"
+    else:
+        state = "Running"
+    return [state, completions, duration, age((job.get("metadata") or {}).get("creationTimestamp")), *_template_cells(job)]
+
+
+def _apps_cells(key: tuple[str, str], obj: Mapping[str, Any]) -> list[Any]:
+    spec, status = obj.get("spec") or {}, obj.get("status") or {}
+    replicas, ready = int(spec.get("replicas") or 0), int(status.get("readyReplicas") or 0)
+    created = age((obj.get("metadata") or {}).get("creationTimestamp"))
+    if key == ("apps", "deployments"):
+        return [f"{ready}/{replicas}", int(status.get("updatedReplicas") or 0),
+                int(status.get("availableReplicas") or 0), created, *_template_cells(obj)]
+    if key == ("apps", "replicasets"):
+        return [replicas, int(status.get("replicas") or 0), ready, created, *_template_cells(obj)]
+    return [f"{ready}/{replicas}", created, *_template_cells(obj, selector=False)]  # statefulsets
+
+
+_WIDE_TEMPLATE = [("Containers", "string", 1, "Names of each container in the template."),
+                  ("Images", "string", 1, "Images referenced by each container in the template.")]
+_SELECTOR = ("Selector", "string", 1, "A label query over pods that should match the pod count.")
 
 
 def _event_cells(event: Mapping[str, Any]) -> list[Any]:
@@ -230,6 +307,27 @@ _BUILTIN_COLUMNS: dict[tuple[str, str], list[tuple[str, str, int, str]]] = {
         ("Container-Runtime", "string", 1, "Container runtime version reported by the node."),
     ],
     ("", "namespaces"): [("Status", "string", 0, "The status of the namespace"), _AGE],
+    ("batch", "jobs"): [
+        ("Status", "string", 0, "Status of the job."),
+        ("Completions", "string", 0, "The number of pods which reached phase Succeeded."),
+        ("Duration", "string", 0, "Time required to complete the job."),
+        _AGE, *_WIDE_TEMPLATE, _SELECTOR,
+    ],
+    ("apps", "deployments"): [
+        ("Ready", "string", 0, "Number of the pod with ready state"),
+        ("Up-to-date", "integer", 0, "Total number of non-terminated pods targeted by this deployment that have "
+                                     "the desired template spec."),
+        ("Available", "integer", 0, "Total number of available pods (ready for at least minReadySeconds) "
+                                    "targeted by this deployment."),
+        _AGE, *_WIDE_TEMPLATE, _SELECTOR,
+    ],
+    ("apps", "replicasets"): [
+        ("Desired", "integer", 0, "Replicas is the number of desired replicas."),
+        ("Current", "integer", 0, "Replicas is the most recently observed number of replicas."),
+        ("Ready", "integer", 0, "The number of ready replicas for this replica set."),
+        _AGE, *_WIDE_TEMPLATE, _SELECTOR,
+    ],
+    ("apps", "statefulsets"): [("Ready", "string", 0, "Number of the pod with ready state"), _AGE, *_WIDE_TEMPLATE],
     # The real server prints an event's name last, and only with -o wide (see _EVENTS).
     _EVENTS: [
         ("Last Seen", "string", 0, "The time at which the most recent occurrence of this event was recorded."),
@@ -254,6 +352,10 @@ def _builtin_cells(spec: ResourceSpec, obj: Mapping[str, Any]) -> list[Any]:
         return _pod_cells(obj)
     if key == ("", "nodes"):
         return _node_cells(obj)
+    if key == ("batch", "jobs"):
+        return _job_cells(obj)
+    if key[0] == "apps":
+        return _apps_cells(key, obj)
     metadata = obj.get("metadata") or {}
     if key == ("", "namespaces"):
         return [(obj.get("status") or {}).get("phase") or "Active", age(metadata.get("creationTimestamp"))]
