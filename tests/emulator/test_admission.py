@@ -39,6 +39,7 @@ import pytest
 
 from gpuadmit.tlsutil import generate_self_signed
 from kubeapi_emulator import EmulatedApiServer, write_kubeconfig
+from kubeapi_emulator.admission import Attributes, Rule
 
 from .conftest import api_error, eventually, pod, requires_emulator
 
@@ -250,6 +251,18 @@ def test_mutating_configurations_are_called_in_name_order(
     assert webhooks.seen("/mutate/second")[-1]["object"]["metadata"]["labels"] == {"first": "yes"}
 
 
+def test_an_if_needed_webhook_is_called_again_after_a_later_change(
+        core: kubernetes.client.CoreV1Api, register: Register, webhooks: WebhookServer, namespace: str) -> None:
+    suffix = uuid.uuid4().hex[:6]
+    register("/mutate/again", mutating=True, name=f"aa{suffix}", reinvocationPolicy="IfNeeded")
+    register("/mutate/later", mutating=True, name=f"zz{suffix}")
+    before = len(webhooks.seen("/mutate/again"))
+    assert core.create_namespaced_config_map(namespace, configmap("twice")).metadata.labels == \
+        {"again": "yes", "later": "yes"}
+    calls = webhooks.seen("/mutate/again")[before:]
+    assert [call["object"]["metadata"].get("labels") for call in calls] == [None, {"again": "yes", "later": "yes"}]
+
+
 def test_a_dry_run_is_reviewed_as_one_and_not_stored(
         cluster: kubernetes.client.ApiClient, core: kubernetes.client.CoreV1Api, register: Register,
         webhooks: WebhookServer, namespace: str) -> None:
@@ -438,6 +451,56 @@ def test_kubectl_prints_the_denial_and_the_mutation(
     assert "Warning: configmap looks fine, but be careful" in applied.stderr
     shown = kubectl("get", "configmap", "applied", "-o", "json")
     assert json.loads(shown.stdout)["metadata"]["labels"] == {"by-kubectl": "yes"}
+
+
+# -- the matcher, and emulator-only set-ups --------------------------------------------------------------------
+
+def test_rules_follow_the_real_matcher_for_subresources_and_scope() -> None:
+    def rule(*resources: str, scope: str = "*") -> Rule:
+        return Rule(frozenset({"UPDATE"}), frozenset({""}), frozenset({"v1"}),
+                    tuple((r.partition("/")[0], r.partition("/")[2]) for r in resources), scope)
+
+    status = Attributes("UPDATE", "", "v1", "pods", "Pod", "status", "team", "p")
+    assert rule("pods/status").matches(status, "v1") and rule("pods/*").matches(status, "v1")
+    assert rule("*/*").matches(status, "v1") and rule("*/status").matches(status, "v1")
+    assert not rule("pods").matches(status, "v1") and not rule("*").matches(status, "v1")
+    assert not rule("pods/status", scope="Cluster").matches(status, "v1")
+    assert not rule("pods/status").matches(status, "v2")
+    namespace = Attributes("UPDATE", "", "v1", "namespaces", "Namespace", "", "team", "team")
+    assert rule("namespaces", scope="Cluster").matches(namespace, "v1")
+    assert not rule("namespaces", scope="Namespaced").matches(namespace, "v1")
+
+
+@requires_emulator
+@pytest.mark.parametrize("policy", ["Equivalent", "Exact"])
+def test_an_equivalent_version_is_matched_and_sent_in_the_webhooks_version(
+        tmp_path: Path, webhooks: WebhookServer, policy: str) -> None:
+    crd = {"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+           "metadata": {"name": "widgets.example.com"},
+           "spec": {"group": "example.com", "scope": "Namespaced",
+                    "names": {"kind": "Widget", "plural": "widgets", "singular": "widget"},
+                    "versions": [{"name": name, "served": True, "storage": name == "v1", "schema": {"openAPIV3Schema": {
+                        "type": "object", "x-kubernetes-preserve-unknown-fields": True}}} for name in ("v1", "v2")]}}
+    with EmulatedApiServer(crd_objects=[crd]) as url:
+        client = kubernetes.config.new_client_from_config(config_file=str(write_kubeconfig(url, tmp_path / "kc")))
+        kubernetes.client.AdmissionregistrationV1Api(client).create_mutating_webhook_configuration({
+            "metadata": {"name": "widgets"}, "webhooks": [{
+                "name": "widgets.admission.gpuadmit.io", "admissionReviewVersions": ["v1"], "sideEffects": "None",
+                "matchPolicy": policy, "clientConfig": {"url": webhooks.url("/mutate/widget"),
+                                                        "caBundle": webhooks.ca_bundle},
+                "rules": [{"apiGroups": ["example.com"], "apiVersions": ["v1"], "operations": ["CREATE"],
+                           "resources": ["widgets"]}]}]})
+        before = len(webhooks.seen("/mutate/widget"))
+        created = kubernetes.client.CustomObjectsApi(client).create_namespaced_custom_object(
+            "example.com", "v2", "default", "widgets", {"apiVersion": "example.com/v2", "kind": "Widget",
+                                                        "metadata": {"name": "w"}})
+        calls = webhooks.seen("/mutate/widget")[before:]
+        if policy == "Exact":
+            assert not calls and "labels" not in created["metadata"]
+            return
+        assert created["apiVersion"] == "example.com/v2" and created["metadata"]["labels"] == {"widget": "yes"}
+        assert calls[0]["resource"]["version"] == "v1" and calls[0]["requestResource"]["version"] == "v2"
+        assert calls[0]["object"]["apiVersion"] == "example.com/v1"
 
 
 # -- emulator only: services routed to a host ------------------------------------------------------------------
