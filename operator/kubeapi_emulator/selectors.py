@@ -71,50 +71,6 @@ def parse_label_selector(selector: str | None) -> Predicate:
     return lambda labels: all(check(labels) for check in checks)
 
 
-def field_value(obj: Mapping[str, Any], path: str) -> str:
-    value: Any = obj
-    for part in path.split("."):
-        value = value.get(part) if isinstance(value, Mapping) else None
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
-
-
-def parse_field_selector(selector: str | None) -> Callable[[Mapping[str, Any]], bool]:
-    """A predicate over a whole object; raises a 400 ApiError on a malformed selector."""
-    checks: list[Callable[..., bool]] = []  # each called with the object alone; defaults bind the term
-    for term in _split_terms(selector or ""):
-        match = _EQUALITY_TERM.match(term)
-        if not match:
-            raise bad_request(f"invalid field selector: {term!r}")
-        path, operator, value = match.groups()
-        if operator == "!=":
-            checks.append(lambda obj, p=path, v=value: field_value(obj, p) != v)
-        else:
-            checks.append(lambda obj, p=path, v=value: field_value(obj, p) == v)
-    return lambda obj: all(check(obj) for check in checks)
-
-
-def match_everything(obj: Mapping[str, Any]) -> bool:
-    return True
-
-
-def object_selector(label_selector: str | None, field_selector: str | None) -> Predicate:
-    """Both selectors combined into one predicate over whole objects."""
-    if not _split_terms(label_selector or "") and not _split_terms(field_selector or ""):
-        return match_everything  # no terms: every object matches (stored metadata is always a dict)
-    labels_match = parse_label_selector(label_selector)
-    fields_match = parse_field_selector(field_selector)
-
-    def matches(obj: Mapping[str, Any]) -> bool:
-        labels = (obj.get("metadata") or {}).get("labels") or {}
-        return labels_match(labels) and fields_match(obj)
-
-    return matches
-
-
 _SELECTOR_OPERATORS = ("In", "NotIn", "Exists", "DoesNotExist")
 
 
@@ -170,3 +126,48 @@ def compile_label_selector(selector: Mapping[str, Any] | None) -> Callable[[Mapp
         return True
 
     return matches
+
+
+def field_value(obj: Mapping[str, Any], path: str) -> str:
+    value: Any = obj
+    for part in path.split("."):
+        value = value.get(part) if isinstance(value, Mapping) else None
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def parse_field_selector(selector: str | None) -> Callable[[Mapping[str, Any]], bool]:
+    """A predicate over a whole object; raises a 400 ApiError on a malformed selector."""
+    checks: list[Callable[..., bool]] = []  # each called with the object alone; defaults bind the term
+    for term in _split_terms(selector or ""):
+        match = _EQUALITY_TERM.match(term)
+        if not match:
+            raise bad_request(f"invalid field selector: {term!r}")
+        path, operator, value = match.groups()
+        if operator == "!=":
+            checks.append(lambda obj, p=path, v=value: field_value(obj, p) != v)
+        else:
+            checks.append(lambda obj, p=path, v=value: field_value(obj, p) == v)
+    return lambda obj: all(check(obj) for check in checks)
+
+
+def match_everything(obj: Mapping[str, Any]) -> bool:
+    return True
+
+
+def object_selector(label_selector: str | None, field_selector: str | None) -> Predicate:
+    """Both selectors combined into one predicate over whole objects."""
+    if not _split_terms(label_selector or "") and not _split_terms(field_selector or ""):
+        return match_everything  # no terms: every object matches (stored metadata is always a dict)
+    labels_match = parse_label_selector(label_selector)
+    fields_match = parse_field_selector(field_selector)
+
+    def matches(obj: Mapping[str, Any]) -> bool:
+        labels = (obj.get("metadata") or {}).get("labels") or {}
+        return labels_match(labels) and fields_match(obj)
+
+    return matches
+
