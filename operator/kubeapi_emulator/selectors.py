@@ -170,4 +170,3 @@ def object_selector(label_selector: str | None, field_selector: str | None) -> P
         return labels_match(labels) and fields_match(obj)
 
     return matches
-
