@@ -160,6 +160,15 @@ def _event_line(event_type: str, encoded_object: bytes) -> bytes:
     return prefix + encoded_object + b"}\n"
 
 
+def _merged(headers: Mapping[str, str] | None, warnings: list[str]) -> dict[str, str] | None:
+    """Response headers with the admission webhooks' warnings joined to any ``Warning`` already there."""
+    merged = dict(headers or {})
+    extra = warning_headers(warnings).get("Warning")
+    if extra:
+        merged["Warning"] = f"{merged['Warning']}, {extra}" if merged.get("Warning") else extra
+    return merged or None
+
+
 def _dry_run(request: rendering.Request) -> bool:
     """``?dryRun=All``: the write is checked and answered, not stored (kubectl diff, --dry-run=server)."""
     value = request.params.get("dryRun")
@@ -168,15 +177,6 @@ def _dry_run(request: rendering.Request) -> bool:
     if value != "All":
         raise errors.bad_request(f'dryRun: Unsupported value: "{value}": supported values: "All"')
     return True
-
-
-def _merged(headers: Mapping[str, str] | None, warnings: list[str]) -> dict[str, str] | None:
-    """Response headers with the admission webhooks' warnings joined to any ``Warning`` already there."""
-    merged = dict(headers or {})
-    extra = warning_headers(warnings).get("Warning")
-    if extra:
-        merged["Warning"] = f"{merged['Warning']}, {extra}" if merged.get("Warning") else extra
-    return merged or None
 
 
 def _version_priority(version: str) -> tuple[int, int, int, str]:
