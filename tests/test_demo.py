@@ -248,7 +248,7 @@ def test_a_short_demo_runs_end_to_end_and_admits_both_classes(tmp_path: Path) ->
     assert re.search(r"^inference(\s+\d+){6}\s+\d+\.\ds", output, re.MULTILINE)  # six counts, then wait percentiles
     refused = re.search(r"^training\s+\d+\s+\d+\s+\d+\s+(\d+)", output, re.MULTILINE)  # the forged tier label
     assert refused and int(refused.group(1)) >= 1, output[-2000:]
-    assert "admission webhooks: every create went through" in output
+    assert "admission webhooks: every create went through" in output and "called by the API server" in output
     guaranteed = re.search(r"guaranteed tenant research \(GPUQuota: (\d+) GPUs of any product\): (\d+) admitted", output)
     assert guaranteed and int(guaranteed.group(2)) > 0, output[-2000:]
     served = re.search(r"metrics: (\d+) gpuadmit_ samples served", output)

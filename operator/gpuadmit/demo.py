@@ -18,9 +18,10 @@ times, and the policy's own durations (preemption's minimum run time, the defaul
 timeout), are divided by it. Best-effort (BE) pods give up after ``--be-patience-minutes`` of
 trace time in the queue.
 
-Every create goes through the operator's admission webhooks first (mutate, then validate), as a
-real API server would send it; one training workload in ``FORGER_EVERY`` carries a forged
-``gpuadmit.io/tier`` label, which the validating webhook refuses.
+The operator's GPUWorkload webhooks are registered with the emulated API server, which calls them
+for every create (mutate, then validate) as a real one does; one training workload in
+``FORGER_EVERY`` carries a forged ``gpuadmit.io/tier`` label, which the validating webhook refuses:
+the API server answers the create with the webhook's refusal.
 """
 
 from __future__ import annotations
@@ -37,12 +38,10 @@ import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from gpuadmit.core.model import TIER_LABEL, WORKLOAD_LABEL
-from gpuadmit.core.validation import apply_json_patch
+from gpuadmit.core.model import API_GROUP, API_VERSION, TIER_LABEL, WORKLOAD_LABEL
 from gpuadmit.demo_kubelet import Kubelet
 from gpuadmit.demo_plan import (
     GOLD_NAMESPACE,
@@ -185,81 +184,38 @@ class EmulatorClient:
                 await asyncio.sleep(0.5)  # the server restarts or drops the stream: list again shortly
 
 
-@dataclass(frozen=True)
-class Verdict:
-    allowed: bool
-    obj: dict[str, Any]
-    message: str = ""
+# What the API server's answer to a create says when an admission webhook refused it, and when
+# one could not be called (kube-apiserver's wording, which the emulator keeps).
+DENIED_BY_WEBHOOK = "denied the request: "
+WEBHOOK_CALL_FAILED = "failed calling webhook"
+GPUWORKLOAD_WEBHOOKS = (("ValidatingWebhookConfiguration", "validate.gpuworkloads.gpuadmit.io", "/validate-gpuworkload"),
+                        ("MutatingWebhookConfiguration", "mutate.gpuworkloads.gpuadmit.io", "/mutate-gpuworkload"))
 
 
-class AdmissionClient:
-    """Plays the API server's part in admission: the mutating webhook, then the validating one.
-
-    The emulator calls no webhooks, so the demo does, for every create. A webhook that cannot be
-    reached lets the create through, as ``failurePolicy: Ignore`` does (docs/webhooks.md).
-    """
-
-    def __init__(self, base_url: str, cafile: Path) -> None:
-        import ssl
-
-        import aiohttp
-
-        self.base_url = base_url.rstrip("/")
-        self.ssl = ssl.create_default_context(cafile=str(cafile))
-        self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
-        self.unreachable = 0
-
-    async def close(self) -> None:
-        await self.session.close()
-
-    async def review(self, obj: dict[str, Any]) -> Verdict:
-        import aiohttp
-
-        try:
-            mutation = await self._call("mutate-gpuworkload", obj)
-            if not mutation.get("allowed"):
-                return Verdict(False, obj, str((mutation.get("status") or {}).get("message", "")))
-            if mutation.get("patch"):
-                obj = apply_json_patch(obj, json.loads(base64.b64decode(mutation["patch"])))
-            validation = await self._call("validate-gpuworkload", obj)
-            if not validation.get("allowed"):
-                return Verdict(False, obj, str((validation.get("status") or {}).get("message", "")))
-            return Verdict(True, obj)
-        except (TimeoutError, aiohttp.ClientError, ValueError, KeyError):
-            self.unreachable += 1
-            return Verdict(True, obj)
-
-    async def _call(self, path: str, obj: dict[str, Any]) -> dict[str, Any]:
-        metadata = obj.get("metadata") or {}
-        review = {
-            "apiVersion": "admission.k8s.io/v1",
-            "kind": "AdmissionReview",
-            "request": {
-                "uid": os.urandom(8).hex(),
-                "kind": {"group": "gpuadmit.io", "version": "v1alpha1", "kind": "GPUWorkload"},
-                "resource": {"group": "gpuadmit.io", "version": "v1alpha1", "resource": "gpuworkloads"},
-                "name": metadata.get("name", ""),
-                "namespace": metadata.get("namespace", ""),
-                "operation": "CREATE",
-                "userInfo": {"username": f"system:serviceaccount:{metadata.get('namespace')}:default"},
-                "object": obj,
-                "oldObject": None,
-                "dryRun": False,
-            },
+async def register_gpuworkload_webhooks(api: EmulatorClient, webhook_url: str, cafile: Path) -> None:
+    """Tell the emulated API server about the operator's GPUWorkload webhooks (URL and CA bundle),
+    as the chart does on a cluster: from then on it calls them for every create and update."""
+    ca_bundle = base64.b64encode(cafile.read_bytes()).decode("ascii")
+    for kind, name, path in GPUWORKLOAD_WEBHOOKS:
+        webhook: dict[str, Any] = {
+            "name": name, "admissionReviewVersions": ["v1"], "sideEffects": "None", "failurePolicy": "Fail",
+            "timeoutSeconds": 10, "clientConfig": {"url": webhook_url + path, "caBundle": ca_bundle},
+            "rules": [{"apiGroups": [API_GROUP], "apiVersions": [API_VERSION], "operations": ["CREATE", "UPDATE"],
+                       "resources": ["gpuworkloads"], "scope": "Namespaced"}],
         }
-        async with self.session.post(f"{self.base_url}/{path}", json=review, ssl=self.ssl) as response:
-            response.raise_for_status()
-            answer = await response.json()
-        return dict(answer["response"])
+        plural = kind.lower() + "s"
+        await api.must("POST", f"/apis/admissionregistration.k8s.io/v1/{plural}",
+                       {"apiVersion": "admissionregistration.k8s.io/v1", "kind": kind,
+                        "metadata": {"name": "gpuadmit-demo"}, "webhooks": [webhook]})
 
-    async def listening(self) -> bool:
-        import aiohttp
 
-        try:
-            async with self.session.post(f"{self.base_url}/validate-gpuworkload", data=b"{}", ssl=self.ssl):
-                return True  # any answer (a 400 for this empty review) means it serves
-        except (TimeoutError, aiohttp.ClientError):
-            return False
+async def listening(host: str, port: int) -> bool:
+    try:
+        _, writer = await asyncio.open_connection(host, port)
+    except OSError:
+        return False
+    writer.close()
+    return True
 
 
 async def _maybe_await(value: Awaitable[None] | None) -> None:
@@ -276,7 +232,9 @@ class Demo:
         self.out = out
         self.processes: list[EmulatorProcess | OperatorProcess] = []
         self.workdir = Path()  # made once the inputs are read: bad input leaves nothing behind
-        self.admission: AdmissionClient | None = None
+        self.webhooks = False  # registered with the API server, which calls them
+        self.webhook_refusals = 0
+        self.webhook_failures = 0  # creates the API server refused because a webhook could not be called
 
     def read_inputs(self) -> tuple[list[DemoNode], list[Plan], str, float, float, dict[str, Any]]:
         """The cluster, the submissions, where they come from, the rate, the load offered and the policy."""
@@ -327,7 +285,7 @@ class Demo:
             api = EmulatorClient(url)
             await self.populate(api, nodes, policy)
             metrics_port = args.metrics_port or free_port()
-            await self.start_operator(metrics_port)
+            await self.start_operator(metrics_port, api)
             ledger = Ledger(total_gpus=total_gpus, time_scale=args.time_scale)
             kubelet = Kubelet(api)
             recorder = MetricsRecorder(f"http://127.0.0.1:{metrics_port}/metrics")
@@ -354,9 +312,10 @@ class Demo:
             quota = guaranteed_tenant_quota(total_gpus)
             lines = summary(ledger, ledger.now(), args.time_scale, (TRAINING_NAMESPACE, quota["spec"]["guaranteed"]["*"]))
             lines.append(await metrics_line(recorder.url))
-            if self.admission is not None:
-                lines.append(f"admission webhooks: every create went through /mutate-gpuworkload and /validate-gpuworkload"
-                             f" ({self.admission.unreachable} let through unreviewed)")
+            if self.webhooks:
+                lines.append(f"admission webhooks: every create went through /mutate-gpuworkload and /validate-gpuworkload,"
+                             f" called by the API server ({self.webhook_refusals} refused,"
+                             f" {self.webhook_failures} not created: a webhook could not be called)")
             if args.plot:
                 with contextlib.suppress(asyncio.TimeoutError):  # one last sample, taken now
                     await asyncio.wait_for(recorder.scrape_once(), 10)
@@ -374,8 +333,6 @@ class Demo:
             await asyncio.gather(*tasks, return_exceptions=True)
             if api is not None:
                 await api.close()
-            if self.admission is not None:
-                await self.admission.close()
             self.stop_processes()
             if succeeded and not args.keep_logs:
                 shutil.rmtree(self.workdir, ignore_errors=True)
@@ -418,7 +375,7 @@ class Demo:
         await asyncio.gather(*(api.must("POST", "/api/v1/nodes", node_object(node)) for node in nodes))
         await api.must("POST", "/apis/gpuadmit.io/v1alpha1/gpuquotas", guaranteed_tenant_quota(sum(node.gpus for node in nodes)))
 
-    async def start_operator(self, metrics_port: int) -> None:
+    async def start_operator(self, metrics_port: int, api: EmulatorClient) -> None:
         webhook_port = 0 if self.args.no_webhooks else free_port()
         cert_dir = self.workdir / "certs"
         operator = OperatorProcess(
@@ -430,8 +387,9 @@ class Demo:
         await operator.wait_ready_async(STARTUP_DEADLINE)
         if webhook_port:
             await self.wait_for(lambda: (cert_dir / "ca.crt").exists(), "the webhook certificate")
-            self.admission = AdmissionClient(f"https://127.0.0.1:{webhook_port}", cert_dir / "ca.crt")
-            await self.wait_for(self.admission.listening, "the admission webhooks to listen")
+            await self.wait_for(lambda: listening("127.0.0.1", webhook_port), "the admission webhooks to listen")
+            await register_gpuworkload_webhooks(api, f"https://127.0.0.1:{webhook_port}", cert_dir / "ca.crt")
+            self.webhooks = True
 
     async def submit_all(self, api: EmulatorClient, plans: list[Plan], ledger: Ledger, screen: Screen, kubelet: Kubelet) -> int:
         """Create each workload at its time; refresh the screen meanwhile; return how many were created."""
@@ -443,14 +401,18 @@ class Demo:
             key = f"{plan.namespace}/{plan.name}"
             kubelet.run_seconds[key] = plan.run_seconds
             sent_at = ledger.now()
-            obj = workload_object(plan)
-            if self.admission is not None:
-                verdict = await self.admission.review(obj)
-                if not verdict.allowed:
-                    ledger.refused(plan, sent_at, verdict.message)
+            path = f"/apis/gpuadmit.io/v1alpha1/namespaces/{plan.namespace}/gpuworkloads"
+            status, answer = await api.call("POST", path, workload_object(plan))
+            message = str(answer.get("message", "")) if isinstance(answer, dict) else str(answer)
+            if status >= 300 and status != 409:  # 409: created before, by an earlier attempt
+                if DENIED_BY_WEBHOOK in message:  # the API server relays the webhook's refusal
+                    self.webhook_refusals += 1
+                    ledger.refused(plan, sent_at, message.split(DENIED_BY_WEBHOOK, 1)[1])
                     return
-                obj = verdict.obj
-            await api.must("POST", f"/apis/gpuadmit.io/v1alpha1/namespaces/{plan.namespace}/gpuworkloads", obj)
+                if WEBHOOK_CALL_FAILED in message:
+                    self.webhook_failures += 1
+                    return
+                raise DemoError(f"POST {path} answered {status}: {message[:300]}")
             ledger.submitted(plan, sent_at)
             submitted += 1
 

@@ -34,14 +34,31 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-scheduler", dest="scheduler", action="store_false",
                         help="do not run the kube-scheduler stand-in: pods stay unbound (no spec.nodeName) "
                              "until a client binds them through pods/{name}/binding")
+    parser.add_argument("--webhook-service", action="append", default=[], metavar="NAMESPACE/NAME=HOST:PORT",
+                        help="where an admission webhook's clientConfig.service is served (repeatable); webhooks "
+                             "given by clientConfig.url need nothing")
     return parser
+
+
+def webhook_services(values: Sequence[str]) -> dict[str, str]:
+    """``NAMESPACE/NAME=HOST:PORT`` flags as a mapping; ValueError naming a malformed one."""
+    routes = {}
+    for value in values:
+        service, _, target = value.partition("=")
+        namespace, _, name = service.partition("/")
+        host, _, port = target.rpartition(":")
+        if not (namespace and name and host and port.isdigit()):
+            raise ValueError(f"--webhook-service {value!r}: expected NAMESPACE/NAME=HOST:PORT")
+        routes[f"{namespace}/{name}"] = target
+    return routes
 
 
 async def serve(args: argparse.Namespace) -> None:
     try:
         server = EmulatedApiServer(host=args.host, port=args.port, crds=args.crds,
                                    require_namespaces=args.require_namespaces, history_limit=args.history_limit,
-                                   audit_log=args.audit_log, scheduler=args.scheduler)
+                                   audit_log=args.audit_log, scheduler=args.scheduler,
+                                   webhook_services=args.webhook_services)
     except (ApiError, yaml.YAMLError) as e:
         raise SystemExit(f"python -m kubeapi_emulator: cannot serve the CRDs given: {e}") from None
     # Recording every request is for assertions in tests; a long-running process keeps few.
@@ -63,6 +80,10 @@ async def serve(args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    try:
+        args.webhook_services = webhook_services(args.webhook_service)
+    except ValueError as error:
+        parser.error(str(error))
     missing = [path for path in args.crds if not Path(path).exists()]
     if missing:
         parser.error(f"--crds: no such file or directory: {', '.join(missing)}")

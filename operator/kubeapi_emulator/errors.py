@@ -18,6 +18,7 @@ class ApiError(Exception):
         self.reason = reason
         self.message = message
         self.details = details or {}
+        self.headers: dict[str, str] = {}  # sent with the Status (e.g. an admission webhook's Warning)
 
     def as_status(self) -> dict[str, Any]:
         status: dict[str, Any] = {

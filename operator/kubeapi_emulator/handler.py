@@ -28,6 +28,7 @@ import yaml
 from kmock._internal import parsing, rendering
 
 from kubeapi_emulator import errors, openapi, protobuf, tables
+from kubeapi_emulator.admission import Attributes, WebhookAdmission, warning_headers
 from kubeapi_emulator.audit import AuditLog, audit_record
 from kubeapi_emulator.errors import ApiError
 from kubeapi_emulator.faults import FaultPlan
@@ -160,6 +161,15 @@ def _event_line(event_type: str, encoded_object: bytes) -> bytes:
     return prefix + encoded_object + b"}\n"
 
 
+def _merged(headers: Mapping[str, str] | None, warnings: list[str]) -> dict[str, str] | None:
+    """Response headers with the admission webhooks' warnings joined to any ``Warning`` already there."""
+    merged = dict(headers or {})
+    extra = warning_headers(warnings).get("Warning")
+    if extra:
+        merged["Warning"] = f"{merged['Warning']}, {extra}" if merged.get("Warning") else extra
+    return merged or None
+
+
 def _dry_run(request: rendering.Request) -> bool:
     """``?dryRun=All``: the write is checked and answered, not stored (kubectl diff, --dry-run=server)."""
     value = request.params.get("dryRun")
@@ -227,7 +237,10 @@ class KubernetesApiEmulator(kmock.KubernetesScaffold):
     max_recorded_requests: int = 2000  # kmock keeps every request for assertions; we keep the latest
     faults: FaultPlan = attrs.field(factory=FaultPlan)
     audit: AuditLog | None = None  # when set, every request is recorded as RBAC would see it
+    # Where a webhook's clientConfig.service is reached: "namespace/name" -> "host:port" (kubeapi_emulator.admission).
+    webhook_services: Mapping[str, str] = attrs.field(factory=dict)
     store: ObjectStore = attrs.field(init=False)
+    admission: WebhookAdmission = attrs.field(init=False)
     _specs: dict[tuple[str, str, str], ResourceSpec] = attrs.field(factory=dict, init=False)
     _dependents: dict[str, set[tuple[StorageKey, str, str]]] = attrs.field(
         factory=lambda: defaultdict(set), init=False)
@@ -244,6 +257,10 @@ class KubernetesApiEmulator(kmock.KubernetesScaffold):
         self.store = ObjectStore(history_limit=self.history_limit, require_namespaces=self.require_namespaces,
                                  strategies=STRATEGIES)
         self.store.listeners.append(self._on_stored_event)
+        self.admission = WebhookAdmission(
+            self.store, lambda name: self.store.find(self.spec_for("", "v1", "namespaces"), None, name),
+            lambda group, plural: [s.version for s in self._specs.values() if (s.group, s.plural) == (group, plural)],
+            service_routes=self.webhook_services, require_namespaces=self.require_namespaces)
         for spec in BUILTIN_RESOURCES:
             self._register(spec)
         for crd in KOPF_PEERING_CRDS:
@@ -310,7 +327,7 @@ class KubernetesApiEmulator(kmock.KubernetesScaffold):
                 await raw_response.write_eof()
                 return raw_response
             if isinstance(exc, ApiError):
-                headers = {"Retry-After": "1"} if exc.code in (429, 503) else None
+                headers = {**({"Retry-After": "1"} if exc.code in (429, 503) else {}), **exc.headers} or None
                 return aiohttp.web.json_response(exc.as_status(), status=exc.code, headers=headers)
             if isinstance(exc, kmock.KubernetesError):
                 return await self._render_error(exc)
@@ -409,6 +426,7 @@ class KubernetesApiEmulator(kmock.KubernetesScaffold):
 
     async def __aexit__(self, *exc_info: Any) -> None:
         self.store.close_all_watches()
+        await self.admission.close()
         for task in list(self._background):
             task.cancel()
         await super().__aexit__(*exc_info)
@@ -560,9 +578,33 @@ class KubernetesApiEmulator(kmock.KubernetesScaffold):
         warnings = self._check_fields(spec, request, request.data)
         manager = request.params.get("fieldManager")
         managed = (lambda obj: record_update(None, obj, manager, spec.api_version)) if manager else None
-        created = self._create(spec, request.namespace, request.data, copy_body=False,  # parsed for it alone
-                               managed_fields=managed, dry_run=_dry_run(request))
-        return rendering.Response(status=201, payload=created, headers=warnings)
+        meta = found if isinstance(request.data, dict) and isinstance(found := request.data.get("metadata"), dict) \
+            else {}
+        created, admission_warnings = await self.admission.create(
+            self._attributes(spec, request, "CREATE", str(meta.get("name") or ""),
+                             request.namespace or meta.get("namespace") or "default"),
+            request.data,
+            lambda body, dry_run: self._create(spec, request.namespace, body, copy_body=False,  # parsed for it alone
+                                               managed_fields=managed, dry_run=dry_run))
+        return rendering.Response(status=201, payload=created, headers=_merged(warnings, admission_warnings))
+
+    def _attributes(self, spec: ResourceSpec, request: rendering.Request, operation: str, name: str,
+                    namespace: str | None, dry_run: bool | None = None,
+                    extra_options: Mapping[str, Any] | None = None) -> Attributes:
+        """What admission webhooks are told about this write (kubeapi_emulator.admission)."""
+        if spec.storage_key == NAMESPACE_STORAGE:
+            namespace = "" if operation == "CREATE" else name  # the real server's attribute for a Namespace
+        elif not spec.namespaced:
+            namespace = ""
+        dry_run = _dry_run(request) if dry_run is None else dry_run
+        options: dict[str, Any] = {"apiVersion": "meta.k8s.io/v1", "kind": f"{operation.title()}Options"}
+        if request.params.get("fieldManager") and operation != "DELETE":
+            options["fieldManager"] = request.params["fieldManager"]
+        if dry_run:
+            options["dryRun"] = ["All"]
+        options.update(extra_options or {})
+        return Attributes(operation, spec.group, spec.version, spec.plural, spec.kind, request.subresource or "",
+                          namespace or "", name, dry_run, options)
 
     @staticmethod
     def _check_fields(spec: ResourceSpec, request: rendering.Request, body: Any,
@@ -641,7 +683,7 @@ class KubernetesApiEmulator(kmock.KubernetesScaffold):
         if self._is_scale(spec, request):
             return self._update_scale(spec, request, content_type)
         if request.method != kmock.method.PUT and content_type.split(";")[0].strip() == APPLY_PATCH:
-            return self._server_side_apply(spec, request)  # YAML or JSON
+            return await self._server_side_apply(spec, request)  # YAML or JSON
         if request.method == kmock.method.PUT:
             self._check_media_type(request, ("application/json", protobuf.PROTOBUF))
         if request.body.strip() and body is None:
@@ -657,11 +699,16 @@ class KubernetesApiEmulator(kmock.KubernetesScaffold):
             return result
         # No change modifies the object it is given (apply_patch returns a new one), so the
         # store need not copy the stored object first.
-        updated = self.store.update(spec, request.namespace, request.name, change, request.subresource,
-                                    copy_current=False, dry_run=_dry_run(request))
-        return rendering.Response(payload=updated, headers=warnings) if warnings else updated
+        name = request.name
+        updated, admission_warnings = await self.admission.update(
+            self._attributes(spec, request, "UPDATE", name, request.namespace),
+            lambda: self.store.find(spec, request.namespace, name), change,
+            lambda chosen, dry_run: self.store.update(spec, request.namespace, name, chosen, request.subresource,
+                                                      copy_current=False, dry_run=dry_run))
+        headers = _merged(warnings, admission_warnings)
+        return rendering.Response(payload=updated, headers=headers) if headers else updated
 
-    def _server_side_apply(self, spec: ResourceSpec, request: rendering.Request) -> Any:
+    async def _server_side_apply(self, spec: ResourceSpec, request: rendering.Request) -> Any:
         """``kubectl apply --server-side``: see kubeapi_emulator.fieldmanagers."""
         assert request.name is not None
         body = request.data
@@ -685,19 +732,27 @@ class KubernetesApiEmulator(kmock.KubernetesScaffold):
         # Server-side apply refuses fields the schema does not declare whatever fieldValidation says.
         self._check_fields(spec, request, body, directive="Strict")
         force = request.params.get("force") == "true"
-        if self.store.find(spec, request.namespace, request.name) is None and request.subresource is None:
+        name = request.name
+        if self.store.find(spec, request.namespace, name) is None and request.subresource is None:
             obj = server_side_apply(None, body, manager, force=force, api_version=spec.api_version)
-            obj.setdefault("metadata", {})["name"] = request.name
+            obj.setdefault("metadata", {})["name"] = name
             managed = obj["metadata"].pop("managedFields")
-            created = self._create(spec, request.namespace, obj, copy_body=False, managed_fields=lambda _: managed,
-                                   dry_run=_dry_run(request))
-            return rendering.Response(status=201, payload=created)
+            created, warnings = await self.admission.create(
+                self._attributes(spec, request, "CREATE", name, request.namespace or "default"), obj,
+                lambda body, dry_run: self._create(spec, request.namespace, body, copy_body=False,
+                                                   managed_fields=lambda _: managed, dry_run=dry_run))
+            return rendering.Response(status=201, payload=created, headers=_merged(None, warnings))
 
         def change(current: dict[str, Any]) -> Any:
             return server_side_apply(current, body, manager, force=force, api_version=spec.api_version,
                                      subresource=request.subresource)
-        return self.store.update(spec, request.namespace, request.name, change, request.subresource,
-                                 dry_run=_dry_run(request))
+        updated, warnings = await self.admission.update(
+            self._attributes(spec, request, "UPDATE", name, request.namespace),
+            lambda: self.store.find(spec, request.namespace, name), change,
+            lambda chosen, dry_run: self.store.update(spec, request.namespace, name, chosen, request.subresource,
+                                                      dry_run=dry_run),
+            copy_current=True)
+        return rendering.Response(payload=updated, headers=_merged(None, warnings)) if warnings else updated
 
     async def _serve_delete(self, request: rendering.Request) -> rendering.Payload:
         spec = self._resolve(request)
@@ -708,9 +763,22 @@ class KubernetesApiEmulator(kmock.KubernetesScaffold):
                 options[option] = request.params[option] if option != "orphanDependents" else \
                     request.params[option] == "true"
         dry_run = _dry_run(request) or options.get("dryRun") == ["All"]
-        warnings = _default_propagation(spec, options)
-        deleted = self.store.delete(spec, request.namespace, request.name, options, dry_run=dry_run)
-        return rendering.Response(payload=deleted, headers=warnings) if warnings else deleted
+        propagation_warning = _default_propagation(spec, options)
+        deleted, warnings = await self._admitted_delete(spec, request, request.name, request.namespace, options,
+                                                        dry_run)
+        headers = _merged(propagation_warning, warnings)
+        return rendering.Response(payload=deleted, headers=headers) if headers else deleted
+
+    async def _admitted_delete(self, spec: ResourceSpec, request: rendering.Request, name: str,
+                               namespace: str | None, options: dict[str, Any],
+                               dry_run: bool) -> tuple[dict[str, Any], list[str]]:
+        attributes = self._attributes(spec, request, "DELETE", name, namespace, dry_run, {
+            key: value for key, value in options.items()
+            if key in ("propagationPolicy", "orphanDependents", "gracePeriodSeconds", "preconditions")})
+        result: tuple[dict[str, Any], list[str]] = await self.admission.delete(
+            attributes, lambda: self.store.find(spec, namespace, name),
+            lambda dry_run: self.store.delete(spec, namespace, name, options, dry_run=dry_run))
+        return result
 
     async def _serve_delete_collection(self, request: rendering.Request) -> rendering.Payload:
         """DELETE on a collection (``kubectl delete --all``): each match is deleted as on its own."""
@@ -719,13 +787,17 @@ class KubernetesApiEmulator(kmock.KubernetesScaffold):
         options = {key: request.params[key] for key in ("propagationPolicy",) if key in request.params}
         _default_propagation(spec, options)
         deleted = []
+        refusal: ApiError | None = None
         for item in items:
             meta = item["metadata"]
             try:
-                deleted.append(self.store.delete(spec, meta.get("namespace"), meta["name"], options,
-                                                 dry_run=_dry_run(request)))
-            except ApiError:
-                pass  # gone meanwhile
+                deleted.append((await self._admitted_delete(spec, request, meta["name"], meta.get("namespace"),
+                                                            dict(options), _dry_run(request)))[0])
+            except ApiError as error:
+                if error.code != 404:  # 404: gone meanwhile; a refusal fails the request, the rest still go
+                    refusal = refusal or error
+        if refusal is not None:
+            raise refusal
         return {"apiVersion": spec.api_version, "kind": f"{spec.kind}List",
                 "metadata": {"resourceVersion": self.store.resource_version}, "items": deleted}
 

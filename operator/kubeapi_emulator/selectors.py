@@ -71,6 +71,63 @@ def parse_label_selector(selector: str | None) -> Predicate:
     return lambda labels: all(check(labels) for check in checks)
 
 
+_SELECTOR_OPERATORS = ("In", "NotIn", "Exists", "DoesNotExist")
+
+
+def label_selector_problems(selector: Any, field: str) -> list[str]:
+    """What is wrong with a ``metav1.LabelSelector`` object (matchLabels, matchExpressions), as
+    ``"<field path>: <problem>"`` texts; empty when it is well formed."""
+    if selector is None:
+        return []
+    if not isinstance(selector, Mapping):
+        return [f"{field}: Invalid value: must be a label selector object"]
+    problems = []
+    match_labels = selector.get("matchLabels")
+    if match_labels is not None and not (isinstance(match_labels, Mapping)
+                                         and all(isinstance(v, str) for v in match_labels.values())):
+        problems.append(f"{field}.matchLabels: Invalid value: must map label keys to string values")
+    for index, expression in enumerate(selector.get("matchExpressions") or []):
+        where = f"{field}.matchExpressions[{index}]"
+        if not isinstance(expression, Mapping) or not isinstance(expression.get("key"), str):
+            problems.append(f"{where}.key: Required value")
+            continue
+        operator, values = expression.get("operator"), expression.get("values") or []
+        if operator not in _SELECTOR_OPERATORS:
+            problems.append(f'{where}.operator: Invalid value: "{operator}": not a valid selector operator')
+        elif operator in ("In", "NotIn") and not values:
+            problems.append(f"{where}.values: Required value: must be specified when `operator` is 'In' or 'NotIn'")
+        elif operator in ("Exists", "DoesNotExist") and values:
+            problems.append(f"{where}.values: Forbidden: may not be specified when `operator` is 'Exists' or "
+                            "'DoesNotExist'")
+    return problems
+
+
+def compile_label_selector(selector: Mapping[str, Any] | None) -> Callable[[Mapping[str, str]], bool] | None:
+    """A predicate over a labels dict for a well-formed ``metav1.LabelSelector``; None for the
+    empty selector, which matches everything (callers skip the lookup the labels would need)."""
+    selector = selector or {}
+    wanted = dict(selector.get("matchLabels") or {})
+    expressions = [(e["key"], e["operator"], frozenset(e.get("values") or ()))
+                   for e in selector.get("matchExpressions") or []]
+    if not wanted and not expressions:
+        return None
+
+    def matches(labels: Mapping[str, str]) -> bool:
+        if any(labels.get(key) != value for key, value in wanted.items()):
+            return False
+        for key, operator, values in expressions:
+            present = key in labels
+            if operator == "In" and not (present and labels[key] in values):
+                return False
+            if operator == "NotIn" and present and labels[key] in values:
+                return False
+            if (operator == "Exists") != present and operator in ("Exists", "DoesNotExist"):
+                return False
+        return True
+
+    return matches
+
+
 def field_value(obj: Mapping[str, Any], path: str) -> str:
     value: Any = obj
     for part in path.split("."):

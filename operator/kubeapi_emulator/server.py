@@ -63,6 +63,9 @@ class EmulatedApiServer:
     ``scheduler`` (on by default) runs a kube-scheduler stand-in that binds pending pods
     (``kubeapi_emulator.scheduler``); with ``scheduler=False`` pods stay unbound until a
     client binds them (``POST pods/{name}/binding``), as when a test plays the scheduler.
+    Admission webhooks registered through the API are called (``kubeapi_emulator.admission``);
+    ``webhook_services`` maps a webhook's ``clientConfig.service`` (``"namespace/name"``) to the
+    ``"host:port"`` that serves it, since the emulator has no cluster network.
     """
 
     def __init__(self, *, host: str = "127.0.0.1", port: int = 0,
@@ -74,14 +77,16 @@ class EmulatedApiServer:
                  faults: FaultPlan | None = None,
                  audit: bool = False,
                  audit_log: str | os.PathLike[str] | None = None,
-                 scheduler: bool = True) -> None:
+                 scheduler: bool = True,
+                 webhook_services: Mapping[str, str] | None = None) -> None:
         self.host = host
         self.port = port
         # The audit: records in memory with ``audit=True``, JSON lines in ``audit_log`` (or both).
         self.audit = AuditLog(audit_log, keep=audit) if audit or audit_log is not None else None
         self.handler = KubernetesApiEmulator(
             require_namespaces=require_namespaces, history_limit=history_limit,
-            bookmark_interval=bookmark_interval, faults=faults or FaultPlan(), audit=self.audit)
+            bookmark_interval=bookmark_interval, faults=faults or FaultPlan(), audit=self.audit,
+            webhook_services=dict(webhook_services or {}))
         for crd in [*load_crd_files(Path(p) for p in crds), *crd_objects]:
             self.handler.install_crd(crd)
         self.scheduler = SchedulerStandIn(self.handler.store, self.handler.spec_for) if scheduler else None
