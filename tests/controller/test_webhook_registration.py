@@ -1,0 +1,125 @@
+"""`gpuadmit run --manage-webhook-configurations`: the configurations built from the one list, and
+written by the real operator to the emulated API server (kept across a stop, replaced on a restart
+with a new CA)."""
+
+from __future__ import annotations
+
+import base64
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gpuadmit.controller.webhook_configs import WEBHOOKS, webhook_configurations
+from gpuadmit.core.holds import MANAGED_NAMESPACE_LABEL
+from gpuadmit.localcluster import OperatorProcess, free_port
+from tests.e2e_harness import REAL_CLUSTER_ENV, Cluster, wait_until
+
+URL = "https://gpuadmit-webhook.gpuadmit.svc:9443"
+
+
+def by_name(configurations: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {webhook["name"]: webhook for configuration in configurations for webhook in configuration["webhooks"]}
+
+
+def test_each_webhook_of_the_list_is_in_the_configuration_of_its_kind() -> None:
+    validating, mutating = webhook_configurations(URL, "Q0E=")
+    assert (validating["kind"], mutating["kind"]) == ("ValidatingWebhookConfiguration", "MutatingWebhookConfiguration")
+    assert [w["name"] for w in validating["webhooks"]] == [w.name for w in WEBHOOKS if not w.mutating]
+    assert [w["name"] for w in mutating["webhooks"]] == [w.name for w in WEBHOOKS if w.mutating]
+    for webhook in WEBHOOKS:
+        entry = by_name([validating, mutating])[webhook.name]
+        assert entry["clientConfig"] == {"url": URL + webhook.path, "caBundle": "Q0E="}
+        assert entry["sideEffects"] == "None" and entry["admissionReviewVersions"] == ["v1"]
+        assert 1 <= entry["timeoutSeconds"] <= 30
+
+
+def test_the_job_and_pod_webhooks_match_managed_namespaces_only_and_never_the_operators() -> None:
+    webhooks = by_name(webhook_configurations(URL, None, excluded_namespaces=["gpuadmit"]))
+    job, pod = webhooks["mutate.jobs.gpuadmit.io"], webhooks["mutate.pods.gpuadmit.io"]
+    for entry in (job, pod):
+        assert entry["namespaceSelector"] == {
+            "matchLabels": {MANAGED_NAMESPACE_LABEL: "true"},
+            "matchExpressions": [{"key": "kubernetes.io/metadata.name", "operator": "NotIn",
+                                  "values": ["gpuadmit", "kube-system"]}],
+        }
+        assert "objectSelector" not in entry  # labels are the tenant's: a selector would be a way around
+        assert entry["rules"][0]["operations"] == ["CREATE"]
+        assert "caBundle" not in entry["clientConfig"]
+    assert job["rules"][0]["apiGroups"] == ["batch"] and job["rules"][0]["resources"] == ["jobs"]
+    assert pod["rules"][0]["apiGroups"] == [""] and pod["rules"][0]["resources"] == ["pods"]
+    assert "namespaceSelector" not in webhooks["validate.gpuworkloads.gpuadmit.io"]
+
+
+def test_failure_policies_are_chosen_apart() -> None:
+    webhooks = by_name(webhook_configurations(URL, None, failure_policy="Ignore"))
+    assert {name: w["failurePolicy"] for name, w in webhooks.items()} == {
+        "validate.gpuworkloads.gpuadmit.io": "Ignore", "mutate.gpuworkloads.gpuadmit.io": "Ignore",
+        "mutate.jobs.gpuadmit.io": "Fail", "mutate.pods.gpuadmit.io": "Fail",
+    }
+    native = by_name(webhook_configurations(URL, None, native_failure_policy="Ignore"))
+    assert native["mutate.pods.gpuadmit.io"]["failurePolicy"] == "Ignore"
+    assert native["validate.gpuworkloads.gpuadmit.io"]["failurePolicy"] == "Fail"
+
+
+def test_the_flag_without_a_webhook_server_is_one_line_and_exit_2() -> None:
+    result = subprocess.run([sys.executable, "-m", "gpuadmit", "run", "--manage-webhook-configurations", "--webhook-port", "0"],
+                            capture_output=True, text=True, timeout=60, env={**os.environ, "KUBECONFIG": "/nonexistent"})
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "gpuadmit run: --manage-webhook-configurations needs the webhook server (--webhook-port is 0)"]
+
+
+def _configurations(cluster: Cluster) -> dict[str, dict[str, Any]] | None:
+    found = {}
+    for plural in ("validatingwebhookconfigurations", "mutatingwebhookconfigurations"):
+        items = cluster.raw("GET", f"/apis/admissionregistration.k8s.io/v1/{plural}")["items"]
+        found.update(by_name([item for item in items if item["metadata"]["name"] == "gpuadmit"]))
+    return found or None
+
+
+def _ca_bundle(cert_dir: Path) -> str:
+    return base64.b64encode((cert_dir / "ca.crt").read_bytes()).decode("ascii")
+
+
+@pytest.mark.e2e
+@pytest.mark.emulator
+@pytest.mark.timeout(180)
+@pytest.mark.skipif(bool(os.environ.get(REAL_CLUSTER_ENV)), reason="registers a webhook on 127.0.0.1: emulator only")
+def test_the_operator_registers_its_webhooks_and_replaces_them_with_a_new_ca_on_restart(tmp_path: Path) -> None:
+    with Cluster.start(tmp_path / "cluster") as cluster:
+        port = free_port()
+        operator = OperatorProcess(
+            cluster.kubeconfig, tmp_path / "operator",
+            ("--manage-webhook-configurations", "--webhook-cert-dir", str(tmp_path / "certs-1"),
+             "--native-webhook-failure-policy", "Ignore"),
+            env={"GPUADMIT_WEBHOOK_ADDR": "127.0.0.1", "POD_NAMESPACE": "gpuadmit-system"}, webhook_port=port,
+        )
+        try:
+            operator.launch()
+            first = wait_until(lambda: _configurations(cluster), timeout=60, what="the webhook configurations")
+            assert set(first) == {webhook.name for webhook in WEBHOOKS}
+            for webhook in WEBHOOKS:
+                entry = first[webhook.name]
+                assert entry["clientConfig"] == {"url": f"https://127.0.0.1:{port}{webhook.path}",
+                                                 "caBundle": _ca_bundle(tmp_path / "certs-1")}
+                assert entry["failurePolicy"] == ("Ignore" if webhook.native else "Fail")
+            assert "gpuadmit-system" in first["mutate.pods.gpuadmit.io"]["namespaceSelector"]["matchExpressions"][0]["values"]
+
+            operator.stop()
+            assert _configurations(cluster) == first  # kept while the operator is down: Fail keeps holding
+
+            operator.extra_args = ("--manage-webhook-configurations", "--webhook-cert-dir", str(tmp_path / "certs-2"))
+            operator.launch()
+            new_ca = _ca_bundle(tmp_path / "certs-2")
+            assert new_ca != _ca_bundle(tmp_path / "certs-1")
+            second = wait_until(
+                lambda: (lambda found: found if found and all(w["clientConfig"].get("caBundle") == new_ca
+                                                               for w in found.values()) else None)(_configurations(cluster)),
+                timeout=60, what="the configurations with the new CA")
+            assert all(entry["failurePolicy"] == "Fail" for entry in second.values())
+        finally:
+            operator.stop()
