@@ -16,7 +16,7 @@ import pytest
 from gpuadmit.controller.webhook_configs import WEBHOOKS, webhook_configurations
 from gpuadmit.core.holds import MANAGED_NAMESPACE_LABEL
 from gpuadmit.localcluster import OperatorProcess, free_port
-from tests.e2e_harness import REAL_CLUSTER_ENV, Cluster, wait_until
+from tests.e2e_harness import REAL_CLUSTER_ENV, Cluster
 
 URL = "https://gpuadmit-webhook.gpuadmit.svc:9443"
 
@@ -99,9 +99,10 @@ def test_the_operator_registers_its_webhooks_and_replaces_them_with_a_new_ca_on_
             env={"GPUADMIT_WEBHOOK_ADDR": "127.0.0.1", "POD_NAMESPACE": "gpuadmit-system"}, webhook_port=port,
         )
         try:
-            operator.launch()
-            first = wait_until(lambda: _configurations(cluster), timeout=60, what="the webhook configurations")
-            assert set(first) == {webhook.name for webhook in WEBHOOKS}
+            operator.launch()  # waits for /readyz, which waits for the configurations
+            assert operator.readiness()["webhook_configurations"] is True
+            first = _configurations(cluster)
+            assert first is not None and set(first) == {webhook.name for webhook in WEBHOOKS}
             for webhook in WEBHOOKS:
                 entry = first[webhook.name]
                 assert entry["clientConfig"] == {"url": f"https://127.0.0.1:{port}{webhook.path}",
@@ -116,10 +117,9 @@ def test_the_operator_registers_its_webhooks_and_replaces_them_with_a_new_ca_on_
             operator.launch()
             new_ca = _ca_bundle(tmp_path / "certs-2")
             assert new_ca != _ca_bundle(tmp_path / "certs-1")
-            second = wait_until(
-                lambda: (lambda found: found if found and all(w["clientConfig"].get("caBundle") == new_ca
-                                                               for w in found.values()) else None)(_configurations(cluster)),
-                timeout=60, what="the configurations with the new CA")
+            second = _configurations(cluster)
+            assert second is not None and set(second) == set(first)
+            assert all(entry["clientConfig"]["caBundle"] == new_ca for entry in second.values())
             assert all(entry["failurePolicy"] == "Fail" for entry in second.values())
         finally:
             operator.stop()

@@ -288,6 +288,7 @@ class AdmissionServer(kopf.WebhookServer):
     """
 
     on_client_config: Callable[[Mapping[str, Any]], None] | None = None
+    registrar: Registrar | None = None  # with --manage-webhook-configurations
 
     async def __call__(self, fn: Any) -> AsyncIterator[Any]:
         async for client_config in super().__call__(fn):
@@ -356,6 +357,7 @@ def configure_webhook_server(settings: kopf.OperatorSettings, args: Any) -> kopf
             excluded_namespaces=tuple(filter(None, [operator_namespace()])),
         )
         server.on_client_config = registrar.apply_soon
+        server.registrar = registrar
     logger.info("Serving admission webhooks on https://%s:%s/{%s}", addr, port,
                 ",".join([VALIDATE_ID, MUTATE_ID, *NATIVE_HOLDS]))
     return server
