@@ -65,7 +65,8 @@ async def write_configuration(kube: api.KubeApi, configuration: Mapping[str, Any
 
 @dataclass
 class Registrar:
-    """Writes the configurations for each client config the webhook server reports; the last one wins."""
+    """Writes the configurations for each client config the webhook server reports; the last one wins.
+    ``registered`` is set once the first are written (a readiness gate of the runtime)."""
 
     failure_policy: FailurePolicy = "Fail"
     native_failure_policy: FailurePolicy = "Fail"
@@ -84,7 +85,8 @@ class Registrar:
         """Start writing (in the background) the configurations for this client config, instead of any earlier one."""
         if self._task is not None and not self._task.done():
             self._task.cancel()
-        self.registered.clear()
+        # ``registered`` stays set once set: a renewed certificate must not make the replica unready
+        # (and drop it from the Service the API server calls) while the new bundle is written.
         self._task = asyncio.get_running_loop().create_task(self._apply(self.configurations(client_config)))
 
     async def stop(self) -> None:
