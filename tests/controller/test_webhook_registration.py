@@ -4,6 +4,7 @@ with a new CA)."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import os
 import subprocess
@@ -123,3 +124,44 @@ def test_the_operator_registers_its_webhooks_and_replaces_them_with_a_new_ca_on_
             assert all(entry["failurePolicy"] == "Fail" for entry in second.values())
         finally:
             operator.stop()
+
+
+async def test_a_refused_write_is_logged_with_the_rbac_it_needs_and_retried(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
+    from gpuadmit.controller import api, webhook_registration
+
+    class NoConnection:
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            pass
+
+        async def __aenter__(self) -> NoConnection:
+            return self
+
+        async def __aexit__(self, *exc_info: object) -> None:
+            pass
+
+    answers = [api.ApiError("create", "/apis/admissionregistration.k8s.io/v1/x", 403, "Forbidden"),
+               api.ApiError("replace", "/apis/admissionregistration.k8s.io/v1/x", 409, "Conflict")]
+    written: list[str] = []
+
+    async def write(kube: Any, configuration: dict[str, Any]) -> str:
+        if answers:
+            raise answers.pop(0)
+        written.append(configuration["kind"])
+        return "created"
+
+    monkeypatch.setattr(webhook_registration, "FIRST_RETRY_S", 0.01)
+    monkeypatch.setattr(webhook_registration, "write_configuration", write)
+    monkeypatch.setattr(api, "KubeApi", NoConnection)
+    monkeypatch.setattr(api, "resolve_credentials", lambda: None)
+    registrar = webhook_registration.Registrar()
+    with caplog.at_level("INFO", logger="gpuadmit.controller.webhook_registration"):
+        registrar.apply_soon({"url": URL, "caBundle": "Q0E="})
+        assert not registrar.registered.is_set()
+        await asyncio.wait_for(registrar.registered.wait(), 10)
+    await registrar.stop()
+    assert written == ["ValidatingWebhookConfiguration", "MutatingWebhookConfiguration"]
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "mutatingwebhookconfigurations" in errors[0] and "docs/webhooks.md" in errors[0]
+    assert any(r.levelname == "WARNING" and "409" in r.getMessage() for r in caplog.records)
