@@ -1,7 +1,7 @@
 """End to end with kubectl: `gpuadmit run --manage-webhook-configurations` against the emulated API
 server, which calls the webhooks it registers. In a namespace labelled `gpuadmit.io/managed: "true"`
 a GPU pod comes back gated and a GPU Job suspended; elsewhere they come back as written. With the
-operator stopped, `failurePolicy: Fail` refuses pods of managed namespaces, never of the operator's own.
+operator stopped, `failurePolicy: Fail` refuses GPU pods of managed namespaces, never of the operator's own.
 """
 
 from __future__ import annotations

@@ -226,7 +226,7 @@ def test_the_pod_security_level_reaches_the_operator(rendered_by_value_set: dict
 # What the chart and `gpuadmit run --manage-webhook-configurations` must say alike of each webhook
 # (the chart reaches the server through its Service, the operator by URL, so clientConfig differs).
 AGREED_FIELDS = ("admissionReviewVersions", "sideEffects", "failurePolicy", "matchPolicy", "timeoutSeconds",
-                 "reinvocationPolicy", "rules", "namespaceSelector", "objectSelector")
+                 "reinvocationPolicy", "rules", "namespaceSelector", "objectSelector", "matchConditions")
 
 
 @pytest.mark.parametrize("values", [

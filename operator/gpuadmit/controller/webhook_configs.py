@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from gpuadmit.core.holds import MANAGED_NAMESPACE_LABEL, MANAGED_NAMESPACE_VALUE
-from gpuadmit.core.model import API_GROUP, API_VERSION
+from gpuadmit.core.model import API_GROUP, API_VERSION, GPU_RESOURCE
 
 FailurePolicy = Literal["Fail", "Ignore"]
 FAILURE_POLICIES: tuple[FailurePolicy, ...] = ("Fail", "Ignore")
@@ -44,8 +44,13 @@ class Webhook:
     api_version: str
     resource: str
     operations: tuple[str, ...]
-    # Native workloads (Jobs, pods): only in managed namespaces, with their own failure policy.
-    native: bool = False
+    # Native workloads (Jobs, pods): only in managed namespaces, with their own failure policy, and
+    # called only for objects whose pod spec (at this CEL path of ``object``) names nvidia.com/gpu.
+    pod_spec_path: str | None = None
+
+    @property
+    def native(self) -> bool:
+        return self.pod_spec_path is not None
 
     @property
     def rule(self) -> dict[str, Any]:
@@ -63,9 +68,33 @@ WEBHOOKS: tuple[Webhook, ...] = (
             "gpuworkloads", ("CREATE", "UPDATE")),
     Webhook("mutate.gpuworkloads.gpuadmit.io", True, MUTATE_GPUWORKLOAD_PATH, API_GROUP, API_VERSION,
             "gpuworkloads", ("CREATE", "UPDATE")),
-    Webhook("mutate.jobs.gpuadmit.io", True, MUTATE_JOB_PATH, "batch", "v1", "jobs", ("CREATE",), native=True),
-    Webhook("mutate.pods.gpuadmit.io", True, MUTATE_POD_PATH, "", "v1", "pods", ("CREATE",), native=True),
+    Webhook("mutate.jobs.gpuadmit.io", True, MUTATE_JOB_PATH, "batch", "v1", "jobs", ("CREATE",),
+            pod_spec_path="object.spec.template.spec"),
+    Webhook("mutate.pods.gpuadmit.io", True, MUTATE_POD_PATH, "", "v1", "pods", ("CREATE",),
+            pod_spec_path="object.spec"),
 )
+MATCH_CONDITION_NAME = "asks-for-nvidia-gpu"
+
+
+def asks_for_gpus_condition(pod_spec_path: str) -> str:
+    """A CEL expression (a webhook ``matchConditions`` entry) that is true when the pod spec at
+    ``pod_spec_path`` names ``nvidia.com/gpu`` in the requests or limits of a container or init container.
+
+    It is true whenever ``core.holds.asks_for_gpus`` is (it ignores the quantity: zero is called
+    too, and answered with no patch), so the webhook still sees every object it must hold, while
+    the API server skips the call, and with it the failure policy, for pods that ask for no GPU: a
+    CPU pod of a managed namespace is created even while the operator is down. Every step is
+    guarded with ``has``, so an object without a spec or containers is not an evaluation error (which
+    the API server would treat as a webhook failure). Servers before Kubernetes 1.28 drop the field and
+    call the webhook for every pod of a managed namespace, which is correct, only stricter.
+    """
+    parts = pod_spec_path.split(".")
+    guards = [f"has({'.'.join(parts[:end])})" for end in range(2, len(parts) + 1)]
+    asks = (f'has(c.resources) && ((has(c.resources.limits) && "{GPU_RESOURCE}" in c.resources.limits) || '
+            f'(has(c.resources.requests) && "{GPU_RESOURCE}" in c.resources.requests))')
+    lists = " || ".join(f"(has({pod_spec_path}.{key}) && {pod_spec_path}.{key}.exists(c, {asks}))"
+                        for key in ("containers", "initContainers"))
+    return " && ".join([*guards, f"({lists})"])
 
 
 def native_namespace_selector(excluded_namespaces: Iterable[str] = ()) -> dict[str, Any]:
@@ -100,8 +129,10 @@ def webhook_entry(
     }
     if webhook.mutating:
         entry["reinvocationPolicy"] = "IfNeeded" if webhook.native else "Never"
-    if webhook.native:
+    if webhook.pod_spec_path is not None:
         entry["namespaceSelector"] = native_namespace_selector(excluded_namespaces)
+        entry["matchConditions"] = [{"name": MATCH_CONDITION_NAME,
+                                     "expression": asks_for_gpus_condition(webhook.pod_spec_path)}]
     return entry
 
 
