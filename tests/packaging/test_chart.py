@@ -10,7 +10,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from tools.render_chart import render_chart, rendered_objects
+from gpuadmit.controller.webhook_configs import WEBHOOKS, webhook_configurations
+from tools.render_chart import RELEASE_NAMESPACE, render_chart, rendered_objects
 
 from .conftest import CHART_DIR, REPO, VALUE_SETS, load_values
 
@@ -140,6 +141,8 @@ def test_values_schema_rejects_wrong_types() -> None:
     for bad in (
         {"replicaCount": "two"},
         {"webhooks": {"failurePolicy": "Sometimes"}},
+        {"webhooks": {"nativeWorkloads": {"failurePolicy": "Never"}}},
+        {"webhooks": {"nativeWorkloads": {"enabled": "yes"}}},
         {"marginPolicy": {"inferenceReserveFraction": 1.5}},
         {"marginPolicy": {"pricePerGPUHour": {"inference": "six"}}},
         {"ports": {"metrics": 70000}},
@@ -218,3 +221,40 @@ def test_the_pod_security_level_reaches_the_operator(rendered_by_value_set: dict
     (deployment,) = only(rendered_by_value_set[name], "Deployment")
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     assert options_from_args(parser.parse_args(container["args"])).pod_security_level == level
+
+
+# What the chart and `gpuadmit run --manage-webhook-configurations` must say alike of each webhook
+# (the chart reaches the server through its Service, the operator by URL, so clientConfig differs).
+AGREED_FIELDS = ("admissionReviewVersions", "sideEffects", "failurePolicy", "matchPolicy", "timeoutSeconds",
+                 "reinvocationPolicy", "rules", "namespaceSelector", "objectSelector", "matchConditions")
+
+
+@pytest.mark.parametrize("values", [
+    {"webhooks": {"enabled": True}},
+    {"webhooks": {"enabled": True, "failurePolicy": "Ignore", "timeoutSeconds": 5}},
+    {"webhooks": {"enabled": True, "nativeWorkloads": {"failurePolicy": "Ignore"}}},
+    {"webhooks": {"enabled": True, "nativeWorkloads": {"enabled": False}}},
+], ids=["defaults", "gpuworkloads-ignore", "native-ignore", "native-off"])
+def test_the_charts_webhooks_agree_with_the_operators_list(values: dict[str, Any]) -> None:
+    webhooks_values = values["webhooks"]
+    native = webhooks_values.get("nativeWorkloads", {})
+    rendered = rendered_objects(render_chart(CHART_DIR, values))
+    charted = {webhook["name"]: (obj["kind"], webhook) for obj in rendered
+               if obj["kind"].endswith("WebhookConfiguration") for webhook in obj["webhooks"]}
+    expected = {webhook["name"]: (obj["kind"], webhook) for obj in webhook_configurations(
+        "https://unused", None, failure_policy=webhooks_values.get("failurePolicy", "Fail"),
+        native_failure_policy=native.get("failurePolicy", "Fail"), excluded_namespaces=[RELEASE_NAMESPACE],
+        timeout_seconds=webhooks_values.get("timeoutSeconds", 10),
+    ) for webhook in obj["webhooks"]}
+    if native.get("enabled") is False:
+        expected = {name: entry for name, entry in expected.items()
+                    if not next(w for w in WEBHOOKS if w.name == name).native}
+    assert sorted(charted) == sorted(expected)
+    for webhook in WEBHOOKS:
+        if webhook.name not in expected:
+            continue
+        (chart_kind, chart_entry), (kind, entry) = charted[webhook.name], expected[webhook.name]
+        assert chart_kind == kind, webhook.name
+        assert chart_entry["clientConfig"]["service"]["path"] == webhook.path
+        for key in AGREED_FIELDS:
+            assert chart_entry.get(key) == entry.get(key), (webhook.name, key)

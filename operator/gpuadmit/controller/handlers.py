@@ -52,9 +52,13 @@ async def start(settings: kopf.OperatorSettings, **_: Any) -> None:
     global runtime
     settings.posting.enabled = False  # we post our own Events, with the machine reasons
     # CRD scanning stays on (kopf's default): with it off, kopf's discovery task hangs for 5 s at exit.
+    server = None
     if webhooks is not None and _options.webhook_port and hasattr(webhooks, "configure_webhook_server"):
-        webhooks.configure_webhook_server(settings, _webhook_args)
+        server = webhooks.configure_webhook_server(settings, _webhook_args)
     runtime = OperatorRuntime(_options)
+    registrar = getattr(server, "registrar", None)
+    if registrar is not None:  # --manage-webhook-configurations: not ready before they are written
+        runtime.readiness_gates["webhook_configurations"] = registrar.registered.is_set
     if webhooks is not None and hasattr(webhooks, "set_product_provider"):
         webhooks.set_product_provider(runtime.known_gpu_products)
     if webhooks is not None and hasattr(webhooks, "set_namespace_provider"):

@@ -17,6 +17,7 @@ import uuid
 
 from gpuadmit.controller.peering import random_priority
 from gpuadmit.controller.runtime import OperatorOptions
+from gpuadmit.controller.webhook_configs import FAILURE_POLICIES
 from gpuadmit.core.podsecurity import DEFAULT_LEVEL, LEVELS
 
 
@@ -39,6 +40,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--health-port", type=_port, default=8081, help="/healthz and /readyz port (0: off; default 8081)")
     parser.add_argument("--webhook-port", type=_port, default=9443, help="admission webhook HTTPS port (0: off; default 9443)")
     parser.add_argument("--webhook-cert-dir", default=None, help="directory with tls.crt and tls.key (self-signed when absent)")
+    parser.add_argument("--manage-webhook-configurations", action="store_true",
+                        help="write the Validating/MutatingWebhookConfiguration 'gpuadmit' pointing at this webhook "
+                             "server (URL and CA bundle), for clusters without the Helm chart (needs a webhook port)")
+    parser.add_argument("--webhook-host", default=os.environ.get("GPUADMIT_WEBHOOK_HOST") or None,
+                        help="host name or address the API server reaches the webhook server at, for "
+                             "--manage-webhook-configurations (default: the listening address, 127.0.0.1 for all interfaces)")
+    parser.add_argument("--webhook-failure-policy", choices=FAILURE_POLICIES, default="Fail",
+                        help="failurePolicy of the GPUWorkload webhooks with --manage-webhook-configurations (default Fail)")
+    parser.add_argument("--native-webhook-failure-policy", choices=FAILURE_POLICIES, default="Fail",
+                        help="failurePolicy of the Job and pod webhooks of managed namespaces with "
+                             "--manage-webhook-configurations (default Fail: nothing unheld while the operator is down)")
     parser.add_argument("--resync-seconds", type=_non_negative_float, default=60.0, help="full re-list and cycle at least this often (default 60)")
     parser.add_argument("--debounce-seconds", type=_non_negative_float, default=0.2, help="wait after a change to batch a burst into one cycle (default 0.2)")
     parser.add_argument("--peering", metavar="NAME", default=None, help="kopf peering name: one active replica among those sharing it (default: standalone)")
@@ -112,6 +124,9 @@ def check_files(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> int:
     from gpuadmit.inputs import EXIT_BAD_INPUT, InputError
 
+    if getattr(args, "manage_webhook_configurations", False) and not args.webhook_port:
+        print("gpuadmit run: --manage-webhook-configurations needs the webhook server (--webhook-port is 0)", file=sys.stderr)
+        return EXIT_BAD_INPUT
     try:
         check_files(args)
     except InputError as error:

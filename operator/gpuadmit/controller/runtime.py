@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,6 +67,8 @@ class OperatorRuntime:
         self.streams: list[Stream] = []
         self._stream_tasks: list[asyncio.Task[None]] = []
         self._health_runner: web.AppRunner | None = None
+        # More conditions of readiness, by name (the webhook configurations registered, say): all must hold.
+        self.readiness_gates: dict[str, Callable[[], bool]] = {}
 
     async def start(self) -> None:
         options = self.options
@@ -138,9 +141,10 @@ class OperatorRuntime:
         return self._loop_task is not None and not self._loop_task.done()
 
     def ready(self) -> bool:
-        """Seeded and through its first cycle (a standby replica's skipped one counts), and not
-        failing cycle after cycle (``--max-failed-cycles`` in a row)."""
-        return self.alive() and self.loop is not None and self.loop.attempts > 0 and self.loop.healthy()
+        """Seeded and through its first cycle (a standby replica's skipped one counts), not
+        failing cycle after cycle (``--max-failed-cycles`` in a row), and every readiness gate open."""
+        return (self.alive() and self.loop is not None and self.loop.attempts > 0 and self.loop.healthy()
+                and all(gate() for gate in self.readiness_gates.values()))
 
     async def _start_health_server(self) -> None:
         if not self.options.health_port:
@@ -156,7 +160,8 @@ class OperatorRuntime:
             cycles = self.loop.cycles if self.loop else 0
             failed = self.loop.failed_cycles_in_a_row if self.loop else 0
             body = {"ready": ok, "cycles": cycles, "failed_cycles_in_a_row": failed, "cached": self.cache.counts(),
-                    "streams_events": sum(s.events_seen for s in self.streams)}
+                    "streams_events": sum(s.events_seen for s in self.streams),
+                    **{name: gate() for name, gate in self.readiness_gates.items()}}
             return web.json_response(body, status=200 if ok else 503)
 
         app = web.Application()

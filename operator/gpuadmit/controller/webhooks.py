@@ -10,11 +10,21 @@ serves each on the path named by its handler id:
 - ``POST /mutate-gpuworkload``: CREATE and UPDATE, sets the ``gpuadmit.io/class``
   label and the spec defaults (``mutate_workload``).
 
+Two more are answered by ``AdmissionServer`` itself, before kopf (they are not kopf handlers: kopf
+would need Jobs and pods in its resource scan, and would answer a crash with its own 500):
+
+- ``POST /mutate-job``: CREATE of a batch/v1 Job in a managed namespace, suspended when its pod
+  template asks for GPUs (``core.holds.job_hold``);
+- ``POST /mutate-pod``: CREATE of a pod in a managed namespace, gated with
+  ``gpuadmit.io/admission`` when it asks for GPUs (``core.holds.pod_hold``).
+
 ``configure_webhook_server`` points kopf at an HTTPS server on ``--webhook-port``
 with the certificate from ``--webhook-cert-dir`` (or a generated one). The
 Validating/MutatingWebhookConfiguration objects come from the Helm chart, not
 from kopf (``settings.admission.managed`` stays None): the operator's service
-account then needs no rights on admissionregistration. See docs/webhooks.md.
+account then needs no rights on admissionregistration; or, with
+``--manage-webhook-configurations``, from the operator itself (``webhook_registration``).
+See docs/webhooks.md.
 """
 
 from __future__ import annotations
@@ -25,7 +35,7 @@ import logging
 import os
 import socket
 import tempfile
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -33,6 +43,14 @@ import aiohttp.web
 import kopf
 from kopf._core.engines import admission as kopf_admission  # the errors kopf's own server maps to HTTP codes
 
+from gpuadmit.controller.webhook_configs import (
+    MUTATE_GPUWORKLOAD_PATH,
+    MUTATE_JOB_PATH,
+    MUTATE_POD_PATH,
+    VALIDATE_GPUWORKLOAD_PATH,
+)
+from gpuadmit.controller.webhook_registration import Registrar, operator_namespace
+from gpuadmit.core.holds import Hold, job_hold, pod_hold
 from gpuadmit.core.model import API_GROUP, API_VERSION
 from gpuadmit.core.podsecurity import DEFAULT_LEVEL, PodSecurity, namespace_rules
 from gpuadmit.core.validation import mutate_workload, validate_workload
@@ -42,8 +60,14 @@ from gpuadmit.tlsutil import TlsFiles, find_tls_files, generate_self_signed
 logger = logging.getLogger(__name__)
 
 PLURAL = "gpuworkloads"
-VALIDATE_ID = "validate-gpuworkload"
-MUTATE_ID = "mutate-gpuworkload"
+VALIDATE_ID = VALIDATE_GPUWORKLOAD_PATH.lstrip("/")  # kopf serves a handler on /<its id>
+MUTATE_ID = MUTATE_GPUWORKLOAD_PATH.lstrip("/")
+# The native-workload webhooks: path id -> the (API group, resource) it holds and how.
+NATIVE_HOLDS: dict[str, tuple[tuple[str, str], Callable[[object], Hold]]] = {
+    MUTATE_JOB_PATH.lstrip("/"): (("batch", "jobs"), job_hold),
+    MUTATE_POD_PATH.lstrip("/"): (("", "pods"), pod_hold),
+}
+_HOLD_BY_RESOURCE = dict(NATIVE_HOLDS.values())
 OPERATIONS: list[Literal["CREATE", "UPDATE"]] = ["CREATE", "UPDATE"]
 # 422 Unprocessable Entity: the code the API server itself answers for an invalid object.
 REFUSAL_CODE = 422
@@ -212,12 +236,65 @@ def _json_type(value: object) -> str:
     return "null" if value is None else names.get(type(value), type(value).__name__)
 
 
+def answer_native_review(review: Mapping[str, Any], webhook: str) -> dict[str, Any]:
+    """The AdmissionReview answer of ``/mutate-job`` or ``/mutate-pod`` for a parsed review.
+
+    The object's kind is taken from ``request.resource``, not from the path, so a configuration
+    that sends pods to ``/mutate-job`` still gates them. Allowed without a patch: anything but a
+    CREATE of a Job or pod (the configurations send nothing else), and objects the API server will
+    refuse anyway (``core.holds`` gives them no patch). If deciding fails all the same (a bug), the
+    request is refused: an answer of "allowed" could let a GPU pod run without gpuadmit.
+    """
+    request = review["request"]
+    response: dict[str, Any] = {"uid": request["uid"], "allowed": True}
+    answer = {"apiVersion": review.get("apiVersion") or "admission.k8s.io/v1",
+              "kind": review.get("kind") or "AdmissionReview", "response": response}
+    resource = request["resource"]
+    hold_fn = _HOLD_BY_RESOURCE.get((resource["group"], resource["resource"]))
+    if hold_fn is None or request.get("subResource") or request.get("operation") != "CREATE":
+        if hold_fn is None:
+            logger.warning("/%s was sent a %s/%s request: not a Job or a pod, allowed untouched (check the "
+                           "webhook configuration's rules)", webhook, resource["group"], resource["resource"])
+        return answer
+    try:
+        hold = hold_fn(request.get("object"))
+        patch = base64.b64encode(json.dumps(hold.patch).encode()).decode("ascii") if hold.patch else ""
+    except Exception as error:  # noqa: BLE001 - refused, with one log line: never let a GPU object through unheld
+        logger.error("Could not decide whether to hold a %s on /%s (%s: %s); refused it",
+                     resource["resource"], webhook, type(error).__name__, str(error)[:200])
+        response.update(allowed=False, status={
+            "code": 500, "reason": "InternalError",
+            "message": "[HoldFailed] gpuadmit could not decide whether this object asks for GPUs, so it was "
+                       "refused rather than let through unheld; retry, and see the operator's log",
+        })
+        return answer
+    if not hold.allowed:
+        response.update(allowed=False, status={
+            "code": REFUSAL_CODE, "reason": "Invalid", "message": f"[{hold.reason}] {hold.field}: {hold.message}",
+        })
+    elif patch:
+        response.update(patchType="JSONPatch", patch=patch)
+    return answer
+
+
 class AdmissionServer(kopf.WebhookServer):
-    """kopf's HTTPS webhook server that answers a malformed AdmissionReview 400 with one log line.
+    """kopf's HTTPS webhook server that answers a malformed AdmissionReview 400 with one log line,
+    answers the native-workload webhooks itself, and reports where it listens.
 
     kopf's own ``_serve`` lets anything but a JSON syntax error end in a 500 with a traceback;
     this one parses and checks the review first, and keeps kopf's mapping of its own errors.
+    ``on_client_config``, when set, is called with each client config (URL and CA bundle) the
+    server yields: at start, and after kopf reloads a renewed certificate.
     """
+
+    on_client_config: Callable[[Mapping[str, Any]], None] | None = None
+    registrar: Registrar | None = None  # with --manage-webhook-configurations
+
+    async def __call__(self, fn: Any) -> AsyncIterator[Any]:
+        async for client_config in super().__call__(fn):
+            if self.on_client_config is not None:
+                self.on_client_config(client_config)
+            yield client_config
 
     @staticmethod
     async def _serve(fn: Any, request: aiohttp.web.Request) -> aiohttp.web.Response:
@@ -227,6 +304,8 @@ class AdmissionServer(kopf.WebhookServer):
         except MalformedReview as error:
             logger.warning("Refused a malformed AdmissionReview on /%s from %s: %s", webhook, request.remote, error)
             raise aiohttp.web.HTTPBadRequest(text=f"malformed AdmissionReview: {error}") from None
+        if webhook in NATIVE_HOLDS:
+            return aiohttp.web.json_response(answer_native_review(review, webhook))
         headers = dict(request.headers)
         sslpeer = request.transport.get_extra_info("peercert") if request.transport else None
         try:
@@ -259,24 +338,37 @@ def configure_webhook_server(settings: kopf.OperatorSettings, args: Any) -> kopf
     set_pod_security_level(getattr(args, "pod_security_level", None) or DEFAULT_LEVEL)
     cert_dir = getattr(args, "webhook_cert_dir", None)
     addr = getattr(args, "webhook_addr", None) or os.environ.get("GPUADMIT_WEBHOOK_ADDR") or DEFAULT_WEBHOOK_ADDR
-    files = find_tls_files(cert_dir) or _generate_certificate(cert_dir, addr)
+    host = getattr(args, "webhook_host", None) or os.environ.get("GPUADMIT_WEBHOOK_HOST") or None
+    files = find_tls_files(cert_dir) or _generate_certificate(cert_dir, addr, host)
     server = AdmissionServer(
         addr=addr,
         port=int(port),
+        host=host,
         certfile=str(files.certfile),
         pkeyfile=str(files.keyfile),
         cafile=str(files.cafile) if files.cafile else None,
     )
     settings.admission.server = server
-    settings.admission.managed = None  # the Helm chart owns the webhook configurations
-    logger.info("Serving admission webhooks on https://%s:%s/{%s,%s}", addr, port, VALIDATE_ID, MUTATE_ID)
+    settings.admission.managed = None  # the chart, or our own Registrar: kopf's would drop namespaceSelector
+    if getattr(args, "manage_webhook_configurations", False):
+        registrar = Registrar(
+            failure_policy=getattr(args, "webhook_failure_policy", None) or "Fail",
+            native_failure_policy=getattr(args, "native_webhook_failure_policy", None) or "Fail",
+            excluded_namespaces=tuple(filter(None, [operator_namespace()])),
+        )
+        server.on_client_config = registrar.apply_soon
+        server.registrar = registrar
+    logger.info("Serving admission webhooks on https://%s:%s/{%s}", addr, port,
+                ",".join([VALIDATE_ID, MUTATE_ID, *NATIVE_HOLDS]))
     return server
 
 
-def _generate_certificate(cert_dir: str | None, addr: str) -> TlsFiles:
+def _generate_certificate(cert_dir: str | None, addr: str, host: str | None = None) -> TlsFiles:
     hostnames = ["localhost", socket.gethostname(), "127.0.0.1", "::1"]
     if addr not in ("0.0.0.0", "::", ""):
         hostnames.append(addr)
+    if host and host not in hostnames:
+        hostnames.append(host)
     hostnames += [h.strip() for h in os.environ.get("GPUADMIT_WEBHOOK_HOSTNAMES", "").split(",") if h.strip()]
     if cert_dir:
         try:

@@ -377,12 +377,13 @@ def mutate_workload(obj: Any) -> list[dict[str, Any]]:
     elif not isinstance(labels, Mapping):
         ops.append({"op": "add", "path": "/metadata/labels", "value": {CLASS_LABEL: workload_class}})
     elif labels.get(CLASS_LABEL) != workload_class:
-        ops.append({"op": "add", "path": f"/metadata/labels/{_json_pointer(CLASS_LABEL)}", "value": workload_class})
+        ops.append({"op": "add", "path": f"/metadata/labels/{json_pointer_token(CLASS_LABEL)}", "value": workload_class})
     return ops
 
 
 def apply_json_patch(obj: Mapping[str, Any], ops: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
-    """Apply the ``add`` ops ``mutate_workload`` makes to a copy of ``obj`` (for callers and tests)."""
+    """Apply the ``add`` and ``replace`` ops the webhooks make (``mutate_workload``, ``core.holds``) to a
+    copy of ``obj`` (for callers and tests); ``-`` as the last token of a path appends to a list."""
     result = copy.deepcopy(dict(obj))
     for op in ops:
         if op.get("op") not in ("add", "replace"):
@@ -390,8 +391,17 @@ def apply_json_patch(obj: Mapping[str, Any], ops: Iterable[Mapping[str, Any]]) -
         parts = [p.replace("~1", "/").replace("~0", "~") for p in str(op["path"]).split("/")[1:]]
         target: Any = result
         for part in parts[:-1]:
-            target = target[part]
-        target[parts[-1]] = copy.deepcopy(op["value"])
+            target = target[int(part)] if isinstance(target, list) else target[part]
+        value = copy.deepcopy(op["value"])
+        if isinstance(target, list):
+            if parts[-1] == "-":
+                target.append(value)
+            elif op["op"] == "add":
+                target.insert(int(parts[-1]), value)
+            else:
+                target[int(parts[-1])] = value
+        else:
+            target[parts[-1]] = value
     return result
 
 
@@ -399,7 +409,8 @@ def _mapping(value: object) -> Mapping[str, Any]:
     return value if isinstance(value, Mapping) else {}
 
 
-def _json_pointer(key: str) -> str:
+def json_pointer_token(key: str) -> str:
+    """A key as one RFC 6901 JSON Pointer token (``/`` and ``~`` escaped)."""
     return key.replace("~", "~0").replace("/", "~1")
 
 

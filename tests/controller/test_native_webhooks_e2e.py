@@ -1,0 +1,130 @@
+"""End to end with kubectl: `gpuadmit run --manage-webhook-configurations` against the emulated API
+server, which calls the webhooks it registers. In a namespace labelled `gpuadmit.io/managed: "true"`
+a GPU pod comes back gated and a GPU Job suspended; elsewhere they come back as written. With the
+operator stopped, `failurePolicy: Fail` refuses GPU pods of managed namespaces, never of the operator's own.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gpuadmit.core.holds import ADMISSION_GATE, MANAGED_NAMESPACE_LABEL
+from gpuadmit.localcluster import OperatorProcess, free_port
+from tests.e2e_harness import REAL_CLUSTER_ENV, Cluster
+
+KUBECTL = shutil.which("kubectl")
+OPERATOR_NAMESPACE = "gpuadmit-system"
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.emulator,
+    pytest.mark.timeout(240),
+    pytest.mark.skipif(KUBECTL is None, reason="kubectl is not installed: these tests drive the cluster with it"),
+    pytest.mark.skipif(bool(os.environ.get(REAL_CLUSTER_ENV)), reason="registers webhooks on 127.0.0.1: emulator only"),
+    pytest.mark.skipif(importlib.util.find_spec("kubeapi_emulator.admission") is None,
+                       reason="this emulated API server does not call admission webhooks yet (kubeapi_emulator.admission)"),
+]
+
+
+@dataclass
+class Kubectl:
+    kubeconfig: Path
+
+    def run(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        assert KUBECTL is not None
+        return subprocess.run([KUBECTL, "--kubeconfig", str(self.kubeconfig), *args], input=stdin,
+                              capture_output=True, text=True, timeout=60, check=False)
+
+    def create(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """``kubectl create -f -`` of ``obj``: the object as the API server stored it."""
+        result = self.run("create", "-o", "json", "-f", "-", stdin=json.dumps(obj))
+        assert result.returncode == 0, result.stderr
+        return dict(json.loads(result.stdout))
+
+
+def gpu_pod(namespace: str, name: str, gpus: int = 1) -> dict[str, Any]:
+    resources = {"limits": {"nvidia.com/gpu": gpus}} if gpus else {"requests": {"cpu": "10m"}}
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": namespace},
+            "spec": {"containers": [{"name": "main", "image": "pytorch/pytorch:2.4.0", "resources": resources}]}}
+
+
+def gpu_job(namespace: str, name: str) -> dict[str, Any]:
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name, "namespace": namespace},
+            "spec": {"parallelism": 2, "completions": 2, "template": {"spec": {
+                "restartPolicy": "Never",
+                "containers": [{"name": "main", "image": "pytorch/pytorch:2.4.0",
+                                "resources": {"limits": {"nvidia.com/gpu": 4}}}]}}}}
+
+
+@dataclass
+class Setup:
+    cluster: Cluster
+    kubectl: Kubectl
+    operator: OperatorProcess
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> Iterator[Setup]:
+    with Cluster.start(tmp_path / "cluster", scheduler=False) as cluster:
+        kubectl = Kubectl(cluster.kubeconfig)
+        for namespace, managed in (("team-managed", True), ("team-plain", False), (OPERATOR_NAMESPACE, True)):
+            labels = {MANAGED_NAMESPACE_LABEL: "true"} if managed else {}
+            kubectl.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace, "labels": labels}})
+        operator = OperatorProcess(
+            cluster.kubeconfig, tmp_path / "operator", ("--manage-webhook-configurations",
+                                                        "--webhook-cert-dir", str(tmp_path / "certs")),
+            env={"GPUADMIT_WEBHOOK_ADDR": "127.0.0.1", "POD_NAMESPACE": OPERATOR_NAMESPACE}, webhook_port=free_port(),
+        )
+        try:
+            operator.launch()  # ready only once the webhook configurations are written
+            yield Setup(cluster, kubectl, operator)
+        finally:
+            operator.stop()
+
+
+def test_a_gpu_pod_is_gated_in_a_managed_namespace_only(setup: Setup) -> None:
+    gated = setup.kubectl.create(gpu_pod("team-managed", "trainer"))
+    assert gated["spec"]["schedulingGates"] == [{"name": ADMISSION_GATE}]
+    assert not setup.kubectl.create(gpu_pod("team-plain", "trainer")).get("spec", {}).get("schedulingGates")
+    assert not setup.kubectl.create(gpu_pod("team-managed", "cpu-only", gpus=0))["spec"].get("schedulingGates")
+    shown = setup.kubectl.run("get", "pod", "trainer", "-n", "team-managed", "-o", "json")
+    assert json.loads(shown.stdout)["spec"]["schedulingGates"] == [{"name": ADMISSION_GATE}]  # stored so
+
+
+def test_a_gpu_pod_naming_its_node_is_refused_with_the_reason(setup: Setup) -> None:
+    pod = gpu_pod("team-managed", "pinned")
+    pod["spec"]["nodeName"] = "gpu-1"
+    refused = setup.kubectl.run("create", "-f", "-", stdin=json.dumps(pod))
+    assert refused.returncode == 1
+    assert 'admission webhook "mutate.pods.gpuadmit.io" denied the request' in refused.stderr
+    assert "[NodeNameNotAllowed] spec.nodeName" in refused.stderr
+
+
+def test_a_gpu_job_is_suspended_in_a_managed_namespace_only(setup: Setup) -> None:
+    served = setup.kubectl.run("api-resources", "--api-group", "batch", "-o", "name")
+    if "jobs.batch" not in served.stdout.split():
+        pytest.skip("this emulated API server does not serve batch/v1 Jobs yet")
+    suspended = setup.kubectl.create(gpu_job("team-managed", "finetune"))
+    assert suspended["spec"]["suspend"] is True
+    assert suspended["metadata"]["annotations"]["gpuadmit.io/suspended-by"] == "admission-webhook"
+    untouched = setup.kubectl.create(gpu_job("team-plain", "finetune"))
+    assert untouched["spec"].get("suspend") is not True
+
+
+def test_with_the_operator_down_fail_refuses_pods_of_managed_namespaces_but_not_the_operators(setup: Setup) -> None:
+    setup.operator.stop()
+    refused = setup.kubectl.run("create", "-f", "-", stdin=json.dumps(gpu_pod("team-managed", "while-down")))
+    assert refused.returncode == 1 and "mutate.pods.gpuadmit.io" in refused.stderr
+    setup.kubectl.create(gpu_pod("team-plain", "while-down"))  # not a managed namespace: not called
+    own = setup.kubectl.create(gpu_pod(OPERATOR_NAMESPACE, "gpuadmit-operator", gpus=0))
+    assert own["metadata"]["name"] == "gpuadmit-operator"  # the operator can always come back
