@@ -350,6 +350,16 @@ def mirror_of_pods(unit: UnitRef, pods: Sequence[Mapping[str, Any]]) -> Mirror |
     return Mirror(unit, _mirror_body(unit, owners, spec), frozenset(uid_of(pod) for pod in live), lean_of_pod(first))
 
 
+def wants_mirror(unit: UnitRef, job: Mapping[str, Any] | None, pods: Sequence[Mapping[str, Any]]) -> bool:
+    """Whether gpuadmit holds this unit, so a missing mirror is to be made: a Job that is
+    suspended and not finished, or any unit with a pod waiting at gpuadmit's gate. A unit already
+    running past both (made before the namespace opted in, or let go by hand) runs unmanaged: a
+    mirror for it would reserve GPUs its pods already use."""
+    if any(is_gated(pod) for pod in pods):
+        return True
+    return unit.kind == UnitKind.JOB and job is not None and job_suspended(job) and job_finished(job) is None
+
+
 def units_in(
     jobs: Iterable[Mapping[str, Any]], pods: Iterable[Mapping[str, Any]], managed: frozenset[str],
 ) -> tuple[dict[UnitRef, Mirror | None], dict[UnitRef, list[Mapping[str, Any]]]]:
@@ -361,7 +371,7 @@ def units_in(
             pods_by_unit.setdefault(unit_of_pod(pod), []).append(pod)
     mirrors: dict[UnitRef, Mirror | None] = {}
     for job in jobs:
-        if namespace_of(job) in managed and job_finished(job) is None:
+        if namespace_of(job) in managed:
             mirror = mirror_of_job(job)
             if mirror is not None:
                 mirrors[mirror.unit] = mirror
@@ -420,7 +430,7 @@ def free_slots(placement: Sequence[PlacementEntry], released_pods: Iterable[Mapp
 
     Derived from the pods alone (each released pod is pinned to its slot's node), so an operator
     that restarts between two releases knows which slots are taken: a slot is never given twice."""
-    taken = Counter(node for pod in released_pods if not pod_is_terminal(pod) and (node := _released_node(pod)))
+    taken = Counter(node for pod in released_pods if not pod_is_terminal(pod) and (node := pinned_node(_map(pod, "spec"))))
     free: list[str] = []
     for node, _gpus in replica_slots(placement):
         if taken[node] > 0:
@@ -430,15 +440,10 @@ def free_slots(placement: Sequence[PlacementEntry], released_pods: Iterable[Mapp
     return free
 
 
-def _released_node(pod: Mapping[str, Any]) -> str | None:
-    spec = _map(pod, "spec")
-    node = spec.get("nodeName")
-    return node if isinstance(node, str) and node else pinned_node(spec)
-
-
 def released(pod: Mapping[str, Any]) -> bool:
-    """Released by gpuadmit: past the gate and pinned to a node (or bound)."""
-    return not is_gated(pod) and _released_node(pod) is not None
+    """Released by gpuadmit: past the gate and pinned to a node. A pod past the gate without the
+    pinning was let go by somebody else (or arrived while no webhook ran): it runs unmanaged."""
+    return not is_gated(pod) and pinned_node(_map(pod, "spec")) is not None
 
 
 def release_assignments(
