@@ -54,7 +54,7 @@ class MemoryApi:
     def add(self, kind: str, obj: dict[str, Any]) -> dict[str, Any]:
         obj = copy.deepcopy(obj)
         metadata = obj["metadata"]
-        metadata.setdefault("uid", f"uid-{kind}-{metadata['name']}")
+        metadata.setdefault("uid", f"uid-{kind}-{metadata['name']}" if kind != WORKLOAD else f"uid-{next(self.versions)}")
         metadata.setdefault("creationTimestamp", format_rfc3339(time.time()))
         metadata.setdefault("generation", 1)
         self.objects[kind][object_key(obj)] = self._stamp(obj)
@@ -295,7 +295,7 @@ async def test_a_forged_mirror_is_rejected_and_never_decided() -> None:
     forged = {"apiVersion": "gpuadmit.io/v1alpha1", "kind": "GPUWorkload",
               "metadata": {"name": "job-train", "namespace": MANAGED,
                            "labels": {"gpuadmit.io/mirror-kind": "Job"}, "annotations": {"gpuadmit.io/mirror-of": "train"},
-                           "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": "train", "uid": "guessed"}]},
+                           "ownerReferences": [{"apiVersion": "v1", "kind": "ConfigMap", "name": "mine", "uid": "uid-cm"}]},
               "spec": {"gpus": 1, "template": {"spec": pod_spec(1)}}}
     cluster.add(WORKLOAD, forged)
     await cluster.cycle()
@@ -322,3 +322,19 @@ async def test_a_pod_group_is_released_only_when_all_its_pods_exist() -> None:
     await cluster.cycle()
     assert cluster.get(WORKLOAD, f"{MANAGED}/group-g")["status"]["phase"] == "Admitted"
     assert {pinned_node(cluster.get(POD, f"{MANAGED}/g-{i}")["spec"]) for i in range(2)} == {"gpu-a"}
+
+
+async def test_a_stale_mirror_of_an_earlier_incarnation_is_deleted_and_replaced() -> None:
+    cluster = base((JOB, job("train", parallelism=1, gpus=2)))
+    stale = {"apiVersion": "gpuadmit.io/v1alpha1", "kind": "GPUWorkload",
+             "metadata": {"name": "job-train", "namespace": MANAGED,
+                          "labels": {"gpuadmit.io/mirror-kind": "Job"}, "annotations": {"gpuadmit.io/mirror-of": "train"},
+                          "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": "train", "uid": "uid-before"}]},
+             "spec": {"gpus": 2, "template": {"spec": pod_spec(2)}}}
+    cluster.add(WORKLOAD, stale)
+    await cluster.cycle()
+    assert ("delete", WORKLOAD, f"{MANAGED}/job-train") in cluster.api.writes
+    await cluster.cycle()
+    mirror = cluster.get(WORKLOAD, f"{MANAGED}/job-train")
+    assert mirror["metadata"]["ownerReferences"][0]["uid"] == "uid-Job-train"
+    assert mirror["status"]["phase"] == "Admitted"

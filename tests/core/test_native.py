@@ -23,6 +23,7 @@ from gpuadmit.core.native import (
     mirror_problem,
     release_assignments,
     release_patch,
+    stale_mirror,
     unit_of_pod,
     units_in,
 )
@@ -171,6 +172,12 @@ def test_a_mirror_is_trusted_only_with_its_name_its_owner_uid_and_a_managed_name
     bad_kind = copy.deepcopy(real)
     bad_kind["metadata"]["labels"][MIRROR_KIND_LABEL] = "CronJob"
     assert mirror_problem(bad_kind, expected, MANAGED) is not None
+
+    assert stale_mirror(wrong_uid, expected)  # the Job's earlier incarnation: deleted, not rejected
+    assert not stale_mirror(real, expected) and not stale_mirror(renamed, expected)
+    foreign = copy.deepcopy(real)
+    foreign["metadata"]["ownerReferences"] = [{"kind": "ConfigMap", "name": "x", "uid": "u"}]
+    assert not stale_mirror(foreign, expected)
 
     ordinary = {"metadata": {"name": "job-train", "namespace": NS}, "spec": {}}
     assert mirror_problem(ordinary, expected, MANAGED) == "it carries no gpuadmit.io/mirror-kind label"

@@ -63,10 +63,11 @@ app.kubernetes.io/part-of: gpuadmit
      gpuworkloads get: re-read after a write conflict. */}}
 {{- define "gpuadmit.namespacedRules" -}}
 # create: the mirror GPUWorkload of a native workload in a managed namespace (docs/native-workloads.md);
-# patch: the class label, and a mirror's spec kept in line with its native object.
+# patch: the class label, and a mirror's spec kept in line with its native object; delete: the
+# stale mirror of an earlier incarnation of a native object (a StatefulSet's pod made again).
 - apiGroups: ["gpuadmit.io"]
   resources: ["gpuworkloads"]
-  verbs: ["get", "list", "watch", "patch", "create"]
+  verbs: ["get", "list", "watch", "patch", "create", "delete"]
 - apiGroups: ["gpuadmit.io"]
   resources: ["gpuworkloads/status"]
   verbs: ["patch"]

@@ -55,6 +55,7 @@ from gpuadmit.core.native import (
     release_assignments,
     release_patch,
     released,
+    stale_mirror,
     suspend_patch,
     uid_of,
     units_in,
@@ -95,6 +96,7 @@ class NativeReport:
     mirrors_created: int = 0
     mirrors_updated: int = 0
     mirrors_rejected: int = 0
+    mirrors_deleted: int = 0
     jobs_unsuspended: int = 0
     jobs_suspended: int = 0
     pods_released: int = 0
@@ -152,7 +154,11 @@ class NativeWorkloads:
                     writes.append(self._replace_spec(workload, expected, report))
             else:
                 untrusted.add(key)
-                if _phase(workload) != Phase.REJECTED.value and not _terminating(workload):
+                if _terminating(workload):
+                    continue
+                if stale_mirror(workload, expected):
+                    writes.append(self._delete_stale(workload, report))
+                elif _phase(workload) != Phase.REJECTED.value:
                     writes.append(self._reject(workload, problem or "it mirrors nothing", now, report))
         for unit, mirror in expected_by_unit.items():
             if mirror is None or unit in mirrored:
@@ -192,6 +198,17 @@ class NativeWorkloads:
             return
         self.cache.put(WORKLOAD, updated)
         report.mirrors_updated += 1
+
+    async def _delete_stale(self, workload: Mapping[str, Any], report: NativeReport) -> None:
+        metadata = workload.get("metadata") or {}
+        try:
+            await self.writer.api.delete(kube.WORKLOADS, metadata["name"], metadata.get("namespace"))
+        except ApiError as error:
+            logger.info("Could not delete the stale mirror %s: %s", object_key(workload), error)
+            return
+        self.cache.remove(WORKLOAD, workload)
+        report.mirrors_deleted += 1
+        self.trigger()  # the unit's new mirror is made next cycle
 
     async def _reject(self, workload: Mapping[str, Any], problem: str, now: float, report: NativeReport) -> None:
         message = (f"carries {MIRROR_KIND_LABEL} but is not trusted as a mirror: {problem}; gpuadmit makes the "

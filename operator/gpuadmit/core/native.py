@@ -422,6 +422,20 @@ def mirror_problem(workload: Mapping[str, Any], expected: Mirror | None, managed
     return None
 
 
+def stale_mirror(workload: Mapping[str, Any], expected: Mirror | None) -> bool:
+    """Whether an untrusted mirror claim is the leftover of an earlier incarnation of a live unit
+    (a StatefulSet's pod recreated under the same name, a Job deleted and made again): the right
+    name, owner references naming the unit's kind and names, none of its current uids. Garbage
+    collection is removing it; the operator deletes it so the new mirror can take the name."""
+    if expected is None or claimed_unit(workload) != expected.unit or name_of(workload) != expected.unit.mirror_name:
+        return False
+    refs = _metadata(workload).get("ownerReferences")
+    refs = [ref for ref in refs if isinstance(ref, _MAPPINGS)] if isinstance(refs, list) else []
+    wanted = {(ref["kind"], ref["name"]) for ref in expected.body["metadata"]["ownerReferences"]}
+    return bool(refs) and all((ref.get("kind"), ref.get("name")) in wanted and str(ref.get("uid") or "")
+                              not in expected.owner_uids for ref in refs)
+
+
 # -- release ----------------------------------------------------------------------------------------
 
 
