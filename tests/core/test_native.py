@@ -269,3 +269,20 @@ def test_the_snapshot_classifies_a_mirror_with_its_kinds_lean(lean: KindLean | N
     key = f"{NS}/job-train"
     pending = build_snapshot([_node("n1")], [], [], [mirror], [], now=0.0, mirrors={key: lean}).pending
     assert isinstance(pending[0], Workload) and pending[0].workload_class == expected
+
+
+def test_the_webhook_lets_a_mirror_carry_its_marks_and_its_native_template() -> None:
+    from gpuadmit.core.validation import mutate_workload, validate_workload
+
+    body = copy.deepcopy(_expected().body)
+    body["spec"]["template"]["metadata"]["labels"]["gpuadmit.io/pod-group"] = "g"
+    body["spec"]["template"]["spec"]["serviceAccountName"] = "trainer"
+    assert validate_workload(body).allowed, validate_workload(body).message
+    assert not any(op["path"].startswith("/metadata") for op in mutate_workload(body))
+    ordinary = copy.deepcopy(body)
+    del ordinary["metadata"]["labels"]
+    del ordinary["metadata"]["annotations"]
+    assert not validate_workload(ordinary).allowed  # the same template, as an ordinary workload
+    body["spec"]["template"]["spec"]["initContainers"] = [
+        {"name": "i", "image": "busybox", "resources": {"limits": {"nvidia.com/gpu": "1"}}}]
+    assert not validate_workload(body).allowed  # the accounting rules hold for mirrors too

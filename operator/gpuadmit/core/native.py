@@ -56,6 +56,7 @@ LWS_SIZE_ANNOTATION = "leaderworkerset.sigs.k8s.io/size"
 MIRROR_KIND_LABEL = "gpuadmit.io/mirror-kind"  # Job, Pod, PodGroup, LeaderWorkerSet
 MIRROR_NAME_LABEL = "gpuadmit.io/mirror-name"  # the native name, or its hash when longer than a label value
 MIRROR_OF_ANNOTATION = "gpuadmit.io/mirror-of"  # the native name in full, always
+MIRROR_KEYS = frozenset({MIRROR_KIND_LABEL, MIRROR_NAME_LABEL, MIRROR_OF_ANNOTATION})
 # An explicit class on the native object (its metadata or, for a Job, its pod template's).
 CLASS_ANNOTATION = "gpuadmit.io/class"
 # On a Job gpuadmit unsuspended: the uid of the mirror it was released for. A Job without it that
