@@ -19,6 +19,7 @@ from gpuadmit.controller.writer import Writer
 from gpuadmit.core.native import ADMISSION_GATE, RELEASED_ANNOTATION
 from gpuadmit.core.pods import pinned_node
 from gpuadmit.core.timefmt import format_rfc3339
+from tests.invariants import ClusterState, gpus_in_use_by_node, overcommit_violations, pods_violations
 
 MANAGED = "team-a"
 KIND_OF = {kube.POLICIES: POLICY, kube.WORKLOADS: WORKLOAD, kube.PODS: POD, kube.JOBS: JOB, kube.NODES: NODE, kube.NAMESPACES: NAMESPACE,
@@ -173,6 +174,9 @@ class Cluster:
     async def cycle(self) -> None:
         await self.loop.run_cycle()
         await self.loop.writer.follow_ups.drain()
+        state = ClusterState(nodes=list(self.api.objects[NODE].values()), pods=list(self.api.objects[POD].values()),
+                             workloads=list(self.api.objects[WORKLOAD].values()))
+        assert overcommit_violations(state) == []  # the overcommit oracle after every cycle
 
     def get(self, kind: str, key: str) -> dict[str, Any]:
         return self.api.objects[kind][key]
@@ -338,3 +342,17 @@ async def test_a_stale_mirror_of_an_earlier_incarnation_is_deleted_and_replaced(
     mirror = cluster.get(WORKLOAD, f"{MANAGED}/job-train")
     assert mirror["metadata"]["ownerReferences"][0]["uid"] == "uid-Job-train"
     assert mirror["status"]["phase"] == "Admitted"
+
+
+async def test_the_oracle_counts_released_native_pods_inside_their_mirrors_reservation() -> None:
+    cluster = base((JOB, job("train", parallelism=2, gpus=2)))
+    await cluster.cycle()
+    cluster.job_controller_creates_pods("train", 2, gpus=2)
+    await cluster.cycle()
+    state = ClusterState(nodes=list(cluster.api.objects[NODE].values()), pods=list(cluster.api.objects[POD].values()),
+                         workloads=list(cluster.api.objects[WORKLOAD].values()))
+    assert gpus_in_use_by_node(state) == {"gpu-a": 4}  # not 8: the pods fill the reservation
+    assert overcommit_violations(state, settled=True) == [] and pods_violations(state) == []
+    mirror = cluster.api.objects[WORKLOAD][f"{MANAGED}/job-train"]
+    mirror["status"] = {**mirror["status"], "placement": [{"node": "gpu-a", "gpus": 2, "replicas": 1}]}
+    assert pods_violations(state) != []  # released pods beyond the placement are caught
