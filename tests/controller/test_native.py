@@ -356,3 +356,30 @@ async def test_the_oracle_counts_released_native_pods_inside_their_mirrors_reser
     mirror = cluster.api.objects[WORKLOAD][f"{MANAGED}/job-train"]
     mirror["status"] = {**mirror["status"], "placement": [{"node": "gpu-a", "gpus": 2, "replicas": 1}]}
     assert pods_violations(state) != []  # released pods beyond the placement are caught
+
+
+async def test_a_pod_units_mirror_follows_its_pod_to_succeeded() -> None:
+    cluster = base((POD, gated_pod("solo", 1)))
+    await cluster.cycle()
+    pod = cluster.get(POD, f"{MANAGED}/solo")
+    assert pinned_node(pod["spec"]) == "gpu-a"
+    for phase, expected in (("Running", "Running"), ("Succeeded", "Succeeded")):
+        cluster.add(POD, {**pod, "status": {"phase": phase}})
+        await cluster.cycle()
+        assert cluster.get(WORKLOAD, f"{MANAGED}/pod-solo")["status"]["phase"] == expected
+    assert ("Normal", "PodsSucceeded") in cluster.api.events("Pod", "solo")
+
+
+async def test_opting_out_removes_the_gate_and_rejects_the_mirror() -> None:
+    cluster = base((POD, gated_pod("first", 4)))
+    await cluster.cycle()
+    cluster.add(POD, gated_pod("waiting", 4))
+    await cluster.cycle()
+    assert cluster.get(WORKLOAD, f"{MANAGED}/pod-waiting")["status"]["phase"] == "Queued"
+    cluster.add(NAMESPACE, namespace(MANAGED, False))
+    await cluster.cycle()
+    pod = cluster.get(POD, f"{MANAGED}/waiting")
+    assert not pod["spec"].get("schedulingGates") and pinned_node(pod["spec"]) is None
+    status = cluster.get(WORKLOAD, f"{MANAGED}/pod-waiting")["status"]
+    assert status["reason"] == "MirrorNotTrusted" and "not managed" in status["message"]
+    assert f"{MANAGED}/first" in cluster.api.objects[POD]  # what runs keeps running, as used capacity

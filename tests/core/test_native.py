@@ -175,6 +175,9 @@ def test_a_mirror_is_trusted_only_with_its_name_its_owner_uid_and_a_managed_name
 
     assert stale_mirror(wrong_uid, expected)  # the Job's earlier incarnation: deleted, not rejected
     assert not stale_mirror(real, expected) and not stale_mirror(renamed, expected)
+    orphaned = copy.deepcopy(real)
+    orphaned["metadata"]["ownerReferences"] = []
+    assert stale_mirror(orphaned, None) and stale_mirror(real, None)  # the Job is gone
     foreign = copy.deepcopy(real)
     foreign["metadata"]["ownerReferences"] = [{"kind": "ConfigMap", "name": "x", "uid": "u"}]
     assert not stale_mirror(foreign, expected)

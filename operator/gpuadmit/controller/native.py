@@ -156,7 +156,7 @@ class NativeWorkloads:
                 untrusted.add(key)
                 if _terminating(workload):
                     continue
-                if stale_mirror(workload, expected):
+                if unit.namespace in managed and stale_mirror(workload, expected):
                     writes.append(self._delete_stale(workload, report))
                 elif _phase(workload) != Phase.REJECTED.value:
                     writes.append(self._reject(workload, problem or "it mirrors nothing", now, report))

@@ -330,7 +330,9 @@ def mirror_of_job(job: Mapping[str, Any]) -> Mirror | None:
 def mirror_of_pods(unit: UnitRef, pods: Sequence[Mapping[str, Any]]) -> Mirror | None:
     """The mirror of a pod unit or a group (``pods``: its live pods). None when the unit asks for
     no GPUs, or a group is not complete yet (fewer pods than its size: a gang is decided whole)."""
-    live = sorted((pod for pod in pods if not pod_is_terminal(pod)), key=name_of)
+    # Live pods first: a finished pod still names its unit (its mirror follows it to Succeeded or
+    # Failed), but where a group has more pods than its size, the live ones are the group.
+    live = sorted(pods, key=lambda pod: (pod_is_terminal(pod), name_of(pod)))
     if not live:
         return None
     gpus = max(pod_gpu_request(pod) for pod in live)
@@ -424,17 +426,22 @@ def mirror_problem(workload: Mapping[str, Any], expected: Mirror | None, managed
 
 
 def stale_mirror(workload: Mapping[str, Any], expected: Mirror | None) -> bool:
-    """Whether an untrusted mirror claim is the leftover of an earlier incarnation of a live unit
-    (a StatefulSet's pod recreated under the same name, a Job deleted and made again): the right
-    name, owner references naming the unit's kind and names, none of its current uids. Garbage
-    collection is removing it; the operator deletes it so the new mirror can take the name."""
-    if expected is None or claimed_unit(workload) != expected.unit or name_of(workload) != expected.unit.mirror_name:
+    """Whether an untrusted mirror claim is the leftover of a native object gone or made again: its
+    name is the mirror name of the unit it claims, and its owner references (none left after an
+    orphaning delete, as ``kubectl delete --cascade=orphan`` or a Job deleted through the API without
+    a propagation policy leaves it) name only that unit's kind and name, never a uid the unit has now
+    (a StatefulSet's pod recreated under the same name, a Job made again). The operator deletes it,
+    so the unit's new mirror can take the name; ``expected``: the unit's mirror now, None when gone."""
+    unit = claimed_unit(workload)
+    if unit is None or name_of(workload) != unit.mirror_name or (expected is not None and expected.unit != unit):
         return False
     refs = _metadata(workload).get("ownerReferences")
     refs = [ref for ref in refs if isinstance(ref, _MAPPINGS)] if isinstance(refs, list) else []
-    wanted = {(ref["kind"], ref["name"]) for ref in expected.body["metadata"]["ownerReferences"]}
-    return bool(refs) and all((ref.get("kind"), ref.get("name")) in wanted and str(ref.get("uid") or "")
-                              not in expected.owner_uids for ref in refs)
+    owner_kind = "Job" if unit.kind == UnitKind.JOB else "Pod"
+    named = unit.kind in (UnitKind.JOB, UnitKind.POD)  # a group's pods have names of their own
+    current = expected.owner_uids if expected is not None else frozenset()
+    return all(ref.get("kind") == owner_kind and (not named or ref.get("name") == unit.name)
+               and str(ref.get("uid") or "") not in current for ref in refs)
 
 
 # -- release ----------------------------------------------------------------------------------------
