@@ -30,11 +30,12 @@ import json
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from gpuadmit.core.model import API_GROUP, API_VERSION, GPU_RESOURCE, HOLDING_PHASES, WORKLOAD_LABEL, Phase
+from gpuadmit.core.native import claimed_unit, released, unit_of_pod
 from gpuadmit.core.nodes import parse_quantity
 from gpuadmit.core.placement import placement_of as recorded_placement
 from gpuadmit.core.pods import pod_node
@@ -141,11 +142,23 @@ def pod_is_live(pod: Mapping[str, Any]) -> bool:
     return _status(pod).get("phase") not in TERMINAL_POD_PHASES
 
 
-def owning_workload_key(pod: Mapping[str, Any]) -> str | None:
-    """``ns/name`` of the workload a pod of ours belongs to (by the gpuadmit.io/workload label)."""
+def owning_workload_key(pod: Mapping[str, Any], mirrors: Collection[str] = ()) -> str | None:
+    """``ns/name`` of the workload a pod belongs to: a pod of ours by the gpuadmit.io/workload
+    label; a native pod gpuadmit released (past its gate, pinned) by the mirror of its unit
+    (``mirrors``: the keys of the mirror GPUWorkloads present, docs/native-workloads.md)."""
     metadata = _mapping(pod.get("metadata"))
     name = _mapping(metadata.get("labels")).get(WORKLOAD_LABEL)
-    return f"{metadata.get('namespace') or 'default'}/{name}" if isinstance(name, str) and name else None
+    if isinstance(name, str) and name:
+        return f"{metadata.get('namespace') or 'default'}/{name}"
+    if mirrors and released(pod):
+        key = unit_of_pod(pod).mirror_key
+        return key if key in mirrors else None
+    return None
+
+
+def mirror_keys(workloads: Iterable[Mapping[str, Any]]) -> frozenset[str]:
+    """Keys of the workloads that claim to mirror a native unit (labelled gpuadmit.io/mirror-kind)."""
+    return frozenset(key_of(w) for w in workloads if claimed_unit(w) is not None)
 
 
 # -- point-in-time invariants (pure) --------------------------------------------------------------
@@ -156,8 +169,9 @@ def gpus_in_use_by_node(state: ClusterState) -> dict[str, int]:
     reservation that its own pods do not request yet (the ledger of docs/architecture.md)."""
     in_use: Counter[str] = Counter(live_pod_gpus_by_node(state))
     own: Counter[tuple[str, str]] = Counter()
+    mirrors = mirror_keys(state.workloads)
     for pod in state.pods:
-        node, owner = pod_node(pod), owning_workload_key(pod)
+        node, owner = pod_node(pod), owning_workload_key(pod, mirrors)
         if isinstance(node, str) and node and owner and pod_is_live(pod):
             own[(owner, node)] += pod_gpus(pod)
     for key, placement in _stable_reservations(state).items():
@@ -264,10 +278,13 @@ def status_violations(workload: Mapping[str, Any], *, now: float | None = None,
 
 def pods_violations(state: ClusterState) -> list[Violation]:
     """For a settled cluster: holding workloads have exactly their pods, sized and pinned as
-    placed; any other workload has no live pod; no replica has two live pods."""
+    placed; any other workload has no live pod; no replica has two live pods. A mirror's pods are
+    its native controller's (a Job's may not all exist yet): at most its replicas, each released
+    onto a node of its placement, none once it holds nothing."""
     live_pods: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
+    mirrors = mirror_keys(state.workloads)
     for pod in state.pods:
-        owner = owning_workload_key(pod)
+        owner = owning_workload_key(pod, mirrors)
         if owner and pod_is_live(pod):
             live_pods[owner].append(pod)
     violations = []
@@ -277,6 +294,15 @@ def pods_violations(state: ClusterState) -> list[Violation]:
         if phase not in HOLDING_PHASES:
             if pods:
                 violations.append(Violation(PODS_MISMATCH, key, f"{phase} but {len(pods)} live pod(s)"))
+            continue
+        if key in mirrors:
+            placed = Counter({node: gpus for node, gpus in placement_of(workload)})
+            on_nodes: Counter[str] = Counter()
+            for pod in pods:
+                on_nodes[pod_node(pod) or ""] += pod_gpus(pod)
+            if any(gpus > placed[node] for node, gpus in on_nodes.items()):
+                violations.append(Violation(PODS_MISMATCH, key, f"released pods on {dict(on_nodes)} beyond placement "
+                                                                f"{placement_of(workload)}"))
             continue
         replicas = _whole(_mapping(workload.get("spec")).get("replicas"), 1)
         names = Counter(_mapping(p.get("metadata")).get("name") for p in pods)

@@ -94,7 +94,8 @@ def test_resource_paths() -> None:
 
 
 def test_one_stream_per_kind_or_per_watched_namespace() -> None:
-    assert [kind for kind, _, _ in watch_scopes()] == ["Node", "Namespace", "MarginPolicy", "GPUQuota", "Pod", "GPUWorkload"]
+    assert [kind for kind, _, _ in watch_scopes()] == [
+        "Node", "Namespace", "MarginPolicy", "GPUQuota", "Pod", "GPUWorkload", "Job"]
     scoped = watch_scopes(["a", "b"])
     assert [(kind, ns) for kind, _, ns in scoped if kind in ("GPUWorkload", "Pod")] == [
         ("Pod", "a"), ("Pod", "b"), ("GPUWorkload", "a"), ("GPUWorkload", "b")]

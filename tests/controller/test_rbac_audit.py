@@ -59,6 +59,11 @@ GRANTED_BUT_NOT_EXERCISED: dict[Permission, str] = {
         "re-read the policy after a failed status write (409 Conflict, controller/writer.py); the scenario has no conflicts",
     ("gpuadmit.io", "gpuquotas", "get"):
         "re-read a GPUQuota after a failed status write (409 Conflict, controller/writer.py); the scenario has no conflicts",
+    **{permission: "native workloads of a namespace labelled gpuadmit.io/managed (controller/native.py: mirrors "
+       "made, pods released, Jobs suspended and resumed); the audited scenario has none"
+       for permission in (("gpuadmit.io", "gpuworkloads", "create"), ("gpuadmit.io", "gpuworkloads", "delete"),
+                          ("", "pods", "patch"),
+                          ("batch", "jobs", "watch"), ("batch", "jobs", "patch"))},
     **{("kopf.dev", "kopfpeerings", verb):
        "peering in the watched namespaces (--peering with --namespace); the scenario peers cluster-wide"
        for verb in ("get", "list", "watch", "patch")},

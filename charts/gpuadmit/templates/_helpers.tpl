@@ -62,15 +62,23 @@ app.kubernetes.io/part-of: gpuadmit
 {{/* Rules for namespaced resources, shared by the cluster-wide and the per-namespace variant.
      gpuworkloads get: re-read after a write conflict. */}}
 {{- define "gpuadmit.namespacedRules" -}}
+# create: the mirror GPUWorkload of a native workload in a managed namespace (docs/native-workloads.md);
+# patch: the class label, and a mirror's spec kept in line with its native object; delete: the
+# stale mirror of an earlier incarnation of a native object (a StatefulSet's pod made again).
 - apiGroups: ["gpuadmit.io"]
   resources: ["gpuworkloads"]
-  verbs: ["get", "list", "watch", "patch"]
+  verbs: ["get", "list", "watch", "patch", "create", "delete"]
 - apiGroups: ["gpuadmit.io"]
   resources: ["gpuworkloads/status"]
   verbs: ["patch"]
+# patch: a gated native pod released (pinning node affinity added, scheduling gate removed).
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["list", "watch", "create", "delete"]
+  verbs: ["list", "watch", "create", "delete", "patch"]
+# Native Jobs of managed namespaces: suspended and resumed as their mirrors are decided.
+- apiGroups: ["batch"]
+  resources: ["jobs"]
+  verbs: ["list", "watch", "patch"]
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]

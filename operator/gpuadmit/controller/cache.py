@@ -33,7 +33,8 @@ QUOTA = "GPUQuota"
 NODE = "Node"
 POD = "Pod"
 NAMESPACE = "Namespace"
-KINDS = (WORKLOAD, POLICY, QUOTA, NODE, POD, NAMESPACE)
+JOB = "Job"  # batch/v1, for the native workloads of managed namespaces (controller.native)
+KINDS = (WORKLOAD, POLICY, QUOTA, NODE, POD, NAMESPACE, JOB)
 
 DELETED = "DELETED"
 TOMBSTONES_KEPT = 10_000

@@ -51,6 +51,7 @@ from typing import Any, Protocol
 from gpuadmit.controller import status as desired_status
 from gpuadmit.controller.api import ApiError
 from gpuadmit.controller.cache import NAMESPACE, NODE, POD, POLICY, QUOTA, WORKLOAD, ObjectCache, object_key
+from gpuadmit.controller.native import NativeWorkloads
 from gpuadmit.controller.podcreator import PodCreator, pods_for
 from gpuadmit.controller.unschedulable import UnschedulableTracker
 from gpuadmit.controller.writer import Writer
@@ -196,6 +197,7 @@ class SchedulingLoop:
         self._warned_default_policy = False
         self._pending_since: dict[str, float] = {}  # workload key -> when a change to it was seen
         self.pods = PodCreator(cache, writer, self.trigger_later, self.fail_workload, self._template_rules)
+        self.native = NativeWorkloads(cache, writer, self.trigger, clock)
         self._policy_parsed: tuple[tuple[Any, Any], Policy] | None = None
         self._parse_memo = ParseMemo()
         self._tenancy = Tenancy()
@@ -310,6 +312,7 @@ class SchedulingLoop:
         failed_writes_before = self.writer.failed_status_writes
         policy = await self._policy_in_force(now)
         self.pods.recount()
+        await self.native.prepare(now)  # mirrors made, checked and kept in line with their native objects
         await self._follow_pods(now, report)
 
         mark = time.monotonic()
@@ -324,6 +327,7 @@ class SchedulingLoop:
         result = self.decide(snapshot)
         report.decide_s, mark = time.monotonic() - mark, time.monotonic()
         await self._apply(snapshot, result, now, report)
+        await self.native.reconcile(now)  # native units released or held back as their mirrors now stand
         try:
             await self._write_quota_statuses(snapshot, now)
         except asyncio.CancelledError:
@@ -418,8 +422,8 @@ class SchedulingLoop:
                 if not _terminating(pod) and (workload is None or not pod_is_terminal(pod)):
                     jobs.append(self._delete_pod(pod, report))
         for key, workload in workloads.items():
-            if _phase(workload) not in HOLDING_PHASES:
-                continue
+            if _phase(workload) not in HOLDING_PHASES or self.native.is_mirror(key):
+                continue  # a mirror's pods are its native controller's; controller.native follows them
             try:
                 recorded = placement_of(workload)
                 job = None
@@ -495,11 +499,14 @@ class SchedulingLoop:
         policies: list[Any] = [policy] if policy is not None else []
         namespaces = self.cache.all(NAMESPACE)
         self._tenancy = tenancy(self.cache.all(QUOTA), namespaces)
+        workloads = self.cache.all(WORKLOAD)
+        if self.native.untrusted:  # a GPUWorkload that claims to mirror and is not trusted is not decided
+            workloads = [w for w in workloads if not self.native.excluded(object_key(w))]
         return build_snapshot(
-            self.cache.all(NODE), self.cache.all(POD), namespaces, self.cache.all(WORKLOAD),
+            self.cache.all(NODE), self.cache.all(POD), namespaces, workloads,
             policies, now, policy_name=policy.name if policy is not None else self.settings.policy_name,
             memo=self._parse_memo, pod_security_level=self.settings.pod_security_level, quotas=self._tenancy,
-            avoided_nodes=self.unschedulable.avoided_nodes(now),
+            avoided_nodes=self.unschedulable.avoided_nodes(now), mirrors=self.native.trusted,
         )
 
     async def _write_quota_statuses(self, snapshot: Snapshot, now: float) -> None:
@@ -649,8 +656,9 @@ class SchedulingLoop:
         if not await self._write(workload, desired, report, decision):
             return
         admitted = self.cache.get(WORKLOAD, decision.key) or workload
-        pods = [p for p in existing_pods if _owned_by(p, admitted)]
-        report.pods_started += self.pods.start(admitted, decision.placement, pods)
+        if not self.native.is_mirror(decision.key):  # a mirror's unit is released by controller.native
+            pods = [p for p in existing_pods if _owned_by(p, admitted)]
+            report.pods_started += self.pods.start(admitted, decision.placement, pods)
         self.writer.explain_later(admitted, "Normal", decision.reason.value, decision.message, decision.workload_class)
 
     async def _apply_queue_or_reject(self, decision: Decision, now: float, report: CycleReport) -> None:

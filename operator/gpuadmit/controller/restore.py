@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 from gpuadmit.controller import api as kube
 from gpuadmit.controller.api import ApiError, KubeApi
-from gpuadmit.controller.cache import NAMESPACE, NODE, POD, POLICY, QUOTA, WORKLOAD, ObjectCache, object_key
+from gpuadmit.controller.cache import JOB, NAMESPACE, NODE, POD, POLICY, QUOTA, WORKLOAD, ObjectCache, object_key
 from gpuadmit.core.model import HOLDING_PHASES
 from gpuadmit.core.placement import placement_of
 
@@ -30,11 +30,13 @@ LISTED_KINDS: tuple[tuple[str, kube.Resource], ...] = (
     (QUOTA, kube.QUOTAS),
     (POD, kube.PODS),
     (WORKLOAD, kube.WORKLOADS),
+    (JOB, kube.JOBS),
 )
 
 # Kinds the operator runs without when their CRD is not installed (it came later than the others):
 # a cluster upgraded without it decides without quotas rather than never deciding.
-OPTIONAL_RESOURCES = frozenset({kube.QUOTAS})
+# Jobs likewise: a test API server that serves no batch/v1 leaves native Jobs out, nothing else.
+OPTIONAL_RESOURCES = frozenset({kube.QUOTAS, kube.JOBS})
 
 
 def watch_scopes(namespaces: Sequence[str] = ()) -> list[tuple[str, kube.Resource, str | None]]:

@@ -238,7 +238,8 @@ class Writer:
         return True
 
     async def post_event(self, obj: Mapping[str, Any], event_type: str, reason: str, message: str) -> None:
-        """A core/v1 Event on the GPUWorkload, in its own namespace (tenants see only their own)."""
+        """A core/v1 Event on the GPUWorkload (or a native Job or pod), in its own namespace (tenants
+        see only their own)."""
         metadata = obj.get("metadata") or {}
         namespace = metadata.get("namespace")
         if not namespace:
@@ -248,9 +249,9 @@ class Writer:
             "apiVersion": "v1",
             "kind": "Event",
             "metadata": {"name": f"{metadata.get('name')}.{uuid.uuid4().hex[:16]}", "namespace": namespace},
-            "involvedObject": {
-                "apiVersion": f"{API_GROUP}/{API_VERSION}",
-                "kind": "GPUWorkload",
+            "involvedObject": {  # a GPUWorkload, or the native object it mirrors (controller.native)
+                "apiVersion": obj.get("apiVersion") or f"{API_GROUP}/{API_VERSION}",
+                "kind": obj.get("kind") or "GPUWorkload",
                 "name": metadata.get("name"),
                 "namespace": namespace,
                 "uid": metadata.get("uid"),

@@ -15,7 +15,7 @@ Until it is bound, such a pod counts on its reserved node: ``pod_node`` reads
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from gpuadmit.core.model import (
@@ -26,6 +26,7 @@ from gpuadmit.core.model import (
     REPLICA_LABEL,
     WORKLOAD_LABEL,
     Decision,
+    PlacementEntry,
 )
 
 GPUWORKLOAD_KIND = "GPUWorkload"
@@ -61,8 +62,13 @@ def pod_name(workload_name: str, replica_index: int) -> str:
 
 def replica_nodes(decision: Decision) -> list[tuple[str, int]]:
     """(node, GPUs) for each replica in index order, expanded from the placement entries."""
+    return replica_slots(decision.placement)
+
+
+def replica_slots(placement: Iterable[PlacementEntry]) -> list[tuple[str, int]]:
+    """(node, GPUs) for each replica slot of a placement, in entry order."""
     nodes: list[tuple[str, int]] = []
-    for entry in decision.placement:
+    for entry in placement:
         replicas = max(1, entry.replicas)
         gpus_each = entry.gpus // replicas
         nodes.extend((entry.node, gpus_each) for _ in range(replicas))

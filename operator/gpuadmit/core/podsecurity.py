@@ -125,6 +125,9 @@ class TemplateRules:
     level: str = DEFAULT_LEVEL
     service_accounts: frozenset[str] = frozenset()  # besides "default"; "*" for any
     runtime_classes: frozenset[str] = frozenset()  # "*" for any
+    # Only the GPU accounting refusals: for the mirror of a native object (core.native), whose pods
+    # its own controller creates under the tenant's rights and the API server's admission, not gpuadmit.
+    accounting_only: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +140,20 @@ class PodSecurity:
     def rules_for(self, namespace: str) -> TemplateRules:
         rules = self.by_namespace.get(namespace)
         return rules if rules is not None else TemplateRules(level=self.level)
+
+
+ACCOUNTING_ONLY_RULES = TemplateRules(level=PRIVILEGED, accounting_only=True)
+
+
+@dataclass(frozen=True, slots=True)
+class AccountingOnly(PodSecurity):
+    """The rules a native object's mirror is held to in every namespace: the accounting ones."""
+
+    def rules_for(self, namespace: str) -> TemplateRules:
+        return ACCOUNTING_ONLY_RULES
+
+
+MIRROR_POD_SECURITY = AccountingOnly(level=PRIVILEGED)
 
 
 DEFAULT_POD_SECURITY = PodSecurity()
@@ -208,6 +225,8 @@ def template_violations(template: object, rules: TemplateRules = DEFAULT_RULES) 
     annotations = metadata.get("annotations") if isinstance(metadata, _MAPPINGS) else None
     containers = list(_containers(pod))
     yield from _outside_accounting(pod, containers, annotations if isinstance(annotations, _MAPPINGS) else {})
+    if rules.accounting_only:
+        return
     yield from _outside_gpuadmit(pod, rules)
     if rules.level != PRIVILEGED:
         yield from _baseline(pod, containers, annotations if isinstance(annotations, _MAPPINGS) else {})

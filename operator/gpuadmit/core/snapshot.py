@@ -15,10 +15,11 @@ workload is already finished or rejected.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Container, Iterable, Iterator, Mapping
 from dataclasses import replace
 from typing import Any
 
+from gpuadmit.core.classifier import KindLean
 from gpuadmit.core.model import (
     DEFAULT_POLICY_NAME,
     HOLDING_PHASES,
@@ -31,6 +32,7 @@ from gpuadmit.core.model import (
     Snapshot,
     Workload,
 )
+from gpuadmit.core.native import admission_unit_of
 from gpuadmit.core.nodes import (
     gpus_used_by_node,
     node_from_object,
@@ -39,8 +41,14 @@ from gpuadmit.core.nodes import (
     pod_requests,
     requests_used_by_node,
 )
-from gpuadmit.core.pods import controlling_workload, pod_node
-from gpuadmit.core.podsecurity import DEFAULT_LEVEL, DEFAULT_POD_SECURITY, PodSecurity, pod_security_of_namespaces
+from gpuadmit.core.pods import pod_node
+from gpuadmit.core.podsecurity import (
+    DEFAULT_LEVEL,
+    DEFAULT_POD_SECURITY,
+    MIRROR_POD_SECURITY,
+    PodSecurity,
+    pod_security_of_namespaces,
+)
 from gpuadmit.core.policy import select_policy
 from gpuadmit.core.quota import Tenancy, tenancy
 from gpuadmit.core.workload import PHASES, ParseCache, parse_workload
@@ -113,29 +121,31 @@ def tiers_by_namespace(namespaces: Iterable[Mapping[str, Any]]) -> dict[str, str
     return tiers
 
 
-def _own_pods_by_node(pods: Iterable[Mapping[str, Any]]) -> Iterator[tuple[tuple[str, str], Mapping[str, Any]]]:
-    """Our own non-terminal pods (controlled by their GPUWorkload), each with its (workload key,
-    node): bound, or pinned and waiting for kube-scheduler.
+def _own_pods_by_node(pods: Iterable[Mapping[str, Any]],
+                      mirrors: Container[str] = ()) -> Iterator[tuple[tuple[str, str], Mapping[str, Any]]]:
+    """The non-terminal pods that fill a reservation (controlled by their GPUWorkload, or of the
+    native unit a trusted mirror stands for: ``core.native.admission_unit_of``), each with its
+    (workload key, node): bound, or pinned and waiting for kube-scheduler.
 
     A pod that only carries the ``gpuadmit.io/workload`` label is somebody else's: counted as
     ours, it would hide inside that workload's reservation instead of beside it."""
     for pod in pods:
-        metadata = pod.get("metadata") if isinstance(pod, _MAPPINGS) else None
-        if not isinstance(metadata, _MAPPINGS):
+        if not isinstance(pod, _MAPPINGS) or not isinstance(pod.get("metadata"), _MAPPINGS):
             continue
-        controller = controlling_workload(pod)
-        if controller is None or pod_is_terminal(pod):
+        key = admission_unit_of(pod, mirrors)
+        if key is None or pod_is_terminal(pod):
             continue
         node_name = pod_node(pod)
         if node_name:
-            yield (f"{metadata.get('namespace') or 'default'}/{controller[0]}", node_name), pod
+            yield (key, node_name), pod
 
 
-def resources_of_own_pods(pods: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str], Resources]:
+def resources_of_own_pods(pods: Iterable[Mapping[str, Any]],
+                          mirrors: Container[str] = ()) -> dict[tuple[str, str], Resources]:
     """Every other resource our own non-terminal pods request, by (workload key, node): the part
     of a reservation the nodes' used resources already count (see ``gpus_of_own_pods``)."""
     own: dict[tuple[str, str], dict[str, int]] = {}
-    for key, pod in _own_pods_by_node(pods):
+    for key, pod in _own_pods_by_node(pods, mirrors):
         spec = pod.get("spec")
         held = own.setdefault(key, {})
         for resource, amount in pod_requests(spec if isinstance(spec, _MAPPINGS) else {}).items():
@@ -143,10 +153,10 @@ def resources_of_own_pods(pods: Iterable[Mapping[str, Any]]) -> dict[tuple[str, 
     return {key: tuple(sorted(held.items())) for key, held in own.items()}
 
 
-def gpus_of_own_pods(pods: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str], int]:
+def gpus_of_own_pods(pods: Iterable[Mapping[str, Any]], mirrors: Container[str] = ()) -> dict[tuple[str, str], int]:
     """GPUs requested by our own non-terminal pods, by (workload key, node)."""
     own: dict[tuple[str, str], int] = {}
-    for key, pod in _own_pods_by_node(pods):
+    for key, pod in _own_pods_by_node(pods, mirrors):
         gpus = pod_gpu_request(pod)
         if gpus:
             own[key] = own.get(key, 0) + gpus
@@ -164,18 +174,21 @@ class ParseMemo:
         self._entries: dict[tuple[str, str], tuple[tuple[Any, ...], Policy, Workload | InvalidWorkload]] = {}
 
     def parse(self, obj: Mapping[str, Any], policy: Policy, tiers: Mapping[str, str], now: float,
-              seen: set[tuple[str, str]], pod_security: PodSecurity = DEFAULT_POD_SECURITY) -> Workload | InvalidWorkload:
+              seen: set[tuple[str, str]], pod_security: PodSecurity = DEFAULT_POD_SECURITY,
+              class_lean: KindLean | None = None) -> Workload | InvalidWorkload:
         metadata = obj.get("metadata") if isinstance(obj, _MAPPINGS) else None
         if not isinstance(metadata, _MAPPINGS) or not metadata.get("creationTimestamp"):
-            return parse_workload(obj, policy, tiers, now=now, pod_security=pod_security, cache=self.cache)  # its age would come from ``now``
+            return parse_workload(obj, policy, tiers, now=now, pod_security=pod_security, cache=self.cache,
+                                  class_lean=class_lean)  # its age would come from ``now``
         key = (str(metadata.get("namespace") or ""), str(metadata.get("name") or ""))
         stamp = (str(metadata.get("uid") or ""), str(metadata.get("resourceVersion") or ""), tiers.get(key[0]),
-                 pod_security.rules_for(key[0] or "default"))
+                 pod_security.rules_for(key[0] or "default"), class_lean)
         seen.add(key)
         held = self._entries.get(key)
         if held is not None and held[0] == stamp and held[1] is policy and stamp[0] and stamp[1]:
             return held[2]
-        parsed = parse_workload(obj, policy, tiers, now=now, pod_security=pod_security, cache=self.cache)
+        parsed = parse_workload(obj, policy, tiers, now=now, pod_security=pod_security, cache=self.cache,
+                                class_lean=class_lean)
         self._entries[key] = (stamp, policy, parsed)
         return parsed
 
@@ -196,6 +209,7 @@ def build_snapshot(
     pod_security_level: str = DEFAULT_LEVEL,
     quotas: Tenancy | Iterable[Mapping[str, Any]] = (),
     avoided_nodes: Mapping[str, frozenset[str]] | None = None,
+    mirrors: Mapping[str, KindLean | None] | None = None,
 ) -> Snapshot:
     """The engine's input from raw objects.
 
@@ -211,7 +225,12 @@ def build_snapshot(
     ``Tenancy``.
     ``avoided_nodes``: workload key ("namespace/name") -> nodes its pods may not be placed on this
     time (the operator's: where kube-scheduler lately found them Unschedulable).
+    ``mirrors``: the keys of the trusted mirrors of native units (``core.native``), each with the
+    class its native kind leans to: their templates are held to the accounting rules only (their
+    pods are made by the tenant's own controllers), and the pods of their units fill their
+    reservations as a GPUWorkload's own pods do.
     """
+    mirrors = mirrors or {}
     policy = select_policy(policies, policy_name)
     namespaces = namespaces if isinstance(namespaces, (list, tuple)) else list(namespaces)
     tiers = tiers_by_namespace(namespaces)
@@ -238,10 +257,16 @@ def build_snapshot(
     seen: set[tuple[str, str]] = set()
     cache = ParseCache()  # many workloads share a template and timestamps: read each once
     for workload_obj in workloads:
+        security, lean = pod_security, None
+        if mirrors:
+            mirror_key = f"{_namespace_of(workload_obj)}/{_name_of(workload_obj)}"
+            if mirror_key in mirrors:
+                security, lean = MIRROR_POD_SECURITY, mirrors[mirror_key]
         if memo is not None:
-            parsed = memo.parse(workload_obj, policy, tiers, now, seen, pod_security)
+            parsed = memo.parse(workload_obj, policy, tiers, now, seen, security, lean)
         else:
-            parsed = parse_workload(workload_obj, policy, tiers, now=now, pod_security=pod_security, cache=cache)
+            parsed = parse_workload(workload_obj, policy, tiers, now=now, pod_security=security, cache=cache,
+                                    class_lean=lean)
         key = (parsed.namespace, parsed.name)
         parsed_by_key[key] = parsed
         if isinstance(parsed, InvalidWorkload):
@@ -271,10 +296,10 @@ def build_snapshot(
         policy=policy,
         now=now,
         invalid=tuple(invalid),
-        gpus_of_own_pods=gpus_of_own_pods(pods),
+        gpus_of_own_pods=gpus_of_own_pods(pods, mirrors),
         quotas=tenants.quotas,
         quota_of_namespace=tenants.quota_of_namespace,
-        resources_of_own_pods=resources_of_own_pods(pods),
+        resources_of_own_pods=resources_of_own_pods(pods, mirrors),
     )
 
 
@@ -289,6 +314,12 @@ def _with_placed_resources(workload: Workload) -> Workload:
         for entry in workload.placement
     )
     return replace(workload, placement=entries)
+
+
+def _namespace_of(obj: object) -> str:
+    metadata = obj.get("metadata") if isinstance(obj, _MAPPINGS) else None
+    namespace = metadata.get("namespace") if isinstance(metadata, _MAPPINGS) else None
+    return namespace if isinstance(namespace, str) and namespace else "default"
 
 
 def _name_of(obj: object) -> str | None:

@@ -45,8 +45,9 @@ from gpuadmit.core.model import (
     HOLDING_PHASES,
     InvalidWorkload,
 )
+from gpuadmit.core.native import MIRROR_KEYS, claimed_unit
 from gpuadmit.core.nodes import parse_quantity
-from gpuadmit.core.podsecurity import DEFAULT_POD_SECURITY, PodSecurity, check_template
+from gpuadmit.core.podsecurity import DEFAULT_POD_SECURITY, MIRROR_POD_SECURITY, PodSecurity, check_template
 from gpuadmit.core.policy import DEFAULT_POLICY
 from gpuadmit.core.workload import parse_workload
 
@@ -119,6 +120,13 @@ def validate_workload(
 def _check(obj: Any, old: Any, pod_security: PodSecurity = DEFAULT_POD_SECURITY) -> None:
     if not isinstance(obj, Mapping):
         raise _Refusal(INVALID_SPEC, "object", f"must be a GPUWorkload object, got {_type_name(obj)}")
+    mirror = claimed_unit(obj) is not None
+    if mirror:
+        # The mirror of a native object (core.native): its template is the tenant's own Job's or pod's,
+        # made into pods by their own controllers, so only the accounting rules apply, and its template
+        # may carry gpuadmit.io/ keys (a pod group's label). The operator, not this webhook, decides
+        # whether a claim is a mirror: an untrusted one is Rejected (MirrorNotTrusted), never decided.
+        pod_security = MIRROR_POD_SECURITY
     creating = old is None
     old = old if isinstance(old, Mapping) else {}
     metadata = found if isinstance(found := obj.get("metadata"), Mapping) else {}
@@ -137,7 +145,7 @@ def _check(obj: Any, old: Any, pod_security: PodSecurity = DEFAULT_POD_SECURITY)
     if spec_changed:  # an update that leaves the spec alone (labels, finalizers) is not judged on it again
         _check_containers(spec)
         # Before the parser: a key that is reserved and also malformed is refused as reserved.
-        _check_reserved_keys(obj, old, None, class_label=False)
+        _check_reserved_keys(obj, old, None, class_label=False, mirror=mirror)
         parsed = parse_workload(_with_name(obj), DEFAULT_POLICY, {}, pod_security=pod_security)
         if isinstance(parsed, InvalidWorkload):
             raise _Refusal(INVALID_SPEC, parsed.field or "spec", parsed.message)
@@ -145,7 +153,7 @@ def _check(obj: Any, old: Any, pod_security: PodSecurity = DEFAULT_POD_SECURITY)
         _check_pod_security(spec, _mapping(obj.get("metadata")).get("namespace"), pod_security)
         _check_gpu_requests(spec)
         computed_class = parsed.workload_class
-    _check_reserved_keys(obj, old, computed_class)
+    _check_reserved_keys(obj, old, computed_class, mirror=mirror)
     if not creating:
         _check_immutable_while_holding(spec, old)
 
@@ -241,18 +249,18 @@ def _check_gpu_requests(spec: Mapping[str, Any]) -> None:
 
 
 def _check_reserved_keys(obj: Mapping[str, Any], old: Mapping[str, Any], computed_class: str | None,
-                         class_label: bool = True) -> None:
+                         class_label: bool = True, mirror: bool = False) -> None:
     """Keys under ``gpuadmit.io/`` are gpuadmit's; on update, keys that are already stored unchanged pass.
 
     ``computed_class`` is None when the spec did not change: the stored class label then stands.
     ``class_label=False`` leaves the workload's class label to a later call that knows the class.
+    ``mirror``: a mirror claim, whose own marks and template (a copy of the native one) pass.
     """
     template = _mapping(_mapping(obj.get("spec")).get("template"))
     old_template = _mapping(_mapping(old.get("spec")).get("template"))
-    places = (
-        ("metadata", obj.get("metadata"), old.get("metadata")),
-        ("spec.template.metadata", template.get("metadata"), old_template.get("metadata")),
-    )
+    places: tuple[tuple[str, Any, Any], ...] = (("metadata", obj.get("metadata"), old.get("metadata")),)
+    if not mirror:
+        places += (("spec.template.metadata", template.get("metadata"), old_template.get("metadata")),)
     for prefix, metadata, old_metadata in places:
         if not isinstance(metadata, Mapping):
             continue
@@ -263,7 +271,8 @@ def _check_reserved_keys(obj: Mapping[str, Any], old: Mapping[str, Any], compute
             old_values = old_metadata.get(section) if isinstance(old_metadata, Mapping) else None
             old_values = old_values if isinstance(old_values, Mapping) else {}
             for key, value in values.items():
-                if not is_reserved_key(key):
+                # A mirror's class label follows its kind's lean, which only the operator knows.
+                if not is_reserved_key(key) or (mirror and (key in MIRROR_KEYS or key == CLASS_LABEL)):
                     continue
                 field = f'{prefix}.{section}["{key}"]'
                 if prefix == "metadata" and section == "labels" and key == CLASS_LABEL:
@@ -369,6 +378,8 @@ def mutate_workload(obj: Any) -> list[dict[str, Any]]:
         if spec.get(key) is None:
             ops.append({"op": "add", "path": f"/spec/{key}", "value": default})
 
+    if claimed_unit(obj) is not None:
+        return ops  # a mirror's class label follows its native kind's lean: the operator sets it
     workload_class, _ = classify(spec.get("class"), spec.get("template"))
     metadata = obj.get("metadata")
     labels = metadata.get("labels") if isinstance(metadata, Mapping) else None

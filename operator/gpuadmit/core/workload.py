@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, TypeGuard
 
 from gpuadmit.core.affinity import node_constraints
-from gpuadmit.core.classifier import classify
+from gpuadmit.core.classifier import KindLean, classify
 from gpuadmit.core.errors import SpecError, show_number
 from gpuadmit.core.model import (
     CLASSES,
@@ -69,6 +69,7 @@ def parse_workload(
     now: float | None = None,
     pod_security: PodSecurity = DEFAULT_POD_SECURITY,
     cache: ParseCache | None = None,
+    class_lean: KindLean | None = None,
 ) -> Workload | InvalidWorkload:
     """Parse one GPUWorkload object; never raises.
 
@@ -78,7 +79,8 @@ def parse_workload(
     a template may hold (``core.podsecurity``); a workload that already holds GPUs
     is not judged on it again, as Pod Security Admission leaves running pods alone.
     ``cache``: what parsing many workloads repeats (classified templates, timestamps), kept
-    by a caller that parses many.
+    by a caller that parses many. ``class_lean``: the class a mirrored native kind leans to where
+    the template is not decisive (``core.native``; only the operator's own mirrors get one).
     """
     if not isinstance(obj, _MAPPINGS):
         return InvalidWorkload(namespace="", name="", field="", message=f"not an object but a {type(obj).__name__}")
@@ -101,7 +103,7 @@ def parse_workload(
         )
     try:
         check_workload_name(name)
-        return _parse_valid(obj, metadata, namespace, name, policy, tiers, now, pod_security, cache)
+        return _parse_valid(obj, metadata, namespace, name, policy, tiers, now, pod_security, cache, class_lean)
     except SpecError as error:
         return InvalidWorkload(namespace=namespace, name=name, field=error.field, message=str(error))
     except Exception as error:  # noqa: BLE001 - the boundary: no input may crash a cycle
@@ -121,6 +123,7 @@ def _parse_valid(
     now: float | None,
     pod_security: PodSecurity,
     cache: ParseCache | None,
+    class_lean: KindLean | None = None,
 ) -> Workload:
     spec = obj.get("spec")
     if not isinstance(spec, _MAPPINGS):
@@ -163,7 +166,8 @@ def _parse_valid(
         (tolerations, requests, constraints) = template_facts("training", spec.get("template"), cache)[0]
         workload_class, class_reason = decided
     else:
-        (tolerations, requests, constraints), workload_class, class_reason = template_facts(spec_class, spec.get("template"), cache)
+        (tolerations, requests, constraints), workload_class, class_reason = template_facts(
+            spec_class, spec.get("template"), cache, class_lean)
     if preemptible is None:
         preemptible = workload_class == "training"
 
@@ -224,14 +228,14 @@ def _is_finite_number(value: Any) -> TypeGuard[int | float]:
 
 
 def template_facts(
-    spec_class: str, template: object, cache: ParseCache | None = None,
+    spec_class: str, template: object, cache: ParseCache | None = None, lean: KindLean | None = None,
 ) -> tuple[TemplatePlacing, WorkloadClass, str]:
     """((tolerations, requests, node constraints), class, class reason) of a valid template;
     ``SpecError`` for an invalid one."""
     if cache is None:
         placing = _check_template(template)
-        return (placing, *classify(spec_class, template))
-    return cache.template_facts(spec_class, template)  # training too: checking the shape costs more than the key
+        return (placing, *classify(spec_class, template, lean))
+    return cache.template_facts(spec_class, template, lean)  # training too: checking the shape costs more than the key
 
 
 _UNSEEN = object()
@@ -253,19 +257,20 @@ class ParseCache:
     LIMIT = 100_000  # about one entry per workload of a large cluster; the text of a template is smaller than its dicts
 
     def __init__(self) -> None:
-        self._facts: dict[tuple[str, str], tuple[TemplatePlacing, WorkloadClass, str]] = {}
+        self._facts: dict[tuple[str, str, KindLean | None], tuple[TemplatePlacing, WorkloadClass, str]] = {}
         self._seconds: dict[str, float | None] = {}
 
-    def template_facts(self, spec_class: str, template: object) -> tuple[TemplatePlacing, WorkloadClass, str]:
+    def template_facts(self, spec_class: str, template: object,
+                       lean: KindLean | None = None) -> tuple[TemplatePlacing, WorkloadClass, str]:
         try:
-            key = (spec_class, repr(template))
+            key = (spec_class, repr(template), lean)
         except RecursionError:  # nested past what repr can walk: _check_template names the problem
             _check_template(template)
             raise
         facts = self._facts.get(key)
         if facts is None:
             placing = _check_template(template)
-            workload_class, class_reason = classify(spec_class, template)
+            workload_class, class_reason = classify(spec_class, template, lean)
             if len(self._facts) >= self.LIMIT:
                 self._facts.clear()  # crude but bounded; refilling costs one cycle's classifications
             facts = self._facts[key] = (placing, workload_class, class_reason)

@@ -88,7 +88,8 @@ from gpuadmit.core.model import GPU_RESOURCE, WorkloadClass
 # restart policy alone (3) is enough, one NCCL variable (1) is not.
 DECISIVE_SCORE = 3
 
-FALLBACK_REASON = "no serving or training signal found; defaulting to training"
+FALLBACK_TAIL = "; defaulting to training"
+FALLBACK_REASON = "no serving or training signal found" + FALLBACK_TAIL
 MAX_PHRASES_IN_REASON = 3
 MAX_PHRASE_LENGTH = 120
 TENANT_LABEL_PREFIX = "gpuadmit.io/"
@@ -113,12 +114,15 @@ class Evidence(NamedTuple):
 
 
 
-def classify(spec_class: str | None, template: object) -> tuple[WorkloadClass, str]:
+def classify(spec_class: str | None, template: object, lean: KindLean | None = None) -> tuple[WorkloadClass, str]:
     """The workload's class and a one-sentence reason naming the evidence.
 
     ``spec_class`` is ``spec.class`` ("training", "inference", "auto" or None);
     ``template`` is the PodTemplateSpec (metadata + spec). Values of any other type
     are tolerated as "no signal": this never raises.
+    ``lean``: the class the kind of a native object leans to and the words naming that kind
+    (a Job leans training, a Deployment inference; see ``core.native``). It decides only where
+    the template's evidence is not decisive: the template always decides when it can.
     """
     declared = spec_class.strip().lower() if isinstance(spec_class, str) else None
     if declared == TRAINING:
@@ -130,10 +134,19 @@ def classify(spec_class: str | None, template: object) -> tuple[WorkloadClass, s
         if workload_class == TRAINING and decisive:
             return TRAINING, f"spec.class says inference, but {reason}; a declared class cannot raise the price"
         return INFERENCE, "spec.class is inference"
-    workload_class, reason = classify_template(template)
+    workload_class, reason, decisive = _weigh(template)
+    if lean is not None and not decisive:
+        workload_class, reason = lean.workload_class, f"{reason.removesuffix(FALLBACK_TAIL)}; {lean.kind_words} leans {lean.workload_class}"
     if declared and declared != "auto":
         reason = f"spec.class {spec_class!r} is not training, inference or auto, so the template decided: {reason}"
     return workload_class, reason
+
+
+class KindLean(NamedTuple):
+    """The class a native kind leans to when its template says nothing decisive."""
+
+    workload_class: WorkloadClass
+    kind_words: str  # "a Job", "a Deployment": how the reason names the kind
 
 
 def classify_template(template: Any) -> tuple[WorkloadClass, str]:
@@ -162,7 +175,7 @@ def _weigh(template: Any) -> tuple[WorkloadClass, str, bool]:
         weak = serving + training
         if not weak:
             return TRAINING, FALLBACK_REASON, False
-        return TRAINING, f"no clear serving or training signal (only: {_describe(weak)}); defaulting to training", False
+        return TRAINING, f"no clear serving or training signal (only: {_describe(weak)}){FALLBACK_TAIL}", False
     if serving_score > training_score:
         winner, loser, workload_class = serving, training, INFERENCE
     else:

@@ -1,0 +1,507 @@
+"""Native workloads (Jobs, pods, pod groups) -> admission units and their mirror GPUWorkloads.
+
+In a namespace labelled ``gpuadmit.io/managed: "true"`` gpuadmit decides for the objects teams
+already submit. Each admission unit gets a *mirror*: a GPUWorkload in the same namespace, made by
+the operator, owned by the native object(s), decided by the same engine. This module is the pure
+half: which unit a pod belongs to, the mirror a unit should have, whether a GPUWorkload that claims
+to be a mirror is one, and which reserved slot each waiting pod is released onto. The edge
+(``controller.native``) writes what these functions return.
+
+Units:
+- a batch/v1 **Job** is one gang of ``parallelism`` (at most ``completions``) replicas of its pod
+  template; its pods are not units of their own, they are released onto their Job's placement;
+- a **pod group**: pods labelled ``gpuadmit.io/pod-group: NAME`` with annotation
+  ``gpuadmit.io/pod-group-size: "N"``, one gang of N;
+- a **LeaderWorkerSet group**: pods with the labels ``leaderworkerset.sigs.k8s.io/name`` and
+  ``leaderworkerset.sigs.k8s.io/group-index``, size from ``leaderworkerset.sigs.k8s.io/size``;
+- any other pod (of a Deployment, ReplicaSet, StatefulSet, or bare) is its own unit of one replica.
+
+Trust: tenants may create GPUWorkloads, so a label cannot make one a mirror. ``mirror_problem``
+accepts a GPUWorkload carrying ``gpuadmit.io/mirror-kind`` only when its namespace is managed, the
+native unit it names is alive, its name is that unit's mirror name and its ownerReferences name the
+uid of every native owner. The spec is not part of trust: the operator rewrites a trusted mirror's
+spec to the one built here while it holds no GPUs (a tenant's copy with a smaller spec is corrected
+before it is decided), so a forger gains nothing a real mirror would not have.
+"""
+
+from __future__ import annotations
+
+import copy
+import enum
+import hashlib
+from collections import Counter
+from collections.abc import Container, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from gpuadmit.core.classifier import KindLean
+from gpuadmit.core.model import API_GROUP, API_VERSION, PlacementEntry
+from gpuadmit.core.nodes import pod_gpu_request, pod_is_terminal
+from gpuadmit.core.pods import GPUWORKLOAD_KIND, controlling_workload, pinned_affinity, pinned_node, replica_slots
+from gpuadmit.core.policy import whole_number
+from gpuadmit.core.template_shape import MAX_LABEL_VALUE_LENGTH
+
+_MAPPINGS = (dict, Mapping)
+
+# Shared names (HELPERS.md; the webhooks of native-hooks use the same ones).
+MANAGED_LABEL = "gpuadmit.io/managed"
+ADMISSION_GATE = "gpuadmit.io/admission"
+POD_GROUP_LABEL = "gpuadmit.io/pod-group"
+POD_GROUP_SIZE_ANNOTATION = "gpuadmit.io/pod-group-size"
+LWS_NAME_LABEL = "leaderworkerset.sigs.k8s.io/name"
+LWS_GROUP_INDEX_LABEL = "leaderworkerset.sigs.k8s.io/group-index"
+LWS_SIZE_ANNOTATION = "leaderworkerset.sigs.k8s.io/size"
+
+# The mirror's own marks.
+MIRROR_KIND_LABEL = "gpuadmit.io/mirror-kind"  # Job, Pod, PodGroup, LeaderWorkerSet
+MIRROR_NAME_LABEL = "gpuadmit.io/mirror-name"  # the native name, or its hash when longer than a label value
+MIRROR_OF_ANNOTATION = "gpuadmit.io/mirror-of"  # the native name in full, always
+MIRROR_KEYS = frozenset({MIRROR_KIND_LABEL, MIRROR_NAME_LABEL, MIRROR_OF_ANNOTATION})
+# An explicit class on the native object (its metadata or, for a Job, its pod template's).
+CLASS_ANNOTATION = "gpuadmit.io/class"
+# On a Job gpuadmit unsuspended: the uid of the mirror it was released for. A Job without it that
+# runs unsuspended was unsuspended by somebody else (its pods still wait at their gates).
+RELEASED_ANNOTATION = "gpuadmit.io/released-for"
+
+JOB_API_VERSION = "batch/v1"
+MAX_GROUP_SIZE = 1024  # the CRD's bound on spec.replicas
+HASH_LENGTH = 10
+
+
+class UnitKind(str, enum.Enum):
+    JOB = "Job"
+    POD = "Pod"
+    POD_GROUP = "PodGroup"
+    LWS_GROUP = "LeaderWorkerSet"
+
+
+_NAME_PREFIX = {UnitKind.JOB: "job", UnitKind.POD: "pod", UnitKind.POD_GROUP: "group", UnitKind.LWS_GROUP: "lws"}
+# A kind's lean where the template is not decisive: a Job runs to completion, a Deployment's,
+# ReplicaSet's, StatefulSet's or LeaderWorkerSet's pods serve (core.classifier).
+_LEAN_BY_OWNER = {
+    "Job": KindLean("training", "a Job"),
+    "ReplicaSet": KindLean("inference", "a ReplicaSet's (or Deployment's) pod"),
+    "StatefulSet": KindLean("inference", "a StatefulSet's pod"),
+    "LeaderWorkerSet": KindLean("inference", "a LeaderWorkerSet group"),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class UnitRef:
+    """One admission unit: its namespace, kind and native name (a Job's, a pod's, a group's)."""
+
+    namespace: str
+    kind: UnitKind
+    name: str
+
+    @property
+    def mirror_name(self) -> str:
+        return mirror_name(self.kind, self.name)
+
+    @property
+    def mirror_key(self) -> str:
+        return f"{self.namespace}/{self.mirror_name}"
+
+
+def mirror_name(kind: UnitKind, name: str) -> str:
+    """The mirror's name: ``<kind prefix>-<native name>``, or, past a label value's 63 characters
+    (a workload's name labels its pods), its start and a hash of the whole. Deterministic, so a
+    restarted operator finds the mirror it made."""
+    base = f"{_NAME_PREFIX[kind]}-{name}"
+    if len(base) <= MAX_LABEL_VALUE_LENGTH:
+        return base
+    digest = _digest(f"{kind.value}/{name}")
+    return f"{base[: MAX_LABEL_VALUE_LENGTH - HASH_LENGTH - 1].rstrip('-.')}-{digest}"
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:HASH_LENGTH]
+
+
+def name_label_value(name: str) -> str:
+    return name if len(name) <= MAX_LABEL_VALUE_LENGTH else _digest(name)
+
+
+# -- reading native objects -----------------------------------------------------------------
+
+
+def _metadata(obj: object) -> Mapping[str, Any]:
+    found = obj.get("metadata") if isinstance(obj, _MAPPINGS) else None
+    return found if isinstance(found, _MAPPINGS) else {}
+
+
+def _map(obj: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    found = obj.get(key)
+    return found if isinstance(found, _MAPPINGS) else {}
+
+
+def namespace_of(obj: object) -> str:
+    return str(_metadata(obj).get("namespace") or "default")
+
+
+def name_of(obj: object) -> str:
+    return str(_metadata(obj).get("name") or "")
+
+
+def uid_of(obj: object) -> str:
+    return str(_metadata(obj).get("uid") or "")
+
+
+def is_managed(namespace: Mapping[str, Any]) -> bool:
+    return _map(_metadata(namespace), "labels").get(MANAGED_LABEL) == "true"
+
+
+def managed_namespaces(namespaces: Iterable[Mapping[str, Any]]) -> frozenset[str]:
+    return frozenset(name_of(ns) for ns in namespaces if is_managed(ns))
+
+
+def controller_of(obj: object) -> tuple[str, str, str] | None:
+    """(kind, name, uid) of an object's controller ownerReference, else None."""
+    refs = _metadata(obj).get("ownerReferences")
+    for ref in refs if isinstance(refs, list) else ():
+        if isinstance(ref, _MAPPINGS) and ref.get("controller") is True and isinstance(ref.get("name"), str):
+            return str(ref.get("kind") or ""), ref["name"], str(ref.get("uid") or "")
+    return None
+
+
+def job_of_pod(pod: object) -> str | None:
+    """The name of the batch/v1 Job controlling this pod, else None."""
+    refs = _metadata(pod).get("ownerReferences")
+    for ref in refs if isinstance(refs, list) else ():
+        if (isinstance(ref, _MAPPINGS) and ref.get("controller") is True and ref.get("kind") == "Job"
+                and ref.get("apiVersion") == JOB_API_VERSION and isinstance(ref.get("name"), str) and ref["name"]):
+            return str(ref["name"])
+    return None
+
+
+def is_gated(pod: object) -> bool:
+    """Whether the pod still waits at gpuadmit's scheduling gate."""
+    spec = pod.get("spec") if isinstance(pod, _MAPPINGS) else None
+    gates = spec.get("schedulingGates") if isinstance(spec, _MAPPINGS) else None
+    return isinstance(gates, list) and any(isinstance(g, _MAPPINGS) and g.get("name") == ADMISSION_GATE for g in gates)
+
+
+def unit_of_pod(pod: object) -> UnitRef:
+    """The admission unit a pod belongs to: its Job, its pod group, its LeaderWorkerSet group, or
+    itself (in that order: a Job's pods go where the Job was placed, whatever else they carry)."""
+    namespace = namespace_of(pod)
+    job = job_of_pod(pod)
+    if job is not None:
+        return UnitRef(namespace, UnitKind.JOB, job)
+    labels = _map(_metadata(pod), "labels")
+    group = labels.get(POD_GROUP_LABEL)
+    if isinstance(group, str) and group:
+        return UnitRef(namespace, UnitKind.POD_GROUP, group)
+    lws, index = labels.get(LWS_NAME_LABEL), labels.get(LWS_GROUP_INDEX_LABEL)
+    if isinstance(lws, str) and lws and isinstance(index, str) and index:
+        return UnitRef(namespace, UnitKind.LWS_GROUP, f"{lws}-{index}")
+    return UnitRef(namespace, UnitKind.POD, name_of(pod))
+
+
+def group_size(pod: object) -> int | None:
+    """The size a pod of a group names (its size annotation), None when absent or not 1..1024."""
+    annotations = _map(_metadata(pod), "annotations")
+    unit = unit_of_pod(pod)
+    key = POD_GROUP_SIZE_ANNOTATION if unit.kind == UnitKind.POD_GROUP else LWS_SIZE_ANNOTATION
+    value = annotations.get(key)
+    size = int(value) if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 4 else None
+    return size if size is not None and 1 <= size <= MAX_GROUP_SIZE else None
+
+
+def job_template(job: Mapping[str, Any]) -> Mapping[str, Any]:
+    return _map(_map(job, "spec"), "template")
+
+
+def job_replicas(job: Mapping[str, Any]) -> int:
+    """Pods a Job runs at once: ``parallelism`` (default 1), at most ``completions`` when set."""
+    spec = _map(job, "spec")
+    parallelism = whole_number(spec.get("parallelism"))
+    replicas = 1 if parallelism is None else parallelism
+    completions = whole_number(spec.get("completions"))
+    if completions is not None:
+        replicas = min(replicas, completions)
+    return max(0, replicas)
+
+
+def job_suspended(job: Mapping[str, Any]) -> bool:
+    return _map(job, "spec").get("suspend") is True
+
+
+def job_finished(job: Mapping[str, Any]) -> str | None:
+    """"Succeeded" or "Failed" for a Job whose Complete or Failed condition is True, else None."""
+    conditions = _map(job, "status").get("conditions")
+    for condition in conditions if isinstance(conditions, list) else ():
+        if isinstance(condition, _MAPPINGS) and condition.get("status") == "True":
+            if condition.get("type") == "Complete":
+                return "Succeeded"
+            if condition.get("type") == "Failed":
+                return "Failed"
+    return None
+
+
+def template_gpus(template: Mapping[str, Any]) -> int:
+    """GPUs one pod of ``template`` requests, as kube-scheduler counts them."""
+    return pod_gpu_request({"spec": _map(template, "spec")})
+
+
+# -- the mirror ---------------------------------------------------------------------------------
+
+
+def lean_of_pod(pod: object) -> KindLean | None:
+    if unit_of_pod(pod).kind == UnitKind.LWS_GROUP:
+        return _LEAN_BY_OWNER["LeaderWorkerSet"]
+    controller = controller_of(pod)
+    return _LEAN_BY_OWNER.get(controller[0]) if controller is not None else None
+
+
+def explicit_class(*objs: object) -> str:
+    """The class named by ``gpuadmit.io/class`` on the first of ``objs`` that carries a valid one,
+    else ``auto`` (the classifier decides)."""
+    for obj in objs:
+        value = _map(_metadata(obj), "annotations").get(CLASS_ANNOTATION)
+        if value in ("training", "inference"):
+            return str(value)
+    return "auto"
+
+
+def _pod_template_of(pod: Mapping[str, Any]) -> dict[str, Any]:
+    """What a pod was made from, as a template: its labels, annotations and spec, without what the
+    API server or gpuadmit added for one pod (node, scheduling gates, the pinning)."""
+    metadata = _metadata(pod)
+    spec = copy.deepcopy(dict(_map(pod, "spec")))
+    for key in ("nodeName", "schedulingGates"):
+        spec.pop(key, None)
+    template_metadata: dict[str, Any] = {}
+    for key in ("labels", "annotations"):
+        if isinstance(metadata.get(key), _MAPPINGS) and metadata[key]:
+            template_metadata[key] = dict(metadata[key])
+    return {"metadata": template_metadata, "spec": spec}
+
+
+def _owner_ref(obj: Mapping[str, Any], api_version: str, kind: str) -> dict[str, Any]:
+    # Not a controller reference: the mirror is not "controlled" by a Job in the sense the Job
+    # controller would adopt it; blockOwnerDeletion keeps the mirror until its owner is gone.
+    return {"apiVersion": api_version, "kind": kind, "name": name_of(obj), "uid": uid_of(obj),
+            "blockOwnerDeletion": False}
+
+
+@dataclass(frozen=True, slots=True)
+class Mirror:
+    """The mirror a unit should have: the GPUWorkload to create, and the uids of its owners."""
+
+    unit: UnitRef
+    body: dict[str, Any]
+    owner_uids: frozenset[str]
+    lean: KindLean | None
+
+    @property
+    def spec(self) -> Mapping[str, Any]:
+        return self.body["spec"]
+
+
+def _mirror_body(unit: UnitRef, owners: Sequence[dict[str, Any]], spec: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{API_GROUP}/{API_VERSION}",
+        "kind": GPUWORKLOAD_KIND,
+        "metadata": {
+            "name": unit.mirror_name,
+            "namespace": unit.namespace,
+            "labels": {MIRROR_KIND_LABEL: unit.kind.value, MIRROR_NAME_LABEL: name_label_value(unit.name)},
+            "annotations": {MIRROR_OF_ANNOTATION: unit.name},
+            "ownerReferences": list(owners),
+        },
+        "spec": spec,
+    }
+
+
+def mirror_of_job(job: Mapping[str, Any]) -> Mirror | None:
+    """The mirror of a Job that asks for GPUs (None: it asks for none, or runs no pods)."""
+    template = job_template(job)
+    gpus, replicas = template_gpus(template), job_replicas(job)
+    if gpus <= 0 or replicas <= 0:
+        return None
+    unit = UnitRef(namespace_of(job), UnitKind.JOB, name_of(job))
+    spec = {"class": explicit_class(job, template), "gpus": gpus, "replicas": replicas,
+            "template": copy.deepcopy(dict(template))}
+    return Mirror(unit, _mirror_body(unit, [_owner_ref(job, JOB_API_VERSION, "Job")], spec),
+                  frozenset({uid_of(job)}), _LEAN_BY_OWNER["Job"])
+
+
+def mirror_of_pods(unit: UnitRef, pods: Sequence[Mapping[str, Any]]) -> Mirror | None:
+    """The mirror of a pod unit or a group (``pods``: its live pods). None when the unit asks for
+    no GPUs, or a group is not complete yet (fewer pods than its size: a gang is decided whole)."""
+    # Live pods first: a finished pod still names its unit (its mirror follows it to Succeeded or
+    # Failed), but where a group has more pods than its size, the live ones are the group.
+    live = sorted(pods, key=lambda pod: (pod_is_terminal(pod), name_of(pod)))
+    if not live:
+        return None
+    gpus = max(pod_gpu_request(pod) for pod in live)
+    if gpus <= 0:
+        return None
+    if unit.kind == UnitKind.POD:
+        replicas = 1
+        live = live[:1]
+    else:
+        size = group_size(live[0])
+        if size is None or len(live) < size:
+            return None
+        replicas = size
+        live = live[:size]
+    first = next((pod for pod in live if pod_gpu_request(pod) == gpus), live[0])
+    spec = {"class": explicit_class(*live), "gpus": gpus, "replicas": replicas, "template": _pod_template_of(first)}
+    owners = [_owner_ref(pod, "v1", "Pod") for pod in live]
+    return Mirror(unit, _mirror_body(unit, owners, spec), frozenset(uid_of(pod) for pod in live), lean_of_pod(first))
+
+
+def wants_mirror(unit: UnitRef, job: Mapping[str, Any] | None, pods: Sequence[Mapping[str, Any]]) -> bool:
+    """Whether gpuadmit holds this unit, so a missing mirror is to be made: a Job that is
+    suspended and not finished, or any unit with a pod waiting at gpuadmit's gate. A unit already
+    running past both (made before the namespace opted in, or let go by hand) runs unmanaged: a
+    mirror for it would reserve GPUs its pods already use."""
+    if any(is_gated(pod) for pod in pods):
+        return True
+    return unit.kind == UnitKind.JOB and job is not None and job_suspended(job) and job_finished(job) is None
+
+
+def units_in(
+    jobs: Iterable[Mapping[str, Any]], pods: Iterable[Mapping[str, Any]], managed: frozenset[str],
+) -> tuple[dict[UnitRef, Mirror | None], dict[UnitRef, list[Mapping[str, Any]]]]:
+    """Every unit of the managed namespaces with the mirror it should have (None: none yet, e.g. a
+    group still forming), and the GPU pods of each unit (a Job's pods under the Job's unit)."""
+    pods_by_unit: dict[UnitRef, list[Mapping[str, Any]]] = {}
+    for pod in pods:
+        if namespace_of(pod) in managed and pod_gpu_request(pod) > 0:
+            pods_by_unit.setdefault(unit_of_pod(pod), []).append(pod)
+    mirrors: dict[UnitRef, Mirror | None] = {}
+    for job in jobs:
+        if namespace_of(job) in managed:
+            mirror = mirror_of_job(job)
+            if mirror is not None:
+                mirrors[mirror.unit] = mirror
+    for unit, unit_pods in pods_by_unit.items():
+        if unit.kind != UnitKind.JOB:
+            mirrors[unit] = mirror_of_pods(unit, unit_pods)
+    return mirrors, pods_by_unit
+
+
+# -- trust ----------------------------------------------------------------------------------------
+
+
+def claimed_unit(workload: Mapping[str, Any]) -> UnitRef | None:
+    """The unit a GPUWorkload claims to mirror (its mirror-kind label and mirror-of annotation),
+    None when it claims none (an ordinary GPUWorkload)."""
+    metadata = _metadata(workload)
+    kind = _map(metadata, "labels").get(MIRROR_KIND_LABEL)
+    if kind is None:
+        return None
+    try:
+        unit_kind = UnitKind(kind)
+    except ValueError:
+        unit_kind = UnitKind.POD  # an unknown kind is still a claim, and fails the checks below
+    return UnitRef(namespace_of(workload), unit_kind, str(_map(metadata, "annotations").get(MIRROR_OF_ANNOTATION) or ""))
+
+
+def mirror_problem(workload: Mapping[str, Any], expected: Mirror | None, managed: frozenset[str]) -> str | None:
+    """Why a GPUWorkload that claims to be a mirror is not trusted as one (None: it is).
+
+    ``expected``: the mirror the claimed unit should have now (``units_in``), None when that unit
+    does not exist (or has no mirror yet)."""
+    unit = claimed_unit(workload)
+    if unit is None:
+        return "it carries no gpuadmit.io/mirror-kind label"
+    if unit.namespace not in managed:
+        return f"namespace {unit.namespace} is not managed (label {MANAGED_LABEL}: \"true\")"
+    kind = _map(_metadata(workload), "labels").get(MIRROR_KIND_LABEL)
+    if kind not in {k.value for k in UnitKind}:
+        return f"{MIRROR_KIND_LABEL} {kind!r} is not one of {', '.join(k.value for k in UnitKind)}"
+    if expected is None or expected.unit != unit:
+        return f"no live {unit.kind.value} {unit.name!r} in namespace {unit.namespace} asks for GPUs"
+    if name_of(workload) != unit.mirror_name:
+        return f"the mirror of {unit.kind.value} {unit.name!r} is named {unit.mirror_name!r}"
+    refs = _metadata(workload).get("ownerReferences")
+    owned_by = {str(ref.get("uid") or "") for ref in refs if isinstance(ref, _MAPPINGS)} if isinstance(refs, list) else set()
+    if not expected.owner_uids <= owned_by:
+        return f"its ownerReferences do not name the live {unit.kind.value} {unit.name!r} (uid)"
+    return None
+
+
+def stale_mirror(workload: Mapping[str, Any], expected: Mirror | None) -> bool:
+    """Whether an untrusted mirror claim is the leftover of a native object gone or made again: its
+    name is the mirror name of the unit it claims, and its owner references (none left after an
+    orphaning delete, as ``kubectl delete --cascade=orphan`` or a Job deleted through the API without
+    a propagation policy leaves it) name only that unit's kind and name, never a uid the unit has now
+    (a StatefulSet's pod recreated under the same name, a Job made again). The operator deletes it,
+    so the unit's new mirror can take the name; ``expected``: the unit's mirror now, None when gone."""
+    unit = claimed_unit(workload)
+    if unit is None or name_of(workload) != unit.mirror_name or (expected is not None and expected.unit != unit):
+        return False
+    refs = _metadata(workload).get("ownerReferences")
+    refs = [ref for ref in refs if isinstance(ref, _MAPPINGS)] if isinstance(refs, list) else []
+    owner_kind = "Job" if unit.kind == UnitKind.JOB else "Pod"
+    named = unit.kind in (UnitKind.JOB, UnitKind.POD)  # a group's pods have names of their own
+    current = expected.owner_uids if expected is not None else frozenset()
+    return all(ref.get("kind") == owner_kind and (not named or ref.get("name") == unit.name)
+               and str(ref.get("uid") or "") not in current for ref in refs)
+
+
+# -- release ----------------------------------------------------------------------------------------
+
+
+def free_slots(placement: Sequence[PlacementEntry], released_pods: Iterable[Mapping[str, Any]]) -> list[str]:
+    """The nodes of the placement's replica slots no released pod occupies yet, in placement order.
+
+    Derived from the pods alone (each released pod is pinned to its slot's node), so an operator
+    that restarts between two releases knows which slots are taken: a slot is never given twice."""
+    taken = Counter(node for pod in released_pods if not pod_is_terminal(pod) and (node := pinned_node(_map(pod, "spec"))))
+    free: list[str] = []
+    for node, _gpus in replica_slots(placement):
+        if taken[node] > 0:
+            taken[node] -= 1
+        else:
+            free.append(node)
+    return free
+
+
+def released(pod: Mapping[str, Any]) -> bool:
+    """Released by gpuadmit: past the gate and pinned to a node. A pod past the gate without the
+    pinning was let go by somebody else (or arrived while no webhook ran): it runs unmanaged."""
+    return not is_gated(pod) and pinned_node(_map(pod, "spec")) is not None
+
+
+def release_assignments(
+    placement: Sequence[PlacementEntry], pods: Sequence[Mapping[str, Any]],
+) -> list[tuple[Mapping[str, Any], str]]:
+    """(gated pod, node) for each waiting pod that a free slot takes, pods in name order."""
+    live = [pod for pod in pods if not pod_is_terminal(pod) and not _metadata(pod).get("deletionTimestamp")]
+    slots = free_slots(placement, [pod for pod in live if not is_gated(pod)])
+    waiting = sorted((pod for pod in live if is_gated(pod)), key=name_of)
+    return list(zip(waiting, slots, strict=False))
+
+
+def release_patch(pod: Mapping[str, Any], node: str) -> dict[str, Any]:
+    """The merge patch that releases a gated pod onto ``node``: the pinning node affinity (allowed
+    only while the pod is gated, so in the same patch) and the gate removed, the others kept."""
+    spec = _map(pod, "spec")
+    gates = spec.get("schedulingGates")
+    kept = [g for g in gates if not (isinstance(g, _MAPPINGS) and g.get("name") == ADMISSION_GATE)] if isinstance(gates, list) else []
+    return {"spec": {"affinity": pinned_affinity(spec.get("affinity"), node), "schedulingGates": kept or None}}
+
+
+def suspend_patch(suspend: bool, mirror_uid: str | None) -> dict[str, Any]:
+    """The merge patch that suspends or resumes a Job, marking (or unmarking) whom it was released for."""
+    return {"metadata": {"annotations": {RELEASED_ANNOTATION: mirror_uid}}, "spec": {"suspend": suspend}}
+
+
+
+def admission_unit_of(pod: Mapping[str, Any], mirrors: Container[str] = ()) -> str | None:
+    """The key ("namespace/name") of the GPUWorkload whose reservation a pod fills: the GPUWorkload
+    controlling it (gpuadmit's own pods), or the trusted mirror (``mirrors``: their keys) of the
+    native unit it belongs to; None for any other pod (it counts only as used capacity)."""
+    controller = controlling_workload(pod)
+    if controller is not None:
+        return f"{namespace_of(pod)}/{controller[0]}"
+    if mirrors:
+        key = unit_of_pod(pod).mirror_key
+        if key in mirrors:
+            return key
+    return None
