@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from gpuadmit.core.holds import ADMISSION_GATE, MANAGED_NAMESPACE_LABEL
+from gpuadmit.core.native import ADMISSION_GATE, MANAGED_LABEL
 from gpuadmit.localcluster import OperatorProcess, free_port
 from tests.e2e_harness import REAL_CLUSTER_ENV, Cluster
 
@@ -75,7 +75,7 @@ def setup(tmp_path: Path) -> Iterator[Setup]:
     with Cluster.start(tmp_path / "cluster", scheduler=False) as cluster:
         kubectl = Kubectl(cluster.kubeconfig)
         for namespace, managed in (("team-managed", True), ("team-plain", False), (OPERATOR_NAMESPACE, True)):
-            labels = {MANAGED_NAMESPACE_LABEL: "true"} if managed else {}
+            labels = {MANAGED_LABEL: "true"} if managed else {}
             kubectl.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace, "labels": labels}})
         operator = OperatorProcess(
             cluster.kubeconfig, tmp_path / "operator", ("--manage-webhook-configurations",
