@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 
 from gpuadmit.controller import webhooks
-from gpuadmit.core.holds import ADMISSION_GATE, SUSPENDED_BY_ANNOTATION
+from gpuadmit.core.holds import SUSPENDED_BY_ANNOTATION
+from gpuadmit.core.native import ADMISSION_GATE
 from gpuadmit.core.validation import apply_json_patch
 from tests.controller.test_webhooks import WebhookClient, webhook  # noqa: F401 - the fixture
 

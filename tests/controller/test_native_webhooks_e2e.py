@@ -2,11 +2,12 @@
 server, which calls the webhooks it registers. In a namespace labelled `gpuadmit.io/managed: "true"`
 a GPU pod comes back gated and a GPU Job suspended; elsewhere they come back as written. With the
 operator stopped, `failurePolicy: Fail` refuses GPU pods of managed namespaces, never of the operator's own.
+And the whole path: a Job and a ReplicaSet written as tenants write them, held by the webhooks,
+released by the operator (the Job and ReplicaSet controllers played by tests/native_controllers.py).
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -18,9 +19,9 @@ from typing import Any
 
 import pytest
 
-from gpuadmit.core.holds import ADMISSION_GATE, MANAGED_NAMESPACE_LABEL
+from gpuadmit.core.native import ADMISSION_GATE, MANAGED_LABEL
 from gpuadmit.localcluster import OperatorProcess, free_port
-from tests.e2e_harness import REAL_CLUSTER_ENV, Cluster
+from tests.e2e_harness import REAL_CLUSTER_ENV, Cluster, wait_until
 
 KUBECTL = shutil.which("kubectl")
 OPERATOR_NAMESPACE = "gpuadmit-system"
@@ -31,8 +32,6 @@ pytestmark = [
     pytest.mark.timeout(240),
     pytest.mark.skipif(KUBECTL is None, reason="kubectl is not installed: these tests drive the cluster with it"),
     pytest.mark.skipif(bool(os.environ.get(REAL_CLUSTER_ENV)), reason="registers webhooks on 127.0.0.1: emulator only"),
-    pytest.mark.skipif(importlib.util.find_spec("kubeapi_emulator.admission") is None,
-                       reason="this emulated API server does not call admission webhooks yet (kubeapi_emulator.admission)"),
 ]
 
 
@@ -78,7 +77,7 @@ def setup(tmp_path: Path) -> Iterator[Setup]:
     with Cluster.start(tmp_path / "cluster", scheduler=False) as cluster:
         kubectl = Kubectl(cluster.kubeconfig)
         for namespace, managed in (("team-managed", True), ("team-plain", False), (OPERATOR_NAMESPACE, True)):
-            labels = {MANAGED_NAMESPACE_LABEL: "true"} if managed else {}
+            labels = {MANAGED_LABEL: "true"} if managed else {}
             kubectl.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace, "labels": labels}})
         operator = OperatorProcess(
             cluster.kubeconfig, tmp_path / "operator", ("--manage-webhook-configurations",
@@ -111,9 +110,6 @@ def test_a_gpu_pod_naming_its_node_is_refused_with_the_reason(setup: Setup) -> N
 
 
 def test_a_gpu_job_is_suspended_in_a_managed_namespace_only(setup: Setup) -> None:
-    served = setup.kubectl.run("api-resources", "--api-group", "batch", "-o", "name")
-    if "jobs.batch" not in served.stdout.split():
-        pytest.skip("this emulated API server does not serve batch/v1 Jobs yet")
     suspended = setup.kubectl.create(gpu_job("team-managed", "finetune"))
     assert suspended["spec"]["suspend"] is True
     assert suspended["metadata"]["annotations"]["gpuadmit.io/suspended-by"] == "admission-webhook"
@@ -128,3 +124,50 @@ def test_with_the_operator_down_fail_refuses_pods_of_managed_namespaces_but_not_
     setup.kubectl.create(gpu_pod("team-plain", "while-down"))  # not a managed namespace: not called
     own = setup.kubectl.create(gpu_pod(OPERATOR_NAMESPACE, "gpuadmit-operator", gpus=0))
     assert own["metadata"]["name"] == "gpuadmit-operator"  # the operator can always come back
+
+
+def test_kubectl_objects_are_held_by_the_webhooks_and_released_by_the_operator(tmp_path: Path) -> None:
+    """The whole path with nothing played but the Job and ReplicaSet controllers: a GPU Job and a
+    ReplicaSet written with kubectl as a tenant writes them (no suspend, no gate), held by the
+    webhooks, mirrored, admitted and released by the operator onto its reserved node."""
+    from gpuadmit.core.pods import pinned_node
+    from tests.native_controllers import NativeControllers
+
+    with Cluster.start(tmp_path / "cluster") as cluster:  # its scheduler binds what is released
+        kubectl = Kubectl(cluster.kubeconfig)
+        cluster.add_gpu_nodes(1, gpus=8)
+        cluster.apply_policy({"pricePerGPUHour": {"inference": 6.0, "training": 2.0}, "gpuCostPerHour": {"default": 1.0}})
+        kubectl.create({"apiVersion": "v1", "kind": "Namespace",
+                        "metadata": {"name": "team-managed", "labels": {MANAGED_LABEL: "true"}}})
+        operator = OperatorProcess(
+            cluster.kubeconfig, tmp_path / "operator",
+            ("--manage-webhook-configurations", "--webhook-cert-dir", str(tmp_path / "certs")),
+            env={"GPUADMIT_WEBHOOK_ADDR": "127.0.0.1"}, webhook_port=free_port(),
+        )
+        try:
+            operator.launch()
+            with NativeControllers.from_kubeconfig(cluster.kubeconfig, deployments=False, statefulsets=False):
+                job = gpu_job("team-managed", "train")
+                job["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] = 2
+                assert kubectl.create(job)["spec"]["suspend"] is True
+                rs = {"apiVersion": "apps/v1", "kind": "ReplicaSet", "metadata": {"name": "web", "namespace": "team-managed"},
+                      "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "web"}}, "template": {
+                          "metadata": {"labels": {"app": "web"}},
+                          "spec": {"containers": [{"name": "main", "image": "vllm/vllm-openai:v0.6.0",
+                                                   "resources": {"limits": {"nvidia.com/gpu": 2}}}]}}}}
+                assert "schedulingGates" not in kubectl.create(rs)["spec"]["template"]["spec"]
+
+                def released(prefix: str, count: int) -> list[dict[str, Any]] | None:
+                    pods = [p for p in cluster.all_pods() if p["metadata"]["namespace"] == "team-managed"
+                            and p["metadata"]["name"].startswith(prefix)]
+                    done = len(pods) == count and all(not p["spec"].get("schedulingGates") and pinned_node(p["spec"])
+                                                      and p["spec"].get("nodeName") for p in pods)
+                    return pods if done else None
+
+                job_pods = wait_until(lambda: released("train-", 2), 60, what="the Job's pods released and bound")
+                web_pods = wait_until(lambda: released("web-", 1), 60, what="the ReplicaSet's pod released and bound")
+                shown = json.loads(kubectl.run("get", "job", "train", "-n", "team-managed", "-o", "json").stdout)
+                assert shown["spec"]["suspend"] is False  # unsuspended by the operator on admission
+                assert {p["spec"]["nodeName"] for p in job_pods + web_pods} == {"gpu-node-0"}
+        finally:
+            operator.stop()

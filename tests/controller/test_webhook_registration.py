@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from gpuadmit.controller.webhook_configs import WEBHOOKS, webhook_configurations
-from gpuadmit.core.holds import MANAGED_NAMESPACE_LABEL
+from gpuadmit.core.native import MANAGED_LABEL
 from gpuadmit.localcluster import OperatorProcess, free_port
 from tests.e2e_harness import REAL_CLUSTER_ENV, Cluster
 
@@ -43,7 +43,7 @@ def test_the_job_and_pod_webhooks_match_managed_namespaces_only_and_never_the_op
     job, pod = webhooks["mutate.jobs.gpuadmit.io"], webhooks["mutate.pods.gpuadmit.io"]
     for entry in (job, pod):
         assert entry["namespaceSelector"] == {
-            "matchLabels": {MANAGED_NAMESPACE_LABEL: "true"},
+            "matchLabels": {MANAGED_LABEL: "true"},
             "matchExpressions": [{"key": "kubernetes.io/metadata.name", "operator": "NotIn",
                                   "values": ["gpuadmit", "kube-system"]}],
         }

@@ -10,13 +10,13 @@ from typing import Any
 import pytest
 
 from gpuadmit.core.holds import (
-    ADMISSION_GATE,
     SUSPENDED_BY_ANNOTATION,
     SUSPENDED_BY_WEBHOOK,
     asks_for_gpus,
     job_hold,
     pod_hold,
 )
+from gpuadmit.core.native import ADMISSION_GATE
 from gpuadmit.core.validation import apply_json_patch
 
 

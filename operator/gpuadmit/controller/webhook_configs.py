@@ -14,8 +14,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from gpuadmit.core.holds import MANAGED_NAMESPACE_LABEL, MANAGED_NAMESPACE_VALUE
 from gpuadmit.core.model import API_GROUP, API_VERSION, GPU_RESOURCE
+from gpuadmit.core.native import MANAGED_LABEL
 
 FailurePolicy = Literal["Fail", "Ignore"]
 FAILURE_POLICIES: tuple[FailurePolicy, ...] = ("Fail", "Ignore")
@@ -101,7 +101,7 @@ def native_namespace_selector(excluded_namespaces: Iterable[str] = ()) -> dict[s
     """Managed namespaces (``gpuadmit.io/managed: "true"``) other than kube-system and ``excluded_namespaces``."""
     excluded = sorted({*ALWAYS_EXCLUDED_NAMESPACES, *(name for name in excluded_namespaces if name)})
     return {
-        "matchLabels": {MANAGED_NAMESPACE_LABEL: MANAGED_NAMESPACE_VALUE},
+        "matchLabels": {MANAGED_LABEL: "true"},
         "matchExpressions": [{"key": NAMESPACE_NAME_LABEL, "operator": "NotIn", "values": excluded}],
     }
 

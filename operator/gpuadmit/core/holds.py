@@ -19,15 +19,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gpuadmit.core.model import GPU_RESOURCE
+from gpuadmit.core.native import ADMISSION_GATE, MANAGED_LABEL  # the shared names, kept with the controller's side
 from gpuadmit.core.nodes import parse_quantity, pod_gpu_request
 from gpuadmit.core.pods import controlling_workload
 from gpuadmit.core.validation import json_pointer_token
 
-# The opt-in label of a namespace whose GPU work gpuadmit decides (shared with the controller).
-MANAGED_NAMESPACE_LABEL = "gpuadmit.io/managed"
-MANAGED_NAMESPACE_VALUE = "true"
-# The scheduling gate a GPU pod of a managed namespace is created with; gpuadmit removes it on admission.
-ADMISSION_GATE = "gpuadmit.io/admission"
 # Set on a Job the webhook suspended, so that a Job its creator suspended can be told apart (informational:
 # a tenant can write it too, and gains nothing by it: the Job is suspended either way).
 SUSPENDED_BY_ANNOTATION = "gpuadmit.io/suspended-by"
@@ -120,8 +116,8 @@ def pod_hold(pod: object) -> Hold:
             reason="NodeNameNotAllowed",
             field="spec.nodeName",
             message=(
-                f"a pod that asks for {GPU_RESOURCE} in a namespace labelled {MANAGED_NAMESPACE_LABEL}="
-                f"{MANAGED_NAMESPACE_VALUE} cannot name its node: gpuadmit chooses the node when it admits "
+                f"a pod that asks for {GPU_RESOURCE} in a namespace labelled {MANAGED_LABEL}=true "
+                "cannot name its node: gpuadmit chooses the node when it admits "
                 "the pod; remove spec.nodeName (use a nodeSelector or node affinity to restrict the choice)"
             ),
         )
