@@ -528,3 +528,15 @@ def test_a_service_webhook_is_reached_through_its_route(tmp_path: Path) -> None:
             assert eventually(lambda: hooks.seen("/mutate/routed"))
             stored = admission.read_mutating_webhook_configuration("routed")
             assert stored.webhooks[0].client_config.service.port == 443  # defaulted, as the real server does
+
+
+def test_the_webhook_service_flag_names_a_route_or_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    from kubeapi_emulator.__main__ import main, webhook_services
+
+    assert webhook_services(["gpuadmit/gpuadmit-webhook=127.0.0.1:9443"]) == \
+        {"gpuadmit/gpuadmit-webhook": "127.0.0.1:9443"}
+    for bad in ("gpuadmit-webhook=127.0.0.1:9443", "gpuadmit/webhook=127.0.0.1", "gpuadmit/webhook"):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["--webhook-service", bad])
+        assert exit_info.value.code == 2
+        assert "expected NAMESPACE/NAME=HOST:PORT" in capsys.readouterr().err
