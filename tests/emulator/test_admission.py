@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import importlib.util
 import json
 import os
 import shutil
@@ -357,6 +358,34 @@ def test_the_object_selector_reads_the_new_and_the_old_labels(
     assert len(webhooks.seen("/mutate/selected")) == before + 1
 
 
+def test_match_conditions_decide_the_call_after_the_selectors(
+        core: kubernetes.client.CoreV1Api, register: Register, webhooks: WebhookServer, namespace: str) -> None:
+    pytest.importorskip("celpy", reason="cel-python (the test extra) evaluates matchConditions in the emulator")
+    wanted = "has(object.metadata.labels) && 'want' in object.metadata.labels && request.operation == 'CREATE'"
+    register("/mutate/conditioned", mutating=True, matchConditions=[{"name": "wants-it", "expression": wanted}])
+    assert not core.create_namespaced_config_map(namespace, configmap("unwanted")).metadata.labels
+    assert core.create_namespaced_config_map(namespace, configmap("wanted", {"want": "1"})).metadata.labels == \
+        {"want": "1", "conditioned": "yes"}
+    before = len(webhooks.seen("/mutate/conditioned"))
+    core.patch_namespaced_config_map("wanted", namespace, {"data": {"k": "u"}})  # request.operation is UPDATE
+    assert len(webhooks.seen("/mutate/conditioned")) == before
+
+
+@pytest.mark.parametrize("policy", ["Fail", "Ignore"])
+def test_a_match_condition_that_errs_refuses_under_fail_and_skips_under_ignore(
+        core: kubernetes.client.CoreV1Api, register: Register, webhooks: WebhookServer, namespace: str,
+        policy: str) -> None:
+    pytest.importorskip("celpy", reason="cel-python (the test extra) evaluates matchConditions in the emulator")
+    erring = [{"name": "no-such-key", "expression": "object.data.missing == 'x'"}]  # no such key: an error
+    register("/mutate/erring", mutating=True, failurePolicy=policy, matchConditions=erring)
+    before = len(webhooks.seen("/mutate/erring"))
+    if policy == "Fail":
+        assert api_error(lambda: core.create_namespaced_config_map(namespace, configmap("erring")))[0] == 403
+    else:
+        assert not core.create_namespaced_config_map(namespace, configmap("erring")).metadata.labels
+    assert len(webhooks.seen("/mutate/erring")) == before  # never called either way
+
+
 # -- failed calls -------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("policy", ["Fail", "Ignore"])
@@ -413,10 +442,16 @@ def test_configurations_are_checked_when_written(
     for changes, field in (({"name": "unqualified"}, "webhooks[0].name"),
                            ({"clientConfig": {"url": "http://127.0.0.1:1/x"}}, "webhooks[0].clientConfig.url"),
                            ({"sideEffects": "Some"}, "webhooks[0].sideEffects"),
-                           ({"timeoutSeconds": 31}, "webhooks[0].timeoutSeconds")):
+                           ({"timeoutSeconds": 31}, "webhooks[0].timeoutSeconds"),
+                           ({"matchConditions": [{"name": "a", "expression": "x"}, {"name": "a", "expression": "y"}]},
+                            "webhooks[0].matchConditions[1].name")):
         code, status = api_error(lambda c=changes: admission.create_validating_webhook_configuration(  # type: ignore[misc]
             configuration(**c)))
         assert code == 422 and field in status["message"], status
+    if importlib.util.find_spec("celpy") is not None:  # the emulator compiles CEL with cel-python
+        code, status = api_error(lambda: admission.create_validating_webhook_configuration(configuration(
+            matchConditions=[{"name": "broken", "expression": "object.spec &&& 1"}])))
+        assert code == 422 and "webhooks[0].matchConditions[0].expression" in status["message"], status
     stored = admission.create_validating_webhook_configuration(configuration())
     try:
         hook = stored.webhooks[0]
