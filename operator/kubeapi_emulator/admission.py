@@ -515,6 +515,7 @@ class WebhookAdmission:
             return write(propose, attrs.dry_run), []
         warnings: list[str] = []
         for _ in range(CONFLICT_RETRIES):
+            warnings = []  # an attempt started again warns again, not twice
             old = read()
             if old is None:
                 return write(propose, attrs.dry_run), warnings  # answers 404
@@ -536,6 +537,7 @@ class WebhookAdmission:
             return write(attrs.dry_run), []
         warnings: list[str] = []
         for _ in range(CONFLICT_RETRIES):
+            warnings = []
             old = read()
             if old is None:
                 return write(attrs.dry_run), warnings  # answers 404

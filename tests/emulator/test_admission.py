@@ -575,3 +575,34 @@ def test_the_webhook_service_flag_names_a_route_or_exits_2(capsys: pytest.Captur
             main(["--webhook-service", bad])
         assert exit_info.value.code == 2
         assert "expected NAMESPACE/NAME=HOST:PORT" in capsys.readouterr().err
+
+
+@requires_emulator
+def test_an_update_whose_object_changes_while_its_webhooks_answer_starts_again(
+        tmp_path: Path, webhooks: WebhookServer) -> None:
+    """The real server's optimistic retry: the patch is applied again to what is stored now, and
+    the webhooks see that; nothing written meanwhile is lost."""
+    emulator = EmulatedApiServer()
+    with emulator as url:
+        client = kubernetes.config.new_client_from_config(config_file=str(write_kubeconfig(url, tmp_path / "kc")))
+        core = kubernetes.client.CoreV1Api(client)
+        core.create_namespaced_config_map("default", configmap("raced"))
+        kubernetes.client.AdmissionregistrationV1Api(client).create_validating_webhook_configuration({
+            "metadata": {"name": "slow"}, "webhooks": [{
+                "name": "slow.admission.gpuadmit.io", "admissionReviewVersions": ["v1"], "sideEffects": "None",
+                "clientConfig": {"url": webhooks.url("/slow"), "caBundle": webhooks.ca_bundle},
+                "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["UPDATE"],
+                           "resources": ["configmaps"]}]}]})
+        before = len(webhooks.seen("/slow"))
+        patched: list[Any] = []
+        writer = threading.Thread(target=lambda: patched.append(
+            core.patch_namespaced_config_map("raced", "default", {"data": {"k": "patched"}})))
+        writer.start()
+        eventually(lambda: len(webhooks.seen("/slow")) > before)
+        spec = emulator.handler.spec_for("", "v1", "configmaps")
+        emulator.call(lambda: emulator.handler.store.update(  # around the API: no webhook sees this write
+            spec, "default", "raced", lambda obj: {**obj, "data": {**obj["data"], "other": "meanwhile"}}))
+        writer.join(30)
+        assert patched and patched[0].data == {"k": "patched", "other": "meanwhile"}
+        reviews = webhooks.seen("/slow")[before:]
+        assert len(reviews) == 2 and reviews[1]["oldObject"]["data"] == {"k": "v", "other": "meanwhile"}
