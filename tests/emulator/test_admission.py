@@ -578,6 +578,28 @@ def test_the_webhook_service_flag_names_a_route_or_exits_2(capsys: pytest.Captur
 
 
 @requires_emulator
+def test_a_binding_is_admitted_as_a_create_of_pods_binding(tmp_path: Path, webhooks: WebhookServer) -> None:
+    with EmulatedApiServer(scheduler=False) as url:
+        client = kubernetes.config.new_client_from_config(config_file=str(write_kubeconfig(url, tmp_path / "kc")))
+        core = kubernetes.client.CoreV1Api(client)
+        core.create_namespaced_pod("default", pod("unbound", spec={"nodeName": None}))
+        kubernetes.client.AdmissionregistrationV1Api(client).create_validating_webhook_configuration({
+            "metadata": {"name": "bindings"}, "webhooks": [{
+                "name": "bindings.admission.gpuadmit.io", "admissionReviewVersions": ["v1"], "sideEffects": "None",
+                "clientConfig": {"url": webhooks.url("/deny-plain"), "caBundle": webhooks.ca_bundle},
+                "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"],
+                           "resources": ["pods/binding"]}]}]})
+        binding = {"apiVersion": "v1", "kind": "Binding", "metadata": {"name": "unbound"},
+                   "target": {"apiVersion": "v1", "kind": "Node", "name": "node-a"}}
+        status, body, _ = raw(client, "POST", "/api/v1/namespaces/default/pods/unbound/binding", binding)
+        assert status == 400 and body["message"].endswith("denied the request: not today")
+        review = webhooks.seen("/deny-plain")[-1]
+        assert (review["kind"]["kind"], review["subResource"], review["object"]["target"]["name"]) == \
+            ("Binding", "binding", "node-a")
+        assert not core.read_namespaced_pod("unbound", "default").spec.node_name
+
+
+@requires_emulator
 def test_an_update_whose_object_changes_while_its_webhooks_answer_starts_again(
         tmp_path: Path, webhooks: WebhookServer) -> None:
     """The real server's optimistic retry: the patch is applied again to what is stored now, and
