@@ -9,13 +9,15 @@ a denial answered with the webhook's code (raised to 400 at least) and ``admissi
 denied the request: MESSAGE``, a failed call answered 500 ``Internal error occurred: failed
 calling webhook "NAME": ...`` under ``failurePolicy: Fail`` and skipped under ``Ignore``, a
 timeout and an unverifiable certificate being failed calls, ``rules`` matching only the named
-operations and resources (``pods`` is not ``pods/status``), namespaceSelector and objectSelector,
-warnings as ``Warning`` headers, mutating configurations called in name order, dry runs sent with
-``dryRun: true`` and not stored, and configurations validated when written. So these tests pass on
+operations and resources (``pods`` is not ``pods/status``), namespaceSelector, objectSelector and
+matchConditions (CEL; an error refuses under Fail), warnings as ``Warning`` headers, mutating
+configurations called in name order and IfNeeded ones reinvoked, dry runs sent with ``dryRun:
+true`` and not stored, and configurations validated when written. So these tests pass on
 a real cluster too (``GPUADMIT_E2E_KUBECONFIG``, with ``GPUADMIT_E2E_WEBHOOK_HOST`` set to an
 address of this machine the cluster's API server can reach; every configuration is scoped to the
-test's own namespace). The emulator-only part (``clientConfig.service`` routed with
-``webhook_services``) is marked ``requires_emulator``.
+test's own namespace). The parts that need the emulator (``clientConfig.service`` routed with
+``webhook_services``, a CRD of two versions for matchPolicy, a write around the API to race an
+update, a binding without a scheduler) are marked ``requires_emulator``.
 """
 
 from __future__ import annotations
