@@ -18,8 +18,9 @@ times, and the policy's own durations (preemption's minimum run time, the defaul
 timeout), are divided by it. Best-effort (BE) pods give up after ``--be-patience-minutes`` of
 trace time in the queue.
 
-The operator's GPUWorkload webhooks are registered with the emulated API server, which calls them
-for every create (mutate, then validate) as a real one does; one training workload in
+The operator registers its webhooks with the emulated API server (``gpuadmit run
+--manage-webhook-configurations``), which calls the GPUWorkload ones for every create (mutate,
+then validate) as a real API server does; one training workload in
 ``FORGER_EVERY`` carries a forged ``gpuadmit.io/tier`` label, which the validating webhook refuses:
 the API server answers the create with the webhook's refusal.
 """
@@ -28,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import contextlib
 import json
 import os
@@ -41,7 +41,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
-from gpuadmit.core.model import API_GROUP, API_VERSION, TIER_LABEL, WORKLOAD_LABEL
+from gpuadmit.controller.webhook_configs import CONFIGURATION_NAME as WEBHOOK_CONFIGURATION_NAME
+from gpuadmit.core.model import TIER_LABEL, WORKLOAD_LABEL
 from gpuadmit.demo_kubelet import Kubelet
 from gpuadmit.demo_plan import (
     GOLD_NAMESPACE,
@@ -188,33 +189,16 @@ class EmulatorClient:
 # one could not be called (kube-apiserver's wording, which the emulator keeps).
 DENIED_BY_WEBHOOK = "denied the request: "
 WEBHOOK_CALL_FAILED = "failed calling webhook"
-GPUWORKLOAD_WEBHOOKS = (("ValidatingWebhookConfiguration", "validate.gpuworkloads.gpuadmit.io", "/validate-gpuworkload"),
-                        ("MutatingWebhookConfiguration", "mutate.gpuworkloads.gpuadmit.io", "/mutate-gpuworkload"))
+WEBHOOK_CONFIGURATIONS = ("validatingwebhookconfigurations", "mutatingwebhookconfigurations")
 
 
-async def register_gpuworkload_webhooks(api: EmulatorClient, webhook_url: str, cafile: Path) -> None:
-    """Tell the emulated API server about the operator's GPUWorkload webhooks (URL and CA bundle),
-    as the chart does on a cluster: from then on it calls them for every create and update."""
-    ca_bundle = base64.b64encode(cafile.read_bytes()).decode("ascii")
-    for kind, name, path in GPUWORKLOAD_WEBHOOKS:
-        webhook: dict[str, Any] = {
-            "name": name, "admissionReviewVersions": ["v1"], "sideEffects": "None", "failurePolicy": "Fail",
-            "timeoutSeconds": 10, "clientConfig": {"url": webhook_url + path, "caBundle": ca_bundle},
-            "rules": [{"apiGroups": [API_GROUP], "apiVersions": [API_VERSION], "operations": ["CREATE", "UPDATE"],
-                       "resources": ["gpuworkloads"], "scope": "Namespaced"}],
-        }
-        plural = kind.lower() + "s"
-        await api.must("POST", f"/apis/admissionregistration.k8s.io/v1/{plural}",
-                       {"apiVersion": "admissionregistration.k8s.io/v1", "kind": kind,
-                        "metadata": {"name": "gpuadmit-demo"}, "webhooks": [webhook]})
-
-
-async def listening(host: str, port: int) -> bool:
-    try:
-        _, writer = await asyncio.open_connection(host, port)
-    except OSError:
-        return False
-    writer.close()
+async def webhooks_registered(api: EmulatorClient) -> bool:
+    """Whether the operator (``--manage-webhook-configurations``) has written both configurations,
+    which it does once its webhook server listens."""
+    for plural in WEBHOOK_CONFIGURATIONS:
+        status, _ = await api.call("GET", f"/apis/admissionregistration.k8s.io/v1/{plural}/{WEBHOOK_CONFIGURATION_NAME}")
+        if status != 200:
+            return False
     return True
 
 
@@ -378,17 +362,18 @@ class Demo:
     async def start_operator(self, metrics_port: int, api: EmulatorClient) -> None:
         webhook_port = 0 if self.args.no_webhooks else free_port()
         cert_dir = self.workdir / "certs"
+        # With its webhook server on, the operator registers its webhooks with the API server itself.
+        webhook_flags = ("--manage-webhook-configurations",) if webhook_port else ()
         operator = OperatorProcess(
-            self.workdir / "kubeconfig", self.workdir, ("--webhook-cert-dir", str(cert_dir), "--resync-seconds", "10"),
+            self.workdir / "kubeconfig", self.workdir,
+            ("--webhook-cert-dir", str(cert_dir), "--resync-seconds", "10", *webhook_flags),
             env={"GPUADMIT_WEBHOOK_ADDR": "127.0.0.1"}, metrics_port=metrics_port, webhook_port=webhook_port,
             own_session=True)
         self.processes.append(operator)
         operator.launch(wait_ready=False)
         await operator.wait_ready_async(STARTUP_DEADLINE)
         if webhook_port:
-            await self.wait_for(lambda: (cert_dir / "ca.crt").exists(), "the webhook certificate")
-            await self.wait_for(lambda: listening("127.0.0.1", webhook_port), "the admission webhooks to listen")
-            await register_gpuworkload_webhooks(api, f"https://127.0.0.1:{webhook_port}", cert_dir / "ca.crt")
+            await self.wait_for(lambda: webhooks_registered(api), "the operator to register its admission webhooks")
             self.webhooks = True
 
     async def submit_all(self, api: EmulatorClient, plans: list[Plan], ledger: Ledger, screen: Screen, kubelet: Kubelet) -> int:

@@ -571,8 +571,12 @@ class KubernetesApiEmulator(kmock.KubernetesScaffold):
             # What kube-scheduler calls to bind a pod (kubeapi_emulator.scheduler.bind).
             if request.body.strip() and request.data is None:
                 raise errors.bad_request("the request body is not valid JSON")
-            bound = bind(self.store, spec, request.namespace or "default", request.name, request.data)
-            return rendering.Response(status=201, payload=bound)
+            namespace, name = request.namespace or "default", request.name
+            # Admission sees the Binding (a dry run binds nothing and answers the Binding as admitted).
+            bound, binding_warnings = await self.admission.create(
+                self._attributes(spec, request, "CREATE", name, namespace, kind="Binding"), request.data,
+                lambda body, dry_run: body if dry_run else bind(self.store, spec, namespace, name, body))
+            return rendering.Response(status=201, payload=bound, headers=_merged(None, binding_warnings))
         if request.subresource is not None:
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
         warnings = self._check_fields(spec, request, request.data)
@@ -590,7 +594,7 @@ class KubernetesApiEmulator(kmock.KubernetesScaffold):
 
     def _attributes(self, spec: ResourceSpec, request: rendering.Request, operation: str, name: str,
                     namespace: str | None, dry_run: bool | None = None,
-                    extra_options: Mapping[str, Any] | None = None) -> Attributes:
+                    extra_options: Mapping[str, Any] | None = None, kind: str | None = None) -> Attributes:
         """What admission webhooks are told about this write (kubeapi_emulator.admission)."""
         if spec.storage_key == NAMESPACE_STORAGE:
             namespace = "" if operation == "CREATE" else name  # the real server's attribute for a Namespace
@@ -603,8 +607,8 @@ class KubernetesApiEmulator(kmock.KubernetesScaffold):
         if dry_run:
             options["dryRun"] = ["All"]
         options.update(extra_options or {})
-        return Attributes(operation, spec.group, spec.version, spec.plural, spec.kind, request.subresource or "",
-                          namespace or "", name, dry_run, options)
+        return Attributes(operation, spec.group, spec.version, spec.plural, kind or spec.kind,
+                          request.subresource or "", namespace or "", name, dry_run, options)
 
     @staticmethod
     def _check_fields(spec: ResourceSpec, request: rendering.Request, body: Any,

@@ -9,19 +9,22 @@ a denial answered with the webhook's code (raised to 400 at least) and ``admissi
 denied the request: MESSAGE``, a failed call answered 500 ``Internal error occurred: failed
 calling webhook "NAME": ...`` under ``failurePolicy: Fail`` and skipped under ``Ignore``, a
 timeout and an unverifiable certificate being failed calls, ``rules`` matching only the named
-operations and resources (``pods`` is not ``pods/status``), namespaceSelector and objectSelector,
-warnings as ``Warning`` headers, mutating configurations called in name order, dry runs sent with
-``dryRun: true`` and not stored, and configurations validated when written. So these tests pass on
+operations and resources (``pods`` is not ``pods/status``), namespaceSelector, objectSelector and
+matchConditions (CEL; an error refuses under Fail), warnings as ``Warning`` headers, mutating
+configurations called in name order and IfNeeded ones reinvoked, dry runs sent with ``dryRun:
+true`` and not stored, and configurations validated when written. So these tests pass on
 a real cluster too (``GPUADMIT_E2E_KUBECONFIG``, with ``GPUADMIT_E2E_WEBHOOK_HOST`` set to an
 address of this machine the cluster's API server can reach; every configuration is scoped to the
-test's own namespace). The emulator-only part (``clientConfig.service`` routed with
-``webhook_services``) is marked ``requires_emulator``.
+test's own namespace). The parts that need the emulator (``clientConfig.service`` routed with
+``webhook_services``, a CRD of two versions for matchPolicy, a write around the API to race an
+update, a binding without a scheduler) are marked ``requires_emulator``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import importlib.util
 import json
 import os
 import shutil
@@ -322,14 +325,13 @@ def test_pods_is_not_pods_status(core: kubernetes.client.CoreV1Api, register: Re
                                  namespace: str) -> None:
     rule = {"apiGroups": [""], "apiVersions": ["v1"], "operations": ["UPDATE"], "scope": "Namespaced"}
     register("/deny-plain", rules=[{**rule, "resources": ["pods"]}])
-    register("/mutate/status-seen", mutating=True, rules=[{**rule, "resources": ["pods/status"]}])
+    register("/allow", rules=[{**rule, "resources": ["pods/status"]}])
     core.create_namespaced_pod(namespace, pod("p"))
-    core.patch_namespaced_pod_status("p", namespace, {"status": {"message": "checked"}})
-    review = webhooks.seen("/mutate/status-seen")[-1]
-    assert review["subResource"] == "status" and review["resource"]["resource"] == "pods"
-    assert review["kind"]["kind"] == "Pod"
-    # The label patched on a status write is dropped: /status changes nothing but status.
-    assert core.read_namespaced_pod("p", namespace).metadata.labels in (None, {})
+    before = len(webhooks.seen("/allow"))
+    core.patch_namespaced_pod_status("p", namespace, {"status": {"message": "checked"}})  # not refused
+    reviews = webhooks.seen("/allow")[before:]
+    assert [(r["subResource"], r["resource"]["resource"], r["kind"]["kind"]) for r in reviews] == \
+        [("status", "pods", "Pod")]
     assert api_error(lambda: core.patch_namespaced_pod("p", namespace, {"metadata": {"labels": {"a": "b"}}}))[0] \
         == 400
 
@@ -356,6 +358,34 @@ def test_the_object_selector_reads_the_new_and_the_old_labels(
     # The old object matches: the update is reviewed though the new one drops the label.
     core.patch_namespaced_config_map("labelled", namespace, {"metadata": {"labels": {"webhook": None}}})
     assert len(webhooks.seen("/mutate/selected")) == before + 1
+
+
+def test_match_conditions_decide_the_call_after_the_selectors(
+        core: kubernetes.client.CoreV1Api, register: Register, webhooks: WebhookServer, namespace: str) -> None:
+    pytest.importorskip("celpy", reason="cel-python (the test extra) evaluates matchConditions in the emulator")
+    wanted = "has(object.metadata.labels) && 'want' in object.metadata.labels && request.operation == 'CREATE'"
+    register("/mutate/conditioned", mutating=True, matchConditions=[{"name": "wants-it", "expression": wanted}])
+    assert not core.create_namespaced_config_map(namespace, configmap("unwanted")).metadata.labels
+    assert core.create_namespaced_config_map(namespace, configmap("wanted", {"want": "1"})).metadata.labels == \
+        {"want": "1", "conditioned": "yes"}
+    before = len(webhooks.seen("/mutate/conditioned"))
+    core.patch_namespaced_config_map("wanted", namespace, {"data": {"k": "u"}})  # request.operation is UPDATE
+    assert len(webhooks.seen("/mutate/conditioned")) == before
+
+
+@pytest.mark.parametrize("policy", ["Fail", "Ignore"])
+def test_a_match_condition_that_errs_refuses_under_fail_and_skips_under_ignore(
+        core: kubernetes.client.CoreV1Api, register: Register, webhooks: WebhookServer, namespace: str,
+        policy: str) -> None:
+    pytest.importorskip("celpy", reason="cel-python (the test extra) evaluates matchConditions in the emulator")
+    erring = [{"name": "no-such-key", "expression": "object.data.missing == 'x'"}]  # no such key: an error
+    register("/mutate/erring", mutating=True, failurePolicy=policy, matchConditions=erring)
+    before = len(webhooks.seen("/mutate/erring"))
+    if policy == "Fail":
+        assert api_error(lambda: core.create_namespaced_config_map(namespace, configmap("erring")))[0] == 403
+    else:
+        assert not core.create_namespaced_config_map(namespace, configmap("erring")).metadata.labels
+    assert len(webhooks.seen("/mutate/erring")) == before  # never called either way
 
 
 # -- failed calls -------------------------------------------------------------------------------------------
@@ -414,10 +444,16 @@ def test_configurations_are_checked_when_written(
     for changes, field in (({"name": "unqualified"}, "webhooks[0].name"),
                            ({"clientConfig": {"url": "http://127.0.0.1:1/x"}}, "webhooks[0].clientConfig.url"),
                            ({"sideEffects": "Some"}, "webhooks[0].sideEffects"),
-                           ({"timeoutSeconds": 31}, "webhooks[0].timeoutSeconds")):
+                           ({"timeoutSeconds": 31}, "webhooks[0].timeoutSeconds"),
+                           ({"matchConditions": [{"name": "a", "expression": "x"}, {"name": "a", "expression": "y"}]},
+                            "webhooks[0].matchConditions[1].name")):
         code, status = api_error(lambda c=changes: admission.create_validating_webhook_configuration(  # type: ignore[misc]
             configuration(**c)))
         assert code == 422 and field in status["message"], status
+    if importlib.util.find_spec("celpy") is not None:  # the emulator compiles CEL with cel-python
+        code, status = api_error(lambda: admission.create_validating_webhook_configuration(configuration(
+            matchConditions=[{"name": "broken", "expression": "object.spec &&& 1"}])))
+        assert code == 422 and "webhooks[0].matchConditions[0].expression" in status["message"], status
     stored = admission.create_validating_webhook_configuration(configuration())
     try:
         hook = stored.webhooks[0]
@@ -529,3 +565,68 @@ def test_a_service_webhook_is_reached_through_its_route(tmp_path: Path) -> None:
             assert eventually(lambda: hooks.seen("/mutate/routed"))
             stored = admission.read_mutating_webhook_configuration("routed")
             assert stored.webhooks[0].client_config.service.port == 443  # defaulted, as the real server does
+
+
+def test_the_webhook_service_flag_names_a_route_or_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    from kubeapi_emulator.__main__ import main, webhook_services
+
+    assert webhook_services(["gpuadmit/gpuadmit-webhook=127.0.0.1:9443"]) == \
+        {"gpuadmit/gpuadmit-webhook": "127.0.0.1:9443"}
+    for bad in ("gpuadmit-webhook=127.0.0.1:9443", "gpuadmit/webhook=127.0.0.1", "gpuadmit/webhook"):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["--webhook-service", bad])
+        assert exit_info.value.code == 2
+        assert "expected NAMESPACE/NAME=HOST:PORT" in capsys.readouterr().err
+
+
+@requires_emulator
+def test_a_binding_is_admitted_as_a_create_of_pods_binding(tmp_path: Path, webhooks: WebhookServer) -> None:
+    with EmulatedApiServer(scheduler=False) as url:
+        client = kubernetes.config.new_client_from_config(config_file=str(write_kubeconfig(url, tmp_path / "kc")))
+        core = kubernetes.client.CoreV1Api(client)
+        core.create_namespaced_pod("default", pod("unbound", spec={"nodeName": None}))
+        kubernetes.client.AdmissionregistrationV1Api(client).create_validating_webhook_configuration({
+            "metadata": {"name": "bindings"}, "webhooks": [{
+                "name": "bindings.admission.gpuadmit.io", "admissionReviewVersions": ["v1"], "sideEffects": "None",
+                "clientConfig": {"url": webhooks.url("/deny-plain"), "caBundle": webhooks.ca_bundle},
+                "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"],
+                           "resources": ["pods/binding"]}]}]})
+        binding = {"apiVersion": "v1", "kind": "Binding", "metadata": {"name": "unbound"},
+                   "target": {"apiVersion": "v1", "kind": "Node", "name": "node-a"}}
+        status, body, _ = raw(client, "POST", "/api/v1/namespaces/default/pods/unbound/binding", binding)
+        assert status == 400 and body["message"].endswith("denied the request: not today")
+        review = webhooks.seen("/deny-plain")[-1]
+        assert (review["kind"]["kind"], review["subResource"], review["object"]["target"]["name"]) == \
+            ("Binding", "binding", "node-a")
+        assert not core.read_namespaced_pod("unbound", "default").spec.node_name
+
+
+@requires_emulator
+def test_an_update_whose_object_changes_while_its_webhooks_answer_starts_again(
+        tmp_path: Path, webhooks: WebhookServer) -> None:
+    """The real server's optimistic retry: the patch is applied again to what is stored now, and
+    the webhooks see that; nothing written meanwhile is lost."""
+    emulator = EmulatedApiServer()
+    with emulator as url:
+        client = kubernetes.config.new_client_from_config(config_file=str(write_kubeconfig(url, tmp_path / "kc")))
+        core = kubernetes.client.CoreV1Api(client)
+        core.create_namespaced_config_map("default", configmap("raced"))
+        kubernetes.client.AdmissionregistrationV1Api(client).create_validating_webhook_configuration({
+            "metadata": {"name": "slow"}, "webhooks": [{
+                "name": "slow.admission.gpuadmit.io", "admissionReviewVersions": ["v1"], "sideEffects": "None",
+                "clientConfig": {"url": webhooks.url("/slow"), "caBundle": webhooks.ca_bundle},
+                "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["UPDATE"],
+                           "resources": ["configmaps"]}]}]})
+        before = len(webhooks.seen("/slow"))
+        patched: list[Any] = []
+        writer = threading.Thread(target=lambda: patched.append(
+            core.patch_namespaced_config_map("raced", "default", {"data": {"k": "patched"}})))
+        writer.start()
+        eventually(lambda: len(webhooks.seen("/slow")) > before)
+        spec = emulator.handler.spec_for("", "v1", "configmaps")
+        emulator.call(lambda: emulator.handler.store.update(  # around the API: no webhook sees this write
+            spec, "default", "raced", lambda obj: {**obj, "data": {**obj["data"], "other": "meanwhile"}}))
+        writer.join(30)
+        assert patched and patched[0].data == {"k": "patched", "other": "meanwhile"}
+        reviews = webhooks.seen("/slow")[before:]
+        assert len(reviews) == 2 and reviews[1]["oldObject"]["data"] == {"k": "v", "other": "meanwhile"}
