@@ -38,8 +38,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from kubeapi_emulator.errors import ApiError
-from kubeapi_emulator.selectors import format_selector, parse_label_selector
+from kubeapi_emulator.selectors import compile_label_selector, format_selector, label_selector_problems
 from kubeapi_emulator.store import rfc3339_now
 
 Causes = list[dict[str, str]]
@@ -226,30 +225,25 @@ def _prepare_pod_update(old: Mapping[str, Any], new: dict[str, Any]) -> Causes:
 
 # -- workloads with a pod template ---------------------------------------------------------------
 
-def _selector_matches(selector: Mapping[str, Any], labels: Mapping[str, Any]) -> bool:
-    """A LabelSelector (matchLabels and matchExpressions) against a label map."""
-    try:
-        return parse_label_selector(format_selector(selector))(labels)
-    except ApiError:
-        return False  # a selector no label can satisfy as written
-
-
-def _template_causes(spec: Mapping[str, Any], *, selector_required: bool) -> Causes:
+def _template_causes(spec: Mapping[str, Any]) -> Causes:
+    """A pod template with containers, and the required selector, well formed and selecting its labels."""
     selector = spec.get("selector")
     template = _map(spec.get("template"))
     causes: Causes = []
     if not _list(_map(template.get("spec")).get("containers")):
         causes.append(required("spec.template.spec.containers"))
     if selector is None:
-        if selector_required:
-            causes.append(required("spec.selector"))
-        return causes
-    if not isinstance(selector, dict) or not (selector.get("matchLabels") or selector.get("matchExpressions")):
-        causes.append(invalid("spec.selector", selector, "empty selector is invalid for deployment"
-                              if selector_required else "empty selector is invalid"))
-        return causes
+        return [*causes, required("spec.selector")]
+    problems = label_selector_problems(selector, "spec.selector")
+    if problems:
+        path_and_message = (problem.split(": ", 1) for problem in problems)
+        return causes + [{"reason": "FieldValueInvalid", "field": path, "message": message}
+                         for path, message in path_and_message]
+    matches = compile_label_selector(selector)
+    if matches is None:
+        return [*causes, invalid("spec.selector", selector, "empty selector is invalid")]
     labels = _map(_map(template.get("metadata")).get("labels"))
-    if not _selector_matches(selector, labels):
+    if not matches(labels):
         causes.append(invalid("spec.template.metadata.labels", labels, "`selector` does not match template `labels`"))
     return causes
 
@@ -302,7 +296,7 @@ def _prepare_job_create(job: dict[str, Any]) -> Causes:
         selector["matchLabels"].setdefault(JOB_CONTROLLER_UID_LABEL, uid)
     elif spec.get("selector") is None:
         return [required("spec.selector")]
-    return _template_causes(spec, selector_required=True)
+    return _template_causes(spec)
 
 
 _JOB_MUTABLE_TEMPLATE_SPEC = ("nodeSelector", "tolerations", "schedulingGates")
@@ -319,7 +313,7 @@ def _prepare_job_update(old: Mapping[str, Any], new: dict[str, Any]) -> Causes:
         # What may change before a suspended Job starts (Kubernetes' mutable scheduling directives).
         old_template = _with_template_scheduling_of(old_template, new_template)
     causes += _immutable("spec.template", old_template, new_template)
-    return causes + _template_causes(new_spec, selector_required=True)
+    return causes + _template_causes(new_spec)
 
 
 def _with_template_scheduling_of(old_template: Mapping[str, Any], new_template: Mapping[str, Any]) -> dict[str, Any]:
@@ -362,12 +356,12 @@ def _apps_strategy(kind: str) -> KindStrategy:
 
     def create(obj: dict[str, Any]) -> Causes:
         default(obj)
-        return _template_causes(obj["spec"], selector_required=True)
+        return _template_causes(obj["spec"])
 
     def update(old: Mapping[str, Any], new: dict[str, Any]) -> Causes:
         default(new)
         causes = _immutable("spec.selector", _map(old.get("spec")).get("selector"), new["spec"].get("selector"))
-        return causes + _template_causes(new["spec"], selector_required=True)
+        return causes + _template_causes(new["spec"])
 
     return KindStrategy(create, update)
 
