@@ -1,10 +1,13 @@
 """What a real API server does per kind beyond the generic registry: defaults on create and
 update, and the kind's own validation (the registry's "strategies" in Kubernetes' words).
 
-The store calls ``prepare_create`` on a new object once the server has given it a ``uid`` and
-``prepare_update`` on every main-resource write (``status`` and ``binding`` writes keep the spec,
-so they are not checked here); both may fill defaults into the object they are given and return
-the causes of a 422 Invalid, worded like the real server's (``field: Forbidden: ...``).
+The handler fills a create's defaults as it reads the body (``apply_defaults``: admission webhooks
+see them, as on a real server, whose decoding defaults); the store calls ``prepare_create`` (the
+defaults again, the generated fields, validation) on a new object once the server has given it a
+``uid``, and ``prepare_update`` on every main-resource write (``status`` and ``binding`` writes
+keep the spec, so they are not checked here); both may fill defaults into the object they are
+given and return the causes of a 422 Invalid, worded like the real server's (``field: Forbidden:
+...``).
 
 - **Pods**: ``spec.schedulingGates`` may only be set at create (each name once, and not beside a
   ``nodeName``); an update may remove gates, never add one (KEP-3521). A pod created with gates
@@ -349,6 +352,17 @@ class KindStrategy:
 
     prepare_create: Callable[[dict[str, Any]], Causes]
     prepare_update: Callable[[Mapping[str, Any], dict[str, Any]], Causes]
+    default: Callable[[dict[str, Any]], None] = lambda obj: None  # pods: none served (see the docstring)
+
+
+def apply_defaults(storage_key: StorageKey, body: Any) -> None:
+    """The kind's defaults filled into a create's body as it is read, so that admission webhooks
+    see them, as the real server decodes (and defaults) a body before admission."""
+    strategy = STRATEGIES.get(storage_key)
+    if strategy is not None and isinstance(body, dict) and isinstance(body.get("metadata", {}), dict) \
+            and isinstance(body.get("spec", {}), dict):
+        body.setdefault("metadata", {})
+        strategy.default(body)
 
 
 def _apps_strategy(kind: str) -> KindStrategy:
@@ -363,12 +377,12 @@ def _apps_strategy(kind: str) -> KindStrategy:
         causes = _immutable("spec.selector", _map(old.get("spec")).get("selector"), new["spec"].get("selector"))
         return causes + _template_causes(new["spec"])
 
-    return KindStrategy(create, update)
+    return KindStrategy(create, update, default)
 
 
 STRATEGIES: dict[StorageKey, KindStrategy] = {
     POD_STORAGE: KindStrategy(_prepare_pod_create, _prepare_pod_update),
-    JOB_STORAGE: KindStrategy(_prepare_job_create, _prepare_job_update),
+    JOB_STORAGE: KindStrategy(_prepare_job_create, _prepare_job_update, _default_job),
     DEPLOYMENT_STORAGE: _apps_strategy("Deployment"),
     REPLICASET_STORAGE: _apps_strategy("ReplicaSet"),
     STATEFULSET_STORAGE: _apps_strategy("StatefulSet"),
