@@ -329,18 +329,27 @@ def _with_template_scheduling_of(old_template: Mapping[str, Any], new_template: 
     return {**old_template, "metadata": meta, "spec": pod}
 
 
+def _default_rolling(spec: dict[str, Any], key: str, rolling_update: Mapping[str, Any]) -> None:
+    """``spec[key]`` (a Deployment's strategy, a StatefulSet's updateStrategy) field by field:
+    type RollingUpdate when unset, and its rollingUpdate's defaults when that is the type."""
+    strategy = spec[key] = dict(_map(spec.get(key)))
+    _set_default(strategy, "type", "RollingUpdate")
+    if strategy["type"] == "RollingUpdate":
+        strategy["rollingUpdate"] = {**rolling_update, **{k: v for k, v in _map(strategy.get("rollingUpdate")).items()
+                                                          if v is not None}}
+
+
 def _default_apps(kind: str) -> Callable[[dict[str, Any]], None]:
     def default(obj: dict[str, Any]) -> None:
         spec = _spec_of(obj)
         _set_default(spec, "replicas", 1)
         if kind == "Deployment":
-            _set_default(spec, "strategy", {"type": "RollingUpdate",
-                                            "rollingUpdate": {"maxUnavailable": "25%", "maxSurge": "25%"}})
+            _default_rolling(spec, "strategy", {"maxUnavailable": "25%", "maxSurge": "25%"})
             _set_default(spec, "revisionHistoryLimit", 10)
             _set_default(spec, "progressDeadlineSeconds", 600)
         elif kind == "StatefulSet":
             _set_default(spec, "podManagementPolicy", "OrderedReady")
-            _set_default(spec, "updateStrategy", {"type": "RollingUpdate", "rollingUpdate": {"partition": 0}})
+            _default_rolling(spec, "updateStrategy", {"partition": 0})
             _set_default(spec, "revisionHistoryLimit", 10)
             _set_default(spec, "persistentVolumeClaimRetentionPolicy", {"whenDeleted": "Retain", "whenScaled": "Retain"})
     return default

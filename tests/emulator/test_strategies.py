@@ -87,3 +87,15 @@ def test_a_job_with_parallelism_only_keeps_completions_unset() -> None:
                             "spec": {"parallelism": 3, "template": {"spec": {"containers": CONTAINERS}}}}
     assert STRATEGIES[("batch", "jobs")].prepare_create(body) == []
     assert "completions" not in body["spec"] and body["spec"]["parallelism"] == 3
+
+
+def test_a_deployments_strategy_is_defaulted_field_by_field() -> None:
+    def defaulted(strategy: dict[str, Any]) -> Any:
+        body: dict[str, Any] = {"metadata": {"name": "d"}, "spec": {
+            "strategy": strategy, "selector": {"matchLabels": {"a": "b"}},
+            "template": {"metadata": {"labels": {"a": "b"}}, "spec": {"containers": CONTAINERS}}}}
+        assert STRATEGIES[("apps", "deployments")].prepare_create(body) == []
+        return body["spec"]["strategy"]
+    assert defaulted({"type": "Recreate"}) == {"type": "Recreate"}
+    assert defaulted({"rollingUpdate": {"maxSurge": 1}}) == {
+        "type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "25%", "maxSurge": 1}}

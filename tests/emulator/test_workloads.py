@@ -355,6 +355,8 @@ def test_kubectl_create_job_and_deployment_send_protobuf_the_server_reads(server
     kubectl(kubeconfig, "create", "deployment", "web", "--image=busybox", "--replicas=2", "--port=8080")
     deployment = requests.get(f"{url}/apis/apps/v1/namespaces/default/deployments/web", timeout=10).json()["spec"]
     assert deployment["replicas"] == 2 and deployment["selector"] == {"matchLabels": {"app": "web"}}
+    # kubectl sends an empty strategy: defaulted field by field, as the real server does
+    assert deployment["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "25%", "maxSurge": "25%"}}
     assert deployment["template"]["spec"]["containers"][0]["ports"] == [{"containerPort": 8080}]
 
 
