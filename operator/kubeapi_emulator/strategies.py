@@ -20,7 +20,8 @@ given and return the causes of a 422 Invalid, worded like the real server's (``f
   the preferred node affinity (freely).
 - **batch/v1 Jobs**: ``parallelism`` 1, ``completions`` 1 when both are unset, ``backoffLimit`` 6,
   ``completionMode`` NonIndexed, ``suspend`` false, ``podReplacementPolicy`` TerminatingOrFailed
-  (Failed with a ``podFailurePolicy``), the Job's labels from its template's when it has none;
+  (Failed with a ``podFailurePolicy``), the Job's labels from its template's when it has none
+  (the generated ones included);
   unless ``manualSelector`` is true, the selector ``batch.kubernetes.io/controller-uid: UID`` and
   the template labels ``batch.kubernetes.io/controller-uid``, ``batch.kubernetes.io/job-name``,
   ``controller-uid`` and ``job-name``. The selector must select the template's labels. On update
@@ -297,6 +298,10 @@ def _prepare_job_create(job: dict[str, Any]) -> Causes:
         selector = spec["selector"] = dict(_map(spec.get("selector")))
         selector["matchLabels"] = {**_map(selector.get("matchLabels"))}
         selector["matchLabels"].setdefault(JOB_CONTROLLER_UID_LABEL, uid)
+        if not meta.get("labels"):
+            # The defaults run again when the stored Job is read back: a Job without labels shows
+            # its template's, generated ones included (as `kubectl get job -o yaml` does on a real server).
+            meta["labels"] = dict(labels)
     elif spec.get("selector") is None:
         return [required("spec.selector")]
     return _template_causes(spec)

@@ -98,6 +98,7 @@ def test_a_job_gets_the_servers_defaults_and_a_selector_of_its_own(api: Any) -> 
     labels = spec["template"]["metadata"]["labels"]
     assert labels[CONTROLLER_UID] == labels["controller-uid"] == meta["uid"]
     assert labels[JOB_NAME] == labels["job-name"] == "train"
+    assert meta["labels"] == labels  # a Job without labels shows its template's
     # suspend defaults to false; parallelism alone leaves completions unset (a work queue)
     dry = api("POST", "batch/v1", "jobs", body=job("queue", suspend=None, parallelism=4), query=[("dryRun", "All")])
     assert dry["spec"]["suspend"] is False and dry["spec"]["parallelism"] == 4 and "completions" not in dry["spec"]
