@@ -693,7 +693,8 @@ class KubernetesApiEmulator(kmock.KubernetesScaffold):
         warnings = self._check_fields(spec, request, body if request.method == kmock.method.PUT or
                                       content_type.split(";")[0].strip() != "application/json-patch+json" else None)
         def change(current: dict[str, Any]) -> Any:
-            result = body if request.method == kmock.method.PUT else apply_patch(current, body, content_type)
+            result = body if request.method == kmock.method.PUT else apply_patch(
+                current, body, content_type, keyed_lists=spec.openapi_schema is None)
             if manager and isinstance(result, dict) and request.subresource is None:
                 result = {**result, "metadata": {**(result.get("metadata") or {}), "managedFields": record_update(
                     current, result, manager, spec.api_version)}}
