@@ -16,7 +16,8 @@ process (and, given ``headers`` with a bearer token, against a real API server's
   deletes its active pods, clears ``startTime`` and sets the ``Suspended`` condition (True, reason
   JobSuspended); resuming sets it False (reason JobResumed) and creates the pods again.
 - **ReplicaSet** (``replicasets=True``): keeps ``replicas`` pods that are not finished and not
-  being deleted (a deleted or finished pod is replaced; surplus ones are deleted, unbound first);
+  being deleted (a deleted or finished pod is replaced; surplus ones are deleted, unbound, pending
+  and not ready ones first);
   status ``replicas``, ``readyReplicas``, ``availableReplicas``, ``fullyLabeledReplicas``,
   ``observedGeneration``.
 - **Deployment** (``deployments=True``): one ReplicaSet per pod template (named
@@ -403,9 +404,13 @@ class NativeControllers:
         created = max(0, wanted - len(pods))
         for _ in range(created):
             await self._create_pod(replicaset["metadata"]["namespace"], pod_from_template(replicaset))
-        # Surplus pods go unbound first, then the newest (as the real controller ranks them).
+        # Surplus pods go as the real controller ranks them: unbound before bound, Pending before
+        # Unknown before Running, not ready before ready, then the newest first.
         newest_first = sorted(pods, key=lambda p: p["metadata"].get("creationTimestamp", ""), reverse=True)
-        surplus = sorted(newest_first, key=lambda p: bool(p["spec"].get("nodeName")))[:max(0, len(pods) - wanted)]
+        phases = {"Pending": 0, "Unknown": 1, "Running": 2}
+        surplus = sorted(newest_first, key=lambda p: (
+            bool(p["spec"].get("nodeName")), phases.get((p.get("status") or {}).get("phase", "Pending"), 0),
+            is_ready(p)))[:max(0, len(pods) - wanted)]
         for pod in surplus:
             await self._delete_pod(pod)
         kept = [p for p in pods if p not in surplus]

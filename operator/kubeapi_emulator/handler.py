@@ -50,7 +50,7 @@ from kubeapi_emulator.store import (
     StorageKey,
     StoredEvent,
 )
-from kubeapi_emulator.strategies import JOB_STORAGE, SCALABLE, STRATEGIES, scale_of
+from kubeapi_emulator.strategies import JOB_STORAGE, SCALABLE, STRATEGIES, apply_defaults, scale_of
 
 logger = logging.getLogger(__name__)
 
@@ -580,6 +580,7 @@ class KubernetesApiEmulator(kmock.KubernetesScaffold):
         if request.subresource is not None:
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
         warnings = self._check_fields(spec, request, request.data)
+        apply_defaults(spec.storage_key, request.data)  # before admission, as a real server's decoding does
         manager = request.params.get("fieldManager")
         managed = (lambda obj: record_update(None, obj, manager, spec.api_version)) if manager else None
         meta = found if isinstance(request.data, dict) and isinstance(found := request.data.get("metadata"), dict) \
@@ -696,7 +697,8 @@ class KubernetesApiEmulator(kmock.KubernetesScaffold):
         warnings = self._check_fields(spec, request, body if request.method == kmock.method.PUT or
                                       content_type.split(";")[0].strip() != "application/json-patch+json" else None)
         def change(current: dict[str, Any]) -> Any:
-            result = body if request.method == kmock.method.PUT else apply_patch(current, body, content_type)
+            result = body if request.method == kmock.method.PUT else apply_patch(
+                current, body, content_type, keyed_lists=spec.openapi_schema is None)
             if manager and isinstance(result, dict) and request.subresource is None:
                 result = {**result, "metadata": {**(result.get("metadata") or {}), "managedFields": record_update(
                     current, result, manager, spec.api_version)}}

@@ -16,7 +16,7 @@ kind's schema found by its ``x-kubernetes-group-version-kind``.
 
 A CRD's schema is its ``openAPIV3Schema`` with ``metadata`` pointing at ObjectMeta, as the real
 server publishes it. The built-in kinds are described by their top level only (apiVersion, kind,
-metadata), the rest kept open: the emulator does not carry Kubernetes' own type definitions.
+metadata, and for pods and the workload kinds spec and status), the rest kept open: the emulator does not carry Kubernetes' own type definitions.
 """
 
 from __future__ import annotations

@@ -1,8 +1,13 @@
 """The patch formats a Kubernetes API server accepts: JSON merge, RFC 6902 JSON patch, strategic merge.
 
-Strategic merge patch is treated as a JSON merge patch (lists are replaced, ``null`` deletes):
-that is what every client the operator uses relies on, and the list-merge keys of the built-in
-types are not needed by it. ``$patch``/``$retainKeys`` directives are dropped, not interpreted.
+Strategic merge patch is a JSON merge patch (``null`` deletes, maps merge) in which, for the
+built-in kinds (``keyed_lists=True``), the lists Kubernetes' Go types merge by a key are merged by
+it, by field name (``STRATEGIC_LIST_KEYS``: containers by ``name``, a pod's ``schedulingGates`` by
+``name``, conditions by ``type``, ...): an item of the patch replaces-by-merging the item with its
+key, or is appended, and ``{"$patch": "delete", KEY: ...}`` removes it; ``$setElementOrder/FIELD``
+orders the result. Other lists, and every list of a custom resource (whose strategic patches a real
+server refuses), are replaced. ``$patch: replace`` on a map or list replaces it; other directives
+(``$retainKeys``, ``$deleteFromPrimitiveList``) are dropped, not interpreted.
 
 Why a second JSON-patch applier beside ``gpuadmit.core.validation.apply_json_patch``: this is
 the server side of a test double that imports nothing from gpuadmit (it stands for the API
@@ -26,8 +31,18 @@ APPLY_PATCH = "application/apply-patch+yaml"
 PATCH_CONTENT_TYPES = (MERGE_PATCH, JSON_PATCH, STRATEGIC_MERGE_PATCH)
 
 
-def apply_patch(target: dict[str, Any], patch: Any, content_type: str) -> dict[str, Any]:
-    """Return a patched copy of ``target``; the original is never modified."""
+# The lists of the built-in kinds that a strategic merge patch merges by key (patchMergeKey in
+# Kubernetes' types), by field name: those of pods, pod templates, metadata and conditions.
+STRATEGIC_LIST_KEYS: dict[str, str] = {
+    "containers": "name", "initContainers": "name", "ephemeralContainers": "name", "schedulingGates": "name",
+    "volumes": "name", "env": "name", "volumeMounts": "mountPath", "imagePullSecrets": "name",
+    "conditions": "type", "ownerReferences": "uid", "readinessGates": "conditionType",
+}
+
+
+def apply_patch(target: dict[str, Any], patch: Any, content_type: str, *, keyed_lists: bool = False) -> dict[str, Any]:
+    """Return a patched copy of ``target``; the original is never modified. ``keyed_lists``: the
+    target is of a built-in kind, whose strategic merge patches merge the keyed lists."""
     content_type = content_type.split(";")[0].strip().lower()
     if content_type == JSON_PATCH:
         if not isinstance(patch, list):
@@ -36,7 +51,8 @@ def apply_patch(target: dict[str, Any], patch: Any, content_type: str) -> dict[s
     if content_type in (MERGE_PATCH, STRATEGIC_MERGE_PATCH, "application/json", ""):
         if not isinstance(patch, dict):
             raise bad_request("a merge patch must be a JSON object")
-        patch = _drop_directives(patch) if content_type == STRATEGIC_MERGE_PATCH else patch
+        if content_type == STRATEGIC_MERGE_PATCH:
+            return strategic_merge(target, patch, keyed_lists) if keyed_lists else merge_patch(target, _drop_directives(patch))
         return merge_patch(target, patch)
     raise ApiError(415, "UnsupportedMediaType", f"the body of the request was in an unknown format: {content_type}")
 
@@ -52,6 +68,55 @@ def merge_patch(target: Any, patch: Any) -> Any:
         else:
             result[key] = merge_patch(result.get(key), value)
     return result
+
+
+def strategic_merge(target: Any, patch: Any, keyed_lists: bool = True) -> Any:
+    """A strategic merge patch applied to JSON data (see the module docstring)."""
+    if not isinstance(patch, dict):
+        return copy_json(patch)
+    if patch.get("$patch") == "replace":
+        return _drop_directives({key: value for key, value in patch.items() if key != "$patch"})
+    result = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if key.startswith("$"):
+            continue
+        if value is None or (isinstance(value, dict) and value.get("$patch") == "delete"):
+            result.pop(key, None)
+        elif isinstance(value, list) and key in STRATEGIC_LIST_KEYS and keyed_lists:
+            result[key] = _merge_keyed(result.get(key), value, STRATEGIC_LIST_KEYS[key],
+                                       patch.get(f"$setElementOrder/{key}"))
+        elif isinstance(value, dict):
+            result[key] = strategic_merge(result.get(key), value, keyed_lists)
+        else:
+            result[key] = _drop_directives(value)
+    return result
+
+
+def _merge_keyed(current: Any, items: list[Any], key: str, order: Any) -> list[Any]:
+    """A list merged by ``key``; a patch item without the key (or ``{"$patch": "replace"}``) makes
+    it a plain replacement, as for a list without a merge key."""
+    if any(not isinstance(item, dict) or (key not in item and item.get("$patch") != "replace") for item in items) \
+            or any(isinstance(item, dict) and item.get("$patch") == "replace" for item in items):
+        return [_drop_directives(item) for item in items
+                if not (isinstance(item, dict) and item.get("$patch") == "replace")]
+    result = [item for item in current if isinstance(item, dict)] if isinstance(current, list) else []
+    for item in items:
+        position = next((i for i, existing in enumerate(result) if existing.get(key) == item[key]), None)
+        if item.get("$patch") == "delete":
+            if position is not None:
+                result.pop(position)
+        elif position is None:
+            result.append(_drop_directives(item))
+        else:
+            result[position] = strategic_merge(result[position], item)
+    if isinstance(order, list):
+        ranks = {str(_order_key(entry, key)): rank for rank, entry in enumerate(order)}
+        result.sort(key=lambda item: ranks.get(str(item.get(key)), len(ranks)))
+    return result
+
+
+def _order_key(entry: Any, key: str) -> Any:
+    return entry.get(key) if isinstance(entry, dict) else entry
 
 
 def _drop_directives(patch: Any) -> Any:

@@ -1,10 +1,13 @@
 """What a real API server does per kind beyond the generic registry: defaults on create and
 update, and the kind's own validation (the registry's "strategies" in Kubernetes' words).
 
-The store calls ``prepare_create`` on a new object once the server has given it a ``uid`` and
-``prepare_update`` on every main-resource write (``status`` and ``binding`` writes keep the spec,
-so they are not checked here); both may fill defaults into the object they are given and return
-the causes of a 422 Invalid, worded like the real server's (``field: Forbidden: ...``).
+The handler fills a create's defaults as it reads the body (``apply_defaults``: admission webhooks
+see them, as on a real server, whose decoding defaults); the store calls ``prepare_create`` (the
+defaults again, the generated fields, validation) on a new object once the server has given it a
+``uid``, and ``prepare_update`` on every main-resource write (``status`` and ``binding`` writes
+keep the spec, so they are not checked here); both may fill defaults into the object they are
+given and return the causes of a 422 Invalid, worded like the real server's (``field: Forbidden:
+...``).
 
 - **Pods**: ``spec.schedulingGates`` may only be set at create (each name once, and not beside a
   ``nodeName``); an update may remove gates, never add one (KEP-3521). A pod created with gates
@@ -17,7 +20,8 @@ the causes of a 422 Invalid, worded like the real server's (``field: Forbidden: 
   the preferred node affinity (freely).
 - **batch/v1 Jobs**: ``parallelism`` 1, ``completions`` 1 when both are unset, ``backoffLimit`` 6,
   ``completionMode`` NonIndexed, ``suspend`` false, ``podReplacementPolicy`` TerminatingOrFailed
-  (Failed with a ``podFailurePolicy``), the Job's labels from its template's when it has none;
+  (Failed with a ``podFailurePolicy``), the Job's labels from its template's when it has none
+  (the generated ones included);
   unless ``manualSelector`` is true, the selector ``batch.kubernetes.io/controller-uid: UID`` and
   the template labels ``batch.kubernetes.io/controller-uid``, ``batch.kubernetes.io/job-name``,
   ``controller-uid`` and ``job-name``. The selector must select the template's labels. On update
@@ -38,8 +42,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from kubeapi_emulator.errors import ApiError
-from kubeapi_emulator.selectors import format_selector, parse_label_selector
+from kubeapi_emulator.selectors import compile_label_selector, format_selector, label_selector_problems
 from kubeapi_emulator.store import rfc3339_now
 
 Causes = list[dict[str, str]]
@@ -226,30 +229,25 @@ def _prepare_pod_update(old: Mapping[str, Any], new: dict[str, Any]) -> Causes:
 
 # -- workloads with a pod template ---------------------------------------------------------------
 
-def _selector_matches(selector: Mapping[str, Any], labels: Mapping[str, Any]) -> bool:
-    """A LabelSelector (matchLabels and matchExpressions) against a label map."""
-    try:
-        return parse_label_selector(format_selector(selector))(labels)
-    except ApiError:
-        return False  # a selector no label can satisfy as written
-
-
-def _template_causes(spec: Mapping[str, Any], *, selector_required: bool) -> Causes:
+def _template_causes(spec: Mapping[str, Any]) -> Causes:
+    """A pod template with containers, and the required selector, well formed and selecting its labels."""
     selector = spec.get("selector")
     template = _map(spec.get("template"))
     causes: Causes = []
     if not _list(_map(template.get("spec")).get("containers")):
         causes.append(required("spec.template.spec.containers"))
     if selector is None:
-        if selector_required:
-            causes.append(required("spec.selector"))
-        return causes
-    if not isinstance(selector, dict) or not (selector.get("matchLabels") or selector.get("matchExpressions")):
-        causes.append(invalid("spec.selector", selector, "empty selector is invalid for deployment"
-                              if selector_required else "empty selector is invalid"))
-        return causes
+        return [*causes, required("spec.selector")]
+    problems = label_selector_problems(selector, "spec.selector")
+    if problems:
+        path_and_message = (problem.split(": ", 1) for problem in problems)
+        return causes + [{"reason": "FieldValueInvalid", "field": path, "message": message}
+                         for path, message in path_and_message]
+    matches = compile_label_selector(selector)
+    if matches is None:
+        return [*causes, invalid("spec.selector", selector, "empty selector is invalid")]
     labels = _map(_map(template.get("metadata")).get("labels"))
-    if not _selector_matches(selector, labels):
+    if not matches(labels):
         causes.append(invalid("spec.template.metadata.labels", labels, "`selector` does not match template `labels`"))
     return causes
 
@@ -300,9 +298,13 @@ def _prepare_job_create(job: dict[str, Any]) -> Causes:
         selector = spec["selector"] = dict(_map(spec.get("selector")))
         selector["matchLabels"] = {**_map(selector.get("matchLabels"))}
         selector["matchLabels"].setdefault(JOB_CONTROLLER_UID_LABEL, uid)
+        if not meta.get("labels"):
+            # The defaults run again when the stored Job is read back: a Job without labels shows
+            # its template's, generated ones included (as `kubectl get job -o yaml` does on a real server).
+            meta["labels"] = dict(labels)
     elif spec.get("selector") is None:
         return [required("spec.selector")]
-    return _template_causes(spec, selector_required=True)
+    return _template_causes(spec)
 
 
 _JOB_MUTABLE_TEMPLATE_SPEC = ("nodeSelector", "tolerations", "schedulingGates")
@@ -319,7 +321,7 @@ def _prepare_job_update(old: Mapping[str, Any], new: dict[str, Any]) -> Causes:
         # What may change before a suspended Job starts (Kubernetes' mutable scheduling directives).
         old_template = _with_template_scheduling_of(old_template, new_template)
     causes += _immutable("spec.template", old_template, new_template)
-    return causes + _template_causes(new_spec, selector_required=True)
+    return causes + _template_causes(new_spec)
 
 
 def _with_template_scheduling_of(old_template: Mapping[str, Any], new_template: Mapping[str, Any]) -> dict[str, Any]:
@@ -332,18 +334,27 @@ def _with_template_scheduling_of(old_template: Mapping[str, Any], new_template: 
     return {**old_template, "metadata": meta, "spec": pod}
 
 
+def _default_rolling(spec: dict[str, Any], key: str, rolling_update: Mapping[str, Any]) -> None:
+    """``spec[key]`` (a Deployment's strategy, a StatefulSet's updateStrategy) field by field:
+    type RollingUpdate when unset, and its rollingUpdate's defaults when that is the type."""
+    strategy = spec[key] = dict(_map(spec.get(key)))
+    _set_default(strategy, "type", "RollingUpdate")
+    if strategy["type"] == "RollingUpdate":
+        strategy["rollingUpdate"] = {**rolling_update, **{k: v for k, v in _map(strategy.get("rollingUpdate")).items()
+                                                          if v is not None}}
+
+
 def _default_apps(kind: str) -> Callable[[dict[str, Any]], None]:
     def default(obj: dict[str, Any]) -> None:
         spec = _spec_of(obj)
         _set_default(spec, "replicas", 1)
         if kind == "Deployment":
-            _set_default(spec, "strategy", {"type": "RollingUpdate",
-                                            "rollingUpdate": {"maxUnavailable": "25%", "maxSurge": "25%"}})
+            _default_rolling(spec, "strategy", {"maxUnavailable": "25%", "maxSurge": "25%"})
             _set_default(spec, "revisionHistoryLimit", 10)
             _set_default(spec, "progressDeadlineSeconds", 600)
         elif kind == "StatefulSet":
             _set_default(spec, "podManagementPolicy", "OrderedReady")
-            _set_default(spec, "updateStrategy", {"type": "RollingUpdate", "rollingUpdate": {"partition": 0}})
+            _default_rolling(spec, "updateStrategy", {"partition": 0})
             _set_default(spec, "revisionHistoryLimit", 10)
             _set_default(spec, "persistentVolumeClaimRetentionPolicy", {"whenDeleted": "Retain", "whenScaled": "Retain"})
     return default
@@ -355,6 +366,17 @@ class KindStrategy:
 
     prepare_create: Callable[[dict[str, Any]], Causes]
     prepare_update: Callable[[Mapping[str, Any], dict[str, Any]], Causes]
+    default: Callable[[dict[str, Any]], None] = lambda obj: None  # pods: none served (see the docstring)
+
+
+def apply_defaults(storage_key: StorageKey, body: Any) -> None:
+    """The kind's defaults filled into a create's body as it is read, so that admission webhooks
+    see them, as the real server decodes (and defaults) a body before admission."""
+    strategy = STRATEGIES.get(storage_key)
+    if strategy is not None and isinstance(body, dict) and isinstance(body.get("metadata", {}), dict) \
+            and isinstance(body.get("spec", {}), dict):
+        body.setdefault("metadata", {})
+        strategy.default(body)
 
 
 def _apps_strategy(kind: str) -> KindStrategy:
@@ -362,19 +384,19 @@ def _apps_strategy(kind: str) -> KindStrategy:
 
     def create(obj: dict[str, Any]) -> Causes:
         default(obj)
-        return _template_causes(obj["spec"], selector_required=True)
+        return _template_causes(obj["spec"])
 
     def update(old: Mapping[str, Any], new: dict[str, Any]) -> Causes:
         default(new)
         causes = _immutable("spec.selector", _map(old.get("spec")).get("selector"), new["spec"].get("selector"))
-        return causes + _template_causes(new["spec"], selector_required=True)
+        return causes + _template_causes(new["spec"])
 
-    return KindStrategy(create, update)
+    return KindStrategy(create, update, default)
 
 
 STRATEGIES: dict[StorageKey, KindStrategy] = {
     POD_STORAGE: KindStrategy(_prepare_pod_create, _prepare_pod_update),
-    JOB_STORAGE: KindStrategy(_prepare_job_create, _prepare_job_update),
+    JOB_STORAGE: KindStrategy(_prepare_job_create, _prepare_job_update, _default_job),
     DEPLOYMENT_STORAGE: _apps_strategy("Deployment"),
     REPLICASET_STORAGE: _apps_strategy("ReplicaSet"),
     STATEFULSET_STORAGE: _apps_strategy("StatefulSet"),

@@ -223,3 +223,15 @@ def test_kubectl_shows_a_gated_pod_as_scheduling_gated(scheduling_server: tuple[
     kubectl(kubeconfig, "patch", "pod", "gated", "--type", "json", "-p",
             json.dumps([{"op": "remove", "path": "/spec/schedulingGates"}]))
     assert not json.loads(kubectl(kubeconfig, "get", "pod", "gated", "-o", "json").stdout)["spec"].get("schedulingGates")
+
+
+def test_a_strategic_patch_deletes_a_gate_by_name_and_merges_containers_by_name(pods: Any) -> None:
+    pods.create(gated_pod("smp", GATE, OTHER_GATE, containers=[{"name": "main", "image": "busybox",
+                                                                "command": ["sleep", "60"]}]))
+    smp = "application/strategic-merge-patch+json"
+    patched = pods.patch("smp", {"spec": {"schedulingGates": [{"$patch": "delete", "name": GATE}]}}, smp)
+    assert patched["spec"]["schedulingGates"] == [{"name": OTHER_GATE}]
+    patched = pods.patch("smp", {"spec": {"containers": [{"name": "main", "image": "busybox:1.36"}]}}, smp)
+    assert patched["spec"]["containers"] == [{"name": "main", "image": "busybox:1.36", "command": ["sleep", "60"]}]
+    code, status = pods.refused("smp", {"spec": {"schedulingGates": [{"name": "example.com/new"}]}}, smp)
+    assert code == 422 and "only deletion is allowed" in status["message"]  # merged by name: an addition

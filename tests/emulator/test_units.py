@@ -155,3 +155,26 @@ def test_schema_messages_name_fields_like_the_real_server():
     assert messages["spec.items[0].name"].startswith("Invalid value: 5: spec.items[0].name in body must be of type string")
     _, causes = admit({})
     assert causes == [{"reason": "FieldValueRequired", "field": "spec.size", "message": "Required value"}]
+
+
+def test_strategic_merge_patch_merges_a_built_in_kinds_keyed_lists() -> None:
+    from kubeapi_emulator.patching import STRATEGIC_MERGE_PATCH, apply_patch
+
+    pod = {"spec": {"containers": [{"name": "a", "image": "x", "command": ["run"]}, {"name": "b", "image": "y"}],
+                    "schedulingGates": [{"name": "g1"}, {"name": "g2"}], "tolerations": [{"key": "t"}]}}
+    patched = apply_patch(pod, {"spec": {
+        "$setElementOrder/containers": [{"name": "b"}, {"name": "a"}, {"name": "c"}],
+        "containers": [{"name": "a", "image": "x2"}, {"name": "c", "image": "z"}],
+        "schedulingGates": [{"$patch": "delete", "name": "g1"}],
+        "tolerations": [{"key": "u"}]}}, STRATEGIC_MERGE_PATCH, keyed_lists=True)
+    assert patched["spec"]["containers"] == [{"name": "b", "image": "y"}, {"name": "a", "image": "x2", "command": ["run"]},
+                                             {"name": "c", "image": "z"}]
+    assert patched["spec"]["schedulingGates"] == [{"name": "g2"}]
+    assert patched["spec"]["tolerations"] == [{"key": "u"}]  # no merge key: replaced
+    assert pod["spec"]["containers"][0]["image"] == "x"  # not modified in place
+    replaced = apply_patch(pod, {"spec": {"containers": [{"$patch": "replace"}, {"name": "only", "image": "o"}]}},
+                           STRATEGIC_MERGE_PATCH, keyed_lists=True)
+    assert replaced["spec"]["containers"] == [{"name": "only", "image": "o"}]
+    # a custom resource's lists are replaced whatever their name
+    assert apply_patch(pod, {"spec": {"containers": [{"name": "c"}]}}, STRATEGIC_MERGE_PATCH)["spec"]["containers"] == \
+        [{"name": "c"}]

@@ -26,6 +26,7 @@ from kubeapi_emulator.handler import JOB_ORPHANS_WARNING
 from tests.native_controllers import NativeControllers
 
 from .conftest import api_error, call, eventually, pod, requires_emulator
+from .test_admission import Register, WebhookServer, admission, register, webhooks  # noqa: F401 - fixtures, used by name
 from .test_kubectl import kubectl, needs_kubectl
 
 pytestmark = pytest.mark.emulator
@@ -97,6 +98,7 @@ def test_a_job_gets_the_servers_defaults_and_a_selector_of_its_own(api: Any) -> 
     labels = spec["template"]["metadata"]["labels"]
     assert labels[CONTROLLER_UID] == labels["controller-uid"] == meta["uid"]
     assert labels[JOB_NAME] == labels["job-name"] == "train"
+    assert meta["labels"] == labels  # a Job without labels shows its template's
     # suspend defaults to false; parallelism alone leaves completions unset (a work queue)
     dry = api("POST", "batch/v1", "jobs", body=job("queue", suspend=None, parallelism=4), query=[("dryRun", "All")])
     assert dry["spec"]["suspend"] is False and dry["spec"]["parallelism"] == 4 and "completions" not in dry["spec"]
@@ -354,4 +356,20 @@ def test_kubectl_create_job_and_deployment_send_protobuf_the_server_reads(server
     kubectl(kubeconfig, "create", "deployment", "web", "--image=busybox", "--replicas=2", "--port=8080")
     deployment = requests.get(f"{url}/apis/apps/v1/namespaces/default/deployments/web", timeout=10).json()["spec"]
     assert deployment["replicas"] == 2 and deployment["selector"] == {"matchLabels": {"app": "web"}}
+    # kubectl sends an empty strategy: defaulted field by field, as the real server does
+    assert deployment["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "25%", "maxSurge": "25%"}}
     assert deployment["template"]["spec"]["containers"][0]["ports"] == [{"containerPort": 8080}]
+
+
+def test_a_mutating_webhook_sees_a_new_job_with_its_defaults(
+        api: Any, register: Register, webhooks: WebhookServer) -> None:  # noqa: F811 - the imported fixtures
+    register("/mutate/reviewed", mutating=True, rules=[{
+        "apiGroups": ["batch"], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["jobs"],
+        "scope": "Namespaced"}])
+    created = api("POST", "batch/v1", "jobs", body=job("defaulted"))
+    assert created["metadata"]["labels"]["reviewed"] == "yes"
+    reviewed = webhooks.seen("/mutate/reviewed")[-1]["object"]["spec"]
+    # decoded with defaults before admission, as a real server does; the selector comes after
+    assert (reviewed["parallelism"], reviewed["completions"], reviewed["backoffLimit"]) == (1, 1, 6)
+    assert "selector" not in reviewed
+    assert created["spec"]["selector"]["matchLabels"][CONTROLLER_UID] == created["metadata"]["uid"]
