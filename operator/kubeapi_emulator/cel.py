@@ -17,10 +17,11 @@ approximated here, and said so in docs/emulator.md ("Admission webhooks"):
   ``has()``, ``all``/``exists``/``exists_one``, a bool literal, ``request.dryRun``, a ternary of
   two bools, or a function cel-python does not know, given the benefit of the doubt); a field or
   an index of ``object`` is dynamic, which the real compiler refuses as ``must evaluate to bool``;
-- ``namespaceObject`` and ``authorizer`` are declared but not bound: using one is an evaluation
-  error (the real server binds ``authorizer``, which the emulator does not emulate, and leaves
-  ``namespaceObject`` unbound for webhooks as here); the Kubernetes CEL libraries (quantity, ip,
-  url, regex ``find``, lists, string extensions) are cel-python's standard functions only;
+- ``authorizer`` (and ``authorizer.requestResource``) answer for the emulator's one user, the
+  cluster admin in ``system:masters``: every ``check(verb)`` is ``allowed()``; ``namespaceObject``
+  is declared but not bound, as the real server leaves it for webhooks (using it is an evaluation
+  error); the Kubernetes CEL libraries (quantity, ip, url, regex ``find``, lists, string
+  extensions) are not there, only cel-python's standard functions;
 - no cost budget.
 
 Each expression is compiled once (cached by its text), when its configuration is written and read.
@@ -36,9 +37,12 @@ from typing import Any
 
 MAX_MATCH_CONDITIONS = 64
 MAX_NAME_PART = 63
-BOUND_VARIABLES = ("object", "oldObject", "request")
-# Declared by the real server's environment for webhook conditions; not bound here (see above).
-UNBOUND_VARIABLES = ("namespaceObject", "authorizer")
+BOUND_VARIABLES = ("object", "oldObject", "request", "authorizer")
+# Declared by the real server's environment for webhook conditions, and left unbound for webhooks.
+UNBOUND_VARIABLES = ("namespaceObject",)
+# The authorizer library's builder methods (authorizer.group('apps').resource('deployments')...).
+AUTHORIZER_BUILDERS = ("group", "resource", "subresource", "namespace", "name", "path", "serviceAccount",
+                       "fieldSelector", "labelSelector")
 TYPE_NAMES = ("bool", "bytes", "double", "duration", "dyn", "int", "list", "map", "null_type", "string",
               "timestamp", "type", "uint")
 MACROS = ("all", "exists", "exists_one", "map", "filter")
@@ -104,7 +108,7 @@ def compile_expression(expression: str) -> Any:
                            f"to '{token}' (in container '')" + _caret(expression, token.line, token.column))
     if not _may_be_bool(tree):
         raise CompileError("must evaluate to bool")
-    return _environment().program(tree, functions=_heterogeneous_equality())
+    return _environment().program(tree, functions={**_heterogeneous_equality(), **_authorizer_functions()})
 
 
 @cache
@@ -179,11 +183,32 @@ def match_condition_problems(conditions: Any, at: str) -> list[str]:
     return problems
 
 
+@cache
+def _authorizer_functions() -> dict[str, Any]:
+    """The authorizer library for the emulator's one user, ``kubernetes-admin`` in ``system:masters``,
+    whom every check allows: the builders return their receiver, ``check`` a decision, and the
+    decision is ``allowed()``, with no ``reason()`` and no error."""
+    celpy = _celpy()
+    decision = celpy.celtypes.MapType({celpy.celtypes.StringType("decision"): celpy.celtypes.StringType("allow")})
+
+    def builder(receiver: Any, *_arguments: Any) -> Any:
+        return receiver
+
+    functions: dict[str, Any] = {name: builder for name in AUTHORIZER_BUILDERS}
+    functions.update(check=lambda _receiver, _verb: decision,
+                     allowed=lambda _decision: celpy.celtypes.BoolType(True),
+                     errored=lambda _decision: celpy.celtypes.BoolType(False),
+                     reason=lambda _decision: celpy.celtypes.StringType(""),
+                     error=lambda _decision: celpy.celtypes.StringType(""))
+    return functions
+
+
 def evaluate(conditions: Sequence[MatchCondition], obj: Any, old: Any, request: Mapping[str, Any]) -> MatchResult:
     """matcher.Match: any false skips; else any error is the result's error; else a match."""
     celpy = _celpy()
     activation = {"object": celpy.json_to_cel(obj), "oldObject": celpy.json_to_cel(old),
-                  "request": celpy.json_to_cel(dict(request))}
+                  "request": celpy.json_to_cel(dict(request)),
+                  "authorizer": celpy.json_to_cel({"requestResource": {"authorizer": "requestResource"}})}
     errors = []
     for condition in conditions:
         if condition.program is None:

@@ -98,6 +98,19 @@ def test_the_variables_are_the_objects_and_the_request(
     assert code == 400 and status["message"].endswith("denied the request: not today")
 
 
+def test_the_authorizer_answers_for_the_requesting_user(
+        core: kubernetes.client.CoreV1Api, register: Register, namespace: str) -> None:
+    """The emulator's user (and, on a real cluster, a test user that may create configmaps and
+    webhook configurations) is allowed what these checks ask."""
+    register("/mutate/authorized", mutating=True, matchConditions=[
+        {"name": "may-create", "expression": "authorizer.requestResource.check('create').allowed()"},
+        {"name": "may-read", "expression": f"authorizer.group('').resource('configmaps').namespace('{namespace}')"
+                                           ".check('get').allowed()"},
+        {"name": "not-errored", "expression": "authorizer.requestResource.check('create').errored() == false"}])
+    assert core.create_namespaced_config_map(namespace, configmap("authorized")).metadata.labels == \
+        {"authorized": "yes"}
+
+
 # -- a false condition spares the failure policy; an error meets it -------------------------------------
 
 def test_a_false_condition_skips_a_webhook_that_is_down_even_under_fail(
