@@ -13,9 +13,9 @@ real server does and this module does too (docs/emulator.md, "Admission webhooks
 - ``namespaceSelector`` against the labels of the object's namespace (a Namespace is matched by
   its own labels; cluster-scoped objects always match), ``objectSelector`` against the new or
   the old object's labels; then ``matchConditions`` (CEL over ``object``, ``oldObject`` and
-  ``request``; evaluated with cel-python when it is installed, as the ``test`` extra does; without
-  it they are ignored and the webhook called, as by API servers before Kubernetes 1.28): any false
-  skips the webhook, an error refuses the request (403) under Fail and skips it under Ignore;
+  ``request``, compiled when the configuration is written, see ``kubeapi_emulator.cel``): any
+  false skips the webhook, an error refuses the request (403 Forbidden) under Fail and skips the
+  webhook under Ignore;
 - an AdmissionReview ``admission.k8s.io/v1`` with uid, kind, resource, subResource, requestKind,
   requestResource, name, namespace, operation, userInfo, object, oldObject, dryRun and options,
   POSTed to ``clientConfig.url`` (or a service, see ``service_routes``) with ``?timeout=Ns``;
@@ -63,6 +63,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from kubeapi_emulator import errors
+from kubeapi_emulator.cel import MatchCondition, compile_conditions, condition_request, match_condition_problems
+from kubeapi_emulator.cel import evaluate as evaluate_conditions
 from kubeapi_emulator.errors import ApiError
 from kubeapi_emulator.patching import json_patch
 from kubeapi_emulator.selectors import compile_label_selector, label_selector_problems
@@ -150,7 +152,7 @@ class Webhook:
     side_effects: str
     review_versions: tuple[str, ...]
     reinvoke_if_needed: bool
-    match_conditions: tuple[tuple[str, str], ...] = ()  # (name, CEL expression)
+    match_conditions: tuple[MatchCondition, ...] = ()  # compiled once per configuration change
 
 
 class CallFailed(Exception):
@@ -265,65 +267,8 @@ def configuration_problems(obj: Mapping[str, Any], mutating: bool) -> list[str]:
             problems += _rule_problems(rule, f"{at}.rules[{rule_index}]")
         for selector in ("namespaceSelector", "objectSelector"):
             problems += label_selector_problems(webhook.get(selector), f"{at}.{selector}")
-        problems += _match_condition_problems(webhook.get("matchConditions"), f"{at}.matchConditions")
+        problems += match_condition_problems(webhook.get("matchConditions"), f"{at}.matchConditions")
     return problems
-
-
-MAX_MATCH_CONDITIONS = 64
-_CONDITION_NAME = re.compile(r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
-                             r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
-
-
-def _match_condition_problems(conditions: Any, at: str) -> list[str]:
-    if conditions is None:
-        return []
-    if not isinstance(conditions, list):
-        return [f"{at}: Invalid value: must be a list"]
-    problems = []
-    if len(conditions) > MAX_MATCH_CONDITIONS:
-        problems.append(f"{at}: Too many: {len(conditions)}: must have at most {MAX_MATCH_CONDITIONS} items")
-    names: set[str] = set()
-    for index, condition in enumerate(conditions):
-        where = f"{at}[{index}]"
-        if not isinstance(condition, Mapping):
-            problems.append(f"{where}: Invalid value: must be an object")
-            continue
-        name, expression = condition.get("name"), condition.get("expression")
-        if not isinstance(name, str) or not name:
-            problems.append(f"{where}.name: Required value")
-        elif not _CONDITION_NAME.match(name) or len(name) > 316:
-            problems.append(f'{where}.name: Invalid value: "{name}": must be a qualified name')
-        elif name in names:
-            problems.append(f'{where}.name: Duplicate value: "{name}"')
-        else:
-            names.add(name)
-        if not isinstance(expression, str) or not expression:
-            problems.append(f"{where}.expression: Required value")
-        else:
-            error = cel_compile_error(expression)
-            if error:
-                problems.append(f'{where}.expression: Invalid value: "{expression}": compilation failed: {error}')
-    return problems
-
-
-def _cel() -> Any:
-    """cel-python's ``celpy`` when installed, else None (matchConditions are then not evaluated)."""
-    try:
-        import celpy
-    except ImportError:
-        return None
-    return celpy
-
-
-def cel_compile_error(expression: str) -> str | None:
-    celpy = _cel()
-    if celpy is None:
-        return None
-    try:
-        celpy.Environment().compile(expression)
-    except Exception as error:  # noqa: BLE001 - cel-python raises its own parse errors of several kinds
-        return str(error).splitlines()[0] if str(error) else type(error).__name__
-    return None
 
 
 def _client_config_problems(client: Any, at: str) -> list[str]:
@@ -401,8 +346,7 @@ def parse_configuration(obj: Mapping[str, Any], mutating: bool) -> list[Webhook]
             side_effects=str(webhook.get("sideEffects") or ""),
             review_versions=tuple(webhook.get("admissionReviewVersions") or ()),
             reinvoke_if_needed=mutating and webhook.get("reinvocationPolicy") == "IfNeeded",
-            match_conditions=tuple((str(c.get("name")), str(c.get("expression")))
-                                   for c in webhook.get("matchConditions") or [] if isinstance(c, Mapping)),
+            match_conditions=compile_conditions(webhook.get("matchConditions")),
         ))
     return parsed
 
@@ -442,8 +386,6 @@ class WebhookAdmission:
         self.require_namespaces = require_namespaces
         self._webhooks: tuple[list[Webhook], list[Webhook]] | None = None
         self._contexts: dict[bytes, ssl.SSLContext] = {}
-        self._programs: dict[str, Any] = {}  # CEL expression -> compiled cel-python program
-        self._warned_no_cel = False
         self._session: Any = None  # an aiohttp.ClientSession, made in the serving loop on first use
         store.listeners.append(self._on_stored_event)
 
@@ -593,45 +535,18 @@ class WebhookAdmission:
 
     def _conditions_hold(self, invocation: Invocation, attrs: Attributes, obj: dict[str, Any] | None,
                          old: dict[str, Any] | None) -> bool:
-        """matchConditions: all true calls, any false skips; an error (none false) refuses the
-        request with 403 under Fail and skips the webhook under Ignore."""
+        """matchConditions (``kubeapi_emulator.cel``): all true calls, any false skips; an error
+        (none false) refuses the request with 403 under Fail and skips the webhook under Ignore."""
         webhook = invocation.webhook
-        celpy = _cel()
-        if celpy is None:
-            if not self._warned_no_cel:
-                logger.warning("cel-python is not installed: webhooks' matchConditions are not evaluated (the "
-                               "webhook is called, as by API servers before Kubernetes 1.28)")
-                self._warned_no_cel = True
-            return True
         review = self._review(invocation, attrs, obj, old, "")["request"]
-        activation = {"object": celpy.json_to_cel(review["object"]),
-                      "oldObject": celpy.json_to_cel(review["oldObject"]),
-                      "request": celpy.json_to_cel({k: v for k, v in review.items()
-                                                    if k not in ("object", "oldObject", "uid")})}
-        errors_seen = []
-        for name, expression in webhook.match_conditions:
-            try:
-                program = self._programs.get(expression)
-                if program is None:
-                    environment = celpy.Environment()
-                    program = self._programs[expression] = environment.program(environment.compile(expression))
-                result = program.evaluate(activation)
-            except Exception as error:  # noqa: BLE001 - cel-python's evaluation errors are of many types
-                errors_seen.append(f"matchCondition '{name}': {str(error).splitlines()[0] if str(error) else error!r}")
-                continue
-            if not isinstance(result, celpy.celtypes.BoolType | bool):
-                errors_seen.append(f"matchCondition '{name}': must evaluate to bool")
-            elif not result:
-                return False
-        if not errors_seen:
-            return True
+        result = evaluate_conditions(webhook.match_conditions, review["object"], review["oldObject"],
+                                     condition_request(review))
+        if result.error is None:
+            return result.matches
         if not webhook.fail_closed:
+            logger.warning("Failed evaluating match conditions, failing open %s: %s", webhook.name, result.error)
             return False
-        name = attrs.name or "Unknown"
-        resource = f"{attrs.resource}.{attrs.group}" if attrs.group else attrs.resource
-        raise ApiError(403, "Forbidden", f'{resource} "{name}" is forbidden: failed to evaluate match conditions of '
-                                         f'webhook "{webhook.name}": {"; ".join(errors_seen)}',
-                       {"name": name, "group": attrs.group, "kind": attrs.resource})
+        raise errors.forbidden(attrs.group, attrs.resource, attrs.name, result.error)
 
     def _selectors_match(self, webhook: Webhook, attrs: Attributes, obj: Mapping[str, Any] | None,
                          old: Mapping[str, Any] | None) -> bool:

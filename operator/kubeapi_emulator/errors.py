@@ -63,6 +63,12 @@ def conflict(group: str, plural: str, name: str) -> ApiError:
     )
 
 
+def forbidden(group: str, plural: str, name: str, cause: str) -> ApiError:
+    """``apierrors.NewForbidden``: 403, ``pods "p" is forbidden: CAUSE`` (no name: ``pods is forbidden``)."""
+    subject = f'{qualified_resource(group, plural)} "{name}"' if name else qualified_resource(group, plural)
+    return ApiError(403, "Forbidden", f"{subject} is forbidden: {cause}", {"name": name, "group": group, "kind": plural})
+
+
 def bad_request(message: str) -> ApiError:
     return ApiError(400, "BadRequest", message)
 
