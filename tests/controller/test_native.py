@@ -383,3 +383,26 @@ async def test_opting_out_removes_the_gate_and_rejects_the_mirror() -> None:
     status = cluster.get(WORKLOAD, f"{MANAGED}/pod-waiting")["status"]
     assert status["reason"] == "MirrorNotTrusted" and "not managed" in status["message"]
     assert f"{MANAGED}/first" in cluster.api.objects[POD]  # what runs keeps running, as used capacity
+
+
+async def test_native_work_is_counted_by_kind_in_the_metrics() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from gpuadmit.metrics import Metrics
+
+    registry = CollectorRegistry()
+    cluster = base((JOB, job("train", parallelism=2, gpus=2)))
+    cluster.loop.metrics = Metrics(registry)
+    await cluster.cycle()
+    cluster.job_controller_creates_pods("train", 2, gpus=2)
+    await cluster.cycle()
+
+    def value(name: str, **labels: str) -> float | None:
+        return registry.get_sample_value(name, labels)
+
+    assert value("gpuadmit_native_actions_total", kind="Job", action="mirrored") == 1
+    assert value("gpuadmit_native_actions_total", kind="Job", action="resumed") == 1
+    assert value("gpuadmit_native_actions_total", kind="Job", action="released") == 2
+    assert value("gpuadmit_native_actions_total", kind="Pod", action="released") == 0  # initialised
+    assert value("gpuadmit_native_mirrors", kind="Job", phase="Admitted") == 1
+    assert value("gpuadmit_native_mirrors", kind="Pod", phase="Admitted") == 0

@@ -91,6 +91,7 @@ class MetricsSink(Protocol):
     def observe_preemption(self, victim_class: str, preemptor_class: str) -> None: ...
     def observe_cycle_failed(self, in_a_row: int) -> None: ...
     def observe_workload_failed(self, reason: str) -> None: ...
+    def observe_native(self, actions: Mapping[tuple[str, str], int], mirrors: Mapping[tuple[str, str], int]) -> None: ...
 
 
 class Gate(Protocol):
@@ -327,7 +328,9 @@ class SchedulingLoop:
         result = self.decide(snapshot)
         report.decide_s, mark = time.monotonic() - mark, time.monotonic()
         await self._apply(snapshot, result, now, report)
-        await self.native.reconcile(now)  # native units released or held back as their mirrors now stand
+        native = await self.native.reconcile(now)  # native units released or held back as their mirrors now stand
+        if self.metrics is not None:
+            self.metrics.observe_native(native.actions, self.native.mirrors_by_kind_and_phase())
         try:
             await self._write_quota_statuses(snapshot, now)
         except asyncio.CancelledError:

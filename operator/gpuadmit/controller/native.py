@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,8 +41,15 @@ from gpuadmit.core.classifier import KindLean
 from gpuadmit.core.model import HOLDING_PHASES, Phase
 from gpuadmit.core.native import (
     ADMISSION_GATE,
+    DELETED_POD,
     MIRROR_KIND_LABEL,
+    MIRRORED,
+    REJECTED,
     RELEASED_ANNOTATION,
+    RELEASED_POD,
+    RESUMED,
+    SUSPENDED,
+    UNMANAGED,
     Mirror,
     UnitKind,
     UnitRef,
@@ -58,6 +66,7 @@ from gpuadmit.core.native import (
     stale_mirror,
     suspend_patch,
     uid_of,
+    unit_of_pod,
     units_in,
     wants_mirror,
 )
@@ -91,7 +100,7 @@ def _terminating(obj: Mapping[str, Any]) -> bool:
 
 @dataclass
 class NativeReport:
-    """What the native half did in one cycle, for logs and tests."""
+    """What the native half did in one cycle, for logs, tests and metrics."""
 
     mirrors_created: int = 0
     mirrors_updated: int = 0
@@ -103,6 +112,7 @@ class NativeReport:
     pods_deleted: int = 0
     pods_ungated: int = 0
     warnings: list[str] = field(default_factory=list)
+    actions: Counter[tuple[str, str]] = field(default_factory=Counter)  # (unit kind, action) -> count
 
 
 class NativeWorkloads:
@@ -119,6 +129,16 @@ class NativeWorkloads:
         self.last_report = NativeReport()
         self._told: dict[tuple[str, str], tuple[str, str]] = {}  # (native uid, mirror uid) -> (phase, reason) told
         self._warned_unmanaged: set[str] = set()  # pod uids told they run unmanaged
+
+    def mirrors_by_kind_and_phase(self) -> Counter[tuple[str, str]]:
+        """The trusted mirrors, by (unit kind, phase; "Pending" before the first decision)."""
+        counts: Counter[tuple[str, str]] = Counter()
+        for key in self.trusted:
+            mirror = self.cache.get(WORKLOAD, key)
+            unit = claimed_unit(mirror) if mirror is not None else None
+            if mirror is not None and unit is not None:
+                counts[(unit.kind.value, str(_phase(mirror) or "Pending"))] += 1
+        return counts
 
     def is_mirror(self, key: str) -> bool:
         return key in self.trusted
@@ -185,6 +205,7 @@ class NativeWorkloads:
         self.cache.put(WORKLOAD, created)
         self.trusted[mirror.unit.mirror_key] = mirror.lean
         report.mirrors_created += 1
+        report.actions[(mirror.unit.kind.value, MIRRORED)] += 1
         logger.info("Mirror %s made for %s %s", mirror.unit.mirror_key, mirror.unit.kind.value, mirror.unit.name)
 
     async def _replace_spec(self, workload: Mapping[str, Any], expected: Mirror, report: NativeReport) -> None:
@@ -216,6 +237,8 @@ class NativeWorkloads:
         desired = desired_status.pods_phase_status(workload, Phase.REJECTED.value, MIRROR_NOT_TRUSTED, message, now)
         if await self.writer.write_status(WORKLOAD, workload, desired) is not None:
             report.mirrors_rejected += 1
+            unit = claimed_unit(workload)
+            report.actions[(unit.kind.value if unit else UnitKind.POD.value, REJECTED)] += 1
             self.writer.explain_later(workload, "Warning", MIRROR_NOT_TRUSTED, message)
 
     # -- after the decisions ------------------------------------------------------------------
@@ -263,6 +286,7 @@ class NativeWorkloads:
         if job is not None and job_suspended(job) and job_finished(job) is None:
             await self._patch(JOB, kube.JOBS, job, suspend_patch(False, uid_of(mirror)))
             report.jobs_unsuspended += 1
+            report.actions[(unit.kind.value, RESUMED)] += 1
         if unit.kind in (UnitKind.POD_GROUP, UnitKind.LWS_GROUP):
             live = [pod for pod in pods if not pod_is_terminal(pod) and not _terminating(pod)]
             if len(live) < recorded.replicas:
@@ -275,6 +299,7 @@ class NativeWorkloads:
                 continue
             await self._patch(POD, kube.PODS, pod, release_patch(pod, node))
             report.pods_released += 1
+            report.actions[(unit.kind.value, RELEASED_POD)] += 1
 
     async def _hold_back(self, mirror: Mapping[str, Any], unit: UnitRef, job: Mapping[str, Any] | None,
                          pods: list[Mapping[str, Any]], report: NativeReport) -> None:
@@ -285,10 +310,12 @@ class NativeWorkloads:
             if not job_suspended(job) and job_finished(job) is None and (RELEASED_ANNOTATION in annotations or ours):
                 await self._patch(JOB, kube.JOBS, job, suspend_patch(True, None))
                 report.jobs_suspended += 1
+                report.actions[(unit.kind.value, SUSPENDED)] += 1
             return
         for pod in ours:
             if await self.writer.delete_pod(pod):
                 report.pods_deleted += 1
+                report.actions[(unit.kind.value, DELETED_POD)] += 1
 
     async def _follow(self, mirror: Mapping[str, Any], unit: UnitRef, job: Mapping[str, Any] | None,
                       pods: list[Mapping[str, Any]], now: float) -> None:
@@ -361,6 +388,7 @@ class NativeWorkloads:
                        f"admission (the {ADMISSION_GATE} gate was removed, or the pod arrived while no webhook ran): "
                        "its GPUs count as used capacity, and gpuadmit neither reserves nor preempts them")
             report.warnings.append(object_key(pod))
+            report.actions[(unit_of_pod(pod).kind.value, UNMANAGED)] += 1
             self.writer.explain_later(pod, "Warning", RUNS_UNMANAGED, message)
         await asyncio.gather(*ungates)
 

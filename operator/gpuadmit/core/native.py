@@ -63,6 +63,11 @@ CLASS_ANNOTATION = "gpuadmit.io/class"
 # runs unsuspended was unsuspended by somebody else (its pods still wait at their gates).
 RELEASED_ANNOTATION = "gpuadmit.io/released-for"
 
+# What the operator does to native units, counted by kind in gpuadmit_native_actions_total.
+MIRRORED, REJECTED, RESUMED, SUSPENDED, RELEASED_POD, DELETED_POD, UNMANAGED = (
+    "mirrored", "rejected", "resumed", "suspended", "released", "deleted", "unmanaged")
+NATIVE_ACTIONS = (MIRRORED, REJECTED, RESUMED, SUSPENDED, RELEASED_POD, DELETED_POD, UNMANAGED)
+
 JOB_API_VERSION = "batch/v1"
 MAX_GROUP_SIZE = 1024  # the CRD's bound on spec.replicas
 HASH_LENGTH = 10
