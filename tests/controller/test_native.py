@@ -385,6 +385,20 @@ async def test_opting_out_removes_the_gate_and_rejects_the_mirror() -> None:
     assert f"{MANAGED}/first" in cluster.api.objects[POD]  # what runs keeps running, as used capacity
 
 
+async def test_opting_out_resumes_the_jobs_gpuadmits_webhook_suspended() -> None:
+    held = job("held", parallelism=1, gpus=8)  # never fits: stays suspended while managed
+    held["metadata"]["annotations"] = {"gpuadmit.io/suspended-by": "admission-webhook"}
+    own = job("own", parallelism=1, gpus=8)  # suspended by its creator
+    cluster = base((JOB, held), (JOB, own))
+    await cluster.cycle()
+    assert cluster.get(JOB, f"{MANAGED}/held")["spec"]["suspend"] is True
+    cluster.add(NAMESPACE, namespace(MANAGED, False))
+    await cluster.cycle()
+    resumed = cluster.get(JOB, f"{MANAGED}/held")
+    assert resumed["spec"]["suspend"] is False and "gpuadmit.io/suspended-by" not in resumed["metadata"]["annotations"]
+    assert cluster.get(JOB, f"{MANAGED}/own")["spec"]["suspend"] is True
+
+
 async def test_native_work_is_counted_by_kind_in_the_metrics() -> None:
     from prometheus_client import CollectorRegistry
 

@@ -38,6 +38,7 @@ from gpuadmit.controller.api import ApiError
 from gpuadmit.controller.cache import JOB, NAMESPACE, POD, WORKLOAD, ObjectCache, object_key
 from gpuadmit.controller.writer import Writer
 from gpuadmit.core.classifier import KindLean
+from gpuadmit.core.holds import SUSPENDED_BY_WEBHOOK
 from gpuadmit.core.model import HOLDING_PHASES, Phase
 from gpuadmit.core.native import (
     ADMISSION_GATE,
@@ -49,6 +50,7 @@ from gpuadmit.core.native import (
     RELEASED_POD,
     RESUMED,
     SUSPENDED,
+    SUSPENDED_BY_ANNOTATION,
     UNMANAGED,
     Mirror,
     UnitKind,
@@ -368,7 +370,8 @@ class NativeWorkloads:
 
     async def _watch_unmanaged(self, report: NativeReport) -> None:
         """GPU pods of managed namespaces past the gate without a release are told once; pods of
-        namespaces no longer managed lose gpuadmit's gate (gpuadmit no longer decides for them)."""
+        namespaces no longer managed lose gpuadmit's gate, and Jobs its webhook suspended there are
+        resumed (gpuadmit no longer decides for them)."""
         managed = managed_namespaces(self.cache.all(NAMESPACE))
         ungates: list[Awaitable[Any]] = []
         for pod in self.cache.all(POD):
@@ -390,6 +393,15 @@ class NativeWorkloads:
             report.warnings.append(object_key(pod))
             report.actions[(unit_of_pod(pod).kind.value, UNMANAGED)] += 1
             self.writer.explain_later(pod, "Warning", RUNS_UNMANAGED, message)
+        for job in self.cache.all(JOB):
+            annotations = (job.get("metadata") or {}).get("annotations") or {}
+            if (namespace_of(job) not in managed and job_suspended(job) and job_finished(job) is None
+                    and annotations.get(SUSPENDED_BY_ANNOTATION) == SUSPENDED_BY_WEBHOOK):
+                # Held by gpuadmit's webhook in a namespace no longer managed: given back to the Job controller.
+                patch = {"metadata": {"annotations": {SUSPENDED_BY_ANNOTATION: None, RELEASED_ANNOTATION: None}},
+                         "spec": {"suspend": False}}
+                ungates.append(self._patch(JOB, kube.JOBS, job, patch))
+                report.actions[(UnitKind.JOB.value, RESUMED)] += 1
         await asyncio.gather(*ungates)
 
 

@@ -45,6 +45,7 @@ _MAPPINGS = (dict, Mapping)
 
 # Shared names (HELPERS.md; the webhooks of native-hooks use the same ones).
 MANAGED_LABEL = "gpuadmit.io/managed"
+MANAGED_VALUE = "true"
 ADMISSION_GATE = "gpuadmit.io/admission"
 POD_GROUP_LABEL = "gpuadmit.io/pod-group"
 POD_GROUP_SIZE_ANNOTATION = "gpuadmit.io/pod-group-size"
@@ -59,6 +60,8 @@ MIRROR_OF_ANNOTATION = "gpuadmit.io/mirror-of"  # the native name in full, alway
 MIRROR_KEYS = frozenset({MIRROR_KIND_LABEL, MIRROR_NAME_LABEL, MIRROR_OF_ANNOTATION})
 # An explicit class on the native object (its metadata or, for a Job, its pod template's).
 CLASS_ANNOTATION = "gpuadmit.io/class"
+# On a Job the Job webhook suspended (core.holds): on opting out, gpuadmit resumes such a Job.
+SUSPENDED_BY_ANNOTATION = "gpuadmit.io/suspended-by"
 # On a Job gpuadmit unsuspended: the uid of the mirror it was released for. A Job without it that
 # runs unsuspended was unsuspended by somebody else (its pods still wait at their gates).
 RELEASED_ANNOTATION = "gpuadmit.io/released-for"
@@ -153,7 +156,7 @@ def uid_of(obj: object) -> str:
 
 
 def is_managed(namespace: Mapping[str, Any]) -> bool:
-    return _map(_metadata(namespace), "labels").get(MANAGED_LABEL) == "true"
+    return _map(_metadata(namespace), "labels").get(MANAGED_LABEL) == MANAGED_VALUE
 
 
 def managed_namespaces(namespaces: Iterable[Mapping[str, Any]]) -> frozenset[str]:
