@@ -420,3 +420,18 @@ async def test_native_work_is_counted_by_kind_in_the_metrics() -> None:
     assert value("gpuadmit_native_actions_total", kind="Pod", action="released") == 0  # initialised
     assert value("gpuadmit_native_mirrors", kind="Job", phase="Admitted") == 1
     assert value("gpuadmit_native_mirrors", kind="Pod", phase="Admitted") == 0
+
+
+async def test_a_released_pod_kube_scheduler_cannot_bind_requeues_its_mirror() -> None:
+    cluster = base((POD, gated_pod("stuck", 2)))
+    await cluster.cycle()
+    pod = cluster.get(POD, f"{MANAGED}/stuck")
+    assert pinned_node(pod["spec"]) == "gpu-a"
+    long_ago = format_rfc3339(time.time() - 3600)
+    cluster.add(POD, {**pod, "status": {"phase": "Pending", "conditions": [
+        {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "lastTransitionTime": long_ago,
+         "message": "0/1 nodes are available: 1 node(s) had volume node affinity conflict."}]}})
+    await cluster.cycle()
+    assert ("delete", POD, f"{MANAGED}/stuck") in cluster.api.writes  # its ReplicaSet would make it again
+    assert ("Warning", "Unschedulable") in cluster.api.events("GPUWorkload", "pod-stuck")
+    assert cluster.get(WORKLOAD, f"{MANAGED}/pod-stuck")["status"]["phase"] not in ("Admitted", "Running")

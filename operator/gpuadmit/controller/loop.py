@@ -551,8 +551,12 @@ class SchedulingLoop:
         """Holding workloads with a pod kube-scheduler has found unschedulable for too long; a
         cycle is asked for when the next such pod will be overdue."""
         holding = {object_key(w): w for w in self.cache.all(WORKLOAD) if _phase(w) in HOLDING_PHASES}
-        own = {key: [pod for pod in pods if _owned_by(pod, holding[key])]
-               for key, pods in self.cache.pods_by_workload().items() if key in holding}
+        own: dict[str, list[Mapping[str, Any]]] = {
+            key: [pod for pod in pods if _owned_by(pod, holding[key])]
+            for key, pods in self.cache.pods_by_workload().items() if key in holding}
+        for key, pods in self.native.released_pods_by_mirror().items():  # a mirror's are its unit's
+            if key in holding:
+                own[key] = pods
         overdue, next_due = self.unschedulable.overdue(own, now)
         if next_due is not None:
             if self._unschedulable_timer is not None:

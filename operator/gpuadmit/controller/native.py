@@ -55,6 +55,7 @@ from gpuadmit.core.native import (
     Mirror,
     UnitKind,
     UnitRef,
+    admission_unit_of,
     claimed_unit,
     is_gated,
     job_finished,
@@ -141,6 +142,18 @@ class NativeWorkloads:
             if mirror is not None and unit is not None:
                 counts[(unit.kind.value, str(_phase(mirror) or "Pending"))] += 1
         return counts
+
+    def released_pods_by_mirror(self) -> dict[str, list[Mapping[str, Any]]]:
+        """The pods gpuadmit released, by the key of their unit's trusted mirror (for the
+        Unschedulable follow-up, as a GPUWorkload's own pods)."""
+        if not self.trusted:
+            return {}
+        released_pods: dict[str, list[Mapping[str, Any]]] = {}
+        for pod in self.cache.all(POD):
+            key = admission_unit_of(pod, self.trusted) if released(pod) else None
+            if key is not None and key in self.trusted:
+                released_pods.setdefault(key, []).append(pod)
+        return released_pods
 
     def is_mirror(self, key: str) -> bool:
         return key in self.trusted
