@@ -57,12 +57,15 @@ from gpuadmit.core.native import (
     UnitRef,
     admission_unit_of,
     claimed_unit,
+    expected_mirror,
     is_gated,
     job_finished,
     job_suspended,
     managed_namespaces,
     mirror_problem,
+    name_of,
     namespace_of,
+    pods_by_unit,
     release_assignments,
     release_patch,
     released,
@@ -70,8 +73,6 @@ from gpuadmit.core.native import (
     suspend_patch,
     uid_of,
     unit_of_pod,
-    units_in,
-    wants_mirror,
 )
 from gpuadmit.core.nodes import pod_gpu_request, pod_is_terminal
 from gpuadmit.core.placement import placement_of
@@ -132,6 +133,9 @@ class NativeWorkloads:
         self.last_report = NativeReport()
         self._told: dict[tuple[str, str], tuple[str, str]] = {}  # (native uid, mirror uid) -> (phase, reason) told
         self._warned_unmanaged: set[str] = set()  # pod uids told they run unmanaged
+        self._facts: dict[tuple[str, str], tuple[int, UnitRef]] = {}  # (pod uid, resourceVersion) -> GPUs, unit
+        self._managed: frozenset[str] = frozenset()  # the managed namespaces, as of ``prepare``
+        self._pod_keys_by_unit: dict[UnitRef, list[str]] = {}  # as of ``prepare``
 
     def mirrors_by_kind_and_phase(self) -> Counter[tuple[str, str]]:
         """The trusted mirrors, by (unit kind, phase; "Pending" before the first decision)."""
@@ -164,22 +168,56 @@ class NativeWorkloads:
 
     # -- before the snapshot ----------------------------------------------------------------
 
+    def gpus_of(self, pod: Mapping[str, Any]) -> int:
+        """``pod_gpu_request``, read once per pod version (pods rarely change, cycles are many)."""
+        return self._pod_facts(pod)[0]
+
+    def unit_of(self, pod: Mapping[str, Any]) -> UnitRef:
+        """``unit_of_pod``, read once per pod version."""
+        return self._pod_facts(pod)[1]
+
+    def _pod_facts(self, pod: Mapping[str, Any]) -> tuple[int, UnitRef]:
+        metadata = pod.get("metadata") or {}
+        key = (str(metadata.get("uid") or ""), str(metadata.get("resourceVersion") or ""))
+        if not key[0] or not key[1]:
+            return pod_gpu_request(pod), unit_of_pod(pod)
+        facts = self._facts.get(key)
+        if facts is None:
+            if len(self._facts) > 2 * max(1000, len(self.cache.objects[POD])):
+                self._facts.clear()  # bounded: old versions go, the next cycle reads the live ones again
+            facts = self._facts[key] = (pod_gpu_request(pod), unit_of_pod(pod))
+        return facts
+
     async def prepare(self, now: float) -> NativeReport:
         report = NativeReport()
         self.last_report = report
-        managed = managed_namespaces(self.cache.all(NAMESPACE))
-        jobs = {object_key(job): job for job in self.cache.all(JOB)}
-        expected_by_unit, pods_by_unit = units_in(jobs.values(), self.cache.all(POD), managed)
+        managed = self._managed = managed_namespaces(self.cache.all(NAMESPACE))
+        grouped = pods_by_unit(self.cache.all(POD), managed, self.gpus_of, self.unit_of) if managed else {}
+        self._pod_keys_by_unit = {unit: [object_key(pod) for pod in pods] for unit, pods in grouped.items()}
+        expected_by_unit: dict[UnitRef, Mirror | None] = {}
+
+        def expected_of(unit: UnitRef) -> Mirror | None:
+            """The unit's mirror as it should be now, built only for the units that need it."""
+            if unit.namespace not in managed:
+                return None
+            if unit not in expected_by_unit:
+                job = self.cache.get(JOB, f"{unit.namespace}/{unit.name}") if unit.kind == UnitKind.JOB else None
+                expected_by_unit[unit] = expected_mirror(unit, job, grouped.get(unit, []), self.gpus_of)
+            return expected_by_unit[unit]
+
         trusted: dict[str, KindLean | None] = {}
         untrusted: set[str] = set()
         writes: list[Awaitable[Any]] = []
         mirrored: set[UnitRef] = set()
         for workload in self.cache.all(WORKLOAD):
+            labels = (workload.get("metadata") or {}).get("labels")
+            if not labels or MIRROR_KIND_LABEL not in labels:
+                continue  # an ordinary GPUWorkload: the common case, told apart without a call
             unit = claimed_unit(workload)
             if unit is None:
                 continue
             key = object_key(workload)
-            expected = expected_by_unit.get(unit)
+            expected = expected_of(unit)
             problem = mirror_problem(workload, expected, managed)
             if problem is None and expected is not None:
                 trusted[key] = expected.lean
@@ -195,14 +233,15 @@ class NativeWorkloads:
                     writes.append(self._delete_stale(workload, report))
                 elif _phase(workload) != Phase.REJECTED.value:
                     writes.append(self._reject(workload, problem or "it mirrors nothing", now, report))
-        for unit, mirror in expected_by_unit.items():
-            if mirror is None or unit in mirrored:
-                continue
-            job = jobs.get(f"{unit.namespace}/{unit.name}") if unit.kind == UnitKind.JOB else None
-            if not wants_mirror(unit, job, pods_by_unit.get(unit, [])):
-                continue
-            if self.cache.get(WORKLOAD, unit.mirror_key) is not None:
-                continue  # the name is taken by a GPUWorkload that is not this unit's mirror (rejected above)
+        # Units gpuadmit holds (a suspended Job, a gated pod) and that have no mirror yet get one.
+        held = {unit for unit, pods in grouped.items() if any(is_gated(pod) for pod in pods)}
+        for job in self.cache.all(JOB) if managed else ():
+            if namespace_of(job) in managed and job_suspended(job) and job_finished(job) is None:
+                held.add(UnitRef(namespace_of(job), UnitKind.JOB, name_of(job)))
+        for unit in held - mirrored:
+            mirror = expected_of(unit)
+            if mirror is None or self.cache.get(WORKLOAD, unit.mirror_key) is not None:
+                continue  # nothing to mirror yet, or the name is taken by a GPUWorkload that is not its mirror
             writes.append(self._create_mirror(mirror, report))
         self.trusted, self.untrusted = trusted, untrusted
         await asyncio.gather(*writes)  # a mirror created here joins ``trusted``: decided in this very cycle
@@ -260,17 +299,17 @@ class NativeWorkloads:
 
     async def reconcile(self, now: float) -> NativeReport:
         report = self.last_report
-        jobs = {object_key(job): job for job in self.cache.all(JOB)}
-        managed = managed_namespaces(self.cache.all(NAMESPACE))
-        _, pods_by_unit = units_in((), self.cache.all(POD), managed)  # as they are now, after this cycle's writes
         work: list[Awaitable[Any]] = []
         for key in sorted(self.trusted):
             mirror = self.cache.get(WORKLOAD, key)
             unit = claimed_unit(mirror) if mirror is not None else None
             if mirror is None or unit is None or _terminating(mirror):
                 continue
-            job = jobs.get(f"{unit.namespace}/{unit.name}") if unit.kind == UnitKind.JOB else None
-            pods = list(pods_by_unit.get(unit, []))
+            job = self.cache.get(JOB, f"{unit.namespace}/{unit.name}") if unit.kind == UnitKind.JOB else None
+            # The unit's pods as they are now, after this cycle's writes (a pod that arrived since
+            # ``prepare`` brought its own watch event: the next cycle takes it).
+            pods: list[Mapping[str, Any]] = [pod for pod_key in self._pod_keys_by_unit.get(unit, [])
+                    if (pod := self.cache.get(POD, pod_key)) is not None]
             work.append(self._reconcile_unit(mirror, unit, job, pods, now, report))
         work.append(self._watch_unmanaged(report))
         await asyncio.gather(*work)
@@ -385,19 +424,25 @@ class NativeWorkloads:
         """GPU pods of managed namespaces past the gate without a release are told once; pods of
         namespaces no longer managed lose gpuadmit's gate, and Jobs its webhook suspended there are
         resumed (gpuadmit no longer decides for them)."""
-        managed = managed_namespaces(self.cache.all(NAMESPACE))
+        managed = self._managed
         ungates: list[Awaitable[Any]] = []
         for pod in self.cache.all(POD):
-            if pod_gpu_request(pod) <= 0 or pod_is_terminal(pod) or controlling_workload(pod) is not None:
+            # The cheap tests first: most pods are in no managed namespace and carry no gate.
+            if not (pod.get("spec") or {}).get("schedulingGates") and not managed:
                 continue
-            if namespace_of(pod) not in managed:
+            in_managed = namespace_of(pod) in managed
+            if not in_managed and not is_gated(pod):
+                continue
+            if in_managed and (uid_of(pod) in self._warned_unmanaged or is_gated(pod) or released(pod)):
+                continue
+            if self.gpus_of(pod) <= 0 or pod_is_terminal(pod) or controlling_workload(pod) is not None:
+                continue
+            if not in_managed:
                 if is_gated(pod):
                     gates = [g for g in (pod.get("spec") or {}).get("schedulingGates") or []
                              if not (isinstance(g, Mapping) and g.get("name") == ADMISSION_GATE)]
                     ungates.append(self._patch(POD, kube.PODS, pod, {"spec": {"schedulingGates": gates or None}}))
                     report.pods_ungated += 1
-                continue
-            if is_gated(pod) or released(pod) or uid_of(pod) in self._warned_unmanaged:
                 continue
             self._warned_unmanaged.add(uid_of(pod))
             message = (f"pod {object_key(pod)} asks for GPUs in a namespace gpuadmit manages but runs without its "

@@ -26,11 +26,10 @@ before it is decided), so a forger gains nothing a real mirror would not have.
 
 from __future__ import annotations
 
-import copy
 import enum
 import hashlib
 from collections import Counter
-from collections.abc import Container, Iterable, Mapping, Sequence
+from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -274,11 +273,10 @@ def explicit_class(*objs: object) -> str:
 
 def _pod_template_of(pod: Mapping[str, Any]) -> dict[str, Any]:
     """What a pod was made from, as a template: its labels, annotations and spec, without what the
-    API server or gpuadmit added for one pod (node, scheduling gates, the pinning)."""
+    API server or gpuadmit added for one pod (node, scheduling gates). Shares the pod's nested
+    values (it is compared and serialised, never changed)."""
     metadata = _metadata(pod)
-    spec = copy.deepcopy(dict(_map(pod, "spec")))
-    for key in ("nodeName", "schedulingGates"):
-        spec.pop(key, None)
+    spec = {key: value for key, value in _map(pod, "spec").items() if key not in ("nodeName", "schedulingGates")}
     template_metadata: dict[str, Any] = {}
     for key in ("labels", "annotations"):
         if isinstance(metadata.get(key), _MAPPINGS) and metadata[key]:
@@ -286,40 +284,63 @@ def _pod_template_of(pod: Mapping[str, Any]) -> dict[str, Any]:
     return {"metadata": template_metadata, "spec": spec}
 
 
-def _owner_ref(obj: Mapping[str, Any], api_version: str, kind: str) -> dict[str, Any]:
-    # Not a controller reference: the mirror is not "controlled" by a Job in the sense the Job
-    # controller would adopt it; blockOwnerDeletion keeps the mirror until its owner is gone.
-    return {"apiVersion": api_version, "kind": kind, "name": name_of(obj), "uid": uid_of(obj),
-            "blockOwnerDeletion": False}
+@dataclass(frozen=True, slots=True)
+class Owner:
+    api_version: str
+    kind: str
+    name: str
+    uid: str
+
+    def reference(self) -> dict[str, Any]:
+        # Not a controller reference (no controller would adopt a GPUWorkload); the mirror goes with
+        # its owner by garbage collection, without blocking the owner's deletion.
+        return {"apiVersion": self.api_version, "kind": self.kind, "name": self.name, "uid": self.uid,
+                "blockOwnerDeletion": False}
 
 
 @dataclass(frozen=True, slots=True)
 class Mirror:
-    """The mirror a unit should have: the GPUWorkload to create, and the uids of its owners."""
+    """The mirror a unit should have. What decides trust (unit, owners) is read at once; the spec
+    and body, which copy a template, are built only when asked for (a create, a drift check)."""
 
     unit: UnitRef
-    body: dict[str, Any]
-    owner_uids: frozenset[str]
+    owners: tuple[Owner, ...]
     lean: KindLean | None
+    spec_class: str
+    gpus: int
+    replicas: int
+    source: Mapping[str, Any]  # the Job (its template is copied), or the pod (its own spec is)
 
     @property
-    def spec(self) -> Mapping[str, Any]:
-        return self.body["spec"]
+    def owner_uids(self) -> frozenset[str]:
+        return frozenset(owner.uid for owner in self.owners)
+
+    @property
+    def spec(self) -> dict[str, Any]:
+        template = (dict(job_template(self.source)) if self.unit.kind == UnitKind.JOB
+                    else _pod_template_of(self.source))
+        return {"class": self.spec_class, "gpus": self.gpus, "replicas": self.replicas, "template": template}
+
+    @property
+    def body(self) -> dict[str, Any]:
+        """The GPUWorkload to create."""
+        unit = self.unit
+        return {
+            "apiVersion": f"{API_GROUP}/{API_VERSION}",
+            "kind": GPUWORKLOAD_KIND,
+            "metadata": {
+                "name": unit.mirror_name,
+                "namespace": unit.namespace,
+                "labels": {MIRROR_KIND_LABEL: unit.kind.value, MIRROR_NAME_LABEL: name_label_value(unit.name)},
+                "annotations": {MIRROR_OF_ANNOTATION: unit.name},
+                "ownerReferences": [owner.reference() for owner in self.owners],
+            },
+            "spec": self.spec,
+        }
 
 
-def _mirror_body(unit: UnitRef, owners: Sequence[dict[str, Any]], spec: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "apiVersion": f"{API_GROUP}/{API_VERSION}",
-        "kind": GPUWORKLOAD_KIND,
-        "metadata": {
-            "name": unit.mirror_name,
-            "namespace": unit.namespace,
-            "labels": {MIRROR_KIND_LABEL: unit.kind.value, MIRROR_NAME_LABEL: name_label_value(unit.name)},
-            "annotations": {MIRROR_OF_ANNOTATION: unit.name},
-            "ownerReferences": list(owners),
-        },
-        "spec": spec,
-    }
+def _owner(obj: Mapping[str, Any], api_version: str, kind: str) -> Owner:
+    return Owner(api_version, kind, name_of(obj), uid_of(obj))
 
 
 def mirror_of_job(job: Mapping[str, Any]) -> Mirror | None:
@@ -329,67 +350,81 @@ def mirror_of_job(job: Mapping[str, Any]) -> Mirror | None:
     if gpus <= 0 or replicas <= 0:
         return None
     unit = UnitRef(namespace_of(job), UnitKind.JOB, name_of(job))
-    spec = {"class": explicit_class(job, template), "gpus": gpus, "replicas": replicas,
-            "template": copy.deepcopy(dict(template))}
-    return Mirror(unit, _mirror_body(unit, [_owner_ref(job, JOB_API_VERSION, "Job")], spec),
-                  frozenset({uid_of(job)}), _LEAN_BY_OWNER["Job"])
+    return Mirror(unit, (_owner(job, JOB_API_VERSION, "Job"),), _LEAN_BY_OWNER["Job"], explicit_class(job, template),
+                  gpus, replicas, job)
 
 
-def mirror_of_pods(unit: UnitRef, pods: Sequence[Mapping[str, Any]]) -> Mirror | None:
-    """The mirror of a pod unit or a group (``pods``: its live pods). None when the unit asks for
-    no GPUs, or a group is not complete yet (fewer pods than its size: a gang is decided whole)."""
+def mirror_of_pods(unit: UnitRef, pods: Sequence[Mapping[str, Any]],
+                   gpus_of: Callable[[Mapping[str, Any]], int] = pod_gpu_request) -> Mirror | None:
+    """The mirror of a pod unit or a group (``pods``: its pods). None when the unit asks for no
+    GPUs, or a group is not complete yet (fewer pods than its size: a gang is decided whole).
+    ``gpus_of``: a pod's GPUs (a caller may pass a memoised ``pod_gpu_request``)."""
     # Live pods first: a finished pod still names its unit (its mirror follows it to Succeeded or
     # Failed), but where a group has more pods than its size, the live ones are the group.
-    live = sorted(pods, key=lambda pod: (pod_is_terminal(pod), name_of(pod)))
-    if not live:
-        return None
-    gpus = max(pod_gpu_request(pod) for pod in live)
-    if gpus <= 0:
+    members = sorted(pods, key=lambda pod: (pod_is_terminal(pod), name_of(pod))) if len(pods) > 1 else list(pods)
+    if not members:
         return None
     if unit.kind == UnitKind.POD:
         replicas = 1
-        live = live[:1]
+        members = members[:1]
     else:
-        size = group_size(live[0])
-        if size is None or len(live) < size:
+        size = group_size(members[0])
+        if size is None or len(members) < size:
             return None
         replicas = size
-        live = live[:size]
-    first = next((pod for pod in live if pod_gpu_request(pod) == gpus), live[0])
-    spec = {"class": explicit_class(*live), "gpus": gpus, "replicas": replicas, "template": _pod_template_of(first)}
-    owners = [_owner_ref(pod, "v1", "Pod") for pod in live]
-    return Mirror(unit, _mirror_body(unit, owners, spec), frozenset(uid_of(pod) for pod in live), lean_of_pod(first))
+        members = members[:size]
+    gpus = max(gpus_of(pod) for pod in members)
+    if gpus <= 0:
+        return None
+    first = next((pod for pod in members if gpus_of(pod) == gpus), members[0])
+    owners = tuple(_owner(pod, "v1", "Pod") for pod in members)
+    return Mirror(unit, owners, lean_of_pod(first), explicit_class(*members), gpus, replicas, first)
 
 
-def wants_mirror(unit: UnitRef, job: Mapping[str, Any] | None, pods: Sequence[Mapping[str, Any]]) -> bool:
-    """Whether gpuadmit holds this unit, so a missing mirror is to be made: a Job that is
-    suspended and not finished, or any unit with a pod waiting at gpuadmit's gate. A unit already
-    running past both (made before the namespace opted in, or let go by hand) runs unmanaged: a
-    mirror for it would reserve GPUs its pods already use."""
-    if any(is_gated(pod) for pod in pods):
-        return True
-    return unit.kind == UnitKind.JOB and job is not None and job_suspended(job) and job_finished(job) is None
+def pods_by_unit(
+    pods: Iterable[Mapping[str, Any]], managed: frozenset[str],
+    gpus_of: Callable[[Mapping[str, Any]], int] = pod_gpu_request,
+    unit_of: Callable[[Mapping[str, Any]], UnitRef] = unit_of_pod,
+) -> dict[UnitRef, list[Mapping[str, Any]]]:
+    """The GPU pods of the managed namespaces by their unit (a Job's pods under the Job's unit).
+    ``gpus_of``, ``unit_of``: ``pod_gpu_request`` and ``unit_of_pod``, or memoised versions."""
+    grouped: dict[UnitRef, list[Mapping[str, Any]]] = {}
+    if managed:
+        for pod in pods:
+            if namespace_of(pod) in managed and gpus_of(pod) > 0:
+                grouped.setdefault(unit_of(pod), []).append(pod)
+    return grouped
+
+
+def expected_mirror(
+    unit: UnitRef, job: Mapping[str, Any] | None, pods: Sequence[Mapping[str, Any]],
+    gpus_of: Callable[[Mapping[str, Any]], int] = pod_gpu_request,
+) -> Mirror | None:
+    """The mirror ``unit`` should have now (``job``: its Job, for a Job unit; ``pods``: its GPU
+    pods), None when the unit is gone or asks for no GPUs, or a group is still forming."""
+    if unit.kind == UnitKind.JOB:
+        return mirror_of_job(job) if job is not None else None
+    return mirror_of_pods(unit, pods, gpus_of)
 
 
 def units_in(
     jobs: Iterable[Mapping[str, Any]], pods: Iterable[Mapping[str, Any]], managed: frozenset[str],
+    gpus_of: Callable[[Mapping[str, Any]], int] = pod_gpu_request,
 ) -> tuple[dict[UnitRef, Mirror | None], dict[UnitRef, list[Mapping[str, Any]]]]:
     """Every unit of the managed namespaces with the mirror it should have (None: none yet, e.g. a
-    group still forming), and the GPU pods of each unit (a Job's pods under the Job's unit)."""
-    pods_by_unit: dict[UnitRef, list[Mapping[str, Any]]] = {}
-    for pod in pods:
-        if namespace_of(pod) in managed and pod_gpu_request(pod) > 0:
-            pods_by_unit.setdefault(unit_of_pod(pod), []).append(pod)
+    group still forming), and the GPU pods of each unit. (The operator asks ``expected_mirror``
+    only for the units it needs: those with a mirror or a hold.)"""
+    grouped = pods_by_unit(pods, managed, gpus_of)
     mirrors: dict[UnitRef, Mirror | None] = {}
     for job in jobs:
         if namespace_of(job) in managed:
             mirror = mirror_of_job(job)
             if mirror is not None:
                 mirrors[mirror.unit] = mirror
-    for unit, unit_pods in pods_by_unit.items():
+    for unit, unit_pods in grouped.items():
         if unit.kind != UnitKind.JOB:
-            mirrors[unit] = mirror_of_pods(unit, unit_pods)
-    return mirrors, pods_by_unit
+            mirrors[unit] = mirror_of_pods(unit, unit_pods, gpus_of)
+    return mirrors, grouped
 
 
 # -- trust ----------------------------------------------------------------------------------------
