@@ -201,6 +201,10 @@ def test_slots_taken_are_read_from_the_released_pods_so_nothing_is_released_twic
     assert free_slots(PLACEMENT, [released]) == ["n1", "n2"]
     again = release_assignments(PLACEMENT, [released, *pods[1:]])
     assert [(p["metadata"]["name"], node) for p, node in again] == [("p1", "n1"), ("p2", "n2")]
+    # A released pod being deleted keeps its slot until it is gone.
+    terminating = copy.deepcopy(released)
+    terminating["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    assert [node for _, node in release_assignments(PLACEMENT, [terminating, *pods[1:]])] == ["n1", "n2"]
     # A finished pod frees its slot (a Job's retry takes it).
     done = copy.deepcopy(released)
     done["status"]["phase"] = "Failed"

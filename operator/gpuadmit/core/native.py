@@ -514,10 +514,11 @@ def released(pod: Mapping[str, Any]) -> bool:
 def release_assignments(
     placement: Sequence[PlacementEntry], pods: Sequence[Mapping[str, Any]],
 ) -> list[tuple[Mapping[str, Any], str]]:
-    """(gated pod, node) for each waiting pod that a free slot takes, pods in name order."""
-    live = [pod for pod in pods if not pod_is_terminal(pod) and not _metadata(pod).get("deletionTimestamp")]
-    slots = free_slots(placement, [pod for pod in live if not is_gated(pod)])
-    waiting = sorted((pod for pod in live if is_gated(pod)), key=name_of)
+    """(gated pod, node) for each waiting pod that a free slot takes, pods in name order. A released
+    pod being deleted keeps its slot until it is gone: its GPUs are still in use."""
+    slots = free_slots(placement, [pod for pod in pods if not is_gated(pod)])
+    waiting = sorted((pod for pod in pods if is_gated(pod) and not pod_is_terminal(pod)
+                      and not _metadata(pod).get("deletionTimestamp")), key=name_of)
     return list(zip(waiting, slots, strict=False))
 
 
