@@ -293,3 +293,16 @@ def test_the_webhook_lets_a_mirror_carry_its_marks_and_its_native_template() -> 
     body["spec"]["template"]["spec"]["initContainers"] = [
         {"name": "i", "image": "busybox", "resources": {"limits": {"nvidia.com/gpu": "1"}}}]
     assert not validate_workload(body).allowed  # the accounting rules hold for mirrors too
+
+
+def test_a_dump_judges_mirrors_as_the_operator_does() -> None:
+    from gpuadmit.core.native import mirrors_in
+
+    namespaces = [{"metadata": {"name": NS, "labels": {"gpuadmit.io/managed": "true"}}}]
+    real = _expected().body
+    forged = copy.deepcopy(real)
+    forged["metadata"]["name"] = "job-other"
+    forged["metadata"]["annotations"]["gpuadmit.io/mirror-of"] = "other"
+    trusted, untrusted = mirrors_in([real, forged, {"metadata": {"name": "plain", "namespace": NS}}], [job()], [], namespaces)
+    assert trusted == {f"{NS}/job-train": _expected().lean}
+    assert list(untrusted) == [f"{NS}/job-other"] and "no live Job" in untrusted[f"{NS}/job-other"]

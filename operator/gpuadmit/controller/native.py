@@ -44,6 +44,7 @@ from gpuadmit.core.native import (
     ADMISSION_GATE,
     DELETED_POD,
     MIRROR_KIND_LABEL,
+    MIRROR_NOT_TRUSTED,
     MIRRORED,
     REJECTED,
     RELEASED_ANNOTATION,
@@ -61,8 +62,8 @@ from gpuadmit.core.native import (
     is_gated,
     job_finished,
     job_suspended,
+    judge_mirrors,
     managed_namespaces,
-    mirror_problem,
     name_of,
     namespace_of,
     pods_by_unit,
@@ -80,10 +81,7 @@ from gpuadmit.core.pods import controlling_workload
 
 logger = logging.getLogger(__name__)
 
-MIRROR_NOT_TRUSTED = "MirrorNotTrusted"
-MIRROR_NAME_TAKEN = "MirrorNameTaken"
 RUNS_UNMANAGED = "RunsUnmanaged"
-RELEASED = "Released"
 JOB_SUCCEEDED, JOB_FAILED = "JobSucceeded", "JobFailed"
 TOLD_KEPT = 100_000  # bound on the Events-told memory: a restart re-tells at most once each
 
@@ -198,8 +196,6 @@ class NativeWorkloads:
 
         def expected_of(unit: UnitRef) -> Mirror | None:
             """The unit's mirror as it should be now, built only for the units that need it."""
-            if unit.namespace not in managed:
-                return None
             if unit not in expected_by_unit:
                 job = self.cache.get(JOB, f"{unit.namespace}/{unit.name}") if unit.kind == UnitKind.JOB else None
                 expected_by_unit[unit] = expected_mirror(unit, job, grouped.get(unit, []), self.gpus_of)
@@ -209,17 +205,10 @@ class NativeWorkloads:
         untrusted: set[str] = set()
         writes: list[Awaitable[Any]] = []
         mirrored: set[UnitRef] = set()
-        for workload in self.cache.all(WORKLOAD):
-            labels = (workload.get("metadata") or {}).get("labels")
-            if not labels or MIRROR_KIND_LABEL not in labels:
-                continue  # an ordinary GPUWorkload: the common case, told apart without a call
-            unit = claimed_unit(workload)
-            if unit is None:
-                continue
+        for verdict in judge_mirrors(self.cache.all(WORKLOAD), managed, expected_of):
+            workload, unit, expected = verdict.workload, verdict.unit, verdict.expected
             key = object_key(workload)
-            expected = expected_of(unit)
-            problem = mirror_problem(workload, expected, managed)
-            if problem is None and expected is not None:
+            if verdict.trusted and expected is not None:
                 trusted[key] = expected.lean
                 mirrored.add(unit)
                 if (_phase(workload) not in HOLDING_PHASES and _phase(workload) not in desired_status.TERMINAL_PHASES
@@ -232,7 +221,7 @@ class NativeWorkloads:
                 if unit.namespace in managed and stale_mirror(workload, expected):
                     writes.append(self._delete_stale(workload, report))
                 elif _phase(workload) != Phase.REJECTED.value:
-                    writes.append(self._reject(workload, problem or "it mirrors nothing", now, report))
+                    writes.append(self._reject(workload, verdict.problem or "it mirrors nothing", now, report))
         # Units gpuadmit holds (a suspended Job, a gated pod) and that have no mirror yet get one.
         held = {unit for unit, pods in grouped.items() if any(is_gated(pod) for pod in pods)}
         for job in self.cache.all(JOB) if managed else ():

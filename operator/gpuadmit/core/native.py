@@ -29,7 +29,7 @@ from __future__ import annotations
 import enum
 import hashlib
 from collections import Counter
-from collections.abc import Callable, Container, Iterable, Mapping, Sequence
+from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,6 +69,9 @@ RELEASED_ANNOTATION = "gpuadmit.io/released-for"
 MIRRORED, REJECTED, RESUMED, SUSPENDED, RELEASED_POD, DELETED_POD, UNMANAGED = (
     "mirrored", "rejected", "resumed", "suspended", "released", "deleted", "unmanaged")
 NATIVE_ACTIONS = (MIRRORED, REJECTED, RESUMED, SUSPENDED, RELEASED_POD, DELETED_POD, UNMANAGED)
+
+# The reason an untrusted mirror claim is Rejected with (and left out of the decisions).
+MIRROR_NOT_TRUSTED = "MirrorNotTrusted"
 
 JOB_API_VERSION = "batch/v1"
 MAX_GROUP_SIZE = 1024  # the CRD's bound on spec.replicas
@@ -466,6 +469,67 @@ def mirror_problem(workload: Mapping[str, Any], expected: Mirror | None, managed
     if not expected.owner_uids <= owned_by:
         return f"its ownerReferences do not name the live {unit.kind.value} {unit.name!r} (uid)"
     return None
+
+
+@dataclass(frozen=True, slots=True)
+class MirrorVerdict:
+    """One GPUWorkload that claims to mirror a unit: the unit, the mirror that unit should have now
+    (None: gone, or in a namespace not managed) and why it is not trusted (None: trusted)."""
+
+    workload: Mapping[str, Any]
+    unit: UnitRef
+    expected: Mirror | None
+    problem: str | None
+
+    @property
+    def trusted(self) -> bool:
+        return self.problem is None and self.expected is not None
+
+
+def judge_mirrors(workloads: Iterable[Mapping[str, Any]], managed: frozenset[str],
+                  expected_of: Callable[[UnitRef], Mirror | None]) -> Iterator[MirrorVerdict]:
+    """A verdict for every GPUWorkload of ``workloads`` that claims to be a mirror (ordinary ones are
+    passed over at the cost of a label lookup). ``expected_of``: the mirror a unit of a managed
+    namespace should have now (``expected_mirror``, memoised by the caller)."""
+    for workload in workloads:
+        metadata = workload.get("metadata")
+        labels = metadata.get("labels") if isinstance(metadata, _MAPPINGS) else None
+        if not labels or MIRROR_KIND_LABEL not in labels:
+            continue
+        unit = claimed_unit(workload)
+        if unit is None:
+            continue
+        expected = expected_of(unit) if unit.namespace in managed else None
+        yield MirrorVerdict(workload, unit, expected, mirror_problem(workload, expected, managed))
+
+
+def mirrors_in(
+    workloads: Iterable[Mapping[str, Any]], jobs: Iterable[Mapping[str, Any]], pods: Iterable[Mapping[str, Any]],
+    namespaces: Iterable[Mapping[str, Any]],
+) -> tuple[dict[str, KindLean | None], dict[str, str]]:
+    """For a dump (``gpuadmit decide``): the keys of the trusted mirrors with their kinds' leans (for
+    ``build_snapshot``'s ``mirrors``), and the untrusted claims with their problem (not decided, as
+    the operator decides none of them)."""
+    managed = managed_namespaces(namespaces)
+    grouped = pods_by_unit(pods, managed)
+    jobs_by_key = {f"{namespace_of(job)}/{name_of(job)}": job for job in jobs}
+    expected: dict[UnitRef, Mirror | None] = {}
+
+    def expected_of(unit: UnitRef) -> Mirror | None:
+        if unit not in expected:
+            job = jobs_by_key.get(f"{unit.namespace}/{unit.name}") if unit.kind == UnitKind.JOB else None
+            expected[unit] = expected_mirror(unit, job, grouped.get(unit, []))
+        return expected[unit]
+
+    trusted: dict[str, KindLean | None] = {}
+    untrusted: dict[str, str] = {}
+    for verdict in judge_mirrors(workloads, managed, expected_of):
+        key = f"{namespace_of(verdict.workload)}/{name_of(verdict.workload)}"
+        if verdict.trusted and verdict.expected is not None:
+            trusted[key] = verdict.expected.lean
+        else:
+            untrusted[key] = verdict.problem or "it mirrors nothing"
+    return trusted, untrusted
 
 
 def stale_mirror(workload: Mapping[str, Any], expected: Mirror | None) -> bool:
