@@ -91,6 +91,11 @@ def test_a_pod_belongs_to_its_job_then_its_group_then_its_lws_group_then_itself(
     lws = {"leaderworkerset.sigs.k8s.io/name": "srv", "leaderworkerset.sigs.k8s.io/group-index": "2"}
     assert unit_of_pod(pod("p", owner=("StatefulSet", "srv"), labels=lws)) == UnitRef(NS, UnitKind.LWS_GROUP, "srv-2")
     assert unit_of_pod(pod("web-1", owner=("ReplicaSet", "web"))) == UnitRef(NS, UnitKind.POD, "web-1")
+    # Made from a Job's template by hand (no owner): its job-name label names the Job.
+    from_template = pod("train-x", labels={"batch.kubernetes.io/job-name": "train"})
+    assert unit_of_pod(from_template) == UnitRef(NS, UnitKind.JOB, "train")
+    other_owner = pod("web-2", owner=("ReplicaSet", "web"), labels={"batch.kubernetes.io/job-name": "train"})
+    assert unit_of_pod(other_owner) == UnitRef(NS, UnitKind.POD, "web-2")
 
 
 # -- mirrors ----------------------------------------------------------------------------------------

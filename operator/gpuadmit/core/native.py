@@ -74,6 +74,7 @@ NATIVE_ACTIONS = (MIRRORED, REJECTED, RESUMED, SUSPENDED, RELEASED_POD, DELETED_
 MIRROR_NOT_TRUSTED = "MirrorNotTrusted"
 
 JOB_API_VERSION = "batch/v1"
+JOB_NAME_LABEL = "batch.kubernetes.io/job-name"  # set by the API server in a Job's pod template
 MAX_GROUP_SIZE = 1024  # the CRD's bound on spec.replicas
 HASH_LENGTH = 10
 
@@ -175,13 +176,20 @@ def controller_of(obj: object) -> tuple[str, str, str] | None:
 
 
 def job_of_pod(pod: object) -> str | None:
-    """The name of the batch/v1 Job controlling this pod, else None."""
-    refs = _metadata(pod).get("ownerReferences")
+    """The name of the batch/v1 Job this pod belongs to: its controller ownerReference, or, for a
+    pod no controller owns, the label ``batch.kubernetes.io/job-name`` the API server puts in every
+    Job's pod template (so a pod made from the template by hand, as a test playing the Job
+    controller makes it, is the Job's too); else None."""
+    metadata = _metadata(pod)
+    refs = metadata.get("ownerReferences")
     for ref in refs if isinstance(refs, list) else ():
-        if (isinstance(ref, _MAPPINGS) and ref.get("controller") is True and ref.get("kind") == "Job"
-                and ref.get("apiVersion") == JOB_API_VERSION and isinstance(ref.get("name"), str) and ref["name"]):
-            return str(ref["name"])
-    return None
+        if isinstance(ref, _MAPPINGS) and ref.get("controller") is True:
+            if (ref.get("kind") == "Job" and ref.get("apiVersion") == JOB_API_VERSION
+                    and isinstance(ref.get("name"), str) and ref["name"]):
+                return str(ref["name"])
+            return None  # another controller's pod (a ReplicaSet's, say), whatever its labels
+    name = _map(metadata, "labels").get(JOB_NAME_LABEL)
+    return name if isinstance(name, str) and name else None
 
 
 def is_gated(pod: object) -> bool:
