@@ -17,6 +17,7 @@ PARTS: dict[str, tuple[str, str]] = {
     "exact": ("benchmarks.exact", "engine quality: greedy decide() against the exact MILP optimum on 200 seeded random clusters"),
     "decide": ("benchmarks.decide", "gpuadmit decide -o json versus merely parsing its input, by distinct templates"),
     "classifier": ("benchmarks.classifier", "classifier: accuracy on the labelled corpus, CPU per call"),
+    "native": ("benchmarks.native", "native workloads: the operator's per-cycle passes over Jobs and pods, 10,000 of each kind"),
     "e2e": ("benchmarks.e2e", "operator end to end: 2,000 GPUWorkloads on the emulated API server"),
     "simulate": ("benchmarks.simulate", "trace replay of the shared Alibaba trace"),
 }

@@ -31,6 +31,7 @@ import yaml
 
 from gpuadmit.core.errors import SpecError
 from gpuadmit.core.model import CycleResult, Decision, Policy, Snapshot, Workload
+from gpuadmit.core.native import MIRROR_NOT_TRUSTED, mirrors_in, name_of, namespace_of
 from gpuadmit.core.nodes import advertised_gpu_problem
 from gpuadmit.core.quota import Tenancy, tenancy
 from gpuadmit.core.snapshot import build_snapshot, objects_by_kind
@@ -38,7 +39,7 @@ from gpuadmit.core.timefmt import format_rfc3339, parse_rfc3339, parse_rfc3339_o
 from gpuadmit.inputs import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, InputError, display_name, load_documents, load_policy
 
 PROG = "gpuadmit decide"
-KINDS_READ = ("Node", "Pod", "Namespace", "GPUWorkload", "MarginPolicy", "GPUQuota")
+KINDS_READ = ("Node", "Pod", "Namespace", "GPUWorkload", "MarginPolicy", "GPUQuota", "Job")
 TABLE_COLUMNS = ("NAMESPACE", "NAME", "CLASS", "ACTION", "REASON", "GPUS", "MARGIN", "POS", "PLACEMENT")
 
 
@@ -87,15 +88,24 @@ def _decide(args: argparse.Namespace) -> int:
         now = parse_now(args.now) if args.now else dump_time(grouped)
         tenants = tenancy(grouped.get("GPUQuota", []), grouped.get("Namespace", []))
         problems.extend(quota_problems(tenants))
+        # Mirrors of native workloads (docs/native-workloads.md) are judged as the operator judges them.
+        mirrors, untrusted = mirrors_in(grouped.get("GPUWorkload", []), grouped.get("Job", []),
+                                        grouped.get("Pod", []), grouped.get("Namespace", []))
+        problems.extend(f"GPUWorkload {key}: not trusted as a mirror ({MIRROR_NOT_TRUSTED}): {why}"
+                        for key, why in sorted(untrusted.items()))
+        workloads = grouped.get("GPUWorkload", [])
+        if untrusted:
+            workloads = [w for w in workloads if f"{namespace_of(w)}/{name_of(w)}" not in untrusted]
         snapshot = build_snapshot(
             nodes=grouped.get("Node", []),
             pods=grouped.get("Pod", []),
             namespaces=grouped.get("Namespace", []),
-            workloads=grouped.get("GPUWorkload", []),
+            workloads=workloads,
             policies=policies,
             now=now,
             policy_name=policy_name,
             quotas=tenants,
+            mirrors=mirrors,
         )
     except InputError as error:
         print(f"{PROG}: {error}", file=sys.stderr)

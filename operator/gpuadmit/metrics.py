@@ -61,6 +61,7 @@ from gpuadmit.core.model import (
     Snapshot,
     Workload,
 )
+from gpuadmit.core.native import NATIVE_ACTIONS, UnitKind
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +73,8 @@ UNKNOWN_PRODUCT = "unknown"
 GPU_STATES = ("allocatable", "reserved", "used_by_others", "free", "unavailable")
 QUOTA_STATES = ("guaranteed", "used", "lent")
 # Phases a workload can be in while gpuadmit still tracks it (terminal phases leave the snapshot).
+# A mirror's phase, "Pending" before its first decision (gpuadmit_native_mirrors).
+MIRROR_PHASES = ("Pending", *(phase.value for phase in Phase))
 LIVE_PHASES = (Phase.QUEUED.value, Phase.ADMITTED.value, Phase.RUNNING.value, Phase.PREEMPTED.value)
 # Queued work that waits for capacity, as opposed to waiting by policy (reserve, margin floor).
 CAPACITY_REASONS = frozenset({Reason.INSUFFICIENT_CAPACITY, Reason.NO_NODE_CAN_FIT})
@@ -472,6 +475,21 @@ class Metrics:
             "gpuadmit_api_errors", "Kubernetes API calls that failed, by verb and HTTP status code (0: no response).",
             ["verb", "code"], registry=registry)
 
+        self.native_actions = Counter(
+            "gpuadmit_native_actions",
+            "What gpuadmit did to the native workloads of managed namespaces, by unit kind (Job, Pod, PodGroup, "
+            "LeaderWorkerSet) and action (mirrored, rejected, resumed, suspended, released, deleted, unmanaged).",
+            ["kind", "action"], registry=registry)
+        self.native_mirrors = Gauge(
+            "gpuadmit_native_mirrors",
+            "Mirror GPUWorkloads of native workloads after the last cycle, by unit kind and phase.",
+            ["kind", "phase"], registry=registry)
+        for unit_kind in UnitKind:
+            for native_action in NATIVE_ACTIONS:
+                self.native_actions.labels(unit_kind.value, native_action)
+            for phase in MIRROR_PHASES:
+                self.native_mirrors.labels(unit_kind.value, phase).set(0)
+
         self.namespace_decisions: Counter | None = None
         if per_namespace:
             self.namespace_decisions = Counter(
@@ -560,6 +578,18 @@ class Metrics:
             if decision.action is Action.ADMIT and decision.margin_per_gpu_hour is not None:
                 kept[decision.key] = decision.margin_per_gpu_hour
         self._admitted_margin = kept
+
+    def observe_native(self, actions: Mapping[tuple[str, str], int], mirrors: Mapping[tuple[str, str], int]) -> None:
+        """One cycle's actions on native units, and the mirrors by kind and phase it leaves."""
+        try:
+            for (kind, action), count in actions.items():
+                if count > 0:
+                    self.native_actions.labels(kind, action).inc(count)
+            for unit_kind in UnitKind:
+                for phase in MIRROR_PHASES:
+                    self.native_mirrors.labels(unit_kind.value, phase).set(mirrors.get((unit_kind.value, phase), 0))
+        except Exception:
+            logger.exception("gpuadmit metrics: could not observe the native workloads")
 
     def observe_status_written(self, decision: Decision, latency_s: float, admission_wait_s: float | None) -> None:
         """A decision reached the API: latency from its triggering event, and for admits the wait since creation."""

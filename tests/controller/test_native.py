@@ -383,3 +383,55 @@ async def test_opting_out_removes_the_gate_and_rejects_the_mirror() -> None:
     status = cluster.get(WORKLOAD, f"{MANAGED}/pod-waiting")["status"]
     assert status["reason"] == "MirrorNotTrusted" and "not managed" in status["message"]
     assert f"{MANAGED}/first" in cluster.api.objects[POD]  # what runs keeps running, as used capacity
+
+
+async def test_opting_out_resumes_the_jobs_gpuadmits_webhook_suspended() -> None:
+    held = job("held", parallelism=1, gpus=8)  # never fits: stays suspended while managed
+    held["metadata"]["annotations"] = {"gpuadmit.io/suspended-by": "admission-webhook"}
+    own = job("own", parallelism=1, gpus=8)  # suspended by its creator
+    cluster = base((JOB, held), (JOB, own))
+    await cluster.cycle()
+    assert cluster.get(JOB, f"{MANAGED}/held")["spec"]["suspend"] is True
+    cluster.add(NAMESPACE, namespace(MANAGED, False))
+    await cluster.cycle()
+    resumed = cluster.get(JOB, f"{MANAGED}/held")
+    assert resumed["spec"]["suspend"] is False and "gpuadmit.io/suspended-by" not in resumed["metadata"]["annotations"]
+    assert cluster.get(JOB, f"{MANAGED}/own")["spec"]["suspend"] is True
+
+
+async def test_native_work_is_counted_by_kind_in_the_metrics() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from gpuadmit.metrics import Metrics
+
+    registry = CollectorRegistry()
+    cluster = base((JOB, job("train", parallelism=2, gpus=2)))
+    cluster.loop.metrics = Metrics(registry)
+    await cluster.cycle()
+    cluster.job_controller_creates_pods("train", 2, gpus=2)
+    await cluster.cycle()
+
+    def value(name: str, **labels: str) -> float | None:
+        return registry.get_sample_value(name, labels)
+
+    assert value("gpuadmit_native_actions_total", kind="Job", action="mirrored") == 1
+    assert value("gpuadmit_native_actions_total", kind="Job", action="resumed") == 1
+    assert value("gpuadmit_native_actions_total", kind="Job", action="released") == 2
+    assert value("gpuadmit_native_actions_total", kind="Pod", action="released") == 0  # initialised
+    assert value("gpuadmit_native_mirrors", kind="Job", phase="Admitted") == 1
+    assert value("gpuadmit_native_mirrors", kind="Pod", phase="Admitted") == 0
+
+
+async def test_a_released_pod_kube_scheduler_cannot_bind_requeues_its_mirror() -> None:
+    cluster = base((POD, gated_pod("stuck", 2)))
+    await cluster.cycle()
+    pod = cluster.get(POD, f"{MANAGED}/stuck")
+    assert pinned_node(pod["spec"]) == "gpu-a"
+    long_ago = format_rfc3339(time.time() - 3600)
+    cluster.add(POD, {**pod, "status": {"phase": "Pending", "conditions": [
+        {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "lastTransitionTime": long_ago,
+         "message": "0/1 nodes are available: 1 node(s) had volume node affinity conflict."}]}})
+    await cluster.cycle()
+    assert ("delete", POD, f"{MANAGED}/stuck") in cluster.api.writes  # its ReplicaSet would make it again
+    assert ("Warning", "Unschedulable") in cluster.api.events("GPUWorkload", "pod-stuck")
+    assert cluster.get(WORKLOAD, f"{MANAGED}/pod-stuck")["status"]["phase"] not in ("Admitted", "Running")

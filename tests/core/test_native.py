@@ -91,6 +91,11 @@ def test_a_pod_belongs_to_its_job_then_its_group_then_its_lws_group_then_itself(
     lws = {"leaderworkerset.sigs.k8s.io/name": "srv", "leaderworkerset.sigs.k8s.io/group-index": "2"}
     assert unit_of_pod(pod("p", owner=("StatefulSet", "srv"), labels=lws)) == UnitRef(NS, UnitKind.LWS_GROUP, "srv-2")
     assert unit_of_pod(pod("web-1", owner=("ReplicaSet", "web"))) == UnitRef(NS, UnitKind.POD, "web-1")
+    # Made from a Job's template by hand (no owner): its job-name label names the Job.
+    from_template = pod("train-x", labels={"batch.kubernetes.io/job-name": "train"})
+    assert unit_of_pod(from_template) == UnitRef(NS, UnitKind.JOB, "train")
+    other_owner = pod("web-2", owner=("ReplicaSet", "web"), labels={"batch.kubernetes.io/job-name": "train"})
+    assert unit_of_pod(other_owner) == UnitRef(NS, UnitKind.POD, "web-2")
 
 
 # -- mirrors ----------------------------------------------------------------------------------------
@@ -201,6 +206,10 @@ def test_slots_taken_are_read_from_the_released_pods_so_nothing_is_released_twic
     assert free_slots(PLACEMENT, [released]) == ["n1", "n2"]
     again = release_assignments(PLACEMENT, [released, *pods[1:]])
     assert [(p["metadata"]["name"], node) for p, node in again] == [("p1", "n1"), ("p2", "n2")]
+    # A released pod being deleted keeps its slot until it is gone.
+    terminating = copy.deepcopy(released)
+    terminating["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    assert [node for _, node in release_assignments(PLACEMENT, [terminating, *pods[1:]])] == ["n1", "n2"]
     # A finished pod frees its slot (a Job's retry takes it).
     done = copy.deepcopy(released)
     done["status"]["phase"] = "Failed"
@@ -289,3 +298,16 @@ def test_the_webhook_lets_a_mirror_carry_its_marks_and_its_native_template() -> 
     body["spec"]["template"]["spec"]["initContainers"] = [
         {"name": "i", "image": "busybox", "resources": {"limits": {"nvidia.com/gpu": "1"}}}]
     assert not validate_workload(body).allowed  # the accounting rules hold for mirrors too
+
+
+def test_a_dump_judges_mirrors_as_the_operator_does() -> None:
+    from gpuadmit.core.native import mirrors_in
+
+    namespaces = [{"metadata": {"name": NS, "labels": {"gpuadmit.io/managed": "true"}}}]
+    real = _expected().body
+    forged = copy.deepcopy(real)
+    forged["metadata"]["name"] = "job-other"
+    forged["metadata"]["annotations"]["gpuadmit.io/mirror-of"] = "other"
+    trusted, untrusted = mirrors_in([real, forged, {"metadata": {"name": "plain", "namespace": NS}}], [job()], [], namespaces)
+    assert trusted == {f"{NS}/job-train": _expected().lean}
+    assert list(untrusted) == [f"{NS}/job-other"] and "no live Job" in untrusted[f"{NS}/job-other"]

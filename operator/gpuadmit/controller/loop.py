@@ -91,6 +91,7 @@ class MetricsSink(Protocol):
     def observe_preemption(self, victim_class: str, preemptor_class: str) -> None: ...
     def observe_cycle_failed(self, in_a_row: int) -> None: ...
     def observe_workload_failed(self, reason: str) -> None: ...
+    def observe_native(self, actions: Mapping[tuple[str, str], int], mirrors: Mapping[tuple[str, str], int]) -> None: ...
 
 
 class Gate(Protocol):
@@ -327,7 +328,9 @@ class SchedulingLoop:
         result = self.decide(snapshot)
         report.decide_s, mark = time.monotonic() - mark, time.monotonic()
         await self._apply(snapshot, result, now, report)
-        await self.native.reconcile(now)  # native units released or held back as their mirrors now stand
+        native = await self.native.reconcile(now)  # native units released or held back as their mirrors now stand
+        if self.metrics is not None:
+            self.metrics.observe_native(native.actions, self.native.mirrors_by_kind_and_phase())
         try:
             await self._write_quota_statuses(snapshot, now)
         except asyncio.CancelledError:
@@ -548,8 +551,12 @@ class SchedulingLoop:
         """Holding workloads with a pod kube-scheduler has found unschedulable for too long; a
         cycle is asked for when the next such pod will be overdue."""
         holding = {object_key(w): w for w in self.cache.all(WORKLOAD) if _phase(w) in HOLDING_PHASES}
-        own = {key: [pod for pod in pods if _owned_by(pod, holding[key])]
-               for key, pods in self.cache.pods_by_workload().items() if key in holding}
+        own: dict[str, list[Mapping[str, Any]]] = {
+            key: [pod for pod in pods if _owned_by(pod, holding[key])]
+            for key, pods in self.cache.pods_by_workload().items() if key in holding}
+        for key, pods in self.native.released_pods_by_mirror().items():  # a mirror's are its unit's
+            if key in holding:
+                own[key] = pods
         overdue, next_due = self.unschedulable.overdue(own, now)
         if next_due is not None:
             if self._unschedulable_timer is not None:

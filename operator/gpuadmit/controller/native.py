@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,29 +38,42 @@ from gpuadmit.controller.api import ApiError
 from gpuadmit.controller.cache import JOB, NAMESPACE, POD, WORKLOAD, ObjectCache, object_key
 from gpuadmit.controller.writer import Writer
 from gpuadmit.core.classifier import KindLean
+from gpuadmit.core.holds import SUSPENDED_BY_WEBHOOK
 from gpuadmit.core.model import HOLDING_PHASES, Phase
 from gpuadmit.core.native import (
     ADMISSION_GATE,
+    DELETED_POD,
     MIRROR_KIND_LABEL,
+    MIRROR_NOT_TRUSTED,
+    MIRRORED,
+    REJECTED,
     RELEASED_ANNOTATION,
+    RELEASED_POD,
+    RESUMED,
+    SUSPENDED,
+    SUSPENDED_BY_ANNOTATION,
+    UNMANAGED,
     Mirror,
     UnitKind,
     UnitRef,
+    admission_unit_of,
     claimed_unit,
+    expected_mirror,
     is_gated,
     job_finished,
     job_suspended,
+    judge_mirrors,
     managed_namespaces,
-    mirror_problem,
+    name_of,
     namespace_of,
+    pods_by_unit,
     release_assignments,
     release_patch,
     released,
     stale_mirror,
     suspend_patch,
     uid_of,
-    units_in,
-    wants_mirror,
+    unit_of_pod,
 )
 from gpuadmit.core.nodes import pod_gpu_request, pod_is_terminal
 from gpuadmit.core.placement import placement_of
@@ -67,10 +81,7 @@ from gpuadmit.core.pods import controlling_workload
 
 logger = logging.getLogger(__name__)
 
-MIRROR_NOT_TRUSTED = "MirrorNotTrusted"
-MIRROR_NAME_TAKEN = "MirrorNameTaken"
 RUNS_UNMANAGED = "RunsUnmanaged"
-RELEASED = "Released"
 JOB_SUCCEEDED, JOB_FAILED = "JobSucceeded", "JobFailed"
 TOLD_KEPT = 100_000  # bound on the Events-told memory: a restart re-tells at most once each
 
@@ -91,7 +102,7 @@ def _terminating(obj: Mapping[str, Any]) -> bool:
 
 @dataclass
 class NativeReport:
-    """What the native half did in one cycle, for logs and tests."""
+    """What the native half did in one cycle, for logs, tests and metrics."""
 
     mirrors_created: int = 0
     mirrors_updated: int = 0
@@ -103,6 +114,7 @@ class NativeReport:
     pods_deleted: int = 0
     pods_ungated: int = 0
     warnings: list[str] = field(default_factory=list)
+    actions: Counter[tuple[str, str]] = field(default_factory=Counter)  # (unit kind, action) -> count
 
 
 class NativeWorkloads:
@@ -119,6 +131,31 @@ class NativeWorkloads:
         self.last_report = NativeReport()
         self._told: dict[tuple[str, str], tuple[str, str]] = {}  # (native uid, mirror uid) -> (phase, reason) told
         self._warned_unmanaged: set[str] = set()  # pod uids told they run unmanaged
+        self._facts: dict[tuple[str, str], tuple[int, UnitRef]] = {}  # (pod uid, resourceVersion) -> GPUs, unit
+        self._managed: frozenset[str] = frozenset()  # the managed namespaces, as of ``prepare``
+        self._pod_keys_by_unit: dict[UnitRef, list[str]] = {}  # as of ``prepare``
+
+    def mirrors_by_kind_and_phase(self) -> Counter[tuple[str, str]]:
+        """The trusted mirrors, by (unit kind, phase; "Pending" before the first decision)."""
+        counts: Counter[tuple[str, str]] = Counter()
+        for key in self.trusted:
+            mirror = self.cache.get(WORKLOAD, key)
+            unit = claimed_unit(mirror) if mirror is not None else None
+            if mirror is not None and unit is not None:
+                counts[(unit.kind.value, str(_phase(mirror) or "Pending"))] += 1
+        return counts
+
+    def released_pods_by_mirror(self) -> dict[str, list[Mapping[str, Any]]]:
+        """The pods gpuadmit released, by the key of their unit's trusted mirror (for the
+        Unschedulable follow-up, as a GPUWorkload's own pods)."""
+        if not self.trusted:
+            return {}
+        released_pods: dict[str, list[Mapping[str, Any]]] = {}
+        for pod in self.cache.all(POD):
+            key = admission_unit_of(pod, self.trusted) if released(pod) else None
+            if key is not None and key in self.trusted:
+                released_pods.setdefault(key, []).append(pod)
+        return released_pods
 
     def is_mirror(self, key: str) -> bool:
         return key in self.trusted
@@ -129,24 +166,49 @@ class NativeWorkloads:
 
     # -- before the snapshot ----------------------------------------------------------------
 
+    def gpus_of(self, pod: Mapping[str, Any]) -> int:
+        """``pod_gpu_request``, read once per pod version (pods rarely change, cycles are many)."""
+        return self._pod_facts(pod)[0]
+
+    def unit_of(self, pod: Mapping[str, Any]) -> UnitRef:
+        """``unit_of_pod``, read once per pod version."""
+        return self._pod_facts(pod)[1]
+
+    def _pod_facts(self, pod: Mapping[str, Any]) -> tuple[int, UnitRef]:
+        metadata = pod.get("metadata") or {}
+        key = (str(metadata.get("uid") or ""), str(metadata.get("resourceVersion") or ""))
+        if not key[0] or not key[1]:
+            return pod_gpu_request(pod), unit_of_pod(pod)
+        facts = self._facts.get(key)
+        if facts is None:
+            if len(self._facts) > 2 * max(1000, len(self.cache.objects[POD])):
+                self._facts.clear()  # bounded: old versions go, the next cycle reads the live ones again
+            facts = self._facts[key] = (pod_gpu_request(pod), unit_of_pod(pod))
+        return facts
+
     async def prepare(self, now: float) -> NativeReport:
         report = NativeReport()
         self.last_report = report
-        managed = managed_namespaces(self.cache.all(NAMESPACE))
-        jobs = {object_key(job): job for job in self.cache.all(JOB)}
-        expected_by_unit, pods_by_unit = units_in(jobs.values(), self.cache.all(POD), managed)
+        managed = self._managed = managed_namespaces(self.cache.all(NAMESPACE))
+        grouped = pods_by_unit(self.cache.all(POD), managed, self.gpus_of, self.unit_of) if managed else {}
+        self._pod_keys_by_unit = {unit: [object_key(pod) for pod in pods] for unit, pods in grouped.items()}
+        expected_by_unit: dict[UnitRef, Mirror | None] = {}
+
+        def expected_of(unit: UnitRef) -> Mirror | None:
+            """The unit's mirror as it should be now, built only for the units that need it."""
+            if unit not in expected_by_unit:
+                job = self.cache.get(JOB, f"{unit.namespace}/{unit.name}") if unit.kind == UnitKind.JOB else None
+                expected_by_unit[unit] = expected_mirror(unit, job, grouped.get(unit, []), self.gpus_of)
+            return expected_by_unit[unit]
+
         trusted: dict[str, KindLean | None] = {}
         untrusted: set[str] = set()
         writes: list[Awaitable[Any]] = []
         mirrored: set[UnitRef] = set()
-        for workload in self.cache.all(WORKLOAD):
-            unit = claimed_unit(workload)
-            if unit is None:
-                continue
+        for verdict in judge_mirrors(self.cache.all(WORKLOAD), managed, expected_of):
+            workload, unit, expected = verdict.workload, verdict.unit, verdict.expected
             key = object_key(workload)
-            expected = expected_by_unit.get(unit)
-            problem = mirror_problem(workload, expected, managed)
-            if problem is None and expected is not None:
+            if verdict.trusted and expected is not None:
                 trusted[key] = expected.lean
                 mirrored.add(unit)
                 if (_phase(workload) not in HOLDING_PHASES and _phase(workload) not in desired_status.TERMINAL_PHASES
@@ -159,15 +221,16 @@ class NativeWorkloads:
                 if unit.namespace in managed and stale_mirror(workload, expected):
                     writes.append(self._delete_stale(workload, report))
                 elif _phase(workload) != Phase.REJECTED.value:
-                    writes.append(self._reject(workload, problem or "it mirrors nothing", now, report))
-        for unit, mirror in expected_by_unit.items():
-            if mirror is None or unit in mirrored:
-                continue
-            job = jobs.get(f"{unit.namespace}/{unit.name}") if unit.kind == UnitKind.JOB else None
-            if not wants_mirror(unit, job, pods_by_unit.get(unit, [])):
-                continue
-            if self.cache.get(WORKLOAD, unit.mirror_key) is not None:
-                continue  # the name is taken by a GPUWorkload that is not this unit's mirror (rejected above)
+                    writes.append(self._reject(workload, verdict.problem or "it mirrors nothing", now, report))
+        # Units gpuadmit holds (a suspended Job, a gated pod) and that have no mirror yet get one.
+        held = {unit for unit, pods in grouped.items() if any(is_gated(pod) for pod in pods)}
+        for job in self.cache.all(JOB) if managed else ():
+            if namespace_of(job) in managed and job_suspended(job) and job_finished(job) is None:
+                held.add(UnitRef(namespace_of(job), UnitKind.JOB, name_of(job)))
+        for unit in held - mirrored:
+            mirror = expected_of(unit)
+            if mirror is None or self.cache.get(WORKLOAD, unit.mirror_key) is not None:
+                continue  # nothing to mirror yet, or the name is taken by a GPUWorkload that is not its mirror
             writes.append(self._create_mirror(mirror, report))
         self.trusted, self.untrusted = trusted, untrusted
         await asyncio.gather(*writes)  # a mirror created here joins ``trusted``: decided in this very cycle
@@ -185,6 +248,7 @@ class NativeWorkloads:
         self.cache.put(WORKLOAD, created)
         self.trusted[mirror.unit.mirror_key] = mirror.lean
         report.mirrors_created += 1
+        report.actions[(mirror.unit.kind.value, MIRRORED)] += 1
         logger.info("Mirror %s made for %s %s", mirror.unit.mirror_key, mirror.unit.kind.value, mirror.unit.name)
 
     async def _replace_spec(self, workload: Mapping[str, Any], expected: Mirror, report: NativeReport) -> None:
@@ -216,23 +280,25 @@ class NativeWorkloads:
         desired = desired_status.pods_phase_status(workload, Phase.REJECTED.value, MIRROR_NOT_TRUSTED, message, now)
         if await self.writer.write_status(WORKLOAD, workload, desired) is not None:
             report.mirrors_rejected += 1
+            unit = claimed_unit(workload)
+            report.actions[(unit.kind.value if unit else UnitKind.POD.value, REJECTED)] += 1
             self.writer.explain_later(workload, "Warning", MIRROR_NOT_TRUSTED, message)
 
     # -- after the decisions ------------------------------------------------------------------
 
     async def reconcile(self, now: float) -> NativeReport:
         report = self.last_report
-        jobs = {object_key(job): job for job in self.cache.all(JOB)}
-        managed = managed_namespaces(self.cache.all(NAMESPACE))
-        _, pods_by_unit = units_in((), self.cache.all(POD), managed)  # as they are now, after this cycle's writes
         work: list[Awaitable[Any]] = []
         for key in sorted(self.trusted):
             mirror = self.cache.get(WORKLOAD, key)
             unit = claimed_unit(mirror) if mirror is not None else None
             if mirror is None or unit is None or _terminating(mirror):
                 continue
-            job = jobs.get(f"{unit.namespace}/{unit.name}") if unit.kind == UnitKind.JOB else None
-            pods = list(pods_by_unit.get(unit, []))
+            job = self.cache.get(JOB, f"{unit.namespace}/{unit.name}") if unit.kind == UnitKind.JOB else None
+            # The unit's pods as they are now, after this cycle's writes (a pod that arrived since
+            # ``prepare`` brought its own watch event: the next cycle takes it).
+            pods: list[Mapping[str, Any]] = [pod for pod_key in self._pod_keys_by_unit.get(unit, [])
+                    if (pod := self.cache.get(POD, pod_key)) is not None]
             work.append(self._reconcile_unit(mirror, unit, job, pods, now, report))
         work.append(self._watch_unmanaged(report))
         await asyncio.gather(*work)
@@ -263,6 +329,7 @@ class NativeWorkloads:
         if job is not None and job_suspended(job) and job_finished(job) is None:
             await self._patch(JOB, kube.JOBS, job, suspend_patch(False, uid_of(mirror)))
             report.jobs_unsuspended += 1
+            report.actions[(unit.kind.value, RESUMED)] += 1
         if unit.kind in (UnitKind.POD_GROUP, UnitKind.LWS_GROUP):
             live = [pod for pod in pods if not pod_is_terminal(pod) and not _terminating(pod)]
             if len(live) < recorded.replicas:
@@ -275,6 +342,7 @@ class NativeWorkloads:
                 continue
             await self._patch(POD, kube.PODS, pod, release_patch(pod, node))
             report.pods_released += 1
+            report.actions[(unit.kind.value, RELEASED_POD)] += 1
 
     async def _hold_back(self, mirror: Mapping[str, Any], unit: UnitRef, job: Mapping[str, Any] | None,
                          pods: list[Mapping[str, Any]], report: NativeReport) -> None:
@@ -285,10 +353,12 @@ class NativeWorkloads:
             if not job_suspended(job) and job_finished(job) is None and (RELEASED_ANNOTATION in annotations or ours):
                 await self._patch(JOB, kube.JOBS, job, suspend_patch(True, None))
                 report.jobs_suspended += 1
+                report.actions[(unit.kind.value, SUSPENDED)] += 1
             return
         for pod in ours:
             if await self.writer.delete_pod(pod):
                 report.pods_deleted += 1
+                report.actions[(unit.kind.value, DELETED_POD)] += 1
 
     async def _follow(self, mirror: Mapping[str, Any], unit: UnitRef, job: Mapping[str, Any] | None,
                       pods: list[Mapping[str, Any]], now: float) -> None:
@@ -341,27 +411,44 @@ class NativeWorkloads:
 
     async def _watch_unmanaged(self, report: NativeReport) -> None:
         """GPU pods of managed namespaces past the gate without a release are told once; pods of
-        namespaces no longer managed lose gpuadmit's gate (gpuadmit no longer decides for them)."""
-        managed = managed_namespaces(self.cache.all(NAMESPACE))
+        namespaces no longer managed lose gpuadmit's gate, and Jobs its webhook suspended there are
+        resumed (gpuadmit no longer decides for them)."""
+        managed = self._managed
         ungates: list[Awaitable[Any]] = []
         for pod in self.cache.all(POD):
-            if pod_gpu_request(pod) <= 0 or pod_is_terminal(pod) or controlling_workload(pod) is not None:
+            # The cheap tests first: most pods are in no managed namespace and carry no gate.
+            if not (pod.get("spec") or {}).get("schedulingGates") and not managed:
                 continue
-            if namespace_of(pod) not in managed:
+            in_managed = namespace_of(pod) in managed
+            if not in_managed and not is_gated(pod):
+                continue
+            if in_managed and (uid_of(pod) in self._warned_unmanaged or is_gated(pod) or released(pod)):
+                continue
+            if self.gpus_of(pod) <= 0 or pod_is_terminal(pod) or controlling_workload(pod) is not None:
+                continue
+            if not in_managed:
                 if is_gated(pod):
                     gates = [g for g in (pod.get("spec") or {}).get("schedulingGates") or []
                              if not (isinstance(g, Mapping) and g.get("name") == ADMISSION_GATE)]
                     ungates.append(self._patch(POD, kube.PODS, pod, {"spec": {"schedulingGates": gates or None}}))
                     report.pods_ungated += 1
                 continue
-            if is_gated(pod) or released(pod) or uid_of(pod) in self._warned_unmanaged:
-                continue
             self._warned_unmanaged.add(uid_of(pod))
             message = (f"pod {object_key(pod)} asks for GPUs in a namespace gpuadmit manages but runs without its "
                        f"admission (the {ADMISSION_GATE} gate was removed, or the pod arrived while no webhook ran): "
                        "its GPUs count as used capacity, and gpuadmit neither reserves nor preempts them")
             report.warnings.append(object_key(pod))
+            report.actions[(unit_of_pod(pod).kind.value, UNMANAGED)] += 1
             self.writer.explain_later(pod, "Warning", RUNS_UNMANAGED, message)
+        for job in self.cache.all(JOB):
+            annotations = (job.get("metadata") or {}).get("annotations") or {}
+            if (namespace_of(job) not in managed and job_suspended(job) and job_finished(job) is None
+                    and annotations.get(SUSPENDED_BY_ANNOTATION) == SUSPENDED_BY_WEBHOOK):
+                # Held by gpuadmit's webhook in a namespace no longer managed: given back to the Job controller.
+                patch = {"metadata": {"annotations": {SUSPENDED_BY_ANNOTATION: None, RELEASED_ANNOTATION: None}},
+                         "spec": {"suspend": False}}
+                ungates.append(self._patch(JOB, kube.JOBS, job, patch))
+                report.actions[(UnitKind.JOB.value, RESUMED)] += 1
         await asyncio.gather(*ungates)
 
 

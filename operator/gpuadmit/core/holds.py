@@ -19,14 +19,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gpuadmit.core.model import GPU_RESOURCE
-from gpuadmit.core.native import ADMISSION_GATE, MANAGED_LABEL  # the shared names, kept with the controller's side
+from gpuadmit.core.native import (  # the shared names, kept with the controller's side
+    ADMISSION_GATE,
+    MANAGED_LABEL,
+    SUSPENDED_BY_ANNOTATION,
+)
 from gpuadmit.core.nodes import parse_quantity, pod_gpu_request
 from gpuadmit.core.pods import controlling_workload
 from gpuadmit.core.validation import json_pointer_token
 
 # Set on a Job the webhook suspended, so that a Job its creator suspended can be told apart (informational:
 # a tenant can write it too, and gains nothing by it: the Job is suspended either way).
-SUSPENDED_BY_ANNOTATION = "gpuadmit.io/suspended-by"
 SUSPENDED_BY_WEBHOOK = "admission-webhook"
 # The kubelet's mark on the mirror of a static pod: it already runs on its node, a gate cannot hold it.
 MIRROR_POD_ANNOTATION = "kubernetes.io/config.mirror"

@@ -26,11 +26,10 @@ before it is decided), so a forger gains nothing a real mirror would not have.
 
 from __future__ import annotations
 
-import copy
 import enum
 import hashlib
 from collections import Counter
-from collections.abc import Container, Iterable, Mapping, Sequence
+from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,6 +44,7 @@ _MAPPINGS = (dict, Mapping)
 
 # Shared names (HELPERS.md; the webhooks of native-hooks use the same ones).
 MANAGED_LABEL = "gpuadmit.io/managed"
+MANAGED_VALUE = "true"
 ADMISSION_GATE = "gpuadmit.io/admission"
 POD_GROUP_LABEL = "gpuadmit.io/pod-group"
 POD_GROUP_SIZE_ANNOTATION = "gpuadmit.io/pod-group-size"
@@ -59,11 +59,22 @@ MIRROR_OF_ANNOTATION = "gpuadmit.io/mirror-of"  # the native name in full, alway
 MIRROR_KEYS = frozenset({MIRROR_KIND_LABEL, MIRROR_NAME_LABEL, MIRROR_OF_ANNOTATION})
 # An explicit class on the native object (its metadata or, for a Job, its pod template's).
 CLASS_ANNOTATION = "gpuadmit.io/class"
+# On a Job the Job webhook suspended (core.holds): on opting out, gpuadmit resumes such a Job.
+SUSPENDED_BY_ANNOTATION = "gpuadmit.io/suspended-by"
 # On a Job gpuadmit unsuspended: the uid of the mirror it was released for. A Job without it that
 # runs unsuspended was unsuspended by somebody else (its pods still wait at their gates).
 RELEASED_ANNOTATION = "gpuadmit.io/released-for"
 
+# What the operator does to native units, counted by kind in gpuadmit_native_actions_total.
+MIRRORED, REJECTED, RESUMED, SUSPENDED, RELEASED_POD, DELETED_POD, UNMANAGED = (
+    "mirrored", "rejected", "resumed", "suspended", "released", "deleted", "unmanaged")
+NATIVE_ACTIONS = (MIRRORED, REJECTED, RESUMED, SUSPENDED, RELEASED_POD, DELETED_POD, UNMANAGED)
+
+# The reason an untrusted mirror claim is Rejected with (and left out of the decisions).
+MIRROR_NOT_TRUSTED = "MirrorNotTrusted"
+
 JOB_API_VERSION = "batch/v1"
+JOB_NAME_LABEL = "batch.kubernetes.io/job-name"  # set by the API server in a Job's pod template
 MAX_GROUP_SIZE = 1024  # the CRD's bound on spec.replicas
 HASH_LENGTH = 10
 
@@ -148,7 +159,7 @@ def uid_of(obj: object) -> str:
 
 
 def is_managed(namespace: Mapping[str, Any]) -> bool:
-    return _map(_metadata(namespace), "labels").get(MANAGED_LABEL) == "true"
+    return _map(_metadata(namespace), "labels").get(MANAGED_LABEL) == MANAGED_VALUE
 
 
 def managed_namespaces(namespaces: Iterable[Mapping[str, Any]]) -> frozenset[str]:
@@ -165,13 +176,20 @@ def controller_of(obj: object) -> tuple[str, str, str] | None:
 
 
 def job_of_pod(pod: object) -> str | None:
-    """The name of the batch/v1 Job controlling this pod, else None."""
-    refs = _metadata(pod).get("ownerReferences")
+    """The name of the batch/v1 Job this pod belongs to: its controller ownerReference, or, for a
+    pod no controller owns, the label ``batch.kubernetes.io/job-name`` the API server puts in every
+    Job's pod template (so a pod made from the template by hand, as a test playing the Job
+    controller makes it, is the Job's too); else None."""
+    metadata = _metadata(pod)
+    refs = metadata.get("ownerReferences")
     for ref in refs if isinstance(refs, list) else ():
-        if (isinstance(ref, _MAPPINGS) and ref.get("controller") is True and ref.get("kind") == "Job"
-                and ref.get("apiVersion") == JOB_API_VERSION and isinstance(ref.get("name"), str) and ref["name"]):
-            return str(ref["name"])
-    return None
+        if isinstance(ref, _MAPPINGS) and ref.get("controller") is True:
+            if (ref.get("kind") == "Job" and ref.get("apiVersion") == JOB_API_VERSION
+                    and isinstance(ref.get("name"), str) and ref["name"]):
+                return str(ref["name"])
+            return None  # another controller's pod (a ReplicaSet's, say), whatever its labels
+    name = _map(metadata, "labels").get(JOB_NAME_LABEL)
+    return name if isinstance(name, str) and name else None
 
 
 def is_gated(pod: object) -> bool:
@@ -266,11 +284,10 @@ def explicit_class(*objs: object) -> str:
 
 def _pod_template_of(pod: Mapping[str, Any]) -> dict[str, Any]:
     """What a pod was made from, as a template: its labels, annotations and spec, without what the
-    API server or gpuadmit added for one pod (node, scheduling gates, the pinning)."""
+    API server or gpuadmit added for one pod (node, scheduling gates). Shares the pod's nested
+    values (it is compared and serialised, never changed)."""
     metadata = _metadata(pod)
-    spec = copy.deepcopy(dict(_map(pod, "spec")))
-    for key in ("nodeName", "schedulingGates"):
-        spec.pop(key, None)
+    spec = {key: value for key, value in _map(pod, "spec").items() if key not in ("nodeName", "schedulingGates")}
     template_metadata: dict[str, Any] = {}
     for key in ("labels", "annotations"):
         if isinstance(metadata.get(key), _MAPPINGS) and metadata[key]:
@@ -278,40 +295,63 @@ def _pod_template_of(pod: Mapping[str, Any]) -> dict[str, Any]:
     return {"metadata": template_metadata, "spec": spec}
 
 
-def _owner_ref(obj: Mapping[str, Any], api_version: str, kind: str) -> dict[str, Any]:
-    # Not a controller reference: the mirror is not "controlled" by a Job in the sense the Job
-    # controller would adopt it; blockOwnerDeletion keeps the mirror until its owner is gone.
-    return {"apiVersion": api_version, "kind": kind, "name": name_of(obj), "uid": uid_of(obj),
-            "blockOwnerDeletion": False}
+@dataclass(frozen=True, slots=True)
+class Owner:
+    api_version: str
+    kind: str
+    name: str
+    uid: str
+
+    def reference(self) -> dict[str, Any]:
+        # Not a controller reference (no controller would adopt a GPUWorkload); the mirror goes with
+        # its owner by garbage collection, without blocking the owner's deletion.
+        return {"apiVersion": self.api_version, "kind": self.kind, "name": self.name, "uid": self.uid,
+                "blockOwnerDeletion": False}
 
 
 @dataclass(frozen=True, slots=True)
 class Mirror:
-    """The mirror a unit should have: the GPUWorkload to create, and the uids of its owners."""
+    """The mirror a unit should have. What decides trust (unit, owners) is read at once; the spec
+    and body, which copy a template, are built only when asked for (a create, a drift check)."""
 
     unit: UnitRef
-    body: dict[str, Any]
-    owner_uids: frozenset[str]
+    owners: tuple[Owner, ...]
     lean: KindLean | None
+    spec_class: str
+    gpus: int
+    replicas: int
+    source: Mapping[str, Any]  # the Job (its template is copied), or the pod (its own spec is)
 
     @property
-    def spec(self) -> Mapping[str, Any]:
-        return self.body["spec"]
+    def owner_uids(self) -> frozenset[str]:
+        return frozenset(owner.uid for owner in self.owners)
+
+    @property
+    def spec(self) -> dict[str, Any]:
+        template = (dict(job_template(self.source)) if self.unit.kind == UnitKind.JOB
+                    else _pod_template_of(self.source))
+        return {"class": self.spec_class, "gpus": self.gpus, "replicas": self.replicas, "template": template}
+
+    @property
+    def body(self) -> dict[str, Any]:
+        """The GPUWorkload to create."""
+        unit = self.unit
+        return {
+            "apiVersion": f"{API_GROUP}/{API_VERSION}",
+            "kind": GPUWORKLOAD_KIND,
+            "metadata": {
+                "name": unit.mirror_name,
+                "namespace": unit.namespace,
+                "labels": {MIRROR_KIND_LABEL: unit.kind.value, MIRROR_NAME_LABEL: name_label_value(unit.name)},
+                "annotations": {MIRROR_OF_ANNOTATION: unit.name},
+                "ownerReferences": [owner.reference() for owner in self.owners],
+            },
+            "spec": self.spec,
+        }
 
 
-def _mirror_body(unit: UnitRef, owners: Sequence[dict[str, Any]], spec: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "apiVersion": f"{API_GROUP}/{API_VERSION}",
-        "kind": GPUWORKLOAD_KIND,
-        "metadata": {
-            "name": unit.mirror_name,
-            "namespace": unit.namespace,
-            "labels": {MIRROR_KIND_LABEL: unit.kind.value, MIRROR_NAME_LABEL: name_label_value(unit.name)},
-            "annotations": {MIRROR_OF_ANNOTATION: unit.name},
-            "ownerReferences": list(owners),
-        },
-        "spec": spec,
-    }
+def _owner(obj: Mapping[str, Any], api_version: str, kind: str) -> Owner:
+    return Owner(api_version, kind, name_of(obj), uid_of(obj))
 
 
 def mirror_of_job(job: Mapping[str, Any]) -> Mirror | None:
@@ -321,67 +361,81 @@ def mirror_of_job(job: Mapping[str, Any]) -> Mirror | None:
     if gpus <= 0 or replicas <= 0:
         return None
     unit = UnitRef(namespace_of(job), UnitKind.JOB, name_of(job))
-    spec = {"class": explicit_class(job, template), "gpus": gpus, "replicas": replicas,
-            "template": copy.deepcopy(dict(template))}
-    return Mirror(unit, _mirror_body(unit, [_owner_ref(job, JOB_API_VERSION, "Job")], spec),
-                  frozenset({uid_of(job)}), _LEAN_BY_OWNER["Job"])
+    return Mirror(unit, (_owner(job, JOB_API_VERSION, "Job"),), _LEAN_BY_OWNER["Job"], explicit_class(job, template),
+                  gpus, replicas, job)
 
 
-def mirror_of_pods(unit: UnitRef, pods: Sequence[Mapping[str, Any]]) -> Mirror | None:
-    """The mirror of a pod unit or a group (``pods``: its live pods). None when the unit asks for
-    no GPUs, or a group is not complete yet (fewer pods than its size: a gang is decided whole)."""
+def mirror_of_pods(unit: UnitRef, pods: Sequence[Mapping[str, Any]],
+                   gpus_of: Callable[[Mapping[str, Any]], int] = pod_gpu_request) -> Mirror | None:
+    """The mirror of a pod unit or a group (``pods``: its pods). None when the unit asks for no
+    GPUs, or a group is not complete yet (fewer pods than its size: a gang is decided whole).
+    ``gpus_of``: a pod's GPUs (a caller may pass a memoised ``pod_gpu_request``)."""
     # Live pods first: a finished pod still names its unit (its mirror follows it to Succeeded or
     # Failed), but where a group has more pods than its size, the live ones are the group.
-    live = sorted(pods, key=lambda pod: (pod_is_terminal(pod), name_of(pod)))
-    if not live:
-        return None
-    gpus = max(pod_gpu_request(pod) for pod in live)
-    if gpus <= 0:
+    members = sorted(pods, key=lambda pod: (pod_is_terminal(pod), name_of(pod))) if len(pods) > 1 else list(pods)
+    if not members:
         return None
     if unit.kind == UnitKind.POD:
         replicas = 1
-        live = live[:1]
+        members = members[:1]
     else:
-        size = group_size(live[0])
-        if size is None or len(live) < size:
+        size = group_size(members[0])
+        if size is None or len(members) < size:
             return None
         replicas = size
-        live = live[:size]
-    first = next((pod for pod in live if pod_gpu_request(pod) == gpus), live[0])
-    spec = {"class": explicit_class(*live), "gpus": gpus, "replicas": replicas, "template": _pod_template_of(first)}
-    owners = [_owner_ref(pod, "v1", "Pod") for pod in live]
-    return Mirror(unit, _mirror_body(unit, owners, spec), frozenset(uid_of(pod) for pod in live), lean_of_pod(first))
+        members = members[:size]
+    gpus = max(gpus_of(pod) for pod in members)
+    if gpus <= 0:
+        return None
+    first = next((pod for pod in members if gpus_of(pod) == gpus), members[0])
+    owners = tuple(_owner(pod, "v1", "Pod") for pod in members)
+    return Mirror(unit, owners, lean_of_pod(first), explicit_class(*members), gpus, replicas, first)
 
 
-def wants_mirror(unit: UnitRef, job: Mapping[str, Any] | None, pods: Sequence[Mapping[str, Any]]) -> bool:
-    """Whether gpuadmit holds this unit, so a missing mirror is to be made: a Job that is
-    suspended and not finished, or any unit with a pod waiting at gpuadmit's gate. A unit already
-    running past both (made before the namespace opted in, or let go by hand) runs unmanaged: a
-    mirror for it would reserve GPUs its pods already use."""
-    if any(is_gated(pod) for pod in pods):
-        return True
-    return unit.kind == UnitKind.JOB and job is not None and job_suspended(job) and job_finished(job) is None
+def pods_by_unit(
+    pods: Iterable[Mapping[str, Any]], managed: frozenset[str],
+    gpus_of: Callable[[Mapping[str, Any]], int] = pod_gpu_request,
+    unit_of: Callable[[Mapping[str, Any]], UnitRef] = unit_of_pod,
+) -> dict[UnitRef, list[Mapping[str, Any]]]:
+    """The GPU pods of the managed namespaces by their unit (a Job's pods under the Job's unit).
+    ``gpus_of``, ``unit_of``: ``pod_gpu_request`` and ``unit_of_pod``, or memoised versions."""
+    grouped: dict[UnitRef, list[Mapping[str, Any]]] = {}
+    if managed:
+        for pod in pods:
+            if namespace_of(pod) in managed and gpus_of(pod) > 0:
+                grouped.setdefault(unit_of(pod), []).append(pod)
+    return grouped
+
+
+def expected_mirror(
+    unit: UnitRef, job: Mapping[str, Any] | None, pods: Sequence[Mapping[str, Any]],
+    gpus_of: Callable[[Mapping[str, Any]], int] = pod_gpu_request,
+) -> Mirror | None:
+    """The mirror ``unit`` should have now (``job``: its Job, for a Job unit; ``pods``: its GPU
+    pods), None when the unit is gone or asks for no GPUs, or a group is still forming."""
+    if unit.kind == UnitKind.JOB:
+        return mirror_of_job(job) if job is not None else None
+    return mirror_of_pods(unit, pods, gpus_of)
 
 
 def units_in(
     jobs: Iterable[Mapping[str, Any]], pods: Iterable[Mapping[str, Any]], managed: frozenset[str],
+    gpus_of: Callable[[Mapping[str, Any]], int] = pod_gpu_request,
 ) -> tuple[dict[UnitRef, Mirror | None], dict[UnitRef, list[Mapping[str, Any]]]]:
     """Every unit of the managed namespaces with the mirror it should have (None: none yet, e.g. a
-    group still forming), and the GPU pods of each unit (a Job's pods under the Job's unit)."""
-    pods_by_unit: dict[UnitRef, list[Mapping[str, Any]]] = {}
-    for pod in pods:
-        if namespace_of(pod) in managed and pod_gpu_request(pod) > 0:
-            pods_by_unit.setdefault(unit_of_pod(pod), []).append(pod)
+    group still forming), and the GPU pods of each unit. (The operator asks ``expected_mirror``
+    only for the units it needs: those with a mirror or a hold.)"""
+    grouped = pods_by_unit(pods, managed, gpus_of)
     mirrors: dict[UnitRef, Mirror | None] = {}
     for job in jobs:
         if namespace_of(job) in managed:
             mirror = mirror_of_job(job)
             if mirror is not None:
                 mirrors[mirror.unit] = mirror
-    for unit, unit_pods in pods_by_unit.items():
+    for unit, unit_pods in grouped.items():
         if unit.kind != UnitKind.JOB:
-            mirrors[unit] = mirror_of_pods(unit, unit_pods)
-    return mirrors, pods_by_unit
+            mirrors[unit] = mirror_of_pods(unit, unit_pods, gpus_of)
+    return mirrors, grouped
 
 
 # -- trust ----------------------------------------------------------------------------------------
@@ -423,6 +477,67 @@ def mirror_problem(workload: Mapping[str, Any], expected: Mirror | None, managed
     if not expected.owner_uids <= owned_by:
         return f"its ownerReferences do not name the live {unit.kind.value} {unit.name!r} (uid)"
     return None
+
+
+@dataclass(frozen=True, slots=True)
+class MirrorVerdict:
+    """One GPUWorkload that claims to mirror a unit: the unit, the mirror that unit should have now
+    (None: gone, or in a namespace not managed) and why it is not trusted (None: trusted)."""
+
+    workload: Mapping[str, Any]
+    unit: UnitRef
+    expected: Mirror | None
+    problem: str | None
+
+    @property
+    def trusted(self) -> bool:
+        return self.problem is None and self.expected is not None
+
+
+def judge_mirrors(workloads: Iterable[Mapping[str, Any]], managed: frozenset[str],
+                  expected_of: Callable[[UnitRef], Mirror | None]) -> Iterator[MirrorVerdict]:
+    """A verdict for every GPUWorkload of ``workloads`` that claims to be a mirror (ordinary ones are
+    passed over at the cost of a label lookup). ``expected_of``: the mirror a unit of a managed
+    namespace should have now (``expected_mirror``, memoised by the caller)."""
+    for workload in workloads:
+        metadata = workload.get("metadata")
+        labels = metadata.get("labels") if isinstance(metadata, _MAPPINGS) else None
+        if not labels or MIRROR_KIND_LABEL not in labels:
+            continue
+        unit = claimed_unit(workload)
+        if unit is None:
+            continue
+        expected = expected_of(unit) if unit.namespace in managed else None
+        yield MirrorVerdict(workload, unit, expected, mirror_problem(workload, expected, managed))
+
+
+def mirrors_in(
+    workloads: Iterable[Mapping[str, Any]], jobs: Iterable[Mapping[str, Any]], pods: Iterable[Mapping[str, Any]],
+    namespaces: Iterable[Mapping[str, Any]],
+) -> tuple[dict[str, KindLean | None], dict[str, str]]:
+    """For a dump (``gpuadmit decide``): the keys of the trusted mirrors with their kinds' leans (for
+    ``build_snapshot``'s ``mirrors``), and the untrusted claims with their problem (not decided, as
+    the operator decides none of them)."""
+    managed = managed_namespaces(namespaces)
+    grouped = pods_by_unit(pods, managed)
+    jobs_by_key = {f"{namespace_of(job)}/{name_of(job)}": job for job in jobs}
+    expected: dict[UnitRef, Mirror | None] = {}
+
+    def expected_of(unit: UnitRef) -> Mirror | None:
+        if unit not in expected:
+            job = jobs_by_key.get(f"{unit.namespace}/{unit.name}") if unit.kind == UnitKind.JOB else None
+            expected[unit] = expected_mirror(unit, job, grouped.get(unit, []))
+        return expected[unit]
+
+    trusted: dict[str, KindLean | None] = {}
+    untrusted: dict[str, str] = {}
+    for verdict in judge_mirrors(workloads, managed, expected_of):
+        key = f"{namespace_of(verdict.workload)}/{name_of(verdict.workload)}"
+        if verdict.trusted and verdict.expected is not None:
+            trusted[key] = verdict.expected.lean
+        else:
+            untrusted[key] = verdict.problem or "it mirrors nothing"
+    return trusted, untrusted
 
 
 def stale_mirror(workload: Mapping[str, Any], expected: Mirror | None) -> bool:
@@ -471,10 +586,11 @@ def released(pod: Mapping[str, Any]) -> bool:
 def release_assignments(
     placement: Sequence[PlacementEntry], pods: Sequence[Mapping[str, Any]],
 ) -> list[tuple[Mapping[str, Any], str]]:
-    """(gated pod, node) for each waiting pod that a free slot takes, pods in name order."""
-    live = [pod for pod in pods if not pod_is_terminal(pod) and not _metadata(pod).get("deletionTimestamp")]
-    slots = free_slots(placement, [pod for pod in live if not is_gated(pod)])
-    waiting = sorted((pod for pod in live if is_gated(pod)), key=name_of)
+    """(gated pod, node) for each waiting pod that a free slot takes, pods in name order. A released
+    pod being deleted keeps its slot until it is gone: its GPUs are still in use."""
+    slots = free_slots(placement, [pod for pod in pods if not is_gated(pod)])
+    waiting = sorted((pod for pod in pods if is_gated(pod) and not pod_is_terminal(pod)
+                      and not _metadata(pod).get("deletionTimestamp")), key=name_of)
     return list(zip(waiting, slots, strict=False))
 
 
