@@ -42,13 +42,13 @@ import gc
 
 from ..inventory import LayoutMemo
 from ..model import CycleResult, Snapshot
-from .chains import IMPROVE_PASSES, SWAP_UP_TO_NODES, improve_by_swaps
-from .cycle import EPSILON, Admission, Cycle, PassResult, new_pass
+from .choose import choose_pass
+from .cycle import Admission, Cycle, PassResult, new_pass
+from .incremental import IncrementalEngine
 from .messages import bound_by, finalize
-from .passes import is_unbeatable, placement_orders, run_pass
 from .prepare import prepare
 
-__all__ = ["Admission", "Cycle", "LayoutMemo", "PassResult", "bound_by", "decide", "finalize", "new_pass", "prepare"]
+__all__ = ["Admission", "Cycle", "IncrementalEngine", "LayoutMemo", "PassResult", "bound_by", "choose_pass", "decide", "finalize", "new_pass", "prepare"]
 
 
 def decide(snapshot: Snapshot, *, layouts: LayoutMemo | None = None) -> CycleResult:
@@ -69,30 +69,4 @@ def decide(snapshot: Snapshot, *, layouts: LayoutMemo | None = None) -> CycleRes
 
 def _decide(snapshot: Snapshot, layouts: LayoutMemo | None) -> CycleResult:
     cycle = prepare(snapshot, layouts)
-    candidates = cycle.placeable
-    allow_preemption = bool(snapshot.policy.preemption.enabled) and any(cycle.victims_by_product.values())
-    results: list[PassResult] = []
-    seen_orders: set[tuple[int, ...]] = set()
-    guaranteed = cycle.tenants.guaranteed_ranks if cycle.tenants is not None else None
-    for order in placement_orders(candidates):
-        if guaranteed:  # work within guarantee first in every order
-            order.sort(key=lambda c: c.rank not in guaranteed)
-        signature = tuple(c.rank for c in order)
-        if signature in seen_orders:
-            continue
-        seen_orders.add(signature)
-        results.append(run_pass(cycle, order, allow_preemption))
-        if is_unbeatable(results[-1], candidates):
-            break
-    if not results:
-        return finalize(cycle, new_pass(cycle))
-    # Best value first; ties keep the earlier order (rank order is first of all).
-    results = sorted(results, key=lambda r: -r.value)
-    if not allow_preemption and cycle.tenants is None and len(cycle.inventory.nodes) <= SWAP_UP_TO_NODES and not is_unbeatable(results[0], candidates):
-        for result in results[:IMPROVE_PASSES]:
-            improve_by_swaps(cycle, result)
-    best = results[0]
-    for result in results[1:]:
-        if result.value > best.value + EPSILON:
-            best = result
-    return finalize(cycle, best)
+    return finalize(cycle, choose_pass(cycle))

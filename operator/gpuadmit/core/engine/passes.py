@@ -31,11 +31,12 @@ MAX_PREEMPTION_ATTEMPTS_PER_PASS = 5_000
 ALL_ORDERS_UP_TO = 5_000
 
 
-def placement_orders(candidates: Sequence[Candidate]) -> Iterable[list[Candidate]]:
-    """Rank order first (the policy's own), then orders that pack more margin per hour."""
+def placement_orders(candidates: Sequence[Candidate], all_orders: bool | None = None) -> Iterable[list[Candidate]]:
+    """Rank order first (the policy's own), then orders that pack more margin per hour (all of
+    them when ``all_orders``; None: when there are at most ``ALL_ORDERS_UP_TO`` candidates)."""
     yield list(candidates)
     yield sorted(candidates, key=lambda c: (-c.effective_margin * c.workload.total_gpus, c.rank))
-    if len(candidates) <= ALL_ORDERS_UP_TO:
+    if all_orders if all_orders is not None else len(candidates) <= ALL_ORDERS_UP_TO:
         yield sorted(candidates, key=lambda c: (-c.workload.total_gpus, c.rank))
         yield sorted(candidates, key=lambda c: (-c.effective_margin, -c.workload.total_gpus, c.rank))
         # Workloads with fewer products first, so flexible ones do not take what picky ones need.
@@ -49,7 +50,9 @@ def is_unbeatable(result: PassResult, candidates: Sequence[Candidate]) -> bool:
     )
 
 
-def run_pass(cycle: Cycle, order: Sequence[Candidate], allow_preemption: bool) -> PassResult:
+def run_pass(cycle: Cycle, order: Sequence[Candidate], allow_preemption: bool, may_preempt: set[int] | None = None) -> PassResult:
+    """One greedy pass in ``order``. ``may_preempt``: the ranks that may try preemption (None: the
+    first ``MAX_PREEMPTION_ATTEMPTS_PER_PASS`` that do not fit, as a whole cycle counts them)."""
     result = new_pass(cycle)
     tenants, ledger = cycle.tenants, result.quota
     inventory = result.inventory
@@ -84,7 +87,9 @@ def run_pass(cycle: Cycle, order: Sequence[Candidate], allow_preemption: bool) -
                 continue
             admission = Admission(option, placement)
             break
-        if admission is None and allow_preemption and attempts < MAX_PREEMPTION_ATTEMPTS_PER_PASS:
+        if admission is None and allow_preemption and attempts < MAX_PREEMPTION_ATTEMPTS_PER_PASS and (
+            may_preempt is None or candidate.rank in may_preempt
+        ):
             attempts += 1
             admission = _preempt(cycle, result, candidate, preempted, preempt_failed)
             if admission is None and tenants is not None and candidate.rank in tenants.guaranteed_ranks:
