@@ -167,15 +167,15 @@ def summary(decision: Decision) -> tuple:
     return decision.action, decision.placement
 
 
-def run(seed: int, nodes: int, events: int, rules: Policy, *, most_gpus: int = 8, backlog: int = 0) -> dict[str, int]:
-    """``backlog`` workloads first (more than fits: the queue is long), then ``events`` events."""
+def run(seed: int, nodes: int, events: int, rules: Policy, *, most_gpus: int = 8, backlog: int = 0, exact: bool) -> dict[str, int]:
+    """``backlog`` workloads first (more than fits: the queue is long), then ``events`` events;
+    ``exact``: decisions must be identical (else: margin within 1%)."""
     rng = random.Random(seed)
     world = World(rng, nodes, rules, most_gpus)
     for _ in range(backlog):
         world.new_workload()
     engine = IncrementalEngine()
     view: dict[str, Decision] = {}
-    exact = nodes > SWAP_UP_TO_NODES
     counts = {"incremental": 0, "whole": 0, "differed": 0, "admitted": 0, "preempted": 0}
     for step in range(events):
         snapshot = world.snapshot()
@@ -212,16 +212,21 @@ def run(seed: int, nodes: int, events: int, rules: Policy, *, most_gpus: int = 8
     return counts
 
 
-@pytest.mark.parametrize("seed", [1, 2])
-@pytest.mark.parametrize("preemption", [False, True])
-def test_identical_to_whole_cycles_where_the_rules_decide(seed: int, preemption: bool) -> None:
-    counts = run(seed, nodes=SWAP_UP_TO_NODES + 200, events=100, rules=policy(preemption, reserve=0.1, aging=0.05),
-                 most_gpus=2, backlog=1_500)
-    # The test exercises the incremental path, and it admits there.
-    assert counts["incremental"] > counts["whole"] and counts["admitted"] > 10, counts
+# Where the rules decide: the ejection chains run only without preemption, without an inference
+# reserve and on at most SWAP_UP_TO_NODES nodes; every other case must match exactly.
+@pytest.mark.parametrize(("seed", "nodes", "preemption"), [
+    (1, SWAP_UP_TO_NODES + 200, False), (2, SWAP_UP_TO_NODES + 200, True), (3, 60, True), (4, 60, True), (5, 60, True),
+])
+def test_identical_to_whole_cycles_where_the_rules_decide(seed: int, nodes: int, preemption: bool) -> None:
+    large = nodes > SWAP_UP_TO_NODES
+    counts = run(seed, nodes=nodes, events=100 if large else 150, rules=policy(preemption, reserve=0.1, aging=0.05),
+                 most_gpus=2 if large else 8, backlog=1_500 if large else 150, exact=True)
+    # The test exercises the incremental path: it admits there, and preempts when it may.
+    assert counts["incremental"] > 5 * counts["whole"] and counts["admitted"] > 10, counts
+    assert counts["preempted"] > 5 or not preemption, counts
 
 
-@pytest.mark.parametrize("seed", [4, 5, 6])
+@pytest.mark.parametrize("seed", [6, 7, 8])
 def test_margin_within_one_percent_where_the_search_decides(seed: int) -> None:
-    counts = run(seed, nodes=60, events=150, rules=policy(False, reserve=0.0, aging=0.0), backlog=150)
-    assert counts["incremental"] > counts["whole"] and counts["admitted"] > 10, counts
+    counts = run(seed, nodes=60, events=150, rules=policy(False, reserve=0.0, aging=0.0), backlog=150, exact=False)
+    assert counts["incremental"] > 5 * counts["whole"] and counts["admitted"] > 10, counts

@@ -58,7 +58,7 @@ from ..guarantee import Tenants
 from ..inventory import Inventory, LayoutMemo, _beyond, _same_shape, whole
 from ..model import Action, CycleResult, Decision, GpuNode, PlacementEntry, Preemption, Snapshot, Workload
 from .choose import choose_pass
-from .cycle import Admission, Candidate, Cycle, Victim, number_or
+from .cycle import EPSILON, Admission, Candidate, Cycle, Victim, number_or
 from .messages import finalize
 from .passes import ALL_ORDERS_UP_TO, MAX_PREEMPTION_ATTEMPTS_PER_PASS
 from .prepare import Ranker, prepare, timeout_rejection, victim_of, victim_order
@@ -66,6 +66,9 @@ from .prepare import Ranker, prepare, timeout_rejection, victim_of, victim_order
 # More changes than this in one cycle (or a tenth of the queue, whichever is larger): a whole
 # cycle, which then costs about what the changes would.
 MAX_CHANGES = 1_000
+# Rounds of an incremental cycle's part growing by what its preemptions free (each round adds
+# the kinds that could use the victims' GPUs; one or two suffice in practice).
+MAX_PART_ROUNDS = 4
 
 
 @dataclass(slots=True)
@@ -80,6 +83,8 @@ class _State:
     training_used: dict[str, int]
     pending: dict[str, Workload]
     holding: dict[str, Workload]
+    pending_ids: dict[int, Workload]  # by id(): the snapshot's own objects, compared by identity first
+    holding_ids: dict[int, Workload]
     reservations: dict[int, dict[str, list]]  # node index -> holding key -> its placement entries there
     queue: list[tuple]  # rank_order keys of the queued workloads, sorted
     queued: dict[str, Candidate]  # by key
@@ -94,7 +99,6 @@ class _State:
     # until a snapshot shows them: their nodes are recomputed next cycle, whatever it shows.
     assumed_nodes: set[int] = field(default_factory=set)
     assumed_training: dict[str, int] = field(default_factory=dict)
-    preempted: bool = False  # the last cycle preempted: the next one is whole
 
 
 class IncrementalEngine:
@@ -176,8 +180,6 @@ class IncrementalEngine:
             return "policy changed"
         if policy.max_queued_per_namespace is not None:
             return "a queue limit per namespace"
-        if state.preempted:
-            return "the last cycle preempted"
         if snapshot.quotas and Tenants.of(snapshot, state.inventory) is not None:
             return "GPUQuotas"
         if snapshot.nodes is not last.nodes:
@@ -188,13 +190,6 @@ class IncrementalEngine:
             for new, old in zip(snapshot.nodes, last.nodes, strict=True):
                 if new is not old and not _same_shape(new, old):
                     return "a node changed shape"
-        waiting = state.not_yet_victims
-        while policy.preemption.enabled and state.queue and waiting and waiting[0][0] <= snapshot.now:
-            key = waiting[0][1]
-            workload = state.holding.get(key)
-            if workload is not None and key not in state.victim_of_key and workload.admitted_at is not None:
-                return "a running workload became old enough to preempt"
-            heapq.heappop(waiting)  # it left, or is a victim already
         return None
 
     def _incremental(self, state: _State, snapshot: Snapshot) -> CycleResult | str:
@@ -203,22 +198,19 @@ class IncrementalEngine:
         now = snapshot.now
         inventory = state.inventory
         # --- what changed --------------------------------------------------------
-        pending: dict[str, Workload] = {}
-        for workload in snapshot.pending:
-            if pending.setdefault(workload.key, workload) is not workload:
-                return "two pending workloads with one key"
-        holding: dict[str, Workload] = {}
-        for workload in snapshot.holding:
-            if holding.setdefault(workload.key, workload) is not workload:
-                return "two holding workloads with one key"
-        # Changed: not the same object and not equal (a caller that parses afresh each cycle pays
-        # a comparison per workload, one that keeps its objects a pointer compare).
-        arrived = [w for key, w in pending.items() if _differs(state.pending.get(key), w) or key in state.admitted]
-        left = [key for key, w in state.pending.items() if _differs(w, pending.get(key))]
-        released = [w for key, w in state.holding.items() if _differs(w, holding.get(key))]
-        taken = [w for key, w in holding.items() if _differs(state.holding.get(key), w)]
+        pending_diff = _compare(state.pending, state.pending_ids, snapshot.pending)
+        holding_diff = _compare(state.holding, state.holding_ids, snapshot.holding)
+        if pending_diff is None or holding_diff is None:
+            return "a workload listed twice"
+        pending, pending_ids, arrived, left_objects = pending_diff
+        holding, holding_ids, taken, released = holding_diff
+        left = [w.key for w in left_objects]
+        # Ours, admitted last cycle, yet still pending (the caller has not applied it): decided again.
+        arrived += [pending[key] for key in sorted(state.admitted) if key in pending and key not in {w.key for w in arrived}]
         limit = max(MAX_CHANGES, len(state.queue) // 10)
-        expected = sum(1 for key in left if key in state.admitted) + sum(1 for w in taken if w.key in state.admitted)
+        # Our admissions starting to run and our rejections leaving are what the last cycle expected.
+        expected = sum(1 for key in left if key in state.admitted or state.decided.get(key, (None,))[0] is Action.REJECT)
+        expected += sum(1 for w in taken if w.key in state.admitted)
         if len(arrived) + len(left) + len(released) + len(taken) - expected > limit:
             return "many changes at once"
         touched_nodes: set[int] = set()
@@ -249,11 +241,20 @@ class IncrementalEngine:
             _hold(state, workload, +1)
             touched_nodes.update(_node_indices(inventory, workload))
             changed_victims.add(workload.key)
-        state.pending, state.holding, state.snapshot = pending, holding, snapshot
+        state.pending, state.pending_ids, state.holding, state.holding_ids = pending, pending_ids, holding, holding_ids
+        state.snapshot = snapshot
         state.admitted, state.assumed_nodes, state.assumed_training = set(), set(), {}
+        newly_victims: list[Victim] = []
         if snapshot.policy.preemption.enabled:
             for key in changed_victims:
                 _set_victim(state, snapshot, holding.get(key), key)
+            waiting = state.not_yet_victims
+            while waiting and waiting[0][0] <= now:  # old enough to preempt now
+                _, key = heapq.heappop(waiting)
+                if key in holding and key not in state.victim_of_key:
+                    _set_victim(state, snapshot, holding[key], key)
+                    if key in state.victim_of_key:
+                        newly_victims.append(state.victim_of_key[key])
         # --- free capacity, node by node ---------------------------------------------
         touched_pools: set[int] = set()
         nodes_by_index = _nodes_by_index(snapshot.nodes, positions) if touched_nodes else {}
@@ -290,15 +291,17 @@ class IncrementalEngine:
                 _unqueue(state, key)
                 decisions.append(timeout_rejection(workload, waited, limit_s, candidate.best_margin))
         # --- the part of the queue that can change, decided by the whole cycle's code -----------
-        part = _part(state, new_keys, touched_pools, reserve_freed)
-        aging = state.ranker.aging
-        for rank, candidate in enumerate(part):
-            candidate.rank = rank
-            waited = max(0.0, now - number_or(candidate.workload.queued_since, now))
-            candidate.effective_margin = candidate.best_margin + aging * waited / 3600.0
-        budget_rank = {c.rank for c in part if bisect.bisect_left(state.queue, c.order) < MAX_PREEMPTION_ATTEMPTS_PER_PASS}
+        chosen = _part(state, {}, new_keys, touched_pools, reserve_freed, newly_victims, inventory)
         preemptions: tuple[Preemption, ...] = ()
-        if part:
+        aging = state.ranker.aging
+        all_orders = len(state.queue) <= ALL_ORDERS_UP_TO
+        for _ in range(MAX_PART_ROUNDS):
+            part = sorted(chosen.values(), key=lambda c: c.order)
+            for rank, candidate in enumerate(part):
+                candidate.rank = rank
+                waited = max(0.0, now - number_or(candidate.workload.queued_since, now))
+                candidate.effective_margin = candidate.best_margin + aging * waited / 3600.0
+            budget_rank = {c.rank for c in part if bisect.bisect_left(state.queue, c.order) < MAX_PREEMPTION_ATTEMPTS_PER_PASS}
             cycle = Cycle(
                 snapshot=snapshot,
                 policy=snapshot.policy,
@@ -313,7 +316,22 @@ class IncrementalEngine:
                 cheapest_victim_margin={p: min(v.margin for v in vs) for p, vs in state.victims.items() if vs},
                 ranker=state.ranker,
             )
-            best = choose_pass(cycle, all_orders=len(state.queue) <= ALL_ORDERS_UP_TO, may_preempt=budget_rank)
+            best = choose_pass(cycle, all_orders=all_orders, may_preempt=budget_rank)
+            # What victims free beyond the preemptor's need goes to the workloads ranked after it in
+            # a whole cycle: the kinds that could use it join the part, and the part is decided again.
+            victims = [v for admission in best.admitted.values() for v in admission.victims]
+            if not victims:
+                break
+            freed = inventory.copy()
+            for victim in victims:
+                freed.release(victim.workload.placement, victim.key, snapshot.gpus_of_own_pods)
+            pools = {inventory.pool_of[i] for v in victims for i, _ in v.freed if inventory.pool_of[i] >= 0}
+            training = {v.product for v in victims if v.workload.workload_class != "inference"}
+            before = len(chosen)
+            _part(state, chosen, set(), pools, training, [], freed)
+            if len(chosen) == before:
+                break
+        if chosen:
             for candidate in part:
                 admission = best.admitted.get(candidate.rank)
                 if admission is not None:
@@ -327,10 +345,9 @@ class IncrementalEngine:
             outcome = finalize(cycle, best, position_of)
             decisions.extend(outcome.decisions)
             preemptions = outcome.preemptions
-            state.preempted = bool(preemptions)
         if snapshot.invalid is not last.invalid and snapshot.invalid != last.invalid:
-            before = set(last.invalid)
-            decisions.extend(Decision.invalid(item) for item in snapshot.invalid if item not in before)
+            known = set(last.invalid)
+            decisions.extend(Decision.invalid(item) for item in snapshot.invalid if item not in known)
         changed = []
         for decision in decisions:
             summary = (decision.action, decision.reason, decision.placement)
@@ -358,6 +375,8 @@ def _keep(snapshot: Snapshot, cycle: Cycle, admitted: Mapping[int, Admission], r
         training_used=dict(cycle.training_used),
         pending={},
         holding={},
+        pending_ids={id(w): w for w in snapshot.pending},
+        holding_ids={id(w): w for w in snapshot.holding},
         reservations={},
         queue=[],
         queued={},
@@ -439,12 +458,32 @@ def _unqueue(state: _State, key: str) -> None:
             del orders[at]
 
 
-def _part(state: _State, new_keys: set[str], touched_pools: set[int], reserve_freed: set[str]) -> list[Candidate]:
-    """The queued workloads this cycle can change, in rank order: the new ones, and per kind that
-    gained capacity its best-ranked members, as many as free GPUs could hold, plus one."""
-    chosen: dict[str, Candidate] = {key: state.queued[key] for key in new_keys if key in state.queued}
+def _part(state: _State, chosen: dict[str, Candidate], new_keys: set[str], touched_pools: set[int], reserve_freed: set[str],
+          newly_victims: list[Victim], inventory: Inventory) -> dict[str, Candidate]:
+    """The queued workloads this cycle can change, in rank order: the new ones; per kind that
+    gained capacity its best-ranked members, as many as free GPUs could hold, plus one; per kind
+    that may preempt a workload newly old enough to be a victim, its best-ranked members within
+    the whole cycle's preemption budget, as many as the new victims' GPUs could hold, plus one.
+    Added to ``chosen`` (by key), which is returned; ``inventory`` is the free capacity to count."""
+    chosen.update((key, state.queued[key]) for key in new_keys if key in state.queued)
+    if newly_victims:
+        gain = number_or(state.snapshot.policy.preemption.min_margin_gain_per_gpu_hour, 0.0)
+        cheapest: dict[str, float] = {}
+        gpus: dict[str, int] = {}
+        for victim in newly_victims:
+            cheapest[victim.product] = min(cheapest.get(victim.product, math.inf), victim.margin)
+            gpus[victim.product] = gpus.get(victim.product, 0) + victim.gpus
+        for kind, orders in state.by_kind.items():
+            usable = [o for o in state.ranker.options_of_kind[kind] if o.product in cheapest and o.margin - gain + EPSILON >= cheapest[o.product]]
+            if not orders or not usable:
+                continue
+            head = state.queued[orders[0][2]].workload
+            count = sum(gpus[o.product] for o in usable) // max(1, head.total_gpus) + 1
+            for order in orders[:count]:
+                if bisect.bisect_left(state.queue, order) >= MAX_PREEMPTION_ATTEMPTS_PER_PASS:
+                    break
+                chosen.setdefault(order[2], state.queued[order[2]])
     if touched_pools or reserve_freed:
-        inventory = state.inventory
         options_of_kind = state.ranker.options_of_kind
         for kind, orders in state.by_kind.items():
             if not orders:
@@ -457,7 +496,7 @@ def _part(state: _State, new_keys: set[str], touched_pools: set[int], reserve_fr
             fits = sum(inventory.replicas_that_fit(o.pools, g) // replicas for o in options)
             for order in orders[: fits + 1]:
                 chosen.setdefault(order[2], state.queued[order[2]])
-    return sorted(chosen.values(), key=lambda c: c.order)
+    return chosen
 
 
 # --- holding workloads and free capacity --------------------------------------------------
@@ -548,8 +587,34 @@ def _set_victim(state: _State, snapshot: Snapshot, workload: Workload | None, ke
         bisect.insort(state.victims.setdefault(victim.product, []), victim, key=victim_order)
 
 
-def _differs(old: object, new: object) -> bool:
-    return old is not new and old != new
+def _compare(
+    by_key: dict[str, Workload], by_id: dict[int, Workload], workloads: tuple[Workload, ...],
+) -> tuple[dict[str, Workload], dict[int, Workload], list[Workload], list[Workload]] | None:
+    """(by key, by id, arrived, left) against the last cycle's objects, or None when a key is listed
+    twice. By identity first, at C speed: a caller that keeps its objects between cycles costs
+    two set differences; one that parses afresh pays an equality test per object it replaced."""
+    new_ids = dict(zip(map(id, workloads), workloads, strict=True))
+    if len(new_ids) != len(workloads):
+        return None
+    added = [new_ids[i] for i in new_ids.keys() - by_id.keys()]
+    removed = [by_id[i] for i in by_id.keys() - new_ids.keys()]
+    if not added and not removed:
+        return by_key, new_ids, [], []
+    gone = {w.key: w for w in removed}  # by_key is changed in place: on None the state is rebuilt anyway
+    for workload in removed:
+        del by_key[workload.key]
+    arrived: list[Workload] = []
+    for workload in sorted(added, key=lambda w: w.key):
+        key = workload.key
+        if key in by_key:
+            return None
+        by_key[key] = workload
+        if gone.get(key) != workload:
+            arrived.append(workload)
+        else:
+            del gone[key]  # replaced by an equal object: no change
+    left = sorted(gone.values(), key=lambda w: w.key)
+    return by_key, new_ids, arrived, left
 
 
 def _changed_keys(old: Mapping, new: Mapping) -> set:
