@@ -31,7 +31,7 @@ import time
 import tracemalloc
 from collections import Counter
 
-from gpuadmit.core.engine import IncrementalEngine, LayoutMemo, decide
+from gpuadmit.core.engine import Changes, IncrementalEngine, LayoutMemo, decide
 from gpuadmit.core.model import (
     Action,
     CycleResult,
@@ -284,11 +284,13 @@ class SteadyCluster:
         self.holding = {w.key: w for w in snapshot.holding}
         self.own_pods = dict(snapshot.gpus_of_own_pods)
         self.serial = 0
+        self.changes = Changes({}, {})  # since the last snapshot, as an operator's watch would tell
         self._nodes: tuple[GpuNode, ...] | None = None
         self._pending: tuple[Workload, ...] | None = None
         self._holding: tuple[Workload, ...] | None = None
 
     def snapshot(self) -> Snapshot:
+        self.changes = Changes({}, {})
         self._nodes = self._nodes or tuple(self.nodes.values())
         self._pending = self._pending or tuple(self.pending.values())
         self._holding = self._holding or tuple(self.holding.values())
@@ -303,10 +305,12 @@ class SteadyCluster:
             if workload is None or decision.action is Action.QUEUE:
                 continue
             del self.pending[decision.key]
+            self.changes.pending[decision.key] = None  # type: ignore[index]
             self._pending = None
             if decision.action is Action.ADMIT:
                 running = dataclasses.replace(workload, phase="Running", placement=decision.placement, admitted_at=self.now)
                 self.holding[running.key] = running
+                self.changes.holding[running.key] = running  # type: ignore[index]
                 self._holding = None
                 for entry in decision.placement:
                     self.use(entry.node, entry.gpus)
@@ -320,6 +324,7 @@ class SteadyCluster:
         """A running workload's pods finish and it leaves (one at random by default)."""
         key = key or self.rng.choice(sorted(self.holding))
         workload = self.holding.pop(key)
+        self.changes.holding[key] = None  # type: ignore[index]
         self._holding = None
         for entry in workload.placement:
             self.use(entry.node, -self.own_pods.pop((key, entry.node), 0))
@@ -329,6 +334,7 @@ class SteadyCluster:
         workload = build_pending(random.Random(self.rng.random()), 1)[0]
         workload = dataclasses.replace(workload, name=f"new-{self.serial:06d}", created_at=self.now, queued_since=self.now)
         self.pending[workload.key] = workload
+        self.changes.pending[workload.key] = workload  # type: ignore[index]
         self._pending = None
 
     def add_node(self) -> None:
@@ -339,8 +345,10 @@ class SteadyCluster:
         self._nodes = None
 
 
-def measure_incremental(pending_count: int, events: int) -> None:
-    """Single changes at steady state, decided by the incremental engine: CPU per change."""
+def measure_incremental(pending_count: int, events: int, tell: bool = True) -> None:
+    """Single changes at steady state, decided by the incremental engine: CPU per change. ``tell``:
+    the cluster tells the engine what changed (``Changes``, as the operator's watch events can);
+    else the engine compares the snapshots itself."""
     snapshot = build_snapshot(pending_count)
     cluster = SteadyCluster(snapshot)
     engine = IncrementalEngine()
@@ -349,8 +357,9 @@ def measure_incremental(pending_count: int, events: int) -> None:
     whole_cpu = time.process_time() - started
     cluster.apply(result)
     cluster.apply(engine.decide(cluster.snapshot()))  # the first cycle's admissions seen running
+    how = "changes told by the caller" if tell else "snapshots compared by the engine"
     print(f"incremental engine, {pending_count:,} pending: whole first cycle {whole_cpu:.2f} s CPU; "
-          f"then {events} single changes of each kind, one cycle each (CPU ms per cycle)")
+          f"then {events} single changes of each kind, one cycle each ({how}; CPU ms per cycle)")
     header = f"{'change':>14} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'whole cycles':>13} {'admitted':>9}"
     print(header)
     print("-" * len(header))
@@ -359,9 +368,10 @@ def measure_incremental(pending_count: int, events: int) -> None:
         for _ in range(events):
             change()
             cluster.now += 1.0
+            changes = cluster.changes
             snapshot = cluster.snapshot()
             started = time.process_time()
-            result = engine.decide(snapshot)
+            result = engine.decide(snapshot, changes if tell else None)
             times.append(1000 * (time.process_time() - started))
             whole += engine.last_full
             admitted += sum(1 for d in result.decisions if d.action is Action.ADMIT)
@@ -382,9 +392,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--incremental-events", type=int, default=50,
                         help="single changes of each kind for the incremental engine, at the largest size (0: none; default %(default)s)")
     parser.add_argument("--incremental-only", action="store_true", help="only the incremental engine's figures")
+    parser.add_argument("--compare-snapshots", action="store_true",
+                        help="the incremental engine compares snapshots itself (default: the changes are told, as the operator can)")
     args = parser.parse_args(argv if argv is not None else [])
     if args.incremental_only:
-        measure_incremental(max(args.sizes), args.incremental_events)
+        measure_incremental(max(args.sizes), args.incremental_events, not args.compare_snapshots)
         return
     variants = [False] if args.gpus_only else [True] if args.resources else [False, True]
     print(f"{NODES:,} nodes ({', '.join(sorted({k[0] for k in NODE_KINDS}))}), seeded; decide() on one cycle")
@@ -403,7 +415,7 @@ def main(argv: list[str] | None = None) -> None:
             )
     if args.incremental_events:
         print()
-        measure_incremental(max(args.sizes), args.incremental_events)
+        measure_incremental(max(args.sizes), args.incremental_events, not args.compare_snapshots)
 
 
 if __name__ == "__main__":

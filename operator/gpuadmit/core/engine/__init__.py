@@ -44,11 +44,11 @@ from ..inventory import LayoutMemo
 from ..model import CycleResult, Snapshot
 from .choose import choose_pass
 from .cycle import Admission, Cycle, PassResult, new_pass
-from .incremental import IncrementalEngine
+from .incremental import Changes, IncrementalEngine
 from .messages import bound_by, finalize
 from .prepare import prepare
 
-__all__ = ["Admission", "Cycle", "IncrementalEngine", "LayoutMemo", "PassResult", "bound_by", "choose_pass", "decide", "finalize", "new_pass", "prepare"]
+__all__ = ["Admission", "Changes", "Cycle", "IncrementalEngine", "LayoutMemo", "PassResult", "bound_by", "choose_pass", "decide", "finalize", "new_pass", "prepare"]
 
 
 def decide(snapshot: Snapshot, *, layouts: LayoutMemo | None = None) -> CycleResult:

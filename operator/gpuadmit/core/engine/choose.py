@@ -4,12 +4,14 @@ ejection chains, and the pass that admits the most margin per hour. Shared by th
 
 from __future__ import annotations
 
+from collections.abc import Container
+
 from .chains import IMPROVE_PASSES, SWAP_UP_TO_NODES, improve_by_swaps
 from .cycle import EPSILON, Cycle, PassResult, new_pass
 from .passes import is_unbeatable, placement_orders, run_pass
 
 
-def choose_pass(cycle: Cycle, *, all_orders: bool | None = None, may_preempt: set[int] | None = None) -> PassResult:
+def choose_pass(cycle: Cycle, *, all_orders: bool | None = None, may_preempt: Container[int] | None = None) -> PassResult:
     """Step 3 on the cycle's placeable candidates: the greedy in several orders, the best improved
     by ejection chains; the pass admitting the most margin per hour (ties: rank order).
 

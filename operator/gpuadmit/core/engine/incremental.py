@@ -51,24 +51,38 @@ import bisect
 import gc
 import heapq
 import math
-from collections.abc import Iterator, Mapping
+import operator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from itertools import compress
 
 from ..guarantee import Tenants
 from ..inventory import Inventory, LayoutMemo, _beyond, _same_shape, whole
 from ..model import Action, CycleResult, Decision, GpuNode, PlacementEntry, Preemption, Snapshot, Workload
+from .chains import IMPROVE_PASSES, SWAP_UP_TO_NODES, improve_by_swaps
 from .choose import choose_pass
-from .cycle import EPSILON, Admission, Candidate, Cycle, Victim, number_or
+from .cycle import EPSILON, Admission, Candidate, Cycle, PassResult, Victim, new_pass, number_or
 from .messages import finalize
-from .passes import ALL_ORDERS_UP_TO, MAX_PREEMPTION_ATTEMPTS_PER_PASS
+from .passes import ALL_ORDERS_UP_TO, MAX_PREEMPTION_ATTEMPTS_PER_PASS, order_keys, run_pass
 from .prepare import Ranker, prepare, timeout_rejection, victim_of, victim_order
 
 # More changes than this in one cycle (or a tenth of the queue, whichever is larger): a whole
 # cycle, which then costs about what the changes would.
 MAX_CHANGES = 1_000
-# Rounds of an incremental cycle's part growing by what its preemptions free (each round adds
-# the kinds that could use the victims' GPUs; one or two suffice in practice).
-MAX_PART_ROUNDS = 4
+
+
+@dataclass(frozen=True, slots=True)
+class Changes:
+    """What changed since the snapshot last given to the engine, told by a caller that knows it
+    (the operator's watch events, a replay's own events), so the engine need not compare every
+    workload: by key, the workload's object in the new snapshot, or None when it is no longer
+    there -- for pending and for holding workloads apart. Every key whose object was added,
+    replaced or removed must be listed (a workload admitted last cycle that now runs: gone from
+    ``pending``, new in ``holding``); objects not listed are taken to be the very ones of the
+    last snapshot. Nodes and pods' GPUs are still compared by the engine (by identity, cheap)."""
+
+    pending: Mapping[str, Workload | None] = field(default_factory=dict)
+    holding: Mapping[str, Workload | None] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -99,6 +113,9 @@ class _State:
     # until a snapshot shows them: their nodes are recomputed next cycle, whatever it shows.
     assumed_nodes: set[int] = field(default_factory=set)
     assumed_training: dict[str, int] = field(default_factory=dict)
+    kinds_by_pool: dict[int, set[int]] = field(default_factory=dict)  # see _kinds_index
+    kinds_by_product: dict[str, set[int]] = field(default_factory=dict)
+    kinds_indexed: int = 0
 
 
 class IncrementalEngine:
@@ -111,6 +128,7 @@ class IncrementalEngine:
         self.last_full_reason = ""  # why the last whole cycle ran
         self.full_cycles = 0
         self.incremental_cycles = 0
+        self._changed_positions: list[int] = []  # nodes (by position) whose object changed, from _why_whole
 
     # --- the queue, served -----------------------------------------------------
 
@@ -133,15 +151,18 @@ class IncrementalEngine:
 
     # --- cycles -------------------------------------------------------------------
 
-    def decide(self, snapshot: Snapshot) -> CycleResult:
-        """The cycle for this snapshot: incremental when the state allows, else whole."""
+    def decide(self, snapshot: Snapshot, changes: Changes | None = None) -> CycleResult:
+        """The cycle for this snapshot: incremental when the state allows, else whole.
+
+        ``changes``: what the caller knows changed since the snapshot it gave last (see
+        ``Changes``); None: the engine compares the snapshots itself (O(workloads), at C speed)."""
         collecting = gc.isenabled()
         gc.disable()  # as decide() does: a cycle allocates much and frees little
         try:
             state = self._state
             why = self._why_whole(state, snapshot) if state is not None else "first cycle"
             if why is None and state is not None:
-                result = self._incremental(state, snapshot)
+                result = self._incremental(state, snapshot, changes)
                 if isinstance(result, CycleResult):
                     self.last_full = False
                     self.incremental_cycles += 1
@@ -187,19 +208,26 @@ class IncrementalEngine:
                 return "nodes added or removed"
             if state.inventory.layout.index_of_position is None:
                 return "duplicate node names"
-            for new, old in zip(snapshot.nodes, last.nodes, strict=True):
-                if new is not old and not _same_shape(new, old):
+            self._changed_positions = list(compress(range(len(snapshot.nodes)), map(operator.is_not, snapshot.nodes, last.nodes)))
+            for position in self._changed_positions:
+                if not _same_shape(snapshot.nodes[position], last.nodes[position]):
                     return "a node changed shape"
+        else:
+            self._changed_positions = []
         return None
 
-    def _incremental(self, state: _State, snapshot: Snapshot) -> CycleResult | str:
+    def _incremental(self, state: _State, snapshot: Snapshot, changes: Changes | None) -> CycleResult | str:
         """One incremental cycle, or why it must be whole (state untouched then, it is rebuilt)."""
         last = state.snapshot
         now = snapshot.now
         inventory = state.inventory
         # --- what changed --------------------------------------------------------
-        pending_diff = _compare(state.pending, state.pending_ids, snapshot.pending)
-        holding_diff = _compare(state.holding, state.holding_ids, snapshot.holding)
+        if changes is None:
+            pending_diff = _compare(state.pending, state.pending_ids, snapshot.pending)
+            holding_diff = _compare(state.holding, state.holding_ids, snapshot.holding)
+        else:
+            pending_diff = _told(state.pending, state.pending_ids, changes.pending)
+            holding_diff = _told(state.holding, state.holding_ids, changes.holding)
         if pending_diff is None or holding_diff is None:
             return "a workload listed twice"
         pending, pending_ids, arrived, left_objects = pending_diff
@@ -217,10 +245,7 @@ class IncrementalEngine:
         positions = inventory.layout.index_of_position
         if positions is None:
             return "duplicate node names"
-        if snapshot.nodes is not last.nodes and positions is not None:
-            for position, (new, old) in enumerate(zip(snapshot.nodes, last.nodes, strict=True)):
-                if new is not old:
-                    touched_nodes.add(positions[position])
+        touched_nodes.update(positions[position] for position in self._changed_positions)
         own_changed = _changed_keys(last.gpus_of_own_pods, snapshot.gpus_of_own_pods)
         own_changed |= _changed_keys(last.resources_of_own_pods, snapshot.resources_of_own_pods)
         for _, node in own_changed:
@@ -257,9 +282,9 @@ class IncrementalEngine:
                         newly_victims.append(state.victim_of_key[key])
         # --- free capacity, node by node ---------------------------------------------
         touched_pools: set[int] = set()
-        nodes_by_index = _nodes_by_index(snapshot.nodes, positions) if touched_nodes else {}
+        node_at = inventory.layout.position_of_index if touched_nodes else []
         for index in sorted(touched_nodes):
-            if _refresh_node(state, snapshot, index, nodes_by_index.get(index)):
+            if _refresh_node(state, snapshot, index, snapshot.nodes[node_at[index]]):
                 pool = inventory.pool_of[index]
                 if pool >= 0:
                     touched_pools.add(pool)
@@ -290,23 +315,16 @@ class IncrementalEngine:
             if waited > limit_s:
                 _unqueue(state, key)
                 decisions.append(timeout_rejection(workload, waited, limit_s, candidate.best_margin))
-        # --- the part of the queue that can change, decided by the whole cycle's code -----------
-        chosen = _part(state, {}, new_keys, touched_pools, reserve_freed, newly_victims, inventory)
+        # --- the passes, walking only the kinds this change can affect ------------------------
         preemptions: tuple[Preemption, ...] = ()
-        aging = state.ranker.aging
-        all_orders = len(state.queue) <= ALL_ORDERS_UP_TO
-        for _ in range(MAX_PART_ROUNDS):
-            part = sorted(chosen.values(), key=lambda c: c.order)
-            for rank, candidate in enumerate(part):
-                candidate.rank = rank
-                waited = max(0.0, now - number_or(candidate.workload.queued_since, now))
-                candidate.effective_margin = candidate.best_margin + aging * waited / 3600.0
-            budget_rank = {c.rank for c in part if bisect.bisect_left(state.queue, c.order) < MAX_PREEMPTION_ATTEMPTS_PER_PASS}
+        streams = _Streams(state, now)
+        streams.activate(new_keys, touched_pools, reserve_freed, newly_victims)
+        if streams.active:
             cycle = Cycle(
                 snapshot=snapshot,
                 policy=snapshot.policy,
                 inventory=inventory,
-                ranked=part,
+                ranked=[],
                 static_rejections=[],
                 invalid=[],
                 training_cap=state.training_cap,
@@ -316,23 +334,9 @@ class IncrementalEngine:
                 cheapest_victim_margin={p: min(v.margin for v in vs) for p, vs in state.victims.items() if vs},
                 ranker=state.ranker,
             )
-            best = choose_pass(cycle, all_orders=all_orders, may_preempt=budget_rank)
-            # What victims free beyond the preemptor's need goes to the workloads ranked after it in
-            # a whole cycle: the kinds that could use it join the part, and the part is decided again.
-            victims = [v for admission in best.admitted.values() for v in admission.victims]
-            if not victims:
-                break
-            freed = inventory.copy()
-            for victim in victims:
-                freed.release(victim.workload.placement, victim.key, snapshot.gpus_of_own_pods)
-            pools = {inventory.pool_of[i] for v in victims for i, _ in v.freed if inventory.pool_of[i] >= 0}
-            training = {v.product for v in victims if v.workload.workload_class != "inference"}
-            before = len(chosen)
-            _part(state, chosen, set(), pools, training, [], freed)
-            if len(chosen) == before:
-                break
-        if chosen:
-            for candidate in part:
+            best, seen = _choose_lazily(cycle, streams)
+            cycle.ranked = sorted(seen, key=lambda c: c.rank)
+            for candidate in cycle.ranked:
                 admission = best.admitted.get(candidate.rank)
                 if admission is not None:
                     _unqueue(state, candidate.workload.key)
@@ -458,45 +462,201 @@ def _unqueue(state: _State, key: str) -> None:
             del orders[at]
 
 
-def _part(state: _State, chosen: dict[str, Candidate], new_keys: set[str], touched_pools: set[int], reserve_freed: set[str],
-          newly_victims: list[Victim], inventory: Inventory) -> dict[str, Candidate]:
-    """The queued workloads this cycle can change, in rank order: the new ones; per kind that
-    gained capacity its best-ranked members, as many as free GPUs could hold, plus one; per kind
-    that may preempt a workload newly old enough to be a victim, its best-ranked members within
-    the whole cycle's preemption budget, as many as the new victims' GPUs could hold, plus one.
-    Added to ``chosen`` (by key), which is returned; ``inventory`` is the free capacity to count."""
-    chosen.update((key, state.queued[key]) for key in new_keys if key in state.queued)
-    if newly_victims:
-        gain = number_or(state.snapshot.policy.preemption.min_margin_gain_per_gpu_hour, 0.0)
-        cheapest: dict[str, float] = {}
-        gpus: dict[str, int] = {}
-        for victim in newly_victims:
-            cheapest[victim.product] = min(cheapest.get(victim.product, math.inf), victim.margin)
-            gpus[victim.product] = gpus.get(victim.product, 0) + victim.gpus
-        for kind, orders in state.by_kind.items():
-            usable = [o for o in state.ranker.options_of_kind[kind] if o.product in cheapest and o.margin - gain + EPSILON >= cheapest[o.product]]
-            if not orders or not usable:
+class _Below:
+    """Ranks that may try preemption: those within the whole cycle's attempt budget (a rank here
+    is the queue position, counted from 0)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+
+    def __contains__(self, rank: object) -> bool:
+        return isinstance(rank, int) and rank < self.limit
+
+
+class _Streams:
+    """Each placement order of a whole cycle, walked kind by kind over the kinds a change can
+    affect, without looking at the rest of the queue.
+
+    In every order the members of one kind come in rank order (``passes.ORDER_KEYS``), have the same
+    options and fit or fail alike, and free capacity only shrinks during a pass except where it
+    preempts: so a kind is walked from its best-ranked member while its members get in, and left
+    at the first that does not (its new members are still tried, for their decisions). A kind
+    comes in when it may use what the change freed (its pools or its product's inference reserve),
+    a new victim, or -- mid-pass -- what a preemption freed on one of its products (from its first
+    member after the preemptor in that order: those before it were tried, and failed, already).
+    A kind whose members fit nowhere now and cannot preempt is left out from the start. A
+    candidate's rank is its queue position, so ranks keep the queue's order."""
+
+    def __init__(self, state: _State, now: float) -> None:
+        self.state = state
+        self.now = now
+        self.active: set[int] = set()
+        self.startable: set[int] = set()  # active kinds whose best-ranked member may get in
+        self.new_in_kind: dict[int, list[int]] = {}  # kind -> indexes (in by_kind) of its new members
+        self.ready: dict[str, Candidate] = {}  # candidates given a rank and an effective margin this cycle
+        self.by_pool, self.by_product = _kinds_index(state)
+        policy = state.snapshot.policy
+        self.preempting = bool(policy.preemption.enabled) and any(state.victims.values())
+        self.gain = number_or(policy.preemption.min_margin_gain_per_gpu_hour, 0.0)
+
+    def candidate(self, order: tuple) -> Candidate:
+        candidate = self.ready.get(order[2])
+        if candidate is None:
+            state = self.state
+            candidate = self.ready[order[2]] = state.queued[order[2]]
+            candidate.rank = bisect.bisect_left(state.queue, order)
+            waited = max(0.0, self.now - number_or(candidate.workload.queued_since, self.now))
+            candidate.effective_margin = candidate.best_margin + state.ranker.aging * waited / 3600.0
+        return candidate
+
+    def activate(self, new_keys: set[str], touched_pools: set[int], reserve_freed: set[str], newly_victims: list[Victim]) -> None:
+        state = self.state
+        for key in new_keys:
+            candidate = state.queued.get(key)
+            if candidate is not None:
+                orders = state.by_kind[candidate.kind]
+                self.new_in_kind.setdefault(candidate.kind, []).append(bisect.bisect_left(orders, candidate.order))
+        for indexes in self.new_in_kind.values():
+            indexes.sort()
+        kinds: set[int] = set()
+        for pool in touched_pools:
+            kinds.update(self.by_pool.get(pool, ()))
+        for product in reserve_freed | {v.product for v in newly_victims}:
+            kinds.update(self.by_product.get(product, ()))
+        for kind in kinds | set(self.new_in_kind):
+            if state.by_kind.get(kind) and (self._may_fit(kind) or self._may_preempt(kind)):
+                self.startable.add(kind)
+        self.active = self.startable | set(self.new_in_kind)
+
+    def _may_fit(self, kind: int) -> bool:
+        state = self.state
+        head = state.queued[state.by_kind[kind][0][2]]
+        g, replicas, total = head.workload.gpus_per_replica, head.workload.replicas, head.workload.total_gpus
+        for option in state.ranker.options_of_kind[kind]:
+            cap = state.training_cap.get(option.product)
+            if head.is_training and cap is not None and state.training_used.get(option.product, 0) + total > cap:
+                continue  # training never into the inference reserve
+            if state.inventory.fits(option.pools, g, replicas):
+                return True
+        return False
+
+    def _may_preempt(self, kind: int) -> bool:
+        if not self.preempting:
+            return False
+        state = self.state
+        if self.candidate(state.by_kind[kind][0]).rank >= MAX_PREEMPTION_ATTEMPTS_PER_PASS:
+            return False
+        for option in state.ranker.options_of_kind[kind]:
+            victims = state.victims.get(option.product)
+            if victims and min(v.margin for v in victims) <= option.margin - self.gain + EPSILON:
+                return True
+        return False
+
+    def walk(self, key: Callable[[Candidate], tuple], result: PassResult, seen: dict[str, Candidate]) -> Iterator[Candidate]:
+        """One order: the active kinds' members, merged by ``key``, as the pass admits them."""
+        state = self.state
+        heap: list[tuple[tuple, int]] = []
+        at: dict[int, int] = {}  # kind -> index of its member in the heap
+
+        def push(kind: int, index: int) -> None:
+            orders = state.by_kind[kind]
+            if index < len(orders):
+                at[kind] = index
+                heapq.heappush(heap, (key(self.candidate(orders[index])), kind))
+
+        for kind in sorted(self.active):
+            if kind in self.startable:
+                push(kind, 0)
+            elif kind in self.new_in_kind:
+                push(kind, self.new_in_kind[kind][0])
+        while heap:
+            position, kind = heapq.heappop(heap)
+            index = at.pop(kind)
+            candidate = self.candidate(state.by_kind[kind][index])
+            seen[candidate.workload.key] = candidate
+            yield candidate
+            admission = result.admitted.get(candidate.rank)
+            if admission is not None:
+                push(kind, index + 1)
+                if admission.victims:
+                    self._reopen(admission.victims, key, position, at, push)
+            else:  # the rest of the kind fails too: only its new members still need a decision
+                later = [i for i in self.new_in_kind.get(kind, ()) if i > index]
+                if later:
+                    push(kind, later[0])
+
+    def _reopen(self, victims: tuple[Victim, ...], key: Callable[[Candidate], tuple], position: tuple,
+                at: dict[int, int], push: Callable[[int, int], None]) -> None:
+        """A preemption freed capacity (and, for training victims, reserve room) on a product: every
+        kind that may use it walks on, from its first member after ``position`` in this order."""
+        state = self.state
+        kinds: set[int] = set()
+        for product in {v.product for v in victims}:
+            kinds.update(self.by_product.get(product, ()))
+        for kind in sorted(kinds):
+            orders = state.by_kind.get(kind)
+            if kind in at or not orders:
                 continue
-            head = state.queued[orders[0][2]].workload
-            count = sum(gpus[o.product] for o in usable) // max(1, head.total_gpus) + 1
-            for order in orders[:count]:
-                if bisect.bisect_left(state.queue, order) >= MAX_PREEMPTION_ATTEMPTS_PER_PASS:
-                    break
-                chosen.setdefault(order[2], state.queued[order[2]])
-    if touched_pools or reserve_freed:
-        options_of_kind = state.ranker.options_of_kind
-        for kind, orders in state.by_kind.items():
-            if not orders:
-                continue
-            options = options_of_kind[kind]
-            if not any(not touched_pools.isdisjoint(o.pools) or o.product in reserve_freed for o in options):
-                continue
-            head = state.queued[orders[0][2]].workload
-            g, replicas = head.gpus_per_replica, head.replicas
-            fits = sum(inventory.replicas_that_fit(o.pools, g) // replicas for o in options)
-            for order in orders[: fits + 1]:
-                chosen.setdefault(order[2], state.queued[order[2]])
-    return chosen
+            low, high = 0, len(orders)
+            while low < high:  # members of a kind are in rank order in every order
+                middle = (low + high) // 2
+                if key(self.candidate(orders[middle])) <= position:
+                    low = middle + 1
+                else:
+                    high = middle
+            push(kind, low)
+
+
+def _choose_lazily(cycle: Cycle, streams: _Streams) -> tuple[PassResult, list[Candidate]]:
+    """``choose_pass`` for the incremental cycle: the same orders, passes, choice and chains, each
+    order walked by ``streams``; the pass chosen and the candidates it decides."""
+    state = streams.state
+    allow_preemption = bool(cycle.policy.preemption.enabled) and any(cycle.victims_by_product.values())
+    budget = _Below(MAX_PREEMPTION_ATTEMPTS_PER_PASS)
+    runs: list[tuple[PassResult, dict[str, Candidate]]] = []
+    queue_length = len(state.queue)
+    for key in order_keys(queue_length, queue_length <= ALL_ORDERS_UP_TO):
+        result = new_pass(cycle)
+        seen: dict[str, Candidate] = {}
+        run_pass(cycle, streams.walk(key, result, seen), allow_preemption, budget, result)
+        runs.append((result, seen))
+        if _unbeatable(result, seen, queue_length):
+            break
+    runs.sort(key=lambda run: -run[0].value)  # ties keep the earlier order
+    chains = not allow_preemption and len(cycle.inventory.nodes) <= SWAP_UP_TO_NODES and not _unbeatable(*runs[0], queue_length)
+    if chains:  # the ejection chains look at what the walks met (a whole cycle: the whole queue)
+        everyone: dict[str, Candidate] = {}
+        for _, seen in runs:
+            everyone.update(seen)
+        cycle.ranked = sorted(everyone.values(), key=lambda c: c.rank)
+        for result, _ in runs[:IMPROVE_PASSES]:
+            improve_by_swaps(cycle, result)
+    best_result, best_seen = runs[0]
+    for result, seen in runs[1:]:
+        if result.value > best_result.value + EPSILON:
+            best_result, best_seen = result, seen
+    return best_result, cycle.ranked if chains else list(best_seen.values())
+
+
+def _unbeatable(result: PassResult, seen: dict[str, Candidate], queue_length: int) -> bool:
+    """``passes.is_unbeatable`` over the whole queue: every queued workload admitted on its best product."""
+    return len(result.admitted) == queue_length and all(
+        a.option is c.options[0] and not a.victims for c in seen.values() for a in (result.admitted[c.rank],)
+    )
+
+
+def _kinds_index(state: _State) -> tuple[dict[int, set[int]], dict[str, set[int]]]:
+    """Kinds by the pools and the products of their options (kinds are numbered as the ranker
+    meets them: the index grows by the new ones)."""
+    options_of_kind = state.ranker.options_of_kind
+    by_pool, by_product = state.kinds_by_pool, state.kinds_by_product
+    for kind in range(state.kinds_indexed, len(options_of_kind)):
+        for option in options_of_kind[kind]:
+            by_product.setdefault(option.product, set()).add(kind)
+            for pool in option.pools:
+                by_pool.setdefault(pool, set()).add(kind)
+    state.kinds_indexed = len(options_of_kind)
+    return by_pool, by_product
 
 
 # --- holding workloads and free capacity --------------------------------------------------
@@ -524,18 +684,10 @@ def _node_indices(inventory: Inventory, workload: Workload, placement: tuple[Pla
     return [i for i in (inventory.index_by_name.get(e.node) for e in entries) if i is not None]
 
 
-def _nodes_by_index(nodes: tuple[GpuNode, ...], positions: list[int] | None) -> dict[int, GpuNode]:
-    if positions is None:
-        return {}
-    return dict(zip(positions, nodes, strict=True))
-
-
-def _refresh_node(state: _State, snapshot: Snapshot, index: int, node: GpuNode | None) -> bool:
+def _refresh_node(state: _State, snapshot: Snapshot, index: int, node: GpuNode) -> bool:
     """Recompute a node's free GPUs and resources from the snapshot (as ``Inventory`` does for
     every node); True when something was freed."""
     inventory = state.inventory
-    if node is None:
-        return False
     name = inventory.nodes[index].name
     own_gpus, own_resources = snapshot.gpus_of_own_pods, snapshot.resources_of_own_pods
     raw = inventory.allocatable[index] - whole(node.gpus_used_by_pods)
@@ -590,17 +742,22 @@ def _set_victim(state: _State, snapshot: Snapshot, workload: Workload | None, ke
 def _compare(
     by_key: dict[str, Workload], by_id: dict[int, Workload], workloads: tuple[Workload, ...],
 ) -> tuple[dict[str, Workload], dict[int, Workload], list[Workload], list[Workload]] | None:
-    """(by key, by id, arrived, left) against the last cycle's objects, or None when a key is listed
-    twice. By identity first, at C speed: a caller that keeps its objects between cycles costs
-    two set differences; one that parses afresh pays an equality test per object it replaced."""
-    new_ids = dict(zip(map(id, workloads), workloads, strict=True))
-    if len(new_ids) != len(workloads):
+    """(by key, by id, arrived, left) against the last cycle's objects, or None when a key or an
+    object is listed twice. By identity first, at C speed (set differences of ids, which stay
+    valid: the last snapshot keeps its objects alive): a caller that keeps its objects between
+    cycles costs that; one that parses afresh pays an equality test per object it replaced.
+    ``by_key`` and ``by_id`` are changed in place (on None the state is rebuilt anyway)."""
+    ids = set(map(id, workloads))
+    if len(ids) != len(workloads):
         return None
-    added = [new_ids[i] for i in new_ids.keys() - by_id.keys()]
-    removed = [by_id[i] for i in by_id.keys() - new_ids.keys()]
-    if not added and not removed:
-        return by_key, new_ids, [], []
-    gone = {w.key: w for w in removed}  # by_key is changed in place: on None the state is rebuilt anyway
+    known = by_id.keys()
+    added_ids = ids - known
+    removed_ids = known - ids
+    if not added_ids and not removed_ids:
+        return by_key, by_id, [], []
+    added = list(compress(workloads, map(added_ids.__contains__, map(id, workloads)))) if added_ids else []
+    removed = [by_id.pop(i) for i in removed_ids]
+    gone = {w.key: w for w in removed}
     for workload in removed:
         del by_key[workload.key]
     arrived: list[Workload] = []
@@ -609,17 +766,46 @@ def _compare(
         if key in by_key:
             return None
         by_key[key] = workload
+        by_id[id(workload)] = workload
         if gone.get(key) != workload:
             arrived.append(workload)
         else:
             del gone[key]  # replaced by an equal object: no change
     left = sorted(gone.values(), key=lambda w: w.key)
-    return by_key, new_ids, arrived, left
+    return by_key, by_id, arrived, left
+
+
+def _told(
+    by_key: dict[str, Workload], by_id: dict[int, Workload], changed: Mapping[str, Workload | None],
+) -> tuple[dict[str, Workload], dict[int, Workload], list[Workload], list[Workload]]:
+    """``_compare`` from what the caller says changed (key -> the object now, None: gone)."""
+    arrived: list[Workload] = []
+    left: list[Workload] = []
+    for key in sorted(changed):
+        new, old = changed[key], by_key.get(key)
+        if new is old:
+            continue
+        if old is not None:
+            del by_key[key]
+            by_id.pop(id(old), None)
+        if new is not None:
+            by_key[key] = new
+            by_id[id(new)] = new
+            if old is not None and old == new:
+                continue
+            arrived.append(new)
+        if old is not None:
+            left.append(old)
+    return by_key, by_id, arrived, left
 
 
 def _changed_keys(old: Mapping, new: Mapping) -> set:
+    """Keys added, removed or changed between two mappings (values hashable: at C speed)."""
     if old is new:
         return set()
-    changed = {key for key, value in new.items() if old.get(key) != value}
-    changed.update(key for key in old if key not in new)
-    return changed
+    try:
+        return {key for key, _ in old.items() ^ new.items()}
+    except TypeError:  # a value that does not hash
+        changed = {key for key, value in new.items() if old.get(key) != value}
+        changed.update(key for key in old if key not in new)
+        return changed
