@@ -289,6 +289,8 @@ class IncrementalEngine:
                 if pool >= 0:
                     touched_pools.add(pool)
         reserve_freed = {p for p, used in training_before.items() if state.training_used.get(p, 0) < used}
+        if inventory.stale_entries() > 2 * len(inventory.nodes) + 64:
+            inventory.rebucket()  # the lazily deleted heap entries, dropped before every pass copies them
         # --- the queue ---------------------------------------------------------------------
         decisions: list[Decision] = []
         for key in left:
