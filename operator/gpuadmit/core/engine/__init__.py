@@ -32,8 +32,17 @@ that does not fit may reclaim from borrowers, and the ejection chains are skippe
 
 The package follows the steps: ``prepare`` (1 and 2), ``passes`` (3: the greedy in
 several orders, with preemption), ``chains`` (3: the ejection chains that improve the
-best passes), ``messages`` (4: one decision per workload, with its words); ``cycle``
-holds the data they pass along.
+best passes), ``choose`` (3: the orders run, the best pass chosen), ``messages`` (4: one
+decision per workload, with its words); ``cycle`` holds the data they pass along.
+
+``decide`` is a whole cycle, from the snapshot alone. ``IncrementalEngine`` (``incremental``)
+keeps its state between cycles -- the free capacity, the ranked queue by kind, the victims,
+the inference-reserve ledger -- and for a cycle caused by a few changes runs the same passes on
+only the kinds of workload those changes can affect: the same rules and reasons, identical
+decisions where the rules determine them, whole cycles when its state cannot be trusted
+(policy or node-shape change, restart, quotas). The operator and the simulator run it; its
+module docstring gives the contract (an incremental result holds only the decisions that
+changed; queue positions are served by ``queue_position``/``queued``).
 """
 
 from __future__ import annotations

@@ -333,7 +333,7 @@ class IncrementalEngine:
                 reserve_gpus=state.reserve_gpus,
                 training_used=dict(state.training_used),
                 victims_by_product=state.victims if snapshot.policy.preemption.enabled else {},
-                cheapest_victim_margin={p: min(v.margin for v in vs) for p, vs in state.victims.items() if vs},
+                cheapest_victim_margin=streams.cheapest_victim or {p: min(v.margin for v in vs) for p, vs in state.victims.items() if vs},
                 ranker=state.ranker,
             )
             best, seen = _choose_lazily(cycle, streams)
@@ -500,6 +500,7 @@ class _Streams:
         policy = state.snapshot.policy
         self.preempting = bool(policy.preemption.enabled) and any(state.victims.values())
         self.gain = number_or(policy.preemption.min_margin_gain_per_gpu_hour, 0.0)
+        self.cheapest_victim = {p: min(v.margin for v in vs) for p, vs in state.victims.items() if vs} if self.preempting else {}
 
     def candidate(self, order: tuple) -> Candidate:
         candidate = self.ready.get(order[2])
@@ -530,15 +531,18 @@ class _Streams:
                 self.startable.add(kind)
         self.active = self.startable | set(self.new_in_kind)
 
-    def _may_fit(self, kind: int) -> bool:
+    def _may_fit(self, kind: int, inventory: Inventory | None = None, training_used: Mapping[str, int] | None = None) -> bool:
+        """Whether a member of the kind fits in free capacity now (by default: the state's)."""
         state = self.state
+        inventory = inventory if inventory is not None else state.inventory
+        training_used = training_used if training_used is not None else state.training_used
         head = state.queued[state.by_kind[kind][0][2]]
         g, replicas, total = head.workload.gpus_per_replica, head.workload.replicas, head.workload.total_gpus
         for option in state.ranker.options_of_kind[kind]:
             cap = state.training_cap.get(option.product)
-            if head.is_training and cap is not None and state.training_used.get(option.product, 0) + total > cap:
+            if head.is_training and cap is not None and training_used.get(option.product, 0) + total > cap:
                 continue  # training never into the inference reserve
-            if state.inventory.fits(option.pools, g, replicas):
+            if inventory.fits(option.pools, g, replicas):
                 return True
         return False
 
@@ -548,11 +552,11 @@ class _Streams:
         state = self.state
         if self.candidate(state.by_kind[kind][0]).rank >= MAX_PREEMPTION_ATTEMPTS_PER_PASS:
             return False
-        for option in state.ranker.options_of_kind[kind]:
-            victims = state.victims.get(option.product)
-            if victims and min(v.margin for v in victims) <= option.margin - self.gain + EPSILON:
-                return True
-        return False
+        cheapest = self.cheapest_victim
+        return any(
+            option.product in cheapest and cheapest[option.product] <= option.margin - self.gain + EPSILON
+            for option in state.ranker.options_of_kind[kind]
+        )
 
     def walk(self, key: Callable[[Candidate], tuple], result: PassResult, seen: dict[str, Candidate]) -> Iterator[Candidate]:
         """One order: the active kinds' members, merged by ``key``, as the pass admits them."""
@@ -562,9 +566,17 @@ class _Streams:
 
         def push(kind: int, index: int) -> None:
             orders = state.by_kind[kind]
-            if index < len(orders):
-                at[kind] = index
-                heapq.heappush(heap, (key(self.candidate(orders[index])), kind))
+            if index >= len(orders):
+                return
+            # A member that cannot fit now (nor preempt) fails at its turn, capacity only
+            # shrinking until then: skipped, unless it is new and needs its decision.
+            if not (self._may_fit(kind, result.inventory, result.training_used) or self._may_preempt(kind)):
+                later = [i for i in self.new_in_kind.get(kind, ()) if i >= index]
+                if not later:
+                    return
+                index = later[0]
+            at[kind] = index
+            heapq.heappush(heap, (key(self.candidate(orders[index])), kind))
 
         for kind in sorted(self.active):
             if kind in self.startable:
@@ -581,14 +593,14 @@ class _Streams:
             if admission is not None:
                 push(kind, index + 1)
                 if admission.victims:
-                    self._reopen(admission.victims, key, position, at, push)
+                    self._reopen(admission.victims, key, position, at, push, result.inventory, result.training_used)
             else:  # the rest of the kind fails too: only its new members still need a decision
                 later = [i for i in self.new_in_kind.get(kind, ()) if i > index]
                 if later:
                     push(kind, later[0])
 
     def _reopen(self, victims: tuple[Victim, ...], key: Callable[[Candidate], tuple], position: tuple,
-                at: dict[int, int], push: Callable[[int, int], None]) -> None:
+                at: dict[int, int], push: Callable[[int, int], None], inventory: Inventory, training_used: Mapping[str, int]) -> None:
         """A preemption freed capacity (and, for training victims, reserve room) on a product: every
         kind that may use it walks on, from its first member after ``position`` in this order."""
         state = self.state
@@ -597,7 +609,7 @@ class _Streams:
             kinds.update(self.by_product.get(product, ()))
         for kind in sorted(kinds):
             orders = state.by_kind.get(kind)
-            if kind in at or not orders:
+            if kind in at or not orders or not (self._may_fit(kind, inventory, training_used) or self._may_preempt(kind)):
                 continue
             low, high = 0, len(orders)
             while low < high:  # members of a kind are in rank order in every order

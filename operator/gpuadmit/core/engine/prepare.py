@@ -137,7 +137,9 @@ def rank_order(workload: Workload, best_margin: float, aging: float, now: float)
     the key leaves ``now`` out (-best + aging x queued_since): ranks do not move with the clock,
     which lets the incremental engine keep its ranked queue between cycles."""
     queued_since = number_or(workload.queued_since, now)
-    value = -best_margin + aging * queued_since / 3600.0 if aging else -best_margin
+    # Rounded so that effective margins equal but for the floats' rounding tie, and fall to
+    # creation time as true ties do (the aging term is large: 0.05 x 1.8e9 s / 3600 = 25,000).
+    value = round(-best_margin + aging * queued_since / 3600.0, 9) if aging else -best_margin
     return value, number_or(workload.created_at, 0.0), workload.key, str(workload.uid)
 
 
