@@ -500,6 +500,8 @@ class _Streams:
         policy = state.snapshot.policy
         self.preempting = bool(policy.preemption.enabled) and any(state.victims.values())
         self.gain = number_or(policy.preemption.min_margin_gain_per_gpu_hour, 0.0)
+        self.signatures: dict[int, tuple] = {}
+        self.fit_memo: dict[tuple, tuple[object, bool]] = {}
         self.cheapest_victim = {p: min(v.margin for v in vs) for p, vs in state.victims.items() if vs} if self.preempting else {}
 
     def candidate(self, order: tuple) -> Candidate:
@@ -531,20 +533,42 @@ class _Streams:
                 self.startable.add(kind)
         self.active = self.startable | set(self.new_in_kind)
 
-    def _may_fit(self, kind: int, inventory: Inventory | None = None, training_used: Mapping[str, int] | None = None) -> bool:
-        """Whether a member of the kind fits in free capacity now (by default: the state's)."""
+    def _may_fit(self, kind: int, inventory: Inventory | None = None, training_used: Mapping[str, int] | None = None,
+                 version: object = None) -> bool:
+        """Whether a member of the kind fits in free capacity now (by default: the state's).
+        ``version`` names the capacity's state (it changes only with an admission): kinds alike in
+        demand and pools share the answer while it holds."""
         state = self.state
+        signature = self.signatures.get(kind)
+        if signature is None:
+            head = state.queued[state.by_kind[kind][0][2]]
+            workload = head.workload
+            signature = self.signatures[kind] = (
+                tuple((o.product, o.pools, o.need) for o in state.ranker.options_of_kind[kind]),
+                workload.gpus_per_replica, workload.replicas, head.is_training,
+            )
+        known = self.fit_memo.get(signature)
+        if known is not None and known[0] == version:
+            return known[1]
         inventory = inventory if inventory is not None else state.inventory
         training_used = training_used if training_used is not None else state.training_used
-        head = state.queued[state.by_kind[kind][0][2]]
-        g, replicas, total = head.workload.gpus_per_replica, head.workload.replicas, head.workload.total_gpus
-        for option in state.ranker.options_of_kind[kind]:
-            cap = state.training_cap.get(option.product)
-            if head.is_training and cap is not None and training_used.get(option.product, 0) + total > cap:
+        options, g, replicas, is_training = signature
+        total = g * replicas
+        fits = False
+        for product, pools, need in options:
+            cap = state.training_cap.get(product)
+            if is_training and cap is not None and training_used.get(product, 0) + total > cap:
                 continue  # training never into the inference reserve
-            if inventory.fits(option.pools, g, replicas):
-                return True
-        return False
+            if inventory.fits(pools, g, replicas, need):
+                fits = True
+                break
+        self.fit_memo[signature] = (version, fits)
+        return fits
+
+    def _may_enter(self, kind: int, result: PassResult) -> bool:
+        """Whether the kind's next member may get in during this pass, as capacity is now."""
+        version = (id(result), len(result.admitted))
+        return self._may_fit(kind, result.inventory, result.training_used, version) or self._may_preempt(kind)
 
     def _may_preempt(self, kind: int) -> bool:
         if not self.preempting:
@@ -570,7 +594,7 @@ class _Streams:
                 return
             # A member that cannot fit now (nor preempt) fails at its turn, capacity only
             # shrinking until then: skipped, unless it is new and needs its decision.
-            if not (self._may_fit(kind, result.inventory, result.training_used) or self._may_preempt(kind)):
+            if not self._may_enter(kind, result):
                 later = [i for i in self.new_in_kind.get(kind, ()) if i >= index]
                 if not later:
                     return
@@ -586,6 +610,12 @@ class _Streams:
         while heap:
             position, kind = heapq.heappop(heap)
             index = at.pop(kind)
+            if index not in self.new_in_kind.get(kind, ()) and not self._may_enter(kind, result):
+                # Others took what it could have used since it was pushed: it fails at its turn.
+                later = [i for i in self.new_in_kind.get(kind, ()) if i > index]
+                if later:
+                    push(kind, later[0])
+                continue
             candidate = self.candidate(state.by_kind[kind][index])
             seen[candidate.workload.key] = candidate
             yield candidate
@@ -593,14 +623,14 @@ class _Streams:
             if admission is not None:
                 push(kind, index + 1)
                 if admission.victims:
-                    self._reopen(admission.victims, key, position, at, push, result.inventory, result.training_used)
+                    self._reopen(admission.victims, key, position, at, push, result)
             else:  # the rest of the kind fails too: only its new members still need a decision
                 later = [i for i in self.new_in_kind.get(kind, ()) if i > index]
                 if later:
                     push(kind, later[0])
 
     def _reopen(self, victims: tuple[Victim, ...], key: Callable[[Candidate], tuple], position: tuple,
-                at: dict[int, int], push: Callable[[int, int], None], inventory: Inventory, training_used: Mapping[str, int]) -> None:
+                at: dict[int, int], push: Callable[[int, int], None], result: PassResult) -> None:
         """A preemption freed capacity (and, for training victims, reserve room) on a product: every
         kind that may use it walks on, from its first member after ``position`` in this order."""
         state = self.state
@@ -609,7 +639,7 @@ class _Streams:
             kinds.update(self.by_product.get(product, ()))
         for kind in sorted(kinds):
             orders = state.by_kind.get(kind)
-            if kind in at or not orders or not (self._may_fit(kind, inventory, training_used) or self._may_preempt(kind)):
+            if kind in at or not orders or not self._may_enter(kind, result):
                 continue
             low, high = 0, len(orders)
             while low < high:  # members of a kind are in rank order in every order
