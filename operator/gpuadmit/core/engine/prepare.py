@@ -113,7 +113,10 @@ class Ranker:
             return bound_to(rejection, workload)
         best_margin = options[0].margin
         now = number_or(now, 0.0)
-        waited = max(0.0, now - number_or(workload.queued_since, now))
+        queued_since = workload.queued_since  # a plain float, the usual case, read without a call (NaN is not equal to itself)
+        if type(queued_since) is not float or queued_since != queued_since:
+            queued_since = number_or(queued_since, now)
+        waited = max(0.0, now - queued_since)
         candidate = Candidate(
             workload=workload,
             rank=-1,
@@ -123,7 +126,7 @@ class Ranker:
             shape=shape_id,
             kind=kind,
             is_training=workload.workload_class != "inference",
-            order=rank_order(workload, best_margin, self.aging, now),
+            order=rank_order(workload, best_margin, self.aging, now, queued_since),
         )
         limit = None if workload.max_queue_seconds is None else number_or(workload.max_queue_seconds, math.inf)
         if limit is not None and waited > limit:
@@ -131,16 +134,21 @@ class Ranker:
         return candidate
 
 
-def rank_order(workload: Workload, best_margin: float, aging: float, now: float) -> tuple:
+def rank_order(workload: Workload, best_margin: float, aging: float, now: float, queued_since: float | None = None) -> tuple:
     """The sort key of the ranking: effective margin (best margin plus aging) first, then creation
     time, key and uid. Aging adds the same amount to every queued workload as time passes, so
     the key leaves ``now`` out (-best + aging x queued_since): ranks do not move with the clock,
     which lets the incremental engine keep its ranked queue between cycles."""
-    queued_since = number_or(workload.queued_since, now)
+    if queued_since is None:
+        queued_since = number_or(workload.queued_since, now)
     # Rounded so that effective margins equal but for the floats' rounding tie, and fall to
     # creation time as true ties do (the aging term is large: 0.05 x 1.8e9 s / 3600 = 25,000).
     value = round(-best_margin + aging * queued_since / 3600.0, 9) if aging else -best_margin
-    return value, number_or(workload.created_at, 0.0), workload.key, str(workload.uid)
+    created = workload.created_at
+    if type(created) is not float or created != created:
+        created = number_or(created, 0.0)
+    uid = workload.uid if type(workload.uid) is str else str(workload.uid)
+    return value, created, f"{workload.namespace}/{workload.name}", uid
 
 
 def timeout_rejection(workload: Workload, waited: float, limit: float, margin: float) -> Decision:
