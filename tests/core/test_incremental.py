@@ -16,7 +16,7 @@ import random
 
 import pytest
 
-from gpuadmit.core.engine import IncrementalEngine, decide
+from gpuadmit.core.engine import Changes, IncrementalEngine, decide
 from gpuadmit.core.engine.chains import SWAP_UP_TO_NODES
 from gpuadmit.core.model import (
     Action,
@@ -167,9 +167,25 @@ def summary(decision: Decision) -> tuple:
     return decision.action, decision.placement
 
 
-def run(seed: int, nodes: int, events: int, rules: Policy, *, most_gpus: int = 8, backlog: int = 0, exact: bool) -> dict[str, int]:
+def told(before: Snapshot | None, after: Snapshot) -> Changes | None:
+    """What changed between two snapshots, as a caller that tracks its objects would tell it."""
+    if before is None:
+        return None
+
+    def diff(old: tuple[Workload, ...], new: tuple[Workload, ...]) -> dict[str, Workload | None]:
+        was, now = {w.key: w for w in old}, {w.key: w for w in new}
+        changed: dict[str, Workload | None] = {k: None for k in was if k not in now}
+        changed.update((k, w) for k, w in now.items() if was.get(k) is not w)
+        return changed
+
+    return Changes(pending=diff(before.pending, after.pending), holding=diff(before.holding, after.holding))
+
+
+def run(seed: int, nodes: int, events: int, rules: Policy, *, most_gpus: int = 8, backlog: int = 0, exact: bool,
+        tell: bool = False) -> dict[str, int]:
     """``backlog`` workloads first (more than fits: the queue is long), then ``events`` events;
-    ``exact``: decisions must be identical (else: margin within 1%)."""
+    ``exact``: decisions must be identical (else: margin within 1%); ``tell``: the changes are
+    told (``Changes``) rather than found by the engine."""
     rng = random.Random(seed)
     world = World(rng, nodes, rules, most_gpus)
     for _ in range(backlog):
@@ -177,9 +193,11 @@ def run(seed: int, nodes: int, events: int, rules: Policy, *, most_gpus: int = 8
     engine = IncrementalEngine()
     view: dict[str, Decision] = {}
     counts = {"incremental": 0, "whole": 0, "differed": 0, "admitted": 0, "preempted": 0}
+    previous: Snapshot | None = None
     for step in range(events):
         snapshot = world.snapshot()
-        mine = engine.decide(snapshot)
+        mine = engine.decide(snapshot, told(previous, snapshot) if tell else None)
+        previous = snapshot
         whole = decide(snapshot)
         counts["incremental" if not engine.last_full else "whole"] += 1
         if not engine.last_full:
@@ -214,13 +232,14 @@ def run(seed: int, nodes: int, events: int, rules: Policy, *, most_gpus: int = 8
 
 # Where the rules decide: the ejection chains run only without preemption, without an inference
 # reserve and on at most SWAP_UP_TO_NODES nodes; every other case must match exactly.
-@pytest.mark.parametrize(("seed", "nodes", "preemption"), [
-    (1, SWAP_UP_TO_NODES + 200, False), (2, SWAP_UP_TO_NODES + 200, True), (3, 60, True), (4, 60, True), (5, 60, True),
+@pytest.mark.parametrize(("seed", "nodes", "preemption", "tell"), [
+    (1, SWAP_UP_TO_NODES + 200, False, False), (2, SWAP_UP_TO_NODES + 200, True, True),
+    (3, 60, True, False), (4, 60, True, True), (5, 60, True, False),
 ])
-def test_identical_to_whole_cycles_where_the_rules_decide(seed: int, nodes: int, preemption: bool) -> None:
+def test_identical_to_whole_cycles_where_the_rules_decide(seed: int, nodes: int, preemption: bool, tell: bool) -> None:
     large = nodes > SWAP_UP_TO_NODES
     counts = run(seed, nodes=nodes, events=100 if large else 150, rules=policy(preemption, reserve=0.1, aging=0.05),
-                 most_gpus=2 if large else 8, backlog=1_500 if large else 150, exact=True)
+                 most_gpus=2 if large else 8, backlog=1_500 if large else 150, exact=True, tell=tell)
     # The test exercises the incremental path: it admits there, and preempts when it may.
     assert counts["incremental"] > 5 * counts["whole"] and counts["admitted"] > 10, counts
     assert counts["preempted"] > 5 or not preemption, counts
@@ -230,3 +249,28 @@ def test_identical_to_whole_cycles_where_the_rules_decide(seed: int, nodes: int,
 def test_margin_within_one_percent_where_the_search_decides(seed: int) -> None:
     counts = run(seed, nodes=60, events=150, rules=policy(False, reserve=0.0, aging=0.0), backlog=150, exact=False)
     assert counts["incremental"] > 5 * counts["whole"] and counts["admitted"] > 10, counts
+
+
+def test_an_incremental_result_holds_only_what_changed_and_positions_are_served() -> None:
+    world = World(random.Random(9), 40, policy(False, reserve=0.0, aging=0.0), most_gpus=8)
+    for _ in range(200):
+        world.new_workload()
+    engine = IncrementalEngine()
+    world.apply(engine.decide(world.snapshot()))
+    assert engine.last_full and engine.last_full_reason == "first cycle"
+    world.apply(engine.decide(world.snapshot()))  # the admissions seen running: nothing to decide
+    queued_before = list(engine.queued())
+    world.new_workload()
+    newcomer = next(k for k, w in world.pending.items() if w.name == f"w-{world.serial:05d}")
+    snapshot = world.snapshot()
+    result = engine.decide(snapshot)
+    whole = decide(snapshot)
+    assert not engine.last_full
+    assert [d.key for d in result.decisions] == [newcomer]  # nobody else's decision changed
+    expected = {d.key: d for d in whole.decisions}
+    assert result.decisions[0].action is expected[newcomer].action
+    queued = [d.key for d in sorted(whole.decisions, key=lambda d: d.queue_position or 0) if d.action is Action.QUEUE]
+    assert list(engine.queued()) == queued and len(engine) == len(queued)
+    assert [k for k in queued if k != newcomer] == queued_before
+    assert all(engine.queue_position(k) == expected[k].queue_position for k in queued)
+    assert engine.queue_position("nobody/here") is None
