@@ -48,23 +48,29 @@ def policy(preemption: bool, reserve: float, aging: float) -> Policy:
     )
 
 
-def node(rng: random.Random, index: int, most_gpus: int = 8) -> GpuNode:
+GIB = 2**30
+
+
+def node(rng: random.Random, index: int, most_gpus: int = 8, resources: bool = False) -> GpuNode:
     product, gpus, memory, _ = rng.choice(PRODUCTS)
+    gpus = min(gpus, most_gpus)
     return GpuNode(
-        name=f"node-{index:05d}", allocatable=min(gpus, most_gpus), product=product, memory_mib=memory,
+        name=f"node-{index:05d}", allocatable=gpus, product=product, memory_mib=memory,
         taints=(DEDICATED,) if rng.random() < 0.05 else (),
+        resources=(("cpu", gpus * 12_000), ("memory", gpus * 96 * GIB)) if resources else (),
     )
 
 
 class World:
     """The cluster the events change: what the operator's cache would hold."""
 
-    def __init__(self, rng: random.Random, nodes: int, rules: Policy, most_gpus: int) -> None:
+    def __init__(self, rng: random.Random, nodes: int, rules: Policy, most_gpus: int, resources: bool = False) -> None:
         self.rng = rng
         self.policy = rules
         self.now = NOW
         self.most_gpus = most_gpus
-        self.nodes = {n.name: n for n in (node(rng, i, most_gpus) for i in range(nodes))}
+        self.resources = resources  # CPU and memory on nodes and workloads (issue 11's ledger)
+        self.nodes = {n.name: n for n in (node(rng, i, most_gpus, resources) for i in range(nodes))}
         self.next_node = nodes
         self.pending: dict[str, Workload] = {}
         self.holding: dict[str, Workload] = {}
@@ -72,9 +78,11 @@ class World:
 
     def snapshot(self) -> Snapshot:
         own = {(w.key, e.node): e.gpus for w in self.holding.values() for e in w.placement}
+        own_resources = {(w.key, e.node): e.resources for w in self.holding.values() for e in w.placement if e.resources}
         return Snapshot(
             nodes=tuple(self.nodes.values()), holding=tuple(self.holding.values()),
             pending=tuple(self.pending.values()), policy=self.policy, now=self.now, gpus_of_own_pods=own,
+            resources_of_own_pods=own_resources,
         )
 
     def new_workload(self) -> None:
@@ -83,9 +91,12 @@ class World:
         inference = rng.random() < 0.4
         gang = rng.random() < 0.1
         created = self.now - rng.choice((0, 0, 60, 600))
+        gpus = min(self.most_gpus, rng.choice((4, 8)) if gang else rng.choice((1, 1, 1, 2, 4, 8)))
+        requests = (("cpu", gpus * rng.choice((4_000, 12_000, 16_000))), ("memory", gpus * rng.choice((32, 96, 128)) * GIB))
         workload = Workload(
             namespace=f"team-{rng.randint(0, 3)}", name=f"w-{self.serial:05d}",
-            gpus_per_replica=min(self.most_gpus, rng.choice((4, 8)) if gang else rng.choice((1, 1, 1, 2, 4, 8))),
+            requests=requests if self.resources else (),
+            gpus_per_replica=gpus,
             replicas=rng.randint(2, 4) if gang else 1,
             workload_class="inference" if inference else "training",
             gpu_products=tuple(rng.sample([p for p, *_ in PRODUCTS], rng.randint(1, 2))) if rng.random() < 0.3 else (),
@@ -117,10 +128,17 @@ class World:
                 del self.pending[decision.key]
 
     def use(self, workload: Workload, sign: int) -> None:
+        """The workload's pods start (+1) or end (-1) on its nodes: GPUs and other resources used there."""
         for entry in workload.placement:
             n = self.nodes.get(entry.node)
             if n is not None:
-                self.nodes[entry.node] = dataclasses.replace(n, gpus_used_by_pods=n.gpus_used_by_pods + sign * entry.gpus)
+                used = dict(n.resources_used_by_pods)
+                for resource, amount in entry.resources:
+                    used[resource] = used.get(resource, 0) + sign * amount
+                self.nodes[entry.node] = dataclasses.replace(
+                    n, gpus_used_by_pods=n.gpus_used_by_pods + sign * entry.gpus,
+                    resources_used_by_pods=tuple(sorted((r, a) for r, a in used.items() if a)),
+                )
 
     def event(self) -> str:
         rng = self.rng
@@ -140,7 +158,7 @@ class World:
             self.now += rng.choice((30.0, 300.0, 700.0, 3000.0))
             return "time"
         if roll < 0.975:
-            self.nodes[f"node-{self.next_node:05d}"] = node(rng, self.next_node, self.most_gpus)
+            self.nodes[f"node-{self.next_node:05d}"] = node(rng, self.next_node, self.most_gpus, self.resources)
             self.next_node += 1
             return "node added"
         empty = sorted(name for name, n in self.nodes.items() if not any(e.node == name for w in self.holding.values() for e in w.placement))
@@ -182,12 +200,12 @@ def told(before: Snapshot | None, after: Snapshot) -> Changes | None:
 
 
 def run(seed: int, nodes: int, events: int, rules: Policy, *, most_gpus: int = 8, backlog: int = 0, exact: bool,
-        tell: bool = False) -> dict[str, int]:
+        tell: bool = False, resources: bool = False) -> dict[str, int]:
     """``backlog`` workloads first (more than fits: the queue is long), then ``events`` events;
     ``exact``: decisions must be identical (else: margin within 1%); ``tell``: the changes are
     told (``Changes``) rather than found by the engine."""
     rng = random.Random(seed)
-    world = World(rng, nodes, rules, most_gpus)
+    world = World(rng, nodes, rules, most_gpus, resources)
     for _ in range(backlog):
         world.new_workload()
     engine = IncrementalEngine()
@@ -232,14 +250,14 @@ def run(seed: int, nodes: int, events: int, rules: Policy, *, most_gpus: int = 8
 
 # Where the rules decide: the ejection chains run only without preemption, without an inference
 # reserve and on at most SWAP_UP_TO_NODES nodes; every other case must match exactly.
-@pytest.mark.parametrize(("seed", "nodes", "preemption", "tell"), [
-    (1, SWAP_UP_TO_NODES + 200, False, False), (2, SWAP_UP_TO_NODES + 200, True, True),
-    (3, 60, True, False), (4, 60, True, True), (5, 60, True, False),
+@pytest.mark.parametrize(("seed", "nodes", "preemption", "tell", "resources"), [
+    (1, SWAP_UP_TO_NODES + 200, False, False, False), (2, SWAP_UP_TO_NODES + 200, True, True, False),
+    (3, 60, True, False, False), (4, 60, True, True, False), (5, 60, True, False, True), (10, 60, True, True, True),
 ])
-def test_identical_to_whole_cycles_where_the_rules_decide(seed: int, nodes: int, preemption: bool, tell: bool) -> None:
+def test_identical_to_whole_cycles_where_the_rules_decide(seed: int, nodes: int, preemption: bool, tell: bool, resources: bool) -> None:
     large = nodes > SWAP_UP_TO_NODES
     counts = run(seed, nodes=nodes, events=100 if large else 150, rules=policy(preemption, reserve=0.1, aging=0.05),
-                 most_gpus=2 if large else 8, backlog=1_500 if large else 150, exact=True, tell=tell)
+                 most_gpus=2 if large else 8, backlog=1_500 if large else 150, exact=True, tell=tell, resources=resources)
     # The test exercises the incremental path: it admits there, and preempts when it may.
     assert counts["incremental"] > 5 * counts["whole"] and counts["admitted"] > 10, counts
     assert counts["preempted"] > 5 or not preemption, counts

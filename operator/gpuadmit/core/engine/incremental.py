@@ -116,6 +116,7 @@ class _State:
     kinds_by_pool: dict[int, set[int]] = field(default_factory=dict)  # see _kinds_index
     kinds_by_product: dict[str, set[int]] = field(default_factory=dict)
     kinds_indexed: int = 0
+    needing_kinds: set[int] = field(default_factory=set)  # kinds that need more than GPUs of a node
 
 
 class IncrementalEngine:
@@ -271,8 +272,12 @@ class IncrementalEngine:
         state.admitted, state.assumed_nodes, state.assumed_training = set(), set(), {}
         newly_victims: list[Victim] = []
         if snapshot.policy.preemption.enabled:
-            for key in changed_victims:
+            for key in sorted(changed_victims):
+                was = state.victim_of_key.get(key)
                 _set_victim(state, snapshot, holding.get(key), key)
+                now_victim = state.victim_of_key.get(key)
+                if now_victim is not None and now_victim != was:  # a victim new (or changed) for the queue
+                    newly_victims.append(now_victim)
             waiting = state.not_yet_victims
             while waiting and waiting[0][0] <= now:  # old enough to preempt now
                 _, key = heapq.heappop(waiting)
@@ -528,6 +533,11 @@ class _Streams:
             kinds.update(self.by_pool.get(pool, ()))
         for product in reserve_freed | {v.product for v in newly_victims}:
             kinds.update(self.by_product.get(product, ()))
+        if self.preempting:
+            # Preemption for a workload that needs more than GPUs counts victims by GPUs and checks
+            # the need on placing: an admission elsewhere can turn its failure into a success (more
+            # victims chosen), so such kinds try again every cycle while they may preempt.
+            kinds.update(state.needing_kinds)
         for kind in kinds | set(self.new_in_kind):
             if state.by_kind.get(kind) and (self._may_fit(kind) or self._may_preempt(kind)):
                 self.startable.add(kind)
@@ -585,7 +595,7 @@ class _Streams:
     def walk(self, key: Callable[[Candidate], tuple], result: PassResult, seen: dict[str, Candidate]) -> Iterator[Candidate]:
         """One order: the active kinds' members, merged by ``key``, as the pass admits them."""
         state = self.state
-        heap: list[tuple[tuple, int]] = []
+        heap: list[tuple[tuple, int, int]] = []  # (key, kind, index); an entry not in ``at`` is stale
         at: dict[int, int] = {}  # kind -> index of its member in the heap
 
         def push(kind: int, index: int) -> None:
@@ -600,7 +610,7 @@ class _Streams:
                     return
                 index = later[0]
             at[kind] = index
-            heapq.heappush(heap, (key(self.candidate(orders[index])), kind))
+            heapq.heappush(heap, (key(self.candidate(orders[index])), kind, index))
 
         for kind in sorted(self.active):
             if kind in self.startable:
@@ -608,8 +618,10 @@ class _Streams:
             elif kind in self.new_in_kind:
                 push(kind, self.new_in_kind[kind][0])
         while heap:
-            position, kind = heapq.heappop(heap)
-            index = at.pop(kind)
+            position, kind, index = heapq.heappop(heap)
+            if at.get(kind) != index:
+                continue  # replaced by an earlier member (see _reopen)
+            del at[kind]
             if index not in self.new_in_kind.get(kind, ()) and not self._may_enter(kind, result):
                 # Others took what it could have used since it was pushed: it fails at its turn.
                 later = [i for i in self.new_in_kind.get(kind, ()) if i > index]
@@ -639,7 +651,7 @@ class _Streams:
             kinds.update(self.by_product.get(product, ()))
         for kind in sorted(kinds):
             orders = state.by_kind.get(kind)
-            if kind in at or not orders or not self._may_enter(kind, result):
+            if not orders or not self._may_enter(kind, result):
                 continue
             low, high = 0, len(orders)
             while low < high:  # members of a kind are in rank order in every order
@@ -648,7 +660,8 @@ class _Streams:
                     low = middle + 1
                 else:
                     high = middle
-            push(kind, low)
+            if at.get(kind, len(orders)) > low:  # not waiting already with that member or an earlier one
+                push(kind, low)
 
 
 def _choose_lazily(cycle: Cycle, streams: _Streams) -> tuple[PassResult, list[Candidate]]:
@@ -667,7 +680,8 @@ def _choose_lazily(cycle: Cycle, streams: _Streams) -> tuple[PassResult, list[Ca
         if _unbeatable(result, seen, queue_length):
             break
     runs.sort(key=lambda run: -run[0].value)  # ties keep the earlier order
-    chains = not allow_preemption and len(cycle.inventory.nodes) <= SWAP_UP_TO_NODES and not _unbeatable(*runs[0], queue_length)
+    chains = (not allow_preemption and not cycle.training_cap and len(cycle.inventory.nodes) <= SWAP_UP_TO_NODES
+              and not _unbeatable(*runs[0], queue_length))  # improve_by_swaps's own conditions
     if chains:  # the ejection chains look at what the walks met (a whole cycle: the whole queue)
         everyone: dict[str, Candidate] = {}
         for _, seen in runs:
@@ -679,7 +693,8 @@ def _choose_lazily(cycle: Cycle, streams: _Streams) -> tuple[PassResult, list[Ca
     for result, seen in runs[1:]:
         if result.value > best_result.value + EPSILON:
             best_result, best_seen = result, seen
-    return best_result, cycle.ranked if chains else list(best_seen.values())
+    # Decided: what the chosen pass met, and what the chains let in from the other walks.
+    return best_result, [c for c in cycle.ranked if c.workload.key in best_seen or c.rank in best_result.admitted] if chains else list(best_seen.values())
 
 
 def _unbeatable(result: PassResult, seen: dict[str, Candidate], queue_length: int) -> bool:
@@ -695,6 +710,8 @@ def _kinds_index(state: _State) -> tuple[dict[int, set[int]], dict[str, set[int]
     options_of_kind = state.ranker.options_of_kind
     by_pool, by_product = state.kinds_by_pool, state.kinds_by_product
     for kind in range(state.kinds_indexed, len(options_of_kind)):
+        if any(option.need is not None for option in options_of_kind[kind]):
+            state.needing_kinds.add(kind)
         for option in options_of_kind[kind]:
             by_product.setdefault(option.product, set()).add(kind)
             for pool in option.pools:
