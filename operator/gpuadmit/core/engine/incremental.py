@@ -13,29 +13,36 @@ incremental one:
   training GPUs per product (the inference reserve), the preemption victims, and each workload's
   last decision.
 - A whole cycle runs on: the first snapshot (a restart), a policy change, a GPUQuota that binds, a
-  per-namespace queue limit, a node added, removed or changed in shape, a preemption in the last
-  cycle (its victims come back), a victim becoming old enough to preempt while work is queued,
-  and more than ``MAX_CHANGES`` changes at once (then a whole cycle costs about as much).
+  per-namespace queue limit, a node added, removed or changed in shape (the layout every index
+  refers to), a workload listed twice, and more changes at once than the larger of
+  ``MAX_CHANGES`` and a tenth of the queue (then a whole cycle costs about as much).
   ``full(snapshot)`` forces one (the operator's resync).
-- An incremental cycle: the changed nodes' free capacity is recomputed from the snapshot; new
+- An incremental cycle: the touched nodes' free capacity is recomputed from the snapshot (their
+  objects, the holding workloads and own pods on them, the last cycle's admissions there); new
   workloads get the static checks; queued ones past their deadline are rejected
-  (``QueueTimeout``); then the placement passes (``choose_pass``, the very code of a whole cycle:
-  orders, preemption, chains) run on the part of the queue that can change -- the new workloads,
-  and for every kind whose eligible pools gained free capacity (or whose product's inference
-  reserve gained room) its best-ranked members, as many as the free GPUs could hold plus one.
+  (``QueueTimeout``); running ones old enough become victims; then the placement passes
+  (``passes.run_pass`` in every order of ``passes.ORDER_KEYS``, preemption, the choice of the best
+  pass, the chains -- the whole cycle's code) run on a walk of the queue by kind (``_Streams``):
+  the kinds whose pools gained capacity, whose product's inference reserve gained room, that may
+  preempt a new victim, or that have a new member; each walked from its best-ranked member while
+  its members get in. Where a pass preempts, the kinds that may use what the victims free join.
   Why that suffices: after any cycle no queued workload fits in what is left free (a pass only
-  takes capacity; preemption forces the next cycle whole), so a workload whose pools gained
-  nothing still does not fit, and members of one kind fit or fail alike, in rank order.
+  takes capacity; what a preemption frees beyond the preemptor's need is walked on at once), so a
+  workload whose pools gained nothing still does not fit, and members of one kind fit or fail
+  alike, in rank order, in every order. One exception is walked every cycle: a kind that needs
+  more than GPUs (CPU, memory, node constraints) and may preempt -- its victims are counted by GPUs
+  and the need checked on placing, so an admission elsewhere can turn its failure into a success.
 
-What differs from a whole cycle (where the "margin within 1%" of the equivalence test applies):
-the passes' alternative orders and ejection chains see only that part of the queue; preemption
-is tried by the part's workloads whose queue position is within the whole cycle's attempt budget
-(``MAX_PREEMPTION_ATTEMPTS_PER_PASS``); and the reason of a queued workload outside the part
-(``InsufficientCapacity`` or ``InferenceReserve``) and the words of every queued message (free
-GPUs now, position) are refreshed by the next whole cycle. Everything else -- admissions,
-placements, preemptions, rejections, the reasons of what the cycle decided -- follows the rules
-exactly as a whole cycle does; ``tests/core/test_incremental.py`` compares the two on random
-event sequences.
+What may differ from a whole cycle: the ejection chains (small clusters without preemption or
+reserve) see only the walked kinds, not the whole queue -- the "margin within 1%" of the
+equivalence test; preemption is tried by workloads whose queue position is within the whole
+cycle's attempt budget (``MAX_PREEMPTION_ATTEMPTS_PER_PASS``; a whole cycle counts the failures
+ahead in each order); and the reason of a queued workload the walk did not reach
+(``InsufficientCapacity`` or ``InferenceReserve``) and the words of queued messages (free GPUs,
+position) are refreshed by the next whole cycle. Everything else -- admissions, placements,
+preemptions, rejections, the reasons of what the cycle decided, queue positions -- is what a
+whole cycle decides; ``tests/core/test_incremental.py`` compares the two on random event
+sequences.
 
 The result's contract: a whole cycle returns every decision (as ``decide``); an incremental one
 returns only the decisions that changed -- new workloads, admissions, rejections, and queued
