@@ -106,6 +106,8 @@ class _State:
     holding: dict[str, Workload]
     pending_ids: dict[int, Workload]  # by id(): the snapshot's own objects, compared by identity first
     holding_ids: dict[int, Workload]
+    pending_idset: set[int]  # the same ids as a set, for set differences at C speed
+    holding_idset: set[int]
     reservations: dict[int, dict[str, list]]  # node index -> holding key -> its placement entries there
     queue: list[tuple]  # rank_order keys of the queued workloads, sorted
     queued: dict[str, Candidate]  # by key
@@ -231,15 +233,15 @@ class IncrementalEngine:
         inventory = state.inventory
         # --- what changed --------------------------------------------------------
         if changes is None:
-            pending_diff = _compare(state.pending, state.pending_ids, snapshot.pending)
-            holding_diff = _compare(state.holding, state.holding_ids, snapshot.holding)
+            pending_diff = _compare(state.pending, state.pending_ids, state.pending_idset, snapshot.pending)
+            holding_diff = _compare(state.holding, state.holding_ids, state.holding_idset, snapshot.holding)
         else:
-            pending_diff = _told(state.pending, state.pending_ids, changes.pending)
-            holding_diff = _told(state.holding, state.holding_ids, changes.holding)
+            pending_diff = _told(state.pending, state.pending_ids, state.pending_idset, changes.pending)
+            holding_diff = _told(state.holding, state.holding_ids, state.holding_idset, changes.holding)
         if pending_diff is None or holding_diff is None:
             return "a workload listed twice"
-        pending, pending_ids, arrived, left_objects = pending_diff
-        holding, holding_ids, taken, released = holding_diff
+        pending, pending_ids, pending_idset, arrived, left_objects = pending_diff
+        holding, holding_ids, holding_idset, taken, released = holding_diff
         left = [w.key for w in left_objects]
         # Ours, admitted last cycle, yet still pending (the caller has not applied it): decided again.
         arrived += [pending[key] for key in sorted(state.admitted) if key in pending and key not in {w.key for w in arrived}]
@@ -275,6 +277,7 @@ class IncrementalEngine:
             touched_nodes.update(_node_indices(inventory, workload))
             changed_victims.add(workload.key)
         state.pending, state.pending_ids, state.holding, state.holding_ids = pending, pending_ids, holding, holding_ids
+        state.pending_idset, state.holding_idset = pending_idset, holding_idset
         state.snapshot = snapshot
         state.admitted, state.assumed_nodes, state.assumed_training = set(), set(), {}
         newly_victims: list[Victim] = []
@@ -395,6 +398,8 @@ def _keep(snapshot: Snapshot, cycle: Cycle, admitted: Mapping[int, Admission], r
         holding={},
         pending_ids={id(w): w for w in snapshot.pending},
         holding_ids={id(w): w for w in snapshot.holding},
+        pending_idset=set(map(id, snapshot.pending)),
+        holding_idset=set(map(id, snapshot.holding)),
         reservations={},
         queue=[],
         queued={},
@@ -807,10 +812,11 @@ def _set_victim(state: _State, snapshot: Snapshot, workload: Workload | None, ke
         bisect.insort(state.victims.setdefault(victim.product, []), victim, key=victim_order)
 
 
-def _compare(
-    by_key: dict[str, Workload], by_id: dict[int, Workload], workloads: tuple[Workload, ...],
-) -> tuple[dict[str, Workload], dict[int, Workload], list[Workload], list[Workload]] | None:
-    """(by key, by id, arrived, left) against the last cycle's objects, or None when a key or an
+_Diff = tuple[dict[str, Workload], dict[int, Workload], set[int], list[Workload], list[Workload]]
+
+
+def _compare(by_key: dict[str, Workload], by_id: dict[int, Workload], known: set[int], workloads: tuple[Workload, ...]) -> _Diff | None:
+    """(by key, by id, ids, arrived, left) against the last cycle's objects, or None when a key or an
     object is listed twice. By identity first, at C speed (set differences of ids, which stay
     valid: the last snapshot keeps its objects alive): a caller that keeps its objects between
     cycles costs that; one that parses afresh pays an equality test per object it replaced.
@@ -818,11 +824,10 @@ def _compare(
     ids = set(map(id, workloads))
     if len(ids) != len(workloads):
         return None
-    known = by_id.keys()
     added_ids = ids - known
     removed_ids = known - ids
     if not added_ids and not removed_ids:
-        return by_key, by_id, [], []
+        return by_key, by_id, ids, [], []
     added = list(compress(workloads, map(added_ids.__contains__, map(id, workloads)))) if added_ids else []
     removed = [by_id.pop(i) for i in removed_ids]
     gone = {w.key: w for w in removed}
@@ -840,12 +845,10 @@ def _compare(
         else:
             del gone[key]  # replaced by an equal object: no change
     left = sorted(gone.values(), key=lambda w: w.key)
-    return by_key, by_id, arrived, left
+    return by_key, by_id, ids, arrived, left
 
 
-def _told(
-    by_key: dict[str, Workload], by_id: dict[int, Workload], changed: Mapping[str, Workload | None],
-) -> tuple[dict[str, Workload], dict[int, Workload], list[Workload], list[Workload]]:
+def _told(by_key: dict[str, Workload], by_id: dict[int, Workload], known: set[int], changed: Mapping[str, Workload | None]) -> _Diff:
     """``_compare`` from what the caller says changed (key -> the object now, None: gone)."""
     arrived: list[Workload] = []
     left: list[Workload] = []
@@ -856,15 +859,17 @@ def _told(
         if old is not None:
             del by_key[key]
             by_id.pop(id(old), None)
+            known.discard(id(old))
         if new is not None:
             by_key[key] = new
             by_id[id(new)] = new
+            known.add(id(new))
             if old is not None and old == new:
                 continue
             arrived.append(new)
         if old is not None:
             left.append(old)
-    return by_key, by_id, arrived, left
+    return by_key, by_id, known, arrived, left
 
 
 def _changed_keys(old: Mapping, new: Mapping) -> set:
