@@ -263,9 +263,12 @@ def test_identical_to_whole_cycles_where_the_rules_decide(seed: int, nodes: int,
     assert counts["preempted"] > 5 or not preemption, counts
 
 
-@pytest.mark.parametrize("seed", [6, 7, 8])
-def test_margin_within_one_percent_where_the_search_decides(seed: int) -> None:
-    counts = run(seed, nodes=60, events=150, rules=policy(False, reserve=0.0, aging=0.0), backlog=150, exact=False)
+@pytest.mark.parametrize(("seed", "preemption", "resources"), [(6, False, False), (7, False, True), (8, False, False), (117, True, False)])
+def test_margin_within_one_percent_where_the_search_decides(seed: int, preemption: bool, resources: bool) -> None:
+    # Without a reserve the chains run whenever nothing may be preempted (with preemption on: until
+    # running work is old enough).
+    counts = run(seed, nodes=60, events=150, rules=policy(preemption, reserve=0.0, aging=0.0 if not preemption else 0.05),
+                 backlog=150, exact=False, resources=resources)
     assert counts["incremental"] > 5 * counts["whole"] and counts["admitted"] > 10, counts
 
 
