@@ -31,8 +31,19 @@ import time
 import tracemalloc
 from collections import Counter
 
-from gpuadmit.core.engine import LayoutMemo, decide
-from gpuadmit.core.model import GpuNode, PlacementEntry, Policy, PreemptionRules, Snapshot, Taint, Toleration, Workload
+from gpuadmit.core.engine import Changes, IncrementalEngine, LayoutMemo, decide
+from gpuadmit.core.model import (
+    Action,
+    CycleResult,
+    GpuNode,
+    PlacementEntry,
+    Policy,
+    PreemptionRules,
+    Snapshot,
+    Taint,
+    Toleration,
+    Workload,
+)
 
 SEED = 20240601
 NODES = 10_000
@@ -258,6 +269,120 @@ def measure(pending_count: int, layouts: LayoutMemo | None = None, resources: bo
     }
 
 
+class SteadyCluster:
+    """The benchmark's cluster after its first cycle, changed one event at a time as the operator's
+    cache would be: admissions run (their pods on the nodes), rejections leave, a finished
+    workload's pods and reservation go. Each ``snapshot()`` is a new value (nothing the engine
+    saw is changed in place)."""
+
+    def __init__(self, snapshot: Snapshot, seed: int = SEED) -> None:
+        self.rng = random.Random(seed + 3)
+        self.base = snapshot
+        self.now = snapshot.now
+        self.nodes = {n.name: n for n in snapshot.nodes}
+        self.pending = {w.key: w for w in snapshot.pending}
+        self.holding = {w.key: w for w in snapshot.holding}
+        self.own_pods = dict(snapshot.gpus_of_own_pods)
+        self.serial = 0
+        self.changes = Changes({}, {})  # since the last snapshot, as an operator's watch would tell
+        self._nodes: tuple[GpuNode, ...] | None = None
+        self._pending: tuple[Workload, ...] | None = None
+        self._holding: tuple[Workload, ...] | None = None
+
+    def snapshot(self) -> Snapshot:
+        self.changes = Changes({}, {})
+        self._nodes = self._nodes or tuple(self.nodes.values())
+        self._pending = self._pending or tuple(self.pending.values())
+        self._holding = self._holding or tuple(self.holding.values())
+        return dataclasses.replace(self.base, nodes=self._nodes, pending=self._pending, holding=self._holding,
+                                   gpus_of_own_pods=dict(self.own_pods), now=self.now)
+
+    def apply(self, result: CycleResult) -> None:
+        for preemption in result.preemptions:
+            self.finish(preemption.key)
+        for decision in result.decisions:
+            workload = self.pending.get(decision.key)
+            if workload is None or decision.action is Action.QUEUE:
+                continue
+            del self.pending[decision.key]
+            self.changes.pending[decision.key] = None  # type: ignore[index]
+            self._pending = None
+            if decision.action is Action.ADMIT:
+                running = dataclasses.replace(workload, phase="Running", placement=decision.placement, admitted_at=self.now)
+                self.holding[running.key] = running
+                self.changes.holding[running.key] = running  # type: ignore[index]
+                self._holding = None
+                for entry in decision.placement:
+                    self.use(entry.node, entry.gpus)
+                    self.own_pods[(running.key, entry.node)] = entry.gpus
+
+    def use(self, name: str, gpus: int) -> None:
+        self.nodes[name] = dataclasses.replace(self.nodes[name], gpus_used_by_pods=self.nodes[name].gpus_used_by_pods + gpus)
+        self._nodes = None
+
+    def finish(self, key: str | None = None) -> None:
+        """A running workload's pods finish and it leaves (one at random by default)."""
+        key = key or self.rng.choice(sorted(self.holding))
+        workload = self.holding.pop(key)
+        self.changes.holding[key] = None  # type: ignore[index]
+        self._holding = None
+        for entry in workload.placement:
+            self.use(entry.node, -self.own_pods.pop((key, entry.node), 0))
+
+    def arrive(self) -> None:
+        self.serial += 1
+        workload = build_pending(random.Random(self.rng.random()), 1)[0]
+        workload = dataclasses.replace(workload, name=f"new-{self.serial:06d}", created_at=self.now, queued_since=self.now)
+        self.pending[workload.key] = workload
+        self.changes.pending[workload.key] = workload  # type: ignore[index]
+        self._pending = None
+
+    def add_node(self) -> None:
+        self.serial += 1
+        product, gpus, memory = NODE_KINDS[self.serial % len(NODE_KINDS)][:3]
+        name = f"gpu-node-new-{self.serial:05d}"
+        self.nodes[name] = GpuNode(name=name, allocatable=gpus, product=product, memory_mib=memory)
+        self._nodes = None
+
+
+def measure_incremental(pending_count: int, events: int, tell: bool = True) -> None:
+    """Single changes at steady state, decided by the incremental engine: CPU per change. ``tell``:
+    the cluster tells the engine what changed (``Changes``, as the operator's watch events can);
+    else the engine compares the snapshots itself."""
+    snapshot = build_snapshot(pending_count)
+    cluster = SteadyCluster(snapshot)
+    engine = IncrementalEngine()
+    started = time.process_time()
+    result = engine.decide(snapshot)
+    whole_cpu = time.process_time() - started
+    cluster.apply(result)
+    cluster.apply(engine.decide(cluster.snapshot()))  # the first cycle's admissions seen running
+    how = "changes told by the caller" if tell else "snapshots compared by the engine"
+    print(f"incremental engine, {pending_count:,} pending: whole first cycle {whole_cpu:.2f} s CPU; "
+          f"then {events} single changes of each kind, one cycle each ({how}; CPU ms per cycle)")
+    header = f"{'change':>14} {'cycles':>7} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'whole cycles':>13} {'admitted':>9}"
+    print(header)
+    print("-" * len(header))
+    # A node added is a whole cycle (the layout changes), seconds each at 100k: fewer of them.
+    for name, change, count in (("new workload", cluster.arrive, events), ("pod finished", cluster.finish, events),
+                                ("node added", cluster.add_node, max(3, events // 10))):
+        times, whole, admitted = [], 0, 0
+        for _ in range(count):
+            change()
+            cluster.now += 1.0
+            changes = cluster.changes
+            snapshot = cluster.snapshot()
+            started = time.process_time()
+            result = engine.decide(snapshot, changes if tell else None)
+            times.append(1000 * (time.process_time() - started))
+            whole += engine.last_full
+            admitted += sum(1 for d in result.decisions if d.action is Action.ADMIT)
+            cluster.apply(result)
+        times.sort()
+        p99 = times[min(len(times) - 1, round(0.99 * (len(times) - 1)))]
+        print(f"{name:>14} {count:>7} {times[len(times) // 2]:>8.1f} {p99:>8.1f} {times[-1]:>8.1f} {whole:>13} {admitted:>9}", flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.engine", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -266,7 +391,15 @@ def main(argv: list[str] | None = None) -> None:
     variant = parser.add_mutually_exclusive_group()
     variant.add_argument("--gpus-only", action="store_true", help="only the GPU-only variant")
     variant.add_argument("--resources", action="store_true", help="only the every-resource variant")
+    parser.add_argument("--incremental-events", type=int, default=50,
+                        help="single changes of each kind for the incremental engine, at the largest size (0: none; default %(default)s)")
+    parser.add_argument("--incremental-only", action="store_true", help="only the incremental engine's figures")
+    parser.add_argument("--compare-snapshots", action="store_true",
+                        help="the incremental engine compares snapshots itself (default: the changes are told, as the operator can)")
     args = parser.parse_args(argv if argv is not None else [])
+    if args.incremental_only:
+        measure_incremental(max(args.sizes), args.incremental_events, not args.compare_snapshots)
+        return
     variants = [False] if args.gpus_only else [True] if args.resources else [False, True]
     print(f"{NODES:,} nodes ({', '.join(sorted({k[0] for k in NODE_KINDS}))}), seeded; decide() on one cycle")
     print(f"every resource: CPU/memory/pods on nodes, CPU and memory on every workload, {OTHER_PODS:,} other pods")
@@ -282,6 +415,9 @@ def main(argv: list[str] | None = None) -> None:
                 f"{row['admitted']:>9,} {row['queued']:>8,} {row['rejected']:>9,} {row['preempted']:>10,}",
                 flush=True,
             )
+    if args.incremental_events:
+        print()
+        measure_incremental(max(args.sizes), args.incremental_events, not args.compare_snapshots)
 
 
 if __name__ == "__main__":

@@ -242,6 +242,18 @@ class _NodeLayout:
         self.index_of_position: list[int] | None = (
             [self.index_by_name[name] for name in names] if plain and len(set(names)) == len(names) else None
         )
+        self._position_of_index: list[int] | None = None
+
+    @property
+    def position_of_index(self) -> list[int]:
+        """Node index -> input position (the inverse of ``index_of_position``, which must exist)."""
+        if self._position_of_index is None:
+            assert self.index_of_position is not None
+            inverse = [0] * len(self.index_of_position)
+            for position, index in enumerate(self.index_of_position):
+                inverse[index] = position
+            self._position_of_index = inverse
+        return self._position_of_index
 
     def capacity_kinds(self, pool: int) -> list[tuple[tuple[int, dict[str, int]], int]]:
         """((allocatable GPUs, allocatable resources), node count) of a pool's nodes, made on first use."""

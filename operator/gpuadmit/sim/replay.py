@@ -553,13 +553,14 @@ def replay(
 
 
 def margin_contender(policy: Policy) -> Contender:
-    """gpuadmit's own engine, exactly as the operator runs it."""
-    from gpuadmit.core.engine import LayoutMemo, decide  # the engine is the thing under test
+    """gpuadmit's own engine, exactly as the operator runs it: the incremental engine, kept for the
+    whole replay (each cycle decides what the events since the last one can affect)."""
+    from gpuadmit.core.engine import IncrementalEngine  # the engine is the thing under test
 
     rules = policy.preemption
     return Contender(
         name="margin",
-        decide=functools.partial(decide, layouts=LayoutMemo()),  # as the operator keeps it between cycles
+        decide=IncrementalEngine().decide,
         honours_queue_timeouts=True,
         min_runtime_before_preemption_s=rules.min_runtime_seconds if rules.enabled else None,
     )

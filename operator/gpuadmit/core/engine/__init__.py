@@ -32,8 +32,17 @@ that does not fit may reclaim from borrowers, and the ejection chains are skippe
 
 The package follows the steps: ``prepare`` (1 and 2), ``passes`` (3: the greedy in
 several orders, with preemption), ``chains`` (3: the ejection chains that improve the
-best passes), ``messages`` (4: one decision per workload, with its words); ``cycle``
-holds the data they pass along.
+best passes), ``choose`` (3: the orders run, the best pass chosen), ``messages`` (4: one
+decision per workload, with its words); ``cycle`` holds the data they pass along.
+
+``decide`` is a whole cycle, from the snapshot alone. ``IncrementalEngine`` (``incremental``)
+keeps its state between cycles -- the free capacity, the ranked queue by kind, the victims,
+the inference-reserve ledger -- and for a cycle caused by a few changes runs the same passes on
+only the kinds of workload those changes can affect: the same rules and reasons, identical
+decisions where the rules determine them, whole cycles when its state cannot be trusted
+(policy or node-shape change, restart, quotas). The operator and the simulator run it; its
+module docstring gives the contract (an incremental result holds only the decisions that
+changed; queue positions are served by ``queue_position``/``queued``).
 """
 
 from __future__ import annotations
@@ -42,13 +51,13 @@ import gc
 
 from ..inventory import LayoutMemo
 from ..model import CycleResult, Snapshot
-from .chains import IMPROVE_PASSES, SWAP_UP_TO_NODES, improve_by_swaps
-from .cycle import EPSILON, Admission, Cycle, PassResult, new_pass
+from .choose import choose_pass
+from .cycle import Admission, Cycle, PassResult, new_pass
+from .incremental import Changes, IncrementalEngine
 from .messages import bound_by, finalize
-from .passes import is_unbeatable, placement_orders, run_pass
 from .prepare import prepare
 
-__all__ = ["Admission", "Cycle", "LayoutMemo", "PassResult", "bound_by", "decide", "finalize", "new_pass", "prepare"]
+__all__ = ["Admission", "Changes", "Cycle", "IncrementalEngine", "LayoutMemo", "PassResult", "bound_by", "choose_pass", "decide", "finalize", "new_pass", "prepare"]
 
 
 def decide(snapshot: Snapshot, *, layouts: LayoutMemo | None = None) -> CycleResult:
@@ -69,30 +78,4 @@ def decide(snapshot: Snapshot, *, layouts: LayoutMemo | None = None) -> CycleRes
 
 def _decide(snapshot: Snapshot, layouts: LayoutMemo | None) -> CycleResult:
     cycle = prepare(snapshot, layouts)
-    candidates = cycle.placeable
-    allow_preemption = bool(snapshot.policy.preemption.enabled) and any(cycle.victims_by_product.values())
-    results: list[PassResult] = []
-    seen_orders: set[tuple[int, ...]] = set()
-    guaranteed = cycle.tenants.guaranteed_ranks if cycle.tenants is not None else None
-    for order in placement_orders(candidates):
-        if guaranteed:  # work within guarantee first in every order
-            order.sort(key=lambda c: c.rank not in guaranteed)
-        signature = tuple(c.rank for c in order)
-        if signature in seen_orders:
-            continue
-        seen_orders.add(signature)
-        results.append(run_pass(cycle, order, allow_preemption))
-        if is_unbeatable(results[-1], candidates):
-            break
-    if not results:
-        return finalize(cycle, new_pass(cycle))
-    # Best value first; ties keep the earlier order (rank order is first of all).
-    results = sorted(results, key=lambda r: -r.value)
-    if not allow_preemption and cycle.tenants is None and len(cycle.inventory.nodes) <= SWAP_UP_TO_NODES and not is_unbeatable(results[0], candidates):
-        for result in results[:IMPROVE_PASSES]:
-            improve_by_swaps(cycle, result)
-    best = results[0]
-    for result in results[1:]:
-        if result.value > best.value + EPSILON:
-            best = result
-    return finalize(cycle, best)
+    return finalize(cycle, choose_pass(cycle))

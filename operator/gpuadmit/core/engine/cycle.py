@@ -35,6 +35,7 @@ class Candidate:
     kind: int  # numbers (shape, size, class, tier): workloads of one kind have the same options
     is_training: bool
     rejection: Decision | None = None  # QueueTimeout: ranked (for order) but never placed
+    order: tuple = ()  # prepare.rank_order: the ranking's sort key, the same at any time
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +65,7 @@ class Cycle:
     victims_by_product: dict[str, list[Victim]]
     cheapest_victim_margin: dict[str, float] = field(default_factory=dict)
     tenants: Tenants | None = None  # GPUQuota rules (core/guarantee.py); None without quotas
+    ranker: object = None  # the prepare.Ranker that made the candidates (kept by the incremental engine)
 
     @property
     def placeable(self) -> list[Candidate]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 
 from ..inventory import Inventory, Need
 from ..model import (
@@ -19,8 +20,10 @@ from ..model import (
 from .cycle import Admission, Candidate, Cycle, PassResult, number_or
 
 
-def finalize(cycle: Cycle, result: PassResult) -> CycleResult:
-    """Turn the chosen pass into one decision per workload, in rank order, invalid ones last."""
+def finalize(cycle: Cycle, result: PassResult, position_of: Callable[[Candidate], int] | None = None) -> CycleResult:
+    """Turn the chosen pass into one decision per workload, in rank order, invalid ones last.
+    ``position_of``: the queue position of a queued candidate when the cycle holds only part of
+    the queue (the incremental engine); None: counted here."""
     limit = cycle.policy.max_queued_per_namespace
     queued_in_namespace: dict[str, int] = {}
     capacity_note_cache: dict[int, str] = {}
@@ -65,7 +68,7 @@ def finalize(cycle: Cycle, result: PassResult) -> CycleResult:
                 )
             )
             continue
-        position += 1
+        position = position + 1 if position_of is None else position_of(candidate)
         blocked_product = result.reserve_blocked.get(candidate.rank)
         quota_block = result.quota.blocked.get(candidate.rank) if result.quota is not None else None
         if quota_block is not None:

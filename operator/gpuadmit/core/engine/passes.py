@@ -6,7 +6,7 @@ not fit, and the orders worth trying."""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Container, Iterable, Sequence
 
 from ..inventory import Inventory
 from ..model import PlacementEntry, Reason
@@ -31,15 +31,31 @@ MAX_PREEMPTION_ATTEMPTS_PER_PASS = 5_000
 ALL_ORDERS_UP_TO = 5_000
 
 
-def placement_orders(candidates: Sequence[Candidate]) -> Iterable[list[Candidate]]:
-    """Rank order first (the policy's own), then orders that pack more margin per hour."""
+# The orders the passes run in, as sort keys: rank order first (the policy's own), then orders
+# that pack more margin per hour; the first two always, all when the queue is small. Within
+# workloads of one kind (same size, options) every order is rank order: the incremental engine
+# relies on it to walk each order kind by kind.
+ORDER_KEYS: tuple[Callable[[Candidate], tuple], ...] = (
+    lambda c: (c.rank,),
+    lambda c: (-c.effective_margin * c.workload.total_gpus, c.rank),
+    lambda c: (-c.workload.total_gpus, c.rank),
+    lambda c: (-c.effective_margin, -c.workload.total_gpus, c.rank),
+    # Workloads with fewer products first, so flexible ones do not take what picky ones need.
+    lambda c: (len(c.options), -c.effective_margin * c.workload.total_gpus, c.rank),
+)
+
+
+def order_keys(count: int, all_orders: bool | None = None) -> tuple[Callable[[Candidate], tuple], ...]:
+    """The keys of the orders to run for ``count`` candidates (``all_orders`` None: judged by it)."""
+    everything = all_orders if all_orders is not None else count <= ALL_ORDERS_UP_TO
+    return ORDER_KEYS if everything else ORDER_KEYS[:2]
+
+
+def placement_orders(candidates: Sequence[Candidate], all_orders: bool | None = None) -> Iterable[list[Candidate]]:
+    """The candidates (in rank order) in each order of ``order_keys``."""
     yield list(candidates)
-    yield sorted(candidates, key=lambda c: (-c.effective_margin * c.workload.total_gpus, c.rank))
-    if len(candidates) <= ALL_ORDERS_UP_TO:
-        yield sorted(candidates, key=lambda c: (-c.workload.total_gpus, c.rank))
-        yield sorted(candidates, key=lambda c: (-c.effective_margin, -c.workload.total_gpus, c.rank))
-        # Workloads with fewer products first, so flexible ones do not take what picky ones need.
-        yield sorted(candidates, key=lambda c: (len(c.options), -c.effective_margin * c.workload.total_gpus, c.rank))
+    for key in order_keys(len(candidates), all_orders)[1:]:
+        yield sorted(candidates, key=key)
 
 
 def is_unbeatable(result: PassResult, candidates: Sequence[Candidate]) -> bool:
@@ -49,8 +65,12 @@ def is_unbeatable(result: PassResult, candidates: Sequence[Candidate]) -> bool:
     )
 
 
-def run_pass(cycle: Cycle, order: Sequence[Candidate], allow_preemption: bool) -> PassResult:
-    result = new_pass(cycle)
+def run_pass(cycle: Cycle, order: Iterable[Candidate], allow_preemption: bool, may_preempt: Container[int] | None = None,
+             result: PassResult | None = None) -> PassResult:
+    """One greedy pass in ``order``. ``may_preempt``: the ranks that may try preemption (None: the
+    first ``MAX_PREEMPTION_ATTEMPTS_PER_PASS`` that do not fit, as a whole cycle counts them).
+    ``result``: the pass to fill (None: a new one), for an order made lazily from it."""
+    result = result if result is not None else new_pass(cycle)
     tenants, ledger = cycle.tenants, result.quota
     inventory = result.inventory
     # (shape, product, GPUs per replica) -> fewest replicas that failed: free GPUs only shrink
@@ -84,7 +104,9 @@ def run_pass(cycle: Cycle, order: Sequence[Candidate], allow_preemption: bool) -
                 continue
             admission = Admission(option, placement)
             break
-        if admission is None and allow_preemption and attempts < MAX_PREEMPTION_ATTEMPTS_PER_PASS:
+        if admission is None and allow_preemption and attempts < MAX_PREEMPTION_ATTEMPTS_PER_PASS and (
+            may_preempt is None or candidate.rank in may_preempt
+        ):
             attempts += 1
             admission = _preempt(cycle, result, candidate, preempted, preempt_failed)
             if admission is None and tenants is not None and candidate.rank in tenants.guaranteed_ranks:

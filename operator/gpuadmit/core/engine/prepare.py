@@ -9,7 +9,7 @@ import math
 
 from ..guarantee import Tenants
 from ..inventory import Inventory, LayoutMemo, whole, workload_shape
-from ..model import Action, Decision, Reason, Snapshot, Workload
+from ..model import Action, Decision, Policy, Reason, Snapshot, Workload
 from .cycle import EPSILON, Candidate, Cycle, Option, Victim, number_or
 from .messages import (
     bound_to,
@@ -26,64 +26,18 @@ def prepare(snapshot: Snapshot, layouts: LayoutMemo | None = None) -> Cycle:
     policy = snapshot.policy
     inventory = Inventory.from_snapshot(snapshot, layouts=layouts)
     tenants = Tenants.of(snapshot, inventory)
-    floor = number_or(policy.min_margin_per_gpu_hour, 0.0)
-    aging = number_or(policy.aging_per_hour, 0.0)
-    margin_cache: dict[tuple, float] = {}
-
-    def margin(workload_class: str, tier: str | None, product: str) -> float:
-        key = (workload_class, tier, product)
-        if key not in margin_cache:
-            margin_cache[key] = number_or(policy.margin_per_gpu_hour(workload_class, tier, product), -math.inf)
-        return margin_cache[key]
-
-    static_cache: dict[tuple, tuple[tuple[Option, ...], Decision | None, int]] = {}
-    # Shapes hash slowly (tolerations are dataclasses); number them once and key caches by number.
-    shape_ids: dict[tuple, int] = {}
+    ranker = Ranker(policy, inventory, tenants)
     rankable: list[Candidate] = []
     static_rejections: list[Decision] = []
     # By identity; the position only separates exact duplicates, which decide alike anyway.
     keyed = sorted(((str(w.namespace), str(w.name), number_or(w.created_at, 0.0), str(w.uid), i), w) for i, w in enumerate(snapshot.pending))
     for _, workload in keyed:
-        malformed = _malformed(workload)
-        if malformed is not None:
-            static_rejections.append(malformed)
-            continue
-        too_big = tenants.exceeds(workload) if tenants is not None else None
-        if too_big is not None:
-            static_rejections.append(decision_for(workload, Action.REJECT, Reason.EXCEEDS_QUOTA, too_big))
-            continue
-        shape = workload_shape(workload)
-        shape_id = shape_ids.setdefault(shape, len(shape_ids))
-        static_key = (shape_id, workload.gpus_per_replica, workload.replicas, workload.workload_class, workload.tier)
-        if static_key not in static_cache:
-            static_cache[static_key] = (*_static_options(inventory, workload, shape, floor, margin), len(static_cache))
-        options, rejection, kind = static_cache[static_key]
-        if rejection is not None:
-            static_rejections.append(bound_to(rejection, workload))
-            continue
-        best_margin = options[0].margin
-        waited = max(0.0, number_or(snapshot.now, 0.0) - number_or(workload.queued_since, number_or(snapshot.now, 0.0)))
-        candidate = Candidate(
-            workload=workload,
-            rank=-1,
-            options=options,
-            best_margin=best_margin,
-            effective_margin=best_margin + aging * waited / 3600.0,
-            shape=shape_id,
-            kind=kind,
-            is_training=workload.workload_class != "inference",
-        )
-        limit = None if workload.max_queue_seconds is None else number_or(workload.max_queue_seconds, math.inf)
-        if limit is not None and waited > limit:
-            candidate.rejection = decision_for(
-                workload,
-                Action.REJECT,
-                Reason.QUEUE_TIMEOUT,
-                f"waited {duration_text(waited)} in the queue, longer than its limit of {duration_text(limit)}",
-                margin=best_margin,
-            )
-        rankable.append(candidate)
-    rankable.sort(key=lambda c: (-c.effective_margin, number_or(c.workload.created_at, 0.0), c.workload.key, str(c.workload.uid)))
+        made = ranker.candidate(workload, snapshot.now)
+        if isinstance(made, Decision):
+            static_rejections.append(made)
+        else:
+            rankable.append(made)
+    rankable.sort(key=lambda c: c.order)
     for rank, candidate in enumerate(rankable):
         candidate.rank = rank
     if tenants is not None:  # work within its tenant's guarantee first, margin order inside each group
@@ -95,7 +49,7 @@ def prepare(snapshot: Snapshot, layouts: LayoutMemo | None = None) -> Cycle:
     static_rejections.sort(key=lambda d: d.key)
 
     training_cap, reserve_gpus, training_used = _reserve_ledger(snapshot, inventory)
-    victims_by_product = _victims(snapshot, inventory, margin)
+    victims_by_product = _victims(snapshot, inventory, ranker.margin)
     if tenants is not None:
         victims_by_product = tenants.victims_allowed(victims_by_product)
     return Cycle(
@@ -111,9 +65,100 @@ def prepare(snapshot: Snapshot, layouts: LayoutMemo | None = None) -> Cycle:
         victims_by_product=victims_by_product,
         cheapest_victim_margin={p: min(v.margin for v in vs) for p, vs in victims_by_product.items()},
         tenants=tenants,
+        ranker=ranker,
     )
 
 
+class Ranker:
+    """Step 1 for one workload: its static checks and, if it passes them, its ``Candidate``
+    (options, margins, kind). Keeps the caches that make 100,000 workloads cost a few hundred
+    checks (by kind: shape, size, class, tier); valid for one policy and one node layout, so the
+    incremental engine keeps it between cycles while neither changes."""
+
+    def __init__(self, policy: Policy, inventory: Inventory, tenants: Tenants | None = None) -> None:
+        self.policy = policy
+        self.inventory = inventory
+        self.tenants = tenants
+        self.floor = number_or(policy.min_margin_per_gpu_hour, 0.0)
+        self.aging = number_or(policy.aging_per_hour, 0.0)
+        self._margins: dict[tuple, float] = {}
+        self._static: dict[tuple, tuple[tuple[Option, ...], Decision | None, int]] = {}
+        # Shapes hash slowly (tolerations are dataclasses); number them once and key caches by number.
+        self._shape_ids: dict[tuple, int] = {}
+        self.options_of_kind: dict[int, tuple[Option, ...]] = {}
+
+    def margin(self, workload_class: str, tier: str | None, product: str) -> float:
+        key = (workload_class, tier, product)
+        if key not in self._margins:
+            self._margins[key] = number_or(self.policy.margin_per_gpu_hour(workload_class, tier, product), -math.inf)
+        return self._margins[key]
+
+    def candidate(self, workload: Workload, now: float) -> Candidate | Decision:
+        """The workload's candidate (rank not set), or its static rejection."""
+        malformed = _malformed(workload)
+        if malformed is not None:
+            return malformed
+        too_big = self.tenants.exceeds(workload) if self.tenants is not None else None
+        if too_big is not None:
+            return decision_for(workload, Action.REJECT, Reason.EXCEEDS_QUOTA, too_big)
+        shape = workload_shape(workload)
+        shape_id = self._shape_ids.setdefault(shape, len(self._shape_ids))
+        static_key = (shape_id, workload.gpus_per_replica, workload.replicas, workload.workload_class, workload.tier)
+        if static_key not in self._static:
+            made = _static_options(self.inventory, workload, shape, self.floor, self.margin)
+            self._static[static_key] = (*made, len(self._static))
+            self.options_of_kind[len(self._static) - 1] = made[0]
+        options, rejection, kind = self._static[static_key]
+        if rejection is not None:
+            return bound_to(rejection, workload)
+        best_margin = options[0].margin
+        now = number_or(now, 0.0)
+        queued_since = workload.queued_since  # a plain float, the usual case, read without a call (NaN is not equal to itself)
+        if type(queued_since) is not float or queued_since != queued_since:
+            queued_since = number_or(queued_since, now)
+        waited = max(0.0, now - queued_since)
+        candidate = Candidate(
+            workload=workload,
+            rank=-1,
+            options=options,
+            best_margin=best_margin,
+            effective_margin=best_margin + self.aging * waited / 3600.0,
+            shape=shape_id,
+            kind=kind,
+            is_training=workload.workload_class != "inference",
+            order=rank_order(workload, best_margin, self.aging, now, queued_since),
+        )
+        limit = None if workload.max_queue_seconds is None else number_or(workload.max_queue_seconds, math.inf)
+        if limit is not None and waited > limit:
+            candidate.rejection = timeout_rejection(workload, waited, limit, best_margin)
+        return candidate
+
+
+def rank_order(workload: Workload, best_margin: float, aging: float, now: float, queued_since: float | None = None) -> tuple:
+    """The sort key of the ranking: effective margin (best margin plus aging) first, then creation
+    time, key and uid. Aging adds the same amount to every queued workload as time passes, so
+    the key leaves ``now`` out (-best + aging x queued_since): ranks do not move with the clock,
+    which lets the incremental engine keep its ranked queue between cycles."""
+    if queued_since is None:
+        queued_since = number_or(workload.queued_since, now)
+    # Rounded so that effective margins equal but for the floats' rounding tie, and fall to
+    # creation time as true ties do (the aging term is large: 0.05 x 1.8e9 s / 3600 = 25,000).
+    value = round(-best_margin + aging * queued_since / 3600.0, 9) if aging else -best_margin
+    created = workload.created_at
+    if type(created) is not float or created != created:
+        created = number_or(created, 0.0)
+    uid = workload.uid if type(workload.uid) is str else str(workload.uid)
+    return value, created, f"{workload.namespace}/{workload.name}", uid
+
+
+def timeout_rejection(workload: Workload, waited: float, limit: float, margin: float) -> Decision:
+    return decision_for(
+        workload,
+        Action.REJECT,
+        Reason.QUEUE_TIMEOUT,
+        f"waited {duration_text(waited)} in the queue, longer than its limit of {duration_text(limit)}",
+        margin=margin,
+    )
 
 
 def _malformed(workload: Workload) -> Decision | None:
@@ -204,20 +249,29 @@ def _victims(snapshot: Snapshot, inventory: Inventory, margin) -> dict[str, list
     min_runtime = number_or(rules.min_runtime_seconds, 0.0)
     by_product: dict[str, list[Victim]] = {}
     for workload in sorted(snapshot.holding, key=lambda w: w.key):
-        if not workload.preemptible or workload.admitted_at is None:
+        if workload.admitted_at is None or snapshot.now - workload.admitted_at < min_runtime:
             continue
-        if snapshot.now - workload.admitted_at < min_runtime:
-            continue
-        products = [p for p in (inventory.product_of(e.node) for e in workload.placement) if p is not None]
-        if not products:
-            continue
-        product = products[0]
-        gpus = sum(whole(e.gpus) for e in workload.placement)
-        earns = margin(workload.workload_class, workload.tier, product)
-        freed = inventory.freed_by(workload.placement, workload.key, snapshot.gpus_of_own_pods)
-        by_product.setdefault(product, []).append(
-            Victim(workload, workload.key, product, earns, gpus, earns * gpus, tuple(sorted(freed.items())))
-        )
+        victim = victim_of(snapshot, inventory, margin, workload)
+        if victim is not None:
+            by_product.setdefault(victim.product, []).append(victim)
     for victims in by_product.values():
-        victims.sort(key=lambda v: (v.lost_per_hour, v.key))
+        victims.sort(key=victim_order)
     return dict(sorted(by_product.items()))
+
+
+def victim_order(victim: Victim) -> tuple[float, str]:
+    return victim.lost_per_hour, victim.key
+
+
+def victim_of(snapshot: Snapshot, inventory: Inventory, margin, workload: Workload) -> Victim | None:
+    """The holding workload as a preemption victim (whatever it ran), or None when it cannot be one."""
+    if not workload.preemptible or workload.admitted_at is None:
+        return None
+    products = [p for p in (inventory.product_of(e.node) for e in workload.placement) if p is not None]
+    if not products:
+        return None
+    product = products[0]
+    gpus = sum(whole(e.gpus) for e in workload.placement)
+    earns = margin(workload.workload_class, workload.tier, product)
+    freed = inventory.freed_by(workload.placement, workload.key, snapshot.gpus_of_own_pods)
+    return Victim(workload, workload.key, product, earns, gpus, earns * gpus, tuple(sorted(freed.items())))

@@ -1,0 +1,884 @@
+"""The incremental engine: state kept between cycles, so a cycle caused by a few changes decides
+only what those changes can affect, with the rules (and the code) of a whole cycle.
+
+``IncrementalEngine().decide(snapshot)`` takes the same snapshots as ``decide``. It compares each
+with the previous one (by identity first: unchanged objects cost a pointer compare) and either
+runs a whole cycle -- the first time, and whenever the kept state cannot be trusted -- or an
+incremental one:
+
+- Kept after every cycle: the free-capacity ledger of the last snapshot (``Inventory``, patched
+  node by node), the ranked queue (every queued workload by its ``rank_order`` key, which does not
+  move with the clock, so aging needs no re-ranking), the queue by *kind* (workloads of one kind
+  -- shape, size, class, tier -- have the same options), the static-check caches (``Ranker``), the
+  training GPUs per product (the inference reserve), the preemption victims, and each workload's
+  last decision.
+- A whole cycle runs on: the first snapshot (a restart), a policy change, a GPUQuota that binds, a
+  per-namespace queue limit, a node added, removed or changed in shape (the layout every index
+  refers to), a workload listed twice, and more changes at once than the larger of
+  ``MAX_CHANGES`` and a tenth of the queue (then a whole cycle costs about as much).
+  ``full(snapshot)`` forces one (the operator's resync).
+- An incremental cycle: the touched nodes' free capacity is recomputed from the snapshot (their
+  objects, the holding workloads and own pods on them, the last cycle's admissions there); new
+  workloads get the static checks; queued ones past their deadline are rejected
+  (``QueueTimeout``); running ones old enough become victims; then the placement passes
+  (``passes.run_pass`` in every order of ``passes.ORDER_KEYS``, preemption, the choice of the best
+  pass, the chains -- the whole cycle's code) run on a walk of the queue by kind (``_Streams``):
+  the kinds whose pools gained capacity, whose product's inference reserve gained room, that may
+  preempt a new victim, or that have a new member; each walked from its best-ranked member while
+  its members get in. Where a pass preempts, the kinds that may use what the victims free join.
+  Why that suffices: after any cycle no queued workload fits in what is left free (a pass only
+  takes capacity; what a preemption frees beyond the preemptor's need is walked on at once), so a
+  workload whose pools gained nothing still does not fit, and members of one kind fit or fail
+  alike, in rank order, in every order. One exception is walked every cycle: a kind that needs
+  more than GPUs (CPU, memory, node constraints) and may preempt -- its victims are counted by GPUs
+  and the need checked on placing, so an admission elsewhere can turn its failure into a success.
+
+What may differ from a whole cycle: the ejection chains (small clusters without preemption or
+reserve) see only the walked kinds, not the whole queue -- the "margin within 1%" of the
+equivalence test; preemption is tried by workloads whose queue position is within the whole
+cycle's attempt budget (``MAX_PREEMPTION_ATTEMPTS_PER_PASS``; a whole cycle counts the failures
+ahead in each order); and the reason of a queued workload the walk did not reach
+(``InsufficientCapacity`` or ``InferenceReserve``) and the words of queued messages (free GPUs,
+position) are refreshed by the next whole cycle. Everything else -- admissions, placements,
+preemptions, rejections, the reasons of what the cycle decided, queue positions -- is what a
+whole cycle decides; ``tests/core/test_incremental.py`` compares the two on random event
+sequences.
+
+The result's contract: a whole cycle returns every decision (as ``decide``); an incremental one
+returns only the decisions that changed -- new workloads, admissions, rejections, and queued
+workloads whose reason changed -- plus the preemptions, so a caller writes only those. Queue
+positions move for everyone behind an admission or an arrival; they are served, not returned:
+``queue_position(key)`` (O(log n)) and ``queued()`` (keys in rank order). ``last_full`` says
+whether the last cycle was whole (then every decision carries its position).
+"""
+
+from __future__ import annotations
+
+import bisect
+import gc
+import heapq
+import math
+import operator
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from itertools import compress
+
+from ..guarantee import Tenants
+from ..inventory import Inventory, LayoutMemo, _beyond, _same_shape, whole
+from ..model import Action, CycleResult, Decision, GpuNode, PlacementEntry, Preemption, Snapshot, Workload
+from .chains import IMPROVE_PASSES, SWAP_UP_TO_NODES, improve_by_swaps
+from .choose import choose_pass
+from .cycle import EPSILON, Admission, Candidate, Cycle, PassResult, Victim, new_pass, number_or
+from .messages import finalize
+from .passes import ALL_ORDERS_UP_TO, MAX_PREEMPTION_ATTEMPTS_PER_PASS, order_keys, run_pass
+from .prepare import Ranker, prepare, timeout_rejection, victim_of, victim_order
+
+# More changes than this in one cycle (or a tenth of the queue, whichever is larger): a whole
+# cycle, which then costs about what the changes would.
+MAX_CHANGES = 1_000
+
+
+@dataclass(frozen=True, slots=True)
+class Changes:
+    """What changed since the snapshot last given to the engine, told by a caller that knows it
+    (the operator's watch events, a replay's own events), so the engine need not compare every
+    workload: by key, the workload's object in the new snapshot, or None when it is no longer
+    there -- for pending and for holding workloads apart. Every key whose object was added,
+    replaced or removed must be listed (a workload admitted last cycle that now runs: gone from
+    ``pending``, new in ``holding``); objects not listed are taken to be the very ones of the
+    last snapshot. Nodes and pods' GPUs are still compared by the engine (by identity, cheap)."""
+
+    pending: Mapping[str, Workload | None] = field(default_factory=dict)
+    holding: Mapping[str, Workload | None] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class _State:
+    """What a cycle leaves for the next (see the module docstring)."""
+
+    snapshot: Snapshot
+    ranker: Ranker
+    inventory: Inventory  # free capacity of ``snapshot`` less the last cycle's admissions
+    training_cap: dict[str, int]
+    reserve_gpus: dict[str, int]
+    training_used: dict[str, int]
+    pending: dict[str, Workload]
+    holding: dict[str, Workload]
+    pending_ids: dict[int, Workload]  # by id(): the snapshot's own objects, compared by identity first
+    holding_ids: dict[int, Workload]
+    pending_idset: set[int]  # the same ids as a set, for set differences at C speed
+    holding_idset: set[int]
+    reservations: dict[int, dict[str, list]]  # node index -> holding key -> its placement entries there
+    queue: list[tuple]  # rank_order keys of the queued workloads, sorted
+    queued: dict[str, Candidate]  # by key
+    by_kind: dict[int, list[tuple]]  # kind -> rank_order keys of its queued workloads, sorted
+    deadlines: list[tuple[float, str]]  # (queued_since + limit, key), a heap; stale entries skipped
+    victims: dict[str, list[Victim]]  # product -> victims, cheapest loss first
+    victim_of_key: dict[str, Victim]
+    not_yet_victims: list[tuple[float, str]]  # (admitted_at + min runtime, key), a heap
+    decided: dict[str, tuple]  # key -> (action, reason, placement) last decided
+    admitted: set[str] = field(default_factory=set)  # admitted by the last cycle
+    # The last cycle's admissions are taken from ``inventory`` (and counted in the training GPUs)
+    # until a snapshot shows them: their nodes are recomputed next cycle, whatever it shows.
+    assumed_nodes: set[int] = field(default_factory=set)
+    assumed_training: dict[str, int] = field(default_factory=dict)
+    kinds_by_pool: dict[int, set[int]] = field(default_factory=dict)  # see _kinds_index
+    kinds_by_product: dict[str, set[int]] = field(default_factory=dict)
+    kinds_indexed: int = 0
+    needing_kinds: set[int] = field(default_factory=set)  # kinds that need more than GPUs of a node
+
+
+class IncrementalEngine:
+    """One engine kept for the life of a caller (the operator, a replay); see the module docstring."""
+
+    def __init__(self) -> None:
+        self._layouts = LayoutMemo()
+        self._state: _State | None = None
+        self.last_full = False
+        self.last_full_reason = ""  # why the last whole cycle ran
+        self.full_cycles = 0
+        self.incremental_cycles = 0
+        self._changed_positions: list[int] = []  # nodes (by position) whose object changed, from _why_whole
+
+    # --- the queue, served -----------------------------------------------------
+
+    def queue_position(self, key: str) -> int | None:
+        """1-based position of a queued workload in the ranked queue, None when it is not queued."""
+        state = self._state
+        candidate = state.queued.get(key) if state is not None else None
+        if state is None or candidate is None:
+            return None
+        return bisect.bisect_left(state.queue, candidate.order) + 1
+
+    def queued(self) -> Iterator[str]:
+        """The queued workloads' keys, best-ranked first."""
+        if self._state is not None:
+            for order in self._state.queue:
+                yield order[2]
+
+    def __len__(self) -> int:
+        return 0 if self._state is None else len(self._state.queue)
+
+    # --- cycles -------------------------------------------------------------------
+
+    def decide(self, snapshot: Snapshot, changes: Changes | None = None) -> CycleResult:
+        """The cycle for this snapshot: incremental when the state allows, else whole.
+
+        ``changes``: what the caller knows changed since the snapshot it gave last (see
+        ``Changes``); None: the engine compares the snapshots itself (O(workloads), at C speed)."""
+        collecting = gc.isenabled()
+        gc.disable()  # as decide() does: a cycle allocates much and frees little
+        try:
+            state = self._state
+            why = self._why_whole(state, snapshot) if state is not None else "first cycle"
+            if why is None and state is not None:
+                result = self._incremental(state, snapshot, changes)
+                if isinstance(result, CycleResult):
+                    self.last_full = False
+                    self.incremental_cycles += 1
+                    return result
+                why = result
+            return self._whole(snapshot, why or "asked")
+        finally:
+            if collecting:
+                gc.enable()
+
+    def full(self, snapshot: Snapshot, why: str = "asked") -> CycleResult:
+        """A whole cycle (resync), the state rebuilt from it."""
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            return self._whole(snapshot, why)
+        finally:
+            if collecting:
+                gc.enable()
+
+    def _whole(self, snapshot: Snapshot, why: str) -> CycleResult:
+        self.last_full, self.last_full_reason = True, why
+        self.full_cycles += 1
+        self._state = None
+        cycle = prepare(snapshot, self._layouts)
+        best = choose_pass(cycle)
+        result = finalize(cycle, best)
+        if isinstance(cycle.ranker, Ranker) and cycle.tenants is None:
+            self._state = _keep(snapshot, cycle, best.admitted, result)
+        return result
+
+    def _why_whole(self, state: _State, snapshot: Snapshot) -> str | None:
+        last = state.snapshot
+        policy = snapshot.policy
+        if policy is not last.policy and policy != last.policy:
+            return "policy changed"
+        if policy.max_queued_per_namespace is not None:
+            return "a queue limit per namespace"
+        if snapshot.quotas and Tenants.of(snapshot, state.inventory) is not None:
+            return "GPUQuotas"
+        if snapshot.nodes is not last.nodes:
+            if len(snapshot.nodes) != len(last.nodes):
+                return "nodes added or removed"
+            if state.inventory.layout.index_of_position is None:
+                return "duplicate node names"
+            self._changed_positions = list(compress(range(len(snapshot.nodes)), map(operator.is_not, snapshot.nodes, last.nodes)))
+            for position in self._changed_positions:
+                if not _same_shape(snapshot.nodes[position], last.nodes[position]):
+                    return "a node changed shape"
+        else:
+            self._changed_positions = []
+        return None
+
+    def _incremental(self, state: _State, snapshot: Snapshot, changes: Changes | None) -> CycleResult | str:
+        """One incremental cycle, or why it must be whole (state untouched then, it is rebuilt)."""
+        last = state.snapshot
+        now = snapshot.now
+        inventory = state.inventory
+        # --- what changed --------------------------------------------------------
+        if changes is None:
+            pending_diff = _compare(state.pending, state.pending_ids, state.pending_idset, snapshot.pending)
+            holding_diff = _compare(state.holding, state.holding_ids, state.holding_idset, snapshot.holding)
+        else:
+            pending_diff = _told(state.pending, state.pending_ids, state.pending_idset, changes.pending)
+            holding_diff = _told(state.holding, state.holding_ids, state.holding_idset, changes.holding)
+        if pending_diff is None or holding_diff is None:
+            return "a workload listed twice"
+        pending, pending_ids, pending_idset, arrived, left_objects = pending_diff
+        holding, holding_ids, holding_idset, taken, released = holding_diff
+        left = [w.key for w in left_objects]
+        # Ours, admitted last cycle, yet still pending (the caller has not applied it): decided again.
+        arrived += [pending[key] for key in sorted(state.admitted) if key in pending and key not in {w.key for w in arrived}]
+        limit = max(MAX_CHANGES, len(state.queue) // 10)
+        # Our admissions starting to run and our rejections leaving are what the last cycle expected.
+        expected = sum(1 for key in left if key in state.admitted or state.decided.get(key, (None,))[0] is Action.REJECT)
+        expected += sum(1 for w in taken if w.key in state.admitted)
+        if len(arrived) + len(left) + len(released) + len(taken) - expected > limit:
+            return "many changes at once"
+        touched_nodes: set[int] = set()
+        positions = inventory.layout.index_of_position
+        if positions is None:
+            return "duplicate node names"
+        touched_nodes.update(positions[position] for position in self._changed_positions)
+        own_changed = _changed_keys(last.gpus_of_own_pods, snapshot.gpus_of_own_pods)
+        own_changed |= _changed_keys(last.resources_of_own_pods, snapshot.resources_of_own_pods)
+        for _, node in own_changed:
+            index = inventory.index_by_name.get(node)
+            if index is not None:
+                touched_nodes.add(index)
+        # --- holding: reservations, training GPUs, victims ------------------------------
+        training_before = dict(state.training_used)
+        for product, gpus in state.assumed_training.items():
+            training_before[product] = training_before.get(product, 0) + gpus
+        touched_nodes |= state.assumed_nodes
+        changed_victims = {key for key, _ in own_changed}
+        for workload in released:
+            _hold(state, workload, -1)
+            touched_nodes.update(_node_indices(inventory, workload))
+            changed_victims.add(workload.key)
+        for workload in taken:
+            _hold(state, workload, +1)
+            touched_nodes.update(_node_indices(inventory, workload))
+            changed_victims.add(workload.key)
+        state.pending, state.pending_ids, state.holding, state.holding_ids = pending, pending_ids, holding, holding_ids
+        state.pending_idset, state.holding_idset = pending_idset, holding_idset
+        state.snapshot = snapshot
+        state.admitted, state.assumed_nodes, state.assumed_training = set(), set(), {}
+        newly_victims: list[Victim] = []
+        if snapshot.policy.preemption.enabled:
+            for key in sorted(changed_victims):
+                was = state.victim_of_key.get(key)
+                _set_victim(state, snapshot, holding.get(key), key)
+                now_victim = state.victim_of_key.get(key)
+                if now_victim is not None and now_victim != was:  # a victim new (or changed) for the queue
+                    newly_victims.append(now_victim)
+            waiting = state.not_yet_victims
+            while waiting and waiting[0][0] <= now:  # old enough to preempt now
+                _, key = heapq.heappop(waiting)
+                if key in holding and key not in state.victim_of_key:
+                    _set_victim(state, snapshot, holding[key], key)
+                    if key in state.victim_of_key:
+                        newly_victims.append(state.victim_of_key[key])
+        # --- free capacity, node by node ---------------------------------------------
+        touched_pools: set[int] = set()
+        node_at = inventory.layout.position_of_index if touched_nodes else []
+        for index in sorted(touched_nodes):
+            if _refresh_node(state, snapshot, index, snapshot.nodes[node_at[index]]):
+                pool = inventory.pool_of[index]
+                if pool >= 0:
+                    touched_pools.add(pool)
+        reserve_freed = {p for p, used in training_before.items() if state.training_used.get(p, 0) < used}
+        if inventory.stale_entries() > 2 * len(inventory.nodes) + 64:
+            inventory.rebucket()  # the lazily deleted heap entries, dropped before every pass copies them
+        # --- the queue ---------------------------------------------------------------------
+        decisions: list[Decision] = []
+        for key in left:
+            _unqueue(state, key)
+        new_keys: set[str] = set()
+        for workload in arrived:
+            _unqueue(state, workload.key)
+            new_keys.add(workload.key)
+            made = state.ranker.candidate(workload, now)
+            if isinstance(made, Decision):
+                decisions.append(made)
+            elif made.rejection is not None:
+                decisions.append(made.rejection)
+            else:
+                _enqueue(state, made)
+        while state.deadlines and state.deadlines[0][0] < now:
+            _, key = heapq.heappop(state.deadlines)
+            candidate = state.queued.get(key)
+            if candidate is None:
+                continue
+            workload = candidate.workload
+            waited = max(0.0, now - number_or(workload.queued_since, now))
+            limit_s = number_or(workload.max_queue_seconds, math.inf)
+            if waited > limit_s:
+                _unqueue(state, key)
+                decisions.append(timeout_rejection(workload, waited, limit_s, candidate.best_margin))
+        # --- the passes, walking only the kinds this change can affect ------------------------
+        preemptions: tuple[Preemption, ...] = ()
+        streams = _Streams(state, now)
+        streams.activate(new_keys, touched_pools, reserve_freed, newly_victims)
+        if streams.active:
+            cycle = Cycle(
+                snapshot=snapshot,
+                policy=snapshot.policy,
+                inventory=inventory,
+                ranked=[],
+                static_rejections=[],
+                invalid=[],
+                training_cap=state.training_cap,
+                reserve_gpus=state.reserve_gpus,
+                training_used=dict(state.training_used),
+                victims_by_product=state.victims if snapshot.policy.preemption.enabled else {},
+                cheapest_victim_margin=streams.cheapest_victim or {p: min(v.margin for v in vs) for p, vs in state.victims.items() if vs},
+                ranker=state.ranker,
+            )
+            best, seen = _choose_lazily(cycle, streams)
+            cycle.ranked = sorted(seen, key=lambda c: c.rank)
+            for candidate in cycle.ranked:
+                admission = best.admitted.get(candidate.rank)
+                if admission is not None:
+                    _unqueue(state, candidate.workload.key)
+                    _assume(state, candidate, admission.option.product, admission.placement)
+            queue, queued = state.queue, state.queued
+
+            def position_of(candidate: Candidate) -> int:
+                return bisect.bisect_left(queue, candidate.order) + 1 if candidate.workload.key in queued else 0
+
+            outcome = finalize(cycle, best, position_of)
+            decisions.extend(outcome.decisions)
+            preemptions = outcome.preemptions
+        if snapshot.invalid is not last.invalid and snapshot.invalid != last.invalid:
+            known = set(last.invalid)
+            decisions.extend(Decision.invalid(item) for item in snapshot.invalid if item not in known)
+        changed = []
+        for decision in decisions:
+            summary = (decision.action, decision.reason, decision.placement)
+            if decision.key in new_keys or state.decided.get(decision.key) != summary or decision.action is not Action.QUEUE:
+                changed.append(decision)
+            state.decided[decision.key] = summary
+        for key in left:
+            if key not in pending:
+                state.decided.pop(key, None)
+        return CycleResult(decisions=tuple(changed), preemptions=preemptions)
+
+
+# --- building the state after a whole cycle ---------------------------------------------
+
+
+def _keep(snapshot: Snapshot, cycle: Cycle, admitted: Mapping[int, Admission], result: CycleResult) -> _State | None:
+    assert isinstance(cycle.ranker, Ranker)
+    queued_keys = {d.key for d in result.decisions if d.action is Action.QUEUE}
+    state = _State(
+        snapshot=snapshot,
+        ranker=cycle.ranker,
+        inventory=cycle.inventory,
+        training_cap=cycle.training_cap,
+        reserve_gpus=cycle.reserve_gpus,
+        training_used=dict(cycle.training_used),
+        pending={},
+        holding={},
+        pending_ids={id(w): w for w in snapshot.pending},
+        holding_ids={id(w): w for w in snapshot.holding},
+        pending_idset=set(map(id, snapshot.pending)),
+        holding_idset=set(map(id, snapshot.holding)),
+        reservations={},
+        queue=[],
+        queued={},
+        by_kind={},
+        deadlines=[],
+        victims={},
+        victim_of_key={},
+        not_yet_victims=[],
+        decided={d.key: (d.action, d.reason, d.placement) for d in result.decisions},
+    )
+    for candidate in cycle.ranked:
+        admission = admitted.get(candidate.rank)
+        if admission is not None:
+            _assume(state, candidate, admission.option.product, admission.placement)
+    for workload in snapshot.pending:
+        if state.pending.setdefault(workload.key, workload) is not workload:
+            return None  # duplicate keys: every cycle whole
+    for workload in snapshot.holding:
+        if state.holding.setdefault(workload.key, workload) is not workload:
+            return None
+        for entry in workload.placement:
+            index = cycle.inventory.index_by_name.get(entry.node)
+            if index is not None:
+                state.reservations.setdefault(index, {}).setdefault(workload.key, []).append(entry)
+    for candidate in cycle.ranked:
+        if candidate.rejection is None and candidate.workload.key in queued_keys and candidate.workload.key not in state.queued:
+            _enqueue(state, candidate, sort=False)
+    state.queue.sort()
+    for orders in state.by_kind.values():
+        orders.sort()
+    if snapshot.policy.preemption.enabled:
+        state.victims = {product: list(victims) for product, victims in cycle.victims_by_product.items()}
+        state.victim_of_key = {v.key: v for victims in state.victims.values() for v in victims}
+        min_runtime = number_or(snapshot.policy.preemption.min_runtime_seconds, 0.0)
+        for key, workload in state.holding.items():
+            if workload.preemptible and workload.admitted_at is not None and key not in state.victim_of_key:
+                if snapshot.now - workload.admitted_at < min_runtime:
+                    state.not_yet_victims.append((workload.admitted_at + min_runtime, key))
+        heapq.heapify(state.not_yet_victims)
+    return state
+
+
+def _assume(state: _State, candidate: Candidate, product: str, placement: tuple[PlacementEntry, ...]) -> None:
+    """Take an admission's capacity until a snapshot shows it (see ``_State.assumed_nodes``)."""
+    state.admitted.add(candidate.workload.key)
+    state.inventory.take(placement)
+    state.assumed_nodes.update(_node_indices(state.inventory, candidate.workload, placement))
+    if candidate.is_training:
+        state.assumed_training[product] = state.assumed_training.get(product, 0) + candidate.workload.total_gpus
+
+
+# --- the queue ---------------------------------------------------------------------------
+
+
+def _enqueue(state: _State, candidate: Candidate, sort: bool = True) -> None:
+    key = candidate.workload.key
+    state.queued[key] = candidate
+    orders = state.by_kind.setdefault(candidate.kind, [])
+    if sort:
+        bisect.insort(state.queue, candidate.order)
+        bisect.insort(orders, candidate.order)
+    else:
+        state.queue.append(candidate.order)
+        orders.append(candidate.order)
+    workload = candidate.workload
+    if workload.max_queue_seconds is not None:
+        deadline = number_or(workload.queued_since, state.snapshot.now) + number_or(workload.max_queue_seconds, math.inf)
+        if math.isfinite(deadline):
+            heapq.heappush(state.deadlines, (deadline, key))
+
+
+def _unqueue(state: _State, key: str) -> None:
+    candidate = state.queued.pop(key, None)
+    if candidate is None:
+        return
+    for orders in (state.queue, state.by_kind[candidate.kind]):
+        at = bisect.bisect_left(orders, candidate.order)
+        if at < len(orders) and orders[at] == candidate.order:
+            del orders[at]
+
+
+class _Below:
+    """Ranks that may try preemption: those within the whole cycle's attempt budget (a rank here
+    is the queue position, counted from 0)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+
+    def __contains__(self, rank: object) -> bool:
+        return isinstance(rank, int) and rank < self.limit
+
+
+class _Streams:
+    """Each placement order of a whole cycle, walked kind by kind over the kinds a change can
+    affect, without looking at the rest of the queue.
+
+    In every order the members of one kind come in rank order (``passes.ORDER_KEYS``), have the same
+    options and fit or fail alike, and free capacity only shrinks during a pass except where it
+    preempts: so a kind is walked from its best-ranked member while its members get in, and left
+    at the first that does not (its new members are still tried, for their decisions). A kind
+    comes in when it may use what the change freed (its pools or its product's inference reserve),
+    a new victim, or -- mid-pass -- what a preemption freed on one of its products (from its first
+    member after the preemptor in that order: those before it were tried, and failed, already).
+    A kind whose members fit nowhere now and cannot preempt is left out from the start. A
+    candidate's rank is its queue position, so ranks keep the queue's order."""
+
+    def __init__(self, state: _State, now: float) -> None:
+        self.state = state
+        self.now = now
+        self.active: set[int] = set()
+        self.startable: set[int] = set()  # active kinds whose best-ranked member may get in
+        self.new_in_kind: dict[int, list[int]] = {}  # kind -> indexes (in by_kind) of its new members
+        self.ready: dict[str, Candidate] = {}  # candidates given a rank and an effective margin this cycle
+        self.by_pool, self.by_product = _kinds_index(state)
+        policy = state.snapshot.policy
+        self.preempting = bool(policy.preemption.enabled) and any(state.victims.values())
+        self.gain = number_or(policy.preemption.min_margin_gain_per_gpu_hour, 0.0)
+        self.signatures: dict[int, tuple] = {}
+        self.fit_memo: dict[tuple, tuple[object, bool]] = {}
+        self.cheapest_victim = {p: min(v.margin for v in vs) for p, vs in state.victims.items() if vs} if self.preempting else {}
+
+    def candidate(self, order: tuple) -> Candidate:
+        candidate = self.ready.get(order[2])
+        if candidate is None:
+            state = self.state
+            candidate = self.ready[order[2]] = state.queued[order[2]]
+            candidate.rank = bisect.bisect_left(state.queue, order)
+            waited = max(0.0, self.now - number_or(candidate.workload.queued_since, self.now))
+            candidate.effective_margin = candidate.best_margin + state.ranker.aging * waited / 3600.0
+        return candidate
+
+    def activate(self, new_keys: set[str], touched_pools: set[int], reserve_freed: set[str], newly_victims: list[Victim]) -> None:
+        state = self.state
+        for key in new_keys:
+            candidate = state.queued.get(key)
+            if candidate is not None:
+                orders = state.by_kind[candidate.kind]
+                self.new_in_kind.setdefault(candidate.kind, []).append(bisect.bisect_left(orders, candidate.order))
+        for indexes in self.new_in_kind.values():
+            indexes.sort()
+        kinds: set[int] = set()
+        for pool in touched_pools:
+            kinds.update(self.by_pool.get(pool, ()))
+        for product in reserve_freed | {v.product for v in newly_victims}:
+            kinds.update(self.by_product.get(product, ()))
+        if self.preempting:
+            # Preemption for a workload that needs more than GPUs counts victims by GPUs and checks
+            # the need on placing: an admission elsewhere can turn its failure into a success (more
+            # victims chosen), so such kinds try again every cycle while they may preempt.
+            kinds.update(state.needing_kinds)
+        for kind in kinds | set(self.new_in_kind):
+            if state.by_kind.get(kind) and (self._may_fit(kind) or self._may_preempt(kind)):
+                self.startable.add(kind)
+        self.active = self.startable | set(self.new_in_kind)
+
+    def _may_fit(self, kind: int, inventory: Inventory | None = None, training_used: Mapping[str, int] | None = None,
+                 version: object = None) -> bool:
+        """Whether a member of the kind fits in free capacity now (by default: the state's).
+        ``version`` names the capacity's state (it changes only with an admission): kinds alike in
+        demand and pools share the answer while it holds."""
+        state = self.state
+        signature = self.signatures.get(kind)
+        if signature is None:
+            head = state.queued[state.by_kind[kind][0][2]]
+            workload = head.workload
+            signature = self.signatures[kind] = (
+                tuple((o.product, o.pools, o.need) for o in state.ranker.options_of_kind[kind]),
+                workload.gpus_per_replica, workload.replicas, head.is_training,
+            )
+        known = self.fit_memo.get(signature)
+        if known is not None and known[0] == version:
+            return known[1]
+        inventory = inventory if inventory is not None else state.inventory
+        training_used = training_used if training_used is not None else state.training_used
+        options, g, replicas, is_training = signature
+        total = g * replicas
+        fits = False
+        for product, pools, need in options:
+            cap = state.training_cap.get(product)
+            if is_training and cap is not None and training_used.get(product, 0) + total > cap:
+                continue  # training never into the inference reserve
+            if inventory.fits(pools, g, replicas, need):
+                fits = True
+                break
+        self.fit_memo[signature] = (version, fits)
+        return fits
+
+    def _may_enter(self, kind: int, result: PassResult) -> bool:
+        """Whether the kind's next member may get in during this pass, as capacity is now."""
+        version = (id(result), len(result.admitted))
+        return self._may_fit(kind, result.inventory, result.training_used, version) or self._may_preempt(kind)
+
+    def _may_preempt(self, kind: int) -> bool:
+        if not self.preempting:
+            return False
+        state = self.state
+        if self.candidate(state.by_kind[kind][0]).rank >= MAX_PREEMPTION_ATTEMPTS_PER_PASS:
+            return False
+        cheapest = self.cheapest_victim
+        return any(
+            option.product in cheapest and cheapest[option.product] <= option.margin - self.gain + EPSILON
+            for option in state.ranker.options_of_kind[kind]
+        )
+
+    def walk(self, key: Callable[[Candidate], tuple], result: PassResult, seen: dict[str, Candidate]) -> Iterator[Candidate]:
+        """One order: the active kinds' members, merged by ``key``, as the pass admits them."""
+        state = self.state
+        heap: list[tuple[tuple, int, int]] = []  # (key, kind, index); an entry not in ``at`` is stale
+        at: dict[int, int] = {}  # kind -> index of its member in the heap
+
+        def push(kind: int, index: int) -> None:
+            orders = state.by_kind[kind]
+            if index >= len(orders):
+                return
+            # A member that cannot fit now (nor preempt) fails at its turn, capacity only
+            # shrinking until then: skipped, unless it is new and needs its decision.
+            if not self._may_enter(kind, result):
+                later = [i for i in self.new_in_kind.get(kind, ()) if i >= index]
+                if not later:
+                    return
+                index = later[0]
+            at[kind] = index
+            heapq.heappush(heap, (key(self.candidate(orders[index])), kind, index))
+
+        for kind in sorted(self.active):
+            if kind in self.startable:
+                push(kind, 0)
+            elif kind in self.new_in_kind:
+                push(kind, self.new_in_kind[kind][0])
+        while heap:
+            position, kind, index = heapq.heappop(heap)
+            if at.get(kind) != index:
+                continue  # replaced by an earlier member (see _reopen)
+            del at[kind]
+            if index not in self.new_in_kind.get(kind, ()) and not self._may_enter(kind, result):
+                # Others took what it could have used since it was pushed: it fails at its turn.
+                later = [i for i in self.new_in_kind.get(kind, ()) if i > index]
+                if later:
+                    push(kind, later[0])
+                continue
+            candidate = self.candidate(state.by_kind[kind][index])
+            seen[candidate.workload.key] = candidate
+            yield candidate
+            admission = result.admitted.get(candidate.rank)
+            if admission is not None:
+                push(kind, index + 1)
+                if admission.victims:
+                    self._reopen(admission.victims, key, position, at, push, result)
+            else:  # the rest of the kind fails too: only its new members still need a decision
+                later = [i for i in self.new_in_kind.get(kind, ()) if i > index]
+                if later:
+                    push(kind, later[0])
+
+    def _reopen(self, victims: tuple[Victim, ...], key: Callable[[Candidate], tuple], position: tuple,
+                at: dict[int, int], push: Callable[[int, int], None], result: PassResult) -> None:
+        """A preemption freed capacity (and, for training victims, reserve room) on a product: every
+        kind that may use it walks on, from its first member after ``position`` in this order."""
+        state = self.state
+        kinds: set[int] = set()
+        for product in {v.product for v in victims}:
+            kinds.update(self.by_product.get(product, ()))
+        for kind in sorted(kinds):
+            orders = state.by_kind.get(kind)
+            if not orders or not self._may_enter(kind, result):
+                continue
+            low, high = 0, len(orders)
+            while low < high:  # members of a kind are in rank order in every order
+                middle = (low + high) // 2
+                if key(self.candidate(orders[middle])) <= position:
+                    low = middle + 1
+                else:
+                    high = middle
+            if at.get(kind, len(orders)) > low:  # not waiting already with that member or an earlier one
+                push(kind, low)
+
+
+def _choose_lazily(cycle: Cycle, streams: _Streams) -> tuple[PassResult, list[Candidate]]:
+    """``choose_pass`` for the incremental cycle: the same orders, passes, choice and chains, each
+    order walked by ``streams``; the pass chosen and the candidates it decides."""
+    state = streams.state
+    allow_preemption = bool(cycle.policy.preemption.enabled) and any(cycle.victims_by_product.values())
+    budget = _Below(MAX_PREEMPTION_ATTEMPTS_PER_PASS)
+    runs: list[tuple[PassResult, dict[str, Candidate]]] = []
+    queue_length = len(state.queue)
+    for key in order_keys(queue_length, queue_length <= ALL_ORDERS_UP_TO):
+        result = new_pass(cycle)
+        seen: dict[str, Candidate] = {}
+        run_pass(cycle, streams.walk(key, result, seen), allow_preemption, budget, result)
+        runs.append((result, seen))
+        if _unbeatable(result, seen, queue_length):
+            break
+    runs.sort(key=lambda run: -run[0].value)  # ties keep the earlier order
+    chains = (not allow_preemption and not cycle.training_cap and len(cycle.inventory.nodes) <= SWAP_UP_TO_NODES
+              and not _unbeatable(*runs[0], queue_length))  # improve_by_swaps's own conditions
+    if chains:  # the ejection chains look at what the walks met (a whole cycle: the whole queue)
+        everyone: dict[str, Candidate] = {}
+        for _, seen in runs:
+            everyone.update(seen)
+        cycle.ranked = sorted(everyone.values(), key=lambda c: c.rank)
+        for result, _ in runs[:IMPROVE_PASSES]:
+            improve_by_swaps(cycle, result)
+    best_result, best_seen = runs[0]
+    for result, seen in runs[1:]:
+        if result.value > best_result.value + EPSILON:
+            best_result, best_seen = result, seen
+    # Decided: what the chosen pass met, and what the chains let in from the other walks.
+    return best_result, [c for c in cycle.ranked if c.workload.key in best_seen or c.rank in best_result.admitted] if chains else list(best_seen.values())
+
+
+def _unbeatable(result: PassResult, seen: dict[str, Candidate], queue_length: int) -> bool:
+    """``passes.is_unbeatable`` over the whole queue: every queued workload admitted on its best product."""
+    return len(result.admitted) == queue_length and all(
+        a.option is c.options[0] and not a.victims for c in seen.values() for a in (result.admitted[c.rank],)
+    )
+
+
+def _kinds_index(state: _State) -> tuple[dict[int, set[int]], dict[str, set[int]]]:
+    """Kinds by the pools and the products of their options (kinds are numbered as the ranker
+    meets them: the index grows by the new ones)."""
+    options_of_kind = state.ranker.options_of_kind
+    by_pool, by_product = state.kinds_by_pool, state.kinds_by_product
+    for kind in range(state.kinds_indexed, len(options_of_kind)):
+        if any(option.need is not None for option in options_of_kind[kind]):
+            state.needing_kinds.add(kind)
+        for option in options_of_kind[kind]:
+            by_product.setdefault(option.product, set()).add(kind)
+            for pool in option.pools:
+                by_pool.setdefault(pool, set()).add(kind)
+    state.kinds_indexed = len(options_of_kind)
+    return by_pool, by_product
+
+
+# --- holding workloads and free capacity --------------------------------------------------
+
+
+def _hold(state: _State, workload: Workload, sign: int) -> None:
+    """Add (+1) or remove (-1) a holding workload's reservations and training GPUs."""
+    inventory = state.inventory
+    for entry in workload.placement:
+        index = inventory.index_by_name.get(entry.node)
+        if index is None:
+            continue
+        on_node = state.reservations.setdefault(index, {})
+        if sign > 0:
+            on_node.setdefault(workload.key, []).append(entry)
+        else:
+            on_node.pop(workload.key, None)
+        if workload.workload_class != "inference":
+            product = inventory.nodes[index].product
+            state.training_used[product] = state.training_used.get(product, 0) + sign * whole(entry.gpus)
+
+
+def _node_indices(inventory: Inventory, workload: Workload, placement: tuple[PlacementEntry, ...] | None = None) -> list[int]:
+    entries = workload.placement if placement is None else placement
+    return [i for i in (inventory.index_by_name.get(e.node) for e in entries) if i is not None]
+
+
+def _refresh_node(state: _State, snapshot: Snapshot, index: int, node: GpuNode) -> bool:
+    """Recompute a node's free GPUs and resources from the snapshot (as ``Inventory`` does for
+    every node); True when something was freed."""
+    inventory = state.inventory
+    name = inventory.nodes[index].name
+    own_gpus, own_resources = snapshot.gpus_of_own_pods, snapshot.resources_of_own_pods
+    raw = inventory.allocatable[index] - whole(node.gpus_used_by_pods)
+    resources = dict(inventory.layout.resource_allocatable[index])
+    for resource, amount in node.resources_used_by_pods:
+        if resource in resources:
+            resources[resource] -= amount
+    for key, entries in state.reservations.get(index, {}).items():
+        gpus = sum(e.gpus if type(e.gpus) is int and e.gpus >= 0 else whole(e.gpus) for e in entries)
+        if own_gpus:
+            gpus = max(0, gpus - whole(own_gpus.get((key, name), 0)))
+        raw -= gpus
+        for entry in entries:
+            if entry.resources:
+                for resource, amount in _beyond(entry.resources, own_resources.get((key, name), ())):
+                    if resource in resources:
+                        resources[resource] -= amount
+    freed = raw > inventory.raw_free[index]
+    if raw != inventory.raw_free[index]:
+        inventory.adjust(index, raw - inventory.raw_free[index])
+    current = inventory.resource_free[index]
+    delta = tuple((r, a - current.get(r, 0)) for r, a in resources.items() if a != current.get(r, 0))
+    if delta:
+        freed = freed or any(a > 0 for _, a in delta)
+        inventory.adjust_resources(index, delta, 1)
+    return freed
+
+
+def _set_victim(state: _State, snapshot: Snapshot, workload: Workload | None, key: str) -> None:
+    """Bring the victim lists up to date for one holding workload (None: it left)."""
+    old = state.victim_of_key.pop(key, None)
+    if old is not None:
+        victims = state.victims[old.product]
+        at = bisect.bisect_left(victims, victim_order(old), key=victim_order)
+        while at < len(victims) and victims[at].key != key:
+            at += 1
+        if at < len(victims):
+            del victims[at]
+    if workload is None or workload.admitted_at is None:
+        return
+    min_runtime = number_or(snapshot.policy.preemption.min_runtime_seconds, 0.0)
+    if snapshot.now - workload.admitted_at < min_runtime:
+        if workload.preemptible:
+            heapq.heappush(state.not_yet_victims, (workload.admitted_at + min_runtime, key))
+        return
+    victim = victim_of(snapshot, state.inventory, state.ranker.margin, workload)
+    if victim is not None:
+        state.victim_of_key[key] = victim
+        bisect.insort(state.victims.setdefault(victim.product, []), victim, key=victim_order)
+
+
+_Diff = tuple[dict[str, Workload], dict[int, Workload], set[int], list[Workload], list[Workload]]
+
+
+def _compare(by_key: dict[str, Workload], by_id: dict[int, Workload], known: set[int], workloads: tuple[Workload, ...]) -> _Diff | None:
+    """(by key, by id, ids, arrived, left) against the last cycle's objects, or None when a key or an
+    object is listed twice. By identity first, at C speed (set differences of ids, which stay
+    valid: the last snapshot keeps its objects alive): a caller that keeps its objects between
+    cycles costs that; one that parses afresh pays an equality test per object it replaced.
+    ``by_key`` and ``by_id`` are changed in place (on None the state is rebuilt anyway)."""
+    ids = set(map(id, workloads))
+    if len(ids) != len(workloads):
+        return None
+    added_ids = ids - known
+    removed_ids = known - ids
+    if not added_ids and not removed_ids:
+        return by_key, by_id, ids, [], []
+    added = list(compress(workloads, map(added_ids.__contains__, map(id, workloads)))) if added_ids else []
+    removed = [by_id.pop(i) for i in removed_ids]
+    gone = {w.key: w for w in removed}
+    for workload in removed:
+        del by_key[workload.key]
+    arrived: list[Workload] = []
+    for workload in sorted(added, key=lambda w: w.key):
+        key = workload.key
+        if key in by_key:
+            return None
+        by_key[key] = workload
+        by_id[id(workload)] = workload
+        if gone.get(key) != workload:
+            arrived.append(workload)
+        else:
+            del gone[key]  # replaced by an equal object: no change
+    left = sorted(gone.values(), key=lambda w: w.key)
+    return by_key, by_id, ids, arrived, left
+
+
+def _told(by_key: dict[str, Workload], by_id: dict[int, Workload], known: set[int], changed: Mapping[str, Workload | None]) -> _Diff:
+    """``_compare`` from what the caller says changed (key -> the object now, None: gone)."""
+    arrived: list[Workload] = []
+    left: list[Workload] = []
+    for key in sorted(changed):
+        new, old = changed[key], by_key.get(key)
+        if new is old:
+            continue
+        if old is not None:
+            del by_key[key]
+            by_id.pop(id(old), None)
+            known.discard(id(old))
+        if new is not None:
+            by_key[key] = new
+            by_id[id(new)] = new
+            known.add(id(new))
+            if old is not None and old == new:
+                continue
+            arrived.append(new)
+        if old is not None:
+            left.append(old)
+    return by_key, by_id, known, arrived, left
+
+
+def _changed_keys(old: Mapping, new: Mapping) -> set:
+    """Keys added, removed or changed between two mappings (values hashable: at C speed)."""
+    if old is new:
+        return set()
+    try:
+        return {key for key, _ in old.items() ^ new.items()}
+    except TypeError:  # a value that does not hash
+        changed = {key for key, value in new.items() if old.get(key) != value}
+        changed.update(key for key in old if key not in new)
+        return changed

@@ -1,0 +1,297 @@
+"""The incremental engine against whole cycles, on seeded random event sequences.
+
+After every event (a workload created or deleted, a running one finishing, time passing, a
+node added or removed) the incremental engine decides the new snapshot, and ``decide`` -- a whole
+cycle -- decides the same snapshot. Where the greedy rules determine the outcome (no ejection
+chains: clusters above ``SWAP_UP_TO_NODES`` nodes) every admission, placement, rejection and
+preemption must be identical, and so must the reason of every workload the incremental cycle
+decided and every queue position; on small clusters, where the chains' search runs on part of the
+queue only, the margin per hour of what runs must stay within 1% of the whole cycle's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+
+import pytest
+
+from gpuadmit.core.engine import Changes, IncrementalEngine, decide
+from gpuadmit.core.engine.chains import SWAP_UP_TO_NODES
+from gpuadmit.core.model import (
+    Action,
+    CycleResult,
+    Decision,
+    GpuNode,
+    Policy,
+    PreemptionRules,
+    Snapshot,
+    Taint,
+    Toleration,
+    Workload,
+)
+
+NOW = 1_800_000_000.0
+PRODUCTS = (("H100", 8, 81920, 2.4), ("A100", 8, 40960, 1.6), ("L4", 4, 23034, 0.7), ("T4", 1, 15360, 0.35))
+DEDICATED = Taint("dedicated", "inference", "NoSchedule")
+
+
+def policy(preemption: bool, reserve: float, aging: float) -> Policy:
+    return Policy(
+        gpu_cost_per_hour={p: cost for p, _, _, cost in PRODUCTS} | {"default": 1.0},
+        price_per_gpu_hour={"inference": 5.0, "training": 2.5},
+        tier_multipliers={"gold": 1.5, "bronze": 0.8},
+        inference_reserve_fraction=reserve,
+        preemption=PreemptionRules(enabled=preemption, min_runtime_seconds=600, min_margin_gain_per_gpu_hour=0.5),
+        aging_per_hour=aging,
+        default_max_queue_seconds=7200.0,
+    )
+
+
+GIB = 2**30
+
+
+def node(rng: random.Random, index: int, most_gpus: int = 8, resources: bool = False) -> GpuNode:
+    product, gpus, memory, _ = rng.choice(PRODUCTS)
+    gpus = min(gpus, most_gpus)
+    return GpuNode(
+        name=f"node-{index:05d}", allocatable=gpus, product=product, memory_mib=memory,
+        taints=(DEDICATED,) if rng.random() < 0.05 else (),
+        resources=(("cpu", gpus * 12_000), ("memory", gpus * 96 * GIB)) if resources else (),
+    )
+
+
+class World:
+    """The cluster the events change: what the operator's cache would hold."""
+
+    def __init__(self, rng: random.Random, nodes: int, rules: Policy, most_gpus: int, resources: bool = False) -> None:
+        self.rng = rng
+        self.policy = rules
+        self.now = NOW
+        self.most_gpus = most_gpus
+        self.resources = resources  # CPU and memory on nodes and workloads (issue 11's ledger)
+        self.nodes = {n.name: n for n in (node(rng, i, most_gpus, resources) for i in range(nodes))}
+        self.next_node = nodes
+        self.pending: dict[str, Workload] = {}
+        self.holding: dict[str, Workload] = {}
+        self.serial = 0
+
+    def snapshot(self) -> Snapshot:
+        own = {(w.key, e.node): e.gpus for w in self.holding.values() for e in w.placement}
+        own_resources = {(w.key, e.node): e.resources for w in self.holding.values() for e in w.placement if e.resources}
+        return Snapshot(
+            nodes=tuple(self.nodes.values()), holding=tuple(self.holding.values()),
+            pending=tuple(self.pending.values()), policy=self.policy, now=self.now, gpus_of_own_pods=own,
+            resources_of_own_pods=own_resources,
+        )
+
+    def new_workload(self) -> None:
+        rng = self.rng
+        self.serial += 1
+        inference = rng.random() < 0.4
+        gang = rng.random() < 0.1
+        created = self.now - rng.choice((0, 0, 60, 600))
+        gpus = min(self.most_gpus, rng.choice((4, 8)) if gang else rng.choice((1, 1, 1, 2, 4, 8)))
+        requests = (("cpu", gpus * rng.choice((4_000, 12_000, 16_000))), ("memory", gpus * rng.choice((32, 96, 128)) * GIB))
+        workload = Workload(
+            namespace=f"team-{rng.randint(0, 3)}", name=f"w-{self.serial:05d}",
+            requests=requests if self.resources else (),
+            gpus_per_replica=gpus,
+            replicas=rng.randint(2, 4) if gang else 1,
+            workload_class="inference" if inference else "training",
+            gpu_products=tuple(rng.sample([p for p, *_ in PRODUCTS], rng.randint(1, 2))) if rng.random() < 0.3 else (),
+            min_gpu_memory_mib=rng.choice((0, 0, 30000)),
+            preemptible=not inference,
+            max_queue_seconds=7200.0,
+            tier=rng.choice((None, "gold", "bronze")),
+            tolerations=(Toleration("dedicated", "Equal", "inference", "NoSchedule"),) if inference and rng.random() < 0.5 else (),
+            created_at=created, queued_since=created,
+        )
+        self.pending[workload.key] = workload
+
+    def apply(self, result: CycleResult) -> None:
+        """Admissions start running (their pods on the nodes), rejections leave, victims requeue."""
+        for preemption in result.preemptions:
+            victim = self.holding.pop(preemption.key)
+            self.pending[victim.key] = dataclasses.replace(victim, phase="Preempted", placement=(), admitted_at=None, queued_since=self.now)
+            self.use(victim, -1)
+        for decision in result.decisions:
+            workload = self.pending.get(decision.key)
+            if workload is None:
+                continue
+            if decision.action is Action.ADMIT:
+                del self.pending[decision.key]
+                running = dataclasses.replace(workload, phase="Running", placement=decision.placement, admitted_at=self.now)
+                self.holding[running.key] = running
+                self.use(running, +1)
+            elif decision.action is Action.REJECT:
+                del self.pending[decision.key]
+
+    def use(self, workload: Workload, sign: int) -> None:
+        """The workload's pods start (+1) or end (-1) on its nodes: GPUs and other resources used there."""
+        for entry in workload.placement:
+            n = self.nodes.get(entry.node)
+            if n is not None:
+                used = dict(n.resources_used_by_pods)
+                for resource, amount in entry.resources:
+                    used[resource] = used.get(resource, 0) + sign * amount
+                self.nodes[entry.node] = dataclasses.replace(
+                    n, gpus_used_by_pods=n.gpus_used_by_pods + sign * entry.gpus,
+                    resources_used_by_pods=tuple(sorted((r, a) for r, a in used.items() if a)),
+                )
+
+    def event(self) -> str:
+        rng = self.rng
+        roll = rng.random()
+        if roll < 0.45 or not (self.holding or self.pending):
+            for _ in range(rng.choice((1, 1, 1, 3))):
+                self.new_workload()
+            return "new"
+        if roll < 0.75 and self.holding:
+            finished = self.holding.pop(rng.choice(sorted(self.holding)))
+            self.use(finished, -1)
+            return "finished"
+        if roll < 0.85 and self.pending:
+            del self.pending[rng.choice(sorted(self.pending))]
+            return "deleted"
+        if roll < 0.95:
+            self.now += rng.choice((30.0, 300.0, 700.0, 3000.0))
+            return "time"
+        if roll < 0.975:
+            self.nodes[f"node-{self.next_node:05d}"] = node(rng, self.next_node, self.most_gpus, self.resources)
+            self.next_node += 1
+            return "node added"
+        empty = sorted(name for name, n in self.nodes.items() if not any(e.node == name for w in self.holding.values() for e in w.placement))
+        if empty:
+            del self.nodes[rng.choice(empty)]
+        return "node removed"
+
+
+def margin_per_hour(world: World, result: CycleResult) -> float:
+    """What runs after the result is applied earns, per hour (the engine's own objective)."""
+    preempted = {p.key for p in result.preemptions}
+    total = 0.0
+    running = [w for k, w in world.holding.items() if k not in preempted]
+    pending = world.pending
+    admitted = [(pending[d.key], d.placement) for d in result.decisions if d.action is Action.ADMIT and d.key in pending]
+    for workload, placement in [(w, w.placement) for w in running] + admitted:
+        for entry in placement:
+            product = world.nodes[entry.node].product
+            total += world.policy.margin_per_gpu_hour(workload.workload_class, workload.tier, product) * entry.gpus
+    return total
+
+
+def summary(decision: Decision) -> tuple:
+    return decision.action, decision.placement
+
+
+def told(before: Snapshot | None, after: Snapshot) -> Changes | None:
+    """What changed between two snapshots, as a caller that tracks its objects would tell it."""
+    if before is None:
+        return None
+
+    def diff(old: tuple[Workload, ...], new: tuple[Workload, ...]) -> dict[str, Workload | None]:
+        was, now = {w.key: w for w in old}, {w.key: w for w in new}
+        changed: dict[str, Workload | None] = {k: None for k in was if k not in now}
+        changed.update((k, w) for k, w in now.items() if was.get(k) is not w)
+        return changed
+
+    return Changes(pending=diff(before.pending, after.pending), holding=diff(before.holding, after.holding))
+
+
+def run(seed: int, nodes: int, events: int, rules: Policy, *, most_gpus: int = 8, backlog: int = 0, exact: bool,
+        tell: bool = False, resources: bool = False) -> dict[str, int]:
+    """``backlog`` workloads first (more than fits: the queue is long), then ``events`` events;
+    ``exact``: decisions must be identical (else: margin within 1%); ``tell``: the changes are
+    told (``Changes``) rather than found by the engine."""
+    rng = random.Random(seed)
+    world = World(rng, nodes, rules, most_gpus, resources)
+    for _ in range(backlog):
+        world.new_workload()
+    engine = IncrementalEngine()
+    view: dict[str, Decision] = {}
+    counts = {"incremental": 0, "whole": 0, "differed": 0, "admitted": 0, "preempted": 0}
+    previous: Snapshot | None = None
+    for step in range(events):
+        snapshot = world.snapshot()
+        mine = engine.decide(snapshot, told(previous, snapshot) if tell else None)
+        previous = snapshot
+        whole = decide(snapshot)
+        counts["incremental" if not engine.last_full else "whole"] += 1
+        if not engine.last_full:
+            counts["admitted"] += sum(1 for d in mine.decisions if d.action is Action.ADMIT)
+            counts["preempted"] += len(mine.preemptions)
+        if engine.last_full:
+            view = {d.key: d for d in mine.decisions}
+        else:
+            view.update((d.key, d) for d in mine.decisions)
+        expected = {d.key: d for d in whole.decisions}
+        context = f"seed {seed}, step {step}"
+        if exact:
+            for key, decision in expected.items():
+                assert summary(view[key]) == summary(decision), f"{context}: {key}: {view[key]} != {decision}"
+                if decision.action is Action.QUEUE:
+                    assert engine.queue_position(key) == decision.queue_position, f"{context}: position of {key}"
+            for decision in mine.decisions:
+                assert decision.reason == expected[decision.key].reason, f"{context}: reason of {decision.key}"
+                assert decision.message == expected[decision.key].message or decision.action is Action.QUEUE, context
+            assert sorted(p.key for p in mine.preemptions) == sorted(p.key for p in whole.preemptions), context
+        else:
+            mine_margin, whole_margin = margin_per_hour(world, mine), margin_per_hour(world, whole)
+            assert mine_margin >= whole_margin - 0.01 * abs(whole_margin) - 1e-6, f"{context}: {mine_margin} < {whole_margin}"
+            if any(summary(view[k]) != summary(d) for k, d in expected.items() if k in view):
+                counts["differed"] += 1
+        world.apply(mine)
+        for key in [k for k in view if k not in world.pending]:
+            del view[key]
+        world.event()
+    return counts
+
+
+# Where the rules decide: the ejection chains run only without preemption, without an inference
+# reserve and on at most SWAP_UP_TO_NODES nodes; every other case must match exactly.
+@pytest.mark.parametrize(("seed", "nodes", "preemption", "tell", "resources"), [
+    (1, SWAP_UP_TO_NODES + 200, False, False, False), (2, SWAP_UP_TO_NODES + 200, True, True, False),
+    (3, 60, True, False, False), (4, 60, True, True, False), (5, 60, True, False, True), (10, 60, True, True, True),
+])
+def test_identical_to_whole_cycles_where_the_rules_decide(seed: int, nodes: int, preemption: bool, tell: bool, resources: bool) -> None:
+    large = nodes > SWAP_UP_TO_NODES
+    counts = run(seed, nodes=nodes, events=100 if large else 150, rules=policy(preemption, reserve=0.1, aging=0.05),
+                 most_gpus=2 if large else 8, backlog=1_500 if large else 150, exact=True, tell=tell, resources=resources)
+    # The test exercises the incremental path: it admits there, and preempts when it may.
+    assert counts["incremental"] > 5 * counts["whole"] and counts["admitted"] > 10, counts
+    assert counts["preempted"] > 5 or not preemption, counts
+
+
+@pytest.mark.parametrize(("seed", "preemption", "resources"), [(6, False, False), (7, False, True), (8, False, False), (117, True, False)])
+def test_margin_within_one_percent_where_the_search_decides(seed: int, preemption: bool, resources: bool) -> None:
+    # Without a reserve the chains run whenever nothing may be preempted (with preemption on: until
+    # running work is old enough).
+    counts = run(seed, nodes=60, events=150, rules=policy(preemption, reserve=0.0, aging=0.0 if not preemption else 0.05),
+                 backlog=150, exact=False, resources=resources)
+    assert counts["incremental"] > 5 * counts["whole"] and counts["admitted"] > 10, counts
+
+
+def test_an_incremental_result_holds_only_what_changed_and_positions_are_served() -> None:
+    world = World(random.Random(9), 40, policy(False, reserve=0.0, aging=0.0), most_gpus=8)
+    for _ in range(200):
+        world.new_workload()
+    engine = IncrementalEngine()
+    world.apply(engine.decide(world.snapshot()))
+    assert engine.last_full and engine.last_full_reason == "first cycle"
+    world.apply(engine.decide(world.snapshot()))  # the admissions seen running: nothing to decide
+    queued_before = list(engine.queued())
+    world.new_workload()
+    newcomer = next(k for k, w in world.pending.items() if w.name == f"w-{world.serial:05d}")
+    snapshot = world.snapshot()
+    result = engine.decide(snapshot)
+    whole = decide(snapshot)
+    assert not engine.last_full
+    assert [d.key for d in result.decisions] == [newcomer]  # nobody else's decision changed
+    expected = {d.key: d for d in whole.decisions}
+    assert result.decisions[0].action is expected[newcomer].action
+    queued = [d.key for d in sorted(whole.decisions, key=lambda d: d.queue_position or 0) if d.action is Action.QUEUE]
+    assert list(engine.queued()) == queued and len(engine) == len(queued)
+    assert [k for k in queued if k != newcomer] == queued_before
+    assert all(engine.queue_position(k) == expected[k].queue_position for k in queued)
+    assert engine.queue_position("nobody/here") is None
