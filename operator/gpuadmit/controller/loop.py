@@ -53,6 +53,7 @@ from gpuadmit.controller.api import ApiError
 from gpuadmit.controller.cache import NAMESPACE, NODE, POD, POLICY, QUOTA, WORKLOAD, ObjectCache, object_key
 from gpuadmit.controller.native import NativeWorkloads
 from gpuadmit.controller.podcreator import PodCreator, pods_for
+from gpuadmit.controller.queueview import DEFAULT_EXACT_HEAD, QueueView
 from gpuadmit.controller.unschedulable import UnschedulableTracker
 from gpuadmit.controller.writer import Writer
 from gpuadmit.core.errors import SpecError
@@ -109,6 +110,7 @@ class LoopSettings:
     pod_security_level: str = DEFAULT_LEVEL  # what templates are held to (core.podsecurity)
     max_failed_cycles: int = 5  # whole-cycle failures in a row that make the loop unhealthy (0: never)
     unschedulable_seconds: float = 120.0  # a pod Unschedulable this long requeues its workload (controller.unschedulable)
+    exact_queue_positions: int = DEFAULT_EXACT_HEAD  # statuses past this queue position show its band (controller.queueview)
 
 
 @dataclass
@@ -204,6 +206,7 @@ class SchedulingLoop:
         self._tenancy = Tenancy()
         self.unschedulable = UnschedulableTracker(settings.unschedulable_seconds)
         self._unschedulable_timer: asyncio.TimerHandle | None = None
+        self.queue_view: QueueView | None = None  # the exact queue of the last cycle, served on demand
 
     # -- inputs -------------------------------------------------------------------------
 
@@ -327,6 +330,7 @@ class SchedulingLoop:
         report.snapshot_s, mark = time.monotonic() - mark, time.monotonic()
         result = self.decide(snapshot)
         report.decide_s, mark = time.monotonic() - mark, time.monotonic()
+        self.queue_view = QueueView.of(result, now, self.cycles + 1)
         await self._apply(snapshot, result, now, report)
         native = await self.native.reconcile(now)  # native units released or held back as their mirrors now stand
         if self.metrics is not None:
@@ -659,7 +663,7 @@ class SchedulingLoop:
         workload = self.cache.get(WORKLOAD, decision.key)
         if workload is None:
             return
-        desired = desired_status.decision_status(workload, decision, now)
+        desired = desired_status.decision_status(workload, decision, now, self.settings.exact_queue_positions)
         if not await self._write(workload, desired, report, decision):
             return
         admitted = self.cache.get(WORKLOAD, decision.key) or workload
@@ -673,7 +677,7 @@ class SchedulingLoop:
         if workload is None:
             return
         was_rejected = _phase(workload) == "Rejected"
-        desired = desired_status.decision_status(workload, decision, now)
+        desired = desired_status.decision_status(workload, decision, now, self.settings.exact_queue_positions)
         written = await self._write(workload, desired, report, decision)
         if written is None:
             return
