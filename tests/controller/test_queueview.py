@@ -6,23 +6,17 @@ workload finishing admits the head and writes only the statuses whose shown posi
 
 from __future__ import annotations
 
-import asyncio
-
 import kopf
 import pytest
-from gpuadmit.controller import restore
+
 from gpuadmit.controller import status as st
 from gpuadmit.controller.api import KubeApi
-from gpuadmit.controller.cache import POD, WORKLOAD, ObjectCache
-from gpuadmit.controller.loop import LoopSettings, SchedulingLoop
+from gpuadmit.controller.cache import POD
 from gpuadmit.controller.queueview import QueueView, queued_message, shown_position
-from gpuadmit.controller.watch import Stream
-from gpuadmit.controller.writer import Writer
 from gpuadmit.core.engine.messages import queue_position_note
 from gpuadmit.core.model import Action, CycleResult, Decision, Reason
 from kubeapi_emulator import EmulatedApiServer
-
-from tests.controller.test_loop_faults import GROUP, dump, eventually, seed
+from tests.controller.test_loop_faults import GROUP, RunningOperator, dump, eventually, seed
 from tests.e2e_harness import CRD_DIR, default_template, expected_decisions
 from tests.invariants import ClusterState, overcommit_violations
 
@@ -118,15 +112,8 @@ async def test_one_workload_finishing_writes_the_head_and_the_band_edges_not_the
                 await api.request("create", "POST", f"{GROUP}/namespaces/team/gpuworkloads", body={
                     "apiVersion": "gpuadmit.io/v1alpha1", "kind": "GPUWorkload", "metadata": {"name": f"w-{index:03d}"},
                     "spec": {"class": "training", "gpus": 1, "template": default_template("training")}})
-            cache = ObjectCache()
-            writer = Writer(api, cache)
-            loop = SchedulingLoop(cache, writer, LoopSettings(debounce_seconds=0.05))
-            streams = [Stream(api, cache, kind, resource, loop.notify, loop.trigger, namespace)
-                       for kind, resource, namespace in restore.watch_scopes()]
-            tasks = [asyncio.create_task(stream.run()) for stream in streams]
-            try:
-                await asyncio.gather(*(stream.listed.wait() for stream in streams))
-                cache.seeded = True
+            async with RunningOperator(api, run_loop=False) as operator:
+                loop, cache = operator.loop, operator.cache
                 first = await loop.run_cycle()
                 assert first.by_action == {"admit": 32, "queue": queued}
                 await loop.pods.drain()
@@ -159,9 +146,3 @@ async def test_one_workload_finishing_writes_the_head_and_the_band_edges_not_the
                 code, body = loop.queue_view.answer({"namespace": "team"})
                 assert code == 200 and {f"team/{i['name']}": i["position"] for i in body["items"]} == exact
                 assert overcommit_violations(ClusterState.from_dump(state)) == []
-            finally:
-                for task in tasks:
-                    task.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
-                await loop.pods.close()
-                await writer.follow_ups.close()
