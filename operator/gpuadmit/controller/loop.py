@@ -196,6 +196,7 @@ class SchedulingLoop:
         self.last_report = CycleReport()
         self._wakeup = asyncio.Event()
         self._first_change_at = 0.0  # monotonic time of the first trigger since the last cycle began
+        self._in_burst = False  # changes arrived while the last cycle ran (see _pause)
         self._last_good_policy: Policy | None = None
         self._warned_default_policy = False
         self._pending_since: dict[str, float] = {}  # workload key -> when a change to it was seen
@@ -270,14 +271,16 @@ class SchedulingLoop:
                     logger.exception("Resync failed; deciding on the watched state")
             await self.run_cycle_safely()
             self.attempts += 1
+            self._in_burst = self._wakeup.is_set()  # changes arrived while it ran: a burst goes on
 
     def _pause(self) -> float:
-        """What is left of the wait after the first change: the debounce, stretched to the last
-        cycle's thinking time (at most MAX_PAUSE_S), since a cycle's snapshot and decision cost
-        time in proportion to the whole cluster, so during a long burst the loop batches more per
-        cycle instead of re-deciding the same queue. Its API writes are not counted: changes seen
-        while they ran have waited already."""
-        thinking_s = self.last_report.snapshot_s + self.last_report.decide_s
+        """What is left of the wait after the first change: the debounce, stretched during a burst
+        (changes kept arriving while the last cycle ran) to the last cycle's thinking time (at most
+        MAX_PAUSE_S), since a cycle's snapshot and decision cost time in proportion to the whole
+        cluster, so the loop batches more per cycle instead of re-deciding the same queue. A
+        change after a quiet spell (one pod finishing on a settled cluster) waits the debounce
+        only. Its API writes are not counted: changes seen while they ran have waited already."""
+        thinking_s = self.last_report.snapshot_s + self.last_report.decide_s if self._in_burst else 0.0
         wait_s = max(self.settings.debounce_seconds, min(thinking_s, MAX_PAUSE_S))
         return max(0.0, self._first_change_at + wait_s - time.monotonic())
 
