@@ -226,7 +226,7 @@ async def test_a_change_after_a_quiet_spell_waits_the_debounce_a_burst_the_last_
     starts: list[float] = []
     changed_at: list[float] = []
 
-    async def cycle() -> CycleReport:
+    async def cycle(pipelined: bool = False) -> CycleReport:
         starts.append(time.monotonic())
         loop.last_report = CycleReport(snapshot_s=thinking_s - 0.1, decide_s=0.1)
         if len(starts) == 1:  # a change while the first cycle runs: a burst

@@ -26,8 +26,10 @@ One cycle, top to bottom:
    labels follow at the lowest urgency. Only statuses that differ from the
    cached one are written.
 
-Every write answer goes into the cache before the next cycle, so a cycle never
-allocates GPUs a previous one already reserved.
+Every write answer goes into the cache at once, and cycles are pipelined: the next cycle
+thinks while the last one's writes are in flight, assuming them (controller.inflight: an
+admission in flight holds its GPUs; nothing decided about a workload with a write in flight is
+written), so a cycle never allocates GPUs a previous one already reserved.
 
 Failure isolation: whatever is done for one workload (following its pods, building
 them, writing its status, preempting or requeueing it) runs guarded. An error there
@@ -53,6 +55,7 @@ from typing import Any, Protocol
 from gpuadmit.controller import status as desired_status
 from gpuadmit.controller.api import ApiError
 from gpuadmit.controller.cache import NAMESPACE, NODE, POD, POLICY, QUOTA, WORKLOAD, ObjectCache, object_key
+from gpuadmit.controller.inflight import InFlight
 from gpuadmit.controller.native import NativeWorkloads
 from gpuadmit.controller.podcreator import PodCreator, pods_for
 from gpuadmit.controller.queueview import DEFAULT_EXACT_HEAD, QueueView
@@ -225,6 +228,8 @@ class SchedulingLoop:
         self.unschedulable = UnschedulableTracker(settings.unschedulable_seconds)
         self._unschedulable_timer: asyncio.TimerHandle | None = None
         self.queue_view: QueueView | None = None  # the exact queue of the last cycle, served on demand
+        self.in_flight = InFlight()  # status writes of a cycle still applying (controller.inflight)
+        self._applying: asyncio.Task[None] | None = None  # that cycle's apply, when pipelined
 
     # -- inputs -------------------------------------------------------------------------
 
@@ -270,7 +275,15 @@ class SchedulingLoop:
     # -- the task -----------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Forever: wait for a trigger (or the resync period), debounce, run one cycle."""
+        """Forever: wait for a trigger (or the resync period), debounce, run one cycle. Cycles are
+        pipelined: the next one thinks while the last one's writes are in flight."""
+        try:
+            await self._run()
+        finally:
+            if self._applying is not None:
+                self._applying.cancel()
+
+    async def _run(self) -> None:
         last_resync = time.monotonic()
         while True:
             try:
@@ -286,7 +299,7 @@ class SchedulingLoop:
                     await self.resync()
                 except Exception:
                     logger.exception("Resync failed; deciding on the watched state")
-            await self.run_cycle_safely()
+            await self.run_cycle_safely(pipelined=True)
             self.attempts += 1
             self._in_burst = self._wakeup.is_set()  # changes arrived while it ran: a burst goes on
 
@@ -301,22 +314,25 @@ class SchedulingLoop:
         wait_s = max(self.settings.debounce_seconds, min(thinking_s, MAX_PAUSE_S))
         return max(0.0, self._first_change_at + wait_s - time.monotonic())
 
-    async def run_cycle_safely(self) -> CycleReport:
+    async def run_cycle_safely(self, pipelined: bool = False) -> CycleReport:
         try:
-            report = await self.run_cycle()
+            report = await self.run_cycle(pipelined)
         except asyncio.CancelledError:
             raise
         except Exception:
-            self.failed_cycles_in_a_row += 1
             logger.exception("Scheduling cycle failed (%d in a row); the next change or resync retries",
-                             self.failed_cycles_in_a_row)
-            if self.metrics is not None:
-                self.metrics.observe_cycle_failed(self.failed_cycles_in_a_row)
-            self.trigger_later()
+                             self.failed_cycles_in_a_row + 1)
+            self._cycle_failed()
             return CycleReport(skipped=True)
-        if not report.skipped:
+        if not report.skipped and not pipelined:
             self.failed_cycles_in_a_row = 0
         return report
+
+    def _cycle_failed(self) -> None:
+        self.failed_cycles_in_a_row += 1
+        if self.metrics is not None:
+            self.metrics.observe_cycle_failed(self.failed_cycles_in_a_row)
+        self.trigger_later()
 
     def healthy(self) -> bool:
         """False once ``max_failed_cycles`` cycles in a row failed as a whole (until one succeeds)."""
@@ -326,7 +342,10 @@ class SchedulingLoop:
     def trigger_later(self, delay: float = 1.0) -> None:
         asyncio.get_running_loop().call_later(delay, self.trigger)
 
-    async def run_cycle(self) -> CycleReport:
+    async def run_cycle(self, pipelined: bool = False) -> CycleReport:
+        """One cycle. ``pipelined``: return once its decision is made and its writes are started
+        (the loop's next cycle then thinks while they are in flight, assuming them:
+        controller.inflight); otherwise return when they are done."""
         started = time.monotonic()
         report = CycleReport()
         if not self.cache.seeded or (self.gate is not None and not await self.gate.is_active()):
@@ -340,6 +359,7 @@ class SchedulingLoop:
         await self._follow_pods(now, report)
 
         mark = time.monotonic()
+        in_flight = self.in_flight.keys()  # decided on assumptions: applied by a later cycle
         snapshot = self._snapshot(policy, now)
         lost = self._holding_to_requeue(snapshot)
         for key, reason_and_why in self._unschedulable_to_requeue(now).items():
@@ -349,9 +369,50 @@ class SchedulingLoop:
             snapshot = self._snapshot(policy, now)
         report.snapshot_s, mark = time.monotonic() - mark, time.monotonic()
         result = self.decide(snapshot)
-        report.decide_s, mark = time.monotonic() - mark, time.monotonic()
+        report.decide_s = time.monotonic() - mark
         self.queue_view = QueueView.of(result, now, self.cycles + 1)
-        await self._apply(snapshot, result, now, report)
+        await self._applied()  # one cycle's writes at a time: this one's start when the last one's end
+        # Decisions on workloads whose write was in flight when the snapshot was taken are left to
+        # the next cycle (it decides on the answer); the rest are in flight from now on.
+        applied = result if not in_flight else CycleResult(
+            decisions=tuple(d for d in result.decisions if d.key not in in_flight), preemptions=result.preemptions)
+        if len(applied.decisions) < len(result.decisions):
+            self.trigger()
+        self.in_flight.add(applied.decisions)
+        finish = self._finish_cycle(snapshot, result, applied, now, report, started, failed_writes_before)
+        if pipelined and not (result.preemptions or lost):  # victims out first: no overlap then
+            self._applying = asyncio.create_task(self._finish_safely(finish), name="gpuadmit cycle apply")
+            return report
+        await finish
+        return report
+
+    async def _applied(self) -> None:
+        """Wait for the last pipelined cycle's writes."""
+        if self._applying is not None:
+            await asyncio.shield(self._applying)
+            self._applying = None
+
+    async def _finish_safely(self, finish: Awaitable[CycleReport]) -> None:
+        try:
+            report = await finish
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("Applying a scheduling cycle failed (%d in a row); the next change or resync retries",
+                             self.failed_cycles_in_a_row + 1)
+            self._cycle_failed()
+            return
+        if not report.skipped:
+            self.failed_cycles_in_a_row = 0
+
+    async def _finish_cycle(self, snapshot: Snapshot, result: CycleResult, applied: CycleResult, now: float,
+                            report: CycleReport, started: float, failed_writes_before: int) -> CycleReport:
+        """Step 4 (``applied``: the decisions to write) and the cycle's bookkeeping."""
+        mark = time.monotonic()
+        try:
+            await self._apply(snapshot, applied, now, report)
+        finally:
+            self.in_flight.clear()  # written, failed or never started: assumed no longer
         native = await self.native.reconcile(now)  # native units released or held back as their mirrors now stand
         if self.metrics is not None:
             self.metrics.observe_native(native.actions, self.native.mirrors_by_kind_and_phase())
@@ -531,7 +592,7 @@ class SchedulingLoop:
             workloads = [w for w in workloads if not self.native.excluded(object_key(w))]
         with cyclic_gc_paused():
             return build_snapshot(
-                self.cache.all(NODE), self.cache.all(POD), namespaces, workloads,
+                self.cache.all(NODE), self.cache.all(POD), namespaces, self.in_flight.assumed(workloads, now),
                 policies, now, policy_name=policy.name if policy is not None else self.settings.policy_name,
                 memo=self._parse_memo, pod_security_level=self.settings.pod_security_level, quotas=self._tenancy,
                 avoided_nodes=self.unschedulable.avoided_nodes(now), mirrors=self.native.trusted,
@@ -627,6 +688,8 @@ class SchedulingLoop:
         # hold no GPUs, so they go out alongside.
         pods_by_workload = self.cache.pods_by_workload()
         guarded = self._guarded_call
+        for key in waiting:
+            self.in_flight.done(key)  # not written now: assumed no longer
         await run_bounded(
             [
                 *(functools.partial(guarded, d.key, self._apply_admit, d, now, report, pods_by_workload.get(d.key, []))
@@ -722,8 +785,12 @@ class SchedulingLoop:
             await self._workload_error(key, error)
 
     async def _guarded_call(self, key: str, job: Callable[..., Awaitable[Any]], *args: Any) -> None:
-        """``_guarded`` for a job started only when its turn comes (``run_bounded``)."""
-        await self._guarded(key, job(*args))
+        """``_guarded`` for a job started only when its turn comes (``run_bounded``): one
+        decision's write, no longer in flight once it ends (whatever its outcome)."""
+        try:
+            await self._guarded(key, job(*args))
+        finally:
+            self.in_flight.done(key)
 
     async def _workload_error(self, key: str, error: Exception) -> None:
         if isinstance(error, ApiError):  # the API's trouble, not the workload's: the next cycle retries
