@@ -99,3 +99,33 @@ async def test_a_cycle_overlapping_an_admission_in_flight_neither_reuses_its_gpu
     assert statuses["team/first"]["phase"] == "Admitted" and statuses["team/second"]["phase"] == "Queued"
     assert api.status_patches == Counter({"team/first": 1, "team/second": 1})  # each decided and written once
     assert len(loop.in_flight) == 0
+
+
+async def test_a_queued_status_that_already_says_its_decision_is_not_rebuilt(monkeypatch) -> None:
+    """controller.settled: a queue decision the workload's unchanged object already shows is
+    neither built again nor written; a changed object (a new resourceVersion) is looked at again."""
+    from gpuadmit.controller import status as desired_status
+
+    cache = ObjectCache()
+    api = HeldStatusApi(cache)
+    api.release.set()
+    loop = SchedulingLoop(cache, Writer(api, cache))  # type: ignore[arg-type]
+    cache.put(NODE, node("gpu-1", 8))
+    for name in ("first", "second", "third"):
+        cache.put(WORKLOAD, workload(name, 8))
+    cache.seeded = True
+    await loop.run_cycle()
+    await loop.writer.follow_ups.drain()  # the class labels: new resourceVersions
+    await loop.run_cycle()  # looks at each once more, finds nothing to write, and remembers it
+    built: list[str] = []
+    real = desired_status.decision_status
+    monkeypatch.setattr(desired_status, "decision_status",
+                        lambda workload, decision, *args: built.append(decision.name) or real(workload, decision, *args))
+    report = await loop.run_cycle()
+    assert report.by_action == {"queue": 2}
+    assert built == [] and report.statuses_written == 0
+    changed = copy.deepcopy(cache.get(WORKLOAD, "team/third"))
+    changed["metadata"]["resourceVersion"] = "999"
+    cache.put(WORKLOAD, changed)
+    await loop.run_cycle()
+    assert built == ["third"]

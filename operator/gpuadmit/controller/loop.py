@@ -59,6 +59,7 @@ from gpuadmit.controller.inflight import InFlight
 from gpuadmit.controller.native import NativeWorkloads
 from gpuadmit.controller.podcreator import PodCreator, pods_for
 from gpuadmit.controller.queueview import DEFAULT_EXACT_HEAD, QueueView
+from gpuadmit.controller.settled import SettledStatuses
 from gpuadmit.controller.unschedulable import UnschedulableTracker
 from gpuadmit.controller.writer import Writer
 from gpuadmit.core.errors import SpecError
@@ -229,6 +230,7 @@ class SchedulingLoop:
         self._unschedulable_timer: asyncio.TimerHandle | None = None
         self.queue_view: QueueView | None = None  # the exact queue of the last cycle, served on demand
         self.in_flight = InFlight()  # status writes of a cycle still applying (controller.inflight)
+        self.settled = SettledStatuses(settings.exact_queue_positions)  # queue/reject statuses known current
         self._applying: asyncio.Task[None] | None = None  # that cycle's apply, when pipelined
 
     # -- inputs -------------------------------------------------------------------------
@@ -673,9 +675,15 @@ class SchedulingLoop:
         preemptors_blocked, unreleased_nodes = await self._apply_preemptions(
             result.preemptions, result.decisions, now, report)
         admits = [d for d in result.decisions if d.action == Action.ADMIT]
-        others = [d for d in result.decisions if d.action != Action.ADMIT]
         for decision in result.decisions:
             report.by_action[decision.action.value] = report.by_action.get(decision.action.value, 0) + 1
+        get = self.cache.get
+        settled = {d.key for d in result.decisions  # their status says it already: nothing to build or write
+                   if d.action != Action.ADMIT and self.settled.unchanged(d, get(WORKLOAD, d.key))}
+        others = [d for d in result.decisions if d.action != Action.ADMIT and d.key not in settled]
+        for key in settled:
+            self.in_flight.done(key)
+        self.settled.keep_only({d.key for d in result.decisions})
         # The decision assumed every victim's GPUs free. Where a victim could not be preempted, no
         # admit may land on its nodes (not only its preemptor: the freed room may have been shared).
         waiting = {d.key for d in admits if d.key in preemptors_blocked
@@ -765,8 +773,10 @@ class SchedulingLoop:
         desired = desired_status.decision_status(workload, decision, now, self.settings.exact_queue_positions)
         written = await self._write(workload, desired, report, decision)
         if written is None:
+            self.settled.forget(decision.key)
             return
         updated = self.cache.get(WORKLOAD, decision.key) or workload
+        self.settled.settle(decision, updated)
         if decision.action == Action.REJECT and written and not was_rejected:
             self.writer.explain_later(updated, "Warning", decision.reason.value,
                                       desired_status.decision_message(decision), decision.workload_class)
