@@ -137,9 +137,21 @@ class EventsRun:
     events: list[Event] = field(default_factory=list)
 
 
-async def settle(pids: tuple[int, ...]) -> None:
+async def settle(pids: tuple[int, ...], quiet_s: float = 0.3) -> None:
     for pid in pids:
-        await wait_idle(pid, quiet_s=0.3)
+        await wait_idle(pid, quiet_s=quiet_s)
+
+
+async def settle_backlog(api: LoadClient, phases: Phases, pids: tuple[int, ...]) -> None:
+    """Until every admitted workload has its pod and both processes have been quiet a second
+    (the backlog's Events and class labels go out after its statuses, at the lowest urgency)."""
+    admitted = sum(1 for phase in phases.phases.values() if phase == "Admitted")
+    deadline = time.monotonic() + DECISION_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if len((await api.call("GET", "/api/v1/pods"))["items"]) >= admitted:
+            break
+        await asyncio.sleep(1.0)
+    await settle(pids, quiet_s=1.0)
 
 
 async def pod_finishes(api: LoadClient, phases: Phases, pod: dict[str, Any]) -> float:
@@ -188,7 +200,7 @@ async def measure(url: str, kubeconfig: Path, workdir: Path, nodes: int, workloa
             run.first_full_s = time.perf_counter() - spawned
             run.first_to_last_s = time.perf_counter() - (first or spawned)
             await operator.wait_ready_async(timeout=120)
-            await settle((process.pid, server_pid))  # pods created and bound, Events and labels written
+            await settle_backlog(api, phases, (process.pid, server_pid))
             run.settled_phases = dict(Counter(phases.phases.values()))
             pods = [pod for pod in (await api.call("GET", "/api/v1/pods"))["items"]
                     if f"{pod['metadata']['namespace']}/{pod['metadata']['labels'].get('gpuadmit.io/workload')}"
