@@ -357,6 +357,8 @@ class SchedulingLoop:
         failed_writes_before = self.writer.failed_status_writes
         policy = await self._policy_in_force(now)
         self.pods.recount()
+        if self.native.trusted or self.native.untrusted:
+            await self._applied()  # native units: no overlap with the last cycle's release and hold-back
         await self.native.prepare(now)  # mirrors made, checked and kept in line with their native objects
         await self._follow_pods(now, report)
 
