@@ -19,6 +19,7 @@ PARTS: dict[str, tuple[str, str]] = {
     "classifier": ("benchmarks.classifier", "classifier: accuracy on the labelled corpus, CPU per call"),
     "native": ("benchmarks.native", "native workloads: the operator's per-cycle passes over Jobs and pods, 10,000 of each kind"),
     "e2e": ("benchmarks.e2e", "operator end to end: 2,000 GPUWorkloads on the emulated API server"),
+    "events": ("benchmarks.events", "operator single events: 2,000 nodes x 20,000 GPUWorkloads settled, a pod finishing, a workload created"),
     "simulate": ("benchmarks.simulate", "trace replay of the shared Alibaba trace"),
 }
 

@@ -154,11 +154,17 @@ def gpus_needed(count: int) -> int:
 
 async def set_up_cluster(api: LoadClient, workloads: int) -> int:
     """Namespaces, the example policy, and GPU nodes for every workload plus a tenth to spare."""
+    node_count = -(-gpus_needed(workloads) * 11 // 10 // GPUS_PER_NODE)
+    await set_up_nodes_and_policy(api, node_count)
+    return node_count
+
+
+async def set_up_nodes_and_policy(api: LoadClient, node_count: int) -> None:
+    """The bench namespaces, the example policy and ``node_count`` Ready A100 nodes of 8 GPUs."""
     for index in range(NAMESPACES):
         await api.call("POST", "/api/v1/namespaces", {"metadata": {"name": f"bench-{index}"}}, expect=(201, 409))
     policy = yaml.safe_load(POLICY_FILE.read_text())
     await api.call("POST", f"/apis/{GROUP_VERSION}/marginpolicies", policy)
-    node_count = -(-gpus_needed(workloads) * 11 // 10 // GPUS_PER_NODE)
 
     async def add_node(index: int) -> None:
         name = f"gpu-node-{index:04d}"
@@ -170,7 +176,6 @@ async def set_up_cluster(api: LoadClient, workloads: int) -> int:
             "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady"}]}})
 
     await bounded(16, [lambda index=index: add_node(index) for index in range(node_count)])
-    return node_count
 
 
 # -- part 1: the operator -------------------------------------------------------------------------

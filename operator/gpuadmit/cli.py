@@ -18,6 +18,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "decide": ("gpuadmit.decide", "what the policy would do with a cluster dump (kubectl get -o yaml)"),
     "run": ("gpuadmit.controller.main", "run the operator against the API server KUBECONFIG points to"),
     "demo": ("gpuadmit.demo", "the whole system on an embedded, emulated cluster"),
+    "queue": ("gpuadmit.queuecmd", "the exact queue, as the running operator decided it (its health port's /queue)"),
     "simulate": ("gpuadmit.sim.cli", "replay a GPU trace against the margin policy and peer policies"),
 }
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import time
 from typing import Any
 
 from gpuadmit.controller.cache import POD, WORKLOAD, ObjectCache
@@ -212,3 +213,41 @@ async def test_no_admit_lands_on_the_node_of_a_victim_that_could_not_be_preempte
     assert cache.get(WORKLOAD, "team/victim")["status"]["phase"] == "Admitted"
     assert (cache.get(WORKLOAD, "team/sharer").get("status") or {}).get("phase") is None
     assert report.preemptions == 0
+
+
+async def test_a_change_after_a_quiet_spell_waits_the_debounce_a_burst_the_last_cycles_thinking() -> None:
+    """The pause stretches to the last cycle's thinking time only while changes keep arriving
+    during cycles (a burst); a single change on a settled cluster is decided after the debounce."""
+    from gpuadmit.controller.loop import CycleReport, LoopSettings
+
+    cache = ObjectCache()
+    loop = SchedulingLoop(cache, Writer(HeldApi(), cache), LoopSettings(debounce_seconds=0.05))  # type: ignore[arg-type]
+    thinking_s = 0.8
+    starts: list[float] = []
+    changed_at: list[float] = []
+
+    async def cycle(pipelined: bool = False) -> CycleReport:
+        starts.append(time.monotonic())
+        loop.last_report = CycleReport(snapshot_s=thinking_s - 0.1, decide_s=0.1)
+        if len(starts) == 1:  # a change while the first cycle runs: a burst
+            changed_at.append(time.monotonic())
+            loop.trigger()
+        return loop.last_report
+
+    loop.run_cycle_safely = cycle  # type: ignore[method-assign]
+    task = asyncio.create_task(loop.run())
+    try:
+        changed_at.append(time.monotonic())
+        loop.trigger()
+        while len(starts) < 2:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.1)  # quiet: the second cycle saw no change while it ran
+        changed_at.append(time.monotonic())
+        loop.trigger()
+        while len(starts) < 3:
+            await asyncio.sleep(0.01)
+    finally:
+        task.cancel()
+    waits = [start - changed for start, changed in zip(starts, [changed_at[0], changed_at[1], changed_at[2]], strict=True)]
+    assert waits[1] >= thinking_s - 0.05, waits  # in a burst: the last cycle's thinking time
+    assert waits[0] < thinking_s / 2 and waits[2] < thinking_s / 2, waits  # after quiet: the debounce

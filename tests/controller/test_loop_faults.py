@@ -121,11 +121,12 @@ async def test_faulty_api_still_gets_every_decision_and_no_overcommit() -> None:
 class RunningOperator:
     """The operator's parts without kopf: streams, cache, loop, writer, in the test's event loop."""
 
-    def __init__(self, api: KubeApi) -> None:
+    def __init__(self, api: KubeApi, run_loop: bool = True) -> None:
         self.api = api
         self.cache = ObjectCache()
         self.writer = Writer(api, self.cache)
         self.loop = SchedulingLoop(self.cache, self.writer, LoopSettings(debounce_seconds=0.05, resync_seconds=30.0))
+        self.run_loop = run_loop  # False: the test runs each cycle itself (loop.run_cycle)
         self.tasks: list[asyncio.Task] = []
 
     async def __aenter__(self) -> "RunningOperator":
@@ -134,8 +135,9 @@ class RunningOperator:
         self.tasks = [asyncio.create_task(stream.run()) for stream in streams]
         await asyncio.gather(*(stream.listed.wait() for stream in streams))
         self.cache.seeded = True
-        self.tasks.append(asyncio.create_task(self.loop.run()))
-        self.loop.trigger()
+        if self.run_loop:
+            self.tasks.append(asyncio.create_task(self.loop.run()))
+            self.loop.trigger()
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:

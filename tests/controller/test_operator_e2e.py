@@ -4,14 +4,18 @@ preemption, node loss, policy errors, restarts."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import subprocess
+import sys
 import time
 from collections import Counter
 
 import pytest
 import yaml
 
+from gpuadmit.controller.queueview import shown_position
 from gpuadmit.core.pods import pod_node
 from tests.e2e_harness import (
     CRD_DIR,
@@ -77,7 +81,8 @@ def test_decisions_match_the_engine_and_pods_are_pinned_and_sized(cluster, opera
         assert status["phase"] == PHASE_OF_ACTION[decision.action.value], key
         assert status["reason"] == decision.reason.value, key
         assert status["message"] and status["conditions"], key
-        assert status.get("queuePosition") == decision.queue_position, key
+        assert status.get("queuePosition") == (
+            None if decision.queue_position is None else shown_position(decision.queue_position).value), key
         assert [(p["node"], p["gpus"]) for p in status.get("placement") or []] == \
             [(p.node, p.gpus) for p in decision.placement], key
         if decision.workload_class:
@@ -188,12 +193,20 @@ def test_burst_is_decided_in_a_few_cycles_without_overcommit(cluster, operator_f
     phases = Counter(w["status"]["phase"] for w in workloads)
     admitted_gpus = sum(w["spec"]["gpus"] for w in workloads if w["status"]["phase"] == "Admitted")
     assert admitted_gpus == 32 and phases["Queued"] == count - phases["Admitted"]
-    # Positions settle once the last cycle's writes land: 1..N, each once.
+    # Positions settle once the last cycle's writes land: 1..N each once, as statuses show them
+    # (exact at the head, the band's upper end beyond: controller.queueview).
     def queue_in_order() -> bool:
         positions = sorted((w.get("status") or {}).get("queuePosition") or 0 for w in cluster.workloads()
                            if (w.get("status") or {}).get("phase") == "Queued")
-        return positions == list(range(1, phases["Queued"] + 1))
+        return positions == [shown_position(p).value for p in range(1, phases["Queued"] + 1)]
     wait_until(queue_in_order, what="queue positions 1..N")
+    # The exact queue on demand: `gpuadmit queue` asks the operator's health port.
+    shown = subprocess.run([sys.executable, "-m", "gpuadmit", "queue", "-o", "json", "--operator",
+                            f"http://127.0.0.1:{operator.health_port}"], capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    exact = {f"{i['namespace']}/{i['name']}": i["position"] for i in json.loads(shown.stdout)["items"]}
+    expected = expected_decisions(cluster.dump())
+    assert exact == {key: d.queue_position for key, d in expected.items() if d.queue_position is not None}
     assert_no_overcommit(cluster)
 
 

@@ -71,7 +71,7 @@ def test_a_new_queue_position_writes_only_what_moved() -> None:
     first = st.decision_status(workload(), queue(7), NOW)
     written = workload({k: v for k, v in first.items() if v is not None})
     patch = st.status_patch(written["status"], st.decision_status(written, queue(6), NOW + 5))
-    assert patch == {"queuePosition": 6}
+    assert patch == {"queuePosition": 6, "queue": "6"}
 
 
 def test_last_transition_time_moves_only_when_the_status_flips() -> None:

@@ -242,3 +242,43 @@ def test_parse_memo_reuses_unchanged_workloads_and_reparses_changed_ones() -> No
         without = build_snapshot([node("n1")], [], spaces_now, changed, [policy_in_force], time.time())
         assert with_memo.pending == without.pending
         assert all(a is not b for a, b in zip(with_memo.pending, three.pending))
+
+
+def test_the_pod_memo_gives_the_snapshot_a_fresh_read_gives_and_holding_workloads_keep_their_identity() -> None:
+    """With memos (the operator's), each snapshot equals one built from scratch while pods come,
+    change phase, move and go; unchanged holding workloads are the very objects of the last one."""
+    from gpuadmit.core.snapshot import ParseMemo, PodMemo
+
+    rng = random.Random(16)
+    nodes = [node(f"n{i}") for i in range(6)]
+    holders = []
+    for index in range(8):
+        obj = workload(f"h{index}", gpus=2, phase="Running")
+        obj["metadata"].update(uid=f"uid-h{index}", resourceVersion="1")
+        obj["spec"]["template"] = {"spec": {"containers": [{"name": "t", "image": "pytorch", "command": ["torchrun"],
+                                                            "resources": {"requests": {"cpu": "2", "memory": "4Gi"}}}]}}
+        obj["status"]["placement"] = [{"node": f"n{index % 6}", "gpus": 2, "replicas": 1}]
+        holders.append(obj)
+    pods: dict[str, dict[str, Any]] = {}
+    version = 1
+    memo, pod_memo = ParseMemo(), PodMemo()
+    previous = None
+    for _ in range(30):
+        version += 1
+        name = f"p{rng.randrange(12)}"
+        move = rng.random()
+        if move < 0.2:
+            pods.pop(name, None)
+        else:
+            owner = f"h{rng.randrange(8)}" if rng.random() < 0.7 else None
+            fresh = pod(name, f"n{rng.randrange(6)}" if rng.random() < 0.9 else None, rng.randrange(1, 3), workload=owner,
+                        phase=rng.choice(["Running", "Pending", "Succeeded", "Failed"]))
+            fresh["spec"]["containers"][0]["resources"]["requests"] = {"cpu": str(rng.randrange(1, 4))}
+            fresh["metadata"].update(uid=f"uid-{name}-{version}" if move < 0.3 else f"uid-{name}", resourceVersion=str(version))
+            pods[name] = fresh
+        args = (nodes, list(pods.values()), [namespace("team-a")], holders, [DEFAULT_POLICY], NOW)
+        with_memo = build_snapshot(*args, memo=memo, pod_memo=pod_memo)
+        assert with_memo == build_snapshot(*args)
+        if previous is not None:
+            assert all(a is b for a, b in zip(previous.holding, with_memo.holding, strict=True))
+        previous = with_memo

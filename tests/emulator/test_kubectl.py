@@ -161,15 +161,16 @@ def test_a_table_carries_the_crds_printer_columns(server) -> None:
     url, _ = server
     requests.post(f"{url}{GW}", json=workload("chat", gpus=2), timeout=10)
     requests.patch(f"{url}{GW}/chat/status", json={"status": {"phase": "Queued", "class": "inference",
-                                                              "reason": "NoCapacity", "queuePosition": 3}},
+                                                              "reason": "NoCapacity", "queuePosition": 3,
+                                                              "queue": "3"}},
                    headers={"Content-Type": "application/merge-patch+json"}, timeout=10)
     table = requests.get(f"{url}{GW}", headers={"Accept": TABLE}, timeout=10).json()
     assert table["kind"] == "Table" and table["apiVersion"] == "meta.k8s.io/v1"
     names = [(c["name"], c["priority"]) for c in table["columnDefinitions"]]
-    assert names[:4] == [("Name", 0), ("Class", 0), ("Phase", 0), ("GPUs", 0)] and ("Position", 1) in names
+    assert names[:4] == [("Name", 0), ("Class", 0), ("Phase", 0), ("GPUs", 0)] and ("Queue", 1) in names
     cells = dict(zip([c["name"] for c in table["columnDefinitions"]], table["rows"][0]["cells"], strict=True))
-    assert (cells["Name"], cells["Class"], cells["Phase"], cells["GPUs"], cells["Position"]) == (
-        "chat", "inference", "Queued", 2, 3)
+    assert (cells["Name"], cells["Class"], cells["Phase"], cells["GPUs"], cells["Queue"]) == (
+        "chat", "inference", "Queued", 2, "3")
     assert cells["Margin"] is None and cells["Age"].endswith("s")
     assert table["rows"][0]["object"]["kind"] == "PartialObjectMetadata"
     one = requests.get(f"{url}{GW}/chat?includeObject=Object", headers={"Accept": TABLE}, timeout=10).json()
@@ -247,7 +248,7 @@ def test_kubectl_get_shows_the_columns_and_get_w_streams_rows(server, tmp_path: 
     lines = kubectl(kubeconfig, "get", "gw").stdout.splitlines()
     assert lines[0].split() == ["NAME", "CLASS", "PHASE", "GPUS", "REPLICAS", "MARGIN", "REASON", "AGE"]
     assert lines[1].split()[:7] == ["chat", "inference", "Admitted", "2", "1", "4.8", "Admitted"]
-    assert "POSITION" in kubectl(kubeconfig, "get", "gw", "-o", "wide").stdout
+    assert "QUEUE" in kubectl(kubeconfig, "get", "gw", "-o", "wide").stdout
     assert kubectl(kubeconfig, "get", "pods").stderr.strip() == "No resources found in default namespace."
     kubectl(kubeconfig, "run", "p1", "--image=busybox")
     pods = kubectl(kubeconfig, "get", "pods", "-o", "wide").stdout.splitlines()

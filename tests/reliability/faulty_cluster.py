@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, TypeVar
 
 import pytest
 
+from gpuadmit.controller.queueview import shown_position
 from kubeapi_emulator import EmulatedApiServer
 from kubeapi_emulator.errors import ApiError
 from kubeapi_emulator.faults import FaultPlan
@@ -171,7 +172,8 @@ def decision_mismatches(dump: Mapping[str, list[dict]]) -> list[str]:
         decision = expected.get(key)
         if decision is None:
             continue  # holding or finished: not the engine's question any more
-        want = (PHASE_OF_ACTION[decision.action.value], decision.reason.value, decision.queue_position)
+        shown = None if decision.queue_position is None else shown_position(decision.queue_position).value
+        want = (PHASE_OF_ACTION[decision.action.value], decision.reason.value, shown)  # banded past the head
         got = (status.get("phase"), status.get("reason"), status.get("queuePosition"))
         if want != got:
             problems.append(f"{key}: status says {got}, decide() on the final objects says {want}")

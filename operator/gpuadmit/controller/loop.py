@@ -26,8 +26,10 @@ One cycle, top to bottom:
    labels follow at the lowest urgency. Only statuses that differ from the
    cached one are written.
 
-Every write answer goes into the cache before the next cycle, so a cycle never
-allocates GPUs a previous one already reserved.
+Every write answer goes into the cache at once, and cycles are pipelined: the next cycle
+thinks while the last one's writes are in flight, assuming them (controller.inflight: an
+admission in flight holds its GPUs; nothing decided about a workload with a write in flight is
+written), so a cycle never allocates GPUs a previous one already reserved.
 
 Failure isolation: whatever is done for one workload (following its pods, building
 them, writing its status, preempting or requeueing it) runs guarded. An error there
@@ -41,18 +43,23 @@ row the loop reports itself unhealthy (``/readyz`` answers 503) until one succee
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
+import gc
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from gpuadmit.controller import status as desired_status
 from gpuadmit.controller.api import ApiError
 from gpuadmit.controller.cache import NAMESPACE, NODE, POD, POLICY, QUOTA, WORKLOAD, ObjectCache, object_key
+from gpuadmit.controller.inflight import InFlight
 from gpuadmit.controller.native import NativeWorkloads
 from gpuadmit.controller.podcreator import PodCreator, pods_for
+from gpuadmit.controller.queueview import DEFAULT_EXACT_HEAD, QueueView
+from gpuadmit.controller.settled import SettledStatuses
 from gpuadmit.controller.unschedulable import UnschedulableTracker
 from gpuadmit.controller.writer import Writer
 from gpuadmit.core.errors import SpecError
@@ -75,7 +82,7 @@ from gpuadmit.core.pods import controlling_workload
 from gpuadmit.core.podsecurity import DEFAULT_LEVEL, TemplateRules, namespace_rules
 from gpuadmit.core.policy import parse_policy
 from gpuadmit.core.quota import Tenancy, tenancy
-from gpuadmit.core.snapshot import ParseMemo, build_snapshot
+from gpuadmit.core.snapshot import ParseMemo, PodMemo, build_snapshot
 from gpuadmit.core.timefmt import parse_rfc3339_or_none
 
 logger = logging.getLogger(__name__)
@@ -109,6 +116,7 @@ class LoopSettings:
     pod_security_level: str = DEFAULT_LEVEL  # what templates are held to (core.podsecurity)
     max_failed_cycles: int = 5  # whole-cycle failures in a row that make the loop unhealthy (0: never)
     unschedulable_seconds: float = 120.0  # a pod Unschedulable this long requeues its workload (controller.unschedulable)
+    exact_queue_positions: int = DEFAULT_EXACT_HEAD  # statuses past this queue position show its band (controller.queueview)
 
 
 @dataclass
@@ -146,6 +154,20 @@ def _owned_by(pod: Mapping[str, Any], workload: Mapping[str, Any]) -> bool:
 
 def _terminating(pod: Mapping[str, Any]) -> bool:
     return bool((pod.get("metadata") or {}).get("deletionTimestamp"))
+
+
+@contextlib.contextmanager
+def cyclic_gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection inside: building a snapshot allocates many small objects and
+    frees few, and the collector would rescan the cache's whole heap again and again for nothing
+    (half a snapshot's time at 20,000 workloads). The engine's decide does the same."""
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if collecting:
+            gc.enable()
 
 
 async def run_bounded(jobs: Iterable[Callable[[], Awaitable[Any]]], limit: int) -> None:
@@ -194,6 +216,7 @@ class SchedulingLoop:
         self.last_report = CycleReport()
         self._wakeup = asyncio.Event()
         self._first_change_at = 0.0  # monotonic time of the first trigger since the last cycle began
+        self._in_burst = False  # changes arrived while the last cycle ran (see _pause)
         self._last_good_policy: Policy | None = None
         self._warned_default_policy = False
         self._pending_since: dict[str, float] = {}  # workload key -> when a change to it was seen
@@ -201,9 +224,14 @@ class SchedulingLoop:
         self.native = NativeWorkloads(cache, writer, self.trigger, clock)
         self._policy_parsed: tuple[tuple[Any, Any], Policy] | None = None
         self._parse_memo = ParseMemo()
+        self._pod_memo = PodMemo()
         self._tenancy = Tenancy()
         self.unschedulable = UnschedulableTracker(settings.unschedulable_seconds)
         self._unschedulable_timer: asyncio.TimerHandle | None = None
+        self.queue_view: QueueView | None = None  # the exact queue of the last cycle, served on demand
+        self.in_flight = InFlight()  # status writes of a cycle still applying (controller.inflight)
+        self.settled = SettledStatuses(settings.exact_queue_positions)  # queue/reject statuses known current
+        self._applying: asyncio.Task[None] | None = None  # that cycle's apply, when pipelined
 
     # -- inputs -------------------------------------------------------------------------
 
@@ -249,7 +277,15 @@ class SchedulingLoop:
     # -- the task -----------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Forever: wait for a trigger (or the resync period), debounce, run one cycle."""
+        """Forever: wait for a trigger (or the resync period), debounce, run one cycle. Cycles are
+        pipelined: the next one thinks while the last one's writes are in flight."""
+        try:
+            await self._run()
+        finally:
+            if self._applying is not None:
+                self._applying.cancel()
+
+    async def _run(self) -> None:
         last_resync = time.monotonic()
         while True:
             try:
@@ -265,35 +301,40 @@ class SchedulingLoop:
                     await self.resync()
                 except Exception:
                     logger.exception("Resync failed; deciding on the watched state")
-            await self.run_cycle_safely()
+            await self.run_cycle_safely(pipelined=True)
             self.attempts += 1
+            self._in_burst = self._wakeup.is_set()  # changes arrived while it ran: a burst goes on
 
     def _pause(self) -> float:
-        """What is left of the wait after the first change: the debounce, stretched to the last
-        cycle's thinking time (at most MAX_PAUSE_S), since a cycle's snapshot and decision cost
-        time in proportion to the whole cluster, so during a long burst the loop batches more per
-        cycle instead of re-deciding the same queue. Its API writes are not counted: changes seen
-        while they ran have waited already."""
-        thinking_s = self.last_report.snapshot_s + self.last_report.decide_s
+        """What is left of the wait after the first change: the debounce, stretched during a burst
+        (changes kept arriving while the last cycle ran) to the last cycle's thinking time (at most
+        MAX_PAUSE_S), since a cycle's snapshot and decision cost time in proportion to the whole
+        cluster, so the loop batches more per cycle instead of re-deciding the same queue. A
+        change after a quiet spell (one pod finishing on a settled cluster) waits the debounce
+        only. Its API writes are not counted: changes seen while they ran have waited already."""
+        thinking_s = self.last_report.snapshot_s + self.last_report.decide_s if self._in_burst else 0.0
         wait_s = max(self.settings.debounce_seconds, min(thinking_s, MAX_PAUSE_S))
         return max(0.0, self._first_change_at + wait_s - time.monotonic())
 
-    async def run_cycle_safely(self) -> CycleReport:
+    async def run_cycle_safely(self, pipelined: bool = False) -> CycleReport:
         try:
-            report = await self.run_cycle()
+            report = await self.run_cycle(pipelined)
         except asyncio.CancelledError:
             raise
         except Exception:
-            self.failed_cycles_in_a_row += 1
             logger.exception("Scheduling cycle failed (%d in a row); the next change or resync retries",
-                             self.failed_cycles_in_a_row)
-            if self.metrics is not None:
-                self.metrics.observe_cycle_failed(self.failed_cycles_in_a_row)
-            self.trigger_later()
+                             self.failed_cycles_in_a_row + 1)
+            self._cycle_failed()
             return CycleReport(skipped=True)
-        if not report.skipped:
+        if not report.skipped and not pipelined:
             self.failed_cycles_in_a_row = 0
         return report
+
+    def _cycle_failed(self) -> None:
+        self.failed_cycles_in_a_row += 1
+        if self.metrics is not None:
+            self.metrics.observe_cycle_failed(self.failed_cycles_in_a_row)
+        self.trigger_later()
 
     def healthy(self) -> bool:
         """False once ``max_failed_cycles`` cycles in a row failed as a whole (until one succeeds)."""
@@ -303,7 +344,10 @@ class SchedulingLoop:
     def trigger_later(self, delay: float = 1.0) -> None:
         asyncio.get_running_loop().call_later(delay, self.trigger)
 
-    async def run_cycle(self) -> CycleReport:
+    async def run_cycle(self, pipelined: bool = False) -> CycleReport:
+        """One cycle. ``pipelined``: return once its decision is made and its writes are started
+        (the loop's next cycle then thinks while they are in flight, assuming them:
+        controller.inflight); otherwise return when they are done."""
         started = time.monotonic()
         report = CycleReport()
         if not self.cache.seeded or (self.gate is not None and not await self.gate.is_active()):
@@ -313,10 +357,13 @@ class SchedulingLoop:
         failed_writes_before = self.writer.failed_status_writes
         policy = await self._policy_in_force(now)
         self.pods.recount()
+        if self.native.trusted or self.native.untrusted:
+            await self._applied()  # native units: no overlap with the last cycle's release and hold-back
         await self.native.prepare(now)  # mirrors made, checked and kept in line with their native objects
         await self._follow_pods(now, report)
 
         mark = time.monotonic()
+        in_flight = self.in_flight.keys()  # decided on assumptions: applied by a later cycle
         snapshot = self._snapshot(policy, now)
         lost = self._holding_to_requeue(snapshot)
         for key, reason_and_why in self._unschedulable_to_requeue(now).items():
@@ -326,8 +373,50 @@ class SchedulingLoop:
             snapshot = self._snapshot(policy, now)
         report.snapshot_s, mark = time.monotonic() - mark, time.monotonic()
         result = self.decide(snapshot)
-        report.decide_s, mark = time.monotonic() - mark, time.monotonic()
-        await self._apply(snapshot, result, now, report)
+        report.decide_s = time.monotonic() - mark
+        self.queue_view = QueueView.of(result, now, self.cycles + 1)
+        await self._applied()  # one cycle's writes at a time: this one's start when the last one's end
+        # Decisions on workloads whose write was in flight when the snapshot was taken are left to
+        # the next cycle (it decides on the answer); the rest are in flight from now on.
+        applied = result if not in_flight else CycleResult(
+            decisions=tuple(d for d in result.decisions if d.key not in in_flight), preemptions=result.preemptions)
+        if len(applied.decisions) < len(result.decisions):
+            self.trigger()
+        self.in_flight.add(applied.decisions)
+        finish = self._finish_cycle(snapshot, result, applied, now, report, started, failed_writes_before)
+        if pipelined and not (result.preemptions or lost):  # victims out first: no overlap then
+            self._applying = asyncio.create_task(self._finish_safely(finish), name="gpuadmit cycle apply")
+            return report
+        await finish
+        return report
+
+    async def _applied(self) -> None:
+        """Wait for the last pipelined cycle's writes."""
+        if self._applying is not None:
+            await asyncio.shield(self._applying)
+            self._applying = None
+
+    async def _finish_safely(self, finish: Awaitable[CycleReport]) -> None:
+        try:
+            report = await finish
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("Applying a scheduling cycle failed (%d in a row); the next change or resync retries",
+                             self.failed_cycles_in_a_row + 1)
+            self._cycle_failed()
+            return
+        if not report.skipped:
+            self.failed_cycles_in_a_row = 0
+
+    async def _finish_cycle(self, snapshot: Snapshot, result: CycleResult, applied: CycleResult, now: float,
+                            report: CycleReport, started: float, failed_writes_before: int) -> CycleReport:
+        """Step 4 (``applied``: the decisions to write) and the cycle's bookkeeping."""
+        mark = time.monotonic()
+        try:
+            await self._apply(snapshot, applied, now, report)
+        finally:
+            self.in_flight.clear()  # written, failed or never started: assumed no longer
         native = await self.native.reconcile(now)  # native units released or held back as their mirrors now stand
         if self.metrics is not None:
             self.metrics.observe_native(native.actions, self.native.mirrors_by_kind_and_phase())
@@ -505,12 +594,14 @@ class SchedulingLoop:
         workloads = self.cache.all(WORKLOAD)
         if self.native.untrusted:  # a GPUWorkload that claims to mirror and is not trusted is not decided
             workloads = [w for w in workloads if not self.native.excluded(object_key(w))]
-        return build_snapshot(
-            self.cache.all(NODE), self.cache.all(POD), namespaces, workloads,
-            policies, now, policy_name=policy.name if policy is not None else self.settings.policy_name,
-            memo=self._parse_memo, pod_security_level=self.settings.pod_security_level, quotas=self._tenancy,
-            avoided_nodes=self.unschedulable.avoided_nodes(now), mirrors=self.native.trusted,
-        )
+        with cyclic_gc_paused():
+            return build_snapshot(
+                self.cache.all(NODE), self.cache.all(POD), namespaces, self.in_flight.assumed(workloads, now),
+                policies, now, policy_name=policy.name if policy is not None else self.settings.policy_name,
+                memo=self._parse_memo, pod_security_level=self.settings.pod_security_level, quotas=self._tenancy,
+                avoided_nodes=self.unschedulable.avoided_nodes(now), mirrors=self.native.trusted,
+                pod_memo=self._pod_memo,
+            )
 
     async def _write_quota_statuses(self, snapshot: Snapshot, now: float) -> None:
         """Each GPUQuota's status as of this cycle's snapshot (usage before its admissions: they
@@ -586,9 +677,15 @@ class SchedulingLoop:
         preemptors_blocked, unreleased_nodes = await self._apply_preemptions(
             result.preemptions, result.decisions, now, report)
         admits = [d for d in result.decisions if d.action == Action.ADMIT]
-        others = [d for d in result.decisions if d.action != Action.ADMIT]
         for decision in result.decisions:
             report.by_action[decision.action.value] = report.by_action.get(decision.action.value, 0) + 1
+        get = self.cache.get
+        settled = {d.key for d in result.decisions  # their status says it already: nothing to build or write
+                   if d.action != Action.ADMIT and self.settled.unchanged(d, get(WORKLOAD, d.key))}
+        others = [d for d in result.decisions if d.action != Action.ADMIT and d.key not in settled]
+        for key in settled:
+            self.in_flight.done(key)
+        self.settled.keep_only({d.key for d in result.decisions})
         # The decision assumed every victim's GPUs free. Where a victim could not be preempted, no
         # admit may land on its nodes (not only its preemptor: the freed room may have been shared).
         waiting = {d.key for d in admits if d.key in preemptors_blocked
@@ -601,6 +698,8 @@ class SchedulingLoop:
         # hold no GPUs, so they go out alongside.
         pods_by_workload = self.cache.pods_by_workload()
         guarded = self._guarded_call
+        for key in waiting:
+            self.in_flight.done(key)  # not written now: assumed no longer
         await run_bounded(
             [
                 *(functools.partial(guarded, d.key, self._apply_admit, d, now, report, pods_by_workload.get(d.key, []))
@@ -659,7 +758,7 @@ class SchedulingLoop:
         workload = self.cache.get(WORKLOAD, decision.key)
         if workload is None:
             return
-        desired = desired_status.decision_status(workload, decision, now)
+        desired = desired_status.decision_status(workload, decision, now, self.settings.exact_queue_positions)
         if not await self._write(workload, desired, report, decision):
             return
         admitted = self.cache.get(WORKLOAD, decision.key) or workload
@@ -673,11 +772,13 @@ class SchedulingLoop:
         if workload is None:
             return
         was_rejected = _phase(workload) == "Rejected"
-        desired = desired_status.decision_status(workload, decision, now)
+        desired = desired_status.decision_status(workload, decision, now, self.settings.exact_queue_positions)
         written = await self._write(workload, desired, report, decision)
         if written is None:
+            self.settled.forget(decision.key)
             return
         updated = self.cache.get(WORKLOAD, decision.key) or workload
+        self.settled.settle(decision, updated)
         if decision.action == Action.REJECT and written and not was_rejected:
             self.writer.explain_later(updated, "Warning", decision.reason.value,
                                       desired_status.decision_message(decision), decision.workload_class)
@@ -696,8 +797,12 @@ class SchedulingLoop:
             await self._workload_error(key, error)
 
     async def _guarded_call(self, key: str, job: Callable[..., Awaitable[Any]], *args: Any) -> None:
-        """``_guarded`` for a job started only when its turn comes (``run_bounded``)."""
-        await self._guarded(key, job(*args))
+        """``_guarded`` for a job started only when its turn comes (``run_bounded``): one
+        decision's write, no longer in flight once it ends (whatever its outcome)."""
+        try:
+            await self._guarded(key, job(*args))
+        finally:
+            self.in_flight.done(key)
 
     async def _workload_error(self, key: str, error: Exception) -> None:
         if isinstance(error, ApiError):  # the API's trouble, not the workload's: the next cycle retries

@@ -16,6 +16,7 @@ import sys
 import uuid
 
 from gpuadmit.controller.peering import random_priority
+from gpuadmit.controller.queueview import DEFAULT_EXACT_HEAD
 from gpuadmit.controller.runtime import OperatorOptions
 from gpuadmit.controller.webhook_configs import FAILURE_POLICIES
 from gpuadmit.core.podsecurity import DEFAULT_LEVEL, LEVELS
@@ -23,6 +24,13 @@ from gpuadmit.core.podsecurity import DEFAULT_LEVEL, LEVELS
 
 def _non_negative_float(text: str) -> float:
     value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
     return value
@@ -66,6 +74,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--unschedulable-seconds", type=_non_negative_float, default=120.0,
                         help="how long kube-scheduler may report a pod of an admitted workload Unschedulable before "
                              "the workload's pods are deleted, its GPUs given back and it is requeued (default 120)")
+    parser.add_argument("--exact-queue-positions", type=_non_negative_int, default=DEFAULT_EXACT_HEAD,
+                        help="statuses carry the exact queue position only for this many at the head of the queue; "
+                             "beyond, the band it lies in (11-20, ..., 101-200, ...), so an event does not rewrite "
+                             "every queued status; `gpuadmit queue` prints the exact queue "
+                             f"(default {DEFAULT_EXACT_HEAD})")
     parser.add_argument("--per-namespace-metrics", action="store_true", help="add per-namespace metric series (off: metrics name no tenant)")
     parser.add_argument("--log-level", default=os.environ.get("GPUADMIT_LOG_LEVEL", "INFO"), help="DEBUG, INFO, WARNING (default INFO)")
 
@@ -88,6 +101,7 @@ def options_from_args(args: argparse.Namespace) -> OperatorOptions:
         pod_security_level=args.pod_security_level,
         max_failed_cycles=max(0, args.max_failed_cycles),
         unschedulable_seconds=args.unschedulable_seconds,
+        exact_queue_positions=args.exact_queue_positions,
     )
 
 

@@ -24,6 +24,7 @@ from gpuadmit.controller.api import KubeApi, resolve_credentials
 from gpuadmit.controller.cache import NAMESPACE, NODE, ObjectCache
 from gpuadmit.controller.loop import LoopSettings, MetricsSink, SchedulingLoop
 from gpuadmit.controller.peering import PeeringGate
+from gpuadmit.controller.queueview import DEFAULT_EXACT_HEAD, NOT_DECIDED
 from gpuadmit.controller.watch import Stream
 from gpuadmit.controller.writer import Writer
 from gpuadmit.core.model import GPU_PRODUCT_LABEL
@@ -52,6 +53,7 @@ class OperatorOptions:
     pod_security_level: str = DEFAULT_LEVEL  # the Pod Security Standards level templates are held to
     max_failed_cycles: int = 5  # whole-cycle failures in a row after which /readyz fails (0: never)
     unschedulable_seconds: float = 120.0  # a pod Unschedulable this long requeues its workload
+    exact_queue_positions: int = DEFAULT_EXACT_HEAD  # queue positions written exactly; beyond, banded
 
 
 class OperatorRuntime:
@@ -83,7 +85,8 @@ class OperatorRuntime:
         self.loop = SchedulingLoop(
             self.cache, writer,
             LoopSettings(options.debounce_seconds, options.resync_seconds, options.policy_name, options.namespaces,
-                         options.pod_security_level, options.max_failed_cycles, options.unschedulable_seconds),
+                         options.pod_security_level, options.max_failed_cycles, options.unschedulable_seconds,
+                         options.exact_queue_positions),
             metrics=self.metrics, gate=gate, resync=self.resync,
         )
         if gate is not None:
@@ -164,9 +167,18 @@ class OperatorRuntime:
                     **{name: gate() for name, gate in self.readiness_gates.items()}}
             return web.json_response(body, status=200 if ok else 503)
 
+        async def queue(request: web.Request) -> web.Response:
+            # The exact queue as the last cycle decided it (statuses band positions past the head).
+            view = self.loop.queue_view if self.loop is not None else None
+            if view is None:
+                return web.json_response(NOT_DECIDED, status=503)
+            status, body = view.answer(request.query)
+            return web.json_response(body, status=status)
+
         app = web.Application()
         app.router.add_get("/healthz", healthz)
         app.router.add_get("/readyz", readyz)
+        app.router.add_get("/queue", queue)
         self._health_runner = web.AppRunner(app, access_log=None)
         await self._health_runner.setup()
         await web.TCPSite(self._health_runner, "0.0.0.0", self.options.health_port).start()

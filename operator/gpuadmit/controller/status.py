@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from gpuadmit.controller.queueview import DEFAULT_EXACT_HEAD, queued_message, shown_position
 from gpuadmit.core.errors import SpecError
 from gpuadmit.core.guarantee import QuotaReport
 from gpuadmit.core.model import Action, Decision, Phase, Preemption
@@ -120,9 +121,21 @@ def decision_message(decision: Decision) -> str:
     return decision.message
 
 
-def decision_status(workload_obj: Mapping[str, Any], decision: Decision, now: float) -> dict[str, Any]:
-    """The status a Decision asks for (admit, queue or reject)."""
+# The queue fields a status carries only while Queued (controller.queueview says what they mean).
+NOT_QUEUED = {"queuePosition": None, "queuePositionApproximate": None, "queue": None}
+
+
+def decision_status(workload_obj: Mapping[str, Any], decision: Decision, now: float,
+                    exact_head: int = DEFAULT_EXACT_HEAD) -> dict[str, Any]:
+    """The status a Decision asks for (admit, queue or reject). A queue position past the first
+    ``exact_head`` is shown banded (controller.queueview), message included."""
     message = decision_message(decision)
+    queue_fields: dict[str, Any] = dict(NOT_QUEUED)
+    if decision.action == Action.QUEUE and decision.queue_position is not None:
+        shown = shown_position(decision.queue_position, exact_head)
+        message = queued_message(message, decision.queue_position, shown)
+        queue_fields = {"queuePosition": shown.value, "queuePositionApproximate": shown.approximate or None,
+                        "queue": shown.text}
     current = _status_of(workload_obj)
     generation = _generation(workload_obj)
     conditions = current.get("conditions")
@@ -137,7 +150,6 @@ def decision_status(workload_obj: Mapping[str, Any], decision: Decision, now: fl
     if decision.action == Action.ADMIT:
         desired.update(
             phase=Phase.ADMITTED.value,
-            queuePosition=None,
             placement=[{"node": entry.node, "gpus": entry.gpus, "replicas": entry.replicas} for entry in decision.placement],
             admittedAt=format_rfc3339(now),
         )
@@ -145,14 +157,15 @@ def decision_status(workload_obj: Mapping[str, Any], decision: Decision, now: fl
         conditions = set_condition(conditions, RUNNING, False, PODS_STARTING, "pods are being created", now, generation)
         conditions = remove_condition(conditions, FINISHED)
     elif decision.action == Action.QUEUE:
-        desired.update(phase=Phase.QUEUED.value, queuePosition=decision.queue_position, placement=None, admittedAt=None)
+        desired.update(phase=Phase.QUEUED.value, placement=None, admittedAt=None)
         conditions = set_condition(conditions, ADMITTED, False, decision.reason.value, message, now, generation)
         conditions = remove_condition(conditions, RUNNING)
     else:
-        desired.update(phase=Phase.REJECTED.value, queuePosition=None, placement=None, admittedAt=None)
+        desired.update(phase=Phase.REJECTED.value, placement=None, admittedAt=None)
         conditions = set_condition(conditions, ADMITTED, False, decision.reason.value, message, now, generation)
         conditions = remove_condition(conditions, RUNNING)
         conditions = set_condition(conditions, FINISHED, True, decision.reason.value, message, now, generation)
+    desired.update(queue_fields)
     desired["conditions"] = conditions
     return desired
 
@@ -172,7 +185,7 @@ def preempted_status(workload_obj: Mapping[str, Any], preemption: Preemption, no
         "preemptedBy": preemption.preempted_by,
         "preemptions": (previous if isinstance(previous, int) else 0) + 1,
         "queuedSince": format_rfc3339(now),  # aging and maxQueueSeconds count from the preemption
-        "queuePosition": None,
+        **NOT_QUEUED,
         "placement": None,
         "admittedAt": None,
         "observedGeneration": generation,
@@ -191,7 +204,7 @@ def requeued_status(workload_obj: Mapping[str, Any], reason: str, message: str, 
         "reason": reason,
         "message": _short(message),
         "queuedSince": format_rfc3339(now),
-        "queuePosition": None,
+        **NOT_QUEUED,
         "placement": None,
         "admittedAt": None,
         "observedGeneration": generation,

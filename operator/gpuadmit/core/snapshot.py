@@ -15,8 +15,8 @@ workload is already finished or rejected.
 
 from __future__ import annotations
 
-from collections.abc import Container, Iterable, Iterator, Mapping
-from dataclasses import replace
+from collections.abc import Container, Iterable, Mapping
+from dataclasses import dataclass, replace
 from typing import Any
 
 from gpuadmit.core.classifier import KindLean
@@ -32,15 +32,8 @@ from gpuadmit.core.model import (
     Snapshot,
     Workload,
 )
-from gpuadmit.core.native import admission_unit_of
-from gpuadmit.core.nodes import (
-    gpus_used_by_node,
-    node_from_object,
-    pod_gpu_request,
-    pod_is_terminal,
-    pod_requests,
-    requests_used_by_node,
-)
+from gpuadmit.core.native import admission_unit_of, unit_of_pod
+from gpuadmit.core.nodes import node_from_object, pod_gpu_request, pod_is_terminal, pod_requests
 from gpuadmit.core.pods import pod_node
 from gpuadmit.core.podsecurity import (
     DEFAULT_LEVEL,
@@ -121,46 +114,120 @@ def tiers_by_namespace(namespaces: Iterable[Mapping[str, Any]]) -> dict[str, str
     return tiers
 
 
-def _own_pods_by_node(pods: Iterable[Mapping[str, Any]],
-                      mirrors: Container[str] = ()) -> Iterator[tuple[tuple[str, str], Mapping[str, Any]]]:
-    """The non-terminal pods that fill a reservation (controlled by their GPUWorkload, or of the
-    native unit a trusted mirror stands for: ``core.native.admission_unit_of``), each with its
-    (workload key, node): bound, or pinned and waiting for kube-scheduler.
+@dataclass(frozen=True, slots=True)
+class PodFacts:
+    """What a snapshot reads of one non-terminal pod bound to a node or, not bound yet, pinned to
+    one (``core.pods.pod_node``): where its requests count, what they are, and whose reservation
+    it may fill."""
 
-    A pod that only carries the ``gpuadmit.io/workload`` label is somebody else's: counted as
-    ours, it would hide inside that workload's reservation instead of beside it."""
-    for pod in pods:
-        if not isinstance(pod, _MAPPINGS) or not isinstance(pod.get("metadata"), _MAPPINGS):
+    node: str
+    gpus: int                              # as kube-scheduler counts them (``pod_gpu_request``)
+    requests: tuple[tuple[str, int], ...]  # every other resource (``pod_requests``)
+    # "namespace/workload" of the GPUWorkload controlling it (its controller ownerReference). A
+    # pod that only carries the ``gpuadmit.io/workload`` label is somebody else's: counted as
+    # ours, it would hide inside that workload's reservation instead of beside it.
+    own: str | None
+    unit: str | None  # the key a mirror of its native unit would have (``core.native.unit_of_pod``)
+
+    def filling(self, mirrors: Container[str]) -> str | None:
+        """The reservation it fills, as ``core.native.admission_unit_of`` says."""
+        if self.own is not None:
+            return self.own
+        return self.unit if mirrors and self.unit in mirrors else None
+
+
+def pod_facts(pod: Mapping[str, Any]) -> PodFacts | None:
+    """The pod's facts, None when it counts nowhere (terminal, not placed, not an object)."""
+    if not isinstance(pod, _MAPPINGS) or pod_is_terminal(pod):
+        return None
+    node_name = pod_node(pod)
+    if not node_name:
+        return None
+    spec = pod.get("spec")
+    has_metadata = isinstance(pod.get("metadata"), _MAPPINGS)
+    return PodFacts(
+        node=node_name, gpus=pod_gpu_request(pod),
+        requests=tuple(pod_requests(spec if isinstance(spec, _MAPPINGS) else {}).items()),
+        own=admission_unit_of(pod) if has_metadata else None,
+        unit=unit_of_pod(pod).mirror_key if has_metadata else None,
+    )
+
+
+class PodMemo:
+    """Pod facts kept from one snapshot to the next by a caller that builds many (the operator): a
+    pod is read again only when its (uid, resourceVersion) changed; pods gone are dropped."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, tuple[str, PodFacts | None]] = {}
+
+    def facts(self, pods: Iterable[Mapping[str, Any]]) -> list[PodFacts]:
+        kept: dict[str, tuple[str, PodFacts | None]] = {}
+        found: list[PodFacts] = []
+        for pod in pods:
+            metadata = pod.get("metadata") if isinstance(pod, _MAPPINGS) else None
+            uid = str(metadata.get("uid") or "") if isinstance(metadata, _MAPPINGS) else ""
+            version = str(metadata.get("resourceVersion") or "") if isinstance(metadata, _MAPPINGS) else ""
+            held = self._entries.get(uid) if uid and version else None
+            facts = held[1] if held is not None and held[0] == version else pod_facts(pod)
+            if uid and version:
+                kept[uid] = (version, facts)
+            if facts is not None:
+                found.append(facts)
+        self._entries = kept
+        return found
+
+
+@dataclass
+class PodUsage:
+    """What the pods hold, summed from their facts: GPUs and other resources by node, and the part
+    of each reservation the pods that fill it already request, by (workload key, node)."""
+
+    gpus_by_node: dict[str, int]
+    requests_by_node: dict[str, dict[str, int]]
+    gpus_of_own: dict[tuple[str, str], int]
+    resources_of_own: dict[tuple[str, str], Resources]
+
+
+def pod_usage(facts: Iterable[PodFacts], mirrors: Container[str] = ()) -> PodUsage:
+    gpus_by_node: dict[str, int] = {}
+    requests_by_node: dict[str, dict[str, int]] = {}
+    gpus_of_own: dict[tuple[str, str], int] = {}
+    own_requests: dict[tuple[str, str], dict[str, int]] = {}
+    for fact in facts:
+        node_requests = requests_by_node.setdefault(fact.node, {})
+        for resource, amount in fact.requests:
+            node_requests[resource] = node_requests.get(resource, 0) + amount
+        if fact.gpus:
+            gpus_by_node[fact.node] = gpus_by_node.get(fact.node, 0) + fact.gpus
+        owner = fact.filling(mirrors)
+        if owner is None:
             continue
-        key = admission_unit_of(pod, mirrors)
-        if key is None or pod_is_terminal(pod):
-            continue
-        node_name = pod_node(pod)
-        if node_name:
-            yield (key, node_name), pod
+        key = (owner, fact.node)
+        held = own_requests.setdefault(key, {})
+        for resource, amount in fact.requests:
+            held[resource] = held.get(resource, 0) + amount
+        if fact.gpus:
+            gpus_of_own[key] = gpus_of_own.get(key, 0) + fact.gpus
+    return PodUsage(gpus_by_node, requests_by_node, gpus_of_own,
+                    {key: tuple(sorted(held.items())) for key, held in own_requests.items()})
+
+
+def _facts_of(pods: Iterable[Mapping[str, Any]]) -> list[PodFacts]:
+    return [facts for pod in pods if (facts := pod_facts(pod)) is not None]
 
 
 def resources_of_own_pods(pods: Iterable[Mapping[str, Any]],
                           mirrors: Container[str] = ()) -> dict[tuple[str, str], Resources]:
-    """Every other resource our own non-terminal pods request, by (workload key, node): the part
-    of a reservation the nodes' used resources already count (see ``gpus_of_own_pods``)."""
-    own: dict[tuple[str, str], dict[str, int]] = {}
-    for key, pod in _own_pods_by_node(pods, mirrors):
-        spec = pod.get("spec")
-        held = own.setdefault(key, {})
-        for resource, amount in pod_requests(spec if isinstance(spec, _MAPPINGS) else {}).items():
-            held[resource] = held.get(resource, 0) + amount
-    return {key: tuple(sorted(held.items())) for key, held in own.items()}
+    """Every other resource our own non-terminal pods (and those of trusted mirrors' native units)
+    request, by (workload key, node): the part of a reservation the nodes' used resources already
+    count (see ``gpus_of_own_pods``)."""
+    return pod_usage(_facts_of(pods), mirrors).resources_of_own
 
 
 def gpus_of_own_pods(pods: Iterable[Mapping[str, Any]], mirrors: Container[str] = ()) -> dict[tuple[str, str], int]:
-    """GPUs requested by our own non-terminal pods, by (workload key, node)."""
-    own: dict[tuple[str, str], int] = {}
-    for key, pod in _own_pods_by_node(pods, mirrors):
-        gpus = pod_gpu_request(pod)
-        if gpus:
-            own[key] = own.get(key, 0) + gpus
-    return own
+    """GPUs requested by the non-terminal pods that fill a reservation (controlled by their
+    GPUWorkload, or of the native unit a trusted mirror stands for), by (workload key, node)."""
+    return pod_usage(_facts_of(pods), mirrors).gpus_of_own
 
 
 class ParseMemo:
@@ -172,6 +239,7 @@ class ParseMemo:
     def __init__(self) -> None:
         self.cache = ParseCache()
         self._entries: dict[tuple[str, str], tuple[tuple[Any, ...], Policy, Workload | InvalidWorkload]] = {}
+        self._placed: dict[tuple[str, str], tuple[Workload, Workload]] = {}  # parsed -> with placed resources
 
     def parse(self, obj: Mapping[str, Any], policy: Policy, tiers: Mapping[str, str], now: float,
               seen: set[tuple[str, str]], pod_security: PodSecurity = DEFAULT_POD_SECURITY,
@@ -192,9 +260,22 @@ class ParseMemo:
         self._entries[key] = (stamp, policy, parsed)
         return parsed
 
+    def placed(self, workload: Workload) -> Workload:
+        """``_with_placed_resources`` of a parsed holding workload: the same object for as long as
+        the parse is (an engine that keeps state between cycles compares them by identity first)."""
+        key = (workload.namespace, workload.name)
+        held = self._placed.get(key)
+        if held is not None and held[0] is workload:
+            return held[1]
+        placed = _with_placed_resources(workload)
+        self._placed[key] = (workload, placed)
+        return placed
+
     def keep_only(self, seen: set[tuple[str, str]]) -> None:
         if len(self._entries) > len(seen):
             self._entries = {key: entry for key, entry in self._entries.items() if key in seen}
+        if len(self._placed) > len(seen):
+            self._placed = {key: entry for key, entry in self._placed.items() if key in seen}
 
 
 def build_snapshot(
@@ -210,6 +291,7 @@ def build_snapshot(
     quotas: Tenancy | Iterable[Mapping[str, Any]] = (),
     avoided_nodes: Mapping[str, frozenset[str]] | None = None,
     mirrors: Mapping[str, KindLean | None] | None = None,
+    pod_memo: PodMemo | None = None,
 ) -> Snapshot:
     """The engine's input from raw objects.
 
@@ -229,6 +311,7 @@ def build_snapshot(
     class its native kind leans to: their templates are held to the accounting rules only (their
     pods are made by the tenant's own controllers), and the pods of their units fill their
     reservations as a GPUWorkload's own pods do.
+    ``pod_memo`` (optional) reuses what was read of pods unchanged since the last snapshot.
     """
     mirrors = mirrors or {}
     policy = select_policy(policies, policy_name)
@@ -236,9 +319,8 @@ def build_snapshot(
     tiers = tiers_by_namespace(namespaces)
     pod_security = pod_security_of_namespaces(namespaces, pod_security_level)
     tenants = quotas if isinstance(quotas, Tenancy) else tenancy(quotas, namespaces)
-    pods = pods if isinstance(pods, (list, tuple)) else list(pods)
-    used_by_node = gpus_used_by_node(pods)
-    requests_by_node = requests_used_by_node(pods)
+    usage = pod_usage(pod_memo.facts(pods) if pod_memo is not None else _facts_of(pods), mirrors)
+    used_by_node, requests_by_node = usage.gpus_by_node, usage.requests_by_node
 
     # Keyed by name, so an object listed twice (two dumps concatenated) counts once: the
     # later one wins, as it would have on the API server. A node counted twice would
@@ -284,7 +366,7 @@ def build_snapshot(
             if parsed.name and pending_phase_of_invalid[key]:
                 invalid.append(parsed)
         elif parsed.phase in HOLDING_PHASES:
-            holding.append(_with_placed_resources(parsed))
+            holding.append(memo.placed(parsed) if memo is not None else _with_placed_resources(parsed))
         elif parsed.phase in PENDING_PHASES:
             avoided = avoided_nodes.get(parsed.key) if avoided_nodes else None
             pending.append(replace(parsed, avoided_nodes=frozenset(avoided)) if avoided else parsed)
@@ -296,10 +378,10 @@ def build_snapshot(
         policy=policy,
         now=now,
         invalid=tuple(invalid),
-        gpus_of_own_pods=gpus_of_own_pods(pods, mirrors),
+        gpus_of_own_pods=usage.gpus_of_own,
         quotas=tenants.quotas,
         quota_of_namespace=tenants.quota_of_namespace,
-        resources_of_own_pods=resources_of_own_pods(pods, mirrors),
+        resources_of_own_pods=usage.resources_of_own,
     )
 
 

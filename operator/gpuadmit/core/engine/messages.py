@@ -80,12 +80,18 @@ def finalize(cycle: Cycle, result: PassResult, position_of: Callable[[Candidate]
             reason = Reason.INSUFFICIENT_CAPACITY
             message = _capacity_message(result.inventory, candidate, capacity_note_cache)
         decisions.append(
-            decision_for(workload, Action.QUEUE, reason, f"{message} (queue position {position})", margin=candidate.best_margin, position=position)
+            decision_for(workload, Action.QUEUE, reason, f"{message}{queue_position_note(position)}", margin=candidate.best_margin, position=position)
         )
     decisions.extend(cycle.static_rejections)
     decisions.extend(cycle.invalid)
     preemptions.sort(key=lambda p: p.key)
     return CycleResult(decisions=tuple(decisions), preemptions=tuple(preemptions))
+
+
+def queue_position_note(position: int | str) -> str:
+    """The note a queue message ends with; the operator's status shows it banded past the head
+    (controller.queueview), so this is the one place its words are."""
+    return f" (queue position {position})"
 
 
 def _admit_decision(workload: Workload, admission: Admission) -> Decision:
