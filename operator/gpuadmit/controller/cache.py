@@ -34,7 +34,11 @@ NODE = "Node"
 POD = "Pod"
 NAMESPACE = "Namespace"
 JOB = "Job"  # batch/v1, for the native workloads of managed namespaces (controller.native)
-KINDS = (WORKLOAD, POLICY, QUOTA, NODE, POD, NAMESPACE, JOB)
+# Watched only where their CRDs are served (controller.restore.discover_optional_kinds); named as
+# core.native.UnitKind names them, so a unit's kind is its cache kind.
+PYTORCHJOB = "PyTorchJob"  # kubeflow.org/v1
+RAYJOB = "RayJob"  # ray.io/v1
+KINDS = (WORKLOAD, POLICY, QUOTA, NODE, POD, NAMESPACE, JOB, PYTORCHJOB, RAYJOB)
 
 DELETED = "DELETED"
 TOMBSTONES_KEPT = 10_000

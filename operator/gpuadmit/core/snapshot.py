@@ -121,8 +121,8 @@ def tiers_by_namespace(namespaces: Iterable[Mapping[str, Any]]) -> dict[str, str
     return tiers
 
 
-def _own_pods_by_node(pods: Iterable[Mapping[str, Any]],
-                      mirrors: Container[str] = ()) -> Iterator[tuple[tuple[str, str], Mapping[str, Any]]]:
+def _own_pods_by_node(pods: Iterable[Mapping[str, Any]], mirrors: Container[str] = (),
+                      ray_jobs: Mapping[str, str] | None = None) -> Iterator[tuple[tuple[str, str], Mapping[str, Any]]]:
     """The non-terminal pods that fill a reservation (controlled by their GPUWorkload, or of the
     native unit a trusted mirror stands for: ``core.native.admission_unit_of``), each with its
     (workload key, node): bound, or pinned and waiting for kube-scheduler.
@@ -132,7 +132,7 @@ def _own_pods_by_node(pods: Iterable[Mapping[str, Any]],
     for pod in pods:
         if not isinstance(pod, _MAPPINGS) or not isinstance(pod.get("metadata"), _MAPPINGS):
             continue
-        key = admission_unit_of(pod, mirrors)
+        key = admission_unit_of(pod, mirrors, ray_jobs)
         if key is None or pod_is_terminal(pod):
             continue
         node_name = pod_node(pod)
@@ -140,12 +140,12 @@ def _own_pods_by_node(pods: Iterable[Mapping[str, Any]],
             yield (key, node_name), pod
 
 
-def resources_of_own_pods(pods: Iterable[Mapping[str, Any]],
-                          mirrors: Container[str] = ()) -> dict[tuple[str, str], Resources]:
+def resources_of_own_pods(pods: Iterable[Mapping[str, Any]], mirrors: Container[str] = (),
+                          ray_jobs: Mapping[str, str] | None = None) -> dict[tuple[str, str], Resources]:
     """Every other resource our own non-terminal pods request, by (workload key, node): the part
     of a reservation the nodes' used resources already count (see ``gpus_of_own_pods``)."""
     own: dict[tuple[str, str], dict[str, int]] = {}
-    for key, pod in _own_pods_by_node(pods, mirrors):
+    for key, pod in _own_pods_by_node(pods, mirrors, ray_jobs):
         spec = pod.get("spec")
         held = own.setdefault(key, {})
         for resource, amount in pod_requests(spec if isinstance(spec, _MAPPINGS) else {}).items():
@@ -153,10 +153,11 @@ def resources_of_own_pods(pods: Iterable[Mapping[str, Any]],
     return {key: tuple(sorted(held.items())) for key, held in own.items()}
 
 
-def gpus_of_own_pods(pods: Iterable[Mapping[str, Any]], mirrors: Container[str] = ()) -> dict[tuple[str, str], int]:
+def gpus_of_own_pods(pods: Iterable[Mapping[str, Any]], mirrors: Container[str] = (),
+                     ray_jobs: Mapping[str, str] | None = None) -> dict[tuple[str, str], int]:
     """GPUs requested by our own non-terminal pods, by (workload key, node)."""
     own: dict[tuple[str, str], int] = {}
-    for key, pod in _own_pods_by_node(pods, mirrors):
+    for key, pod in _own_pods_by_node(pods, mirrors, ray_jobs):
         gpus = pod_gpu_request(pod)
         if gpus:
             own[key] = own.get(key, 0) + gpus
@@ -210,6 +211,7 @@ def build_snapshot(
     quotas: Tenancy | Iterable[Mapping[str, Any]] = (),
     avoided_nodes: Mapping[str, frozenset[str]] | None = None,
     mirrors: Mapping[str, KindLean | None] | None = None,
+    ray_jobs: Mapping[str, str] | None = None,
 ) -> Snapshot:
     """The engine's input from raw objects.
 
@@ -228,7 +230,8 @@ def build_snapshot(
     ``mirrors``: the keys of the trusted mirrors of native units (``core.native``), each with the
     class its native kind leans to: their templates are held to the accounting rules only (their
     pods are made by the tenant's own controllers), and the pods of their units fill their
-    reservations as a GPUWorkload's own pods do.
+    reservations as a GPUWorkload's own pods do. ``ray_jobs``: "namespace/cluster" -> RayJob name
+    (``core.native.ray_jobs_by_cluster``), so a RayJob's pods fill its mirror's reservation.
     """
     mirrors = mirrors or {}
     policy = select_policy(policies, policy_name)
@@ -296,10 +299,10 @@ def build_snapshot(
         policy=policy,
         now=now,
         invalid=tuple(invalid),
-        gpus_of_own_pods=gpus_of_own_pods(pods, mirrors),
+        gpus_of_own_pods=gpus_of_own_pods(pods, mirrors, ray_jobs),
         quotas=tenants.quotas,
         quota_of_namespace=tenants.quota_of_namespace,
-        resources_of_own_pods=resources_of_own_pods(pods, mirrors),
+        resources_of_own_pods=resources_of_own_pods(pods, mirrors, ray_jobs),
     )
 
 
