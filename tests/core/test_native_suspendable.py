@@ -10,6 +10,7 @@ import pytest
 from gpuadmit.core.holds import job_hold, pytorchjob_hold, rayjob_hold
 from gpuadmit.core.native import (
     MIRROR_KIND_LABEL,
+    UNEVEN_GPUS_ANNOTATION,
     UnitKind,
     UnitRef,
     admission_unit_of,
@@ -102,8 +103,10 @@ def test_uneven_templates_reserve_the_larger_per_replica_and_copy_its_template()
     assert gang is not None and gang.uneven and (gang.replicas, gang.gpus) == (4, 4)
     mirror = mirror_of_job(obj, UnitKind.PYTORCH_JOB)
     assert mirror is not None and mirror.spec["template"]["spec"]["containers"][0]["image"] == "master"
-    even = gang_of(pytorchjob(master_gpus=2, worker_gpus=2), UnitKind.PYTORCH_JOB)
-    assert even is not None and not even.uneven
+    assert mirror.body["metadata"]["annotations"][UNEVEN_GPUS_ANNOTATION] == \
+        "pods asking 1 x 4, 3 x 2 GPUs: each of the 4 replicas reserves 4"
+    even = mirror_of_job(pytorchjob(master_gpus=2, worker_gpus=2), UnitKind.PYTORCH_JOB)
+    assert even is not None and not even.uneven and UNEVEN_GPUS_ANNOTATION not in even.body["metadata"]["annotations"]
 
 
 def test_a_cpu_master_is_not_part_of_the_gang() -> None:

@@ -57,6 +57,9 @@ MIRROR_KIND_LABEL = "gpuadmit.io/mirror-kind"  # Job, Pod, PodGroup, LeaderWorke
 MIRROR_NAME_LABEL = "gpuadmit.io/mirror-name"  # the native name, or its hash when longer than a label value
 MIRROR_OF_ANNOTATION = "gpuadmit.io/mirror-of"  # the native name in full, always
 MIRROR_KEYS = frozenset({MIRROR_KIND_LABEL, MIRROR_NAME_LABEL, MIRROR_OF_ANNOTATION})
+# On the mirror of a workload whose parts ask for different GPUs per pod: what each part asks and
+# that every replica reserves the largest (a GPUWorkload has one GPUs-per-replica).
+UNEVEN_GPUS_ANNOTATION = "gpuadmit.io/uneven-gpus"
 # An explicit class on the native object (its metadata or, for a Job, its pod template's).
 CLASS_ANNOTATION = "gpuadmit.io/class"
 # On a Job the Job webhook suspended (core.holds): on opting out, gpuadmit resumes such a Job.
@@ -348,7 +351,7 @@ class Gang:
     replicas: int
     gpus: int
     template: Mapping[str, Any]
-    uneven: bool
+    uneven: str  # "" when every part asks the same; else what each asks, for the mirror's annotation
 
 
 def gang_of(job: Mapping[str, Any], kind: UnitKind = UnitKind.JOB) -> Gang | None:
@@ -359,7 +362,11 @@ def gang_of(job: Mapping[str, Any], kind: UnitKind = UnitKind.JOB) -> Gang | Non
     if not parts:
         return None
     largest = max(parts, key=lambda part: part[2])
-    return Gang(sum(part[0] for part in parts), largest[2], largest[1], len({part[2] for part in parts}) > 1)
+    uneven = ""
+    if len({part[2] for part in parts}) > 1:
+        asked = ", ".join(f"{replicas} x {gpus}" for replicas, _template, gpus in parts)
+        uneven = f"pods asking {asked} GPUs: each of the {sum(p[0] for p in parts)} replicas reserves {largest[2]}"
+    return Gang(sum(part[0] for part in parts), largest[2], largest[1], uneven)
 
 
 # -- the mirror ---------------------------------------------------------------------------------
@@ -422,6 +429,7 @@ class Mirror:
     replicas: int
     source: Mapping[str, Any]  # the Job (or PyTorchJob, RayJob), or the pod (its own spec is copied)
     template: Mapping[str, Any] | None = None  # a suspendable workload's: the template copied
+    uneven: str = ""  # a suspendable workload's parts ask for different GPUs per pod: how (an annotation)
 
     @property
     def owner_uids(self) -> frozenset[str]:
@@ -443,7 +451,8 @@ class Mirror:
                 "name": unit.mirror_name,
                 "namespace": unit.namespace,
                 "labels": {MIRROR_KIND_LABEL: unit.kind.value, MIRROR_NAME_LABEL: name_label_value(unit.name)},
-                "annotations": {MIRROR_OF_ANNOTATION: unit.name},
+                "annotations": {MIRROR_OF_ANNOTATION: unit.name,
+                                **({UNEVEN_GPUS_ANNOTATION: self.uneven} if self.uneven else {})},
                 "ownerReferences": [owner.reference() for owner in self.owners],
             },
             "spec": self.spec,
@@ -468,7 +477,7 @@ def mirror_of_job(job: Mapping[str, Any], kind: UnitKind = UnitKind.JOB) -> Mirr
         return None
     unit = UnitRef(namespace_of(job), kind, name_of(job))
     return Mirror(unit, (_owner(job, SUSPENDABLE[kind], kind.value),), _LEAN_BY_OWNER[kind.value],
-                  explicit_class(job, gang.template), gang.gpus, gang.replicas, job, gang.template)
+                  explicit_class(job, gang.template), gang.gpus, gang.replicas, job, gang.template, gang.uneven)
 
 
 def mirror_of_pods(unit: UnitRef, pods: Sequence[Mapping[str, Any]],

@@ -1,0 +1,91 @@
+"""A KubeRay RayJob through the Job suspend path (controller.native), against the in-memory API of
+tests/controller/test_native.py; the test plays KubeRay (RayJob -> RayCluster -> pods)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gpuadmit.controller import api as kube
+from gpuadmit.controller.cache import POD, RAYJOB, WORKLOAD
+from gpuadmit.core.native import RELEASED_ANNOTATION
+from gpuadmit.core.pods import pinned_node
+from tests.controller.test_native import MANAGED, base, gated_pod, pod_spec
+
+CLUSTER = "tune-x7k2p"  # KubeRay names a RayJob's cluster NAME-<random>
+
+
+def rayjob(name: str = "tune", workers: int = 2, gpus: int = 1) -> dict[str, Any]:
+    head = {"spec": {"containers": [{"name": "head", "image": "rayproject/ray", "resources": {"requests": {"cpu": "1"}}}]}}
+    return {"apiVersion": "ray.io/v1", "kind": "RayJob", "metadata": {"name": name, "namespace": MANAGED},
+            "spec": {"suspend": True, "entrypoint": "python tune.py", "rayClusterSpec": {
+                "headGroupSpec": {"template": head},
+                "workerGroupSpecs": [{"groupName": "gpu", "replicas": workers, "minReplicas": 0,
+                                      "template": {"spec": pod_spec(gpus, ["ray", "start"], restart="Always")}}]}}}
+
+
+async def kuberay_creates_the_cluster(cluster: Any, workers: int, gpus: int) -> list[str]:
+    """KubeRay on an unsuspended RayJob: the cluster's name in the RayJob's status, then the
+    RayCluster's worker pods (controller: the RayCluster), gated by the pod webhook."""
+    status = {"status": {"rayClusterName": CLUSTER, "jobDeploymentStatus": "Initializing"}}
+    cluster.loop.cache.put(RAYJOB, await cluster.api.patch(kube.RAYJOBS, "tune", status, MANAGED, subresource="status"))
+    owner = {"apiVersion": "ray.io/v1", "kind": "RayCluster", "name": CLUSTER, "uid": "uid-cluster", "controller": True}
+    names = [f"{CLUSTER}-gpu-worker-{i}" for i in range(workers)]
+    for name in names:
+        pod = gated_pod(name, gpus, owner=owner)
+        pod["metadata"]["labels"] = {"ray.io/cluster": CLUSTER, "ray.io/node-type": "worker"}
+        cluster.add(POD, pod)
+    return names
+
+
+async def test_a_rayjob_is_admitted_unsuspended_and_its_clusters_pods_fill_its_reservation() -> None:
+    cluster = base((RAYJOB, rayjob(workers=2, gpus=1)), gpus=4)
+    await cluster.cycle()
+    mirror = cluster.get(WORKLOAD, f"{MANAGED}/rayjob-tune")
+    assert mirror["status"]["phase"] == "Admitted"
+    assert (mirror["spec"]["replicas"], mirror["spec"]["gpus"]) == (2, 1)  # the CPU head is not in the gang
+    assert mirror["metadata"]["ownerReferences"][0]["kind"] == "RayJob"
+    the_job = cluster.get(RAYJOB, f"{MANAGED}/tune")
+    assert the_job["spec"]["suspend"] is False
+    assert the_job["metadata"]["annotations"][RELEASED_ANNOTATION] == mirror["metadata"]["uid"]
+
+    names = await kuberay_creates_the_cluster(cluster, 2, 1)
+    await cluster.cycle()
+    pods = [cluster.get(POD, f"{MANAGED}/{name}") for name in names]
+    assert [pinned_node(p["spec"]) for p in pods] == ["gpu-a", "gpu-a"]
+    assert all(not p["spec"].get("schedulingGates") for p in pods)
+    assert not cluster.api.objects[WORKLOAD].get(f"{MANAGED}/pod-{names[0]}")  # not units of their own
+
+    # Bound, its pods fill the mirror's reservation (not counted beside it): 2 of the 4 GPUs are free.
+    for pod in pods:
+        pod["spec"]["nodeName"] = "gpu-a"
+        pod["status"]["phase"] = "Running"
+        cluster.loop.cache.put(POD, dict(pod))
+    other = gated_pod("solo", 2)
+    cluster.add(POD, other)
+    await cluster.cycle()
+    assert cluster.get(WORKLOAD, f"{MANAGED}/pod-solo")["status"]["phase"] == "Admitted"
+    assert cluster.get(WORKLOAD, f"{MANAGED}/rayjob-tune")["status"]["phase"] in ("Admitted", "Running")
+
+
+async def test_a_rayjob_preempted_for_inference_is_suspended_and_readmitted_later() -> None:
+    cluster = base((RAYJOB, rayjob(workers=2, gpus=2)), gpus=4)
+    await cluster.cycle()
+    names = await kuberay_creates_the_cluster(cluster, 2, 2)
+    await cluster.cycle()
+    serve = {"apiVersion": "gpuadmit.io/v1alpha1", "kind": "GPUWorkload", "metadata": {"name": "serve", "namespace": "plain"},
+             "spec": {"class": "inference", "gpus": 4, "template": {"spec": {"containers": [
+                 {"name": "c", "image": "vllm/vllm-openai", "command": ["vllm", "serve", "m"]}]}}}}
+    cluster.add(WORKLOAD, serve)
+    await cluster.cycle()
+    assert cluster.get(WORKLOAD, f"{MANAGED}/rayjob-tune")["status"]["phase"] == "Preempted"
+    the_job = cluster.get(RAYJOB, f"{MANAGED}/tune")
+    assert the_job["spec"]["suspend"] is True and RELEASED_ANNOTATION not in (the_job["metadata"].get("annotations") or {})
+    assert ("Warning", "PreemptedByHigherMargin") in cluster.api.events("RayJob", "tune")
+    assert not [w for w in cluster.api.writes if w[0] == "delete" and w[1] == POD]  # KubeRay deletes the cluster
+
+    for name in names:  # KubeRay on a suspended RayJob: the cluster and its pods go
+        cluster.delete(POD, f"{MANAGED}/{name}")
+    cluster.delete(WORKLOAD, "plain/serve")
+    await cluster.cycle()
+    assert cluster.get(WORKLOAD, f"{MANAGED}/rayjob-tune")["status"]["phase"] == "Admitted"
+    assert cluster.get(RAYJOB, f"{MANAGED}/tune")["spec"]["suspend"] is False
