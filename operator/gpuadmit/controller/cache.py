@@ -38,7 +38,8 @@ JOB = "Job"  # batch/v1, for the native workloads of managed namespaces (control
 # core.native.UnitKind names them, so a unit's kind is its cache kind.
 PYTORCHJOB = "PyTorchJob"  # kubeflow.org/v1
 RAYJOB = "RayJob"  # ray.io/v1
-KINDS = (WORKLOAD, POLICY, QUOTA, NODE, POD, NAMESPACE, JOB, PYTORCHJOB, RAYJOB)
+DISCOVERED_KINDS = (PYTORCHJOB, RAYJOB)
+KINDS = (WORKLOAD, POLICY, QUOTA, NODE, POD, NAMESPACE, JOB, *DISCOVERED_KINDS)
 
 DELETED = "DELETED"
 TOMBSTONES_KEPT = 10_000
@@ -157,4 +158,6 @@ class ObjectCache:
         return grouped
 
     def counts(self) -> dict[str, int]:
-        return {kind: len(store) for kind, store in self.objects.items()}
+        """Objects by kind; the discovered kinds only when there are some (a cluster without their
+        CRDs reports what it reported before they were known)."""
+        return {kind: len(store) for kind, store in self.objects.items() if store or kind not in DISCOVERED_KINDS}

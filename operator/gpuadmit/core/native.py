@@ -10,6 +10,8 @@ to be a mirror is one, and which reserved slot each waiting pod is released onto
 Units:
 - a batch/v1 **Job** is one gang of ``parallelism`` (at most ``completions``) replicas of its pod
   template; its pods are not units of their own, they are released onto their Job's placement;
+- a Kubeflow **PyTorchJob** or a KubeRay **RayJob** likewise (``SUSPENDABLE``): one gang of the
+  GPU pods of all its roles or groups (``gang_of``), held and released through its suspend field;
 - a **pod group**: pods labelled ``gpuadmit.io/pod-group: NAME`` with annotation
   ``gpuadmit.io/pod-group-size: "N"``, one gang of N;
 - a **LeaderWorkerSet group**: pods with the labels ``leaderworkerset.sigs.k8s.io/name`` and
@@ -53,7 +55,7 @@ LWS_GROUP_INDEX_LABEL = "leaderworkerset.sigs.k8s.io/group-index"
 LWS_SIZE_ANNOTATION = "leaderworkerset.sigs.k8s.io/size"
 
 # The mirror's own marks.
-MIRROR_KIND_LABEL = "gpuadmit.io/mirror-kind"  # Job, Pod, PodGroup, LeaderWorkerSet
+MIRROR_KIND_LABEL = "gpuadmit.io/mirror-kind"  # a UnitKind: Job, PyTorchJob, RayJob, Pod, PodGroup, LeaderWorkerSet
 MIRROR_NAME_LABEL = "gpuadmit.io/mirror-name"  # the native name, or its hash when longer than a label value
 MIRROR_OF_ANNOTATION = "gpuadmit.io/mirror-of"  # the native name in full, always
 MIRROR_KEYS = frozenset({MIRROR_KIND_LABEL, MIRROR_NAME_LABEL, MIRROR_OF_ANNOTATION})
