@@ -100,13 +100,26 @@ class TrainingOperatorStandIn:
                         "spec": template["spec"]}, content_type="application/json")
 
 
-@pytest.fixture
-def crds(cluster: Cluster) -> Iterator[None]:
+def apply_crds(cluster: Cluster) -> None:
     for path in sorted(CRD_DIR.glob("*.yaml")):
         cluster.raw("POST", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", yaml.safe_load(path.read_text()),
                     content_type="application/json")
     wait_until(lambda: cluster.raw("GET", PYTORCHJOBS) is not None, 30, what="PyTorchJobs served")
+
+
+@pytest.fixture
+def crds(cluster: Cluster) -> Iterator[None]:
+    apply_crds(cluster)
     yield
+
+
+def managed_cluster(cluster: Cluster) -> None:
+    cluster.add_gpu_nodes(1, gpus=8)
+    cluster.apply_policy(POLICY)
+    for name in (MANAGED, OPERATOR_NAMESPACE):
+        cluster.ensure_namespace(name)
+        cluster.core.patch_namespace(name, {"metadata": {"labels": {"gpuadmit.io/managed": "true"}}})
+    cluster.ensure_namespace(PLAIN)
 
 
 def get_pytorchjob(cluster: Cluster, name: str) -> dict[str, Any]:
@@ -118,12 +131,7 @@ def suspended(cluster: Cluster, name: str) -> bool | None:
 
 
 def test_a_pytorchjob_is_held_released_preempted_and_readmitted(cluster: Cluster, crds: None, tmp_path: Path) -> None:
-    cluster.add_gpu_nodes(1, gpus=8)
-    cluster.apply_policy(POLICY)
-    for name in (MANAGED, OPERATOR_NAMESPACE):
-        cluster.ensure_namespace(name)
-        cluster.core.patch_namespace(name, {"metadata": {"labels": {"gpuadmit.io/managed": "true"}}})
-    cluster.ensure_namespace(PLAIN)
+    managed_cluster(cluster)
     operator = start_operator(cluster, tmp_path / "operator")
     try:
         with TrainingOperatorStandIn(cluster.kubeconfig) as training_operator:
@@ -161,6 +169,27 @@ def test_a_pytorchjob_is_held_released_preempted_and_readmitted(cluster: Cluster
         log = operator.log_tail()
         assert "PyTorchJob yes" in log and "RayJob yes" in log
         assert "pytorchjobs@" not in log or "interrupted" not in log  # watched from the first list, no retries
+    finally:
+        operator.stop()
+        print(f"--- {operator.log_path} ---\n{operator.log_tail()}")
+
+
+def test_crds_installed_after_start_up_are_watched_from_the_next_resync(cluster: Cluster, tmp_path: Path) -> None:
+    managed_cluster(cluster)
+    operator = start_operator(cluster, tmp_path / "operator", "--resync-seconds", "1")
+    try:
+        wait_until(lambda: "PyTorchJob no (CRD not installed)" in operator.log_path.read_text() or None, 30,
+                   what="the start-up info line")
+        apply_crds(cluster)
+        wait_until(lambda: "Now served, watched from now on: PyTorchJob, RayJob" in operator.log_path.read_text() or None,
+                   30, what="the CRDs discovered on a resync")
+        created = cluster.raw("POST", PYTORCHJOBS, pytorchjob("late", 1, 1), content_type="application/json")
+        assert created["spec"]["runPolicy"]["suspend"] is True  # the webhook's rule was there all along
+        wait_until(mirror_phase(cluster, "pytorchjob-late", {"Admitted", "Running"}), 30, what="pytorchjob-late admitted")
+        wait_until(lambda: suspended(cluster, "late") is False or None, 30, what="PyTorchJob unsuspended")
+        warnings = [line for line in operator.log_path.read_text().splitlines()
+                    if " WARNING " in line and "No certificate in" not in line]  # the generated certificate's
+        assert warnings == []
     finally:
         operator.stop()
         print(f"--- {operator.log_path} ---\n{operator.log_tail()}")
