@@ -1,15 +1,15 @@
-"""A KubeRay RayJob through the Job suspend path (controller.native), against the in-memory API of
-tests/controller/test_native.py; the test plays KubeRay (RayJob -> RayCluster -> pods)."""
+"""Kubeflow PyTorchJobs and KubeRay RayJobs through the Job suspend path (controller.native), against
+the in-memory API of tests/controller/test_native.py; the test plays KubeRay (RayJob -> RayCluster -> pods)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from gpuadmit.controller import api as kube
-from gpuadmit.controller.cache import POD, RAYJOB, WORKLOAD
+from gpuadmit.controller.cache import NAMESPACE, POD, PYTORCHJOB, RAYJOB, WORKLOAD
 from gpuadmit.core.native import RELEASED_ANNOTATION
 from gpuadmit.core.pods import pinned_node
-from tests.controller.test_native import MANAGED, base, gated_pod, pod_spec
+from tests.controller.test_native import MANAGED, base, gated_pod, namespace, pod_spec
 
 CLUSTER = "tune-x7k2p"  # KubeRay names a RayJob's cluster NAME-<random>
 
@@ -89,3 +89,35 @@ async def test_a_rayjob_preempted_for_inference_is_suspended_and_readmitted_late
     await cluster.cycle()
     assert cluster.get(WORKLOAD, f"{MANAGED}/rayjob-tune")["status"]["phase"] == "Admitted"
     assert cluster.get(RAYJOB, f"{MANAGED}/tune")["spec"]["suspend"] is False
+
+
+def pytorchjob(name: str, master_gpus: int, workers: int, worker_gpus: int) -> dict[str, Any]:
+    def role(replicas: int, gpus: int) -> dict[str, Any]:
+        return {"replicas": replicas, "template": {"spec": pod_spec(gpus, ["torchrun", "train.py"])}}
+    return {"apiVersion": "kubeflow.org/v1", "kind": "PyTorchJob",
+            "metadata": {"name": name, "namespace": MANAGED, "annotations": {"gpuadmit.io/suspended-by": "admission-webhook"}},
+            "spec": {"runPolicy": {"suspend": True},
+                     "pytorchReplicaSpecs": {"Master": role(1, master_gpus), "Worker": role(workers, worker_gpus)}}}
+
+
+async def test_a_pytorchjob_with_uneven_roles_reserves_the_larger_and_is_resumed_through_run_policy() -> None:
+    cluster = base((PYTORCHJOB, pytorchjob("bert", 2, 2, 1)), gpus=8)
+    await cluster.cycle()
+    mirror = cluster.get(WORKLOAD, f"{MANAGED}/pytorchjob-bert")
+    assert mirror["status"]["phase"] == "Admitted"
+    assert (mirror["spec"]["replicas"], mirror["spec"]["gpus"]) == (3, 2)
+    assert "each of the 3 replicas reserves 2" in mirror["metadata"]["annotations"]["gpuadmit.io/uneven-gpus"]
+    the_job = cluster.get(PYTORCHJOB, f"{MANAGED}/bert")
+    assert the_job["spec"]["runPolicy"]["suspend"] is False and "suspend" not in the_job["spec"]
+    assert ("Normal", "Admitted") in cluster.api.events("PyTorchJob", "bert")
+
+
+async def test_opting_out_resumes_a_pytorchjob_gpuadmits_webhook_suspended() -> None:
+    cluster = base((PYTORCHJOB, pytorchjob("huge", 8, 2, 8)), gpus=8)  # 3 x 8 GPUs: never fits here
+    await cluster.cycle()
+    assert cluster.get(PYTORCHJOB, f"{MANAGED}/huge")["spec"]["runPolicy"]["suspend"] is True
+    cluster.add(NAMESPACE, namespace(MANAGED, False))
+    await cluster.cycle()
+    resumed = cluster.get(PYTORCHJOB, f"{MANAGED}/huge")
+    assert resumed["spec"]["runPolicy"]["suspend"] is False
+    assert "gpuadmit.io/suspended-by" not in resumed["metadata"]["annotations"]
