@@ -200,6 +200,10 @@ def test_pods_of_a_rayjobs_cluster_belong_to_the_rayjob() -> None:
     own = pod("mine-head", ("ray.io/v1", "RayCluster", "mine"))
     assert unit_of_pod(own, ray_jobs) == UnitRef(NS, UnitKind.POD, "mine-head")
     assert unit_of_pod(worker) == UnitRef(NS, UnitKind.POD, worker["metadata"]["name"])
+    # A RayJob on an existing cluster (clusterSelector) names a cluster that is not its own.
+    borrowing = rayjob(cluster="shared")
+    borrowing["spec"] = {"clusterSelector": {"ray.io/cluster": "shared"}, "entrypoint": "python x.py"}
+    assert ray_jobs_by_cluster([borrowing]) == {}
 
 
 def test_a_released_ray_pod_fills_its_rayjobs_reservation() -> None:

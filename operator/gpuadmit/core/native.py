@@ -222,9 +222,14 @@ def job_of_pod(pod: object, ray_jobs: Mapping[str, str] | None = None) -> tuple[
 
 def ray_jobs_by_cluster(ray_jobs: Iterable[Mapping[str, Any]]) -> dict[str, str]:
     """"namespace/cluster" -> RayJob name, from each RayJob's ``status.rayClusterName`` (KubeRay
-    records it before it creates the cluster, so before the cluster's pods exist)."""
+    records it before it creates the cluster, so before the cluster's pods exist). Only RayJobs
+    that make their own cluster (``spec.rayClusterSpec``): one that runs on an existing cluster
+    (``spec.clusterSelector``) names a cluster that is not its own, whose pods stay their own units."""
     found: dict[str, str] = {}
     for ray_job in ray_jobs:
+        spec = _map(ray_job, "spec")
+        if not _map(spec, "rayClusterSpec") or _map(spec, "clusterSelector"):
+            continue
         cluster = _map(ray_job, "status").get("rayClusterName")
         if isinstance(cluster, str) and cluster:
             found[f"{namespace_of(ray_job)}/{cluster}"] = name_of(ray_job)
