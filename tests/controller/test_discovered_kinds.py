@@ -43,6 +43,10 @@ async def test_only_the_served_kinds_are_watched() -> None:
 async def test_a_group_served_without_the_resource_or_a_failing_discovery_is_not_watched() -> None:
     assert await restore.served_kinds(DiscoveryApi({"kubeflow.org/v1": ["tfjobs"]})) == []  # type: ignore[arg-type]
     assert await restore.served_kinds(DiscoveryApi({}, failing=503)) == []  # type: ignore[arg-type]
+    # A failing discovery keeps what the last one found (a passing error stops no watch); a 404 does not.
+    known = [(RAYJOB, kube.RAYJOBS)]
+    assert await restore.served_kinds(DiscoveryApi({}, failing=503), known=known) == known  # type: ignore[arg-type]
+    assert await restore.served_kinds(DiscoveryApi({}), known=known) == []  # type: ignore[arg-type]
     # Nothing served: the scopes are today's.
     assert restore.watch_scopes(()) == restore.watch_scopes((), [])
     assert not [s for s in restore.watch_scopes(()) if s[0] in (PYTORCHJOB, RAYJOB)]

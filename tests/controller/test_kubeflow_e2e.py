@@ -190,6 +190,15 @@ def test_crds_installed_after_start_up_are_watched_from_the_next_resync(cluster:
         warnings = [line for line in operator.log_path.read_text().splitlines()
                     if " WARNING " in line and "No certificate in" not in line]  # the generated certificate's
         assert warnings == []
+
+        # Uninstalled: not watched any more (the streams stop at the next resync), and the loop goes on.
+        for path in sorted(CRD_DIR.glob("*.yaml")):
+            cluster.raw("DELETE", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/"
+                        + yaml.safe_load(path.read_text())["metadata"]["name"])
+        wait_until(lambda: "No longer served, not watched any more: PyTorchJob, RayJob" in operator.log_path.read_text()
+                   or None, 30, what="the CRDs' removal noticed on a resync")
+        cluster.create_workload(PLAIN, "after", gpus=1)
+        cluster.wait_for_phase(PLAIN, "after", {"Admitted", "Running"}, timeout=30)
     finally:
         operator.stop()
         print(f"--- {operator.log_path} ---\n{operator.log_tail()}")

@@ -60,18 +60,22 @@ DISCOVERED_KINDS: tuple[tuple[str, kube.Resource], ...] = (
 Kinds = Sequence[tuple[str, kube.Resource]]
 
 
-async def served_kinds(api: KubeApi, candidates: Kinds = DISCOVERED_KINDS) -> list[tuple[str, kube.Resource]]:
+async def served_kinds(api: KubeApi, candidates: Kinds = DISCOVERED_KINDS,
+                       known: Kinds = ()) -> list[tuple[str, kube.Resource]]:
     """The ``candidates`` the API server serves (its discovery document for the group/version
-    lists the resource). A group it does not serve answers 404; any other failure is taken as not
-    served this time (the next resync asks again)."""
+    lists the resource; a group it does not serve answers 404). When discovery fails otherwise,
+    a candidate is taken as served if it is in ``known`` (what the last discovery found), so a
+    passing API error neither stops a watch nor starts one; the next resync asks again."""
     served: list[tuple[str, kube.Resource]] = []
     for kind, resource in candidates:
         try:
             document = await api.request("discover", "GET", f"/apis/{resource.group}/{resource.version}")
         except ApiError as error:
-            if error.status not in (403, 404):
+            if error.status != 404:
                 logger.info("Discovery of %s/%s failed (%s); asking again on the next resync",
                             resource.group, resource.version, error)
+                if (kind, resource) in known:
+                    served.append((kind, resource))
             continue
         names = {entry.get("name") for entry in document.get("resources") or [] if isinstance(entry, dict)}
         if resource.plural in names:

@@ -111,13 +111,30 @@ class OperatorRuntime:
 
     async def resync(self) -> None:
         assert self.api is not None
-        # A CRD installed since start-up (the Kubeflow training operator, KubeRay) is watched from now on.
-        new = [found for found in await restore.served_kinds(self.api) if found not in self.discovered]
+        # A CRD installed since start-up (the Kubeflow training operator, KubeRay) is watched from now
+        # on; one uninstalled is watched no more (its objects went with it).
+        served = await restore.served_kinds(self.api, known=self.discovered)
+        new = [found for found in served if found not in self.discovered]
+        gone = [found for found in self.discovered if found not in served]
         if new:
             logger.info("Now served, watched from now on: %s", ", ".join(kind for kind, _ in new))
-            self.discovered.extend(new)
             self._start_streams(restore.watch_scopes(self.options.namespaces, new))
+        if gone:
+            logger.info("No longer served, not watched any more: %s", ", ".join(kind for kind, _ in gone))
+            await self._stop_streams({resource for _, resource in gone})
+            for kind, _ in gone:
+                self.cache.replace_all(kind, [])
+        self.discovered = served
         await restore.seed_cache(self.api, self.cache, self.options.namespaces, self.discovered)
+
+    async def _stop_streams(self, resources: set[Resource]) -> None:
+        stopping = [task for stream, task in zip(self.streams, self._stream_tasks, strict=True) if stream.resource in resources]
+        kept = [(stream, task) for stream, task in zip(self.streams, self._stream_tasks, strict=True)
+                if stream.resource not in resources]
+        self.streams, self._stream_tasks = [stream for stream, _ in kept], [task for _, task in kept]
+        for task in stopping:
+            task.cancel()
+        await asyncio.gather(*stopping, return_exceptions=True)
 
     async def stop(self) -> None:
         tasks = [*self._stream_tasks, *([self._loop_task] if self._loop_task else [])]
