@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gpuadmit.core.model import API_GROUP, API_VERSION, GPU_RESOURCE, HOLDING_PHASES, WORKLOAD_LABEL, Phase
-from gpuadmit.core.native import claimed_unit, released, unit_of_pod
+from gpuadmit.core.native import claimed_unit, ray_jobs_by_cluster, released, unit_of_pod
 from gpuadmit.core.nodes import parse_quantity
 from gpuadmit.core.placement import placement_of as recorded_placement
 from gpuadmit.core.pods import pod_node
@@ -79,6 +79,7 @@ class ClusterState:
     pods: list[Mapping[str, Any]]
     workloads: list[Mapping[str, Any]]
     workloads_again: list[Mapping[str, Any]] | None = None
+    ray_jobs: list[Mapping[str, Any]] = field(default_factory=list)  # whose clusters' pods fill their mirrors
 
     @classmethod
     def from_dump(cls, dump: Mapping[str, list[Mapping[str, Any]]]) -> ClusterState:
@@ -142,7 +143,8 @@ def pod_is_live(pod: Mapping[str, Any]) -> bool:
     return _status(pod).get("phase") not in TERMINAL_POD_PHASES
 
 
-def owning_workload_key(pod: Mapping[str, Any], mirrors: Collection[str] = ()) -> str | None:
+def owning_workload_key(pod: Mapping[str, Any], mirrors: Collection[str] = (),
+                        ray_jobs: Mapping[str, str] | None = None) -> str | None:
     """``ns/name`` of the workload a pod belongs to: a pod of ours by the gpuadmit.io/workload
     label; a native pod gpuadmit released (past its gate, pinned) by the mirror of its unit
     (``mirrors``: the keys of the mirror GPUWorkloads present, docs/native-workloads.md)."""
@@ -151,7 +153,7 @@ def owning_workload_key(pod: Mapping[str, Any], mirrors: Collection[str] = ()) -
     if isinstance(name, str) and name:
         return f"{metadata.get('namespace') or 'default'}/{name}"
     if mirrors and released(pod):
-        key = unit_of_pod(pod).mirror_key
+        key = unit_of_pod(pod, ray_jobs).mirror_key
         return key if key in mirrors else None
     return None
 
@@ -169,9 +171,9 @@ def gpus_in_use_by_node(state: ClusterState) -> dict[str, int]:
     reservation that its own pods do not request yet (the ledger of docs/architecture.md)."""
     in_use: Counter[str] = Counter(live_pod_gpus_by_node(state))
     own: Counter[tuple[str, str]] = Counter()
-    mirrors = mirror_keys(state.workloads)
+    mirrors, ray_jobs = mirror_keys(state.workloads), ray_jobs_by_cluster(state.ray_jobs)
     for pod in state.pods:
-        node, owner = pod_node(pod), owning_workload_key(pod, mirrors)
+        node, owner = pod_node(pod), owning_workload_key(pod, mirrors, ray_jobs)
         if isinstance(node, str) and node and owner and pod_is_live(pod):
             own[(owner, node)] += pod_gpus(pod)
     for key, placement in _stable_reservations(state).items():
@@ -282,9 +284,9 @@ def pods_violations(state: ClusterState) -> list[Violation]:
     its native controller's (a Job's may not all exist yet): at most its replicas, each released
     onto a node of its placement, none once it holds nothing."""
     live_pods: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
-    mirrors = mirror_keys(state.workloads)
+    mirrors, ray_jobs = mirror_keys(state.workloads), ray_jobs_by_cluster(state.ray_jobs)
     for pod in state.pods:
-        owner = owning_workload_key(pod, mirrors)
+        owner = owning_workload_key(pod, mirrors, ray_jobs)
         if owner and pod_is_live(pod):
             live_pods[owner].append(pod)
     violations = []

@@ -31,7 +31,14 @@ import yaml
 
 from gpuadmit.core.errors import SpecError
 from gpuadmit.core.model import CycleResult, Decision, Policy, Snapshot, Workload
-from gpuadmit.core.native import MIRROR_NOT_TRUSTED, mirrors_in, name_of, namespace_of
+from gpuadmit.core.native import (
+    MIRROR_NOT_TRUSTED,
+    SUSPENDABLE,
+    mirrors_in,
+    name_of,
+    namespace_of,
+    ray_jobs_by_cluster,
+)
 from gpuadmit.core.nodes import advertised_gpu_problem
 from gpuadmit.core.quota import Tenancy, tenancy
 from gpuadmit.core.snapshot import build_snapshot, objects_by_kind
@@ -89,7 +96,8 @@ def _decide(args: argparse.Namespace) -> int:
         tenants = tenancy(grouped.get("GPUQuota", []), grouped.get("Namespace", []))
         problems.extend(quota_problems(tenants))
         # Mirrors of native workloads (docs/native-workloads.md) are judged as the operator judges them.
-        mirrors, untrusted = mirrors_in(grouped.get("GPUWorkload", []), grouped.get("Job", []),
+        suspendable = [obj for kind in SUSPENDABLE for obj in grouped.get(kind.value, [])]
+        mirrors, untrusted = mirrors_in(grouped.get("GPUWorkload", []), suspendable,
                                         grouped.get("Pod", []), grouped.get("Namespace", []))
         problems.extend(f"GPUWorkload {key}: not trusted as a mirror ({MIRROR_NOT_TRUSTED}): {why}"
                         for key, why in sorted(untrusted.items()))
@@ -105,7 +113,7 @@ def _decide(args: argparse.Namespace) -> int:
             now=now,
             policy_name=policy_name,
             quotas=tenants,
-            mirrors=mirrors,
+            mirrors=mirrors, ray_jobs=ray_jobs_by_cluster(grouped.get("RayJob", [])),
         )
     except InputError as error:
         print(f"{PROG}: {error}", file=sys.stderr)

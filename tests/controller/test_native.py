@@ -13,7 +13,19 @@ from typing import Any
 
 from gpuadmit.controller import api as kube
 from gpuadmit.controller.api import ApiError
-from gpuadmit.controller.cache import JOB, KINDS, NAMESPACE, NODE, POD, POLICY, WORKLOAD, ObjectCache, object_key
+from gpuadmit.controller.cache import (
+    JOB,
+    KINDS,
+    NAMESPACE,
+    NODE,
+    POD,
+    POLICY,
+    PYTORCHJOB,
+    RAYJOB,
+    WORKLOAD,
+    ObjectCache,
+    object_key,
+)
 from gpuadmit.controller.loop import SchedulingLoop
 from gpuadmit.controller.writer import Writer
 from gpuadmit.core.native import ADMISSION_GATE, RELEASED_ANNOTATION
@@ -23,7 +35,7 @@ from tests.invariants import ClusterState, gpus_in_use_by_node, overcommit_viola
 
 MANAGED = "team-a"
 KIND_OF = {kube.POLICIES: POLICY, kube.WORKLOADS: WORKLOAD, kube.PODS: POD, kube.JOBS: JOB, kube.NODES: NODE, kube.NAMESPACES: NAMESPACE,
-           kube.EVENTS: "Event"}
+           kube.EVENTS: "Event", kube.PYTORCHJOBS: PYTORCHJOB, kube.RAYJOBS: RAYJOB}
 
 
 def merge(target: dict[str, Any], patch: Any) -> Any:
@@ -175,7 +187,8 @@ class Cluster:
         await self.loop.run_cycle()
         await self.loop.writer.follow_ups.drain()
         state = ClusterState(nodes=list(self.api.objects[NODE].values()), pods=list(self.api.objects[POD].values()),
-                             workloads=list(self.api.objects[WORKLOAD].values()))
+                             workloads=list(self.api.objects[WORKLOAD].values()),
+                             ray_jobs=list(self.api.objects[RAYJOB].values()))
         assert overcommit_violations(state) == []  # the overcommit oracle after every cycle
 
     def get(self, kind: str, key: str) -> dict[str, Any]:

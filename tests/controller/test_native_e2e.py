@@ -95,10 +95,11 @@ def no_violations(cluster: Cluster, settled: bool = False) -> None:
         assert pods_violations(state) == []
 
 
-def start_operator(cluster: Cluster, workdir: Path) -> OperatorProcess:
+def start_operator(cluster: Cluster, workdir: Path, *extra_args: str) -> OperatorProcess:
     """`gpuadmit run` registering its own webhooks (Jobs suspended and pods gated on create)."""
     operator = OperatorProcess(
-        cluster.kubeconfig, workdir, ("--manage-webhook-configurations", "--webhook-cert-dir", str(workdir / "certs")),
+        cluster.kubeconfig, workdir,
+        ("--manage-webhook-configurations", "--webhook-cert-dir", str(workdir / "certs"), *extra_args),
         env={"GPUADMIT_WEBHOOK_ADDR": "127.0.0.1", "POD_NAMESPACE": OPERATOR_NAMESPACE}, webhook_port=free_port())
     operator.launch()
     return operator

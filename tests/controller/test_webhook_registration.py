@@ -55,11 +55,25 @@ def test_the_job_and_pod_webhooks_match_managed_namespaces_only_and_never_the_op
     assert "namespaceSelector" not in webhooks["validate.gpuworkloads.gpuadmit.io"]
 
 
+def test_pytorchjobs_and_rayjobs_go_to_the_job_webhook_in_managed_namespaces_without_match_conditions() -> None:
+    webhooks = by_name(webhook_configurations(URL, None, excluded_namespaces=["gpuadmit"]))
+    job = webhooks["mutate.jobs.gpuadmit.io"]
+    for name, group, resource in (("mutate.pytorchjobs.gpuadmit.io", "kubeflow.org", "pytorchjobs"),
+                                  ("mutate.rayjobs.gpuadmit.io", "ray.io", "rayjobs")):
+        entry = webhooks[name]
+        assert entry["clientConfig"] == job["clientConfig"]  # /mutate-job: the hold is chosen by resource
+        assert entry["namespaceSelector"] == job["namespaceSelector"]
+        assert entry["rules"] == [{"apiGroups": [group], "apiVersions": ["v1"], "operations": ["CREATE"],
+                                   "resources": [resource], "scope": "Namespaced"}]
+        assert "matchConditions" not in entry  # templates under roles: every object is sent
+
+
 def test_failure_policies_are_chosen_apart() -> None:
     webhooks = by_name(webhook_configurations(URL, None, failure_policy="Ignore"))
     assert {name: w["failurePolicy"] for name, w in webhooks.items()} == {
         "validate.gpuworkloads.gpuadmit.io": "Ignore", "mutate.gpuworkloads.gpuadmit.io": "Ignore",
         "mutate.jobs.gpuadmit.io": "Fail", "mutate.pods.gpuadmit.io": "Fail",
+        "mutate.pytorchjobs.gpuadmit.io": "Fail", "mutate.rayjobs.gpuadmit.io": "Fail",
     }
     native = by_name(webhook_configurations(URL, None, native_failure_policy="Ignore"))
     assert native["mutate.pods.gpuadmit.io"]["failurePolicy"] == "Ignore"

@@ -79,6 +79,14 @@ app.kubernetes.io/part-of: gpuadmit
 - apiGroups: ["batch"]
   resources: ["jobs"]
   verbs: ["list", "watch", "patch"]
+# Kubeflow PyTorchJobs and KubeRay RayJobs likewise, when their CRDs are installed (discovered at
+# start-up and on resync; a rule for an absent resource grants nothing and breaks nothing).
+- apiGroups: ["kubeflow.org"]
+  resources: ["pytorchjobs"]
+  verbs: ["get", "list", "watch", "patch"]
+- apiGroups: ["ray.io"]
+  resources: ["rayjobs"]
+  verbs: ["get", "list", "watch", "patch"]
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]

@@ -34,7 +34,12 @@ NODE = "Node"
 POD = "Pod"
 NAMESPACE = "Namespace"
 JOB = "Job"  # batch/v1, for the native workloads of managed namespaces (controller.native)
-KINDS = (WORKLOAD, POLICY, QUOTA, NODE, POD, NAMESPACE, JOB)
+# Watched only where their CRDs are served (controller.restore.discover_optional_kinds); named as
+# core.native.UnitKind names them, so a unit's kind is its cache kind.
+PYTORCHJOB = "PyTorchJob"  # kubeflow.org/v1
+RAYJOB = "RayJob"  # ray.io/v1
+DISCOVERED_KINDS = (PYTORCHJOB, RAYJOB)
+KINDS = (WORKLOAD, POLICY, QUOTA, NODE, POD, NAMESPACE, JOB, *DISCOVERED_KINDS)
 
 DELETED = "DELETED"
 TOMBSTONES_KEPT = 10_000
@@ -153,4 +158,6 @@ class ObjectCache:
         return grouped
 
     def counts(self) -> dict[str, int]:
-        return {kind: len(store) for kind, store in self.objects.items()}
+        """Objects by kind; the discovered kinds only when there are some (a cluster without their
+        CRDs reports what it reported before they were known)."""
+        return {kind: len(store) for kind, store in self.objects.items() if store or kind not in DISCOVERED_KINDS}

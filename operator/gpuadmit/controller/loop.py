@@ -600,7 +600,7 @@ class SchedulingLoop:
                 policies, now, policy_name=policy.name if policy is not None else self.settings.policy_name,
                 memo=self._parse_memo, pod_security_level=self.settings.pod_security_level, quotas=self._tenancy,
                 avoided_nodes=self.unschedulable.avoided_nodes(now), mirrors=self.native.trusted,
-                pod_memo=self._pod_memo,
+                pod_memo=self._pod_memo, ray_jobs=self.native.ray_jobs,
             )
 
     async def _write_quota_statuses(self, snapshot: Snapshot, now: float) -> None:

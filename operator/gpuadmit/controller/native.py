@@ -35,7 +35,7 @@ from typing import Any
 from gpuadmit.controller import api as kube
 from gpuadmit.controller import status as desired_status
 from gpuadmit.controller.api import ApiError
-from gpuadmit.controller.cache import JOB, NAMESPACE, POD, WORKLOAD, ObjectCache, object_key
+from gpuadmit.controller.cache import NAMESPACE, POD, RAYJOB, WORKLOAD, ObjectCache, object_key
 from gpuadmit.controller.writer import Writer
 from gpuadmit.core.classifier import KindLean
 from gpuadmit.core.holds import SUSPENDED_BY_WEBHOOK
@@ -50,6 +50,7 @@ from gpuadmit.core.native import (
     RELEASED_ANNOTATION,
     RELEASED_POD,
     RESUMED,
+    SUSPENDABLE,
     SUSPENDED,
     SUSPENDED_BY_ANNOTATION,
     UNMANAGED,
@@ -67,6 +68,7 @@ from gpuadmit.core.native import (
     name_of,
     namespace_of,
     pods_by_unit,
+    ray_jobs_by_cluster,
     release_assignments,
     release_patch,
     released,
@@ -82,6 +84,10 @@ from gpuadmit.core.pods import controlling_workload
 logger = logging.getLogger(__name__)
 
 RUNS_UNMANAGED = "RunsUnmanaged"
+# Where each suspendable kind (core.native.SUSPENDABLE; its cache kind is its unit kind's name) is patched.
+SUSPENDABLE_RESOURCES: dict[UnitKind, kube.Resource] = {
+    UnitKind.JOB: kube.JOBS, UnitKind.PYTORCH_JOB: kube.PYTORCHJOBS, UnitKind.RAY_JOB: kube.RAYJOBS,
+}
 JOB_SUCCEEDED, JOB_FAILED = "JobSucceeded", "JobFailed"
 TOLD_KEPT = 100_000  # bound on the Events-told memory: a restart re-tells at most once each
 
@@ -134,6 +140,7 @@ class NativeWorkloads:
         self._facts: dict[tuple[str, str], tuple[int, UnitRef]] = {}  # (pod uid, resourceVersion) -> GPUs, unit
         self._managed: frozenset[str] = frozenset()  # the managed namespaces, as of ``prepare``
         self._pod_keys_by_unit: dict[UnitRef, list[str]] = {}  # as of ``prepare``
+        self.ray_jobs: dict[str, str] = {}  # "namespace/RayCluster" -> RayJob, as of ``prepare``
 
     def mirrors_by_kind_and_phase(self) -> Counter[tuple[str, str]]:
         """The trusted mirrors, by (unit kind, phase; "Pending" before the first decision)."""
@@ -152,7 +159,7 @@ class NativeWorkloads:
             return {}
         released_pods: dict[str, list[Mapping[str, Any]]] = {}
         for pod in self.cache.all(POD):
-            key = admission_unit_of(pod, self.trusted) if released(pod) else None
+            key = admission_unit_of(pod, self.trusted, self.ray_jobs) if released(pod) else None
             if key is not None and key in self.trusted:
                 released_pods.setdefault(key, []).append(pod)
         return released_pods
@@ -171,8 +178,10 @@ class NativeWorkloads:
         return self._pod_facts(pod)[0]
 
     def unit_of(self, pod: Mapping[str, Any]) -> UnitRef:
-        """``unit_of_pod``, read once per pod version."""
-        return self._pod_facts(pod)[1]
+        """``unit_of_pod``, read once per pod version (a pod of its own while RayJobs exist is read
+        again: its RayCluster may have become a RayJob's since)."""
+        unit = self._pod_facts(pod)[1]
+        return unit_of_pod(pod, self.ray_jobs) if self.ray_jobs and unit.kind == UnitKind.POD else unit
 
     def _pod_facts(self, pod: Mapping[str, Any]) -> tuple[int, UnitRef]:
         metadata = pod.get("metadata") or {}
@@ -190,6 +199,7 @@ class NativeWorkloads:
         report = NativeReport()
         self.last_report = report
         managed = self._managed = managed_namespaces(self.cache.all(NAMESPACE))
+        self.ray_jobs = ray_jobs_by_cluster(self.cache.all(RAYJOB)) if managed else {}
         grouped = pods_by_unit(self.cache.all(POD), managed, self.gpus_of, self.unit_of) if managed else {}
         self._pod_keys_by_unit = {unit: [object_key(pod) for pod in pods] for unit, pods in grouped.items()}
         expected_by_unit: dict[UnitRef, Mirror | None] = {}
@@ -197,8 +207,7 @@ class NativeWorkloads:
         def expected_of(unit: UnitRef) -> Mirror | None:
             """The unit's mirror as it should be now, built only for the units that need it."""
             if unit not in expected_by_unit:
-                job = self.cache.get(JOB, f"{unit.namespace}/{unit.name}") if unit.kind == UnitKind.JOB else None
-                expected_by_unit[unit] = expected_mirror(unit, job, grouped.get(unit, []), self.gpus_of)
+                expected_by_unit[unit] = expected_mirror(unit, self._native_of(unit), grouped.get(unit, []), self.gpus_of)
             return expected_by_unit[unit]
 
         trusted: dict[str, KindLean | None] = {}
@@ -224,9 +233,10 @@ class NativeWorkloads:
                     writes.append(self._reject(workload, verdict.problem or "it mirrors nothing", now, report))
         # Units gpuadmit holds (a suspended Job, a gated pod) and that have no mirror yet get one.
         held = {unit for unit, pods in grouped.items() if any(is_gated(pod) for pod in pods)}
-        for job in self.cache.all(JOB) if managed else ():
-            if namespace_of(job) in managed and job_suspended(job) and job_finished(job) is None:
-                held.add(UnitRef(namespace_of(job), UnitKind.JOB, name_of(job)))
+        for kind in SUSPENDABLE if managed else ():
+            for job in self.cache.all(kind.value):
+                if namespace_of(job) in managed and job_suspended(job, kind) and job_finished(job, kind) is None:
+                    held.add(UnitRef(namespace_of(job), kind, name_of(job)))
         for unit in held - mirrored:
             mirror = expected_of(unit)
             if mirror is None or self.cache.get(WORKLOAD, unit.mirror_key) is not None:
@@ -235,6 +245,10 @@ class NativeWorkloads:
         self.trusted, self.untrusted = trusted, untrusted
         await asyncio.gather(*writes)  # a mirror created here joins ``trusted``: decided in this very cycle
         return report
+
+    def _native_of(self, unit: UnitRef) -> Mapping[str, Any] | None:
+        """A suspendable unit's object (its Job, PyTorchJob or RayJob), None for other units."""
+        return self.cache.get(unit.kind.value, f"{unit.namespace}/{unit.name}") if unit.kind in SUSPENDABLE else None
 
     async def _create_mirror(self, mirror: Mirror, report: NativeReport) -> None:
         try:
@@ -294,7 +308,7 @@ class NativeWorkloads:
             unit = claimed_unit(mirror) if mirror is not None else None
             if mirror is None or unit is None or _terminating(mirror):
                 continue
-            job = self.cache.get(JOB, f"{unit.namespace}/{unit.name}") if unit.kind == UnitKind.JOB else None
+            job = self._native_of(unit)
             # The unit's pods as they are now, after this cycle's writes (a pod that arrived since
             # ``prepare`` brought its own watch event: the next cycle takes it).
             pods: list[Mapping[str, Any]] = [pod for pod_key in self._pod_keys_by_unit.get(unit, [])
@@ -313,7 +327,7 @@ class NativeWorkloads:
                 await self._follow(mirror, unit, job, pods, now)
             elif phase not in desired_status.TERMINAL_PHASES or phase == Phase.REJECTED.value:
                 await self._hold_back(mirror, unit, job, pods, report)
-            natives = [job] if job is not None else ([] if unit.kind == UnitKind.JOB else pods)
+            natives = [job] if job is not None else ([] if unit.kind in SUSPENDABLE else pods)
             self._tell(self.cache.get(WORKLOAD, object_key(mirror)) or mirror, natives)
         except asyncio.CancelledError:
             raise
@@ -326,8 +340,9 @@ class NativeWorkloads:
         recorded = placement_of(mirror)
         if recorded.problem is not None:
             return  # the loop requeues it (PlacementInvalid); nothing is released onto a placement it cannot read
-        if job is not None and job_suspended(job) and job_finished(job) is None:
-            await self._patch(JOB, kube.JOBS, job, suspend_patch(False, uid_of(mirror)))
+        if job is not None and job_suspended(job, unit.kind) and job_finished(job, unit.kind) is None:
+            await self._patch(unit.kind.value, SUSPENDABLE_RESOURCES[unit.kind], job,
+                              suspend_patch(False, uid_of(mirror), unit.kind))
             report.jobs_unsuspended += 1
             report.actions[(unit.kind.value, RESUMED)] += 1
         if unit.kind in (UnitKind.POD_GROUP, UnitKind.LWS_GROUP):
@@ -350,8 +365,10 @@ class NativeWorkloads:
         ours = [pod for pod in pods if released(pod) and not pod_is_terminal(pod) and not _terminating(pod)]
         if job is not None:
             annotations = (job.get("metadata") or {}).get("annotations") or {}
-            if not job_suspended(job) and job_finished(job) is None and (RELEASED_ANNOTATION in annotations or ours):
-                await self._patch(JOB, kube.JOBS, job, suspend_patch(True, None))
+            if (not job_suspended(job, unit.kind) and job_finished(job, unit.kind) is None
+                    and (RELEASED_ANNOTATION in annotations or ours)):
+                await self._patch(unit.kind.value, SUSPENDABLE_RESOURCES[unit.kind], job,
+                                  suspend_patch(True, None, unit.kind))
                 report.jobs_suspended += 1
                 report.actions[(unit.kind.value, SUSPENDED)] += 1
             return
@@ -366,9 +383,10 @@ class NativeWorkloads:
         pod unit's or group's outcome, from the released pods (as a GPUWorkload's from its own)."""
         verdict: tuple[str, str, str] | None = None
         if job is not None:
-            outcome = job_finished(job)
+            outcome = job_finished(job, unit.kind)
             if outcome is not None:
-                verdict = (outcome, JOB_SUCCEEDED if outcome == "Succeeded" else JOB_FAILED, f"Job {unit.name} {outcome.lower()}")
+                verdict = (outcome, JOB_SUCCEEDED if outcome == "Succeeded" else JOB_FAILED,
+                           f"{unit.kind.value} {unit.name} {outcome.lower()}")
         if verdict is None:
             replicas = placement_of(mirror).replicas
             found = desired_status.phase_from_pods([pod for pod in pods if released(pod)], replicas)
@@ -440,15 +458,16 @@ class NativeWorkloads:
             report.warnings.append(object_key(pod))
             report.actions[(unit_of_pod(pod).kind.value, UNMANAGED)] += 1
             self.writer.explain_later(pod, "Warning", RUNS_UNMANAGED, message)
-        for job in self.cache.all(JOB):
-            annotations = (job.get("metadata") or {}).get("annotations") or {}
-            if (namespace_of(job) not in managed and job_suspended(job) and job_finished(job) is None
-                    and annotations.get(SUSPENDED_BY_ANNOTATION) == SUSPENDED_BY_WEBHOOK):
-                # Held by gpuadmit's webhook in a namespace no longer managed: given back to the Job controller.
-                patch = {"metadata": {"annotations": {SUSPENDED_BY_ANNOTATION: None, RELEASED_ANNOTATION: None}},
-                         "spec": {"suspend": False}}
-                ungates.append(self._patch(JOB, kube.JOBS, job, patch))
-                report.actions[(UnitKind.JOB.value, RESUMED)] += 1
+        for kind, resource in SUSPENDABLE_RESOURCES.items():
+            for job in self.cache.all(kind.value):
+                annotations = (job.get("metadata") or {}).get("annotations") or {}
+                if (namespace_of(job) not in managed and job_suspended(job, kind) and job_finished(job, kind) is None
+                        and annotations.get(SUSPENDED_BY_ANNOTATION) == SUSPENDED_BY_WEBHOOK):
+                    # Held by gpuadmit's webhook in a namespace no longer managed: given back to its controller.
+                    patch = suspend_patch(False, None, kind)
+                    patch["metadata"]["annotations"][SUSPENDED_BY_ANNOTATION] = None
+                    ungates.append(self._patch(kind.value, resource, job, patch))
+                    report.actions[(kind.value, RESUMED)] += 1
         await asyncio.gather(*ungates)
 
 

@@ -17,7 +17,19 @@ from collections.abc import Sequence
 
 from gpuadmit.controller import api as kube
 from gpuadmit.controller.api import ApiError, KubeApi
-from gpuadmit.controller.cache import JOB, NAMESPACE, NODE, POD, POLICY, QUOTA, WORKLOAD, ObjectCache, object_key
+from gpuadmit.controller.cache import (
+    JOB,
+    NAMESPACE,
+    NODE,
+    POD,
+    POLICY,
+    PYTORCHJOB,
+    QUOTA,
+    RAYJOB,
+    WORKLOAD,
+    ObjectCache,
+    object_key,
+)
 from gpuadmit.core.model import HOLDING_PHASES
 from gpuadmit.core.placement import placement_of
 
@@ -38,11 +50,44 @@ LISTED_KINDS: tuple[tuple[str, kube.Resource], ...] = (
 # Jobs likewise: a test API server that serves no batch/v1 leaves native Jobs out, nothing else.
 OPTIONAL_RESOURCES = frozenset({kube.QUOTAS, kube.JOBS})
 
+# Other projects' kinds gpuadmit holds through their suspend field (controller.native): listed and
+# watched only when the cluster serves them (their CRDs installed), found by API discovery at
+# start-up and on each resync, so a cluster without them sees neither an error nor a retry.
+DISCOVERED_KINDS: tuple[tuple[str, kube.Resource], ...] = (
+    (PYTORCHJOB, kube.PYTORCHJOBS),
+    (RAYJOB, kube.RAYJOBS),
+)
+Kinds = Sequence[tuple[str, kube.Resource]]
 
-def watch_scopes(namespaces: Sequence[str] = ()) -> list[tuple[str, kube.Resource, str | None]]:
-    """(kind, resource, namespace or None for cluster-wide) of every list+watch stream to run."""
+
+async def served_kinds(api: KubeApi, candidates: Kinds = DISCOVERED_KINDS,
+                       known: Kinds = ()) -> list[tuple[str, kube.Resource]]:
+    """The ``candidates`` the API server serves (its discovery document for the group/version
+    lists the resource; a group it does not serve answers 404). When discovery fails otherwise,
+    a candidate is taken as served if it is in ``known`` (what the last discovery found), so a
+    passing API error neither stops a watch nor starts one; the next resync asks again."""
+    served: list[tuple[str, kube.Resource]] = []
+    for kind, resource in candidates:
+        try:
+            document = await api.request("discover", "GET", f"/apis/{resource.group}/{resource.version}")
+        except ApiError as error:
+            if error.status != 404:
+                logger.info("Discovery of %s/%s failed (%s); asking again on the next resync",
+                            resource.group, resource.version, error)
+                if (kind, resource) in known:
+                    served.append((kind, resource))
+            continue
+        names = {entry.get("name") for entry in document.get("resources") or [] if isinstance(entry, dict)}
+        if resource.plural in names:
+            served.append((kind, resource))
+    return served
+
+
+def watch_scopes(namespaces: Sequence[str] = (), discovered: Kinds = ()) -> list[tuple[str, kube.Resource, str | None]]:
+    """(kind, resource, namespace or None for cluster-wide) of every list+watch stream to run
+    (``discovered``: the ``DISCOVERED_KINDS`` the cluster serves)."""
     scopes: list[tuple[str, kube.Resource, str | None]] = []
-    for kind, resource in LISTED_KINDS:
+    for kind, resource in (*LISTED_KINDS, *discovered):
         if resource.namespaced and namespaces:
             scopes.extend((kind, resource, namespace) for namespace in namespaces)
         else:
@@ -94,13 +139,13 @@ def _as_int(value: object) -> int | None:
         return None
 
 
-async def seed_cache(api: KubeApi, cache: ObjectCache, namespaces: Sequence[str] = ()) -> None:
-    """Fill the cache with a full list of every watched kind, then mark it seeded.
+async def seed_cache(api: KubeApi, cache: ObjectCache, namespaces: Sequence[str] = (), discovered: Kinds = ()) -> None:
+    """Fill the cache with a full list of every watched kind (``discovered`` too), then mark it seeded.
 
     On a resync the lists replace what the cache holds, except objects the cache
     saw change after the list was taken (newer resourceVersion): they stay.
     """
-    for kind, resource in LISTED_KINDS:
+    for kind, resource in (*LISTED_KINDS, *discovered):
         try:
             items, list_version = await list_kind(api, resource, namespaces)
         except ApiError as error:

@@ -20,7 +20,7 @@ import kopf
 from aiohttp import web
 
 from gpuadmit.controller import restore
-from gpuadmit.controller.api import KubeApi, resolve_credentials
+from gpuadmit.controller.api import KubeApi, Resource, resolve_credentials
 from gpuadmit.controller.cache import NAMESPACE, NODE, ObjectCache
 from gpuadmit.controller.loop import LoopSettings, MetricsSink, SchedulingLoop
 from gpuadmit.controller.peering import PeeringGate
@@ -68,6 +68,7 @@ class OperatorRuntime:
         self._loop_task: asyncio.Task[None] | None = None
         self.streams: list[Stream] = []
         self._stream_tasks: list[asyncio.Task[None]] = []
+        self.discovered: list[tuple[str, Resource]] = []  # restore.DISCOVERED_KINDS the cluster serves, watched
         self._health_runner: web.AppRunner | None = None
         # More conditions of readiness, by name (the webhook configurations registered, say): all must hold.
         self.readiness_gates: dict[str, Callable[[], bool]] = {}
@@ -92,22 +93,51 @@ class OperatorRuntime:
         if gate is not None:
             gate.on_settled = self.loop.trigger
         await self._start_health_server()
-        loop = self.loop
-        self.streams = [
-            Stream(self.api, self.cache, kind, resource, loop.notify, loop.trigger, namespace)
-            for kind, resource, namespace in restore.watch_scopes(options.namespaces)
-        ]
-        self._stream_tasks = [asyncio.create_task(stream.run(), name=f"watch {stream.name}") for stream in self.streams]
+        self.discovered = await restore.served_kinds(self.api)
+        logger.info("Optional kinds served and watched: %s", ", ".join(
+            f"{kind} {'yes' if (kind, resource) in self.discovered else 'no (CRD not installed)'}"
+            for kind, resource in restore.DISCOVERED_KINDS))
+        self._start_streams(restore.watch_scopes(options.namespaces, self.discovered))
         # Restart safety: no decision before every kind's first list is in the cache.
         await asyncio.gather(*(stream.listed.wait() for stream in self.streams))
         self.cache.seeded = True
         restore.log_seeded(self.cache)
-        self._loop_task = asyncio.create_task(loop.run(), name="gpuadmit scheduling loop")
-        loop.trigger()  # the first cycle: restored state, decided once
+        self._loop_task = asyncio.create_task(self.loop.run(), name="gpuadmit scheduling loop")
+        self.loop.trigger()  # the first cycle: restored state, decided once
+
+    def _start_streams(self, scopes: list[tuple[str, Resource, str | None]]) -> None:
+        assert self.api is not None and self.loop is not None
+        streams = [Stream(self.api, self.cache, kind, resource, self.loop.notify, self.loop.trigger, namespace)
+                   for kind, resource, namespace in scopes]
+        self.streams.extend(streams)
+        self._stream_tasks.extend(asyncio.create_task(stream.run(), name=f"watch {stream.name}") for stream in streams)
 
     async def resync(self) -> None:
         assert self.api is not None
-        await restore.seed_cache(self.api, self.cache, self.options.namespaces)
+        # A CRD installed since start-up (the Kubeflow training operator, KubeRay) is watched from now
+        # on; one uninstalled is watched no more (its objects went with it).
+        served = await restore.served_kinds(self.api, known=self.discovered)
+        new = [found for found in served if found not in self.discovered]
+        gone = [found for found in self.discovered if found not in served]
+        if new:
+            logger.info("Now served, watched from now on: %s", ", ".join(kind for kind, _ in new))
+            self._start_streams(restore.watch_scopes(self.options.namespaces, new))
+        if gone:
+            logger.info("No longer served, not watched any more: %s", ", ".join(kind for kind, _ in gone))
+            await self._stop_streams({resource for _, resource in gone})
+            for kind, _ in gone:
+                self.cache.replace_all(kind, [])
+        self.discovered = served
+        await restore.seed_cache(self.api, self.cache, self.options.namespaces, self.discovered)
+
+    async def _stop_streams(self, resources: set[Resource]) -> None:
+        stopping = [task for stream, task in zip(self.streams, self._stream_tasks, strict=True) if stream.resource in resources]
+        kept = [(stream, task) for stream, task in zip(self.streams, self._stream_tasks, strict=True)
+                if stream.resource not in resources]
+        self.streams, self._stream_tasks = [stream for stream, _ in kept], [task for _, task in kept]
+        for task in stopping:
+            task.cancel()
+        await asyncio.gather(*stopping, return_exceptions=True)
 
     async def stop(self) -> None:
         tasks = [*self._stream_tasks, *([self._loop_task] if self._loop_task else [])]

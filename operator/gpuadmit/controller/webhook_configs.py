@@ -44,13 +44,12 @@ class Webhook:
     api_version: str
     resource: str
     operations: tuple[str, ...]
-    # Native workloads (Jobs, pods): only in managed namespaces, with their own failure policy, and
-    # called only for objects whose pod spec (at this CEL path of ``object``) names nvidia.com/gpu.
+    # Native workloads (Jobs, pods, PyTorchJobs, RayJobs): only in managed namespaces, with their own
+    # failure policy.
+    native: bool = False
+    # Called only for objects whose pod spec (at this CEL path of ``object``) names nvidia.com/gpu;
+    # None: every object (a PyTorchJob's or RayJob's templates sit under maps and lists of roles).
     pod_spec_path: str | None = None
-
-    @property
-    def native(self) -> bool:
-        return self.pod_spec_path is not None
 
     @property
     def rule(self) -> dict[str, Any]:
@@ -69,9 +68,14 @@ WEBHOOKS: tuple[Webhook, ...] = (
     Webhook("mutate.gpuworkloads.gpuadmit.io", True, MUTATE_GPUWORKLOAD_PATH, API_GROUP, API_VERSION,
             "gpuworkloads", ("CREATE", "UPDATE")),
     Webhook("mutate.jobs.gpuadmit.io", True, MUTATE_JOB_PATH, "batch", "v1", "jobs", ("CREATE",),
-            pod_spec_path="object.spec.template.spec"),
+            native=True, pod_spec_path="object.spec.template.spec"),
+    # Kubeflow PyTorchJobs and KubeRay RayJobs are suspended like Jobs (controller.webhooks picks the
+    # hold by resource); a rule for a resource the cluster does not serve matches nothing.
+    Webhook("mutate.pytorchjobs.gpuadmit.io", True, MUTATE_JOB_PATH, "kubeflow.org", "v1", "pytorchjobs",
+            ("CREATE",), native=True),
+    Webhook("mutate.rayjobs.gpuadmit.io", True, MUTATE_JOB_PATH, "ray.io", "v1", "rayjobs", ("CREATE",), native=True),
     Webhook("mutate.pods.gpuadmit.io", True, MUTATE_POD_PATH, "", "v1", "pods", ("CREATE",),
-            pod_spec_path="object.spec"),
+            native=True, pod_spec_path="object.spec"),
 )
 MATCH_CONDITION_NAME = "asks-for-nvidia-gpu"
 
@@ -129,8 +133,9 @@ def webhook_entry(
     }
     if webhook.mutating:
         entry["reinvocationPolicy"] = "IfNeeded" if webhook.native else "Never"
-    if webhook.pod_spec_path is not None:
+    if webhook.native:
         entry["namespaceSelector"] = native_namespace_selector(excluded_namespaces)
+    if webhook.pod_spec_path is not None:
         entry["matchConditions"] = [{"name": MATCH_CONDITION_NAME,
                                      "expression": asks_for_gpus_condition(webhook.pod_spec_path)}]
     return entry

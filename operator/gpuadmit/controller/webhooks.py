@@ -13,8 +13,8 @@ serves each on the path named by its handler id:
 Two more are answered by ``AdmissionServer`` itself, before kopf (they are not kopf handlers: kopf
 would need Jobs and pods in its resource scan, and would answer a crash with its own 500):
 
-- ``POST /mutate-job``: CREATE of a batch/v1 Job in a managed namespace, suspended when its pod
-  template asks for GPUs (``core.holds.job_hold``);
+- ``POST /mutate-job``: CREATE of a batch/v1 Job (or a Kubeflow PyTorchJob, a KubeRay RayJob) in a
+  managed namespace, suspended when a pod template asks for GPUs (``core.holds.job_hold``);
 - ``POST /mutate-pod``: CREATE of a pod in a managed namespace, gated with
   ``gpuadmit.io/admission`` when it asks for GPUs (``core.holds.pod_hold``).
 
@@ -50,7 +50,7 @@ from gpuadmit.controller.webhook_configs import (
     VALIDATE_GPUWORKLOAD_PATH,
 )
 from gpuadmit.controller.webhook_registration import Registrar, operator_namespace
-from gpuadmit.core.holds import Hold, job_hold, pod_hold
+from gpuadmit.core.holds import Hold, job_hold, pod_hold, pytorchjob_hold, rayjob_hold
 from gpuadmit.core.model import API_GROUP, API_VERSION
 from gpuadmit.core.podsecurity import DEFAULT_LEVEL, PodSecurity, namespace_rules
 from gpuadmit.core.validation import mutate_workload, validate_workload
@@ -67,7 +67,10 @@ NATIVE_HOLDS: dict[str, tuple[tuple[str, str], Callable[[object], Hold]]] = {
     MUTATE_JOB_PATH.lstrip("/"): (("batch", "jobs"), job_hold),
     MUTATE_POD_PATH.lstrip("/"): (("", "pods"), pod_hold),
 }
-_HOLD_BY_RESOURCE = dict(NATIVE_HOLDS.values())
+# Kubeflow PyTorchJobs and KubeRay RayJobs are suspended like Jobs, through /mutate-job (the hold
+# is chosen by the request's resource; webhook_configs sends them there).
+_HOLD_BY_RESOURCE = {**dict(NATIVE_HOLDS.values()), ("kubeflow.org", "pytorchjobs"): pytorchjob_hold,
+                     ("ray.io", "rayjobs"): rayjob_hold}
 OPERATIONS: list[Literal["CREATE", "UPDATE"]] = ["CREATE", "UPDATE"]
 # 422 Unprocessable Entity: the code the API server itself answers for an invalid object.
 REFUSAL_CODE = 422

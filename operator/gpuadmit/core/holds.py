@@ -23,6 +23,9 @@ from gpuadmit.core.native import (  # the shared names, kept with the controller
     ADMISSION_GATE,
     MANAGED_LABEL,
     SUSPENDED_BY_ANNOTATION,
+    UnitKind,
+    job_suspended,
+    replica_templates,
 )
 from gpuadmit.core.nodes import parse_quantity, pod_gpu_request
 from gpuadmit.core.pods import controlling_workload
@@ -78,22 +81,41 @@ def asks_for_gpus(pod_or_template: object) -> bool:
     return False
 
 
-def job_hold(job: object) -> Hold:
-    """Suspend a Job whose pod template asks for GPUs, unless its creator already did.
+def job_hold(job: object, kind: UnitKind = UnitKind.JOB) -> Hold:
+    """Suspend a suspendable workload (a batch/v1 Job, a PyTorchJob, a RayJob) that asks for GPUs in
+    any of its pod templates (``core.native.replica_templates``), unless its creator already did.
 
-    The patch sets ``spec.suspend: true`` and the ``gpuadmit.io/suspended-by`` annotation (where
-    the metadata can take it). A Job without a spec or template, or one asking for no GPUs, is left
-    to the API server.
+    The patch sets the kind's suspend field (``spec.suspend``; a PyTorchJob's
+    ``spec.runPolicy.suspend``) and the ``gpuadmit.io/suspended-by`` annotation (where the metadata
+    can take it). An object without a spec, or asking for no GPUs, is left to the API server.
     """
     spec = job.get("spec") if isinstance(job, Mapping) else None
-    if not isinstance(spec, Mapping) or not asks_for_gpus(spec.get("template")):
+    if not isinstance(spec, Mapping):
         return Hold()
-    if spec.get("suspend") is True:
-        return Hold()
-    patch: JsonPatch = [{"op": "add", "path": "/spec/suspend", "value": True}]
     assert isinstance(job, Mapping)
+    if not any(asks_for_gpus(template) for _replicas, template in replica_templates(job, kind)):
+        return Hold()
+    if job_suspended(job, kind):
+        return Hold()
+    patch: JsonPatch
+    if kind != UnitKind.PYTORCH_JOB:
+        patch = [{"op": "add", "path": "/spec/suspend", "value": True}]
+    elif isinstance(spec.get("runPolicy"), Mapping):
+        patch = [{"op": "add", "path": "/spec/runPolicy/suspend", "value": True}]
+    elif spec.get("runPolicy") is None:
+        patch = [{"op": "add", "path": "/spec/runPolicy", "value": {"suspend": True}}]
+    else:
+        return Hold()  # a runPolicy that is not an object: the API server refuses it
     patch += _annotation_ops(job.get("metadata"), SUSPENDED_BY_ANNOTATION, SUSPENDED_BY_WEBHOOK)
     return Hold(patch)
+
+
+def pytorchjob_hold(job: object) -> Hold:
+    return job_hold(job, UnitKind.PYTORCH_JOB)
+
+
+def rayjob_hold(job: object) -> Hold:
+    return job_hold(job, UnitKind.RAY_JOB)
 
 
 def pod_hold(pod: object) -> Hold:

@@ -10,6 +10,8 @@ to be a mirror is one, and which reserved slot each waiting pod is released onto
 Units:
 - a batch/v1 **Job** is one gang of ``parallelism`` (at most ``completions``) replicas of its pod
   template; its pods are not units of their own, they are released onto their Job's placement;
+- a Kubeflow **PyTorchJob** or a KubeRay **RayJob** likewise (``SUSPENDABLE``): one gang of the
+  GPU pods of all its roles or groups (``gang_of``), held and released through its suspend field;
 - a **pod group**: pods labelled ``gpuadmit.io/pod-group: NAME`` with annotation
   ``gpuadmit.io/pod-group-size: "N"``, one gang of N;
 - a **LeaderWorkerSet group**: pods with the labels ``leaderworkerset.sigs.k8s.io/name`` and
@@ -53,10 +55,13 @@ LWS_GROUP_INDEX_LABEL = "leaderworkerset.sigs.k8s.io/group-index"
 LWS_SIZE_ANNOTATION = "leaderworkerset.sigs.k8s.io/size"
 
 # The mirror's own marks.
-MIRROR_KIND_LABEL = "gpuadmit.io/mirror-kind"  # Job, Pod, PodGroup, LeaderWorkerSet
+MIRROR_KIND_LABEL = "gpuadmit.io/mirror-kind"  # a UnitKind: Job, PyTorchJob, RayJob, Pod, PodGroup, LeaderWorkerSet
 MIRROR_NAME_LABEL = "gpuadmit.io/mirror-name"  # the native name, or its hash when longer than a label value
 MIRROR_OF_ANNOTATION = "gpuadmit.io/mirror-of"  # the native name in full, always
 MIRROR_KEYS = frozenset({MIRROR_KIND_LABEL, MIRROR_NAME_LABEL, MIRROR_OF_ANNOTATION})
+# On the mirror of a workload whose parts ask for different GPUs per pod: what each part asks and
+# that every replica reserves the largest (a GPUWorkload has one GPUs-per-replica).
+UNEVEN_GPUS_ANNOTATION = "gpuadmit.io/uneven-gpus"
 # An explicit class on the native object (its metadata or, for a Job, its pod template's).
 CLASS_ANNOTATION = "gpuadmit.io/class"
 # On a Job the Job webhook suspended (core.holds): on opting out, gpuadmit resumes such a Job.
@@ -75,6 +80,10 @@ MIRROR_NOT_TRUSTED = "MirrorNotTrusted"
 
 JOB_API_VERSION = "batch/v1"
 JOB_NAME_LABEL = "batch.kubernetes.io/job-name"  # set by the API server in a Job's pod template
+PYTORCHJOB_API_VERSION = "kubeflow.org/v1"  # Kubeflow's training operator
+RAYJOB_API_VERSION = "ray.io/v1"  # KubeRay
+RAYCLUSTER_KIND = "RayCluster"  # what a RayJob's pods are controlled by (RayJob -> RayCluster -> pods)
+RAY_CLUSTER_LABEL = "ray.io/cluster"  # KubeRay's label on every pod of a RayCluster
 MAX_GROUP_SIZE = 1024  # the CRD's bound on spec.replicas
 HASH_LENGTH = 10
 
@@ -84,13 +93,18 @@ class UnitKind(str, enum.Enum):
     POD = "Pod"
     POD_GROUP = "PodGroup"
     LWS_GROUP = "LeaderWorkerSet"
+    PYTORCH_JOB = "PyTorchJob"
+    RAY_JOB = "RayJob"
 
 
-_NAME_PREFIX = {UnitKind.JOB: "job", UnitKind.POD: "pod", UnitKind.POD_GROUP: "group", UnitKind.LWS_GROUP: "lws"}
+_NAME_PREFIX = {UnitKind.JOB: "job", UnitKind.POD: "pod", UnitKind.POD_GROUP: "group", UnitKind.LWS_GROUP: "lws",
+                UnitKind.PYTORCH_JOB: "pytorchjob", UnitKind.RAY_JOB: "rayjob"}
 # A kind's lean where the template is not decisive: a Job runs to completion, a Deployment's,
 # ReplicaSet's, StatefulSet's or LeaderWorkerSet's pods serve (core.classifier).
 _LEAN_BY_OWNER = {
     "Job": KindLean("training", "a Job"),
+    "PyTorchJob": KindLean("training", "a PyTorchJob"),
+    "RayJob": KindLean("training", "a RayJob"),
     "ReplicaSet": KindLean("inference", "a ReplicaSet's (or Deployment's) pod"),
     "StatefulSet": KindLean("inference", "a StatefulSet's pod"),
     "LeaderWorkerSet": KindLean("inference", "a LeaderWorkerSet group"),
@@ -175,21 +189,70 @@ def controller_of(obj: object) -> tuple[str, str, str] | None:
     return None
 
 
-def job_of_pod(pod: object) -> str | None:
-    """The name of the batch/v1 Job this pod belongs to: its controller ownerReference, or, for a
-    pod no controller owns, the label ``batch.kubernetes.io/job-name`` the API server puts in every
-    Job's pod template (so a pod made from the template by hand, as a test playing the Job
-    controller makes it, is the Job's too); else None."""
+def job_of_pod(pod: object, ray_jobs: Mapping[str, str] | None = None) -> tuple[UnitKind, str] | None:
+    """The suspendable workload (``SUSPENDABLE``: a batch/v1 Job, a PyTorchJob, a RayJob) whose gang
+    a pod belongs to, as (unit kind, name), else None.
+
+    - its controller ownerReference names a Job or a PyTorchJob (the training operator's pods);
+    - its controller is a RayCluster that ``ray_jobs`` ("namespace/cluster" -> RayJob name,
+      ``ray_jobs_by_cluster``) says a RayJob made (RayJob -> RayCluster -> pods); a RayCluster no
+      RayJob names is somebody's own cluster: its pods are units of their own, as any other pod's;
+    - no controller: the label ``batch.kubernetes.io/job-name`` the API server puts in every Job's
+      pod template (so a pod made from the template by hand, as a test playing the Job controller
+      makes it, is the Job's too).
+    """
     metadata = _metadata(pod)
     refs = metadata.get("ownerReferences")
     for ref in refs if isinstance(refs, list) else ():
         if isinstance(ref, _MAPPINGS) and ref.get("controller") is True:
-            if (ref.get("kind") == "Job" and ref.get("apiVersion") == JOB_API_VERSION
-                    and isinstance(ref.get("name"), str) and ref["name"]):
-                return str(ref["name"])
+            name, kind, api_version = ref.get("name"), ref.get("kind"), ref.get("apiVersion")
+            if not isinstance(name, str) or not name:
+                return None
+            if kind == "Job" and api_version == JOB_API_VERSION:
+                return UnitKind.JOB, name
+            if kind == UnitKind.PYTORCH_JOB.value and api_version == PYTORCHJOB_API_VERSION:
+                return UnitKind.PYTORCH_JOB, name
+            if kind == RAYCLUSTER_KIND and api_version == RAYJOB_API_VERSION and ray_jobs:
+                ray_job = ray_jobs.get(f"{namespace_of(pod)}/{name}")
+                return (UnitKind.RAY_JOB, ray_job) if ray_job else None
             return None  # another controller's pod (a ReplicaSet's, say), whatever its labels
     name = _map(metadata, "labels").get(JOB_NAME_LABEL)
-    return name if isinstance(name, str) and name else None
+    return (UnitKind.JOB, name) if isinstance(name, str) and name else None
+
+
+def ray_jobs_by_cluster(ray_jobs: Iterable[Mapping[str, Any]]) -> dict[str, str]:
+    """"namespace/cluster" -> RayJob name, from each RayJob's ``status.rayClusterName`` (KubeRay
+    records it before it creates the cluster, so before the cluster's pods exist). Only RayJobs
+    that make their own cluster (``spec.rayClusterSpec``): one that runs on an existing cluster
+    (``spec.clusterSelector``) names a cluster that is not its own, whose pods stay their own units."""
+    found: dict[str, str] = {}
+    for ray_job in ray_jobs:
+        spec = _map(ray_job, "spec")
+        if not _map(spec, "rayClusterSpec") or _map(spec, "clusterSelector"):
+            continue
+        cluster = _map(ray_job, "status").get("rayClusterName")
+        if isinstance(cluster, str) and cluster:
+            found[f"{namespace_of(ray_job)}/{cluster}"] = name_of(ray_job)
+    return found
+
+
+def ray_cluster_of(pod: object) -> str | None:
+    """"namespace/cluster" of the RayCluster controlling a pod (its controller ownerReference), else None."""
+    refs = _metadata(pod).get("ownerReferences")
+    for ref in refs if isinstance(refs, list) else ():
+        if isinstance(ref, _MAPPINGS) and ref.get("controller") is True:
+            name = ref.get("name")
+            if ref.get("kind") == RAYCLUSTER_KIND and ref.get("apiVersion") == RAYJOB_API_VERSION \
+                    and isinstance(name, str) and name:
+                return f"{namespace_of(pod)}/{name}"
+            return None
+    return None
+
+
+def ray_job_mirror_key(cluster: str, ray_jobs: Mapping[str, str]) -> str | None:
+    """The mirror key of the RayJob that made the cluster ("namespace/cluster"), if one did."""
+    ray_job = ray_jobs.get(cluster)
+    return UnitRef(cluster.split("/", 1)[0], UnitKind.RAY_JOB, ray_job).mirror_key if ray_job else None
 
 
 def is_gated(pod: object) -> bool:
@@ -199,13 +262,14 @@ def is_gated(pod: object) -> bool:
     return isinstance(gates, list) and any(isinstance(g, _MAPPINGS) and g.get("name") == ADMISSION_GATE for g in gates)
 
 
-def unit_of_pod(pod: object) -> UnitRef:
-    """The admission unit a pod belongs to: its Job, its pod group, its LeaderWorkerSet group, or
-    itself (in that order: a Job's pods go where the Job was placed, whatever else they carry)."""
+def unit_of_pod(pod: object, ray_jobs: Mapping[str, str] | None = None) -> UnitRef:
+    """The admission unit a pod belongs to: its Job (or PyTorchJob, or RayJob: ``job_of_pod``), its
+    pod group, its LeaderWorkerSet group, or itself (in that order: a Job's pods go where the Job
+    was placed, whatever else they carry)."""
     namespace = namespace_of(pod)
-    job = job_of_pod(pod)
+    job = job_of_pod(pod, ray_jobs)
     if job is not None:
-        return UnitRef(namespace, UnitKind.JOB, job)
+        return UnitRef(namespace, *job)
     labels = _map(_metadata(pod), "labels")
     group = labels.get(POD_GROUP_LABEL)
     if isinstance(group, str) and group:
@@ -241,25 +305,94 @@ def job_replicas(job: Mapping[str, Any]) -> int:
     return max(0, replicas)
 
 
-def job_suspended(job: Mapping[str, Any]) -> bool:
-    return _map(job, "spec").get("suspend") is True
+def job_suspended(job: Mapping[str, Any], kind: UnitKind = UnitKind.JOB) -> bool:
+    """Whether a suspendable workload (``SUSPENDABLE``) is suspended (its kind's suspend field is true)."""
+    spec = _map(job, "spec")
+    return (_map(spec, "runPolicy") if kind == UnitKind.PYTORCH_JOB else spec).get("suspend") is True
 
 
-def job_finished(job: Mapping[str, Any]) -> str | None:
-    """"Succeeded" or "Failed" for a Job whose Complete or Failed condition is True, else None."""
-    conditions = _map(job, "status").get("conditions")
+def _conditions_outcome(obj: Mapping[str, Any], succeeded: str) -> str | None:
+    conditions = _map(obj, "status").get("conditions")
     for condition in conditions if isinstance(conditions, list) else ():
         if isinstance(condition, _MAPPINGS) and condition.get("status") == "True":
-            if condition.get("type") == "Complete":
+            if condition.get("type") == succeeded:
                 return "Succeeded"
             if condition.get("type") == "Failed":
                 return "Failed"
     return None
 
 
+def job_finished(job: Mapping[str, Any], kind: UnitKind = UnitKind.JOB) -> str | None:
+    """"Succeeded" or "Failed" for a finished suspendable workload, else None: a Job's or a
+    PyTorchJob's True Complete (Succeeded) or Failed condition; a RayJob's ``jobDeploymentStatus``
+    Complete (with ``jobStatus`` SUCCEEDED, else Failed) or Failed."""
+    if kind == UnitKind.RAY_JOB:
+        status = _map(job, "status")
+        deployment = status.get("jobDeploymentStatus")
+        if deployment == "Complete":
+            return "Succeeded" if status.get("jobStatus") == "SUCCEEDED" else "Failed"
+        return "Failed" if deployment == "Failed" else None
+    return _conditions_outcome(job, "Succeeded" if kind == UnitKind.PYTORCH_JOB else "Complete")
+
+
 def template_gpus(template: Mapping[str, Any]) -> int:
     """GPUs one pod of ``template`` requests, as kube-scheduler counts them."""
     return pod_gpu_request({"spec": _map(template, "spec")})
+
+
+def _count(value: object, default: int) -> int:
+    number = whole_number(value)
+    return max(0, default if number is None else number)
+
+
+def replica_templates(job: Mapping[str, Any], kind: UnitKind = UnitKind.JOB) -> list[tuple[int, Mapping[str, Any]]]:
+    """(replicas, pod template) of each part of a suspendable workload, as its controller makes pods:
+    a Job's ``job_replicas`` of its template; a PyTorchJob's ``pytorchReplicaSpecs`` roles (Master,
+    Worker, ...: ``replicas`` default 1) in name order; a RayJob's ``rayClusterSpec``: the head (one
+    pod) and each worker group's ``replicas`` (default ``minReplicas``, default 0) times ``numOfHosts``
+    (default 1)."""
+    spec = _map(job, "spec")
+    if kind == UnitKind.PYTORCH_JOB:
+        roles = _map(spec, "pytorchReplicaSpecs")
+        return [(_count(_map(roles, role).get("replicas"), 1), _map(_map(roles, role), "template"))
+                for role in sorted(roles) if isinstance(role, str)]
+    if kind == UnitKind.RAY_JOB:
+        cluster = _map(spec, "rayClusterSpec")
+        parts = [(1, _map(_map(cluster, "headGroupSpec"), "template"))]
+        groups = cluster.get("workerGroupSpecs")
+        for group in groups if isinstance(groups, list) else ():
+            if isinstance(group, _MAPPINGS):
+                replicas = _count(group.get("replicas"), _count(group.get("minReplicas"), 0))
+                parts.append((replicas * _count(group.get("numOfHosts"), 1), _map(group, "template")))
+        return parts
+    return [(job_replicas(job), job_template(job))]
+
+
+@dataclass(frozen=True, slots=True)
+class Gang:
+    """A suspendable workload as one gang: its GPU pods' count, the GPUs of each (the largest of
+    its parts': a GPUWorkload has one GPUs-per-replica, so a part asking fewer reserves the larger;
+    ``uneven`` says so), and the template the mirror copies (the part asking the most)."""
+
+    replicas: int
+    gpus: int
+    template: Mapping[str, Any]
+    uneven: str  # "" when every part asks the same; else what each asks, for the mirror's annotation
+
+
+def gang_of(job: Mapping[str, Any], kind: UnitKind = UnitKind.JOB) -> Gang | None:
+    """The gang of a suspendable workload's GPU pods (parts asking for no GPU, a CPU-only Ray head
+    or PyTorch master, are not part of it: their pods are not held), None when none asks for GPUs."""
+    parts = [(replicas, template, gpus) for replicas, template in replica_templates(job, kind)
+             if replicas > 0 and (gpus := template_gpus(template)) > 0]
+    if not parts:
+        return None
+    largest = max(parts, key=lambda part: part[2])
+    uneven = ""
+    if len({part[2] for part in parts}) > 1:
+        asked = ", ".join(f"{replicas} x {gpus}" for replicas, _template, gpus in parts)
+        uneven = f"pods asking {asked} GPUs: each of the {sum(p[0] for p in parts)} replicas reserves {largest[2]}"
+    return Gang(sum(part[0] for part in parts), largest[2], largest[1], uneven)
 
 
 # -- the mirror ---------------------------------------------------------------------------------
@@ -320,7 +453,9 @@ class Mirror:
     spec_class: str
     gpus: int
     replicas: int
-    source: Mapping[str, Any]  # the Job (its template is copied), or the pod (its own spec is)
+    source: Mapping[str, Any]  # the Job (or PyTorchJob, RayJob), or the pod (its own spec is copied)
+    template: Mapping[str, Any] | None = None  # a suspendable workload's: the template copied
+    uneven: str = ""  # a suspendable workload's parts ask for different GPUs per pod: how (an annotation)
 
     @property
     def owner_uids(self) -> frozenset[str]:
@@ -328,8 +463,7 @@ class Mirror:
 
     @property
     def spec(self) -> dict[str, Any]:
-        template = (dict(job_template(self.source)) if self.unit.kind == UnitKind.JOB
-                    else _pod_template_of(self.source))
+        template = dict(self.template) if self.template is not None else _pod_template_of(self.source)
         return {"class": self.spec_class, "gpus": self.gpus, "replicas": self.replicas, "template": template}
 
     @property
@@ -343,7 +477,8 @@ class Mirror:
                 "name": unit.mirror_name,
                 "namespace": unit.namespace,
                 "labels": {MIRROR_KIND_LABEL: unit.kind.value, MIRROR_NAME_LABEL: name_label_value(unit.name)},
-                "annotations": {MIRROR_OF_ANNOTATION: unit.name},
+                "annotations": {MIRROR_OF_ANNOTATION: unit.name,
+                                **({UNEVEN_GPUS_ANNOTATION: self.uneven} if self.uneven else {})},
                 "ownerReferences": [owner.reference() for owner in self.owners],
             },
             "spec": self.spec,
@@ -354,15 +489,21 @@ def _owner(obj: Mapping[str, Any], api_version: str, kind: str) -> Owner:
     return Owner(api_version, kind, name_of(obj), uid_of(obj))
 
 
-def mirror_of_job(job: Mapping[str, Any]) -> Mirror | None:
-    """The mirror of a Job that asks for GPUs (None: it asks for none, or runs no pods)."""
-    template = job_template(job)
-    gpus, replicas = template_gpus(template), job_replicas(job)
-    if gpus <= 0 or replicas <= 0:
+# The kinds gpuadmit holds by suspending them (one gang each), with their API versions.
+SUSPENDABLE: dict[UnitKind, str] = {
+    UnitKind.JOB: JOB_API_VERSION, UnitKind.PYTORCH_JOB: PYTORCHJOB_API_VERSION, UnitKind.RAY_JOB: RAYJOB_API_VERSION,
+}
+
+
+def mirror_of_job(job: Mapping[str, Any], kind: UnitKind = UnitKind.JOB) -> Mirror | None:
+    """The mirror of a suspendable workload (a Job, PyTorchJob or RayJob) that asks for GPUs (None:
+    it asks for none, or runs no pods): its ``gang_of``."""
+    gang = gang_of(job, kind)
+    if gang is None:
         return None
-    unit = UnitRef(namespace_of(job), UnitKind.JOB, name_of(job))
-    return Mirror(unit, (_owner(job, JOB_API_VERSION, "Job"),), _LEAN_BY_OWNER["Job"], explicit_class(job, template),
-                  gpus, replicas, job)
+    unit = UnitRef(namespace_of(job), kind, name_of(job))
+    return Mirror(unit, (_owner(job, SUSPENDABLE[kind], kind.value),), _LEAN_BY_OWNER[kind.value],
+                  explicit_class(job, gang.template), gang.gpus, gang.replicas, job, gang.template, gang.uneven)
 
 
 def mirror_of_pods(unit: UnitRef, pods: Sequence[Mapping[str, Any]],
@@ -413,8 +554,8 @@ def expected_mirror(
 ) -> Mirror | None:
     """The mirror ``unit`` should have now (``job``: its Job, for a Job unit; ``pods``: its GPU
     pods), None when the unit is gone or asks for no GPUs, or a group is still forming."""
-    if unit.kind == UnitKind.JOB:
-        return mirror_of_job(job) if job is not None else None
+    if unit.kind in SUSPENDABLE:
+        return mirror_of_job(job, unit.kind) if job is not None else None
     return mirror_of_pods(unit, pods, gpus_of)
 
 
@@ -433,7 +574,7 @@ def units_in(
             if mirror is not None:
                 mirrors[mirror.unit] = mirror
     for unit, unit_pods in grouped.items():
-        if unit.kind != UnitKind.JOB:
+        if unit.kind not in SUSPENDABLE:
             mirrors[unit] = mirror_of_pods(unit, unit_pods, gpus_of)
     return mirrors, grouped
 
@@ -517,15 +658,20 @@ def mirrors_in(
 ) -> tuple[dict[str, KindLean | None], dict[str, str]]:
     """For a dump (``gpuadmit decide``): the keys of the trusted mirrors with their kinds' leans (for
     ``build_snapshot``'s ``mirrors``), and the untrusted claims with their problem (not decided, as
-    the operator decides none of them)."""
+    the operator decides none of them). ``jobs``: the suspendable objects (Jobs, PyTorchJobs,
+    RayJobs, told apart by their ``kind``)."""
     managed = managed_namespaces(namespaces)
-    grouped = pods_by_unit(pods, managed)
-    jobs_by_key = {f"{namespace_of(job)}/{name_of(job)}": job for job in jobs}
+    jobs = list(jobs)
+    kinds = {kind.value: kind for kind in SUSPENDABLE}
+    ray_jobs = ray_jobs_by_cluster(job for job in jobs if job.get("kind") == UnitKind.RAY_JOB.value)
+    grouped = pods_by_unit(pods, managed, unit_of=lambda pod: unit_of_pod(pod, ray_jobs))
+    jobs_by_unit = {UnitRef(namespace_of(job), kinds[str(job.get("kind") or "Job")], name_of(job)): job
+                    for job in jobs if str(job.get("kind") or "Job") in kinds}
     expected: dict[UnitRef, Mirror | None] = {}
 
     def expected_of(unit: UnitRef) -> Mirror | None:
         if unit not in expected:
-            job = jobs_by_key.get(f"{unit.namespace}/{unit.name}") if unit.kind == UnitKind.JOB else None
+            job = jobs_by_unit.get(unit)
             expected[unit] = expected_mirror(unit, job, grouped.get(unit, []))
         return expected[unit]
 
@@ -552,8 +698,8 @@ def stale_mirror(workload: Mapping[str, Any], expected: Mirror | None) -> bool:
         return False
     refs = _metadata(workload).get("ownerReferences")
     refs = [ref for ref in refs if isinstance(ref, _MAPPINGS)] if isinstance(refs, list) else []
-    owner_kind = "Job" if unit.kind == UnitKind.JOB else "Pod"
-    named = unit.kind in (UnitKind.JOB, UnitKind.POD)  # a group's pods have names of their own
+    owner_kind = unit.kind.value if unit.kind in SUSPENDABLE else "Pod"
+    named = unit.kind in SUSPENDABLE or unit.kind == UnitKind.POD  # a group's pods have names of their own
     current = expected.owner_uids if expected is not None else frozenset()
     return all(ref.get("kind") == owner_kind and (not named or ref.get("name") == unit.name)
                and str(ref.get("uid") or "") not in current for ref in refs)
@@ -603,13 +749,16 @@ def release_patch(pod: Mapping[str, Any], node: str) -> dict[str, Any]:
     return {"spec": {"affinity": pinned_affinity(spec.get("affinity"), node), "schedulingGates": kept or None}}
 
 
-def suspend_patch(suspend: bool, mirror_uid: str | None) -> dict[str, Any]:
-    """The merge patch that suspends or resumes a Job, marking (or unmarking) whom it was released for."""
-    return {"metadata": {"annotations": {RELEASED_ANNOTATION: mirror_uid}}, "spec": {"suspend": suspend}}
+def suspend_patch(suspend: bool, mirror_uid: str | None, kind: UnitKind = UnitKind.JOB) -> dict[str, Any]:
+    """The merge patch that suspends or resumes a suspendable workload (``spec.suspend``, a
+    PyTorchJob's ``spec.runPolicy.suspend``), marking (or unmarking) whom it was released for."""
+    spec: dict[str, Any] = {"runPolicy": {"suspend": suspend}} if kind == UnitKind.PYTORCH_JOB else {"suspend": suspend}
+    return {"metadata": {"annotations": {RELEASED_ANNOTATION: mirror_uid}}, "spec": spec}
 
 
 
-def admission_unit_of(pod: Mapping[str, Any], mirrors: Container[str] = ()) -> str | None:
+def admission_unit_of(pod: Mapping[str, Any], mirrors: Container[str] = (),
+                      ray_jobs: Mapping[str, str] | None = None) -> str | None:
     """The key ("namespace/name") of the GPUWorkload whose reservation a pod fills: the GPUWorkload
     controlling it (gpuadmit's own pods), or the trusted mirror (``mirrors``: their keys) of the
     native unit it belongs to; None for any other pod (it counts only as used capacity)."""
@@ -617,7 +766,7 @@ def admission_unit_of(pod: Mapping[str, Any], mirrors: Container[str] = ()) -> s
     if controller is not None:
         return f"{namespace_of(pod)}/{controller[0]}"
     if mirrors:
-        key = unit_of_pod(pod).mirror_key
+        key = unit_of_pod(pod, ray_jobs).mirror_key
         if key in mirrors:
             return key
     return None

@@ -32,7 +32,7 @@ from gpuadmit.core.model import (
     Snapshot,
     Workload,
 )
-from gpuadmit.core.native import admission_unit_of, unit_of_pod
+from gpuadmit.core.native import admission_unit_of, ray_cluster_of, ray_job_mirror_key, unit_of_pod
 from gpuadmit.core.nodes import node_from_object, pod_gpu_request, pod_is_terminal, pod_requests
 from gpuadmit.core.pods import pod_node
 from gpuadmit.core.podsecurity import (
@@ -128,12 +128,22 @@ class PodFacts:
     # ours, it would hide inside that workload's reservation instead of beside it.
     own: str | None
     unit: str | None  # the key a mirror of its native unit would have (``core.native.unit_of_pod``)
+    # "namespace/cluster" when a RayCluster controls it: its unit is then the RayJob that made the
+    # cluster, which ``ray_jobs`` tells each cycle (a RayJob records its cluster after the pods may
+    # already be read, so this is resolved per snapshot, not kept in the memo).
+    ray_cluster: str | None = None
 
-    def filling(self, mirrors: Container[str]) -> str | None:
+    def filling(self, mirrors: Container[str], ray_jobs: Mapping[str, str] | None = None) -> str | None:
         """The reservation it fills, as ``core.native.admission_unit_of`` says."""
         if self.own is not None:
             return self.own
-        return self.unit if mirrors and self.unit in mirrors else None
+        if not mirrors:
+            return None
+        if self.ray_cluster is not None and ray_jobs:
+            ray_job_key = ray_job_mirror_key(self.ray_cluster, ray_jobs)
+            if ray_job_key is not None:
+                return ray_job_key if ray_job_key in mirrors else None
+        return self.unit if self.unit in mirrors else None
 
 
 def pod_facts(pod: Mapping[str, Any]) -> PodFacts | None:
@@ -150,6 +160,7 @@ def pod_facts(pod: Mapping[str, Any]) -> PodFacts | None:
         requests=tuple(pod_requests(spec if isinstance(spec, _MAPPINGS) else {}).items()),
         own=admission_unit_of(pod) if has_metadata else None,
         unit=unit_of_pod(pod).mirror_key if has_metadata else None,
+        ray_cluster=ray_cluster_of(pod) if has_metadata else None,
     )
 
 
@@ -188,7 +199,8 @@ class PodUsage:
     resources_of_own: dict[tuple[str, str], Resources]
 
 
-def pod_usage(facts: Iterable[PodFacts], mirrors: Container[str] = ()) -> PodUsage:
+def pod_usage(facts: Iterable[PodFacts], mirrors: Container[str] = (),
+              ray_jobs: Mapping[str, str] | None = None) -> PodUsage:
     gpus_by_node: dict[str, int] = {}
     requests_by_node: dict[str, dict[str, int]] = {}
     gpus_of_own: dict[tuple[str, str], int] = {}
@@ -199,7 +211,7 @@ def pod_usage(facts: Iterable[PodFacts], mirrors: Container[str] = ()) -> PodUsa
             node_requests[resource] = node_requests.get(resource, 0) + amount
         if fact.gpus:
             gpus_by_node[fact.node] = gpus_by_node.get(fact.node, 0) + fact.gpus
-        owner = fact.filling(mirrors)
+        owner = fact.filling(mirrors, ray_jobs)
         if owner is None:
             continue
         key = (owner, fact.node)
@@ -216,18 +228,19 @@ def _facts_of(pods: Iterable[Mapping[str, Any]]) -> list[PodFacts]:
     return [facts for pod in pods if (facts := pod_facts(pod)) is not None]
 
 
-def resources_of_own_pods(pods: Iterable[Mapping[str, Any]],
-                          mirrors: Container[str] = ()) -> dict[tuple[str, str], Resources]:
+def resources_of_own_pods(pods: Iterable[Mapping[str, Any]], mirrors: Container[str] = (),
+                          ray_jobs: Mapping[str, str] | None = None) -> dict[tuple[str, str], Resources]:
     """Every other resource our own non-terminal pods (and those of trusted mirrors' native units)
     request, by (workload key, node): the part of a reservation the nodes' used resources already
     count (see ``gpus_of_own_pods``)."""
-    return pod_usage(_facts_of(pods), mirrors).resources_of_own
+    return pod_usage(_facts_of(pods), mirrors, ray_jobs).resources_of_own
 
 
-def gpus_of_own_pods(pods: Iterable[Mapping[str, Any]], mirrors: Container[str] = ()) -> dict[tuple[str, str], int]:
+def gpus_of_own_pods(pods: Iterable[Mapping[str, Any]], mirrors: Container[str] = (),
+                     ray_jobs: Mapping[str, str] | None = None) -> dict[tuple[str, str], int]:
     """GPUs requested by the non-terminal pods that fill a reservation (controlled by their
     GPUWorkload, or of the native unit a trusted mirror stands for), by (workload key, node)."""
-    return pod_usage(_facts_of(pods), mirrors).gpus_of_own
+    return pod_usage(_facts_of(pods), mirrors, ray_jobs).gpus_of_own
 
 
 class ParseMemo:
@@ -292,6 +305,7 @@ def build_snapshot(
     avoided_nodes: Mapping[str, frozenset[str]] | None = None,
     mirrors: Mapping[str, KindLean | None] | None = None,
     pod_memo: PodMemo | None = None,
+    ray_jobs: Mapping[str, str] | None = None,
 ) -> Snapshot:
     """The engine's input from raw objects.
 
@@ -312,6 +326,8 @@ def build_snapshot(
     pods are made by the tenant's own controllers), and the pods of their units fill their
     reservations as a GPUWorkload's own pods do.
     ``pod_memo`` (optional) reuses what was read of pods unchanged since the last snapshot.
+    ``ray_jobs``: "namespace/cluster" -> RayJob name (``core.native.ray_jobs_by_cluster``), so a
+    RayJob's pods fill its mirror's reservation.
     """
     mirrors = mirrors or {}
     policy = select_policy(policies, policy_name)
@@ -319,7 +335,7 @@ def build_snapshot(
     tiers = tiers_by_namespace(namespaces)
     pod_security = pod_security_of_namespaces(namespaces, pod_security_level)
     tenants = quotas if isinstance(quotas, Tenancy) else tenancy(quotas, namespaces)
-    usage = pod_usage(pod_memo.facts(pods) if pod_memo is not None else _facts_of(pods), mirrors)
+    usage = pod_usage(pod_memo.facts(pods) if pod_memo is not None else _facts_of(pods), mirrors, ray_jobs)
     used_by_node, requests_by_node = usage.gpus_by_node, usage.requests_by_node
 
     # Keyed by name, so an object listed twice (two dumps concatenated) counts once: the
