@@ -35,11 +35,11 @@ from typing import Any
 from gpuadmit.controller import api as kube
 from gpuadmit.controller import status as desired_status
 from gpuadmit.controller.api import ApiError
-from gpuadmit.controller.cache import JOB, NAMESPACE, POD, WORKLOAD, ObjectCache, object_key
+from gpuadmit.controller.cache import JOB, NAMESPACE, NODE, POD, WORKLOAD, ObjectCache, object_key
 from gpuadmit.controller.writer import Writer
 from gpuadmit.core.classifier import KindLean
 from gpuadmit.core.holds import SUSPENDED_BY_WEBHOOK
-from gpuadmit.core.model import HOLDING_PHASES, Phase
+from gpuadmit.core.model import GPU_RESOURCE, HOLDING_PHASES, Phase
 from gpuadmit.core.native import (
     ADMISSION_GATE,
     DELETED_POD,
@@ -75,7 +75,7 @@ from gpuadmit.core.native import (
     uid_of,
     unit_of_pod,
 )
-from gpuadmit.core.nodes import pod_gpu_request, pod_is_terminal
+from gpuadmit.core.nodes import gpu_count, gpus_used_by_node, pod_gpu_request, pod_is_terminal
 from gpuadmit.core.placement import placement_of
 from gpuadmit.core.pods import controlling_workload
 
@@ -134,6 +134,7 @@ class NativeWorkloads:
         self._facts: dict[tuple[str, str], tuple[int, UnitRef]] = {}  # (pod uid, resourceVersion) -> GPUs, unit
         self._managed: frozenset[str] = frozenset()  # the managed namespaces, as of ``prepare``
         self._pod_keys_by_unit: dict[UnitRef, list[str]] = {}  # as of ``prepare``
+        self._room: dict[str, int] = {}  # node -> GPUs no live pod asks for, as of this reconcile
 
     def mirrors_by_kind_and_phase(self) -> Counter[tuple[str, str]]:
         """The trusted mirrors, by (unit kind, phase; "Pending" before the first decision)."""
@@ -288,6 +289,7 @@ class NativeWorkloads:
 
     async def reconcile(self, now: float) -> NativeReport:
         report = self.last_report
+        self._room = _room_by_node(self.cache.all(NODE), self.cache.all(POD))
         work: list[Awaitable[Any]] = []
         for key in sorted(self.trusted):
             mirror = self.cache.get(WORKLOAD, key)
@@ -340,6 +342,13 @@ class NativeWorkloads:
                 logger.warning("Pod %s asks for more GPUs than its mirror %s reserved per replica; not released",
                                object_key(pod), object_key(mirror))
                 continue
+            # A preempted Job's pods go when its Job controller deletes them, after this cycle:
+            # until then a pod pinned beside them would ask the node for more GPUs than it has.
+            if node in self._room and self._room[node] < pod_gpu_request(pod):
+                logger.info("Pod %s waits for GPUs on %s still held by pods going away", object_key(pod), node)
+                continue
+            if node in self._room:
+                self._room[node] -= pod_gpu_request(pod)
             await self._patch(POD, kube.PODS, pod, release_patch(pod, node))
             report.pods_released += 1
             report.actions[(unit.kind.value, RELEASED_POD)] += 1
@@ -450,6 +459,17 @@ class NativeWorkloads:
                 ungates.append(self._patch(JOB, kube.JOBS, job, patch))
                 report.actions[(UnitKind.JOB.value, RESUMED)] += 1
         await asyncio.gather(*ungates)
+
+
+def _room_by_node(nodes: Iterable[Mapping[str, Any]], pods: Iterable[Mapping[str, Any]]) -> dict[str, int]:
+    """GPUs of each node that no live pod (bound, pinned, or terminating) asks for."""
+    used = gpus_used_by_node(pods)
+    room: dict[str, int] = {}
+    for node in nodes:
+        name = str((node.get("metadata") or {}).get("name"))
+        allocatable = gpu_count(((node.get("status") or {}).get("allocatable") or {}).get(GPU_RESOURCE))
+        room[name] = allocatable - used.get(name, 0)
+    return room
 
 
 def _drifted(workload: Mapping[str, Any], expected: Mirror) -> bool:
