@@ -63,6 +63,7 @@ from gpuadmit.core.native import (
     job_finished,
     job_suspended,
     judge_mirrors,
+    let_go_by_hand,
     managed_namespaces,
     name_of,
     namespace_of,
@@ -209,7 +210,11 @@ class NativeWorkloads:
         for verdict in judge_mirrors(self.cache.all(WORKLOAD), managed, expected_of):
             workload, unit, expected = verdict.workload, verdict.unit, verdict.expected
             key = object_key(workload)
-            if verdict.trusted and expected is not None:
+            if verdict.trusted and expected is not None and let_go_by_hand(unit, grouped.get(unit, [])):
+                untrusted.add(key)  # left out of decisions: its pod's GPUs count as the pod's own
+                if _phase(workload) != Phase.REJECTED.value and not _terminating(workload):
+                    writes.append(self._reject_let_go(workload, now, report))
+            elif verdict.trusted and expected is not None:
                 trusted[key] = expected.lean
                 mirrored.add(unit)
                 if (_phase(workload) not in HOLDING_PHASES and _phase(workload) not in desired_status.TERMINAL_PHASES
@@ -284,6 +289,14 @@ class NativeWorkloads:
             unit = claimed_unit(workload)
             report.actions[(unit.kind.value if unit else UnitKind.POD.value, REJECTED)] += 1
             self.writer.explain_later(workload, "Warning", MIRROR_NOT_TRUSTED, message)
+
+    async def _reject_let_go(self, workload: Mapping[str, Any], now: float, report: NativeReport) -> None:
+        message = (f"its pod runs past the {ADMISSION_GATE} gate without gpuadmit's release (the gate was removed "
+                   "by hand): it runs unmanaged, its GPUs count as used capacity, and this mirror reserves none")
+        desired = {**desired_status.pods_phase_status(workload, Phase.REJECTED.value, RUNS_UNMANAGED, message, now),
+                   "queuePosition": None, "placement": None, "admittedAt": None}  # it may have been admitted
+        if await self.writer.write_status(WORKLOAD, workload, desired) is not None:
+            report.mirrors_rejected += 1
 
     # -- after the decisions ------------------------------------------------------------------
 
