@@ -4,6 +4,8 @@
 - ``KubectlControllers.step()``: one round of the Job and ReplicaSet controllers and of
   kube-scheduler, each write a `kubectl` call, for tests of the held-out kind ("driven only with
   kubectl against the emulator with --no-scheduler, playing the Job and ReplicaSet controllers"):
+  A pod create the API server refuses is noted in ``refused`` and retried next step, as a
+  controller's work queue would.
   - **Job**: a suspended Job's active pods are deleted; a Job that is not suspended gets
     ``parallelism`` active pods from its template (``tests.native_controllers.pod_from_template``,
     the same pods the HTTP stand-ins make). Pods are never finished here.
@@ -99,6 +101,7 @@ class KubectlControllers:
     namespaces: Iterable[str]
     default_node: str | None = None
     created: list[dict[str, Any]] = field(default_factory=list)  # every pod as its create returned it
+    refused: list[str] = field(default_factory=list)  # creates the API server refused, retried next step
 
     def step(self) -> None:
         watched = set(self.namespaces)
@@ -122,7 +125,10 @@ class KubectlControllers:
                 labels = {"batch.kubernetes.io/job-name": owner["metadata"]["name"]} if owner["kind"] == "Job" else {}
                 pod = pod_from_template(owner, extra_labels=labels)
                 pod["metadata"]["namespace"] = owner["metadata"]["namespace"]
-                self.created.append(self.kubectl.create(pod))
+                try:
+                    self.created.append(self.kubectl.create(pod))
+                except KubectlError as error:  # a denying webhook, one that does not answer: a controller retries
+                    self.refused.append(str(error))
         free = {n["metadata"]["name"]: allocatable_gpus(n) for n in nodes}
         for pod in pods:
             node = (pod.get("spec") or {}).get("nodeName")
