@@ -1,16 +1,21 @@
-"""A pod whose gate is removed by hand runs unmanaged: its mirror stops being decided.
+"""A mirror gpuadmit stops deciding gives back what it held.
+
+A pod whose gate is removed by hand runs unmanaged: its mirror stops being decided.
 
 The mirror was made while the pod waited at the gate. Once the pod runs past the gate without a
 release (unpinned), its GPUs count as used capacity as the pod's own; a mirror still decided would
-reserve the same GPUs a second time (and show the pod Admitted when gpuadmit did not place it)."""
+reserve the same GPUs a second time (and show the pod Admitted when gpuadmit did not place it).
+A mirror Rejected because its namespace opted out drops its placement too: a Rejected workload
+holds none (tests/invariants.py, bad-status)."""
 
 from __future__ import annotations
 
 import copy
 
-from gpuadmit.controller.cache import JOB, POD, WORKLOAD
+from gpuadmit.controller.cache import JOB, NAMESPACE, POD, WORKLOAD
 from gpuadmit.controller.native import RUNS_UNMANAGED
-from tests.controller.test_native import MANAGED, base, gated_pod, job
+from tests.controller.test_native import MANAGED, base, gated_pod, job, namespace
+from tests.invariants import status_violations
 
 
 async def test_the_mirror_of_a_pod_let_go_by_hand_is_rejected_and_reserves_nothing() -> None:
@@ -49,3 +54,16 @@ async def test_an_admitted_mirror_whose_pod_is_let_go_before_its_release_gives_i
     mirror = cluster.get(WORKLOAD, f"{MANAGED}/pod-sneaky")
     assert (mirror["status"]["phase"], mirror["status"]["reason"]) == ("Rejected", RUNS_UNMANAGED)
     assert not mirror["status"].get("placement")
+
+
+async def test_an_admitted_mirror_rejected_when_its_namespace_opts_out_gives_its_placement_back() -> None:
+    cluster = base((POD, gated_pod("first", 4)))
+    await cluster.cycle()
+    assert cluster.get(WORKLOAD, f"{MANAGED}/pod-first")["status"]["phase"] == "Admitted"
+    cluster.add(NAMESPACE, namespace(MANAGED, False))
+    await cluster.cycle()
+    mirror = cluster.get(WORKLOAD, f"{MANAGED}/pod-first")
+    assert (mirror["status"]["phase"], mirror["status"]["reason"]) == ("Rejected", "MirrorNotTrusted")
+    assert status_violations(mirror) == []  # no placement or admittedAt left on a Rejected workload
+    admitted = next(c for c in mirror["status"]["conditions"] if c["type"] == "Admitted")
+    assert admitted["status"] == "False"

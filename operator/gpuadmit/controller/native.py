@@ -283,7 +283,7 @@ class NativeWorkloads:
     async def _reject(self, workload: Mapping[str, Any], problem: str, now: float, report: NativeReport) -> None:
         message = (f"carries {MIRROR_KIND_LABEL} but is not trusted as a mirror: {problem}; gpuadmit makes the "
                    "mirrors of native workloads itself (remove the label to submit an ordinary GPUWorkload)")
-        desired = desired_status.pods_phase_status(workload, Phase.REJECTED.value, MIRROR_NOT_TRUSTED, message, now)
+        desired = desired_status.rejected_status(workload, MIRROR_NOT_TRUSTED, message, now)
         if await self.writer.write_status(WORKLOAD, workload, desired) is not None:
             report.mirrors_rejected += 1
             unit = claimed_unit(workload)
@@ -293,8 +293,7 @@ class NativeWorkloads:
     async def _reject_let_go(self, workload: Mapping[str, Any], now: float, report: NativeReport) -> None:
         message = (f"its pod runs past the {ADMISSION_GATE} gate without gpuadmit's release (the gate was removed "
                    "by hand): it runs unmanaged, its GPUs count as used capacity, and this mirror reserves none")
-        desired = {**desired_status.pods_phase_status(workload, Phase.REJECTED.value, RUNS_UNMANAGED, message, now),
-                   "queuePosition": None, "placement": None, "admittedAt": None}  # it may have been admitted
+        desired = desired_status.rejected_status(workload, RUNS_UNMANAGED, message, now)
         if await self.writer.write_status(WORKLOAD, workload, desired) is not None:
             report.mirrors_rejected += 1
 
