@@ -1,7 +1,7 @@
 """The setting of the native-workload e2e tests driven with kubectl: the emulated API server with
 ``--no-scheduler``, `gpuadmit run --manage-webhook-configurations`, a managed and a plain namespace,
 and ``Scenario``, which steps the kubectl stand-ins of the Job and ReplicaSet controllers and of
-kube-scheduler (``tests.kubectl_driver``) and checks the overcommit oracle after every step."""
+kube-scheduler (``tests.kubectl_driver``) and checks the invariants (no overcommit, coherent statuses) after every step."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import pytest
 from gpuadmit.core.native import MANAGED_LABEL
 from gpuadmit.localcluster import EmulatorProcess, OperatorProcess, free_port
 from tests.e2e_harness import CRD_DIR, REAL_CLUSTER_ENV
-from tests.invariants import overcommit_violations
+from tests.invariants import check_state
 from tests.kubectl_driver import KUBECTL, KUBECTL_MISSING, Kubectl, KubectlControllers
 
 MARKS = [
@@ -65,8 +65,10 @@ class Scenario:
     operator: OperatorProcess
     checks: int = 0
 
-    def check_no_overcommit(self) -> None:
-        violations = overcommit_violations(self.kubectl.state())
+    def check_invariants(self) -> None:
+        """The point-in-time invariants: no overcommit, and every decided workload's status coherent
+        (a holding phase with its placement, any other without)."""
+        violations = check_state(self.kubectl.state(), decision_grace_seconds=60)
         assert violations == [], [str(v) for v in violations]
         self.checks += 1
 
@@ -75,7 +77,7 @@ class Scenario:
         deadline = time.monotonic() + timeout
         while True:
             self.controllers.step()
-            self.check_no_overcommit()
+            self.check_invariants()
             found = probe()
             if found is not None and found is not False:
                 return found

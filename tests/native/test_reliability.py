@@ -54,7 +54,7 @@ def test_work_waiting_through_an_operator_outage_is_decided_after_the_restart(tm
         kubectl.create(inference_replicaset("serve", gpus=2))  # the ReplicaSet is stored; its pod is refused
         for _ in range(3):
             scenario.controllers.step()
-            scenario.check_no_overcommit()
+            scenario.check_invariants()
         assert scenario.job("train")["spec"]["suspend"] is True  # nothing decided while down
         assert not scenario.pods_of("ReplicaSet", "serve")
         assert scenario.controllers.refused and "mutate.pods.gpuadmit.io" in scenario.controllers.refused[-1]
@@ -93,7 +93,7 @@ def test_a_gate_or_a_suspend_removed_by_hand(tmp_path: Path) -> None:
         kubectl.ok("patch", "job", "train", "-n", MANAGED, "--type=merge", "-p", json.dumps({"spec": {"suspend": False}}))
         for _ in range(5):
             scenario.controllers.step()
-            scenario.check_no_overcommit()
+            scenario.check_invariants()
         pods = scenario.pods_of("Job", "train")
         assert len(pods) == 2 and all(p["spec"].get("schedulingGates") == [{"name": ADMISSION_GATE}] for p in pods)
         assert (scenario.mirror("job-train") or {}).get("status", {}).get("phase") == "Queued"
