@@ -95,6 +95,8 @@ def test_the_held_out_scenario_with_kubectl_only(scenario: Scenario) -> None:
     scenario.until(lambda: scenario.mirror(serve_mirror["metadata"]["name"]) is None, "serve's mirror collected")
     scenario.until(lambda: scenario.job("train")["spec"].get("suspend") is False, "train resumed")
     scenario.until(scenario.bound("Job", "train", 2), "train's new pods bound")
+    described = kubectl.ok("describe", "job", "train", "-n", MANAGED)  # the decisions, told on the Job itself
+    assert all(reason in described for reason in ("Admitted", "PreemptedByHigherMargin")), described
 
     # Mirrors go with their owners.
     kubectl.ok("delete", "job", "train", "huge", "-n", MANAGED, "--cascade=background")
