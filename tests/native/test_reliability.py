@@ -9,6 +9,8 @@
   is Rejected with that reason (reserving nothing);
 - a suspend removed by hand: the Job controller's pods arrive gated and stay at their gate until
   the Job's mirror is admitted.
+- with ``--native-webhook-failure-policy Ignore``, a pod made during an outage is stored unheld:
+  back, the operator counts it as used capacity, warns once and makes no mirror for it.
 
 That a restart releases nothing twice is tested by tests/controller/test_native_e2e.py.
 """
@@ -103,3 +105,22 @@ def test_a_gate_or_a_suspend_removed_by_hand(tmp_path: Path) -> None:
         kubectl.ok("delete", "pod", "sneaky", "-n", MANAGED)
         scenario.until(scenario.bound("Job", "train", 2), "train's pods released and bound")
         assert scenario.mirror("pod-sneaky") is None  # collected with its pod
+
+
+def test_with_failure_policy_ignore_a_pod_made_during_an_outage_runs_unmanaged(tmp_path: Path) -> None:
+    """The other side of the knob (docs/webhooks.md): with ``Ignore`` the API server stores a GPU
+    pod unheld while no webhook answers; back, the operator counts it as used and warns once."""
+    with started_scenario(tmp_path, gpus=4, operator_args=("--native-webhook-failure-policy", "Ignore")) as scenario:
+        kubectl = scenario.kubectl
+        scenario.operator.stop()
+        kubectl.create(inference_replicaset("serve", gpus=2))
+        pods = scenario.until(scenario.bound("ReplicaSet", "serve", 1), "serve's pod stored unheld and bound")
+        assert not pods[0]["spec"].get("schedulingGates") and pinned_node(pods[0]["spec"]) is None
+
+        scenario.operator.launch()
+        name = pods[0]["metadata"]["name"]
+        scenario.until(lambda: ("Warning", "RunsUnmanaged") in scenario.events(MANAGED, "Pod", name), "the Warning")
+        kubectl.create(training_job("train", parallelism=2, gpus=2))  # needs all four GPUs: two are the pod's
+        queued = scenario.until(scenario.mirror_in("job-train", {"Queued"}), "job-train queued")
+        assert queued["status"]["reason"] == "InsufficientCapacity"
+        assert scenario.mirror(f"pod-{name}") is None  # no mirror for what runs unmanaged
