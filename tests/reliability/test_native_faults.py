@@ -28,7 +28,7 @@ from gpuadmit.localcluster import free_port
 from tests.e2e_harness import GROUP, VERSION, OperatorProcess, wait_until
 from tests.native_controllers import NativeControllers
 from tests.reliability import figures
-from tests.reliability.faulty_cluster import FaultyCluster, faulty_cluster, spec_for
+from tests.reliability.faulty_cluster import FaultyCluster, faulty_cluster, pods_missing, spec_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.emulator, pytest.mark.slow]
 
@@ -173,8 +173,10 @@ def test_jobs_and_replicasets_in_a_managed_namespace_under_faults_and_sigkills(t
 
                 def settled() -> list[str] | None:
                     fc.assert_no_violations()
-                    undecided = [w["metadata"]["name"] for w in fc.cluster.workloads() if not (w.get("status") or {}).get("phase")]
+                    dump = fc.cluster.dump()
+                    undecided = [w["metadata"]["name"] for w in dump["workloads"] if not (w.get("status") or {}).get("phase")]
                     problems = [f"{name}: no decision" for name in undecided] + unit_mismatches(fc)
+                    problems += pods_missing(dump)
                     settled.last = problems  # type: ignore[attr-defined]
                     return None if problems else ["settled"]
                 try:
