@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,33 +20,17 @@ import pytest
 from gpuadmit.core.native import ADMISSION_GATE, MANAGED_LABEL
 from gpuadmit.localcluster import OperatorProcess, free_port
 from tests.e2e_harness import REAL_CLUSTER_ENV, Cluster, wait_until
+from tests.kubectl_driver import KUBECTL, KUBECTL_MISSING, Kubectl
 
-KUBECTL = shutil.which("kubectl")
 OPERATOR_NAMESPACE = "gpuadmit-system"
 
 pytestmark = [
     pytest.mark.e2e,
     pytest.mark.emulator,
     pytest.mark.timeout(240),
-    pytest.mark.skipif(KUBECTL is None, reason="kubectl is not installed: these tests drive the cluster with it"),
+    pytest.mark.skipif(KUBECTL is None, reason=KUBECTL_MISSING),
     pytest.mark.skipif(bool(os.environ.get(REAL_CLUSTER_ENV)), reason="registers webhooks on 127.0.0.1: emulator only"),
 ]
-
-
-@dataclass
-class Kubectl:
-    kubeconfig: Path
-
-    def run(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-        assert KUBECTL is not None
-        return subprocess.run([KUBECTL, "--kubeconfig", str(self.kubeconfig), *args], input=stdin,
-                              capture_output=True, text=True, timeout=60, check=False)
-
-    def create(self, obj: dict[str, Any]) -> dict[str, Any]:
-        """``kubectl create -f -`` of ``obj``: the object as the API server stored it."""
-        result = self.run("create", "-o", "json", "-f", "-", stdin=json.dumps(obj))
-        assert result.returncode == 0, result.stderr
-        return dict(json.loads(result.stdout))
 
 
 def gpu_pod(namespace: str, name: str, gpus: int = 1) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from gpuadmit.controller.queueview import shown_position
 from kubeapi_emulator import EmulatedApiServer
 from kubeapi_emulator.errors import ApiError
 from kubeapi_emulator.faults import FaultPlan
+from gpuadmit.core.native import claimed_unit
 from tests.invariants import OVERCOMMIT, ApiReader, InvariantChecker, WatchRecorder, explain_node
 from tests.e2e_harness import CRD_DIR, GROUP, REAL_CLUSTER_ENV, VERSION, Cluster, default_template, expected_decisions
 from tests.reliability import figures
@@ -158,6 +159,31 @@ def spec_for(index: int) -> dict[str, Any]:
     if index % 97 == 13:
         spec["template"] = {"spec": {"containers": []}}
     return spec
+
+
+def pods_missing(dump: Mapping[str, list[dict]]) -> list[str]:
+    """The holding workloads that do not have all their pods yet (the operator is still writing),
+    as "ns/name: Phase with N of M pods". A mirror of a native unit is left out: its pods are its
+    native controller's, released by gpuadmit (docs/native-workloads.md)."""
+    live: dict[str, int] = {}
+    for pod in dump["pods"]:
+        owner = (pod["metadata"].get("labels") or {}).get("gpuadmit.io/workload")
+        if owner and (pod.get("status") or {}).get("phase") not in ("Succeeded", "Failed"):
+            key = f"{pod['metadata']['namespace']}/{owner}"
+            live[key] = live.get(key, 0) + 1
+    missing = []
+    for workload in dump["workloads"]:
+        status = workload.get("status") or {}
+        key = f"{workload['metadata']['namespace']}/{workload['metadata']['name']}"
+        replicas = workload["spec"].get("replicas", 1)
+        if status.get("phase") in ("Admitted", "Running") and claimed_unit(workload) is None and live.get(key, 0) != replicas:
+            missing.append(f"{key}: {status['phase']} with {live.get(key, 0)} of {replicas} pods")
+    return missing
+
+
+def pods_pending(dump: Mapping[str, list[dict]]) -> bool:
+    """True while some holding workload does not have all its pods yet (``pods_missing``)."""
+    return bool(pods_missing(dump))
 
 
 def decision_mismatches(dump: Mapping[str, list[dict]]) -> list[str]:

@@ -19,7 +19,7 @@ import pytest
 from tests.invariants import placement_of
 from tests.e2e_harness import OperatorProcess, wait_until
 from tests.reliability import figures
-from tests.reliability.faulty_cluster import FaultyCluster, decision_mismatches, faulty_cluster, spec_for
+from tests.reliability.faulty_cluster import FaultyCluster, decision_mismatches, faulty_cluster, pods_pending, spec_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.emulator, pytest.mark.slow]
 
@@ -41,7 +41,7 @@ def settle(fc: FaultyCluster, count: int, timeout: float = 240.0) -> None:
         fc.assert_no_violations()
         dump = fc.cluster.dump()
         decided = len(dump["workloads"]) >= count and all((w.get("status") or {}).get("phase") for w in dump["workloads"])
-        return decided and not decision_mismatches(dump) and not _pods_pending(dump)
+        return decided and not decision_mismatches(dump) and not pods_pending(dump)
     try:
         wait_until(converged, timeout, interval=1.0, what="every workload decided as decide() would")
     except AssertionError as error:
@@ -50,22 +50,6 @@ def settle(fc: FaultyCluster, count: int, timeout: float = 240.0) -> None:
         dump = fc.cluster.dump()
         raise AssertionError("\n".join(decision_mismatches(dump)[:20]) or "not every workload decided") from None
     fc.assert_no_violations(settled=True)
-
-
-def _pods_pending(dump: dict) -> bool:
-    """True while some holding workload does not have all its pods yet (the operator is still writing)."""
-    live: dict[str, int] = {}
-    for pod in dump["pods"]:
-        owner = (pod["metadata"].get("labels") or {}).get("gpuadmit.io/workload")
-        if owner and (pod.get("status") or {}).get("phase") not in ("Succeeded", "Failed"):
-            key = f"{pod['metadata']['namespace']}/{owner}"
-            live[key] = live.get(key, 0) + 1
-    for workload in dump["workloads"]:
-        status = workload.get("status") or {}
-        key = f"{workload['metadata']['namespace']}/{workload['metadata']['name']}"
-        if status.get("phase") in ("Admitted", "Running") and live.get(key, 0) != workload["spec"].get("replicas", 1):
-            return True
-    return False
 
 
 def test_write_faults_cut_watches_and_a_burst_every_workload_reaches_the_right_decision(tmp_path: Path) -> None:

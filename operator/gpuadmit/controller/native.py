@@ -35,11 +35,11 @@ from typing import Any
 from gpuadmit.controller import api as kube
 from gpuadmit.controller import status as desired_status
 from gpuadmit.controller.api import ApiError
-from gpuadmit.controller.cache import NAMESPACE, POD, RAYJOB, WORKLOAD, ObjectCache, object_key
+from gpuadmit.controller.cache import NAMESPACE, NODE, POD, RAYJOB, WORKLOAD, ObjectCache, object_key
 from gpuadmit.controller.writer import Writer
 from gpuadmit.core.classifier import KindLean
 from gpuadmit.core.holds import SUSPENDED_BY_WEBHOOK
-from gpuadmit.core.model import HOLDING_PHASES, Phase
+from gpuadmit.core.model import GPU_RESOURCE, HOLDING_PHASES, Phase
 from gpuadmit.core.native import (
     ADMISSION_GATE,
     DELETED_POD,
@@ -64,6 +64,7 @@ from gpuadmit.core.native import (
     job_finished,
     job_suspended,
     judge_mirrors,
+    let_go_by_hand,
     managed_namespaces,
     name_of,
     namespace_of,
@@ -77,7 +78,7 @@ from gpuadmit.core.native import (
     uid_of,
     unit_of_pod,
 )
-from gpuadmit.core.nodes import pod_gpu_request, pod_is_terminal
+from gpuadmit.core.nodes import gpu_count, gpus_used_by_node, pod_gpu_request, pod_is_terminal
 from gpuadmit.core.placement import placement_of
 from gpuadmit.core.pods import controlling_workload
 
@@ -141,6 +142,7 @@ class NativeWorkloads:
         self._managed: frozenset[str] = frozenset()  # the managed namespaces, as of ``prepare``
         self._pod_keys_by_unit: dict[UnitRef, list[str]] = {}  # as of ``prepare``
         self.ray_jobs: dict[str, str] = {}  # "namespace/RayCluster" -> RayJob, as of ``prepare``
+        self._room: dict[str, int] = {}  # node -> GPUs no live pod asks for, as of this reconcile
 
     def mirrors_by_kind_and_phase(self) -> Counter[tuple[str, str]]:
         """The trusted mirrors, by (unit kind, phase; "Pending" before the first decision)."""
@@ -217,7 +219,11 @@ class NativeWorkloads:
         for verdict in judge_mirrors(self.cache.all(WORKLOAD), managed, expected_of):
             workload, unit, expected = verdict.workload, verdict.unit, verdict.expected
             key = object_key(workload)
-            if verdict.trusted and expected is not None:
+            if verdict.trusted and expected is not None and let_go_by_hand(unit, grouped.get(unit, [])):
+                untrusted.add(key)  # left out of decisions: its pod's GPUs count as the pod's own
+                if _phase(workload) != Phase.REJECTED.value and not _terminating(workload):
+                    writes.append(self._reject_let_go(workload, now, report))
+            elif verdict.trusted and expected is not None:
                 trusted[key] = expected.lean
                 mirrored.add(unit)
                 if (_phase(workload) not in HOLDING_PHASES and _phase(workload) not in desired_status.TERMINAL_PHASES
@@ -291,17 +297,25 @@ class NativeWorkloads:
     async def _reject(self, workload: Mapping[str, Any], problem: str, now: float, report: NativeReport) -> None:
         message = (f"carries {MIRROR_KIND_LABEL} but is not trusted as a mirror: {problem}; gpuadmit makes the "
                    "mirrors of native workloads itself (remove the label to submit an ordinary GPUWorkload)")
-        desired = desired_status.pods_phase_status(workload, Phase.REJECTED.value, MIRROR_NOT_TRUSTED, message, now)
+        desired = desired_status.rejected_status(workload, MIRROR_NOT_TRUSTED, message, now)
         if await self.writer.write_status(WORKLOAD, workload, desired) is not None:
             report.mirrors_rejected += 1
             unit = claimed_unit(workload)
             report.actions[(unit.kind.value if unit else UnitKind.POD.value, REJECTED)] += 1
             self.writer.explain_later(workload, "Warning", MIRROR_NOT_TRUSTED, message)
 
+    async def _reject_let_go(self, workload: Mapping[str, Any], now: float, report: NativeReport) -> None:
+        message = (f"its pod runs past the {ADMISSION_GATE} gate without gpuadmit's release (the gate was removed "
+                   "by hand): it runs unmanaged, its GPUs count as used capacity, and this mirror reserves none")
+        desired = desired_status.rejected_status(workload, RUNS_UNMANAGED, message, now)
+        if await self.writer.write_status(WORKLOAD, workload, desired) is not None:
+            report.mirrors_rejected += 1
+
     # -- after the decisions ------------------------------------------------------------------
 
     async def reconcile(self, now: float) -> NativeReport:
         report = self.last_report
+        self._room = _room_by_node(self.cache.all(NODE), self.cache.all(POD))
         work: list[Awaitable[Any]] = []
         for key in sorted(self.trusted):
             mirror = self.cache.get(WORKLOAD, key)
@@ -355,6 +369,13 @@ class NativeWorkloads:
                 logger.warning("Pod %s asks for more GPUs than its mirror %s reserved per replica; not released",
                                object_key(pod), object_key(mirror))
                 continue
+            # A preempted Job's pods go when its Job controller deletes them, after this cycle:
+            # until then a pod pinned beside them would ask the node for more GPUs than it has.
+            if node in self._room and self._room[node] < pod_gpu_request(pod):
+                logger.info("Pod %s waits for GPUs on %s still held by pods going away", object_key(pod), node)
+                continue
+            if node in self._room:
+                self._room[node] -= pod_gpu_request(pod)
             await self._patch(POD, kube.PODS, pod, release_patch(pod, node))
             report.pods_released += 1
             report.actions[(unit.kind.value, RELEASED_POD)] += 1
@@ -469,6 +490,17 @@ class NativeWorkloads:
                     ungates.append(self._patch(kind.value, resource, job, patch))
                     report.actions[(kind.value, RESUMED)] += 1
         await asyncio.gather(*ungates)
+
+
+def _room_by_node(nodes: Iterable[Mapping[str, Any]], pods: Iterable[Mapping[str, Any]]) -> dict[str, int]:
+    """GPUs of each node that no live pod (bound, pinned, or terminating) asks for."""
+    used = gpus_used_by_node(pods)
+    room: dict[str, int] = {}
+    for node in nodes:
+        name = str((node.get("metadata") or {}).get("name"))
+        allocatable = gpu_count(((node.get("status") or {}).get("allocatable") or {}).get(GPU_RESOURCE))
+        room[name] = allocatable - used.get(name, 0)
+    return room
 
 
 def _drifted(workload: Mapping[str, Any], expected: Mirror) -> bool:

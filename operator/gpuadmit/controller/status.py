@@ -217,6 +217,26 @@ def pod_phase(pod: Mapping[str, Any]) -> str:
     return str(status.get("phase") or "Pending") if isinstance(status, Mapping) else "Pending"
 
 
+def rejected_status(workload_obj: Mapping[str, Any], reason: str, message: str, now: float) -> dict[str, Any]:
+    """Rejected by the operator outside a decision of the engine (a mirror it no longer trusts or
+    no longer decides): whatever it held is given back, placement and all, as with a rejection."""
+    current = _status_of(workload_obj)
+    generation = _generation(workload_obj)
+    conditions = set_condition(current.get("conditions"), ADMITTED, False, reason, message, now, generation)
+    conditions = set_condition(conditions, RUNNING, False, reason, message, now, generation)
+    conditions = set_condition(conditions, FINISHED, True, reason, message, now, generation)
+    return {
+        "phase": Phase.REJECTED.value,
+        "reason": reason,
+        "message": _short(message),
+        "queuePosition": None,
+        "placement": None,
+        "admittedAt": None,
+        "observedGeneration": generation,
+        "conditions": conditions,
+    }
+
+
 def phase_from_pods(pods: Sequence[Mapping[str, Any]], replicas: int) -> tuple[str, str, str] | None:
     """(phase, reason, message) the pods of a holding workload imply, or None to leave it as it is.
 

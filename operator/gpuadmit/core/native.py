@@ -559,6 +559,13 @@ def expected_mirror(
     return mirror_of_pods(unit, pods, gpus_of)
 
 
+def let_go_by_hand(unit: UnitRef, pods: Sequence[Mapping[str, Any]]) -> bool:
+    """Whether a pod unit's pod runs past gpuadmit's gate without a release (the gate removed by
+    hand): it runs unmanaged, and a mirror decided for it would reserve the GPUs it already uses."""
+    live = [pod for pod in pods if not pod_is_terminal(pod) and not _metadata(pod).get("deletionTimestamp")]
+    return unit.kind == UnitKind.POD and bool(live) and not any(is_gated(pod) or released(pod) for pod in live)
+
+
 def units_in(
     jobs: Iterable[Mapping[str, Any]], pods: Iterable[Mapping[str, Any]], managed: frozenset[str],
     gpus_of: Callable[[Mapping[str, Any]], int] = pod_gpu_request,
