@@ -64,6 +64,10 @@ GRANTED_BUT_NOT_EXERCISED: dict[Permission, str] = {
        for permission in (("gpuadmit.io", "gpuworkloads", "create"), ("gpuadmit.io", "gpuworkloads", "delete"),
                           ("", "pods", "patch"),
                           ("batch", "jobs", "watch"), ("batch", "jobs", "patch"))},
+    **{(group, resource, verb): "Kubeflow PyTorchJobs and KubeRay RayJobs, watched and suspended only when their "
+       "CRDs are served (controller/native.py); the audited cluster has neither CRD"
+       for group, resource in (("kubeflow.org", "pytorchjobs"), ("ray.io", "rayjobs"))
+       for verb in ("get", "list", "watch", "patch")},
     **{("kopf.dev", "kopfpeerings", verb):
        "peering in the watched namespaces (--peering with --namespace); the scenario peers cluster-wide"
        for verb in ("get", "list", "watch", "patch")},
