@@ -125,6 +125,13 @@ class _State:
     kinds_by_pool: dict[int, set[int]] = field(default_factory=dict)  # see _kinds_index
     kinds_by_product: dict[str, set[int]] = field(default_factory=dict)
     kinds_indexed: int = 0
+    # Kinds alike in what decides whether they fit (options' products, pools and needs; GPUs per
+    # replica, replicas, training) form a demand group: one fit check answers for all of them.
+    group_of_kind: dict[int, int] = field(default_factory=dict)
+    group_demand: list[tuple] = field(default_factory=list)
+    kinds_of_group: list[set[int]] = field(default_factory=list)
+    groups_by_pool: dict[int, set[int]] = field(default_factory=dict)
+    group_ids: dict[tuple, int] = field(default_factory=dict)
     needing_kinds: set[int] = field(default_factory=set)  # kinds that need more than GPUs of a node
 
 
@@ -517,8 +524,7 @@ class _Streams:
         policy = state.snapshot.policy
         self.preempting = bool(policy.preemption.enabled) and any(state.victims.values())
         self.gain = number_or(policy.preemption.min_margin_gain_per_gpu_hour, 0.0)
-        self.signatures: dict[int, tuple] = {}
-        self.fit_memo: dict[tuple, tuple[object, bool]] = {}
+        self.fit_memo: dict[int, tuple[object, bool]] = {}  # demand group -> (capacity version, fits)
         self.cheapest_victim = {p: min(v.margin for v in vs) for p, vs in state.victims.items() if vs} if self.preempting else {}
 
     def candidate(self, order: tuple) -> Candidate:
@@ -541,8 +547,12 @@ class _Streams:
         for indexes in self.new_in_kind.values():
             indexes.sort()
         kinds: set[int] = set()
+        groups: set[int] = set()
         for pool in touched_pools:
-            kinds.update(self.by_pool.get(pool, ()))
+            groups.update(state.groups_by_pool.get(pool, ()))
+        for group in groups:  # a group that does not fit now stays out, unless its kinds may preempt
+            if self.preempting or self._may_fit(next(iter(state.kinds_of_group[group]))):
+                kinds.update(state.kinds_of_group[group])
         for product in reserve_freed | {v.product for v in newly_victims}:
             kinds.update(self.by_product.get(product, ()))
         if self.preempting:
@@ -558,34 +568,28 @@ class _Streams:
     def _may_fit(self, kind: int, inventory: Inventory | None = None, training_used: Mapping[str, int] | None = None,
                  version: object = None) -> bool:
         """Whether a member of the kind fits in free capacity now (by default: the state's).
-        ``version`` names the capacity's state (it changes only with an admission): kinds alike in
-        demand and pools share the answer while it holds."""
+        ``version`` names the capacity's state (it changes only with an admission): the kinds of
+        one demand group share the answer while it holds."""
         state = self.state
-        signature = self.signatures.get(kind)
-        if signature is None:
-            head = state.queued[state.by_kind[kind][0][2]]
-            workload = head.workload
-            signature = self.signatures[kind] = (
-                tuple((o.product, o.pools, o.need) for o in state.ranker.options_of_kind[kind]),
-                workload.gpus_per_replica, workload.replicas, head.is_training,
-            )
-        known = self.fit_memo.get(signature)
+        group = state.group_of_kind[kind]
+        known = self.fit_memo.get(group)
         if known is not None and known[0] == version:
             return known[1]
-        inventory = inventory if inventory is not None else state.inventory
-        training_used = training_used if training_used is not None else state.training_used
-        options, g, replicas, is_training = signature
+        fits = self._group_fits(group, inventory if inventory is not None else state.inventory, training_used if training_used is not None else state.training_used)
+        self.fit_memo[group] = (version, fits)
+        return fits
+
+    def _group_fits(self, group: int, inventory: Inventory, training_used: Mapping[str, int]) -> bool:
+        state = self.state
+        options, g, replicas, is_training = state.group_demand[group]
         total = g * replicas
-        fits = False
         for product, pools, need in options:
             cap = state.training_cap.get(product)
             if is_training and cap is not None and training_used.get(product, 0) + total > cap:
                 continue  # training never into the inference reserve
             if inventory.fits(pools, g, replicas, need):
-                fits = True
-                break
-        self.fit_memo[signature] = (version, fits)
-        return fits
+                return True
+        return False
 
     def _may_enter(self, kind: int, result: PassResult) -> bool:
         """Whether the kind's next member may get in during this pass, as capacity is now."""
@@ -717,14 +721,27 @@ def _unbeatable(result: PassResult, seen: dict[str, Candidate], queue_length: in
 
 
 def _kinds_index(state: _State) -> tuple[dict[int, set[int]], dict[str, set[int]]]:
-    """Kinds by the pools and the products of their options (kinds are numbered as the ranker
-    meets them: the index grows by the new ones)."""
-    options_of_kind = state.ranker.options_of_kind
+    """Kinds by the pools and the products of their options, and their demand groups (kinds are
+    numbered as the ranker meets them: the indexes grow by the new ones)."""
+    ranker = state.ranker
+    options_of_kind, demand_of_kind = ranker.options_of_kind, ranker.demand_of_kind
     by_pool, by_product = state.kinds_by_pool, state.kinds_by_product
     for kind in range(state.kinds_indexed, len(options_of_kind)):
-        if any(option.need is not None for option in options_of_kind[kind]):
+        options = options_of_kind[kind]
+        if any(option.need is not None for option in options):
             state.needing_kinds.add(kind)
-        for option in options_of_kind[kind]:
+        demand = (tuple((o.product, o.pools, o.need) for o in options), *demand_of_kind[kind])
+        group = state.group_ids.get(demand)
+        if group is None:
+            group = state.group_ids[demand] = len(state.group_demand)
+            state.group_demand.append(demand)
+            state.kinds_of_group.append(set())
+            for option in options:
+                for pool in option.pools:
+                    state.groups_by_pool.setdefault(pool, set()).add(group)
+        state.group_of_kind[kind] = group
+        state.kinds_of_group[group].add(kind)
+        for option in options:
             by_product.setdefault(option.product, set()).add(kind)
             for pool in option.pools:
                 by_pool.setdefault(pool, set()).add(kind)

@@ -86,6 +86,8 @@ class Ranker:
         # Shapes hash slowly (tolerations are dataclasses); number them once and key caches by number.
         self._shape_ids: dict[tuple, int] = {}
         self.options_of_kind: dict[int, tuple[Option, ...]] = {}
+        # kind -> (GPUs per replica, replicas, training): with its options, what decides whether it fits
+        self.demand_of_kind: dict[int, tuple[int, int, bool]] = {}
 
     def margin(self, workload_class: str, tier: str | None, product: str) -> float:
         key = (workload_class, tier, product)
@@ -108,6 +110,7 @@ class Ranker:
             made = _static_options(self.inventory, workload, shape, self.floor, self.margin)
             self._static[static_key] = (*made, len(self._static))
             self.options_of_kind[len(self._static) - 1] = made[0]
+            self.demand_of_kind[len(self._static) - 1] = (workload.gpus_per_replica, workload.replicas, workload.workload_class != "inference")
         options, rejection, kind = self._static[static_key]
         if rejection is not None:
             return bound_to(rejection, workload)
