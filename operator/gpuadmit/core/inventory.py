@@ -403,16 +403,7 @@ class Inventory:
         else:
             current = _unique_by_name(nodes)
             raw_free = [alloc - whole(current[node.name].gpus_used_by_pods) for alloc, node in zip(self.allocatable, self.nodes, strict=True)]
-        # Raw free may be negative (overbooked by pods); usable free is clamped.
-        self.raw_free: list[int] = raw_free
-        self.free: list[int] = [min(alloc, max(0, raw)) for alloc, raw in zip(self.allocatable, raw_free, strict=True)]
-        # count_by_free[pool][f]: nodes of the pool with exactly f free; buckets[pool][f]: their heap.
-        self.count_by_free: list[list[int]] = [[0] * (pool.max_allocatable + 1) for pool in self.pools]
-        for pool in self.pools:
-            for index in pool.node_indices:
-                self.count_by_free[pool.index][self.free[index]] += 1
-        self.rebucket()
-        self.top_free: list[int] = [self._scan_top(pool.index, pool.max_allocatable) for pool in self.pools]
+        self._count_free(raw_free)
         # Raw free amount of every listed resource beyond GPUs, per node (may go negative: overbooked).
         # Copy on write: a copy shares the dicts, and whoever changes one copies it first.
         self.resource_free: list[dict[str, int]] = [dict(free) for free in layout.resource_allocatable]
@@ -426,6 +417,41 @@ class Inventory:
             for index, node in enumerate(self.nodes):
                 if current[node.name].resources_used_by_pods:
                     self.adjust_resources(index, current[node.name].resources_used_by_pods, -1)
+
+    def _count_free(self, raw_free: list[int]) -> None:
+        """The pools' counts, buckets and tops from the nodes' raw free GPUs."""
+        # Raw free may be negative (overbooked by pods); usable free is clamped.
+        self.raw_free: list[int] = raw_free
+        self.free: list[int] = [min(alloc, max(0, raw)) for alloc, raw in zip(self.allocatable, raw_free, strict=True)]
+        # count_by_free[pool][f]: nodes of the pool with exactly f free; buckets[pool][f]: their heap.
+        self.count_by_free: list[list[int]] = [[0] * (pool.max_allocatable + 1) for pool in self.pools]
+        for pool in self.pools:
+            for index in pool.node_indices:
+                self.count_by_free[pool.index][self.free[index]] += 1
+        self.rebucket()
+        self.top_free: list[int] = [self._scan_top(pool.index, pool.max_allocatable) for pool in self.pools]
+
+    def on_layout(self, layout: _NodeLayout) -> Inventory:
+        """This ledger on another layout of the same nodes and more (nodes added, none changed in
+        shape): each known node's free GPUs and resources carried by name; a node it did not know
+        starts with everything free (the caller takes what its pods and reservations hold)."""
+        clone = object.__new__(Inventory)
+        clone.strategy = self.strategy
+        clone.own_pod_resources = self.own_pod_resources
+        clone._adopt(layout)
+        raw_free = list(layout.allocatable)
+        resource_free = list(layout.resource_allocatable)  # shared until written (copy on write)
+        known = self.index_by_name
+        for index, node in enumerate(layout.nodes):
+            was = known.get(node.name)
+            if was is not None:
+                raw_free[index] = self.raw_free[was]
+                resource_free[index] = self.resource_free[was]
+        clone._count_free(raw_free)
+        clone.resource_free = resource_free
+        clone._resources_owned = set()
+        self._resources_owned = set()
+        return clone
 
     def rebucket(self) -> None:
         """Fill the buckets afresh from the free counts, without the stale entries lazy deletion leaves."""

@@ -55,6 +55,7 @@ whether the last cycle was whole (then every decision carries its position).
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import gc
 import heapq
 import math
@@ -64,14 +65,14 @@ from dataclasses import dataclass, field
 from itertools import compress
 
 from ..guarantee import Tenants
-from ..inventory import Inventory, LayoutMemo, _beyond, _same_shape, whole
+from ..inventory import Inventory, LayoutMemo, _beyond, _NodeLayout, _same_shape, whole
 from ..model import Action, CycleResult, Decision, GpuNode, PlacementEntry, Preemption, Snapshot, Workload
 from .chains import IMPROVE_PASSES, SWAP_UP_TO_NODES, improve_by_swaps
 from .choose import choose_pass
 from .cycle import EPSILON, Admission, Candidate, Cycle, PassResult, Victim, new_pass, number_or
 from .messages import finalize
 from .passes import ALL_ORDERS_UP_TO, MAX_PREEMPTION_ATTEMPTS_PER_PASS, order_keys, run_pass
-from .prepare import Ranker, prepare, timeout_rejection, victim_of, victim_order
+from .prepare import Ranker, prepare, reserve_caps, timeout_rejection, victim_of, victim_order
 
 # More changes than this in one cycle (or a tenth of the queue, whichever is larger): a whole
 # cycle, which then costs about what the changes would.
@@ -146,6 +147,7 @@ class IncrementalEngine:
         self.full_cycles = 0
         self.incremental_cycles = 0
         self._changed_positions: list[int] = []  # nodes (by position) whose object changed, from _why_whole
+        self._nodes_added = False  # from _why_whole: the snapshot has the last one's nodes and more
 
     # --- the queue, served -----------------------------------------------------
 
@@ -220,9 +222,13 @@ class IncrementalEngine:
             return "a queue limit per namespace"
         if snapshot.quotas and Tenants.of(snapshot, state.inventory) is not None:
             return "GPUQuotas"
+        self._nodes_added = False
         if snapshot.nodes is not last.nodes:
             if len(snapshot.nodes) != len(last.nodes):
-                return "nodes added or removed"
+                if len(snapshot.nodes) < len(last.nodes):
+                    return "nodes removed"
+                self._nodes_added = True  # the rest is checked by _add_nodes
+                return None
             if state.inventory.layout.index_of_position is None:
                 return "duplicate node names"
             self._changed_positions = list(compress(range(len(snapshot.nodes)), map(operator.is_not, snapshot.nodes, last.nodes)))
@@ -237,6 +243,13 @@ class IncrementalEngine:
         """One incremental cycle, or why it must be whole (state untouched then, it is rebuilt)."""
         last = state.snapshot
         now = snapshot.now
+        added: _Added | None = None
+        if self._nodes_added:
+            grown = _add_nodes(state, snapshot)
+            if isinstance(grown, str):
+                return grown
+            added = grown
+            self._changed_positions = added.changed_positions
         inventory = state.inventory
         # --- what changed --------------------------------------------------------
         if changes is None:
@@ -275,6 +288,8 @@ class IncrementalEngine:
             training_before[product] = training_before.get(product, 0) + gpus
         touched_nodes |= state.assumed_nodes
         changed_victims = {key for key, _ in own_changed}
+        if added is not None:
+            changed_victims |= added.holders
         for workload in released:
             _hold(state, workload, -1)
             touched_nodes.update(_node_indices(inventory, workload))
@@ -311,6 +326,9 @@ class IncrementalEngine:
                 if pool >= 0:
                     touched_pools.add(pool)
         reserve_freed = {p for p, used in training_before.items() if state.training_used.get(p, 0) < used}
+        if added is not None:
+            touched_pools |= added.pools
+            reserve_freed |= added.reserve_grown
         if inventory.stale_entries() > 2 * len(inventory.nodes) + 64:
             inventory.rebucket()  # the lazily deleted heap entries, dropped before every pass copies them
         # --- the queue ---------------------------------------------------------------------
@@ -386,6 +404,69 @@ class IncrementalEngine:
             if key not in pending:
                 state.decided.pop(key, None)
         return CycleResult(decisions=tuple(changed), preemptions=preemptions)
+
+
+# --- nodes added ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Added:
+    changed_positions: list[int]  # positions (in the new snapshot) of the nodes added or whose object changed
+    pools: set[int]  # pools that gained a node
+    reserve_grown: set[str]  # products whose training cap grew
+    holders: set[str]  # holding workloads placed on an added node (their victims change)
+
+
+def _add_nodes(state: _State, snapshot: Snapshot) -> _Added | str:
+    """Nodes added, none removed or changed in shape, the pools alike (each added node joins a pool
+    of alike nodes): the state moved onto the new layout (node indexes follow node names, as a
+    whole cycle's), or why a whole cycle must run (the state is rebuilt then)."""
+    last_nodes = {node.name: node for node in state.snapshot.nodes}
+    changed: list[int] = []
+    added_positions: list[int] = []
+    for position, node in enumerate(snapshot.nodes):
+        was = last_nodes.get(node.name)
+        if was is None:
+            added_positions.append(position)
+        elif was is not node:
+            if not _same_shape(node, was):
+                return "a node changed shape"
+            changed.append(position)
+    if len(added_positions) != len(snapshot.nodes) - len(last_nodes):
+        return "nodes removed"
+    old = state.inventory
+    layout = _NodeLayout(snapshot.nodes)
+    if layout.index_of_position is None:
+        return "duplicate node names"
+    if [(p.product, p.memory_mib, p.taints) for p in layout.pools] != [(p.product, p.memory_mib, p.taints) for p in old.pools]:
+        return "a new pool"  # pool numbers would move under every kind's options
+    inventory = old.on_layout(layout)
+    members = {kind: state.queued[orders[0][2]].workload for kind, orders in state.by_kind.items() if orders}
+    if not state.ranker.relayout(inventory, members):
+        return "a kind's options changed"
+    moved = [layout.index_by_name[node.name] for node in old.nodes]  # old index -> new (in name order both)
+    state.inventory = inventory
+    state.reservations = {moved[index]: held for index, held in state.reservations.items()}
+    state.assumed_nodes = {moved[index] for index in state.assumed_nodes}
+    for product, victims in state.victims.items():
+        state.victims[product] = [dataclasses.replace(v, freed=tuple((moved[i], gpus) for i, gpus in v.freed)) for v in victims]
+    state.victim_of_key = {v.key: v for victims in state.victims.values() for v in victims}
+    new_names = {snapshot.nodes[position].name for position in added_positions}
+    holders: set[str] = set()
+    for workload in state.holding.values():  # what holds on an added node (a whole cycle counts it)
+        for entry in workload.placement:
+            if entry.node in new_names:
+                holders.add(workload.key)
+                index = layout.index_by_name[entry.node]
+                state.reservations.setdefault(index, {}).setdefault(workload.key, []).append(entry)
+                if workload.workload_class != "inference":
+                    product = layout.nodes[index].product
+                    state.training_used[product] = state.training_used.get(product, 0) + whole(entry.gpus)
+    cap_before = state.training_cap
+    state.training_cap, state.reserve_gpus = reserve_caps(snapshot.policy, inventory)
+    reserve_grown = {p for p, cap in state.training_cap.items() if cap > cap_before.get(p, 0)}
+    pools = {layout.pool_of[layout.index_by_name[name]] for name in new_names} - {-1}
+    return _Added(sorted(changed + added_positions), pools, reserve_grown, holders)
 
 
 # --- building the state after a whole cycle ---------------------------------------------

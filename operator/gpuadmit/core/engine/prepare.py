@@ -95,6 +95,24 @@ class Ranker:
             self._margins[key] = number_or(self.policy.margin_per_gpu_hour(workload_class, tier, product), -math.inf)
         return self._margins[key]
 
+    def relayout(self, inventory: Inventory, members: dict[int, Workload]) -> bool:
+        """The same policy on a layout with nodes added (the incremental engine's): True when every
+        kind with a member (``members``: kind -> one of its workloads) keeps its options, so its
+        candidates stay valid; the other kinds are forgotten, and made afresh (with new numbers)
+        when a workload of theirs comes again. False: some kind's options changed."""
+        self.inventory = inventory
+        kept: dict[tuple, tuple[tuple[Option, ...], Decision | None, int]] = {}
+        for static_key, (options, rejected, kind) in self._static.items():
+            workload = members.get(kind)
+            if workload is None or rejected is not None:
+                continue
+            made, now_rejected = _static_options(inventory, workload, workload_shape(workload), self.floor, self.margin)
+            if now_rejected is not None or made != options:
+                return False
+            kept[static_key] = (options, None, kind)
+        self._static = kept
+        return True
+
     def candidate(self, workload: Workload, now: float) -> Candidate | Decision:
         """The workload's candidate (rank not set), or its static rejection."""
         malformed = _malformed(workload)
@@ -108,9 +126,10 @@ class Ranker:
         static_key = (shape_id, workload.gpus_per_replica, workload.replicas, workload.workload_class, workload.tier)
         if static_key not in self._static:
             made = _static_options(self.inventory, workload, shape, self.floor, self.margin)
-            self._static[static_key] = (*made, len(self._static))
-            self.options_of_kind[len(self._static) - 1] = made[0]
-            self.demand_of_kind[len(self._static) - 1] = (workload.gpus_per_replica, workload.replicas, workload.workload_class != "inference")
+            kind = len(self.options_of_kind)  # kinds are never renumbered (see relayout)
+            self._static[static_key] = (*made, kind)
+            self.options_of_kind[kind] = made[0]
+            self.demand_of_kind[kind] = (workload.gpus_per_replica, workload.replicas, workload.workload_class != "inference")
         options, rejection, kind = self._static[static_key]
         if rejection is not None:
             return bound_to(rejection, workload)
@@ -223,16 +242,7 @@ def _static_options(inventory: Inventory, workload: Workload, shape: tuple, floo
 
 
 def _reserve_ledger(snapshot: Snapshot, inventory: Inventory) -> tuple[dict[str, int], dict[str, int], dict[str, int]]:
-    fraction = min(1.0, max(0.0, number_or(snapshot.policy.inference_reserve_fraction, 0.0)))
-    total_by_product: dict[str, int] = {}
-    for node, allocatable in zip(inventory.nodes, inventory.allocatable, strict=True):
-        total_by_product[node.product] = total_by_product.get(node.product, 0) + allocatable
-    training_cap: dict[str, int] = {}
-    reserve_gpus: dict[str, int] = {}
-    if fraction > 0:
-        for product, total in sorted(total_by_product.items()):
-            reserve_gpus[product] = math.ceil(fraction * total - EPSILON)
-            training_cap[product] = total - reserve_gpus[product]
+    training_cap, reserve_gpus = reserve_caps(snapshot.policy, inventory)
     training_used: dict[str, int] = {}
     for workload in sorted(snapshot.holding, key=lambda w: w.key):
         if workload.workload_class == "inference":
@@ -242,6 +252,21 @@ def _reserve_ledger(snapshot: Snapshot, inventory: Inventory) -> tuple[dict[str,
             if held_on is not None:
                 training_used[held_on] = training_used.get(held_on, 0) + whole(entry.gpus)
     return training_cap, reserve_gpus, training_used
+
+
+def reserve_caps(policy: Policy, inventory: Inventory) -> tuple[dict[str, int], dict[str, int]]:
+    """Per product, the GPUs training may use and the GPUs held back for inference."""
+    fraction = min(1.0, max(0.0, number_or(policy.inference_reserve_fraction, 0.0)))
+    total_by_product: dict[str, int] = {}
+    for node, allocatable in zip(inventory.nodes, inventory.allocatable, strict=True):
+        total_by_product[node.product] = total_by_product.get(node.product, 0) + allocatable
+    training_cap: dict[str, int] = {}
+    reserve_gpus: dict[str, int] = {}
+    if fraction > 0:
+        for product, total in sorted(total_by_product.items()):
+            reserve_gpus[product] = math.ceil(fraction * total - EPSILON)
+            training_cap[product] = total - reserve_gpus[product]
+    return training_cap, reserve_gpus
 
 
 def _victims(snapshot: Snapshot, inventory: Inventory, margin) -> dict[str, list[Victim]]:
