@@ -244,6 +244,56 @@ class _NodeLayout:
         )
         self._position_of_index: list[int] | None = None
 
+    def with_nodes_added(self, nodes: Sequence[GpuNode], added: Sequence[GpuNode]) -> _NodeLayout | None:
+        """The layout of ``nodes`` -- this layout's nodes, alike in shape, and ``added`` -- derived
+        from this one, equal to ``_NodeLayout(nodes)``; None when that would not hold as derived
+        here (names not unique text, or an added node that forms a new pool)."""
+        names = [node.name for node in nodes]
+        if self.index_of_position is None or len(set(names)) != len(names) or not all(
+            isinstance(node.name, str) and isinstance(node.product, str) for node in added
+        ):
+            return None
+        pool_of_key = {(pool.product, pool.memory_mib, pool.taints): pool.index for pool in self.pools}
+        added_pool: dict[str, int] = {}
+        for node in added:
+            if node.schedulable:
+                joined = pool_of_key.get((node.product, whole(node.memory_mib), hard_taints(node.taints)))
+                if joined is None:
+                    return None
+                added_pool[node.name] = joined
+        grown = object.__new__(_NodeLayout)
+        grown.nodes = sorted([*self.nodes, *added], key=_name)
+        grown.index_by_name = {node.name: i for i, node in enumerate(grown.nodes)}
+        grown.products_offered = self.products_offered | {node.product for node in added}
+        was = list(map(self.index_by_name.get, map(_name, grown.nodes)))  # None: added
+        grown.allocatable = [self.allocatable[i] if i is not None else whole(n.allocatable) for i, n in zip(was, grown.nodes, strict=True)]
+        grown.pool_of = [self.pool_of[i] if i is not None else added_pool.get(n.name, -1) for i, n in zip(was, grown.nodes, strict=True)]
+        members: list[list[int]] = [[] for _ in self.pools]
+        for index, pool in enumerate(grown.pool_of):
+            if pool >= 0:
+                members[pool].append(index)
+        grown_pools = set(added_pool.values())
+        grown.pools = []
+        for pool in self.pools:
+            histogram = dict(pool.allocatable_histogram)
+            if pool.index in grown_pools:
+                for node in added:
+                    if added_pool.get(node.name) == pool.index:
+                        gpus = whole(node.allocatable)
+                        histogram[gpus] = histogram.get(gpus, 0) + 1
+            grown.pools.append(replace(pool, node_indices=tuple(members[pool.index]), max_allocatable=max(histogram),
+                                       allocatable_histogram=tuple(sorted(histogram.items()))))
+        grown.eligible_cache = dict(self.eligible_cache)  # by pool product, memory and taints: alike
+        grown.exclusions_cache = {}
+        grown.need_cache = {}
+        grown.resource_allocatable = [self.resource_allocatable[i] if i is not None else dict(n.resources) for i, n in zip(was, grown.nodes, strict=True)]
+        grown.listed_resources = self.listed_resources | {r for node in added for r, _ in node.resources}
+        grown._labels = None
+        grown._capacity_kinds = None
+        grown.index_of_position = list(map(grown.index_by_name.__getitem__, names))
+        grown._position_of_index = None
+        return grown
+
     @property
     def position_of_index(self) -> list[int]:
         """Node index -> input position (the inverse of ``index_of_position``, which must exist)."""
@@ -271,6 +321,10 @@ class _NodeLayout:
         if self._labels is None:
             self._labels = [dict(node.labels) for node in self.nodes]
         return self._labels[index]
+
+
+def _name(node: GpuNode) -> str:
+    return node.name
 
 
 def _same_shape(a: GpuNode, b: GpuNode) -> bool:

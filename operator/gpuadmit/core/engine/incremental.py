@@ -65,7 +65,7 @@ from dataclasses import dataclass, field
 from itertools import compress
 
 from ..guarantee import Tenants
-from ..inventory import Inventory, LayoutMemo, _beyond, _NodeLayout, _same_shape, whole
+from ..inventory import Inventory, LayoutMemo, _beyond, _same_shape, whole
 from ..model import Action, CycleResult, Decision, GpuNode, PlacementEntry, Preemption, Snapshot, Workload
 from .chains import IMPROVE_PASSES, SWAP_UP_TO_NODES, improve_by_swaps
 from .choose import choose_pass
@@ -435,14 +435,16 @@ def _add_nodes(state: _State, snapshot: Snapshot) -> _Added | str:
     if len(added_positions) != len(snapshot.nodes) - len(last_nodes):
         return "nodes removed"
     old = state.inventory
-    layout = _NodeLayout(snapshot.nodes)
-    if layout.index_of_position is None:
-        return "duplicate node names"
-    if [(p.product, p.memory_mib, p.taints) for p in layout.pools] != [(p.product, p.memory_mib, p.taints) for p in old.pools]:
-        return "a new pool"  # pool numbers would move under every kind's options
+    layout = old.layout.with_nodes_added(snapshot.nodes, [snapshot.nodes[position] for position in added_positions])
+    if layout is None:
+        return "a new pool, or node names not unique"  # pool numbers would move under every kind's options
+    if layout.listed_resources != old.layout.listed_resources:
+        return "a resource newly listed"  # what the ledger counts, and so every kind's need
     inventory = old.on_layout(layout)
+    new_names = {snapshot.nodes[position].name for position in added_positions}
+    pools = {layout.pool_of[layout.index_by_name[name]] for name in new_names} - {-1}
     members = {kind: state.queued[orders[0][2]].workload for kind, orders in state.by_kind.items() if orders}
-    if not state.ranker.relayout(inventory, members):
+    if not state.ranker.relayout(inventory, members, pools):
         return "a kind's options changed"
     moved = [layout.index_by_name[node.name] for node in old.nodes]  # old index -> new (in name order both)
     state.inventory = inventory
@@ -451,7 +453,6 @@ def _add_nodes(state: _State, snapshot: Snapshot) -> _Added | str:
     for product, victims in state.victims.items():
         state.victims[product] = [dataclasses.replace(v, freed=tuple((moved[i], gpus) for i, gpus in v.freed)) for v in victims]
     state.victim_of_key = {v.key: v for victims in state.victims.values() for v in victims}
-    new_names = {snapshot.nodes[position].name for position in added_positions}
     holders: set[str] = set()
     for workload in state.holding.values():  # what holds on an added node (a whole cycle counts it)
         for entry in workload.placement:
@@ -465,7 +466,6 @@ def _add_nodes(state: _State, snapshot: Snapshot) -> _Added | str:
     cap_before = state.training_cap
     state.training_cap, state.reserve_gpus = reserve_caps(snapshot.policy, inventory)
     reserve_grown = {p for p, cap in state.training_cap.items() if cap > cap_before.get(p, 0)}
-    pools = {layout.pool_of[layout.index_by_name[name]] for name in new_names} - {-1}
     return _Added(sorted(changed + added_positions), pools, reserve_grown, holders)
 
 

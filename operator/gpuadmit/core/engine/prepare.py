@@ -85,6 +85,7 @@ class Ranker:
         self._static: dict[tuple, tuple[tuple[Option, ...], Decision | None, int]] = {}
         # Shapes hash slowly (tolerations are dataclasses); number them once and key caches by number.
         self._shape_ids: dict[tuple, int] = {}
+        self._shapes: list[tuple] = []  # by shape number
         self.options_of_kind: dict[int, tuple[Option, ...]] = {}
         # kind -> (GPUs per replica, replicas, training): with its options, what decides whether it fits
         self.demand_of_kind: dict[int, tuple[int, int, bool]] = {}
@@ -95,18 +96,28 @@ class Ranker:
             self._margins[key] = number_or(self.policy.margin_per_gpu_hour(workload_class, tier, product), -math.inf)
         return self._margins[key]
 
-    def relayout(self, inventory: Inventory, members: dict[int, Workload]) -> bool:
-        """The same policy on a layout with nodes added (the incremental engine's): True when every
-        kind with a member (``members``: kind -> one of its workloads) keeps its options, so its
-        candidates stay valid; the other kinds are forgotten, and made afresh (with new numbers)
-        when a workload of theirs comes again. False: some kind's options changed."""
+    def relayout(self, inventory: Inventory, members: dict[int, Workload], grown: set[int]) -> bool:
+        """The same policy on a layout with nodes added to the pools ``grown`` (the pools alike:
+        the incremental engine's): True when every kind with a member (``members``: kind -> one of
+        its workloads) keeps its options, so its candidates stay valid; the other kinds are
+        forgotten, and made afresh (with new numbers) when a workload of theirs comes again.
+        False: some kind's options changed."""
         self.inventory = inventory
         kept: dict[tuple, tuple[tuple[Option, ...], Decision | None, int]] = {}
+        pools = inventory.pools
         for static_key, (options, rejected, kind) in self._static.items():
             workload = members.get(kind)
             if workload is None or rejected is not None:
                 continue
-            made, now_rejected = _static_options(inventory, workload, workload_shape(workload), self.floor, self.margin)
+            shape = self._shapes[static_key[0]]
+            if all(o.need is None for o in options):
+                # An option holds every eligible pool of its product, and nodes added only make
+                # more fit: only a product it had no option on can change its options.
+                offered = {o.product for o in options}
+                if not any(pools[p].product not in offered for p in inventory.eligible_pools(workload, shape) if p in grown):
+                    kept[static_key] = (options, None, kind)
+                    continue
+            made, now_rejected = _static_options(inventory, workload, shape, self.floor, self.margin)
             if now_rejected is not None or made != options:
                 return False
             kept[static_key] = (options, None, kind)
@@ -123,6 +134,8 @@ class Ranker:
             return decision_for(workload, Action.REJECT, Reason.EXCEEDS_QUOTA, too_big)
         shape = workload_shape(workload)
         shape_id = self._shape_ids.setdefault(shape, len(self._shape_ids))
+        if shape_id == len(self._shapes):
+            self._shapes.append(shape)
         static_key = (shape_id, workload.gpus_per_replica, workload.replicas, workload.workload_class, workload.tier)
         if static_key not in self._static:
             made = _static_options(self.inventory, workload, shape, self.floor, self.margin)
