@@ -269,9 +269,9 @@ class _NodeLayout:
         grown.allocatable = [self.allocatable[i] if i is not None else whole(n.allocatable) for i, n in zip(was, grown.nodes, strict=True)]
         grown.pool_of = [self.pool_of[i] if i is not None else added_pool.get(n.name, -1) for i, n in zip(was, grown.nodes, strict=True)]
         members: list[list[int]] = [[] for _ in self.pools]
-        for index, pool in enumerate(grown.pool_of):
-            if pool >= 0:
-                members[pool].append(index)
+        for index, member_of in enumerate(grown.pool_of):
+            if member_of >= 0:
+                members[member_of].append(index)
         grown_pools = set(added_pool.values())
         grown.pools = []
         for pool in self.pools:
