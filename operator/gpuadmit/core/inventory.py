@@ -244,10 +244,11 @@ class _NodeLayout:
         )
         self._position_of_index: list[int] | None = None
 
-    def with_nodes_added(self, nodes: Sequence[GpuNode], added: Sequence[GpuNode]) -> _NodeLayout | None:
+    def with_nodes_added(self, nodes: Sequence[GpuNode], added: Sequence[GpuNode]) -> tuple[_NodeLayout, list[int | None]] | None:
         """The layout of ``nodes`` -- this layout's nodes, alike in shape, and ``added`` -- derived
-        from this one, equal to ``_NodeLayout(nodes)``; None when that would not hold as derived
-        here (names not unique text, or an added node that forms a new pool)."""
+        from this one, equal to ``_NodeLayout(nodes)``, and each of its nodes' index in this one
+        (None: added); None when that would not hold as derived here (names not unique text, or
+        an added node that forms a new pool)."""
         names = [node.name for node in nodes]
         if self.index_of_position is None or len(set(names)) != len(names) or not all(
             isinstance(node.name, str) and isinstance(node.product, str) for node in added
@@ -292,7 +293,7 @@ class _NodeLayout:
         grown._capacity_kinds = None
         grown.index_of_position = list(map(grown.index_by_name.__getitem__, names))
         grown._position_of_index = None
-        return grown
+        return grown, was
 
     @property
     def position_of_index(self) -> list[int]:
@@ -485,22 +486,39 @@ class Inventory:
         self.rebucket()
         self.top_free: list[int] = [self._scan_top(pool.index, pool.max_allocatable) for pool in self.pools]
 
-    def on_layout(self, layout: _NodeLayout) -> Inventory:
-        """This ledger on another layout of the same nodes and more (nodes added, none changed in
-        shape): each known node's free GPUs and resources carried by name; a node it did not know
-        starts with everything free (the caller takes what its pods and reservations hold)."""
+    def on_layout(self, layout: _NodeLayout, was: Sequence[int | None]) -> Inventory:
+        """This ledger on the layout ``with_nodes_added`` made from its own (``was``: each node's
+        index here, None: added): each known node's free GPUs and resources carried; an added node
+        starts with none free (the caller gives it what its pods and reservations leave). When the
+        known nodes keep their indexes (the added ones come last by name), this ledger itself,
+        grown in place; else a new one."""
+        known = len(self.nodes)
+        if was[:known] == list(range(known)):
+            self._adopt(layout)
+            for pool in layout.pools:  # a pool's largest node may have grown: more free counts
+                more = pool.max_allocatable + 1 - len(self.count_by_free[pool.index])
+                if more > 0:
+                    self.count_by_free[pool.index].extend([0] * more)
+                    self.buckets[pool.index].extend([] for _ in range(more))
+                    self.bucket_max[pool.index].extend([None] * more)
+            for index in range(known, len(layout.nodes)):
+                self.raw_free.append(0)
+                self.free.append(0)
+                self.resource_free.append(layout.resource_allocatable[index])  # shared until written
+                p = layout.pool_of[index]
+                if p >= 0:
+                    self.count_by_free[p][0] += 1
+                    heapq.heappush(self.buckets[p][0], index)
+                    bound = self.bucket_max[p][0]
+                    if bound is not None:
+                        self._raise_bound(bound, index)
+            return self
         clone = object.__new__(Inventory)
         clone.strategy = self.strategy
         clone.own_pod_resources = self.own_pod_resources
         clone._adopt(layout)
-        raw_free = list(layout.allocatable)
-        resource_free = list(layout.resource_allocatable)  # shared until written (copy on write)
-        known = self.index_by_name
-        for index, node in enumerate(layout.nodes):
-            was = known.get(node.name)
-            if was is not None:
-                raw_free[index] = self.raw_free[was]
-                resource_free[index] = self.resource_free[was]
+        raw_free = [self.raw_free[i] if i is not None else 0 for i in was]
+        resource_free = [self.resource_free[i] if i is not None else free for i, free in zip(was, layout.resource_allocatable, strict=True)]
         clone._count_free(raw_free)
         clone.resource_free = resource_free
         clone._resources_owned = set()

@@ -421,38 +421,50 @@ def _add_nodes(state: _State, snapshot: Snapshot) -> _Added | str:
     """Nodes added, none removed or changed in shape, the pools alike (each added node joins a pool
     of alike nodes): the state moved onto the new layout (node indexes follow node names, as a
     whole cycle's), or why a whole cycle must run (the state is rebuilt then)."""
-    last_nodes = {node.name: node for node in state.snapshot.nodes}
-    changed: list[int] = []
-    added_positions: list[int] = []
-    for position, node in enumerate(snapshot.nodes):
-        was = last_nodes.get(node.name)
-        if was is None:
-            added_positions.append(position)
-        elif was is not node:
-            if not _same_shape(node, was):
-                return "a node changed shape"
-            changed.append(position)
-    if len(added_positions) != len(snapshot.nodes) - len(last_nodes):
-        return "nodes removed"
+    last = state.snapshot.nodes
+    kept = len(last)
+    # Usually the nodes known keep their positions and the added ones come after (a cache in
+    # arrival order): compared by identity at C speed; else by name.
+    changed = list(compress(range(kept), map(operator.is_not, snapshot.nodes[:kept], last)))
+    added_positions = list(range(kept, len(snapshot.nodes)))
+    if not all(_same_shape(snapshot.nodes[position], last[position]) for position in changed):
+        last_nodes = {node.name: node for node in last}
+        changed, added_positions = [], []
+        for position, node in enumerate(snapshot.nodes):
+            before = last_nodes.get(node.name)
+            if before is None:
+                added_positions.append(position)
+            elif before is not node:
+                if not _same_shape(node, before):
+                    return "a node changed shape"
+                changed.append(position)
+        if len(added_positions) != len(snapshot.nodes) - kept:
+            return "nodes removed"
     old = state.inventory
-    layout = old.layout.with_nodes_added(snapshot.nodes, [snapshot.nodes[position] for position in added_positions])
-    if layout is None:
+    grown = old.layout.with_nodes_added(snapshot.nodes, [snapshot.nodes[position] for position in added_positions])
+    if grown is None:
         return "a new pool, or node names not unique"  # pool numbers would move under every kind's options
+    layout, was = grown
     if layout.listed_resources != old.layout.listed_resources:
         return "a resource newly listed"  # what the ledger counts, and so every kind's need
-    inventory = old.on_layout(layout)
+    inventory = old.on_layout(layout, was)
     new_names = {snapshot.nodes[position].name for position in added_positions}
     pools = {layout.pool_of[layout.index_by_name[name]] for name in new_names} - {-1}
     members = {kind: state.queued[orders[0][2]].workload for kind, orders in state.by_kind.items() if orders}
     if not state.ranker.relayout(inventory, members, pools):
         return "a kind's options changed"
-    moved = [layout.index_by_name[node.name] for node in old.nodes]  # old index -> new (in name order both)
     state.inventory = inventory
-    state.reservations = {moved[index]: held for index, held in state.reservations.items()}
-    state.assumed_nodes = {moved[index] for index in state.assumed_nodes}
-    for product, victims in state.victims.items():
-        state.victims[product] = [dataclasses.replace(v, freed=tuple((moved[i], gpus) for i, gpus in v.freed)) for v in victims]
-    state.victim_of_key = {v.key: v for victims in state.victims.values() for v in victims}
+    moved = [i for i, known in enumerate(was) if known is not None]  # old index -> new (in name order both)
+    if moved and moved[-1] != len(moved) - 1:  # a node added before known ones in name order: indexes move
+        first_moved = next(i for i, index in enumerate(moved) if index != i)
+        state.reservations = {moved[index]: held for index, held in state.reservations.items()}
+        state.assumed_nodes = {moved[index] for index in state.assumed_nodes}
+        for product, victims in state.victims.items():
+            state.victims[product] = [
+                dataclasses.replace(v, freed=tuple((moved[i], gpus) for i, gpus in v.freed)) if v.freed and v.freed[-1][0] >= first_moved else v
+                for v in victims
+            ]
+        state.victim_of_key = {v.key: v for victims in state.victims.values() for v in victims}
     holders: set[str] = set()
     for workload in state.holding.values():  # what holds on an added node (a whole cycle counts it)
         for entry in workload.placement:
