@@ -161,7 +161,10 @@ class World:
             self.now += rng.choice((30.0, 300.0, 700.0, 3000.0))
             return "time"
         if roll < 0.975:
-            self.nodes[f"node-{self.next_node:05d}"] = node(rng, self.next_node, self.most_gpus, self.resources)
+            added = node(rng, self.next_node, self.most_gpus, self.resources)
+            if self.node_events and rng.random() < 0.5:  # named amid the others: the known nodes' indexes move
+                added = dataclasses.replace(added, name=f"node-{rng.randrange(self.next_node):05d}-{self.next_node}")
+            self.nodes[added.name] = added
             self.next_node += 1
             return "node added"
         empty = sorted(name for name, n in self.nodes.items() if not any(e.node == name for w in self.holding.values() for e in w.placement))
