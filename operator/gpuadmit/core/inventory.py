@@ -258,10 +258,10 @@ class _NodeLayout:
         added_pool: dict[str, int] = {}
         for node in added:
             if node.schedulable:
-                joined = pool_of_key.get((node.product, whole(node.memory_mib), hard_taints(node.taints)))
-                if joined is None:
+                home = pool_of_key.get((node.product, whole(node.memory_mib), hard_taints(node.taints)))
+                if home is None:
                     return None
-                added_pool[node.name] = joined
+                added_pool[node.name] = home
         grown = object.__new__(_NodeLayout)
         grown.nodes = sorted([*self.nodes, *added], key=_name)
         grown.index_by_name = {node.name: i for i, node in enumerate(grown.nodes)}
@@ -269,21 +269,17 @@ class _NodeLayout:
         was = list(map(self.index_by_name.get, map(_name, grown.nodes)))  # None: added
         grown.allocatable = [self.allocatable[i] if i is not None else whole(n.allocatable) for i, n in zip(was, grown.nodes, strict=True)]
         grown.pool_of = [self.pool_of[i] if i is not None else added_pool.get(n.name, -1) for i, n in zip(was, grown.nodes, strict=True)]
-        members: list[list[int]] = [[] for _ in self.pools]
-        for index, member_of in enumerate(grown.pool_of):
-            if member_of >= 0:
-                members[member_of].append(index)
-        grown_pools = set(added_pool.values())
+        moved = [i for i, known in enumerate(was) if known is not None]  # index here -> index there
+        in_place = not moved or moved[-1] == len(moved) - 1  # indexes only grow: the last one tells
         grown.pools = []
         for pool in self.pools:
             histogram = dict(pool.allocatable_histogram)
-            if pool.index in grown_pools:
-                for node in added:
-                    if added_pool.get(node.name) == pool.index:
-                        gpus = whole(node.allocatable)
-                        histogram[gpus] = histogram.get(gpus, 0) + 1
-            grown.pools.append(replace(pool, node_indices=tuple(members[pool.index]), max_allocatable=max(histogram),
-                                       allocatable_histogram=tuple(sorted(histogram.items()))))
+            members = list(pool.node_indices) if in_place else list(map(moved.__getitem__, pool.node_indices))
+            joined = [grown.index_by_name[name] for name, p in added_pool.items() if p == pool.index]
+            for index in joined:
+                histogram[grown.allocatable[index]] = histogram.get(grown.allocatable[index], 0) + 1
+            grown.pools.append(replace(pool, node_indices=tuple(sorted(members + joined)) if joined else tuple(members),
+                                       max_allocatable=max(histogram), allocatable_histogram=tuple(sorted(histogram.items()))))
         grown.eligible_cache = dict(self.eligible_cache)  # by pool product, memory and taints: alike
         grown.exclusions_cache = {}
         grown.need_cache = {}

@@ -134,6 +134,8 @@ class _State:
     groups_by_pool: dict[int, set[int]] = field(default_factory=dict)
     group_ids: dict[tuple, int] = field(default_factory=dict)
     needing_kinds: set[int] = field(default_factory=set)  # kinds that need more than GPUs of a node
+    # node name -> holding workloads placed on it though no such node is known (counted once it comes)
+    placed_elsewhere: dict[str, set[str]] = field(default_factory=dict)
 
 
 class IncrementalEngine:
@@ -450,12 +452,15 @@ def _add_nodes(state: _State, snapshot: Snapshot) -> _Added | str:
     inventory = old.on_layout(layout, was)
     new_names = {snapshot.nodes[position].name for position in added_positions}
     pools = {layout.pool_of[layout.index_by_name[name]] for name in new_names} - {-1}
-    members = {kind: state.queued[orders[0][2]].workload for kind, orders in state.by_kind.items() if orders}
-    if not state.ranker.relayout(inventory, members, pools):
+    def member(kind: int) -> Workload | None:
+        orders = state.by_kind.get(kind)
+        return state.queued[orders[0][2]].workload if orders else None
+
+    if not state.ranker.relayout(inventory, member, pools):
         return "a kind's options changed"
     state.inventory = inventory
-    moved = [i for i, known in enumerate(was) if known is not None]  # old index -> new (in name order both)
-    if moved and moved[-1] != len(moved) - 1:  # a node added before known ones in name order: indexes move
+    if inventory is not old:  # a node added before known ones in name order: indexes move
+        moved = [i for i, known in enumerate(was) if known is not None]  # old index -> new (in name order both)
         first_moved = next(i for i, index in enumerate(moved) if index != i)
         state.reservations = {moved[index]: held for index, held in state.reservations.items()}
         state.assumed_nodes = {moved[index] for index in state.assumed_nodes}
@@ -466,17 +471,22 @@ def _add_nodes(state: _State, snapshot: Snapshot) -> _Added | str:
             ]
         state.victim_of_key = {v.key: v for victims in state.victims.values() for v in victims}
     holders: set[str] = set()
-    for workload in state.holding.values():  # what holds on an added node (a whole cycle counts it)
+    for name in new_names:  # what holds on an added node (a whole cycle counts it)
+        holders.update(state.placed_elsewhere.pop(name, ()))
+    for workload in (state.holding[key] for key in sorted(holders) if key in state.holding):
         for entry in workload.placement:
             if entry.node in new_names:
-                holders.add(workload.key)
                 index = layout.index_by_name[entry.node]
                 state.reservations.setdefault(index, {}).setdefault(workload.key, []).append(entry)
                 if workload.workload_class != "inference":
                     product = layout.nodes[index].product
                     state.training_used[product] = state.training_used.get(product, 0) + whole(entry.gpus)
     cap_before = state.training_cap
-    state.training_cap, state.reserve_gpus = reserve_caps(snapshot.policy, inventory)
+    totals = {product: cap + state.reserve_gpus[product] for product, cap in cap_before.items()}
+    for name in new_names:
+        index = layout.index_by_name[name]
+        totals[layout.nodes[index].product] = totals.get(layout.nodes[index].product, 0) + layout.allocatable[index]
+    state.training_cap, state.reserve_gpus = reserve_caps(snapshot.policy, totals)
     reserve_grown = {p for p, cap in state.training_cap.items() if cap > cap_before.get(p, 0)}
     return _Added(sorted(changed + added_positions), pools, reserve_grown, holders)
 
@@ -524,6 +534,8 @@ def _keep(snapshot: Snapshot, cycle: Cycle, admitted: Mapping[int, Admission], r
             index = cycle.inventory.index_by_name.get(entry.node)
             if index is not None:
                 state.reservations.setdefault(index, {}).setdefault(workload.key, []).append(entry)
+            else:
+                state.placed_elsewhere.setdefault(entry.node, set()).add(workload.key)
     for candidate in cycle.ranked:
         if candidate.rejection is None and candidate.workload.key in queued_keys and candidate.workload.key not in state.queued:
             _enqueue(state, candidate, sort=False)
@@ -851,6 +863,10 @@ def _hold(state: _State, workload: Workload, sign: int) -> None:
     for entry in workload.placement:
         index = inventory.index_by_name.get(entry.node)
         if index is None:
+            if sign > 0:
+                state.placed_elsewhere.setdefault(entry.node, set()).add(workload.key)
+            else:
+                state.placed_elsewhere.get(entry.node, set()).discard(workload.key)
             continue
         on_node = state.reservations.setdefault(index, {})
         if sign > 0:

@@ -6,6 +6,7 @@ and shared by every placement pass and by the exact solver."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 
 from ..guarantee import Tenants
 from ..inventory import Inventory, LayoutMemo, whole, workload_shape
@@ -96,25 +97,31 @@ class Ranker:
             self._margins[key] = number_or(self.policy.margin_per_gpu_hour(workload_class, tier, product), -math.inf)
         return self._margins[key]
 
-    def relayout(self, inventory: Inventory, members: dict[int, Workload], grown: set[int]) -> bool:
+    def relayout(self, inventory: Inventory, member: Callable[[int], Workload | None], grown: set[int]) -> bool:
         """The same policy on a layout with nodes added to the pools ``grown`` (the pools alike:
-        the incremental engine's): True when every kind with a member (``members``: kind -> one of
-        its workloads) keeps its options, so its candidates stay valid; the other kinds are
+        the incremental engine's): True when every kind with a member (``member``: kind -> one of
+        its workloads, or None) keeps its options, so its candidates stay valid; the other kinds are
         forgotten, and made afresh (with new numbers) when a workload of theirs comes again.
         False: some kind's options changed."""
         self.inventory = inventory
         kept: dict[tuple, tuple[tuple[Option, ...], Decision | None, int]] = {}
         pools = inventory.pools
+        unchanged: dict[tuple, bool] = {}  # (shape, products offered) -> whether no option can change
         for static_key, (options, rejected, kind) in self._static.items():
-            workload = members.get(kind)
-            if workload is None or rejected is not None:
+            workload = member(kind) if rejected is None else None
+            if workload is None:
                 continue
             shape = self._shapes[static_key[0]]
-            if all(o.need is None for o in options):
+            if options[0].need is None:  # every option has the shape's need
                 # An option holds every eligible pool of its product, and nodes added only make
                 # more fit: only a product it had no option on can change its options.
-                offered = {o.product for o in options}
-                if not any(pools[p].product not in offered for p in inventory.eligible_pools(workload, shape) if p in grown):
+                verdict_key = (static_key[0], *(o.product for o in options))
+                verdict = unchanged.get(verdict_key)
+                if verdict is None:
+                    offered = {o.product for o in options}
+                    verdict = unchanged[verdict_key] = not any(
+                        pools[p].product not in offered for p in inventory.eligible_pools(workload, shape) if p in grown)
+                if verdict:
                     kept[static_key] = (options, None, kind)
                     continue
             made, now_rejected = _static_options(inventory, workload, shape, self.floor, self.margin)
@@ -255,7 +262,10 @@ def _static_options(inventory: Inventory, workload: Workload, shape: tuple, floo
 
 
 def _reserve_ledger(snapshot: Snapshot, inventory: Inventory) -> tuple[dict[str, int], dict[str, int], dict[str, int]]:
-    training_cap, reserve_gpus = reserve_caps(snapshot.policy, inventory)
+    total_by_product: dict[str, int] = {}
+    for node, allocatable in zip(inventory.nodes, inventory.allocatable, strict=True):
+        total_by_product[node.product] = total_by_product.get(node.product, 0) + allocatable
+    training_cap, reserve_gpus = reserve_caps(snapshot.policy, total_by_product)
     training_used: dict[str, int] = {}
     for workload in sorted(snapshot.holding, key=lambda w: w.key):
         if workload.workload_class == "inference":
@@ -267,12 +277,9 @@ def _reserve_ledger(snapshot: Snapshot, inventory: Inventory) -> tuple[dict[str,
     return training_cap, reserve_gpus, training_used
 
 
-def reserve_caps(policy: Policy, inventory: Inventory) -> tuple[dict[str, int], dict[str, int]]:
-    """Per product, the GPUs training may use and the GPUs held back for inference."""
+def reserve_caps(policy: Policy, total_by_product: Mapping[str, int]) -> tuple[dict[str, int], dict[str, int]]:
+    """Per product (by its allocatable GPUs), the GPUs training may use and those held back for inference."""
     fraction = min(1.0, max(0.0, number_or(policy.inference_reserve_fraction, 0.0)))
-    total_by_product: dict[str, int] = {}
-    for node, allocatable in zip(inventory.nodes, inventory.allocatable, strict=True):
-        total_by_product[node.product] = total_by_product.get(node.product, 0) + allocatable
     training_cap: dict[str, int] = {}
     reserve_gpus: dict[str, int] = {}
     if fraction > 0:
