@@ -263,14 +263,27 @@ class _NodeLayout:
                     return None
                 added_pool[node.name] = home
         grown = object.__new__(_NodeLayout)
-        grown.nodes = sorted([*self.nodes, *added], key=_name)
-        grown.index_by_name = {node.name: i for i, node in enumerate(grown.nodes)}
+        newcomers = sorted(added, key=_name)
+        in_place = not self.nodes or not newcomers or newcomers[0].name > self.nodes[-1].name  # the added come last
+        was: list[int | None]
+        if in_place:  # the known nodes keep their indexes: this layout's lists, extended
+            known = len(self.nodes)
+            grown.nodes = self.nodes + newcomers
+            grown.index_by_name = self.index_by_name | {node.name: known + i for i, node in enumerate(newcomers)}
+            was = [*range(known), *[None] * len(newcomers)]
+            grown.allocatable = self.allocatable + [whole(node.allocatable) for node in newcomers]
+            grown.pool_of = self.pool_of + [added_pool.get(node.name, -1) for node in newcomers]
+            grown.resource_allocatable = self.resource_allocatable + [dict(node.resources) for node in newcomers]
+            moved: list[int] = []
+        else:
+            grown.nodes = sorted([*self.nodes, *added], key=_name)
+            grown.index_by_name = {node.name: i for i, node in enumerate(grown.nodes)}
+            was = list(map(self.index_by_name.get, map(_name, grown.nodes)))  # None: added
+            grown.allocatable = [self.allocatable[i] if i is not None else whole(n.allocatable) for i, n in zip(was, grown.nodes, strict=True)]
+            grown.pool_of = [self.pool_of[i] if i is not None else added_pool.get(n.name, -1) for i, n in zip(was, grown.nodes, strict=True)]
+            grown.resource_allocatable = [self.resource_allocatable[i] if i is not None else dict(n.resources) for i, n in zip(was, grown.nodes, strict=True)]
+            moved = [i for i, known in enumerate(was) if known is not None]  # index here -> index there
         grown.products_offered = self.products_offered | {node.product for node in added}
-        was = list(map(self.index_by_name.get, map(_name, grown.nodes)))  # None: added
-        grown.allocatable = [self.allocatable[i] if i is not None else whole(n.allocatable) for i, n in zip(was, grown.nodes, strict=True)]
-        grown.pool_of = [self.pool_of[i] if i is not None else added_pool.get(n.name, -1) for i, n in zip(was, grown.nodes, strict=True)]
-        moved = [i for i, known in enumerate(was) if known is not None]  # index here -> index there
-        in_place = not moved or moved[-1] == len(moved) - 1  # indexes only grow: the last one tells
         grown.pools = []
         for pool in self.pools:
             histogram = dict(pool.allocatable_histogram)
@@ -283,7 +296,6 @@ class _NodeLayout:
         grown.eligible_cache = dict(self.eligible_cache)  # by pool product, memory and taints: alike
         grown.exclusions_cache = {}
         grown.need_cache = {}
-        grown.resource_allocatable = [self.resource_allocatable[i] if i is not None else dict(n.resources) for i, n in zip(was, grown.nodes, strict=True)]
         grown.listed_resources = self.listed_resources | {r for node in added for r, _ in node.resources}
         grown._labels = None
         grown._capacity_kinds = None

@@ -87,6 +87,7 @@ class Ranker:
         # Shapes hash slowly (tolerations are dataclasses); number them once and key caches by number.
         self._shape_ids: dict[tuple, int] = {}
         self._shapes: list[tuple] = []  # by shape number
+        self._examples: list[Workload] = []  # by shape number: the first workload of the shape
         self.options_of_kind: dict[int, tuple[Option, ...]] = {}
         # kind -> (GPUs per replica, replicas, training): with its options, what decides whether it fits
         self.demand_of_kind: dict[int, tuple[int, int, bool]] = {}
@@ -106,29 +107,40 @@ class Ranker:
         self.inventory = inventory
         kept: dict[tuple, tuple[tuple[Option, ...], Decision | None, int]] = {}
         pools = inventory.pools
-        unchanged: dict[tuple, bool] = {}  # (shape, products offered) -> whether no option can change
+        grown_products = {pools[p].product for p in grown}
         for static_key, (options, rejected, kind) in self._static.items():
-            workload = member(kind) if rejected is None else None
+            if rejected is not None:
+                continue
+            if options[0].need is None and self._keeps_options(static_key, options, grown, grown_products):
+                kept[static_key] = (options, None, kind)
+                continue
+            workload = member(kind)
             if workload is None:
                 continue
-            shape = self._shapes[static_key[0]]
-            if options[0].need is None:  # every option has the shape's need
-                # An option holds every eligible pool of its product, and nodes added only make
-                # more fit: only a product it had no option on can change its options.
-                verdict_key = (static_key[0], *(o.product for o in options))
-                verdict = unchanged.get(verdict_key)
-                if verdict is None:
-                    offered = {o.product for o in options}
-                    verdict = unchanged[verdict_key] = not any(
-                        pools[p].product not in offered for p in inventory.eligible_pools(workload, shape) if p in grown)
-                if verdict:
-                    kept[static_key] = (options, None, kind)
-                    continue
-            made, now_rejected = _static_options(inventory, workload, shape, self.floor, self.margin)
+            made, now_rejected = _static_options(inventory, workload, self._shapes[static_key[0]], self.floor, self.margin)
             if now_rejected is not None or made != options:
                 return False
             kept[static_key] = (options, None, kind)
         self._static = kept
+        return True
+
+    def _keeps_options(self, static_key: tuple, options: tuple[Option, ...], grown: set[int], grown_products: set[str]) -> bool:
+        """Whether a kind needing only GPUs surely keeps its options with nodes added to ``grown``.
+        An option holds every eligible pool of its product, and nodes added only make more fit:
+        only a product it has no option on may change them -- one above the floor whose eligible
+        pools, empty, would now hold the kind."""
+        offered = {o.product for o in options}
+        if grown_products <= offered:
+            return True
+        shape_id, g, replicas, workload_class, tier = static_key
+        inventory = self.inventory
+        eligible = inventory.eligible_pools(self._examples[shape_id], self._shapes[shape_id])
+        for product in grown_products - offered:
+            if self.margin(workload_class, tier, product) < self.floor - EPSILON:
+                continue
+            same = [inventory.pools[p] for p in eligible if inventory.pools[p].product == product]
+            if any(pool.index in grown for pool in same) and Inventory.replicas_if_empty(same, g) >= replicas:
+                return False
         return True
 
     def candidate(self, workload: Workload, now: float) -> Candidate | Decision:
@@ -143,6 +155,7 @@ class Ranker:
         shape_id = self._shape_ids.setdefault(shape, len(self._shape_ids))
         if shape_id == len(self._shapes):
             self._shapes.append(shape)
+            self._examples.append(workload)
         static_key = (shape_id, workload.gpus_per_replica, workload.replicas, workload.workload_class, workload.tier)
         if static_key not in self._static:
             made = _static_options(self.inventory, workload, shape, self.floor, self.margin)
