@@ -13,16 +13,26 @@ incremental one:
   training GPUs per product (the inference reserve), the preemption victims, and each workload's
   last decision.
 - A whole cycle runs on: the first snapshot (a restart), a policy change, a GPUQuota that binds, a
-  per-namespace queue limit, a node added, removed or changed in shape (the layout every index
-  refers to), a workload listed twice, and more changes at once than the larger of
-  ``MAX_CHANGES`` and a tenth of the queue (then a whole cycle costs about as much).
-  ``full(snapshot)`` forces one (the operator's resync).
+  per-namespace queue limit, a node removed or changed in shape (cordoned, relabelled, retainted:
+  the layout every index refers to), a node added that forms a new pool (its product, memory and
+  hard taints unlike every pool's) or changes a queued kind's options or lists a resource no node
+  listed, a workload listed twice, and more changes at once than the larger of ``MAX_CHANGES``
+  and a tenth of the queue (then a whole cycle costs about as much). ``full(snapshot)`` forces
+  one (the operator's resync).
+- A node added to a pool of alike nodes is incremental (``_add_nodes``): the layout is derived
+  from the last one (``with_nodes_added``: node indexes follow node names, as a whole cycle's),
+  the ledger, reservations, assumed admissions and victims move onto it (in place when the added
+  names sort last), holders already placed on the node are counted, the inference-reserve caps
+  grow, the ranker keeps every queued kind's options (checked: only a product a kind had no
+  option on may change them), and the pool's kinds are walked as for freed capacity.
 - An incremental cycle: the touched nodes' free capacity is recomputed from the snapshot (their
   objects, the holding workloads and own pods on them, the last cycle's admissions there); new
   workloads get the static checks; queued ones past their deadline are rejected
   (``QueueTimeout``); running ones old enough become victims; then the placement passes
   (``passes.run_pass`` in every order of ``passes.ORDER_KEYS``, preemption, the choice of the best
-  pass, the chains -- the whole cycle's code) run on a walk of the queue by kind (``_Streams``):
+  pass, the chains -- the whole cycle's code) run on a walk of the queue by kind (``_Streams``;
+  kinds alike in demand -- options, GPUs per replica, replicas, training -- form a demand group
+  that one fit check answers for, so a freed pool skips every group that cannot use it):
   the kinds whose pools gained capacity, whose product's inference reserve gained room, that may
   preempt a new victim, or that have a new member; each walked from its best-ranked member while
   its members get in. Where a pass preempts, the kinds that may use what the victims free join.
