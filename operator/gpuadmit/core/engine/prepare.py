@@ -108,10 +108,11 @@ class Ranker:
         kept: dict[tuple, tuple[tuple[Option, ...], Decision | None, int]] = {}
         pools = inventory.pools
         grown_products = {pools[p].product for p in grown}
+        holds: dict[tuple, bool] = {}
         for static_key, (options, rejected, kind) in self._static.items():
             if rejected is not None:
                 continue
-            if options[0].need is None and self._keeps_options(static_key, options, grown, grown_products):
+            if options[0].need is None and self._keeps_options(static_key, options, grown, grown_products, holds):
                 kept[static_key] = (options, None, kind)
                 continue
             workload = member(kind)
@@ -124,22 +125,28 @@ class Ranker:
         self._static = kept
         return True
 
-    def _keeps_options(self, static_key: tuple, options: tuple[Option, ...], grown: set[int], grown_products: set[str]) -> bool:
+    def _keeps_options(self, static_key: tuple, options: tuple[Option, ...], grown: set[int], grown_products: set[str],
+                       holds: dict[tuple, bool]) -> bool:
         """Whether a kind needing only GPUs surely keeps its options with nodes added to ``grown``.
         An option holds every eligible pool of its product, and nodes added only make more fit:
         only a product it has no option on may change them -- one above the floor whose eligible
-        pools, empty, would now hold the kind."""
+        pools, one of them grown, would hold the kind if empty (``holds``: that answer, by shape,
+        size and product, shared by the kinds of one relayout)."""
         offered = {o.product for o in options}
         if grown_products <= offered:
             return True
         shape_id, g, replicas, workload_class, tier = static_key
         inventory = self.inventory
-        eligible = inventory.eligible_pools(self._examples[shape_id], self._shapes[shape_id])
         for product in grown_products - offered:
             if self.margin(workload_class, tier, product) < self.floor - EPSILON:
                 continue
-            same = [inventory.pools[p] for p in eligible if inventory.pools[p].product == product]
-            if any(pool.index in grown for pool in same) and Inventory.replicas_if_empty(same, g) >= replicas:
+            key = (shape_id, g, replicas, product)
+            held = holds.get(key)
+            if held is None:
+                eligible = inventory.eligible_pools(self._examples[shape_id], self._shapes[shape_id])
+                same = [inventory.pools[p] for p in eligible if inventory.pools[p].product == product]
+                held = holds[key] = any(pool.index in grown for pool in same) and Inventory.replicas_if_empty(same, g) >= replicas
+            if held:
                 return False
         return True
 
