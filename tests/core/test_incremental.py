@@ -75,6 +75,7 @@ class World:
         self.pending: dict[str, Workload] = {}
         self.holding: dict[str, Workload] = {}
         self.serial = 0
+        self.node_events = 0.0  # share of events that add or remove a node, beyond the usual 5%
 
     def snapshot(self) -> Snapshot:
         own = {(w.key, e.node): e.gpus for w in self.holding.values() for e in w.placement}
@@ -143,6 +144,8 @@ class World:
     def event(self) -> str:
         rng = self.rng
         roll = rng.random()
+        if self.node_events and rng.random() < self.node_events:
+            roll = 0.95 + rng.random() * 0.05  # a node added or removed, below
         if roll < 0.45 or not (self.holding or self.pending):
             for _ in range(rng.choice((1, 1, 1, 3))):
                 self.new_workload()
@@ -158,7 +161,10 @@ class World:
             self.now += rng.choice((30.0, 300.0, 700.0, 3000.0))
             return "time"
         if roll < 0.975:
-            self.nodes[f"node-{self.next_node:05d}"] = node(rng, self.next_node, self.most_gpus, self.resources)
+            added = node(rng, self.next_node, self.most_gpus, self.resources)
+            if self.node_events and rng.random() < 0.5:  # named amid the others: the known nodes' indexes move
+                added = dataclasses.replace(added, name=f"node-{rng.randrange(self.next_node):05d}-{self.next_node}")
+            self.nodes[added.name] = added
             self.next_node += 1
             return "node added"
         empty = sorted(name for name, n in self.nodes.items() if not any(e.node == name for w in self.holding.values() for e in w.placement))
@@ -200,24 +206,27 @@ def told(before: Snapshot | None, after: Snapshot) -> Changes | None:
 
 
 def run(seed: int, nodes: int, events: int, rules: Policy, *, most_gpus: int = 8, backlog: int = 0, exact: bool,
-        tell: bool = False, resources: bool = False) -> dict[str, int]:
+        tell: bool = False, resources: bool = False, node_events: float = 0.0) -> dict[str, int]:
     """``backlog`` workloads first (more than fits: the queue is long), then ``events`` events;
     ``exact``: decisions must be identical (else: margin within 1%); ``tell``: the changes are
     told (``Changes``) rather than found by the engine."""
     rng = random.Random(seed)
     world = World(rng, nodes, rules, most_gpus, resources)
+    world.node_events = node_events
     for _ in range(backlog):
         world.new_workload()
     engine = IncrementalEngine()
     view: dict[str, Decision] = {}
-    counts = {"incremental": 0, "whole": 0, "differed": 0, "admitted": 0, "preempted": 0}
+    counts = {"incremental": 0, "whole": 0, "differed": 0, "admitted": 0, "preempted": 0, "nodes added incrementally": 0}
     previous: Snapshot | None = None
+    event = ""
     for step in range(events):
         snapshot = world.snapshot()
         mine = engine.decide(snapshot, told(previous, snapshot) if tell else None)
         previous = snapshot
         whole = decide(snapshot)
         counts["incremental" if not engine.last_full else "whole"] += 1
+        counts["nodes added incrementally"] += event == "node added" and not engine.last_full
         if not engine.last_full:
             counts["admitted"] += sum(1 for d in mine.decisions if d.action is Action.ADMIT)
             counts["preempted"] += len(mine.preemptions)
@@ -244,7 +253,7 @@ def run(seed: int, nodes: int, events: int, rules: Policy, *, most_gpus: int = 8
         world.apply(mine)
         for key in [k for k in view if k not in world.pending]:
             del view[key]
-        world.event()
+        event = world.event()
     return counts
 
 
@@ -261,6 +270,19 @@ def test_identical_to_whole_cycles_where_the_rules_decide(seed: int, nodes: int,
     # The test exercises the incremental path: it admits there, and preempts when it may.
     assert counts["incremental"] > 5 * counts["whole"] and counts["admitted"] > 10, counts
     assert counts["preempted"] > 5 or not preemption, counts
+
+
+@pytest.mark.parametrize(("seed", "nodes", "preemption", "tell", "resources"), [
+    (11, SWAP_UP_TO_NODES + 200, True, True, False), (12, 60, True, False, False), (13, 60, True, True, True), (14, 60, False, True, False),
+])
+def test_nodes_added_are_decided_incrementally_and_identically(seed: int, nodes: int, preemption: bool, tell: bool, resources: bool) -> None:
+    # A node that joins a pool of alike nodes is decided incrementally (the state moves onto the new
+    # layout); a removal, or a node that makes a new pool, is a whole cycle.
+    large = nodes > SWAP_UP_TO_NODES
+    counts = run(seed, nodes=nodes, events=100 if large else 150, rules=policy(preemption, reserve=0.1, aging=0.05),
+                 most_gpus=2 if large else 8, backlog=1_500 if large else 150, exact=True, tell=tell, resources=resources,
+                 node_events=0.2)
+    assert counts["nodes added incrementally"] >= 5 and counts["admitted"] > 10, counts
 
 
 @pytest.mark.parametrize(("seed", "preemption", "resources"), [(6, False, False), (7, False, True), (8, False, False), (117, True, False)])

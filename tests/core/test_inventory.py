@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gpuadmit.core.inventory import Inventory, hard_taints, tolerates
-from gpuadmit.core.model import PlacementEntry, Taint, Toleration
+from gpuadmit.core.model import GpuNode, PlacementEntry, Taint, Toleration
 
 from .strategies import make_holding, make_node, make_workload
 
@@ -219,3 +219,41 @@ def test_an_inventory_from_a_memo_equals_one_built_afresh_as_nodes_and_usage_cha
         pools = fresh.eligible_pools(workload)
         for size in (1, 2, 4):
             assert kept.copy().place(pools, size, 3) == fresh.copy().place(pools, size, 3)
+
+
+def test_a_layout_with_nodes_added_equals_one_derived_afresh() -> None:
+    """The incremental engine derives the layout of a node added from the last one: it must be the
+    layout every whole cycle builds (node order, pools and their histograms, positions); a node
+    that would form a new pool is refused."""
+    import random
+
+    from gpuadmit.core.inventory import _NodeLayout
+
+    rng = random.Random(16)
+    taint = Taint("dedicated", "inference", "NoSchedule")
+
+    def node(name: str) -> GpuNode:
+        return make_node(name, rng.choice([1, 2, 4, 8]), rng.choice(["NVIDIA-A100", "NVIDIA-L4"]),
+                         taints=(taint,) if rng.random() < 0.2 else (), schedulable=rng.random() > 0.1,
+                         resources=(("cpu", 64_000),) if rng.random() < 0.5 else ())
+
+    nodes = [node(f"n{i:03d}") for i in range(40)]
+    layout = _NodeLayout(nodes)
+    grew = 0
+    for step in range(30):
+        added = [node(f"n{rng.randrange(1000):03d}x{step}") for _ in range(rng.choice([1, 1, 2]))]
+        if step == 7:
+            added.append(make_node("odd", 8, "NVIDIA-H100"))  # a product no pool has: a new pool
+        rng.shuffle(nodes := nodes + added)
+        grown, fresh = layout.with_nodes_added(nodes, added), _NodeLayout(nodes)
+        derived = grown[0] if grown is not None else None
+        if derived is None:
+            assert len(fresh.pools) > len(layout.pools), step
+            nodes = [n for n in nodes if n not in added]
+            continue
+        grew += 1
+        for field in ("nodes", "index_by_name", "products_offered", "allocatable", "pool_of", "pools",
+                      "resource_allocatable", "listed_resources", "index_of_position"):
+            assert getattr(derived, field) == getattr(fresh, field), (step, field)
+        layout = derived
+    assert grew > 20

@@ -244,6 +244,65 @@ class _NodeLayout:
         )
         self._position_of_index: list[int] | None = None
 
+    def with_nodes_added(self, nodes: Sequence[GpuNode], added: Sequence[GpuNode]) -> tuple[_NodeLayout, list[int | None]] | None:
+        """The layout of ``nodes`` -- this layout's nodes, alike in shape, and ``added`` -- derived
+        from this one, equal to ``_NodeLayout(nodes)``, and each of its nodes' index in this one
+        (None: added); None when that would not hold as derived here (names not unique text, or
+        an added node that forms a new pool)."""
+        names = [node.name for node in nodes]
+        if self.index_of_position is None or len(set(names)) != len(names) or not all(
+            isinstance(node.name, str) and isinstance(node.product, str) for node in added
+        ):
+            return None
+        pool_of_key = {(pool.product, pool.memory_mib, pool.taints): pool.index for pool in self.pools}
+        added_pool: dict[str, int] = {}
+        for node in added:
+            if node.schedulable:
+                home = pool_of_key.get((node.product, whole(node.memory_mib), hard_taints(node.taints)))
+                if home is None:
+                    return None
+                added_pool[node.name] = home
+        grown = object.__new__(_NodeLayout)
+        newcomers = sorted(added, key=_name)
+        in_place = not self.nodes or not newcomers or newcomers[0].name > self.nodes[-1].name  # the added come last
+        was: list[int | None]
+        if in_place:  # the known nodes keep their indexes: this layout's lists, extended
+            known = len(self.nodes)
+            grown.nodes = self.nodes + newcomers
+            grown.index_by_name = self.index_by_name | {node.name: known + i for i, node in enumerate(newcomers)}
+            was = [*range(known), *[None] * len(newcomers)]
+            grown.allocatable = self.allocatable + [whole(node.allocatable) for node in newcomers]
+            grown.pool_of = self.pool_of + [added_pool.get(node.name, -1) for node in newcomers]
+            grown.resource_allocatable = self.resource_allocatable + [dict(node.resources) for node in newcomers]
+            moved: list[int] = []
+        else:
+            grown.nodes = sorted([*self.nodes, *added], key=_name)
+            grown.index_by_name = {node.name: i for i, node in enumerate(grown.nodes)}
+            was = list(map(self.index_by_name.get, map(_name, grown.nodes)))  # None: added
+            grown.allocatable = [self.allocatable[i] if i is not None else whole(n.allocatable) for i, n in zip(was, grown.nodes, strict=True)]
+            grown.pool_of = [self.pool_of[i] if i is not None else added_pool.get(n.name, -1) for i, n in zip(was, grown.nodes, strict=True)]
+            grown.resource_allocatable = [self.resource_allocatable[i] if i is not None else dict(n.resources) for i, n in zip(was, grown.nodes, strict=True)]
+            moved = [i for i, known in enumerate(was) if known is not None]  # index here -> index there
+        grown.products_offered = self.products_offered | {node.product for node in added}
+        grown.pools = []
+        for pool in self.pools:
+            histogram = dict(pool.allocatable_histogram)
+            members = list(pool.node_indices) if in_place else list(map(moved.__getitem__, pool.node_indices))
+            joined = [grown.index_by_name[name] for name, p in added_pool.items() if p == pool.index]
+            for index in joined:
+                histogram[grown.allocatable[index]] = histogram.get(grown.allocatable[index], 0) + 1
+            grown.pools.append(replace(pool, node_indices=tuple(sorted(members + joined)) if joined else tuple(members),
+                                       max_allocatable=max(histogram), allocatable_histogram=tuple(sorted(histogram.items()))))
+        grown.eligible_cache = dict(self.eligible_cache)  # by pool product, memory and taints: alike
+        grown.exclusions_cache = {}
+        grown.need_cache = {}
+        grown.listed_resources = self.listed_resources | {r for node in added for r, _ in node.resources}
+        grown._labels = None
+        grown._capacity_kinds = None
+        grown.index_of_position = list(map(grown.index_by_name.__getitem__, names))
+        grown._position_of_index = None
+        return grown, was
+
     @property
     def position_of_index(self) -> list[int]:
         """Node index -> input position (the inverse of ``index_of_position``, which must exist)."""
@@ -271,6 +330,10 @@ class _NodeLayout:
         if self._labels is None:
             self._labels = [dict(node.labels) for node in self.nodes]
         return self._labels[index]
+
+
+def _name(node: GpuNode) -> str:
+    return node.name
 
 
 def _same_shape(a: GpuNode, b: GpuNode) -> bool:
@@ -403,16 +466,7 @@ class Inventory:
         else:
             current = _unique_by_name(nodes)
             raw_free = [alloc - whole(current[node.name].gpus_used_by_pods) for alloc, node in zip(self.allocatable, self.nodes, strict=True)]
-        # Raw free may be negative (overbooked by pods); usable free is clamped.
-        self.raw_free: list[int] = raw_free
-        self.free: list[int] = [min(alloc, max(0, raw)) for alloc, raw in zip(self.allocatable, raw_free, strict=True)]
-        # count_by_free[pool][f]: nodes of the pool with exactly f free; buckets[pool][f]: their heap.
-        self.count_by_free: list[list[int]] = [[0] * (pool.max_allocatable + 1) for pool in self.pools]
-        for pool in self.pools:
-            for index in pool.node_indices:
-                self.count_by_free[pool.index][self.free[index]] += 1
-        self.rebucket()
-        self.top_free: list[int] = [self._scan_top(pool.index, pool.max_allocatable) for pool in self.pools]
+        self._count_free(raw_free)
         # Raw free amount of every listed resource beyond GPUs, per node (may go negative: overbooked).
         # Copy on write: a copy shares the dicts, and whoever changes one copies it first.
         self.resource_free: list[dict[str, int]] = [dict(free) for free in layout.resource_allocatable]
@@ -426,6 +480,58 @@ class Inventory:
             for index, node in enumerate(self.nodes):
                 if current[node.name].resources_used_by_pods:
                     self.adjust_resources(index, current[node.name].resources_used_by_pods, -1)
+
+    def _count_free(self, raw_free: list[int]) -> None:
+        """The pools' counts, buckets and tops from the nodes' raw free GPUs."""
+        # Raw free may be negative (overbooked by pods); usable free is clamped.
+        self.raw_free: list[int] = raw_free
+        self.free: list[int] = [min(alloc, max(0, raw)) for alloc, raw in zip(self.allocatable, raw_free, strict=True)]
+        # count_by_free[pool][f]: nodes of the pool with exactly f free; buckets[pool][f]: their heap.
+        self.count_by_free: list[list[int]] = [[0] * (pool.max_allocatable + 1) for pool in self.pools]
+        for pool in self.pools:
+            for index in pool.node_indices:
+                self.count_by_free[pool.index][self.free[index]] += 1
+        self.rebucket()
+        self.top_free: list[int] = [self._scan_top(pool.index, pool.max_allocatable) for pool in self.pools]
+
+    def on_layout(self, layout: _NodeLayout, was: Sequence[int | None]) -> Inventory:
+        """This ledger on the layout ``with_nodes_added`` made from its own (``was``: each node's
+        index here, None: added): each known node's free GPUs and resources carried; an added node
+        starts with none free (the caller gives it what its pods and reservations leave). When the
+        known nodes keep their indexes (the added ones come last by name), this ledger itself,
+        grown in place; else a new one."""
+        known = len(self.nodes)
+        if was[:known] == list(range(known)):
+            self._adopt(layout)
+            for pool in layout.pools:  # a pool's largest node may have grown: more free counts
+                more = pool.max_allocatable + 1 - len(self.count_by_free[pool.index])
+                if more > 0:
+                    self.count_by_free[pool.index].extend([0] * more)
+                    self.buckets[pool.index].extend([] for _ in range(more))
+                    self.bucket_max[pool.index].extend([None] * more)
+            for index in range(known, len(layout.nodes)):
+                self.raw_free.append(0)
+                self.free.append(0)
+                self.resource_free.append(layout.resource_allocatable[index])  # shared until written
+                p = layout.pool_of[index]
+                if p >= 0:
+                    self.count_by_free[p][0] += 1
+                    heapq.heappush(self.buckets[p][0], index)
+                    bound = self.bucket_max[p][0]
+                    if bound is not None:
+                        self._raise_bound(bound, index)
+            return self
+        clone = object.__new__(Inventory)
+        clone.strategy = self.strategy
+        clone.own_pod_resources = self.own_pod_resources
+        clone._adopt(layout)
+        raw_free = [self.raw_free[i] if i is not None else 0 for i in was]
+        resource_free = [self.resource_free[i] if i is not None else free for i, free in zip(was, layout.resource_allocatable, strict=True)]
+        clone._count_free(raw_free)
+        clone.resource_free = resource_free
+        clone._resources_owned = set()
+        self._resources_owned = set()
+        return clone
 
     def rebucket(self) -> None:
         """Fill the buckets afresh from the free counts, without the stale entries lazy deletion leaves."""

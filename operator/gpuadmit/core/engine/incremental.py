@@ -13,16 +13,26 @@ incremental one:
   training GPUs per product (the inference reserve), the preemption victims, and each workload's
   last decision.
 - A whole cycle runs on: the first snapshot (a restart), a policy change, a GPUQuota that binds, a
-  per-namespace queue limit, a node added, removed or changed in shape (the layout every index
-  refers to), a workload listed twice, and more changes at once than the larger of
-  ``MAX_CHANGES`` and a tenth of the queue (then a whole cycle costs about as much).
-  ``full(snapshot)`` forces one (the operator's resync).
+  per-namespace queue limit, a node removed or changed in shape (cordoned, relabelled, retainted:
+  the layout every index refers to), a node added that forms a new pool (its product, memory and
+  hard taints unlike every pool's) or changes a queued kind's options or lists a resource no node
+  listed, a workload listed twice, and more changes at once than the larger of ``MAX_CHANGES``
+  and a tenth of the queue (then a whole cycle costs about as much). ``full(snapshot)`` forces
+  one (the operator's resync).
+- A node added to a pool of alike nodes is incremental (``_add_nodes``): the layout is derived
+  from the last one (``with_nodes_added``: node indexes follow node names, as a whole cycle's),
+  the ledger, reservations, assumed admissions and victims move onto it (in place when the added
+  names sort last), holders already placed on the node are counted, the inference-reserve caps
+  grow, the ranker keeps every queued kind's options (checked: only a product a kind had no
+  option on may change them), and the pool's kinds are walked as for freed capacity.
 - An incremental cycle: the touched nodes' free capacity is recomputed from the snapshot (their
   objects, the holding workloads and own pods on them, the last cycle's admissions there); new
   workloads get the static checks; queued ones past their deadline are rejected
   (``QueueTimeout``); running ones old enough become victims; then the placement passes
   (``passes.run_pass`` in every order of ``passes.ORDER_KEYS``, preemption, the choice of the best
-  pass, the chains -- the whole cycle's code) run on a walk of the queue by kind (``_Streams``):
+  pass, the chains -- the whole cycle's code) run on a walk of the queue by kind (``_Streams``;
+  kinds alike in demand -- options, GPUs per replica, replicas, training -- form a demand group
+  that one fit check answers for, so a freed pool skips every group that cannot use it):
   the kinds whose pools gained capacity, whose product's inference reserve gained room, that may
   preempt a new victim, or that have a new member; each walked from its best-ranked member while
   its members get in. Where a pass preempts, the kinds that may use what the victims free join.
@@ -55,6 +65,7 @@ whether the last cycle was whole (then every decision carries its position).
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import gc
 import heapq
 import math
@@ -71,7 +82,7 @@ from .choose import choose_pass
 from .cycle import EPSILON, Admission, Candidate, Cycle, PassResult, Victim, new_pass, number_or
 from .messages import finalize
 from .passes import ALL_ORDERS_UP_TO, MAX_PREEMPTION_ATTEMPTS_PER_PASS, order_keys, run_pass
-from .prepare import Ranker, prepare, timeout_rejection, victim_of, victim_order
+from .prepare import Ranker, prepare, reserve_caps, timeout_rejection, victim_of, victim_order
 
 # More changes than this in one cycle (or a tenth of the queue, whichever is larger): a whole
 # cycle, which then costs about what the changes would.
@@ -125,7 +136,16 @@ class _State:
     kinds_by_pool: dict[int, set[int]] = field(default_factory=dict)  # see _kinds_index
     kinds_by_product: dict[str, set[int]] = field(default_factory=dict)
     kinds_indexed: int = 0
+    # Kinds alike in what decides whether they fit (options' products, pools and needs; GPUs per
+    # replica, replicas, training) form a demand group: one fit check answers for all of them.
+    group_of_kind: dict[int, int] = field(default_factory=dict)
+    group_demand: list[tuple] = field(default_factory=list)
+    kinds_of_group: list[set[int]] = field(default_factory=list)
+    groups_by_pool: dict[int, set[int]] = field(default_factory=dict)
+    group_ids: dict[tuple, int] = field(default_factory=dict)
     needing_kinds: set[int] = field(default_factory=set)  # kinds that need more than GPUs of a node
+    # node name -> holding workloads placed on it though no such node is known (counted once it comes)
+    placed_elsewhere: dict[str, set[str]] = field(default_factory=dict)
 
 
 class IncrementalEngine:
@@ -139,6 +159,7 @@ class IncrementalEngine:
         self.full_cycles = 0
         self.incremental_cycles = 0
         self._changed_positions: list[int] = []  # nodes (by position) whose object changed, from _why_whole
+        self._nodes_added = False  # from _why_whole: the snapshot has the last one's nodes and more
 
     # --- the queue, served -----------------------------------------------------
 
@@ -213,9 +234,13 @@ class IncrementalEngine:
             return "a queue limit per namespace"
         if snapshot.quotas and Tenants.of(snapshot, state.inventory) is not None:
             return "GPUQuotas"
+        self._nodes_added = False
         if snapshot.nodes is not last.nodes:
             if len(snapshot.nodes) != len(last.nodes):
-                return "nodes added or removed"
+                if len(snapshot.nodes) < len(last.nodes):
+                    return "nodes removed"
+                self._nodes_added = True  # the rest is checked by _add_nodes
+                return None
             if state.inventory.layout.index_of_position is None:
                 return "duplicate node names"
             self._changed_positions = list(compress(range(len(snapshot.nodes)), map(operator.is_not, snapshot.nodes, last.nodes)))
@@ -230,6 +255,13 @@ class IncrementalEngine:
         """One incremental cycle, or why it must be whole (state untouched then, it is rebuilt)."""
         last = state.snapshot
         now = snapshot.now
+        added: _Added | None = None
+        if self._nodes_added:
+            grown = _add_nodes(state, snapshot)
+            if isinstance(grown, str):
+                return grown
+            added = grown
+            self._changed_positions = added.changed_positions
         inventory = state.inventory
         # --- what changed --------------------------------------------------------
         if changes is None:
@@ -268,6 +300,8 @@ class IncrementalEngine:
             training_before[product] = training_before.get(product, 0) + gpus
         touched_nodes |= state.assumed_nodes
         changed_victims = {key for key, _ in own_changed}
+        if added is not None:
+            changed_victims |= added.holders
         for workload in released:
             _hold(state, workload, -1)
             touched_nodes.update(_node_indices(inventory, workload))
@@ -304,6 +338,9 @@ class IncrementalEngine:
                 if pool >= 0:
                     touched_pools.add(pool)
         reserve_freed = {p for p, used in training_before.items() if state.training_used.get(p, 0) < used}
+        if added is not None:
+            touched_pools |= added.pools
+            reserve_freed |= added.reserve_grown
         if inventory.stale_entries() > 2 * len(inventory.nodes) + 64:
             inventory.rebucket()  # the lazily deleted heap entries, dropped before every pass copies them
         # --- the queue ---------------------------------------------------------------------
@@ -381,6 +418,89 @@ class IncrementalEngine:
         return CycleResult(decisions=tuple(changed), preemptions=preemptions)
 
 
+# --- nodes added ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Added:
+    changed_positions: list[int]  # positions (in the new snapshot) of the nodes added or whose object changed
+    pools: set[int]  # pools that gained a node
+    reserve_grown: set[str]  # products whose training cap grew
+    holders: set[str]  # holding workloads placed on an added node (their victims change)
+
+
+def _add_nodes(state: _State, snapshot: Snapshot) -> _Added | str:
+    """Nodes added, none removed or changed in shape, the pools alike (each added node joins a pool
+    of alike nodes): the state moved onto the new layout (node indexes follow node names, as a
+    whole cycle's), or why a whole cycle must run (the state is rebuilt then)."""
+    last = state.snapshot.nodes
+    kept = len(last)
+    # Usually the nodes known keep their positions and the added ones come after (a cache in
+    # arrival order): compared by identity at C speed; else by name.
+    changed = list(compress(range(kept), map(operator.is_not, snapshot.nodes[:kept], last)))
+    added_positions = list(range(kept, len(snapshot.nodes)))
+    if not all(_same_shape(snapshot.nodes[position], last[position]) for position in changed):
+        last_nodes = {node.name: node for node in last}
+        changed, added_positions = [], []
+        for position, node in enumerate(snapshot.nodes):
+            before = last_nodes.get(node.name)
+            if before is None:
+                added_positions.append(position)
+            elif before is not node:
+                if not _same_shape(node, before):
+                    return "a node changed shape"
+                changed.append(position)
+        if len(added_positions) != len(snapshot.nodes) - kept:
+            return "nodes removed"
+    old = state.inventory
+    grown = old.layout.with_nodes_added(snapshot.nodes, [snapshot.nodes[position] for position in added_positions])
+    if grown is None:
+        return "a new pool, or node names not unique"  # pool numbers would move under every kind's options
+    layout, was = grown
+    if layout.listed_resources != old.layout.listed_resources:
+        return "a resource newly listed"  # what the ledger counts, and so every kind's need
+    inventory = old.on_layout(layout, was)
+    new_names = {snapshot.nodes[position].name for position in added_positions}
+    pools = {layout.pool_of[layout.index_by_name[name]] for name in new_names} - {-1}
+    def member(kind: int) -> Workload | None:
+        orders = state.by_kind.get(kind)
+        return state.queued[orders[0][2]].workload if orders else None
+
+    if not state.ranker.relayout(inventory, member, pools):
+        return "a kind's options changed"
+    state.inventory = inventory
+    if inventory is not old:  # a node added before known ones in name order: indexes move
+        moved = [i for i, known in enumerate(was) if known is not None]  # old index -> new (in name order both)
+        first_moved = next(i for i, index in enumerate(moved) if index != i)
+        state.reservations = {moved[index]: held for index, held in state.reservations.items()}
+        state.assumed_nodes = {moved[index] for index in state.assumed_nodes}
+        for product, victims in state.victims.items():
+            state.victims[product] = [
+                dataclasses.replace(v, freed=tuple((moved[i], gpus) for i, gpus in v.freed)) if v.freed and v.freed[-1][0] >= first_moved else v
+                for v in victims
+            ]
+        state.victim_of_key = {v.key: v for victims in state.victims.values() for v in victims}
+    holders: set[str] = set()
+    for name in new_names:  # what holds on an added node (a whole cycle counts it)
+        holders.update(state.placed_elsewhere.pop(name, ()))
+    for workload in (state.holding[key] for key in sorted(holders) if key in state.holding):
+        for entry in workload.placement:
+            if entry.node in new_names:
+                index = layout.index_by_name[entry.node]
+                state.reservations.setdefault(index, {}).setdefault(workload.key, []).append(entry)
+                if workload.workload_class != "inference":
+                    product = layout.nodes[index].product
+                    state.training_used[product] = state.training_used.get(product, 0) + whole(entry.gpus)
+    cap_before = state.training_cap
+    totals = {product: cap + state.reserve_gpus[product] for product, cap in cap_before.items()}
+    for name in new_names:
+        index = layout.index_by_name[name]
+        totals[layout.nodes[index].product] = totals.get(layout.nodes[index].product, 0) + layout.allocatable[index]
+    state.training_cap, state.reserve_gpus = reserve_caps(snapshot.policy, totals)
+    reserve_grown = {p for p, cap in state.training_cap.items() if cap > cap_before.get(p, 0)}
+    return _Added(sorted(changed + added_positions), pools, reserve_grown, holders)
+
+
 # --- building the state after a whole cycle ---------------------------------------------
 
 
@@ -424,6 +544,8 @@ def _keep(snapshot: Snapshot, cycle: Cycle, admitted: Mapping[int, Admission], r
             index = cycle.inventory.index_by_name.get(entry.node)
             if index is not None:
                 state.reservations.setdefault(index, {}).setdefault(workload.key, []).append(entry)
+            else:
+                state.placed_elsewhere.setdefault(entry.node, set()).add(workload.key)
     for candidate in cycle.ranked:
         if candidate.rejection is None and candidate.workload.key in queued_keys and candidate.workload.key not in state.queued:
             _enqueue(state, candidate, sort=False)
@@ -517,8 +639,7 @@ class _Streams:
         policy = state.snapshot.policy
         self.preempting = bool(policy.preemption.enabled) and any(state.victims.values())
         self.gain = number_or(policy.preemption.min_margin_gain_per_gpu_hour, 0.0)
-        self.signatures: dict[int, tuple] = {}
-        self.fit_memo: dict[tuple, tuple[object, bool]] = {}
+        self.fit_memo: dict[int, tuple[object, bool]] = {}  # demand group -> (capacity version, fits)
         self.cheapest_victim = {p: min(v.margin for v in vs) for p, vs in state.victims.items() if vs} if self.preempting else {}
 
     def candidate(self, order: tuple) -> Candidate:
@@ -541,8 +662,12 @@ class _Streams:
         for indexes in self.new_in_kind.values():
             indexes.sort()
         kinds: set[int] = set()
+        groups: set[int] = set()
         for pool in touched_pools:
-            kinds.update(self.by_pool.get(pool, ()))
+            groups.update(state.groups_by_pool.get(pool, ()))
+        for group in groups:  # a group that does not fit now stays out, unless its kinds may preempt
+            if self.preempting or self._may_fit(next(iter(state.kinds_of_group[group]))):
+                kinds.update(state.kinds_of_group[group])
         for product in reserve_freed | {v.product for v in newly_victims}:
             kinds.update(self.by_product.get(product, ()))
         if self.preempting:
@@ -558,34 +683,28 @@ class _Streams:
     def _may_fit(self, kind: int, inventory: Inventory | None = None, training_used: Mapping[str, int] | None = None,
                  version: object = None) -> bool:
         """Whether a member of the kind fits in free capacity now (by default: the state's).
-        ``version`` names the capacity's state (it changes only with an admission): kinds alike in
-        demand and pools share the answer while it holds."""
+        ``version`` names the capacity's state (it changes only with an admission): the kinds of
+        one demand group share the answer while it holds."""
         state = self.state
-        signature = self.signatures.get(kind)
-        if signature is None:
-            head = state.queued[state.by_kind[kind][0][2]]
-            workload = head.workload
-            signature = self.signatures[kind] = (
-                tuple((o.product, o.pools, o.need) for o in state.ranker.options_of_kind[kind]),
-                workload.gpus_per_replica, workload.replicas, head.is_training,
-            )
-        known = self.fit_memo.get(signature)
+        group = state.group_of_kind[kind]
+        known = self.fit_memo.get(group)
         if known is not None and known[0] == version:
             return known[1]
-        inventory = inventory if inventory is not None else state.inventory
-        training_used = training_used if training_used is not None else state.training_used
-        options, g, replicas, is_training = signature
+        fits = self._group_fits(group, inventory if inventory is not None else state.inventory, training_used if training_used is not None else state.training_used)
+        self.fit_memo[group] = (version, fits)
+        return fits
+
+    def _group_fits(self, group: int, inventory: Inventory, training_used: Mapping[str, int]) -> bool:
+        state = self.state
+        options, g, replicas, is_training = state.group_demand[group]
         total = g * replicas
-        fits = False
         for product, pools, need in options:
             cap = state.training_cap.get(product)
             if is_training and cap is not None and training_used.get(product, 0) + total > cap:
                 continue  # training never into the inference reserve
             if inventory.fits(pools, g, replicas, need):
-                fits = True
-                break
-        self.fit_memo[signature] = (version, fits)
-        return fits
+                return True
+        return False
 
     def _may_enter(self, kind: int, result: PassResult) -> bool:
         """Whether the kind's next member may get in during this pass, as capacity is now."""
@@ -717,14 +836,27 @@ def _unbeatable(result: PassResult, seen: dict[str, Candidate], queue_length: in
 
 
 def _kinds_index(state: _State) -> tuple[dict[int, set[int]], dict[str, set[int]]]:
-    """Kinds by the pools and the products of their options (kinds are numbered as the ranker
-    meets them: the index grows by the new ones)."""
-    options_of_kind = state.ranker.options_of_kind
+    """Kinds by the pools and the products of their options, and their demand groups (kinds are
+    numbered as the ranker meets them: the indexes grow by the new ones)."""
+    ranker = state.ranker
+    options_of_kind, demand_of_kind = ranker.options_of_kind, ranker.demand_of_kind
     by_pool, by_product = state.kinds_by_pool, state.kinds_by_product
     for kind in range(state.kinds_indexed, len(options_of_kind)):
-        if any(option.need is not None for option in options_of_kind[kind]):
+        options = options_of_kind[kind]
+        if any(option.need is not None for option in options):
             state.needing_kinds.add(kind)
-        for option in options_of_kind[kind]:
+        demand = (tuple((o.product, o.pools, o.need) for o in options), *demand_of_kind[kind])
+        group = state.group_ids.get(demand)
+        if group is None:
+            group = state.group_ids[demand] = len(state.group_demand)
+            state.group_demand.append(demand)
+            state.kinds_of_group.append(set())
+            for option in options:
+                for pool in option.pools:
+                    state.groups_by_pool.setdefault(pool, set()).add(group)
+        state.group_of_kind[kind] = group
+        state.kinds_of_group[group].add(kind)
+        for option in options:
             by_product.setdefault(option.product, set()).add(kind)
             for pool in option.pools:
                 by_pool.setdefault(pool, set()).add(kind)
@@ -741,6 +873,10 @@ def _hold(state: _State, workload: Workload, sign: int) -> None:
     for entry in workload.placement:
         index = inventory.index_by_name.get(entry.node)
         if index is None:
+            if sign > 0:
+                state.placed_elsewhere.setdefault(entry.node, set()).add(workload.key)
+            else:
+                state.placed_elsewhere.get(entry.node, set()).discard(workload.key)
             continue
         on_node = state.reservations.setdefault(index, {})
         if sign > 0:

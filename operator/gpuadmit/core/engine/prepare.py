@@ -6,6 +6,7 @@ and shared by every placement pass and by the exact solver."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 
 from ..guarantee import Tenants
 from ..inventory import Inventory, LayoutMemo, whole, workload_shape
@@ -85,13 +86,69 @@ class Ranker:
         self._static: dict[tuple, tuple[tuple[Option, ...], Decision | None, int]] = {}
         # Shapes hash slowly (tolerations are dataclasses); number them once and key caches by number.
         self._shape_ids: dict[tuple, int] = {}
+        self._shapes: list[tuple] = []  # by shape number
+        self._examples: list[Workload] = []  # by shape number: the first workload of the shape
         self.options_of_kind: dict[int, tuple[Option, ...]] = {}
+        # kind -> (GPUs per replica, replicas, training): with its options, what decides whether it fits
+        self.demand_of_kind: dict[int, tuple[int, int, bool]] = {}
 
     def margin(self, workload_class: str, tier: str | None, product: str) -> float:
         key = (workload_class, tier, product)
         if key not in self._margins:
             self._margins[key] = number_or(self.policy.margin_per_gpu_hour(workload_class, tier, product), -math.inf)
         return self._margins[key]
+
+    def relayout(self, inventory: Inventory, member: Callable[[int], Workload | None], grown: set[int]) -> bool:
+        """The same policy on a layout with nodes added to the pools ``grown`` (the pools alike:
+        the incremental engine's): True when every kind with a member (``member``: kind -> one of
+        its workloads, or None) keeps its options, so its candidates stay valid; the other kinds are
+        forgotten, and made afresh (with new numbers) when a workload of theirs comes again.
+        False: some kind's options changed."""
+        self.inventory = inventory
+        kept: dict[tuple, tuple[tuple[Option, ...], Decision | None, int]] = {}
+        pools = inventory.pools
+        grown_products = {pools[p].product for p in grown}
+        holds: dict[tuple, bool] = {}
+        for static_key, (options, rejected, kind) in self._static.items():
+            if rejected is not None:
+                continue
+            if options[0].need is None and self._keeps_options(static_key, options, grown, grown_products, holds):
+                kept[static_key] = (options, None, kind)
+                continue
+            workload = member(kind)
+            if workload is None:
+                continue
+            made, now_rejected = _static_options(inventory, workload, self._shapes[static_key[0]], self.floor, self.margin)
+            if now_rejected is not None or made != options:
+                return False
+            kept[static_key] = (options, None, kind)
+        self._static = kept
+        return True
+
+    def _keeps_options(self, static_key: tuple, options: tuple[Option, ...], grown: set[int], grown_products: set[str],
+                       holds: dict[tuple, bool]) -> bool:
+        """Whether a kind needing only GPUs surely keeps its options with nodes added to ``grown``.
+        An option holds every eligible pool of its product, and nodes added only make more fit:
+        only a product it has no option on may change them -- one above the floor whose eligible
+        pools, one of them grown, would hold the kind if empty (``holds``: that answer, by shape,
+        size and product, shared by the kinds of one relayout)."""
+        offered = {o.product for o in options}
+        if grown_products <= offered:
+            return True
+        shape_id, g, replicas, workload_class, tier = static_key
+        inventory = self.inventory
+        for product in grown_products - offered:
+            if self.margin(workload_class, tier, product) < self.floor - EPSILON:
+                continue
+            key = (shape_id, g, replicas, product)
+            held = holds.get(key)
+            if held is None:
+                eligible = inventory.eligible_pools(self._examples[shape_id], self._shapes[shape_id])
+                same = [inventory.pools[p] for p in eligible if inventory.pools[p].product == product]
+                held = holds[key] = any(pool.index in grown for pool in same) and Inventory.replicas_if_empty(same, g) >= replicas
+            if held:
+                return False
+        return True
 
     def candidate(self, workload: Workload, now: float) -> Candidate | Decision:
         """The workload's candidate (rank not set), or its static rejection."""
@@ -103,11 +160,16 @@ class Ranker:
             return decision_for(workload, Action.REJECT, Reason.EXCEEDS_QUOTA, too_big)
         shape = workload_shape(workload)
         shape_id = self._shape_ids.setdefault(shape, len(self._shape_ids))
+        if shape_id == len(self._shapes):
+            self._shapes.append(shape)
+            self._examples.append(workload)
         static_key = (shape_id, workload.gpus_per_replica, workload.replicas, workload.workload_class, workload.tier)
         if static_key not in self._static:
             made = _static_options(self.inventory, workload, shape, self.floor, self.margin)
-            self._static[static_key] = (*made, len(self._static))
-            self.options_of_kind[len(self._static) - 1] = made[0]
+            kind = len(self.options_of_kind)  # kinds are never renumbered (see relayout)
+            self._static[static_key] = (*made, kind)
+            self.options_of_kind[kind] = made[0]
+            self.demand_of_kind[kind] = (workload.gpus_per_replica, workload.replicas, workload.workload_class != "inference")
         options, rejection, kind = self._static[static_key]
         if rejection is not None:
             return bound_to(rejection, workload)
@@ -220,16 +282,10 @@ def _static_options(inventory: Inventory, workload: Workload, shape: tuple, floo
 
 
 def _reserve_ledger(snapshot: Snapshot, inventory: Inventory) -> tuple[dict[str, int], dict[str, int], dict[str, int]]:
-    fraction = min(1.0, max(0.0, number_or(snapshot.policy.inference_reserve_fraction, 0.0)))
     total_by_product: dict[str, int] = {}
     for node, allocatable in zip(inventory.nodes, inventory.allocatable, strict=True):
         total_by_product[node.product] = total_by_product.get(node.product, 0) + allocatable
-    training_cap: dict[str, int] = {}
-    reserve_gpus: dict[str, int] = {}
-    if fraction > 0:
-        for product, total in sorted(total_by_product.items()):
-            reserve_gpus[product] = math.ceil(fraction * total - EPSILON)
-            training_cap[product] = total - reserve_gpus[product]
+    training_cap, reserve_gpus = reserve_caps(snapshot.policy, total_by_product)
     training_used: dict[str, int] = {}
     for workload in sorted(snapshot.holding, key=lambda w: w.key):
         if workload.workload_class == "inference":
@@ -239,6 +295,18 @@ def _reserve_ledger(snapshot: Snapshot, inventory: Inventory) -> tuple[dict[str,
             if held_on is not None:
                 training_used[held_on] = training_used.get(held_on, 0) + whole(entry.gpus)
     return training_cap, reserve_gpus, training_used
+
+
+def reserve_caps(policy: Policy, total_by_product: Mapping[str, int]) -> tuple[dict[str, int], dict[str, int]]:
+    """Per product (by its allocatable GPUs), the GPUs training may use and those held back for inference."""
+    fraction = min(1.0, max(0.0, number_or(policy.inference_reserve_fraction, 0.0)))
+    training_cap: dict[str, int] = {}
+    reserve_gpus: dict[str, int] = {}
+    if fraction > 0:
+        for product, total in sorted(total_by_product.items()):
+            reserve_gpus[product] = math.ceil(fraction * total - EPSILON)
+            training_cap[product] = total - reserve_gpus[product]
+    return training_cap, reserve_gpus
 
 
 def _victims(snapshot: Snapshot, inventory: Inventory, margin) -> dict[str, list[Victim]]:
