@@ -103,6 +103,10 @@ def test_phase_follows_the_pods() -> None:
     assert st.phase_from_pods([pod("a", "Running")], 2) is None  # one replica still missing
     assert st.phase_from_pods([pod("a", "Succeeded"), pod("b", "Running")], 2)[0] == "Running"
     assert st.phase_from_pods([pod("a", "Succeeded"), pod("b", "Succeeded")], 2)[0] == "Succeeded"
+    # One replica reads as English ("its pod", not "all 1 pods"), as kubectl describe shows it.
+    assert st.phase_from_pods([pod("a", "Running")], 1)[2] == "its pod is running"
+    assert st.phase_from_pods([pod("a", "Succeeded")], 1)[2] == "its pod succeeded"
+    assert st.phase_from_pods([pod("a", "Running"), pod("b", "Running")], 2)[2] == "all 2 pods are running"
     failed = st.phase_from_pods([pod("a", "Failed"), pod("b", "Running")], 2)
     assert failed[0] == "Failed" and failed[1] == "PodFailed" and "a" in failed[2]
     assert st.phase_from_pods([pod("a", "Running", deleting=True), pod("b", "Running")], 2) is None

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from gpuadmit.controller.webhook_configs import WEBHOOKS, webhook_configurations
+from gpuadmit.controller.webhook_registration import webhooks_served
 from gpuadmit.core.native import MANAGED_LABEL
 from gpuadmit.localcluster import OperatorProcess, free_port
 from tests.e2e_harness import REAL_CLUSTER_ENV, Cluster
@@ -24,6 +25,14 @@ URL = "https://gpuadmit-webhook.gpuadmit.svc:9443"
 
 def by_name(configurations: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return {webhook["name"]: webhook for configuration in configurations for webhook in configuration["webhooks"]}
+
+
+def test_the_log_names_each_webhook_with_its_url_so_a_shared_path_is_not_listed_bare_twice() -> None:
+    _, mutating = webhook_configurations(URL, None)
+    served = webhooks_served(mutating).split(", ")
+    assert len(served) == len(mutating["webhooks"]) == len(set(served))
+    assert f"mutate.jobs.gpuadmit.io -> {URL}/mutate-job" in served
+    assert f"mutate.rayjobs.gpuadmit.io -> {URL}/mutate-job" in served
 
 
 def test_each_webhook_of_the_list_is_in_the_configuration_of_its_kind() -> None:

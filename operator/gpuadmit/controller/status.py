@@ -254,9 +254,9 @@ def phase_from_pods(pods: Sequence[Mapping[str, Any]], replicas: int) -> tuple[s
         return None
     phases = [pod_phase(pod) for pod in live]
     if all(phase == "Succeeded" for phase in phases):
-        return Phase.SUCCEEDED.value, PODS_SUCCEEDED, f"all {len(live)} pods succeeded"
+        return Phase.SUCCEEDED.value, PODS_SUCCEEDED, "its pod succeeded" if len(live) == 1 else f"all {len(live)} pods succeeded"
     if all(phase in ("Running", "Succeeded") for phase in phases):
-        return Phase.RUNNING.value, PODS_RUNNING, f"all {len(live)} pods are running"
+        return Phase.RUNNING.value, PODS_RUNNING, "its pod is running" if len(live) == 1 else f"all {len(live)} pods are running"
     return None
 
 

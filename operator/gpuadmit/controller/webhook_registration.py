@@ -46,6 +46,12 @@ def operator_namespace() -> str | None:
         return None
 
 
+def webhooks_served(configuration: Mapping[str, Any]) -> str:
+    """Each webhook of a configuration with its URL, for the log: several webhooks share a path
+    (Jobs, PyTorchJobs and RayJobs all go to /mutate-job), so the URLs alone would repeat."""
+    return ", ".join(f"{webhook['name']} -> {webhook['clientConfig']['url']}" for webhook in configuration["webhooks"])
+
+
 async def write_configuration(kube: api.KubeApi, configuration: Mapping[str, Any]) -> str:
     """Create the configuration object, or replace the one of that name; "created" or "replaced"."""
     resource = RESOURCES[str(configuration["kind"])]
@@ -102,8 +108,7 @@ class Registrar:
                     for configuration in configurations:
                         how = await write_configuration(kube, configuration)
                         logger.info("Webhook configuration: %s %s %s (%s)", how, configuration["kind"],
-                                    configuration["metadata"]["name"],
-                                    ", ".join(w["clientConfig"]["url"] for w in configuration["webhooks"]))
+                                    configuration["metadata"]["name"], webhooks_served(configuration))
                 self.registered.set()
                 return
             except api.ApiError as error:
