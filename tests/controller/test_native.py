@@ -242,15 +242,19 @@ async def test_a_job_is_mirrored_admitted_unsuspended_and_its_gated_pods_release
     assert [w for w in cluster.api.writes[writes:] if w[1] in (POD, JOB)] == []
 
 
+def serving_workload(gpus: int = 4) -> dict[str, Any]:
+    """A GPUWorkload serving inference in the plain namespace: the higher margin that preempts training."""
+    return {"apiVersion": "gpuadmit.io/v1alpha1", "kind": "GPUWorkload", "metadata": {"name": "serve", "namespace": "plain"},
+            "spec": {"class": "inference", "gpus": gpus, "template": {"spec": {"containers": [
+                {"name": "c", "image": "vllm/vllm-openai", "command": ["vllm", "serve", "m"]}]}}}}
+
+
 async def test_a_job_preempted_for_inference_is_suspended_and_readmitted_later() -> None:
     cluster = base((JOB, job("train", parallelism=2, gpus=2)))
     await cluster.cycle()
     cluster.job_controller_creates_pods("train", 2, gpus=2)
     await cluster.cycle()
-    serve = {"apiVersion": "gpuadmit.io/v1alpha1", "kind": "GPUWorkload", "metadata": {"name": "serve", "namespace": "plain"},
-             "spec": {"class": "inference", "gpus": 4, "template": {"spec": {"containers": [
-                 {"name": "c", "image": "vllm/vllm-openai", "command": ["vllm", "serve", "m"]}]}}}}
-    cluster.add(WORKLOAD, serve)
+    cluster.add(WORKLOAD, serving_workload())
     await cluster.cycle()
     mirror = cluster.get(WORKLOAD, f"{MANAGED}/job-train")
     assert mirror["status"]["phase"] == "Preempted"

@@ -105,13 +105,18 @@ def start_operator(cluster: Cluster, workdir: Path, *extra_args: str) -> Operato
     return operator
 
 
-def test_jobs_and_replicaset_pods_are_held_released_preempted_and_readmitted(cluster: Cluster, tmp_path: Path) -> None:
+def managed_cluster(cluster: Cluster) -> None:
+    """One 8-GPU node, the policy, a managed namespace (and the operator's), and a plain one."""
     cluster.add_gpu_nodes(1, gpus=8)
     cluster.apply_policy(POLICY)
     for name in (MANAGED, OPERATOR_NAMESPACE):
         cluster.ensure_namespace(name)
         cluster.core.patch_namespace(name, {"metadata": {"labels": {"gpuadmit.io/managed": "true"}}})
     cluster.ensure_namespace(PLAIN)
+
+
+def test_jobs_and_replicaset_pods_are_held_released_preempted_and_readmitted(cluster: Cluster, tmp_path: Path) -> None:
+    managed_cluster(cluster)
     operators = [start_operator(cluster, tmp_path / "operator-0")]
     try:
         run_scenario(cluster, operators, tmp_path)
