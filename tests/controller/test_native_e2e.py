@@ -17,8 +17,7 @@ from typing import Any
 import pytest
 
 from gpuadmit.core.pods import pinned_node
-from gpuadmit.localcluster import free_port
-from tests.e2e_harness import REAL_CLUSTER_ENV, Cluster, OperatorProcess, wait_until
+from tests.e2e_harness import REAL_CLUSTER_ENV, Cluster, OperatorProcess, wait_until, webhook_operator
 from tests.invariants import ClusterState, overcommit_violations, pods_violations
 from tests.native_controllers import NativeControllers
 
@@ -97,10 +96,7 @@ def no_violations(cluster: Cluster, settled: bool = False) -> None:
 
 def start_operator(cluster: Cluster, workdir: Path, *extra_args: str) -> OperatorProcess:
     """`gpuadmit run` registering its own webhooks (Jobs suspended and pods gated on create)."""
-    operator = OperatorProcess(
-        cluster.kubeconfig, workdir,
-        ("--manage-webhook-configurations", "--webhook-cert-dir", str(workdir / "certs"), *extra_args),
-        env={"GPUADMIT_WEBHOOK_ADDR": "127.0.0.1", "POD_NAMESPACE": OPERATOR_NAMESPACE}, webhook_port=free_port())
+    operator = webhook_operator(cluster.kubeconfig, workdir, *extra_args, pod_namespace=OPERATOR_NAMESPACE)
     operator.launch()
     return operator
 

@@ -17,7 +17,6 @@ GPUWorkloads, four SIGKILLs, 16 nodes of 8 GPUs; the default run: 6, 3, 30, one 
 
 from __future__ import annotations
 
-import os
 import random
 import threading
 import time
@@ -30,27 +29,18 @@ import pytest
 
 from gpuadmit.core.native import ADMISSION_GATE, MANAGED_LABEL, claimed_unit, is_gated, released, unit_of_pod
 from gpuadmit.core.pods import pinned_node
-from gpuadmit.localcluster import free_port
-from tests.e2e_harness import GROUP, VERSION, OperatorProcess, wait_until
+from tests.e2e_harness import GROUP, VERSION, wait_until, webhook_operator
+from tests.native.scenario import gpu_container
 from tests.native_controllers import NativeControllers
 from tests.reliability import figures
 from tests.reliability.faulty_cluster import FaultyCluster, faulty_cluster, pods_missing, spec_for
+from tests.reliability.test_faults import FULL, POLICY
 
 pytestmark = [pytest.mark.e2e, pytest.mark.emulator, pytest.mark.slow]
 
-FULL = os.environ.get("GPUADMIT_CHAOS_SCALE") == "full"
 JOBS, REPLICASETS, WORKLOADS, KILLS, NODES = (24, 12, 200, 4, 16) if FULL else (6, 3, 30, 1, 3)
 MANAGED, TENANTS, OPERATOR_NAMESPACE = "native", "tenants", "gpuadmit-system"
 HOLDING = ("Admitted", "Running")
-POLICY = {
-    "pricePerGPUHour": {"inference": 6.0, "training": 2.0},
-    "gpuCostPerHour": {"default": 1.0},
-    "preemption": {"enabled": True, "minRuntimeSeconds": 0, "minMarginGainPerGPUHour": 0.5},
-}
-
-
-def container(gpus: int, image: str, command: list[str]) -> dict[str, Any]:
-    return {"name": "main", "image": image, "command": command, "resources": {"limits": {"nvidia.com/gpu": str(gpus)}}}
 
 
 def job(index: int) -> dict[str, Any]:
@@ -61,12 +51,12 @@ def job(index: int) -> dict[str, Any]:
                       else ("pytorch/pytorch:2.4.0", ["torchrun", "train.py"]))
     return {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": f"job-{index:02d}", "namespace": MANAGED},
             "spec": {"parallelism": parallelism, "completions": parallelism, "template": {"spec": {
-                "restartPolicy": "Never", "containers": [container(gpus, image, command)]}}}}
+                "restartPolicy": "Never", "containers": [gpu_container(gpus, image, command)]}}}}
 
 
 def replicaset(index: int) -> dict[str, Any]:
     labels = {"app": f"serve-{index:02d}"}
-    server = {**container(1 + index % 2, "vllm/vllm-openai:latest", ["vllm", "serve", "m"]),
+    server = {**gpu_container(1 + index % 2, "vllm/vllm-openai:latest", ["vllm", "serve", "m"]),
               "ports": [{"containerPort": 8000}]}
     return {"apiVersion": "apps/v1", "kind": "ReplicaSet", "metadata": {"name": labels["app"], "namespace": MANAGED},
             "spec": {"replicas": 1 + index % 2, "selector": {"matchLabels": labels},
@@ -133,10 +123,7 @@ def test_jobs_and_replicasets_in_a_managed_namespace_under_faults_and_sigkills(t
         fc.apply_policy(POLICY)
         for namespace, labels in ((MANAGED, {MANAGED_LABEL: "true"}), (OPERATOR_NAMESPACE, {}), (TENANTS, {})):
             fc.post("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace, "labels": labels}})
-        operator = OperatorProcess(
-            fc.cluster.kubeconfig, tmp_path / "operator",
-            ("--manage-webhook-configurations", "--webhook-cert-dir", str(tmp_path / "certs")),
-            env={"GPUADMIT_WEBHOOK_ADDR": "127.0.0.1", "POD_NAMESPACE": OPERATOR_NAMESPACE}, webhook_port=free_port())
+        operator = webhook_operator(fc.cluster.kubeconfig, tmp_path / "operator", pod_namespace=OPERATOR_NAMESPACE)
         operator.launch()
         controllers = NativeControllers(fc.url, deployments=False, statefulsets=False, namespaces=[MANAGED], interval=0.2)
         try:
