@@ -48,7 +48,7 @@ import yaml
 from gpuadmit.core.timefmt import format_rfc3339
 
 # The processes are the one harness the demo and the benchmarks use too; tests import them from here.
-from gpuadmit.localcluster import EmulatorProcess, OperatorProcess, http_get  # noqa: F401
+from gpuadmit.localcluster import EmulatorProcess, OperatorProcess, free_port, http_get  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[1]
 CRD_DIR = REPO / "crds"
@@ -81,6 +81,17 @@ def wait_until(check: Callable[[], T], timeout: float = 30.0, interval: float = 
 # -- the cluster: objects in, objects out ---------------------------------------------------------
 
 
+def webhook_operator(kubeconfig: Path, workdir: Path, *extra_args: str,
+                     pod_namespace: str | None = "gpuadmit-system") -> OperatorProcess:
+    """`gpuadmit run --manage-webhook-configurations` (not launched yet): it serves its webhooks on
+    127.0.0.1 at a free port, with its certificates in ``workdir/certs``, and registers them with
+    the API server. ``pod_namespace``: its own namespace (``POD_NAMESPACE``), whose pods its
+    webhooks never refuse; None leaves it unset."""
+    env = {"GPUADMIT_WEBHOOK_ADDR": "127.0.0.1"} | ({"POD_NAMESPACE": pod_namespace} if pod_namespace else {})
+    return OperatorProcess(kubeconfig, workdir, ("--manage-webhook-configurations", "--webhook-cert-dir",
+                                                 str(workdir / "certs"), *extra_args), env=env, webhook_port=free_port())
+
+
 @dataclass
 class Cluster:
     """A handle on an API server (emulated or real) with the few verbs the tests need."""
@@ -95,7 +106,7 @@ class Cluster:
 
     @classmethod
     @contextlib.contextmanager
-    def start(cls, workdir: Path, crd_dir: Path = CRD_DIR, scheduler: bool = True) -> Iterator["Cluster"]:
+    def start(cls, workdir: Path, crd_dir: Path = CRD_DIR, scheduler: bool = True) -> Iterator[Cluster]:
         """The emulator as a subprocess (serving the CRDs in ``crd_dir``), or the real cluster
         ``GPUADMIT_E2E_KUBECONFIG`` names (the project's CRDs applied). ``scheduler=False`` starts
         the emulator with ``--no-scheduler`` (the test binds pods itself; a real cluster ignores it)."""
@@ -201,7 +212,7 @@ class Cluster:
             }})
         return names
 
-    def kubelet_stand_in(self) -> "KubeletStandIn":
+    def kubelet_stand_in(self) -> KubeletStandIn:
         """The kubelet of the nodes this harness created on a real cluster (started on first use)."""
         if self.kubelet is None:
             self.kubelet = KubeletStandIn(self)

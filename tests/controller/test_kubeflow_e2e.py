@@ -19,10 +19,9 @@ import yaml
 from gpuadmit.core.pods import pinned_node
 from tests.controller.test_native_e2e import (
     MANAGED,
-    OPERATOR_NAMESPACE,
     PLAIN,
-    POLICY,
     container,
+    managed_cluster,
     mirror,
     mirror_phase,
     no_violations,
@@ -111,15 +110,6 @@ def apply_crds(cluster: Cluster) -> None:
 def crds(cluster: Cluster) -> Iterator[None]:
     apply_crds(cluster)
     yield
-
-
-def managed_cluster(cluster: Cluster) -> None:
-    cluster.add_gpu_nodes(1, gpus=8)
-    cluster.apply_policy(POLICY)
-    for name in (MANAGED, OPERATOR_NAMESPACE):
-        cluster.ensure_namespace(name)
-        cluster.core.patch_namespace(name, {"metadata": {"labels": {"gpuadmit.io/managed": "true"}}})
-    cluster.ensure_namespace(PLAIN)
 
 
 def get_pytorchjob(cluster: Cluster, name: str) -> dict[str, Any]:

@@ -242,15 +242,19 @@ async def test_a_job_is_mirrored_admitted_unsuspended_and_its_gated_pods_release
     assert [w for w in cluster.api.writes[writes:] if w[1] in (POD, JOB)] == []
 
 
+def serving_workload(gpus: int = 4) -> dict[str, Any]:
+    """A GPUWorkload serving inference in the plain namespace: the higher margin that preempts training."""
+    return {"apiVersion": "gpuadmit.io/v1alpha1", "kind": "GPUWorkload", "metadata": {"name": "serve", "namespace": "plain"},
+            "spec": {"class": "inference", "gpus": gpus, "template": {"spec": {"containers": [
+                {"name": "c", "image": "vllm/vllm-openai", "command": ["vllm", "serve", "m"]}]}}}}
+
+
 async def test_a_job_preempted_for_inference_is_suspended_and_readmitted_later() -> None:
     cluster = base((JOB, job("train", parallelism=2, gpus=2)))
     await cluster.cycle()
     cluster.job_controller_creates_pods("train", 2, gpus=2)
     await cluster.cycle()
-    serve = {"apiVersion": "gpuadmit.io/v1alpha1", "kind": "GPUWorkload", "metadata": {"name": "serve", "namespace": "plain"},
-             "spec": {"class": "inference", "gpus": 4, "template": {"spec": {"containers": [
-                 {"name": "c", "image": "vllm/vllm-openai", "command": ["vllm", "serve", "m"]}]}}}}
-    cluster.add(WORKLOAD, serve)
+    cluster.add(WORKLOAD, serving_workload())
     await cluster.cycle()
     mirror = cluster.get(WORKLOAD, f"{MANAGED}/job-train")
     assert mirror["status"]["phase"] == "Preempted"
@@ -307,13 +311,18 @@ async def test_pods_elsewhere_are_untouched_and_an_ungated_pod_is_warned_once() 
     assert cluster.api.events("Pod", "free") == []
 
 
+def mirror_of_train(owner: dict[str, str], gpus: int) -> dict[str, Any]:
+    """A GPUWorkload named, labelled and annotated as Job train's mirror, owned by ``owner``."""
+    return {"apiVersion": "gpuadmit.io/v1alpha1", "kind": "GPUWorkload",
+            "metadata": {"name": "job-train", "namespace": MANAGED,
+                         "labels": {"gpuadmit.io/mirror-kind": "Job"}, "annotations": {"gpuadmit.io/mirror-of": "train"},
+                         "ownerReferences": [owner]},
+            "spec": {"gpus": gpus, "template": {"spec": pod_spec(gpus)}}}
+
+
 async def test_a_forged_mirror_is_rejected_and_never_decided() -> None:
     cluster = base((JOB, job("train", parallelism=1, gpus=2)))
-    forged = {"apiVersion": "gpuadmit.io/v1alpha1", "kind": "GPUWorkload",
-              "metadata": {"name": "job-train", "namespace": MANAGED,
-                           "labels": {"gpuadmit.io/mirror-kind": "Job"}, "annotations": {"gpuadmit.io/mirror-of": "train"},
-                           "ownerReferences": [{"apiVersion": "v1", "kind": "ConfigMap", "name": "mine", "uid": "uid-cm"}]},
-              "spec": {"gpus": 1, "template": {"spec": pod_spec(1)}}}
+    forged = mirror_of_train({"apiVersion": "v1", "kind": "ConfigMap", "name": "mine", "uid": "uid-cm"}, gpus=1)
     cluster.add(WORKLOAD, forged)
     await cluster.cycle()
     status = cluster.get(WORKLOAD, f"{MANAGED}/job-train")["status"]
@@ -343,11 +352,7 @@ async def test_a_pod_group_is_released_only_when_all_its_pods_exist() -> None:
 
 async def test_a_stale_mirror_of_an_earlier_incarnation_is_deleted_and_replaced() -> None:
     cluster = base((JOB, job("train", parallelism=1, gpus=2)))
-    stale = {"apiVersion": "gpuadmit.io/v1alpha1", "kind": "GPUWorkload",
-             "metadata": {"name": "job-train", "namespace": MANAGED,
-                          "labels": {"gpuadmit.io/mirror-kind": "Job"}, "annotations": {"gpuadmit.io/mirror-of": "train"},
-                          "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": "train", "uid": "uid-before"}]},
-             "spec": {"gpus": 2, "template": {"spec": pod_spec(2)}}}
+    stale = mirror_of_train({"apiVersion": "batch/v1", "kind": "Job", "name": "train", "uid": "uid-before"}, gpus=2)
     cluster.add(WORKLOAD, stale)
     await cluster.cycle()
     assert ("delete", WORKLOAD, f"{MANAGED}/job-train") in cluster.api.writes

@@ -17,8 +17,7 @@ from typing import Any
 import pytest
 
 from gpuadmit.core.pods import pinned_node
-from gpuadmit.localcluster import free_port
-from tests.e2e_harness import REAL_CLUSTER_ENV, Cluster, OperatorProcess, wait_until
+from tests.e2e_harness import REAL_CLUSTER_ENV, Cluster, OperatorProcess, wait_until, webhook_operator
 from tests.invariants import ClusterState, overcommit_violations, pods_violations
 from tests.native_controllers import NativeControllers
 
@@ -97,21 +96,23 @@ def no_violations(cluster: Cluster, settled: bool = False) -> None:
 
 def start_operator(cluster: Cluster, workdir: Path, *extra_args: str) -> OperatorProcess:
     """`gpuadmit run` registering its own webhooks (Jobs suspended and pods gated on create)."""
-    operator = OperatorProcess(
-        cluster.kubeconfig, workdir,
-        ("--manage-webhook-configurations", "--webhook-cert-dir", str(workdir / "certs"), *extra_args),
-        env={"GPUADMIT_WEBHOOK_ADDR": "127.0.0.1", "POD_NAMESPACE": OPERATOR_NAMESPACE}, webhook_port=free_port())
+    operator = webhook_operator(cluster.kubeconfig, workdir, *extra_args, pod_namespace=OPERATOR_NAMESPACE)
     operator.launch()
     return operator
 
 
-def test_jobs_and_replicaset_pods_are_held_released_preempted_and_readmitted(cluster: Cluster, tmp_path: Path) -> None:
+def managed_cluster(cluster: Cluster) -> None:
+    """One 8-GPU node, the policy, a managed namespace (and the operator's), and a plain one."""
     cluster.add_gpu_nodes(1, gpus=8)
     cluster.apply_policy(POLICY)
     for name in (MANAGED, OPERATOR_NAMESPACE):
         cluster.ensure_namespace(name)
         cluster.core.patch_namespace(name, {"metadata": {"labels": {"gpuadmit.io/managed": "true"}}})
     cluster.ensure_namespace(PLAIN)
+
+
+def test_jobs_and_replicaset_pods_are_held_released_preempted_and_readmitted(cluster: Cluster, tmp_path: Path) -> None:
+    managed_cluster(cluster)
     operators = [start_operator(cluster, tmp_path / "operator-0")]
     try:
         run_scenario(cluster, operators, tmp_path)

@@ -9,7 +9,7 @@ from gpuadmit.controller import api as kube
 from gpuadmit.controller.cache import NAMESPACE, POD, PYTORCHJOB, RAYJOB, WORKLOAD
 from gpuadmit.core.native import RELEASED_ANNOTATION
 from gpuadmit.core.pods import pinned_node
-from tests.controller.test_native import MANAGED, base, gated_pod, namespace, pod_spec
+from tests.controller.test_native import MANAGED, base, gated_pod, namespace, pod_spec, serving_workload
 
 CLUSTER = "tune-x7k2p"  # KubeRay names a RayJob's cluster NAME-<random>
 
@@ -72,10 +72,7 @@ async def test_a_rayjob_preempted_for_inference_is_suspended_and_readmitted_late
     await cluster.cycle()
     names = await kuberay_creates_the_cluster(cluster, 2, 2)
     await cluster.cycle()
-    serve = {"apiVersion": "gpuadmit.io/v1alpha1", "kind": "GPUWorkload", "metadata": {"name": "serve", "namespace": "plain"},
-             "spec": {"class": "inference", "gpus": 4, "template": {"spec": {"containers": [
-                 {"name": "c", "image": "vllm/vllm-openai", "command": ["vllm", "serve", "m"]}]}}}}
-    cluster.add(WORKLOAD, serve)
+    cluster.add(WORKLOAD, serving_workload())
     await cluster.cycle()
     assert cluster.get(WORKLOAD, f"{MANAGED}/rayjob-tune")["status"]["phase"] == "Preempted"
     the_job = cluster.get(RAYJOB, f"{MANAGED}/tune")

@@ -9,7 +9,6 @@ released by the operator (the Job and ReplicaSet controllers played by tests/nat
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,19 +17,12 @@ from typing import Any
 import pytest
 
 from gpuadmit.core.native import ADMISSION_GATE, MANAGED_LABEL
-from gpuadmit.localcluster import OperatorProcess, free_port
-from tests.e2e_harness import REAL_CLUSTER_ENV, Cluster, wait_until
-from tests.kubectl_driver import KUBECTL, KUBECTL_MISSING, Kubectl
+from gpuadmit.localcluster import OperatorProcess
+from tests.e2e_harness import Cluster, wait_until, webhook_operator
+from tests.kubectl_driver import Kubectl
+from tests.native.scenario import MARKS, OPERATOR_NAMESPACE
 
-OPERATOR_NAMESPACE = "gpuadmit-system"
-
-pytestmark = [
-    pytest.mark.e2e,
-    pytest.mark.emulator,
-    pytest.mark.timeout(240),
-    pytest.mark.skipif(KUBECTL is None, reason=KUBECTL_MISSING),
-    pytest.mark.skipif(bool(os.environ.get(REAL_CLUSTER_ENV)), reason="registers webhooks on 127.0.0.1: emulator only"),
-]
+pytestmark = MARKS  # kubectl-driven, emulator only: the same marks and skips as tests/native
 
 
 def gpu_pod(namespace: str, name: str, gpus: int = 1) -> dict[str, Any]:
@@ -61,11 +53,7 @@ def setup(tmp_path: Path) -> Iterator[Setup]:
         for namespace, managed in (("team-managed", True), ("team-plain", False), (OPERATOR_NAMESPACE, True)):
             labels = {MANAGED_LABEL: "true"} if managed else {}
             kubectl.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace, "labels": labels}})
-        operator = OperatorProcess(
-            cluster.kubeconfig, tmp_path / "operator", ("--manage-webhook-configurations",
-                                                        "--webhook-cert-dir", str(tmp_path / "certs")),
-            env={"GPUADMIT_WEBHOOK_ADDR": "127.0.0.1", "POD_NAMESPACE": OPERATOR_NAMESPACE}, webhook_port=free_port(),
-        )
+        operator = webhook_operator(cluster.kubeconfig, tmp_path / "operator", pod_namespace=OPERATOR_NAMESPACE)
         try:
             operator.launch()  # ready only once the webhook configurations are written
             yield Setup(cluster, kubectl, operator)
@@ -121,11 +109,7 @@ def test_kubectl_objects_are_held_by_the_webhooks_and_released_by_the_operator(t
         cluster.apply_policy({"pricePerGPUHour": {"inference": 6.0, "training": 2.0}, "gpuCostPerHour": {"default": 1.0}})
         kubectl.create({"apiVersion": "v1", "kind": "Namespace",
                         "metadata": {"name": "team-managed", "labels": {MANAGED_LABEL: "true"}}})
-        operator = OperatorProcess(
-            cluster.kubeconfig, tmp_path / "operator",
-            ("--manage-webhook-configurations", "--webhook-cert-dir", str(tmp_path / "certs")),
-            env={"GPUADMIT_WEBHOOK_ADDR": "127.0.0.1"}, webhook_port=free_port(),
-        )
+        operator = webhook_operator(cluster.kubeconfig, tmp_path / "operator", pod_namespace=None)
         try:
             operator.launch()
             with NativeControllers.from_kubeconfig(cluster.kubeconfig, deployments=False, statefulsets=False):

@@ -27,7 +27,6 @@ import base64
 import importlib.util
 import json
 import os
-import shutil
 import socket
 import subprocess
 import threading
@@ -43,13 +42,13 @@ import pytest
 from gpuadmit.tlsutil import generate_self_signed
 from kubeapi_emulator import EmulatedApiServer, write_kubeconfig
 from kubeapi_emulator.admission import Attributes, Rule
+from tests.kubectl_driver import KUBECTL, Kubectl
 
 from .conftest import api_error, eventually, pod, requires_emulator
 
 pytestmark = [pytest.mark.emulator]
 
 WEBHOOK_HOST = os.environ.get("GPUADMIT_E2E_WEBHOOK_HOST", "127.0.0.1")
-KUBECTL = shutil.which("kubectl")
 needs_kubectl = pytest.mark.skipif(KUBECTL is None, reason="kubectl is not on the PATH: the kubectl half of the "
                                                            "admission checks is skipped (the API half still runs)")
 SLOW_SECONDS = 3.0
@@ -466,16 +465,12 @@ def test_configurations_are_checked_when_written(
 
 @needs_kubectl
 def test_kubectl_prints_the_denial_and_the_mutation(
-        kubeconfig: Path, register: Register, namespace: str, tmp_path: Path) -> None:
+        kubeconfig: Path, register: Register, namespace: str) -> None:
     name = register("/deny")
     register("/mutate/by-kubectl", mutating=True)
     register("/allow")
-    env = {**os.environ, "KUBECONFIG": str(kubeconfig), "HOME": str(tmp_path)}
-    assert KUBECTL is not None
-
     def kubectl(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([KUBECTL, "-n", namespace, *args], input=stdin, capture_output=True, text=True,
-                              env=env, timeout=60, check=False)
+        return Kubectl(kubeconfig).run("-n", namespace, *args, stdin=stdin)
 
     refused = kubectl("create", "configmap", "bad-by-kubectl", "--from-literal=k=v")
     assert refused.returncode == 1

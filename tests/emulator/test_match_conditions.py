@@ -12,7 +12,6 @@ the configurations are scoped to the test's namespace, and a webhook "down" is a
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -24,10 +23,11 @@ import pytest
 
 from gpuadmit.controller.webhook_configs import asks_for_gpus_condition, webhook_configurations
 from gpuadmit.core.native import MANAGED_LABEL
+from tests.kubectl_driver import Kubectl
 
 from . import test_admission as admission_tests
 from .conftest import api_error, pod, requires_emulator
-from .test_admission import KUBECTL, WEBHOOK_HOST, Register, WebhookServer, configmap, free_port, needs_kubectl
+from .test_admission import WEBHOOK_HOST, Register, WebhookServer, configmap, free_port, needs_kubectl
 
 # The admission tests' webhook server and registration helper, as fixtures here too.
 webhooks = admission_tests.webhooks
@@ -240,13 +240,9 @@ def test_the_operators_conditions_let_cpu_pods_and_jobs_through_while_it_is_down
 
 @needs_kubectl
 def test_kubectl_creates_a_cpu_pod_and_is_refused_a_gpu_pod_while_the_operator_is_down(
-        kubeconfig: Path, operator_webhooks_down: str, tmp_path: Path) -> None:
-    assert KUBECTL is not None
-    env = {**os.environ, "KUBECONFIG": str(kubeconfig), "HOME": str(tmp_path)}
-
+        kubeconfig: Path, operator_webhooks_down: str) -> None:
     def apply(manifest: dict[str, Any]) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([KUBECTL, "-n", operator_webhooks_down, "apply", "-f", "-"], input=json.dumps(manifest),
-                              capture_output=True, text=True, env=env, timeout=60, check=False)
+        return Kubectl(kubeconfig).run("-n", operator_webhooks_down, "apply", "-f", "-", stdin=json.dumps(manifest))
 
     applied = apply(pod("cpu-by-kubectl"))
     assert applied.returncode == 0 and "pod/cpu-by-kubectl created" in applied.stdout, applied.stderr

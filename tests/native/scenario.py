@@ -16,8 +16,8 @@ from typing import Any, TypeVar
 import pytest
 
 from gpuadmit.core.native import MANAGED_LABEL
-from gpuadmit.localcluster import EmulatorProcess, OperatorProcess, free_port
-from tests.e2e_harness import CRD_DIR, REAL_CLUSTER_ENV
+from gpuadmit.localcluster import EmulatorProcess, OperatorProcess
+from tests.e2e_harness import CRD_DIR, REAL_CLUSTER_ENV, webhook_operator
 from tests.invariants import check_state
 from tests.kubectl_driver import KUBECTL, KUBECTL_MISSING, Kubectl, KubectlControllers
 
@@ -124,11 +124,8 @@ def started_scenario(tmp_path: Path, gpus: int = 8, operator_args: Sequence[str]
             kubectl.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace, "labels": labels}})
         kubectl.add_gpu_node(NODE, gpus=gpus)
         kubectl.create(POLICY)
-        operator = OperatorProcess(
-            emulator.kubeconfig, tmp_path / "operator",
-            ("--manage-webhook-configurations", "--webhook-cert-dir", str(tmp_path / "certs"), "--resync-seconds", "5",
-             *operator_args),
-            env={"GPUADMIT_WEBHOOK_ADDR": "127.0.0.1", "POD_NAMESPACE": OPERATOR_NAMESPACE}, webhook_port=free_port())
+        operator = webhook_operator(emulator.kubeconfig, tmp_path / "operator", "--resync-seconds", "5", *operator_args,
+                                    pod_namespace=OPERATOR_NAMESPACE)
         try:
             operator.launch()  # ready once its webhook configurations are written
             yield Scenario(kubectl, KubectlControllers(kubectl, [MANAGED], default_node=NODE), operator)

@@ -1,10 +1,15 @@
 """The chaos mix with native kinds: Jobs and ReplicaSets in a managed namespace beside GPUWorkloads,
 under write faults, cut watch streams and SIGKILLs of the operator, with the Job and ReplicaSet
-controller stand-ins (``tests.native_controllers``) running and the emulator's scheduler binding
-what is released. The invariant checker runs throughout (it counts a unit's released pods inside
-its mirror's reservation); once settled, every native unit matches its mirror's decision: a
-holding mirror's Job runs unsuspended with its pods released onto the placement, any other's Job
-is suspended with none; a ReplicaSet's pod is released exactly when its mirror holds.
+controller stand-ins (``tests.native_controllers``) running, the emulator calling the operator's
+own webhooks (registered with ``--manage-webhook-configurations``: Jobs are suspended and pods
+gated by them, not by the test) and its scheduler binding what is released. The invariant checker
+runs throughout (it counts a unit's released pods inside its mirror's reservation); once settled,
+every native unit matches its mirror's decision: a holding mirror's Job runs unsuspended with each
+of its pods released and bound onto one slot of its placement (pods per node equal to the
+placement's replicas there), any other's Job is suspended with none; a ReplicaSet's pod is
+released exactly when its mirror holds. Then released Job pods are deleted (off their placement's
+first node first) and the Job controller's replacements must each take the slot its predecessor
+freed, no other.
 
 Sizes scale with ``GPUADMIT_CHAOS_SCALE`` (``make chaos``: 24 Jobs, 12 ReplicaSets, 200
 GPUWorkloads, four SIGKILLs, 16 nodes of 8 GPUs; the default run: 6, 3, 30, one and 3 nodes).
@@ -12,10 +17,10 @@ GPUWorkloads, four SIGKILLs, 16 nodes of 8 GPUs; the default run: 6, 3, 30, one 
 
 from __future__ import annotations
 
-import os
 import random
 import threading
 import time
+from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -24,40 +29,34 @@ import pytest
 
 from gpuadmit.core.native import ADMISSION_GATE, MANAGED_LABEL, claimed_unit, is_gated, released, unit_of_pod
 from gpuadmit.core.pods import pinned_node
-from gpuadmit.localcluster import free_port
-from tests.e2e_harness import GROUP, VERSION, OperatorProcess, wait_until
+from tests.e2e_harness import GROUP, VERSION, wait_until, webhook_operator
+from tests.native.scenario import gpu_container
 from tests.native_controllers import NativeControllers
 from tests.reliability import figures
 from tests.reliability.faulty_cluster import FaultyCluster, faulty_cluster, pods_missing, spec_for
+from tests.reliability.test_faults import FULL, POLICY
 
 pytestmark = [pytest.mark.e2e, pytest.mark.emulator, pytest.mark.slow]
 
-FULL = os.environ.get("GPUADMIT_CHAOS_SCALE") == "full"
 JOBS, REPLICASETS, WORKLOADS, KILLS, NODES = (24, 12, 200, 4, 16) if FULL else (6, 3, 30, 1, 3)
 MANAGED, TENANTS, OPERATOR_NAMESPACE = "native", "tenants", "gpuadmit-system"
 HOLDING = ("Admitted", "Running")
-POLICY = {
-    "pricePerGPUHour": {"inference": 6.0, "training": 2.0},
-    "gpuCostPerHour": {"default": 1.0},
-    "preemption": {"enabled": True, "minRuntimeSeconds": 0, "minMarginGainPerGPUHour": 0.5},
-}
-
-
-def container(gpus: int, image: str, command: list[str]) -> dict[str, Any]:
-    return {"name": "main", "image": image, "command": command, "resources": {"limits": {"nvidia.com/gpu": str(gpus)}}}
 
 
 def job(index: int) -> dict[str, Any]:
-    parallelism = 1 + index % 2
-    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": f"train-{index:02d}", "namespace": MANAGED},
+    # The first Job is 3 x 4 GPUs, more than one 8-GPU node holds: a placement over two nodes. Every
+    # third Job serves (inference, the higher price), so some Jobs are admitted beside the mix.
+    parallelism, gpus = (3, 4) if index == 0 else (1 + index % 2, (1, 2, 4)[index % 3])
+    image, command = (("vllm/vllm-openai:latest", ["python", "-m", "vllm.entrypoints.openai.api_server"]) if index % 3 == 0
+                      else ("pytorch/pytorch:2.4.0", ["torchrun", "train.py"]))
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": f"job-{index:02d}", "namespace": MANAGED},
             "spec": {"parallelism": parallelism, "completions": parallelism, "template": {"spec": {
-                "restartPolicy": "Never",
-                "containers": [container((1, 2, 4)[index % 3], "pytorch/pytorch:2.4.0", ["torchrun", "train.py"])]}}}}
+                "restartPolicy": "Never", "containers": [gpu_container(gpus, image, command)]}}}}
 
 
 def replicaset(index: int) -> dict[str, Any]:
     labels = {"app": f"serve-{index:02d}"}
-    server = {**container(1 + index % 2, "vllm/vllm-openai:latest", ["vllm", "serve", "m"]),
+    server = {**gpu_container(1 + index % 2, "vllm/vllm-openai:latest", ["vllm", "serve", "m"]),
               "ports": [{"containerPort": 8000}]}
     return {"apiVersion": "apps/v1", "kind": "ReplicaSet", "metadata": {"name": labels["app"], "namespace": MANAGED},
             "spec": {"replicas": 1 + index % 2, "selector": {"matchLabels": labels},
@@ -97,10 +96,13 @@ def unit_mismatches(fc: FaultyCluster) -> list[str]:
         if phase is None:
             problems.append(f"Job {name}: no decided mirror")
         elif phase in HOLDING:
-            placement_nodes = {entry["node"] for entry in mirror["status"].get("placement") or []}
-            if the_job["spec"].get("suspend") or len(own) != the_job["spec"]["parallelism"] or not all(
-                    released(p) and p["spec"].get("nodeName") in placement_nodes for p in own):
-                problems.append(f"Job {name}: mirror {phase}, but not all its pods released and bound onto its placement")
+            # One slot per pod: pinned and bound per node exactly as the placement's replicas there.
+            placed = Counter({entry["node"]: entry["replicas"] for entry in mirror["status"].get("placement") or []})
+            on_slots = Counter(pinned_node(p["spec"]) for p in own
+                               if released(p) and p["spec"].get("nodeName") == pinned_node(p["spec"]))
+            if the_job["spec"].get("suspend") or len(own) != the_job["spec"]["parallelism"] or on_slots != placed:
+                problems.append(f"Job {name}: mirror {phase}, pods released and bound per node {dict(on_slots)} "
+                                f"of {len(own)}, placement {dict(placed)}")
         elif not the_job["spec"].get("suspend") or own:
             problems.append(f"Job {name}: mirror {phase}, but the Job runs (suspend {the_job['spec'].get('suspend')}, {len(own)} pods)")
     for pod in pods:
@@ -121,10 +123,7 @@ def test_jobs_and_replicasets_in_a_managed_namespace_under_faults_and_sigkills(t
         fc.apply_policy(POLICY)
         for namespace, labels in ((MANAGED, {MANAGED_LABEL: "true"}), (OPERATOR_NAMESPACE, {}), (TENANTS, {})):
             fc.post("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace, "labels": labels}})
-        operator = OperatorProcess(
-            fc.cluster.kubeconfig, tmp_path / "operator",
-            ("--manage-webhook-configurations", "--webhook-cert-dir", str(tmp_path / "certs")),
-            env={"GPUADMIT_WEBHOOK_ADDR": "127.0.0.1", "POD_NAMESPACE": OPERATOR_NAMESPACE}, webhook_port=free_port())
+        operator = webhook_operator(fc.cluster.kubeconfig, tmp_path / "operator", pod_namespace=OPERATOR_NAMESPACE)
         operator.launch()
         controllers = NativeControllers(fc.url, deployments=False, statefulsets=False, namespaces=[MANAGED], interval=0.2)
         try:
@@ -179,19 +178,42 @@ def test_jobs_and_replicasets_in_a_managed_namespace_under_faults_and_sigkills(t
                     problems += pods_missing(dump)
                     settled.last = problems  # type: ignore[attr-defined]
                     return None if problems else ["settled"]
-                try:
-                    wait_until(settled, 180, interval=1.0, what="every native unit matching its mirror")
-                except AssertionError as error:
-                    if not str(error).startswith("timed out"):
-                        raise
-                    raise AssertionError("\n".join(getattr(settled, "last", [])[:20]) + "\n" + operator.log_tail(3000)) from None
-                fc.assert_no_violations(settled=True)
+
+                def settle(what: str) -> None:
+                    try:
+                        wait_until(settled, 180, interval=1.0, what=what)
+                    except AssertionError as error:
+                        if not str(error).startswith("timed out"):
+                            raise
+                        raise AssertionError("\n".join(getattr(settled, "last", [])[:20]) + "\n" + operator.log_tail(3000)) from None
+                    fc.assert_no_violations(settled=True)
+
+                settle("every native unit matching its mirror")
                 figures.FIGURES["native mix under faults and SIGKILLs: seconds to settle"] = round(time.monotonic() - started, 1)
                 assert fc.faults.injected > 0, "the faults did not bite"
                 mirrors = [w for w in fc.cluster.workloads(MANAGED) if claimed_unit(w) is not None]
                 assert {"Admitted", "Running"} & {(w.get("status") or {}).get("phase") for w in mirrors}
                 assert all(g == {"name": ADMISSION_GATE} for p in fc.cluster.all_pods()
                            for g in p["spec"].get("schedulingGates") or [])
+                # More GPUs are asked for than there are: both sides of the hold are exercised.
+                assert {"Queued", "Preempted", "Rejected"} & {(w.get("status") or {}).get("phase") for w in fc.cluster.dump()["workloads"]}
+
+                # Released Job pods deleted (a node drained, a pod evicted): the Job controller makes
+                # each again, gated by the webhook, and it must take the slot its predecessor freed.
+                first_node = {w["metadata"]["name"]: w["status"]["placement"][0]["node"] for w in mirrors
+                              if (w.get("status") or {}).get("placement")}
+                released_pods = [p for p in fc.cluster.all_pods() if p["metadata"]["namespace"] == MANAGED
+                                 and "batch.kubernetes.io/job-name" in (p["metadata"].get("labels") or {})
+                                 and released(p)]
+                # Pods off their placement's first node first: a slot assigned from the placement alone,
+                # not from the pods, would pin the replacement to the first node.
+                released_pods.sort(key=lambda p: pinned_node(p["spec"]) == first_node.get(unit_of_pod(p).mirror_name))
+                assert released_pods, "no released Job pod to delete"
+                for pod in released_pods[:4]:
+                    fc.retrying(lambda pod=pod: fc.cluster.core.delete_namespaced_pod(
+                        pod["metadata"]["name"], MANAGED, grace_period_seconds=0))
+                    figures.fault("released native pod deleted")
+                settle("every deleted pod replaced on the slot it freed")
         finally:
             operator.stop()
             figures.count("native controller writes retried", len(controllers.errors))

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from gpuadmit.core.model import API_GROUP, API_VERSION, GPU_RESOURCE
-from gpuadmit.core.native import MANAGED_LABEL
+from gpuadmit.core.native import MANAGED_LABEL, MANAGED_VALUE
 
 FailurePolicy = Literal["Fail", "Ignore"]
 FAILURE_POLICIES: tuple[FailurePolicy, ...] = ("Fail", "Ignore")
@@ -105,7 +105,7 @@ def native_namespace_selector(excluded_namespaces: Iterable[str] = ()) -> dict[s
     """Managed namespaces (``gpuadmit.io/managed: "true"``) other than kube-system and ``excluded_namespaces``."""
     excluded = sorted({*ALWAYS_EXCLUDED_NAMESPACES, *(name for name in excluded_namespaces if name)})
     return {
-        "matchLabels": {MANAGED_LABEL: "true"},
+        "matchLabels": {MANAGED_LABEL: MANAGED_VALUE},
         "matchExpressions": [{"key": NAMESPACE_NAME_LABEL, "operator": "NotIn", "values": excluded}],
     }
 
