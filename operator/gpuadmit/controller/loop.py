@@ -89,7 +89,7 @@ from gpuadmit.core.pods import controlling_workload
 from gpuadmit.core.podsecurity import DEFAULT_LEVEL, TemplateRules, namespace_rules
 from gpuadmit.core.policy import parse_policy
 from gpuadmit.core.quota import Tenancy, tenancy
-from gpuadmit.core.snapshot import ParseMemo, PodMemo, build_snapshot
+from gpuadmit.core.snapshot import NodeMemo, ParseMemo, PodMemo, build_snapshot
 from gpuadmit.core.timefmt import parse_rfc3339_or_none
 
 logger = logging.getLogger(__name__)
@@ -232,6 +232,7 @@ class SchedulingLoop:
         self._policy_parsed: tuple[tuple[Any, Any], Policy] | None = None
         self._parse_memo = ParseMemo()
         self._pod_memo = PodMemo()
+        self._node_memo = NodeMemo()  # unchanged nodes the same objects: the engine compares them by identity
         self._tenancy = Tenancy()
         self.unschedulable = UnschedulableTracker(settings.unschedulable_seconds)
         self._unschedulable_timer: asyncio.TimerHandle | None = None
@@ -706,7 +707,7 @@ class SchedulingLoop:
                 policies, now, policy_name=policy.name if policy is not None else self.settings.policy_name,
                 memo=self._parse_memo, pod_security_level=self.settings.pod_security_level, quotas=self._tenancy,
                 avoided_nodes=self.unschedulable.avoided_nodes(now), mirrors=self.native.trusted,
-                pod_memo=self._pod_memo, ray_jobs=self.native.ray_jobs,
+                pod_memo=self._pod_memo, ray_jobs=self.native.ray_jobs, node_memo=self._node_memo,
             )
 
     async def _write_quota_statuses(self, snapshot: Snapshot, now: float) -> None:
