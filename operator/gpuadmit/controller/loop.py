@@ -142,6 +142,7 @@ class CycleReport:
     decide_s: float = 0.0
     apply_s: float = 0.0
     whole: bool = True  # a whole cycle (False: incremental, its decisions only what changed)
+    whole_reason: str = ""  # why it was whole (the engine's words), for the log
     by_action: dict[str, int] = field(default_factory=dict)
 
 
@@ -399,6 +400,7 @@ class SchedulingLoop:
         result = self.decide(snapshot)
         whole = self.last_cycle_whole = self.engine is None or self.engine.last_full
         report.whole = whole
+        report.whole_reason = self.engine.last_full_reason if self.engine is not None and whole else ""
         report.decide_s = time.monotonic() - mark
         if self.engine is None:
             self.queue_view = QueueView.of(result, now, self.cycles + 1)
@@ -550,13 +552,19 @@ class SchedulingLoop:
             self.trigger_later()
         if report.statuses_written or report.pods_started or report.pods_deleted:
             logger.info(
-                "Cycle %d: %d decisions %s, %d statuses written, %d pods started, %d deleted, %d preempted; "
+                "Cycle %d (%s): %d decisions %s, %d statuses written, %d pods started, %d deleted, %d preempted; "
                 "%.3fs (snapshot %.3f, decide %.3f, apply %.3f)",
-                self.cycles, report.decisions, report.by_action, report.statuses_written,
+                self.cycles, self._cycle_kind(report), report.decisions, report.by_action, report.statuses_written,
                 report.pods_started, report.pods_deleted, report.preemptions, report.duration_s,
                 report.snapshot_s, report.decide_s, report.apply_s,
             )
         return report
+
+    def _cycle_kind(self, report: CycleReport) -> str:
+        """For the cycle's log line: "incremental", or "whole: why"."""
+        if not report.whole:
+            return "incremental"
+        return f"whole: {report.whole_reason}" if report.whole_reason else "whole"
 
     # -- step 1: the policy ---------------------------------------------------------------
 
