@@ -17,7 +17,11 @@ One cycle, top to bottom:
 3. Snapshot the cache, requeue workloads whose node went away (deleted, NotReady,
    cordoned), whose status.placement does not account for their replicas, or whose pod
    kube-scheduler has reported Unschedulable for longer than ``unschedulable_seconds``
-   (controller.unschedulable: that node is then avoided for that workload a while), decide.
+   (controller.unschedulable: that node is then avoided for that workload a while), decide:
+   one IncrementalEngine kept for the loop's life decides only what changed, and returns only
+   the decisions that changed; a whole cycle at the start, after a resync, a policy or quota
+   change, a failed cycle or status write, or a decision left unwritten (``_decide_incrementally``).
+   Queued workloads whose shown position moved without a decision are found near the band edges.
 4. Apply: preemptions first (victim status Preempted, then its pods deleted),
    then every admit, queue and reject status together. An admit's pods are
    started once its status with the placement is written (the reservation

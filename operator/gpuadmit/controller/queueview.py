@@ -15,7 +15,8 @@ else the band's upper end (an upper bound: at most that many, itself included, a
 ``queuePositionApproximate`` is true for a band; ``queue`` is the text for people and for
 `kubectl get gw` ("3" or "101-200"); the message's "(queue position ...)" note says the same.
 
-The exact queue is served on demand from the last cycle's decisions (``QueueView``), as JSON on
+The exact queue is served on demand from the last cycle (``QueueView``: a whole cycle's decisions,
+or the incremental engine's ranked queue with each workload's last decision), as JSON on
 the health server's ``GET /queue`` (``gpuadmit queue`` reads it), like Kueue's visibility API.
 """
 
