@@ -415,6 +415,9 @@ class Metrics:
         self.build_info.labels(__version__, platform.python_version()).set(1)
 
         self.cycles = Counter("gpuadmit_cycles", "Scheduling cycles completed.", registry=registry)
+        self.cycles_by_kind = Counter(
+            "gpuadmit_cycles_by_kind", "Scheduling cycles completed, by kind: whole (every pending workload decided "
+            "again) or incremental (only what the changes since the last cycle affect).", ["kind"], registry=registry)
         self.cycle_duration = Histogram(
             "gpuadmit_cycle_duration_seconds", "Time one scheduling cycle took (snapshot to decisions).",
             buckets=CYCLE_DURATION_BUCKETS, registry=registry)
@@ -504,8 +507,10 @@ class Metrics:
         """The state gauges as of the last cycle (None before the first)."""
         return self._cluster.latest
 
-    def observe_cycle(self, snapshot: Snapshot, result: CycleResult, duration_s: float) -> None:
-        """Count the cycle and its new decisions, and publish the state it leaves behind."""
+    def observe_cycle(self, snapshot: Snapshot, result: CycleResult, duration_s: float, whole: bool = True) -> None:
+        """Count the cycle and its new decisions, and publish the state it leaves behind. ``result``
+        holds every pending workload's decision (after an incremental cycle, the caller's record of
+        the last one each got), whatever the cycle's kind."""
         try:
             with self._lock:
                 gauges = gauges_after_cycle(snapshot, result, self.per_namespace, self._admitted_margin)
@@ -515,6 +520,7 @@ class Metrics:
             self._cluster.latest = gauges
             self.cycle_duration.observe(max(0.0, duration_s))
             self.cycles.inc()
+            self.cycles_by_kind.labels("whole" if whole else "incremental").inc()
             self.last_cycle.set(time.time())
             self.failed_cycles_in_a_row.set(0)
         except Exception:

@@ -14,6 +14,7 @@ from gpuadmit.controller.cache import NODE, WORKLOAD, ObjectCache
 from gpuadmit.controller.inflight import InFlight
 from gpuadmit.controller.loop import SchedulingLoop
 from gpuadmit.controller.writer import Writer
+from gpuadmit.core.engine import decide
 from gpuadmit.core.model import Action, Decision, PlacementEntry, Reason
 from gpuadmit.core.timefmt import format_rfc3339
 
@@ -109,7 +110,8 @@ async def test_a_queued_status_that_already_says_its_decision_is_not_rebuilt(mon
     cache = ObjectCache()
     api = HeldStatusApi(cache)
     api.release.set()
-    loop = SchedulingLoop(cache, Writer(api, cache))  # type: ignore[arg-type]
+    # Whole cycles every time (as on a resync): an incremental one does not decide them again at all.
+    loop = SchedulingLoop(cache, Writer(api, cache), decide=decide)  # type: ignore[arg-type]
     cache.put(NODE, node("gpu-1", 8))
     for name in ("first", "second", "third"):
         cache.put(WORKLOAD, workload(name, 8))

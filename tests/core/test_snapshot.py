@@ -282,3 +282,40 @@ def test_the_pod_memo_gives_the_snapshot_a_fresh_read_gives_and_holding_workload
         if previous is not None:
             assert all(a is b for a, b in zip(previous.holding, with_memo.holding, strict=True))
         previous = with_memo
+
+
+def test_the_node_memo_gives_what_a_fresh_parse_gives_and_keeps_unchanged_nodes_identical() -> None:
+    """With a node memo (the operator's), every snapshot equals one built from scratch while pods
+    come and go and nodes change; a node whose object and pods' use did not change is the very
+    object of the last snapshot, one whose either changed is parsed afresh."""
+    from gpuadmit.core.snapshot import NodeMemo
+
+    rng = random.Random(7)
+    nodes = {f"n{i}": node(f"n{i}") for i in range(6)}
+    for index, obj in enumerate(nodes.values()):
+        obj["metadata"].update(uid=f"uid-n{index}", resourceVersion="1")
+    pods: dict[str, dict[str, Any]] = {}
+    node_memo = NodeMemo()
+    previous = None
+    for step in range(40):
+        changed_node = None
+        if rng.random() < 0.3:
+            changed_node = f"n{rng.randrange(6)}"
+            fresh = copy.deepcopy(nodes[changed_node])
+            fresh["metadata"]["resourceVersion"] = str(step + 2)
+            fresh["status"]["allocatable"]["nvidia.com/gpu"] = str(rng.choice([4, 8]))
+            nodes[changed_node] = fresh
+        else:
+            name = f"p{rng.randrange(8)}"
+            if name in pods and rng.random() < 0.4:
+                pods.pop(name)
+            else:
+                pods[name] = pod(name, f"n{rng.randrange(6)}", rng.randrange(1, 3))
+        args = (list(nodes.values()), list(pods.values()), [namespace("team-a")], [], [DEFAULT_POLICY], NOW)
+        with_memo = build_snapshot(*args, node_memo=node_memo)
+        assert with_memo == build_snapshot(*args)
+        if previous is not None:
+            for before, now in zip(previous.nodes, with_memo.nodes, strict=True):
+                same_use = (before.gpus_used_by_pods, before) == (now.gpus_used_by_pods, now)
+                assert (before is now) == (same_use and now.name != changed_node), now.name
+        previous = with_memo

@@ -17,7 +17,11 @@ One cycle, top to bottom:
 3. Snapshot the cache, requeue workloads whose node went away (deleted, NotReady,
    cordoned), whose status.placement does not account for their replicas, or whose pod
    kube-scheduler has reported Unschedulable for longer than ``unschedulable_seconds``
-   (controller.unschedulable: that node is then avoided for that workload a while), decide.
+   (controller.unschedulable: that node is then avoided for that workload a while), decide:
+   one IncrementalEngine kept for the loop's life decides only what changed, and returns only
+   the decisions that changed; a whole cycle at the start, after a resync, a policy or quota
+   change, a failed cycle or status write, or a decision left unwritten (``_decide_incrementally``).
+   Queued workloads whose shown position moved without a decision are found near the band edges.
 4. Apply: preemptions first (victim status Preempted, then its pods deleted),
    then every admit, queue and reject status together. An admit's pods are
    started once its status with the placement is written (the reservation
@@ -58,10 +62,17 @@ from gpuadmit.controller.cache import NAMESPACE, NODE, POD, POLICY, QUOTA, WORKL
 from gpuadmit.controller.inflight import InFlight
 from gpuadmit.controller.native import NativeWorkloads
 from gpuadmit.controller.podcreator import PodCreator, pods_for
-from gpuadmit.controller.queueview import DEFAULT_EXACT_HEAD, QueueView
+from gpuadmit.controller.queueview import (
+    DEFAULT_EXACT_HEAD,
+    QueueView,
+    positions_near_band_edges,
+    repositioned,
+    shown_position,
+)
 from gpuadmit.controller.settled import SettledStatuses
 from gpuadmit.controller.unschedulable import UnschedulableTracker
 from gpuadmit.controller.writer import Writer
+from gpuadmit.core.engine import IncrementalEngine
 from gpuadmit.core.errors import SpecError
 from gpuadmit.core.guarantee import quota_reports
 from gpuadmit.core.model import (
@@ -82,7 +93,7 @@ from gpuadmit.core.pods import controlling_workload
 from gpuadmit.core.podsecurity import DEFAULT_LEVEL, TemplateRules, namespace_rules
 from gpuadmit.core.policy import parse_policy
 from gpuadmit.core.quota import Tenancy, tenancy
-from gpuadmit.core.snapshot import ParseMemo, PodMemo, build_snapshot
+from gpuadmit.core.snapshot import NodeMemo, ParseMemo, PodMemo, build_snapshot
 from gpuadmit.core.timefmt import parse_rfc3339_or_none
 
 logger = logging.getLogger(__name__)
@@ -93,7 +104,7 @@ MAX_PAUSE_S = 2.0
 class MetricsSink(Protocol):
     """The narrow interface of ``gpuadmit.metrics.Metrics`` the loop calls."""
 
-    def observe_cycle(self, snapshot: Snapshot, result: CycleResult, duration_s: float) -> None: ...
+    def observe_cycle(self, snapshot: Snapshot, result: CycleResult, duration_s: float, whole: bool = True) -> None: ...
     def observe_status_written(self, decision: Decision, latency_s: float, admission_wait_s: float | None) -> None: ...
     def observe_preemption(self, victim_class: str, preemptor_class: str) -> None: ...
     def observe_cycle_failed(self, in_a_row: int) -> None: ...
@@ -134,6 +145,8 @@ class CycleReport:
     snapshot_s: float = 0.0
     decide_s: float = 0.0
     apply_s: float = 0.0
+    whole: bool = True  # a whole cycle (False: incremental, its decisions only what changed)
+    whole_reason: str = ""  # why it was whole (the engine's words), for the log
     by_action: dict[str, int] = field(default_factory=dict)
 
 
@@ -196,14 +209,13 @@ class SchedulingLoop:
         resync: Callable[[], Awaitable[None]] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        if decide is None:
-            from gpuadmit.core.engine import LayoutMemo
-            from gpuadmit.core.engine import decide as engine_decide
-            decide = functools.partial(engine_decide, layouts=LayoutMemo())  # the nodes' layout kept between cycles
+        # One incremental engine for the loop's life (core.engine.incremental); ``decide``, when
+        # given (tests), is called for a whole cycle every time instead.
+        self.engine: IncrementalEngine | None = IncrementalEngine() if decide is None else None
         self.cache = cache
         self.writer = writer
         self.settings = settings
-        self.decide = decide
+        self.decide = decide if decide is not None else self._decide_incrementally
         self.metrics = metrics
         self.gate = gate
         self.resync = resync
@@ -225,6 +237,7 @@ class SchedulingLoop:
         self._policy_parsed: tuple[tuple[Any, Any], Policy] | None = None
         self._parse_memo = ParseMemo()
         self._pod_memo = PodMemo()
+        self._node_memo = NodeMemo()  # unchanged nodes the same objects: the engine compares them by identity
         self._tenancy = Tenancy()
         self.unschedulable = UnschedulableTracker(settings.unschedulable_seconds)
         self._unschedulable_timer: asyncio.TimerHandle | None = None
@@ -232,6 +245,13 @@ class SchedulingLoop:
         self.in_flight = InFlight()  # status writes of a cycle still applying (controller.inflight)
         self.settled = SettledStatuses(settings.exact_queue_positions)  # queue/reject statuses known current
         self._applying: asyncio.Task[None] | None = None  # that cycle's apply, when pipelined
+        self.last_cycle_whole = True  # whether the last decision was a whole cycle
+        self._whole_next: str | None = None  # why the next cycle must be whole (None: the engine may go on)
+        self._decided: dict[str, Decision] = {}  # every pending workload's last decision (incremental cycles)
+        self._queue_order: list[str] = []  # the queued keys in rank order, as of the last cycle
+        self._queue_set: set[str] = set()  # the same keys
+        self._queue_moved = 0  # at most how many places a queued workload moved in the last cycle
+        self._reposition_owed: set[str] = set()  # queued, band not checked (a write was in flight)
 
     # -- inputs -------------------------------------------------------------------------
 
@@ -247,6 +267,8 @@ class SchedulingLoop:
             else:
                 self._pending_since.pop(key, None)
         if not self._echoes_own_write(kind, event_type, before, obj):
+            if kind in (POLICY, QUOTA):
+                self.whole_cycle_next("policy or quota changed")
             self.trigger()
 
     def _echoes_own_write(self, kind: str, event_type: str | None, before: Mapping[str, Any] | None,
@@ -268,6 +290,11 @@ class SchedulingLoop:
                 or before_meta.get("deletionTimestamp") != after_meta.get("deletionTimestamp")):
             return False
         return _phase(before) == _phase(obj) or self.writer.writing_status(key)
+
+    def whole_cycle_next(self, why: str) -> None:
+        """The next cycle decides everything again (the engine's kept state is not trusted)."""
+        if self._whole_next is None:
+            self._whole_next = why
 
     def trigger(self) -> None:
         if not self._wakeup.is_set():
@@ -301,6 +328,7 @@ class SchedulingLoop:
                     await self.resync()
                 except Exception:
                     logger.exception("Resync failed; deciding on the watched state")
+                self.whole_cycle_next("resync")
             await self.run_cycle_safely(pipelined=True)
             self.attempts += 1
             self._in_burst = self._wakeup.is_set()  # changes arrived while it ran: a burst goes on
@@ -332,6 +360,7 @@ class SchedulingLoop:
 
     def _cycle_failed(self) -> None:
         self.failed_cycles_in_a_row += 1
+        self.whole_cycle_next("a failed cycle")
         if self.metrics is not None:
             self.metrics.observe_cycle_failed(self.failed_cycles_in_a_row)
         self.trigger_later()
@@ -373,8 +402,15 @@ class SchedulingLoop:
             snapshot = self._snapshot(policy, now)
         report.snapshot_s, mark = time.monotonic() - mark, time.monotonic()
         result = self.decide(snapshot)
+        whole = self.last_cycle_whole = self.engine is None or self.engine.last_full
+        report.whole = whole
+        report.whole_reason = self.engine.last_full_reason if self.engine is not None and whole else ""
         report.decide_s = time.monotonic() - mark
-        self.queue_view = QueueView.of(result, now, self.cycles + 1)
+        if self.engine is None:
+            self.queue_view = QueueView.of(result, now, self.cycles + 1)
+        else:
+            self._remember(snapshot, result, whole)
+            self.queue_view = QueueView.of_queue(self._queue_order, dict(self._decided), now, self.cycles + 1)
         await self._applied()  # one cycle's writes at a time: this one's start when the last one's end
         # Decisions on workloads whose write was in flight when the snapshot was taken are left to
         # the next cycle (it decides on the answer); the rest are in flight from now on.
@@ -382,6 +418,14 @@ class SchedulingLoop:
             decisions=tuple(d for d in result.decisions if d.key not in in_flight), preemptions=result.preemptions)
         if len(applied.decisions) < len(result.decisions):
             self.trigger()
+            if any(d.action != Action.ADMIT and d.key in in_flight for d in result.decisions):
+                # The engine re-decides an admission it made that is still pending; another
+                # decision left unwritten would not come back until the workload changes.
+                self.whole_cycle_next("a decision left to the next cycle")
+        if self.engine is not None and not whole:
+            moved = self._moved_in_queue(applied.decisions, now, in_flight)
+            if moved:
+                applied = CycleResult(decisions=applied.decisions + tuple(moved), preemptions=applied.preemptions)
         self.in_flight.add(applied.decisions)
         finish = self._finish_cycle(snapshot, result, applied, now, report, started, failed_writes_before)
         if pipelined and not (result.preemptions or lost):  # victims out first: no overlap then
@@ -389,6 +433,68 @@ class SchedulingLoop:
             return report
         await finish
         return report
+
+    # -- step 3b: the engine ---------------------------------------------------------------
+
+    def _decide_incrementally(self, snapshot: Snapshot) -> CycleResult:
+        """The kept engine's cycle: whole when asked for (start, resync, a policy or quota change,
+        a failed cycle or write, a decision left unwritten), else only what the changes affect."""
+        assert self.engine is not None
+        why, self._whole_next = self._whole_next, None
+        if why is not None:
+            return self.engine.full(snapshot, why)
+        return self.engine.decide(snapshot)  # the engine itself goes whole when it must
+
+    def _remember(self, snapshot: Snapshot, result: CycleResult, whole: bool) -> None:
+        """Every pending workload's last decision, and the queue's order, after this cycle."""
+        assert self.engine is not None
+        if whole:
+            self._decided = {d.key: d for d in result.decisions}
+            self._reposition_owed.clear()
+        else:
+            decided = self._decided
+            for decision in result.decisions:
+                decided[decision.key] = decision
+            gone = decided.keys() - {w.key for w in snapshot.pending} - {w.key for w in snapshot.invalid}
+            for key in gone:
+                del decided[key]
+        order = list(self.engine.queued())
+        queued = set(order)
+        # How far any queued workload may have moved: one place per arrival or departure, and per
+        # workload decided again (it left its place and took another).
+        self._queue_moved = len(queued ^ self._queue_set) + len(result.decisions)
+        self._queue_order, self._queue_set = order, queued
+
+    def _moved_in_queue(self, decisions: tuple[Decision, ...], now: float, in_flight: frozenset[str]) -> list[Decision]:
+        """Queued workloads the cycle did not decide whose status shows another position now (an
+        arrival or admission ahead moved them across a band's edge): found near the band edges
+        only, not by walking the queue (controller.queueview)."""
+        order = self._queue_order
+        decided_now = {d.key for d in decisions}
+        exact_head = self.settings.exact_queue_positions
+        keys = {order[p - 1] for p in positions_near_band_edges(len(order), self._queue_moved, exact_head)}
+        keys |= self._reposition_owed & self._queue_set
+        self._reposition_owed = set()
+        out: list[Decision] = []
+        get = self.cache.get
+        position_of = self.engine.queue_position if self.engine is not None else None
+        for key in keys:
+            if key in decided_now:
+                continue
+            if key in in_flight:
+                self._reposition_owed.add(key)
+                continue
+            decision = self._decided.get(key)
+            obj = get(WORKLOAD, key)
+            position = position_of(key) if position_of is not None else None
+            if decision is None or obj is None or position is None or decision.action != Action.QUEUE:
+                continue
+            status = obj.get("status")
+            shown = status.get("queue") if isinstance(status, Mapping) else None
+            if shown != shown_position(position, exact_head).text:
+                self._decided[key] = decision = repositioned(decision, position)
+                out.append(decision)
+        return out
 
     async def _applied(self) -> None:
         """Wait for the last pipelined cycle's writes."""
@@ -434,7 +540,14 @@ class SchedulingLoop:
         self.last_cycle_monotonic = time.monotonic()
         self.last_report = report
         if self.metrics is not None:
-            self.metrics.observe_cycle(snapshot, result, report.duration_s)
+            # The gauges describe the whole queue: an incremental cycle's result holds only what
+            # changed, so they are given every pending workload's last decision.
+            seen = result if self.engine is None or report.whole else CycleResult(
+                decisions=tuple(self._decided.values()), preemptions=result.preemptions)
+            self.metrics.observe_cycle(snapshot, seen, report.duration_s, report.whole)
+        if self.writer.failed_status_writes > failed_writes_before:
+            # The engine assumed its decisions written: a refused one is decided again from scratch.
+            self.whole_cycle_next("a status write failed")
         if report.preemptions or report.requeued:
             self.trigger()  # victims and requeued work are pending again: decide them next
         elif self.writer.failed_status_writes > failed_writes_before:
@@ -443,13 +556,19 @@ class SchedulingLoop:
             self.trigger_later()
         if report.statuses_written or report.pods_started or report.pods_deleted:
             logger.info(
-                "Cycle %d: %d decisions %s, %d statuses written, %d pods started, %d deleted, %d preempted; "
+                "Cycle %d (%s): %d decisions %s, %d statuses written, %d pods started, %d deleted, %d preempted; "
                 "%.3fs (snapshot %.3f, decide %.3f, apply %.3f)",
-                self.cycles, report.decisions, report.by_action, report.statuses_written,
+                self.cycles, self._cycle_kind(report), report.decisions, report.by_action, report.statuses_written,
                 report.pods_started, report.pods_deleted, report.preemptions, report.duration_s,
                 report.snapshot_s, report.decide_s, report.apply_s,
             )
         return report
+
+    def _cycle_kind(self, report: CycleReport) -> str:
+        """For the cycle's log line: "incremental", or "whole: why"."""
+        if not report.whole:
+            return "incremental"
+        return f"whole: {report.whole_reason}" if report.whole_reason else "whole"
 
     # -- step 1: the policy ---------------------------------------------------------------
 
@@ -600,7 +719,7 @@ class SchedulingLoop:
                 policies, now, policy_name=policy.name if policy is not None else self.settings.policy_name,
                 memo=self._parse_memo, pod_security_level=self.settings.pod_security_level, quotas=self._tenancy,
                 avoided_nodes=self.unschedulable.avoided_nodes(now), mirrors=self.native.trusted,
-                pod_memo=self._pod_memo, ray_jobs=self.native.ray_jobs,
+                pod_memo=self._pod_memo, ray_jobs=self.native.ray_jobs, node_memo=self._node_memo,
             )
 
     async def _write_quota_statuses(self, snapshot: Snapshot, now: float) -> None:
@@ -685,12 +804,13 @@ class SchedulingLoop:
         others = [d for d in result.decisions if d.action != Action.ADMIT and d.key not in settled]
         for key in settled:
             self.in_flight.done(key)
-        self.settled.keep_only({d.key for d in result.decisions})
+        self.settled.keep_only(self._decided if self.engine is not None else {d.key for d in result.decisions})
         # The decision assumed every victim's GPUs free. Where a victim could not be preempted, no
         # admit may land on its nodes (not only its preemptor: the freed room may have been shared).
         waiting = {d.key for d in admits if d.key in preemptors_blocked
                    or any(entry.node in unreleased_nodes for entry in d.placement)}
         if waiting:
+            self.whole_cycle_next("an admission waits for its victims")
             logger.info("%d admits wait: a victim changed before it could be preempted (nodes %s)",
                         len(waiting), ", ".join(sorted(unreleased_nodes)) or "-")
             self.trigger()

@@ -15,18 +15,20 @@ else the band's upper end (an upper bound: at most that many, itself included, a
 ``queuePositionApproximate`` is true for a band; ``queue`` is the text for people and for
 `kubectl get gw` ("3" or "101-200"); the message's "(queue position ...)" note says the same.
 
-The exact queue is served on demand from the last cycle's decisions (``QueueView``), as JSON on
+The exact queue is served on demand from the last cycle (``QueueView``: a whole cycle's decisions,
+or the incremental engine's ranked queue with each workload's last decision), as JSON on
 the health server's ``GET /queue`` (``gpuadmit queue`` reads it), like Kueue's visibility API.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+import functools
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, replace
 from typing import Any
 
 from gpuadmit.core.engine.messages import queue_position_note
-from gpuadmit.core.model import Action, CycleResult
+from gpuadmit.core.model import Action, CycleResult, Decision
 from gpuadmit.core.timefmt import format_rfc3339
 
 DEFAULT_EXACT_HEAD = 10
@@ -78,20 +80,45 @@ class QueueEntry:
     margin_per_gpu_hour: float | None
 
 
-@dataclass(frozen=True)
 class QueueView:
-    """The queue as the last cycle decided it, in position order."""
+    """The queue as the last cycle decided it, in position order (``entries``, built on first use:
+    most cycles' views are never asked for)."""
 
-    entries: tuple[QueueEntry, ...]
-    decided_at: float  # the cycle's clock (epoch seconds)
-    cycle: int
+    def __init__(self, entries: tuple[QueueEntry, ...] | Callable[[], tuple[QueueEntry, ...]], decided_at: float,
+                 cycle: int) -> None:
+        self._entries = entries
+        self.decided_at = decided_at  # the cycle's clock (epoch seconds)
+        self.cycle = cycle
+
+    @functools.cached_property
+    def entries(self) -> tuple[QueueEntry, ...]:
+        return self._entries if isinstance(self._entries, tuple) else self._entries()
 
     @classmethod
     def of(cls, result: CycleResult, decided_at: float, cycle: int) -> QueueView:
+        """From a whole cycle's decisions (each queued one carries its position)."""
         queued = sorted((d for d in result.decisions if d.action == Action.QUEUE and d.queue_position is not None),
                         key=lambda d: d.queue_position or 0)
         return cls(tuple(QueueEntry(d.namespace, d.name, d.queue_position or 0, d.reason.value, d.message,
                                     d.workload_class, d.margin_per_gpu_hour) for d in queued), decided_at, cycle)
+
+    @classmethod
+    def of_queue(cls, keys: list[str], decisions: Mapping[str, Decision], decided_at: float, cycle: int) -> QueueView:
+        """From an incremental engine's queue: ``keys`` in rank order (positions from 1), each with
+        its last queue decision (reason, class, margin; the message's note at its position now).
+        ``keys`` and ``decisions`` must not change afterwards (the entries are built on first use)."""
+        def build() -> tuple[QueueEntry, ...]:
+            entries = []
+            for position, key in enumerate(keys, 1):
+                decision = decisions.get(key)
+                if decision is None or decision.action != Action.QUEUE:
+                    continue  # not decided yet (cannot happen after a cycle): left out rather than guessed
+                if decision.queue_position != position:
+                    decision = repositioned(decision, position)
+                entries.append(QueueEntry(decision.namespace, decision.name, position, decision.reason.value,
+                                          decision.message, decision.workload_class, decision.margin_per_gpu_hour))
+            return tuple(entries)
+        return cls(build, decided_at, cycle)
 
     def answer(self, query: Mapping[str, str]) -> tuple[int, dict[str, Any]]:
         """(HTTP status, JSON body) for ``GET /queue?namespace=NS&limit=N``: the exact positions in
@@ -134,3 +161,38 @@ def problem(reason: str, message: str) -> dict[str, Any]:
 
 NOT_DECIDED = problem("NotDecided", "this replica has not decided a cycle yet (starting, or on standby under "
                                     "peering: ask the active replica)")
+
+
+# -- positions that move without a decision (incremental cycles) -------------------------------
+
+
+def repositioned(decision: Decision, position: int) -> Decision:
+    """A queue decision at another position, its message's position note moved along."""
+    message = decision.message
+    if decision.queue_position is not None:
+        old_note = queue_position_note(decision.queue_position)
+        if message.endswith(old_note):
+            message = message[: -len(old_note)] + queue_position_note(position)
+    return replace(decision, queue_position=position, message=message)
+
+
+def positions_near_band_edges(length: int, moved: int, exact_head: int = DEFAULT_EXACT_HEAD) -> Iterator[int]:
+    """The queue positions (1-based, ascending, each once) where a workload may show another
+    position than before when no workload moved by more than ``moved`` places: the head (every
+    position exact) and ``moved`` either side of every band's edge. Positions elsewhere show the
+    same band as before, so their statuses need no look (a one-step move checks about
+    ``exact_head + 20`` per decade of queue length, not the whole queue)."""
+    if moved <= 0 or length <= 0:
+        return
+    edges = list(range(1, max(exact_head, 10) + 1))
+    step = 10
+    while edges[-1] < length:
+        edges.extend(high for high in range(2 * step, 10 * step + 1, step) if high > edges[-1])
+        step *= 10
+    last = 0
+    for edge in edges:
+        low, high = max(last + 1, edge - moved), min(length, edge + moved + 1)
+        yield from range(low, high + 1)
+        last = max(last, high)
+        if last >= length:
+            return

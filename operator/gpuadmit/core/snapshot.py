@@ -188,6 +188,38 @@ class PodMemo:
         return found
 
 
+class NodeMemo:
+    """Parsed nodes kept from one snapshot to the next (the operator): the same ``GpuNode`` object
+    for as long as the Node object (uid, resourceVersion) and what the pods on it use are
+    unchanged, so an engine that keeps its state between cycles finds the unchanged nodes by
+    identity instead of recomputing every node's free capacity. Holds the latest snapshot's nodes
+    only."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, tuple[tuple[str, str], int, Mapping[str, int] | None, GpuNode | None]] = {}
+        self._kept: dict[str, tuple[tuple[str, str], int, Mapping[str, int] | None, GpuNode | None]] = {}
+
+    def begin(self) -> None:
+        self._kept = {}
+
+    def node(self, obj: Mapping[str, Any], name: str, used: int, requests: Mapping[str, int] | None) -> GpuNode | None:
+        metadata = obj.get("metadata") if isinstance(obj, _MAPPINGS) else None
+        stamp = (str(metadata.get("uid") or ""), str(metadata.get("resourceVersion") or "")) if isinstance(
+            metadata, _MAPPINGS) else ("", "")
+        if not (name and stamp[0] and stamp[1]):
+            return node_from_object(obj, used, requests)
+        held = self._entries.get(name)
+        if held is not None and held[0] == stamp and held[1] == used and held[2] == requests:
+            self._kept[name] = held
+            return held[3]
+        parsed = node_from_object(obj, used, requests)
+        self._kept[name] = (stamp, used, dict(requests) if requests is not None else None, parsed)
+        return parsed
+
+    def end(self) -> None:
+        self._entries, self._kept = self._kept, {}
+
+
 @dataclass
 class PodUsage:
     """What the pods hold, summed from their facts: GPUs and other resources by node, and the part
@@ -306,6 +338,7 @@ def build_snapshot(
     mirrors: Mapping[str, KindLean | None] | None = None,
     pod_memo: PodMemo | None = None,
     ray_jobs: Mapping[str, str] | None = None,
+    node_memo: NodeMemo | None = None,
 ) -> Snapshot:
     """The engine's input from raw objects.
 
@@ -328,6 +361,8 @@ def build_snapshot(
     ``pod_memo`` (optional) reuses what was read of pods unchanged since the last snapshot.
     ``ray_jobs``: "namespace/cluster" -> RayJob name (``core.native.ray_jobs_by_cluster``), so a
     RayJob's pods fill its mirror's reservation.
+    ``node_memo`` (optional) reuses the parse of nodes unchanged (object and pods' use) since the
+    last snapshot.
     """
     mirrors = mirrors or {}
     policy = select_policy(policies, policy_name)
@@ -342,13 +377,17 @@ def build_snapshot(
     # later one wins, as it would have on the API server. A node counted twice would
     # offer GPUs that do not exist.
     nodes_by_name: dict[str, GpuNode] = {}
+    if node_memo is not None:
+        node_memo.begin()
     for node_obj in nodes:
         name = _name_of(node_obj)
-        gpu_node = node_from_object(
-            node_obj, used_by_node.get(name, 0) if name else 0, requests_by_node.get(name) if name else None,
-        )
+        used, requests = (used_by_node.get(name, 0), requests_by_node.get(name)) if name else (0, None)
+        gpu_node = (node_memo.node(node_obj, name or "", used, requests) if node_memo is not None
+                    else node_from_object(node_obj, used, requests))
         if gpu_node is not None:
             nodes_by_name[gpu_node.name] = gpu_node
+    if node_memo is not None:
+        node_memo.end()
 
     parsed_by_key: dict[tuple[str, str], Workload | InvalidWorkload] = {}
     pending_phase_of_invalid: dict[tuple[str, str], bool] = {}
