@@ -5,7 +5,9 @@ at once (so the next cycle sees it without waiting for the watch echo), and
 turns failures into a result rather than an exception: a 409 Conflict means the
 object moved on since the cycle read it, so the writer re-reads it into the
 cache and the next cycle decides again on the fresh object (the assumption is
-rolled back by that very re-read).
+rolled back by that very re-read). The one exception is our own class label (a
+follow-up write) landing first: the object is otherwise the one decided on, so the
+status goes onto the relabelled version at once.
 
 Status patches carry ``metadata.resourceVersion``, so a decision is only ever
 written onto the exact object version it was computed from.
@@ -74,6 +76,17 @@ async def cancel_all(tasks: list[asyncio.Task[None]]) -> None:
         for task in pending:
             task.cancel()
         _, pending = await asyncio.wait(pending, timeout=1.0)
+
+
+def _class_label(obj: Mapping[str, Any]) -> Any:
+    return ((obj.get("metadata") or {}).get("labels") or {}).get(CLASS_LABEL)
+
+
+def _without_version_and_class(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """The object less what our class-label follow-up changes (its version, the label)."""
+    metadata = {k: v for k, v in (obj.get("metadata") or {}).items() if k not in ("resourceVersion", "managedFields")}
+    metadata["labels"] = {k: v for k, v in (metadata.get("labels") or {}).items() if k != CLASS_LABEL}
+    return {**obj, "metadata": metadata}
 
 
 class FollowUps:
@@ -145,13 +158,21 @@ class Writer:
         patch = status_patch(obj.get("status"), desired)
         if not patch:
             return dict(obj)
-        metadata = obj.get("metadata") or {}
         resource = {WORKLOAD: kube.WORKLOADS, QUOTA: kube.QUOTAS}.get(kind, kube.POLICIES)
-        body = {"metadata": {"resourceVersion": metadata.get("resourceVersion")}, "status": patch}
         writing = (kind, object_key(obj))
         self._status_writes.add(writing)
         try:
-            updated = await self.api.patch(resource, metadata["name"], body, metadata.get("namespace"), subresource="status")
+            try:
+                updated = await self._patch_status(resource, obj, patch)
+            except ApiError as error:
+                relabelled = await self._only_relabelled(resource, obj, error)
+                if relabelled is None:
+                    raise
+                self.conflicts += 1
+                # Our own class label (a follow-up) landed between the cycle's read and this
+                # write: what the decision was made on is unchanged, so it goes onto that version
+                # now rather than a cycle later.
+                updated = await self._patch_status(resource, relabelled, patch)
         except ApiError as error:
             await self._after_failed_write(kind, resource, obj, error)
             return None
@@ -159,6 +180,23 @@ class Writer:
             self._status_writes.discard(writing)
         self.cache.put(kind, updated)
         return updated
+
+    async def _patch_status(self, resource: kube.Resource, obj: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:
+        metadata = obj.get("metadata") or {}
+        body = {"metadata": {"resourceVersion": metadata.get("resourceVersion")}, "status": patch}
+        return await self.api.patch(resource, metadata["name"], body, metadata.get("namespace"), subresource="status")
+
+    async def _only_relabelled(self, resource: kube.Resource, obj: Mapping[str, Any], error: ApiError) -> dict[str, Any] | None:
+        """After a 409: the object as it is now if only its class label (and so its version) moved."""
+        if error.status != 409 or resource is not kube.WORKLOADS:
+            return None
+        metadata = obj.get("metadata") or {}
+        try:
+            fresh = await self.api.get(resource, metadata["name"], metadata.get("namespace"))
+        except ApiError:
+            return None
+        relabelled = _class_label(fresh) != _class_label(obj)  # else a 409 of the server's own (a fault, say)
+        return fresh if relabelled and _without_version_and_class(fresh) == _without_version_and_class(obj) else None
 
     def writing_status(self, key: str, kind: str = WORKLOAD) -> bool:
         """Whether a status patch of ours on this object is in flight."""
