@@ -65,7 +65,6 @@ async def test_statuses_after_single_events_are_what_a_whole_cycle_decides() -> 
                 await loop.run_cycle()
                 assert loop.last_cycle_whole and loop.engine is not None and loop.engine.full_cycles == 1
                 await loop.pods.drain()
-                await loop.writer.follow_ups.drain()  # class labels (see below)
                 await matches_a_whole_cycle(api, loop)
 
                 async def finish_one_pod() -> None:
@@ -97,10 +96,6 @@ async def test_statuses_after_single_events_are_what_a_whole_cycle_decides() -> 
                                    await loop.run_cycle()):  # and its GPUs to whoever waits
                         whole += [report.whole_reason or "?"] if report.whole else []
                     await loop.pods.drain()
-                    # Class labels are written in the background; one still in flight when the
-                    # next event's cycle writes that workload's status makes the write conflict
-                    # (a whole cycle follows, rightly): waiting for them keeps the count exact.
-                    await loop.writer.follow_ups.drain()
                     await matches_a_whole_cycle(api, loop)
                 assert (loop.engine.full_cycles, whole) == (1, [])  # type: ignore[union-attr]
 
