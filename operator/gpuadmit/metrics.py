@@ -23,6 +23,7 @@ opt-in ``per_namespace`` metrics.
 
 from __future__ import annotations
 
+import functools
 import logging
 import platform
 import threading
@@ -281,11 +282,31 @@ def _quota_gauges(snapshot: Snapshot, result: CycleResult, pending_by_key: Mappi
 
 
 class _ClusterGaugesCollector(Collector):
-    """Publishes the latest ``ClusterGauges`` as gauge families, all from one object."""
+    """Publishes the latest ``ClusterGauges`` as gauge families, all from one object. They are
+    worked out when read (a scrape), not at every cycle: a cycle at 20,000 workloads would
+    otherwise recount every one of them for each single event, scraped or not."""
 
     def __init__(self, per_namespace: bool) -> None:
         self.per_namespace = per_namespace
-        self.latest: ClusterGauges | None = None
+        self._latest: ClusterGauges | None = None
+        self._after_last_cycle: Callable[[], ClusterGauges] | None = None  # not worked out yet
+        self._lock = threading.Lock()
+
+    def after_cycle(self, gauges: Callable[[], ClusterGauges]) -> None:
+        """The gauges of the last cycle, to work out when first read (from immutable inputs)."""
+        with self._lock:
+            self._after_last_cycle = gauges
+
+    @property
+    def latest(self) -> ClusterGauges | None:
+        with self._lock:
+            gauges, self._after_last_cycle = self._after_last_cycle, None
+            if gauges is not None:
+                try:
+                    self._latest = gauges()
+                except Exception:
+                    logger.exception("gpuadmit metrics: could not work out the gauges of a cycle")
+            return self._latest
 
     def describe(self) -> Iterable[Metric]:
         return list(self._families(None))
@@ -513,11 +534,13 @@ class Metrics:
         the last one each got), whatever the cycle's kind."""
         try:
             with self._lock:
-                gauges = gauges_after_cycle(snapshot, result, self.per_namespace, self._admitted_margin)
+                # The margins as of before this cycle's admissions: a dict replaced, never changed.
+                gauges = functools.partial(gauges_after_cycle, snapshot, result, self.per_namespace,
+                                           self._admitted_margin)
                 self._count_new_decisions(snapshot, result)
                 self._remember_admitted_margins(snapshot, result)
                 self._forget_deleted_namespaces()
-            self._cluster.latest = gauges
+            self._cluster.after_cycle(gauges)
             self.cycle_duration.observe(max(0.0, duration_s))
             self.cycles.inc()
             self.cycles_by_kind.labels("whole" if whole else "incremental").inc()

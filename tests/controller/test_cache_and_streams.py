@@ -180,3 +180,34 @@ def test_a_cluster_without_the_gpuquota_crd_is_still_decided() -> None:
 
     assert asyncio.run(first_list(kube.QUOTAS)).listed.is_set()
     assert not asyncio.run(first_list(kube.POLICIES)).listed.is_set()
+
+
+def owned_pod(name: str, owner: str, version: int = 1) -> dict:
+    pod = gpu_pod(name)
+    pod["metadata"]["resourceVersion"] = str(version)
+    pod["metadata"]["ownerReferences"] = [{"apiVersion": "gpuadmit.io/v1alpha1", "kind": "GPUWorkload", "name": owner,
+                                           "uid": f"uid-{owner}", "controller": True}]
+    return pod
+
+
+def test_the_cache_tells_which_workloads_changed_and_keeps_their_pods_grouped() -> None:
+    cache = ObjectCache()
+    assert cache.take_changes() is None  # nothing taken yet: look at everything
+    cache.put(WORKLOAD, workload("a", uid="a"))
+    cache.put(POD, owned_pod("a-0", "a"))
+    cache.put(POD, owned_pod("b-0", "b"))
+    assert cache.take_changes() == {"ns/a", "ns/b"}
+    assert cache.take_changes() == set()  # taken: forgotten
+    cache.put(POD, owned_pod("a-1", "a"))
+    moved = owned_pod("b-0", "a", version=2)  # its controller changed: both workloads are told
+    cache.put(POD, moved)
+    assert cache.take_changes() == {"ns/a", "ns/b"}
+    assert {key: [p["metadata"]["name"] for p in pods] for key, pods in cache.pods_by_workload().items()} == {
+        "ns/a": ["a-0", "a-1", "b-0"]}
+    assert cache.apply_event(POD, "DELETED", owned_pod("a-0", "a", version=3))
+    assert [p["metadata"]["name"] for p in cache.pods_of("ns/a")] == ["a-1", "b-0"]
+    assert cache.take_changes() == {"ns/a"}
+    cache.put(NODE, {"metadata": {"name": "n1", "resourceVersion": "1"}})
+    assert cache.take_changes() is None  # a node changed: every workload's pods may be affected
+    cache.replace_all(POD, [owned_pod("c-0", "c")])
+    assert cache.take_changes() is None and list(cache.pods_by_workload()) == ["ns/c"]

@@ -60,6 +60,14 @@ def is_relevant_pod(pod: Mapping[str, Any]) -> bool:
     return WORKLOAD_LABEL in labels or pod_gpu_request(pod) > 0 or controlling_workload(pod) is not None
 
 
+def _owner_key(pod: Mapping[str, Any] | None) -> str | None:
+    """The key of the GPUWorkload that controls this pod (core.pods.controlling_workload), if any."""
+    if pod is None:
+        return None
+    controller = controlling_workload(pod)
+    return None if controller is None else f"{(pod.get('metadata') or {}).get('namespace')}/{controller[0]}"
+
+
 def _resource_version(obj: Mapping[str, Any]) -> int | None:
     value = (obj.get("metadata") or {}).get("resourceVersion")
     try:
@@ -80,6 +88,41 @@ class ObjectCache:
     _tombstones: OrderedDict[str, None] = field(default_factory=OrderedDict)
     seeded: bool = False  # set once the initial lists of every kind are in
     _nodes_left_out: set[str] = field(default_factory=set)  # told once each, not at every heartbeat
+    # Since the loop last took them (``take_changes``): the GPUWorkload keys whose object or pods
+    # changed, and whether anything else it follows pods by changed (then it looks at everything).
+    _changed_workloads: set[str] = field(default_factory=set)
+    _changed_all: bool = True
+
+    _pods_of: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # workload key -> pod key -> pod
+
+    def _changed(self, kind: str, key: str, before: Mapping[str, Any] | None, after: dict[str, Any] | None = None) -> None:
+        if kind == WORKLOAD:
+            self._changed_workloads.add(key)
+        elif kind == POD:
+            old, new = _owner_key(before), _owner_key(after)
+            if old is not None:
+                self._changed_workloads.add(old)
+                if old != new:
+                    self._unindex_pod(old, key)
+            if new is not None and after is not None:
+                self._changed_workloads.add(new)
+                self._pods_of.setdefault(new, {})[key] = after
+        elif kind == NODE:
+            self._changed_all = True
+
+    def _unindex_pod(self, workload_key: str, pod_key: str) -> None:
+        pods = self._pods_of.get(workload_key)
+        if pods is not None:
+            pods.pop(pod_key, None)
+            if not pods:
+                del self._pods_of[workload_key]
+
+    def take_changes(self) -> set[str] | None:
+        """The GPUWorkload keys whose object or own pods changed since the last call (None: take
+        everything, e.g. a node changed or a kind was re-listed), and forget them."""
+        changed = None if self._changed_all else self._changed_workloads
+        self._changed_workloads, self._changed_all = set(), False
+        return changed
 
     def put(self, kind: str, obj: Mapping[str, Any]) -> bool:
         """Store an object (from a list, an event or a write answer); True if it changed the cache."""
@@ -97,7 +140,8 @@ class ObjectCache:
             new_version, old_version = _resource_version(obj), _resource_version(current)
             if new_version is not None and old_version is not None and new_version <= old_version:
                 return False  # stale: an echo of something we already hold
-        store[key] = dict(obj)
+        store[key] = stored = dict(obj)
+        self._changed(kind, key, current, stored)
         if kind == NODE:
             self._tell_if_left_out(key, obj)
         return True
@@ -118,6 +162,7 @@ class ObjectCache:
         if current is None or (uid and _uid(current) and _uid(current) != uid):
             return False  # nothing held, or a newer object of the same name: keep it
         del self.objects[kind][key]
+        self._changed(kind, key, current)
         if uid:
             self._tombstones[uid] = None
             while len(self._tombstones) > TOMBSTONES_KEPT:
@@ -140,6 +185,14 @@ class ObjectCache:
                 if kind == NODE:
                     self._tell_if_left_out(object_key(obj), obj)
         self.objects[kind] = fresh
+        if kind in (WORKLOAD, POD, NODE):
+            self._changed_all = True
+        if kind == POD:
+            self._pods_of = {}
+            for pod_key, pod in fresh.items():
+                owner = _owner_key(pod)
+                if owner is not None:
+                    self._pods_of.setdefault(owner, {})[pod_key] = pod
 
     def get(self, kind: str, key: str) -> dict[str, Any] | None:
         return self.objects[kind].get(key)
@@ -149,13 +202,13 @@ class ObjectCache:
 
     def pods_by_workload(self) -> dict[str, list[dict[str, Any]]]:
         """Our pods grouped by their GPUWorkload's key (namespace + the controller ownerReference's
-        name); one pass. Pods that merely carry the ``gpuadmit.io/workload`` label are not ours."""
-        grouped: dict[str, list[dict[str, Any]]] = {}
-        for pod in self.objects[POD].values():
-            controller = controlling_workload(pod)
-            if controller is not None:
-                grouped.setdefault(f"{(pod.get('metadata') or {}).get('namespace')}/{controller[0]}", []).append(pod)
-        return grouped
+        name), kept as pods come and go. Pods that merely carry the ``gpuadmit.io/workload`` label
+        are not ours."""
+        return {key: list(pods.values()) for key, pods in self._pods_of.items()}
+
+    def pods_of(self, workload_key: str) -> list[dict[str, Any]]:
+        """The pods of one GPUWorkload (as ``pods_by_workload``)."""
+        return list(self._pods_of.get(workload_key, {}).values())
 
     def counts(self) -> dict[str, int]:
         """Objects by kind; the discovered kinds only when there are some (a cluster without their

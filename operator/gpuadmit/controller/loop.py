@@ -70,7 +70,7 @@ from gpuadmit.controller.queueview import (
     shown_position,
 )
 from gpuadmit.controller.settled import SettledStatuses
-from gpuadmit.controller.unschedulable import UnschedulableTracker
+from gpuadmit.controller.unschedulable import UnschedulableTracker, unschedulable_condition
 from gpuadmit.controller.writer import Writer
 from gpuadmit.core.engine import IncrementalEngine
 from gpuadmit.core.errors import SpecError
@@ -252,6 +252,11 @@ class SchedulingLoop:
         self._queue_set: set[str] = set()  # the same keys
         self._queue_moved = 0  # at most how many places a queued workload moved in the last cycle
         self._reposition_owed: set[str] = set()  # queued, band not checked (a write was in flight)
+        # Workloads whose pods step 2 and the unschedulable check look at again next cycle though
+        # nothing of theirs changes: something done or awaited for them (pods being started, a
+        # write, a pod unschedulable but not yet overdue). None: look at every workload.
+        self._follow_again: set[str] | None = None
+        self._usable_nodes: set[str] | None = None  # as of the last whole step 2
 
     # -- inputs -------------------------------------------------------------------------
 
@@ -389,13 +394,14 @@ class SchedulingLoop:
         if self.native.trusted or self.native.untrusted:
             await self._applied()  # native units: no overlap with the last cycle's release and hold-back
         await self.native.prepare(now)  # mirrors made, checked and kept in line with their native objects
-        await self._follow_pods(now, report)
+        followed = self._to_follow()
+        await self._follow_pods(now, report, followed)
 
         mark = time.monotonic()
         in_flight = self.in_flight.keys()  # decided on assumptions: applied by a later cycle
         snapshot = self._snapshot(policy, now)
         lost = self._holding_to_requeue(snapshot)
-        for key, reason_and_why in self._unschedulable_to_requeue(now).items():
+        for key, reason_and_why in self._unschedulable_to_requeue(now, followed).items():
             lost.setdefault(key, reason_and_why)
         if lost:
             await self._requeue(lost, snapshot, now, report)
@@ -613,10 +619,30 @@ class SchedulingLoop:
 
     # -- step 2: pods -------------------------------------------------------------------
 
-    async def _follow_pods(self, now: float, report: CycleReport) -> None:
-        pods_by_workload = self.cache.pods_by_workload()
-        workloads = {object_key(w): w for w in self.cache.all(WORKLOAD)}
-        usable_nodes = self._usable_node_names()
+    def _to_follow(self) -> set[str] | None:
+        """The workloads steps 2 and 3 look at this cycle: those whose object or pods changed since
+        the last cycle (the cache keeps count) and those carried over (``_follow_again``); None
+        (every workload) when a node changed, a kind was re-listed, or the cycle is whole."""
+        changed = self.cache.take_changes()
+        again, self._follow_again = self._follow_again, set()
+        if (changed is None or again is None or self._whole_next is not None or self.engine is None
+                or self.native.trusted or self.native.untrusted):
+            return None
+        return changed | again
+
+    async def _follow_pods(self, now: float, report: CycleReport, only: set[str] | None = None) -> None:
+        """Step 2 for every workload, or for those in ``only`` (the others' pods and objects are
+        as they were when last followed, and nothing was left to do for them)."""
+        if only is None:
+            pods_by_workload = self.cache.pods_by_workload()
+            workloads = {object_key(w): w for w in self.cache.all(WORKLOAD)}
+        else:
+            pods_by_workload = {key: pods for key in only if (pods := self.cache.pods_of(key))}
+            workloads = {key: w for key in only if (w := self.cache.get(WORKLOAD, key)) is not None}
+        again = self._follow_again
+        if only is None or self._usable_nodes is None:  # nodes unchanged since it was taken otherwise
+            self._usable_nodes = self._usable_node_names()
+        usable_nodes = self._usable_nodes
         own_by_key: dict[str, list[dict[str, Any]]] = {}
         jobs: list[Awaitable[Any]] = []
         for key, pods in pods_by_workload.items():
@@ -632,6 +658,8 @@ class SchedulingLoop:
             for pod in leftovers:
                 if not _terminating(pod) and (workload is None or not pod_is_terminal(pod)):
                     jobs.append(self._delete_pod(pod, report))
+                    if again is not None:
+                        again.add(key)
         for key, workload in workloads.items():
             if _phase(workload) not in HOLDING_PHASES or self.native.is_mirror(key):
                 continue  # a mirror's pods are its native controller's; controller.native follows them
@@ -640,12 +668,14 @@ class SchedulingLoop:
                 job = None
                 if recorded.problem is None and all(entry.node in usable_nodes for entry in recorded.entries):
                     job = self._follow_holding(workload, recorded.entries, own_by_key.get(key, []), now, report)
-                # else: its node is gone or unusable, or its placement does not account for its
+                # else: its node is gone or unusable, or its placement does not account for their
                 # replicas; step 3 requeues it, whatever its pods say
             except Exception as error:  # noqa: BLE001 - one workload's error is that workload's
                 job = self._workload_error(key, error)
             if job is not None:
                 jobs.append(self._guarded(key, job))
+            if again is not None and (job is not None or _phase(workload) == "Admitted"):
+                again.add(key)  # its pods are being started or its status written: look again
         await asyncio.gather(*jobs)
 
     def _usable_node_names(self) -> set[str]:
@@ -757,17 +787,27 @@ class SchedulingLoop:
                                           f"node {entry.node} is {node.unschedulable_reason or 'unschedulable'}")
         return lost
 
-    def _unschedulable_to_requeue(self, now: float) -> dict[str, tuple[str, str]]:
-        """Holding workloads with a pod kube-scheduler has found unschedulable for too long; a
-        cycle is asked for when the next such pod will be overdue."""
-        holding = {object_key(w): w for w in self.cache.all(WORKLOAD) if _phase(w) in HOLDING_PHASES}
+    def _unschedulable_to_requeue(self, now: float, only: set[str] | None = None) -> dict[str, tuple[str, str]]:
+        """Holding workloads (all, or those in ``only``) with a pod kube-scheduler has found
+        unschedulable for too long; a cycle is asked for when the next such pod will be overdue.
+        A workload with such a pod is looked at again next cycle (``_follow_again``)."""
+        if only is None or self.native.trusted:  # a mirror's pods are its unit's: not counted by workload
+            holding = {object_key(w): w for w in self.cache.all(WORKLOAD) if _phase(w) in HOLDING_PHASES}
+            pods_by_workload = self.cache.pods_by_workload()
+        else:
+            holding = {key: w for key in only
+                       if (w := self.cache.get(WORKLOAD, key)) is not None and _phase(w) in HOLDING_PHASES}
+            pods_by_workload = {key: self.cache.pods_of(key) for key in holding}
         own: dict[str, list[Mapping[str, Any]]] = {
             key: [pod for pod in pods if _owned_by(pod, holding[key])]
-            for key, pods in self.cache.pods_by_workload().items() if key in holding}
+            for key, pods in pods_by_workload.items() if key in holding}
         for key, pods in self.native.released_pods_by_mirror().items():  # a mirror's are its unit's
             if key in holding:
                 own[key] = pods
         overdue, next_due = self.unschedulable.overdue(own, now)
+        if self._follow_again is not None:
+            self._follow_again.update(key for key, pods in own.items()
+                                      if any(unschedulable_condition(pod) is not None for pod in pods))
         if next_due is not None:
             if self._unschedulable_timer is not None:
                 self._unschedulable_timer.cancel()

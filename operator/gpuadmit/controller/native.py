@@ -315,7 +315,8 @@ class NativeWorkloads:
 
     async def reconcile(self, now: float) -> NativeReport:
         report = self.last_report
-        self._room = _room_by_node(self.cache.all(NODE), self.cache.all(POD))
+        # Only units released use it: without trusted mirrors, a walk over every pod saved.
+        self._room = _room_by_node(self.cache.all(NODE), self.cache.all(POD)) if self.trusted else {}
         work: list[Awaitable[Any]] = []
         for key in sorted(self.trusted):
             mirror = self.cache.get(WORKLOAD, key)

@@ -40,6 +40,7 @@ from gpuadmit.core.podsecurity import (
     DEFAULT_POD_SECURITY,
     MIRROR_POD_SECURITY,
     PodSecurity,
+    TemplateRules,
     pod_security_of_namespaces,
 )
 from gpuadmit.core.policy import select_policy
@@ -285,6 +286,22 @@ class ParseMemo:
         self.cache = ParseCache()
         self._entries: dict[tuple[str, str], tuple[tuple[Any, ...], Policy, Workload | InvalidWorkload]] = {}
         self._placed: dict[tuple[str, str], tuple[Workload, Workload]] = {}  # parsed -> with placed resources
+        # Each namespace's template rules under one PodSecurity (a snapshot's): the same object for
+        # every workload of the namespace, so the stamps compare by identity, and built once.
+        self._rules_under: PodSecurity | None = None
+        self._rules: dict[str, TemplateRules] = {}
+
+    def _rules_for(self, pod_security: PodSecurity, namespace: str) -> TemplateRules:
+        if pod_security is MIRROR_POD_SECURITY:  # one object for every namespace already
+            return pod_security.rules_for(namespace)
+        if pod_security is not self._rules_under:
+            if pod_security != self._rules_under:  # an equal one (the next snapshot's) keeps them
+                self._rules = {}
+            self._rules_under = pod_security
+        rules = self._rules.get(namespace)
+        if rules is None:
+            rules = self._rules[namespace] = pod_security.rules_for(namespace)
+        return rules
 
     def parse(self, obj: Mapping[str, Any], policy: Policy, tiers: Mapping[str, str], now: float,
               seen: set[tuple[str, str]], pod_security: PodSecurity = DEFAULT_POD_SECURITY,
@@ -295,7 +312,7 @@ class ParseMemo:
                                   class_lean=class_lean)  # its age would come from ``now``
         key = (str(metadata.get("namespace") or ""), str(metadata.get("name") or ""))
         stamp = (str(metadata.get("uid") or ""), str(metadata.get("resourceVersion") or ""), tiers.get(key[0]),
-                 pod_security.rules_for(key[0] or "default"), class_lean)
+                 self._rules_for(pod_security, key[0] or "default"), class_lean)
         seen.add(key)
         held = self._entries.get(key)
         if held is not None and held[0] == stamp and held[1] is policy and stamp[0] and stamp[1]:
