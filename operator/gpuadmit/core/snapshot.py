@@ -261,14 +261,6 @@ def _facts_of(pods: Iterable[Mapping[str, Any]]) -> list[PodFacts]:
     return [facts for pod in pods if (facts := pod_facts(pod)) is not None]
 
 
-def resources_of_own_pods(pods: Iterable[Mapping[str, Any]], mirrors: Container[str] = (),
-                          ray_jobs: Mapping[str, str] | None = None) -> dict[tuple[str, str], Resources]:
-    """Every other resource our own non-terminal pods (and those of trusted mirrors' native units)
-    request, by (workload key, node): the part of a reservation the nodes' used resources already
-    count (see ``gpus_of_own_pods``)."""
-    return pod_usage(_facts_of(pods), mirrors, ray_jobs).resources_of_own
-
-
 def gpus_of_own_pods(pods: Iterable[Mapping[str, Any]], mirrors: Container[str] = (),
                      ray_jobs: Mapping[str, str] | None = None) -> dict[tuple[str, str], int]:
     """GPUs requested by the non-terminal pods that fill a reservation (controlled by their
