@@ -44,6 +44,16 @@ def by_name(state: dict[str, list[dict]]) -> dict[str, dict]:
     return {w["metadata"]["name"]: w.get("status") or {} for w in state["workloads"]}
 
 
+async def poison_failed_and_good_admitted(api: KubeApi) -> dict[str, list[dict]]:
+    """The cluster once "poison" has Failed and "good" is Admitted with its one pod."""
+    async def settled() -> dict | None:
+        state = await dump(api)
+        phases = by_name(state)
+        return state if phases["poison"].get("phase") == "Failed" and \
+            phases["good"].get("phase") == "Admitted" and len(state["pods"]) == 1 else None
+    return await eventually(settled, what="poison Failed and good admitted with its pod")
+
+
 async def test_a_holding_workload_whose_pods_cannot_be_built_fails_alone() -> None:
     """An Admitted workload with a template build_pods cannot copy (stored before the parser knew
     better): it is marked Failed naming the field, and another tenant's work is still admitted."""
@@ -58,12 +68,7 @@ async def test_a_holding_workload_whose_pods_cannot_be_built_fails_alone() -> No
                                   "placement": [{"node": "node-0", "gpus": 8, "replicas": 1}]}})
             await create_workload(api, "good")
             async with RunningOperator(api) as operator:
-                async def settled() -> dict | None:
-                    state = await dump(api)
-                    phases = by_name(state)
-                    return state if phases["poison"].get("phase") == "Failed" and \
-                        phases["good"].get("phase") == "Admitted" and len(state["pods"]) == 1 else None
-                state = await eventually(settled, what="poison Failed and good admitted with its pod")
+                state = await poison_failed_and_good_admitted(api)
                 status = by_name(state)["poison"]
                 # Judged before its pods are built (podcreator): the field, not a ValueError from build_pods.
                 assert status["reason"] == "PodRefused", status
@@ -93,12 +98,7 @@ async def test_an_error_while_building_one_workloads_pods_fails_it_alone(monkeyp
             await create_workload(api, "poison", gpus=4)
             await create_workload(api, "good", gpus=4)
             async with RunningOperator(api) as operator:
-                async def settled() -> dict | None:
-                    state = await dump(api)
-                    phases = by_name(state)
-                    return state if phases["poison"].get("phase") == "Failed" and \
-                        phases["good"].get("phase") == "Admitted" and len(state["pods"]) == 1 else None
-                state = await eventually(settled, what="poison Failed and good admitted with its pod")
+                state = await poison_failed_and_good_admitted(api)
                 status = by_name(state)["poison"]
                 assert status["reason"] == "InternalError" and "cannot copy this template" in status["message"], status
                 assert operator.loop.failed_cycles_in_a_row == 0 and operator.loop.healthy()
