@@ -14,6 +14,7 @@ from typing import Any
 from gpuadmit.controller.cache import POD, WORKLOAD, ObjectCache
 from gpuadmit.controller.loop import SchedulingLoop
 from gpuadmit.controller.writer import Writer
+from gpuadmit.core.nodes import gpus_used_by_node
 
 
 class HeldApi:
@@ -95,7 +96,7 @@ async def test_the_creation_echo_of_a_pod_being_created_does_not_wake_the_loop()
     cache.put(WORKLOAD, workload(2, phase="Admitted"))
     cache.put("Node", {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "gpu-a", "resourceVersion": "1"},
                        "status": {"allocatable": {"nvidia.com/gpu": "8"}}})
-    loop.pods.recount()
+    loop.pods.recount(gpus_used_by_node(cache.all(POD)))
     admitted = cache.get(WORKLOAD, "team/w")
     from gpuadmit.core.placement import placement_of
     assert loop.pods.start(admitted, placement_of(admitted).entries, []) == 1

@@ -41,6 +41,8 @@ RAYJOB = "RayJob"  # ray.io/v1
 DISCOVERED_KINDS = (PYTORCHJOB, RAYJOB)
 KINDS = (WORKLOAD, POLICY, QUOTA, NODE, POD, NAMESPACE, JOB, *DISCOVERED_KINDS)
 
+SNAPSHOT_KINDS = (NODE, POD, WORKLOAD)  # read by key by the live snapshot (core.livesnapshot)
+
 DELETED = "DELETED"
 TOMBSTONES_KEPT = 10_000
 
@@ -94,8 +96,14 @@ class ObjectCache:
     _changed_all: bool = True
 
     _pods_of: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # workload key -> pod key -> pod
+    # Since the snapshot last took them (``take_changed_keys``): the keys of each kind it reads
+    # whose object was stored or removed; None: every key (the kind was listed again).
+    _changed_keys: dict[str, set[str] | None] = field(default_factory=lambda: {kind: None for kind in SNAPSHOT_KINDS})
 
     def _changed(self, kind: str, key: str, before: Mapping[str, Any] | None, after: dict[str, Any] | None = None) -> None:
+        keys = self._changed_keys.get(kind)
+        if keys is not None:
+            keys.add(key)
         if kind == WORKLOAD:
             self._changed_workloads.add(key)
         elif kind == POD:
@@ -116,6 +124,13 @@ class ObjectCache:
             pods.pop(pod_key, None)
             if not pods:
                 del self._pods_of[workload_key]
+
+    def take_changed_keys(self, kind: str) -> frozenset[str] | None:
+        """The keys of ``kind`` (a node, pod or workload) stored or removed since the last call
+        (None: take every key as changed), and forget them."""
+        keys = self._changed_keys[kind]
+        self._changed_keys[kind] = set()
+        return None if keys is None else frozenset(keys)
 
     def take_changes(self) -> set[str] | None:
         """The GPUWorkload keys whose object or own pods changed since the last call (None: take
@@ -187,6 +202,7 @@ class ObjectCache:
         self.objects[kind] = fresh
         if kind in (WORKLOAD, POD, NODE):
             self._changed_all = True
+            self._changed_keys[kind] = None
         if kind == POD:
             self._pods_of = {}
             for pod_key, pod in fresh.items():
@@ -199,6 +215,10 @@ class ObjectCache:
 
     def all(self, kind: str) -> list[dict[str, Any]]:
         return list(self.objects[kind].values())
+
+    def by_key(self, kind: str) -> Mapping[str, dict[str, Any]]:
+        """Every object of ``kind`` by key: the cache's own mapping, not a copy (read it, never change it)."""
+        return self.objects[kind]
 
     def pods_by_workload(self) -> dict[str, list[dict[str, Any]]]:
         """Our pods grouped by their GPUWorkload's key (namespace + the controller ownerReference's

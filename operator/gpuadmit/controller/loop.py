@@ -75,6 +75,7 @@ from gpuadmit.controller.writer import Writer
 from gpuadmit.core.engine import IncrementalEngine
 from gpuadmit.core.errors import SpecError
 from gpuadmit.core.guarantee import quota_reports
+from gpuadmit.core.livesnapshot import ChangedKeys, LiveSnapshot
 from gpuadmit.core.model import (
     HOLDING_PHASES,
     PENDING_PHASES,
@@ -86,14 +87,14 @@ from gpuadmit.core.model import (
     Policy,
     Preemption,
     Snapshot,
+    Workload,
 )
 from gpuadmit.core.nodes import node_from_object, pod_is_terminal
 from gpuadmit.core.placement import placement_of
 from gpuadmit.core.pods import controlling_workload
 from gpuadmit.core.podsecurity import DEFAULT_LEVEL, TemplateRules, namespace_rules
-from gpuadmit.core.policy import parse_policy
+from gpuadmit.core.policy import DEFAULT_POLICY, parse_policy
 from gpuadmit.core.quota import Tenancy, tenancy
-from gpuadmit.core.snapshot import NodeMemo, ParseMemo, PodMemo, build_snapshot
 from gpuadmit.core.timefmt import parse_rfc3339_or_none
 
 logger = logging.getLogger(__name__)
@@ -235,9 +236,9 @@ class SchedulingLoop:
         self.pods = PodCreator(cache, writer, self.trigger_later, self.fail_workload, self._template_rules)
         self.native = NativeWorkloads(cache, writer, self.trigger, clock)
         self._policy_parsed: tuple[tuple[Any, Any], Policy] | None = None
-        self._parse_memo = ParseMemo()
-        self._pod_memo = PodMemo()
-        self._node_memo = NodeMemo()  # unchanged nodes the same objects: the engine compares them by identity
+        # The snapshot kept current from the cache's changed keys: a cycle reads what changed, and
+        # unchanged objects stay the same objects (the engine compares them by identity first).
+        self._live = LiveSnapshot()
         self._tenancy = Tenancy()
         self.unschedulable = UnschedulableTracker(settings.unschedulable_seconds)
         self._unschedulable_timer: asyncio.TimerHandle | None = None
@@ -390,7 +391,8 @@ class SchedulingLoop:
         now = self.clock()
         failed_writes_before = self.writer.failed_status_writes
         policy = await self._policy_in_force(now)
-        self.pods.recount()
+        self._live.read_pods(self.cache.by_key(POD), self.cache.take_changed_keys(POD))
+        self.pods.recount(self._live.gpus_by_node)
         if self.native.trusted or self.native.untrusted:
             await self._applied()  # native units: no overlap with the last cycle's release and hold-back
         await self.native.prepare(now)  # mirrors made, checked and kept in line with their native objects
@@ -663,19 +665,25 @@ class SchedulingLoop:
         for key, workload in workloads.items():
             if _phase(workload) not in HOLDING_PHASES or self.native.is_mirror(key):
                 continue  # a mirror's pods are its native controller's; controller.native follows them
+            pods_missing = False
             try:
                 recorded = placement_of(workload)
                 job = None
                 if recorded.problem is None and all(entry.node in usable_nodes for entry in recorded.entries):
-                    job = self._follow_holding(workload, recorded.entries, own_by_key.get(key, []), now, report)
+                    own = own_by_key.get(key, [])
+                    job = self._follow_holding(workload, recorded.entries, own, now, report)
+                    pods_missing = len(own) < sum(entry.replicas for entry in recorded.entries)
                 # else: its node is gone or unusable, or its placement does not account for their
                 # replicas; step 3 requeues it, whatever its pods say
             except Exception as error:  # noqa: BLE001 - one workload's error is that workload's
                 job = self._workload_error(key, error)
             if job is not None:
                 jobs.append(self._guarded(key, job))
-            if again is not None and (job is not None or _phase(workload) == "Admitted"):
-                again.add(key)  # its pods are being started or its status written: look again
+            if again is not None and (job is not None or pods_missing):
+                # Its status is being written, or pods are missing (being started, or waiting for
+                # room on their node): look again. A workload whose pods are all there is looked
+                # at again when one of them or its object changes (the cache keeps count).
+                again.add(key)
         await asyncio.gather(*jobs)
 
     def _usable_node_names(self) -> set[str]:
@@ -737,19 +745,22 @@ class SchedulingLoop:
             return None
 
     def _snapshot(self, policy: Policy | None, now: float) -> Snapshot:
-        policies: list[Any] = [policy] if policy is not None else []
+        """The cache as the engine reads it, with the admissions in flight assumed; only the
+        objects changed since the last snapshot are read again (core.livesnapshot)."""
         namespaces = self.cache.all(NAMESPACE)
         self._tenancy = tenancy(self.cache.all(QUOTA), namespaces)
-        workloads = self.cache.all(WORKLOAD)
-        if self.native.untrusted:  # a GPUWorkload that claims to mirror and is not trusted is not decided
-            workloads = [w for w in workloads if not self.native.excluded(object_key(w))]
+        overrides: dict[str, dict[str, Any] | None] = dict(self.in_flight.assumed_objects(self.cache.by_key(WORKLOAD), now))
+        # a GPUWorkload that claims to mirror and is not trusted is not decided
+        overrides.update((key, None) for key in self.native.untrusted)
+        changed = ChangedKeys(**{name: self.cache.take_changed_keys(kind)
+                                 for name, kind in (("nodes", NODE), ("pods", POD), ("workloads", WORKLOAD))})
         with cyclic_gc_paused():
-            return build_snapshot(
-                self.cache.all(NODE), self.cache.all(POD), namespaces, self.in_flight.assumed(workloads, now),
-                policies, now, policy_name=policy.name if policy is not None else self.settings.policy_name,
-                memo=self._parse_memo, pod_security_level=self.settings.pod_security_level, quotas=self._tenancy,
+            return self._live.build(
+                nodes=self.cache.by_key(NODE), pods=self.cache.by_key(POD), namespaces=namespaces,
+                workloads=self.cache.by_key(WORKLOAD), policy=policy or DEFAULT_POLICY, now=now, changed=changed,
+                overrides=overrides, pod_security_level=self.settings.pod_security_level, quotas=self._tenancy,
                 avoided_nodes=self.unschedulable.avoided_nodes(now), mirrors=self.native.trusted,
-                pod_memo=self._pod_memo, ray_jobs=self.native.ray_jobs, node_memo=self._node_memo,
+                ray_jobs=self.native.ray_jobs,
             )
 
     async def _write_quota_statuses(self, snapshot: Snapshot, now: float) -> None:
@@ -771,10 +782,15 @@ class SchedulingLoop:
 
     def _holding_to_requeue(self, snapshot: Snapshot) -> dict[str, tuple[str, str]]:
         """Holding workloads placed on a node that is gone, NotReady or cordoned, or whose
-        status.placement does not account for their replicas: key -> (reason, why)."""
+        status.placement does not account for their replicas: key -> (reason, why). Only those
+        read again by this snapshot, unless a Node changed or the cycle is whole (nothing else
+        can make one lost; a requeue that failed makes the next cycle whole)."""
         by_name = {node.name: node for node in snapshot.nodes}
         lost: dict[str, tuple[str, str]] = {}
-        for workload in snapshot.holding:
+        holding: Iterable[Workload] = snapshot.holding
+        if not (self._live.node_objects_changed or self._whole_next is not None or self.engine is None):
+            holding = self._live.holding_read()
+        for workload in holding:
             if workload.placement_problem is not None:
                 lost[workload.key] = (desired_status.PLACEMENT_INVALID, workload.placement_problem)
                 continue

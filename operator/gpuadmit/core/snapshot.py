@@ -325,6 +325,11 @@ class ParseMemo:
         self._placed[key] = (workload, placed)
         return placed
 
+    def forget(self, key: tuple[str, str]) -> None:
+        """Drop one workload's entries (it is gone)."""
+        self._entries.pop(key, None)
+        self._placed.pop(key, None)
+
     def keep_only(self, seen: set[tuple[str, str]]) -> None:
         if len(self._entries) > len(seen):
             self._entries = {key: entry for key, entry in self._entries.items() if key in seen}
@@ -416,7 +421,7 @@ def build_snapshot(
         key = (parsed.namespace, parsed.name)
         parsed_by_key[key] = parsed
         if isinstance(parsed, InvalidWorkload):
-            pending_phase_of_invalid[key] = _raw_phase(workload_obj) in PENDING_PHASES
+            pending_phase_of_invalid[key] = raw_phase(workload_obj) in PENDING_PHASES
 
     if memo is not None:
         memo.keep_only(seen)
@@ -474,7 +479,7 @@ def _name_of(obj: object) -> str | None:
     return name if isinstance(name, str) else None
 
 
-def _raw_phase(obj: object) -> Any:
+def raw_phase(obj: object) -> Any:
     """``status.phase`` of a raw object, None when absent or not a known phase string."""
     status = obj.get("status") if isinstance(obj, _MAPPINGS) else None
     phase = status.get("phase") if isinstance(status, _MAPPINGS) else None
