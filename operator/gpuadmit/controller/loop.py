@@ -3,8 +3,8 @@
 Watch events only set a flag (``trigger``); a cycle starts ``debounce_seconds``
 after the first one (a change seen while the last cycle ran has already waited
 that long) so a burst of a thousand creations is decided in a few cycles, not a
-thousand, and runs a cycle at least every ``resync_seconds``
-(re-listing everything first) to catch whatever a watch may have missed.
+thousand, and runs a cycle at least once a minute (``IDLE_CYCLE_SECONDS``), and every
+``resync_seconds`` a whole one, re-listing everything first, to catch whatever a watch may have missed.
 
 One cycle, top to bottom:
 
@@ -100,6 +100,10 @@ from gpuadmit.core.timefmt import parse_rfc3339_or_none
 logger = logging.getLogger(__name__)
 
 MAX_PAUSE_S = 2.0
+# A cycle at least this often on a quiet cluster (an incremental one, cheap): queue timeouts and
+# preemption's minimum runtimes come due by the clock, and the alerts count cycles. The re-list and
+# whole cycle of a resync come every ``resync_seconds`` (longer: they cost in proportion to the cluster).
+IDLE_CYCLE_SECONDS = 60.0
 
 
 class MetricsSink(Protocol):
@@ -122,7 +126,7 @@ class Gate(Protocol):
 @dataclass(frozen=True)
 class LoopSettings:
     debounce_seconds: float = 0.2
-    resync_seconds: float = 60.0
+    resync_seconds: float = 600.0
     policy_name: str = "default"
     namespaces: tuple[str, ...] = ()
     pod_security_level: str = DEFAULT_LEVEL  # what templates are held to (core.podsecurity)
@@ -322,7 +326,7 @@ class SchedulingLoop:
         last_resync = time.monotonic()
         while True:
             try:
-                await asyncio.wait_for(self._wakeup.wait(), timeout=self.settings.resync_seconds)
+                await asyncio.wait_for(self._wakeup.wait(), timeout=min(self.settings.resync_seconds, IDLE_CYCLE_SECONDS))
             except TimeoutError:
                 pass
             await asyncio.sleep(self._pause())  # let the rest of a burst arrive
@@ -841,7 +845,7 @@ class SchedulingLoop:
             if await self._write(workload, desired, report):
                 report.requeued += 1
                 self.writer.explain_later(workload, "Warning", reason, message)
-                pods = self.cache.pods_by_workload().get(key, [])
+                pods = self.cache.pods_of(key)
                 await asyncio.gather(*(self._delete_pod(pod, report) for pod in pods if not _terminating(pod)))
         await asyncio.gather(*(self._guarded(key, requeue_one(key, reason_and_why))
                                for key, reason_and_why in sorted(lost.items())))
@@ -872,7 +876,7 @@ class SchedulingLoop:
             self.trigger()
         # Each admit writes its reservation before its pods are started. Queue and reject writes
         # hold no GPUs, so they go out alongside.
-        pods_by_workload = self.cache.pods_by_workload()
+        pods_by_workload = {d.key: self.cache.pods_of(d.key) for d in admits}  # as they are now
         guarded = self._guarded_call
         for key in waiting:
             self.in_flight.done(key)  # not written now: assumed no longer
@@ -907,7 +911,7 @@ class SchedulingLoop:
                 unreleased_nodes.update(entry.node for entry in placement_of(victim).entries + placement_of(still).entries)
                 return
             report.preemptions += 1
-            pods = [pod for pod in self.cache.pods_by_workload().get(preemption.key, []) if not _terminating(pod)]
+            pods = [pod for pod in self.cache.pods_of(preemption.key) if not _terminating(pod)]
             await asyncio.gather(*(self._delete_pod(pod, report) for pod in pods))
             self.writer.explain_later(victim, "Warning", preemption.reason.value, desired["message"])
             if self.metrics is not None:
