@@ -106,6 +106,7 @@ MAX_PAUSE_S = 2.0
 IDLE_CYCLE_SECONDS = 60.0
 # Cached objects from which a full garbage collection costs more than a cycle (keep_out_of_collections).
 FREEZE_FROM_OBJECTS = 5_000
+CATCH_UP_SECONDS = 1.0  # after an echo of our own write, a cycle this soon reads what it changed
 
 
 class MetricsSink(Protocol):
@@ -280,6 +281,7 @@ class SchedulingLoop:
         # write, a pod unschedulable but not yet overdue). None: look at every workload.
         self._follow_again: set[str] | None = None
         self._usable_nodes: set[str] | None = None  # as of the last whole step 2
+        self._catch_up: asyncio.TimerHandle | None = None  # a cycle to read our writes' echoes
 
     # -- inputs -------------------------------------------------------------------------
 
@@ -298,6 +300,15 @@ class SchedulingLoop:
             if kind in (POLICY, QUOTA):
                 self.whole_cycle_next("policy or quota changed")
             self.trigger()
+        elif self._catch_up is None:
+            # An echo changes no decision, but the next cycle still reads what it changed: a cycle
+            # soon after a burst of our own writes (16,000 pods started) reads them then, not the
+            # next event's cycle.
+            self._catch_up = asyncio.get_running_loop().call_later(CATCH_UP_SECONDS, self._caught_up)
+
+    def _caught_up(self) -> None:
+        self._catch_up = None
+        self.trigger()
 
     def _echoes_own_write(self, kind: str, event_type: str | None, before: Mapping[str, Any] | None,
                           obj: Mapping[str, Any]) -> bool:
