@@ -106,6 +106,7 @@ MAX_PAUSE_S = 2.0
 IDLE_CYCLE_SECONDS = 60.0
 # Cached objects from which a full garbage collection costs more than a cycle (keep_out_of_collections).
 FREEZE_FROM_OBJECTS = 5_000
+FREEZE_AFTER_READS = 1_000  # a cycle that read this many changed objects freezes too (a burst's objects)
 CATCH_UP_SECONDS = 1.0  # after an echo of our own write, a cycle this soon reads what it changed
 
 
@@ -155,6 +156,7 @@ class CycleReport:
     apply_s: float = 0.0
     whole: bool = True  # a whole cycle (False: incremental, its decisions only what changed)
     whole_reason: str = ""  # why it was whole (the engine's words), for the log
+    objects_read: int = 0  # changed objects its snapshot read (core.livesnapshot)
     by_action: dict[str, int] = field(default_factory=dict)
 
 
@@ -196,7 +198,7 @@ def keep_out_of_collections() -> None:
     collector's later passes (``gc.freeze``). A full pass walks every tracked object: with a
     cache of 20,000 workloads and their pods that is seconds, and the collector starts one by
     allocation counts, whenever -- in the middle of a single event's cycle. Called after each
-    whole cycle; a resync collects for real first (``collect_everything``), so cyclic garbage among
+    whole cycle and each that read a burst of changes (the objects that stay); a resync collects for real first (``collect_everything``), so cyclic garbage among
     frozen objects is kept at most until then (plain reference counting frees the rest)."""
     gc.freeze()
 
@@ -443,6 +445,7 @@ class SchedulingLoop:
             await self._requeue(lost, snapshot, now, report)
             snapshot = self._snapshot(policy, now)
         report.snapshot_s, mark = time.monotonic() - mark, time.monotonic()
+        report.objects_read = self._live.objects_read
         result = self.decide(snapshot)
         whole = self.last_cycle_whole = self.engine is None or self.engine.last_full
         report.whole = whole
@@ -578,7 +581,8 @@ class SchedulingLoop:
 
         report.decisions = len(result.decisions)
         report.duration_s = time.monotonic() - started
-        if report.whole and sum(self.cache.counts().values()) >= FREEZE_FROM_OBJECTS:
+        if ((report.whole or report.objects_read >= FREEZE_AFTER_READS)
+                and sum(self.cache.counts().values()) >= FREEZE_FROM_OBJECTS):
             keep_out_of_collections()
         self.cycles += 1
         self.last_cycle_monotonic = time.monotonic()

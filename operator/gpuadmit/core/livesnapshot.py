@@ -110,11 +110,13 @@ class LiveSnapshot:
         self._node_objects: dict[str, GpuNode | None] = {}
         self._nodes = _Sorted()
         self._nodes_to_read: set[str] = set()  # whose pods' use changed since the last build
+        self._pods_read = 0  # since the last build
         self.last: Snapshot | None = None
         # What the last build read again, for a caller that checks only that: the workloads' cache
         # keys, and whether any Node object (not only its pods' use) changed.
         self.workloads_read: set[str] = set()
         self.node_objects_changed = True
+        self.objects_read = 0  # nodes, pods and workloads read since the last build began
 
     @property
     def gpus_by_node(self) -> Mapping[str, int]:
@@ -155,11 +157,14 @@ class LiveSnapshot:
 
         self.read_pods(pods, changed.pods)
         touched_nodes, self._nodes_to_read = self._nodes_to_read, set()
+        self.objects_read = self._pods_read
         self.node_objects_changed = changed.nodes is None or bool(changed.nodes)
         self._read_nodes(nodes, changed.nodes, touched_nodes)
         filed = self._read_workloads(workloads, changed.workloads, overrides or {}, policy, tiers, now, pod_security,
                                      mirrors)
         self._apply_avoided(filed, avoided_nodes or {})
+        self.objects_read += len(self.workloads_read) + (len(nodes) if changed.nodes is None else len(changed.nodes))
+        self._pods_read = 0
 
         tenants = quotas if quotas is not None else Tenancy()
         last = self.last
@@ -220,6 +225,7 @@ class LiveSnapshot:
         for node in touched:
             self._recount_node(node, mirrors, ray_jobs)
         self._nodes_to_read |= touched
+        self._pods_read += len(pods) if changed is None else len(changed)
 
     def _recount_node(self, node: str, mirrors: Container[str], ray_jobs: Mapping[str, str]) -> None:
         """One node's share of ``pod_usage``, summed again from the facts of its pods."""
