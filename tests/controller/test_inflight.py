@@ -65,15 +65,17 @@ def test_an_admission_in_flight_is_seen_holding_its_placement_until_its_answer()
     pending, other = workload("a", 8), workload("b", 8)
     in_flight.add([Decision("team", "a", Action.ADMIT, Reason.ADMITTED, "ok", placement=(PlacementEntry("gpu-1", 8, 1),)),
                    Decision("team", "b", Action.QUEUE, Reason.INSUFFICIENT_CAPACITY, "wait", queue_position=1)])
-    seen = {obj["metadata"]["name"]: obj for obj in in_flight.assumed([pending, other], time.time())}
-    assert seen["a"]["status"]["phase"] == "Admitted" and seen["a"]["status"]["placement"] == [
+    cached = {"team/a": pending, "team/b": other}
+    seen = in_flight.assumed_objects(cached, time.time())
+    assert set(seen) == {"team/a"}  # a queue write holds nothing: "b" is read as cached
+    assert seen["team/a"]["status"]["phase"] == "Admitted" and seen["team/a"]["status"]["placement"] == [
         {"node": "gpu-1", "gpus": 8, "replicas": 1}]
-    assert seen["a"]["metadata"]["resourceVersion"] != "1"  # never mistaken for the cached version's parse
-    assert seen["b"] is other and "status" not in pending  # a queue write holds nothing; the cache is untouched
+    assert seen["team/a"]["metadata"]["resourceVersion"] != "1"  # never mistaken for the cached version's parse
+    assert "status" not in pending  # the cache is untouched
     answered = {**pending, "status": {"phase": "Admitted", "placement": [{"node": "gpu-1", "gpus": 8, "replicas": 1}]}}
-    assert in_flight.assumed([answered], time.time())[0] is answered  # the answer is in: nothing to assume
+    assert in_flight.assumed_objects({"team/a": answered}, time.time()) == {}  # the answer is in: nothing to assume
     in_flight.done("team/a")
-    assert in_flight.assumed([pending], time.time())[0] is pending and in_flight.keys() == {"team/b"}
+    assert in_flight.assumed_objects(cached, time.time()) == {} and in_flight.keys() == {"team/b"}
 
 
 async def test_a_cycle_overlapping_an_admission_in_flight_neither_reuses_its_gpus_nor_decides_it_again() -> None:

@@ -14,6 +14,7 @@ from typing import Any
 from gpuadmit.controller.cache import POD, WORKLOAD, ObjectCache
 from gpuadmit.controller.loop import SchedulingLoop
 from gpuadmit.controller.writer import Writer
+from gpuadmit.core.nodes import gpus_used_by_node
 
 
 class HeldApi:
@@ -95,7 +96,7 @@ async def test_the_creation_echo_of_a_pod_being_created_does_not_wake_the_loop()
     cache.put(WORKLOAD, workload(2, phase="Admitted"))
     cache.put("Node", {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "gpu-a", "resourceVersion": "1"},
                        "status": {"allocatable": {"nvidia.com/gpu": "8"}}})
-    loop.pods.recount()
+    loop.pods.recount(gpus_used_by_node(cache.all(POD)))
     admitted = cache.get(WORKLOAD, "team/w")
     from gpuadmit.core.placement import placement_of
     assert loop.pods.start(admitted, placement_of(admitted).entries, []) == 1
@@ -114,6 +115,23 @@ async def test_the_creation_echo_of_a_pod_being_created_does_not_wake_the_loop()
     running["status"] = {"phase": "Running"}
     loop.notify(POD, "MODIFIED", running)  # the pod's life goes on: that matters
     assert woken(loop)
+
+
+async def test_an_echo_brings_a_cycle_soon_after_to_read_what_it_changed(monkeypatch) -> None:
+    """The echo of our own write wakes no cycle at once, but one follows about a second later
+    (once for a burst): the next event's cycle is not left to read a burst of them."""
+    from gpuadmit.controller import loop as loop_module
+
+    monkeypatch.setattr(loop_module, "CATCH_UP_SECONDS", 0.05)
+    cache, _, loop = setup()
+    cache.put(WORKLOAD, workload(1))
+    for version in range(2, 5):  # a burst of echoes: only our class label changes
+        loop.notify(WORKLOAD, "MODIFIED", workload(version, labels={"gpuadmit.io/class": "inference"}))
+    assert not woken(loop)
+    await asyncio.sleep(0.15)
+    assert woken(loop)  # one cycle for the burst
+    await asyncio.sleep(0.15)
+    assert not woken(loop)
 
 
 async def test_run_bounded_runs_every_job_with_at_most_limit_started() -> None:

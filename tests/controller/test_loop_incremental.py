@@ -11,11 +11,12 @@ import kopf
 import pytest
 
 from gpuadmit.controller.api import KubeApi
-from gpuadmit.controller.cache import NODE, POD, WORKLOAD, ObjectCache
+from gpuadmit.controller.cache import NAMESPACE, NODE, POD, WORKLOAD, ObjectCache
 from gpuadmit.controller.loop import LoopSettings, SchedulingLoop
 from gpuadmit.controller.queueview import shown_position
 from gpuadmit.controller.writer import Writer
 from gpuadmit.core.model import Action
+from gpuadmit.core.snapshot import build_snapshot
 from kubeapi_emulator import EmulatedApiServer
 from tests.controller.test_inflight import HeldStatusApi, workload
 from tests.controller.test_loop_faults import GROUP, RunningOperator, dump, eventually, seed
@@ -90,13 +91,26 @@ async def test_statuses_after_single_events_are_what_a_whole_cycle_decides() -> 
                 events = [finish_one_pod, lambda: create(gw("late-1", 1)), delete_a_queued_one, finish_one_pod,
                           lambda: create(gw("too-big", 64)), lambda: create(gw("late-2", 3, "inference")), finish_one_pod]
                 whole: list[str] = []  # why any cycle after the first was whole (none should be)
-                for event in events:
+                cluster_objects = len(cache.all(WORKLOAD)) + len(cache.all(POD)) + len(cache.all(NODE))
+                for number, event in enumerate(events):
                     await event()
-                    for report in (await loop.run_cycle(),  # the pod's workload Succeeded: holding no longer
-                                   await loop.run_cycle()):  # and its GPUs to whoever waits
+                    first = await loop.run_cycle()  # the pod's workload Succeeded: holding no longer
+                    second = await loop.run_cycle()  # and its GPUs to whoever waits
+                    for report in (first, second):
                         whole += [report.whole_reason or "?"] if report.whole else []
+                    # Read again: the event's object, what the last event's cycles wrote and started,
+                    # the nodes their pods are on -- not the cluster (the first event's cycle also
+                    # reads what the first whole cycle wrote: 60 statuses and their pods).
+                    if number > 0:
+                        assert 1 <= first.objects_read <= 6 < cluster_objects, first.objects_read
                     await loop.pods.drain()
                     await matches_a_whole_cycle(api, loop)
+                    # The snapshot kept current is the one a fresh read of the cache makes.
+                    now = time.time()
+                    policy = loop._last_good_policy
+                    assert loop._snapshot(policy, now) == build_snapshot(
+                        cache.all(NODE), cache.all(POD), cache.all(NAMESPACE), cache.all(WORKLOAD),
+                        [policy] if policy is not None else [], now)
                 assert (loop.engine.full_cycles, whole) == (1, [])  # type: ignore[union-attr]
 
 

@@ -10,6 +10,7 @@ from gpuadmit.controller.cache import NODE, POD, WORKLOAD, ObjectCache
 from gpuadmit.controller.podcreator import PodCreator
 from gpuadmit.controller.writer import PodCreation
 from gpuadmit.core.model import PlacementEntry
+from gpuadmit.core.nodes import gpus_used_by_node
 
 
 def node(name: str, gpus: int) -> dict[str, Any]:
@@ -71,7 +72,7 @@ def setup(node_gpus: int = 8, used: int = 0) -> tuple[ObjectCache, FakeWriter, P
     retries: list[float] = []
     FAILED.clear()
     creator = PodCreator(cache, writer, retries.append, record_failure)  # type: ignore[arg-type]
-    creator.recount()
+    creator.recount(gpus_used_by_node(cache.all(POD)))
     return cache, writer, creator, retries
 
 
@@ -93,7 +94,7 @@ async def test_pods_in_flight_and_landed_count_until_the_cache_is_recounted() ->
     cache, writer, creator, retries = setup(node_gpus=8, used=4)
     one, two = workload("one", gpus=4), workload("two", gpus=4)
     assert creator.start(one, (PlacementEntry("gpu-a", 4, 1),), []) == 1  # 4 used + 4 = 8: fits
-    creator.recount()  # a new cycle while one's pod is still in flight
+    creator.recount(gpus_used_by_node(cache.all(POD)))  # a new cycle while one's pod is still in flight
     assert creator.start(two, (PlacementEntry("gpu-a", 4, 1),), []) == 0  # 4 + 4 in flight + 4 > 8
     assert retries == [2.0]
     writer.gate.set()
@@ -101,7 +102,7 @@ async def test_pods_in_flight_and_landed_count_until_the_cache_is_recounted() ->
     # Landed, the cache holds it, no recount yet: still counted exactly once.
     assert creator.start(two, (PlacementEntry("gpu-a", 4, 1),), []) == 0
     cache.remove(POD, running_pod("busy", "gpu-a", 4))  # the other tenant's pod ends
-    creator.recount()
+    creator.recount(gpus_used_by_node(cache.all(POD)))
     assert creator.start(two, (PlacementEntry("gpu-a", 4, 1),), []) == 1  # 4 (one's pod) + 4 = 8
     await creator.drain()
     assert sorted(p["metadata"]["name"] for p in cache.all(POD)) == ["one-0", "two-0"]

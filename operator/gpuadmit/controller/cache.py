@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from gpuadmit.core.model import WORKLOAD_LABEL
+from gpuadmit.core.native import MIRROR_KIND_LABEL
 from gpuadmit.core.nodes import advertised_gpu_problem, pod_gpu_request
 from gpuadmit.core.pods import controlling_workload
 
@@ -40,6 +41,22 @@ PYTORCHJOB = "PyTorchJob"  # kubeflow.org/v1
 RAYJOB = "RayJob"  # ray.io/v1
 DISCOVERED_KINDS = (PYTORCHJOB, RAYJOB)
 KINDS = (WORKLOAD, POLICY, QUOTA, NODE, POD, NAMESPACE, JOB, *DISCOVERED_KINDS)
+
+SNAPSHOT_KINDS = (NODE, POD, WORKLOAD)  # read by key by the live snapshot (core.livesnapshot)
+
+
+def _labels(obj: Mapping[str, Any]) -> Mapping[str, Any]:
+    return (obj.get("metadata") or {}).get("labels") or {}
+
+
+# The few objects some step looks at every cycle, kept apart so it need not walk every object of
+# their kind for them: name -> (kind, which of its objects).
+MIRROR_CLAIMS = "mirror claims"  # GPUWorkloads that say they mirror a native unit (controller.native)
+GATED_PODS = "gated pods"  # pods with a scheduling gate, of any name
+INDEXES: dict[str, tuple[str, Callable[[Mapping[str, Any]], bool]]] = {
+    MIRROR_CLAIMS: (WORKLOAD, lambda obj: MIRROR_KIND_LABEL in _labels(obj)),
+    GATED_PODS: (POD, lambda obj: bool((obj.get("spec") or {}).get("schedulingGates"))),
+}
 
 DELETED = "DELETED"
 TOMBSTONES_KEPT = 10_000
@@ -94,8 +111,21 @@ class ObjectCache:
     _changed_all: bool = True
 
     _pods_of: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # workload key -> pod key -> pod
+    # Since the snapshot last took them (``take_changed_keys``): the keys of each kind it reads
+    # whose object was stored or removed; None: every key (the kind was listed again).
+    _changed_keys: dict[str, set[str] | None] = field(default_factory=lambda: {kind: None for kind in SNAPSHOT_KINDS})
+    _indexed: dict[str, set[str]] = field(default_factory=lambda: {name: set() for name in INDEXES})
 
     def _changed(self, kind: str, key: str, before: Mapping[str, Any] | None, after: dict[str, Any] | None = None) -> None:
+        keys = self._changed_keys.get(kind)
+        if keys is not None:
+            keys.add(key)
+        for name, (indexed_kind, belongs) in INDEXES.items():
+            if indexed_kind == kind:
+                if after is not None and belongs(after):
+                    self._indexed[name].add(key)
+                else:
+                    self._indexed[name].discard(key)
         if kind == WORKLOAD:
             self._changed_workloads.add(key)
         elif kind == POD:
@@ -116,6 +146,13 @@ class ObjectCache:
             pods.pop(pod_key, None)
             if not pods:
                 del self._pods_of[workload_key]
+
+    def take_changed_keys(self, kind: str) -> frozenset[str] | None:
+        """The keys of ``kind`` (a node, pod or workload) stored or removed since the last call
+        (None: take every key as changed), and forget them."""
+        keys = self._changed_keys[kind]
+        self._changed_keys[kind] = set()
+        return None if keys is None else frozenset(keys)
 
     def take_changes(self) -> set[str] | None:
         """The GPUWorkload keys whose object or own pods changed since the last call (None: take
@@ -185,8 +222,12 @@ class ObjectCache:
                 if kind == NODE:
                     self._tell_if_left_out(object_key(obj), obj)
         self.objects[kind] = fresh
+        for name, (indexed_kind, belongs) in INDEXES.items():
+            if indexed_kind == kind:
+                self._indexed[name] = {key for key, obj in fresh.items() if belongs(obj)}
         if kind in (WORKLOAD, POD, NODE):
             self._changed_all = True
+            self._changed_keys[kind] = None
         if kind == POD:
             self._pods_of = {}
             for pod_key, pod in fresh.items():
@@ -199,6 +240,15 @@ class ObjectCache:
 
     def all(self, kind: str) -> list[dict[str, Any]]:
         return list(self.objects[kind].values())
+
+    def indexed(self, name: str) -> list[dict[str, Any]]:
+        """The objects of one of ``INDEXES`` (say, every gated pod), without a walk over their kind."""
+        store = self.objects[INDEXES[name][0]]
+        return [store[key] for key in sorted(self._indexed[name]) if key in store]
+
+    def by_key(self, kind: str) -> Mapping[str, dict[str, Any]]:
+        """Every object of ``kind`` by key: the cache's own mapping, not a copy (read it, never change it)."""
+        return self.objects[kind]
 
     def pods_by_workload(self) -> dict[str, list[dict[str, Any]]]:
         """Our pods grouped by their GPUWorkload's key (namespace + the controller ownerReference's

@@ -44,11 +44,15 @@ class InFlight:
     def __len__(self) -> int:
         return len(self._decisions)
 
-    def assumed(self, workloads: list[dict[str, Any]], now: float) -> list[dict[str, Any]]:
-        """The workloads as a cycle should see them: an admission in flight already holding."""
-        if not any(d.action == Action.ADMIT for d in self._decisions.values()):
-            return workloads
-        return [self._assumed(obj, now) for obj in workloads]
+    def assumed_objects(self, workloads: Mapping[str, dict[str, Any]], now: float) -> dict[str, dict[str, Any]]:
+        """The workloads a cycle should see otherwise than cached, by key: each admission in
+        flight whose answer is not in, already holding."""
+        assumed: dict[str, dict[str, Any]] = {}
+        for key, decision in self._decisions.items():
+            obj = workloads.get(key) if decision.action == Action.ADMIT else None
+            if obj is not None and (seen := self._assumed(obj, now)) is not obj:
+                assumed[key] = seen
+        return assumed
 
     def _assumed(self, obj: dict[str, Any], now: float) -> dict[str, Any]:
         decision = self._decisions.get(object_key(obj))

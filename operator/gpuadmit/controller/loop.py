@@ -3,8 +3,8 @@
 Watch events only set a flag (``trigger``); a cycle starts ``debounce_seconds``
 after the first one (a change seen while the last cycle ran has already waited
 that long) so a burst of a thousand creations is decided in a few cycles, not a
-thousand, and runs a cycle at least every ``resync_seconds``
-(re-listing everything first) to catch whatever a watch may have missed.
+thousand, and runs a cycle at least once a minute (``IDLE_CYCLE_SECONDS``), and every
+``resync_seconds`` a whole one, re-listing everything first, to catch whatever a watch may have missed.
 
 One cycle, top to bottom:
 
@@ -75,6 +75,7 @@ from gpuadmit.controller.writer import Writer
 from gpuadmit.core.engine import IncrementalEngine
 from gpuadmit.core.errors import SpecError
 from gpuadmit.core.guarantee import quota_reports
+from gpuadmit.core.livesnapshot import ChangedKeys, LiveSnapshot
 from gpuadmit.core.model import (
     HOLDING_PHASES,
     PENDING_PHASES,
@@ -86,19 +87,27 @@ from gpuadmit.core.model import (
     Policy,
     Preemption,
     Snapshot,
+    Workload,
 )
 from gpuadmit.core.nodes import node_from_object, pod_is_terminal
 from gpuadmit.core.placement import placement_of
 from gpuadmit.core.pods import controlling_workload
 from gpuadmit.core.podsecurity import DEFAULT_LEVEL, TemplateRules, namespace_rules
-from gpuadmit.core.policy import parse_policy
+from gpuadmit.core.policy import DEFAULT_POLICY, parse_policy
 from gpuadmit.core.quota import Tenancy, tenancy
-from gpuadmit.core.snapshot import NodeMemo, ParseMemo, PodMemo, build_snapshot
 from gpuadmit.core.timefmt import parse_rfc3339_or_none
 
 logger = logging.getLogger(__name__)
 
 MAX_PAUSE_S = 2.0
+# A cycle at least this often on a quiet cluster (an incremental one, cheap): queue timeouts and
+# preemption's minimum runtimes come due by the clock, and the alerts count cycles. The re-list and
+# whole cycle of a resync come every ``resync_seconds`` (longer: they cost in proportion to the cluster).
+IDLE_CYCLE_SECONDS = 60.0
+# Cached objects from which a full garbage collection costs more than a cycle (keep_out_of_collections).
+FREEZE_FROM_OBJECTS = 5_000
+FREEZE_AFTER_READS = 1_000  # a cycle that read this many changed objects freezes too (a burst's objects)
+CATCH_UP_SECONDS = 1.0  # after an echo of our own write, a cycle this soon reads what it changed
 
 
 class MetricsSink(Protocol):
@@ -121,7 +130,7 @@ class Gate(Protocol):
 @dataclass(frozen=True)
 class LoopSettings:
     debounce_seconds: float = 0.2
-    resync_seconds: float = 60.0
+    resync_seconds: float = 600.0
     policy_name: str = "default"
     namespaces: tuple[str, ...] = ()
     pod_security_level: str = DEFAULT_LEVEL  # what templates are held to (core.podsecurity)
@@ -147,6 +156,7 @@ class CycleReport:
     apply_s: float = 0.0
     whole: bool = True  # a whole cycle (False: incremental, its decisions only what changed)
     whole_reason: str = ""  # why it was whole (the engine's words), for the log
+    objects_read: int = 0  # changed objects its snapshot read (core.livesnapshot)
     by_action: dict[str, int] = field(default_factory=dict)
 
 
@@ -181,6 +191,22 @@ def cyclic_gc_paused() -> Iterator[None]:
     finally:
         if collecting:
             gc.enable()
+
+
+def keep_out_of_collections() -> None:
+    """Every object alive now (the cache, the engine's state) left out of the cyclic garbage
+    collector's later passes (``gc.freeze``). A full pass walks every tracked object: with a
+    cache of 20,000 workloads and their pods that is seconds, and the collector starts one by
+    allocation counts, whenever -- in the middle of a single event's cycle. Called after each
+    whole cycle and each that read a burst of changes (the objects that stay); a resync collects for real first (``collect_everything``), so cyclic garbage among
+    frozen objects is kept at most until then (plain reference counting frees the rest)."""
+    gc.freeze()
+
+
+def collect_everything() -> None:
+    """A full collection, frozen objects included (the resync's, which costs seconds anyway)."""
+    gc.unfreeze()
+    gc.collect()
 
 
 async def run_bounded(jobs: Iterable[Callable[[], Awaitable[Any]]], limit: int) -> None:
@@ -235,9 +261,9 @@ class SchedulingLoop:
         self.pods = PodCreator(cache, writer, self.trigger_later, self.fail_workload, self._template_rules)
         self.native = NativeWorkloads(cache, writer, self.trigger, clock)
         self._policy_parsed: tuple[tuple[Any, Any], Policy] | None = None
-        self._parse_memo = ParseMemo()
-        self._pod_memo = PodMemo()
-        self._node_memo = NodeMemo()  # unchanged nodes the same objects: the engine compares them by identity
+        # The snapshot kept current from the cache's changed keys: a cycle reads what changed, and
+        # unchanged objects stay the same objects (the engine compares them by identity first).
+        self._live = LiveSnapshot()
         self._tenancy = Tenancy()
         self.unschedulable = UnschedulableTracker(settings.unschedulable_seconds)
         self._unschedulable_timer: asyncio.TimerHandle | None = None
@@ -257,6 +283,7 @@ class SchedulingLoop:
         # write, a pod unschedulable but not yet overdue). None: look at every workload.
         self._follow_again: set[str] | None = None
         self._usable_nodes: set[str] | None = None  # as of the last whole step 2
+        self._catch_up: asyncio.TimerHandle | None = None  # a cycle to read our writes' echoes
 
     # -- inputs -------------------------------------------------------------------------
 
@@ -275,6 +302,15 @@ class SchedulingLoop:
             if kind in (POLICY, QUOTA):
                 self.whole_cycle_next("policy or quota changed")
             self.trigger()
+        elif self._catch_up is None:
+            # An echo changes no decision, but the next cycle still reads what it changed: a cycle
+            # soon after a burst of our own writes (16,000 pods started) reads them then, not the
+            # next event's cycle.
+            self._catch_up = asyncio.get_running_loop().call_later(CATCH_UP_SECONDS, self._caught_up)
+
+    def _caught_up(self) -> None:
+        self._catch_up = None
+        self.trigger()
 
     def _echoes_own_write(self, kind: str, event_type: str | None, before: Mapping[str, Any] | None,
                           obj: Mapping[str, Any]) -> bool:
@@ -321,7 +357,7 @@ class SchedulingLoop:
         last_resync = time.monotonic()
         while True:
             try:
-                await asyncio.wait_for(self._wakeup.wait(), timeout=self.settings.resync_seconds)
+                await asyncio.wait_for(self._wakeup.wait(), timeout=min(self.settings.resync_seconds, IDLE_CYCLE_SECONDS))
             except TimeoutError:
                 pass
             await asyncio.sleep(self._pause())  # let the rest of a burst arrive
@@ -334,6 +370,7 @@ class SchedulingLoop:
                 except Exception:
                     logger.exception("Resync failed; deciding on the watched state")
                 self.whole_cycle_next("resync")
+                collect_everything()
             await self.run_cycle_safely(pipelined=True)
             self.attempts += 1
             self._in_burst = self._wakeup.is_set()  # changes arrived while it ran: a burst goes on
@@ -390,7 +427,8 @@ class SchedulingLoop:
         now = self.clock()
         failed_writes_before = self.writer.failed_status_writes
         policy = await self._policy_in_force(now)
-        self.pods.recount()
+        self._live.read_pods(self.cache.by_key(POD), self.cache.take_changed_keys(POD))
+        self.pods.recount(self._live.gpus_by_node)
         if self.native.trusted or self.native.untrusted:
             await self._applied()  # native units: no overlap with the last cycle's release and hold-back
         await self.native.prepare(now)  # mirrors made, checked and kept in line with their native objects
@@ -407,6 +445,7 @@ class SchedulingLoop:
             await self._requeue(lost, snapshot, now, report)
             snapshot = self._snapshot(policy, now)
         report.snapshot_s, mark = time.monotonic() - mark, time.monotonic()
+        report.objects_read = self._live.objects_read
         result = self.decide(snapshot)
         whole = self.last_cycle_whole = self.engine is None or self.engine.last_full
         report.whole = whole
@@ -542,6 +581,9 @@ class SchedulingLoop:
 
         report.decisions = len(result.decisions)
         report.duration_s = time.monotonic() - started
+        if ((report.whole or report.objects_read >= FREEZE_AFTER_READS)
+                and sum(self.cache.counts().values()) >= FREEZE_FROM_OBJECTS):
+            keep_out_of_collections()
         self.cycles += 1
         self.last_cycle_monotonic = time.monotonic()
         self.last_report = report
@@ -663,19 +705,25 @@ class SchedulingLoop:
         for key, workload in workloads.items():
             if _phase(workload) not in HOLDING_PHASES or self.native.is_mirror(key):
                 continue  # a mirror's pods are its native controller's; controller.native follows them
+            pods_missing = False
             try:
                 recorded = placement_of(workload)
                 job = None
                 if recorded.problem is None and all(entry.node in usable_nodes for entry in recorded.entries):
-                    job = self._follow_holding(workload, recorded.entries, own_by_key.get(key, []), now, report)
+                    own = own_by_key.get(key, [])
+                    job = self._follow_holding(workload, recorded.entries, own, now, report)
+                    pods_missing = len(own) < sum(entry.replicas for entry in recorded.entries)
                 # else: its node is gone or unusable, or its placement does not account for their
                 # replicas; step 3 requeues it, whatever its pods say
             except Exception as error:  # noqa: BLE001 - one workload's error is that workload's
                 job = self._workload_error(key, error)
             if job is not None:
                 jobs.append(self._guarded(key, job))
-            if again is not None and (job is not None or _phase(workload) == "Admitted"):
-                again.add(key)  # its pods are being started or its status written: look again
+            if again is not None and (job is not None or pods_missing):
+                # Its status is being written, or pods are missing (being started, or waiting for
+                # room on their node): look again. A workload whose pods are all there is looked
+                # at again when one of them or its object changes (the cache keeps count).
+                again.add(key)
         await asyncio.gather(*jobs)
 
     def _usable_node_names(self) -> set[str]:
@@ -737,19 +785,22 @@ class SchedulingLoop:
             return None
 
     def _snapshot(self, policy: Policy | None, now: float) -> Snapshot:
-        policies: list[Any] = [policy] if policy is not None else []
+        """The cache as the engine reads it, with the admissions in flight assumed; only the
+        objects changed since the last snapshot are read again (core.livesnapshot)."""
         namespaces = self.cache.all(NAMESPACE)
         self._tenancy = tenancy(self.cache.all(QUOTA), namespaces)
-        workloads = self.cache.all(WORKLOAD)
-        if self.native.untrusted:  # a GPUWorkload that claims to mirror and is not trusted is not decided
-            workloads = [w for w in workloads if not self.native.excluded(object_key(w))]
+        overrides: dict[str, dict[str, Any] | None] = dict(self.in_flight.assumed_objects(self.cache.by_key(WORKLOAD), now))
+        # a GPUWorkload that claims to mirror and is not trusted is not decided
+        overrides.update((key, None) for key in self.native.untrusted)
+        changed = ChangedKeys(**{name: self.cache.take_changed_keys(kind)
+                                 for name, kind in (("nodes", NODE), ("pods", POD), ("workloads", WORKLOAD))})
         with cyclic_gc_paused():
-            return build_snapshot(
-                self.cache.all(NODE), self.cache.all(POD), namespaces, self.in_flight.assumed(workloads, now),
-                policies, now, policy_name=policy.name if policy is not None else self.settings.policy_name,
-                memo=self._parse_memo, pod_security_level=self.settings.pod_security_level, quotas=self._tenancy,
+            return self._live.build(
+                nodes=self.cache.by_key(NODE), pods=self.cache.by_key(POD), namespaces=namespaces,
+                workloads=self.cache.by_key(WORKLOAD), policy=policy or DEFAULT_POLICY, now=now, changed=changed,
+                overrides=overrides, pod_security_level=self.settings.pod_security_level, quotas=self._tenancy,
                 avoided_nodes=self.unschedulable.avoided_nodes(now), mirrors=self.native.trusted,
-                pod_memo=self._pod_memo, ray_jobs=self.native.ray_jobs, node_memo=self._node_memo,
+                ray_jobs=self.native.ray_jobs,
             )
 
     async def _write_quota_statuses(self, snapshot: Snapshot, now: float) -> None:
@@ -771,10 +822,15 @@ class SchedulingLoop:
 
     def _holding_to_requeue(self, snapshot: Snapshot) -> dict[str, tuple[str, str]]:
         """Holding workloads placed on a node that is gone, NotReady or cordoned, or whose
-        status.placement does not account for their replicas: key -> (reason, why)."""
+        status.placement does not account for their replicas: key -> (reason, why). Only those
+        read again by this snapshot, unless a Node changed or the cycle is whole (nothing else
+        can make one lost; a requeue that failed makes the next cycle whole)."""
         by_name = {node.name: node for node in snapshot.nodes}
         lost: dict[str, tuple[str, str]] = {}
-        for workload in snapshot.holding:
+        holding: Iterable[Workload] = snapshot.holding
+        if not (self._live.node_objects_changed or self._whole_next is not None or self.engine is None):
+            holding = self._live.holding_read()
+        for workload in holding:
             if workload.placement_problem is not None:
                 lost[workload.key] = (desired_status.PLACEMENT_INVALID, workload.placement_problem)
                 continue
@@ -825,7 +881,7 @@ class SchedulingLoop:
             if await self._write(workload, desired, report):
                 report.requeued += 1
                 self.writer.explain_later(workload, "Warning", reason, message)
-                pods = self.cache.pods_by_workload().get(key, [])
+                pods = self.cache.pods_of(key)
                 await asyncio.gather(*(self._delete_pod(pod, report) for pod in pods if not _terminating(pod)))
         await asyncio.gather(*(self._guarded(key, requeue_one(key, reason_and_why))
                                for key, reason_and_why in sorted(lost.items())))
@@ -856,7 +912,7 @@ class SchedulingLoop:
             self.trigger()
         # Each admit writes its reservation before its pods are started. Queue and reject writes
         # hold no GPUs, so they go out alongside.
-        pods_by_workload = self.cache.pods_by_workload()
+        pods_by_workload = {d.key: self.cache.pods_of(d.key) for d in admits}  # as they are now
         guarded = self._guarded_call
         for key in waiting:
             self.in_flight.done(key)  # not written now: assumed no longer
@@ -891,7 +947,7 @@ class SchedulingLoop:
                 unreleased_nodes.update(entry.node for entry in placement_of(victim).entries + placement_of(still).entries)
                 return
             report.preemptions += 1
-            pods = [pod for pod in self.cache.pods_by_workload().get(preemption.key, []) if not _terminating(pod)]
+            pods = [pod for pod in self.cache.pods_of(preemption.key) if not _terminating(pod)]
             await asyncio.gather(*(self._delete_pod(pod, report) for pod in pods))
             self.writer.explain_later(victim, "Warning", preemption.reason.value, desired["message"])
             if self.metrics is not None:

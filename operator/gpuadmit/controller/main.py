@@ -59,7 +59,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--native-webhook-failure-policy", choices=FAILURE_POLICIES, default="Fail",
                         help="failurePolicy of the Job and pod webhooks of managed namespaces with "
                              "--manage-webhook-configurations (default Fail: nothing unheld while the operator is down)")
-    parser.add_argument("--resync-seconds", type=_non_negative_float, default=60.0, help="full re-list and cycle at least this often (default 60)")
+    parser.add_argument("--resync-seconds", type=_non_negative_float, default=600.0,
+                        help="full re-list and whole cycle at least this often (default 600)")
     parser.add_argument("--debounce-seconds", type=_non_negative_float, default=0.2, help="wait after a change to batch a burst into one cycle (default 0.2)")
     parser.add_argument("--peering", metavar="NAME", default=None, help="kopf peering name: one active replica among those sharing it (default: standalone)")
     parser.add_argument("--namespace", dest="namespaces", action="append", default=[], help="watch GPUWorkloads in this namespace (repeatable; default: all)")

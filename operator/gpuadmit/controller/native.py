@@ -35,7 +35,17 @@ from typing import Any
 from gpuadmit.controller import api as kube
 from gpuadmit.controller import status as desired_status
 from gpuadmit.controller.api import ApiError
-from gpuadmit.controller.cache import NAMESPACE, NODE, POD, RAYJOB, WORKLOAD, ObjectCache, object_key
+from gpuadmit.controller.cache import (
+    GATED_PODS,
+    MIRROR_CLAIMS,
+    NAMESPACE,
+    NODE,
+    POD,
+    RAYJOB,
+    WORKLOAD,
+    ObjectCache,
+    object_key,
+)
 from gpuadmit.controller.writer import Writer
 from gpuadmit.core.classifier import KindLean
 from gpuadmit.core.holds import SUSPENDED_BY_WEBHOOK
@@ -216,7 +226,7 @@ class NativeWorkloads:
         untrusted: set[str] = set()
         writes: list[Awaitable[Any]] = []
         mirrored: set[UnitRef] = set()
-        for verdict in judge_mirrors(self.cache.all(WORKLOAD), managed, expected_of):
+        for verdict in judge_mirrors(self.cache.indexed(MIRROR_CLAIMS), managed, expected_of):
             workload, unit, expected = verdict.workload, verdict.unit, verdict.expected
             key = object_key(workload)
             if verdict.trusted and expected is not None and let_go_by_hand(unit, grouped.get(unit, [])):
@@ -455,7 +465,8 @@ class NativeWorkloads:
         resumed (gpuadmit no longer decides for them)."""
         managed = self._managed
         ungates: list[Awaitable[Any]] = []
-        for pod in self.cache.all(POD):
+        # Outside managed namespaces only gated pods concern it: those alone are walked then.
+        for pod in self.cache.all(POD) if managed else self.cache.indexed(GATED_PODS):
             # The cheap tests first: most pods are in no managed namespace and carry no gate.
             if not (pod.get("spec") or {}).get("schedulingGates") and not managed:
                 continue

@@ -31,12 +31,12 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from gpuadmit.controller.cache import NODE, POD, ObjectCache, object_key
+from gpuadmit.controller.cache import NODE, ObjectCache, object_key
 from gpuadmit.controller.status import POD_REFUSED
 from gpuadmit.controller.writer import PodCreation, Writer, cancel_all
 from gpuadmit.core.errors import SpecError
 from gpuadmit.core.model import GPU_RESOURCE, Action, Decision, PlacementEntry, Reason
-from gpuadmit.core.nodes import gpu_count, gpus_used_by_node, pod_gpu_request
+from gpuadmit.core.nodes import gpu_count, pod_gpu_request
 from gpuadmit.core.pods import build_pods, pinned_node
 from gpuadmit.core.podsecurity import DEFAULT_RULES, TemplateRules
 from gpuadmit.core.workload import check_pod_template
@@ -95,9 +95,10 @@ class PodCreator:
         self._tasks: dict[str, asyncio.Task[None]] = {}  # workload key -> its creations
         self._pods_in_flight: set[str] = set()  # pod keys whose create has not returned
 
-    def recount(self) -> None:
-        """Physical use recounted from the cached pods (a cycle's start); pods in flight stay counted."""
-        self._counted = gpus_used_by_node(self.cache.all(POD))
+    def recount(self, gpus_by_node: Mapping[str, int]) -> None:
+        """Physical use recounted at a cycle's start: the GPUs the cached pods request by node
+        (``gpus_used_by_node`` of them, kept by the loop's live snapshot); pods in flight stay counted."""
+        self._counted = dict(gpus_by_node)
         self._landed.clear()
 
     def busy(self, workload: Mapping[str, Any]) -> bool:

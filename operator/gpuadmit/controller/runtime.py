@@ -41,7 +41,7 @@ class OperatorOptions:
     health_port: int = 8081
     webhook_port: int = 9443
     webhook_cert_dir: str | None = None
-    resync_seconds: float = 60.0
+    resync_seconds: float = 600.0
     debounce_seconds: float = 0.2
     peering: str | None = None
     namespaces: tuple[str, ...] = ()

@@ -181,10 +181,11 @@ class Workload:
     requests: Resources = ()
     node_constraints: NodeConstraints = field(default_factory=NodeConstraints)
     avoided_nodes: frozenset[str] = frozenset()  # nodes its pods were Unschedulable on, lately
+    # "namespace/name", kept: every cycle looks workloads up by it many times over.
+    key: str = field(init=False, repr=False, compare=False)
 
-    @property
-    def key(self) -> str:
-        return f"{self.namespace}/{self.name}"
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", f"{self.namespace}/{self.name}")
 
     @property
     def total_gpus(self) -> int:

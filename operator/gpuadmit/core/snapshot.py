@@ -165,62 +165,6 @@ def pod_facts(pod: Mapping[str, Any]) -> PodFacts | None:
     )
 
 
-class PodMemo:
-    """Pod facts kept from one snapshot to the next by a caller that builds many (the operator): a
-    pod is read again only when its (uid, resourceVersion) changed; pods gone are dropped."""
-
-    def __init__(self) -> None:
-        self._entries: dict[str, tuple[str, PodFacts | None]] = {}
-
-    def facts(self, pods: Iterable[Mapping[str, Any]]) -> list[PodFacts]:
-        kept: dict[str, tuple[str, PodFacts | None]] = {}
-        found: list[PodFacts] = []
-        for pod in pods:
-            metadata = pod.get("metadata") if isinstance(pod, _MAPPINGS) else None
-            uid = str(metadata.get("uid") or "") if isinstance(metadata, _MAPPINGS) else ""
-            version = str(metadata.get("resourceVersion") or "") if isinstance(metadata, _MAPPINGS) else ""
-            held = self._entries.get(uid) if uid and version else None
-            facts = held[1] if held is not None and held[0] == version else pod_facts(pod)
-            if uid and version:
-                kept[uid] = (version, facts)
-            if facts is not None:
-                found.append(facts)
-        self._entries = kept
-        return found
-
-
-class NodeMemo:
-    """Parsed nodes kept from one snapshot to the next (the operator): the same ``GpuNode`` object
-    for as long as the Node object (uid, resourceVersion) and what the pods on it use are
-    unchanged, so an engine that keeps its state between cycles finds the unchanged nodes by
-    identity instead of recomputing every node's free capacity. Holds the latest snapshot's nodes
-    only."""
-
-    def __init__(self) -> None:
-        self._entries: dict[str, tuple[tuple[str, str], int, Mapping[str, int] | None, GpuNode | None]] = {}
-        self._kept: dict[str, tuple[tuple[str, str], int, Mapping[str, int] | None, GpuNode | None]] = {}
-
-    def begin(self) -> None:
-        self._kept = {}
-
-    def node(self, obj: Mapping[str, Any], name: str, used: int, requests: Mapping[str, int] | None) -> GpuNode | None:
-        metadata = obj.get("metadata") if isinstance(obj, _MAPPINGS) else None
-        stamp = (str(metadata.get("uid") or ""), str(metadata.get("resourceVersion") or "")) if isinstance(
-            metadata, _MAPPINGS) else ("", "")
-        if not (name and stamp[0] and stamp[1]):
-            return node_from_object(obj, used, requests)
-        held = self._entries.get(name)
-        if held is not None and held[0] == stamp and held[1] == used and held[2] == requests:
-            self._kept[name] = held
-            return held[3]
-        parsed = node_from_object(obj, used, requests)
-        self._kept[name] = (stamp, used, dict(requests) if requests is not None else None, parsed)
-        return parsed
-
-    def end(self) -> None:
-        self._entries, self._kept = self._kept, {}
-
-
 @dataclass
 class PodUsage:
     """What the pods hold, summed from their facts: GPUs and other resources by node, and the part
@@ -325,6 +269,11 @@ class ParseMemo:
         self._placed[key] = (workload, placed)
         return placed
 
+    def forget(self, key: tuple[str, str]) -> None:
+        """Drop one workload's entries (it is gone)."""
+        self._entries.pop(key, None)
+        self._placed.pop(key, None)
+
     def keep_only(self, seen: set[tuple[str, str]]) -> None:
         if len(self._entries) > len(seen):
             self._entries = {key: entry for key, entry in self._entries.items() if key in seen}
@@ -345,9 +294,7 @@ def build_snapshot(
     quotas: Tenancy | Iterable[Mapping[str, Any]] = (),
     avoided_nodes: Mapping[str, frozenset[str]] | None = None,
     mirrors: Mapping[str, KindLean | None] | None = None,
-    pod_memo: PodMemo | None = None,
     ray_jobs: Mapping[str, str] | None = None,
-    node_memo: NodeMemo | None = None,
 ) -> Snapshot:
     """The engine's input from raw objects.
 
@@ -367,36 +314,28 @@ def build_snapshot(
     class its native kind leans to: their templates are held to the accounting rules only (their
     pods are made by the tenant's own controllers), and the pods of their units fill their
     reservations as a GPUWorkload's own pods do.
-    ``pod_memo`` (optional) reuses what was read of pods unchanged since the last snapshot.
     ``ray_jobs``: "namespace/cluster" -> RayJob name (``core.native.ray_jobs_by_cluster``), so a
     RayJob's pods fill its mirror's reservation.
-    ``node_memo`` (optional) reuses the parse of nodes unchanged (object and pods' use) since the
-    last snapshot.
-    """
+"""
     mirrors = mirrors or {}
     policy = select_policy(policies, policy_name)
     namespaces = namespaces if isinstance(namespaces, (list, tuple)) else list(namespaces)
     tiers = tiers_by_namespace(namespaces)
     pod_security = pod_security_of_namespaces(namespaces, pod_security_level)
     tenants = quotas if isinstance(quotas, Tenancy) else tenancy(quotas, namespaces)
-    usage = pod_usage(pod_memo.facts(pods) if pod_memo is not None else _facts_of(pods), mirrors, ray_jobs)
+    usage = pod_usage(_facts_of(pods), mirrors, ray_jobs)
     used_by_node, requests_by_node = usage.gpus_by_node, usage.requests_by_node
 
     # Keyed by name, so an object listed twice (two dumps concatenated) counts once: the
     # later one wins, as it would have on the API server. A node counted twice would
     # offer GPUs that do not exist.
     nodes_by_name: dict[str, GpuNode] = {}
-    if node_memo is not None:
-        node_memo.begin()
     for node_obj in nodes:
         name = _name_of(node_obj)
         used, requests = (used_by_node.get(name, 0), requests_by_node.get(name)) if name else (0, None)
-        gpu_node = (node_memo.node(node_obj, name or "", used, requests) if node_memo is not None
-                    else node_from_object(node_obj, used, requests))
+        gpu_node = node_from_object(node_obj, used, requests)
         if gpu_node is not None:
             nodes_by_name[gpu_node.name] = gpu_node
-    if node_memo is not None:
-        node_memo.end()
 
     parsed_by_key: dict[tuple[str, str], Workload | InvalidWorkload] = {}
     pending_phase_of_invalid: dict[tuple[str, str], bool] = {}
@@ -416,7 +355,7 @@ def build_snapshot(
         key = (parsed.namespace, parsed.name)
         parsed_by_key[key] = parsed
         if isinstance(parsed, InvalidWorkload):
-            pending_phase_of_invalid[key] = _raw_phase(workload_obj) in PENDING_PHASES
+            pending_phase_of_invalid[key] = raw_phase(workload_obj) in PENDING_PHASES
 
     if memo is not None:
         memo.keep_only(seen)
@@ -474,7 +413,7 @@ def _name_of(obj: object) -> str | None:
     return name if isinstance(name, str) else None
 
 
-def _raw_phase(obj: object) -> Any:
+def raw_phase(obj: object) -> Any:
     """``status.phase`` of a raw object, None when absent or not a known phase string."""
     status = obj.get("status") if isinstance(obj, _MAPPINGS) else None
     phase = status.get("phase") if isinstance(status, _MAPPINGS) else None
