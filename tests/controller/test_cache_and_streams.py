@@ -207,7 +207,10 @@ def test_the_cache_tells_which_workloads_changed_and_keeps_their_pods_grouped() 
     assert cache.apply_event(POD, "DELETED", owned_pod("a-0", "a", version=3))
     assert [p["metadata"]["name"] for p in cache.pods_of("ns/a")] == ["a-1", "b-0"]
     assert cache.take_changes() == {"ns/a"}
+    assert cache.take_nodes_changed()  # nothing taken yet
+    assert not cache.take_nodes_changed()
     cache.put(NODE, {"metadata": {"name": "n1", "resourceVersion": "1"}})
-    assert cache.take_changes() is None  # a node changed: every workload's pods may be affected
+    # A node changed: told apart (the loop looks at every workload only if it became usable or not).
+    assert cache.take_changes() == set() and cache.take_nodes_changed() and not cache.take_nodes_changed()
     cache.replace_all(POD, [owned_pod("c-0", "c")])
     assert cache.take_changes() is None and list(cache.pods_by_workload()) == ["ns/c"]

@@ -269,3 +269,29 @@ async def test_a_change_after_a_quiet_spell_waits_the_debounce_a_burst_the_last_
     waits = [start - changed for start, changed in zip(starts, [changed_at[0], changed_at[1], changed_at[2]], strict=True)]
     assert waits[1] >= thinking_s - 0.05, waits  # in a burst: the last cycle's thinking time
     assert waits[0] < thinking_s / 2 and waits[2] < thinking_s / 2, waits  # after quiet: the debounce
+
+
+async def test_a_node_status_update_is_not_a_reason_to_look_at_every_workload() -> None:
+    """A kubelet's status update (a heartbeat) leaves every node usable as it was: the loop looks
+    only at what changed. A node cordoned, gone or back is a reason: then every workload."""
+    from tests.controller.test_podcreator import node
+
+    cache, _, loop = setup()
+    cache.put("Node", node("gpu-a", 8))
+    assert loop._to_follow() is None  # the first time: everything
+    beat = node("gpu-a", 8)
+    beat["metadata"]["resourceVersion"] = "2"
+    beat["status"]["conditions"][0]["lastHeartbeatTime"] = "2026-12-07T04:00:00Z"
+    cache.put("Node", beat)
+    cache.put(WORKLOAD, workload(2))
+    assert loop._to_follow() == {"team/w"}
+    cordoned = copy.deepcopy(beat)
+    cordoned["metadata"]["resourceVersion"] = "3"
+    cordoned["spec"] = {"unschedulable": True}
+    cache.put("Node", cordoned)
+    assert loop._to_follow() is None
+    assert loop._to_follow() == set()
+    cache.remove("Node", cordoned)  # gone while cordoned: unusable either way, nothing to look at again
+    assert loop._to_follow() == set()
+    cache.put("Node", node("gpu-b", 8))
+    assert loop._to_follow() is None

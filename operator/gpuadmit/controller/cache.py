@@ -109,6 +109,7 @@ class ObjectCache:
     # changed, and whether anything else it follows pods by changed (then it looks at everything).
     _changed_workloads: set[str] = field(default_factory=set)
     _changed_all: bool = True
+    _nodes_changed: bool = True  # a Node stored or removed since ``take_nodes_changed``
 
     _pods_of: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # workload key -> pod key -> pod
     # Since the snapshot last took them (``take_changed_keys``): the keys of each kind it reads
@@ -138,7 +139,7 @@ class ObjectCache:
                 self._changed_workloads.add(new)
                 self._pods_of.setdefault(new, {})[key] = after
         elif kind == NODE:
-            self._changed_all = True
+            self._nodes_changed = True
 
     def _unindex_pod(self, workload_key: str, pod_key: str) -> None:
         pods = self._pods_of.get(workload_key)
@@ -154,9 +155,14 @@ class ObjectCache:
         self._changed_keys[kind] = set()
         return None if keys is None else frozenset(keys)
 
+    def take_nodes_changed(self) -> bool:
+        """Whether any Node was stored or removed since the last call (a status update, a label)."""
+        changed, self._nodes_changed = self._nodes_changed, False
+        return changed
+
     def take_changes(self) -> set[str] | None:
         """The GPUWorkload keys whose object or own pods changed since the last call (None: take
-        everything, e.g. a node changed or a kind was re-listed), and forget them."""
+        everything: workloads or pods were listed again), and forget them."""
         changed = None if self._changed_all else self._changed_workloads
         self._changed_workloads, self._changed_all = set(), False
         return changed
@@ -225,9 +231,12 @@ class ObjectCache:
         for name, (indexed_kind, belongs) in INDEXES.items():
             if indexed_kind == kind:
                 self._indexed[name] = {key for key, obj in fresh.items() if belongs(obj)}
-        if kind in (WORKLOAD, POD, NODE):
+        if kind in (WORKLOAD, POD):
             self._changed_all = True
+        if kind in SNAPSHOT_KINDS:
             self._changed_keys[kind] = None
+        if kind == NODE:
+            self._nodes_changed = True
         if kind == POD:
             self._pods_of = {}
             for pod_key, pod in fresh.items():

@@ -282,7 +282,8 @@ class SchedulingLoop:
         # nothing of theirs changes: something done or awaited for them (pods being started, a
         # write, a pod unschedulable but not yet overdue). None: look at every workload.
         self._follow_again: set[str] | None = None
-        self._usable_nodes: set[str] | None = None  # as of the last whole step 2
+        self._usable_nodes: set[str] | None = None  # as of the last Node change seen
+        self._usable_changed = True  # whether that change made a node usable or not (or none left)
         self._catch_up: asyncio.TimerHandle | None = None  # a cycle to read our writes' echoes
 
     # -- inputs -------------------------------------------------------------------------
@@ -664,8 +665,17 @@ class SchedulingLoop:
     def _to_follow(self) -> set[str] | None:
         """The workloads steps 2 and 3 look at this cycle: those whose object or pods changed since
         the last cycle (the cache keeps count) and those carried over (``_follow_again``); None
-        (every workload) when a node changed, a kind was re-listed, or the cycle is whole."""
+        (every workload) when a node came, went or became usable or unusable (a Node's status
+        update that changes neither, as a kubelet's, is not one), a kind was re-listed, or the
+        cycle is whole."""
         changed = self.cache.take_changes()
+        self._usable_changed = False
+        if self.cache.take_nodes_changed() or self._usable_nodes is None:
+            usable = self._usable_node_names()
+            self._usable_changed = usable != self._usable_nodes
+            self._usable_nodes = usable
+            if self._usable_changed:
+                changed = None
         again, self._follow_again = self._follow_again, set()
         if (changed is None or again is None or self._whole_next is not None or self.engine is None
                 or self.native.trusted or self.native.untrusted):
@@ -682,7 +692,7 @@ class SchedulingLoop:
             pods_by_workload = {key: pods for key in only if (pods := self.cache.pods_of(key))}
             workloads = {key: w for key in only if (w := self.cache.get(WORKLOAD, key)) is not None}
         again = self._follow_again
-        if only is None or self._usable_nodes is None:  # nodes unchanged since it was taken otherwise
+        if self._usable_nodes is None:  # taken by _to_follow when a node changed
             self._usable_nodes = self._usable_node_names()
         usable_nodes = self._usable_nodes
         own_by_key: dict[str, list[dict[str, Any]]] = {}
@@ -823,12 +833,12 @@ class SchedulingLoop:
     def _holding_to_requeue(self, snapshot: Snapshot) -> dict[str, tuple[str, str]]:
         """Holding workloads placed on a node that is gone, NotReady or cordoned, or whose
         status.placement does not account for their replicas: key -> (reason, why). Only those
-        read again by this snapshot, unless a Node changed or the cycle is whole (nothing else
-        can make one lost; a requeue that failed makes the next cycle whole)."""
+        read again by this snapshot, unless a node came, went or changed usability, or the cycle
+        is whole (nothing else can make one lost; a requeue that failed makes the next cycle whole)."""
         by_name = {node.name: node for node in snapshot.nodes}
         lost: dict[str, tuple[str, str]] = {}
         holding: Iterable[Workload] = snapshot.holding
-        if not (self._live.node_objects_changed or self._whole_next is not None or self.engine is None):
+        if not (self._usable_changed or self._whole_next is not None or self.engine is None):
             holding = self._live.holding_read()
         for workload in holding:
             if workload.placement_problem is not None:

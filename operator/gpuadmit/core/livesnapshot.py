@@ -112,10 +112,8 @@ class LiveSnapshot:
         self._nodes_to_read: set[str] = set()  # whose pods' use changed since the last build
         self._pods_read = 0  # since the last build
         self.last: Snapshot | None = None
-        # What the last build read again, for a caller that checks only that: the workloads' cache
-        # keys, and whether any Node object (not only its pods' use) changed.
+        # What the last build read again, for a caller that checks only that: the workloads' cache keys.
         self.workloads_read: set[str] = set()
-        self.node_objects_changed = True
         self.objects_read = 0  # nodes, pods and workloads read since the last build began
 
     @property
@@ -158,7 +156,6 @@ class LiveSnapshot:
         self.read_pods(pods, changed.pods)
         touched_nodes, self._nodes_to_read = self._nodes_to_read, set()
         self.objects_read = self._pods_read
-        self.node_objects_changed = changed.nodes is None or bool(changed.nodes)
         self._read_nodes(nodes, changed.nodes, touched_nodes)
         filed = self._read_workloads(workloads, changed.workloads, overrides or {}, policy, tiers, now, pod_security,
                                      mirrors)
