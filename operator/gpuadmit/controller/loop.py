@@ -151,6 +151,7 @@ class CycleReport:
     requeued: int = 0
     skipped: bool = False
     duration_s: float = 0.0
+    follow_s: float = 0.0  # step 2, its status writes awaited
     snapshot_s: float = 0.0
     decide_s: float = 0.0
     apply_s: float = 0.0
@@ -434,7 +435,9 @@ class SchedulingLoop:
             await self._applied()  # native units: no overlap with the last cycle's release and hold-back
         await self.native.prepare(now)  # mirrors made, checked and kept in line with their native objects
         followed = self._to_follow()
+        mark = time.monotonic()
         await self._follow_pods(now, report, followed)
+        report.follow_s = time.monotonic() - mark
 
         mark = time.monotonic()
         in_flight = self.in_flight.keys()  # decided on assumptions: applied by a later cycle
@@ -606,10 +609,10 @@ class SchedulingLoop:
         if report.statuses_written or report.pods_started or report.pods_deleted:
             logger.info(
                 "Cycle %d (%s): %d decisions %s, %d statuses written, %d pods started, %d deleted, %d preempted; "
-                "%.3fs (snapshot %.3f, decide %.3f, apply %.3f)",
+                "%.3fs (follow %.3f, snapshot %.3f, decide %.3f, apply %.3f)",
                 self.cycles, self._cycle_kind(report), report.decisions, report.by_action, report.statuses_written,
                 report.pods_started, report.pods_deleted, report.preemptions, report.duration_s,
-                report.snapshot_s, report.decide_s, report.apply_s,
+                report.follow_s, report.snapshot_s, report.decide_s, report.apply_s,
             )
         return report
 
