@@ -79,9 +79,16 @@ from ..inventory import Inventory, LayoutMemo, _beyond, _same_shape, whole
 from ..model import Action, CycleResult, Decision, GpuNode, PlacementEntry, Preemption, Snapshot, Workload
 from .chains import IMPROVE_PASSES, SWAP_UP_TO_NODES, improve_by_swaps
 from .choose import choose_pass
-from .cycle import EPSILON, Admission, Candidate, Cycle, PassResult, Victim, new_pass, number_or
+from .cycle import EPSILON, Admission, Candidate, Cycle, Option, PassResult, Victim, new_pass, number_or
 from .messages import finalize
-from .passes import ALL_ORDERS_UP_TO, MAX_PREEMPTION_ATTEMPTS_PER_PASS, order_keys, run_pass
+from .passes import (
+    ALL_ORDERS_UP_TO,
+    MAX_PREEMPTION_ATTEMPTS_PER_PASS,
+    failed_before,
+    order_keys,
+    preemption_key,
+    run_pass,
+)
 from .prepare import Ranker, prepare, reserve_caps, timeout_rejection, victim_of, victim_order
 
 # More changes than this in one cycle (or a tenth of the queue, whichever is larger): a whole
@@ -142,6 +149,7 @@ class _State:
     group_demand: list[tuple] = field(default_factory=list)
     kinds_of_group: list[set[int]] = field(default_factory=list)
     groups_by_pool: dict[int, set[int]] = field(default_factory=dict)
+    groups_by_product: dict[str, set[int]] = field(default_factory=dict)
     group_ids: dict[tuple, int] = field(default_factory=dict)
     needing_kinds: set[int] = field(default_factory=set)  # kinds that need more than GPUs of a node
     # node name -> holding workloads placed on it though no such node is known (counted once it comes)
@@ -322,6 +330,8 @@ class IncrementalEngine:
                 now_victim = state.victim_of_key.get(key)
                 if now_victim is not None and now_victim != was:  # a victim new (or changed) for the queue
                     newly_victims.append(now_victim)
+                    if was is not None:  # those that could choose it before may choose otherwise now
+                        newly_victims.append(was)
             waiting = state.not_yet_victims
             while waiting and waiting[0][0] <= now:  # old enough to preempt now
                 _, key = heapq.heappop(waiting)
@@ -633,14 +643,21 @@ class _Streams:
         self.now = now
         self.active: set[int] = set()
         self.startable: set[int] = set()  # active kinds whose best-ranked member may get in
+        self.plain_kinds: set[int] = set()  # see activate
+        self.plain_by_group: dict[int, list[int]] = {}
         self.new_in_kind: dict[int, list[int]] = {}  # kind -> indexes (in by_kind) of its new members
         self.ready: dict[str, Candidate] = {}  # candidates given a rank and an effective margin this cycle
+        self.margined: set[str] = set()  # keys of candidates given an effective margin (see unranked)
         self.by_pool, self.by_product = _kinds_index(state)
         policy = state.snapshot.policy
         self.preempting = bool(policy.preemption.enabled) and any(state.victims.values())
         self.gain = number_or(policy.preemption.min_margin_gain_per_gpu_hour, 0.0)
         self.fit_memo: dict[int, tuple[object, bool]] = {}  # demand group -> (capacity version, fits)
         self.cheapest_victim = {p: min(v.margin for v in vs) for p, vs in state.victims.items() if vs} if self.preempting else {}
+        self.preempting_options: dict[int, list[tuple[Option, float]]] = {}  # see _may_preempt
+        # The first order past the attempt budget: a member ranks within it when it sorts before.
+        self.near_head_kinds: dict[int, list[int]] = {}  # see _near_head_in
+        self.budget_edge = state.queue[MAX_PREEMPTION_ATTEMPTS_PER_PASS] if len(state.queue) > MAX_PREEMPTION_ATTEMPTS_PER_PASS else None
 
     def candidate(self, order: tuple) -> Candidate:
         candidate = self.ready.get(order[2])
@@ -650,6 +667,19 @@ class _Streams:
             candidate.rank = bisect.bisect_left(state.queue, order)
             waited = max(0.0, self.now - number_or(candidate.workload.queued_since, self.now))
             candidate.effective_margin = candidate.best_margin + state.ranker.aging * waited / 3600.0
+        return candidate
+
+    def unranked(self, order: tuple) -> Candidate:
+        """``candidate`` without its rank (it may be a past cycle's): for comparing order keys but
+        for the rank they end with -- the orders of queued workloads sort as their ranks do."""
+        key = order[2]
+        candidate = self.ready.get(key)
+        if candidate is None:
+            candidate = self.state.queued[key]
+            if key not in self.margined:
+                self.margined.add(key)
+                waited = max(0.0, self.now - number_or(candidate.workload.queued_since, self.now))
+                candidate.effective_margin = candidate.best_margin + self.state.ranker.aging * waited / 3600.0
         return candidate
 
     def activate(self, new_keys: set[str], touched_pools: set[int], reserve_freed: set[str], newly_victims: list[Victim]) -> None:
@@ -665,11 +695,15 @@ class _Streams:
         groups: set[int] = set()
         for pool in touched_pools:
             groups.update(state.groups_by_pool.get(pool, ()))
-        for group in groups:  # a group that does not fit now stays out, unless its kinds may preempt
-            if self.preempting or self._may_fit(next(iter(state.kinds_of_group[group]))):
+        for group in groups:  # a group that does not fit now stays out, but for its kinds that may preempt
+            if self._group_may_fit(group):
                 kinds.update(state.kinds_of_group[group])
-        for product in reserve_freed | {v.product for v in newly_victims}:
+            elif self.preempting:
+                kinds.update(self._near_head_in(group))
+        for product in reserve_freed:
             kinds.update(self.by_product.get(product, ()))
+        for victim in newly_victims:
+            kinds |= self._may_take(victim)
         if self.preempting:
             # Preemption for a workload that needs more than GPUs counts victims by GPUs and checks
             # the need on placing: an admission elsewhere can turn its failure into a success (more
@@ -679,17 +713,43 @@ class _Streams:
             if state.by_kind.get(kind) and (self._may_fit(kind) or self._may_preempt(kind)):
                 self.startable.add(kind)
         self.active = self.startable | set(self.new_in_kind)
+        # Plain kinds: started, with no new member and no preemption to try -- members that fit or
+        # fail as their demand group does (see walk).
+        for kind in sorted(self.startable):
+            if kind not in self.new_in_kind and not self._may_preempt(kind):
+                self.plain_kinds.add(kind)
+                self.plain_by_group.setdefault(state.group_of_kind[kind], []).append(kind)
+
+    def _may_take(self, victim: Victim) -> set[int]:
+        """The kinds whose preemption may choose the victim (``passes._preempt``'s rule: an option on
+        its product whose threshold it is under, and GPUs it frees on that option's pools): to the
+        others it changes nothing, so they fail as they did."""
+        state = self.state
+        pool_of, options_of_kind = state.inventory.pool_of, state.ranker.options_of_kind
+        pools = {pool_of[index] for index, _ in victim.freed} - {-1}
+        kinds: set[int] = set()
+        for pool in pools:
+            for kind in self.by_pool.get(pool, ()):
+                if kind not in kinds and self._near_head(kind) and any(
+                    option.product == victim.product and pool in option.pools and victim.margin <= option.margin - self.gain + EPSILON
+                    for option in options_of_kind[kind]
+                ):
+                    kinds.add(kind)
+        return kinds
 
     def _may_fit(self, kind: int, inventory: Inventory | None = None, training_used: Mapping[str, int] | None = None,
                  version: object = None) -> bool:
         """Whether a member of the kind fits in free capacity now (by default: the state's).
         ``version`` names the capacity's state (it changes only with an admission): the kinds of
         one demand group share the answer while it holds."""
-        state = self.state
-        group = state.group_of_kind[kind]
+        return self._group_may_fit(self.state.group_of_kind[kind], inventory, training_used, version)
+
+    def _group_may_fit(self, group: int, inventory: Inventory | None = None, training_used: Mapping[str, int] | None = None,
+                       version: object = None) -> bool:
         known = self.fit_memo.get(group)
         if known is not None and known[0] == version:
             return known[1]
+        state = self.state
         fits = self._group_fits(group, inventory if inventory is not None else state.inventory, training_used if training_used is not None else state.training_used)
         self.fit_memo[group] = (version, fits)
         return fits
@@ -709,19 +769,44 @@ class _Streams:
     def _may_enter(self, kind: int, result: PassResult) -> bool:
         """Whether the kind's next member may get in during this pass, as capacity is now."""
         version = (id(result), len(result.admitted))
-        return self._may_fit(kind, result.inventory, result.training_used, version) or self._may_preempt(kind)
+        return self._may_fit(kind, result.inventory, result.training_used, version) or self._may_preempt(kind, result)
 
-    def _may_preempt(self, kind: int) -> bool:
+    def _may_preempt(self, kind: int, result: PassResult | None = None) -> bool:
+        """Whether a member of the kind may preempt: within the attempt budget, some victim cheap
+        enough on a product of its options, and (``result``: in that pass) no attempt alike that
+        failed already (``passes._preempt`` skips those)."""
         if not self.preempting:
             return False
-        state = self.state
-        if self.candidate(state.by_kind[kind][0]).rank >= MAX_PREEMPTION_ATTEMPTS_PER_PASS:
-            return False
+        options = self.preempting_options.get(kind)
+        if options is None:  # the same all cycle (the kinds' heads do not change during the passes)
+            options = self.preempting_options[kind] = self._preempting_options(kind)
+        if not options or result is None or not result.preempt_failed:
+            return bool(options)
+        g, replicas, is_training = self.state.ranker.demand_of_kind[kind]
+        failed = result.preempt_failed
+        return not all(failed_before(failed.get(preemption_key(option, g, False, is_training)), replicas, threshold)
+                       for option, threshold in options)
+
+    def _preempting_options(self, kind: int) -> list[tuple[Option, float]]:
+        """(option, threshold) of the kind's options on which its head may try preemption: within
+        the attempt budget, with a victim cheap enough on that product."""
+        if not self._near_head(kind):
+            return []
         cheapest = self.cheapest_victim
-        return any(
-            option.product in cheapest and cheapest[option.product] <= option.margin - self.gain + EPSILON
-            for option in state.ranker.options_of_kind[kind]
-        )
+        return [(option, option.margin - self.gain) for option in self.state.ranker.options_of_kind[kind]
+                if option.product in cheapest and cheapest[option.product] <= option.margin - self.gain + EPSILON]
+
+    def _near_head_in(self, group: int) -> list[int]:
+        """The group's kinds with a member within the attempt budget (the only ones that may preempt)."""
+        kinds = self.near_head_kinds.get(group)
+        if kinds is None:
+            kinds = self.near_head_kinds[group] = [kind for kind in self.state.kinds_of_group[group] if self._near_head(kind)]
+        return kinds
+
+    def _near_head(self, kind: int) -> bool:
+        """Whether the kind has a member within the attempt budget (its best-ranked one's rank)."""
+        orders = self.state.by_kind.get(kind)
+        return bool(orders) and (self.budget_edge is None or orders[0] < self.budget_edge)  # type: ignore[index]
 
     def walk(self, key: Callable[[Candidate], tuple], result: PassResult, seen: dict[str, Candidate]) -> Iterator[Candidate]:
         """One order: the active kinds' members, merged by ``key``, as the pass admits them."""
@@ -743,13 +828,32 @@ class _Streams:
             at[kind] = index
             heapq.heappush(heap, (key(self.candidate(orders[index])), kind, index))
 
+        plain = self.plain_by_group
         for kind in sorted(self.active):
             if kind in self.startable:
-                push(kind, 0)
+                if state.group_of_kind[kind] not in plain or kind not in self.plain_kinds:
+                    push(kind, 0)
             elif kind in self.new_in_kind:
                 push(kind, self.new_in_kind[kind][0])
+        # The plain kinds of a group come in as one entry, at the best of their first members: a group
+        # that does not fit when its turn comes fails whole (capacity only shrinks until then; what a
+        # preemption frees, _reopen walks on), one that fits is walked kind by kind.
+        waiting: dict[int, list[int]] = {}
+        for group, kinds in plain.items():
+            heads = [state.by_kind[kind][0] for kind in kinds]
+            _, first = min((key(self.unranked(order))[:-1], order) for order in heads)
+            heap.append((key(self.candidate(first)), -1 - group, 0))
+            waiting[group] = kinds
+        heapq.heapify(heap)
         while heap:
             position, kind, index = heapq.heappop(heap)
+            if kind < 0:
+                kinds = waiting.pop(-1 - kind)
+                if self._group_may_fit(-1 - kind, result.inventory, result.training_used, (id(result), len(result.admitted))):
+                    for member in kinds:
+                        if member not in at:  # not walked on already by _reopen
+                            push(member, 0)
+                continue
             if at.get(kind) != index:
                 continue  # replaced by an earlier member (see _reopen)
             del at[kind]
@@ -766,7 +870,7 @@ class _Streams:
             if admission is not None:
                 push(kind, index + 1)
                 if admission.victims:
-                    self._reopen(admission.victims, key, position, at, push, result)
+                    self._reopen(admission.victims, key, (position[:-1], candidate.order), at, push, result)
             else:  # the rest of the kind fails too: only its new members still need a decision
                 later = [i for i in self.new_in_kind.get(kind, ()) if i > index]
                 if later:
@@ -775,19 +879,28 @@ class _Streams:
     def _reopen(self, victims: tuple[Victim, ...], key: Callable[[Candidate], tuple], position: tuple,
                 at: dict[int, int], push: Callable[[int, int], None], result: PassResult) -> None:
         """A preemption freed capacity (and, for training victims, reserve room) on a product: every
-        kind that may use it walks on, from its first member after ``position`` in this order."""
+        kind that may use it walks on, from its first member after ``position`` in this order
+        (the preemptor's key but for its rank, and its rank order: compared without ranking)."""
         state = self.state
-        kinds: set[int] = set()
+        groups: set[int] = set()
         for product in {v.product for v in victims}:
-            kinds.update(self.by_product.get(product, ()))
+            groups.update(state.groups_by_product.get(product, ()))
+        version = (id(result), len(result.admitted))
+        kinds: set[int] = set()
+        for group in groups:  # a group that fits: all its kinds; else those that may preempt
+            members = state.kinds_of_group[group]
+            if self._group_may_fit(group, result.inventory, result.training_used, version):
+                kinds.update(members)
+            elif self.preempting:
+                kinds.update(kind for kind in self._near_head_in(group) if self._may_preempt(kind, result))
         for kind in sorted(kinds):
             orders = state.by_kind.get(kind)
-            if not orders or not self._may_enter(kind, result):
+            if not orders:
                 continue
             low, high = 0, len(orders)
             while low < high:  # members of a kind are in rank order in every order
-                middle = (low + high) // 2
-                if key(self.candidate(orders[middle])) <= position:
+                middle = low if low == 0 else (low + high) // 2  # the first member first: usually after
+                if (key(self.unranked(orders[middle]))[:-1], orders[middle]) <= position:
                     low = middle + 1
                 else:
                     high = middle
@@ -852,6 +965,7 @@ def _kinds_index(state: _State) -> tuple[dict[int, set[int]], dict[str, set[int]
             state.group_demand.append(demand)
             state.kinds_of_group.append(set())
             for option in options:
+                state.groups_by_product.setdefault(option.product, set()).add(group)
                 for pool in option.pools:
                     state.groups_by_pool.setdefault(pool, set()).add(group)
         state.group_of_kind[kind] = group
