@@ -18,6 +18,8 @@ import pytest
 
 from gpuadmit.core.engine import Changes, IncrementalEngine, decide
 from gpuadmit.core.engine.chains import SWAP_UP_TO_NODES
+from gpuadmit.core.engine.prepare import Ranker
+from gpuadmit.core.inventory import Inventory
 from gpuadmit.core.model import (
     Action,
     CycleResult,
@@ -76,6 +78,7 @@ class World:
         self.holding: dict[str, Workload] = {}
         self.serial = 0
         self.node_events = 0.0  # share of events that add or remove a node, beyond the usual 5%
+        self.time_events = 0.0  # share of events that let time pass, beyond the usual 10%
 
     def snapshot(self) -> Snapshot:
         own = {(w.key, e.node): e.gpus for w in self.holding.values() for e in w.placement}
@@ -146,6 +149,8 @@ class World:
         roll = rng.random()
         if self.node_events and rng.random() < self.node_events:
             roll = 0.95 + rng.random() * 0.05  # a node added or removed, below
+        elif self.time_events and rng.random() < self.time_events:
+            roll = 0.85 + rng.random() * 0.1  # time passes: running work becomes preemptible
         if roll < 0.45 or not (self.holding or self.pending):
             for _ in range(rng.choice((1, 1, 1, 3))):
                 self.new_workload()
@@ -206,13 +211,14 @@ def told(before: Snapshot | None, after: Snapshot) -> Changes | None:
 
 
 def run(seed: int, nodes: int, events: int, rules: Policy, *, most_gpus: int = 8, backlog: int = 0, exact: bool,
-        tell: bool = False, resources: bool = False, node_events: float = 0.0) -> dict[str, int]:
+        tell: bool = False, resources: bool = False, node_events: float = 0.0, time_events: float = 0.0) -> dict[str, int]:
     """``backlog`` workloads first (more than fits: the queue is long), then ``events`` events;
     ``exact``: decisions must be identical (else: margin within 1%); ``tell``: the changes are
     told (``Changes``) rather than found by the engine."""
     rng = random.Random(seed)
     world = World(rng, nodes, rules, most_gpus, resources)
     world.node_events = node_events
+    world.time_events = time_events
     for _ in range(backlog):
         world.new_workload()
     engine = IncrementalEngine()
@@ -283,6 +289,53 @@ def test_nodes_added_are_decided_incrementally_and_identically(seed: int, nodes:
                  most_gpus=2 if large else 8, backlog=1_500 if large else 150, exact=True, tell=tell, resources=resources,
                  node_events=0.2)
     assert counts["nodes added incrementally"] >= 5 and counts["admitted"] > 10, counts
+
+
+@pytest.mark.parametrize(("seed", "nodes", "tell", "resources"), [
+    (15, SWAP_UP_TO_NODES + 200, True, False), (16, 60, False, False), (17, 60, True, True),
+])
+def test_victims_that_come_of_age_are_decided_identically(seed: int, nodes: int, tell: bool, resources: bool) -> None:
+    # Time passes often, so running work keeps becoming preemptible: each new victim brings in only
+    # the queued kinds that may choose it, and a pass skips kinds whose preemption failed alike.
+    large = nodes > SWAP_UP_TO_NODES
+    counts = run(seed, nodes=nodes, events=100 if large else 150, rules=policy(True, reserve=0.1, aging=0.05),
+                 most_gpus=2 if large else 8, backlog=1_500 if large else 150, exact=True, tell=tell, resources=resources,
+                 time_events=0.3)
+    assert counts["incremental"] > 5 * counts["whole"] and counts["preempted"] > 5, counts
+
+
+def test_relayout_keeps_the_kinds_exactly_when_their_options_stay() -> None:
+    # Ranker.relayout checks only the kinds that may gain an option (its index); the verdict must be
+    # what checking every kind against the grown layout says.
+    verdicts = {True: 0, False: 0}
+    for seed in range(40):
+        rng = random.Random(seed)
+        rules = policy(False, reserve=0.0, aging=0.0)
+        world = World(rng, rng.randint(3, 12), rules, most_gpus=8)
+        for _ in range(60):
+            world.new_workload()
+        snapshot = world.snapshot()
+        ranker = Ranker(rules, Inventory.from_snapshot(snapshot))
+        members: dict[int, Workload] = {}
+        for workload in snapshot.pending:
+            made = ranker.candidate(workload, NOW)
+            if not isinstance(made, Decision):
+                members.setdefault(made.kind, workload)
+        before = dict(ranker.options_of_kind)
+        known = {(n.product, n.memory_mib, n.taints) for n in snapshot.nodes}
+        added = [n for n in (node(rng, 1000 + i) for i in range(rng.randint(1, 3))) if (n.product, n.memory_mib, n.taints) in known]
+        if not added:
+            continue
+        grown = Inventory.from_snapshot(dataclasses.replace(snapshot, nodes=snapshot.nodes + tuple(added)))
+        pools = {grown.pool_of[grown.index_by_name[n.name]] for n in added} - {-1}
+        kept = ranker.relayout(grown, members.get, pools)
+        fresh = Ranker(rules, grown)
+        same = all(fresh.options_of_kind[made.kind] == before[kind]
+                   for kind, workload in members.items() for made in (fresh.candidate(workload, NOW),) if not isinstance(made, Decision))
+        same = same and not any(isinstance(fresh.candidate(w, NOW), Decision) for w in members.values())
+        assert kept == same, f"seed {seed}: relayout says {kept}, every kind checked says {same}"
+        verdicts[kept] += 1
+    assert verdicts[True] > 5 and verdicts[False] > 2, verdicts  # both answers were exercised
 
 
 @pytest.mark.parametrize(("seed", "preemption", "resources"), [(6, False, False), (7, False, True), (8, False, False), (117, True, False)])
