@@ -18,6 +18,7 @@ import pytest
 
 from gpuadmit.core.engine import Changes, IncrementalEngine, decide
 from gpuadmit.core.engine.chains import SWAP_UP_TO_NODES
+from gpuadmit.core.engine.incremental import _aligned
 from gpuadmit.core.engine.prepare import Ranker
 from gpuadmit.core.inventory import Inventory
 from gpuadmit.core.model import (
@@ -336,6 +337,39 @@ def test_relayout_keeps_the_kinds_exactly_when_their_options_stay() -> None:
         assert kept == same, f"seed {seed}: relayout says {kept}, every kind checked says {same}"
         verdicts[kept] += 1
     assert verdicts[True] > 5 and verdicts[False] > 2, verdicts  # both answers were exercised
+
+
+def test_snapshots_compared_side_by_side_find_what_sets_of_ids_find() -> None:
+    # The engine compares a snapshot's workloads with the last one's by walking both lists where
+    # they hold the same objects; the added and removed must be what set differences find, and an
+    # object out of order (or listed twice) must send it to the sets.
+    rng = random.Random(21)
+    made = [Workload(namespace="team", name=f"w-{i:04d}", gpus_per_replica=1, replicas=1, workload_class="training") for i in range(400)]
+    answered = 0
+    for trial in range(300):
+        old = tuple(rng.sample(made, rng.randint(0, 60)))
+        new = list(old)
+        for _ in range(rng.choice((0, 1, 2, 5, 70))):
+            roll = rng.random()
+            if roll < 0.4 and new:
+                del new[rng.randrange(len(new))]
+            elif roll < 0.8:
+                new.insert(rng.randint(0, len(new)), dataclasses.replace(rng.choice(made)))  # a new object
+            elif roll < 0.9 and len(new) > 1:
+                new.insert(rng.randint(0, len(new)), new.pop(rng.randrange(len(new))))  # moved
+            elif new:
+                new.insert(rng.randint(0, len(new)), rng.choice(new))  # listed twice
+        known = set(map(id, old))
+        found = _aligned(old, tuple(new), known)
+        if found is None:
+            continue
+        added, removed = found
+        answered += 1
+        assert len(set(map(id, new))) == len(new) or len(set(map(id, added))) < len(added), f"trial {trial}: a duplicate passed"
+        assert {id(w) for w in added} == set(map(id, new)) - known, f"trial {trial}: added"
+        assert {id(w) for w in removed} == known - set(map(id, new)), f"trial {trial}: removed"
+        assert len(removed) == len({id(w) for w in removed}), f"trial {trial}"
+    assert answered > 100
 
 
 @pytest.mark.parametrize(("seed", "preemption", "resources"), [(6, False, False), (7, False, True), (8, False, False), (117, True, False)])

@@ -70,9 +70,9 @@ import gc
 import heapq
 import math
 import operator
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from itertools import compress
+from itertools import compress, count, islice
 
 from ..guarantee import Tenants
 from ..inventory import Inventory, LayoutMemo, _beyond, _same_shape, whole
@@ -273,8 +273,8 @@ class IncrementalEngine:
         inventory = state.inventory
         # --- what changed --------------------------------------------------------
         if changes is None:
-            pending_diff = _compare(state.pending, state.pending_ids, state.pending_idset, snapshot.pending)
-            holding_diff = _compare(state.holding, state.holding_ids, state.holding_idset, snapshot.holding)
+            pending_diff = _compare(state.pending, state.pending_ids, state.pending_idset, snapshot.pending, last.pending)
+            holding_diff = _compare(state.holding, state.holding_ids, state.holding_idset, snapshot.holding, last.holding)
         else:
             pending_diff = _told(state.pending, state.pending_ids, state.pending_idset, changes.pending)
             holding_diff = _told(state.holding, state.holding_ids, state.holding_idset, changes.holding)
@@ -672,15 +672,21 @@ class _Streams:
     def unranked(self, order: tuple) -> Candidate:
         """``candidate`` without its rank (it may be a past cycle's): for comparing order keys but
         for the rank they end with -- the orders of queued workloads sort as their ranks do."""
-        key = order[2]
-        candidate = self.ready.get(key)
-        if candidate is None:
-            candidate = self.state.queued[key]
-            if key not in self.margined:
-                self.margined.add(key)
-                waited = max(0.0, self.now - number_or(candidate.workload.queued_since, self.now))
-                candidate.effective_margin = candidate.best_margin + self.state.ranker.aging * waited / 3600.0
-        return candidate
+        self.give_margins((order,))
+        return self.state.queued[order[2]]
+
+    def give_margins(self, orders: Iterable[tuple]) -> None:
+        """This cycle's effective margin to the candidates of ``orders`` (as ``candidate`` does)."""
+        ready, margined, queued = self.ready, self.margined, self.state.queued
+        now, aging = self.now, self.state.ranker.aging
+        for order in orders:
+            key = order[2]
+            if key in ready or key in margined:
+                continue
+            margined.add(key)
+            candidate = queued[key]
+            waited = max(0.0, now - number_or(candidate.workload.queued_since, now))
+            candidate.effective_margin = candidate.best_margin + aging * waited / 3600.0
 
     def activate(self, new_keys: set[str], touched_pools: set[int], reserve_freed: set[str], newly_victims: list[Victim]) -> None:
         state = self.state
@@ -839,9 +845,14 @@ class _Streams:
         # that does not fit when its turn comes fails whole (capacity only shrinks until then; what a
         # preemption frees, _reopen walks on), one that fits is walked kind by kind.
         waiting: dict[int, list[int]] = {}
+        queued, by_kind = state.queued, state.by_kind
         for group, kinds in plain.items():
-            heads = [state.by_kind[kind][0] for kind in kinds]
-            _, first = min((key(self.unranked(order))[:-1], order) for order in heads)
+            heads = [by_kind[kind][0] for kind in kinds]
+            self.give_margins(heads)
+            if key(queued[heads[0][2]])[:-1]:
+                _, first = min(zip([key(queued[order[2]])[:-1] for order in heads], heads, strict=True))
+            else:  # rank order: the orders themselves
+                first = min(heads)
             heap.append((key(self.candidate(first)), -1 - group, 0))
             waiting[group] = kinds
         heapq.heapify(heap)
@@ -1065,21 +1076,37 @@ def _set_victim(state: _State, snapshot: Snapshot, workload: Workload | None, ke
 _Diff = tuple[dict[str, Workload], dict[int, Workload], set[int], list[Workload], list[Workload]]
 
 
-def _compare(by_key: dict[str, Workload], by_id: dict[int, Workload], known: set[int], workloads: tuple[Workload, ...]) -> _Diff | None:
-    """(by key, by id, ids, arrived, left) against the last cycle's objects, or None when a key or an
-    object is listed twice. By identity first, at C speed (set differences of ids, which stay
-    valid: the last snapshot keeps its objects alive): a caller that keeps its objects between
-    cycles costs that; one that parses afresh pays an equality test per object it replaced.
-    ``by_key`` and ``by_id`` are changed in place (on None the state is rebuilt anyway)."""
-    ids = set(map(id, workloads))
-    if len(ids) != len(workloads):
-        return None
-    added_ids = ids - known
-    removed_ids = known - ids
-    if not added_ids and not removed_ids:
-        return by_key, by_id, ids, [], []
-    added = list(compress(workloads, map(added_ids.__contains__, map(id, workloads)))) if added_ids else []
-    removed = [by_id.pop(i) for i in removed_ids]
+def _compare(by_key: dict[str, Workload], by_id: dict[int, Workload], known: set[int], workloads: tuple[Workload, ...],
+             last: tuple[Workload, ...]) -> _Diff | None:
+    """(by key, by id, ids, arrived, left) against the last cycle's objects (``last``, whose ids
+    are ``known``), or None when a key or an object is listed twice. By identity first, at C
+    speed: the two lists walked side by side where they agree (``_aligned``; a caller that keeps
+    its objects and their order between cycles costs that), else set differences of ids (which
+    stay valid: the last snapshot keeps its objects alive); a caller that parses afresh pays an
+    equality test per object it replaced. ``by_key``, ``by_id`` and ``known`` are changed in place
+    (on None the state is rebuilt anyway)."""
+    if workloads is last:
+        return by_key, by_id, known, [], []
+    aligned = _aligned(last, workloads, known) if len(known) == len(last) else None
+    if aligned is not None:
+        added, removed = aligned
+        known.difference_update(map(id, removed))
+        known.update(map(id, added))
+        if len(known) != len(workloads):
+            return None  # an object listed twice
+        ids = known
+    else:
+        ids = set(map(id, workloads))
+        if len(ids) != len(workloads):
+            return None
+        added_ids = ids - known
+        removed_ids = known - ids
+        if not added_ids and not removed_ids:
+            return by_key, by_id, ids, [], []
+        added = list(compress(workloads, map(added_ids.__contains__, map(id, workloads)))) if added_ids else []
+        removed = [by_id[i] for i in removed_ids]
+    for workload in removed:
+        del by_id[id(workload)]
     gone = {w.key: w for w in removed}
     for workload in removed:
         del by_key[workload.key]
@@ -1096,6 +1123,42 @@ def _compare(by_key: dict[str, Workload], by_id: dict[int, Workload], known: set
             del gone[key]  # replaced by an equal object: no change
     left = sorted(gone.values(), key=lambda w: w.key)
     return by_key, by_id, ids, arrived, left
+
+
+# Past this many differences the side-by-side walk gives way to set differences (both cost about
+# the same then).
+ALIGN_UP_TO = 64
+
+
+def _aligned(old: tuple[Workload, ...], new: tuple[Workload, ...], known: set[int]) -> tuple[list[Workload], list[Workload]] | None:
+    """(added, removed) when ``new`` is ``old`` with up to ``ALIGN_UP_TO`` objects added and
+    removed, the others in the same order (``known``: the ids of ``old``, each once); else None.
+    Runs of the same objects are skipped at C speed; where they differ, an object not known was
+    added, else the old one there was removed. A known object met out of order leaves it for the
+    end of ``new``, where it is found: then None. So every object taken as removed is not in ``new``."""
+    added: list[Workload] = []
+    removed: list[Workload] = []
+    i = j = 0
+    while i < len(old) and j < len(new):
+        skip = next(compress(count(), map(operator.is_not, islice(new, j, None), islice(old, i, None))), None)
+        if skip is None:
+            i, j = i + min(len(old) - i, len(new) - j), j + min(len(old) - i, len(new) - j)
+            break
+        i, j = i + skip, j + skip
+        if len(added) + len(removed) >= ALIGN_UP_TO:
+            return None
+        if id(new[j]) in known:
+            removed.append(old[i])
+            i += 1
+        else:
+            added.append(new[j])
+            j += 1
+    tail = new[j:]
+    if any(map(known.__contains__, map(id, tail))):
+        return None
+    removed.extend(old[i:])
+    added.extend(tail)
+    return (added, removed) if len(added) + len(removed) <= ALIGN_UP_TO else None
 
 
 def _told(by_key: dict[str, Workload], by_id: dict[int, Workload], known: set[int], changed: Mapping[str, Workload | None]) -> _Diff:
