@@ -284,13 +284,13 @@ class SteadyCluster:
         self.holding = {w.key: w for w in snapshot.holding}
         self.own_pods = dict(snapshot.gpus_of_own_pods)
         self.serial = 0
-        self.changes = Changes({}, {})  # since the last snapshot, as an operator's watch would tell
+        self.changes = Changes({}, {}, set(), set())  # since the last snapshot, as an operator's watch would tell
         self._nodes: tuple[GpuNode, ...] | None = None
         self._pending: tuple[Workload, ...] | None = None
         self._holding: tuple[Workload, ...] | None = None
 
     def snapshot(self) -> Snapshot:
-        self.changes = Changes({}, {})
+        self.changes = Changes({}, {}, set(), set())
         self._nodes = self._nodes or tuple(self.nodes.values())
         self._pending = self._pending or tuple(self.pending.values())
         self._holding = self._holding or tuple(self.holding.values())
@@ -315,9 +315,11 @@ class SteadyCluster:
                 for entry in decision.placement:
                     self.use(entry.node, entry.gpus)
                     self.own_pods[(running.key, entry.node)] = entry.gpus
+                    self.changes.own_pods.add((running.key, entry.node))  # type: ignore[union-attr]
 
     def use(self, name: str, gpus: int) -> None:
         self.nodes[name] = dataclasses.replace(self.nodes[name], gpus_used_by_pods=self.nodes[name].gpus_used_by_pods + gpus)
+        self.changes.nodes.add(name)  # type: ignore[union-attr]
         self._nodes = None
 
     def finish(self, key: str | None = None) -> None:
@@ -328,6 +330,7 @@ class SteadyCluster:
         self._holding = None
         for entry in workload.placement:
             self.use(entry.node, -self.own_pods.pop((key, entry.node), 0))
+            self.changes.own_pods.add((key, entry.node))  # type: ignore[union-attr]
 
     def arrive(self) -> None:
         self.serial += 1
@@ -342,6 +345,7 @@ class SteadyCluster:
         product, gpus, memory = NODE_KINDS[self.serial % len(NODE_KINDS)][:3]
         name = f"gpu-node-new-{self.serial:05d}"
         self.nodes[name] = GpuNode(name=name, allocatable=gpus, product=product, memory_mib=memory)
+        self.changes.nodes.add(name)  # type: ignore[union-attr]
         self._nodes = None
 
 

@@ -80,10 +80,13 @@ class World:
         self.serial = 0
         self.node_events = 0.0  # share of events that add or remove a node, beyond the usual 5%
         self.time_events = 0.0  # share of events that let time pass, beyond the usual 10%
+        self.pod_events = 0.0  # share of events where pods come or go without a workload changing
+        self.missing: set[tuple[str, str]] = set()  # (workload, node) of running workloads whose pods are gone
 
     def snapshot(self) -> Snapshot:
-        own = {(w.key, e.node): e.gpus for w in self.holding.values() for e in w.placement}
-        own_resources = {(w.key, e.node): e.resources for w in self.holding.values() for e in w.placement if e.resources}
+        own = {(w.key, e.node): e.gpus for w in self.holding.values() for e in w.placement if (w.key, e.node) not in self.missing}
+        own_resources = {(w.key, e.node): e.resources for w in self.holding.values() for e in w.placement
+                         if e.resources and (w.key, e.node) not in self.missing}
         return Snapshot(
             nodes=tuple(self.nodes.values()), holding=tuple(self.holding.values()),
             pending=tuple(self.pending.values()), policy=self.policy, now=self.now, gpus_of_own_pods=own,
@@ -135,15 +138,22 @@ class World:
     def use(self, workload: Workload, sign: int) -> None:
         """The workload's pods start (+1) or end (-1) on its nodes: GPUs and other resources used there."""
         for entry in workload.placement:
-            n = self.nodes.get(entry.node)
-            if n is not None:
-                used = dict(n.resources_used_by_pods)
-                for resource, amount in entry.resources:
-                    used[resource] = used.get(resource, 0) + sign * amount
-                self.nodes[entry.node] = dataclasses.replace(
-                    n, gpus_used_by_pods=n.gpus_used_by_pods + sign * entry.gpus,
-                    resources_used_by_pods=tuple(sorted((r, a) for r, a in used.items() if a)),
-                )
+            if (workload.key, entry.node) in self.missing:  # its pod there is gone already
+                self.missing.discard((workload.key, entry.node))
+                continue
+            self.use_on(entry.node, sign * entry.gpus, tuple((r, sign * a) for r, a in entry.resources))
+
+    def use_on(self, name: str, gpus: int, resources: tuple[tuple[str, int], ...] = ()) -> None:
+        """Pods on a node take (or give back) GPUs and other resources."""
+        n = self.nodes.get(name)
+        if n is not None:
+            used = dict(n.resources_used_by_pods)
+            for resource, amount in resources:
+                used[resource] = used.get(resource, 0) + amount
+            self.nodes[name] = dataclasses.replace(
+                n, gpus_used_by_pods=n.gpus_used_by_pods + gpus,
+                resources_used_by_pods=tuple(sorted((r, a) for r, a in used.items() if a)),
+            )
 
     def event(self) -> str:
         rng = self.rng
@@ -152,6 +162,8 @@ class World:
             roll = 0.95 + rng.random() * 0.05  # a node added or removed, below
         elif self.time_events and rng.random() < self.time_events:
             roll = 0.85 + rng.random() * 0.1  # time passes: running work becomes preemptible
+        elif self.pod_events and rng.random() < self.pod_events:
+            return self.pods_come_or_go()
         if roll < 0.45 or not (self.holding or self.pending):
             for _ in range(rng.choice((1, 1, 1, 3))):
                 self.new_workload()
@@ -177,6 +189,23 @@ class World:
         if empty:
             del self.nodes[rng.choice(empty)]
         return "node removed"
+
+
+    def pods_come_or_go(self) -> str:
+        """A pod that is not gpuadmit's takes or frees a GPU on a node, or a running workload's pod on
+        one of its nodes is gone (its workload still holds the placement): only nodes and own pods change."""
+        rng = self.rng
+        entries = [(w, e) for w in self.holding.values() for e in w.placement if (w.key, e.node) not in self.missing and e.node in self.nodes]
+        if entries and rng.random() < 0.5:
+            workload, entry = rng.choice(entries)
+            self.missing.add((workload.key, entry.node))
+            self.use_on(entry.node, -entry.gpus, tuple((r, -a) for r, a in entry.resources))
+            return "own pod gone"
+        name = rng.choice(sorted(self.nodes))
+        n = self.nodes[name]
+        gpus = 1 if n.gpus_used_by_pods < n.allocatable and rng.random() < 0.6 else -1 if n.gpus_used_by_pods > 0 else 0
+        self.use_on(name, gpus)
+        return "foreign pod"
 
 
 def margin_per_hour(world: World, result: CycleResult) -> float:
@@ -208,11 +237,21 @@ def told(before: Snapshot | None, after: Snapshot) -> Changes | None:
         changed.update((k, w) for k, w in now.items() if was.get(k) is not w)
         return changed
 
-    return Changes(pending=diff(before.pending, after.pending), holding=diff(before.holding, after.holding))
+    def changed_keys(old: dict, new: dict) -> set:
+        return {k for k in old.keys() | new.keys() if old.get(k) != new.get(k)}
+
+    same_nodes = [n.name for n in before.nodes] == [n.name for n in after.nodes]
+    return Changes(
+        pending=diff(before.pending, after.pending), holding=diff(before.holding, after.holding),
+        nodes=[a.name for a, b in zip(after.nodes, before.nodes, strict=True) if a is not b] if same_nodes else None,
+        own_pods=changed_keys(before.gpus_of_own_pods, after.gpus_of_own_pods)
+        | changed_keys(before.resources_of_own_pods, after.resources_of_own_pods),
+    )
 
 
 def run(seed: int, nodes: int, events: int, rules: Policy, *, most_gpus: int = 8, backlog: int = 0, exact: bool,
-        tell: bool = False, resources: bool = False, node_events: float = 0.0, time_events: float = 0.0) -> dict[str, int]:
+        tell: bool = False, resources: bool = False, node_events: float = 0.0, time_events: float = 0.0,
+        pod_events: float = 0.0) -> dict[str, int]:
     """``backlog`` workloads first (more than fits: the queue is long), then ``events`` events;
     ``exact``: decisions must be identical (else: margin within 1%); ``tell``: the changes are
     told (``Changes``) rather than found by the engine."""
@@ -220,6 +259,7 @@ def run(seed: int, nodes: int, events: int, rules: Policy, *, most_gpus: int = 8
     world = World(rng, nodes, rules, most_gpus, resources)
     world.node_events = node_events
     world.time_events = time_events
+    world.pod_events = pod_events
     for _ in range(backlog):
         world.new_workload()
     engine = IncrementalEngine()
@@ -303,6 +343,19 @@ def test_victims_that_come_of_age_are_decided_identically(seed: int, nodes: int,
                  most_gpus=2 if large else 8, backlog=1_500 if large else 150, exact=True, tell=tell, resources=resources,
                  time_events=0.3)
     assert counts["incremental"] > 5 * counts["whole"] and counts["preempted"] > 5, counts
+
+
+@pytest.mark.parametrize(("seed", "nodes", "tell", "resources"), [
+    (18, SWAP_UP_TO_NODES + 200, True, False), (19, 60, True, False), (20, 60, False, True), (22, 60, True, True),
+])
+def test_pods_that_come_or_go_alone_are_decided_identically(seed: int, nodes: int, tell: bool, resources: bool) -> None:
+    # Nodes and own pods change without a workload changing (other pods, a running workload's pod
+    # gone): told as Changes.nodes and Changes.own_pods, or found by the engine.
+    large = nodes > SWAP_UP_TO_NODES
+    counts = run(seed, nodes=nodes, events=100 if large else 150, rules=policy(True, reserve=0.1, aging=0.05),
+                 most_gpus=2 if large else 8, backlog=1_500 if large else 150, exact=True, tell=tell, resources=resources,
+                 pod_events=0.4)
+    assert counts["incremental"] > 5 * counts["whole"] and counts["admitted"] > 10, counts
 
 
 def test_relayout_keeps_the_kinds_exactly_when_their_options_stay() -> None:

@@ -70,7 +70,7 @@ import gc
 import heapq
 import math
 import operator
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from itertools import compress, count, islice
 
@@ -104,10 +104,18 @@ class Changes:
     there -- for pending and for holding workloads apart. Every key whose object was added,
     replaced or removed must be listed (a workload admitted last cycle that now runs: gone from
     ``pending``, new in ``holding``); objects not listed are taken to be the very ones of the
-    last snapshot. Nodes and pods' GPUs are still compared by the engine (by identity, cheap)."""
+    last snapshot.
+
+    Optionally, and then completely: ``nodes``, the names of the nodes whose object was replaced
+    (the others the very same objects, at the same places in ``Snapshot.nodes``); ``own_pods``, the
+    (workload key, node) entries of ``gpus_of_own_pods`` or ``resources_of_own_pods`` added,
+    changed or removed. None: the engine compares those itself (by identity over every node, and
+    the two mappings: a millisecond or two at 10,000 nodes)."""
 
     pending: Mapping[str, Workload | None] = field(default_factory=dict)
     holding: Mapping[str, Workload | None] = field(default_factory=dict)
+    nodes: Collection[str] | None = None
+    own_pods: Collection[tuple[str, str]] | None = None
 
 
 @dataclass(slots=True)
@@ -199,7 +207,7 @@ class IncrementalEngine:
         gc.disable()  # as decide() does: a cycle allocates much and frees little
         try:
             state = self._state
-            why = self._why_whole(state, snapshot) if state is not None else "first cycle"
+            why = self._why_whole(state, snapshot, changes) if state is not None else "first cycle"
             if why is None and state is not None:
                 result = self._incremental(state, snapshot, changes)
                 if isinstance(result, CycleResult):
@@ -233,7 +241,7 @@ class IncrementalEngine:
             self._state = _keep(snapshot, cycle, best.admitted, result)
         return result
 
-    def _why_whole(self, state: _State, snapshot: Snapshot) -> str | None:
+    def _why_whole(self, state: _State, snapshot: Snapshot, changes: Changes | None = None) -> str | None:
         last = state.snapshot
         policy = snapshot.policy
         if policy is not last.policy and policy != last.policy:
@@ -251,7 +259,9 @@ class IncrementalEngine:
                 return None
             if state.inventory.layout.index_of_position is None:
                 return "duplicate node names"
-            self._changed_positions = list(compress(range(len(snapshot.nodes)), map(operator.is_not, snapshot.nodes, last.nodes)))
+            told = _told_positions(state.inventory, snapshot, changes.nodes) if changes is not None and changes.nodes is not None else None
+            self._changed_positions = told if told is not None else list(
+                compress(range(len(snapshot.nodes)), map(operator.is_not, snapshot.nodes, last.nodes)))
             for position in self._changed_positions:
                 if not _same_shape(snapshot.nodes[position], last.nodes[position]):
                     return "a node changed shape"
@@ -296,8 +306,11 @@ class IncrementalEngine:
         if positions is None:
             return "duplicate node names"
         touched_nodes.update(positions[position] for position in self._changed_positions)
-        own_changed = _changed_keys(last.gpus_of_own_pods, snapshot.gpus_of_own_pods)
-        own_changed |= _changed_keys(last.resources_of_own_pods, snapshot.resources_of_own_pods)
+        if changes is not None and changes.own_pods is not None:
+            own_changed = set(changes.own_pods)
+        else:
+            own_changed = _changed_keys(last.gpus_of_own_pods, snapshot.gpus_of_own_pods)
+            own_changed |= _changed_keys(last.resources_of_own_pods, snapshot.resources_of_own_pods)
         for _, node in own_changed:
             index = inventory.index_by_name.get(node)
             if index is not None:
@@ -1183,6 +1196,23 @@ def _told(by_key: dict[str, Workload], by_id: dict[int, Workload], known: set[in
         if old is not None:
             left.append(old)
     return by_key, by_id, known, arrived, left
+
+
+def _told_positions(inventory: Inventory, snapshot: Snapshot, names: Collection[str]) -> list[int] | None:
+    """The positions in ``snapshot.nodes`` of the nodes named (``Changes.nodes``), the nodes listed
+    as last time; None when a name is not where the last layout has it (then compared instead)."""
+    layout = inventory.layout
+    index_by_name, position_of_index, nodes = layout.index_by_name, layout.position_of_index, snapshot.nodes
+    positions = []
+    for name in names:
+        index = index_by_name.get(name)
+        if index is None:
+            return None
+        position = position_of_index[index]
+        if nodes[position].name != name:
+            return None
+        positions.append(position)
+    return sorted(positions)
 
 
 def _changed_keys(old: Mapping, new: Mapping) -> set:
