@@ -84,6 +84,7 @@ from .messages import finalize
 from .passes import (
     ALL_ORDERS_UP_TO,
     MAX_PREEMPTION_ATTEMPTS_PER_PASS,
+    MAX_VICTIMS_PER_PREEMPTION,
     failed_before,
     order_keys,
     preemption_key,
@@ -160,6 +161,7 @@ class _State:
     groups_by_product: dict[str, set[int]] = field(default_factory=dict)
     group_ids: dict[tuple, int] = field(default_factory=dict)
     needing_kinds: set[int] = field(default_factory=set)  # kinds that need more than GPUs of a node
+    budget_edge: tuple | None = None  # _Streams.budget_edge of the last cycle
     # node name -> holding workloads placed on it though no such node is known (counted once it comes)
     placed_elsewhere: dict[str, set[str]] = field(default_factory=dict)
 
@@ -341,10 +343,8 @@ class IncrementalEngine:
                 was = state.victim_of_key.get(key)
                 _set_victim(state, snapshot, holding.get(key), key)
                 now_victim = state.victim_of_key.get(key)
-                if now_victim is not None and now_victim != was:  # a victim new (or changed) for the queue
-                    newly_victims.append(now_victim)
-                    if was is not None:  # those that could choose it before may choose otherwise now
-                        newly_victims.append(was)
+                if now_victim != was:  # a victim new, changed or gone: those that may choose it (or did) look again
+                    newly_victims.extend(v for v in (now_victim, was) if v is not None)
             waiting = state.not_yet_victims
             while waiting and waiting[0][0] <= now:  # old enough to preempt now
                 _, key = heapq.heappop(waiting)
@@ -354,16 +354,20 @@ class IncrementalEngine:
                         newly_victims.append(state.victim_of_key[key])
         # --- free capacity, node by node ---------------------------------------------
         touched_pools: set[int] = set()
+        freed_nodes: list[tuple[int, int]] | None = []  # (node index, its raw free GPUs before) where something was freed
         node_at = inventory.layout.position_of_index if touched_nodes else []
         for index in sorted(touched_nodes):
+            raw_before = inventory.raw_free[index]
             if _refresh_node(state, snapshot, index, snapshot.nodes[node_at[index]]):
                 pool = inventory.pool_of[index]
                 if pool >= 0:
                     touched_pools.add(pool)
+                    freed_nodes.append((index, raw_before))  # type: ignore[union-attr]
         reserve_freed = {p for p, used in training_before.items() if state.training_used.get(p, 0) < used}
         if added is not None:
             touched_pools |= added.pools
             reserve_freed |= added.reserve_grown
+            freed_nodes = None  # nodes new to the pools: taken as freeing anything there
         if inventory.stale_entries() > 2 * len(inventory.nodes) + 64:
             inventory.rebucket()  # the lazily deleted heap entries, dropped before every pass copies them
         # --- the queue ---------------------------------------------------------------------
@@ -395,7 +399,8 @@ class IncrementalEngine:
         # --- the passes, walking only the kinds this change can affect ------------------------
         preemptions: tuple[Preemption, ...] = ()
         streams = _Streams(state, now)
-        streams.activate(new_keys, touched_pools, reserve_freed, newly_victims)
+        streams.activate(new_keys, touched_pools, reserve_freed, newly_victims, freed_nodes)
+        state.budget_edge = streams.budget_edge
         if streams.active:
             cycle = Cycle(
                 snapshot=snapshot,
@@ -575,6 +580,7 @@ def _keep(snapshot: Snapshot, cycle: Cycle, admitted: Mapping[int, Admission], r
     state.queue.sort()
     for orders in state.by_kind.values():
         orders.sort()
+    state.budget_edge = state.queue[MAX_PREEMPTION_ATTEMPTS_PER_PASS] if len(state.queue) > MAX_PREEMPTION_ATTEMPTS_PER_PASS else None
     if snapshot.policy.preemption.enabled:
         state.victims = {product: list(victims) for product, victims in cycle.victims_by_product.items()}
         state.victim_of_key = {v.key: v for victims in state.victims.values() for v in victims}
@@ -670,6 +676,8 @@ class _Streams:
         self.preempting_options: dict[int, list[tuple[Option, float]]] = {}  # see _may_preempt
         # The first order past the attempt budget: a member ranks within it when it sorts before.
         self.near_head_kinds: dict[int, list[int]] = {}  # see _near_head_in
+        self.ahead: dict[tuple, list[float]] = {}  # see _in_window
+        self.victims_on: dict[str, dict[int, list[Victim]]] = {}  # see _victims_on
         self.budget_edge = state.queue[MAX_PREEMPTION_ATTEMPTS_PER_PASS] if len(state.queue) > MAX_PREEMPTION_ATTEMPTS_PER_PASS else None
 
     def candidate(self, order: tuple) -> Candidate:
@@ -701,7 +709,10 @@ class _Streams:
             waited = max(0.0, now - number_or(candidate.workload.queued_since, now))
             candidate.effective_margin = candidate.best_margin + aging * waited / 3600.0
 
-    def activate(self, new_keys: set[str], touched_pools: set[int], reserve_freed: set[str], newly_victims: list[Victim]) -> None:
+    def activate(self, new_keys: set[str], touched_pools: set[int], reserve_freed: set[str], newly_victims: list[Victim],
+                 freed_nodes: list[tuple[int, int]] | None = None) -> None:
+        """The kinds to walk (see the class docstring). ``freed_nodes``: (node index, raw free GPUs
+        before) of the nodes where something was freed (None: any node of ``touched_pools``)."""
         state = self.state
         for key in new_keys:
             candidate = state.queued.get(key)
@@ -714,15 +725,17 @@ class _Streams:
         groups: set[int] = set()
         for pool in touched_pools:
             groups.update(state.groups_by_pool.get(pool, ()))
-        for group in groups:  # a group that does not fit now stays out, but for its kinds that may preempt
+        for group in groups:  # a group that does not fit now stays out, but for its kinds that may preempt anew
             if self._group_may_fit(group):
                 kinds.update(state.kinds_of_group[group])
             elif self.preempting:
-                kinds.update(self._near_head_in(group))
+                kinds.update(kind for kind in self._near_head_in(group) if freed_nodes is None or self._may_preempt_anew(kind, freed_nodes))
         for product in reserve_freed:
             kinds.update(self.by_product.get(product, ()))
         for victim in newly_victims:
             kinds |= self._may_take(victim)
+        if self.preempting:
+            kinds.update(self._newly_within_budget())
         if self.preempting:
             # Preemption for a workload that needs more than GPUs counts victims by GPUs and checks
             # the need on placing: an admission elsewhere can turn its failure into a success (more
@@ -740,8 +753,9 @@ class _Streams:
                 self.plain_by_group.setdefault(state.group_of_kind[kind], []).append(kind)
 
     def _may_take(self, victim: Victim) -> set[int]:
-        """The kinds whose preemption may choose the victim (``passes._preempt``'s rule: an option on
-        its product whose threshold it is under, and GPUs it frees on that option's pools): to the
+        """The kinds whose preemption may choose the victim, or chose it (it is gone or changed):
+        ``passes._preempt``'s rule -- an option on its product whose threshold it is under, with GPUs
+        it frees on that option's pools, and it within the attempt's window (``_in_window``). To the
         others it changes nothing, so they fail as they did."""
         state = self.state
         pool_of, options_of_kind = state.inventory.pool_of, state.ranker.options_of_kind
@@ -751,9 +765,72 @@ class _Streams:
             for kind in self.by_pool.get(pool, ()):
                 if kind not in kinds and self._near_head(kind) and any(
                     option.product == victim.product and pool in option.pools and victim.margin <= option.margin - self.gain + EPSILON
+                    and self._in_window(victim, option)
                     for option in options_of_kind[kind]
                 ):
                     kinds.add(kind)
+        return kinds
+
+    def _in_window(self, victim: Victim, option: Option) -> bool:
+        """Whether an attempt on the option would look at the victim: one looks at the first
+        ``MAX_VICTIMS_PER_PREEMPTION`` victims under its threshold that free GPUs on its pools,
+        cheapest loss first, and no further. (Within a pass, a preemption before a kind's turn takes
+        victims and so moves the window on: then ``_reopen`` walks the kind on.)"""
+        victims = self.state.victims.get(victim.product, [])
+        at = bisect.bisect_left(victims, victim_order(victim), key=victim_order)  # the victims ahead of it
+        if at < MAX_VICTIMS_PER_PREEMPTION:
+            return True
+        key = (victim.product, at, option.pools)
+        margins = self.ahead.get(key)
+        if margins is None:
+            pool_of, on = self.state.inventory.pool_of, set(option.pools)
+            margins = self.ahead[key] = sorted(v.margin for v in victims[:at] if any(pool_of[i] in on for i, _ in v.freed))
+        return bisect.bisect_right(margins, option.margin - self.gain + EPSILON) < MAX_VICTIMS_PER_PREEMPTION
+
+    def _may_preempt_anew(self, kind: int, freed_nodes: list[tuple[int, int]]) -> bool:
+        """Whether capacity freed on ``freed_nodes`` may turn the kind's failed preemption into a
+        success: on a node of an option's pools, more replicas fit in its free GPUs than before, or
+        a victim there is within the attempt's window (the rest of the attempt counts as before)."""
+        if not self._may_preempt(kind):
+            return False
+        state = self.state
+        inventory = state.inventory
+        g = state.ranker.demand_of_kind[kind][0]
+        for option, threshold in self.preempting_options[kind]:
+            for index, raw_before in freed_nodes:
+                if inventory.pool_of[index] not in option.pools:
+                    continue
+                if inventory.free[index] // g != min(inventory.allocatable[index], max(0, raw_before)) // g:
+                    return True
+                for victim in self._victims_on(option.product).get(index, ()):
+                    if victim.margin <= threshold + EPSILON and self._in_window(victim, option):
+                        return True
+        return False
+
+    def _victims_on(self, product: str) -> dict[int, list[Victim]]:
+        """The product's victims by the nodes they free GPUs on (made once a cycle)."""
+        on = self.victims_on.get(product)
+        if on is None:
+            on = self.victims_on[product] = {}
+            for victim in self.state.victims.get(product, ()):
+                for index, _ in victim.freed:
+                    on.setdefault(index, []).append(victim)
+        return on
+
+    def _newly_within_budget(self) -> list[int]:
+        """Kinds whose best-ranked member came within the attempt budget since the last cycle (others
+        ahead left): never tried preemption there."""
+        state = self.state
+        old_edge, queue = state.budget_edge, state.queue
+        if old_edge is None:
+            return []
+        end = min(len(queue), MAX_PREEMPTION_ATTEMPTS_PER_PASS)
+        start = bisect.bisect_left(queue, old_edge)
+        kinds = []
+        for order in queue[start:end]:
+            kind = state.queued[order[2]].kind
+            if state.by_kind[kind][0] == order:
+                kinds.append(kind)
         return kinds
 
     def _may_fit(self, kind: int, inventory: Inventory | None = None, training_used: Mapping[str, int] | None = None,
@@ -801,9 +878,11 @@ class _Streams:
             options = self.preempting_options[kind] = self._preempting_options(kind)
         if not options or result is None or not result.preempt_failed:
             return bool(options)
-        g, replicas, is_training = self.state.ranker.demand_of_kind[kind]
+        state = self.state
+        g, replicas, _ = state.ranker.demand_of_kind[kind]
+        shape = state.queued[state.by_kind[kind][0][2]].shape  # the kind's (its members') shape
         failed = result.preempt_failed
-        return not all(failed_before(failed.get(preemption_key(option, g, False, is_training)), replicas, threshold)
+        return not all(failed_before(failed.get(preemption_key(shape, option, g, False)), replicas, threshold)
                        for option, threshold in options)
 
     def _preempting_options(self, kind: int) -> list[tuple[Option, float]]:

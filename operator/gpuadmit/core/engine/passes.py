@@ -146,10 +146,10 @@ def breaks_reserve(cycle: Cycle, training_used: dict[str, int], product: str, gp
     return cap is not None and training_used.get(product, 0) - freed + gpus > cap
 
 
-def preemption_key(option: Option, g: int, reclaim: bool, is_training: bool) -> tuple:
-    """What a preemption attempt depends on beyond its threshold and replicas: the pools (and need)
-    it frees and places on, not the workload's shape -- kinds alike in options share it."""
-    return option.pools, option.need, g, reclaim, is_training
+def preemption_key(shape: int, option: Option, g: int, reclaim: bool) -> tuple:
+    """What a failed preemption is remembered by, beyond its threshold and replicas (the incremental
+    engine asks it too)."""
+    return shape, option.product, g, reclaim
 
 
 def failed_before(failures: list[tuple[int, float]] | None, replicas: int, threshold: float) -> bool:
@@ -177,7 +177,7 @@ def _preempt(cycle: Cycle, result: PassResult, candidate: Candidate, preempted: 
             threshold = math.inf
         if threshold + EPSILON < cycle.cheapest_victim_margin[option.product]:
             continue  # no victim on this product earns little enough
-        failed_key = preemption_key(option, g, reclaim, candidate.is_training)
+        failed_key = preemption_key(candidate.shape, option, g, reclaim)
         if failed_before(preempt_failed.get(failed_key), replicas, threshold):
             continue
         eligible_pools = set(option.pools)
