@@ -677,6 +677,9 @@ class _Streams:
         # The first order past the attempt budget: a member ranks within it when it sorts before.
         self.near_head_kinds: dict[int, list[int]] = {}  # see _near_head_in
         self.ahead: dict[tuple, list[float]] = {}  # see _in_window
+        self.signatures: dict[tuple, int] = {}  # see _signature
+        self.signature_of_kind: dict[int, int] = {}
+        self.failed_alike: dict[int, tuple[int, int]] = {}  # signature -> the pass and its admissions when one failed
         self.victims_on: dict[str, dict[int, list[Victim]]] = {}  # see _victims_on
         self.budget_edge = state.queue[MAX_PREEMPTION_ATTEMPTS_PER_PASS] if len(state.queue) > MAX_PREEMPTION_ATTEMPTS_PER_PASS else None
 
@@ -967,9 +970,20 @@ class _Streams:
                     push(kind, later[0])
                 continue
             candidate = self.candidate(state.by_kind[kind][index])
+            is_new = index in self.new_in_kind.get(kind, ())
+            if not is_new and self._fails_alike(kind, candidate, result):
+                later = [i for i in self.new_in_kind.get(kind, ()) if i > index]
+                if later:
+                    push(kind, later[0])
+                continue
+            # Its failure tells how kinds alike fail if it tries all a kind alike would (within the budget).
+            afresh = ((not self.preempting or candidate.rank < MAX_PREEMPTION_ATTEMPTS_PER_PASS) and len(seen) < MAX_PREEMPTION_ATTEMPTS_PER_PASS
+                      and self._tries_afresh(candidate, result))
             seen[candidate.workload.key] = candidate
             yield candidate
             admission = result.admitted.get(candidate.rank)
+            if admission is None and afresh:
+                self.failed_alike[self._signature(kind)] = (id(result), len(result.admitted))
             if admission is not None:
                 push(kind, index + 1)
                 if admission.victims:
@@ -978,6 +992,45 @@ class _Streams:
                 later = [i for i in self.new_in_kind.get(kind, ()) if i > index]
                 if later:
                     push(kind, later[0])
+
+    def _signature(self, kind: int) -> int:
+        """Numbers kinds alike in all a placement or preemption attempt reads of them: options
+        (products, margins, pools, needs), GPUs per replica, replicas, training."""
+        signature = self.signature_of_kind.get(kind)
+        if signature is None:
+            ranker = self.state.ranker
+            alike = (ranker.options_of_kind[kind], ranker.demand_of_kind[kind])
+            signature = self.signature_of_kind[kind] = self.signatures.setdefault(alike, len(self.signatures))
+        return signature
+
+    def _preempting(self, candidate: Candidate) -> Iterator[tuple[tuple, int, float]]:
+        """(failure key, replicas, threshold) of each option ``passes._preempt`` would try for the
+        candidate (victims there, one cheap enough), whether or not a failure alike is known."""
+        if not self.preempting or candidate.rank >= MAX_PREEMPTION_ATTEMPTS_PER_PASS:
+            return
+        workload = candidate.workload
+        for option in candidate.options:
+            threshold = option.margin - self.gain
+            if option.product in self.cheapest_victim and threshold + EPSILON >= self.cheapest_victim[option.product]:
+                yield preemption_key(candidate.shape, option, workload.gpus_per_replica, False), workload.replicas, threshold
+
+    def _tries_afresh(self, candidate: Candidate, result: PassResult) -> bool:
+        """Whether the pass would try every preemption option of the candidate (no failure alike
+        known for its shape): its failure then says how a kind alike fails (``_fails_alike``)."""
+        failed = result.preempt_failed
+        return not any(failed_before(failed.get(key), replicas, threshold) for key, replicas, threshold in self._preempting(candidate))
+
+    def _fails_alike(self, kind: int, candidate: Candidate, result: PassResult) -> bool:
+        """Whether a kind alike (``_signature``) tried everything and failed with the pass as it is
+        now (no admission since): then this candidate fails the same way -- it is not walked, and
+        the failures its preemption would leave are left as ``passes._preempt`` would."""
+        if self.failed_alike.get(self._signature(kind)) != (id(result), len(result.admitted)):
+            return False
+        failed = result.preempt_failed
+        for key, replicas, threshold in list(self._preempting(candidate)):
+            if not failed_before(failed.get(key), replicas, threshold):
+                failed.setdefault(key, []).append((replicas, threshold))
+        return True
 
     def _reopen(self, victims: tuple[Victim, ...], key: Callable[[Candidate], tuple], position: tuple,
                 at: dict[int, int], push: Callable[[int, int], None], result: PassResult) -> None:
