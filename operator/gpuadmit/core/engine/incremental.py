@@ -2,7 +2,9 @@
 only what those changes can affect, with the rules (and the code) of a whole cycle.
 
 ``IncrementalEngine().decide(snapshot)`` takes the same snapshots as ``decide``. It compares each
-with the previous one (by identity first: unchanged objects cost a pointer compare) and either
+with the previous one (by identity first: unchanged objects cost a pointer compare; lists of
+workloads walked side by side where they hold the same objects in the same order, ``_aligned``),
+or is told what changed (``Changes``: workloads, and optionally nodes and own pods), and either
 runs a whole cycle -- the first time, and whenever the kept state cannot be trusted -- or an
 incremental one:
 
@@ -24,7 +26,8 @@ incremental one:
   the ledger, reservations, assumed admissions and victims move onto it (in place when the added
   names sort last), holders already placed on the node are counted, the inference-reserve caps
   grow, the ranker keeps every queued kind's options (checked: only a product a kind had no
-  option on may change them), and the pool's kinds are walked as for freed capacity.
+  option on may change them -- ``Ranker.relayout`` looks at those kinds only, filed by the pools
+  they may gain), and the pool's kinds are walked as for freed capacity.
 - An incremental cycle: the touched nodes' free capacity is recomputed from the snapshot (their
   objects, the holding workloads and own pods on them, the last cycle's admissions there); new
   workloads get the static checks; queued ones past their deadline are rejected
@@ -36,6 +39,15 @@ incremental one:
   the kinds whose pools gained capacity, whose product's inference reserve gained room, that may
   preempt a new victim, or that have a new member; each walked from its best-ranked member while
   its members get in. Where a pass preempts, the kinds that may use what the victims free join.
+  What keeps that proportional to the change at 100,000 queued: kinds that only fit or fail (no
+  new member, nothing to preempt) enter as one heap entry per demand group, at the best of their
+  first members, and a group that no longer fits at its turn fails whole; a kind that may preempt
+  comes in only if the change may turn its failed attempt into a success -- a victim new, changed
+  or gone within the attempt's window (the first ``MAX_VICTIMS_PER_PREEMPTION`` victims under its
+  threshold on its pools, cheapest loss first), more of its replicas fitting on a freed node or a
+  victim there within that window, or its best member newly within the attempt budget; and a kind
+  alike in everything a pass reads of it to one that has just tried everything and failed, with
+  no admission since, fails the same way without a walk.
   Why that suffices: after any cycle no queued workload fits in what is left free (a pass only
   takes capacity; what a preemption frees beyond the preemptor's need is walked on at once), so a
   workload whose pools gained nothing still does not fit, and members of one kind fit or fail
