@@ -773,18 +773,36 @@ class _Streams:
         it frees on that option's pools, and it within the attempt's window (``_in_window``). To the
         others it changes nothing, so they fail as they did."""
         state = self.state
-        pool_of, options_of_kind = state.inventory.pool_of, state.ranker.options_of_kind
+        pool_of, options_of_kind, demand_of_kind = state.inventory.pool_of, state.ranker.options_of_kind, state.ranker.demand_of_kind
         pools = {pool_of[index] for index, _ in victim.freed} - {-1}
+        current = state.victim_of_key.get(victim.key) is victim  # new or changed (else: gone, or the old one)
         kinds: set[int] = set()
         for pool in pools:
             for kind in self.by_pool.get(pool, ()):
                 if kind not in kinds and self._near_head(kind) and any(
                     option.product == victim.product and pool in option.pools and victim.margin <= option.margin - self.gain + EPSILON
                     and self._in_window(victim, option)
+                    and (not current or demand_of_kind[kind][1] > 1 or option.need is not None
+                         or self._may_hold_there(victim, option, demand_of_kind[kind][0]))
                     for option in options_of_kind[kind]
                 ):
                     kinds.add(kind)
         return kinds
+
+    def _may_hold_there(self, victim: Victim, option: Option, g: int) -> bool:
+        """For a kind of one replica needing only GPUs, whose attempt failed before the victim came:
+        whether, with it, a node it frees GPUs on would hold the replica. The attempt failed, so no
+        node of its window held one; the victim's coming only drops the last victim from the window
+        elsewhere, so only its own nodes can now hold one."""
+        inventory = self.state.inventory
+        on_node = self._victims_on(victim.product)
+        threshold = option.margin - self.gain
+        for index in {i for i, _ in victim.freed if inventory.pool_of[i] in option.pools}:
+            freed = sum(gpus for v in on_node.get(index, ()) if v.margin <= threshold + EPSILON and self._in_window(v, option)
+                        for i, gpus in v.freed if i == index)
+            if inventory.usable_after(index, freed) >= g:
+                return True
+        return False
 
     def _in_window(self, victim: Victim, option: Option) -> bool:
         """Whether an attempt on the option would look at the victim: one looks at the first
