@@ -401,10 +401,14 @@ def main(argv: list[str] | None = None) -> None:
                         help="single changes of each kind for the incremental engine, at the largest size (0: none; default %(default)s)")
     parser.add_argument("--incremental-only", action="store_true", help="only the incremental engine's figures")
     parser.add_argument("--compare-snapshots", action="store_true",
-                        help="the incremental engine compares snapshots itself (default: the changes are told, as the operator can)")
+                        help="only with the incremental engine comparing snapshots itself, as the operator's loop has it do "
+                             "(default: with the changes told, as the operator's watch can tell them, then compared)")
     args = parser.parse_args(argv if argv is not None else [])
+    tells = (False,) if args.compare_snapshots else (True, False)
     if args.incremental_only:
-        measure_incremental(max(args.sizes), args.incremental_events, not args.compare_snapshots)
+        for number, tell in enumerate(tells):
+            print("\n" * (number > 0), end="")
+            measure_incremental(max(args.sizes), args.incremental_events, tell)
         return
     variants = [False] if args.gpus_only else [True] if args.resources else [False, True]
     print(f"{NODES:,} nodes ({', '.join(sorted({k[0] for k in NODE_KINDS}))}), seeded; decide() on one cycle")
@@ -422,8 +426,9 @@ def main(argv: list[str] | None = None) -> None:
                 flush=True,
             )
     if args.incremental_events:
-        print()
-        measure_incremental(max(args.sizes), args.incremental_events, not args.compare_snapshots)
+        for tell in tells:
+            print()
+            measure_incremental(max(args.sizes), args.incremental_events, tell)
 
 
 if __name__ == "__main__":
