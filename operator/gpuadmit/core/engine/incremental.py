@@ -738,6 +738,8 @@ class _Streams:
             indexes.sort()
         kinds: set[int] = set()
         groups: set[int] = set()
+        if freed_nodes is not None and len(freed_nodes) > VICTIMS_ONE_BY_ONE:
+            freed_nodes = None  # many at once: every kind of those pools that may preempt, not node by node
         for pool in touched_pools:
             groups.update(state.groups_by_pool.get(pool, ()))
         for group in groups:  # a group that does not fit now stays out, but for its kinds that may preempt anew
@@ -747,8 +749,15 @@ class _Streams:
                 kinds.update(kind for kind in self._near_head_in(group) if freed_nodes is None or self._may_preempt_anew(kind, freed_nodes))
         for product in reserve_freed:
             kinds.update(self.by_product.get(product, ()))
+        by_product: dict[str, list[Victim]] = {}
         for victim in newly_victims:
-            kinds |= self._may_take(victim)
+            by_product.setdefault(victim.product, []).append(victim)
+        for product, victims in by_product.items():
+            if len(victims) > VICTIMS_ONE_BY_ONE:  # many at once (a big cycle's admissions running): by product
+                kinds.update(kind for kind in self.by_product.get(product, ()) if self._near_head(kind))
+            else:
+                for victim in victims:
+                    kinds |= self._may_take(victim)
         if self.preempting:
             kinds.update(self._newly_within_budget())
         if self.preempting:
@@ -1303,6 +1312,10 @@ def _compare(by_key: dict[str, Workload], by_id: dict[int, Workload], known: set
 # Past this many differences the side-by-side walk gives way to set differences (both cost about
 # the same then).
 ALIGN_UP_TO = 64
+# Past this many victims new, changed or gone on one product in a cycle (or nodes freed), every kind
+# of the product (of the pools) that may preempt is walked, rather than those each victim (node) may
+# matter to, which costs a look at the kinds of its pools per victim (node).
+VICTIMS_ONE_BY_ONE = 8
 
 
 def _aligned(old: tuple[Workload, ...], new: tuple[Workload, ...], known: set[int]) -> tuple[list[Workload], list[Workload]] | None:
