@@ -688,6 +688,7 @@ class _Streams:
         self.preempting_options: dict[int, list[tuple[Option, float]]] = {}  # see _may_preempt
         # The first order past the attempt budget: a member ranks within it when it sorts before.
         self.near_head_kinds: dict[int, list[int]] = {}  # see _near_head_in
+        self.group_queued: dict[int, bool] = {}  # see _queued_in
         self.ahead: dict[tuple, list[float]] = {}  # see _in_window
         self.signatures: dict[tuple, int] = {}  # see _signature
         self.signature_of_kind: dict[int, int] = {}
@@ -743,6 +744,8 @@ class _Streams:
         for pool in touched_pools:
             groups.update(state.groups_by_pool.get(pool, ()))
         for group in groups:  # a group that does not fit now stays out, but for its kinds that may preempt anew
+            if not self._queued_in(group):
+                continue
             if self._group_may_fit(group):
                 kinds.update(state.kinds_of_group[group])
             elif self.preempting:
@@ -936,6 +939,15 @@ class _Streams:
         return [(option, option.margin - self.gain) for option in self.state.ranker.options_of_kind[kind]
                 if option.product in cheapest and cheapest[option.product] <= option.margin - self.gain + EPSILON]
 
+    def _queued_in(self, group: int) -> bool:
+        """Whether a kind of the group has queued workloads (made once a cycle: groups stay
+        indexed when their kinds' queues run empty, and a fit check can cost a look at every node)."""
+        queued = self.group_queued.get(group)
+        if queued is None:
+            by_kind = self.state.by_kind
+            queued = self.group_queued[group] = any(by_kind.get(kind) for kind in self.state.kinds_of_group[group])
+        return queued
+
     def _near_head_in(self, group: int) -> list[int]:
         """The group's kinds with a member within the attempt budget (the only ones that may preempt)."""
         kinds = self.near_head_kinds.get(group)
@@ -1083,6 +1095,8 @@ class _Streams:
         version = (id(result), len(result.admitted))
         kinds: set[int] = set()
         for group in groups:  # a group that fits: all its kinds; else those that may preempt
+            if not self._queued_in(group):
+                continue
             members = state.kinds_of_group[group]
             if self._group_may_fit(group, result.inventory, result.training_used, version):
                 kinds.update(members)
