@@ -172,6 +172,7 @@ class _State:
     groups_by_pool: dict[int, set[int]] = field(default_factory=dict)
     groups_by_product: dict[str, set[int]] = field(default_factory=dict)
     group_ids: dict[tuple, int] = field(default_factory=dict)
+    queued_in_group: dict[int, int] = field(default_factory=dict)  # group -> its queued workloads
     needing_kinds: set[int] = field(default_factory=set)  # kinds that need more than GPUs of a node
     budget_edge: tuple | None = None  # _Streams.budget_edge of the last cycle
     # node name -> holding workloads placed on it though no such node is known (counted once it comes)
@@ -621,6 +622,11 @@ def _enqueue(state: _State, candidate: Candidate, sort: bool = True) -> None:
     key = candidate.workload.key
     state.queued[key] = candidate
     orders = state.by_kind.setdefault(candidate.kind, [])
+    group = state.group_of_kind.get(candidate.kind)
+    if group is None:  # a kind new since the index was last brought up to date
+        _kinds_index(state)
+        group = state.group_of_kind[candidate.kind]
+    state.queued_in_group[group] = state.queued_in_group.get(group, 0) + 1
     if sort:
         bisect.insort(state.queue, candidate.order)
         bisect.insort(orders, candidate.order)
@@ -638,6 +644,7 @@ def _unqueue(state: _State, key: str) -> None:
     candidate = state.queued.pop(key, None)
     if candidate is None:
         return
+    state.queued_in_group[state.group_of_kind[candidate.kind]] -= 1
     for orders in (state.queue, state.by_kind[candidate.kind]):
         at = bisect.bisect_left(orders, candidate.order)
         if at < len(orders) and orders[at] == candidate.order:
@@ -688,7 +695,6 @@ class _Streams:
         self.preempting_options: dict[int, list[tuple[Option, float]]] = {}  # see _may_preempt
         # The first order past the attempt budget: a member ranks within it when it sorts before.
         self.near_head_kinds: dict[int, list[int]] = {}  # see _near_head_in
-        self.group_queued: dict[int, bool] = {}  # see _queued_in
         self.ahead: dict[tuple, list[float]] = {}  # see _in_window
         self.signatures: dict[tuple, int] = {}  # see _signature
         self.signature_of_kind: dict[int, int] = {}
@@ -940,13 +946,9 @@ class _Streams:
                 if option.product in cheapest and cheapest[option.product] <= option.margin - self.gain + EPSILON]
 
     def _queued_in(self, group: int) -> bool:
-        """Whether a kind of the group has queued workloads (made once a cycle: groups stay
-        indexed when their kinds' queues run empty, and a fit check can cost a look at every node)."""
-        queued = self.group_queued.get(group)
-        if queued is None:
-            by_kind = self.state.by_kind
-            queued = self.group_queued[group] = any(by_kind.get(kind) for kind in self.state.kinds_of_group[group])
-        return queued
+        """Whether a kind of the group has queued workloads (groups stay indexed when their kinds'
+        queues run empty, and a fit check can cost a look at every node)."""
+        return self.state.queued_in_group.get(group, 0) > 0
 
     def _near_head_in(self, group: int) -> list[int]:
         """The group's kinds with a member within the attempt budget (the only ones that may preempt)."""
