@@ -111,19 +111,24 @@ MAX_CHANGES = 1_000
 
 @dataclass(frozen=True, slots=True)
 class Changes:
-    """What changed since the snapshot last given to the engine, told by a caller that knows it
-    (the operator's watch events, a replay's own events), so the engine need not compare every
-    workload: by key, the workload's object in the new snapshot, or None when it is no longer
-    there -- for pending and for holding workloads apart. Every key whose object was added,
-    replaced or removed must be listed (a workload admitted last cycle that now runs: gone from
-    ``pending``, new in ``holding``); objects not listed are taken to be the very ones of the
-    last snapshot.
+    """What changed since the snapshot given to the engine's previous call (``decide`` or
+    ``full``), told by a caller that knows it (the operator's watch events, a replay's own events),
+    so the engine need not compare. What is not listed is taken to be unchanged: the very same
+    objects as in that snapshot.
 
-    Optionally, and then completely: ``nodes``, the names of the nodes whose object was replaced
-    (the others the very same objects, at the same places in ``Snapshot.nodes``); ``own_pods``, the
-    (workload key, node) entries of ``gpus_of_own_pods`` or ``resources_of_own_pods`` added,
-    changed or removed. None: the engine compares those itself (by identity over every node, and
-    the two mappings: a millisecond or two at 10,000 nodes)."""
+    ``pending`` and ``holding`` (required, apart): by ``Workload.key``, the workload's object in the
+    new snapshot (the very object listed in ``Snapshot.pending`` / ``holding``), or None when it is
+    no longer listed there. Every key whose object was added, replaced (even by an equal one) or
+    removed must be listed -- a workload admitted last cycle that now runs: None in ``pending``,
+    its object in ``holding``.
+
+    ``nodes`` and ``own_pods`` (optional; given, they must be complete; None: the engine compares
+    those itself, by identity over every node and item by item over the own-pod maps, a
+    millisecond or two at 10,000 nodes): ``nodes``, the names of the nodes whose object was
+    replaced, every other node the very same object at the same place in ``Snapshot.nodes`` (a
+    node added or removed changes the list's length: the engine then compares the nodes itself
+    and does not read this); ``own_pods``, every ``(workload key, node)`` entry of
+    ``Snapshot.gpus_of_own_pods`` or ``resources_of_own_pods`` added, changed or removed."""
 
     pending: Mapping[str, Workload | None] = field(default_factory=dict)
     holding: Mapping[str, Workload | None] = field(default_factory=dict)
