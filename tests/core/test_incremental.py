@@ -457,3 +457,23 @@ def test_an_incremental_result_holds_only_what_changed_and_positions_are_served(
     assert [k for k in queued if k != newcomer] == queued_before
     assert all(engine.queue_position(k) == expected[k].queue_position for k in queued)
     assert engine.queue_position("nobody/here") is None
+
+
+def test_a_caller_that_told_less_than_changed_gets_a_whole_cycle_not_an_error() -> None:
+    # A workload replaced by an equal object but not listed in Changes: the engine keeps the old
+    # object; when a later comparison meets the new one, it runs a whole cycle.
+    world = World(random.Random(23), 20, policy(True, reserve=0.1, aging=0.05), most_gpus=8)
+    for _ in range(80):
+        world.new_workload()
+    engine = IncrementalEngine()
+    world.apply(engine.decide(world.snapshot()))
+    world.apply(engine.decide(world.snapshot()))
+    key = sorted(world.pending)[0]
+    world.pending[key] = dataclasses.replace(world.pending[key])  # equal, not the same object
+    engine.decide(world.snapshot(), Changes())  # told nothing
+    del world.pending[sorted(world.pending)[0]]
+    snapshot = world.snapshot()
+    mine = engine.decide(snapshot)  # compared: meets the object it was not told of
+    assert engine.last_full
+    expected = {d.key: summary(d) for d in decide(snapshot).decisions}
+    assert {d.key: summary(d) for d in mine.decisions} == expected

@@ -1295,12 +1295,10 @@ def _compare(by_key: dict[str, Workload], by_id: dict[int, Workload], known: set
     aligned = _aligned(last, workloads, known) if len(known) == len(last) else None
     if aligned is not None:
         added, removed = aligned
-        if not all(id(w) in by_id for w in removed):
-            return None  # the last snapshot holds objects the state does not (a caller told less than changed)
         known.difference_update(map(id, removed))
         known.update(map(id, added))
         if len(known) != len(workloads):
-            return None  # an object listed twice
+            return None  # an object listed twice (or one the state was not told of: it still holds the old)
         ids = known
     else:
         ids = set(map(id, workloads))
