@@ -18,6 +18,9 @@ import pytest
 
 from gpuadmit.core.engine import Changes, IncrementalEngine, decide
 from gpuadmit.core.engine.chains import SWAP_UP_TO_NODES
+from gpuadmit.core.engine.incremental import _aligned
+from gpuadmit.core.engine.prepare import Ranker
+from gpuadmit.core.inventory import Inventory
 from gpuadmit.core.model import (
     Action,
     CycleResult,
@@ -76,10 +79,14 @@ class World:
         self.holding: dict[str, Workload] = {}
         self.serial = 0
         self.node_events = 0.0  # share of events that add or remove a node, beyond the usual 5%
+        self.time_events = 0.0  # share of events that let time pass, beyond the usual 10%
+        self.pod_events = 0.0  # share of events where pods come or go without a workload changing
+        self.missing: set[tuple[str, str]] = set()  # (workload, node) of running workloads whose pods are gone
 
     def snapshot(self) -> Snapshot:
-        own = {(w.key, e.node): e.gpus for w in self.holding.values() for e in w.placement}
-        own_resources = {(w.key, e.node): e.resources for w in self.holding.values() for e in w.placement if e.resources}
+        own = {(w.key, e.node): e.gpus for w in self.holding.values() for e in w.placement if (w.key, e.node) not in self.missing}
+        own_resources = {(w.key, e.node): e.resources for w in self.holding.values() for e in w.placement
+                         if e.resources and (w.key, e.node) not in self.missing}
         return Snapshot(
             nodes=tuple(self.nodes.values()), holding=tuple(self.holding.values()),
             pending=tuple(self.pending.values()), policy=self.policy, now=self.now, gpus_of_own_pods=own,
@@ -131,21 +138,32 @@ class World:
     def use(self, workload: Workload, sign: int) -> None:
         """The workload's pods start (+1) or end (-1) on its nodes: GPUs and other resources used there."""
         for entry in workload.placement:
-            n = self.nodes.get(entry.node)
-            if n is not None:
-                used = dict(n.resources_used_by_pods)
-                for resource, amount in entry.resources:
-                    used[resource] = used.get(resource, 0) + sign * amount
-                self.nodes[entry.node] = dataclasses.replace(
-                    n, gpus_used_by_pods=n.gpus_used_by_pods + sign * entry.gpus,
-                    resources_used_by_pods=tuple(sorted((r, a) for r, a in used.items() if a)),
-                )
+            if (workload.key, entry.node) in self.missing:  # its pod there is gone already
+                self.missing.discard((workload.key, entry.node))
+                continue
+            self.use_on(entry.node, sign * entry.gpus, tuple((r, sign * a) for r, a in entry.resources))
+
+    def use_on(self, name: str, gpus: int, resources: tuple[tuple[str, int], ...] = ()) -> None:
+        """Pods on a node take (or give back) GPUs and other resources."""
+        n = self.nodes.get(name)
+        if n is not None:
+            used = dict(n.resources_used_by_pods)
+            for resource, amount in resources:
+                used[resource] = used.get(resource, 0) + amount
+            self.nodes[name] = dataclasses.replace(
+                n, gpus_used_by_pods=n.gpus_used_by_pods + gpus,
+                resources_used_by_pods=tuple(sorted((r, a) for r, a in used.items() if a)),
+            )
 
     def event(self) -> str:
         rng = self.rng
         roll = rng.random()
         if self.node_events and rng.random() < self.node_events:
             roll = 0.95 + rng.random() * 0.05  # a node added or removed, below
+        elif self.time_events and rng.random() < self.time_events:
+            roll = 0.85 + rng.random() * 0.1  # time passes: running work becomes preemptible
+        elif self.pod_events and rng.random() < self.pod_events:
+            return self.pods_come_or_go()
         if roll < 0.45 or not (self.holding or self.pending):
             for _ in range(rng.choice((1, 1, 1, 3))):
                 self.new_workload()
@@ -171,6 +189,23 @@ class World:
         if empty:
             del self.nodes[rng.choice(empty)]
         return "node removed"
+
+
+    def pods_come_or_go(self) -> str:
+        """A pod that is not gpuadmit's takes or frees a GPU on a node, or a running workload's pod on
+        one of its nodes is gone (its workload still holds the placement): only nodes and own pods change."""
+        rng = self.rng
+        entries = [(w, e) for w in self.holding.values() for e in w.placement if (w.key, e.node) not in self.missing and e.node in self.nodes]
+        if entries and rng.random() < 0.5:
+            workload, entry = rng.choice(entries)
+            self.missing.add((workload.key, entry.node))
+            self.use_on(entry.node, -entry.gpus, tuple((r, -a) for r, a in entry.resources))
+            return "own pod gone"
+        name = rng.choice(sorted(self.nodes))
+        n = self.nodes[name]
+        gpus = 1 if n.gpus_used_by_pods < n.allocatable and rng.random() < 0.6 else -1 if n.gpus_used_by_pods > 0 else 0
+        self.use_on(name, gpus)
+        return "foreign pod"
 
 
 def margin_per_hour(world: World, result: CycleResult) -> float:
@@ -202,17 +237,29 @@ def told(before: Snapshot | None, after: Snapshot) -> Changes | None:
         changed.update((k, w) for k, w in now.items() if was.get(k) is not w)
         return changed
 
-    return Changes(pending=diff(before.pending, after.pending), holding=diff(before.holding, after.holding))
+    def changed_keys(old: dict, new: dict) -> set:
+        return {k for k in old.keys() | new.keys() if old.get(k) != new.get(k)}
+
+    same_nodes = [n.name for n in before.nodes] == [n.name for n in after.nodes]
+    return Changes(
+        pending=diff(before.pending, after.pending), holding=diff(before.holding, after.holding),
+        nodes=[a.name for a, b in zip(after.nodes, before.nodes, strict=True) if a is not b] if same_nodes else None,
+        own_pods=changed_keys(before.gpus_of_own_pods, after.gpus_of_own_pods)
+        | changed_keys(before.resources_of_own_pods, after.resources_of_own_pods),
+    )
 
 
 def run(seed: int, nodes: int, events: int, rules: Policy, *, most_gpus: int = 8, backlog: int = 0, exact: bool,
-        tell: bool = False, resources: bool = False, node_events: float = 0.0) -> dict[str, int]:
+        tell: bool = False, resources: bool = False, node_events: float = 0.0, time_events: float = 0.0,
+        pod_events: float = 0.0) -> dict[str, int]:
     """``backlog`` workloads first (more than fits: the queue is long), then ``events`` events;
     ``exact``: decisions must be identical (else: margin within 1%); ``tell``: the changes are
     told (``Changes``) rather than found by the engine."""
     rng = random.Random(seed)
     world = World(rng, nodes, rules, most_gpus, resources)
     world.node_events = node_events
+    world.time_events = time_events
+    world.pod_events = pod_events
     for _ in range(backlog):
         world.new_workload()
     engine = IncrementalEngine()
@@ -285,6 +332,99 @@ def test_nodes_added_are_decided_incrementally_and_identically(seed: int, nodes:
     assert counts["nodes added incrementally"] >= 5 and counts["admitted"] > 10, counts
 
 
+@pytest.mark.parametrize(("seed", "nodes", "tell", "resources"), [
+    (15, SWAP_UP_TO_NODES + 200, True, False), (16, 60, False, False), (17, 60, True, True),
+])
+def test_victims_that_come_of_age_are_decided_identically(seed: int, nodes: int, tell: bool, resources: bool) -> None:
+    # Time passes often, so running work keeps becoming preemptible: each new victim brings in only
+    # the queued kinds that may choose it, and a pass skips kinds whose preemption failed alike.
+    large = nodes > SWAP_UP_TO_NODES
+    counts = run(seed, nodes=nodes, events=100 if large else 150, rules=policy(True, reserve=0.1, aging=0.05),
+                 most_gpus=2 if large else 8, backlog=1_500 if large else 150, exact=True, tell=tell, resources=resources,
+                 time_events=0.3)
+    assert counts["incremental"] > 5 * counts["whole"] and counts["preempted"] > 5, counts
+
+
+@pytest.mark.parametrize(("seed", "nodes", "tell", "resources"), [
+    (18, SWAP_UP_TO_NODES + 200, True, False), (19, 60, True, False), (20, 60, False, True), (22, 60, True, True),
+])
+def test_pods_that_come_or_go_alone_are_decided_identically(seed: int, nodes: int, tell: bool, resources: bool) -> None:
+    # Nodes and own pods change without a workload changing (other pods, a running workload's pod
+    # gone): told as Changes.nodes and Changes.own_pods, or found by the engine.
+    large = nodes > SWAP_UP_TO_NODES
+    counts = run(seed, nodes=nodes, events=100 if large else 150, rules=policy(True, reserve=0.1, aging=0.05),
+                 most_gpus=2 if large else 8, backlog=1_500 if large else 150, exact=True, tell=tell, resources=resources,
+                 pod_events=0.4)
+    assert counts["incremental"] > 5 * counts["whole"] and counts["admitted"] > 10, counts
+
+
+def test_relayout_keeps_the_kinds_exactly_when_their_options_stay() -> None:
+    # Ranker.relayout checks only the kinds that may gain an option (its index); the verdict must be
+    # what checking every kind against the grown layout says.
+    verdicts = {True: 0, False: 0}
+    for seed in range(40):
+        rng = random.Random(seed)
+        rules = policy(False, reserve=0.0, aging=0.0)
+        world = World(rng, rng.randint(3, 12), rules, most_gpus=8)
+        for _ in range(60):
+            world.new_workload()
+        snapshot = world.snapshot()
+        ranker = Ranker(rules, Inventory.from_snapshot(snapshot))
+        members: dict[int, Workload] = {}
+        for workload in snapshot.pending:
+            made = ranker.candidate(workload, NOW)
+            if not isinstance(made, Decision):
+                members.setdefault(made.kind, workload)
+        before = dict(ranker.options_of_kind)
+        known = {(n.product, n.memory_mib, n.taints) for n in snapshot.nodes}
+        added = [n for n in (node(rng, 1000 + i) for i in range(rng.randint(1, 3))) if (n.product, n.memory_mib, n.taints) in known]
+        if not added:
+            continue
+        grown = Inventory.from_snapshot(dataclasses.replace(snapshot, nodes=snapshot.nodes + tuple(added)))
+        pools = {grown.pool_of[grown.index_by_name[n.name]] for n in added} - {-1}
+        kept = ranker.relayout(grown, members.get, pools)
+        fresh = Ranker(rules, grown)
+        same = all(fresh.options_of_kind[made.kind] == before[kind]
+                   for kind, workload in members.items() for made in (fresh.candidate(workload, NOW),) if not isinstance(made, Decision))
+        same = same and not any(isinstance(fresh.candidate(w, NOW), Decision) for w in members.values())
+        assert kept == same, f"seed {seed}: relayout says {kept}, every kind checked says {same}"
+        verdicts[kept] += 1
+    assert verdicts[True] > 5 and verdicts[False] > 2, verdicts  # both answers were exercised
+
+
+def test_snapshots_compared_side_by_side_find_what_sets_of_ids_find() -> None:
+    # The engine compares a snapshot's workloads with the last one's by walking both lists where
+    # they hold the same objects; the added and removed must be what set differences find, and an
+    # object out of order (or listed twice) must send it to the sets.
+    rng = random.Random(21)
+    made = [Workload(namespace="team", name=f"w-{i:04d}", gpus_per_replica=1, replicas=1, workload_class="training") for i in range(400)]
+    answered = 0
+    for trial in range(300):
+        old = tuple(rng.sample(made, rng.randint(0, 60)))
+        new = list(old)
+        for _ in range(rng.choice((0, 1, 2, 5, 70))):
+            roll = rng.random()
+            if roll < 0.4 and new:
+                del new[rng.randrange(len(new))]
+            elif roll < 0.8:
+                new.insert(rng.randint(0, len(new)), dataclasses.replace(rng.choice(made)))  # a new object
+            elif roll < 0.9 and len(new) > 1:
+                new.insert(rng.randint(0, len(new)), new.pop(rng.randrange(len(new))))  # moved
+            elif new:
+                new.insert(rng.randint(0, len(new)), rng.choice(new))  # listed twice
+        known = set(map(id, old))
+        found = _aligned(old, tuple(new), known)
+        if found is None:
+            continue
+        added, removed = found
+        answered += 1
+        assert len(set(map(id, new))) == len(new) or len(set(map(id, added))) < len(added), f"trial {trial}: a duplicate passed"
+        assert {id(w) for w in added} == set(map(id, new)) - known, f"trial {trial}: added"
+        assert {id(w) for w in removed} == known - set(map(id, new)), f"trial {trial}: removed"
+        assert len(removed) == len({id(w) for w in removed}), f"trial {trial}"
+    assert answered > 100
+
+
 @pytest.mark.parametrize(("seed", "preemption", "resources"), [(6, False, False), (7, False, True), (8, False, False), (117, True, False)])
 def test_margin_within_one_percent_where_the_search_decides(seed: int, preemption: bool, resources: bool) -> None:
     # Without a reserve the chains run whenever nothing may be preempted (with preemption on: until
@@ -317,3 +457,23 @@ def test_an_incremental_result_holds_only_what_changed_and_positions_are_served(
     assert [k for k in queued if k != newcomer] == queued_before
     assert all(engine.queue_position(k) == expected[k].queue_position for k in queued)
     assert engine.queue_position("nobody/here") is None
+
+
+def test_a_caller_that_told_less_than_changed_gets_a_whole_cycle_not_an_error() -> None:
+    # A workload replaced by an equal object but not listed in Changes: the engine keeps the old
+    # object; when a later comparison meets the new one, it runs a whole cycle.
+    world = World(random.Random(23), 20, policy(True, reserve=0.1, aging=0.05), most_gpus=8)
+    for _ in range(80):
+        world.new_workload()
+    engine = IncrementalEngine()
+    world.apply(engine.decide(world.snapshot()))
+    world.apply(engine.decide(world.snapshot()))
+    key = sorted(world.pending)[0]
+    world.pending[key] = dataclasses.replace(world.pending[key])  # equal, not the same object
+    engine.decide(world.snapshot(), Changes())  # told nothing
+    del world.pending[sorted(world.pending)[0]]
+    snapshot = world.snapshot()
+    mine = engine.decide(snapshot)  # compared: meets the object it was not told of
+    assert engine.last_full
+    expected = {d.key: summary(d) for d in decide(snapshot).decisions}
+    assert {d.key: summary(d) for d in mine.decisions} == expected

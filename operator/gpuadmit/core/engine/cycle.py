@@ -88,6 +88,9 @@ class PassResult:
     training_used: dict[str, int] = field(default_factory=dict)
     value: float = 0.0
     quota: QuotaLedger | None = None
+    # (shape, product, GPUs per replica, reclaim) -> (replicas, threshold) of preemptions that failed
+    # in this pass (passes.run_pass); the incremental engine's walk skips what would fail so.
+    preempt_failed: dict[tuple, list[tuple[int, float]]] = field(default_factory=dict)
 
 
 def new_pass(cycle: Cycle) -> PassResult:

@@ -2,7 +2,9 @@
 only what those changes can affect, with the rules (and the code) of a whole cycle.
 
 ``IncrementalEngine().decide(snapshot)`` takes the same snapshots as ``decide``. It compares each
-with the previous one (by identity first: unchanged objects cost a pointer compare) and either
+with the previous one (by identity first: unchanged objects cost a pointer compare; lists of
+workloads walked side by side where they hold the same objects in the same order, ``_aligned``),
+or is told what changed (``Changes``: workloads, and optionally nodes and own pods), and either
 runs a whole cycle -- the first time, and whenever the kept state cannot be trusted -- or an
 incremental one:
 
@@ -24,7 +26,8 @@ incremental one:
   the ledger, reservations, assumed admissions and victims move onto it (in place when the added
   names sort last), holders already placed on the node are counted, the inference-reserve caps
   grow, the ranker keeps every queued kind's options (checked: only a product a kind had no
-  option on may change them), and the pool's kinds are walked as for freed capacity.
+  option on may change them -- ``Ranker.relayout`` looks at those kinds only, filed by the pools
+  they may gain), and the pool's kinds are walked as for freed capacity.
 - An incremental cycle: the touched nodes' free capacity is recomputed from the snapshot (their
   objects, the holding workloads and own pods on them, the last cycle's admissions there); new
   workloads get the static checks; queued ones past their deadline are rejected
@@ -36,6 +39,15 @@ incremental one:
   the kinds whose pools gained capacity, whose product's inference reserve gained room, that may
   preempt a new victim, or that have a new member; each walked from its best-ranked member while
   its members get in. Where a pass preempts, the kinds that may use what the victims free join.
+  What keeps that proportional to the change at 100,000 queued: kinds that only fit or fail (no
+  new member, nothing to preempt) enter as one heap entry per demand group, at the best of their
+  first members, and a group that no longer fits at its turn fails whole; a kind that may preempt
+  comes in only if the change may turn its failed attempt into a success -- a victim new, changed
+  or gone within the attempt's window (the first ``MAX_VICTIMS_PER_PREEMPTION`` victims under its
+  threshold on its pools, cheapest loss first), more of its replicas fitting on a freed node or a
+  victim there within that window, or its best member newly within the attempt budget; and a kind
+  alike in everything a pass reads of it to one that has just tried everything and failed, with
+  no admission since, fails the same way without a walk.
   Why that suffices: after any cycle no queued workload fits in what is left free (a pass only
   takes capacity; what a preemption frees beyond the preemptor's need is walked on at once), so a
   workload whose pools gained nothing still does not fit, and members of one kind fit or fail
@@ -70,18 +82,26 @@ import gc
 import heapq
 import math
 import operator
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from itertools import compress
+from itertools import compress, count, islice
 
 from ..guarantee import Tenants
 from ..inventory import Inventory, LayoutMemo, _beyond, _same_shape, whole
 from ..model import Action, CycleResult, Decision, GpuNode, PlacementEntry, Preemption, Snapshot, Workload
 from .chains import IMPROVE_PASSES, SWAP_UP_TO_NODES, improve_by_swaps
 from .choose import choose_pass
-from .cycle import EPSILON, Admission, Candidate, Cycle, PassResult, Victim, new_pass, number_or
+from .cycle import EPSILON, Admission, Candidate, Cycle, Option, PassResult, Victim, new_pass, number_or
 from .messages import finalize
-from .passes import ALL_ORDERS_UP_TO, MAX_PREEMPTION_ATTEMPTS_PER_PASS, order_keys, run_pass
+from .passes import (
+    ALL_ORDERS_UP_TO,
+    MAX_PREEMPTION_ATTEMPTS_PER_PASS,
+    MAX_VICTIMS_PER_PREEMPTION,
+    failed_before,
+    order_keys,
+    preemption_key,
+    run_pass,
+)
 from .prepare import Ranker, prepare, reserve_caps, timeout_rejection, victim_of, victim_order
 
 # More changes than this in one cycle (or a tenth of the queue, whichever is larger): a whole
@@ -91,16 +111,29 @@ MAX_CHANGES = 1_000
 
 @dataclass(frozen=True, slots=True)
 class Changes:
-    """What changed since the snapshot last given to the engine, told by a caller that knows it
-    (the operator's watch events, a replay's own events), so the engine need not compare every
-    workload: by key, the workload's object in the new snapshot, or None when it is no longer
-    there -- for pending and for holding workloads apart. Every key whose object was added,
-    replaced or removed must be listed (a workload admitted last cycle that now runs: gone from
-    ``pending``, new in ``holding``); objects not listed are taken to be the very ones of the
-    last snapshot. Nodes and pods' GPUs are still compared by the engine (by identity, cheap)."""
+    """What changed since the snapshot given to the engine's previous call (``decide`` or
+    ``full``), told by a caller that knows it (the operator's watch events, a replay's own events),
+    so the engine need not compare. What is not listed is taken to be unchanged: the very same
+    objects as in that snapshot.
+
+    ``pending`` and ``holding`` (required, apart): by ``Workload.key``, the workload's object in the
+    new snapshot (the very object listed in ``Snapshot.pending`` / ``holding``), or None when it is
+    no longer listed there. Every key whose object was added, replaced (even by an equal one) or
+    removed must be listed -- a workload admitted last cycle that now runs: None in ``pending``,
+    its object in ``holding``.
+
+    ``nodes`` and ``own_pods`` (optional; given, they must be complete; None: the engine compares
+    those itself, by identity over every node and item by item over the own-pod maps, a
+    millisecond or two at 10,000 nodes): ``nodes``, the names of the nodes whose object was
+    replaced, every other node the very same object at the same place in ``Snapshot.nodes`` (a
+    node added or removed changes the list's length: the engine then compares the nodes itself
+    and does not read this); ``own_pods``, every ``(workload key, node)`` entry of
+    ``Snapshot.gpus_of_own_pods`` or ``resources_of_own_pods`` added, changed or removed."""
 
     pending: Mapping[str, Workload | None] = field(default_factory=dict)
     holding: Mapping[str, Workload | None] = field(default_factory=dict)
+    nodes: Collection[str] | None = None
+    own_pods: Collection[tuple[str, str]] | None = None
 
 
 @dataclass(slots=True)
@@ -142,8 +175,11 @@ class _State:
     group_demand: list[tuple] = field(default_factory=list)
     kinds_of_group: list[set[int]] = field(default_factory=list)
     groups_by_pool: dict[int, set[int]] = field(default_factory=dict)
+    groups_by_product: dict[str, set[int]] = field(default_factory=dict)
     group_ids: dict[tuple, int] = field(default_factory=dict)
+    queued_in_group: dict[int, int] = field(default_factory=dict)  # group -> its queued workloads
     needing_kinds: set[int] = field(default_factory=set)  # kinds that need more than GPUs of a node
+    budget_edge: tuple | None = None  # _Streams.budget_edge of the last cycle
     # node name -> holding workloads placed on it though no such node is known (counted once it comes)
     placed_elsewhere: dict[str, set[str]] = field(default_factory=dict)
 
@@ -191,7 +227,7 @@ class IncrementalEngine:
         gc.disable()  # as decide() does: a cycle allocates much and frees little
         try:
             state = self._state
-            why = self._why_whole(state, snapshot) if state is not None else "first cycle"
+            why = self._why_whole(state, snapshot, changes) if state is not None else "first cycle"
             if why is None and state is not None:
                 result = self._incremental(state, snapshot, changes)
                 if isinstance(result, CycleResult):
@@ -225,7 +261,7 @@ class IncrementalEngine:
             self._state = _keep(snapshot, cycle, best.admitted, result)
         return result
 
-    def _why_whole(self, state: _State, snapshot: Snapshot) -> str | None:
+    def _why_whole(self, state: _State, snapshot: Snapshot, changes: Changes | None = None) -> str | None:
         last = state.snapshot
         policy = snapshot.policy
         if policy is not last.policy and policy != last.policy:
@@ -243,7 +279,9 @@ class IncrementalEngine:
                 return None
             if state.inventory.layout.index_of_position is None:
                 return "duplicate node names"
-            self._changed_positions = list(compress(range(len(snapshot.nodes)), map(operator.is_not, snapshot.nodes, last.nodes)))
+            told = _told_positions(state.inventory, snapshot, changes.nodes) if changes is not None and changes.nodes is not None else None
+            self._changed_positions = told if told is not None else list(
+                compress(range(len(snapshot.nodes)), map(operator.is_not, snapshot.nodes, last.nodes)))
             for position in self._changed_positions:
                 if not _same_shape(snapshot.nodes[position], last.nodes[position]):
                     return "a node changed shape"
@@ -265,8 +303,8 @@ class IncrementalEngine:
         inventory = state.inventory
         # --- what changed --------------------------------------------------------
         if changes is None:
-            pending_diff = _compare(state.pending, state.pending_ids, state.pending_idset, snapshot.pending)
-            holding_diff = _compare(state.holding, state.holding_ids, state.holding_idset, snapshot.holding)
+            pending_diff = _compare(state.pending, state.pending_ids, state.pending_idset, snapshot.pending, last.pending)
+            holding_diff = _compare(state.holding, state.holding_ids, state.holding_idset, snapshot.holding, last.holding)
         else:
             pending_diff = _told(state.pending, state.pending_ids, state.pending_idset, changes.pending)
             holding_diff = _told(state.holding, state.holding_ids, state.holding_idset, changes.holding)
@@ -288,8 +326,11 @@ class IncrementalEngine:
         if positions is None:
             return "duplicate node names"
         touched_nodes.update(positions[position] for position in self._changed_positions)
-        own_changed = _changed_keys(last.gpus_of_own_pods, snapshot.gpus_of_own_pods)
-        own_changed |= _changed_keys(last.resources_of_own_pods, snapshot.resources_of_own_pods)
+        if changes is not None and changes.own_pods is not None:
+            own_changed = set(changes.own_pods)
+        else:
+            own_changed = _changed_keys(last.gpus_of_own_pods, snapshot.gpus_of_own_pods)
+            own_changed |= _changed_keys(last.resources_of_own_pods, snapshot.resources_of_own_pods)
         for _, node in own_changed:
             index = inventory.index_by_name.get(node)
             if index is not None:
@@ -320,8 +361,8 @@ class IncrementalEngine:
                 was = state.victim_of_key.get(key)
                 _set_victim(state, snapshot, holding.get(key), key)
                 now_victim = state.victim_of_key.get(key)
-                if now_victim is not None and now_victim != was:  # a victim new (or changed) for the queue
-                    newly_victims.append(now_victim)
+                if now_victim != was:  # a victim new, changed or gone: those that may choose it (or did) look again
+                    newly_victims.extend(v for v in (now_victim, was) if v is not None)
             waiting = state.not_yet_victims
             while waiting and waiting[0][0] <= now:  # old enough to preempt now
                 _, key = heapq.heappop(waiting)
@@ -331,16 +372,20 @@ class IncrementalEngine:
                         newly_victims.append(state.victim_of_key[key])
         # --- free capacity, node by node ---------------------------------------------
         touched_pools: set[int] = set()
+        freed_nodes: list[tuple[int, int]] | None = []  # (node index, its raw free GPUs before) where something was freed
         node_at = inventory.layout.position_of_index if touched_nodes else []
         for index in sorted(touched_nodes):
+            raw_before = inventory.raw_free[index]
             if _refresh_node(state, snapshot, index, snapshot.nodes[node_at[index]]):
                 pool = inventory.pool_of[index]
                 if pool >= 0:
                     touched_pools.add(pool)
+                    freed_nodes.append((index, raw_before))  # type: ignore[union-attr]
         reserve_freed = {p for p, used in training_before.items() if state.training_used.get(p, 0) < used}
         if added is not None:
             touched_pools |= added.pools
             reserve_freed |= added.reserve_grown
+            freed_nodes = None  # nodes new to the pools: taken as freeing anything there
         if inventory.stale_entries() > 2 * len(inventory.nodes) + 64:
             inventory.rebucket()  # the lazily deleted heap entries, dropped before every pass copies them
         # --- the queue ---------------------------------------------------------------------
@@ -372,7 +417,8 @@ class IncrementalEngine:
         # --- the passes, walking only the kinds this change can affect ------------------------
         preemptions: tuple[Preemption, ...] = ()
         streams = _Streams(state, now)
-        streams.activate(new_keys, touched_pools, reserve_freed, newly_victims)
+        streams.activate(new_keys, touched_pools, reserve_freed, newly_victims, freed_nodes)
+        state.budget_edge = streams.budget_edge
         if streams.active:
             cycle = Cycle(
                 snapshot=snapshot,
@@ -552,6 +598,7 @@ def _keep(snapshot: Snapshot, cycle: Cycle, admitted: Mapping[int, Admission], r
     state.queue.sort()
     for orders in state.by_kind.values():
         orders.sort()
+    state.budget_edge = state.queue[MAX_PREEMPTION_ATTEMPTS_PER_PASS] if len(state.queue) > MAX_PREEMPTION_ATTEMPTS_PER_PASS else None
     if snapshot.policy.preemption.enabled:
         state.victims = {product: list(victims) for product, victims in cycle.victims_by_product.items()}
         state.victim_of_key = {v.key: v for victims in state.victims.values() for v in victims}
@@ -580,6 +627,11 @@ def _enqueue(state: _State, candidate: Candidate, sort: bool = True) -> None:
     key = candidate.workload.key
     state.queued[key] = candidate
     orders = state.by_kind.setdefault(candidate.kind, [])
+    group = state.group_of_kind.get(candidate.kind)
+    if group is None:  # a kind new since the index was last brought up to date
+        _kinds_index(state)
+        group = state.group_of_kind[candidate.kind]
+    state.queued_in_group[group] = state.queued_in_group.get(group, 0) + 1
     if sort:
         bisect.insort(state.queue, candidate.order)
         bisect.insort(orders, candidate.order)
@@ -597,6 +649,7 @@ def _unqueue(state: _State, key: str) -> None:
     candidate = state.queued.pop(key, None)
     if candidate is None:
         return
+    state.queued_in_group[state.group_of_kind[candidate.kind]] -= 1
     for orders in (state.queue, state.by_kind[candidate.kind]):
         at = bisect.bisect_left(orders, candidate.order)
         if at < len(orders) and orders[at] == candidate.order:
@@ -633,14 +686,26 @@ class _Streams:
         self.now = now
         self.active: set[int] = set()
         self.startable: set[int] = set()  # active kinds whose best-ranked member may get in
+        self.plain_kinds: set[int] = set()  # see activate
+        self.plain_by_group: dict[int, list[int]] = {}
         self.new_in_kind: dict[int, list[int]] = {}  # kind -> indexes (in by_kind) of its new members
         self.ready: dict[str, Candidate] = {}  # candidates given a rank and an effective margin this cycle
+        self.margined: set[str] = set()  # keys of candidates given an effective margin (see unranked)
         self.by_pool, self.by_product = _kinds_index(state)
         policy = state.snapshot.policy
         self.preempting = bool(policy.preemption.enabled) and any(state.victims.values())
         self.gain = number_or(policy.preemption.min_margin_gain_per_gpu_hour, 0.0)
         self.fit_memo: dict[int, tuple[object, bool]] = {}  # demand group -> (capacity version, fits)
         self.cheapest_victim = {p: min(v.margin for v in vs) for p, vs in state.victims.items() if vs} if self.preempting else {}
+        self.preempting_options: dict[int, list[tuple[Option, float]]] = {}  # see _may_preempt
+        # The first order past the attempt budget: a member ranks within it when it sorts before.
+        self.near_head_kinds: dict[int, list[int]] = {}  # see _near_head_in
+        self.ahead: dict[tuple, list[float]] = {}  # see _in_window
+        self.signatures: dict[tuple, int] = {}  # see _signature
+        self.signature_of_kind: dict[int, int] = {}
+        self.failed_alike: dict[int, tuple[int, int]] = {}  # signature -> the pass and its admissions when one failed
+        self.victims_on: dict[str, dict[int, list[Victim]]] = {}  # see _victims_on
+        self.budget_edge = state.queue[MAX_PREEMPTION_ATTEMPTS_PER_PASS] if len(state.queue) > MAX_PREEMPTION_ATTEMPTS_PER_PASS else None
 
     def candidate(self, order: tuple) -> Candidate:
         candidate = self.ready.get(order[2])
@@ -652,7 +717,29 @@ class _Streams:
             candidate.effective_margin = candidate.best_margin + state.ranker.aging * waited / 3600.0
         return candidate
 
-    def activate(self, new_keys: set[str], touched_pools: set[int], reserve_freed: set[str], newly_victims: list[Victim]) -> None:
+    def unranked(self, order: tuple) -> Candidate:
+        """``candidate`` without its rank (it may be a past cycle's): for comparing order keys but
+        for the rank they end with -- the orders of queued workloads sort as their ranks do."""
+        self.give_margins((order,))
+        return self.state.queued[order[2]]
+
+    def give_margins(self, orders: Iterable[tuple]) -> None:
+        """This cycle's effective margin to the candidates of ``orders`` (as ``candidate`` does)."""
+        ready, margined, queued = self.ready, self.margined, self.state.queued
+        now, aging = self.now, self.state.ranker.aging
+        for order in orders:
+            key = order[2]
+            if key in ready or key in margined:
+                continue
+            margined.add(key)
+            candidate = queued[key]
+            waited = max(0.0, now - number_or(candidate.workload.queued_since, now))
+            candidate.effective_margin = candidate.best_margin + aging * waited / 3600.0
+
+    def activate(self, new_keys: set[str], touched_pools: set[int], reserve_freed: set[str], newly_victims: list[Victim],
+                 freed_nodes: list[tuple[int, int]] | None = None) -> None:
+        """The kinds to walk (see the class docstring). ``freed_nodes``: (node index, raw free GPUs
+        before) of the nodes where something was freed (None: any node of ``touched_pools``)."""
         state = self.state
         for key in new_keys:
             candidate = state.queued.get(key)
@@ -663,13 +750,30 @@ class _Streams:
             indexes.sort()
         kinds: set[int] = set()
         groups: set[int] = set()
+        if freed_nodes is not None and len(freed_nodes) > VICTIMS_ONE_BY_ONE:
+            freed_nodes = None  # many at once: every kind of those pools that may preempt, not node by node
         for pool in touched_pools:
             groups.update(state.groups_by_pool.get(pool, ()))
-        for group in groups:  # a group that does not fit now stays out, unless its kinds may preempt
-            if self.preempting or self._may_fit(next(iter(state.kinds_of_group[group]))):
+        for group in groups:  # a group that does not fit now stays out, but for its kinds that may preempt anew
+            if not self._queued_in(group):
+                continue
+            if self._group_may_fit(group):
                 kinds.update(state.kinds_of_group[group])
-        for product in reserve_freed | {v.product for v in newly_victims}:
+            elif self.preempting:
+                kinds.update(kind for kind in self._near_head_in(group) if freed_nodes is None or self._may_preempt_anew(kind, freed_nodes))
+        for product in reserve_freed:
             kinds.update(self.by_product.get(product, ()))
+        by_product: dict[str, list[Victim]] = {}
+        for victim in newly_victims:
+            by_product.setdefault(victim.product, []).append(victim)
+        for product, victims in by_product.items():
+            if len(victims) > VICTIMS_ONE_BY_ONE:  # many at once (a big cycle's admissions running): by product
+                kinds.update(kind for kind in self.by_product.get(product, ()) if self._near_head(kind))
+            else:
+                for victim in victims:
+                    kinds |= self._may_take(victim)
+        if self.preempting:
+            kinds.update(self._newly_within_budget())
         if self.preempting:
             # Preemption for a workload that needs more than GPUs counts victims by GPUs and checks
             # the need on placing: an admission elsewhere can turn its failure into a success (more
@@ -679,17 +783,125 @@ class _Streams:
             if state.by_kind.get(kind) and (self._may_fit(kind) or self._may_preempt(kind)):
                 self.startable.add(kind)
         self.active = self.startable | set(self.new_in_kind)
+        # Plain kinds: started, with no new member and no preemption to try -- members that fit or
+        # fail as their demand group does (see walk).
+        for kind in sorted(self.startable):
+            if kind not in self.new_in_kind and not self._may_preempt(kind):
+                self.plain_kinds.add(kind)
+                self.plain_by_group.setdefault(state.group_of_kind[kind], []).append(kind)
+
+    def _may_take(self, victim: Victim) -> set[int]:
+        """The kinds whose preemption may choose the victim, or chose it (it is gone or changed):
+        ``passes._preempt``'s rule -- an option on its product whose threshold it is under, with GPUs
+        it frees on that option's pools, and it within the attempt's window (``_in_window``). To the
+        others it changes nothing, so they fail as they did."""
+        state = self.state
+        pool_of, options_of_kind, demand_of_kind = state.inventory.pool_of, state.ranker.options_of_kind, state.ranker.demand_of_kind
+        pools = {pool_of[index] for index, _ in victim.freed} - {-1}
+        current = state.victim_of_key.get(victim.key) is victim  # new or changed (else: gone, or the old one)
+        kinds: set[int] = set()
+        for pool in pools:
+            for kind in self.by_pool.get(pool, ()):
+                if kind not in kinds and self._near_head(kind) and any(
+                    option.product == victim.product and pool in option.pools and victim.margin <= option.margin - self.gain + EPSILON
+                    and self._in_window(victim, option)
+                    and (not current or demand_of_kind[kind][1] > 1 or option.need is not None
+                         or self._may_hold_there(victim, option, demand_of_kind[kind][0]))
+                    for option in options_of_kind[kind]
+                ):
+                    kinds.add(kind)
+        return kinds
+
+    def _may_hold_there(self, victim: Victim, option: Option, g: int) -> bool:
+        """For a kind of one replica needing only GPUs, whose attempt failed before the victim came:
+        whether, with it, a node it frees GPUs on would hold the replica. The attempt failed, so no
+        node of its window held one; the victim's coming only drops the last victim from the window
+        elsewhere, so only its own nodes can now hold one."""
+        inventory = self.state.inventory
+        on_node = self._victims_on(victim.product)
+        threshold = option.margin - self.gain
+        for index in {i for i, _ in victim.freed if inventory.pool_of[i] in option.pools}:
+            freed = sum(gpus for v in on_node.get(index, ()) if v.margin <= threshold + EPSILON and self._in_window(v, option)
+                        for i, gpus in v.freed if i == index)
+            if inventory.usable_after(index, freed) >= g:
+                return True
+        return False
+
+    def _in_window(self, victim: Victim, option: Option) -> bool:
+        """Whether an attempt on the option would look at the victim: one looks at the first
+        ``MAX_VICTIMS_PER_PREEMPTION`` victims under its threshold that free GPUs on its pools,
+        cheapest loss first, and no further. (Within a pass, a preemption before a kind's turn takes
+        victims and so moves the window on: then ``_reopen`` walks the kind on.)"""
+        victims = self.state.victims.get(victim.product, [])
+        at = bisect.bisect_left(victims, victim_order(victim), key=victim_order)  # the victims ahead of it
+        if at < MAX_VICTIMS_PER_PREEMPTION:
+            return True
+        key = (victim.product, at, option.pools)
+        margins = self.ahead.get(key)
+        if margins is None:
+            pool_of, on = self.state.inventory.pool_of, set(option.pools)
+            margins = self.ahead[key] = sorted(v.margin for v in victims[:at] if any(pool_of[i] in on for i, _ in v.freed))
+        return bisect.bisect_right(margins, option.margin - self.gain + EPSILON) < MAX_VICTIMS_PER_PREEMPTION
+
+    def _may_preempt_anew(self, kind: int, freed_nodes: list[tuple[int, int]]) -> bool:
+        """Whether capacity freed on ``freed_nodes`` may turn the kind's failed preemption into a
+        success: on a node of an option's pools, more replicas fit in its free GPUs than before, or
+        a victim there is within the attempt's window (the rest of the attempt counts as before)."""
+        if not self._may_preempt(kind):
+            return False
+        state = self.state
+        inventory = state.inventory
+        g = state.ranker.demand_of_kind[kind][0]
+        for option, threshold in self.preempting_options[kind]:
+            for index, raw_before in freed_nodes:
+                if inventory.pool_of[index] not in option.pools:
+                    continue
+                if inventory.free[index] // g != min(inventory.allocatable[index], max(0, raw_before)) // g:
+                    return True
+                for victim in self._victims_on(option.product).get(index, ()):
+                    if victim.margin <= threshold + EPSILON and self._in_window(victim, option):
+                        return True
+        return False
+
+    def _victims_on(self, product: str) -> dict[int, list[Victim]]:
+        """The product's victims by the nodes they free GPUs on (made once a cycle)."""
+        on = self.victims_on.get(product)
+        if on is None:
+            on = self.victims_on[product] = {}
+            for victim in self.state.victims.get(product, ()):
+                for index, _ in victim.freed:
+                    on.setdefault(index, []).append(victim)
+        return on
+
+    def _newly_within_budget(self) -> list[int]:
+        """Kinds whose best-ranked member came within the attempt budget since the last cycle (others
+        ahead left): never tried preemption there."""
+        state = self.state
+        old_edge, queue = state.budget_edge, state.queue
+        if old_edge is None:
+            return []
+        end = min(len(queue), MAX_PREEMPTION_ATTEMPTS_PER_PASS)
+        start = bisect.bisect_left(queue, old_edge)
+        kinds = []
+        for order in queue[start:end]:
+            kind = state.queued[order[2]].kind
+            if state.by_kind[kind][0] == order:
+                kinds.append(kind)
+        return kinds
 
     def _may_fit(self, kind: int, inventory: Inventory | None = None, training_used: Mapping[str, int] | None = None,
                  version: object = None) -> bool:
         """Whether a member of the kind fits in free capacity now (by default: the state's).
         ``version`` names the capacity's state (it changes only with an admission): the kinds of
         one demand group share the answer while it holds."""
-        state = self.state
-        group = state.group_of_kind[kind]
+        return self._group_may_fit(self.state.group_of_kind[kind], inventory, training_used, version)
+
+    def _group_may_fit(self, group: int, inventory: Inventory | None = None, training_used: Mapping[str, int] | None = None,
+                       version: object = None) -> bool:
         known = self.fit_memo.get(group)
         if known is not None and known[0] == version:
             return known[1]
+        state = self.state
         fits = self._group_fits(group, inventory if inventory is not None else state.inventory, training_used if training_used is not None else state.training_used)
         self.fit_memo[group] = (version, fits)
         return fits
@@ -709,19 +921,51 @@ class _Streams:
     def _may_enter(self, kind: int, result: PassResult) -> bool:
         """Whether the kind's next member may get in during this pass, as capacity is now."""
         version = (id(result), len(result.admitted))
-        return self._may_fit(kind, result.inventory, result.training_used, version) or self._may_preempt(kind)
+        return self._may_fit(kind, result.inventory, result.training_used, version) or self._may_preempt(kind, result)
 
-    def _may_preempt(self, kind: int) -> bool:
+    def _may_preempt(self, kind: int, result: PassResult | None = None) -> bool:
+        """Whether a member of the kind may preempt: within the attempt budget, some victim cheap
+        enough on a product of its options, and (``result``: in that pass) no attempt alike that
+        failed already (``passes._preempt`` skips those)."""
         if not self.preempting:
             return False
+        options = self.preempting_options.get(kind)
+        if options is None:  # the same all cycle (the kinds' heads do not change during the passes)
+            options = self.preempting_options[kind] = self._preempting_options(kind)
+        if not options or result is None or not result.preempt_failed:
+            return bool(options)
         state = self.state
-        if self.candidate(state.by_kind[kind][0]).rank >= MAX_PREEMPTION_ATTEMPTS_PER_PASS:
-            return False
+        g, replicas, _ = state.ranker.demand_of_kind[kind]
+        shape = state.queued[state.by_kind[kind][0][2]].shape  # the kind's (its members') shape
+        failed = result.preempt_failed
+        return not all(failed_before(failed.get(preemption_key(shape, option, g, False)), replicas, threshold)
+                       for option, threshold in options)
+
+    def _preempting_options(self, kind: int) -> list[tuple[Option, float]]:
+        """(option, threshold) of the kind's options on which its head may try preemption: within
+        the attempt budget, with a victim cheap enough on that product."""
+        if not self._near_head(kind):
+            return []
         cheapest = self.cheapest_victim
-        return any(
-            option.product in cheapest and cheapest[option.product] <= option.margin - self.gain + EPSILON
-            for option in state.ranker.options_of_kind[kind]
-        )
+        return [(option, option.margin - self.gain) for option in self.state.ranker.options_of_kind[kind]
+                if option.product in cheapest and cheapest[option.product] <= option.margin - self.gain + EPSILON]
+
+    def _queued_in(self, group: int) -> bool:
+        """Whether a kind of the group has queued workloads (groups stay indexed when their kinds'
+        queues run empty, and a fit check can cost a look at every node)."""
+        return self.state.queued_in_group.get(group, 0) > 0
+
+    def _near_head_in(self, group: int) -> list[int]:
+        """The group's kinds with a member within the attempt budget (the only ones that may preempt)."""
+        kinds = self.near_head_kinds.get(group)
+        if kinds is None:
+            kinds = self.near_head_kinds[group] = [kind for kind in self.state.kinds_of_group[group] if self._near_head(kind)]
+        return kinds
+
+    def _near_head(self, kind: int) -> bool:
+        """Whether the kind has a member within the attempt budget (its best-ranked one's rank)."""
+        orders = self.state.by_kind.get(kind)
+        return bool(orders) and (self.budget_edge is None or orders[0] < self.budget_edge)  # type: ignore[index]
 
     def walk(self, key: Callable[[Candidate], tuple], result: PassResult, seen: dict[str, Candidate]) -> Iterator[Candidate]:
         """One order: the active kinds' members, merged by ``key``, as the pass admits them."""
@@ -743,13 +987,37 @@ class _Streams:
             at[kind] = index
             heapq.heappush(heap, (key(self.candidate(orders[index])), kind, index))
 
+        plain = self.plain_by_group
         for kind in sorted(self.active):
             if kind in self.startable:
-                push(kind, 0)
+                if state.group_of_kind[kind] not in plain or kind not in self.plain_kinds:
+                    push(kind, 0)
             elif kind in self.new_in_kind:
                 push(kind, self.new_in_kind[kind][0])
+        # The plain kinds of a group come in as one entry, at the best of their first members: a group
+        # that does not fit when its turn comes fails whole (capacity only shrinks until then; what a
+        # preemption frees, _reopen walks on), one that fits is walked kind by kind.
+        waiting: dict[int, list[int]] = {}
+        queued, by_kind = state.queued, state.by_kind
+        for group, kinds in plain.items():
+            heads = [by_kind[kind][0] for kind in kinds]
+            self.give_margins(heads)
+            if key(queued[heads[0][2]])[:-1]:
+                _, first = min(zip([key(queued[order[2]])[:-1] for order in heads], heads, strict=True))
+            else:  # rank order: the orders themselves
+                first = min(heads)
+            heap.append((key(self.candidate(first)), -1 - group, 0))
+            waiting[group] = kinds
+        heapq.heapify(heap)
         while heap:
             position, kind, index = heapq.heappop(heap)
+            if kind < 0:
+                kinds = waiting.pop(-1 - kind)
+                if self._group_may_fit(-1 - kind, result.inventory, result.training_used, (id(result), len(result.admitted))):
+                    for member in kinds:
+                        if member not in at:  # not walked on already by _reopen
+                            push(member, 0)
+                continue
             if at.get(kind) != index:
                 continue  # replaced by an earlier member (see _reopen)
             del at[kind]
@@ -760,34 +1028,95 @@ class _Streams:
                     push(kind, later[0])
                 continue
             candidate = self.candidate(state.by_kind[kind][index])
+            is_new = index in self.new_in_kind.get(kind, ())
+            if not is_new and self._fails_alike(kind, candidate, result):
+                later = [i for i in self.new_in_kind.get(kind, ()) if i > index]
+                if later:
+                    push(kind, later[0])
+                continue
+            # Its failure tells how kinds alike fail if it tries all a kind alike would (within the budget).
+            afresh = ((not self.preempting or candidate.rank < MAX_PREEMPTION_ATTEMPTS_PER_PASS) and len(seen) < MAX_PREEMPTION_ATTEMPTS_PER_PASS
+                      and self._tries_afresh(candidate, result))
             seen[candidate.workload.key] = candidate
             yield candidate
             admission = result.admitted.get(candidate.rank)
+            if admission is None and afresh:
+                self.failed_alike[self._signature(kind)] = (id(result), len(result.admitted))
             if admission is not None:
                 push(kind, index + 1)
                 if admission.victims:
-                    self._reopen(admission.victims, key, position, at, push, result)
+                    self._reopen(admission.victims, key, (position[:-1], candidate.order), at, push, result)
             else:  # the rest of the kind fails too: only its new members still need a decision
                 later = [i for i in self.new_in_kind.get(kind, ()) if i > index]
                 if later:
                     push(kind, later[0])
 
+    def _signature(self, kind: int) -> int:
+        """Numbers kinds alike in all a placement or preemption attempt reads of them: options
+        (products, margins, pools, needs), GPUs per replica, replicas, training."""
+        signature = self.signature_of_kind.get(kind)
+        if signature is None:
+            ranker = self.state.ranker
+            alike = (ranker.options_of_kind[kind], ranker.demand_of_kind[kind])
+            signature = self.signature_of_kind[kind] = self.signatures.setdefault(alike, len(self.signatures))
+        return signature
+
+    def _preempting(self, candidate: Candidate) -> Iterator[tuple[tuple, int, float]]:
+        """(failure key, replicas, threshold) of each option ``passes._preempt`` would try for the
+        candidate (victims there, one cheap enough), whether or not a failure alike is known."""
+        if not self.preempting or candidate.rank >= MAX_PREEMPTION_ATTEMPTS_PER_PASS:
+            return
+        workload = candidate.workload
+        for option in candidate.options:
+            threshold = option.margin - self.gain
+            if option.product in self.cheapest_victim and threshold + EPSILON >= self.cheapest_victim[option.product]:
+                yield preemption_key(candidate.shape, option, workload.gpus_per_replica, False), workload.replicas, threshold
+
+    def _tries_afresh(self, candidate: Candidate, result: PassResult) -> bool:
+        """Whether the pass would try every preemption option of the candidate (no failure alike
+        known for its shape): its failure then says how a kind alike fails (``_fails_alike``)."""
+        failed = result.preempt_failed
+        return not any(failed_before(failed.get(key), replicas, threshold) for key, replicas, threshold in self._preempting(candidate))
+
+    def _fails_alike(self, kind: int, candidate: Candidate, result: PassResult) -> bool:
+        """Whether a kind alike (``_signature``) tried everything and failed with the pass as it is
+        now (no admission since): then this candidate fails the same way -- it is not walked, and
+        the failures its preemption would leave are left as ``passes._preempt`` would."""
+        if self.failed_alike.get(self._signature(kind)) != (id(result), len(result.admitted)):
+            return False
+        failed = result.preempt_failed
+        for key, replicas, threshold in list(self._preempting(candidate)):
+            if not failed_before(failed.get(key), replicas, threshold):
+                failed.setdefault(key, []).append((replicas, threshold))
+        return True
+
     def _reopen(self, victims: tuple[Victim, ...], key: Callable[[Candidate], tuple], position: tuple,
                 at: dict[int, int], push: Callable[[int, int], None], result: PassResult) -> None:
         """A preemption freed capacity (and, for training victims, reserve room) on a product: every
-        kind that may use it walks on, from its first member after ``position`` in this order."""
+        kind that may use it walks on, from its first member after ``position`` in this order
+        (the preemptor's key but for its rank, and its rank order: compared without ranking)."""
         state = self.state
-        kinds: set[int] = set()
+        groups: set[int] = set()
         for product in {v.product for v in victims}:
-            kinds.update(self.by_product.get(product, ()))
+            groups.update(state.groups_by_product.get(product, ()))
+        version = (id(result), len(result.admitted))
+        kinds: set[int] = set()
+        for group in groups:  # a group that fits: all its kinds; else those that may preempt
+            if not self._queued_in(group):
+                continue
+            members = state.kinds_of_group[group]
+            if self._group_may_fit(group, result.inventory, result.training_used, version):
+                kinds.update(members)
+            elif self.preempting:
+                kinds.update(kind for kind in self._near_head_in(group) if self._may_preempt(kind, result))
         for kind in sorted(kinds):
             orders = state.by_kind.get(kind)
-            if not orders or not self._may_enter(kind, result):
+            if not orders:
                 continue
             low, high = 0, len(orders)
             while low < high:  # members of a kind are in rank order in every order
-                middle = (low + high) // 2
-                if key(self.candidate(orders[middle])) <= position:
+                middle = low if low == 0 else (low + high) // 2  # the first member first: usually after
+                if (key(self.unranked(orders[middle]))[:-1], orders[middle]) <= position:
                     low = middle + 1
                 else:
                     high = middle
@@ -852,6 +1181,7 @@ def _kinds_index(state: _State) -> tuple[dict[int, set[int]], dict[str, set[int]
             state.group_demand.append(demand)
             state.kinds_of_group.append(set())
             for option in options:
+                state.groups_by_product.setdefault(option.product, set()).add(group)
                 for pool in option.pools:
                     state.groups_by_pool.setdefault(pool, set()).add(group)
         state.group_of_kind[kind] = group
@@ -951,21 +1281,37 @@ def _set_victim(state: _State, snapshot: Snapshot, workload: Workload | None, ke
 _Diff = tuple[dict[str, Workload], dict[int, Workload], set[int], list[Workload], list[Workload]]
 
 
-def _compare(by_key: dict[str, Workload], by_id: dict[int, Workload], known: set[int], workloads: tuple[Workload, ...]) -> _Diff | None:
-    """(by key, by id, ids, arrived, left) against the last cycle's objects, or None when a key or an
-    object is listed twice. By identity first, at C speed (set differences of ids, which stay
-    valid: the last snapshot keeps its objects alive): a caller that keeps its objects between
-    cycles costs that; one that parses afresh pays an equality test per object it replaced.
-    ``by_key`` and ``by_id`` are changed in place (on None the state is rebuilt anyway)."""
-    ids = set(map(id, workloads))
-    if len(ids) != len(workloads):
-        return None
-    added_ids = ids - known
-    removed_ids = known - ids
-    if not added_ids and not removed_ids:
-        return by_key, by_id, ids, [], []
-    added = list(compress(workloads, map(added_ids.__contains__, map(id, workloads)))) if added_ids else []
-    removed = [by_id.pop(i) for i in removed_ids]
+def _compare(by_key: dict[str, Workload], by_id: dict[int, Workload], known: set[int], workloads: tuple[Workload, ...],
+             last: tuple[Workload, ...]) -> _Diff | None:
+    """(by key, by id, ids, arrived, left) against the last cycle's objects (``last``, whose ids
+    are ``known``), or None when a key or an object is listed twice. By identity first, at C
+    speed: the two lists walked side by side where they agree (``_aligned``; a caller that keeps
+    its objects and their order between cycles costs that), else set differences of ids (which
+    stay valid: the last snapshot keeps its objects alive); a caller that parses afresh pays an
+    equality test per object it replaced. ``by_key``, ``by_id`` and ``known`` are changed in place
+    (on None the state is rebuilt anyway)."""
+    if workloads is last:
+        return by_key, by_id, known, [], []
+    aligned = _aligned(last, workloads, known) if len(known) == len(last) else None
+    if aligned is not None:
+        added, removed = aligned
+        known.difference_update(map(id, removed))
+        known.update(map(id, added))
+        if len(known) != len(workloads):
+            return None  # an object listed twice (or one the state was not told of: it still holds the old)
+        ids = known
+    else:
+        ids = set(map(id, workloads))
+        if len(ids) != len(workloads):
+            return None
+        added_ids = ids - known
+        removed_ids = known - ids
+        if not added_ids and not removed_ids:
+            return by_key, by_id, ids, [], []
+        added = list(compress(workloads, map(added_ids.__contains__, map(id, workloads)))) if added_ids else []
+        removed = [by_id[i] for i in removed_ids]
+    for workload in removed:
+        del by_id[id(workload)]
     gone = {w.key: w for w in removed}
     for workload in removed:
         del by_key[workload.key]
@@ -982,6 +1328,46 @@ def _compare(by_key: dict[str, Workload], by_id: dict[int, Workload], known: set
             del gone[key]  # replaced by an equal object: no change
     left = sorted(gone.values(), key=lambda w: w.key)
     return by_key, by_id, ids, arrived, left
+
+
+# Past this many differences the side-by-side walk gives way to set differences (both cost about
+# the same then).
+ALIGN_UP_TO = 64
+# Past this many victims new, changed or gone on one product in a cycle (or nodes freed), every kind
+# of the product (of the pools) that may preempt is walked, rather than those each victim (node) may
+# matter to, which costs a look at the kinds of its pools per victim (node).
+VICTIMS_ONE_BY_ONE = 8
+
+
+def _aligned(old: tuple[Workload, ...], new: tuple[Workload, ...], known: set[int]) -> tuple[list[Workload], list[Workload]] | None:
+    """(added, removed) when ``new`` is ``old`` with up to ``ALIGN_UP_TO`` objects added and
+    removed, the others in the same order (``known``: the ids of ``old``, each once); else None.
+    Runs of the same objects are skipped at C speed; where they differ, an object not known was
+    added, else the old one there was removed. A known object met out of order leaves it for the
+    end of ``new``, where it is found: then None. So every object taken as removed is not in ``new``."""
+    added: list[Workload] = []
+    removed: list[Workload] = []
+    i = j = 0
+    while i < len(old) and j < len(new):
+        skip = next(compress(count(), map(operator.is_not, islice(new, j, None), islice(old, i, None))), None)
+        if skip is None:
+            i, j = i + min(len(old) - i, len(new) - j), j + min(len(old) - i, len(new) - j)
+            break
+        i, j = i + skip, j + skip
+        if len(added) + len(removed) >= ALIGN_UP_TO:
+            return None
+        if id(new[j]) in known:
+            removed.append(old[i])
+            i += 1
+        else:
+            added.append(new[j])
+            j += 1
+    tail = new[j:]
+    if any(map(known.__contains__, map(id, tail))):
+        return None
+    removed.extend(old[i:])
+    added.extend(tail)
+    return (added, removed) if len(added) + len(removed) <= ALIGN_UP_TO else None
 
 
 def _told(by_key: dict[str, Workload], by_id: dict[int, Workload], known: set[int], changed: Mapping[str, Workload | None]) -> _Diff:
@@ -1006,6 +1392,23 @@ def _told(by_key: dict[str, Workload], by_id: dict[int, Workload], known: set[in
         if old is not None:
             left.append(old)
     return by_key, by_id, known, arrived, left
+
+
+def _told_positions(inventory: Inventory, snapshot: Snapshot, names: Collection[str]) -> list[int] | None:
+    """The positions in ``snapshot.nodes`` of the nodes named (``Changes.nodes``), the nodes listed
+    as last time; None when a name is not where the last layout has it (then compared instead)."""
+    layout = inventory.layout
+    index_by_name, position_of_index, nodes = layout.index_by_name, layout.position_of_index, snapshot.nodes
+    positions = []
+    for name in names:
+        index = index_by_name.get(name)
+        if index is None:
+            return None
+        position = position_of_index[index]
+        if nodes[position].name != name:
+            return None
+        positions.append(position)
+    return sorted(positions)
 
 
 def _changed_keys(old: Mapping, new: Mapping) -> set:

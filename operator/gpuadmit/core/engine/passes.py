@@ -34,7 +34,8 @@ ALL_ORDERS_UP_TO = 5_000
 # The orders the passes run in, as sort keys: rank order first (the policy's own), then orders
 # that pack more margin per hour; the first two always, all when the queue is small. Within
 # workloads of one kind (same size, options) every order is rank order: the incremental engine
-# relies on it to walk each order kind by kind.
+# relies on it to walk each order kind by kind. Each key ends with the rank, which the incremental
+# engine leaves out to compare candidates it has not ranked (their rank orders are in rank order).
 ORDER_KEYS: tuple[Callable[[Candidate], tuple], ...] = (
     lambda c: (c.rank,),
     lambda c: (-c.effective_margin * c.workload.total_gpus, c.rank),
@@ -76,7 +77,9 @@ def run_pass(cycle: Cycle, order: Iterable[Candidate], allow_preemption: bool, m
     # (shape, product, GPUs per replica) -> fewest replicas that failed: free GPUs only shrink
     # during a pass (except when preemption frees some, which clears it), so a bigger gang fails too.
     failed: dict[tuple, int] = {}
-    preempt_failed: dict[tuple, list[tuple[int, float]]] = {}
+    # Preemptions that failed (see ``PassResult.preempt_failed``): fewer victims remain as the pass
+    # goes, so more replicas or a lower threshold fail too.
+    preempt_failed = result.preempt_failed
     preempted: set[str] = set()
     attempts = 0
     for candidate in order:
@@ -143,6 +146,17 @@ def breaks_reserve(cycle: Cycle, training_used: dict[str, int], product: str, gp
     return cap is not None and training_used.get(product, 0) - freed + gpus > cap
 
 
+def preemption_key(shape: int, option: Option, g: int, reclaim: bool) -> tuple:
+    """What a failed preemption is remembered by, beyond its threshold and replicas (the incremental
+    engine asks it too)."""
+    return shape, option.product, g, reclaim
+
+
+def failed_before(failures: list[tuple[int, float]] | None, replicas: int, threshold: float) -> bool:
+    """Whether a preemption of as many replicas or fewer, at as high a threshold or higher, failed."""
+    return bool(failures) and any(r <= replicas and t >= threshold - EPSILON for r, t in failures)  # type: ignore[union-attr]
+
+
 def _preempt(cycle: Cycle, result: PassResult, candidate: Candidate, preempted: set[str], preempt_failed: dict, reclaim: bool = False) -> Admission | None:
     """Free GPUs from cheaper victims on one product, the least margin lost first, then place.
     ``reclaim``: the candidate is within its tenant's guarantee and takes from borrowers on the
@@ -163,8 +177,8 @@ def _preempt(cycle: Cycle, result: PassResult, candidate: Candidate, preempted: 
             threshold = math.inf
         if threshold + EPSILON < cycle.cheapest_victim_margin[option.product]:
             continue  # no victim on this product earns little enough
-        failed_key = (candidate.shape, option.product, g, reclaim)
-        if any(r <= replicas and t >= threshold - EPSILON for r, t in preempt_failed.get(failed_key, ())):
+        failed_key = preemption_key(candidate.shape, option, g, reclaim)
+        if failed_before(preempt_failed.get(failed_key), replicas, threshold):
             continue
         eligible_pools = set(option.pools)
         base = inventory.replicas_that_fit(option.pools, g)

@@ -91,6 +91,11 @@ class Ranker:
         self.options_of_kind: dict[int, tuple[Option, ...]] = {}
         # kind -> (GPUs per replica, replicas, training): with its options, what decides whether it fits
         self.demand_of_kind: dict[int, tuple[int, int, bool]] = {}
+        # For relayout, static keys: rejected, needing more than GPUs, and by pool those that may gain
+        # an option on that pool's product ((shape, GPUs per replica, replicas, product) -> keys).
+        self._rejected: set[tuple] = set()
+        self._needing: set[tuple] = set()
+        self._may_gain: dict[int, dict[tuple, set[tuple]]] = {}
 
     def margin(self, workload_class: str, tier: str | None, product: str) -> float:
         key = (workload_class, tier, product)
@@ -103,52 +108,64 @@ class Ranker:
         the incremental engine's): True when every kind with a member (``member``: kind -> one of
         its workloads, or None) keeps its options, so its candidates stay valid; the other kinds are
         forgotten, and made afresh (with new numbers) when a workload of theirs comes again.
-        False: some kind's options changed."""
+        False: some kind's options changed.
+
+        Checked: the kinds that need more than GPUs (by a member), and the kinds needing only GPUs
+        that may gain an option. An option holds every eligible pool of its product, and nodes added
+        only make more fit: only a product a kind has no option on may change them -- one above the
+        floor with an eligible pool among ``grown`` whose pools would now hold it if empty
+        (``_may_gain``). Rejections are forgotten (nodes added may hold them now)."""
         self.inventory = inventory
-        kept: dict[tuple, tuple[tuple[Option, ...], Decision | None, int]] = {}
         pools = inventory.pools
-        grown_products = {pools[p].product for p in grown}
-        holds: dict[tuple, bool] = {}
-        for static_key, (options, rejected, kind) in self._static.items():
-            if rejected is not None:
-                continue
-            if options[0].need is None and self._keeps_options(static_key, options, grown, grown_products, holds):
-                kept[static_key] = (options, None, kind)
-                continue
+        forgotten = set(self._rejected)
+        suspects = set(self._needing)
+        held: set[tuple] = set()
+        for pool in grown:
+            for gain_key, static_keys in self._may_gain.get(pool, {}).items():
+                if gain_key in held:
+                    suspects |= static_keys
+                    continue
+                shape_id, g, replicas, product = gain_key
+                eligible = inventory.eligible_pools(self._examples[shape_id], self._shapes[shape_id])
+                same = [pools[p] for p in eligible if pools[p].product == product]
+                if Inventory.replicas_if_empty(same, g) >= replicas:
+                    held.add(gain_key)
+                    suspects |= static_keys
+        for static_key in suspects:
+            entry = self._static.get(static_key)
+            if entry is None:
+                continue  # forgotten before
+            options, _, kind = entry
             workload = member(kind)
             if workload is None:
+                forgotten.add(static_key)
                 continue
             made, now_rejected = _static_options(inventory, workload, self._shapes[static_key[0]], self.floor, self.margin)
             if now_rejected is not None or made != options:
                 return False
-            kept[static_key] = (options, None, kind)
-        self._static = kept
+        for static_key in forgotten:
+            del self._static[static_key]
+        self._rejected.clear()
+        self._needing -= forgotten
         return True
 
-    def _keeps_options(self, static_key: tuple, options: tuple[Option, ...], grown: set[int], grown_products: set[str],
-                       holds: dict[tuple, bool]) -> bool:
-        """Whether a kind needing only GPUs surely keeps its options with nodes added to ``grown``.
-        An option holds every eligible pool of its product, and nodes added only make more fit:
-        only a product it has no option on may change them -- one above the floor whose eligible
-        pools, one of them grown, would hold the kind if empty (``holds``: that answer, by shape,
-        size and product, shared by the kinds of one relayout)."""
-        offered = {o.product for o in options}
-        if grown_products <= offered:
-            return True
+    def _index_kind(self, static_key: tuple, options: tuple[Option, ...], rejected: Decision | None) -> None:
+        """File a new kind for relayout: in ``_rejected``, ``_needing`` or ``_may_gain``."""
+        if rejected is not None:
+            self._rejected.add(static_key)
+            return
+        if options[0].need is not None:
+            self._needing.add(static_key)
+            return
         shape_id, g, replicas, workload_class, tier = static_key
         inventory = self.inventory
-        for product in grown_products - offered:
-            if self.margin(workload_class, tier, product) < self.floor - EPSILON:
+        offered = {o.product for o in options}
+        eligible = inventory.eligible_pools(self._examples[shape_id], self._shapes[shape_id])
+        for product, pool_indices in inventory.pools_by_product(eligible).items():
+            if product in offered or self.margin(workload_class, tier, product) < self.floor - EPSILON:
                 continue
-            key = (shape_id, g, replicas, product)
-            held = holds.get(key)
-            if held is None:
-                eligible = inventory.eligible_pools(self._examples[shape_id], self._shapes[shape_id])
-                same = [inventory.pools[p] for p in eligible if inventory.pools[p].product == product]
-                held = holds[key] = any(pool.index in grown for pool in same) and Inventory.replicas_if_empty(same, g) >= replicas
-            if held:
-                return False
-        return True
+            for pool in pool_indices:
+                self._may_gain.setdefault(pool, {}).setdefault((shape_id, g, replicas, product), set()).add(static_key)
 
     def candidate(self, workload: Workload, now: float) -> Candidate | Decision:
         """The workload's candidate (rank not set), or its static rejection."""
@@ -168,6 +185,7 @@ class Ranker:
             made = _static_options(self.inventory, workload, shape, self.floor, self.margin)
             kind = len(self.options_of_kind)  # kinds are never renumbered (see relayout)
             self._static[static_key] = (*made, kind)
+            self._index_kind(static_key, *made)
             self.options_of_kind[kind] = made[0]
             self.demand_of_kind[kind] = (workload.gpus_per_replica, workload.replicas, workload.workload_class != "inference")
         options, rejection, kind = self._static[static_key]
