@@ -1039,8 +1039,7 @@ class SchedulingLoop:
             self.trigger_later()
             return
         logger.error("Handling %s failed; it is marked Failed and the cycle goes on", key, exc_info=error)
-        message = f"gpuadmit could not handle this workload: {type(error).__name__}: {error}"
-        await self.fail_workload(key, "", desired_status.INTERNAL_ERROR, message)
+        await self.fail_workload(key, "", desired_status.INTERNAL_ERROR, desired_status.internal_error_message(error))
 
     def _template_rules(self, namespace: str) -> TemplateRules:
         """The pod-security rules a namespace's templates are held to now (its cached Namespace)."""
