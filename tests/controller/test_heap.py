@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gc
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import Iterator
 
 import pytest
 
@@ -17,8 +17,8 @@ class Cyclic:
 
 
 @pytest.fixture()
-async def keeper() -> AsyncIterator[HeapKeeper]:
-    keeper = HeapKeeper(full_scan_every_s=3600.0)
+def keeper() -> Iterator[HeapKeeper]:
+    keeper = HeapKeeper()
     keeper.install()
     try:
         yield keeper
@@ -49,4 +49,10 @@ async def test_young_cyclic_garbage_is_freed_and_frozen_cyclic_garbage_by_the_ne
     gc.collect()
     assert later() is not None  # frozen: no collection sees it ...
     keeper.full_scan()
-    assert later() is None  # ... until the full scan
+    assert later() is None and keeper.full_scans == 2  # ... until the full scan
+
+
+async def test_a_keeper_not_installed_leaves_the_collector_alone() -> None:
+    keeper = HeapKeeper()
+    keeper.full_scan()
+    assert keeper.full_scans == 0 and gc.get_freeze_count() == 0

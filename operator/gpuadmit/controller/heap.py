@@ -14,14 +14,15 @@ So, while the operator runs (``HeapKeeper.install``), what survives a collection
 (``gc.freeze``: out of the collector's sight, still freed by reference counting): each object is
 examined once, by the young collection after its allocation, and garbage that forms a cycle
 while young is found by it as before. A cycle that becomes garbage only later (an object kept a
-while, then dropped along with an exception's traceback, say) waits for the full scan every
-``FULL_SCAN_EVERY_S``, which thaws everything into one full collection: such garbage lives that
-long at most, and the scan costs once per period what the collector used to spend per burst.
+while, then dropped along with an exception's traceback, say: about 700 objects after 4,000
+admissions) waits for ``full_scan``, which thaws everything into one full collection. The runtime
+calls it at start-up and at every resync, a moment that already re-lists the cluster and is
+followed by a whole cycle, so a full collection of a big cache (a pause that grows with it)
+never lands in the cycle of an ordinary event.
 """
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import logging
 import time
@@ -29,15 +30,11 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
-FULL_SCAN_EVERY_S = 1800.0  # cyclic garbage is rare here (about 700 objects after 4,000 admissions); a scan of a big cache is a pause
-
 
 class HeapKeeper:
-    def __init__(self, full_scan_every_s: float = FULL_SCAN_EVERY_S) -> None:
-        self.full_scan_every_s = full_scan_every_s
+    def __init__(self) -> None:
         self.freezes = 0  # collections whose survivors were frozen (tests, logs)
         self.full_scans = 0
-        self._timer: asyncio.TimerHandle | None = None
         self._installed = False
 
     @property
@@ -45,8 +42,8 @@ class HeapKeeper:
         return self._installed
 
     def install(self) -> None:
-        """From now on (in this process, inside its running event loop) until ``uninstall``; the
-        heap as it is now (the seeded cache, at start-up) is scanned once and frozen."""
+        """From now on (in this process) until ``uninstall``; the heap as it is now (the seeded
+        cache, at start-up) is scanned once and frozen."""
         if self._installed:
             return
         self._installed = True
@@ -57,23 +54,19 @@ class HeapKeeper:
         if not self._installed:
             return
         self._installed = False
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
         gc.callbacks.remove(self._on_collection)
         gc.unfreeze()
 
     def full_scan(self) -> None:
-        """Everything thawed and collected once (its survivors frozen again); the next one scheduled."""
+        """Everything thawed and collected once (what survives frozen again); nothing when not installed."""
+        if not self._installed:
+            return
         started = time.monotonic()
         gc.unfreeze()
         gc.collect()  # _on_collection freezes what survives
         self.full_scans += 1
-        logger.debug("Full garbage collection: %.3fs, %d objects frozen", time.monotonic() - started,
-                     gc.get_freeze_count())
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer = asyncio.get_running_loop().call_later(self.full_scan_every_s, self.full_scan)
+        logger.info("Full garbage collection: %.3fs, %d objects kept out of later collections",
+                    time.monotonic() - started, gc.get_freeze_count())
 
     def _on_collection(self, phase: str, info: dict[str, Any]) -> None:
         if phase == "stop":

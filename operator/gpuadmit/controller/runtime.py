@@ -116,6 +116,12 @@ class OperatorRuntime:
         self._stream_tasks.extend(asyncio.create_task(stream.run(), name=f"watch {stream.name}") for stream in streams)
 
     async def resync(self) -> None:
+        try:
+            await self._relist()
+        finally:
+            self.heap.full_scan()  # here, where a whole cycle follows anyway (controller.heap)
+
+    async def _relist(self) -> None:
         assert self.api is not None
         # A CRD installed since start-up (the Kubeflow training operator, KubeRay) is watched from now
         # on; one uninstalled is watched no more (its objects went with it).
