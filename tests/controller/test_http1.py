@@ -196,3 +196,33 @@ async def test_a_cancelled_waiter_gives_up_its_place_without_losing_a_slot() -> 
         pass
     async with slots.slot(Urgency.EXPLAIN):
         pass
+
+
+async def test_a_turn_waits_behind_more_urgent_waiters_and_keeps_no_slot() -> None:
+    slots = RequestSlots(1)
+    release = asyncio.Event()
+    order: list[str] = []
+
+    async def request(name: str) -> None:
+        async with slots.slot(Urgency.DECISION):
+            order.append(name)
+            if name == "holder":
+                await release.wait()
+
+    async def turn() -> None:
+        await slots.turn(Urgency.MATERIALISE)
+        order.append("pod's turn")
+
+    holder = asyncio.create_task(request("holder"))
+    await asyncio.sleep(0)
+    waiting = [asyncio.create_task(turn()), asyncio.create_task(request("status"))]
+    await asyncio.sleep(0.01)
+    assert order == ["holder"]  # the one slot is held: the turn waits like a request
+    release.set()
+    await asyncio.gather(holder, *waiting)
+    assert order == ["holder", "status", "pod's turn"]  # the status write, though it came later, went first
+
+    async def one_more() -> None:
+        async with slots.slot(Urgency.EXPLAIN):
+            pass
+    await asyncio.wait_for(one_more(), 1.0)  # the turn kept nothing: the one slot is free

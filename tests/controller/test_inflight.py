@@ -34,6 +34,9 @@ class HeldStatusApi:
 
     max_concurrency = 8
 
+    async def turn(self, urgency: Any) -> None:
+        """No request slots here: every request goes at once."""
+
     def __init__(self, cache: ObjectCache) -> None:
         self.cache = cache
         self.release = asyncio.Event()

@@ -20,6 +20,9 @@ from gpuadmit.core.nodes import gpus_used_by_node
 class HeldApi:
     """Answers a write only when the test releases it, so a watch echo can arrive first."""
 
+    async def turn(self, urgency: Any) -> None:
+        """No request slots here: every request goes at once."""
+
     def __init__(self) -> None:
         self.release = asyncio.Event()
         self.answers: list[dict[str, Any]] = []
@@ -163,6 +166,9 @@ class ScriptedApi:
     workloads named in ``refuse``, which get a 409; a re-read returns the stored object."""
 
     max_concurrency = 8
+
+    async def turn(self, urgency: Any) -> None:
+        """No request slots here: every request goes at once."""
 
     def __init__(self, cache: ObjectCache, refuse: set[str]) -> None:
         self.cache = cache

@@ -55,6 +55,9 @@ class MemoryApi:
 
     max_concurrency = 8
 
+    async def turn(self, urgency: Any) -> None:
+        """No request slots here: every request goes at once."""
+
     def __init__(self) -> None:
         self.objects: dict[str, dict[str, dict[str, Any]]] = {kind: {} for kind in (*KINDS, "Event")}
         self.versions = itertools.count(1)

@@ -44,6 +44,10 @@ class FakeWriter:
         self.fail = False
         self.refuse = False
         self.calls: list[str] = []
+        self.turns = 0
+
+    async def pods_turn(self) -> None:
+        self.turns += 1
 
     async def create_pod(self, pod: dict[str, Any]) -> PodCreation:
         self.calls.append(pod["metadata"]["name"])
@@ -145,3 +149,53 @@ async def test_a_refused_pod_fails_its_workload_once_instead_of_retrying() -> No
     assert [(key, uid, reason) for key, uid, reason, _ in FAILED] == [("team/refused", "uid-refused", "PodRefused")]
     assert "refused-0 is invalid" in FAILED[0][3] or "refused-1 is invalid" in FAILED[0][3]
     assert creator.start(workload("other", gpus=4), (PlacementEntry("gpu-a", 4, 1),), []) == 1  # nothing held in flight
+
+
+class TurnWriter(FakeWriter):
+    """Pods get their turn only when the test gives it (a status write waits for a slot until then)."""
+
+    def __init__(self, cache: ObjectCache) -> None:
+        super().__init__(cache)
+        self.turn_given = asyncio.Event()
+
+    async def pods_turn(self) -> None:
+        await self.turn_given.wait()
+
+
+async def test_pods_hold_their_gpus_at_once_but_are_built_and_sent_only_on_their_turn() -> None:
+    cache = ObjectCache()
+    cache.put(NODE, node("gpu-a", 8))
+    writer = TurnWriter(cache)
+    FAILED.clear()
+    creator = PodCreator(cache, writer, [].append, record_failure)  # type: ignore[arg-type]
+    creator.recount({})
+    assert creator.start(workload("first", gpus=8, replicas=2), (PlacementEntry("gpu-a", 8, 2),), []) == 2
+    assert creator.creating("team/first-0") and creator.creating("team/first-1")  # their echoes are recognised
+    # Not built yet, yet the node's 8 GPUs are held: nothing else fits there meanwhile.
+    assert creator.start(workload("second", gpus=1), (PlacementEntry("gpu-a", 1, 1),), []) == 0
+    await asyncio.sleep(0.01)
+    assert writer.calls == []
+    writer.turn_given.set()
+    writer.gate.set()
+    await creator.drain()
+    assert sorted(writer.calls) == ["first-0", "first-1"]
+    assert cache.get(POD, "team/first-0") is not None and not creator.creating("team/first-0")
+
+
+async def test_a_template_refused_on_its_turn_fails_the_workload_and_frees_its_gpus() -> None:
+    cache = ObjectCache()
+    cache.put(NODE, node("gpu-a", 8))
+    writer = TurnWriter(cache)
+    FAILED.clear()
+    creator = PodCreator(cache, writer, [].append, record_failure)  # type: ignore[arg-type]
+    creator.recount({})
+    privileged = workload("privileged", gpus=8)
+    privileged["spec"]["template"]["spec"]["containers"][0]["securityContext"] = {"privileged": True}
+    assert creator.start(privileged, (PlacementEntry("gpu-a", 8, 1),), []) == 1
+    writer.turn_given.set()
+    await creator.drain()
+    assert writer.calls == []  # never sent
+    assert [(key, reason) for key, _, reason, _ in FAILED] == [("team/privileged", "PodRefused")]
+    assert "privileged" in FAILED[0][3]
+    assert not creator.creating("team/privileged-0")
+    assert creator.start(workload("next", gpus=8), (PlacementEntry("gpu-a", 8, 1),), []) == 1  # its GPUs are free

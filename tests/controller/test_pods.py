@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 from gpuadmit.core.model import Action, Decision, PlacementEntry, Reason
 from gpuadmit.core.pods import build_pods, pinned_affinity, pinned_node, pod_node, replica_nodes
@@ -102,6 +103,30 @@ def test_the_workload_object_is_not_modified() -> None:
     build_pods(original, admit((PlacementEntry("n", 8, 2),)))
     assert original == kept
 
+
+
+def test_the_pods_share_nothing_with_the_workload_object() -> None:
+    """Changing a built pod (the API server's defaulting does, on the way) never changes the cached workload."""
+    template = workload()["spec"]["template"]
+    template["spec"]["tolerations"] = [{"key": "gpu", "operator": "Exists"}]
+    template["spec"]["affinity"] = {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 1}]}}
+    template["spec"]["initContainers"] = [{"name": "init", "image": "busybox", "env": [{"name": "A", "value": "1"}]}]
+    original = workload(replicas=2, template=template)
+    kept = copy.deepcopy(original)
+
+    def scribble(value: Any) -> None:
+        if isinstance(value, dict):
+            for item in list(value.values()):
+                scribble(item)
+            value["scribbled"] = True
+        elif isinstance(value, list):
+            for item in value:
+                scribble(item)
+            value.append("scribbled")
+
+    for pod in build_pods(original, admit((PlacementEntry("n", 8, 2),))):
+        scribble(pod)
+    assert original == kept
 
 def test_every_pod_requests_exactly_its_share_of_the_placement() -> None:
     decision = admit((PlacementEntry("a", 6, 3), PlacementEntry("b", 2, 1)))

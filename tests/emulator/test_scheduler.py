@@ -170,6 +170,22 @@ def test_bound_requests_use_up_a_node(scheduled: str) -> None:
     assert scheduled_condition(pods["p3"])["message"] == "0/1 nodes are available: 1 Insufficient cpu."
 
 
+
+def test_a_node_that_changes_is_seen_anew_by_the_next_pass(scheduled: str) -> None:
+    """Each node is parsed once per version (kept between passes): a new version must replace it."""
+    call(scheduled, "POST", "/api/v1/nodes", node("grows", cpu="2"))
+    call(scheduled, "POST", PODS, pod("p", cpu="4"))
+    condition = wait_for(lambda: scheduled_condition(call(scheduled, "GET", f"{PODS}/p")[1]), "PodScheduled")
+    assert condition["message"] == "0/1 nodes are available: 1 Insufficient cpu."
+    amounts = {"cpu": "8", "memory": "64Gi", "pods": "110", "nvidia.com/gpu": "8"}
+    status, _ = call(scheduled, "PUT", "/api/v1/nodes/grows/status",
+                     {**call(scheduled, "GET", "/api/v1/nodes/grows")[1],
+                      "status": {"allocatable": amounts, "capacity": amounts,
+                                 "conditions": [{"type": "Ready", "status": "True"}]}})
+    assert status == 200
+    bound = wait_for(lambda: (p := call(scheduled, "GET", f"{PODS}/p")[1])["spec"].get("nodeName") and p, "p to be bound")
+    assert bound["spec"]["nodeName"] == "grows"
+
 # -- the binding subresource, with the stand-in off (a test plays the scheduler) --------------------
 
 def test_binding_sets_the_node_and_the_condition_once(unscheduled: str, tmp_path: Path) -> None:

@@ -191,3 +191,20 @@ def test_cut_watches_ends_open_streams_from_another_thread():
         server.cut_watches()
         assert finished.wait(timeout=30), "the stream should end long before its 60 s timeout"
         assert server.call(server.handler.store.open_watch_count) == 0
+
+
+def test_the_server_process_freezes_what_survives_a_collection_and_an_in_process_server_does_not() -> None:
+    import gc
+
+    from kubeapi_emulator.__main__ import _freeze_survivors
+
+    with EmulatedApiServer():
+        assert _freeze_survivors not in gc.callbacks  # the tests' own process is left as it is
+    kept = [{"metadata": {"name": str(i)}} for i in range(500)]
+    gc.callbacks.append(_freeze_survivors)
+    try:
+        gc.collect(0)
+        assert gc.get_freeze_count() >= len(kept)
+    finally:
+        gc.callbacks.remove(_freeze_survivors)
+        gc.unfreeze()

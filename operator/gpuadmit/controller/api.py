@@ -107,6 +107,12 @@ class RequestSlots:
         finally:
             self._release()
 
+    async def turn(self, urgency: Urgency) -> None:
+        """Wait until a request of this urgency would get a slot (every more urgent waiter got one
+        first), without keeping it: for work worth doing only then, such as building a request."""
+        await self._acquire(urgency)
+        self._release()
+
     async def _acquire(self, urgency: Urgency) -> None:
         if self._free > 0 and not self._waiters:
             self._free -= 1
@@ -178,6 +184,10 @@ class KubeApi:
     def max_concurrency(self) -> int:
         """Requests in flight at most (``--max-concurrent-writes``)."""
         return self._max_concurrency
+
+    async def turn(self, urgency: Urgency) -> None:
+        """Wait until a request of ``urgency`` would be sent (``RequestSlots.turn``)."""
+        await self._slots.turn(urgency)
 
     async def open(self) -> KubeApi:
         info = self.credentials

@@ -104,9 +104,6 @@ MAX_PAUSE_S = 2.0
 # preemption's minimum runtimes come due by the clock, and the alerts count cycles. The re-list and
 # whole cycle of a resync come every ``resync_seconds`` (longer: they cost in proportion to the cluster).
 IDLE_CYCLE_SECONDS = 60.0
-# Cached objects from which a full garbage collection costs more than a cycle (keep_out_of_collections).
-FREEZE_FROM_OBJECTS = 5_000
-FREEZE_AFTER_READS = 1_000  # a cycle that read this many changed objects freezes too (a burst's objects)
 CATCH_UP_SECONDS = 1.0  # after an echo of our own write, a cycle this soon reads what it changed
 
 
@@ -192,22 +189,6 @@ def cyclic_gc_paused() -> Iterator[None]:
     finally:
         if collecting:
             gc.enable()
-
-
-def keep_out_of_collections() -> None:
-    """Every object alive now (the cache, the engine's state) left out of the cyclic garbage
-    collector's later passes (``gc.freeze``). A full pass walks every tracked object: with a
-    cache of 20,000 workloads and their pods that is seconds, and the collector starts one by
-    allocation counts, whenever -- in the middle of a single event's cycle. Called after each
-    whole cycle and each that read a burst of changes (the objects that stay); a resync collects for real first (``collect_everything``), so cyclic garbage among
-    frozen objects is kept at most until then (plain reference counting frees the rest)."""
-    gc.freeze()
-
-
-def collect_everything() -> None:
-    """A full collection, frozen objects included (the resync's, which costs seconds anyway)."""
-    gc.unfreeze()
-    gc.collect()
 
 
 async def run_bounded(jobs: Iterable[Callable[[], Awaitable[Any]]], limit: int) -> None:
@@ -372,7 +353,6 @@ class SchedulingLoop:
                 except Exception:
                     logger.exception("Resync failed; deciding on the watched state")
                 self.whole_cycle_next("resync")
-                collect_everything()
             await self.run_cycle_safely(pipelined=True)
             self.attempts += 1
             self._in_burst = self._wakeup.is_set()  # changes arrived while it ran: a burst goes on
@@ -585,9 +565,6 @@ class SchedulingLoop:
 
         report.decisions = len(result.decisions)
         report.duration_s = time.monotonic() - started
-        if ((report.whole or report.objects_read >= FREEZE_AFTER_READS)
-                and sum(self.cache.counts().values()) >= FREEZE_FROM_OBJECTS):
-            keep_out_of_collections()
         self.cycles += 1
         self.last_cycle_monotonic = time.monotonic()
         self.last_report = report
@@ -1039,8 +1016,7 @@ class SchedulingLoop:
             self.trigger_later()
             return
         logger.error("Handling %s failed; it is marked Failed and the cycle goes on", key, exc_info=error)
-        message = f"gpuadmit could not handle this workload: {type(error).__name__}: {error}"
-        await self.fail_workload(key, "", desired_status.INTERNAL_ERROR, message)
+        await self.fail_workload(key, "", desired_status.INTERNAL_ERROR, desired_status.internal_error_message(error))
 
     def _template_rules(self, namespace: str) -> TemplateRules:
         """The pod-security rules a namespace's templates are held to now (its cached Namespace)."""

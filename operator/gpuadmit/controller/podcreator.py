@@ -10,6 +10,10 @@ preempted victim's pods may still be terminating there), counting the pods in th
 at the last recount plus every pod started since. A workload whose creations are in
 flight is skipped until they end, so nothing is created twice.
 
+A workload's pods are reserved on the ledger at once but built (and their template judged)
+only when their creation's turn comes (``Writer.pods_turn``: no decision's write waits), so
+in a burst the CPU of building pods follows the decisions instead of delaying them.
+
 The template is judged for its shape and by the pod-security rules in force right before
 its pods are built, as Pod Security Admission judges every pod it is asked to create: the
 engine's parser leaves workloads that hold GPUs alone, so a template edited after the
@@ -32,12 +36,12 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from gpuadmit.controller.cache import NODE, ObjectCache, object_key
-from gpuadmit.controller.status import POD_REFUSED
+from gpuadmit.controller.status import INTERNAL_ERROR, POD_REFUSED, internal_error_message
 from gpuadmit.controller.writer import PodCreation, Writer, cancel_all
 from gpuadmit.core.errors import SpecError
 from gpuadmit.core.model import GPU_RESOURCE, Action, Decision, PlacementEntry, Reason
-from gpuadmit.core.nodes import gpu_count, pod_gpu_request
-from gpuadmit.core.pods import build_pods, pinned_node
+from gpuadmit.core.nodes import gpu_count
+from gpuadmit.core.pods import build_pods, pod_name, replica_slots
 from gpuadmit.core.podsecurity import DEFAULT_RULES, TemplateRules
 from gpuadmit.core.workload import check_pod_template
 
@@ -55,13 +59,6 @@ def pods_for(workload: Mapping[str, Any], placement: tuple[PlacementEntry, ...])
         placement=placement,
     )
     return build_pods(workload, decision)
-
-
-def _reserved_node(pod: Mapping[str, Any]) -> str:
-    """The node a pod built by ``pods_for`` is pinned to (its reservation's node)."""
-    node_name = pinned_node(pod["spec"])
-    assert node_name is not None, "build_pods pins every pod"
-    return node_name
 
 
 # (workload key, workload uid, reason, message): mark that workload Failed.
@@ -111,34 +108,31 @@ class PodCreator:
     def start(self, workload: Mapping[str, Any], placement: tuple[PlacementEntry, ...],
               existing: list[dict[str, Any]]) -> int:
         """Start creating the workload's pods that are not there yet and fit their node now;
-        returns how many were started (the others wait for a later cycle)."""
+        returns how many were started (the others wait for a later cycle). They hold their GPUs
+        on the ledger from now; they are built when their turn comes (``_create_all``)."""
         key = object_key(workload)
         if key in self._tasks:
             return 0
-        namespace = str((workload.get("metadata") or {}).get("namespace") or "default")
-        refusal = template_refusal(workload, self.rules_of(namespace))
-        if refusal is not None:
-            if self.fail_workload is not None:
-                uid = str((workload.get("metadata") or {}).get("uid") or "")
-                self._tasks[key] = asyncio.create_task(self._refuse(key, uid, refusal), name=f"gpuadmit refuses {key}")
-            return 0
+        metadata = workload.get("metadata") or {}
+        namespace, name = str(metadata.get("namespace") or ""), str(metadata.get("name") or "")
         names = {(pod.get("metadata") or {}).get("name") for pod in existing}
-        to_create = []
-        for pod in pods_for(workload, placement):
-            if pod["metadata"]["name"] in names:
+        reserved: dict[str, tuple[str, int]] = {}  # pod name -> (node, GPUs), as pods_for builds them
+        for index, (node_name, gpus) in enumerate(replica_slots(placement)):
+            name_of_pod = pod_name(name, index)
+            if name_of_pod in names:
                 continue
-            node_name, gpus = _reserved_node(pod), pod_gpu_request(pod)
             if not self._fits(node_name, gpus):
-                logger.info("Pod %s waits: node %s has no %d free GPUs yet", pod["metadata"]["name"], node_name, gpus)
+                logger.info("Pod %s waits: node %s has no %d free GPUs yet", name_of_pod, node_name, gpus)
                 self.retry_later(2.0)
                 continue
             self._in_flight[node_name] += gpus
-            self._pods_in_flight.add(object_key(pod))
-            to_create.append(pod)
-        if to_create:
-            uid = str((workload.get("metadata") or {}).get("uid") or "")
-            self._tasks[key] = asyncio.create_task(self._create_all(key, uid, to_create), name=f"gpuadmit pods of {key}")
-        return len(to_create)
+            self._pods_in_flight.add(f"{namespace}/{name_of_pod}" if namespace else name_of_pod)
+            reserved[name_of_pod] = (node_name, gpus)
+        if reserved:
+            uid = str(metadata.get("uid") or "")
+            self._tasks[key] = asyncio.create_task(self._create_all(key, uid, workload, placement, reserved),
+                                                   name=f"gpuadmit pods of {key}")
+        return len(reserved)
 
     async def drain(self) -> None:
         """Wait for every creation in flight (tests, shutdown)."""
@@ -157,26 +151,48 @@ class PodCreator:
         used = self._counted.get(node_name, 0) + self._in_flight[node_name] + self._landed[node_name]
         return used + gpus <= allocatable
 
-    async def _refuse(self, key: str, uid: str, message: str) -> None:
-        try:
-            if self.fail_workload is not None:
-                await self.fail_workload(key, uid, POD_REFUSED, message)  # its GPUs go with it
-        finally:
-            self._tasks.pop(key, None)
+    def _unreserve(self, reserved: Mapping[str, tuple[str, int]], namespace: str) -> None:
+        for name_of_pod, (node_name, gpus) in reserved.items():
+            self._pods_in_flight.discard(f"{namespace}/{name_of_pod}" if namespace else name_of_pod)
+            self._in_flight[node_name] -= gpus
 
-    async def _create_all(self, key: str, uid: str, pods: list[dict[str, Any]]) -> None:
+    async def _create_all(self, key: str, uid: str, workload: Mapping[str, Any], placement: tuple[PlacementEntry, ...],
+                          reserved: Mapping[str, tuple[str, int]]) -> None:
+        namespace = str((workload.get("metadata") or {}).get("namespace") or "")
+        results: list[PodCreation] = []
+        pods: list[dict[str, Any]] = []
+        built = False
+        failure: tuple[str, str] | None = None  # (reason, message) that fails the workload
         try:
-            results = await asyncio.gather(*(self._create_one(pod) for pod in pods))
+            await self.writer.pods_turn()  # decisions first: nothing is built while a status write waits
+            try:
+                refusal = template_refusal(workload, self.rules_of(namespace or "default"))
+                if refusal is not None:
+                    failure = (POD_REFUSED, refusal)
+                else:
+                    pods = [pod for pod in pods_for(workload, placement) if pod["metadata"]["name"] in reserved]
+                    built = True
+            except Exception as error:  # this workload's trouble, never the others'
+                logger.error("Building the pods of %s failed; it is marked Failed", key, exc_info=error)
+                failure = (INTERNAL_ERROR, internal_error_message(error))
+            if failure is not None:
+                if self.fail_workload is not None:
+                    await self.fail_workload(key, uid, *failure)  # its GPUs go with it
+                return
+            results = await asyncio.gather(*(self._create_one(pod, *reserved[pod["metadata"]["name"]])
+                                             for pod in pods))
         finally:
+            if not built:  # refused, failed or cancelled before building: its reservations are held no longer
+                self._unreserve(reserved, namespace)
             self._tasks.pop(key, None)
-        refusal = next((result for result in results if result.refused), None)
-        if refusal is not None and self.fail_workload is not None:
-            await self.fail_workload(key, uid, refusal.refused, refusal.message)  # its GPUs go with it
+        refused = next((result for result in results if result.refused), None)
+        if refused is not None and self.fail_workload is not None:
+            await self.fail_workload(key, uid, refused.refused, refused.message)  # its GPUs go with it
         elif not all(result.created for result in results):
             self.retry_later(1.0)  # the reservation stands; its missing pods come next cycle
 
-    async def _create_one(self, pod: dict[str, Any]) -> PodCreation:
-        node_name, gpus, key = _reserved_node(pod), pod_gpu_request(pod), object_key(pod)
+    async def _create_one(self, pod: dict[str, Any], node_name: str, gpus: int) -> PodCreation:
+        key = object_key(pod)
         result = PodCreation(False)
         try:
             result = await self.writer.create_pod(pod)

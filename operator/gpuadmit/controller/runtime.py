@@ -22,6 +22,7 @@ from aiohttp import web
 from gpuadmit.controller import restore
 from gpuadmit.controller.api import KubeApi, Resource, resolve_credentials
 from gpuadmit.controller.cache import NAMESPACE, NODE, ObjectCache
+from gpuadmit.controller.heap import HeapKeeper
 from gpuadmit.controller.loop import LoopSettings, MetricsSink, SchedulingLoop
 from gpuadmit.controller.peering import PeeringGate
 from gpuadmit.controller.queueview import DEFAULT_EXACT_HEAD, NOT_DECIDED
@@ -72,6 +73,7 @@ class OperatorRuntime:
         self._health_runner: web.AppRunner | None = None
         # More conditions of readiness, by name (the webhook configurations registered, say): all must hold.
         self.readiness_gates: dict[str, Callable[[], bool]] = {}
+        self.heap = HeapKeeper()  # the garbage collector kept off the cache (controller.heap)
 
     async def start(self) -> None:
         options = self.options
@@ -102,6 +104,7 @@ class OperatorRuntime:
         await asyncio.gather(*(stream.listed.wait() for stream in self.streams))
         self.cache.seeded = True
         restore.log_seeded(self.cache)
+        self.heap.install()  # the seeded cache frozen, and what survives every full collection
         self._loop_task = asyncio.create_task(self.loop.run(), name="gpuadmit scheduling loop")
         self.loop.trigger()  # the first cycle: restored state, decided once
 
@@ -113,6 +116,12 @@ class OperatorRuntime:
         self._stream_tasks.extend(asyncio.create_task(stream.run(), name=f"watch {stream.name}") for stream in streams)
 
     async def resync(self) -> None:
+        try:
+            await self._relist()
+        finally:
+            self.heap.full_scan()  # here, where a whole cycle follows anyway (controller.heap)
+
+    async def _relist(self) -> None:
         assert self.api is not None
         # A CRD installed since start-up (the Kubeflow training operator, KubeRay) is watched from now
         # on; one uninstalled is watched no more (its objects went with it).
@@ -154,6 +163,7 @@ class OperatorRuntime:
             await self.api.close()
         if self._metrics_server is not None:
             self._metrics_server.stop()
+        self.heap.uninstall()
 
     def known_gpu_products(self) -> set[str]:
         """GPU products the cluster's nodes carry: for the webhook's "no node has it" warning."""

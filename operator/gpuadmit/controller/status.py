@@ -52,6 +52,11 @@ POD_REFUSED = "PodRefused"        # the API server refused one of the workload's
 POD_NAME_TAKEN = "PodNameTaken"   # a pod of another owner already has the name one of ours needs
 INTERNAL_ERROR = "InternalError"  # gpuadmit failed while handling this one workload
 WORKLOAD_FAILURE_REASONS = (POD_REFUSED, POD_NAME_TAKEN, INTERNAL_ERROR)
+
+
+def internal_error_message(error: Exception) -> str:
+    """The status message of a workload marked Failed with ``INTERNAL_ERROR`` for ``error``."""
+    return f"gpuadmit could not handle this workload: {type(error).__name__}: {error}"
 POLICY_VALID = "Valid"
 POLICY_INVALID = "InvalidSpec"
 QUOTA_IN_FORCE = "InForce"

@@ -217,6 +217,10 @@ class Writer:
             return
         self.cache.put(WORKLOAD, updated)
 
+    async def pods_turn(self) -> None:
+        """Until a pod creation would be sent now: no decision's write waits for a slot."""
+        await self.api.turn(Urgency.MATERIALISE)
+
     async def create_pod(self, pod: Mapping[str, Any]) -> PodCreation:
         """Create one pod of a workload. An existing pod of that name counts as created only if the
         same workload controls it (restarts never duplicate); one of another owner is refused, as

@@ -1,13 +1,14 @@
 """RFC 3339 timestamps <-> seconds since the epoch, the way Kubernetes writes them.
 
 The core counts time in epoch seconds (floats); Kubernetes objects carry
-RFC 3339 strings such as ``2026-11-26T10:00:00Z``. Nothing is cached here: a
+RFC 3339 strings such as ``2026-11-26T10:00:00Z``. Parsing caches nothing here: a
 caller that reads many objects keeps ``core.workload.ParseCache``, which remembers
-the timestamps a cluster dump repeats.
+the timestamps a cluster dump repeats. Formatting remembers the last few seconds it wrote.
 """
 
 from __future__ import annotations
 
+import functools
 from datetime import UTC, datetime
 
 
@@ -44,5 +45,10 @@ def parse_rfc3339_or_none(value: object) -> float | None:
 
 def format_rfc3339(epoch_seconds: float) -> str:
     """``2026-11-26T10:00:00Z``: whole seconds in UTC, as Kubernetes writes ``metav1.Time``."""
-    moment = datetime.fromtimestamp(int(epoch_seconds), tz=UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return _format_whole_second(int(epoch_seconds))
+
+
+@functools.lru_cache(maxsize=64)
+def _format_whole_second(seconds: int) -> str:
+    """A burst writes thousands of statuses stamped with the same few seconds (three stamps each)."""
+    return datetime.fromtimestamp(seconds, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
