@@ -344,11 +344,21 @@ class SchedulerStandIn:
         self.bound = 0  # pods bound since start (tests, logs)
         self._requests: dict[int, tuple[Mapping[str, Any], dict[str, Fraction]]] = {}  # id(bound pod) -> its requests
         self._views: dict[int, NodeView] = {}  # id(node) -> its view, as of the last pass
+        # (namespace, name) of the pods waiting for a pass, kept from the store's events so a pass
+        # with nothing to place costs nothing (None: not known yet, the first pass lists them).
+        self._waiting: set[tuple[str, str]] | None = None
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         store.listeners.append(self._on_event)
 
     def _on_event(self, event: StoredEvent) -> None:
+        if event.storage_key == POD_STORAGE and self._waiting is not None:
+            metadata = _mapping(event.obj.get("metadata"))
+            key = (str(metadata.get("namespace") or ""), str(metadata.get("name") or ""))
+            if event.type != "DELETED" and _pending(event.obj):
+                self._waiting.add(key)
+            else:
+                self._waiting.discard(key)
         if event.storage_key in (POD_STORAGE, NODE_STORAGE):
             self._wakeup.set()
 
@@ -375,9 +385,14 @@ class SchedulerStandIn:
 
     def schedule_pending(self) -> int:
         """One pass over every pending pod; returns how many were bound."""
-        pending, _ = self.store.list(self.pods, None, _pending)
+        if self._waiting is None:
+            pending, _ = self.store.list(self.pods, None, _pending)
+            self._waiting = {(str(p["metadata"].get("namespace") or ""), p["metadata"]["name"]) for p in pending}
+        else:
+            found = (self.store.find(self.pods, namespace or None, name) for namespace, name in self._waiting)
+            pending = [self.store.present(self.pods, obj) for obj in found if obj is not None and _pending(obj)]
         if not pending:
-            return 0  # the usual case once everything is bound: no walk over the bound pods
+            return 0  # the usual case once everything is bound: no walk over any pod
         pending.sort(key=lambda p: (str(p["metadata"].get("creationTimestamp") or ""),
                                     int(p["metadata"].get("resourceVersion") or 0)))
         pods, _ = self.store.list(self.pods, None, lambda _: True)

@@ -242,3 +242,30 @@ def test_kubectl_binds_a_pod_through_the_subresource_when_a_person_plays_the_sch
     assert condition.stdout == "True"
     again = kubectl(kubeconfig, "create", "--raw", f"{PODS}/p/binding", "-f", str(binding), check=False)
     assert again.returncode != 0 and "already assigned" in again.stderr, again.stderr
+
+
+def test_a_pass_with_no_pod_waiting_reads_no_pod() -> None:
+    """The stand-in keeps which pods wait from the store's events: a change to a bound pod (its
+    status, say) brings a pass that lists nothing, as kube-scheduler's queue holds only the
+    pods waiting; a new pod is still bound."""
+    server = EmulatedApiServer()
+    with server as url:
+        assert call(url, "POST", "/api/v1/nodes", node("n1", cpu="64"))[0] == 201
+        for index in range(5):
+            assert call(url, "POST", PODS, pod(f"p{index}"))[0] == 201
+        wait_for(lambda: all(call(url, "GET", f"{PODS}/p{i}")[1]["spec"].get("nodeName") for i in range(5)),
+                 "every pod bound")
+        store = server.handler.store
+        listed: list[str] = []
+        real_list = store.list
+
+        def counting_list(spec: Any, namespace: Any, matches: Any) -> Any:
+            listed.append(spec.plural)
+            return real_list(spec, namespace, matches)
+
+        store.list = counting_list  # type: ignore[method-assign]
+        assert call(url, "PATCH", f"{PODS}/p0/status", {"status": {"phase": "Running"}})[0] == 200
+        time.sleep(0.3)  # the pass it brought has run
+        assert "pods" not in listed
+        assert call(url, "POST", PODS, pod("late"))[0] == 201
+        wait_for(lambda: call(url, "GET", f"{PODS}/late")[1]["spec"].get("nodeName"), "the new pod bound")
