@@ -67,12 +67,13 @@ async def record_failure(key: str, uid: str, reason: str, message: str) -> None:
     FAILED.append((key, uid, reason, message))
 
 
-def setup(node_gpus: int = 8, used: int = 0) -> tuple[ObjectCache, FakeWriter, PodCreator, list[float]]:
+def setup(node_gpus: int = 8, used: int = 0, writer_class: type[FakeWriter] = FakeWriter,
+          ) -> tuple[ObjectCache, Any, PodCreator, list[float]]:
     cache = ObjectCache()
     cache.put(NODE, node("gpu-a", node_gpus))
     if used:
         cache.put(POD, running_pod("busy", "gpu-a", used))
-    writer = FakeWriter(cache)
+    writer = writer_class(cache)
     retries: list[float] = []
     FAILED.clear()
     creator = PodCreator(cache, writer, retries.append, record_failure)  # type: ignore[arg-type]
@@ -163,12 +164,7 @@ class TurnWriter(FakeWriter):
 
 
 async def test_pods_hold_their_gpus_at_once_but_are_built_and_sent_only_on_their_turn() -> None:
-    cache = ObjectCache()
-    cache.put(NODE, node("gpu-a", 8))
-    writer = TurnWriter(cache)
-    FAILED.clear()
-    creator = PodCreator(cache, writer, [].append, record_failure)  # type: ignore[arg-type]
-    creator.recount({})
+    cache, writer, creator, _ = setup(writer_class=TurnWriter)
     assert creator.start(workload("first", gpus=8, replicas=2), (PlacementEntry("gpu-a", 8, 2),), []) == 2
     assert creator.creating("team/first-0") and creator.creating("team/first-1")  # their echoes are recognised
     # Not built yet, yet the node's 8 GPUs are held: nothing else fits there meanwhile.
@@ -183,12 +179,7 @@ async def test_pods_hold_their_gpus_at_once_but_are_built_and_sent_only_on_their
 
 
 async def test_a_template_refused_on_its_turn_fails_the_workload_and_frees_its_gpus() -> None:
-    cache = ObjectCache()
-    cache.put(NODE, node("gpu-a", 8))
-    writer = TurnWriter(cache)
-    FAILED.clear()
-    creator = PodCreator(cache, writer, [].append, record_failure)  # type: ignore[arg-type]
-    creator.recount({})
+    cache, writer, creator, _ = setup(writer_class=TurnWriter)
     privileged = workload("privileged", gpus=8)
     privileged["spec"]["template"]["spec"]["containers"][0]["securityContext"] = {"privileged": True}
     assert creator.start(privileged, (PlacementEntry("gpu-a", 8, 1),), []) == 1
