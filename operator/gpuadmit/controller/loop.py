@@ -672,9 +672,8 @@ class SchedulingLoop:
             pods_by_workload = {key: pods for key in only if (pods := self.cache.pods_of(key))}
             workloads = {key: w for key in only if (w := self.cache.get(WORKLOAD, key)) is not None}
         again = self._follow_again
-        if self._usable_nodes is None:  # taken by _to_follow when a node changed
-            self._usable_nodes = self._usable_node_names()
         usable_nodes = self._usable_nodes
+        assert usable_nodes is not None  # taken by _to_follow, which runs first
         own_by_key: dict[str, list[dict[str, Any]]] = {}
         jobs: list[Awaitable[Any]] = []
         for key, pods in pods_by_workload.items():

@@ -93,7 +93,7 @@ class LiveSnapshot:
         # Workloads: cache key -> (namespace, name) it was listed under, and where it went.
         self._key_of: dict[str, Key] = {}
         self._holding = _Sorted()
-        self._pending = _Sorted()  # as parsed (before this cycle's avoided nodes)
+        self._pending: dict[Key, Workload] = {}  # as parsed (before this cycle's avoided nodes); never listed
         self._invalid = _Sorted()
         self._avoided: dict[str, frozenset[str]] = {}  # workload key -> nodes avoided, as last applied
         self._pending_out = _Sorted()  # pending as listed: the avoided nodes applied
@@ -273,7 +273,7 @@ class LiveSnapshot:
         everything = changed is None
         if everything:
             self._key_of = {}
-            self._holding, self._pending, self._invalid = _Sorted(), _Sorted(), _Sorted()
+            self._holding, self._pending, self._invalid = _Sorted(), {}, _Sorted()
             self._pending_out, self._avoided = _Sorted(), {}
         keys = set(workloads) if changed is None else set(changed)
         keys |= self._overridden  # read as cached again, now that they are not overridden
@@ -286,8 +286,9 @@ class LiveSnapshot:
             obj = overrides[key] if key in overrides else workloads.get(key)
             listed = self._key_of.pop(key, None)
             if listed is not None:
-                for kept in (self._holding, self._pending, self._pending_out, self._invalid):
+                for kept in (self._holding, self._pending_out, self._invalid):
                     kept.drop(listed)
+                self._pending.pop(listed, None)
             if obj is None:
                 if listed is not None:
                     self._memo.forget(listed)
@@ -307,7 +308,7 @@ class LiveSnapshot:
             elif parsed.phase in HOLDING_PHASES:
                 self._holding.set(now_listed, self._memo.placed(parsed))
             elif parsed.phase in PENDING_PHASES:
-                self._pending.set(now_listed, parsed)
+                self._pending[now_listed] = parsed
                 filed_pending.add(now_listed)
         if everything:
             self._memo.keep_only(seen)
@@ -321,9 +322,9 @@ class LiveSnapshot:
         self._avoided = avoided
         for key in stale:
             listed = self._key_of.get(key)
-            if listed is not None and listed in self._pending.values:
+            if listed is not None and listed in self._pending:
                 filed_pending.add(listed)
         for listed in filed_pending:
-            parsed = self._pending.values[listed]
+            parsed = self._pending[listed]
             nodes = avoided.get(parsed.key)
             self._pending_out.set(listed, replace(parsed, avoided_nodes=nodes) if nodes else parsed)
